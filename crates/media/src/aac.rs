@@ -1,0 +1,99 @@
+//! AAC AudioSpecificConfig (ISO/IEC 14496-3 1.6.2.1).
+
+use thiserror::Error;
+
+/// Sampling frequencies by `samplingFrequencyIndex` (ISO/IEC 14496-3 Table 1.18).
+const SAMPLE_RATES: [u32; 13] = [
+    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+];
+
+/// The fields of an AudioSpecificConfig that ferrocast uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioSpecificConfig {
+    /// Audio object type (2 = AAC-LC).
+    pub object_type: u8,
+    /// Sampling rate in Hz.
+    pub sample_rate: u32,
+    /// Channel configuration (1 = mono, 2 = stereo, ...).
+    pub channels: u8,
+}
+
+/// Why an AudioSpecificConfig could not be read.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AacError {
+    /// Fewer bytes than the fields need.
+    #[error("AudioSpecificConfig truncated at bit {0}")]
+    Truncated(usize),
+    /// A reserved sampling frequency index.
+    #[error("AudioSpecificConfig: reserved sampling frequency index {0}")]
+    BadSampleRate(u8),
+}
+
+struct Bits<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Bits<'_> {
+    fn read(&mut self, n: usize) -> Result<u32, AacError> {
+        let mut v = 0u32;
+        for _ in 0..n {
+            let byte = *self.data.get(self.pos / 8).ok_or(AacError::Truncated(self.pos))?;
+            v = (v << 1) | u32::from((byte >> (7 - self.pos % 8)) & 1);
+            self.pos += 1;
+        }
+        Ok(v)
+    }
+}
+
+impl AudioSpecificConfig {
+    /// Parses the leading fields of an AudioSpecificConfig.
+    pub fn parse(data: &[u8]) -> Result<Self, AacError> {
+        let mut b = Bits { data, pos: 0 };
+        let mut object_type = b.read(5)? as u8;
+        if object_type == 31 {
+            object_type = 32 + b.read(6)? as u8;
+        }
+        let index = b.read(4)? as u8;
+        let sample_rate = match index {
+            15 => b.read(24)?,
+            i => *SAMPLE_RATES
+                .get(usize::from(i))
+                .ok_or(AacError::BadSampleRate(i))?,
+        };
+        let channels = b.read(4)? as u8;
+        Ok(AudioSpecificConfig {
+            object_type,
+            sample_rate,
+            channels,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ffmpeg_aac_lc_44100_stereo() {
+        // What `ffmpeg -c:a aac -ar 44100 -ac 2` puts in its FLV sequence header.
+        let asc = AudioSpecificConfig::parse(&[0x12, 0x10]).unwrap();
+        assert_eq!(
+            asc,
+            AudioSpecificConfig {
+                object_type: 2,
+                sample_rate: 44100,
+                channels: 2
+            }
+        );
+    }
+
+    #[test]
+    fn truncated_and_reserved_are_errors() {
+        assert_eq!(AudioSpecificConfig::parse(&[0x12]), Err(AacError::Truncated(8)));
+        assert_eq!(
+            AudioSpecificConfig::parse(&[0x16, 0x90]),
+            Err(AacError::BadSampleRate(13))
+        );
+    }
+}

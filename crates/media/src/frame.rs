@@ -1,0 +1,153 @@
+//! Frames (one access unit of one track) and the codec parameters that describe a track.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+
+/// Which kind of track a frame belongs to. ferrocast carries at most one of each per stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrackKind {
+    /// The video track.
+    Video,
+    /// The audio track.
+    Audio,
+}
+
+/// Video codecs ferrocast carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    /// H.264 / AVC. Frames are length-prefixed NAL units (4-byte lengths).
+    H264,
+    /// H.265 / HEVC. Frames are length-prefixed NAL units (4-byte lengths).
+    H265,
+}
+
+/// Audio codecs ferrocast carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioCodec {
+    /// AAC; frames are raw access units (no ADTS header).
+    Aac,
+    /// MPEG-1/2 Layer III; frames are passed through as received.
+    Mp3,
+}
+
+/// The parameters a decoder needs before the first frame of a track.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackInfo {
+    /// A video track.
+    Video {
+        /// The codec.
+        codec: VideoCodec,
+        /// AVCDecoderConfigurationRecord (ISO/IEC 14496-15 5.3.3) or
+        /// HEVCDecoderConfigurationRecord (8.3.3), exactly as received.
+        config: Bytes,
+    },
+    /// An audio track.
+    Audio {
+        /// The codec.
+        codec: AudioCodec,
+        /// AudioSpecificConfig (ISO/IEC 14496-3 1.6.2.1) for AAC, empty for MP3.
+        config: Bytes,
+        /// Sampling rate in Hz.
+        sample_rate: u32,
+        /// Number of channels.
+        channels: u8,
+    },
+}
+
+impl TrackInfo {
+    /// The kind of track this describes.
+    pub fn kind(&self) -> TrackKind {
+        match self {
+            TrackInfo::Video { .. } => TrackKind::Video,
+            TrackInfo::Audio { .. } => TrackKind::Audio,
+        }
+    }
+}
+
+/// Everything a new reader must receive before frames: codec parameters per track and the
+/// publisher's metadata. A change of any part is a new `Tracks` value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tracks {
+    /// Video track parameters, once known.
+    pub video: Option<TrackInfo>,
+    /// Audio track parameters, once known.
+    pub audio: Option<TrackInfo>,
+    /// The publisher's `onMetaData` as an AMF0 script-data body (`"onMetaData"`, then the
+    /// object), as carried in an FLV script tag.
+    pub metadata: Option<Bytes>,
+}
+
+/// The wire forms of a frame that are built once and shared by every reader of that output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Wire {
+    /// A complete FLV tag (header, body, previous-tag-size).
+    FlvTag = 0,
+    /// The RTMP chunks of the frame's audio/video message on the shared play stream.
+    RtmpChunks = 1,
+}
+
+const WIRE_SLOTS: usize = 2;
+
+/// One access unit of one track.
+///
+/// Timestamps are in the track's clock (milliseconds for streams published over RTMP) and are
+/// 64-bit, carried as received apart from explicit, documented corrections made by the hub.
+#[derive(Debug)]
+pub struct Frame {
+    /// The track this frame belongs to.
+    pub kind: TrackKind,
+    /// Decode timestamp.
+    pub dts: i64,
+    /// Presentation timestamp (`pts - dts` is the composition offset of B-frames).
+    pub pts: i64,
+    /// True for a random access point (IDR for video; every audio frame).
+    pub keyframe: bool,
+    /// The payload: length-prefixed (4 bytes) NAL units for H.264/H.265, a raw access unit for
+    /// audio.
+    pub data: Bytes,
+    wire: [OnceLock<Bytes>; WIRE_SLOTS],
+}
+
+impl Frame {
+    /// Makes a frame.
+    pub fn new(kind: TrackKind, dts: i64, pts: i64, keyframe: bool, data: Bytes) -> Arc<Frame> {
+        Arc::new(Frame {
+            kind,
+            dts,
+            pts,
+            keyframe,
+            data,
+            wire: Default::default(),
+        })
+    }
+
+    /// Composition offset (`pts - dts`).
+    pub fn cts(&self) -> i64 {
+        self.pts - self.dts
+    }
+
+    /// The frame's wire form for `wire`, built by `build` on first use and shared afterwards.
+    pub fn wire(&self, wire: Wire, build: impl FnOnce(&Frame) -> Bytes) -> Bytes {
+        self.wire[wire as usize].get_or_init(|| build(self)).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_is_built_once_and_shared() {
+        let f = Frame::new(TrackKind::Audio, 0, 0, true, Bytes::from_static(b"x"));
+        let mut builds = 0;
+        let a = f.wire(Wire::FlvTag, |_| {
+            builds += 1;
+            Bytes::from(vec![1, 2, 3])
+        });
+        let b = f.wire(Wire::FlvTag, |_| unreachable!("built twice"));
+        assert_eq!(builds, 1);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "readers must share one buffer");
+    }
+}

@@ -1,0 +1,415 @@
+//! The RTMP chunk stream (RTMP spec 1.0 section 5.3): splitting messages into chunks and
+//! reassembling them, with header compression (fmt 0-3) and extended timestamps.
+
+use std::collections::HashMap;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+/// Chunk size both sides use until a Set Chunk Size message (5.4.1).
+pub const DEFAULT_CHUNK_SIZE: u32 = 128;
+/// The largest chunk size the protocol allows: the field has 31 bits (5.4.1).
+pub const MAX_CHUNK_SIZE: u32 = 0x7fff_ffff;
+/// Default cap on one message's length. Nothing an encoder sends comes close (a 4K IDR frame
+/// is a few MiB); the cap bounds what one peer can make us buffer per chunk stream.
+pub const DEFAULT_MAX_MESSAGE_LEN: u32 = 16 * 1024 * 1024;
+/// Most chunk streams a peer may have open at once. Encoders use 3 to 8; the cap bounds the
+/// per-stream state an attacker can make us keep (csids go up to 65,599).
+pub const MAX_CHUNK_STREAMS: usize = 64;
+/// A timestamp field of this value means a 4-byte extended timestamp follows (5.3.1.3).
+const EXTENDED_TIMESTAMP: u32 = 0xff_ffff;
+
+/// Why the chunk stream could not be decoded. Each is fatal for the connection.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ChunkError {
+    /// A message longer than the configured cap.
+    #[error("chunk stream {csid}: message length {len} exceeds the cap of {max}")]
+    MessageTooLarge {
+        /// Chunk stream id.
+        csid: u32,
+        /// Declared length.
+        len: u32,
+        /// The cap.
+        max: u32,
+    },
+    /// fmt 1, 2 or 3 on a chunk stream that has had no fmt 0 chunk.
+    #[error("chunk stream {csid}: fmt {fmt} chunk without a preceding full header")]
+    NoPreviousHeader {
+        /// Chunk stream id.
+        csid: u32,
+        /// Chunk type.
+        fmt: u8,
+    },
+    /// A new message header arrived before the previous message on the stream was complete.
+    #[error("chunk stream {csid}: new message header while a message is incomplete")]
+    InterruptedMessage {
+        /// Chunk stream id.
+        csid: u32,
+    },
+    /// More chunk streams than [`MAX_CHUNK_STREAMS`].
+    #[error("more than {MAX_CHUNK_STREAMS} chunk streams")]
+    TooManyChunkStreams,
+    /// Set Chunk Size of 0 or with bit 31 set.
+    #[error("invalid chunk size {0} (must be 1..=2^31-1)")]
+    BadChunkSize(u32),
+}
+
+/// A reassembled message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    /// Chunk stream it arrived on.
+    pub csid: u32,
+    /// Absolute timestamp in milliseconds (32 bits, wraps).
+    pub timestamp: u32,
+    /// Message type id (5.4, 7.1).
+    pub type_id: u8,
+    /// Message stream id.
+    pub stream_id: u32,
+    /// The message body.
+    pub payload: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    timestamp: u32,
+    /// The timestamp field of the last header: absolute after fmt 0, delta after fmt 1/2. A fmt
+    /// 3 chunk that starts a message adds it again (5.3.1.2.4).
+    ts_field: u32,
+    extended: bool,
+    length: u32,
+    type_id: u8,
+    stream_id: u32,
+    partial: BytesMut,
+    in_progress: bool,
+}
+
+/// Reassembles messages from a peer's chunk stream.
+#[derive(Debug)]
+pub struct ChunkDecoder {
+    chunk_size: u32,
+    max_message_len: u32,
+    streams: HashMap<u32, StreamState>,
+}
+
+impl ChunkDecoder {
+    /// A decoder with the default chunk size and the given message length cap.
+    pub fn new(max_message_len: u32) -> Self {
+        ChunkDecoder {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            max_message_len,
+            streams: HashMap::new(),
+        }
+    }
+
+    /// Applies the peer's Set Chunk Size.
+    pub fn set_chunk_size(&mut self, size: u32) -> Result<(), ChunkError> {
+        if size == 0 || size > MAX_CHUNK_SIZE {
+            return Err(ChunkError::BadChunkSize(size));
+        }
+        self.chunk_size = size;
+        Ok(())
+    }
+
+    /// Discards the partial message on `csid` (Abort Message, 5.4.2).
+    pub fn abort(&mut self, csid: u32) {
+        if let Some(s) = self.streams.get_mut(&csid) {
+            s.partial = BytesMut::new();
+            s.in_progress = false;
+        }
+    }
+
+    /// Decodes chunks from the front of `buf` until a message is complete (returned) or the
+    /// buffer holds only part of a chunk (`Ok(None)`, nothing of that chunk consumed).
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<RawMessage>, ChunkError> {
+        loop {
+            let Some(done) = self.decode_chunk(buf)? else { return Ok(None) };
+            if let Some(msg) = done {
+                return Ok(Some(msg));
+            }
+        }
+    }
+
+    /// One chunk. `Ok(None)`: incomplete; `Ok(Some(None))`: chunk consumed, message not yet
+    /// complete.
+    fn decode_chunk(&mut self, buf: &mut BytesMut) -> Result<Option<Option<RawMessage>>, ChunkError> {
+        let b = &buf[..];
+        let Some(&b0) = b.first() else { return Ok(None) };
+        let fmt = b0 >> 6;
+        let (csid, mut pos) = match b0 & 0x3f {
+            0 if b.len() >= 2 => (64 + u32::from(b[1]), 2),
+            1 if b.len() >= 3 => (64 + u32::from(b[1]) + 256 * u32::from(b[2]), 3),
+            0 | 1 => return Ok(None),
+            c => (u32::from(c), 1),
+        };
+        let header_len = [11, 7, 3, 0][usize::from(fmt)];
+        if b.len() < pos + header_len {
+            return Ok(None);
+        }
+        if !self.streams.contains_key(&csid) {
+            if fmt != 0 {
+                return Err(ChunkError::NoPreviousHeader { csid, fmt });
+            }
+            if self.streams.len() >= MAX_CHUNK_STREAMS {
+                return Err(ChunkError::TooManyChunkStreams);
+            }
+        }
+        let h = &b[pos..pos + header_len];
+        let u24 = |s: &[u8]| u32::from(s[0]) << 16 | u32::from(s[1]) << 8 | u32::from(s[2]);
+        let prev = self.streams.get(&csid);
+        let in_progress = prev.is_some_and(|p| p.in_progress);
+        if fmt != 3 && in_progress {
+            return Err(ChunkError::InterruptedMessage { csid });
+        }
+        let (ts_field, length, type_id, stream_id) = match (fmt, prev) {
+            (0, _) => (u24(&h[0..3]), u24(&h[3..6]), h[6], u32::from_le_bytes([h[7], h[8], h[9], h[10]])),
+            (1, Some(p)) => (u24(&h[0..3]), u24(&h[3..6]), h[6], p.stream_id),
+            (2, Some(p)) => (u24(&h[0..3]), p.length, p.type_id, p.stream_id),
+            (3, Some(p)) => (if p.extended { EXTENDED_TIMESTAMP } else { p.ts_field }, p.length, p.type_id, p.stream_id),
+            _ => unreachable!("checked above"),
+        };
+        pos += header_len;
+        // Extended timestamp: present when the field is 0xFFFFFF; a fmt 3 chunk carries it again
+        // when the previous header on the stream had one (5.3.1.3).
+        let mut ts_value = ts_field;
+        let extended = ts_field == EXTENDED_TIMESTAMP;
+        if extended {
+            if b.len() < pos + 4 {
+                return Ok(None);
+            }
+            let ext = u32::from_be_bytes([b[pos], b[pos + 1], b[pos + 2], b[pos + 3]]);
+            // Quirk: some encoders (librtmp before 2.4 and its forks) omit the extended
+            // timestamp on continuation chunks. If the bytes do not repeat the value we saw,
+            // they are payload.
+            let continuation_without_ext = fmt == 3
+                && in_progress
+                && prev.is_some_and(|p| p.ts_field != ext);
+            if !continuation_without_ext {
+                ts_value = ext;
+                pos += 4;
+            } else {
+                ts_value = prev.map_or(0, |p| p.ts_field);
+            }
+        }
+        if length > self.max_message_len {
+            return Err(ChunkError::MessageTooLarge { csid, len: length, max: self.max_message_len });
+        }
+        let already = if in_progress { prev.map_or(0, |p| p.partial.len()) } else { 0 };
+        let want = (length as usize - already).min(self.chunk_size as usize);
+        if b.len() < pos + want {
+            return Ok(None);
+        }
+        // The whole chunk is here: commit.
+        buf.advance(pos);
+        let data = buf.split_to(want);
+        let s = self.streams.entry(csid).or_default();
+        if !in_progress {
+            s.timestamp = match fmt {
+                0 => ts_value,
+                _ => s.timestamp.wrapping_add(ts_value),
+            };
+            s.ts_field = ts_value;
+            s.extended = extended;
+            s.length = length;
+            s.type_id = type_id;
+            s.stream_id = stream_id;
+            s.in_progress = true;
+            s.partial = BytesMut::new();
+        }
+        if s.partial.is_empty() && data.len() == length as usize {
+            // Single-chunk message: no copy.
+            s.in_progress = false;
+            return Ok(Some(Some(RawMessage { csid, timestamp: s.timestamp, type_id, stream_id, payload: data.freeze() })));
+        }
+        if s.partial.is_empty() {
+            // Reserve only after the length passed the cap, and no more than the message.
+            s.partial.reserve(length as usize);
+        }
+        s.partial.extend_from_slice(&data);
+        if s.partial.len() < length as usize {
+            return Ok(Some(None));
+        }
+        s.in_progress = false;
+        let payload = std::mem::take(&mut s.partial).freeze();
+        Ok(Some(Some(RawMessage { csid, timestamp: s.timestamp, type_id, stream_id, payload })))
+    }
+}
+
+fn put_basic_header(out: &mut BytesMut, fmt: u8, csid: u32) {
+    match csid {
+        2..=63 => out.put_u8(fmt << 6 | csid as u8),
+        64..=319 => {
+            out.put_u8(fmt << 6);
+            out.put_u8((csid - 64) as u8);
+        }
+        _ => {
+            let c = csid.clamp(320, 65_599) - 64;
+            out.put_u8(fmt << 6 | 1);
+            out.put_u16_le(c as u16);
+        }
+    }
+}
+
+/// Appends `payload` as one message in chunks of `chunk_size`: a fmt 0 chunk, then fmt 3
+/// chunks. Every chunk is self-describing, so the bytes are the same for every receiver of
+/// this message on this chunk stream and can be shared.
+pub fn encode_message(
+    out: &mut BytesMut,
+    csid: u32,
+    timestamp: u32,
+    type_id: u8,
+    stream_id: u32,
+    payload: &[u8],
+    chunk_size: u32,
+) {
+    let chunk_size = chunk_size.max(1) as usize;
+    let extended = timestamp >= EXTENDED_TIMESTAMP;
+    let chunks = payload.len().div_ceil(chunk_size).max(1);
+    out.reserve(payload.len() + 16 + chunks * if extended { 5 } else { 1 });
+    put_basic_header(out, 0, csid);
+    let ts_field = timestamp.min(EXTENDED_TIMESTAMP);
+    out.put_slice(&ts_field.to_be_bytes()[1..]);
+    out.put_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.put_u8(type_id);
+    out.put_u32_le(stream_id);
+    if extended {
+        out.put_u32(timestamp);
+    }
+    for (i, chunk) in payload.chunks(chunk_size).enumerate() {
+        if i > 0 {
+            put_basic_header(out, 3, csid);
+            if extended {
+                out.put_u32(timestamp);
+            }
+        }
+        out.put_slice(chunk);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(dec: &mut ChunkDecoder, bytes: &[u8]) -> Vec<RawMessage> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(m) = dec.decode(&mut buf).unwrap() {
+            out.push(m);
+        }
+        assert!(buf.is_empty(), "left {} bytes", buf.len());
+        out
+    }
+
+    #[test]
+    fn round_trip_with_extended_timestamps_and_large_csids() {
+        for (ts, csid) in [(0, 3), (1000, 63), (0x00ff_ffff, 64), (0x1234_5678, 400)] {
+            let payload: Vec<u8> = (0..1000).map(|i| i as u8).collect();
+            let mut out = BytesMut::new();
+            encode_message(&mut out, csid, ts, 9, 1, &payload, 128);
+            let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
+            let msgs = decode_all(&mut dec, &out);
+            assert_eq!(msgs.len(), 1);
+            assert_eq!((msgs[0].timestamp, msgs[0].csid, &msgs[0].payload[..]), (ts, csid, &payload[..]));
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_input_reassembles() {
+        let mut out = BytesMut::new();
+        encode_message(&mut out, 4, 40, 8, 1, &[5u8; 300], 128);
+        let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
+        let mut buf = BytesMut::new();
+        let mut got = None;
+        for b in out.iter() {
+            buf.put_u8(*b);
+            if let Some(m) = dec.decode(&mut buf).unwrap() {
+                got = Some(m);
+            }
+        }
+        assert_eq!(got.unwrap().payload.len(), 300);
+    }
+
+    #[test]
+    fn header_compression_fmt1_fmt2_fmt3() {
+        // fmt 0 at t=1000 (len 2), fmt 1 delta 40 (len 1), fmt 2 delta 20, fmt 3 repeats delta 20.
+        let bytes = [
+            0x04, 0x00, 0x03, 0xe8, 0, 0, 2, 8, 1, 0, 0, 0, 0xaa, 0xbb, // fmt 0
+            0x44, 0, 0, 40, 0, 0, 1, 8, 0xcc, // fmt 1
+            0x84, 0, 0, 20, 0xdd, // fmt 2
+            0xc4, 0xee, // fmt 3
+        ];
+        let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
+        let ts: Vec<u32> = decode_all(&mut dec, &bytes).iter().map(|m| m.timestamp).collect();
+        assert_eq!(ts, [1000, 1040, 1060, 1080]);
+    }
+
+    #[test]
+    fn fmt3_after_fmt0_adds_the_absolute_timestamp_again() {
+        // RTMP spec 5.3.1.2.4: a type 3 chunk may follow type 0 when the delta equals the
+        // first message's timestamp.
+        let bytes = [0x04, 0, 0, 20, 0, 0, 1, 8, 1, 0, 0, 0, 0xaa, 0xc4, 0xbb];
+        let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
+        let ts: Vec<u32> = decode_all(&mut dec, &bytes).iter().map(|m| m.timestamp).collect();
+        assert_eq!(ts, [20, 40]);
+    }
+
+    #[test]
+    fn continuation_without_extended_timestamp_quirk() {
+        // librtmp < 2.4 style: fmt 3 continuation chunks without the extended field.
+        let ts = 0x0100_0000u32;
+        let mut bytes = vec![0x06, 0xff, 0xff, 0xff, 0, 0, 4, 9, 1, 0, 0, 0];
+        bytes.extend_from_slice(&ts.to_be_bytes());
+        bytes.extend_from_slice(&[1, 2]);
+        bytes.extend_from_slice(&[0xc6, 3, 4]);
+        // The next message lets the decoder see past the continuation chunk.
+        bytes.extend_from_slice(&[0x03, 0, 0, 0, 0, 0, 1, 20, 0, 0, 0, 0, 5]);
+        let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
+        dec.chunk_size = 2;
+        let msgs = decode_all(&mut dec, &bytes);
+        assert_eq!(msgs.len(), 2);
+        assert_eq!((msgs[0].timestamp, &msgs[0].payload[..]), (ts, &[1, 2, 3, 4][..]));
+    }
+
+    #[test]
+    fn message_too_large() {
+        let bytes = [0x04, 0, 0, 0, 0x01, 0x00, 0x01, 9, 1, 0, 0, 0];
+        let mut dec = ChunkDecoder::new(65_536);
+        assert_eq!(
+            dec.decode(&mut BytesMut::from(&bytes[..])),
+            Err(ChunkError::MessageTooLarge { csid: 4, len: 65_537, max: 65_536 })
+        );
+    }
+
+    #[test]
+    fn bad_chunk_sizes() {
+        let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
+        assert_eq!(dec.set_chunk_size(0), Err(ChunkError::BadChunkSize(0)));
+        assert_eq!(dec.set_chunk_size(0x8000_0000), Err(ChunkError::BadChunkSize(0x8000_0000)));
+        assert_eq!(dec.set_chunk_size(MAX_CHUNK_SIZE), Ok(()));
+    }
+
+    #[test]
+    fn compressed_header_without_history_and_too_many_streams() {
+        let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
+        assert_eq!(
+            dec.decode(&mut BytesMut::from(&[0xc5u8, 0][..])),
+            Err(ChunkError::NoPreviousHeader { csid: 5, fmt: 3 })
+        );
+        dec.set_chunk_size(1).unwrap();
+        let mut buf = BytesMut::new();
+        for csid in 0..=MAX_CHUNK_STREAMS as u32 {
+            // Incomplete messages keep every stream open.
+            buf.extend_from_slice(&[0x00, csid as u8, 0, 0, 0, 0, 0, 9, 9, 1, 0, 0, 0, 7]);
+        }
+        let mut err = None;
+        for _ in 0..=MAX_CHUNK_STREAMS {
+            match dec.decode(&mut buf) {
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+                Ok(m) => assert!(m.is_none() || buf.is_empty()),
+            }
+        }
+        assert_eq!(err, Some(ChunkError::TooManyChunkStreams));
+    }
+}
