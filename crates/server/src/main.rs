@@ -1,1 +1,83 @@
-fn main(){}
+//! `ferrocast`: the live-streaming media server binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use ferrocast::config::Config;
+use tracing_subscriber::EnvFilter;
+
+/// One binary that takes live streams in and serves them out in every common protocol.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file; every key is optional.
+    #[arg(long, env = "FERROCAST_CONFIG")]
+    config: Option<PathBuf>,
+    /// RTMP listen address (default 0.0.0.0:1935).
+    #[arg(long, env = "FERROCAST_RTMP_ADDR")]
+    rtmp_addr: Option<SocketAddr>,
+    /// RTSP listen address (default 0.0.0.0:8554; RTSP is not served yet).
+    #[arg(long, env = "FERROCAST_RTSP_ADDR")]
+    rtsp_addr: Option<SocketAddr>,
+    /// HTTP listen address for HTTP-FLV (default 0.0.0.0:8080).
+    #[arg(long, env = "FERROCAST_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
+    #[arg(long, env = "FERROCAST_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Print the built-in default configuration as TOML and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{}", toml::to_string_pretty(&Config::default())?);
+        return Ok(());
+    }
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(a) = args.rtmp_addr {
+        config.rtmp.listen = a;
+    }
+    if let Some(a) = args.rtsp_addr {
+        config.rtsp.listen = a;
+    }
+    if let Some(a) = args.http_addr {
+        config.http.listen = a;
+    }
+    if let Some(l) = args.log_level {
+        config.log_level = l;
+    }
+    let filter = EnvFilter::try_new(&config.log_level).with_context(|| format!("log level {:?}", config.log_level))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(ferrocast::run(config, shutdown_signal(), |bound| {
+        // One machine-readable line per listener on stdout, for scripts and tests.
+        println!("ferrocast: rtmp listening on {}", bound.rtmp);
+        println!("ferrocast: http listening on {}", bound.http);
+    }))?;
+    // Readers' and publishers' tasks are dropped with the runtime; their sockets close.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

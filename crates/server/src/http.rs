@@ -1,0 +1,172 @@
+//! The HTTP listener: HTTP-FLV now (`GET /APP/STREAM.flv`); HLS, the API and metrics come
+//! later on the same router.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use ferrocast_media::{Wire, flv};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::hub::{Hub, write_timeout};
+use crate::path;
+use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
+
+/// Buffers of FLV bytes queued between a reader task and hyper. Small: the hub's ring is
+/// where a slow reader's backlog lives, so it skips to a keyframe instead of buffering here.
+const FLV_QUEUE: usize = 16;
+
+/// The router.
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new().fallback(handle).with_state(hub)
+}
+
+/// Serves HTTP until the task is dropped.
+pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
+    if let Err(e) = axum::serve(listener, router(hub)).await {
+        warn!("http server: {e}");
+    }
+}
+
+fn cors(resp: &mut Response) {
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, OPTIONS"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("*"));
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    let mut r = (status, text).into_response();
+    cors(&mut r);
+    r
+}
+
+async fn handle(State(hub): State<Arc<Hub>>, req: Request) -> Response {
+    let uri_path = req.uri().path().to_owned();
+    if req.method() == Method::OPTIONS {
+        return plain(StatusCode::NO_CONTENT, "");
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    let Some(stream) = uri_path.strip_prefix('/').and_then(|p| p.strip_suffix(".flv")) else {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    };
+    if path::validate(stream).is_err() {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let Some(sub) = hub.subscribe_wait(stream).await else {
+        debug!(path = stream, "http-flv: no such stream");
+        return plain(StatusCode::NOT_FOUND, "stream not found\n");
+    };
+    info!(path = stream, "http-flv play");
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::OK;
+    cors(&mut resp);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/x-flv"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    if req.method() == Method::HEAD {
+        return resp;
+    }
+    let (tx, rx) = mpsc::channel(FLV_QUEUE);
+    let reader = Reader::new(hub.clone(), sub);
+    tokio::spawn(feed_flv(hub, stream.to_owned(), reader, tx));
+    *resp.body_mut() = Body::new(FlvBody { rx });
+    resp
+}
+
+async fn feed_flv(hub: Arc<Hub>, path: String, mut reader: Reader, tx: mpsc::Sender<Bytes>) {
+    let t = reader.initial_tracks().clone();
+    // Until the publisher has sent its sequence headers, announce both tracks.
+    let known = t.video.is_some() || t.audio.is_some();
+    let header = flv::file_header(!known || t.audio.is_some(), !known || t.video.is_some());
+    let timeout = write_timeout(&hub);
+    let mut feed = TagFeed::default();
+    let mut tags = Vec::new();
+    let mut pending = BytesMut::from(&header[..]);
+    loop {
+        let mut items = vec![reader.next().await];
+        while items.len() < 64 {
+            match reader.try_next() {
+                Some(i) => items.push(i),
+                None => break,
+            }
+        }
+        let mut done = false;
+        for item in items {
+            match item {
+                ReaderItem::Tracks(t) => feed.tracks(&t),
+                ReaderItem::Frame(f) => feed.frame(f, &mut tags),
+                ReaderItem::Republished => feed.reset(),
+                ReaderItem::Unpublished => {}
+                ReaderItem::Ended => done = true,
+                ReaderItem::TooSlow => {
+                    warn!(path, dropped = reader.dropped, "http-flv reader too slow: disconnected");
+                    return;
+                }
+            }
+        }
+        // Per-reader tags are gathered in one buffer; shared frame tags go out as they are.
+        for tag in tags.drain(..) {
+            match tag {
+                Tag::Own { tag_type, timestamp, body } => pending.extend_from_slice(&flv::tag(tag_type, timestamp, &body)),
+                Tag::Frame { frame, track } => {
+                    let kind = match frame.kind {
+                        ferrocast_media::TrackKind::Audio => flv::TAG_AUDIO,
+                        ferrocast_media::TrackKind::Video => flv::TAG_VIDEO,
+                    };
+                    if !pending.is_empty() && !send(&tx, pending.split().freeze(), timeout, &path).await {
+                        return;
+                    }
+                    let bytes = frame.wire(Wire::FlvTag, |f| flv::tag(kind, f.dts, &flv::frame_body(&track, f)));
+                    if !send(&tx, bytes, timeout, &path).await {
+                        return;
+                    }
+                }
+            }
+        }
+        if !pending.is_empty() && !send(&tx, pending.split().freeze(), timeout, &path).await {
+            return;
+        }
+        if done {
+            info!(path, "http-flv: stream ended");
+            return;
+        }
+    }
+}
+
+/// Queues bytes for the client; false when the client is gone or took nothing in time.
+async fn send(tx: &mpsc::Sender<Bytes>, b: Bytes, timeout: std::time::Duration, path: &str) -> bool {
+    match tokio::time::timeout(timeout, tx.send(b)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            warn!(path, "http-flv reader took nothing for {timeout:?}: disconnected");
+            false
+        }
+    }
+}
+
+/// The response body of an HTTP-FLV stream: whatever the feeding task queues.
+struct FlvBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl http_body::Body for FlvBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}

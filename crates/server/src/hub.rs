@@ -1,0 +1,375 @@
+//! The hub: path -> stream. One publisher per path, any number of readers, a GOP cache so a
+//! new reader starts at the latest keyframe, and a bounded ring of frames so the publisher
+//! never waits for a reader.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ferrocast_media::{Frame, TrackKind, Tracks};
+use tokio::sync::{Notify, broadcast};
+
+use crate::config::{HubConfig, ms};
+
+/// What readers of a stream receive, in order.
+#[derive(Debug, Clone)]
+pub enum HubEvent {
+    /// Codec parameters or metadata changed (or a new publisher sent its own).
+    Tracks(Arc<Tracks>),
+    /// One frame.
+    Frame(Arc<Frame>),
+    /// The publisher left; the path waits for a republish during the grace period.
+    Unpublished,
+    /// A new publisher took the path over within the grace period.
+    Republished,
+    /// The stream is over: no publisher came back in time.
+    Ended,
+}
+
+/// Why a publish was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PublishError {
+    /// Another publisher holds the path.
+    #[error("path {0:?} already has a publisher")]
+    Busy(String),
+}
+
+/// Gap left between the last frame of a publisher and the first of the one that replaces it
+/// within the grace period, in the stream clock (milliseconds for RTMP).
+const REPUBLISH_GAP_MS: i64 = 40;
+
+/// Counters that metrics will expose.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Frames readers skipped to catch up with a keyframe.
+    pub frames_dropped: AtomicU64,
+    /// Readers disconnected for staying behind.
+    pub readers_too_slow: AtomicU64,
+    /// Publishers whose timestamps were shifted to follow on from the previous publisher.
+    pub timestamp_rebases: AtomicU64,
+}
+
+/// The shared registry of streams.
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    streams: Mutex<HashMap<String, Arc<Stream>>>,
+    published: Notify,
+    /// Counters.
+    pub stats: HubStats,
+}
+
+#[derive(Debug)]
+struct Stream {
+    path: String,
+    tx: broadcast::Sender<HubEvent>,
+    state: Mutex<StreamState>,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    /// Generation of the current publisher, or None while in grace.
+    publisher: Option<u64>,
+    generation: u64,
+    tracks: Arc<Tracks>,
+    gop: Vec<Arc<Frame>>,
+    gop_bytes: usize,
+    /// Set when the GOP outgrew the cap: cache nothing until the next keyframe.
+    gop_overflow: bool,
+    /// Last decode timestamp handed to readers, across publishers.
+    last_dts: Option<i64>,
+    /// Added to this publisher's timestamps so they follow on from the previous one.
+    ts_offset: Option<i64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent-enough data (plain fields); keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    /// A hub with the given settings.
+    pub fn new(config: HubConfig) -> Arc<Hub> {
+        Arc::new(Hub { config, streams: Mutex::new(HashMap::new()), published: Notify::new(), stats: HubStats::default() })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// Paths that have a publisher now.
+    pub fn live_paths(&self) -> Vec<String> {
+        let streams = lock(&self.streams);
+        let mut v: Vec<String> =
+            streams.values().filter(|s| lock(&s.state).publisher.is_some()).map(|s| s.path.clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// Claims `path` for a publisher. A path in its grace period is taken over: its readers
+    /// carry on with the new publisher.
+    pub fn publish(self: &Arc<Self>, path: &str) -> Result<Publisher, PublishError> {
+        let mut streams = lock(&self.streams);
+        let stream = streams
+            .entry(path.to_owned())
+            .or_insert_with(|| {
+                let (tx, _) = broadcast::channel(self.config.reader_queue_frames);
+                Arc::new(Stream { path: path.to_owned(), tx, state: Mutex::new(StreamState::default()) })
+            })
+            .clone();
+        let mut st = lock(&stream.state);
+        if st.publisher.is_some() {
+            return Err(PublishError::Busy(path.to_owned()));
+        }
+        st.generation += 1;
+        st.publisher = Some(st.generation);
+        let republish = st.generation > 1;
+        st.tracks = Arc::new(Tracks::default());
+        st.gop.clear();
+        st.gop_bytes = 0;
+        st.gop_overflow = false;
+        st.ts_offset = None;
+        if republish {
+            let _ = stream.tx.send(HubEvent::Republished);
+        }
+        let generation = st.generation;
+        drop(st);
+        drop(streams);
+        self.published.notify_waiters();
+        Ok(Publisher { hub: self.clone(), stream, generation })
+    }
+
+    /// Subscribes to a published path: the current tracks and GOP, then live events.
+    pub fn subscribe(&self, path: &str) -> Option<Subscription> {
+        let stream = lock(&self.streams).get(path)?.clone();
+        let st = lock(&stream.state);
+        st.publisher?;
+        let rx = stream.tx.subscribe();
+        Some(Subscription { tracks: st.tracks.clone(), gop: st.gop.clone(), rx, stream: stream.clone() })
+    }
+
+    /// Subscribes, waiting up to the configured play wait for a publisher to appear.
+    pub async fn subscribe_wait(&self, path: &str) -> Option<Subscription> {
+        let deadline = tokio::time::Instant::now() + ms(self.config.play_wait_ms);
+        loop {
+            let notified = self.published.notified();
+            if let Some(s) = self.subscribe(path) {
+                return Some(s);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    fn unpublish(self: &Arc<Self>, stream: &Arc<Stream>, generation: u64) {
+        {
+            let mut st = lock(&stream.state);
+            if st.publisher != Some(generation) {
+                return;
+            }
+            st.publisher = None;
+        }
+        let _ = stream.tx.send(HubEvent::Unpublished);
+        let grace = ms(self.config.republish_grace_ms);
+        if grace.is_zero() {
+            self.end_if_unclaimed(stream, generation);
+            return;
+        }
+        let hub = self.clone();
+        let stream = stream.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            hub.end_if_unclaimed(&stream, generation);
+        });
+    }
+
+    fn end_if_unclaimed(&self, stream: &Arc<Stream>, generation: u64) {
+        let mut streams = lock(&self.streams);
+        let st = lock(&stream.state);
+        if st.publisher.is_none() && st.generation == generation {
+            let _ = stream.tx.send(HubEvent::Ended);
+            if streams.get(&stream.path).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+                streams.remove(&stream.path);
+            }
+        }
+    }
+}
+
+/// A reader's view of a stream at subscription, and its live feed.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Tracks at the time of subscription.
+    pub tracks: Arc<Tracks>,
+    /// Frames from the latest keyframe, oldest first.
+    pub gop: Vec<Arc<Frame>>,
+    /// Events after the snapshot.
+    pub rx: broadcast::Receiver<HubEvent>,
+    stream: Arc<Stream>,
+}
+
+impl Subscription {
+    /// The stream's tracks now (after a reader skipped events).
+    pub fn current_tracks(&self) -> Arc<Tracks> {
+        lock(&self.stream.state).tracks.clone()
+    }
+}
+
+/// The right to publish one path. Dropping it unpublishes.
+#[derive(Debug)]
+pub struct Publisher {
+    hub: Arc<Hub>,
+    stream: Arc<Stream>,
+    generation: u64,
+}
+
+impl Publisher {
+    /// The path.
+    pub fn path(&self) -> &str {
+        &self.stream.path
+    }
+
+    /// Replaces the tracks; readers see the change if it is one.
+    pub fn set_tracks(&self, tracks: Tracks) {
+        let mut st = lock(&self.stream.state);
+        if *st.tracks == tracks {
+            return;
+        }
+        let tracks = Arc::new(tracks);
+        st.tracks = tracks.clone();
+        let _ = self.stream.tx.send(HubEvent::Tracks(tracks));
+    }
+
+    /// Hands a frame to every reader. Never waits.
+    pub fn push(&self, kind: TrackKind, dts: i64, pts: i64, keyframe: bool, data: bytes::Bytes) {
+        let max_gop = self.hub.config.max_gop_cache_bytes;
+        let mut st = lock(&self.stream.state);
+        // A publisher that replaced another within the grace period continues its timeline:
+        // the explicit, counted correction that keeps readers' timestamps monotonic.
+        let offset = match st.ts_offset {
+            Some(o) => o,
+            None => {
+                let o = match st.last_dts {
+                    Some(last) if st.generation > 1 => {
+                        self.hub.stats.timestamp_rebases.fetch_add(1, Ordering::Relaxed);
+                        last + REPUBLISH_GAP_MS - dts
+                    }
+                    _ => 0,
+                };
+                st.ts_offset = Some(o);
+                o
+            }
+        };
+        let frame = Frame::new(kind, dts + offset, pts + offset, keyframe, data);
+        st.last_dts = Some(st.last_dts.map_or(frame.dts, |l| l.max(frame.dts)));
+        let has_video = st.tracks.video.is_some();
+        if has_video {
+            if kind == TrackKind::Video && keyframe {
+                st.gop.clear();
+                st.gop_bytes = 0;
+                st.gop_overflow = false;
+            }
+            if !st.gop_overflow && (!st.gop.is_empty() || (kind == TrackKind::Video && keyframe)) {
+                st.gop_bytes += frame.data.len();
+                if st.gop_bytes > max_gop {
+                    st.gop.clear();
+                    st.gop_bytes = 0;
+                    st.gop_overflow = true;
+                } else {
+                    st.gop.push(frame.clone());
+                }
+            }
+        }
+        let _ = self.stream.tx.send(HubEvent::Frame(frame));
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.hub.unpublish(&self.stream, self.generation);
+    }
+}
+
+/// How long a reader waits on one write before it is cut off.
+pub fn write_timeout(hub: &Hub) -> Duration {
+    ms(hub.config.reader_write_timeout_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use ferrocast_media::{TrackInfo, VideoCodec};
+
+    fn video_tracks() -> Tracks {
+        Tracks {
+            video: Some(TrackInfo::Video { codec: VideoCodec::H264, config: Bytes::from_static(&[1, 2, 3]) }),
+            ..Tracks::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn one_publisher_per_path_and_gop_cache() {
+        let hub = Hub::new(HubConfig::default());
+        let p = hub.publish("live/a").unwrap();
+        assert_eq!(hub.publish("live/a").unwrap_err(), PublishError::Busy("live/a".into()));
+        p.set_tracks(video_tracks());
+        p.push(TrackKind::Video, 0, 0, true, Bytes::from_static(b"k1"));
+        p.push(TrackKind::Video, 33, 33, false, Bytes::from_static(b"p"));
+        p.push(TrackKind::Video, 66, 66, true, Bytes::from_static(b"k2"));
+        p.push(TrackKind::Audio, 70, 70, true, Bytes::from_static(b"a"));
+        let sub = hub.subscribe("live/a").unwrap();
+        let dts: Vec<i64> = sub.gop.iter().map(|f| f.dts).collect();
+        assert_eq!(dts, [66, 70], "GOP starts at the newest keyframe");
+        assert!(sub.tracks.video.is_some());
+        assert!(hub.subscribe("live/b").is_none());
+    }
+
+    #[tokio::test]
+    async fn republish_in_grace_continues_timeline() {
+        let hub = Hub::new(HubConfig { republish_grace_ms: 60_000, ..HubConfig::default() });
+        let p = hub.publish("live/a").unwrap();
+        p.set_tracks(video_tracks());
+        p.push(TrackKind::Video, 5000, 5000, true, Bytes::from_static(b"k"));
+        let mut sub = hub.subscribe("live/a").unwrap();
+        drop(p);
+        assert!(matches!(sub.rx.recv().await, Ok(HubEvent::Unpublished)));
+        let p = hub.publish("live/a").unwrap();
+        assert!(matches!(sub.rx.recv().await, Ok(HubEvent::Republished)));
+        p.set_tracks(video_tracks());
+        p.push(TrackKind::Video, 0, 0, true, Bytes::from_static(b"k"));
+        assert!(matches!(sub.rx.recv().await, Ok(HubEvent::Tracks(_))));
+        match sub.rx.recv().await {
+            Ok(HubEvent::Frame(f)) => assert_eq!(f.dts, 5000 + REPUBLISH_GAP_MS),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(hub.stats.timestamp_rebases.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stream_ends_after_grace() {
+        let hub = Hub::new(HubConfig { republish_grace_ms: 1000, ..HubConfig::default() });
+        let p = hub.publish("live/a").unwrap();
+        let mut sub = hub.subscribe("live/a").unwrap();
+        drop(p);
+        assert!(matches!(sub.rx.recv().await, Ok(HubEvent::Unpublished)));
+        assert!(matches!(sub.rx.recv().await, Ok(HubEvent::Ended)));
+        assert!(hub.live_paths().is_empty());
+        // The path is free for a fresh stream.
+        assert!(hub.publish("live/a").is_ok());
+    }
+
+    #[tokio::test]
+    async fn gop_over_the_cap_is_not_cached() {
+        let hub = Hub::new(HubConfig { max_gop_cache_bytes: 10, ..HubConfig::default() });
+        let p = hub.publish("live/a").unwrap();
+        p.set_tracks(video_tracks());
+        p.push(TrackKind::Video, 0, 0, true, Bytes::from_static(b"123456"));
+        p.push(TrackKind::Video, 1, 1, false, Bytes::from_static(b"123456"));
+        assert!(hub.subscribe("live/a").unwrap().gop.is_empty());
+        p.push(TrackKind::Video, 2, 2, true, Bytes::from_static(b"1"));
+        assert_eq!(hub.subscribe("live/a").unwrap().gop.len(), 1);
+    }
+}

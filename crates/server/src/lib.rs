@@ -1,0 +1,44 @@
+//! The ferrocast server: configuration, the stream hub, and the listeners that compose the
+//! protocol crates into one media server.
+
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod ingest;
+pub mod path;
+pub mod reader;
+pub mod rtmp_server;
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::config::Config;
+
+/// The addresses the listeners are bound to (useful with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// RTMP.
+    pub rtmp: SocketAddr,
+    /// HTTP.
+    pub http: SocketAddr,
+}
+
+/// Binds every listener and serves until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>, on_bound: impl FnOnce(Bound)) -> anyhow::Result<()> {
+    let hub = hub::Hub::new(config.hub.clone());
+    let rtmp = TcpListener::bind(config.rtmp.listen).await.with_context(|| format!("binding RTMP to {}", config.rtmp.listen))?;
+    let http = TcpListener::bind(config.http.listen).await.with_context(|| format!("binding HTTP to {}", config.http.listen))?;
+    let bound = Bound { rtmp: rtmp.local_addr()?, http: http.local_addr()? };
+    info!(rtmp = %bound.rtmp, http = %bound.http, rtsp = %config.rtsp.listen, "ferrocast serving (RTSP not built yet)");
+    on_bound(bound);
+    let rtmp_task = tokio::spawn(rtmp_server::serve(rtmp, config.rtmp.clone(), hub.clone()));
+    let http_task = tokio::spawn(http::serve(http, hub.clone()));
+    shutdown.await;
+    info!("shutting down");
+    rtmp_task.abort();
+    http_task.abort();
+    Ok(())
+}

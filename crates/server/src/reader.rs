@@ -1,0 +1,223 @@
+//! What every reader shares, whatever its protocol: the walk through a subscription with
+//! bounded lag (skip to the next keyframe, codec parameters first; disconnect a reader that
+//! stays behind), and the mapping of hub events to FLV tags that RTMP and HTTP-FLV both send.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferrocast_media::{Frame, TrackInfo, TrackKind, Tracks, flv};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+use crate::hub::{Hub, HubEvent, Subscription};
+
+/// What a reader is told, in order.
+#[derive(Debug, Clone)]
+pub enum ReaderItem {
+    /// Tracks to (re)send before the frames that follow.
+    Tracks(Arc<Tracks>),
+    /// A frame to send.
+    Frame(Arc<Frame>),
+    /// The publisher left; the path is in its grace period.
+    Unpublished,
+    /// A new publisher took over; sequence headers will be resent.
+    Republished,
+    /// The stream is over.
+    Ended,
+    /// This reader stayed behind too long and must be disconnected.
+    TooSlow,
+}
+
+/// A reader's cursor over a stream.
+#[derive(Debug)]
+pub struct Reader {
+    hub: Arc<Hub>,
+    sub: Subscription,
+    backlog: VecDeque<ReaderItem>,
+    waiting_for_keyframe: bool,
+    has_video: bool,
+    skips: VecDeque<Instant>,
+    /// Frames this reader skipped.
+    pub dropped: u64,
+}
+
+const SKIP_WINDOW: Duration = Duration::from_secs(60);
+
+impl Reader {
+    /// Starts at the subscription's snapshot: tracks, then the GOP.
+    pub fn new(hub: Arc<Hub>, sub: Subscription) -> Reader {
+        let mut backlog = VecDeque::with_capacity(sub.gop.len() + 1);
+        backlog.push_back(ReaderItem::Tracks(sub.tracks.clone()));
+        backlog.extend(sub.gop.iter().cloned().map(ReaderItem::Frame));
+        let has_video = sub.tracks.video.is_some();
+        // Without a GOP to start from, wait for a keyframe.
+        let waiting_for_keyframe = has_video && sub.gop.is_empty();
+        Reader { hub, sub, backlog, waiting_for_keyframe, has_video, skips: VecDeque::new(), dropped: 0 }
+    }
+
+    /// The tracks at subscription time.
+    pub fn initial_tracks(&self) -> &Arc<Tracks> {
+        &self.sub.tracks
+    }
+
+    /// Skip to the next keyframe, as after a pause.
+    pub fn resync(&mut self) {
+        self.waiting_for_keyframe = self.has_video;
+    }
+
+    /// The next item, waiting for one.
+    pub async fn next(&mut self) -> ReaderItem {
+        loop {
+            if let Some(item) = self.backlog.pop_front() {
+                return item;
+            }
+            let r = self.sub.rx.recv().await;
+            if let Some(item) = self.accept(r) {
+                return item;
+            }
+        }
+    }
+
+    /// The next item if one is ready now.
+    pub fn try_next(&mut self) -> Option<ReaderItem> {
+        loop {
+            if let Some(item) = self.backlog.pop_front() {
+                return Some(item);
+            }
+            let r = match self.sub.rx.try_recv() {
+                Ok(e) => Ok(e),
+                Err(TryRecvError::Empty) => return None,
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            };
+            if let Some(item) = self.accept(r) {
+                return Some(item);
+            }
+        }
+    }
+
+    fn accept(&mut self, r: Result<HubEvent, RecvError>) -> Option<ReaderItem> {
+        match r {
+            Ok(HubEvent::Frame(f)) => {
+                if self.waiting_for_keyframe {
+                    let starts = f.kind == TrackKind::Video && f.keyframe;
+                    if !starts {
+                        self.dropped += 1;
+                        self.hub.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    }
+                    self.waiting_for_keyframe = false;
+                }
+                Some(ReaderItem::Frame(f))
+            }
+            Ok(HubEvent::Tracks(t)) => {
+                self.has_video = t.video.is_some();
+                Some(ReaderItem::Tracks(t))
+            }
+            Ok(HubEvent::Unpublished) => Some(ReaderItem::Unpublished),
+            Ok(HubEvent::Republished) => {
+                self.resync();
+                Some(ReaderItem::Republished)
+            }
+            Ok(HubEvent::Ended) | Err(RecvError::Closed) => Some(ReaderItem::Ended),
+            Err(RecvError::Lagged(n)) => {
+                self.dropped += n;
+                self.hub.stats.frames_dropped.fetch_add(n, Ordering::Relaxed);
+                let now = Instant::now();
+                self.skips.push_back(now);
+                while self.skips.front().is_some_and(|t| now.duration_since(*t) > SKIP_WINDOW) {
+                    self.skips.pop_front();
+                }
+                if self.skips.len() > self.hub.config().max_reader_skips_per_minute as usize {
+                    self.hub.stats.readers_too_slow.fetch_add(1, Ordering::Relaxed);
+                    return Some(ReaderItem::TooSlow);
+                }
+                // Codec parameters first, then the next keyframe.
+                let tracks = self.sub.current_tracks();
+                self.has_video = tracks.video.is_some();
+                self.resync();
+                Some(ReaderItem::Tracks(tracks))
+            }
+        }
+    }
+}
+
+/// One thing to send to an FLV-speaking reader.
+#[derive(Debug)]
+pub enum Tag {
+    /// A tag whose body is built for this reader (metadata, sequence headers: rare).
+    Own {
+        /// FLV tag type (8 audio, 9 video, 18 script).
+        tag_type: u8,
+        /// Timestamp in ms.
+        timestamp: i64,
+        /// The body.
+        body: Bytes,
+    },
+    /// A frame, whose wire form is built once and shared (see [`Frame::wire`]).
+    Frame {
+        /// The frame.
+        frame: Arc<Frame>,
+        /// Its track's parameters, for building the wire form.
+        track: TrackInfo,
+    },
+}
+
+/// Turns reader items into FLV tags, sending metadata and sequence headers only when they
+/// change (or after a republish).
+#[derive(Debug, Default)]
+pub struct TagFeed {
+    sent: Tracks,
+    current: Tracks,
+    last_ts: i64,
+}
+
+impl TagFeed {
+    /// Forgets what was sent, so the next tracks are sent in full.
+    pub fn reset(&mut self) {
+        self.sent = Tracks::default();
+    }
+
+    /// Records new tracks; their tags go out before the next frame.
+    pub fn tracks(&mut self, tracks: &Tracks) {
+        self.current = tracks.clone();
+    }
+
+    /// The tags for a frame: any changed parameters, then the frame. Frames of a track whose
+    /// parameters are not known yet are dropped.
+    pub fn frame(&mut self, frame: Arc<Frame>, out: &mut Vec<Tag>) {
+        let ts = frame.dts;
+        if self.current.metadata != self.sent.metadata {
+            if let Some(m) = &self.current.metadata {
+                out.push(Tag::Own { tag_type: flv::TAG_SCRIPT, timestamp: ts, body: m.clone() });
+            }
+            self.sent.metadata = self.current.metadata.clone();
+        }
+        for (cur, sent, tag_type) in [
+            (&self.current.video, &mut self.sent.video, flv::TAG_VIDEO),
+            (&self.current.audio, &mut self.sent.audio, flv::TAG_AUDIO),
+        ] {
+            if cur != sent {
+                if let Some(body) = cur.as_ref().and_then(flv::config_body) {
+                    out.push(Tag::Own { tag_type, timestamp: ts, body });
+                }
+                sent.clone_from(cur);
+            }
+        }
+        let track = match frame.kind {
+            TrackKind::Video => &self.current.video,
+            TrackKind::Audio => &self.current.audio,
+        };
+        if let Some(track) = track {
+            self.last_ts = ts;
+            out.push(Tag::Frame { frame, track: track.clone() });
+        }
+    }
+
+    /// The timestamp of the last frame sent.
+    pub fn last_ts(&self) -> i64 {
+        self.last_ts
+    }
+}

@@ -1,0 +1,338 @@
+//! The RTMP listener: a thin tokio driver around [`ServerSession`]. It reads, hands bytes to
+//! the session, acts on its events (hub publish/subscribe), drains its transmit queue with
+//! vectored writes and sleeps until the next timer.
+
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::Bytes;
+use ferrocast_media::{Wire, flv};
+use ferrocast_rtmp::message::{encode_media, user_control};
+use ferrocast_rtmp::{MediaKind, ServerConfig, ServerEvent, ServerSession};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::config::{RtmpConfig, ms};
+use crate::hub::{Hub, write_timeout};
+use crate::ingest::RtmpIngest;
+use crate::path::stream_path;
+use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
+
+/// Message stream id `createStream` gives first; shared media chunks are encoded for it.
+const SHARED_STREAM_ID: u32 = 1;
+/// Most reader items handled before writing, so one write carries several frames.
+const BATCH: usize = 64;
+
+/// Accepts RTMP connections until the task is dropped.
+pub async fn serve(listener: TcpListener, config: RtmpConfig, hub: Arc<Hub>) {
+    let session_config = ServerConfig {
+        chunk_size: config.chunk_size,
+        max_message_len: config.max_message_size,
+        window_ack_size: ferrocast_rtmp::ServerConfig::default().window_ack_size,
+        handshake_timeout: ms(config.handshake_timeout_ms),
+        idle_timeout: ms(config.idle_timeout_ms),
+        ping_interval: ms(config.ping_interval_ms),
+    };
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("rtmp accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let hub = hub.clone();
+        let cfg = session_config.clone();
+        tokio::spawn(async move {
+            let mut conn = Connection { peer, socket, session: ServerSession::new(cfg, Instant::now()), hub, app: String::new(), role: Role::None };
+            match conn.run().await {
+                Ok(()) => debug!(%peer, "rtmp connection closed"),
+                Err(e) => info!(%peer, "rtmp connection ended: {e:#}"),
+            }
+        });
+    }
+}
+
+enum Role {
+    None,
+    Publishing { stream_id: u32, ingest: RtmpIngest },
+    Playing(Box<Playing>),
+}
+
+struct Playing {
+    stream_id: u32,
+    path: String,
+    reader: Reader,
+    feed: TagFeed,
+    paused: bool,
+    audio: bool,
+    video: bool,
+    /// Set once the stream has ended: flush, then close.
+    finished: bool,
+}
+
+struct Connection {
+    peer: SocketAddr,
+    socket: TcpStream,
+    session: ServerSession,
+    hub: Arc<Hub>,
+    app: String,
+    role: Role,
+}
+
+impl Connection {
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let _ = self.socket.set_nodelay(true);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            self.flush().await?;
+            if self.session.is_closing() || matches!(&self.role, Role::Playing(p) if p.finished) {
+                let _ = self.socket.shutdown().await;
+                return Ok(());
+            }
+            let deadline = self.session.poll_timeout().map(|(_, at)| at);
+            let sleep_until = tokio::time::Instant::from_std(deadline.unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600)));
+            let reading = match &mut self.role {
+                Role::Playing(p) if !p.paused => Some(&mut p.reader),
+                _ => None,
+            };
+            tokio::select! {
+                r = self.socket.read(&mut buf) => {
+                    let n = r.context("read")?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    self.session.handle_input(Instant::now(), &buf[..n])?;
+                    self.handle_events().await?;
+                }
+                _ = tokio::time::sleep_until(sleep_until) => {
+                    self.session.handle_timeout(Instant::now())?;
+                }
+                item = async { reading.expect("guarded").next().await }, if reading.is_some() => {
+                    self.play_item(item);
+                    for _ in 1..BATCH {
+                        let Role::Playing(p) = &mut self.role else { break };
+                        if p.finished { break; }
+                        let Some(item) = p.reader.try_next() else { break };
+                        self.play_item(item);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes everything the session has queued, in as few syscalls as the kernel allows.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        let mut pending: Vec<Bytes> = Vec::new();
+        while let Some(b) = self.session.poll_transmit() {
+            pending.push(b);
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let timeout = write_timeout(&self.hub);
+        tokio::time::timeout(timeout, write_all_vectored(&mut self.socket, pending))
+            .await
+            .map_err(|_| anyhow::anyhow!("peer took nothing for {timeout:?}: disconnected"))?
+            .context("write")
+    }
+
+    async fn handle_events(&mut self) -> anyhow::Result<()> {
+        while let Some(ev) = self.session.poll_event() {
+            match ev {
+                ServerEvent::Connect { app, .. } => {
+                    debug!(peer = %self.peer, app, "rtmp connect");
+                    self.app = app;
+                    self.session.accept_connect();
+                }
+                ServerEvent::Publish { stream_id, name, .. } => self.publish(stream_id, &name),
+                ServerEvent::Play { stream_id, name, .. } => self.play(stream_id, &name).await,
+                ServerEvent::Unpublish { stream_id } => {
+                    if matches!(&self.role, Role::Publishing { stream_id: s, .. } if *s == stream_id) {
+                        if let Role::Publishing { ingest, .. } = &self.role {
+                            info!(peer = %self.peer, path = ingest.path(), "rtmp unpublish");
+                        }
+                        self.role = Role::None;
+                    }
+                }
+                ServerEvent::PlayStop { stream_id } => {
+                    if matches!(&self.role, Role::Playing(p) if p.stream_id == stream_id) {
+                        self.role = Role::None;
+                    }
+                }
+                ServerEvent::Pause { paused, .. } => {
+                    if let Role::Playing(p) = &mut self.role {
+                        p.paused = paused;
+                        if !paused {
+                            p.reader.resync();
+                        }
+                    }
+                }
+                ServerEvent::Receive { kind, enabled, .. } => {
+                    if let Role::Playing(p) = &mut self.role {
+                        match kind {
+                            MediaKind::Audio => p.audio = enabled,
+                            _ => p.video = enabled,
+                        }
+                    }
+                }
+                ServerEvent::Media(msg) => {
+                    if let Role::Publishing { ingest, stream_id } = &mut self.role
+                        && msg.stream_id == *stream_id
+                        && let Err(e) = ingest.handle(msg)
+                    {
+                        debug!(peer = %self.peer, path = ingest.path(), "dropped publisher message: {e}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self, stream_id: u32, name: &str) {
+        let path = match stream_path(&self.app, name) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(peer = %self.peer, "rtmp publish refused: {e}");
+                self.session.reject(stream_id, "NetStream.Publish.BadName", &e.to_string());
+                return;
+            }
+        };
+        if !matches!(self.role, Role::None) {
+            self.session.reject(stream_id, "NetStream.Publish.BadName", "connection already publishing or playing");
+            return;
+        }
+        match self.hub.publish(&path) {
+            Ok(publisher) => {
+                info!(peer = %self.peer, path, "rtmp publish");
+                self.session.accept_publish(stream_id);
+                self.role = Role::Publishing { stream_id, ingest: RtmpIngest::new(publisher) };
+            }
+            Err(e) => {
+                warn!(peer = %self.peer, path, "rtmp publish refused: {e}");
+                self.session.reject(stream_id, "NetStream.Publish.BadName", &e.to_string());
+            }
+        }
+    }
+
+    async fn play(&mut self, stream_id: u32, name: &str) {
+        let path = match stream_path(&self.app, name) {
+            Ok(p) => p,
+            Err(e) => {
+                self.session.reject(stream_id, "NetStream.Play.StreamNotFound", &e.to_string());
+                return;
+            }
+        };
+        if !matches!(self.role, Role::None) {
+            self.session.reject(stream_id, "NetStream.Play.Failed", "connection already publishing or playing");
+            return;
+        }
+        let Some(sub) = self.hub.subscribe_wait(&path).await else {
+            info!(peer = %self.peer, path, "rtmp play: no such stream");
+            self.session.reject(stream_id, "NetStream.Play.StreamNotFound", &format!("no stream {path}"));
+            return;
+        };
+        info!(peer = %self.peer, path, "rtmp play");
+        self.session.accept_play(stream_id);
+        let reader = Reader::new(self.hub.clone(), sub);
+        self.role = Role::Playing(Box::new(Playing {
+            stream_id,
+            path,
+            reader,
+            feed: TagFeed::default(),
+            paused: false,
+            audio: true,
+            video: true,
+            finished: false,
+        }));
+    }
+
+    fn play_item(&mut self, item: ReaderItem) {
+        let Role::Playing(p) = &mut self.role else { return };
+        let sid = p.stream_id;
+        match item {
+            ReaderItem::Tracks(t) => p.feed.tracks(&t),
+            ReaderItem::Frame(f) => {
+                let wanted = match f.kind {
+                    ferrocast_media::TrackKind::Audio => p.audio,
+                    ferrocast_media::TrackKind::Video => p.video,
+                };
+                if !wanted {
+                    return;
+                }
+                let mut tags = Vec::with_capacity(4);
+                p.feed.frame(f, &mut tags);
+                let chunk_size = self.session.chunk_size();
+                for tag in tags {
+                    match tag {
+                        Tag::Own { tag_type, timestamp, body } => {
+                            let kind = match tag_type {
+                                flv::TAG_AUDIO => MediaKind::Audio,
+                                flv::TAG_VIDEO => MediaKind::Video,
+                                _ => MediaKind::Data,
+                            };
+                            self.session.send_media_message(kind, timestamp as u32, sid, &body);
+                        }
+                        Tag::Frame { frame, track } => {
+                            let kind = match frame.kind {
+                                ferrocast_media::TrackKind::Audio => MediaKind::Audio,
+                                ferrocast_media::TrackKind::Video => MediaKind::Video,
+                            };
+                            let encode = |f: &ferrocast_media::Frame| {
+                                encode_media(kind, f.dts as u32, SHARED_STREAM_ID, &flv::frame_body(&track, f), chunk_size)
+                            };
+                            if sid == SHARED_STREAM_ID {
+                                self.session.send_media(frame.wire(Wire::RtmpChunks, encode));
+                            } else {
+                                self.session.send_media_message(kind, frame.dts as u32, sid, &flv::frame_body(&track, &frame));
+                            }
+                        }
+                    }
+                }
+            }
+            ReaderItem::Unpublished => self.session.send_user_control(user_control::STREAM_EOF, sid),
+            ReaderItem::Republished => {
+                p.feed.reset();
+                self.session.send_user_control(user_control::STREAM_BEGIN, sid);
+                self.session.send_status(sid, "status", "NetStream.Play.PublishNotify", "republished");
+            }
+            ReaderItem::Ended => {
+                info!(peer = %self.peer, path = p.path, "rtmp play: stream ended");
+                self.session.end_play(sid, "NetStream.Play.UnpublishNotify", "stream ended");
+                p.finished = true;
+            }
+            ReaderItem::TooSlow => {
+                warn!(peer = %self.peer, path = p.path, dropped = p.reader.dropped, "rtmp reader too slow: disconnected");
+                p.finished = true;
+            }
+        }
+    }
+}
+
+/// Writes all buffers with vectored writes, handling partial writes.
+pub async fn write_all_vectored(socket: &mut TcpStream, mut bufs: Vec<Bytes>) -> std::io::Result<()> {
+    let mut first = 0;
+    while first < bufs.len() {
+        let slices: Vec<IoSlice<'_>> = bufs[first..].iter().take(64).map(|b| IoSlice::new(b)).collect();
+        let mut n = socket.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let len = bufs[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                bufs[first] = bufs[first].slice(n..);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
