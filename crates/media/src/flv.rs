@@ -35,6 +35,9 @@ pub enum FlvError {
         /// Bytes the header needs.
         need: usize,
     },
+    /// A file that does not start with an FLV header.
+    #[error("not an FLV file")]
+    NotFlv,
 }
 
 /// A parsed FLV video tag body.
@@ -260,6 +263,39 @@ pub fn tag(tag_type: u8, timestamp: i64, body: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// A tag read from an FLV file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileTag {
+    /// 8 audio, 9 video, 18 script.
+    pub tag_type: u8,
+    /// Timestamp in ms.
+    pub timestamp: u32,
+    /// The tag body.
+    pub body: Bytes,
+}
+
+/// Reads the tags of a whole FLV file; stops at the first truncated tag.
+pub fn read_file(data: &Bytes) -> Result<Vec<FileTag>, FlvError> {
+    if data.len() < 13 || &data[..3] != b"FLV" {
+        return Err(FlvError::NotFlv);
+    }
+    let header_len = u32::from_be_bytes([data[5], data[6], data[7], data[8]]) as usize;
+    let mut pos = header_len.max(9) + 4;
+    let mut tags = Vec::new();
+    while pos + 11 <= data.len() {
+        let h = &data[pos..pos + 11];
+        let size = (usize::from(h[1]) << 16) | (usize::from(h[2]) << 8) | usize::from(h[3]);
+        let timestamp = u32::from_be_bytes([h[7], h[4], h[5], h[6]]);
+        let end = pos + 11 + size;
+        if end > data.len() {
+            break;
+        }
+        tags.push(FileTag { tag_type: h[0] & 0x1f, timestamp, body: data.slice(pos + 11..end) });
+        pos = end + 4;
+    }
+    Ok(tags)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +341,18 @@ mod tests {
         assert!(parse_video(&Bytes::from_static(&[0x17, 1])).is_err());
         assert!(parse_video(&Bytes::from_static(&[0x91, b'h', b'v'])).is_err());
         assert!(parse_audio(&Bytes::from_static(&[0xaf])).is_err());
+    }
+
+    #[test]
+    fn file_round_trip() {
+        let mut file = file_header(true, false).to_vec();
+        file.extend_from_slice(&tag(TAG_AUDIO, 23, &[0xaf, 1, 9]));
+        file.extend_from_slice(&tag(TAG_AUDIO, 46, &[0xaf, 1]));
+        file.extend_from_slice(&[8, 0, 0, 99]); // truncated
+        let tags = read_file(&Bytes::from(file)).unwrap();
+        assert_eq!(tags.len(), 2);
+        assert_eq!((tags[1].timestamp, &tags[1].body[..]), (46, &[0xaf, 1][..]));
+        assert_eq!(read_file(&Bytes::from_static(b"GIF89a.......")), Err(FlvError::NotFlv));
     }
 
     #[test]

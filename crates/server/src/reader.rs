@@ -191,7 +191,9 @@ impl TagFeed {
         let ts = frame.dts;
         if self.current.metadata != self.sent.metadata {
             if let Some(m) = &self.current.metadata {
-                out.push(Tag::Own { tag_type: flv::TAG_SCRIPT, timestamp: ts, body: m.clone() });
+                // At 0: ffmpeg's FLV demuxer takes a script tag with a later timestamp for a
+                // data stream instead of metadata (libavformat/flvdec.c, 5.1 and later).
+                out.push(Tag::Own { tag_type: flv::TAG_SCRIPT, timestamp: 0, body: m.clone() });
             }
             self.sent.metadata = self.current.metadata.clone();
         }

@@ -1,0 +1,343 @@
+//! Shared pieces of the integration tests: the real `ferrocast` binary on loopback, media made
+//! by ffmpeg's lavfi sources, ffmpeg/ffprobe runners, and a tokio driver for our own RTMP
+//! client session.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferrocast_rtmp::client::{ClientConfig, ClientEvent, ClientMode, ClientSession};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Fails loudly when a tool is missing: interop tests never skip.
+pub fn require(tool: &str) {
+    let ok = Command::new(tool).arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    assert!(ok, "{tool} is required for the interop tests: run ./scripts/test (it installs ffmpeg) or apt-get install -y ffmpeg");
+}
+
+fn work_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferrocast-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn make_media(name: &str, args: &[&str]) -> PathBuf {
+    require("ffmpeg");
+    let out = work_dir().join(name);
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .arg(&out)
+        .status()
+        .expect("run ffmpeg");
+    assert!(status.success(), "ffmpeg could not make {name}");
+    out
+}
+
+/// 4 s of H.264 high profile with B-frames (GOP 1 s) + AAC 44.1 kHz stereo, in FLV.
+pub fn test_flv() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        make_media("h264_aac.flv", &[
+            "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+            "-c:v", "libx264", "-profile:v", "high", "-bf", "2", "-g", "30", "-preset", "veryfast",
+            "-c:a", "aac", "-ac", "2", "-t", "4", "-f", "flv",
+        ])
+    })
+}
+
+/// A high-bitrate (noisy, ~8 Mbit/s) H.264 stream, to fill socket buffers quickly.
+pub fn heavy_flv() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        make_media("heavy.flv", &[
+            "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30,noise=alls=60:allf=t",
+            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+            "-c:v", "libx264", "-bf", "2", "-g", "30", "-preset", "ultrafast", "-b:v", "8M",
+            "-c:a", "aac", "-t", "4", "-f", "flv",
+        ])
+    })
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The real binary on loopback with ports chosen by the kernel.
+pub struct Server {
+    pub proc: Proc,
+    pub rtmp: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::with_config("")
+    }
+
+    /// Starts with a TOML config (listen addresses are overridden to port 0).
+    pub fn with_config(toml: &str) -> Server {
+        let cfg = work_dir().join(format!("cfg-{}.toml", rand_suffix()));
+        std::fs::write(&cfg, toml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocast"))
+            .args(["--rtmp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--rtsp-addr", "127.0.0.1:0"])
+            .arg("--config")
+            .arg(&cfg)
+            .args(["--log-level", "debug"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ferrocast");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut addr = |what: &str| -> SocketAddr {
+            let line = lines.next().expect("ferrocast exited early").unwrap();
+            let prefix = format!("ferrocast: {what} listening on ");
+            line.strip_prefix(&prefix).unwrap_or_else(|| panic!("unexpected line {line:?}")).parse().unwrap()
+        };
+        let rtmp = addr("rtmp");
+        let http = addr("http");
+        Server { proc: Proc(child), rtmp, http }
+    }
+
+    pub fn rtmp_url(&self, path: &str) -> String {
+        format!("rtmp://{}/{path}", self.rtmp)
+    }
+
+    pub fn flv_url(&self, path: &str) -> String {
+        format!("http://{}/{path}.flv", self.http)
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        self.proc.0.try_wait().unwrap().is_none()
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// `ffmpeg -re -stream_loop -1 -i FILE -c copy -f flv URL`: a real-time publisher.
+pub fn publish(file: &Path, url: &str) -> Proc {
+    publish_args(file, url, &["-stream_loop", "-1"])
+}
+
+/// A publisher with extra input options (e.g. `-t 3` for a bounded run).
+pub fn publish_args(file: &Path, url: &str, input_opts: &[&str]) -> Proc {
+    require("ffmpeg");
+    let child = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-re"])
+        .args(input_opts)
+        .arg("-i")
+        .arg(file)
+        .args(["-c", "copy", "-f", "flv", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffmpeg");
+    Proc(child)
+}
+
+/// What ffprobe saw.
+#[derive(Debug)]
+pub struct Probe {
+    pub streams: Vec<Value>,
+    pub packets: Vec<Value>,
+    pub stderr: String,
+}
+
+impl Probe {
+    pub fn codec(&self, kind: &str) -> Option<&Value> {
+        self.streams.iter().find(|s| s["codec_type"] == kind)
+    }
+
+    fn index(&self, kind: &str) -> i64 {
+        self.codec(kind).unwrap_or_else(|| panic!("no {kind} stream in {:?}", self.streams))["index"].as_i64().unwrap()
+    }
+
+    /// Packets of one stream as (dts seconds, keyframe).
+    pub fn packets_of(&self, kind: &str) -> Vec<(f64, bool)> {
+        let idx = self.index(kind);
+        self.packets
+            .iter()
+            .filter(|p| p["stream_index"].as_i64() == Some(idx))
+            .map(|p| {
+                let dts = p["dts_time"].as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+                (dts, p["flags"].as_str().unwrap_or("").starts_with('K'))
+            })
+            .collect()
+    }
+
+    /// The checks every read of the H.264+AAC test stream must pass: codecs, resolution, no
+    /// stray data stream, packets throughout, monotonic timestamps, first video frame a
+    /// keyframe.
+    pub fn assert_h264_aac(&self, width: i64, height: i64, min_video_packets: usize) {
+        assert_eq!(self.streams.len(), 2, "streams: {:?}\n{}", self.streams, self.stderr);
+        let v = self.codec("video").expect("video stream");
+        assert_eq!(v["codec_name"], "h264");
+        assert_eq!((v["width"].as_i64(), v["height"].as_i64()), (Some(width), Some(height)));
+        assert_eq!(self.codec("audio").expect("audio stream")["codec_name"], "aac");
+        let video = self.packets_of("video");
+        let audio = self.packets_of("audio");
+        assert!(video.len() >= min_video_packets, "only {} video packets\n{}", video.len(), self.stderr);
+        assert!(audio.len() >= min_video_packets, "only {} audio packets", audio.len());
+        assert!(video[0].1, "first video packet is not a keyframe");
+        for (name, pk) in [("video", &video), ("audio", &audio)] {
+            for w in pk.windows(2) {
+                assert!(w[1].0 >= w[0].0, "{name} dts went backwards: {} -> {}", w[0].0, w[1].0);
+            }
+        }
+    }
+}
+
+/// `ffprobe` reading `url` for `seconds` of stream time (killed after a generous guard).
+pub fn probe(url: &str, seconds: u32) -> Probe {
+    require("ffprobe");
+    let interval = format!("%+{seconds}");
+    // Output to files, not pipes: a full pipe would stall ffprobe while we wait on it.
+    let out_path = work_dir().join(format!("probe-{}.json", rand_suffix()));
+    let err_path = out_path.with_extension("err");
+    let mut child = Command::new("ffprobe")
+        .args(["-v", "error", "-rw_timeout", "15000000", "-show_streams", "-show_packets", "-of", "json", "-read_intervals", &interval])
+        .arg(url)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("ffprobe");
+    let guard = Duration::from_secs(u64::from(seconds) + 30);
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > guard {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stdout = std::fs::read(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let json: Value = serde_json::from_slice(&stdout).unwrap_or(Value::Null);
+    let arr = |k: &str| json[k].as_array().cloned().unwrap_or_default();
+    Probe { streams: arr("streams"), packets: arr("packets"), stderr }
+}
+
+/// Waits until `url` is readable (the publisher is up), polling with ffprobe-free RTMP.
+pub async fn wait_published(server: &Server, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let url = format!("http://{}/{path}.flv", server.http);
+        if http_status(&url).await == Some(200) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} was never published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Status code of a GET (headers only).
+pub async fn http_status(url: &str) -> Option<u16> {
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_at(rest.find('/')?);
+    let mut s = TcpStream::connect(host).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.ok()?.ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.split(' ').nth(1)?.parse().ok()
+}
+
+/// Our RTMP client session over a real socket.
+pub struct RtmpClient {
+    pub socket: TcpStream,
+    pub session: ClientSession,
+    buf: Vec<u8>,
+}
+
+impl RtmpClient {
+    pub async fn connect(addr: SocketAddr, path: &str, publish: bool) -> RtmpClient {
+        RtmpClient::connect_socket(TcpStream::connect(addr).await.unwrap(), addr, path, publish).await
+    }
+
+    pub async fn connect_socket(socket: TcpStream, addr: SocketAddr, path: &str, publish: bool) -> RtmpClient {
+        let (app, name) = path.split_once('/').unwrap();
+        let mode = if publish { ClientMode::Publish(name.into()) } else { ClientMode::Play(name.into()) };
+        let config = ClientConfig::new(&format!("rtmp://{addr}/{app}"), app, mode);
+        let mut c = RtmpClient { socket, session: ClientSession::new(config, Instant::now()), buf: vec![0; 65536] };
+        c.flush().await;
+        c
+    }
+
+    pub async fn flush(&mut self) {
+        while let Some(b) = self.session.poll_transmit() {
+            self.socket.write_all(&b).await.unwrap();
+        }
+    }
+
+    /// Reads until an event arrives; None on EOF or after `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<ClientEvent> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(ev) = self.session.poll_event() {
+                return Some(ev);
+            }
+            let n = match tokio::time::timeout_at(deadline, self.socket.read(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return None,
+            };
+            self.session.handle_input(Instant::now(), &self.buf[..n]).ok()?;
+            self.flush().await;
+        }
+    }
+
+    /// Waits for an event matching `f`, returning the events before it too.
+    pub async fn wait_for(&mut self, f: impl Fn(&ClientEvent) -> bool) -> Vec<ClientEvent> {
+        let mut seen = Vec::new();
+        loop {
+            let ev = self.next_event(Duration::from_secs(15)).await.unwrap_or_else(|| panic!("connection ended; saw {seen:?}"));
+            let done = f(&ev);
+            seen.push(ev);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// Publishes the FLV file's tags at real-time pace, `loops` times with increasing
+    /// timestamps.
+    pub async fn publish_file(&mut self, file: &Path, loops: u32) {
+        let data = Bytes::from(std::fs::read(file).unwrap());
+        let tags = ferrocast_media::flv::read_file(&data).unwrap();
+        let span = tags.iter().map(|t| t.timestamp).max().unwrap_or(0) + 33;
+        let start = tokio::time::Instant::now();
+        for l in 0..loops {
+            for t in &tags {
+                let ts = t.timestamp + l * span;
+                let kind = match t.tag_type {
+                    8 => ferrocast_rtmp::MediaKind::Audio,
+                    9 => ferrocast_rtmp::MediaKind::Video,
+                    _ if l == 0 => ferrocast_rtmp::MediaKind::Data,
+                    _ => continue,
+                };
+                let body = if kind == ferrocast_rtmp::MediaKind::Data { t.body.clone() } else { t.body.clone() };
+                tokio::time::sleep_until(start + Duration::from_millis(u64::from(ts))).await;
+                self.session.send_media(kind, ts, &body);
+                self.flush().await;
+            }
+        }
+    }
+}
