@@ -38,7 +38,10 @@ impl Bits<'_> {
     fn read(&mut self, n: usize) -> Result<u32, AacError> {
         let mut v = 0u32;
         for _ in 0..n {
-            let byte = *self.data.get(self.pos / 8).ok_or(AacError::Truncated(self.pos))?;
+            let byte = *self
+                .data
+                .get(self.pos / 8)
+                .ok_or(AacError::Truncated(self.pos))?;
             v = (v << 1) | u32::from((byte >> (7 - self.pos % 8)) & 1);
             self.pos += 1;
         }
@@ -90,7 +93,10 @@ mod tests {
 
     #[test]
     fn truncated_and_reserved_are_errors() {
-        assert_eq!(AudioSpecificConfig::parse(&[0x12]), Err(AacError::Truncated(8)));
+        assert_eq!(
+            AudioSpecificConfig::parse(&[0x12]),
+            Err(AacError::Truncated(8))
+        );
         assert_eq!(
             AudioSpecificConfig::parse(&[0x16, 0x90]),
             Err(AacError::BadSampleRate(13))

@@ -36,9 +36,10 @@ pub fn nal_length_size(codec: VideoCodec, config: &[u8]) -> Result<usize, NalErr
         VideoCodec::H264 => 4,
         VideoCodec::H265 => 21,
     };
-    let byte = config
-        .get(at)
-        .ok_or(NalError::ConfigTooShort { codec, len: config.len() })?;
+    let byte = config.get(at).ok_or(NalError::ConfigTooShort {
+        codec,
+        len: config.len(),
+    })?;
     Ok(usize::from(byte & 0x3) + 1)
 }
 
@@ -53,7 +54,11 @@ pub fn to_four_byte_lengths(data: Bytes, from: usize) -> Result<Bytes, NalError>
     while pos < data.len() {
         let remaining = data.len() - pos;
         if remaining < from {
-            return Err(NalError::NalOverrun { offset: pos, len: from, remaining });
+            return Err(NalError::NalOverrun {
+                offset: pos,
+                len: from,
+                remaining,
+            });
         }
         let len = data[pos..pos + from]
             .iter()
@@ -95,7 +100,11 @@ mod tests {
         let bad = Bytes::from_static(&[0, 9, 0x65]);
         assert!(matches!(
             to_four_byte_lengths(bad, 2),
-            Err(NalError::NalOverrun { offset: 0, len: 9, remaining: 1 })
+            Err(NalError::NalOverrun {
+                offset: 0,
+                len: 9,
+                remaining: 1
+            })
         ));
     }
 }

@@ -87,13 +87,17 @@ pub enum AudioTag {
 
 fn need(kind: TrackKind, body: &Bytes, n: usize) -> Result<(), FlvError> {
     if body.len() < n {
-        return Err(FlvError::Truncated { kind, len: body.len(), need: n });
+        return Err(FlvError::Truncated {
+            kind,
+            len: body.len(),
+            need: n,
+        });
     }
     Ok(())
 }
 
 fn si24(b: &[u8]) -> i32 {
-    (((b[0] as i32) << 24 | (b[1] as i32) << 16 | (b[2] as i32) << 8) >> 8) as i32
+    i32::from_be_bytes([b[0], b[1], b[2], 0]) >> 8
 }
 
 /// Parses a video tag body: legacy (codec 7 and 12) or Enhanced RTMP (`IsExHeader`).
@@ -115,7 +119,10 @@ pub fn parse_video(body: &Bytes) -> Result<VideoTag, FlvError> {
             return Ok(VideoTag::Ignored("video command frame"));
         }
         return Ok(match packet_type {
-            0 => VideoTag::Config { codec, config: body.slice(5..) },
+            0 => VideoTag::Config {
+                codec,
+                config: body.slice(5..),
+            },
             1 => {
                 need(k, body, 8)?;
                 VideoTag::Frame {
@@ -146,7 +153,10 @@ pub fn parse_video(body: &Bytes) -> Result<VideoTag, FlvError> {
     }
     need(k, body, 5)?;
     Ok(match body[1] {
-        0 => VideoTag::Config { codec, config: body.slice(5..) },
+        0 => VideoTag::Config {
+            codec,
+            config: body.slice(5..),
+        },
         1 => VideoTag::Frame {
             codec,
             keyframe: frame_type == 1,
@@ -171,7 +181,11 @@ pub fn parse_audio(body: &Bytes) -> Result<AudioTag, FlvError> {
             })
         }
         2 | 14 => Ok(AudioTag::Mp3 {
-            sample_rate: if b0 >> 4 == 14 { 8000 } else { [5512, 11025, 22050, 44100][usize::from((b0 >> 2) & 3)] },
+            sample_rate: if b0 >> 4 == 14 {
+                8000
+            } else {
+                [5512, 11025, 22050, 44100][usize::from((b0 >> 2) & 3)]
+            },
             channels: if b0 & 1 == 1 { 2 } else { 1 },
             data: body.slice(1..),
         }),
@@ -194,20 +208,33 @@ fn mp3_flags(sample_rate: u32, channels: u8) -> u8 {
 pub fn config_body(track: &TrackInfo) -> Option<Bytes> {
     let mut out = BytesMut::new();
     match track {
-        TrackInfo::Video { codec: VideoCodec::H264, config } => {
+        TrackInfo::Video {
+            codec: VideoCodec::H264,
+            config,
+        } => {
             out.put_slice(&[0x10 | CODEC_AVC, 0, 0, 0, 0]);
             out.put_slice(config);
         }
-        TrackInfo::Video { codec: VideoCodec::H265, config } => {
+        TrackInfo::Video {
+            codec: VideoCodec::H265,
+            config,
+        } => {
             out.put_u8(0x80 | 0x10);
             out.put_slice(&FOURCC_HVC1);
             out.put_slice(config);
         }
-        TrackInfo::Audio { codec: AudioCodec::Aac, config, .. } => {
+        TrackInfo::Audio {
+            codec: AudioCodec::Aac,
+            config,
+            ..
+        } => {
             out.put_slice(&[0xaf, 0]);
             out.put_slice(config);
         }
-        TrackInfo::Audio { codec: AudioCodec::Mp3, .. } => return None,
+        TrackInfo::Audio {
+            codec: AudioCodec::Mp3,
+            ..
+        } => return None,
     }
     Some(out.freeze())
 }
@@ -218,12 +245,18 @@ pub fn frame_body(track: &TrackInfo, frame: &Frame) -> Bytes {
     let cts = frame.cts().clamp(-(1 << 23), (1 << 23) - 1) as i32;
     let frame_type: u8 = if frame.keyframe { 1 } else { 2 };
     match track {
-        TrackInfo::Video { codec: VideoCodec::H264, .. } => {
+        TrackInfo::Video {
+            codec: VideoCodec::H264,
+            ..
+        } => {
             out.put_u8(frame_type << 4 | CODEC_AVC);
             out.put_u8(1);
             out.put_slice(&cts.to_be_bytes()[1..]);
         }
-        TrackInfo::Video { codec: VideoCodec::H265, .. } => {
+        TrackInfo::Video {
+            codec: VideoCodec::H265,
+            ..
+        } => {
             // CodedFramesX (3) saves the offset when it is zero.
             let packet_type = if cts == 0 { 3 } else { 1 };
             out.put_u8(0x80 | frame_type << 4 | packet_type);
@@ -232,10 +265,16 @@ pub fn frame_body(track: &TrackInfo, frame: &Frame) -> Bytes {
                 out.put_slice(&cts.to_be_bytes()[1..]);
             }
         }
-        TrackInfo::Audio { codec: AudioCodec::Aac, .. } => out.put_slice(&[0xaf, 1]),
-        TrackInfo::Audio { codec: AudioCodec::Mp3, sample_rate, channels, .. } => {
-            out.put_u8(mp3_flags(*sample_rate, *channels))
-        }
+        TrackInfo::Audio {
+            codec: AudioCodec::Aac,
+            ..
+        } => out.put_slice(&[0xaf, 1]),
+        TrackInfo::Audio {
+            codec: AudioCodec::Mp3,
+            sample_rate,
+            channels,
+            ..
+        } => out.put_u8(mp3_flags(*sample_rate, *channels)),
     }
     out.put_slice(&frame.data);
     out.freeze()
@@ -290,7 +329,11 @@ pub fn read_file(data: &Bytes) -> Result<Vec<FileTag>, FlvError> {
         if end > data.len() {
             break;
         }
-        tags.push(FileTag { tag_type: h[0] & 0x1f, timestamp, body: data.slice(pos + 11..end) });
+        tags.push(FileTag {
+            tag_type: h[0] & 0x1f,
+            timestamp,
+            body: data.slice(pos + 11..end),
+        });
         pos = end + 4;
     }
     Ok(tags)
@@ -301,37 +344,76 @@ mod tests {
     use super::*;
 
     fn h264() -> TrackInfo {
-        TrackInfo::Video { codec: VideoCodec::H264, config: Bytes::from_static(&[1, 0x64, 0, 0x1f, 0xff]) }
+        TrackInfo::Video {
+            codec: VideoCodec::H264,
+            config: Bytes::from_static(&[1, 0x64, 0, 0x1f, 0xff]),
+        }
     }
 
     #[test]
     fn legacy_avc_round_trip_keeps_negative_cts() {
-        let f = Frame::new(TrackKind::Video, 1000, 967, false, Bytes::from_static(&[0, 0, 0, 1, 0x41]));
+        let f = Frame::new(
+            TrackKind::Video,
+            1000,
+            967,
+            false,
+            Bytes::from_static(&[0, 0, 0, 1, 0x41]),
+        );
         let body = frame_body(&h264(), &f);
         assert_eq!(
             parse_video(&body).unwrap(),
-            VideoTag::Frame { codec: VideoCodec::H264, keyframe: false, cts: -33, data: f.data.clone() }
+            VideoTag::Frame {
+                codec: VideoCodec::H264,
+                keyframe: false,
+                cts: -33,
+                data: f.data.clone()
+            }
         );
         let cfg = config_body(&h264()).unwrap();
-        assert!(matches!(parse_video(&cfg).unwrap(), VideoTag::Config { codec: VideoCodec::H264, .. }));
+        assert!(matches!(
+            parse_video(&cfg).unwrap(),
+            VideoTag::Config {
+                codec: VideoCodec::H264,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn hevc_enhanced_and_codec12_both_parse() {
-        let track = TrackInfo::Video { codec: VideoCodec::H265, config: Bytes::from_static(&[1; 23]) };
+        let track = TrackInfo::Video {
+            codec: VideoCodec::H265,
+            config: Bytes::from_static(&[1; 23]),
+        };
         for cts in [0, 66] {
-            let f = Frame::new(TrackKind::Video, 0, cts, true, Bytes::from_static(&[0, 0, 0, 1, 0x26]));
+            let f = Frame::new(
+                TrackKind::Video,
+                0,
+                cts,
+                true,
+                Bytes::from_static(&[0, 0, 0, 1, 0x26]),
+            );
             let body = frame_body(&track, &f);
             assert_eq!(
                 parse_video(&body).unwrap(),
-                VideoTag::Frame { codec: VideoCodec::H265, keyframe: true, cts: cts as i32, data: f.data.clone() }
+                VideoTag::Frame {
+                    codec: VideoCodec::H265,
+                    keyframe: true,
+                    cts: cts as i32,
+                    data: f.data.clone()
+                }
             );
         }
         // Codec id 12 as SRS and OBS forks send it.
         let legacy = Bytes::from_static(&[0x1c, 1, 0, 0, 0x21, 0, 0, 0, 1, 0x26]);
         assert!(matches!(
             parse_video(&legacy).unwrap(),
-            VideoTag::Frame { codec: VideoCodec::H265, keyframe: true, cts: 33, .. }
+            VideoTag::Frame {
+                codec: VideoCodec::H265,
+                keyframe: true,
+                cts: 33,
+                ..
+            }
         ));
     }
 
@@ -352,12 +434,20 @@ mod tests {
         let tags = read_file(&Bytes::from(file)).unwrap();
         assert_eq!(tags.len(), 2);
         assert_eq!((tags[1].timestamp, &tags[1].body[..]), (46, &[0xaf, 1][..]));
-        assert_eq!(read_file(&Bytes::from_static(b"GIF89a.......")), Err(FlvError::NotFlv));
+        assert_eq!(
+            read_file(&Bytes::from_static(b"GIF89a.......")),
+            Err(FlvError::NotFlv)
+        );
     }
 
     #[test]
     fn tag_layout() {
         let t = tag(TAG_AUDIO, 0x0123_4567, &[0xaf, 1, 9]);
-        assert_eq!(&t[..], &[8, 0, 0, 3, 0x23, 0x45, 0x67, 0x01, 0, 0, 0, 0xaf, 1, 9, 0, 0, 0, 14]);
+        assert_eq!(
+            &t[..],
+            &[
+                8, 0, 0, 3, 0x23, 0x45, 0x67, 0x01, 0, 0, 0, 0xaf, 1, 9, 0, 0, 0, 14
+            ]
+        );
     }
 }

@@ -119,7 +119,10 @@ impl Default for ServerHandshake {
 impl ServerHandshake {
     /// A handshake waiting for C0+C1.
     pub fn new() -> Self {
-        ServerHandshake { state: ServerState::WaitC0C1, kind: None }
+        ServerHandshake {
+            state: ServerState::WaitC0C1,
+            kind: None,
+        }
     }
 
     /// True once C2 has been received.
@@ -204,7 +207,10 @@ impl Default for ClientHandshake {
 impl ClientHandshake {
     /// A handshake that has sent nothing yet.
     pub fn new() -> Self {
-        ClientHandshake { c0c1_sent: false, done: false }
+        ClientHandshake {
+            c0c1_sent: false,
+            done: false,
+        }
     }
 
     /// True once C2 has been produced.
@@ -290,6 +296,9 @@ mod tests {
     fn garbage_version_is_rejected_at_once() {
         let mut server = ServerHandshake::new();
         let mut http = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
-        assert_eq!(server.process(&mut http), Err(HandshakeError::BadVersion(b'G')));
+        assert_eq!(
+            server.process(&mut http),
+            Err(HandshakeError::BadVersion(b'G'))
+        );
     }
 }

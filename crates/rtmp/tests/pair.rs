@@ -22,7 +22,10 @@ struct Pair {
 impl Pair {
     fn new(mode: ClientMode) -> Pair {
         let now = Instant::now();
-        let config = ServerConfig { chunk_size: 100, ..ServerConfig::default() };
+        let config = ServerConfig {
+            chunk_size: 100,
+            ..ServerConfig::default()
+        };
         Pair {
             now,
             client: ClientSession::new(ClientConfig::new("rtmp://h/live", "live", mode), now),
@@ -75,30 +78,51 @@ fn accept_all(s: &mut ServerSession, ev: &ServerEvent) {
 fn connect_publish_and_media() {
     let mut p = Pair::new(ClientMode::Publish("cam1?key=s3cret".into()));
     p.run(accept_all);
-    assert!(p.client_events.contains(&ClientEvent::Publishing), "{:?}", p.client_events);
+    assert!(
+        p.client_events.contains(&ClientEvent::Publishing),
+        "{:?}",
+        p.client_events
+    );
     assert!(matches!(&p.server_events[0], ServerEvent::Connect { app, .. } if app == "live"));
     assert!(p.server_events.iter().any(|e| matches!(e,
         ServerEvent::Publish { name, query: Some(q), kind, .. } if name == "cam1" && q == "key=s3cret" && kind == "live")));
 
-    let meta = amf0::encode_all(&[Value::from("onMetaData"), Value::EcmaArray(vec![("width".into(), Value::Number(640.0))])]);
+    let meta = amf0::encode_all(&[
+        Value::from("onMetaData"),
+        Value::EcmaArray(vec![("width".into(), Value::Number(640.0))]),
+    ]);
     p.client.send_media(MediaKind::Data, 0, &meta);
     let big = vec![7u8; 5000];
     p.client.send_media(MediaKind::Video, 0x0100_0000, &big);
     p.client.send_media(MediaKind::Audio, 23, &[0xaf, 1, 2]);
     p.run(accept_all);
-    let media: Vec<&MediaMessage> = p.server_events.iter().filter_map(|e| match e {
-        ServerEvent::Media(m) => Some(m),
-        _ => None,
-    }).collect();
+    let media: Vec<&MediaMessage> = p
+        .server_events
+        .iter()
+        .filter_map(|e| match e {
+            ServerEvent::Media(m) => Some(m),
+            _ => None,
+        })
+        .collect();
     assert_eq!(media.len(), 3);
     assert_eq!(media[0].kind, MediaKind::Data);
-    assert_eq!(&media[0].payload[..], &meta[..], "@setDataFrame is unwrapped");
-    assert_eq!((media[1].timestamp, media[1].payload.len()), (0x0100_0000, 5000));
+    assert_eq!(
+        &media[0].payload[..],
+        &meta[..],
+        "@setDataFrame is unwrapped"
+    );
+    assert_eq!(
+        (media[1].timestamp, media[1].payload.len()),
+        (0x0100_0000, 5000)
+    );
     assert_eq!(media[2].timestamp, 23);
 
     p.client.unpublish();
     p.run(accept_all);
-    assert!(matches!(p.server_events.last(), Some(ServerEvent::Unpublish { .. })));
+    assert!(matches!(
+        p.server_events.last(),
+        Some(ServerEvent::Unpublish { .. })
+    ));
 }
 
 #[test]
@@ -107,7 +131,13 @@ fn play_receives_shared_chunks() {
     p.run(accept_all);
     assert!(p.client_events.contains(&ClientEvent::Playing));
     let sid = p.client.stream_id();
-    let chunks = encode_media(MediaKind::Video, 40, sid, &[0x17, 1, 0, 0, 0, 1, 2, 3], p.server.chunk_size());
+    let chunks = encode_media(
+        MediaKind::Video,
+        40,
+        sid,
+        &[0x17, 1, 0, 0, 0, 1, 2, 3],
+        p.server.chunk_size(),
+    );
     p.server.send_media(chunks);
     p.run(accept_all);
     assert!(p.client_events.iter().any(|e| matches!(e,
@@ -119,16 +149,21 @@ fn rejections_reach_the_client() {
     let mut p = Pair::new(ClientMode::Publish("busy".into()));
     p.run(|s, ev| match ev {
         ServerEvent::Connect { .. } => s.accept_connect(),
-        ServerEvent::Publish { stream_id, .. } => s.reject(*stream_id, "NetStream.Publish.BadName", "busy"),
+        ServerEvent::Publish { stream_id, .. } => {
+            s.reject(*stream_id, "NetStream.Publish.BadName", "busy")
+        }
         _ => {}
     });
-    assert!(p.client_events.iter().any(|e| matches!(e, ClientEvent::Status { code, .. } if code == "NetStream.Publish.BadName")));
+    assert!(p.client_events.iter().any(
+        |e| matches!(e, ClientEvent::Status { code, .. } if code == "NetStream.Publish.BadName")
+    ));
     assert!(!p.client_events.contains(&ClientEvent::Publishing));
 
     let mut p = Pair::new(ClientMode::Play("nothing".into()));
-    p.run(|s, ev| match ev {
-        ServerEvent::Connect { .. } => s.reject_connect("no"),
-        _ => {}
+    p.run(|s, ev| {
+        if let ServerEvent::Connect { .. } = ev {
+            s.reject_connect("no")
+        }
     });
     assert!(p.server.is_closing());
     assert!(p.client_events.iter().any(|e| matches!(e, ClientEvent::Status { code, .. } if code == "NetConnection.Connect.Rejected")));
@@ -139,8 +174,14 @@ fn timers_handshake_ping_idle() {
     let now = Instant::now();
     let config = ServerConfig::default();
     let mut s = ServerSession::new(config.clone(), now);
-    assert_eq!(s.poll_timeout(), Some((Timer::Handshake, now + config.handshake_timeout)));
-    assert!(matches!(s.handle_timeout(now + config.handshake_timeout), Err(SessionError::HandshakeTimeout(_))));
+    assert_eq!(
+        s.poll_timeout(),
+        Some((Timer::Handshake, now + config.handshake_timeout))
+    );
+    assert!(matches!(
+        s.handle_timeout(now + config.handshake_timeout),
+        Err(SessionError::HandshakeTimeout(_))
+    ));
 
     let mut p = Pair::new(ClientMode::Play("x".into()));
     p.run(accept_all);
@@ -154,8 +195,15 @@ fn timers_handshake_ping_idle() {
     let pong = p.client.poll_transmit().expect("ping response");
     p.now += Duration::from_secs(5);
     p.server.handle_input(p.now, &pong).unwrap();
-    assert!(p.server.handle_timeout(p.now + Duration::from_secs(29)).is_ok());
-    assert!(matches!(p.server.handle_timeout(p.now + Duration::from_secs(30)), Err(SessionError::IdleTimeout(_))));
+    assert!(
+        p.server
+            .handle_timeout(p.now + Duration::from_secs(29))
+            .is_ok()
+    );
+    assert!(matches!(
+        p.server.handle_timeout(p.now + Duration::from_secs(30)),
+        Err(SessionError::IdleTimeout(_))
+    ));
 }
 
 /// A server session past the handshake, for feeding raw chunks.
@@ -165,7 +213,10 @@ fn handshaken() -> ServerSession {
 
 /// With a 64 KiB message cap: the default 16 MiB cap is above what 24 bits can declare.
 fn handshaken_small_cap() -> ServerSession {
-    handshaken_with(ServerConfig { max_message_len: 65_536, ..ServerConfig::default() })
+    handshaken_with(ServerConfig {
+        max_message_len: 65_536,
+        ..ServerConfig::default()
+    })
 }
 
 fn handshaken_with(config: ServerConfig) -> ServerSession {
@@ -187,11 +238,18 @@ fn command(values: &[Value]) -> BytesMut {
 
 fn connected() -> ServerSession {
     let mut s = handshaken();
-    let connect = command(&[Value::from("connect"), Value::Number(1.0), Value::object([("app", Value::from("live"))])]);
+    let connect = command(&[
+        Value::from("connect"),
+        Value::Number(1.0),
+        Value::object([("app", Value::from("live"))]),
+    ]);
     s.handle_input(Instant::now(), &connect).unwrap();
     s.accept_connect();
     s
 }
+
+/// What arrives, on which session, and the error it must give.
+type Case = (&'static str, fn() -> ServerSession, BytesMut, fn(&SessionError) -> bool);
 
 #[test]
 fn bad_input_is_a_typed_error() {
@@ -202,37 +260,83 @@ fn bad_input_is_a_typed_error() {
         encode_message(&mut b, 2, 0, 1, 0, &v.to_be_bytes(), 128);
         b
     };
-    let cases: Vec<(&str, fn() -> ServerSession, BytesMut, fn(&SessionError) -> bool)> = vec![
-        ("chunk size 0", handshaken, chunk_size(0), |e| matches!(e, SessionError::Chunk(_))),
-        ("chunk size above 2^31-1", handshaken, chunk_size(0x8000_0000), |e| matches!(e, SessionError::Chunk(_))),
-        ("message over the cap", handshaken_small_cap, {
-            let mut b = BytesMut::from(&[0x04, 0, 0, 0, 0x01, 0x00, 0x01, 9, 1, 0, 0, 0][..]);
-            b.put_u8(0);
-            b
-        }, |e| e.to_string().contains("exceeds the cap")),
-        ("unknown message type", connected, {
-            let mut b = BytesMut::new();
-            encode_message(&mut b, 3, 0, 42, 0, b"??", 128);
-            b
-        }, |e| matches!(e, SessionError::UnknownMessageType(42))),
-        ("malformed AMF", handshaken, {
-            let mut b = BytesMut::new();
-            encode_message(&mut b, 3, 0, 20, 0, &[0x02, 0x00, 0x07, b'c'], 128);
-            b
-        }, |e| matches!(e, SessionError::Amf0 { .. })),
-        ("command before connect", handshaken, command(&[Value::from("play"), Value::Number(2.0), Value::Null, Value::from("x")]),
-            |e| matches!(e, SessionError::CommandBeforeConnect(c) if c == "play")),
-        ("media before publish", connected, {
-            let mut b = BytesMut::new();
-            encode_message(&mut b, 6, 0, 9, 1, &[0x17, 1, 0, 0, 0], 128);
-            b
-        }, |e| matches!(e, SessionError::MediaWithoutPublish { stream_id: 1 })),
-        ("publish on a stream never created", connected, {
-            let body = amf0::encode_all(&[Value::from("publish"), Value::Number(3.0), Value::Null, Value::from("x")]);
-            let mut b = BytesMut::new();
-            encode_message(&mut b, 3, 0, 20, 7, &body, 128);
-            b
-        }, |e| matches!(e, SessionError::MalformedCommand { .. })),
+    let cases: Vec<Case> = vec![
+        ("chunk size 0", handshaken, chunk_size(0), |e| {
+            matches!(e, SessionError::Chunk(_))
+        }),
+        (
+            "chunk size above 2^31-1",
+            handshaken,
+            chunk_size(0x8000_0000),
+            |e| matches!(e, SessionError::Chunk(_)),
+        ),
+        (
+            "message over the cap",
+            handshaken_small_cap,
+            {
+                let mut b = BytesMut::from(&[0x04, 0, 0, 0, 0x01, 0x00, 0x01, 9, 1, 0, 0, 0][..]);
+                b.put_u8(0);
+                b
+            },
+            |e| e.to_string().contains("exceeds the cap"),
+        ),
+        (
+            "unknown message type",
+            connected,
+            {
+                let mut b = BytesMut::new();
+                encode_message(&mut b, 3, 0, 42, 0, b"??", 128);
+                b
+            },
+            |e| matches!(e, SessionError::UnknownMessageType(42)),
+        ),
+        (
+            "malformed AMF",
+            handshaken,
+            {
+                let mut b = BytesMut::new();
+                encode_message(&mut b, 3, 0, 20, 0, &[0x02, 0x00, 0x07, b'c'], 128);
+                b
+            },
+            |e| matches!(e, SessionError::Amf0 { .. }),
+        ),
+        (
+            "command before connect",
+            handshaken,
+            command(&[
+                Value::from("play"),
+                Value::Number(2.0),
+                Value::Null,
+                Value::from("x"),
+            ]),
+            |e| matches!(e, SessionError::CommandBeforeConnect(c) if c == "play"),
+        ),
+        (
+            "media before publish",
+            connected,
+            {
+                let mut b = BytesMut::new();
+                encode_message(&mut b, 6, 0, 9, 1, &[0x17, 1, 0, 0, 0], 128);
+                b
+            },
+            |e| matches!(e, SessionError::MediaWithoutPublish { stream_id: 1 }),
+        ),
+        (
+            "publish on a stream never created",
+            connected,
+            {
+                let body = amf0::encode_all(&[
+                    Value::from("publish"),
+                    Value::Number(3.0),
+                    Value::Null,
+                    Value::from("x"),
+                ]);
+                let mut b = BytesMut::new();
+                encode_message(&mut b, 3, 0, 20, 7, &body, 128);
+                b
+            },
+            |e| matches!(e, SessionError::MalformedCommand { .. }),
+        ),
     ];
     for (what, make, bytes, check) in cases {
         let mut s = make();
@@ -245,14 +349,26 @@ fn bad_input_is_a_typed_error() {
 fn aggregate_messages_are_split_and_rebased() {
     let mut s = connected();
     let now = Instant::now();
-    s.handle_input(now, &command(&[Value::from("createStream"), Value::Number(2.0), Value::Null])).unwrap();
-    let body = amf0::encode_all(&[Value::from("publish"), Value::Number(3.0), Value::Null, Value::from("a")]);
+    s.handle_input(
+        now,
+        &command(&[Value::from("createStream"), Value::Number(2.0), Value::Null]),
+    )
+    .unwrap();
+    let body = amf0::encode_all(&[
+        Value::from("publish"),
+        Value::Number(3.0),
+        Value::Null,
+        Value::from("a"),
+    ]);
     let mut b = BytesMut::new();
     encode_message(&mut b, 3, 0, 20, 1, &body, 128);
     s.handle_input(now, &b).unwrap();
     s.accept_publish(1);
     let mut agg = BytesMut::new();
-    for (t, ts, body) in [(9u8, 1000u32, &[0x17u8, 1, 0, 0, 0][..]), (8, 1020, &[0xaf, 1, 5][..])] {
+    for (t, ts, body) in [
+        (9u8, 1000u32, &[0x17u8, 1, 0, 0, 0][..]),
+        (8, 1020, &[0xaf, 1, 5][..]),
+    ] {
         agg.put_u8(t);
         agg.put_slice(&(body.len() as u32).to_be_bytes()[1..]);
         agg.put_slice(&ts.to_be_bytes()[1..]);

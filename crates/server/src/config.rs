@@ -107,13 +107,17 @@ impl Default for RtmpConfig {
 
 impl Default for RtspConfig {
     fn default() -> Self {
-        RtspConfig { listen: SocketAddr::from(([0, 0, 0, 0], 8554)) }
+        RtspConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8554)),
+        }
     }
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], 8080)) }
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        }
     }
 }
 
@@ -145,7 +149,8 @@ impl Config {
 
     /// Reads and parses a file.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Config::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -162,12 +167,18 @@ impl Config {
             "rtmp.max_message_size must be 4096..=16777216, got {}",
             r.max_message_size
         );
-        anyhow::ensure!(self.hub.reader_queue_frames >= 16, "hub.reader_queue_frames must be at least 16");
+        anyhow::ensure!(
+            self.hub.reader_queue_frames >= 16,
+            "hub.reader_queue_frames must be at least 16"
+        );
         for (key, v) in [
             ("rtmp.handshake_timeout_ms", r.handshake_timeout_ms),
             ("rtmp.idle_timeout_ms", r.idle_timeout_ms),
             ("rtmp.ping_interval_ms", r.ping_interval_ms),
-            ("hub.reader_write_timeout_ms", self.hub.reader_write_timeout_ms),
+            (
+                "hub.reader_write_timeout_ms",
+                self.hub.reader_write_timeout_ms,
+            ),
         ] {
             anyhow::ensure!(v > 0, "{key} must be above 0");
         }

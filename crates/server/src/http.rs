@@ -38,10 +38,22 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
 
 fn cors(resp: &mut Response) {
     let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, OPTIONS"));
-    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("*"));
-    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("*"),
+    );
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {
@@ -58,7 +70,10 @@ async fn handle(State(hub): State<Arc<Hub>>, req: Request) -> Response {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
-    let Some(stream) = uri_path.strip_prefix('/').and_then(|p| p.strip_suffix(".flv")) else {
+    let Some(stream) = uri_path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_suffix(".flv"))
+    else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     };
     if path::validate(stream).is_err() {
@@ -73,8 +88,14 @@ async fn handle(State(hub): State<Arc<Hub>>, req: Request) -> Response {
     *resp.status_mut() = StatusCode::OK;
     cors(&mut resp);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/x-flv"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("video/x-flv"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-store"),
+    );
     if req.method() == Method::HEAD {
         return resp;
     }
@@ -111,7 +132,11 @@ async fn feed_flv(hub: Arc<Hub>, path: String, mut reader: Reader, tx: mpsc::Sen
                 ReaderItem::Unpublished => {}
                 ReaderItem::Ended => done = true,
                 ReaderItem::TooSlow => {
-                    warn!(path, dropped = reader.dropped, "http-flv reader too slow: disconnected");
+                    warn!(
+                        path,
+                        dropped = reader.dropped,
+                        "http-flv reader too slow: disconnected"
+                    );
                     return;
                 }
             }
@@ -119,16 +144,24 @@ async fn feed_flv(hub: Arc<Hub>, path: String, mut reader: Reader, tx: mpsc::Sen
         // Per-reader tags are gathered in one buffer; shared frame tags go out as they are.
         for tag in tags.drain(..) {
             match tag {
-                Tag::Own { tag_type, timestamp, body } => pending.extend_from_slice(&flv::tag(tag_type, timestamp, &body)),
+                Tag::Own {
+                    tag_type,
+                    timestamp,
+                    body,
+                } => pending.extend_from_slice(&flv::tag(tag_type, timestamp, &body)),
                 Tag::Frame { frame, track } => {
                     let kind = match frame.kind {
                         ferrocast_media::TrackKind::Audio => flv::TAG_AUDIO,
                         ferrocast_media::TrackKind::Video => flv::TAG_VIDEO,
                     };
-                    if !pending.is_empty() && !send(&tx, pending.split().freeze(), timeout, &path).await {
+                    if !pending.is_empty()
+                        && !send(&tx, pending.split().freeze(), timeout, &path).await
+                    {
                         return;
                     }
-                    let bytes = frame.wire(Wire::FlvTag, |f| flv::tag(kind, f.dts, &flv::frame_body(&track, f)));
+                    let bytes = frame.wire(Wire::FlvTag, |f| {
+                        flv::tag(kind, f.dts, &flv::frame_body(&track, f))
+                    });
                     if !send(&tx, bytes, timeout, &path).await {
                         return;
                     }
@@ -146,12 +179,20 @@ async fn feed_flv(hub: Arc<Hub>, path: String, mut reader: Reader, tx: mpsc::Sen
 }
 
 /// Queues bytes for the client; false when the client is gone or took nothing in time.
-async fn send(tx: &mpsc::Sender<Bytes>, b: Bytes, timeout: std::time::Duration, path: &str) -> bool {
+async fn send(
+    tx: &mpsc::Sender<Bytes>,
+    b: Bytes,
+    timeout: std::time::Duration,
+    path: &str,
+) -> bool {
     match tokio::time::timeout(timeout, tx.send(b)).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
-            warn!(path, "http-flv reader took nothing for {timeout:?}: disconnected");
+            warn!(
+                path,
+                "http-flv reader took nothing for {timeout:?}: disconnected"
+            );
             false
         }
     }
@@ -166,7 +207,12 @@ impl http_body::Body for FlvBody {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
     }
 }

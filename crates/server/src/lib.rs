@@ -27,11 +27,22 @@ pub struct Bound {
 }
 
 /// Binds every listener and serves until `shutdown` completes.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>, on_bound: impl FnOnce(Bound)) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    on_bound: impl FnOnce(Bound),
+) -> anyhow::Result<()> {
     let hub = hub::Hub::new(config.hub.clone());
-    let rtmp = TcpListener::bind(config.rtmp.listen).await.with_context(|| format!("binding RTMP to {}", config.rtmp.listen))?;
-    let http = TcpListener::bind(config.http.listen).await.with_context(|| format!("binding HTTP to {}", config.http.listen))?;
-    let bound = Bound { rtmp: rtmp.local_addr()?, http: http.local_addr()? };
+    let rtmp = TcpListener::bind(config.rtmp.listen)
+        .await
+        .with_context(|| format!("binding RTMP to {}", config.rtmp.listen))?;
+    let http = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("binding HTTP to {}", config.http.listen))?;
+    let bound = Bound {
+        rtmp: rtmp.local_addr()?,
+        http: http.local_addr()?,
+    };
     info!(rtmp = %bound.rtmp, http = %bound.http, rtsp = %config.rtsp.listen, "ferrocast serving (RTSP not built yet)");
     on_bound(bound);
     let rtmp_task = tokio::spawn(rtmp_server::serve(rtmp, config.rtmp.clone(), hub.clone()));

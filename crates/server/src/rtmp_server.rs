@@ -49,7 +49,14 @@ pub async fn serve(listener: TcpListener, config: RtmpConfig, hub: Arc<Hub>) {
         let hub = hub.clone();
         let cfg = session_config.clone();
         tokio::spawn(async move {
-            let mut conn = Connection { peer, socket, session: ServerSession::new(cfg, Instant::now()), hub, app: String::new(), role: Role::None };
+            let mut conn = Connection {
+                peer,
+                socket,
+                session: ServerSession::new(cfg, Instant::now()),
+                hub,
+                app: String::new(),
+                role: Role::None,
+            };
             match conn.run().await {
                 Ok(()) => debug!(%peer, "rtmp connection closed"),
                 Err(e) => info!(%peer, "rtmp connection ended: {e:#}"),
@@ -96,7 +103,9 @@ impl Connection {
                 return Ok(());
             }
             let deadline = self.session.poll_timeout().map(|(_, at)| at);
-            let sleep_until = tokio::time::Instant::from_std(deadline.unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600)));
+            let sleep_until = tokio::time::Instant::from_std(
+                deadline.unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600)),
+            );
             let reading = match &mut self.role {
                 Role::Playing(p) if !p.paused => Some(&mut p.reader),
                 _ => None,
@@ -150,10 +159,15 @@ impl Connection {
                     self.app = app;
                     self.session.accept_connect();
                 }
-                ServerEvent::Publish { stream_id, name, .. } => self.publish(stream_id, &name),
-                ServerEvent::Play { stream_id, name, .. } => self.play(stream_id, &name).await,
+                ServerEvent::Publish {
+                    stream_id, name, ..
+                } => self.publish(stream_id, &name),
+                ServerEvent::Play {
+                    stream_id, name, ..
+                } => self.play(stream_id, &name).await,
                 ServerEvent::Unpublish { stream_id } => {
-                    if matches!(&self.role, Role::Publishing { stream_id: s, .. } if *s == stream_id) {
+                    if matches!(&self.role, Role::Publishing { stream_id: s, .. } if *s == stream_id)
+                    {
                         if let Role::Publishing { ingest, .. } = &self.role {
                             info!(peer = %self.peer, path = ingest.path(), "rtmp unpublish");
                         }
@@ -199,23 +213,32 @@ impl Connection {
             Ok(p) => p,
             Err(e) => {
                 warn!(peer = %self.peer, "rtmp publish refused: {e}");
-                self.session.reject(stream_id, "NetStream.Publish.BadName", &e.to_string());
+                self.session
+                    .reject(stream_id, "NetStream.Publish.BadName", &e.to_string());
                 return;
             }
         };
         if !matches!(self.role, Role::None) {
-            self.session.reject(stream_id, "NetStream.Publish.BadName", "connection already publishing or playing");
+            self.session.reject(
+                stream_id,
+                "NetStream.Publish.BadName",
+                "connection already publishing or playing",
+            );
             return;
         }
         match self.hub.publish(&path) {
             Ok(publisher) => {
                 info!(peer = %self.peer, path, "rtmp publish");
                 self.session.accept_publish(stream_id);
-                self.role = Role::Publishing { stream_id, ingest: RtmpIngest::new(publisher) };
+                self.role = Role::Publishing {
+                    stream_id,
+                    ingest: RtmpIngest::new(publisher),
+                };
             }
             Err(e) => {
                 warn!(peer = %self.peer, path, "rtmp publish refused: {e}");
-                self.session.reject(stream_id, "NetStream.Publish.BadName", &e.to_string());
+                self.session
+                    .reject(stream_id, "NetStream.Publish.BadName", &e.to_string());
             }
         }
     }
@@ -224,17 +247,26 @@ impl Connection {
         let path = match stream_path(&self.app, name) {
             Ok(p) => p,
             Err(e) => {
-                self.session.reject(stream_id, "NetStream.Play.StreamNotFound", &e.to_string());
+                self.session
+                    .reject(stream_id, "NetStream.Play.StreamNotFound", &e.to_string());
                 return;
             }
         };
         if !matches!(self.role, Role::None) {
-            self.session.reject(stream_id, "NetStream.Play.Failed", "connection already publishing or playing");
+            self.session.reject(
+                stream_id,
+                "NetStream.Play.Failed",
+                "connection already publishing or playing",
+            );
             return;
         }
         let Some(sub) = self.hub.subscribe_wait(&path).await else {
             info!(peer = %self.peer, path, "rtmp play: no such stream");
-            self.session.reject(stream_id, "NetStream.Play.StreamNotFound", &format!("no stream {path}"));
+            self.session.reject(
+                stream_id,
+                "NetStream.Play.StreamNotFound",
+                &format!("no stream {path}"),
+            );
             return;
         };
         info!(peer = %self.peer, path, "rtmp play");
@@ -253,7 +285,9 @@ impl Connection {
     }
 
     fn play_item(&mut self, item: ReaderItem) {
-        let Role::Playing(p) = &mut self.role else { return };
+        let Role::Playing(p) = &mut self.role else {
+            return;
+        };
         let sid = p.stream_id;
         match item {
             ReaderItem::Tracks(t) => p.feed.tracks(&t),
@@ -270,13 +304,18 @@ impl Connection {
                 let chunk_size = self.session.chunk_size();
                 for tag in tags {
                     match tag {
-                        Tag::Own { tag_type, timestamp, body } => {
+                        Tag::Own {
+                            tag_type,
+                            timestamp,
+                            body,
+                        } => {
                             let kind = match tag_type {
                                 flv::TAG_AUDIO => MediaKind::Audio,
                                 flv::TAG_VIDEO => MediaKind::Video,
                                 _ => MediaKind::Data,
                             };
-                            self.session.send_media_message(kind, timestamp as u32, sid, &body);
+                            self.session
+                                .send_media_message(kind, timestamp as u32, sid, &body);
                         }
                         Tag::Frame { frame, track } => {
                             let kind = match frame.kind {
@@ -284,26 +323,47 @@ impl Connection {
                                 ferrocast_media::TrackKind::Video => MediaKind::Video,
                             };
                             let encode = |f: &ferrocast_media::Frame| {
-                                encode_media(kind, f.dts as u32, SHARED_STREAM_ID, &flv::frame_body(&track, f), chunk_size)
+                                encode_media(
+                                    kind,
+                                    f.dts as u32,
+                                    SHARED_STREAM_ID,
+                                    &flv::frame_body(&track, f),
+                                    chunk_size,
+                                )
                             };
                             if sid == SHARED_STREAM_ID {
-                                self.session.send_media(frame.wire(Wire::RtmpChunks, encode));
+                                self.session
+                                    .send_media(frame.wire(Wire::RtmpChunks, encode));
                             } else {
-                                self.session.send_media_message(kind, frame.dts as u32, sid, &flv::frame_body(&track, &frame));
+                                self.session.send_media_message(
+                                    kind,
+                                    frame.dts as u32,
+                                    sid,
+                                    &flv::frame_body(&track, &frame),
+                                );
                             }
                         }
                     }
                 }
             }
-            ReaderItem::Unpublished => self.session.send_user_control(user_control::STREAM_EOF, sid),
+            ReaderItem::Unpublished => self
+                .session
+                .send_user_control(user_control::STREAM_EOF, sid),
             ReaderItem::Republished => {
                 p.feed.reset();
-                self.session.send_user_control(user_control::STREAM_BEGIN, sid);
-                self.session.send_status(sid, "status", "NetStream.Play.PublishNotify", "republished");
+                self.session
+                    .send_user_control(user_control::STREAM_BEGIN, sid);
+                self.session.send_status(
+                    sid,
+                    "status",
+                    "NetStream.Play.PublishNotify",
+                    "republished",
+                );
             }
             ReaderItem::Ended => {
                 info!(peer = %self.peer, path = p.path, "rtmp play: stream ended");
-                self.session.end_play(sid, "NetStream.Play.UnpublishNotify", "stream ended");
+                self.session
+                    .end_play(sid, "NetStream.Play.UnpublishNotify", "stream ended");
                 p.finished = true;
             }
             ReaderItem::TooSlow => {
@@ -315,10 +375,17 @@ impl Connection {
 }
 
 /// Writes all buffers with vectored writes, handling partial writes.
-pub async fn write_all_vectored(socket: &mut TcpStream, mut bufs: Vec<Bytes>) -> std::io::Result<()> {
+pub async fn write_all_vectored(
+    socket: &mut TcpStream,
+    mut bufs: Vec<Bytes>,
+) -> std::io::Result<()> {
     let mut first = 0;
     while first < bufs.len() {
-        let slices: Vec<IoSlice<'_>> = bufs[first..].iter().take(64).map(|b| IoSlice::new(b)).collect();
+        let slices: Vec<IoSlice<'_>> = bufs[first..]
+            .iter()
+            .take(64)
+            .map(|b| IoSlice::new(b))
+            .collect();
         let mut n = socket.write_vectored(&slices).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());

@@ -18,8 +18,16 @@ use tokio::net::TcpStream;
 
 /// Fails loudly when a tool is missing: interop tests never skip.
 pub fn require(tool: &str) {
-    let ok = Command::new(tool).arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-    assert!(ok, "{tool} is required for the interop tests: run ./scripts/test (it installs ffmpeg) or apt-get install -y ffmpeg");
+    let ok = Command::new(tool)
+        .arg("-version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{tool} is required for the interop tests: run ./scripts/test (it installs ffmpeg) or apt-get install -y ffmpeg"
+    );
 }
 
 fn work_dir() -> PathBuf {
@@ -45,12 +53,37 @@ fn make_media(name: &str, args: &[&str]) -> PathBuf {
 pub fn test_flv() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        make_media("h264_aac.flv", &[
-            "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
-            "-c:v", "libx264", "-profile:v", "high", "-bf", "2", "-g", "30", "-preset", "veryfast",
-            "-c:a", "aac", "-ac", "2", "-t", "4", "-f", "flv",
-        ])
+        make_media(
+            "h264_aac.flv",
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=30",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=44100",
+                "-c:v",
+                "libx264",
+                "-profile:v",
+                "high",
+                "-bf",
+                "2",
+                "-g",
+                "30",
+                "-preset",
+                "veryfast",
+                "-c:a",
+                "aac",
+                "-ac",
+                "2",
+                "-t",
+                "4",
+                "-f",
+                "flv",
+            ],
+        )
     })
 }
 
@@ -58,12 +91,35 @@ pub fn test_flv() -> &'static Path {
 pub fn heavy_flv() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        make_media("heavy.flv", &[
-            "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30,noise=alls=60:allf=t",
-            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
-            "-c:v", "libx264", "-bf", "2", "-g", "30", "-preset", "ultrafast", "-b:v", "8M",
-            "-c:a", "aac", "-t", "4", "-f", "flv",
-        ])
+        make_media(
+            "heavy.flv",
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=640x360:rate=30,noise=alls=60:allf=t",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=44100",
+                "-c:v",
+                "libx264",
+                "-bf",
+                "2",
+                "-g",
+                "30",
+                "-preset",
+                "ultrafast",
+                "-b:v",
+                "8M",
+                "-c:a",
+                "aac",
+                "-t",
+                "4",
+                "-f",
+                "flv",
+            ],
+        )
     })
 }
 
@@ -94,7 +150,14 @@ impl Server {
         let cfg = work_dir().join(format!("cfg-{}.toml", rand_suffix()));
         std::fs::write(&cfg, toml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocast"))
-            .args(["--rtmp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--rtsp-addr", "127.0.0.1:0"])
+            .args([
+                "--rtmp-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--rtsp-addr",
+                "127.0.0.1:0",
+            ])
             .arg("--config")
             .arg(&cfg)
             .args(["--log-level", "debug"])
@@ -106,11 +169,18 @@ impl Server {
         let mut addr = |what: &str| -> SocketAddr {
             let line = lines.next().expect("ferrocast exited early").unwrap();
             let prefix = format!("ferrocast: {what} listening on ");
-            line.strip_prefix(&prefix).unwrap_or_else(|| panic!("unexpected line {line:?}")).parse().unwrap()
+            line.strip_prefix(&prefix)
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+                .parse()
+                .unwrap()
         };
         let rtmp = addr("rtmp");
         let http = addr("http");
-        Server { proc: Proc(child), rtmp, http }
+        Server {
+            proc: Proc(child),
+            rtmp,
+            http,
+        }
     }
 
     pub fn rtmp_url(&self, path: &str) -> String {
@@ -168,7 +238,10 @@ impl Probe {
     }
 
     fn index(&self, kind: &str) -> i64 {
-        self.codec(kind).unwrap_or_else(|| panic!("no {kind} stream in {:?}", self.streams))["index"].as_i64().unwrap()
+        self.codec(kind)
+            .unwrap_or_else(|| panic!("no {kind} stream in {:?}", self.streams))["index"]
+            .as_i64()
+            .unwrap()
     }
 
     /// Packets of one stream as (dts seconds, keyframe).
@@ -178,7 +251,10 @@ impl Probe {
             .iter()
             .filter(|p| p["stream_index"].as_i64() == Some(idx))
             .map(|p| {
-                let dts = p["dts_time"].as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+                let dts = p["dts_time"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(f64::NAN);
                 (dts, p["flags"].as_str().unwrap_or("").starts_with('K'))
             })
             .collect()
@@ -188,19 +264,45 @@ impl Probe {
     /// stray data stream, packets throughout, monotonic timestamps, first video frame a
     /// keyframe.
     pub fn assert_h264_aac(&self, width: i64, height: i64, min_video_packets: usize) {
-        assert_eq!(self.streams.len(), 2, "streams: {:?}\n{}", self.streams, self.stderr);
+        assert_eq!(
+            self.streams.len(),
+            2,
+            "streams: {:?}\n{}",
+            self.streams,
+            self.stderr
+        );
         let v = self.codec("video").expect("video stream");
         assert_eq!(v["codec_name"], "h264");
-        assert_eq!((v["width"].as_i64(), v["height"].as_i64()), (Some(width), Some(height)));
-        assert_eq!(self.codec("audio").expect("audio stream")["codec_name"], "aac");
+        assert_eq!(
+            (v["width"].as_i64(), v["height"].as_i64()),
+            (Some(width), Some(height))
+        );
+        assert_eq!(
+            self.codec("audio").expect("audio stream")["codec_name"],
+            "aac"
+        );
         let video = self.packets_of("video");
         let audio = self.packets_of("audio");
-        assert!(video.len() >= min_video_packets, "only {} video packets\n{}", video.len(), self.stderr);
-        assert!(audio.len() >= min_video_packets, "only {} audio packets", audio.len());
+        assert!(
+            video.len() >= min_video_packets,
+            "only {} video packets\n{}",
+            video.len(),
+            self.stderr
+        );
+        assert!(
+            audio.len() >= min_video_packets,
+            "only {} audio packets",
+            audio.len()
+        );
         assert!(video[0].1, "first video packet is not a keyframe");
         for (name, pk) in [("video", &video), ("audio", &audio)] {
             for w in pk.windows(2) {
-                assert!(w[1].0 >= w[0].0, "{name} dts went backwards: {} -> {}", w[0].0, w[1].0);
+                assert!(
+                    w[1].0 >= w[0].0,
+                    "{name} dts went backwards: {} -> {}",
+                    w[0].0,
+                    w[1].0
+                );
             }
         }
     }
@@ -214,7 +316,18 @@ pub fn probe(url: &str, seconds: u32) -> Probe {
     let out_path = work_dir().join(format!("probe-{}.json", rand_suffix()));
     let err_path = out_path.with_extension("err");
     let mut child = Command::new("ffprobe")
-        .args(["-v", "error", "-rw_timeout", "15000000", "-show_streams", "-show_packets", "-of", "json", "-read_intervals", &interval])
+        .args([
+            "-v",
+            "error",
+            "-rw_timeout",
+            "15000000",
+            "-show_streams",
+            "-show_packets",
+            "-of",
+            "json",
+            "-read_intervals",
+            &interval,
+        ])
         .arg(url)
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
@@ -234,7 +347,11 @@ pub fn probe(url: &str, seconds: u32) -> Probe {
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     let json: Value = serde_json::from_slice(&stdout).unwrap_or(Value::Null);
     let arr = |k: &str| json[k].as_array().cloned().unwrap_or_default();
-    Probe { streams: arr("streams"), packets: arr("packets"), stderr }
+    Probe {
+        streams: arr("streams"),
+        packets: arr("packets"),
+        stderr,
+    }
 }
 
 /// Waits until `url` is readable (the publisher is up), polling with ffprobe-free RTMP.
@@ -255,10 +372,22 @@ pub async fn http_status(url: &str) -> Option<u16> {
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_at(rest.find('/')?);
     let mut s = TcpStream::connect(host).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
     let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.ok()?.ok()?;
-    std::str::from_utf8(&buf[..n]).ok()?.split(' ').nth(1)?.parse().ok()
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Our RTMP client session over a real socket.
@@ -270,14 +399,28 @@ pub struct RtmpClient {
 
 impl RtmpClient {
     pub async fn connect(addr: SocketAddr, path: &str, publish: bool) -> RtmpClient {
-        RtmpClient::connect_socket(TcpStream::connect(addr).await.unwrap(), addr, path, publish).await
+        RtmpClient::connect_socket(TcpStream::connect(addr).await.unwrap(), addr, path, publish)
+            .await
     }
 
-    pub async fn connect_socket(socket: TcpStream, addr: SocketAddr, path: &str, publish: bool) -> RtmpClient {
+    pub async fn connect_socket(
+        socket: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        publish: bool,
+    ) -> RtmpClient {
         let (app, name) = path.split_once('/').unwrap();
-        let mode = if publish { ClientMode::Publish(name.into()) } else { ClientMode::Play(name.into()) };
+        let mode = if publish {
+            ClientMode::Publish(name.into())
+        } else {
+            ClientMode::Play(name.into())
+        };
         let config = ClientConfig::new(&format!("rtmp://{addr}/{app}"), app, mode);
-        let mut c = RtmpClient { socket, session: ClientSession::new(config, Instant::now()), buf: vec![0; 65536] };
+        let mut c = RtmpClient {
+            socket,
+            session: ClientSession::new(config, Instant::now()),
+            buf: vec![0; 65536],
+        };
         c.flush().await;
         c
     }
@@ -299,7 +442,9 @@ impl RtmpClient {
                 Ok(Ok(n)) if n > 0 => n,
                 _ => return None,
             };
-            self.session.handle_input(Instant::now(), &self.buf[..n]).ok()?;
+            self.session
+                .handle_input(Instant::now(), &self.buf[..n])
+                .ok()?;
             self.flush().await;
         }
     }
@@ -308,7 +453,10 @@ impl RtmpClient {
     pub async fn wait_for(&mut self, f: impl Fn(&ClientEvent) -> bool) -> Vec<ClientEvent> {
         let mut seen = Vec::new();
         loop {
-            let ev = self.next_event(Duration::from_secs(15)).await.unwrap_or_else(|| panic!("connection ended; saw {seen:?}"));
+            let ev = self
+                .next_event(Duration::from_secs(15))
+                .await
+                .unwrap_or_else(|| panic!("connection ended; saw {seen:?}"));
             let done = f(&ev);
             seen.push(ev);
             if done {
@@ -333,9 +481,8 @@ impl RtmpClient {
                     _ if l == 0 => ferrocast_rtmp::MediaKind::Data,
                     _ => continue,
                 };
-                let body = if kind == ferrocast_rtmp::MediaKind::Data { t.body.clone() } else { t.body.clone() };
                 tokio::time::sleep_until(start + Duration::from_millis(u64::from(ts))).await;
-                self.session.send_media(kind, ts, &body);
+                self.session.send_media(kind, ts, &t.body);
                 self.flush().await;
             }
         }
