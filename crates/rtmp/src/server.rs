@@ -203,7 +203,7 @@ enum State {
 /// loop {
 ///     s.handle_input(Instant::now(), &read())?;          // or handle_timeout at poll_timeout()
 ///     while let Some(ev) = s.poll_event() {
-///         if let ServerEvent::Connect { .. } = ev { s.accept_connect(); }
+///         if let ServerEvent::Connect { .. } = ev { s.accept_connect()?; }
 ///     }
 ///     while let Some(bytes) = s.poll_transmit() { write(&bytes); }
 /// }
@@ -312,7 +312,27 @@ impl ServerSession {
         } else {
             self.conn.receive(data);
         }
-        while let Some(incoming) = self.conn.next()? {
+        self.process()
+    }
+
+    /// True while the application owes a decision (connect, publish or play). Input stays
+    /// buffered meanwhile, so a client that pipelines commands (`connect` then
+    /// `createStream`, or `publish` then its metadata) has them handled in order after the
+    /// decision.
+    fn awaiting_decision(&self) -> bool {
+        matches!(self.state, State::ConnectPending { .. })
+            || self
+                .streams
+                .values()
+                .any(|r| matches!(r, Role::PublishPending | Role::PlayPending))
+    }
+
+    /// Handles buffered messages until none is complete or a decision is owed.
+    fn process(&mut self) -> Result<(), SessionError> {
+        while !self.awaiting_decision() && !self.closing {
+            let Some(incoming) = self.conn.next()? else {
+                break;
+            };
             match incoming {
                 Incoming::UserControl(_) => {}
                 Incoming::Message(msg) => self.on_message(msg)?,
@@ -413,9 +433,11 @@ impl ServerSession {
     }
 
     /// Accepts a `connect`: window size, peer bandwidth, our chunk size, then `_result`.
-    pub fn accept_connect(&mut self) {
+    /// Buffered input behind the `connect` is then handled: new events may follow, and an
+    /// error in that input is returned.
+    pub fn accept_connect(&mut self) -> Result<(), SessionError> {
         let State::ConnectPending { tid } = self.state else {
-            return;
+            return Ok(());
         };
         self.state = State::Connected;
         let cs = self.conn.out_chunk_size;
@@ -444,6 +466,7 @@ impl ServerSession {
                 ]),
             ],
         );
+        self.process()
     }
 
     /// Rejects a `connect` with `NetConnection.Connect.Rejected`; the connection then closes.
@@ -463,8 +486,9 @@ impl ServerSession {
         self.closing = true;
     }
 
-    /// Accepts a pending `publish`: `NetStream.Publish.Start`.
-    pub fn accept_publish(&mut self, stream_id: u32) {
+    /// Accepts a pending `publish`: `NetStream.Publish.Start`. Buffered input is then
+    /// handled, as with [`ServerSession::accept_connect`].
+    pub fn accept_publish(&mut self, stream_id: u32) -> Result<(), SessionError> {
         if let Some(r @ Role::PublishPending) = self.streams.get_mut(&stream_id) {
             *r = Role::Publishing;
             self.send_user_control(user_control::STREAM_BEGIN, stream_id);
@@ -475,11 +499,13 @@ impl ServerSession {
                 "Start publishing",
             );
         }
+        self.process()
     }
 
     /// Accepts a pending `play`: StreamBegin, `NetStream.Play.Reset`, `NetStream.Play.Start`
     /// and `|RtmpSampleAccess`. Media may follow with [`ServerSession::send_media`].
-    pub fn accept_play(&mut self, stream_id: u32) {
+    /// Buffered input is then handled, as with [`ServerSession::accept_connect`].
+    pub fn accept_play(&mut self, stream_id: u32) -> Result<(), SessionError> {
         if let Some(r @ Role::PlayPending) = self.streams.get_mut(&stream_id) {
             *r = Role::Playing;
             self.send_user_control(user_control::STREAM_BEGIN, stream_id);
@@ -509,16 +535,24 @@ impl ServerSession {
                 cs,
             );
         }
+        self.process()
     }
 
     /// Rejects a pending `publish` or `play` with an error status such as
     /// `NetStream.Publish.BadName` or `NetStream.Play.StreamNotFound`. The stream returns to
-    /// idle; the connection stays open for the client to act.
-    pub fn reject(&mut self, stream_id: u32, code: &str, description: &str) {
+    /// idle; the connection stays open for the client to act. Buffered input is then
+    /// handled, as with [`ServerSession::accept_connect`].
+    pub fn reject(
+        &mut self,
+        stream_id: u32,
+        code: &str,
+        description: &str,
+    ) -> Result<(), SessionError> {
         if let Some(r) = self.streams.get_mut(&stream_id) {
             *r = Role::Idle;
             self.send_status(stream_id, "error", code, description);
         }
+        self.process()
     }
 
     /// Ends a playing stream from the server side (the publisher is gone for good).

@@ -67,9 +67,9 @@ impl Pair {
 
 fn accept_all(s: &mut ServerSession, ev: &ServerEvent) {
     match ev {
-        ServerEvent::Connect { .. } => s.accept_connect(),
-        ServerEvent::Publish { stream_id, .. } => s.accept_publish(*stream_id),
-        ServerEvent::Play { stream_id, .. } => s.accept_play(*stream_id),
+        ServerEvent::Connect { .. } => s.accept_connect().unwrap(),
+        ServerEvent::Publish { stream_id, .. } => s.accept_publish(*stream_id).unwrap(),
+        ServerEvent::Play { stream_id, .. } => s.accept_play(*stream_id).unwrap(),
         _ => {}
     }
 }
@@ -148,10 +148,10 @@ fn play_receives_shared_chunks() {
 fn rejections_reach_the_client() {
     let mut p = Pair::new(ClientMode::Publish("busy".into()));
     p.run(|s, ev| match ev {
-        ServerEvent::Connect { .. } => s.accept_connect(),
-        ServerEvent::Publish { stream_id, .. } => {
-            s.reject(*stream_id, "NetStream.Publish.BadName", "busy")
-        }
+        ServerEvent::Connect { .. } => s.accept_connect().unwrap(),
+        ServerEvent::Publish { stream_id, .. } => s
+            .reject(*stream_id, "NetStream.Publish.BadName", "busy")
+            .unwrap(),
         _ => {}
     });
     assert!(p.client_events.iter().any(
@@ -244,12 +244,17 @@ fn connected() -> ServerSession {
         Value::object([("app", Value::from("live"))]),
     ]);
     s.handle_input(Instant::now(), &connect).unwrap();
-    s.accept_connect();
+    s.accept_connect().unwrap();
     s
 }
 
 /// What arrives, on which session, and the error it must give.
-type Case = (&'static str, fn() -> ServerSession, BytesMut, fn(&SessionError) -> bool);
+type Case = (
+    &'static str,
+    fn() -> ServerSession,
+    BytesMut,
+    fn(&SessionError) -> bool,
+);
 
 #[test]
 fn bad_input_is_a_typed_error() {
@@ -363,7 +368,7 @@ fn aggregate_messages_are_split_and_rebased() {
     let mut b = BytesMut::new();
     encode_message(&mut b, 3, 0, 20, 1, &body, 128);
     s.handle_input(now, &b).unwrap();
-    s.accept_publish(1);
+    s.accept_publish(1).unwrap();
     let mut agg = BytesMut::new();
     for (t, ts, body) in [
         (9u8, 1000u32, &[0x17u8, 1, 0, 0, 0][..]),
@@ -391,4 +396,52 @@ fn aggregate_messages_are_split_and_rebased() {
         .collect();
     assert_eq!(ts, [500, 520]);
     let _ = Bytes::new();
+}
+
+#[test]
+fn pipelined_commands_wait_for_each_decision() {
+    let mut s = handshaken();
+    let now = Instant::now();
+    let mut all = command(&[
+        Value::from("connect"),
+        Value::Number(1.0),
+        Value::object([("app", Value::from("live"))]),
+    ]);
+    all.extend_from_slice(&command(&[
+        Value::from("createStream"),
+        Value::Number(2.0),
+        Value::Null,
+    ]));
+    let body = amf0::encode_all(&[
+        Value::from("publish"),
+        Value::Number(3.0),
+        Value::Null,
+        Value::from("cam"),
+    ]);
+    encode_message(&mut all, 3, 0, 20, 1, &body, 128);
+    let meta = amf0::encode_all(&[
+        Value::from("@setDataFrame"),
+        Value::from("onMetaData"),
+        Value::EcmaArray(vec![]),
+    ]);
+    encode_message(&mut all, 5, 0, 18, 1, &meta, 128);
+    s.handle_input(now, &all).unwrap();
+    assert!(matches!(s.poll_event(), Some(ServerEvent::Connect { .. })));
+    assert_eq!(
+        s.poll_event(),
+        None,
+        "nothing past connect before the decision"
+    );
+    s.accept_connect().unwrap();
+    assert!(matches!(
+        s.poll_event(),
+        Some(ServerEvent::Publish { stream_id: 1, .. })
+    ));
+    assert_eq!(
+        s.poll_event(),
+        None,
+        "metadata waits for the publish decision"
+    );
+    s.accept_publish(1).unwrap();
+    assert!(matches!(s.poll_event(), Some(ServerEvent::Media(m)) if m.kind == MediaKind::Data));
 }

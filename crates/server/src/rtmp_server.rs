@@ -155,16 +155,23 @@ impl Connection {
         while let Some(ev) = self.session.poll_event() {
             match ev {
                 ServerEvent::Connect { app, .. } => {
-                    debug!(peer = %self.peer, app, "rtmp connect");
+                    let handshake = self.session.handshake_kind();
+                    // The app is the first part of every stream path.
+                    if let Err(e) = crate::path::validate(app.trim_matches('/')) {
+                        warn!(peer = %self.peer, app, "rtmp connect rejected: {e}");
+                        self.session.reject_connect(&format!("bad app name: {e}"));
+                        continue;
+                    }
+                    debug!(peer = %self.peer, app, ?handshake, "rtmp connect");
                     self.app = app;
-                    self.session.accept_connect();
+                    self.session.accept_connect()?;
                 }
                 ServerEvent::Publish {
                     stream_id, name, ..
-                } => self.publish(stream_id, &name),
+                } => self.publish(stream_id, &name)?,
                 ServerEvent::Play {
                     stream_id, name, ..
-                } => self.play(stream_id, &name).await,
+                } => self.play(stream_id, &name).await?,
                 ServerEvent::Unpublish { stream_id } => {
                     if matches!(&self.role, Role::Publishing { stream_id: s, .. } if *s == stream_id)
                     {
@@ -208,69 +215,54 @@ impl Connection {
         Ok(())
     }
 
-    fn publish(&mut self, stream_id: u32, name: &str) {
-        let path = match stream_path(&self.app, name) {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(peer = %self.peer, "rtmp publish refused: {e}");
-                self.session
-                    .reject(stream_id, "NetStream.Publish.BadName", &e.to_string());
-                return;
-            }
-        };
+    /// The path for a publish or play, or why there is none.
+    fn claimable_path(&self, name: &str) -> Result<String, String> {
         if !matches!(self.role, Role::None) {
-            self.session.reject(
-                stream_id,
-                "NetStream.Publish.BadName",
-                "connection already publishing or playing",
-            );
-            return;
+            return Err("connection already publishing or playing".into());
         }
-        match self.hub.publish(&path) {
+        stream_path(&self.app, name).map_err(|e| e.to_string())
+    }
+
+    fn publish(&mut self, stream_id: u32, name: &str) -> anyhow::Result<()> {
+        let claimed = self
+            .claimable_path(name)
+            .and_then(|path| self.hub.publish(&path).map_err(|e| e.to_string()));
+        match claimed {
             Ok(publisher) => {
-                info!(peer = %self.peer, path, "rtmp publish");
-                self.session.accept_publish(stream_id);
+                info!(peer = %self.peer, path = publisher.path(), "rtmp publish");
                 self.role = Role::Publishing {
                     stream_id,
                     ingest: RtmpIngest::new(publisher),
                 };
+                self.session.accept_publish(stream_id)?;
             }
-            Err(e) => {
-                warn!(peer = %self.peer, path, "rtmp publish refused: {e}");
+            Err(why) => {
+                warn!(peer = %self.peer, name, "rtmp publish refused: {why}");
                 self.session
-                    .reject(stream_id, "NetStream.Publish.BadName", &e.to_string());
+                    .reject(stream_id, "NetStream.Publish.BadName", &why)?;
             }
         }
+        Ok(())
     }
 
-    async fn play(&mut self, stream_id: u32, name: &str) {
-        let path = match stream_path(&self.app, name) {
+    async fn play(&mut self, stream_id: u32, name: &str) -> anyhow::Result<()> {
+        let path = match self.claimable_path(name) {
             Ok(p) => p,
-            Err(e) => {
+            Err(why) => {
+                info!(peer = %self.peer, name, "rtmp play refused: {why}");
                 self.session
-                    .reject(stream_id, "NetStream.Play.StreamNotFound", &e.to_string());
-                return;
+                    .reject(stream_id, "NetStream.Play.StreamNotFound", &why)?;
+                return Ok(());
             }
         };
-        if !matches!(self.role, Role::None) {
-            self.session.reject(
-                stream_id,
-                "NetStream.Play.Failed",
-                "connection already publishing or playing",
-            );
-            return;
-        }
         let Some(sub) = self.hub.subscribe_wait(&path).await else {
             info!(peer = %self.peer, path, "rtmp play: no such stream");
-            self.session.reject(
-                stream_id,
-                "NetStream.Play.StreamNotFound",
-                &format!("no stream {path}"),
-            );
-            return;
+            let why = format!("no stream {path}");
+            self.session
+                .reject(stream_id, "NetStream.Play.StreamNotFound", &why)?;
+            return Ok(());
         };
         info!(peer = %self.peer, path, "rtmp play");
-        self.session.accept_play(stream_id);
         let reader = Reader::new(self.hub.clone(), sub);
         self.role = Role::Playing(Box::new(Playing {
             stream_id,
@@ -282,6 +274,8 @@ impl Connection {
             video: true,
             finished: false,
         }));
+        self.session.accept_play(stream_id)?;
+        Ok(())
     }
 
     fn play_item(&mut self, item: ReaderItem) {

@@ -244,3 +244,60 @@ async fn hevc_codec12_and_enhanced_in_enhanced_out() {
         ));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_with_a_bad_app_is_rejected() {
+    let server = Server::start();
+    for app in ["", "a b", ".."] {
+        let socket = tokio::net::TcpStream::connect(server.rtmp).await.unwrap();
+        let (tc_app, name) = (app, "x");
+        let config = ferrocast_rtmp::client::ClientConfig::new(
+            &format!("rtmp://{}/{tc_app}", server.rtmp),
+            tc_app,
+            ferrocast_rtmp::client::ClientMode::Play(name.into()),
+        );
+        let mut c = RtmpClient::with_config(socket, config).await;
+        let seen = c
+            .wait_for(|e| matches!(e, ClientEvent::Status { .. }))
+            .await;
+        assert!(
+            matches!(seen.last(), Some(ClientEvent::Status { code, .. }) if code == "NetConnection.Connect.Rejected"),
+            "app {app:?}: {seen:?}"
+        );
+        assert!(
+            c.next_event(Duration::from_secs(10)).await.is_none(),
+            "closed after rejection"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn player_waits_for_a_late_publisher_when_configured() {
+    let server = Server::with_config("[hub]\nplay_wait_ms = 8000\n");
+    let url = server.rtmp_url("live/late");
+    let reader = tokio::task::spawn_blocking(move || probe(&url, 3));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _publisher = publish(test_flv(), &server.rtmp_url("live/late"));
+    reader.await.unwrap().assert_h264_aac(320, 240, 60);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mp3_audio_passes_through() {
+    let server = Server::start();
+    let mp3 = mp3_flv();
+    let _publisher = publish(mp3, &server.rtmp_url("live/mp3"));
+    wait_published(&server, "live/mp3").await;
+    for url in [server.rtmp_url("live/mp3"), server.flv_url("live/mp3")] {
+        let p = tokio::task::spawn_blocking(move || probe(&url, 2))
+            .await
+            .unwrap();
+        assert_eq!(
+            p.codec("audio").map(|a| a["codec_name"].clone()),
+            Some("mp3".into()),
+            "{:?}",
+            p.streams
+        );
+        assert!(p.packets_of("audio").len() > 30);
+        assert_eq!(p.codec("video").unwrap()["codec_name"], "h264");
+    }
+}

@@ -87,6 +87,38 @@ pub fn test_flv() -> &'static Path {
     })
 }
 
+/// H.264 + MP3 44.1 kHz in FLV.
+pub fn mp3_flv() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        make_media(
+            "h264_mp3.flv",
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=30",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=44100",
+                "-c:v",
+                "libx264",
+                "-g",
+                "30",
+                "-preset",
+                "veryfast",
+                "-c:a",
+                "libmp3lame",
+                "-t",
+                "4",
+                "-f",
+                "flv",
+            ],
+        )
+    })
+}
+
 /// A high-bitrate (noisy, ~8 Mbit/s) H.264 stream, to fill socket buffers quickly.
 pub fn heavy_flv() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
@@ -415,7 +447,14 @@ impl RtmpClient {
         } else {
             ClientMode::Play(name.into())
         };
-        let config = ClientConfig::new(&format!("rtmp://{addr}/{app}"), app, mode);
+        RtmpClient::with_config(
+            socket,
+            ClientConfig::new(&format!("rtmp://{addr}/{app}"), app, mode),
+        )
+        .await
+    }
+
+    pub async fn with_config(socket: TcpStream, config: ClientConfig) -> RtmpClient {
         let mut c = RtmpClient {
             socket,
             session: ClientSession::new(config, Instant::now()),
