@@ -211,6 +211,7 @@ pub fn config_body(track: &TrackInfo) -> Option<Bytes> {
         TrackInfo::Video {
             codec: VideoCodec::H264,
             config,
+            ..
         } => {
             out.put_slice(&[0x10 | CODEC_AVC, 0, 0, 0, 0]);
             out.put_slice(config);
@@ -218,6 +219,7 @@ pub fn config_body(track: &TrackInfo) -> Option<Bytes> {
         TrackInfo::Video {
             codec: VideoCodec::H265,
             config,
+            ..
         } => {
             out.put_u8(0x80 | 0x10);
             out.put_slice(&FOURCC_HVC1);
@@ -242,7 +244,8 @@ pub fn config_body(track: &TrackInfo) -> Option<Bytes> {
 /// Builds the tag body of a frame of `track`.
 pub fn frame_body(track: &TrackInfo, frame: &Frame) -> Bytes {
     let mut out = BytesMut::with_capacity(frame.data.len() + 8);
-    let cts = frame.cts().clamp(-(1 << 23), (1 << 23) - 1) as i32;
+    // FLV composition offsets are milliseconds.
+    let cts = track.to_ms(frame.cts()).clamp(-(1 << 23), (1 << 23) - 1) as i32;
     let frame_type: u8 = if frame.keyframe { 1 } else { 2 };
     match track {
         TrackInfo::Video {
@@ -347,6 +350,7 @@ mod tests {
         TrackInfo::Video {
             codec: VideoCodec::H264,
             config: Bytes::from_static(&[1, 0x64, 0, 0x1f, 0xff]),
+            clock_rate: 1000,
         }
     }
 
@@ -384,6 +388,7 @@ mod tests {
         let track = TrackInfo::Video {
             codec: VideoCodec::H265,
             config: Bytes::from_static(&[1; 23]),
+            clock_rate: 1000,
         };
         for cts in [0, 66] {
             let f = Frame::new(

@@ -41,6 +41,8 @@ pub enum TrackInfo {
         /// AVCDecoderConfigurationRecord (ISO/IEC 14496-15 5.3.3) or
         /// HEVCDecoderConfigurationRecord (8.3.3), exactly as received.
         config: Bytes,
+        /// Clock of this track's frame timestamps, in Hz (1000 for RTMP, 90000 for RTP).
+        clock_rate: u32,
     },
     /// An audio track.
     Audio {
@@ -52,10 +54,35 @@ pub enum TrackInfo {
         sample_rate: u32,
         /// Number of channels.
         channels: u8,
+        /// Clock of this track's frame timestamps, in Hz (1000 for RTMP, the sample rate for
+        /// RTP).
+        clock_rate: u32,
     },
 }
 
+/// Converts a timestamp between clocks, rounding to nearest, without overflow.
+pub fn rescale(ts: i64, from: u32, to: u32) -> i64 {
+    if from == to || from == 0 {
+        return ts;
+    }
+    let num = i128::from(ts) * i128::from(to);
+    let den = i128::from(from);
+    (if num >= 0 { (num + den / 2) / den } else { (num - den / 2) / den }) as i64
+}
+
 impl TrackInfo {
+    /// The clock of this track's timestamps, in Hz.
+    pub fn clock_rate(&self) -> u32 {
+        match self {
+            TrackInfo::Video { clock_rate, .. } | TrackInfo::Audio { clock_rate, .. } => *clock_rate,
+        }
+    }
+
+    /// A timestamp of this track in milliseconds.
+    pub fn to_ms(&self, ts: i64) -> i64 {
+        rescale(ts, self.clock_rate(), 1000)
+    }
+
     /// The kind of track this describes.
     pub fn kind(&self) -> TrackKind {
         match self {
@@ -137,6 +164,14 @@ impl Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rescale_rounds_and_keeps_sign() {
+        assert_eq!(rescale(1000, 1000, 90000), 90000);
+        assert_eq!(rescale(3003, 90000, 1000), 33);
+        assert_eq!(rescale(-3003, 90000, 1000), -33);
+        assert_eq!(rescale(i64::MAX / 2, 1000, 90000), (i128::from(i64::MAX / 2) * 90) as i64);
+    }
 
     #[test]
     fn wire_form_is_built_once_and_shared() {

@@ -7,4 +7,4 @@ pub mod avc;
 pub mod flv;
 mod frame;
 
-pub use frame::{AudioCodec, Frame, TrackInfo, TrackKind, Tracks, VideoCodec, Wire};
+pub use frame::{AudioCodec, Frame, TrackInfo, TrackKind, Tracks, VideoCodec, Wire, rescale};

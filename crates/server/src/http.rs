@@ -160,7 +160,7 @@ async fn feed_flv(hub: Arc<Hub>, path: String, mut reader: Reader, tx: mpsc::Sen
                         return;
                     }
                     let bytes = frame.wire(Wire::FlvTag, |f| {
-                        flv::tag(kind, f.dts, &flv::frame_body(&track, f))
+                        flv::tag(kind, track.to_ms(f.dts), &flv::frame_body(&track, f))
                     });
                     if !send(&tx, bytes, timeout, &path).await {
                         return;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ferrocast_media::{Frame, TrackKind, Tracks};
+use ferrocast_media::{Frame, TrackKind, Tracks, rescale};
 use tokio::sync::{Notify, broadcast};
 
 use crate::config::{HubConfig, ms};
@@ -36,7 +36,7 @@ pub enum PublishError {
 }
 
 /// Gap left between the last frame of a publisher and the first of the one that replaces it
-/// within the grace period, in the stream clock (milliseconds for RTMP).
+/// within the grace period.
 const REPUBLISH_GAP_MS: i64 = 40;
 
 /// Counters that metrics will expose.
@@ -77,10 +77,10 @@ struct StreamState {
     gop_bytes: usize,
     /// Set when the GOP outgrew the cap: cache nothing until the next keyframe.
     gop_overflow: bool,
-    /// Last decode timestamp handed to readers, across publishers.
-    last_dts: Option<i64>,
-    /// Added to this publisher's timestamps so they follow on from the previous one.
-    ts_offset: Option<i64>,
+    /// Last decode timestamp handed to readers, across publishers, in ms.
+    last_dts_ms: Option<i64>,
+    /// Added to this publisher's timestamps so they follow on from the previous one, in ms.
+    ts_offset_ms: Option<i64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,7 +142,7 @@ impl Hub {
         st.gop.clear();
         st.gop_bytes = 0;
         st.gop_overflow = false;
-        st.ts_offset = None;
+        st.ts_offset_ms = None;
         if republish {
             let _ = stream.tx.send(HubEvent::Republished);
         }
@@ -271,26 +271,32 @@ impl Publisher {
         let max_gop = self.hub.config.max_gop_cache_bytes;
         let mut st = lock(&self.stream.state);
         // A publisher that replaced another within the grace period continues its timeline:
-        // the explicit, counted correction that keeps readers' timestamps monotonic.
-        let offset = match st.ts_offset {
+        // the explicit, counted correction that keeps readers' timestamps monotonic. The
+        // offset is kept in milliseconds and applied in each track's own clock.
+        let clock = match kind {
+            TrackKind::Video => st.tracks.video.as_ref(),
+            TrackKind::Audio => st.tracks.audio.as_ref(),
+        }
+        .map_or(1000, |t| t.clock_rate());
+        let dts_ms = rescale(dts, clock, 1000);
+        let offset_ms = match st.ts_offset_ms {
             Some(o) => o,
             None => {
-                let o = match st.last_dts {
+                let o = match st.last_dts_ms {
                     Some(last) if st.generation > 1 => {
-                        self.hub
-                            .stats
-                            .timestamp_rebases
-                            .fetch_add(1, Ordering::Relaxed);
-                        last + REPUBLISH_GAP_MS - dts
+                        self.hub.stats.timestamp_rebases.fetch_add(1, Ordering::Relaxed);
+                        last + REPUBLISH_GAP_MS - dts_ms
                     }
                     _ => 0,
                 };
-                st.ts_offset = Some(o);
+                st.ts_offset_ms = Some(o);
                 o
             }
         };
+        let offset = rescale(offset_ms, 1000, clock);
         let frame = Frame::new(kind, dts + offset, pts + offset, keyframe, data);
-        st.last_dts = Some(st.last_dts.map_or(frame.dts, |l| l.max(frame.dts)));
+        let end_ms = dts_ms + offset_ms;
+        st.last_dts_ms = Some(st.last_dts_ms.map_or(end_ms, |l| l.max(end_ms)));
         let has_video = st.tracks.video.is_some();
         if has_video {
             if kind == TrackKind::Video && keyframe {
@@ -335,6 +341,7 @@ mod tests {
             video: Some(TrackInfo::Video {
                 codec: VideoCodec::H264,
                 config: Bytes::from_static(&[1, 2, 3]),
+                clock_rate: 1000,
             }),
             ..Tracks::default()
         }

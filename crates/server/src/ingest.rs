@@ -9,6 +9,9 @@ use ferrocast_rtmp::{MediaKind, MediaMessage};
 
 use crate::hub::Publisher;
 
+/// RTMP timestamps are milliseconds, for every track.
+const RTMP_CLOCK: u32 = 1000;
+
 /// Why a publisher's message was dropped (logged; the session goes on).
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -86,7 +89,11 @@ impl RtmpIngest {
             MediaKind::Video => match flv::parse_video(&msg.payload)? {
                 VideoTag::Config { codec, config } => {
                     self.nal_length_size = nal_length_size(codec, &config)?;
-                    self.tracks.video = Some(TrackInfo::Video { codec, config });
+                    self.tracks.video = Some(TrackInfo::Video {
+                        codec,
+                        config,
+                        clock_rate: RTMP_CLOCK,
+                    });
                     self.publisher.set_tracks(self.tracks.clone());
                 }
                 VideoTag::Frame {
@@ -113,6 +120,7 @@ impl RtmpIngest {
                         config,
                         sample_rate: asc.sample_rate,
                         channels: asc.channels,
+                        clock_rate: RTMP_CLOCK,
                     });
                     self.publisher.set_tracks(self.tracks.clone());
                 }
@@ -138,6 +146,7 @@ impl RtmpIngest {
                         config: bytes::Bytes::new(),
                         sample_rate,
                         channels,
+                        clock_rate: RTMP_CLOCK,
                     };
                     if self.tracks.audio.as_ref() != Some(&track) {
                         self.tracks.audio = Some(track);

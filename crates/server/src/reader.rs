@@ -209,7 +209,13 @@ impl TagFeed {
     /// The tags for a frame: any changed parameters, then the frame. Frames of a track whose
     /// parameters are not known yet are dropped.
     pub fn frame(&mut self, frame: Arc<Frame>, out: &mut Vec<Tag>) {
-        let ts = frame.dts;
+        let track = match frame.kind {
+            TrackKind::Video => &self.current.video,
+            TrackKind::Audio => &self.current.audio,
+        };
+        let Some(ts) = track.as_ref().map(|t| t.to_ms(frame.dts)) else {
+            return;
+        };
         if self.current.metadata != self.sent.metadata {
             if let Some(m) = &self.current.metadata {
                 // At 0: ffmpeg's FLV demuxer takes a script tag with a later timestamp for a

@@ -319,7 +319,7 @@ impl Connection {
                             let encode = |f: &ferrocast_media::Frame| {
                                 encode_media(
                                     kind,
-                                    f.dts as u32,
+                                    track.to_ms(f.dts) as u32,
                                     SHARED_STREAM_ID,
                                     &flv::frame_body(&track, f),
                                     chunk_size,
@@ -331,7 +331,7 @@ impl Connection {
                             } else {
                                 self.session.send_media_message(
                                     kind,
-                                    frame.dts as u32,
+                                    track.to_ms(frame.dts) as u32,
                                     sid,
                                     &flv::frame_body(&track, &frame),
                                 );
