@@ -16,6 +16,8 @@ pub struct AudioSpecificConfig {
     pub sample_rate: u32,
     /// Channel configuration (1 = mono, 2 = stereo, ...).
     pub channels: u8,
+    /// `samplingFrequencyIndex` (15 = explicit rate).
+    pub frequency_index: u8,
 }
 
 /// Why an AudioSpecificConfig could not be read.
@@ -69,7 +71,37 @@ impl AudioSpecificConfig {
             object_type,
             sample_rate,
             channels,
+            frequency_index: index,
         })
+    }
+}
+
+impl AudioSpecificConfig {
+    /// The 7-byte ADTS header (ISO/IEC 13818-7 6.2, no CRC) for a raw frame of
+    /// `payload_len` bytes. Object types beyond what ADTS's 2-bit profile can say (SBR, PS)
+    /// are signalled as AAC-LC, as encoders do for HE-AAC in ADTS.
+    pub fn adts_header(&self, payload_len: usize) -> [u8; 7] {
+        let profile = if (1..=4).contains(&self.object_type) {
+            self.object_type - 1
+        } else {
+            1
+        };
+        let index = if self.frequency_index >= 13 {
+            4
+        } else {
+            self.frequency_index
+        };
+        let len = (payload_len + 7).min(0x1fff) as u32;
+        let ch = self.channels & 7;
+        [
+            0xff,
+            0xf1,
+            (profile << 6) | (index << 2) | (ch >> 2),
+            ((ch & 3) << 6) | (len >> 11) as u8,
+            (len >> 3) as u8,
+            (((len & 7) << 5) as u8) | 0x1f,
+            0xfc,
+        ]
     }
 }
 
@@ -86,8 +118,19 @@ mod tests {
             AudioSpecificConfig {
                 object_type: 2,
                 sample_rate: 44100,
-                channels: 2
+                channels: 2,
+                frequency_index: 4,
             }
+        );
+    }
+
+    #[test]
+    fn adts_header_fields() {
+        let asc = AudioSpecificConfig::parse(&[0x12, 0x10]).unwrap();
+        // LC, 44.1 kHz, stereo, 100 + 7 bytes.
+        assert_eq!(
+            asc.adts_header(100),
+            [0xff, 0xf1, 0x50, 0x80, 0x0d, 0x7f, 0xfc]
         );
     }
 

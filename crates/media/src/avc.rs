@@ -78,6 +78,45 @@ pub fn to_four_byte_lengths(data: Bytes, from: usize) -> Result<Bytes, NalError>
     Ok(out.freeze())
 }
 
+/// The NAL units of a payload with 4-byte lengths (ferrocast's frame form). Stops at the
+/// first malformed length.
+pub fn nal_units(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        let len = data.get(pos..pos + 4)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let body = data.get(pos + 4..pos + 4 + len)?;
+        pos += 4 + len;
+        Some(body)
+    })
+}
+
+/// Splits an Annex B byte stream (H.264 Annex B) into NAL units, without start codes.
+pub fn split_annexb(data: &[u8]) -> Vec<&[u8]> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let mut out = Vec::with_capacity(starts.len());
+    for (k, &s) in starts.iter().enumerate() {
+        let mut end = starts.get(k + 1).map_or(data.len(), |n| n - 3);
+        // A 4-byte start code's leading zero, and trailing_zero_8bits, belong to no NAL unit.
+        while end > s && data[end - 1] == 0 {
+            end -= 1;
+        }
+        if end > s {
+            out.push(&data[s..end]);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +129,21 @@ mod tests {
         hvcc[21] = 0xfc | 0x01;
         assert_eq!(nal_length_size(VideoCodec::H265, &hvcc), Ok(2));
         assert!(nal_length_size(VideoCodec::H265, &avcc).is_err());
+    }
+
+    #[test]
+    fn annexb_and_length_prefixed_iteration() {
+        let annexb = [
+            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 0, 0, 4,
+        ];
+        let nals = split_annexb(&annexb);
+        assert_eq!(
+            nals,
+            vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 0, 0, 4][..]]
+        );
+        let prefixed = [0, 0, 0, 2, 0x65, 1, 0, 0, 0, 1, 0x41, 0, 0, 0, 9];
+        let units: Vec<&[u8]> = nal_units(&prefixed).collect();
+        assert_eq!(units, vec![&[0x65, 1][..], &[0x41][..]]);
     }
 
     #[test]

@@ -67,14 +67,20 @@ pub fn rescale(ts: i64, from: u32, to: u32) -> i64 {
     }
     let num = i128::from(ts) * i128::from(to);
     let den = i128::from(from);
-    (if num >= 0 { (num + den / 2) / den } else { (num - den / 2) / den }) as i64
+    (if num >= 0 {
+        (num + den / 2) / den
+    } else {
+        (num - den / 2) / den
+    }) as i64
 }
 
 impl TrackInfo {
     /// The clock of this track's timestamps, in Hz.
     pub fn clock_rate(&self) -> u32 {
         match self {
-            TrackInfo::Video { clock_rate, .. } | TrackInfo::Audio { clock_rate, .. } => *clock_rate,
+            TrackInfo::Video { clock_rate, .. } | TrackInfo::Audio { clock_rate, .. } => {
+                *clock_rate
+            }
         }
     }
 
@@ -170,7 +176,10 @@ mod tests {
         assert_eq!(rescale(1000, 1000, 90000), 90000);
         assert_eq!(rescale(3003, 90000, 1000), 33);
         assert_eq!(rescale(-3003, 90000, 1000), -33);
-        assert_eq!(rescale(i64::MAX / 2, 1000, 90000), (i128::from(i64::MAX / 2) * 90) as i64);
+        assert_eq!(
+            rescale(i64::MAX / 2, 1000, 90000),
+            (i128::from(i64::MAX / 2) * 90) as i64
+        );
     }
 
     #[test]

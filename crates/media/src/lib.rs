@@ -4,7 +4,23 @@
 
 pub mod aac;
 pub mod avc;
+pub mod bits;
 pub mod flv;
+pub mod fmp4;
 mod frame;
+pub mod h264;
+pub mod h265;
+pub mod ts;
 
 pub use frame::{AudioCodec, Frame, TrackInfo, TrackKind, Tracks, VideoCodec, Wire, rescale};
+
+/// Why codec parameters could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParamError {
+    /// A record or parameter set ends early.
+    #[error("{0} truncated")]
+    Truncated(&'static str),
+    /// A parameter set the operation needs is absent.
+    #[error("no {0}")]
+    Missing(&'static str),
+}

@@ -284,7 +284,10 @@ impl Publisher {
             None => {
                 let o = match st.last_dts_ms {
                     Some(last) if st.generation > 1 => {
-                        self.hub.stats.timestamp_rebases.fetch_add(1, Ordering::Relaxed);
+                        self.hub
+                            .stats
+                            .timestamp_rebases
+                            .fetch_add(1, Ordering::Relaxed);
                         last + REPUBLISH_GAP_MS - dts_ms
                     }
                     _ => 0,

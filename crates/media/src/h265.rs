@@ -1,0 +1,253 @@
+//! H.265 parameter sets (ITU-T H.265 7.3.2.2) and the HEVCDecoderConfigurationRecord
+//! (ISO/IEC 14496-15 8.3.3).
+
+use bytes::Bytes;
+
+use crate::ParamError;
+use crate::bits::{BitReader, EndOfData, rbsp};
+
+/// NAL unit types we look at (Table 7-1).
+pub mod nal {
+    /// First IRAP type (BLA_W_LP); 16..=23 are random access points.
+    pub const IRAP_FIRST: u8 = 16;
+    /// Last IRAP type (reserved IRAP 23).
+    pub const IRAP_LAST: u8 = 23;
+    /// Video parameter set.
+    pub const VPS: u8 = 32;
+    /// Sequence parameter set.
+    pub const SPS: u8 = 33;
+    /// Picture parameter set.
+    pub const PPS: u8 = 34;
+    /// Access unit delimiter.
+    pub const AUD: u8 = 35;
+}
+
+/// The NAL unit type of an H.265 NAL unit.
+pub fn nal_type(nal: &[u8]) -> u8 {
+    nal.first().map_or(0, |b| (b >> 1) & 0x3f)
+}
+
+/// What the decoder configuration record holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HevcConfig {
+    /// The 12 bytes of general profile, tier and level (hvcC bytes 1..13).
+    pub general_ptl: [u8; 12],
+    /// Video parameter sets.
+    pub vps: Vec<Bytes>,
+    /// Sequence parameter sets.
+    pub sps: Vec<Bytes>,
+    /// Picture parameter sets.
+    pub pps: Vec<Bytes>,
+}
+
+impl HevcConfig {
+    /// Parses an hvcC record.
+    pub fn parse(d: &Bytes) -> Result<HevcConfig, ParamError> {
+        if d.len() < 23 {
+            return Err(ParamError::Truncated("hvcC"));
+        }
+        let mut general_ptl = [0u8; 12];
+        general_ptl.copy_from_slice(&d[1..13]);
+        let mut cfg = HevcConfig {
+            general_ptl,
+            vps: vec![],
+            sps: vec![],
+            pps: vec![],
+        };
+        let mut pos = 23;
+        for _ in 0..d[22] {
+            let h = d.get(pos..pos + 3).ok_or(ParamError::Truncated("hvcC"))?;
+            let (t, n) = (h[0] & 0x3f, u16::from_be_bytes([h[1], h[2]]));
+            pos += 3;
+            for _ in 0..n {
+                let l = d.get(pos..pos + 2).ok_or(ParamError::Truncated("hvcC"))?;
+                let len = usize::from(u16::from_be_bytes([l[0], l[1]]));
+                pos += 2;
+                if d.len() < pos + len {
+                    return Err(ParamError::Truncated("hvcC"));
+                }
+                let unit = d.slice(pos..pos + len);
+                pos += len;
+                match t {
+                    nal::VPS => cfg.vps.push(unit),
+                    nal::SPS => cfg.sps.push(unit),
+                    nal::PPS => cfg.pps.push(unit),
+                    _ => {}
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// The RFC 6381 codec string (ISO/IEC 14496-15 E.3), e.g. `hvc1.1.6.L60.90`.
+    pub fn codec_string(&self) -> String {
+        let p = &self.general_ptl;
+        let space = ["", "A", "B", "C"][usize::from(p[0] >> 6)];
+        let tier = if p[0] & 0x20 != 0 { 'H' } else { 'L' };
+        let profile = p[0] & 0x1f;
+        let compat = u32::from_be_bytes([p[1], p[2], p[3], p[4]]).reverse_bits();
+        let mut s = format!("hvc1.{space}{profile}.{compat:X}.{tier}{}", p[11]);
+        let constraints = &p[5..11];
+        let keep = constraints
+            .iter()
+            .rposition(|b| *b != 0)
+            .map_or(0, |i| i + 1);
+        for b in &constraints[..keep] {
+            s.push_str(&format!(".{b:02X}"));
+        }
+        s
+    }
+}
+
+/// What ferrocast reads from an SPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpsInfo {
+    /// Luma width after the conformance window.
+    pub width: u32,
+    /// Luma height after the conformance window.
+    pub height: u32,
+    /// `chroma_format_idc`.
+    pub chroma_format_idc: u32,
+    /// `bit_depth_luma_minus8`.
+    pub bit_depth_luma_minus8: u32,
+    /// `bit_depth_chroma_minus8`.
+    pub bit_depth_chroma_minus8: u32,
+}
+
+/// Parses an SPS NAL unit (with its 2-byte header).
+pub fn parse_sps(sps: &[u8]) -> Result<SpsInfo, ParamError> {
+    parse_sps_rbsp(&rbsp(sps.get(2..).unwrap_or_default()))
+        .map_err(|_| ParamError::Truncated("SPS"))
+}
+
+fn parse_sps_rbsp(d: &[u8]) -> Result<SpsInfo, EndOfData> {
+    let mut r = BitReader::new(d);
+    r.skip(4)?; // sps_video_parameter_set_id
+    let max_sub_layers_minus1 = r.bits(3)? as usize;
+    r.skip(1)?; // sps_temporal_id_nesting_flag
+    // profile_tier_level(1, max_sub_layers_minus1), 7.3.3
+    r.skip(96)?;
+    let mut present = [(false, false); 8];
+    for p in present.iter_mut().take(max_sub_layers_minus1) {
+        *p = (r.bit()?, r.bit()?);
+    }
+    if max_sub_layers_minus1 > 0 {
+        r.skip(2 * (8 - max_sub_layers_minus1))?;
+    }
+    for (profile, level) in present.iter().take(max_sub_layers_minus1) {
+        if *profile {
+            r.skip(88)?;
+        }
+        if *level {
+            r.skip(8)?;
+        }
+    }
+    r.ue()?; // sps_seq_parameter_set_id
+    let chroma_format_idc = r.ue()?;
+    if chroma_format_idc == 3 {
+        r.bit()?;
+    }
+    let mut width = r.ue()?;
+    let mut height = r.ue()?;
+    if r.bit()? {
+        let (sub_w, sub_h) = match chroma_format_idc {
+            1 => (2, 2),
+            2 => (2, 1),
+            _ => (1, 1),
+        };
+        let (l, rr, t, b) = (r.ue()?, r.ue()?, r.ue()?, r.ue()?);
+        width = width.saturating_sub(sub_w * (l + rr));
+        height = height.saturating_sub(sub_h * (t + b));
+    }
+    let bit_depth_luma_minus8 = r.ue()?;
+    let bit_depth_chroma_minus8 = r.ue()?;
+    Ok(SpsInfo {
+        width,
+        height,
+        chroma_format_idc,
+        bit_depth_luma_minus8,
+        bit_depth_chroma_minus8,
+    })
+}
+
+/// Builds an hvcC record (4-byte NAL lengths) from parameter sets.
+pub fn build_hvcc(vps: &[Bytes], sps: &[Bytes], pps: &[Bytes]) -> Result<Bytes, ParamError> {
+    let first = sps.first().ok_or(ParamError::Missing("SPS"))?;
+    let info = parse_sps(first)?;
+    let body = rbsp(&first[2..]);
+    let ptl = body.get(1..13).ok_or(ParamError::Truncated("SPS"))?;
+    let mut out = vec![1];
+    out.extend_from_slice(ptl);
+    out.extend_from_slice(&[
+        0xf0,
+        0x00, // min_spatial_segmentation_idc
+        0xfc, // parallelismType
+        0xfc | (info.chroma_format_idc as u8 & 3),
+        0xf8 | (info.bit_depth_luma_minus8 as u8 & 7),
+        0xf8 | (info.bit_depth_chroma_minus8 as u8 & 7),
+        0,
+        0,    // avgFrameRate
+        0x0f, // constantFrameRate 0, numTemporalLayers 1, temporalIdNested 1, lengthSizeMinusOne 3
+    ]);
+    let arrays = [(nal::VPS, vps), (nal::SPS, sps), (nal::PPS, pps)];
+    out.push(arrays.iter().filter(|(_, v)| !v.is_empty()).count() as u8);
+    for (t, units) in arrays {
+        if units.is_empty() {
+            continue;
+        }
+        out.push(0x80 | t);
+        out.extend_from_slice(&(units.len() as u16).to_be_bytes());
+        for u in units {
+            out.extend_from_slice(&(u.len() as u16).to_be_bytes());
+            out.extend_from_slice(u);
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Bytes {
+        Bytes::from(
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// Parameter sets of `ffmpeg -f lavfi -i testsrc2=size=320x240 -c:v libx265` (x265 3.5).
+    fn x265_320x240() -> (Bytes, Bytes, Bytes) {
+        (
+            hex("40010c01ffff01600000030090000003000003003c959809"),
+            hex(
+                "42010101600000030090000003000003003ca00a080f165959a4932bc05a020000030002000003003c10",
+            ),
+            hex("4401c172b46240"),
+        )
+    }
+
+    #[test]
+    fn x265_sps_and_record() {
+        let (vps, sps, pps) = x265_320x240();
+        let info = parse_sps(&sps).unwrap();
+        assert_eq!(
+            (info.width, info.height, info.chroma_format_idc),
+            (320, 240, 1)
+        );
+        let hvcc = build_hvcc(&[vps.clone()], &[sps.clone()], &[pps.clone()]).unwrap();
+        assert_eq!(
+            crate::avc::nal_length_size(crate::VideoCodec::H265, &hvcc),
+            Ok(4)
+        );
+        let cfg = HevcConfig::parse(&hvcc).unwrap();
+        assert_eq!(
+            (&cfg.vps, &cfg.sps, &cfg.pps),
+            (&vec![vps], &vec![sps], &vec![pps])
+        );
+        assert_eq!(cfg.codec_string(), "hvc1.1.6.L60.90");
+        assert!(HevcConfig::parse(&hvcc.slice(..30)).is_err());
+    }
+}
