@@ -1,6 +1,7 @@
 //! Configuration: every key has a compiled-in default, so `ferrocast` with no arguments
 //! serves. Files are TOML; unknown keys are errors that name the key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -22,6 +23,107 @@ pub struct Config {
     pub http: HttpConfig,
     /// Stream hub: GOP cache, reader lag, republish grace.
     pub hub: HubConfig,
+    /// HLS output.
+    pub hls: HlsConfig,
+}
+
+/// HLS segment container choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HlsVariant {
+    /// MPEG-TS for H.264 streams, fMP4 for H.265 (which Safari plays only in fMP4).
+    Auto,
+    /// MPEG-TS segments.
+    Mpegts,
+    /// fMP4 (CMAF) segments.
+    Fmp4,
+}
+
+/// `[hls]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HlsConfig {
+    /// Segment every published stream.
+    pub enabled: bool,
+    /// Segment container.
+    pub variant: HlsVariant,
+    /// Target segment duration in ms; segments are cut at the first keyframe after it.
+    pub segment_duration_ms: u64,
+    /// Segments in the live playlist.
+    pub window: usize,
+    /// Largest segment kept, in bytes (memory bound when keyframes never come).
+    pub max_segment_bytes: usize,
+    /// How long a playlist request for a live stream without segments yet waits, in ms.
+    pub playlist_wait_ms: u64,
+    /// Also write segments and playlists under this directory (`DIR/APP/STREAM/...`), for
+    /// an external web server or CDN. Empty: memory only.
+    pub dir: String,
+    /// Per-path overrides: exact paths first, then `*` patterns, longest first.
+    pub paths: BTreeMap<String, HlsPathConfig>,
+}
+
+/// `[hls.paths."PATTERN"]`: what may differ per path.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HlsPathConfig {
+    /// Segment container for these paths.
+    pub variant: Option<HlsVariant>,
+    /// Target segment duration for these paths, in ms.
+    pub segment_duration_ms: Option<u64>,
+}
+
+impl Default for HlsConfig {
+    fn default() -> Self {
+        HlsConfig {
+            enabled: true,
+            variant: HlsVariant::Auto,
+            segment_duration_ms: 2000,
+            window: 6,
+            max_segment_bytes: 64 * 1024 * 1024,
+            playlist_wait_ms: 10_000,
+            dir: String::new(),
+            paths: BTreeMap::new(),
+        }
+    }
+}
+
+/// Whether `pattern` (with `*` for any run of characters) matches `path`.
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    let Some((head, rest)) = pattern.split_once('*') else {
+        return pattern == path;
+    };
+    let Some(mut tail) = path.strip_prefix(head) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('*').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i == parts.len() - 1 {
+            return tail.ends_with(part);
+        }
+        match tail.find(part) {
+            Some(at) => tail = &tail[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+impl HlsConfig {
+    /// The override for a path: the exact entry, else the first matching pattern, longest
+    /// pattern first, then in lexical order.
+    pub fn for_path(&self, path: &str) -> HlsPathConfig {
+        if let Some(c) = self.paths.get(path) {
+            return c.clone();
+        }
+        let mut patterns: Vec<(&String, &HlsPathConfig)> =
+            self.paths.iter().filter(|(k, _)| k.contains('*')).collect();
+        patterns.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(b.0)));
+        patterns
+            .into_iter()
+            .find(|(k, _)| glob_match(k, path))
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// `[rtmp]`.
@@ -88,6 +190,7 @@ impl Default for Config {
             rtsp: RtspConfig::default(),
             http: HttpConfig::default(),
             hub: HubConfig::default(),
+            hls: HlsConfig::default(),
         }
     }
 }
@@ -200,6 +303,24 @@ mod tests {
     fn printed_defaults_parse_back() {
         let text = toml::to_string_pretty(&Config::default()).unwrap();
         assert_eq!(Config::parse(&text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn per_path_settings_exact_first_then_patterns() {
+        let c = Config::parse(
+            "[hls.paths.\"cams/*\"]\nvariant = \"fmp4\"\n[hls.paths.\"cams/lobby\"]\nsegment_duration_ms = 6000\n[hls.paths.\"*\"]\nsegment_duration_ms = 4000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.hls.for_path("cams/lobby"),
+            HlsPathConfig {
+                variant: None,
+                segment_duration_ms: Some(6000)
+            }
+        );
+        assert_eq!(c.hls.for_path("cams/door").variant, Some(HlsVariant::Fmp4));
+        assert_eq!(c.hls.for_path("live/x").segment_duration_ms, Some(4000));
+        assert!(glob_match("a/*/c", "a/b/c") && !glob_match("a/*/c", "a/b/d"));
     }
 
     #[test]

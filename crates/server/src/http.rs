@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::hls::{self, HlsFile, HlsRegistry};
 use crate::hub::{Hub, write_timeout};
 use crate::path;
 use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
@@ -24,14 +25,23 @@ use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
 /// where a slow reader's backlog lives, so it skips to a keyframe instead of buffering here.
 const FLV_QUEUE: usize = 16;
 
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    hub: Arc<Hub>,
+    hls: Arc<HlsRegistry>,
+}
+
 /// The router.
-pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new().fallback(handle).with_state(hub)
+pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>) -> Router {
+    Router::new()
+        .fallback(handle)
+        .with_state(AppState { hub, hls })
 }
 
 /// Serves HTTP until the task is dropped.
-pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
-    if let Err(e) = axum::serve(listener, router(hub)).await {
+pub async fn serve(listener: TcpListener, hub: Arc<Hub>, hls: Arc<HlsRegistry>) {
+    if let Err(e) = axum::serve(listener, router(hub, hls)).await {
         warn!("http server: {e}");
     }
 }
@@ -62,7 +72,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
     r
 }
 
-async fn handle(State(hub): State<Arc<Hub>>, req: Request) -> Response {
+async fn handle(State(state): State<AppState>, req: Request) -> Response {
     let uri_path = req.uri().path().to_owned();
     if req.method() == Method::OPTIONS {
         return plain(StatusCode::NO_CONTENT, "");
@@ -70,6 +80,16 @@ async fn handle(State(hub): State<Arc<Hub>>, req: Request) -> Response {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
+    if let Some((stream, file)) = hls::parse_url(&uri_path) {
+        let head = req.method() == Method::HEAD;
+        let range = req
+            .headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        return hls_response(&state.hls, stream, file, head, range).await;
+    }
+    let hub = state.hub;
     let Some(stream) = uri_path
         .strip_prefix('/')
         .and_then(|p| p.strip_suffix(".flv"))
@@ -175,6 +195,137 @@ async fn feed_flv(hub: Arc<Hub>, path: String, mut reader: Reader, tx: mpsc::Sen
             info!(path, "http-flv: stream ended");
             return;
         }
+    }
+}
+
+async fn hls_response(
+    reg: &HlsRegistry,
+    stream: &str,
+    file: HlsFile<'_>,
+    head: bool,
+    range: Option<String>,
+) -> Response {
+    if path::validate(stream).is_err() {
+        return plain(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let Some(hls) = reg.get(stream) else {
+        return plain(StatusCode::NOT_FOUND, "stream not found\n");
+    };
+    let (body, content_type, cache) = match file {
+        HlsFile::Multivariant | HlsFile::Media => {
+            // A stream that just started answers once its first segment exists.
+            if !hls.wait_ready(hls::playlist_wait(reg.config())).await {
+                return plain(StatusCode::NOT_FOUND, "no segments yet\n");
+            }
+            let text = hls.with(|s| match file {
+                HlsFile::Multivariant => s.multivariant_playlist("media.m3u8"),
+                _ => s.media_playlist(),
+            });
+            let Some(text) = text else {
+                return plain(StatusCode::NOT_FOUND, "no segments yet\n");
+            };
+            (
+                Bytes::from(text),
+                "application/vnd.apple.mpegurl",
+                "no-cache",
+            )
+        }
+        HlsFile::Segment(name) => {
+            let Some(data) = hls.with(|s| s.get(name)) else {
+                return plain(StatusCode::NOT_FOUND, "segment not found\n");
+            };
+            let ct = if name.ends_with(".ts") {
+                "video/mp2t"
+            } else if name.ends_with(".m4s") {
+                "video/iso.segment"
+            } else {
+                "video/mp4"
+            };
+            // Names are unique per stream instance, so a segment never changes.
+            (data, ct, "public, max-age=86400, immutable")
+        }
+    };
+    let mut status = StatusCode::OK;
+    let mut body = body;
+    let total = body.len();
+    let mut content_range = None;
+    if matches!(file, HlsFile::Segment(_))
+        && let Some(range) = range
+    {
+        match parse_range(&range, total) {
+            Some((start, end)) => {
+                body = body.slice(start..=end);
+                status = StatusCode::PARTIAL_CONTENT;
+                content_range = Some(format!("bytes {start}-{end}/{total}"));
+            }
+            None => {
+                let mut r = plain(StatusCode::RANGE_NOT_SATISFIABLE, "");
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
+                    r.headers_mut().insert(header::CONTENT_RANGE, v);
+                }
+                return r;
+            }
+        }
+    }
+    let len = body.len();
+    let mut resp = if head {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from(body))
+    };
+    *resp.status_mut() = status;
+    cors(&mut resp);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if matches!(file, HlsFile::Segment(_)) {
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    if let Some(cr) = content_range.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert(header::CONTENT_RANGE, cr);
+    }
+    resp
+}
+
+/// One `bytes=` range (RFC 9110 14.1.2) as inclusive offsets, or None if unsatisfiable or
+/// not understood (multiple ranges are served as the first only when it parses).
+fn parse_range(value: &str, len: usize) -> Option<(usize, usize)> {
+    let spec = value.strip_prefix("bytes=")?.split(',').next()?.trim();
+    let (a, b) = spec.split_once('-')?;
+    if len == 0 {
+        return None;
+    }
+    let (start, end) = if a.is_empty() {
+        let n: usize = b.parse().ok()?;
+        if n == 0 {
+            return None;
+        }
+        (len.saturating_sub(n), len - 1)
+    } else {
+        let start: usize = a.parse().ok()?;
+        let end = if b.is_empty() {
+            len - 1
+        } else {
+            b.parse::<usize>().ok()?.min(len - 1)
+        };
+        (start, end)
+    };
+    (start <= end && start < len).then_some((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-99", 1000), Some((0, 99)));
+        assert_eq!(parse_range("bytes=900-", 1000), Some((900, 999)));
+        assert_eq!(parse_range("bytes=-100", 1000), Some((900, 999)));
+        assert_eq!(parse_range("bytes=990-2000", 1000), Some((990, 999)));
+        assert_eq!(parse_range("bytes=1000-", 1000), None);
+        assert_eq!(parse_range("items=0-1", 1000), None);
     }
 }
 

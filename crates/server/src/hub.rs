@@ -56,9 +56,15 @@ pub struct Hub {
     config: HubConfig,
     streams: Mutex<HashMap<String, Arc<Stream>>>,
     published: Notify,
+    /// Paths of new streams (not republishes within the grace period), for services that
+    /// follow every stream from its start (HLS, later recording).
+    new_streams: broadcast::Sender<String>,
     /// Counters.
     pub stats: HubStats,
 }
+
+/// New streams announced to followers; one that lags this far re-scans `live_paths`.
+const NEW_STREAM_QUEUE: usize = 256;
 
 #[derive(Debug)]
 struct Stream {
@@ -95,6 +101,7 @@ impl Hub {
             config,
             streams: Mutex::new(HashMap::new()),
             published: Notify::new(),
+            new_streams: broadcast::channel(NEW_STREAM_QUEUE).0,
             stats: HubStats::default(),
         })
     }
@@ -150,11 +157,19 @@ impl Hub {
         drop(st);
         drop(streams);
         self.published.notify_waiters();
+        if !republish {
+            let _ = self.new_streams.send(path.to_owned());
+        }
         Ok(Publisher {
             hub: self.clone(),
             stream,
             generation,
         })
+    }
+
+    /// Follows new streams: each newly published path (not republishes) is announced.
+    pub fn watch_new_streams(&self) -> broadcast::Receiver<String> {
+        self.new_streams.subscribe()
     }
 
     /// Subscribes to a published path: the current tracks and GOP, then live events.

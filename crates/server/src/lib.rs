@@ -2,6 +2,7 @@
 //! protocol crates into one media server.
 
 pub mod config;
+pub mod hls;
 pub mod http;
 pub mod hub;
 pub mod ingest;
@@ -46,7 +47,8 @@ pub async fn run(
     info!(rtmp = %bound.rtmp, http = %bound.http, rtsp = %config.rtsp.listen, "ferrocast serving (RTSP not built yet)");
     on_bound(bound);
     let rtmp_task = tokio::spawn(rtmp_server::serve(rtmp, config.rtmp.clone(), hub.clone()));
-    let http_task = tokio::spawn(http::serve(http, hub.clone()));
+    let hls = hls::start(hub.clone(), config.hls.clone());
+    let http_task = tokio::spawn(http::serve(http, hub.clone(), hls));
     shutdown.await;
     info!("shutting down");
     rtmp_task.abort();
