@@ -204,7 +204,7 @@ mod tests {
     fn avcc_round_trip_and_codec_string() {
         let sps = Bytes::from_static(X264_320X240_HIGH);
         let pps = Bytes::from_static(&[0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0]);
-        let avcc = build_avcc(&[sps.clone()], &[pps.clone()]).unwrap();
+        let avcc = build_avcc(std::slice::from_ref(&sps), std::slice::from_ref(&pps)).unwrap();
         let cfg = AvcConfig::parse(&avcc).unwrap();
         assert_eq!(cfg.sps, vec![sps]);
         assert_eq!(cfg.pps, vec![pps]);

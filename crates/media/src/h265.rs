@@ -237,7 +237,12 @@ mod tests {
             (info.width, info.height, info.chroma_format_idc),
             (320, 240, 1)
         );
-        let hvcc = build_hvcc(&[vps.clone()], &[sps.clone()], &[pps.clone()]).unwrap();
+        let hvcc = build_hvcc(
+            std::slice::from_ref(&vps),
+            std::slice::from_ref(&sps),
+            std::slice::from_ref(&pps),
+        )
+        .unwrap();
         assert_eq!(
             crate::avc::nal_length_size(crate::VideoCodec::H265, &hvcc),
             Ok(4)

@@ -213,25 +213,20 @@ impl TsMuxer {
             TrackKind::Video => {
                 let Some(v) = &self.video else { return };
                 let mut body = Vec::with_capacity(frame.data.len() + v.params.len() + 64);
-                let (aud, is_param, is_aud): (&[u8], fn(&[u8]) -> bool, fn(&[u8]) -> bool) =
-                    match v.codec {
-                        VideoCodec::H264 => (
-                            &[0, 0, 0, 1, 0x09, 0xf0],
-                            |n| matches!(n[0] & 0x1f, h264::nal::SPS | h264::nal::PPS),
-                            |n| n[0] & 0x1f == h264::nal::AUD,
-                        ),
-                        VideoCodec::H265 => (
-                            &[0, 0, 0, 1, 0x46, 0x01, 0x50],
-                            |n| matches!(h265::nal_type(n), h265::nal::VPS..=h265::nal::PPS),
-                            |n| h265::nal_type(n) == h265::nal::AUD,
-                        ),
-                    };
-                body.extend_from_slice(aud);
+                let codec = v.codec;
+                body.extend_from_slice(access_unit_delimiter(codec));
                 let units: Vec<&[u8]> = nal_units(&frame.data).filter(|n| !n.is_empty()).collect();
-                if frame.keyframe && !units.iter().any(|n| is_param(n)) {
+                if frame.keyframe
+                    && !units
+                        .iter()
+                        .any(|n| nal_class(codec, n) == NalClass::ParameterSet)
+                {
                     body.extend_from_slice(&v.params);
                 }
-                for n in units.iter().filter(|n| !is_aud(n)) {
+                for n in units
+                    .iter()
+                    .filter(|n| nal_class(codec, n) != NalClass::Delimiter)
+                {
                     body.extend_from_slice(&[0, 0, 0, 1]);
                     body.extend_from_slice(n);
                 }
@@ -325,6 +320,37 @@ impl TsMuxer {
             pos += take;
             first = false;
         }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum NalClass {
+    ParameterSet,
+    Delimiter,
+    Other,
+}
+
+fn nal_class(codec: VideoCodec, n: &[u8]) -> NalClass {
+    match codec {
+        VideoCodec::H264 => match n[0] & 0x1f {
+            h264::nal::SPS | h264::nal::PPS => NalClass::ParameterSet,
+            h264::nal::AUD => NalClass::Delimiter,
+            _ => NalClass::Other,
+        },
+        VideoCodec::H265 => match h265::nal_type(n) {
+            h265::nal::VPS..=h265::nal::PPS => NalClass::ParameterSet,
+            h265::nal::AUD => NalClass::Delimiter,
+            _ => NalClass::Other,
+        },
+    }
+}
+
+/// The access unit delimiter HLS players expect at the start of each video PES (Apple's HLS
+/// authoring spec; H.264 7.3.2.4, H.265 7.3.2.5) with "any picture type".
+fn access_unit_delimiter(codec: VideoCodec) -> &'static [u8] {
+    match codec {
+        VideoCodec::H264 => &[0, 0, 0, 1, 0x09, 0xf0],
+        VideoCodec::H265 => &[0, 0, 0, 1, 0x46, 0x01, 0x50],
     }
 }
 
