@@ -119,6 +119,18 @@ pub fn mp3_flv() -> &'static Path {
     })
 }
 
+/// H.265 (x265, no B-frames, keyframe every 30 frames, with AUDs) as an Annex B stream.
+pub fn hevc_annexb() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        make_media("x265.hevc", &[
+            "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+            "-c:v", "libx265", "-x265-params", "keyint=30:min-keyint=30:bframes=0:aud=1:log-level=error",
+            "-t", "4", "-f", "hevc",
+        ])
+    })
+}
+
 /// A high-bitrate (noisy, ~8 Mbit/s) H.264 stream, to fill socket buffers quickly.
 pub fn heavy_flv() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
@@ -399,6 +411,42 @@ pub async fn wait_published(server: &Server, path: &str) {
     }
 }
 
+/// A whole HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        let name = name.to_ascii_lowercase();
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim().to_ascii_lowercase() == name).then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// GET with extra request headers, reading to the end (Connection: close).
+pub async fn http_get(url: &str, extra: &str) -> HttpResponse {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = TcpStream::connect(host).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n").as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut all)).await.expect("response in time").unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+    let headers = String::from_utf8_lossy(&all[..split]).into_owned();
+    let status = headers.split(' ').nth(1).unwrap().parse().unwrap();
+    HttpResponse { status, headers, body: all[split + 4..].to_vec() }
+}
+
 /// Status code of a GET (headers only).
 pub async fn http_status(url: &str) -> Option<u16> {
     let rest = url.strip_prefix("http://")?;
@@ -500,6 +548,44 @@ impl RtmpClient {
             seen.push(ev);
             if done {
                 return seen;
+            }
+        }
+    }
+
+    /// Publishes an H.265 Annex B file as Enhanced RTMP at 30 fps, real-time paced, `loops`
+    /// times: access units split at AUDs, parameter sets moved into the hvcC.
+    pub async fn publish_hevc(&mut self, file: &Path, loops: u32) {
+        use ferrocast_media::{avc, h265};
+        let data = std::fs::read(file).unwrap();
+        let mut units: Vec<Vec<&[u8]>> = Vec::new();
+        for nal in avc::split_annexb(&data) {
+            if h265::nal_type(nal) == h265::nal::AUD || units.is_empty() {
+                units.push(Vec::new());
+            }
+            units.last_mut().unwrap().push(nal);
+        }
+        let by_type = |t: u8| -> Vec<Bytes> {
+            units.iter().flatten().filter(|n| h265::nal_type(n) == t).take(1).map(|n| Bytes::copy_from_slice(n)).collect()
+        };
+        let hvcc = h265::build_hvcc(&by_type(h265::nal::VPS), &by_type(h265::nal::SPS), &by_type(h265::nal::PPS)).unwrap();
+        let mut config = vec![0x90, b'h', b'v', b'c', b'1'];
+        config.extend_from_slice(&hvcc);
+        self.session.send_media(ferrocast_rtmp::MediaKind::Video, 0, &config);
+        let start = tokio::time::Instant::now();
+        let mut n = 0u32;
+        for _ in 0..loops {
+            for au in &units {
+                let key = au.iter().any(|u| (h265::nal::IRAP_FIRST..=h265::nal::IRAP_LAST).contains(&h265::nal_type(u)));
+                let mut tag = vec![if key { 0x93 } else { 0xa3 }, b'h', b'v', b'c', b'1'];
+                for u in au.iter().filter(|u| !(h265::nal::VPS..=h265::nal::AUD).contains(&h265::nal_type(u))) {
+                    tag.extend_from_slice(&(u.len() as u32).to_be_bytes());
+                    tag.extend_from_slice(u);
+                }
+                let ts = n * 1000 / 30;
+                tokio::time::sleep_until(start + Duration::from_millis(u64::from(ts))).await;
+                self.session.send_media(ferrocast_rtmp::MediaKind::Video, ts, &tag);
+                self.flush().await;
+                n += 1;
             }
         }
     }
