@@ -465,6 +465,27 @@ mod tests {
     }
 
     #[test]
+    fn classic_ten_second_segments() {
+        let mut s = Segmenter::new(
+            SegmenterConfig {
+                target_duration_ms: 10_000,
+                window: 3,
+                ..SegmenterConfig::default()
+            },
+            "x",
+        );
+        s.set_tracks(&tracks(), 0);
+        feed(&mut s, 0, 41);
+        let d: Vec<u64> = s.window().iter().map(|x| x.duration_ms).collect();
+        assert_eq!(d, [10_000, 10_000, 10_000]);
+        let p = s.media_playlist().unwrap();
+        assert!(
+            p.contains("#EXT-X-TARGETDURATION:10\n") && p.contains("#EXT-X-MEDIA-SEQUENCE:1\n"),
+            "{p}"
+        );
+    }
+
+    #[test]
     fn restart_makes_a_discontinuity_that_is_counted_when_it_leaves() {
         let mut s = Segmenter::new(SegmenterConfig::default(), "x");
         s.set_tracks(&tracks(), 0);

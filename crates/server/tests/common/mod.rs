@@ -123,11 +123,23 @@ pub fn mp3_flv() -> &'static Path {
 pub fn hevc_annexb() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
-        make_media("x265.hevc", &[
-            "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
-            "-c:v", "libx265", "-x265-params", "keyint=30:min-keyint=30:bframes=0:aud=1:log-level=error",
-            "-t", "4", "-f", "hevc",
-        ])
+        make_media(
+            "x265.hevc",
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=30",
+                "-c:v",
+                "libx265",
+                "-x265-params",
+                "keyint=30:min-keyint=30:bframes=0:aud=1:log-level=error",
+                "-t",
+                "4",
+                "-f",
+                "hevc",
+            ],
+        )
     })
 }
 
@@ -438,13 +450,28 @@ pub async fn http_get(url: &str, extra: &str) -> HttpResponse {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
     let mut s = TcpStream::connect(host).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n").as_bytes()).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut all)).await.expect("response in time").unwrap();
-    let split = all.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut all))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
     let headers = String::from_utf8_lossy(&all[..split]).into_owned();
     let status = headers.split(' ').nth(1).unwrap().parse().unwrap();
-    HttpResponse { status, headers, body: all[split + 4..].to_vec() }
+    HttpResponse {
+        status,
+        headers,
+        body: all[split + 4..].to_vec(),
+    }
 }
 
 /// Status code of a GET (headers only).
@@ -565,25 +592,43 @@ impl RtmpClient {
             units.last_mut().unwrap().push(nal);
         }
         let by_type = |t: u8| -> Vec<Bytes> {
-            units.iter().flatten().filter(|n| h265::nal_type(n) == t).take(1).map(|n| Bytes::copy_from_slice(n)).collect()
+            units
+                .iter()
+                .flatten()
+                .filter(|n| h265::nal_type(n) == t)
+                .take(1)
+                .map(|n| Bytes::copy_from_slice(n))
+                .collect()
         };
-        let hvcc = h265::build_hvcc(&by_type(h265::nal::VPS), &by_type(h265::nal::SPS), &by_type(h265::nal::PPS)).unwrap();
+        let hvcc = h265::build_hvcc(
+            &by_type(h265::nal::VPS),
+            &by_type(h265::nal::SPS),
+            &by_type(h265::nal::PPS),
+        )
+        .unwrap();
         let mut config = vec![0x90, b'h', b'v', b'c', b'1'];
         config.extend_from_slice(&hvcc);
-        self.session.send_media(ferrocast_rtmp::MediaKind::Video, 0, &config);
+        self.session
+            .send_media(ferrocast_rtmp::MediaKind::Video, 0, &config);
         let start = tokio::time::Instant::now();
         let mut n = 0u32;
         for _ in 0..loops {
             for au in &units {
-                let key = au.iter().any(|u| (h265::nal::IRAP_FIRST..=h265::nal::IRAP_LAST).contains(&h265::nal_type(u)));
+                let key = au.iter().any(|u| {
+                    (h265::nal::IRAP_FIRST..=h265::nal::IRAP_LAST).contains(&h265::nal_type(u))
+                });
                 let mut tag = vec![if key { 0x93 } else { 0xa3 }, b'h', b'v', b'c', b'1'];
-                for u in au.iter().filter(|u| !(h265::nal::VPS..=h265::nal::AUD).contains(&h265::nal_type(u))) {
+                for u in au
+                    .iter()
+                    .filter(|u| !(h265::nal::VPS..=h265::nal::AUD).contains(&h265::nal_type(u)))
+                {
                     tag.extend_from_slice(&(u.len() as u32).to_be_bytes());
                     tag.extend_from_slice(u);
                 }
                 let ts = n * 1000 / 30;
                 tokio::time::sleep_until(start + Duration::from_millis(u64::from(ts))).await;
-                self.session.send_media(ferrocast_rtmp::MediaKind::Video, ts, &tag);
+                self.session
+                    .send_media(ferrocast_rtmp::MediaKind::Video, ts, &tag);
                 self.flush().await;
                 n += 1;
             }
