@@ -1,0 +1,317 @@
+//! RTP payload formats: packetizers (one frame in, RTP packets out, built once per frame and
+//! shared by every reader) and depacketizers (`push` packets, `pull` access units) that
+//! survive loss by dropping the broken frame and waiting for the next keyframe.
+
+pub mod aac;
+pub mod h264;
+pub mod h265;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ferrocast_media::{AudioCodec, Frame, TrackInfo, VideoCodec, rescale};
+
+use crate::rtp::RtpPacket;
+
+/// Default RTP payload size limit (keeps packets under a 1500-byte Ethernet MTU with IP,
+/// UDP and RTP headers and room for tunnels).
+pub const DEFAULT_MTU: usize = 1400;
+/// Largest access unit a depacketizer assembles; a bigger one is dropped. 4K IDR frames at
+/// high quality are 1-3 MB.
+pub const MAX_ACCESS_UNIT_SIZE: usize = 8 * 1024 * 1024;
+
+/// An access unit reassembled from RTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessUnit {
+    /// RTP timestamp (presentation time, in the RTP clock).
+    pub rtp_time: u32,
+    /// Random access point.
+    pub keyframe: bool,
+    /// Video: 4-byte length-prefixed NAL units without parameter sets; audio: the raw frame.
+    pub data: Bytes,
+}
+
+/// Why a packet or frame was dropped. The stream goes on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DepacketizeError {
+    /// A packet is missing inside a fragmented unit: the frame is dropped and video waits for
+    /// the next keyframe.
+    #[error("packet loss inside a frame (expected seq {expected}, got {got})")]
+    Loss {
+        /// Expected sequence number.
+        expected: u16,
+        /// Received.
+        got: u16,
+    },
+    /// A NAL unit or packet type the payload format does not allow or we do not support.
+    #[error("unsupported or invalid payload: {0}")]
+    Invalid(&'static str),
+    /// An access unit over [`MAX_ACCESS_UNIT_SIZE`].
+    #[error("access unit over {MAX_ACCESS_UNIT_SIZE} bytes")]
+    TooLarge,
+}
+
+/// Packetizer state of one outgoing track.
+#[derive(Debug)]
+pub struct Packetizer {
+    track: TrackInfo,
+    payload_type: u8,
+    ssrc: u32,
+    sequence: u16,
+    time_offset: u32,
+    mtu: usize,
+    /// RTP clock rate.
+    pub clock_rate: u32,
+    /// Packets and payload octets sent, for sender reports.
+    pub packets: u32,
+    /// Payload octets sent.
+    pub octets: u32,
+    /// The last (RTP time, frame pts in track clock) sent, for the NTP/RTP mapping.
+    pub last: Option<(u32, i64)>,
+}
+
+impl Packetizer {
+    /// A packetizer for a track, with random initial sequence number, timestamp offset and
+    /// SSRC given by the caller (RFC 3550 5.1).
+    pub fn new(
+        track: &TrackInfo,
+        payload_type: u8,
+        ssrc: u32,
+        sequence: u16,
+        time_offset: u32,
+        mtu: usize,
+    ) -> Option<Packetizer> {
+        let clock_rate = match track {
+            TrackInfo::Video { .. } => 90_000,
+            TrackInfo::Audio {
+                codec: AudioCodec::Aac,
+                sample_rate,
+                ..
+            } => *sample_rate,
+            TrackInfo::Audio { .. } => return None,
+        };
+        Some(Packetizer {
+            track: track.clone(),
+            payload_type,
+            ssrc,
+            sequence,
+            time_offset,
+            mtu: mtu.max(64),
+            clock_rate,
+            packets: 0,
+            octets: 0,
+            last: None,
+        })
+    }
+
+    /// SSRC.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// The RTP timestamp of a time in the track's clock.
+    pub fn rtp_time(&self, ts: i64) -> u32 {
+        (rescale(ts, self.track.clock_rate(), self.clock_rate) as u32)
+            .wrapping_add(self.time_offset)
+    }
+
+    /// Sequence number and RTP time of the next packet (for RTP-Info).
+    pub fn next_sequence(&self) -> u16 {
+        self.sequence
+    }
+
+    /// The packets of a frame, as `[u16 length][packet]` records in one buffer (see
+    /// [`packets`]).
+    pub fn packetize(&mut self, frame: &Frame) -> Bytes {
+        let rtp_time = self.rtp_time(frame.pts);
+        self.last = Some((rtp_time, frame.pts));
+        let payloads: Vec<Vec<Bytes>> = match &self.track {
+            TrackInfo::Video {
+                codec: VideoCodec::H264,
+                config,
+                ..
+            } => h264::payloads(frame, config, self.mtu),
+            TrackInfo::Video {
+                codec: VideoCodec::H265,
+                config,
+                ..
+            } => h265::payloads(frame, config, self.mtu),
+            TrackInfo::Audio { .. } => aac::payloads(&frame.data, self.mtu),
+        };
+        let mut out = BytesMut::with_capacity(frame.data.len() + payloads.len() * 20 + 64);
+        let n = payloads.len();
+        for (i, parts) in payloads.into_iter().enumerate() {
+            let len: usize = 12 + parts.iter().map(Bytes::len).sum::<usize>();
+            out.put_u16(len as u16);
+            let slices: Vec<&[u8]> = parts.iter().map(|b| &b[..]).collect();
+            RtpPacket::write(
+                &mut out,
+                i + 1 == n,
+                self.payload_type,
+                self.sequence,
+                rtp_time,
+                self.ssrc,
+                &slices,
+            );
+            self.sequence = self.sequence.wrapping_add(1);
+            self.packets = self.packets.wrapping_add(1);
+            self.octets = self.octets.wrapping_add(len as u32 - 12);
+        }
+        out.freeze()
+    }
+}
+
+/// Splits a packetized frame into its RTP packets (slices of the shared buffer).
+pub fn packets(buf: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        let len = usize::from(u16::from_be_bytes([*buf.get(pos)?, *buf.get(pos + 1)?]));
+        let p = buf.slice(pos + 2..(pos + 2 + len).min(buf.len()));
+        pos += 2 + len;
+        Some(p)
+    })
+}
+
+/// Depacketizer of one incoming track.
+#[derive(Debug)]
+pub enum Depacketizer {
+    /// RFC 6184.
+    H264(h264::Depacketizer),
+    /// RFC 7798.
+    H265(h265::Depacketizer),
+    /// RFC 3640.
+    Aac(aac::Depacketizer),
+}
+
+impl Depacketizer {
+    /// A depacketizer for a media section's codec.
+    pub fn new(track: &TrackInfo, media: &crate::sdp::Media) -> Option<Depacketizer> {
+        Some(match track {
+            TrackInfo::Video {
+                codec: VideoCodec::H264,
+                ..
+            } => Depacketizer::H264(h264::Depacketizer::default()),
+            TrackInfo::Video {
+                codec: VideoCodec::H265,
+                ..
+            } => Depacketizer::H265(h265::Depacketizer::default()),
+            TrackInfo::Audio {
+                codec: AudioCodec::Aac,
+                ..
+            } => Depacketizer::Aac(aac::Depacketizer::new(media)),
+            _ => return None,
+        })
+    }
+
+    /// Feeds one packet (in sequence order).
+    pub fn push(&mut self, p: &RtpPacket) -> Result<(), DepacketizeError> {
+        match self {
+            Depacketizer::H264(d) => d.push(p),
+            Depacketizer::H265(d) => d.push(p),
+            Depacketizer::Aac(d) => d.push(p),
+        }
+    }
+
+    /// The next complete access unit.
+    pub fn pull(&mut self) -> Option<AccessUnit> {
+        match self {
+            Depacketizer::H264(d) => d.pull(),
+            Depacketizer::H265(d) => d.pull(),
+            Depacketizer::Aac(d) => d.pull(),
+        }
+    }
+
+    /// New parameter sets seen in band, as a configuration record, once per change.
+    pub fn take_new_config(&mut self) -> Option<Bytes> {
+        match self {
+            Depacketizer::H264(d) => d.take_new_config(),
+            Depacketizer::H265(d) => d.take_new_config(),
+            Depacketizer::Aac(_) => None,
+        }
+    }
+}
+
+/// Puts UDP packets back in sequence order within a small window (RFC 3550 does not promise
+/// order). A packet older than what was released is dropped as late.
+#[derive(Debug, Default)]
+pub struct Reorder {
+    next: Option<u16>,
+    held: std::collections::BTreeMap<u16, RtpPacket>,
+}
+
+/// Packets held while waiting for a missing one; past this the gap is declared lost.
+pub const REORDER_WINDOW: usize = 32;
+
+impl Reorder {
+    /// Adds a packet; returns the packets now in order.
+    pub fn push(&mut self, p: RtpPacket) -> Vec<RtpPacket> {
+        let next = *self.next.get_or_insert(p.sequence);
+        let ahead = p.sequence.wrapping_sub(next);
+        if ahead >= 0x8000 {
+            return Vec::new(); // late or duplicate
+        }
+        self.held.insert(ahead, p);
+        let mut out = Vec::new();
+        loop {
+            let n = self.next.expect("set");
+            let key = self.held.keys().next().copied();
+            match key {
+                Some(0) => {
+                    let p = self.held.remove(&0).expect("present");
+                    out.push(p);
+                    self.next = Some(n.wrapping_add(1));
+                    self.rebase(1);
+                }
+                Some(k) if self.held.len() > REORDER_WINDOW => {
+                    // Give up on the gap.
+                    self.next = Some(n.wrapping_add(k));
+                    self.rebase(k);
+                }
+                _ => return out,
+            }
+        }
+    }
+
+    fn rebase(&mut self, by: u16) {
+        let held = std::mem::take(&mut self.held);
+        self.held = held
+            .into_iter()
+            .map(|(k, v)| (k.wrapping_sub(by), v))
+            .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(seq: u16) -> RtpPacket {
+        RtpPacket {
+            marker: false,
+            payload_type: 96,
+            sequence: seq,
+            timestamp: 0,
+            ssrc: 1,
+            payload: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn reorder_window() {
+        let mut r = Reorder::default();
+        let seqs = |v: Vec<RtpPacket>| v.iter().map(|p| p.sequence).collect::<Vec<_>>();
+        assert_eq!(seqs(r.push(pkt(65534))), [65534]);
+        assert_eq!(seqs(r.push(pkt(0))), Vec::<u16>::new());
+        assert_eq!(seqs(r.push(pkt(65535))), [65535, 0]);
+        assert_eq!(
+            seqs(r.push(pkt(65530))),
+            Vec::<u16>::new(),
+            "late packets are dropped"
+        );
+        // A lost packet (1) is skipped once the window fills.
+        let mut got = Vec::new();
+        for s in 2..(2 + REORDER_WINDOW as u16 + 1) {
+            got.extend(seqs(r.push(pkt(s))));
+        }
+        assert_eq!(got.first(), Some(&2));
+        assert_eq!(got.len(), REORDER_WINDOW + 1);
+    }
+}

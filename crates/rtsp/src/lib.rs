@@ -1,0 +1,13 @@
+//! Sans-IO RTSP 1.0 (RFC 2326) for ferrocast: message decoding and encoding, the Transport
+//! header, the session state table, SDP, RTP and RTCP, and the RTP payload formats of H.264,
+//! H.265 and AAC. No sockets, runtime or clock: time enters as an argument.
+#![warn(missing_docs)]
+
+pub mod base64;
+pub mod codec;
+pub mod message;
+pub mod rtcp;
+pub mod rtp;
+pub mod sdp;
+pub mod state;
+pub mod transport;

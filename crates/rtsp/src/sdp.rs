@@ -1,0 +1,346 @@
+//! SDP (RFC 4566) as RTSP uses it: what ffmpeg, GStreamer and cameras send in ANNOUNCE and
+//! DESCRIBE answers, and what we send, with the payload format parameters of RFC 6184
+//! (H.264), RFC 7798 (H.265), RFC 3640 (AAC), RFC 7587 (Opus) and RFC 3551 (G.711).
+
+use std::fmt::Write;
+
+use bytes::Bytes;
+use ferrocast_media::{
+    AudioCodec, TrackInfo, Tracks, VideoCodec, aac::AudioSpecificConfig, h264, h265,
+};
+
+use crate::base64;
+
+/// Largest SDP we parse (also the RTSP body cap).
+pub const MAX_SDP_LEN: usize = crate::message::MAX_BODY_LEN;
+/// Most media sections we read.
+pub const MAX_MEDIA: usize = 8;
+
+/// One `m=` section.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Media {
+    /// `video`, `audio`, ...
+    pub kind: String,
+    /// Payload type of the first format.
+    pub payload_type: u8,
+    /// `a=control:`.
+    pub control: Option<String>,
+    /// Encoding name from `a=rtpmap` (upper-case), or the static type's.
+    pub encoding: String,
+    /// Clock rate.
+    pub clock_rate: u32,
+    /// Channels (audio).
+    pub channels: u8,
+    /// `a=fmtp` parameters, names lower-cased.
+    pub fmtp: Vec<(String, String)>,
+}
+
+impl Media {
+    /// An fmtp parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.fmtp
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A parsed session description.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sdp {
+    /// Session-level `a=control:`.
+    pub control: Option<String>,
+    /// The media sections.
+    pub media: Vec<Media>,
+}
+
+/// Why an SDP was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SdpError {
+    /// Over [`MAX_SDP_LEN`] or [`MAX_MEDIA`].
+    #[error("SDP too large")]
+    TooLarge,
+    /// A line that breaks the grammar.
+    #[error("SDP line {line}: {why}")]
+    Malformed {
+        /// 1-based line number.
+        line: usize,
+        /// The rule broken.
+        why: &'static str,
+    },
+}
+
+/// Parses an SDP body. Unknown lines are ignored, as RFC 4566 5 asks.
+pub fn parse(text: &[u8]) -> Result<Sdp, SdpError> {
+    if text.len() > MAX_SDP_LEN {
+        return Err(SdpError::TooLarge);
+    }
+    let text = String::from_utf8_lossy(text);
+    let mut sdp = Sdp::default();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        let bad = |why| SdpError::Malformed { line: i + 1, why };
+        let Some((k, v)) = line.split_once('=') else {
+            if line.is_empty() {
+                continue;
+            }
+            return Err(bad("no '='"));
+        };
+        match k {
+            "m" => {
+                if sdp.media.len() >= MAX_MEDIA {
+                    return Err(SdpError::TooLarge);
+                }
+                let mut f = v.split_whitespace();
+                let kind = f.next().ok_or_else(|| bad("empty m= line"))?.to_owned();
+                let _port = f.next();
+                let _proto = f.next();
+                let pt: u8 = f
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| bad("bad payload type"))?;
+                let (encoding, clock_rate, channels) = match pt {
+                    0 => ("PCMU", 8000, 1),
+                    8 => ("PCMA", 8000, 1),
+                    _ => ("", 0, 1),
+                };
+                sdp.media.push(Media {
+                    kind,
+                    payload_type: pt,
+                    encoding: encoding.into(),
+                    clock_rate,
+                    channels,
+                    ..Media::default()
+                });
+            }
+            "a" => {
+                let (name, value) = v.split_once(':').unwrap_or((v, ""));
+                let Some(m) = sdp.media.last_mut() else {
+                    if name == "control" {
+                        sdp.control = Some(value.trim().to_owned());
+                    }
+                    continue;
+                };
+                match name {
+                    "control" => m.control = Some(value.trim().to_owned()),
+                    "rtpmap" => {
+                        let (pt, enc) = value.split_once(' ').ok_or_else(|| bad("bad rtpmap"))?;
+                        if pt.trim().parse::<u8>().ok() != Some(m.payload_type) {
+                            continue;
+                        }
+                        let mut p = enc.trim().split('/');
+                        m.encoding = p.next().unwrap_or("").to_ascii_uppercase();
+                        m.clock_rate = p
+                            .next()
+                            .and_then(|c| c.parse().ok())
+                            .ok_or_else(|| bad("bad rtpmap clock rate"))?;
+                        m.channels = p.next().and_then(|c| c.parse().ok()).unwrap_or(1);
+                    }
+                    "fmtp" => {
+                        let (pt, params) = value.split_once(' ').unwrap_or((value, ""));
+                        if pt.trim().parse::<u8>().ok() != Some(m.payload_type) {
+                            continue;
+                        }
+                        for kv in params.split(';') {
+                            let kv = kv.trim();
+                            if kv.is_empty() {
+                                continue;
+                            }
+                            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                            m.fmtp
+                                .push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(sdp)
+}
+
+/// Codec parameters from a media section, when ferrocast carries the codec. For H.264/H.265
+/// without sprop parameter sets (some cameras send them only in-band) the config is empty and
+/// the depacketizer fills it from the stream.
+pub fn track_info(m: &Media) -> Option<TrackInfo> {
+    let b64 = |name: &str| -> Vec<Bytes> {
+        m.param(name)
+            .map(|v| {
+                v.split(',')
+                    .filter_map(base64::decode)
+                    .filter(|b| !b.is_empty())
+                    .map(Bytes::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    match m.encoding.as_str() {
+        "H264" => {
+            let sets = b64("sprop-parameter-sets");
+            let sps: Vec<Bytes> = sets
+                .iter()
+                .filter(|s| s[0] & 0x1f == h264::nal::SPS)
+                .cloned()
+                .collect();
+            let pps: Vec<Bytes> = sets
+                .iter()
+                .filter(|s| s[0] & 0x1f == h264::nal::PPS)
+                .cloned()
+                .collect();
+            let config = h264::build_avcc(&sps, &pps).unwrap_or_default();
+            Some(TrackInfo::Video {
+                codec: VideoCodec::H264,
+                config,
+                clock_rate: m.clock_rate.max(1),
+            })
+        }
+        "H265" => {
+            let config = h265::build_hvcc(&b64("sprop-vps"), &b64("sprop-sps"), &b64("sprop-pps"))
+                .unwrap_or_default();
+            Some(TrackInfo::Video {
+                codec: VideoCodec::H265,
+                config,
+                clock_rate: m.clock_rate.max(1),
+            })
+        }
+        "MPEG4-GENERIC" => {
+            let hex = m.param("config")?;
+            let config: Vec<u8> = (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                .collect();
+            let asc = AudioSpecificConfig::parse(&config).ok()?;
+            Some(TrackInfo::Audio {
+                codec: AudioCodec::Aac,
+                config: Bytes::from(config),
+                sample_rate: asc.sample_rate,
+                channels: asc.channels,
+                clock_rate: m.clock_rate.max(1),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Builds the SDP of a stream for DESCRIBE. Tracks get `a=control:trackID=N` (0 video,
+/// 1 audio); `connection` is the `c=` address (`0.0.0.0`, or a multicast group).
+pub fn describe(tracks: &Tracks, origin: &str, connection: &str) -> (String, Vec<(u8, TrackInfo)>) {
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "v=0\r\no=- 0 0 IN IP4 {origin}\r\ns=ferrocast\r\nc=IN IP4 {connection}\r\nt=0 0\r\na=tool:ferrocast\r\na=control:*\r\na=range:npt=now-\r\n"
+    );
+    let mut ids = Vec::new();
+    if let Some(v @ TrackInfo::Video { codec, config, .. }) = &tracks.video {
+        let fmtp = match codec {
+            VideoCodec::H264 => h264::AvcConfig::parse(config).ok().map(|c| {
+                let sets: Vec<String> = c.sps.iter().chain(&c.pps).map(|x| base64::encode(x)).collect();
+                let [p, cc, l] = c.profile_compat_level;
+                format!("packetization-mode=1;profile-level-id={p:02X}{cc:02X}{l:02X};sprop-parameter-sets={}", sets.join(","))
+            }),
+            VideoCodec::H265 => h265::HevcConfig::parse(config).ok().map(|c| {
+                let j = |v: &[Bytes]| v.iter().map(|x| base64::encode(x)).collect::<Vec<_>>().join(",");
+                format!("sprop-vps={};sprop-sps={};sprop-pps={}", j(&c.vps), j(&c.sps), j(&c.pps))
+            }),
+        };
+        let name = if *codec == VideoCodec::H264 {
+            "H264"
+        } else {
+            "H265"
+        };
+        let _ = write!(s, "m=video 0 RTP/AVP 96\r\na=rtpmap:96 {name}/90000\r\n");
+        if let Some(f) = fmtp {
+            let _ = write!(s, "a=fmtp:96 {f}\r\n");
+        }
+        let _ = write!(s, "a=control:trackID=0\r\n");
+        ids.push((0, v.clone()));
+    }
+    if let Some(
+        a @ TrackInfo::Audio {
+            codec: AudioCodec::Aac,
+            config,
+            sample_rate,
+            channels,
+            ..
+        },
+    ) = &tracks.audio
+    {
+        let hex: String = config.iter().map(|b| format!("{b:02x}")).collect();
+        let _ = write!(
+            s,
+            "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/{sample_rate}/{channels}\r\na=fmtp:97 streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3;config={hex}\r\na=control:trackID=1\r\n"
+        );
+        ids.push((1, a.clone()));
+    }
+    (s, ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `ffmpeg -re -i in.flv -c copy -f rtsp rtsp://...` (5.1) announces.
+    const FFMPEG_ANNOUNCE: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=No Name\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\na=tool:libavformat 59.27.100\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1; sprop-parameter-sets=Z2QADazZQUH7ARAAAAMAEAAAAwPA8UKZYA==,aOvjyyLA; profile-level-id=64000D\r\na=control:streamid=0\r\nm=audio 0 RTP/AVP 97\r\nb=AS:128\r\na=rtpmap:97 MPEG4-GENERIC/44100/2\r\na=fmtp:97 profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3; config=121056E500\r\na=control:streamid=1\r\n";
+
+    #[test]
+    fn ffmpeg_announce() {
+        let sdp = parse(FFMPEG_ANNOUNCE.as_bytes()).unwrap();
+        assert_eq!(sdp.media.len(), 2);
+        assert_eq!(sdp.media[0].control.as_deref(), Some("streamid=0"));
+        let v = track_info(&sdp.media[0]).unwrap();
+        let TrackInfo::Video {
+            codec: VideoCodec::H264,
+            config,
+            clock_rate: 90000,
+        } = &v
+        else {
+            panic!("{v:?}")
+        };
+        assert_eq!(
+            h264::AvcConfig::parse(config).unwrap().codec_string(),
+            "avc1.64000d"
+        );
+        let a = track_info(&sdp.media[1]).unwrap();
+        assert!(matches!(
+            a,
+            TrackInfo::Audio {
+                codec: AudioCodec::Aac,
+                sample_rate: 44100,
+                channels: 2,
+                clock_rate: 44100,
+                ..
+            }
+        ));
+        assert_eq!(sdp.media[1].param("sizelength"), Some("13"));
+    }
+
+    #[test]
+    fn describe_round_trips_through_parse() {
+        let sdp = parse(FFMPEG_ANNOUNCE.as_bytes()).unwrap();
+        let tracks = Tracks {
+            video: track_info(&sdp.media[0]),
+            audio: track_info(&sdp.media[1]),
+            metadata: None,
+        };
+        let (text, ids) = describe(&tracks, "127.0.0.1", "0.0.0.0");
+        assert_eq!(ids.len(), 2);
+        let back = parse(text.as_bytes()).unwrap();
+        assert_eq!(track_info(&back.media[0]), tracks.video);
+        assert_eq!(track_info(&back.media[1]), tracks.audio);
+        assert_eq!(back.media[1].control.as_deref(), Some("trackID=1"));
+    }
+
+    #[test]
+    fn malformed_and_oversized() {
+        assert!(matches!(
+            parse(b"v=0\r\nm=video x\r\n"),
+            Err(SdpError::Malformed { line: 2, .. })
+        ));
+        assert!(matches!(
+            parse(b"v=0\r\ngarbage\r\n"),
+            Err(SdpError::Malformed { line: 2, .. })
+        ));
+        let many = "m=video 0 RTP/AVP 96\r\n".repeat(MAX_MEDIA + 1);
+        assert_eq!(parse(many.as_bytes()), Err(SdpError::TooLarge));
+    }
+}
