@@ -119,9 +119,11 @@ pub enum Wire {
     FlvTag = 0,
     /// The RTMP chunks of the frame's audio/video message on the shared play stream.
     RtmpChunks = 1,
+    /// The RTP packets of the frame, as `[u16 length][packet]` records.
+    Rtp = 2,
 }
 
-const WIRE_SLOTS: usize = 2;
+const WIRE_SLOTS: usize = 3;
 
 /// One access unit of one track.
 ///

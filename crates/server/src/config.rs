@@ -150,6 +150,26 @@ pub struct RtmpConfig {
 pub struct RtspConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Server UDP port for RTP (unicast); 0 picks a free one.
+    pub rtp_port: u16,
+    /// Server UDP port for RTCP (unicast); 0 picks a free one.
+    pub rtcp_port: u16,
+    /// A session with no request and no RTCP for this long is ended, in ms.
+    pub session_timeout_ms: u64,
+    /// Largest RTP payload we send, in bytes.
+    pub mtu: usize,
+    /// Interval of our RTCP sender and receiver reports, in ms.
+    pub rtcp_interval_ms: u64,
+    /// Multicast groups are assigned to streams from this IPv4 range (CIDR).
+    pub multicast_range: String,
+    /// RTP port of every multicast group (RTCP is the next port).
+    pub multicast_port: u16,
+    /// TTL of multicast packets.
+    pub multicast_ttl: u32,
+    /// Local interface address multicast is sent from (0.0.0.0: the kernel's choice).
+    pub multicast_interface: std::net::Ipv4Addr,
+    /// Paths that moved: DESCRIBE, ANNOUNCE and SETUP answer 301 with this location.
+    pub redirects: BTreeMap<String, String>,
 }
 
 /// `[http]`.
@@ -212,7 +232,38 @@ impl Default for RtspConfig {
     fn default() -> Self {
         RtspConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8554)),
+            rtp_port: 8000,
+            rtcp_port: 8001,
+            session_timeout_ms: 60_000,
+            mtu: 1400,
+            rtcp_interval_ms: 5000,
+            multicast_range: "239.255.0.0/16".into(),
+            multicast_port: 8002,
+            multicast_ttl: 1,
+            multicast_interface: std::net::Ipv4Addr::UNSPECIFIED,
+            redirects: BTreeMap::new(),
         }
+    }
+}
+
+impl RtspConfig {
+    /// The multicast range as (network, prefix length).
+    pub fn multicast_net(&self) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
+        let (net, len) = self
+            .multicast_range
+            .split_once('/')
+            .unwrap_or((&self.multicast_range, "32"));
+        let net: std::net::Ipv4Addr = net
+            .parse()
+            .map_err(|e| anyhow::anyhow!("rtsp.multicast_range: {e}"))?;
+        let len: u8 = len
+            .parse()
+            .map_err(|e| anyhow::anyhow!("rtsp.multicast_range: {e}"))?;
+        anyhow::ensure!(
+            net.is_multicast() && (4..=32).contains(&len),
+            "rtsp.multicast_range must be a multicast CIDR like 239.255.0.0/16"
+        );
+        Ok((net, len))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod path;
 pub mod reader;
 pub mod rtmp_server;
+pub mod rtsp;
 
 use std::net::SocketAddr;
 
@@ -25,6 +26,8 @@ pub struct Bound {
     pub rtmp: SocketAddr,
     /// HTTP.
     pub http: SocketAddr,
+    /// RTSP.
+    pub rtsp: SocketAddr,
 }
 
 /// Binds every listener and serves until `shutdown` completes.
@@ -40,18 +43,24 @@ pub async fn run(
     let http = TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding HTTP to {}", config.http.listen))?;
+    let rtsp_listener = rtsp::Listeners::bind(&config.rtsp).await?;
     let bound = Bound {
         rtmp: rtmp.local_addr()?,
         http: http.local_addr()?,
+        rtsp: rtsp_listener.tcp.local_addr()?,
     };
-    info!(rtmp = %bound.rtmp, http = %bound.http, rtsp = %config.rtsp.listen, "ferrocast serving (RTSP not built yet)");
+    info!(rtmp = %bound.rtmp, http = %bound.http, rtsp = %bound.rtsp, "ferrocast serving");
     on_bound(bound);
     let rtmp_task = tokio::spawn(rtmp_server::serve(rtmp, config.rtmp.clone(), hub.clone()));
     let hls = hls::start(hub.clone(), config.hls.clone());
     let http_task = tokio::spawn(http::serve(http, hub.clone(), hls));
+    let rtsp_config = config.rtsp.clone();
+    let rtsp_hub = hub.clone();
+    let rtsp_task = tokio::spawn(rtsp::serve(rtsp_listener, rtsp_config, rtsp_hub));
     shutdown.await;
     info!("shutting down");
     rtmp_task.abort();
     http_task.abort();
+    rtsp_task.abort();
     Ok(())
 }

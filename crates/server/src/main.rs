@@ -18,7 +18,7 @@ struct Args {
     /// RTMP listen address (default 0.0.0.0:1935).
     #[arg(long, env = "FERROCAST_RTMP_ADDR")]
     rtmp_addr: Option<SocketAddr>,
-    /// RTSP listen address (default 0.0.0.0:8554; RTSP is not served yet).
+    /// RTSP listen address (default 0.0.0.0:8554).
     #[arg(long, env = "FERROCAST_RTSP_ADDR")]
     rtsp_addr: Option<SocketAddr>,
     /// HTTP listen address for HTTP-FLV (default 0.0.0.0:8080).
@@ -68,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         // One machine-readable line per listener on stdout, for scripts and tests.
         println!("ferrocast: rtmp listening on {}", bound.rtmp);
         println!("ferrocast: http listening on {}", bound.http);
+        println!("ferrocast: rtsp listening on {}", bound.rtsp);
     }))?;
     // Readers' and publishers' tasks are dropped with the runtime; their sockets close.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -107,6 +107,16 @@ impl Packetizer {
         self.ssrc
     }
 
+    /// The track being packetized.
+    pub fn track(&self) -> &TrackInfo {
+        &self.track
+    }
+
+    /// The random offset added to RTP timestamps.
+    pub fn time_offset(&self) -> u32 {
+        self.time_offset
+    }
+
     /// The RTP timestamp of a time in the track's clock.
     pub fn rtp_time(&self, ts: i64) -> u32 {
         (rescale(ts, self.track.clock_rate(), self.clock_rate) as u32)

@@ -1,0 +1,789 @@
+//! One RTSP connection: requests in, responses out, media both ways (interleaved on this
+//! connection or over the shared UDP sockets). A thin driver: parsing, SDP, transports and
+//! the state table come from `ferrocast_rtsp`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::{BufMut, Bytes, BytesMut};
+use ferrocast_media::{TrackInfo, TrackKind, Tracks};
+use ferrocast_rtsp::codec;
+use ferrocast_rtsp::message::{self, Message, Method, Request, Response};
+use ferrocast_rtsp::rtcp::{self, RtcpPacket};
+use ferrocast_rtsp::sdp;
+use ferrocast_rtsp::state::{State, transition};
+use ferrocast_rtsp::transport::{Lower, Transport};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::record::Recording;
+use super::{MulticastGroup, Shared, StreamRtp, UdpIn, slot, unix_micros};
+use crate::config::ms;
+use crate::hub::write_timeout;
+use crate::path;
+use crate::reader::{Reader, ReaderItem};
+use crate::rtmp_server::write_all_vectored;
+
+const PUBLIC: &str = "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, PAUSE, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+/// UDP datagrams queued for one connection before new ones are dropped.
+const UDP_QUEUE: usize = 1024;
+/// How long DESCRIBE waits for a just-published stream to have codec parameters.
+const TRACKS_WAIT: Duration = Duration::from_secs(3);
+
+/// Where one track's packets go.
+#[derive(Clone)]
+enum Tx {
+    Tcp { rtp: u8, rtcp: u8 },
+    Udp { rtp: SocketAddr, rtcp: SocketAddr },
+    Multicast(Arc<MulticastGroup>),
+}
+
+struct Setup {
+    /// Play: 0 video, 1 audio. Record: index of the announced media.
+    index: usize,
+    tx: Tx,
+}
+
+#[derive(Default)]
+struct ReaderTrack {
+    sent_report: bool,
+    packets: u32,
+    octets: u32,
+    last_rr: Option<rtcp::ReportBlock>,
+}
+
+struct Playing {
+    reader: Option<Reader>,
+    stream: Arc<StreamRtp>,
+    tracks: Tracks,
+    paused: bool,
+    per_track: [ReaderTrack; 2],
+}
+
+struct Session {
+    id: String,
+    state: State,
+    path: Option<String>,
+    setups: Vec<Setup>,
+    playing: Option<Playing>,
+    announced: Option<Recording>,
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    socket: TcpStream,
+    input: BytesMut,
+    out: Vec<Bytes>,
+    session: Option<Session>,
+    udp_tx: mpsc::Sender<UdpIn>,
+    udp_rx: mpsc::Receiver<UdpIn>,
+    routes: Vec<SocketAddr>,
+    last_activity: Instant,
+    last_report: Instant,
+    closing: bool,
+}
+
+pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
+    let _ = socket.set_nodelay(true);
+    let (udp_tx, udp_rx) = mpsc::channel(UDP_QUEUE);
+    let now = Instant::now();
+    let mut c = Conn {
+        shared,
+        peer,
+        socket,
+        input: BytesMut::new(),
+        out: Vec::new(),
+        session: None,
+        udp_tx,
+        udp_rx,
+        routes: Vec::new(),
+        last_activity: now,
+        last_report: now,
+        closing: false,
+    };
+    let r = c.run().await;
+    c.teardown();
+    r
+}
+
+fn status(code: u16, req: &Request) -> Response {
+    Response::new(code, req.cseq())
+}
+
+/// The path part of an RTSP URL (`rtsp://host:port/APP/STREAM?query` gives `APP/STREAM`).
+fn url_path(uri: &str) -> &str {
+    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
+    let path = rest.find('/').map_or("", |i| &rest[i + 1..]);
+    path.split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('/')
+}
+
+/// Splits a SETUP URL into the stream path and the track part (`trackID=1`, `streamid=0`).
+fn split_control(uri: &str) -> (&str, Option<&str>) {
+    let p = url_path(uri);
+    match p.rsplit_once('/') {
+        Some((base, last))
+            if last.contains('=') || last.starts_with("track") || last.starts_with("stream") =>
+        {
+            (base, Some(last))
+        }
+        _ => (p, None),
+    }
+}
+
+impl Conn {
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            self.flush().await?;
+            if self.closing {
+                return Ok(());
+            }
+            let reader = match self.session.as_mut().and_then(|s| s.playing.as_mut()) {
+                Some(p) if !p.paused => p.reader.as_mut(),
+                _ => None,
+            };
+            tokio::select! {
+                r = self.socket.read(&mut buf) => {
+                    let n = r.context("read")?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    self.input.extend_from_slice(&buf[..n]);
+                    self.handle_input().await;
+                }
+                Some(u) = self.udp_rx.recv() => self.on_udp(u),
+                item = async { reader.expect("guarded").next().await }, if reader.is_some() => {
+                    self.play_item(item);
+                    for _ in 1..64 {
+                        let Some(r) = self.session.as_mut().and_then(|s| s.playing.as_mut()).and_then(|p| p.reader.as_mut()) else { break };
+                        let Some(item) = r.try_next() else { break };
+                        self.play_item(item);
+                        if self.closing { break; }
+                    }
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let bufs = std::mem::take(&mut self.out);
+        let timeout = write_timeout(&self.shared.hub);
+        tokio::time::timeout(timeout, write_all_vectored(&mut self.socket, bufs))
+            .await
+            .map_err(|_| anyhow::anyhow!("peer took nothing for {timeout:?}: disconnected"))?
+            .context("write")
+    }
+
+    fn send(&mut self, r: Response) {
+        self.out.push(r.encode());
+    }
+
+    async fn handle_input(&mut self) {
+        loop {
+            match message::decode(&mut self.input) {
+                Ok(None) => return,
+                Ok(Some(Message::Request(req))) => {
+                    self.last_activity = Instant::now();
+                    let resp = self.handle_request(&req).await;
+                    if resp.status >= 400 {
+                        info!(peer = %self.peer, method = req.method.as_str(), uri = req.uri, status = resp.status, "rtsp request refused");
+                    }
+                    self.send(resp);
+                }
+                Ok(Some(Message::Response(_))) => {}
+                Ok(Some(Message::Interleaved { channel, data })) => {
+                    self.on_interleaved(channel, data)
+                }
+                Err(e) => {
+                    warn!(peer = %self.peer, "rtsp: {e}; closing");
+                    self.send(Response::new(e.status(), None));
+                    self.closing = true;
+                    return;
+                }
+            }
+            if self.closing {
+                return;
+            }
+        }
+    }
+
+    fn session_for(&self, req: &Request) -> Result<(), u16> {
+        match (req.session(), &self.session) {
+            (Some(id), Some(s)) if s.id == id => Ok(()),
+            (Some(_), _) => Err(454),
+            (None, _) => Ok(()),
+        }
+    }
+
+    fn session_header(&self) -> Option<String> {
+        let s = self.session.as_ref()?;
+        Some(format!(
+            "{};timeout={}",
+            s.id,
+            self.shared.config.session_timeout_ms / 1000
+        ))
+    }
+
+    async fn handle_request(&mut self, req: &Request) -> Response {
+        if let Err(code) = self.session_for(req) {
+            return status(code, req);
+        }
+        let state = self.session.as_ref().map_or(State::Init, |s| s.state);
+        let next = match transition(state, &req.method) {
+            Ok(n) => n,
+            Err(code) => {
+                let mut r = status(code, req);
+                if code == 405 {
+                    r = r.with("Allow", PUBLIC);
+                }
+                return r;
+            }
+        };
+        let needs_session = matches!(
+            req.method,
+            Method::Play | Method::Pause | Method::Record | Method::Teardown
+        );
+        if needs_session && req.session().is_none() {
+            return status(454, req);
+        }
+        let resp = match req.method {
+            Method::Options => status(200, req).with("Public", PUBLIC),
+            Method::Describe => self.describe(req).await,
+            Method::Announce => self.announce(req),
+            Method::Setup => self.setup(req),
+            Method::Play => self.play(req),
+            Method::Pause => {
+                if let Some(p) = self.session.as_mut().and_then(|s| s.playing.as_mut()) {
+                    p.paused = true;
+                }
+                status(200, req)
+            }
+            Method::Record => self.record(req),
+            Method::Teardown => {
+                self.teardown();
+                return status(200, req);
+            }
+            Method::GetParameter => status(200, req),
+            Method::SetParameter if req.body.is_empty() => status(200, req),
+            Method::SetParameter => status(451, req),
+            Method::Redirect | Method::Other(_) => status(501, req),
+        };
+        if resp.status == 200
+            && let Some(s) = self.session.as_mut()
+        {
+            s.state = next;
+        }
+        match self.session_header() {
+            Some(h)
+                if resp.status == 200
+                    && !matches!(req.method, Method::Options | Method::Describe) =>
+            {
+                resp.with("Session", h)
+            }
+            _ => resp,
+        }
+    }
+
+    fn redirect(&self, path: &str, req: &Request) -> Option<Response> {
+        let to = self.shared.config.redirects.get(path)?;
+        Some(status(301, req).with("Location", to.as_str()))
+    }
+
+    async fn describe(&mut self, req: &Request) -> Response {
+        let path = url_path(&req.uri);
+        if let Some(r) = self.redirect(path, req) {
+            return r;
+        }
+        if path::validate(path).is_err() {
+            return status(404, req);
+        }
+        let Some(sub) = self.shared.hub.subscribe_wait(path).await else {
+            return status(404, req);
+        };
+        // A stream that just started may not have sent its parameters yet.
+        let deadline = Instant::now() + TRACKS_WAIT;
+        let mut tracks = sub.current_tracks();
+        while tracks.video.is_none() && tracks.audio.is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tracks = sub.current_tracks();
+        }
+        let local = self
+            .socket
+            .local_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| "0.0.0.0".into());
+        let (text, ids) = sdp::describe(&tracks, &local, "0.0.0.0");
+        if ids.is_empty() {
+            return status(404, req);
+        }
+        let base = format!("{}/", req.uri.trim_end_matches('/'));
+        status(200, req)
+            .with("Content-Base", base)
+            .with_body("application/sdp", text)
+    }
+
+    fn new_session(&mut self) -> &mut Session {
+        self.session.get_or_insert_with(|| Session {
+            id: format!("{:016x}", super::random_u64()),
+            state: State::Init,
+            path: None,
+            setups: Vec::new(),
+            playing: None,
+            announced: None,
+        })
+    }
+
+    fn announce(&mut self, req: &Request) -> Response {
+        let path = url_path(&req.uri).to_owned();
+        if let Some(r) = self.redirect(&path, req) {
+            return r;
+        }
+        if path::validate(&path).is_err() {
+            return status(400, req);
+        }
+        if !req
+            .headers
+            .get("Content-Type")
+            .is_some_and(|c| c.starts_with("application/sdp"))
+        {
+            return status(400, req);
+        }
+        let sdp = match sdp::parse(&req.body) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(peer = %self.peer, path, "rtsp announce: {e}");
+                return status(400, req);
+            }
+        };
+        let publisher = match self.shared.hub.publish(&path) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(peer = %self.peer, path, "rtsp announce refused: {e}");
+                return status(503, req);
+            }
+        };
+        let recording = match Recording::new(publisher, &sdp) {
+            Ok(r) => r,
+            Err(why) => {
+                warn!(peer = %self.peer, path, "rtsp announce: {why}");
+                return status(400, req);
+            }
+        };
+        info!(peer = %self.peer, path, tracks = recording.track_count(), "rtsp announce");
+        let s = self.new_session();
+        s.path = Some(path);
+        s.announced = Some(recording);
+        status(200, req)
+    }
+
+    fn setup(&mut self, req: &Request) -> Response {
+        let (path, control) = split_control(&req.uri);
+        let path = path.to_owned();
+        if let Some(r) = self.redirect(&path, req) {
+            return r;
+        }
+        let Some(header) = req.headers.get("Transport") else {
+            return status(461, req);
+        };
+        let recording = self.session.as_ref().is_some_and(|s| s.announced.is_some());
+        let transport = match Transport::parse_header(header, |t| match t.lower {
+            Lower::Tcp => true,
+            Lower::Udp if t.multicast => !recording,
+            Lower::Udp => t.client_port.is_some(),
+        }) {
+            Ok(t) => t,
+            Err(e) => {
+                debug!(peer = %self.peer, "{e}");
+                return status(461, req);
+            }
+        };
+        if let Some(s) = &self.session
+            && let Some(p) = &s.path
+            && *p != path
+        {
+            // One session serves one stream: aggregate control across paths is refused.
+            return status(459, req);
+        }
+        // Which track.
+        let index = if let Some(rec) = self.session.as_ref().and_then(|s| s.announced.as_ref()) {
+            match rec.track_for_control(&req.uri, control) {
+                Some(i) => i,
+                None => return status(404, req),
+            }
+        } else {
+            if path::validate(&path).is_err() {
+                return status(404, req);
+            }
+            let Some(sub) = self.shared.hub.subscribe(&path) else {
+                return status(404, req);
+            };
+            let tracks = sub.current_tracks();
+            let available = [tracks.video.is_some(), tracks.audio.is_some()];
+            match control {
+                Some(c) => match c
+                    .rsplit_once('=')
+                    .and_then(|(_, n)| n.parse::<usize>().ok())
+                {
+                    Some(i) if i < 2 && available[i] => i,
+                    _ => return status(404, req),
+                },
+                // SETUP of the aggregate URL is only meaningful for a single-track stream.
+                None if available.iter().filter(|a| **a).count() == 1 => usize::from(!available[0]),
+                None => return status(459, req),
+            }
+        };
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.setups.iter().any(|x| x.index == index))
+        {
+            return status(455, req);
+        }
+        let peer_ip = self.peer.ip();
+        let mut reply = transport.clone();
+        let tx = match transport.lower {
+            Lower::Tcp => {
+                let (a, b) = transport
+                    .interleaved
+                    .unwrap_or((2 * index as u8, 2 * index as u8 + 1));
+                reply.interleaved = Some((a, b));
+                Tx::Tcp { rtp: a, rtcp: b }
+            }
+            Lower::Udp if transport.multicast => {
+                let group = match self.shared.multicast_group(&path) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        warn!("rtsp multicast: {e:#}");
+                        return status(503, req);
+                    }
+                };
+                reply.destination = Some(group.group().to_string());
+                reply.port = Some((group.rtp_port(), group.rtp_port() + 1));
+                reply.ttl = Some(self.shared.config.multicast_ttl as u8);
+                reply.client_port = None;
+                Tx::Multicast(group)
+            }
+            Lower::Udp => {
+                let (a, b) = transport.client_port.expect("checked");
+                let rtp = SocketAddr::new(peer_ip, a);
+                let rtcp = SocketAddr::new(peer_ip, b);
+                for addr in [rtp, rtcp] {
+                    self.shared.route(addr, self.udp_tx.clone(), index);
+                    self.routes.push(addr);
+                }
+                reply.server_port = Some(self.shared.server_ports);
+                Tx::Udp { rtp, rtcp }
+            }
+        };
+        reply.record = recording;
+        let s = self.new_session();
+        s.path = Some(path.clone());
+        s.setups.push(Setup { index, tx });
+        debug!(peer = %self.peer, path, index, transport = reply.encode(), "rtsp setup");
+        status(200, req).with("Transport", reply.encode())
+    }
+
+    fn play(&mut self, req: &Request) -> Response {
+        let shared = self.shared.clone();
+        let Some(s) = self.session.as_mut() else {
+            return status(454, req);
+        };
+        if s.announced.is_some() {
+            return status(455, req);
+        }
+        if let Some(p) = s.playing.as_mut() {
+            // Resume after PAUSE: from the next keyframe.
+            if p.paused {
+                p.paused = false;
+                if let Some(r) = p.reader.as_mut() {
+                    r.resync();
+                }
+            }
+            return status(200, req).with("Range", "npt=0.000-");
+        }
+        let Some(path) = s.path.clone() else {
+            return status(455, req);
+        };
+        if let (_, Some(_)) = split_control(&req.uri)
+            && s.setups.len() > 1
+        {
+            return status(460, req);
+        }
+        let Some(sub) = shared.hub.subscribe(&path) else {
+            return status(404, req);
+        };
+        let unicast = s.setups.iter().any(|x| !matches!(x.tx, Tx::Multicast(_)));
+        let tracks = (*sub.tracks).clone();
+        let reader = unicast.then(|| Reader::new(shared.hub.clone(), sub));
+        for x in &s.setups {
+            if let Tx::Multicast(g) = &x.tx {
+                g.start(&shared);
+            }
+        }
+        info!(peer = %self.peer, path, session = s.id, tracks = s.setups.len(), "rtsp play");
+        s.playing = Some(Playing {
+            reader,
+            stream: shared.stream_rtp(&path),
+            tracks,
+            paused: false,
+            per_track: Default::default(),
+        });
+        status(200, req).with("Range", "npt=0.000-")
+    }
+
+    fn record(&mut self, req: &Request) -> Response {
+        let Some(s) = self.session.as_mut() else {
+            return status(454, req);
+        };
+        let Some(rec) = s.announced.as_mut() else {
+            return status(455, req);
+        };
+        if s.setups.is_empty() {
+            return status(455, req);
+        }
+        rec.start();
+        info!(peer = %self.peer, path = s.path.as_deref().unwrap_or(""), "rtsp record");
+        status(200, req)
+    }
+
+    /// Ends the session: BYE to players, unpublish a recording, free UDP routes.
+    fn teardown(&mut self) {
+        if let Some(s) = self.session.take()
+            && let Some(p) = &s.playing
+        {
+            for x in &s.setups {
+                let kind = if x.index == 0 {
+                    TrackKind::Video
+                } else {
+                    TrackKind::Audio
+                };
+                if let (Some(ssrc), Tx::Tcp { .. } | Tx::Udp { .. }) = (p.stream.ssrc(kind), &x.tx)
+                {
+                    send_rtcp(&self.shared, &mut self.out, &x.tx, rtcp::bye(ssrc));
+                }
+                if let Some(rr) = &p.per_track[x.index.min(1)].last_rr {
+                    info!(peer = %self.peer, session = s.id, track = x.index, fraction_lost = rr.fraction_lost, cumulative_lost = rr.cumulative_lost, jitter = rr.jitter, "rtsp reader statistics");
+                }
+            }
+        }
+        self.shared.unroute(&self.routes);
+        self.routes.clear();
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let timeout = ms(self.shared.config.session_timeout_ms);
+        if self.session.is_some() && now.duration_since(self.last_activity) > timeout {
+            info!(peer = %self.peer, "rtsp session timed out after {timeout:?} without requests or RTCP");
+            self.teardown();
+            self.closing = true;
+            return;
+        }
+        if now.duration_since(self.last_report) < ms(self.shared.config.rtcp_interval_ms) {
+            return;
+        }
+        self.last_report = now;
+        let micros = unix_micros();
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        if let Some(p) = &s.playing {
+            for x in &s.setups {
+                let kind = if x.index == 0 {
+                    TrackKind::Video
+                } else {
+                    TrackKind::Audio
+                };
+                let t = &p.per_track[x.index.min(1)];
+                if matches!(x.tx, Tx::Multicast(_)) {
+                    continue;
+                }
+                if let Some((_, sr)) = p.stream.sender_report(kind, micros, t.packets, t.octets) {
+                    send_rtcp(&self.shared, &mut self.out, &x.tx, sr);
+                }
+            }
+        }
+        if let Some(rec) = s.announced.as_mut() {
+            for (index, rr) in rec.receiver_reports(micros) {
+                if let Some(x) = s.setups.iter().find(|x| x.index == index) {
+                    send_rtcp(&self.shared, &mut self.out, &x.tx, rr);
+                }
+            }
+        }
+    }
+
+    fn on_interleaved(&mut self, channel: u8, data: Bytes) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let Some(x) = s
+            .setups
+            .iter()
+            .find(|x| matches!(x.tx, Tx::Tcp { rtp, rtcp } if rtp == channel || rtcp == channel))
+        else {
+            debug!(peer = %self.peer, channel, "rtsp: interleaved data on a channel that was never set up");
+            return;
+        };
+        let Tx::Tcp { rtp, .. } = x.tx else { return };
+        let index = x.index;
+        self.last_activity = Instant::now();
+        if channel == rtp {
+            if let Some(rec) = s.announced.as_mut() {
+                rec.on_rtp(index, data, false);
+            }
+        } else {
+            on_rtcp(self.peer, s, index, &data);
+        }
+    }
+
+    fn on_udp(&mut self, u: UdpIn) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        self.last_activity = Instant::now();
+        if u.rtcp {
+            on_rtcp(self.peer, s, u.index, &u.data);
+        } else if let Some(rec) = s.announced.as_mut() {
+            rec.on_rtp(u.index, u.data, true);
+        }
+    }
+
+    fn play_item(&mut self, item: ReaderItem) {
+        let shared = self.shared.clone();
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        let Some(p) = s.playing.as_mut() else { return };
+        match item {
+            ReaderItem::Tracks(t) => p.tracks = (*t).clone(),
+            ReaderItem::Frame(f) => {
+                let track: Option<&TrackInfo> = match f.kind {
+                    TrackKind::Video => p.tracks.video.as_ref(),
+                    TrackKind::Audio => p.tracks.audio.as_ref(),
+                };
+                let Some(track) = track else { return };
+                let idx = slot(f.kind);
+                let Some(x) = s
+                    .setups
+                    .iter()
+                    .find(|x| x.index == idx && !matches!(x.tx, Tx::Multicast(_)))
+                else {
+                    return;
+                };
+                let packets = p.stream.packets(track, &f);
+                let t = &mut p.per_track[idx];
+                if !t.sent_report {
+                    // A sender report before the first packet gives players the NTP/RTP
+                    // mapping that aligns audio and video from the start.
+                    t.sent_report = true;
+                    if let Some((_, sr)) = p.stream.sender_report(f.kind, unix_micros(), 0, 0) {
+                        send_rtcp(&shared, &mut self.out, &x.tx, sr);
+                    }
+                }
+                for pkt in codec::packets(&packets) {
+                    t.packets = t.packets.wrapping_add(1);
+                    t.octets = t.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
+                    send_rtp(&shared, &mut self.out, &x.tx, pkt);
+                }
+            }
+            ReaderItem::Unpublished | ReaderItem::Republished => {}
+            ReaderItem::Ended | ReaderItem::TooSlow => {
+                info!(peer = %self.peer, session = s.id, "rtsp play: stream ended; closing");
+                self.teardown();
+                self.closing = true;
+            }
+        }
+    }
+}
+
+fn on_rtcp(peer: SocketAddr, s: &mut Session, index: usize, data: &[u8]) {
+    let packets = match rtcp::parse(data) {
+        Ok(p) => p,
+        Err(e) => {
+            debug!(%peer, "rtsp: {e}");
+            return;
+        }
+    };
+    for p in packets {
+        match p {
+            RtcpPacket::ReceiverReport { reports, .. }
+            | RtcpPacket::SenderReport { reports, .. }
+                if s.playing.is_some() =>
+            {
+                if let (Some(pl), Some(r)) = (s.playing.as_mut(), reports.first()) {
+                    debug!(%peer, track = index, fraction_lost = r.fraction_lost, cumulative_lost = r.cumulative_lost, jitter = r.jitter, "rtsp receiver report");
+                    pl.per_track[index.min(1)].last_rr = Some(*r);
+                }
+            }
+            RtcpPacket::SenderReport { ntp, .. } => {
+                if let Some(rec) = s.announced.as_mut() {
+                    rec.on_sender_report(index, ntp);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn interleaved(out: &mut Vec<Bytes>, channel: u8, pkt: Bytes) {
+    let mut h = BytesMut::with_capacity(4);
+    h.put_u8(b'$');
+    h.put_u8(channel);
+    h.put_u16(pkt.len() as u16);
+    out.push(h.freeze());
+    out.push(pkt);
+}
+
+fn send_rtp(shared: &Shared, out: &mut Vec<Bytes>, tx: &Tx, pkt: Bytes) {
+    match tx {
+        Tx::Tcp { rtp, .. } => interleaved(out, *rtp, pkt),
+        // A full socket buffer drops the packet, as the network would.
+        Tx::Udp { rtp, .. } => {
+            let _ = shared.rtp.try_send_to(&pkt, *rtp);
+        }
+        Tx::Multicast(_) => {}
+    }
+}
+
+fn send_rtcp(shared: &Shared, out: &mut Vec<Bytes>, tx: &Tx, pkt: Bytes) {
+    match tx {
+        Tx::Tcp { rtcp, .. } => interleaved(out, *rtcp, pkt),
+        Tx::Udp { rtcp, .. } => {
+            let _ = shared.rtcp.try_send_to(&pkt, *rtcp);
+        }
+        Tx::Multicast(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(url_path("rtsp://h:8554/live/cam1"), "live/cam1");
+        assert_eq!(url_path("rtsp://h/live/cam1/?x=1"), "live/cam1");
+        assert_eq!(
+            split_control("rtsp://h/live/cam1/trackID=1"),
+            ("live/cam1", Some("trackID=1"))
+        );
+        assert_eq!(
+            split_control("rtsp://h/live/cam1/streamid=0"),
+            ("live/cam1", Some("streamid=0"))
+        );
+        assert_eq!(split_control("rtsp://h/live/cam1"), ("live/cam1", None));
+    }
+}

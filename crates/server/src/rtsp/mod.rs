@@ -1,0 +1,313 @@
+//! The RTSP listener: TCP connections driven by [`conn`], the shared unicast UDP sockets
+//! (server_port) with their dispatch by client address, per-stream RTP packetizers shared by
+//! every reader (encode once), and multicast groups.
+
+mod conn;
+mod multicast;
+mod record;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::Bytes;
+use ferrocast_media::{Frame, TrackInfo, TrackKind, Wire, rescale};
+use ferrocast_rtsp::codec::Packetizer;
+use ferrocast_rtsp::rtcp;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::config::RtspConfig;
+use crate::hub::Hub;
+
+pub use multicast::MulticastGroup;
+
+/// A datagram from a client, routed to the connection that owns its address.
+#[derive(Debug)]
+pub struct UdpIn {
+    /// Arrived on the RTCP socket.
+    pub rtcp: bool,
+    /// The track whose client port sent it.
+    pub index: usize,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// What every RTSP connection shares.
+pub struct Shared {
+    hub: Arc<Hub>,
+    config: RtspConfig,
+    rtp: Arc<UdpSocket>,
+    rtcp: Arc<UdpSocket>,
+    server_ports: (u16, u16),
+    routes: Mutex<HashMap<SocketAddr, (mpsc::Sender<UdpIn>, usize)>>,
+    outputs: Mutex<HashMap<String, Arc<StreamRtp>>>,
+    groups: Mutex<HashMap<String, Weak<MulticastGroup>>>,
+}
+
+/// A random number, good enough for SSRCs, sequence numbers and session ids (RFC 3550 asks
+/// for unpredictability, not secrecy).
+pub fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// Wall-clock time in microseconds.
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The RTP packetizers of one stream, shared by all its RTSP readers: each frame is
+/// packetized once ([`Wire::Rtp`]) and every reader sends the same packets.
+pub struct StreamRtp {
+    mtu: usize,
+    tracks: Mutex<[Option<OutTrack>; 2]>,
+}
+
+struct OutTrack {
+    packetizer: Packetizer,
+    /// (wall clock µs, pts) of the first frame packetized: the NTP/RTP mapping of reports.
+    anchor: (u64, i64),
+}
+
+/// Index of a track kind in per-stream arrays.
+pub fn slot(kind: TrackKind) -> usize {
+    match kind {
+        TrackKind::Video => 0,
+        TrackKind::Audio => 1,
+    }
+}
+
+impl StreamRtp {
+    /// The packets of a frame (built on first use, then shared).
+    pub fn packets(&self, track: &TrackInfo, frame: &Frame) -> Bytes {
+        frame.wire(Wire::Rtp, |f| {
+            let mut tracks = lock(&self.tracks);
+            let t = &mut tracks[slot(f.kind)];
+            let stale = t.as_ref().is_none_or(|t| t.packetizer_track() != track);
+            if stale {
+                let r = random_u64();
+                let previous = t.take();
+                let (seq, ssrc, offset) = match &previous {
+                    // Keep the source identity across parameter changes.
+                    Some(p) => (
+                        p.packetizer.next_sequence(),
+                        p.packetizer.ssrc(),
+                        p.offset(),
+                    ),
+                    None => (r as u16, (r >> 16) as u32, (r >> 48) as u32),
+                };
+                let pt = if f.kind == TrackKind::Video { 96 } else { 97 };
+                *t = Packetizer::new(track, pt, ssrc, seq, offset, self.mtu).map(|packetizer| {
+                    OutTrack {
+                        packetizer,
+                        anchor: previous.map_or((unix_micros(), f.pts), |p| p.anchor),
+                    }
+                });
+            }
+            match t {
+                Some(t) => t.packetizer.packetize(f),
+                None => Bytes::new(),
+            }
+        })
+    }
+
+    /// A sender report for a track: NTP now, and the RTP time of now on the track's
+    /// timeline; `packets`/`octets` are what this reader was sent.
+    pub fn sender_report(
+        &self,
+        kind: TrackKind,
+        now_micros: u64,
+        packets: u32,
+        octets: u32,
+    ) -> Option<(u32, Bytes)> {
+        let tracks = lock(&self.tracks);
+        let t = tracks[slot(kind)].as_ref()?;
+        let (wall, pts) = t.anchor;
+        let clock = t.packetizer_track().clock_rate();
+        let since = now_micros.saturating_sub(wall) as i64;
+        let rtp_time = t
+            .packetizer
+            .rtp_time(pts + rescale(since, 1_000_000, clock));
+        let ntp = rtcp::ntp_from_unix_micros(now_micros);
+        Some((
+            t.packetizer.ssrc(),
+            rtcp::sender_report(
+                t.packetizer.ssrc(),
+                ntp,
+                rtp_time,
+                packets,
+                octets,
+                "ferrocast",
+            ),
+        ))
+    }
+
+    /// The SSRC of a track, once it has sent.
+    pub fn ssrc(&self, kind: TrackKind) -> Option<u32> {
+        lock(&self.tracks)[slot(kind)]
+            .as_ref()
+            .map(|t| t.packetizer.ssrc())
+    }
+}
+
+impl OutTrack {
+    fn packetizer_track(&self) -> &TrackInfo {
+        self.packetizer.track()
+    }
+
+    fn offset(&self) -> u32 {
+        self.packetizer.time_offset()
+    }
+}
+
+impl Shared {
+    /// The shared packetizers of a stream. They live as long as the stream: frames keep
+    /// their packets (with sequence numbers) in their wire cache, so a later reader must
+    /// continue the same numbering.
+    pub fn stream_rtp(&self, path: &str) -> Arc<StreamRtp> {
+        let mut outputs = lock(&self.outputs);
+        if let Some(s) = outputs.get(path) {
+            return s.clone();
+        }
+        let live = self.hub.live_paths();
+        outputs.retain(|p, _| live.contains(p));
+        let s = Arc::new(StreamRtp {
+            mtu: self.config.mtu,
+            tracks: Mutex::new([None, None]),
+        });
+        outputs.insert(path.to_owned(), s.clone());
+        s
+    }
+
+    fn route(&self, addr: SocketAddr, tx: mpsc::Sender<UdpIn>, index: usize) {
+        lock(&self.routes).insert(addr, (tx, index));
+    }
+
+    fn unroute(&self, addrs: &[SocketAddr]) {
+        let mut routes = lock(&self.routes);
+        for a in addrs {
+            routes.remove(a);
+        }
+    }
+}
+
+/// The RTSP TCP listener and the unicast RTP/RTCP sockets.
+pub struct Listeners {
+    /// RTSP requests.
+    pub tcp: TcpListener,
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+}
+
+impl Listeners {
+    /// Binds all three.
+    pub async fn bind(config: &RtspConfig) -> anyhow::Result<Listeners> {
+        let ip = config.listen.ip();
+        let tcp = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding RTSP to {}", config.listen))?;
+        let rtp = UdpSocket::bind(SocketAddr::new(ip, config.rtp_port))
+            .await
+            .with_context(|| format!("binding RTP port {}", config.rtp_port))?;
+        let rtcp = UdpSocket::bind(SocketAddr::new(ip, config.rtcp_port))
+            .await
+            .with_context(|| format!("binding RTCP port {}", config.rtcp_port))?;
+        Ok(Listeners { tcp, rtp, rtcp })
+    }
+}
+
+/// Serves RTSP until the task is dropped.
+pub async fn serve(listeners: Listeners, config: RtspConfig, hub: Arc<Hub>) {
+    let Listeners {
+        tcp: listener,
+        rtp,
+        rtcp,
+    } = listeners;
+    let Ok(rtp_addr) = rtp.local_addr() else {
+        return;
+    };
+    let Ok(rtcp_addr) = rtcp.local_addr() else {
+        return;
+    };
+    let server_ports = (rtp_addr.port(), rtcp_addr.port());
+    let shared = Arc::new(Shared {
+        hub,
+        config,
+        rtp: Arc::new(rtp),
+        rtcp: Arc::new(rtcp),
+        server_ports,
+        routes: Mutex::new(HashMap::new()),
+        outputs: Mutex::new(HashMap::new()),
+        groups: Mutex::new(HashMap::new()),
+    });
+    for is_rtcp in [false, true] {
+        let shared = shared.clone();
+        tokio::spawn(async move { udp_dispatch(shared, is_rtcp).await });
+    }
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("rtsp accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            match conn::run(shared, socket, peer).await {
+                Ok(()) => debug!(%peer, "rtsp connection closed"),
+                Err(e) => tracing::info!(%peer, "rtsp connection ended: {e:#}"),
+            }
+        });
+    }
+}
+
+/// Largest UDP datagram we read.
+const MAX_DATAGRAM: usize = 65_536;
+
+async fn udp_dispatch(shared: Arc<Shared>, is_rtcp: bool) {
+    let socket = if is_rtcp {
+        shared.rtcp.clone()
+    } else {
+        shared.rtp.clone()
+    };
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("rtsp udp: {e}");
+                continue;
+            }
+        };
+        let tx = lock(&shared.routes).get(&from).cloned();
+        match tx {
+            // A full queue means the connection is behind: drop, as the network would.
+            Some((tx, index)) => {
+                let _ = tx.try_send(UdpIn {
+                    rtcp: is_rtcp,
+                    index,
+                    data: Bytes::copy_from_slice(&buf[..n]),
+                });
+            }
+            None => debug!(%from, "rtsp udp: datagram from an unknown address dropped"),
+        }
+    }
+}
