@@ -143,6 +143,58 @@ pub fn hevc_annexb() -> &'static Path {
     })
 }
 
+/// 4 s of H.265 (x265 with B-frames) + AAC in Matroska, for publishing over RTSP.
+pub fn hevc_aac_mkv() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        make_media(
+            "h265_aac.mkv",
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=size=320x240:rate=30",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=44100",
+                "-c:v",
+                "libx265",
+                "-x265-params",
+                "keyint=30:min-keyint=30:log-level=error",
+                "-c:a",
+                "aac",
+                "-t",
+                "4",
+                "-f",
+                "matroska",
+            ],
+        )
+    })
+}
+
+/// `ffmpeg -re -stream_loop -1 -i FILE -c copy -f rtsp -rtsp_transport T URL`.
+pub fn publish_rtsp(file: &Path, url: &str, transport: &str) -> Proc {
+    require("ffmpeg");
+    let child = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-re", "-stream_loop", "-1", "-i"])
+        .arg(file)
+        .args([
+            "-c",
+            "copy",
+            "-f",
+            "rtsp",
+            "-rtsp_transport",
+            transport,
+            url,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg");
+    Proc(child)
+}
+
 /// A high-bitrate (noisy, ~8 Mbit/s) H.264 stream, to fill socket buffers quickly.
 pub fn heavy_flv() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
@@ -194,6 +246,7 @@ pub struct Server {
     pub proc: Proc,
     pub rtmp: SocketAddr,
     pub http: SocketAddr,
+    pub rtsp: SocketAddr,
 }
 
 impl Server {
@@ -204,6 +257,13 @@ impl Server {
     /// Starts with a TOML config (listen addresses are overridden to port 0).
     pub fn with_config(toml: &str) -> Server {
         let cfg = work_dir().join(format!("cfg-{}.toml", rand_suffix()));
+        // Tests run in parallel: the RTSP UDP ports must be free ones too.
+        let ports = "rtp_port = 0\nrtcp_port = 0\n";
+        let toml = if toml.contains("[rtsp]\n") {
+            toml.replace("[rtsp]\n", &format!("[rtsp]\n{ports}"))
+        } else {
+            format!("{toml}\n[rtsp]\n{ports}")
+        };
         std::fs::write(&cfg, toml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocast"))
             .args([
@@ -232,15 +292,21 @@ impl Server {
         };
         let rtmp = addr("rtmp");
         let http = addr("http");
+        let rtsp = addr("rtsp");
         Server {
             proc: Proc(child),
             rtmp,
             http,
+            rtsp,
         }
     }
 
     pub fn rtmp_url(&self, path: &str) -> String {
         format!("rtmp://{}/{path}", self.rtmp)
+    }
+
+    pub fn rtsp_url(&self, path: &str) -> String {
+        format!("rtsp://{}/{path}", self.rtsp)
     }
 
     pub fn flv_url(&self, path: &str) -> String {
@@ -364,8 +430,77 @@ impl Probe {
     }
 }
 
+impl Probe {
+    /// Checks for a read over RTSP: RTP carries presentation times only, so ffmpeg reports no
+    /// video DTS; presentation times must be there, and audio timestamps monotonic.
+    pub fn assert_rtsp(
+        &self,
+        video_codec: &str,
+        width: i64,
+        height: i64,
+        min_video_packets: usize,
+    ) {
+        let v = self
+            .codec("video")
+            .unwrap_or_else(|| panic!("no video in {:?}\n{}", self.streams, self.stderr));
+        assert_eq!(v["codec_name"], video_codec);
+        assert_eq!(
+            (v["width"].as_i64(), v["height"].as_i64()),
+            (Some(width), Some(height))
+        );
+        assert_eq!(
+            self.codec("audio").expect("audio stream")["codec_name"],
+            "aac"
+        );
+        let idx = v["index"].as_i64();
+        let video: Vec<&Value> = self
+            .packets
+            .iter()
+            .filter(|p| p["stream_index"].as_i64() == idx)
+            .collect();
+        assert!(
+            video.len() >= min_video_packets,
+            "only {} video packets\n{}",
+            video.len(),
+            self.stderr
+        );
+        let with_pts = video
+            .iter()
+            .filter(|p| p["pts_time"].as_str().is_some_and(|s| s != "N/A"))
+            .count();
+        assert!(
+            with_pts * 10 >= video.len() * 9,
+            "{with_pts} of {} video packets have a pts",
+            video.len()
+        );
+        assert!(
+            video[0]["flags"].as_str().unwrap_or("").starts_with('K'),
+            "first video packet is not a keyframe"
+        );
+        let audio = self.packets_of("audio");
+        assert!(
+            audio.len() >= min_video_packets,
+            "only {} audio packets",
+            audio.len()
+        );
+        for w in audio.windows(2) {
+            assert!(
+                w[1].0 >= w[0].0,
+                "audio went backwards: {} -> {}",
+                w[0].0,
+                w[1].0
+            );
+        }
+    }
+}
+
 /// `ffprobe` reading `url` for `seconds` of stream time (killed after a generous guard).
 pub fn probe(url: &str, seconds: u32) -> Probe {
+    probe_with(url, seconds, &[])
+}
+
+/// `ffprobe` with extra input options (e.g. `-rtsp_transport tcp`).
+pub fn probe_with(url: &str, seconds: u32, opts: &[&str]) -> Probe {
     require("ffprobe");
     let interval = format!("%+{seconds}");
     // Output to files, not pipes: a full pipe would stall ffprobe while we wait on it.
@@ -375,8 +510,6 @@ pub fn probe(url: &str, seconds: u32) -> Probe {
         .args([
             "-v",
             "error",
-            "-rw_timeout",
-            "15000000",
             "-show_streams",
             "-show_packets",
             "-of",
@@ -384,6 +517,13 @@ pub fn probe(url: &str, seconds: u32) -> Probe {
             "-read_intervals",
             &interval,
         ])
+        // An I/O timeout: -timeout for RTSP (socket), -rw_timeout for the others.
+        .args(if url.starts_with("rtsp") {
+            ["-timeout", "15000000"]
+        } else {
+            ["-rw_timeout", "15000000"]
+        })
+        .args(opts)
         .arg(url)
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())

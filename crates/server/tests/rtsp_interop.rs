@@ -1,0 +1,114 @@
+//! RTSP against the real binary with real ffmpeg/ffprobe: RTMP in -> RTSP out over TCP and
+//! UDP, RTSP in (ANNOUNCE/RECORD over TCP and UDP, H.264 and H.265) -> RTSP, RTMP, HTTP-FLV
+//! and HLS out.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ferrocast_media::VideoCodec;
+use ferrocast_media::flv::{self, VideoTag};
+use ferrocast_rtmp::MediaKind;
+use ferrocast_rtmp::client::ClientEvent;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rtmp_in_rtsp_out_tcp_and_udp() {
+    let server = Server::start();
+    let _publisher = publish(test_flv(), &server.rtmp_url("live/conv"));
+    wait_published(&server, "live/conv").await;
+    let mut readers = Vec::new();
+    for t in ["tcp", "udp"] {
+        let url = server.rtsp_url("live/conv");
+        readers.push(tokio::task::spawn_blocking(move || {
+            probe_with(&url, 4, &["-rtsp_transport", t])
+        }));
+    }
+    for r in readers {
+        r.await.unwrap().assert_rtsp("h264", 320, 240, 90);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rtsp_in_h264_tcp_and_udp_reads_back_everywhere() {
+    let server = Server::start();
+    let _tcp = publish_rtsp(test_flv(), &server.rtsp_url("in/tcp"), "tcp");
+    let _udp = publish_rtsp(test_flv(), &server.rtsp_url("in/udp"), "udp");
+    for path in ["in/tcp", "in/udp"] {
+        wait_published(&server, path).await;
+        let (rtmp, flv, rtsp) = (
+            server.rtmp_url(path),
+            server.flv_url(path),
+            server.rtsp_url(path),
+        );
+        let a = tokio::task::spawn_blocking(move || probe(&rtmp, 4));
+        let b = tokio::task::spawn_blocking(move || probe(&flv, 4));
+        let c =
+            tokio::task::spawn_blocking(move || probe_with(&rtsp, 4, &["-rtsp_transport", "tcp"]));
+        // Decode timestamps are derived from RTP presentation times: monotonic, B-frame
+        // offsets kept.
+        let a = a.await.unwrap();
+        a.assert_h264_aac(320, 240, 90);
+        let vidx = a.codec("video").unwrap()["index"].as_i64();
+        assert!(
+            a.packets
+                .iter()
+                .any(|p| p["stream_index"].as_i64() == vidx && p["pts"] != p["dts"]),
+            "{path}: no B-frame offsets"
+        );
+        b.await.unwrap().assert_h264_aac(320, 240, 90);
+        c.await.unwrap().assert_rtsp("h264", 320, 240, 90);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rtsp_in_h265_plays_over_rtsp_hls_and_enhanced_rtmp() {
+    let server = Server::start();
+    let _publisher = publish_rtsp(hevc_aac_mkv(), &server.rtsp_url("in/hevc"), "tcp");
+    wait_published(&server, "in/hevc").await;
+    let rtsp = server.rtsp_url("in/hevc");
+    let a = tokio::task::spawn_blocking(move || probe_with(&rtsp, 4, &["-rtsp_transport", "tcp"]));
+    // HLS of an H.265 stream defaults to fMP4.
+    let hls = format!("http://{}/in/hevc/index.m3u8", server.http);
+    let b = tokio::task::spawn_blocking(move || probe(&hls, 4));
+    a.await.unwrap().assert_rtsp("hevc", 320, 240, 90);
+    let b = b.await.unwrap();
+    let v = b
+        .codec("video")
+        .unwrap_or_else(|| panic!("{:?} {}", b.streams, b.stderr));
+    assert_eq!(v["codec_name"], "hevc");
+    assert_eq!(b.codec("audio").unwrap()["codec_name"], "aac");
+    assert!(b.packets_of("video").len() >= 90);
+    let media = http_get(&format!("http://{}/in/hevc/media.m3u8", server.http), "").await;
+    assert!(media.text().contains("#EXT-X-MAP"), "{}", media.text());
+
+    // ffmpeg 5.1 cannot read H.265 in FLV; our client checks the Enhanced RTMP tags.
+    let mut player = RtmpClient::connect(server.rtmp, "in/hevc", false).await;
+    player.wait_for(|e| *e == ClientEvent::Playing).await;
+    let mut frames = 0;
+    let mut config = None;
+    while frames < 30 {
+        match player
+            .next_event(Duration::from_secs(10))
+            .await
+            .expect("media")
+        {
+            ClientEvent::Media(m) if m.kind == MediaKind::Video => {
+                match flv::parse_video(&m.payload).unwrap() {
+                    VideoTag::Config {
+                        codec: VideoCodec::H265,
+                        config: c,
+                    } => config = Some(c),
+                    VideoTag::Frame {
+                        codec: VideoCodec::H265,
+                        ..
+                    } => frames += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+            _ => {}
+        }
+    }
+    let cfg = ferrocast_media::h265::HevcConfig::parse(&config.expect("hvcC first")).unwrap();
+    assert_eq!(cfg.codec_string(), "hvc1.1.6.L60.90");
+}
