@@ -263,7 +263,7 @@ impl Conn {
             Method::Options => status(200, req).with("Public", PUBLIC),
             Method::Describe => self.describe(req).await,
             Method::Announce => self.announce(req),
-            Method::Setup => self.setup(req),
+            Method::Setup => self.setup(req).await,
             Method::Play => self.play(req),
             Method::Pause => {
                 if let Some(p) = self.session.as_mut().and_then(|s| s.playing.as_mut()) {
@@ -313,13 +313,7 @@ impl Conn {
         let Some(sub) = self.shared.hub.subscribe_wait(path).await else {
             return status(404, req);
         };
-        // A stream that just started may not have sent its parameters yet.
-        let deadline = Instant::now() + TRACKS_WAIT;
-        let mut tracks = sub.current_tracks();
-        while tracks.video.is_none() && tracks.audio.is_none() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            tracks = sub.current_tracks();
-        }
+        let tracks = wait_tracks(&sub).await;
         let local = self
             .socket
             .local_addr()
@@ -389,7 +383,7 @@ impl Conn {
         status(200, req)
     }
 
-    fn setup(&mut self, req: &Request) -> Response {
+    async fn setup(&mut self, req: &Request) -> Response {
         let (path, control) = split_control(&req.uri);
         let path = path.to_owned();
         if let Some(r) = self.redirect(&path, req) {
@@ -430,7 +424,7 @@ impl Conn {
             let Some(sub) = self.shared.hub.subscribe(&path) else {
                 return status(404, req);
             };
-            let tracks = sub.current_tracks();
+            let tracks = wait_tracks(&sub).await;
             let available = [tracks.video.is_some(), tracks.audio.is_some()];
             match control {
                 Some(c) => match c
@@ -707,6 +701,18 @@ impl Conn {
             }
         }
     }
+}
+
+/// The tracks of a stream, waiting briefly for a stream that just started to send its codec
+/// parameters.
+async fn wait_tracks(sub: &crate::hub::Subscription) -> Arc<Tracks> {
+    let deadline = Instant::now() + TRACKS_WAIT;
+    let mut tracks = sub.current_tracks();
+    while tracks.video.is_none() && tracks.audio.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tracks = sub.current_tracks();
+    }
+    tracks
 }
 
 fn on_rtcp(peer: SocketAddr, s: &mut Session, index: usize, data: &[u8]) {
