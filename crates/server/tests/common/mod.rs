@@ -440,6 +440,19 @@ impl Probe {
         height: i64,
         min_video_packets: usize,
     ) {
+        self.assert_rtsp_from(video_codec, width, height, min_video_packets, true);
+    }
+
+    /// As [`Probe::assert_rtsp`]; a multicast reader joins the shared group mid-GOP, so
+    /// `starts_on_keyframe` is false for it and a keyframe must come within a GOP instead.
+    pub fn assert_rtsp_from(
+        &self,
+        video_codec: &str,
+        width: i64,
+        height: i64,
+        min_video_packets: usize,
+        starts_on_keyframe: bool,
+    ) {
         let v = self
             .codec("video")
             .unwrap_or_else(|| panic!("no video in {:?}\n{}", self.streams, self.stderr));
@@ -473,10 +486,15 @@ impl Probe {
             "{with_pts} of {} video packets have a pts",
             video.len()
         );
-        assert!(
-            video[0]["flags"].as_str().unwrap_or("").starts_with('K'),
-            "first video packet is not a keyframe"
-        );
+        let key = |p: &&Value| p["flags"].as_str().unwrap_or("").starts_with('K');
+        if starts_on_keyframe {
+            assert!(key(&video[0]), "first video packet is not a keyframe");
+        } else {
+            assert!(
+                video.iter().take(60).any(key),
+                "no keyframe within the first GOP"
+            );
+        }
         let audio = self.packets_of("audio");
         assert!(
             audio.len() >= min_video_packets,
@@ -501,12 +519,25 @@ pub fn probe(url: &str, seconds: u32) -> Probe {
 
 /// `ffprobe` with extra input options (e.g. `-rtsp_transport tcp`).
 pub fn probe_with(url: &str, seconds: u32, opts: &[&str]) -> Probe {
+    probe_in(None, url, seconds, opts)
+}
+
+/// `ffprobe`, inside a network namespace when `netns` is given.
+pub fn probe_in(netns: Option<&str>, url: &str, seconds: u32, opts: &[&str]) -> Probe {
     require("ffprobe");
     let interval = format!("%+{seconds}");
     // Output to files, not pipes: a full pipe would stall ffprobe while we wait on it.
     let out_path = work_dir().join(format!("probe-{}.json", rand_suffix()));
     let err_path = out_path.with_extension("err");
-    let mut child = Command::new("ffprobe")
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "ffprobe"]);
+            c
+        }
+        None => Command::new("ffprobe"),
+    };
+    let mut child = command
         .args([
             "-v",
             "error",
