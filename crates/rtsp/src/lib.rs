@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod base64;
+pub mod client;
 pub mod codec;
 pub mod message;
 pub mod rtcp;
