@@ -19,12 +19,7 @@ pub fn format_date_time(unix_ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    let (h, mi, s, ms) = (
-        ms_of_day / 3_600_000,
-        ms_of_day / 60_000 % 60,
-        ms_of_day / 1000 % 60,
-        ms_of_day % 1000,
-    );
+    let (h, mi, s, ms) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1000 % 60, ms_of_day % 1000);
     format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
 }
 
@@ -46,11 +41,7 @@ impl Segmenter {
         let _ = writeln!(p, "#EXT-X-VERSION:{}", self.version());
         let _ = writeln!(p, "#EXT-X-TARGETDURATION:{}", self.target_duration_secs());
         let _ = writeln!(p, "#EXT-X-MEDIA-SEQUENCE:{}", first.sequence);
-        let _ = writeln!(
-            p,
-            "#EXT-X-DISCONTINUITY-SEQUENCE:{}",
-            self.discontinuity_sequence()
-        );
+        let _ = writeln!(p, "#EXT-X-DISCONTINUITY-SEQUENCE:{}", self.discontinuity_sequence());
         let mut map = None;
         for s in window {
             if s.discontinuity {
@@ -62,11 +53,7 @@ impl Segmenter {
                 let _ = writeln!(p, "#EXT-X-MAP:URI=\"{init}\"");
                 map = Some(init);
             }
-            let _ = writeln!(
-                p,
-                "#EXT-X-PROGRAM-DATE-TIME:{}",
-                format_date_time(s.wall_clock_ms)
-            );
+            let _ = writeln!(p, "#EXT-X-PROGRAM-DATE-TIME:{}", format_date_time(s.wall_clock_ms));
             let _ = writeln!(p, "#EXTINF:{:.3},", s.duration_ms as f64 / 1000.0);
             let _ = writeln!(p, "{}", s.name);
         }
@@ -81,11 +68,8 @@ impl Segmenter {
     pub fn multivariant_playlist(&self, media_uri: &str) -> Option<String> {
         let window = self.window();
         window.first()?;
-        let peak = window
-            .iter()
-            .map(|s| (s.data.len() as u64 * 8 * 1000).div_ceil(s.duration_ms.max(1)))
-            .max()
-            .unwrap_or(0);
+        let peak =
+            window.iter().map(|s| (s.data.len() as u64 * 8 * 1000).div_ceil(s.duration_ms.max(1))).max().unwrap_or(0);
         let total: u64 = window.iter().map(|s| s.data.len() as u64 * 8).sum();
         let dur: u64 = window.iter().map(|s| s.duration_ms).sum();
         let average = (total * 1000).div_ceil(dur.max(1));
@@ -111,13 +95,7 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(format_date_time(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            format_date_time(1_795_640_400_123),
-            "2026-11-25T21:00:00.123Z"
-        );
-        assert_eq!(
-            format_date_time(951_782_400_000),
-            "2000-02-29T00:00:00.000Z"
-        );
+        assert_eq!(format_date_time(1_795_640_400_123), "2026-11-25T21:00:00.123Z");
+        assert_eq!(format_date_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }

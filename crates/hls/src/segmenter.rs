@@ -147,11 +147,7 @@ impl Segmenter {
 
     /// RFC 6381 codec strings of the tracks.
     pub fn codecs(&self) -> Vec<String> {
-        [&self.tracks.video, &self.tracks.audio]
-            .into_iter()
-            .flatten()
-            .filter_map(fmp4::codec_string)
-            .collect()
+        [&self.tracks.video, &self.tracks.audio].into_iter().flatten().filter_map(fmp4::codec_string).collect()
     }
 
     /// Video resolution.
@@ -164,10 +160,7 @@ impl Segmenter {
         if let Some(s) = self.segments.iter().find(|s| s.name == name) {
             return Some(s.data.clone());
         }
-        self.inits
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, b)| b.clone())
+        self.inits.iter().find(|(n, _)| n == name).map(|(_, b)| b.clone())
     }
 
     /// New codec parameters. A change of video or audio parameters ends the segment in
@@ -219,16 +212,9 @@ impl Segmenter {
             return false;
         };
         let has_video = self.tracks.video.is_some();
-        let boundary = if has_video {
-            frame.kind == TrackKind::Video && frame.keyframe
-        } else {
-            true
-        };
+        let boundary = if has_video { frame.kind == TrackKind::Video && frame.keyframe } else { true };
         let mut cut = false;
-        if boundary
-            && !self.pending.is_empty()
-            && ms - self.pending_start_ms >= self.config.target_duration_ms as i64
-        {
+        if boundary && !self.pending.is_empty() && ms - self.pending_start_ms >= self.config.target_duration_ms as i64 {
             cut = self.cut(Some(&frame), wall_ms);
         }
         if self.pending.is_empty() {
@@ -285,9 +271,8 @@ impl Segmenter {
                     }
                 }
                 let m = self.ts.as_mut().expect("set above");
-                let mut out = BytesMut::with_capacity(
-                    frames.iter().map(|f| f.data.len()).sum::<usize>() * 106 / 100 + 1024,
-                );
+                let mut out =
+                    BytesMut::with_capacity(frames.iter().map(|f| f.data.len()).sum::<usize>() * 106 / 100 + 1024);
                 m.write_tables(&mut out);
                 for f in &frames {
                     m.write_frame(f, &mut out);
@@ -333,12 +318,7 @@ impl Segmenter {
         // EXT-X-DISCONTINUITY-SEQUENCE counts the tags no longer in the playlist (RFC 8216
         // 4.3.3.3): those of segments dropped from memory and of kept ones before the window.
         let skip = self.segments.len().saturating_sub(self.config.window);
-        let kept_before = self
-            .segments
-            .iter()
-            .take(skip)
-            .filter(|s| s.discontinuity)
-            .count() as u64;
+        let kept_before = self.segments.iter().take(skip).filter(|s| s.discontinuity).count() as u64;
         self.discontinuity_sequence = self.discontinuities_dropped + kept_before;
         let oldest_init = self.segments.front().and_then(|s| s.init_name.clone());
         if let Some(oldest) = oldest_init {
@@ -371,8 +351,8 @@ mod tests {
 
     fn tracks() -> Tracks {
         let sps = Bytes::from_static(&[
-            0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03,
-            0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99, 0x60,
+            0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00,
+            0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99, 0x60,
         ]);
         let pps = Bytes::from_static(&[0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0]);
         Tracks {
@@ -407,16 +387,7 @@ mod tests {
                 s.push(Frame::new(TrackKind::Video, vt, vt, v % 30 == 0, nal), vt);
                 v += 1;
             } else {
-                s.push(
-                    Frame::new(
-                        TrackKind::Audio,
-                        at,
-                        at,
-                        true,
-                        Bytes::from_static(&[0x21, 0x10]),
-                    ),
-                    at,
-                );
+                s.push(Frame::new(TrackKind::Audio, at, at, true, Bytes::from_static(&[0x21, 0x10])), at);
                 a += 1;
             }
         }
@@ -425,13 +396,7 @@ mod tests {
     #[test]
     fn cuts_on_keyframes_at_the_target_and_slides_the_window() {
         for variant in [Variant::MpegTs, Variant::Fmp4] {
-            let mut s = Segmenter::new(
-                SegmenterConfig {
-                    variant,
-                    ..SegmenterConfig::default()
-                },
-                "x",
-            );
+            let mut s = Segmenter::new(SegmenterConfig { variant, ..SegmenterConfig::default() }, "x");
             s.set_tracks(&tracks(), 0);
             feed(&mut s, 10_000, 21);
             let w = s.window();
@@ -446,10 +411,7 @@ mod tests {
             assert!(p.contains("#EXT-X-TARGETDURATION:2\n"), "{p}");
             assert!(p.contains("#EXT-X-MEDIA-SEQUENCE:4\n"));
             assert!(p.contains("#EXTINF:2.000,\n"));
-            assert!(
-                p.contains("#EXT-X-PROGRAM-DATE-TIME:1970-01-01T00:00:18.000Z"),
-                "{p}"
-            );
+            assert!(p.contains("#EXT-X-PROGRAM-DATE-TIME:1970-01-01T00:00:18.000Z"), "{p}");
             if variant == Variant::Fmp4 {
                 assert!(p.contains("#EXT-X-MAP:URI=\"x-init1.mp4\""));
                 assert!(s.get("x-init1.mp4").is_some());
@@ -467,11 +429,7 @@ mod tests {
     #[test]
     fn classic_ten_second_segments() {
         let mut s = Segmenter::new(
-            SegmenterConfig {
-                target_duration_ms: 10_000,
-                window: 3,
-                ..SegmenterConfig::default()
-            },
+            SegmenterConfig { target_duration_ms: 10_000, window: 3, ..SegmenterConfig::default() },
             "x",
         );
         s.set_tracks(&tracks(), 0);
@@ -479,10 +437,7 @@ mod tests {
         let d: Vec<u64> = s.window().iter().map(|x| x.duration_ms).collect();
         assert_eq!(d, [10_000, 10_000, 10_000]);
         let p = s.media_playlist().unwrap();
-        assert!(
-            p.contains("#EXT-X-TARGETDURATION:10\n") && p.contains("#EXT-X-MEDIA-SEQUENCE:1\n"),
-            "{p}"
-        );
+        assert!(p.contains("#EXT-X-TARGETDURATION:10\n") && p.contains("#EXT-X-MEDIA-SEQUENCE:1\n"), "{p}");
     }
 
     #[test]
@@ -510,13 +465,7 @@ mod tests {
         let nal = || Bytes::from_static(&[0, 0, 0, 2, 0x41, 0x88]);
         s.push(Frame::new(TrackKind::Video, 0, 0, false, nal()), 0);
         assert_eq!(s.dropped_frames, 1);
-        for (t, key) in [
-            (100, true),
-            (3200, false),
-            (4100, true),
-            (4200, false),
-            (5000, true),
-        ] {
+        for (t, key) in [(100, true), (3200, false), (4100, true), (4200, false), (5000, true)] {
             s.push(Frame::new(TrackKind::Video, t, t, key, nal()), t);
         }
         let d: Vec<u64> = s.window().iter().map(|x| x.duration_ms).collect();

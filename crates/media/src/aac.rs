@@ -3,9 +3,8 @@
 use thiserror::Error;
 
 /// Sampling frequencies by `samplingFrequencyIndex` (ISO/IEC 14496-3 Table 1.18).
-const SAMPLE_RATES: [u32; 13] = [
-    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
-];
+const SAMPLE_RATES: [u32; 13] =
+    [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
 
 /// The fields of an AudioSpecificConfig that ferrocast uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +39,7 @@ impl Bits<'_> {
     fn read(&mut self, n: usize) -> Result<u32, AacError> {
         let mut v = 0u32;
         for _ in 0..n {
-            let byte = *self
-                .data
-                .get(self.pos / 8)
-                .ok_or(AacError::Truncated(self.pos))?;
+            let byte = *self.data.get(self.pos / 8).ok_or(AacError::Truncated(self.pos))?;
             v = (v << 1) | u32::from((byte >> (7 - self.pos % 8)) & 1);
             self.pos += 1;
         }
@@ -62,17 +58,10 @@ impl AudioSpecificConfig {
         let index = b.read(4)? as u8;
         let sample_rate = match index {
             15 => b.read(24)?,
-            i => *SAMPLE_RATES
-                .get(usize::from(i))
-                .ok_or(AacError::BadSampleRate(i))?,
+            i => *SAMPLE_RATES.get(usize::from(i)).ok_or(AacError::BadSampleRate(i))?,
         };
         let channels = b.read(4)? as u8;
-        Ok(AudioSpecificConfig {
-            object_type,
-            sample_rate,
-            channels,
-            frequency_index: index,
-        })
+        Ok(AudioSpecificConfig { object_type, sample_rate, channels, frequency_index: index })
     }
 }
 
@@ -81,16 +70,8 @@ impl AudioSpecificConfig {
     /// `payload_len` bytes. Object types beyond what ADTS's 2-bit profile can say (SBR, PS)
     /// are signalled as AAC-LC, as encoders do for HE-AAC in ADTS.
     pub fn adts_header(&self, payload_len: usize) -> [u8; 7] {
-        let profile = if (1..=4).contains(&self.object_type) {
-            self.object_type - 1
-        } else {
-            1
-        };
-        let index = if self.frequency_index >= 13 {
-            4
-        } else {
-            self.frequency_index
-        };
+        let profile = if (1..=4).contains(&self.object_type) { self.object_type - 1 } else { 1 };
+        let index = if self.frequency_index >= 13 { 4 } else { self.frequency_index };
         let len = (payload_len + 7).min(0x1fff) as u32;
         let ch = self.channels & 7;
         [
@@ -113,36 +94,19 @@ mod tests {
     fn parses_ffmpeg_aac_lc_44100_stereo() {
         // What `ffmpeg -c:a aac -ar 44100 -ac 2` puts in its FLV sequence header.
         let asc = AudioSpecificConfig::parse(&[0x12, 0x10]).unwrap();
-        assert_eq!(
-            asc,
-            AudioSpecificConfig {
-                object_type: 2,
-                sample_rate: 44100,
-                channels: 2,
-                frequency_index: 4,
-            }
-        );
+        assert_eq!(asc, AudioSpecificConfig { object_type: 2, sample_rate: 44100, channels: 2, frequency_index: 4 });
     }
 
     #[test]
     fn adts_header_fields() {
         let asc = AudioSpecificConfig::parse(&[0x12, 0x10]).unwrap();
         // LC, 44.1 kHz, stereo, 100 + 7 bytes.
-        assert_eq!(
-            asc.adts_header(100),
-            [0xff, 0xf1, 0x50, 0x80, 0x0d, 0x7f, 0xfc]
-        );
+        assert_eq!(asc.adts_header(100), [0xff, 0xf1, 0x50, 0x80, 0x0d, 0x7f, 0xfc]);
     }
 
     #[test]
     fn truncated_and_reserved_are_errors() {
-        assert_eq!(
-            AudioSpecificConfig::parse(&[0x12]),
-            Err(AacError::Truncated(8))
-        );
-        assert_eq!(
-            AudioSpecificConfig::parse(&[0x16, 0x90]),
-            Err(AacError::BadSampleRate(13))
-        );
+        assert_eq!(AudioSpecificConfig::parse(&[0x12]), Err(AacError::Truncated(8)));
+        assert_eq!(AudioSpecificConfig::parse(&[0x16, 0x90]), Err(AacError::BadSampleRate(13)));
     }
 }

@@ -36,10 +36,7 @@ pub fn nal_length_size(codec: VideoCodec, config: &[u8]) -> Result<usize, NalErr
         VideoCodec::H264 => 4,
         VideoCodec::H265 => 21,
     };
-    let byte = config.get(at).ok_or(NalError::ConfigTooShort {
-        codec,
-        len: config.len(),
-    })?;
+    let byte = config.get(at).ok_or(NalError::ConfigTooShort { codec, len: config.len() })?;
     Ok(usize::from(byte & 0x3) + 1)
 }
 
@@ -54,22 +51,12 @@ pub fn to_four_byte_lengths(data: Bytes, from: usize) -> Result<Bytes, NalError>
     while pos < data.len() {
         let remaining = data.len() - pos;
         if remaining < from {
-            return Err(NalError::NalOverrun {
-                offset: pos,
-                len: from,
-                remaining,
-            });
+            return Err(NalError::NalOverrun { offset: pos, len: from, remaining });
         }
-        let len = data[pos..pos + from]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        let len = data[pos..pos + from].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
         let body = pos + from;
         if data.len() - body < len {
-            return Err(NalError::NalOverrun {
-                offset: pos,
-                len,
-                remaining: data.len() - body,
-            });
+            return Err(NalError::NalOverrun { offset: pos, len, remaining: data.len() - body });
         }
         out.put_u32(len as u32);
         out.put_slice(&data[body..body + len]);
@@ -133,14 +120,9 @@ mod tests {
 
     #[test]
     fn annexb_and_length_prefixed_iteration() {
-        let annexb = [
-            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 0, 0, 4,
-        ];
+        let annexb = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 0, 0, 4];
         let nals = split_annexb(&annexb);
-        assert_eq!(
-            nals,
-            vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 0, 0, 4][..]]
-        );
+        assert_eq!(nals, vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 0, 0, 4][..]]);
         let prefixed = [0, 0, 0, 2, 0x65, 1, 0, 0, 0, 1, 0x41, 0, 0, 0, 9];
         let units: Vec<&[u8]> = nal_units(&prefixed).collect();
         assert_eq!(units, vec![&[0x65, 1][..], &[0x41][..]]);
@@ -152,13 +134,6 @@ mod tests {
         let four = to_four_byte_lengths(two, 2).unwrap();
         assert_eq!(&four[..], &[0, 0, 0, 2, 0x65, 0xaa, 0, 0, 0, 1, 0x06]);
         let bad = Bytes::from_static(&[0, 9, 0x65]);
-        assert!(matches!(
-            to_four_byte_lengths(bad, 2),
-            Err(NalError::NalOverrun {
-                offset: 0,
-                len: 9,
-                remaining: 1
-            })
-        ));
+        assert!(matches!(to_four_byte_lengths(bad, 2), Err(NalError::NalOverrun { offset: 0, len: 9, remaining: 1 })));
     }
 }

@@ -92,39 +92,22 @@ mod tests {
 
     #[test]
     fn no_b_frames() {
-        assert_eq!(
-            run(0, &[0, 3000, 6000]),
-            vec![(0, 0), (3000, 3000), (6000, 6000)]
-        );
+        assert_eq!(run(0, &[0, 3000, 6000]), vec![(0, 0), (3000, 3000), (6000, 6000)]);
     }
 
     #[test]
     fn x264_bframes_3_with_pyramid() {
         // Decode order I0 P4 B2 b1 b3 P8 B6 b5 b7 (frame units of 3000).
-        let pts: Vec<i64> = [0, 4, 2, 1, 3, 8, 6, 5, 7]
-            .iter()
-            .map(|p| p * 3000)
-            .collect();
+        let pts: Vec<i64> = [0, 4, 2, 1, 3, 8, 6, 5, 7].iter().map(|p| p * 3000).collect();
         let out = run(2, &pts);
         valid(&out);
-        assert_eq!(
-            out.iter().map(|o| o.1).collect::<Vec<_>>(),
-            pts,
-            "PTS untouched"
-        );
-        assert_eq!(
-            out[4].0,
-            3000 * 2,
-            "dts of b3 is the 3rd smallest pts: {out:?}"
-        );
+        assert_eq!(out.iter().map(|o| o.1).collect::<Vec<_>>(), pts, "PTS untouched");
+        assert_eq!(out[4].0, 3000 * 2, "dts of b3 is the 3rd smallest pts: {out:?}");
     }
 
     #[test]
     fn too_small_depth_grows_and_stays_valid() {
-        let pts: Vec<i64> = [0, 4, 2, 1, 3, 8, 6, 5, 7, 12, 10, 9, 11]
-            .iter()
-            .map(|p| p * 3000)
-            .collect();
+        let pts: Vec<i64> = [0, 4, 2, 1, 3, 8, 6, 5, 7, 12, 10, 9, 11].iter().map(|p| p * 3000).collect();
         let mut e = DtsEstimator::new(0);
         let out: Vec<_> = pts.iter().map(|p| e.next(*p)).collect();
         valid(&out);

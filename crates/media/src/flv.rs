@@ -81,17 +81,25 @@ pub enum AudioTag {
         /// The MP3 frame(s).
         data: Bytes,
     },
+    /// G.711 samples (FLV sound formats 7 and 8: 8 kHz).
+    G711 {
+        /// A-law (else mu-law).
+        alaw: bool,
+        /// The samples.
+        data: Bytes,
+    },
     /// Codecs ferrocast does not carry.
     Ignored(&'static str),
 }
 
+/// Whether FLV (RTMP, HTTP-FLV) can carry a track's codec. Opus has no legacy FLV id.
+pub fn carries(track: &TrackInfo) -> bool {
+    !matches!(track, TrackInfo::Audio { codec: AudioCodec::Opus, .. })
+}
+
 fn need(kind: TrackKind, body: &Bytes, n: usize) -> Result<(), FlvError> {
     if body.len() < n {
-        return Err(FlvError::Truncated {
-            kind,
-            len: body.len(),
-            need: n,
-        });
+        return Err(FlvError::Truncated { kind, len: body.len(), need: n });
     }
     Ok(())
 }
@@ -119,25 +127,12 @@ pub fn parse_video(body: &Bytes) -> Result<VideoTag, FlvError> {
             return Ok(VideoTag::Ignored("video command frame"));
         }
         return Ok(match packet_type {
-            0 => VideoTag::Config {
-                codec,
-                config: body.slice(5..),
-            },
+            0 => VideoTag::Config { codec, config: body.slice(5..) },
             1 => {
                 need(k, body, 8)?;
-                VideoTag::Frame {
-                    codec,
-                    keyframe: frame_type == 1,
-                    cts: si24(&body[5..8]),
-                    data: body.slice(8..),
-                }
+                VideoTag::Frame { codec, keyframe: frame_type == 1, cts: si24(&body[5..8]), data: body.slice(8..) }
             }
-            3 => VideoTag::Frame {
-                codec,
-                keyframe: frame_type == 1,
-                cts: 0,
-                data: body.slice(5..),
-            },
+            3 => VideoTag::Frame { codec, keyframe: frame_type == 1, cts: 0, data: body.slice(5..) },
             2 => VideoTag::Ignored("end of sequence"),
             _ => VideoTag::Ignored("unsupported Enhanced RTMP packet type"),
         });
@@ -153,16 +148,8 @@ pub fn parse_video(body: &Bytes) -> Result<VideoTag, FlvError> {
     }
     need(k, body, 5)?;
     Ok(match body[1] {
-        0 => VideoTag::Config {
-            codec,
-            config: body.slice(5..),
-        },
-        1 => VideoTag::Frame {
-            codec,
-            keyframe: frame_type == 1,
-            cts: si24(&body[2..5]),
-            data: body.slice(5..),
-        },
+        0 => VideoTag::Config { codec, config: body.slice(5..) },
+        1 => VideoTag::Frame { codec, keyframe: frame_type == 1, cts: si24(&body[2..5]), data: body.slice(5..) },
         _ => VideoTag::Ignored("end of sequence"),
     })
 }
@@ -181,14 +168,11 @@ pub fn parse_audio(body: &Bytes) -> Result<AudioTag, FlvError> {
             })
         }
         2 | 14 => Ok(AudioTag::Mp3 {
-            sample_rate: if b0 >> 4 == 14 {
-                8000
-            } else {
-                [5512, 11025, 22050, 44100][usize::from((b0 >> 2) & 3)]
-            },
+            sample_rate: if b0 >> 4 == 14 { 8000 } else { [5512, 11025, 22050, 44100][usize::from((b0 >> 2) & 3)] },
             channels: if b0 & 1 == 1 { 2 } else { 1 },
             data: body.slice(1..),
         }),
+        7 | 8 => Ok(AudioTag::G711 { alaw: b0 >> 4 == 7, data: body.slice(1..) }),
         _ => Ok(AudioTag::Ignored("unsupported FLV audio codec")),
     }
 }
@@ -208,35 +192,20 @@ fn mp3_flags(sample_rate: u32, channels: u8) -> u8 {
 pub fn config_body(track: &TrackInfo) -> Option<Bytes> {
     let mut out = BytesMut::new();
     match track {
-        TrackInfo::Video {
-            codec: VideoCodec::H264,
-            config,
-            ..
-        } => {
+        TrackInfo::Video { codec: VideoCodec::H264, config, .. } => {
             out.put_slice(&[0x10 | CODEC_AVC, 0, 0, 0, 0]);
             out.put_slice(config);
         }
-        TrackInfo::Video {
-            codec: VideoCodec::H265,
-            config,
-            ..
-        } => {
+        TrackInfo::Video { codec: VideoCodec::H265, config, .. } => {
             out.put_u8(0x80 | 0x10);
             out.put_slice(&FOURCC_HVC1);
             out.put_slice(config);
         }
-        TrackInfo::Audio {
-            codec: AudioCodec::Aac,
-            config,
-            ..
-        } => {
+        TrackInfo::Audio { codec: AudioCodec::Aac, config, .. } => {
             out.put_slice(&[0xaf, 0]);
             out.put_slice(config);
         }
-        TrackInfo::Audio {
-            codec: AudioCodec::Mp3,
-            ..
-        } => return None,
+        TrackInfo::Audio { .. } => return None,
     }
     Some(out.freeze())
 }
@@ -248,18 +217,12 @@ pub fn frame_body(track: &TrackInfo, frame: &Frame) -> Bytes {
     let cts = track.to_ms(frame.cts()).clamp(-(1 << 23), (1 << 23) - 1) as i32;
     let frame_type: u8 = if frame.keyframe { 1 } else { 2 };
     match track {
-        TrackInfo::Video {
-            codec: VideoCodec::H264,
-            ..
-        } => {
+        TrackInfo::Video { codec: VideoCodec::H264, .. } => {
             out.put_u8(frame_type << 4 | CODEC_AVC);
             out.put_u8(1);
             out.put_slice(&cts.to_be_bytes()[1..]);
         }
-        TrackInfo::Video {
-            codec: VideoCodec::H265,
-            ..
-        } => {
+        TrackInfo::Video { codec: VideoCodec::H265, .. } => {
             // CodedFramesX (3) saves the offset when it is zero.
             let packet_type = if cts == 0 { 3 } else { 1 };
             out.put_u8(0x80 | frame_type << 4 | packet_type);
@@ -268,16 +231,19 @@ pub fn frame_body(track: &TrackInfo, frame: &Frame) -> Bytes {
                 out.put_slice(&cts.to_be_bytes()[1..]);
             }
         }
-        TrackInfo::Audio {
-            codec: AudioCodec::Aac,
-            ..
-        } => out.put_slice(&[0xaf, 1]),
-        TrackInfo::Audio {
-            codec: AudioCodec::Mp3,
-            sample_rate,
-            channels,
-            ..
-        } => out.put_u8(mp3_flags(*sample_rate, *channels)),
+        TrackInfo::Audio { codec: AudioCodec::Aac, .. } => out.put_slice(&[0xaf, 1]),
+        TrackInfo::Audio { codec: AudioCodec::Mp3, sample_rate, channels, .. } => {
+            out.put_u8(mp3_flags(*sample_rate, *channels))
+        }
+        // 16-bit sample size and rate index 0, as ffmpeg writes G.711 (always 8 kHz).
+        TrackInfo::Audio { codec: AudioCodec::Pcma, channels, .. } => {
+            out.put_u8((7 << 4) | (1 << 1) | u8::from(*channels > 1))
+        }
+        TrackInfo::Audio { codec: AudioCodec::Pcmu, channels, .. } => {
+            out.put_u8((8 << 4) | (1 << 1) | u8::from(*channels > 1))
+        }
+        // Not carried (see `carries`): an empty body.
+        TrackInfo::Audio { codec: AudioCodec::Opus, .. } => return Bytes::new(),
     }
     out.put_slice(&frame.data);
     out.freeze()
@@ -332,11 +298,7 @@ pub fn read_file(data: &Bytes) -> Result<Vec<FileTag>, FlvError> {
         if end > data.len() {
             break;
         }
-        tags.push(FileTag {
-            tag_type: h[0] & 0x1f,
-            timestamp,
-            body: data.slice(pos + 11..end),
-        });
+        tags.push(FileTag { tag_type: h[0] & 0x1f, timestamp, body: data.slice(pos + 11..end) });
         pos = end + 4;
     }
     Ok(tags)
@@ -356,69 +318,33 @@ mod tests {
 
     #[test]
     fn legacy_avc_round_trip_keeps_negative_cts() {
-        let f = Frame::new(
-            TrackKind::Video,
-            1000,
-            967,
-            false,
-            Bytes::from_static(&[0, 0, 0, 1, 0x41]),
-        );
+        let f = Frame::new(TrackKind::Video, 1000, 967, false, Bytes::from_static(&[0, 0, 0, 1, 0x41]));
         let body = frame_body(&h264(), &f);
         assert_eq!(
             parse_video(&body).unwrap(),
-            VideoTag::Frame {
-                codec: VideoCodec::H264,
-                keyframe: false,
-                cts: -33,
-                data: f.data.clone()
-            }
+            VideoTag::Frame { codec: VideoCodec::H264, keyframe: false, cts: -33, data: f.data.clone() }
         );
         let cfg = config_body(&h264()).unwrap();
-        assert!(matches!(
-            parse_video(&cfg).unwrap(),
-            VideoTag::Config {
-                codec: VideoCodec::H264,
-                ..
-            }
-        ));
+        assert!(matches!(parse_video(&cfg).unwrap(), VideoTag::Config { codec: VideoCodec::H264, .. }));
     }
 
     #[test]
     fn hevc_enhanced_and_codec12_both_parse() {
-        let track = TrackInfo::Video {
-            codec: VideoCodec::H265,
-            config: Bytes::from_static(&[1; 23]),
-            clock_rate: 1000,
-        };
+        let track =
+            TrackInfo::Video { codec: VideoCodec::H265, config: Bytes::from_static(&[1; 23]), clock_rate: 1000 };
         for cts in [0, 66] {
-            let f = Frame::new(
-                TrackKind::Video,
-                0,
-                cts,
-                true,
-                Bytes::from_static(&[0, 0, 0, 1, 0x26]),
-            );
+            let f = Frame::new(TrackKind::Video, 0, cts, true, Bytes::from_static(&[0, 0, 0, 1, 0x26]));
             let body = frame_body(&track, &f);
             assert_eq!(
                 parse_video(&body).unwrap(),
-                VideoTag::Frame {
-                    codec: VideoCodec::H265,
-                    keyframe: true,
-                    cts: cts as i32,
-                    data: f.data.clone()
-                }
+                VideoTag::Frame { codec: VideoCodec::H265, keyframe: true, cts: cts as i32, data: f.data.clone() }
             );
         }
         // Codec id 12 as SRS and OBS forks send it.
         let legacy = Bytes::from_static(&[0x1c, 1, 0, 0, 0x21, 0, 0, 0, 1, 0x26]);
         assert!(matches!(
             parse_video(&legacy).unwrap(),
-            VideoTag::Frame {
-                codec: VideoCodec::H265,
-                keyframe: true,
-                cts: 33,
-                ..
-            }
+            VideoTag::Frame { codec: VideoCodec::H265, keyframe: true, cts: 33, .. }
         ));
     }
 
@@ -439,20 +365,12 @@ mod tests {
         let tags = read_file(&Bytes::from(file)).unwrap();
         assert_eq!(tags.len(), 2);
         assert_eq!((tags[1].timestamp, &tags[1].body[..]), (46, &[0xaf, 1][..]));
-        assert_eq!(
-            read_file(&Bytes::from_static(b"GIF89a.......")),
-            Err(FlvError::NotFlv)
-        );
+        assert_eq!(read_file(&Bytes::from_static(b"GIF89a.......")), Err(FlvError::NotFlv));
     }
 
     #[test]
     fn tag_layout() {
         let t = tag(TAG_AUDIO, 0x0123_4567, &[0xaf, 1, 9]);
-        assert_eq!(
-            &t[..],
-            &[
-                8, 0, 0, 3, 0x23, 0x45, 0x67, 0x01, 0, 0, 0, 0xaf, 1, 9, 0, 0, 0, 14
-            ]
-        );
+        assert_eq!(&t[..], &[8, 0, 0, 3, 0x23, 0x45, 0x67, 0x01, 0, 0, 0, 0xaf, 1, 9, 0, 0, 0, 14]);
     }
 }

@@ -3,9 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::{
-    AudioCodec, Frame, ParamError, TrackInfo, TrackKind, Tracks, VideoCodec, h264, h265, rescale,
-};
+use crate::{AudioCodec, Frame, ParamError, TrackInfo, TrackKind, Tracks, VideoCodec, h264, h265, rescale};
 
 /// Track ids: video 1, audio 2.
 const VIDEO_ID: u32 = 1;
@@ -24,13 +22,7 @@ fn bx(out: &mut BytesMut, kind: &[u8; 4], f: impl FnOnce(&mut BytesMut)) {
 }
 
 /// A full box: box with version and flags.
-fn full(
-    out: &mut BytesMut,
-    kind: &[u8; 4],
-    version: u8,
-    flags: u32,
-    f: impl FnOnce(&mut BytesMut),
-) {
+fn full(out: &mut BytesMut, kind: &[u8; 4], version: u8, flags: u32, f: impl FnOnce(&mut BytesMut)) {
     bx(out, kind, |o| {
         o.put_u32((u32::from(version) << 24) | (flags & 0xff_ffff));
         f(o);
@@ -38,6 +30,11 @@ fn full(
 }
 
 const MATRIX: [u32; 9] = [0x0001_0000, 0, 0, 0, 0x0001_0000, 0, 0, 0, 0x4000_0000];
+
+/// Whether these fMP4 segments carry a track: video, AAC and MP3 (Opus and G.711 are left out).
+pub fn carries(track: &TrackInfo) -> bool {
+    matches!(track, TrackInfo::Video { .. } | TrackInfo::Audio { codec: AudioCodec::Aac | AudioCodec::Mp3, .. })
+}
 
 /// The media timescale of a track in fMP4: 90 kHz for video, the sample rate for audio.
 pub fn timescale(track: &TrackInfo) -> u32 {
@@ -50,23 +47,13 @@ pub fn timescale(track: &TrackInfo) -> u32 {
 /// Picture size of a video track, from its SPS.
 pub fn dimensions(track: &TrackInfo) -> Option<(u32, u32)> {
     match track {
-        TrackInfo::Video {
-            codec: VideoCodec::H264,
-            config,
-            ..
-        } => {
+        TrackInfo::Video { codec: VideoCodec::H264, config, .. } => {
             let c = h264::AvcConfig::parse(config).ok()?;
             h264::sps_dimensions(c.sps.first()?).ok()
         }
-        TrackInfo::Video {
-            codec: VideoCodec::H265,
-            config,
-            ..
-        } => {
+        TrackInfo::Video { codec: VideoCodec::H265, config, .. } => {
             let c = h265::HevcConfig::parse(config).ok()?;
-            h265::parse_sps(c.sps.first()?)
-                .ok()
-                .map(|i| (i.width, i.height))
+            h265::parse_sps(c.sps.first()?).ok().map(|i| (i.width, i.height))
         }
         TrackInfo::Audio { .. } => None,
     }
@@ -75,28 +62,18 @@ pub fn dimensions(track: &TrackInfo) -> Option<(u32, u32)> {
 /// The RFC 6381 codec string of a track (`avc1.64001f`, `hvc1.1.6.L93.B0`, `mp4a.40.2`).
 pub fn codec_string(track: &TrackInfo) -> Option<String> {
     match track {
-        TrackInfo::Video {
-            codec: VideoCodec::H264,
-            config,
-            ..
-        } => Some(h264::AvcConfig::parse(config).ok()?.codec_string()),
-        TrackInfo::Video {
-            codec: VideoCodec::H265,
-            config,
-            ..
-        } => Some(h265::HevcConfig::parse(config).ok()?.codec_string()),
-        TrackInfo::Audio {
-            codec: AudioCodec::Aac,
-            config,
-            ..
-        } => {
+        TrackInfo::Video { codec: VideoCodec::H264, config, .. } => {
+            Some(h264::AvcConfig::parse(config).ok()?.codec_string())
+        }
+        TrackInfo::Video { codec: VideoCodec::H265, config, .. } => {
+            Some(h265::HevcConfig::parse(config).ok()?.codec_string())
+        }
+        TrackInfo::Audio { codec: AudioCodec::Aac, config, .. } => {
             let asc = crate::aac::AudioSpecificConfig::parse(config).ok()?;
             Some(format!("mp4a.40.{}", asc.object_type))
         }
-        TrackInfo::Audio {
-            codec: AudioCodec::Mp3,
-            ..
-        } => Some("mp4a.40.34".into()),
+        TrackInfo::Audio { codec: AudioCodec::Mp3, .. } => Some("mp4a.40.34".into()),
+        TrackInfo::Audio { .. } => None,
     }
 }
 
@@ -137,13 +114,7 @@ fn sample_entry(out: &mut BytesMut, track: &TrackInfo) -> Result<(), ParamError>
                 bx(o, cfg_kind, |o| o.put_slice(config));
             });
         }
-        TrackInfo::Audio {
-            codec,
-            config,
-            sample_rate,
-            channels,
-            ..
-        } => {
+        TrackInfo::Audio { codec, config, sample_rate, channels, .. } => {
             bx(out, b"mp4a", |o| {
                 o.put_slice(&[0; 6]);
                 o.put_u16(1);
@@ -153,11 +124,7 @@ fn sample_entry(out: &mut BytesMut, track: &TrackInfo) -> Result<(), ParamError>
                 o.put_u32(0);
                 o.put_u32(sample_rate.min(&65535) << 16);
                 full(o, b"esds", 0, 0, |o| {
-                    let oti = if *codec == AudioCodec::Aac {
-                        0x40
-                    } else {
-                        0x6b
-                    };
+                    let oti = if *codec == AudioCodec::Aac { 0x40 } else { 0x6b };
                     let mut dcd = BytesMut::new();
                     dcd.put_slice(&[oti, 0x15, 0, 0, 0]);
                     dcd.put_u32(0);
@@ -212,11 +179,7 @@ fn trak(out: &mut BytesMut, id: u32, track: &TrackInfo) -> Result<(), ParamError
                 o.put_u32(0);
                 o.put_slice(if video { b"vide" } else { b"soun" });
                 o.put_slice(&[0; 12]);
-                o.put_slice(if video {
-                    b"VideoHandler\0"
-                } else {
-                    b"SoundHandler\0"
-                });
+                o.put_slice(if video { b"VideoHandler\0" } else { b"SoundHandler\0" });
             });
             bx(o, b"minf", |o| {
                 if video {
@@ -262,7 +225,7 @@ pub fn init_segment(tracks: &Tracks) -> Result<Bytes, ParamError> {
         trak(&mut traks, VIDEO_ID, v)?;
         ids.push(VIDEO_ID);
     }
-    if let Some(a) = &tracks.audio {
+    if let Some(a) = tracks.audio.as_ref().filter(|a| carries(a)) {
         trak(&mut traks, AUDIO_ID, a)?;
         ids.push(AUDIO_ID);
     }
@@ -305,20 +268,13 @@ struct Sample<'a> {
     data: &'a [u8],
 }
 
-fn samples<'a>(
-    frames: &'a [&'a Frame],
-    track: &TrackInfo,
-    next_dts: Option<i64>,
-) -> Vec<Sample<'a>> {
+fn samples<'a>(frames: &'a [&'a Frame], track: &TrackInfo, next_dts: Option<i64>) -> Vec<Sample<'a>> {
     let ts = timescale(track);
     let clock = track.clock_rate();
     let dts: Vec<i64> = frames.iter().map(|f| rescale(f.dts, clock, ts)).collect();
     let default_duration = match track {
         // AAC frames are 1024 samples.
-        TrackInfo::Audio {
-            codec: AudioCodec::Aac,
-            ..
-        } => 1024,
+        TrackInfo::Audio { codec: AudioCodec::Aac, .. } => 1024,
         TrackInfo::Audio { .. } => 1152,
         TrackInfo::Video { .. } => ts / 30,
     };
@@ -353,20 +309,12 @@ pub fn media_segment(
     next_audio_dts: Option<i64>,
 ) -> Bytes {
     let mut parts: Vec<(u32, Vec<Sample<'_>>)> = Vec::new();
-    let video: Vec<&Frame> = frames
-        .iter()
-        .filter(|f| f.kind == TrackKind::Video)
-        .map(|f| &**f)
-        .collect();
-    let audio: Vec<&Frame> = frames
-        .iter()
-        .filter(|f| f.kind == TrackKind::Audio)
-        .map(|f| &**f)
-        .collect();
+    let video: Vec<&Frame> = frames.iter().filter(|f| f.kind == TrackKind::Video).map(|f| &**f).collect();
+    let audio: Vec<&Frame> = frames.iter().filter(|f| f.kind == TrackKind::Audio).map(|f| &**f).collect();
     if let (Some(t), false) = (&tracks.video, video.is_empty()) {
         parts.push((VIDEO_ID, samples(&video, t, next_video_dts)));
     }
-    if let (Some(t), false) = (&tracks.audio, audio.is_empty()) {
+    if let (Some(t), false) = (tracks.audio.as_ref().filter(|a| carries(a)), audio.is_empty()) {
         parts.push((AUDIO_ID, samples(&audio, t, next_audio_dts)));
     }
     let mut moof = BytesMut::new();
@@ -377,32 +325,20 @@ pub fn media_segment(
             bx(o, b"traf", |o| {
                 // default-base-is-moof
                 full(o, b"tfhd", 0, 0x02_0000, |o| o.put_u32(*id));
-                full(o, b"tfdt", 1, 0, |o| {
-                    o.put_u64(s.first().map_or(0, |x| x.dts.max(0) as u64))
-                });
+                full(o, b"tfdt", 1, 0, |o| o.put_u64(s.first().map_or(0, |x| x.dts.max(0) as u64)));
                 // data-offset, duration, size, flags, composition offsets (signed: version 1)
-                full(
-                    o,
-                    b"trun",
-                    1,
-                    0x0001 | 0x0100 | 0x0200 | 0x0400 | 0x0800,
-                    |o| {
-                        o.put_u32(s.len() as u32);
-                        offset_fields.push(o.len());
-                        o.put_u32(0);
-                        for x in s {
-                            o.put_u32(x.duration);
-                            o.put_u32(x.data.len() as u32);
-                            let flags = if *id == AUDIO_ID || x.keyframe {
-                                0x0200_0000
-                            } else {
-                                0x0101_0000
-                            };
-                            o.put_u32(flags);
-                            o.put_i32(x.cts);
-                        }
-                    },
-                );
+                full(o, b"trun", 1, 0x0001 | 0x0100 | 0x0200 | 0x0400 | 0x0800, |o| {
+                    o.put_u32(s.len() as u32);
+                    offset_fields.push(o.len());
+                    o.put_u32(0);
+                    for x in s {
+                        o.put_u32(x.duration);
+                        o.put_u32(x.data.len() as u32);
+                        let flags = if *id == AUDIO_ID || x.keyframe { 0x0200_0000 } else { 0x0101_0000 };
+                        o.put_u32(flags);
+                        o.put_i32(x.cts);
+                    }
+                });
             });
         }
     });

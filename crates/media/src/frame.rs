@@ -29,6 +29,12 @@ pub enum AudioCodec {
     Aac,
     /// MPEG-1/2 Layer III; frames are passed through as received.
     Mp3,
+    /// Opus (RFC 6716); frames are Opus packets. Carried over RTSP; FLV/HLS readers skip it.
+    Opus,
+    /// G.711 A-law (PCMA); frames are 8-bit samples.
+    Pcma,
+    /// G.711 mu-law (PCMU); frames are 8-bit samples.
+    Pcmu,
 }
 
 /// The parameters a decoder needs before the first frame of a track.
@@ -67,20 +73,14 @@ pub fn rescale(ts: i64, from: u32, to: u32) -> i64 {
     }
     let num = i128::from(ts) * i128::from(to);
     let den = i128::from(from);
-    (if num >= 0 {
-        (num + den / 2) / den
-    } else {
-        (num - den / 2) / den
-    }) as i64
+    (if num >= 0 { (num + den / 2) / den } else { (num - den / 2) / den }) as i64
 }
 
 impl TrackInfo {
     /// The clock of this track's timestamps, in Hz.
     pub fn clock_rate(&self) -> u32 {
         match self {
-            TrackInfo::Video { clock_rate, .. } | TrackInfo::Audio { clock_rate, .. } => {
-                *clock_rate
-            }
+            TrackInfo::Video { clock_rate, .. } | TrackInfo::Audio { clock_rate, .. } => *clock_rate,
         }
     }
 
@@ -148,14 +148,7 @@ pub struct Frame {
 impl Frame {
     /// Makes a frame.
     pub fn new(kind: TrackKind, dts: i64, pts: i64, keyframe: bool, data: Bytes) -> Arc<Frame> {
-        Arc::new(Frame {
-            kind,
-            dts,
-            pts,
-            keyframe,
-            data,
-            wire: Default::default(),
-        })
+        Arc::new(Frame { kind, dts, pts, keyframe, data, wire: Default::default() })
     }
 
     /// Composition offset (`pts - dts`).
@@ -178,10 +171,7 @@ mod tests {
         assert_eq!(rescale(1000, 1000, 90000), 90000);
         assert_eq!(rescale(3003, 90000, 1000), 33);
         assert_eq!(rescale(-3003, 90000, 1000), -33);
-        assert_eq!(
-            rescale(i64::MAX / 2, 1000, 90000),
-            (i128::from(i64::MAX / 2) * 90) as i64
-        );
+        assert_eq!(rescale(i64::MAX / 2, 1000, 90000), (i128::from(i64::MAX / 2) * 90) as i64);
     }
 
     #[test]

@@ -58,11 +58,7 @@ impl AvcConfig {
         let sps = sets(usize::from(head[5] & 0x1f), &mut pos)?;
         let n_pps = take(d, &mut pos, 1)?[0];
         let pps = sets(usize::from(n_pps), &mut pos)?;
-        Ok(AvcConfig {
-            profile_compat_level,
-            sps,
-            pps,
-        })
+        Ok(AvcConfig { profile_compat_level, sps, pps })
     }
 
     /// The RFC 6381 codec string, e.g. `avc1.64001f`.
@@ -78,14 +74,7 @@ pub fn build_avcc(sps: &[Bytes], pps: &[Bytes]) -> Result<Bytes, ParamError> {
     if first.len() < 4 {
         return Err(ParamError::Truncated("SPS"));
     }
-    let mut out = vec![
-        1,
-        first[1],
-        first[2],
-        first[3],
-        0xff,
-        0xe0 | sps.len().min(31) as u8,
-    ];
+    let mut out = vec![1, first[1], first[2], first[3], 0xff, 0xe0 | sps.len().min(31) as u8];
     for s in sps.iter().take(31) {
         out.extend_from_slice(&(s.len() as u16).to_be_bytes());
         out.extend_from_slice(s);
@@ -191,8 +180,8 @@ mod tests {
 
     /// SPS of `ffmpeg -f lavfi -i testsrc2=size=320x240 -c:v libx264 -profile:v high`.
     const X264_320X240_HIGH: &[u8] = &[
-        0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00,
-        0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99, 0x60,
+        0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00,
+        0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99, 0x60,
     ];
 
     #[test]

@@ -48,12 +48,7 @@ impl HevcConfig {
         }
         let mut general_ptl = [0u8; 12];
         general_ptl.copy_from_slice(&d[1..13]);
-        let mut cfg = HevcConfig {
-            general_ptl,
-            vps: vec![],
-            sps: vec![],
-            pps: vec![],
-        };
+        let mut cfg = HevcConfig { general_ptl, vps: vec![], sps: vec![], pps: vec![] };
         let mut pos = 23;
         for _ in 0..d[22] {
             let h = d.get(pos..pos + 3).ok_or(ParamError::Truncated("hvcC"))?;
@@ -88,10 +83,7 @@ impl HevcConfig {
         let compat = u32::from_be_bytes([p[1], p[2], p[3], p[4]]).reverse_bits();
         let mut s = format!("hvc1.{space}{profile}.{compat:X}.{tier}{}", p[11]);
         let constraints = &p[5..11];
-        let keep = constraints
-            .iter()
-            .rposition(|b| *b != 0)
-            .map_or(0, |i| i + 1);
+        let keep = constraints.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
         for b in &constraints[..keep] {
             s.push_str(&format!(".{b:02X}"));
         }
@@ -116,8 +108,7 @@ pub struct SpsInfo {
 
 /// Parses an SPS NAL unit (with its 2-byte header).
 pub fn parse_sps(sps: &[u8]) -> Result<SpsInfo, ParamError> {
-    parse_sps_rbsp(&rbsp(sps.get(2..).unwrap_or_default()))
-        .map_err(|_| ParamError::Truncated("SPS"))
+    parse_sps_rbsp(&rbsp(sps.get(2..).unwrap_or_default())).map_err(|_| ParamError::Truncated("SPS"))
 }
 
 fn parse_sps_rbsp(d: &[u8]) -> Result<SpsInfo, EndOfData> {
@@ -161,13 +152,7 @@ fn parse_sps_rbsp(d: &[u8]) -> Result<SpsInfo, EndOfData> {
     }
     let bit_depth_luma_minus8 = r.ue()?;
     let bit_depth_chroma_minus8 = r.ue()?;
-    Ok(SpsInfo {
-        width,
-        height,
-        chroma_format_idc,
-        bit_depth_luma_minus8,
-        bit_depth_chroma_minus8,
-    })
+    Ok(SpsInfo { width, height, chroma_format_idc, bit_depth_luma_minus8, bit_depth_chroma_minus8 })
 }
 
 /// Builds an hvcC record (4-byte NAL lengths) from parameter sets.
@@ -210,21 +195,14 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Bytes {
-        Bytes::from(
-            (0..s.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-                .collect::<Vec<_>>(),
-        )
+        Bytes::from((0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect::<Vec<_>>())
     }
 
     /// Parameter sets of `ffmpeg -f lavfi -i testsrc2=size=320x240 -c:v libx265` (x265 3.5).
     fn x265_320x240() -> (Bytes, Bytes, Bytes) {
         (
             hex("40010c01ffff01600000030090000003000003003c959809"),
-            hex(
-                "42010101600000030090000003000003003ca00a080f165959a4932bc05a020000030002000003003c10",
-            ),
+            hex("42010101600000030090000003000003003ca00a080f165959a4932bc05a020000030002000003003c10"),
             hex("4401c172b46240"),
         )
     }
@@ -233,25 +211,12 @@ mod tests {
     fn x265_sps_and_record() {
         let (vps, sps, pps) = x265_320x240();
         let info = parse_sps(&sps).unwrap();
-        assert_eq!(
-            (info.width, info.height, info.chroma_format_idc),
-            (320, 240, 1)
-        );
-        let hvcc = build_hvcc(
-            std::slice::from_ref(&vps),
-            std::slice::from_ref(&sps),
-            std::slice::from_ref(&pps),
-        )
-        .unwrap();
-        assert_eq!(
-            crate::avc::nal_length_size(crate::VideoCodec::H265, &hvcc),
-            Ok(4)
-        );
+        assert_eq!((info.width, info.height, info.chroma_format_idc), (320, 240, 1));
+        let hvcc =
+            build_hvcc(std::slice::from_ref(&vps), std::slice::from_ref(&sps), std::slice::from_ref(&pps)).unwrap();
+        assert_eq!(crate::avc::nal_length_size(crate::VideoCodec::H265, &hvcc), Ok(4));
         let cfg = HevcConfig::parse(&hvcc).unwrap();
-        assert_eq!(
-            (&cfg.vps, &cfg.sps, &cfg.pps),
-            (&vec![vps], &vec![sps], &vec![pps])
-        );
+        assert_eq!((&cfg.vps, &cfg.sps, &cfg.pps), (&vec![vps], &vec![sps], &vec![pps]));
         assert_eq!(cfg.codec_string(), "hvc1.1.6.L60.90");
         assert!(HevcConfig::parse(&hvcc.slice(..30)).is_err());
     }

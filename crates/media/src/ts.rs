@@ -5,9 +5,7 @@ use bytes::{BufMut, BytesMut};
 
 use crate::aac::AudioSpecificConfig;
 use crate::avc::nal_units;
-use crate::{
-    AudioCodec, Frame, ParamError, TrackInfo, TrackKind, Tracks, VideoCodec, h264, h265, rescale,
-};
+use crate::{AudioCodec, Frame, ParamError, TrackInfo, TrackKind, Tracks, VideoCodec, h264, h265, rescale};
 
 /// Transport packet size.
 pub const PACKET_SIZE: usize = 188;
@@ -25,11 +23,7 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b) << 24;
         for _ in 0..8 {
-            crc = if crc & 0x8000_0000 != 0 {
-                (crc << 1) ^ 0x04c1_1db7
-            } else {
-                crc << 1
-            };
+            crc = if crc & 0x8000_0000 != 0 { (crc << 1) ^ 0x04c1_1db7 } else { crc << 1 };
         }
     }
     crc
@@ -59,11 +53,7 @@ impl TsMuxer {
     /// A muxer for these tracks.
     pub fn new(tracks: &Tracks) -> Result<TsMuxer, ParamError> {
         let video = match &tracks.video {
-            Some(TrackInfo::Video {
-                codec,
-                config,
-                clock_rate,
-            }) => {
+            Some(TrackInfo::Video { codec, config, clock_rate }) => {
                 let sets: Vec<bytes::Bytes> = match codec {
                     VideoCodec::H264 => {
                         let c = h264::AvcConfig::parse(config)?;
@@ -79,46 +69,30 @@ impl TsMuxer {
                     params.extend_from_slice(&[0, 0, 0, 1]);
                     params.extend_from_slice(&s);
                 }
-                Some(VideoState {
-                    codec: *codec,
-                    clock: *clock_rate,
-                    params,
-                })
+                Some(VideoState { codec: *codec, clock: *clock_rate, params })
             }
             _ => None,
         };
         let audio = match &tracks.audio {
-            Some(TrackInfo::Audio {
-                codec,
-                config,
-                clock_rate,
-                ..
-            }) => Some(AudioState {
+            Some(TrackInfo::Audio { codec, config, clock_rate, .. }) => Some(AudioState {
                 codec: *codec,
                 clock: *clock_rate,
                 asc: match codec {
                     AudioCodec::Aac => Some(
-                        AudioSpecificConfig::parse(config)
-                            .map_err(|_| ParamError::Truncated("AudioSpecificConfig"))?,
+                        AudioSpecificConfig::parse(config).map_err(|_| ParamError::Truncated("AudioSpecificConfig"))?,
                     ),
-                    AudioCodec::Mp3 => None,
+                    _ => None,
                 },
             }),
             _ => None,
         };
-        Ok(TsMuxer {
-            video,
-            audio,
-            cc: [0; 4],
-        })
+        // MPEG-TS for HLS carries AAC and MP3; other audio is left out.
+        let audio = audio.filter(|a| matches!(a.codec, AudioCodec::Aac | AudioCodec::Mp3));
+        Ok(TsMuxer { video, audio, cc: [0; 4] })
     }
 
     fn pcr_pid(&self) -> u16 {
-        if self.video.is_some() {
-            PID_VIDEO
-        } else {
-            PID_AUDIO
-        }
+        if self.video.is_some() { PID_VIDEO } else { PID_AUDIO }
     }
 
     fn next_cc(&mut self, pid: u16) -> u8 {
@@ -148,20 +122,8 @@ impl TsMuxer {
     /// Writes PAT and PMT (at the start of every segment, so each can be decoded alone).
     pub fn write_tables(&mut self, out: &mut BytesMut) {
         // PAT: one program, number 1.
-        let pat = [
-            0x00,
-            0xb0,
-            13,
-            0x00,
-            0x01,
-            0xc1,
-            0x00,
-            0x00,
-            0x00,
-            0x01,
-            0xe0 | (PID_PMT >> 8) as u8,
-            PID_PMT as u8,
-        ];
+        let pat =
+            [0x00, 0xb0, 13, 0x00, 0x01, 0xc1, 0x00, 0x00, 0x00, 0x01, 0xe0 | (PID_PMT >> 8) as u8, PID_PMT as u8];
         self.section(out, PID_PAT, &pat);
         let mut streams = Vec::new();
         if let Some(v) = &self.video {
@@ -169,39 +131,18 @@ impl TsMuxer {
                 VideoCodec::H264 => 0x1b,
                 VideoCodec::H265 => 0x24,
             };
-            streams.extend_from_slice(&[
-                st,
-                0xe0 | (PID_VIDEO >> 8) as u8,
-                PID_VIDEO as u8,
-                0xf0,
-                0,
-            ]);
+            streams.extend_from_slice(&[st, 0xe0 | (PID_VIDEO >> 8) as u8, PID_VIDEO as u8, 0xf0, 0]);
         }
         if let Some(a) = &self.audio {
             let st = match a.codec {
                 AudioCodec::Aac => 0x0f,
-                AudioCodec::Mp3 => 0x03,
+                _ => 0x03,
             };
-            streams.extend_from_slice(&[
-                st,
-                0xe0 | (PID_AUDIO >> 8) as u8,
-                PID_AUDIO as u8,
-                0xf0,
-                0,
-            ]);
+            streams.extend_from_slice(&[st, 0xe0 | (PID_AUDIO >> 8) as u8, PID_AUDIO as u8, 0xf0, 0]);
         }
         let section_length = 9 + streams.len() + 4;
         let pcr = self.pcr_pid();
-        let mut pmt = vec![
-            0x02,
-            0xb0 | (section_length >> 8) as u8,
-            section_length as u8,
-            0x00,
-            0x01,
-            0xc1,
-            0,
-            0,
-        ];
+        let mut pmt = vec![0x02, 0xb0 | (section_length >> 8) as u8, section_length as u8, 0x00, 0x01, 0xc1, 0, 0];
         pmt.extend_from_slice(&[0xe0 | (pcr >> 8) as u8, pcr as u8, 0xf0, 0]);
         pmt.extend_from_slice(&streams);
         self.section(out, PID_PMT, &pmt);
@@ -216,17 +157,10 @@ impl TsMuxer {
                 let codec = v.codec;
                 body.extend_from_slice(access_unit_delimiter(codec));
                 let units: Vec<&[u8]> = nal_units(&frame.data).filter(|n| !n.is_empty()).collect();
-                if frame.keyframe
-                    && !units
-                        .iter()
-                        .any(|n| nal_class(codec, n) == NalClass::ParameterSet)
-                {
+                if frame.keyframe && !units.iter().any(|n| nal_class(codec, n) == NalClass::ParameterSet) {
                     body.extend_from_slice(&v.params);
                 }
-                for n in units
-                    .iter()
-                    .filter(|n| nal_class(codec, n) != NalClass::Delimiter)
-                {
+                for n in units.iter().filter(|n| nal_class(codec, n) != NalClass::Delimiter) {
                     body.extend_from_slice(&[0, 0, 0, 1]);
                     body.extend_from_slice(n);
                 }
@@ -250,11 +184,7 @@ impl TsMuxer {
         let header_len = if with_dts { 10 } else { 5 };
         let pes_len = pes_body.len() + 3 + header_len;
         // Video PES may be unbounded (length 0, 2.4.3.7); audio carries its length.
-        let len_field = if stream_id == 0xe0 || pes_len > 0xffff {
-            0
-        } else {
-            pes_len as u16
-        };
+        let len_field = if stream_id == 0xe0 || pes_len > 0xffff { 0 } else { pes_len as u16 };
         pes.extend_from_slice(&len_field.to_be_bytes());
         pes.push(0x80);
         pes.push(if with_dts { 0xc0 } else { 0x80 });
@@ -283,11 +213,7 @@ impl TsMuxer {
             };
             let space = 184 - af_fixed;
             let take = remaining.min(space);
-            let af_len = if take < space || af_fixed > 0 {
-                184 - take
-            } else {
-                0
-            };
+            let af_len = if take < space || af_fixed > 0 { 184 - take } else { 0 };
             out.put_u8(0x47);
             out.put_u16(if first { 0x4000 } else { 0 } | pid);
             let cc = self.next_cc(pid);
@@ -367,8 +293,8 @@ mod tests {
 
     fn tracks() -> Tracks {
         let sps = Bytes::from_static(&[
-            0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03,
-            0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99, 0x60,
+            0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00,
+            0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99, 0x60,
         ]);
         let pps = Bytes::from_static(&[0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0]);
         Tracks {
@@ -391,9 +317,7 @@ mod tests {
     #[test]
     fn crc_of_known_pat() {
         // The PAT ffmpeg writes for program 1 / PMT PID 0x1000 ends in 2a b1 04 b2.
-        let pat = [
-            0x00, 0xb0, 0x0d, 0x00, 0x01, 0xc1, 0x00, 0x00, 0x00, 0x01, 0xf0, 0x00,
-        ];
+        let pat = [0x00, 0xb0, 0x0d, 0x00, 0x01, 0xc1, 0x00, 0x00, 0x00, 0x01, 0xf0, 0x00];
         assert_eq!(crc32(&pat), 0x2ab104b2);
     }
 
@@ -404,20 +328,8 @@ mod tests {
         m.write_tables(&mut out);
         let mut idr = vec![0, 0, 0x03, 0xe8, 0x65];
         idr.extend(std::iter::repeat_n(0xab, 999));
-        m.write_frame(
-            &Frame::new(TrackKind::Video, 0, 66, true, Bytes::from(idr)),
-            &mut out,
-        );
-        m.write_frame(
-            &Frame::new(
-                TrackKind::Audio,
-                10,
-                10,
-                true,
-                Bytes::from_static(&[1, 2, 3]),
-            ),
-            &mut out,
-        );
+        m.write_frame(&Frame::new(TrackKind::Video, 0, 66, true, Bytes::from(idr)), &mut out);
+        m.write_frame(&Frame::new(TrackKind::Audio, 10, 10, true, Bytes::from_static(&[1, 2, 3])), &mut out);
         assert_eq!(out.len() % PACKET_SIZE, 0);
         let mut cc: std::collections::HashMap<u16, u8> = Default::default();
         for p in out.chunks(PACKET_SIZE) {
@@ -429,10 +341,7 @@ mod tests {
             }
         }
         // The first video packet: PUSI, random access and a PCR.
-        let v = out
-            .chunks(PACKET_SIZE)
-            .find(|p| u16::from_be_bytes([p[1] & 0x1f, p[2]]) == PID_VIDEO)
-            .unwrap();
+        let v = out.chunks(PACKET_SIZE).find(|p| u16::from_be_bytes([p[1] & 0x1f, p[2]]) == PID_VIDEO).unwrap();
         assert_eq!(v[1] & 0x40, 0x40);
         assert_eq!(v[5] & 0x50, 0x50);
         // SPS/PPS were inserted before the IDR.

@@ -143,10 +143,7 @@ struct Decoder<'a> {
 
 impl Decoder<'_> {
     fn err(&self, kind: Amf0ErrorKind) -> Amf0Error {
-        Amf0Error {
-            offset: self.pos,
-            kind,
-        }
+        Amf0Error { offset: self.pos, kind }
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8], Amf0Error> {
@@ -188,11 +185,7 @@ impl Decoder<'_> {
 
     /// Properties up to the `00 00 09` end marker. ECMA arrays from some encoders end with the
     /// input instead of a marker (seen from old Wirecast builds), so `end_ok` accepts that.
-    fn properties(
-        &mut self,
-        depth: usize,
-        end_ok: bool,
-    ) -> Result<Vec<(String, Value)>, Amf0Error> {
+    fn properties(&mut self, depth: usize, end_ok: bool) -> Result<Vec<(String, Value)>, Amf0Error> {
         let mut props = Vec::new();
         loop {
             if end_ok && self.pos == self.data.len() {
@@ -255,10 +248,7 @@ impl Decoder<'_> {
                 Value::TypedObject { class, properties }
             }
             m => {
-                return Err(Amf0Error {
-                    offset: marker_at,
-                    kind: Amf0ErrorKind::BadMarker(m),
-                });
+                return Err(Amf0Error { offset: marker_at, kind: Amf0ErrorKind::BadMarker(m) });
             }
         })
     }
@@ -360,15 +350,9 @@ mod tests {
             Value::Reference(7),
             Value::EcmaArray(vec![("duration".into(), Value::Number(0.0))]),
             Value::StrictArray(vec![Value::Number(1.0), Value::from("x")]),
-            Value::Date {
-                millis: 1.7e12,
-                time_zone: 0,
-            },
+            Value::Date { millis: 1.7e12, time_zone: 0 },
             Value::String("y".repeat(70_000)),
-            Value::TypedObject {
-                class: "C".into(),
-                properties: vec![("a".into(), Value::Boolean(false))],
-            },
+            Value::TypedObject { class: "C".into(), properties: vec![("a".into(), Value::Boolean(false))] },
             Value::Unsupported,
         ];
         let bytes = encode_all(&values);
@@ -377,31 +361,14 @@ mod tests {
 
     #[test]
     fn malformed_input_is_a_typed_error() {
+        assert_eq!(decode_all(&[0x00, 1, 2]).unwrap_err().kind, Amf0ErrorKind::Truncated);
+        assert_eq!(decode_all(&[0x09]).unwrap_err(), Amf0Error { offset: 0, kind: Amf0ErrorKind::BadMarker(9) });
+        assert_eq!(decode_all(&[0x02, 0xff, 0xff, b'a']).unwrap_err().kind, Amf0ErrorKind::Truncated);
         assert_eq!(
-            decode_all(&[0x00, 1, 2]).unwrap_err().kind,
-            Amf0ErrorKind::Truncated
-        );
-        assert_eq!(
-            decode_all(&[0x09]).unwrap_err(),
-            Amf0Error {
-                offset: 0,
-                kind: Amf0ErrorKind::BadMarker(9)
-            }
-        );
-        assert_eq!(
-            decode_all(&[0x02, 0xff, 0xff, b'a']).unwrap_err().kind,
-            Amf0ErrorKind::Truncated
-        );
-        assert_eq!(
-            decode_all(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x05])
-                .unwrap_err()
-                .kind,
+            decode_all(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0x05]).unwrap_err().kind,
             Amf0ErrorKind::ArrayTooLong(u32::MAX)
         );
-        assert_eq!(
-            decode_all(&[0x03, 0, 1, b'k']).unwrap_err().kind,
-            Amf0ErrorKind::Truncated
-        );
+        assert_eq!(decode_all(&[0x03, 0, 1, b'k']).unwrap_err().kind, Amf0ErrorKind::Truncated);
     }
 
     #[test]

@@ -94,11 +94,7 @@ pub struct ChunkDecoder {
 impl ChunkDecoder {
     /// A decoder with the default chunk size and the given message length cap.
     pub fn new(max_message_len: u32) -> Self {
-        ChunkDecoder {
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            max_message_len,
-            streams: HashMap::new(),
-        }
+        ChunkDecoder { chunk_size: DEFAULT_CHUNK_SIZE, max_message_len, streams: HashMap::new() }
     }
 
     /// Applies the peer's Set Chunk Size.
@@ -133,10 +129,7 @@ impl ChunkDecoder {
 
     /// One chunk. `Ok(None)`: incomplete; `Ok(Some(None))`: chunk consumed, message not yet
     /// complete.
-    fn decode_chunk(
-        &mut self,
-        buf: &mut BytesMut,
-    ) -> Result<Option<Option<RawMessage>>, ChunkError> {
+    fn decode_chunk(&mut self, buf: &mut BytesMut) -> Result<Option<Option<RawMessage>>, ChunkError> {
         let b = &buf[..];
         let Some(&b0) = b.first() else {
             return Ok(None);
@@ -168,24 +161,12 @@ impl ChunkDecoder {
             return Err(ChunkError::InterruptedMessage { csid });
         }
         let (ts_field, length, type_id, stream_id) = match (fmt, prev) {
-            (0, _) => (
-                u24(&h[0..3]),
-                u24(&h[3..6]),
-                h[6],
-                u32::from_le_bytes([h[7], h[8], h[9], h[10]]),
-            ),
+            (0, _) => (u24(&h[0..3]), u24(&h[3..6]), h[6], u32::from_le_bytes([h[7], h[8], h[9], h[10]])),
             (1, Some(p)) => (u24(&h[0..3]), u24(&h[3..6]), h[6], p.stream_id),
             (2, Some(p)) => (u24(&h[0..3]), p.length, p.type_id, p.stream_id),
-            (3, Some(p)) => (
-                if p.extended {
-                    EXTENDED_TIMESTAMP
-                } else {
-                    p.ts_field
-                },
-                p.length,
-                p.type_id,
-                p.stream_id,
-            ),
+            (3, Some(p)) => {
+                (if p.extended { EXTENDED_TIMESTAMP } else { p.ts_field }, p.length, p.type_id, p.stream_id)
+            }
             _ => unreachable!("checked above"),
         };
         pos += header_len;
@@ -201,8 +182,7 @@ impl ChunkDecoder {
             // Quirk: some encoders (librtmp before 2.4 and its forks) omit the extended
             // timestamp on continuation chunks. If the bytes do not repeat the value we saw,
             // they are payload.
-            let continuation_without_ext =
-                fmt == 3 && in_progress && prev.is_some_and(|p| p.ts_field != ext);
+            let continuation_without_ext = fmt == 3 && in_progress && prev.is_some_and(|p| p.ts_field != ext);
             if !continuation_without_ext {
                 ts_value = ext;
                 pos += 4;
@@ -211,17 +191,9 @@ impl ChunkDecoder {
             }
         }
         if length > self.max_message_len {
-            return Err(ChunkError::MessageTooLarge {
-                csid,
-                len: length,
-                max: self.max_message_len,
-            });
+            return Err(ChunkError::MessageTooLarge { csid, len: length, max: self.max_message_len });
         }
-        let already = if in_progress {
-            prev.map_or(0, |p| p.partial.len())
-        } else {
-            0
-        };
+        let already = if in_progress { prev.map_or(0, |p| p.partial.len()) } else { 0 };
         let want = (length as usize - already).min(self.chunk_size as usize);
         if b.len() < pos + want {
             return Ok(None);
@@ -264,13 +236,7 @@ impl ChunkDecoder {
         }
         s.in_progress = false;
         let payload = std::mem::take(&mut s.partial).freeze();
-        Ok(Some(Some(RawMessage {
-            csid,
-            timestamp: s.timestamp,
-            type_id,
-            stream_id,
-            payload,
-        })))
+        Ok(Some(Some(RawMessage { csid, timestamp: s.timestamp, type_id, stream_id, payload })))
     }
 }
 
@@ -348,10 +314,7 @@ mod tests {
             let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
             let msgs = decode_all(&mut dec, &out);
             assert_eq!(msgs.len(), 1);
-            assert_eq!(
-                (msgs[0].timestamp, msgs[0].csid, &msgs[0].payload[..]),
-                (ts, csid, &payload[..])
-            );
+            assert_eq!((msgs[0].timestamp, msgs[0].csid, &msgs[0].payload[..]), (ts, csid, &payload[..]));
         }
     }
 
@@ -381,10 +344,7 @@ mod tests {
             0xc4, 0xee, // fmt 3
         ];
         let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
-        let ts: Vec<u32> = decode_all(&mut dec, &bytes)
-            .iter()
-            .map(|m| m.timestamp)
-            .collect();
+        let ts: Vec<u32> = decode_all(&mut dec, &bytes).iter().map(|m| m.timestamp).collect();
         assert_eq!(ts, [1000, 1040, 1060, 1080]);
     }
 
@@ -394,10 +354,7 @@ mod tests {
         // first message's timestamp.
         let bytes = [0x04, 0, 0, 20, 0, 0, 1, 8, 1, 0, 0, 0, 0xaa, 0xc4, 0xbb];
         let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
-        let ts: Vec<u32> = decode_all(&mut dec, &bytes)
-            .iter()
-            .map(|m| m.timestamp)
-            .collect();
+        let ts: Vec<u32> = decode_all(&mut dec, &bytes).iter().map(|m| m.timestamp).collect();
         assert_eq!(ts, [20, 40]);
     }
 
@@ -415,10 +372,7 @@ mod tests {
         dec.chunk_size = 2;
         let msgs = decode_all(&mut dec, &bytes);
         assert_eq!(msgs.len(), 2);
-        assert_eq!(
-            (msgs[0].timestamp, &msgs[0].payload[..]),
-            (ts, &[1, 2, 3, 4][..])
-        );
+        assert_eq!((msgs[0].timestamp, &msgs[0].payload[..]), (ts, &[1, 2, 3, 4][..]));
     }
 
     #[test]
@@ -427,11 +381,7 @@ mod tests {
         let mut dec = ChunkDecoder::new(65_536);
         assert_eq!(
             dec.decode(&mut BytesMut::from(&bytes[..])),
-            Err(ChunkError::MessageTooLarge {
-                csid: 4,
-                len: 65_537,
-                max: 65_536
-            })
+            Err(ChunkError::MessageTooLarge { csid: 4, len: 65_537, max: 65_536 })
         );
     }
 
@@ -439,10 +389,7 @@ mod tests {
     fn bad_chunk_sizes() {
         let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
         assert_eq!(dec.set_chunk_size(0), Err(ChunkError::BadChunkSize(0)));
-        assert_eq!(
-            dec.set_chunk_size(0x8000_0000),
-            Err(ChunkError::BadChunkSize(0x8000_0000))
-        );
+        assert_eq!(dec.set_chunk_size(0x8000_0000), Err(ChunkError::BadChunkSize(0x8000_0000)));
         assert_eq!(dec.set_chunk_size(MAX_CHUNK_SIZE), Ok(()));
     }
 

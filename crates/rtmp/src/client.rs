@@ -137,12 +137,7 @@ impl ClientSession {
             self.conn.receive(&rest);
             let cs = self.config.chunk_size;
             let current = self.conn.out_chunk_size;
-            message::control_u32(
-                self.conn.out(),
-                type_id::WINDOW_ACK_SIZE,
-                DEFAULT_WINDOW_ACK_SIZE,
-                current,
-            );
+            message::control_u32(self.conn.out(), type_id::WINDOW_ACK_SIZE, DEFAULT_WINDOW_ACK_SIZE, current);
             self.conn.set_out_chunk_size(cs);
             let obj = Value::object([
                 ("app", Value::from(self.config.app.as_str())),
@@ -159,22 +154,15 @@ impl ClientSession {
         while let Some(incoming) = self.conn.next()? {
             match incoming {
                 Incoming::UserControl(u) => {
-                    if u.event != message::user_control::PING_REQUEST
-                        && u.event != message::user_control::PING_RESPONSE
+                    if u.event != message::user_control::PING_REQUEST && u.event != message::user_control::PING_RESPONSE
                     {
-                        self.events.push_back(ClientEvent::UserControl {
-                            event: u.event,
-                            stream_id: u.value,
-                        });
+                        self.events.push_back(ClientEvent::UserControl { event: u.event, stream_id: u.value });
                     }
                 }
                 Incoming::Message(m) => match m.type_id {
                     type_id::COMMAND_AMF0 => {
-                        let values =
-                            amf0::decode_all(&m.payload).map_err(|source| SessionError::Amf0 {
-                                type_id: m.type_id,
-                                source,
-                            })?;
+                        let values = amf0::decode_all(&m.payload)
+                            .map_err(|source| SessionError::Amf0 { type_id: m.type_id, source })?;
                         self.on_command(now, &values);
                     }
                     type_id::AUDIO | type_id::VIDEO | type_id::DATA_AMF0 => {
@@ -199,32 +187,17 @@ impl ClientSession {
 
     fn command(&mut self, stream_id: u32, values: &[Value]) {
         let cs = self.conn.out_chunk_size;
-        message::amf0_message(
-            self.conn.out(),
-            CSID_COMMAND,
-            type_id::COMMAND_AMF0,
-            stream_id,
-            values,
-            cs,
-        );
+        message::amf0_message(self.conn.out(), CSID_COMMAND, type_id::COMMAND_AMF0, stream_id, values, cs);
     }
 
     fn on_command(&mut self, now: Instant, values: &[Value]) {
         let name = values.first().and_then(Value::as_str).unwrap_or_default();
         let info = values.get(3);
-        let field = |k: &str| {
-            info.and_then(|i| i.get(k))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
+        let field = |k: &str| info.and_then(|i| i.get(k)).and_then(Value::as_str).unwrap_or_default().to_owned();
         match name {
             "_result" if self.step == Step::Connecting => {
                 self.events.push_back(ClientEvent::Connected);
-                self.command(
-                    0,
-                    &[Value::from("createStream"), Value::Number(2.0), Value::Null],
-                );
+                self.command(0, &[Value::from("createStream"), Value::Number(2.0), Value::Null]);
                 self.step = Step::CreatingStream;
                 self.deadline = now + self.config.response_timeout;
             }
@@ -259,8 +232,7 @@ impl ClientSession {
             "onStatus" | "_error" => {
                 let code = field("code");
                 let level = field("level");
-                if self.step == Step::Starting
-                    && (code == "NetStream.Publish.Start" || code == "NetStream.Play.Start")
+                if self.step == Step::Starting && (code == "NetStream.Publish.Start" || code == "NetStream.Play.Start")
                 {
                     self.step = Step::Active;
                     self.events.push_back(if code == "NetStream.Publish.Start" {
@@ -287,22 +259,13 @@ impl ClientSession {
             payload
         };
         let sid = self.stream_id;
-        self.conn
-            .send(kind.csid(), timestamp, kind.type_id(), sid, payload);
+        self.conn.send(kind.csid(), timestamp, kind.type_id(), sid, payload);
     }
 
     /// Sends `FCUnpublish` and `deleteStream`.
     pub fn unpublish(&mut self) {
         let sid = self.stream_id;
-        self.command(
-            0,
-            &[
-                Value::from("deleteStream"),
-                Value::Number(4.0),
-                Value::Null,
-                Value::Number(f64::from(sid)),
-            ],
-        );
+        self.command(0, &[Value::from("deleteStream"), Value::Number(4.0), Value::Null, Value::Number(f64::from(sid))]);
     }
 
     /// Fires the response timer; an error if the server did not answer in time.

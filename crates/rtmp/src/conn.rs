@@ -57,12 +57,7 @@ impl Conn {
         self.input.extend_from_slice(data);
         if self.peer_window > 0 && self.bytes_in - self.last_ack >= u64::from(self.peer_window) {
             self.last_ack = self.bytes_in;
-            message::control_u32(
-                &mut self.out,
-                type_id::ACK,
-                self.bytes_in as u32,
-                self.out_chunk_size,
-            );
+            message::control_u32(&mut self.out, type_id::ACK, self.bytes_in as u32, self.out_chunk_size);
         }
     }
 
@@ -73,12 +68,7 @@ impl Conn {
 
     /// Announces and switches to our chunk size.
     pub fn set_out_chunk_size(&mut self, size: u32) {
-        message::control_u32(
-            &mut self.out,
-            type_id::SET_CHUNK_SIZE,
-            size,
-            self.out_chunk_size,
-        );
+        message::control_u32(&mut self.out, type_id::SET_CHUNK_SIZE, size, self.out_chunk_size);
         self.out_chunk_size = size;
     }
 
@@ -93,15 +83,7 @@ impl Conn {
 
     /// Encodes a message of ours.
     pub fn send(&mut self, csid: u32, timestamp: u32, type_id: u8, stream_id: u32, payload: &[u8]) {
-        encode_message(
-            &mut self.out,
-            csid,
-            timestamp,
-            type_id,
-            stream_id,
-            payload,
-            self.out_chunk_size,
-        );
+        encode_message(&mut self.out, csid, timestamp, type_id, stream_id, payload, self.out_chunk_size);
     }
 
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
@@ -124,10 +106,7 @@ impl Conn {
                 return Ok(None);
             };
             let p = &msg.payload;
-            let u32_at = |i: usize| {
-                p.get(i..i + 4)
-                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            };
+            let u32_at = |i: usize| p.get(i..i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
             match msg.type_id {
                 type_id::SET_CHUNK_SIZE => {
                     let size = u32_at(0).unwrap_or(0);
@@ -144,12 +123,7 @@ impl Conn {
                     let event = u16::from_be_bytes([p[0], p[1]]);
                     let value = u32_at(2).unwrap_or(0);
                     if event == user_control::PING_REQUEST {
-                        message::user_control(
-                            &mut self.out,
-                            user_control::PING_RESPONSE,
-                            value,
-                            self.out_chunk_size,
-                        );
+                        message::user_control(&mut self.out, user_control::PING_RESPONSE, value, self.out_chunk_size);
                     }
                     return Ok(Some(Incoming::UserControl(UserControl { event, value })));
                 }

@@ -17,8 +17,8 @@ pub const RTMP_VERSION: u8 = 3;
 const DIGEST_LEN: usize = 32;
 
 const KEY_TAIL: [u8; 32] = [
-    0xf0, 0xee, 0xc2, 0x4a, 0x80, 0x68, 0xbe, 0xe8, 0x2e, 0x00, 0xd0, 0xd1, 0x02, 0x9e, 0x7e, 0x57,
-    0x6e, 0xec, 0x5d, 0x2d, 0x29, 0x80, 0x6f, 0xab, 0x93, 0xb8, 0xe6, 0x36, 0xcf, 0xeb, 0x31, 0xae,
+    0xf0, 0xee, 0xc2, 0x4a, 0x80, 0x68, 0xbe, 0xe8, 0x2e, 0x00, 0xd0, 0xd1, 0x02, 0x9e, 0x7e, 0x57, 0x6e, 0xec, 0x5d,
+    0x2d, 0x29, 0x80, 0x6f, 0xab, 0x93, 0xb8, 0xe6, 0x36, 0xcf, 0xeb, 0x31, 0xae,
 ];
 const PLAYER_KEY_TEXT: &[u8] = b"Genuine Adobe Flash Player 001";
 const SERVER_KEY_TEXT: &[u8] = b"Genuine Adobe Flash Media Server 001";
@@ -119,10 +119,7 @@ impl Default for ServerHandshake {
 impl ServerHandshake {
     /// A handshake waiting for C0+C1.
     pub fn new() -> Self {
-        ServerHandshake {
-            state: ServerState::WaitC0C1,
-            kind: None,
-        }
+        ServerHandshake { state: ServerState::WaitC0C1, kind: None }
     }
 
     /// True once C2 has been received.
@@ -163,10 +160,7 @@ impl ServerHandshake {
                         let base = if pos >= 776 { 772 } else { 8 };
                         sign(&mut s1, base, SERVER_KEY_TEXT);
                         out.extend_from_slice(&s1);
-                        out.extend_from_slice(&answer_packet(
-                            &c1[pos..pos + DIGEST_LEN],
-                            &key(SERVER_KEY_TEXT),
-                        ));
+                        out.extend_from_slice(&answer_packet(&c1[pos..pos + DIGEST_LEN], &key(SERVER_KEY_TEXT)));
                     }
                     None => {
                         self.kind = Some(HandshakeKind::Simple);
@@ -207,10 +201,7 @@ impl Default for ClientHandshake {
 impl ClientHandshake {
     /// A handshake that has sent nothing yet.
     pub fn new() -> Self {
-        ClientHandshake {
-            c0c1_sent: false,
-            done: false,
-        }
+        ClientHandshake { c0c1_sent: false, done: false }
     }
 
     /// True once C2 has been produced.
@@ -249,9 +240,7 @@ impl ClientHandshake {
         input.advance(HANDSHAKE_SIZE);
         self.done = true;
         let c2 = match find_digest(&s1, SERVER_KEY_TEXT) {
-            Some(pos) if s1[4..8] != [0; 4] => {
-                answer_packet(&s1[pos..pos + DIGEST_LEN], &key(PLAYER_KEY_TEXT))
-            }
+            Some(pos) if s1[4..8] != [0; 4] => answer_packet(&s1[pos..pos + DIGEST_LEN], &key(PLAYER_KEY_TEXT)),
             _ => s1.to_vec(),
         };
         Ok(Some(Bytes::from(c2)))
@@ -296,9 +285,6 @@ mod tests {
     fn garbage_version_is_rejected_at_once() {
         let mut server = ServerHandshake::new();
         let mut http = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
-        assert_eq!(
-            server.process(&mut http),
-            Err(HandshakeError::BadVersion(b'G'))
-        );
+        assert_eq!(server.process(&mut http), Err(HandshakeError::BadVersion(b'G')));
     }
 }

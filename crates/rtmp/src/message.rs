@@ -114,52 +114,22 @@ pub struct MediaMessage {
 }
 
 /// Encodes a media message to chunks.
-pub fn encode_media(
-    kind: MediaKind,
-    timestamp: u32,
-    stream_id: u32,
-    payload: &[u8],
-    chunk_size: u32,
-) -> Bytes {
+pub fn encode_media(kind: MediaKind, timestamp: u32, stream_id: u32, payload: &[u8], chunk_size: u32) -> Bytes {
     let mut out = BytesMut::new();
-    encode_message(
-        &mut out,
-        kind.csid(),
-        timestamp,
-        kind.type_id(),
-        stream_id,
-        payload,
-        chunk_size,
-    );
+    encode_message(&mut out, kind.csid(), timestamp, kind.type_id(), stream_id, payload, chunk_size);
     out.freeze()
 }
 
 /// A protocol control message with a 4-byte body.
 pub(crate) fn control_u32(out: &mut BytesMut, type_id: u8, value: u32, chunk_size: u32) {
-    encode_message(
-        out,
-        CSID_CONTROL,
-        0,
-        type_id,
-        0,
-        &value.to_be_bytes(),
-        chunk_size,
-    );
+    encode_message(out, CSID_CONTROL, 0, type_id, 0, &value.to_be_bytes(), chunk_size);
 }
 
 /// Set Peer Bandwidth with limit type 2 (dynamic).
 pub(crate) fn set_peer_bandwidth(out: &mut BytesMut, size: u32, chunk_size: u32) {
     let mut b = size.to_be_bytes().to_vec();
     b.push(2);
-    encode_message(
-        out,
-        CSID_CONTROL,
-        0,
-        type_id::SET_PEER_BANDWIDTH,
-        0,
-        &b,
-        chunk_size,
-    );
+    encode_message(out, CSID_CONTROL, 0, type_id::SET_PEER_BANDWIDTH, 0, &b, chunk_size);
 }
 
 /// A User Control event with a 4-byte parameter.
@@ -167,15 +137,7 @@ pub(crate) fn user_control(out: &mut BytesMut, event: u16, value: u32, chunk_siz
     let mut b = BytesMut::with_capacity(6);
     b.put_u16(event);
     b.put_u32(value);
-    encode_message(
-        out,
-        CSID_CONTROL,
-        0,
-        type_id::USER_CONTROL,
-        0,
-        &b,
-        chunk_size,
-    );
+    encode_message(out, CSID_CONTROL, 0, type_id::USER_CONTROL, 0, &b, chunk_size);
 }
 
 /// An AMF0 command or data message from values.

@@ -11,9 +11,7 @@ use crate::amf0::{self, Amf0Error, Value};
 use crate::chunk::{ChunkError, DEFAULT_MAX_MESSAGE_LEN, RawMessage};
 use crate::conn::{Conn, DEFAULT_WINDOW_ACK_SIZE, Incoming};
 use crate::handshake::{HandshakeError, HandshakeKind, ServerHandshake};
-use crate::message::{
-    self, CSID_COMMAND, MediaKind, MediaMessage, status_object, type_id, user_control,
-};
+use crate::message::{self, CSID_COMMAND, MediaKind, MediaMessage, status_object, type_id, user_control};
 
 /// Most message streams (`createStream`) one connection may hold. Encoders use one.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 8;
@@ -235,15 +233,9 @@ fn string_arg(cmd: &str, args: &[Value], i: usize) -> Result<String, SessionErro
     let s = args
         .get(i)
         .and_then(Value::as_str)
-        .ok_or_else(|| SessionError::MalformedCommand {
-            command: cmd.to_owned(),
-            why: "missing string argument",
-        })?;
+        .ok_or_else(|| SessionError::MalformedCommand { command: cmd.to_owned(), why: "missing string argument" })?;
     if s.len() > MAX_NAME_LEN {
-        return Err(SessionError::MalformedCommand {
-            command: cmd.to_owned(),
-            why: "name too long",
-        });
+        return Err(SessionError::MalformedCommand { command: cmd.to_owned(), why: "name too long" });
     }
     Ok(s.to_owned())
 }
@@ -321,10 +313,7 @@ impl ServerSession {
     /// decision.
     fn awaiting_decision(&self) -> bool {
         matches!(self.state, State::ConnectPending { .. })
-            || self
-                .streams
-                .values()
-                .any(|r| matches!(r, Role::PublishPending | Role::PlayPending))
+            || self.streams.values().any(|r| matches!(r, Role::PublishPending | Role::PlayPending))
     }
 
     /// Handles buffered messages until none is complete or a decision is owed.
@@ -345,9 +334,7 @@ impl ServerSession {
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
         match self.state {
             State::Handshake(_) if now >= self.started + self.config.handshake_timeout => {
-                return Err(SessionError::HandshakeTimeout(
-                    self.config.handshake_timeout,
-                ));
+                return Err(SessionError::HandshakeTimeout(self.config.handshake_timeout));
             }
             State::Handshake(_) => return Ok(()),
             _ => {}
@@ -371,24 +358,15 @@ impl ServerSession {
     fn timers(&self) -> [(Timer, Option<Instant>); 3] {
         let in_handshake = matches!(self.state, State::Handshake(_));
         [
-            (
-                Timer::Handshake,
-                in_handshake.then(|| self.started + self.config.handshake_timeout),
-            ),
-            (
-                Timer::Idle,
-                (!in_handshake).then(|| self.last_input + self.config.idle_timeout),
-            ),
+            (Timer::Handshake, in_handshake.then(|| self.started + self.config.handshake_timeout)),
+            (Timer::Idle, (!in_handshake).then(|| self.last_input + self.config.idle_timeout)),
             (Timer::KeepAlive, (!in_handshake).then(|| self.next_ping())),
         ]
     }
 
     /// The earliest timer deadline, and which timer it is.
     pub fn poll_timeout(&self) -> Option<(Timer, Instant)> {
-        self.timers()
-            .into_iter()
-            .filter_map(|(t, at)| at.map(|at| (t, at)))
-            .min_by_key(|(_, at)| *at)
+        self.timers().into_iter().filter_map(|(t, at)| at.map(|at| (t, at))).min_by_key(|(_, at)| *at)
     }
 
     /// The next event for the application.
@@ -403,26 +381,14 @@ impl ServerSession {
 
     fn send_command(&mut self, stream_id: u32, values: &[Value]) {
         let cs = self.conn.out_chunk_size;
-        message::amf0_message(
-            self.conn.out(),
-            CSID_COMMAND,
-            type_id::COMMAND_AMF0,
-            stream_id,
-            values,
-            cs,
-        );
+        message::amf0_message(self.conn.out(), CSID_COMMAND, type_id::COMMAND_AMF0, stream_id, values, cs);
     }
 
     /// Sends an `onStatus` on a stream.
     pub fn send_status(&mut self, stream_id: u32, level: &str, code: &str, description: &str) {
         self.send_command(
             stream_id,
-            &[
-                Value::from("onStatus"),
-                Value::Number(0.0),
-                Value::Null,
-                status_object(level, code, description),
-            ],
+            &[Value::from("onStatus"), Value::Number(0.0), Value::Null, status_object(level, code, description)],
         );
     }
 
@@ -441,12 +407,7 @@ impl ServerSession {
         };
         self.state = State::Connected;
         let cs = self.conn.out_chunk_size;
-        message::control_u32(
-            self.conn.out(),
-            type_id::WINDOW_ACK_SIZE,
-            self.config.window_ack_size,
-            cs,
-        );
+        message::control_u32(self.conn.out(), type_id::WINDOW_ACK_SIZE, self.config.window_ack_size, cs);
         message::set_peer_bandwidth(self.conn.out(), self.config.window_ack_size, cs);
         self.conn.set_out_chunk_size(self.config.chunk_size);
         self.send_command(
@@ -454,10 +415,7 @@ impl ServerSession {
             &[
                 Value::from("_result"),
                 Value::Number(tid),
-                Value::object([
-                    ("fmsVer", Value::from("FMS/3,0,1,123")),
-                    ("capabilities", Value::Number(31.0)),
-                ]),
+                Value::object([("fmsVer", Value::from("FMS/3,0,1,123")), ("capabilities", Value::Number(31.0))]),
                 Value::object([
                     ("level", Value::from("status")),
                     ("code", Value::from("NetConnection.Connect.Success")),
@@ -492,12 +450,7 @@ impl ServerSession {
         if let Some(r @ Role::PublishPending) = self.streams.get_mut(&stream_id) {
             *r = Role::Publishing;
             self.send_user_control(user_control::STREAM_BEGIN, stream_id);
-            self.send_status(
-                stream_id,
-                "status",
-                "NetStream.Publish.Start",
-                "Start publishing",
-            );
+            self.send_status(stream_id, "status", "NetStream.Publish.Start", "Start publishing");
         }
         self.process()
     }
@@ -509,29 +462,15 @@ impl ServerSession {
         if let Some(r @ Role::PlayPending) = self.streams.get_mut(&stream_id) {
             *r = Role::Playing;
             self.send_user_control(user_control::STREAM_BEGIN, stream_id);
-            self.send_status(
-                stream_id,
-                "status",
-                "NetStream.Play.Reset",
-                "Playing and resetting",
-            );
-            self.send_status(
-                stream_id,
-                "status",
-                "NetStream.Play.Start",
-                "Started playing",
-            );
+            self.send_status(stream_id, "status", "NetStream.Play.Reset", "Playing and resetting");
+            self.send_status(stream_id, "status", "NetStream.Play.Start", "Started playing");
             let cs = self.conn.out_chunk_size;
             message::amf0_message(
                 self.conn.out(),
                 message::CSID_DATA,
                 type_id::DATA_AMF0,
                 stream_id,
-                &[
-                    Value::from("|RtmpSampleAccess"),
-                    Value::Boolean(true),
-                    Value::Boolean(true),
-                ],
+                &[Value::from("|RtmpSampleAccess"), Value::Boolean(true), Value::Boolean(true)],
                 cs,
             );
         }
@@ -542,12 +481,7 @@ impl ServerSession {
     /// `NetStream.Publish.BadName` or `NetStream.Play.StreamNotFound`. The stream returns to
     /// idle; the connection stays open for the client to act. Buffered input is then
     /// handled, as with [`ServerSession::accept_connect`].
-    pub fn reject(
-        &mut self,
-        stream_id: u32,
-        code: &str,
-        description: &str,
-    ) -> Result<(), SessionError> {
+    pub fn reject(&mut self, stream_id: u32, code: &str, description: &str) -> Result<(), SessionError> {
         if let Some(r) = self.streams.get_mut(&stream_id) {
             *r = Role::Idle;
             self.send_status(stream_id, "error", code, description);
@@ -569,15 +503,8 @@ impl ServerSession {
     }
 
     /// Encodes and queues one media message for this connection only.
-    pub fn send_media_message(
-        &mut self,
-        kind: MediaKind,
-        timestamp: u32,
-        stream_id: u32,
-        payload: &[u8],
-    ) {
-        self.conn
-            .send(kind.csid(), timestamp, kind.type_id(), stream_id, payload);
+    pub fn send_media_message(&mut self, kind: MediaKind, timestamp: u32, stream_id: u32, payload: &[u8]) {
+        self.conn.send(kind.csid(), timestamp, kind.type_id(), stream_id, payload);
     }
 
     fn on_message(&mut self, msg: RawMessage) -> Result<(), SessionError> {
@@ -589,11 +516,7 @@ impl ServerSession {
                 self.on_command(body, msg.stream_id, msg.type_id)
             }
             type_id::AUDIO | type_id::VIDEO => {
-                let kind = if msg.type_id == type_id::AUDIO {
-                    MediaKind::Audio
-                } else {
-                    MediaKind::Video
-                };
+                let kind = if msg.type_id == type_id::AUDIO { MediaKind::Audio } else { MediaKind::Video };
                 if self.publishing(msg.stream_id)? {
                     self.events.push_back(ServerEvent::Media(MediaMessage {
                         kind,
@@ -627,19 +550,11 @@ impl ServerSession {
         }
     }
 
-    fn on_data(
-        &mut self,
-        stream_id: u32,
-        timestamp: u32,
-        payload: Bytes,
-    ) -> Result<(), SessionError> {
+    fn on_data(&mut self, stream_id: u32, timestamp: u32, payload: Bytes) -> Result<(), SessionError> {
         if !self.publishing(stream_id)? {
             return Ok(());
         }
-        let amf_err = |source| SessionError::Amf0 {
-            type_id: type_id::DATA_AMF0,
-            source,
-        };
+        let amf_err = |source| SessionError::Amf0 { type_id: type_id::DATA_AMF0, source };
         let (first, used) = amf0::decode_one(&payload).map_err(amf_err)?;
         let payload = match first.as_str() {
             Some("@setDataFrame") => payload.slice(used..),
@@ -695,35 +610,24 @@ impl ServerSession {
     }
 
     fn on_command(&mut self, body: &[u8], stream_id: u32, type_id: u8) -> Result<(), SessionError> {
-        let values =
-            amf0::decode_all(body).map_err(|source| SessionError::Amf0 { type_id, source })?;
-        let name = values
-            .first()
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let values = amf0::decode_all(body).map_err(|source| SessionError::Amf0 { type_id, source })?;
+        let name = values.first().and_then(Value::as_str).unwrap_or_default().to_owned();
         let tid = values.get(1).and_then(Value::as_f64).unwrap_or(0.0);
         let args = values.get(3..).unwrap_or_default();
         if !matches!(self.state, State::Connected) {
             if name == "connect" && matches!(self.state, State::WaitConnect) {
-                let obj = values
-                    .get(2)
-                    .ok_or_else(|| SessionError::MalformedCommand {
-                        command: name.clone(),
-                        why: "missing command object",
-                    })?;
+                let obj = values.get(2).ok_or_else(|| SessionError::MalformedCommand {
+                    command: name.clone(),
+                    why: "missing command object",
+                })?;
                 let app_full = obj.get("app").and_then(Value::as_str).unwrap_or_default();
                 if app_full.len() > MAX_NAME_LEN {
-                    return Err(SessionError::MalformedCommand {
-                        command: name,
-                        why: "app too long",
-                    });
+                    return Err(SessionError::MalformedCommand { command: name, why: "app too long" });
                 }
                 let (app, query) = split_query(app_full);
                 let tc_url = obj.get("tcUrl").and_then(Value::as_str).map(str::to_owned);
                 self.state = State::ConnectPending { tid };
-                self.events
-                    .push_back(ServerEvent::Connect { app, tc_url, query });
+                self.events.push_back(ServerEvent::Connect { app, tc_url, query });
                 return Ok(());
             }
             return Err(SessionError::CommandBeforeConnect(name));
@@ -738,36 +642,15 @@ impl ServerSession {
                 self.streams.insert(id, Role::Idle);
                 self.send_command(
                     0,
-                    &[
-                        Value::from("_result"),
-                        Value::Number(tid),
-                        Value::Null,
-                        Value::Number(f64::from(id)),
-                    ],
+                    &[Value::from("_result"), Value::Number(tid), Value::Null, Value::Number(f64::from(id))],
                 );
             }
             "releaseStream" | "getStreamLength" => {
-                let result = if name == "getStreamLength" {
-                    Value::Number(0.0)
-                } else {
-                    Value::Undefined
-                };
-                self.send_command(
-                    0,
-                    &[
-                        Value::from("_result"),
-                        Value::Number(tid),
-                        Value::Null,
-                        result,
-                    ],
-                );
+                let result = if name == "getStreamLength" { Value::Number(0.0) } else { Value::Undefined };
+                self.send_command(0, &[Value::from("_result"), Value::Number(tid), Value::Null, result]);
             }
             "FCPublish" => {
-                let stream = args
-                    .first()
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
+                let stream = args.first().and_then(Value::as_str).unwrap_or_default().to_owned();
                 self.send_command(
                     0,
                     &[
@@ -782,46 +665,23 @@ impl ServerSession {
                 let full = string_arg(&name, args, 0)?;
                 let (stream, query) = split_query(&full);
                 let Some(role) = self.streams.get_mut(&stream_id) else {
-                    return Err(SessionError::MalformedCommand {
-                        command: name,
-                        why: "stream was not created",
-                    });
+                    return Err(SessionError::MalformedCommand { command: name, why: "stream was not created" });
                 };
                 if *role != Role::Idle {
-                    return Err(SessionError::MalformedCommand {
-                        command: name,
-                        why: "stream is busy",
-                    });
+                    return Err(SessionError::MalformedCommand { command: name, why: "stream is busy" });
                 }
                 if name == "publish" {
                     *role = Role::PublishPending;
-                    let kind = args
-                        .get(1)
-                        .and_then(Value::as_str)
-                        .unwrap_or("live")
-                        .to_owned();
-                    self.events.push_back(ServerEvent::Publish {
-                        stream_id,
-                        name: stream,
-                        query,
-                        kind,
-                    });
+                    let kind = args.get(1).and_then(Value::as_str).unwrap_or("live").to_owned();
+                    self.events.push_back(ServerEvent::Publish { stream_id, name: stream, query, kind });
                 } else {
                     *role = Role::PlayPending;
-                    self.events.push_back(ServerEvent::Play {
-                        stream_id,
-                        name: stream,
-                        query,
-                    });
+                    self.events.push_back(ServerEvent::Play { stream_id, name: stream, query });
                 }
             }
             "FCUnpublish" => {
-                let ids: Vec<u32> = self
-                    .streams
-                    .iter()
-                    .filter(|(_, r)| **r == Role::Publishing)
-                    .map(|(id, _)| *id)
-                    .collect();
+                let ids: Vec<u32> =
+                    self.streams.iter().filter(|(_, r)| **r == Role::Publishing).map(|(id, _)| *id).collect();
                 for id in ids {
                     self.stop_stream(id);
                 }
@@ -837,43 +697,22 @@ impl ServerSession {
             }
             "closeStream" => self.stop_stream(stream_id),
             "deleteStream" => {
-                let id = args
-                    .first()
-                    .and_then(Value::as_f64)
-                    .unwrap_or(f64::from(stream_id)) as u32;
+                let id = args.first().and_then(Value::as_f64).unwrap_or(f64::from(stream_id)) as u32;
                 self.stop_stream(id);
                 self.streams.remove(&id);
             }
             "pause" | "pauseRaw" => {
                 let paused = matches!(args.first(), Some(Value::Boolean(true)));
                 if self.streams.get(&stream_id) == Some(&Role::Playing) {
-                    self.events
-                        .push_back(ServerEvent::Pause { stream_id, paused });
-                    let code = if paused {
-                        "NetStream.Pause.Notify"
-                    } else {
-                        "NetStream.Unpause.Notify"
-                    };
-                    self.send_status(
-                        stream_id,
-                        "status",
-                        code,
-                        if paused { "Paused" } else { "Unpaused" },
-                    );
+                    self.events.push_back(ServerEvent::Pause { stream_id, paused });
+                    let code = if paused { "NetStream.Pause.Notify" } else { "NetStream.Unpause.Notify" };
+                    self.send_status(stream_id, "status", code, if paused { "Paused" } else { "Unpaused" });
                 }
             }
             "receiveAudio" | "receiveVideo" => {
                 let enabled = !matches!(args.first(), Some(Value::Boolean(false)));
-                let kind = if name == "receiveAudio" {
-                    MediaKind::Audio
-                } else {
-                    MediaKind::Video
-                };
-                self.events.push_back(ServerEvent::Receive {
-                    stream_id,
-                    kind,
-                    enabled,
-                });
+                let kind = if name == "receiveAudio" { MediaKind::Audio } else { MediaKind::Video };
+                self.events.push_back(ServerEvent::Receive { stream_id, kind, enabled });
             }
             // Answers and probes some clients send; nothing to do.
             _ => {}

@@ -36,9 +36,9 @@ fn ffmpeg_5_1_publish() {
     assert!(
         matches!(&events[0], ServerEvent::Connect { app, tc_url: Some(tc), .. } if app == "live" && tc.ends_with("/live"))
     );
-    assert!(events.iter().any(
-        |e| matches!(e, ServerEvent::Publish { name, kind, .. } if name == "cam1" && kind == "live")
-    ));
+    assert!(
+        events.iter().any(|e| matches!(e, ServerEvent::Publish { name, kind, .. } if name == "cam1" && kind == "live"))
+    );
     let media: Vec<MediaKind> = events
         .iter()
         .filter_map(|e| match e {
@@ -55,10 +55,5 @@ fn ffmpeg_5_1_publish() {
 fn ffprobe_5_1_play() {
     let (s, events) = run(include_bytes!("../testdata/ffprobe5.1_play_start.bin"));
     assert_eq!(s.handshake_kind(), Some(HandshakeKind::Digest));
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, ServerEvent::Play { name, .. } if name == "cam1")),
-        "{events:?}"
-    );
+    assert!(events.iter().any(|e| matches!(e, ServerEvent::Play { name, .. } if name == "cam1")), "{events:?}");
 }

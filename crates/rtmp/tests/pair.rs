@@ -22,10 +22,7 @@ struct Pair {
 impl Pair {
     fn new(mode: ClientMode) -> Pair {
         let now = Instant::now();
-        let config = ServerConfig {
-            chunk_size: 100,
-            ..ServerConfig::default()
-        };
+        let config = ServerConfig { chunk_size: 100, ..ServerConfig::default() };
         Pair {
             now,
             client: ClientSession::new(ClientConfig::new("rtmp://h/live", "live", mode), now),
@@ -78,19 +75,13 @@ fn accept_all(s: &mut ServerSession, ev: &ServerEvent) {
 fn connect_publish_and_media() {
     let mut p = Pair::new(ClientMode::Publish("cam1?key=s3cret".into()));
     p.run(accept_all);
-    assert!(
-        p.client_events.contains(&ClientEvent::Publishing),
-        "{:?}",
-        p.client_events
-    );
+    assert!(p.client_events.contains(&ClientEvent::Publishing), "{:?}", p.client_events);
     assert!(matches!(&p.server_events[0], ServerEvent::Connect { app, .. } if app == "live"));
     assert!(p.server_events.iter().any(|e| matches!(e,
         ServerEvent::Publish { name, query: Some(q), kind, .. } if name == "cam1" && q == "key=s3cret" && kind == "live")));
 
-    let meta = amf0::encode_all(&[
-        Value::from("onMetaData"),
-        Value::EcmaArray(vec![("width".into(), Value::Number(640.0))]),
-    ]);
+    let meta =
+        amf0::encode_all(&[Value::from("onMetaData"), Value::EcmaArray(vec![("width".into(), Value::Number(640.0))])]);
     p.client.send_media(MediaKind::Data, 0, &meta);
     let big = vec![7u8; 5000];
     p.client.send_media(MediaKind::Video, 0x0100_0000, &big);
@@ -106,23 +97,13 @@ fn connect_publish_and_media() {
         .collect();
     assert_eq!(media.len(), 3);
     assert_eq!(media[0].kind, MediaKind::Data);
-    assert_eq!(
-        &media[0].payload[..],
-        &meta[..],
-        "@setDataFrame is unwrapped"
-    );
-    assert_eq!(
-        (media[1].timestamp, media[1].payload.len()),
-        (0x0100_0000, 5000)
-    );
+    assert_eq!(&media[0].payload[..], &meta[..], "@setDataFrame is unwrapped");
+    assert_eq!((media[1].timestamp, media[1].payload.len()), (0x0100_0000, 5000));
     assert_eq!(media[2].timestamp, 23);
 
     p.client.unpublish();
     p.run(accept_all);
-    assert!(matches!(
-        p.server_events.last(),
-        Some(ServerEvent::Unpublish { .. })
-    ));
+    assert!(matches!(p.server_events.last(), Some(ServerEvent::Unpublish { .. })));
 }
 
 #[test]
@@ -131,13 +112,7 @@ fn play_receives_shared_chunks() {
     p.run(accept_all);
     assert!(p.client_events.contains(&ClientEvent::Playing));
     let sid = p.client.stream_id();
-    let chunks = encode_media(
-        MediaKind::Video,
-        40,
-        sid,
-        &[0x17, 1, 0, 0, 0, 1, 2, 3],
-        p.server.chunk_size(),
-    );
+    let chunks = encode_media(MediaKind::Video, 40, sid, &[0x17, 1, 0, 0, 0, 1, 2, 3], p.server.chunk_size());
     p.server.send_media(chunks);
     p.run(accept_all);
     assert!(p.client_events.iter().any(|e| matches!(e,
@@ -149,14 +124,14 @@ fn rejections_reach_the_client() {
     let mut p = Pair::new(ClientMode::Publish("busy".into()));
     p.run(|s, ev| match ev {
         ServerEvent::Connect { .. } => s.accept_connect().unwrap(),
-        ServerEvent::Publish { stream_id, .. } => s
-            .reject(*stream_id, "NetStream.Publish.BadName", "busy")
-            .unwrap(),
+        ServerEvent::Publish { stream_id, .. } => s.reject(*stream_id, "NetStream.Publish.BadName", "busy").unwrap(),
         _ => {}
     });
-    assert!(p.client_events.iter().any(
-        |e| matches!(e, ClientEvent::Status { code, .. } if code == "NetStream.Publish.BadName")
-    ));
+    assert!(
+        p.client_events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Status { code, .. } if code == "NetStream.Publish.BadName"))
+    );
     assert!(!p.client_events.contains(&ClientEvent::Publishing));
 
     let mut p = Pair::new(ClientMode::Play("nothing".into()));
@@ -166,7 +141,11 @@ fn rejections_reach_the_client() {
         }
     });
     assert!(p.server.is_closing());
-    assert!(p.client_events.iter().any(|e| matches!(e, ClientEvent::Status { code, .. } if code == "NetConnection.Connect.Rejected")));
+    assert!(
+        p.client_events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Status { code, .. } if code == "NetConnection.Connect.Rejected"))
+    );
 }
 
 #[test]
@@ -174,14 +153,8 @@ fn timers_handshake_ping_idle() {
     let now = Instant::now();
     let config = ServerConfig::default();
     let mut s = ServerSession::new(config.clone(), now);
-    assert_eq!(
-        s.poll_timeout(),
-        Some((Timer::Handshake, now + config.handshake_timeout))
-    );
-    assert!(matches!(
-        s.handle_timeout(now + config.handshake_timeout),
-        Err(SessionError::HandshakeTimeout(_))
-    ));
+    assert_eq!(s.poll_timeout(), Some((Timer::Handshake, now + config.handshake_timeout)));
+    assert!(matches!(s.handle_timeout(now + config.handshake_timeout), Err(SessionError::HandshakeTimeout(_))));
 
     let mut p = Pair::new(ClientMode::Play("x".into()));
     p.run(accept_all);
@@ -195,15 +168,8 @@ fn timers_handshake_ping_idle() {
     let pong = p.client.poll_transmit().expect("ping response");
     p.now += Duration::from_secs(5);
     p.server.handle_input(p.now, &pong).unwrap();
-    assert!(
-        p.server
-            .handle_timeout(p.now + Duration::from_secs(29))
-            .is_ok()
-    );
-    assert!(matches!(
-        p.server.handle_timeout(p.now + Duration::from_secs(30)),
-        Err(SessionError::IdleTimeout(_))
-    ));
+    assert!(p.server.handle_timeout(p.now + Duration::from_secs(29)).is_ok());
+    assert!(matches!(p.server.handle_timeout(p.now + Duration::from_secs(30)), Err(SessionError::IdleTimeout(_))));
 }
 
 /// A server session past the handshake, for feeding raw chunks.
@@ -213,10 +179,7 @@ fn handshaken() -> ServerSession {
 
 /// With a 64 KiB message cap: the default 16 MiB cap is above what 24 bits can declare.
 fn handshaken_small_cap() -> ServerSession {
-    handshaken_with(ServerConfig {
-        max_message_len: 65_536,
-        ..ServerConfig::default()
-    })
+    handshaken_with(ServerConfig { max_message_len: 65_536, ..ServerConfig::default() })
 }
 
 fn handshaken_with(config: ServerConfig) -> ServerSession {
@@ -238,23 +201,14 @@ fn command(values: &[Value]) -> BytesMut {
 
 fn connected() -> ServerSession {
     let mut s = handshaken();
-    let connect = command(&[
-        Value::from("connect"),
-        Value::Number(1.0),
-        Value::object([("app", Value::from("live"))]),
-    ]);
+    let connect = command(&[Value::from("connect"), Value::Number(1.0), Value::object([("app", Value::from("live"))])]);
     s.handle_input(Instant::now(), &connect).unwrap();
     s.accept_connect().unwrap();
     s
 }
 
 /// What arrives, on which session, and the error it must give.
-type Case = (
-    &'static str,
-    fn() -> ServerSession,
-    BytesMut,
-    fn(&SessionError) -> bool,
-);
+type Case = (&'static str, fn() -> ServerSession, BytesMut, fn(&SessionError) -> bool);
 
 #[test]
 fn bad_input_is_a_typed_error() {
@@ -266,15 +220,8 @@ fn bad_input_is_a_typed_error() {
         b
     };
     let cases: Vec<Case> = vec![
-        ("chunk size 0", handshaken, chunk_size(0), |e| {
-            matches!(e, SessionError::Chunk(_))
-        }),
-        (
-            "chunk size above 2^31-1",
-            handshaken,
-            chunk_size(0x8000_0000),
-            |e| matches!(e, SessionError::Chunk(_)),
-        ),
+        ("chunk size 0", handshaken, chunk_size(0), |e| matches!(e, SessionError::Chunk(_))),
+        ("chunk size above 2^31-1", handshaken, chunk_size(0x8000_0000), |e| matches!(e, SessionError::Chunk(_))),
         (
             "message over the cap",
             handshaken_small_cap,
@@ -308,12 +255,7 @@ fn bad_input_is_a_typed_error() {
         (
             "command before connect",
             handshaken,
-            command(&[
-                Value::from("play"),
-                Value::Number(2.0),
-                Value::Null,
-                Value::from("x"),
-            ]),
+            command(&[Value::from("play"), Value::Number(2.0), Value::Null, Value::from("x")]),
             |e| matches!(e, SessionError::CommandBeforeConnect(c) if c == "play"),
         ),
         (
@@ -330,12 +272,8 @@ fn bad_input_is_a_typed_error() {
             "publish on a stream never created",
             connected,
             {
-                let body = amf0::encode_all(&[
-                    Value::from("publish"),
-                    Value::Number(3.0),
-                    Value::Null,
-                    Value::from("x"),
-                ]);
+                let body =
+                    amf0::encode_all(&[Value::from("publish"), Value::Number(3.0), Value::Null, Value::from("x")]);
                 let mut b = BytesMut::new();
                 encode_message(&mut b, 3, 0, 20, 7, &body, 128);
                 b
@@ -354,26 +292,14 @@ fn bad_input_is_a_typed_error() {
 fn aggregate_messages_are_split_and_rebased() {
     let mut s = connected();
     let now = Instant::now();
-    s.handle_input(
-        now,
-        &command(&[Value::from("createStream"), Value::Number(2.0), Value::Null]),
-    )
-    .unwrap();
-    let body = amf0::encode_all(&[
-        Value::from("publish"),
-        Value::Number(3.0),
-        Value::Null,
-        Value::from("a"),
-    ]);
+    s.handle_input(now, &command(&[Value::from("createStream"), Value::Number(2.0), Value::Null])).unwrap();
+    let body = amf0::encode_all(&[Value::from("publish"), Value::Number(3.0), Value::Null, Value::from("a")]);
     let mut b = BytesMut::new();
     encode_message(&mut b, 3, 0, 20, 1, &body, 128);
     s.handle_input(now, &b).unwrap();
     s.accept_publish(1).unwrap();
     let mut agg = BytesMut::new();
-    for (t, ts, body) in [
-        (9u8, 1000u32, &[0x17u8, 1, 0, 0, 0][..]),
-        (8, 1020, &[0xaf, 1, 5][..]),
-    ] {
+    for (t, ts, body) in [(9u8, 1000u32, &[0x17u8, 1, 0, 0, 0][..]), (8, 1020, &[0xaf, 1, 5][..])] {
         agg.put_u8(t);
         agg.put_slice(&(body.len() as u32).to_be_bytes()[1..]);
         agg.put_slice(&ts.to_be_bytes()[1..]);
@@ -402,46 +328,18 @@ fn aggregate_messages_are_split_and_rebased() {
 fn pipelined_commands_wait_for_each_decision() {
     let mut s = handshaken();
     let now = Instant::now();
-    let mut all = command(&[
-        Value::from("connect"),
-        Value::Number(1.0),
-        Value::object([("app", Value::from("live"))]),
-    ]);
-    all.extend_from_slice(&command(&[
-        Value::from("createStream"),
-        Value::Number(2.0),
-        Value::Null,
-    ]));
-    let body = amf0::encode_all(&[
-        Value::from("publish"),
-        Value::Number(3.0),
-        Value::Null,
-        Value::from("cam"),
-    ]);
+    let mut all = command(&[Value::from("connect"), Value::Number(1.0), Value::object([("app", Value::from("live"))])]);
+    all.extend_from_slice(&command(&[Value::from("createStream"), Value::Number(2.0), Value::Null]));
+    let body = amf0::encode_all(&[Value::from("publish"), Value::Number(3.0), Value::Null, Value::from("cam")]);
     encode_message(&mut all, 3, 0, 20, 1, &body, 128);
-    let meta = amf0::encode_all(&[
-        Value::from("@setDataFrame"),
-        Value::from("onMetaData"),
-        Value::EcmaArray(vec![]),
-    ]);
+    let meta = amf0::encode_all(&[Value::from("@setDataFrame"), Value::from("onMetaData"), Value::EcmaArray(vec![])]);
     encode_message(&mut all, 5, 0, 18, 1, &meta, 128);
     s.handle_input(now, &all).unwrap();
     assert!(matches!(s.poll_event(), Some(ServerEvent::Connect { .. })));
-    assert_eq!(
-        s.poll_event(),
-        None,
-        "nothing past connect before the decision"
-    );
+    assert_eq!(s.poll_event(), None, "nothing past connect before the decision");
     s.accept_connect().unwrap();
-    assert!(matches!(
-        s.poll_event(),
-        Some(ServerEvent::Publish { stream_id: 1, .. })
-    ));
-    assert_eq!(
-        s.poll_event(),
-        None,
-        "metadata waits for the publish decision"
-    );
+    assert!(matches!(s.poll_event(), Some(ServerEvent::Publish { stream_id: 1, .. })));
+    assert_eq!(s.poll_event(), None, "metadata waits for the publish decision");
     s.accept_publish(1).unwrap();
     assert!(matches!(s.poll_event(), Some(ServerEvent::Media(m)) if m.kind == MediaKind::Data));
 }

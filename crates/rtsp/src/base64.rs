@@ -6,9 +6,8 @@ const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 pub fn encode(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..4 {
             if i <= c.len() {
                 out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -49,14 +48,7 @@ pub fn decode(s: &str) -> Option<Vec<u8>> {
 mod tests {
     #[test]
     fn round_trip() {
-        for s in [
-            &b""[..],
-            b"f",
-            b"fo",
-            b"foo",
-            b"foob",
-            b"\x67\x64\x00\x1f\xac",
-        ] {
+        for s in [&b""[..], b"f", b"fo", b"foo", b"foob", b"\x67\x64\x00\x1f\xac"] {
             assert_eq!(super::decode(&super::encode(s)).unwrap(), s);
         }
         assert_eq!(super::encode(b"foob"), "Zm9vYg==");

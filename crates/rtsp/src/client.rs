@@ -126,13 +126,7 @@ impl ClientSession {
             started: false,
         };
         match c.mode.clone() {
-            ClientMode::Play => c.request(
-                now,
-                Method::Describe,
-                &c.url.clone(),
-                Headers::default(),
-                Bytes::new(),
-            ),
+            ClientMode::Play => c.request(now, Method::Describe, &c.url.clone(), Headers::default(), Bytes::new()),
             ClientMode::Record(text) => {
                 let mut h = Headers::default();
                 h.add("Content-Type", "application/sdp");
@@ -142,14 +136,7 @@ impl ClientSession {
         c
     }
 
-    fn request(
-        &mut self,
-        now: Instant,
-        method: Method,
-        uri: &str,
-        mut headers: Headers,
-        body: Bytes,
-    ) {
+    fn request(&mut self, now: Instant, method: Method, uri: &str, mut headers: Headers, body: Bytes) {
         self.cseq += 1;
         let mut h = Headers::default();
         h.add("CSeq", self.cseq.to_string());
@@ -161,32 +148,19 @@ impl ClientSession {
             h.add(k, v);
         }
         headers = h;
-        let req = Request {
-            method: method.clone(),
-            uri: uri.to_owned(),
-            headers,
-            body,
-        };
+        let req = Request { method: method.clone(), uri: uri.to_owned(), headers, body };
         self.out.put_slice(&req.encode());
         self.pending = Some((method, now));
     }
 
     fn control_url(&self, control: &str) -> String {
-        if control.contains("://") {
-            control.to_owned()
-        } else {
-            format!("{}/{}", self.url, control)
-        }
+        if control.contains("://") { control.to_owned() } else { format!("{}/{}", self.url, control) }
     }
 
     fn setup_next(&mut self, now: Instant) {
         let i = self.next_setup;
         let Some(control) = self.controls.get(i).cloned() else {
-            let method = if matches!(self.mode, ClientMode::Play) {
-                Method::Play
-            } else {
-                Method::Record
-            };
+            let method = if matches!(self.mode, ClientMode::Play) { Method::Play } else { Method::Record };
             let url = self.url.clone();
             let mut h = Headers::default();
             if method == Method::Play {
@@ -196,11 +170,7 @@ impl ClientSession {
             return;
         };
         let mut t = Transport {
-            lower: if self.transport == ClientTransport::Tcp {
-                Lower::Tcp
-            } else {
-                Lower::Udp
-            },
+            lower: if self.transport == ClientTransport::Tcp { Lower::Tcp } else { Lower::Udp },
             multicast: false,
             client_port: None,
             server_port: None,
@@ -231,15 +201,9 @@ impl ClientSession {
                 Message::Interleaved { channel, data } => {
                     let track = usize::from(channel / 2);
                     self.events.push_back(if channel % 2 == 0 {
-                        ClientEvent::Rtp {
-                            track,
-                            packet: data,
-                        }
+                        ClientEvent::Rtp { track, packet: data }
                     } else {
-                        ClientEvent::Rtcp {
-                            track,
-                            packet: data,
-                        }
+                        ClientEvent::Rtcp { track, packet: data }
                     });
                 }
                 Message::Request(_) => {}
@@ -253,10 +217,7 @@ impl ClientSession {
             return Ok(());
         };
         if r.status != 200 {
-            self.events.push_back(ClientEvent::Failed {
-                method,
-                status: r.status,
-            });
+            self.events.push_back(ClientEvent::Failed { method, status: r.status });
             return Ok(());
         }
         if let Some(s) = r.headers.get("Session") {
@@ -278,15 +239,9 @@ impl ClientSession {
                 self.setup_next(now);
             }
             Method::Setup => {
-                let server_port = r
-                    .headers
-                    .get("Transport")
-                    .and_then(|t| Transport::parse(t).ok())
-                    .and_then(|t| t.server_port);
-                self.events.push_back(ClientEvent::SetUp {
-                    track: self.next_setup,
-                    server_port,
-                });
+                let server_port =
+                    r.headers.get("Transport").and_then(|t| Transport::parse(t).ok()).and_then(|t| t.server_port);
+                self.events.push_back(ClientEvent::SetUp { track: self.next_setup, server_port });
                 self.next_setup += 1;
                 self.setup_next(now);
             }
@@ -310,42 +265,26 @@ impl ClientSession {
     /// A keep-alive (GET_PARAMETER).
     pub fn keep_alive(&mut self, now: Instant) {
         let url = self.url.clone();
-        self.request(
-            now,
-            Method::GetParameter,
-            &url,
-            Headers::default(),
-            Bytes::new(),
-        );
+        self.request(now, Method::GetParameter, &url, Headers::default(), Bytes::new());
     }
 
     /// Ends the session (TEARDOWN).
     pub fn teardown(&mut self, now: Instant) {
         let url = self.url.clone();
-        self.request(
-            now,
-            Method::Teardown,
-            &url,
-            Headers::default(),
-            Bytes::new(),
-        );
+        self.request(now, Method::Teardown, &url, Headers::default(), Bytes::new());
     }
 
     /// Fails when the server has not answered a request in time.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ClientError> {
         match &self.pending {
-            Some((m, at)) if now >= *at + self.response_timeout => {
-                Err(ClientError::Timeout(m.as_str().to_owned()))
-            }
+            Some((m, at)) if now >= *at + self.response_timeout => Err(ClientError::Timeout(m.as_str().to_owned())),
             _ => Ok(()),
         }
     }
 
     /// When [`ClientSession::handle_timeout`] is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending
-            .as_ref()
-            .map(|(_, at)| *at + self.response_timeout)
+        self.pending.as_ref().map(|(_, at)| *at + self.response_timeout)
     }
 
     /// The next event.
@@ -375,82 +314,38 @@ mod tests {
     #[test]
     fn play_sequence_over_tcp() {
         let now = Instant::now();
-        let mut c = ClientSession::new(
-            "rtsp://h/live/a",
-            ClientMode::Play,
-            ClientTransport::Tcp,
-            vec![],
-            now,
-        );
+        let mut c = ClientSession::new("rtsp://h/live/a", ClientMode::Play, ClientTransport::Tcp, vec![], now);
         let req = String::from_utf8(c.poll_transmit().unwrap().to_vec()).unwrap();
-        assert!(
-            req.starts_with("DESCRIBE rtsp://h/live/a RTSP/1.0\r\nCSeq: 1\r\n"),
-            "{req}"
-        );
+        assert!(req.starts_with("DESCRIBE rtsp://h/live/a RTSP/1.0\r\nCSeq: 1\r\n"), "{req}");
         let sdp = "v=0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:trackID=0\r\nm=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/44100/2\r\na=fmtp:97 config=1210\r\na=control:trackID=1\r\n";
-        respond(
-            &mut c,
-            now,
-            &format!(
-                "RTSP/1.0 200 OK\r\nCSeq: 1\r\nContent-Length: {}\r\n\r\n{sdp}",
-                sdp.len()
-            ),
-        );
+        respond(&mut c, now, &format!("RTSP/1.0 200 OK\r\nCSeq: 1\r\nContent-Length: {}\r\n\r\n{sdp}", sdp.len()));
         assert!(matches!(c.poll_event(), Some(ClientEvent::Described(s)) if s.media.len() == 2));
         let req = String::from_utf8(c.poll_transmit().unwrap().to_vec()).unwrap();
-        assert!(
-            req.starts_with("SETUP rtsp://h/live/a/trackID=0 ") && req.contains("interleaved=0-1"),
-            "{req}"
-        );
+        assert!(req.starts_with("SETUP rtsp://h/live/a/trackID=0 ") && req.contains("interleaved=0-1"), "{req}");
         respond(
             &mut c,
             now,
             "RTSP/1.0 200 OK\r\nCSeq: 2\r\nSession: abc;timeout=60\r\nTransport: RTP/AVP/TCP;interleaved=0-1\r\n\r\n",
         );
         let req = String::from_utf8(c.poll_transmit().unwrap().to_vec()).unwrap();
-        assert!(
-            req.contains("trackID=1") && req.contains("Session: abc\r\n"),
-            "{req}"
-        );
-        respond(
-            &mut c,
-            now,
-            "RTSP/1.0 200 OK\r\nCSeq: 3\r\nSession: abc\r\n\r\n",
-        );
+        assert!(req.contains("trackID=1") && req.contains("Session: abc\r\n"), "{req}");
+        respond(&mut c, now, "RTSP/1.0 200 OK\r\nCSeq: 3\r\nSession: abc\r\n\r\n");
         let req = String::from_utf8(c.poll_transmit().unwrap().to_vec()).unwrap();
         assert!(req.starts_with("PLAY rtsp://h/live/a RTSP/1.0"), "{req}");
-        respond(
-            &mut c,
-            now,
-            "RTSP/1.0 200 OK\r\nCSeq: 4\r\nSession: abc\r\n\r\n$\x02\x00\x01x",
-        );
+        respond(&mut c, now, "RTSP/1.0 200 OK\r\nCSeq: 4\r\nSession: abc\r\n\r\n$\x02\x00\x01x");
         let evs: Vec<ClientEvent> = std::iter::from_fn(|| c.poll_event()).collect();
         assert!(evs.contains(&ClientEvent::Started));
-        assert!(evs.contains(&ClientEvent::Rtp {
-            track: 1,
-            packet: Bytes::from_static(b"x")
-        }));
+        assert!(evs.contains(&ClientEvent::Rtp { track: 1, packet: Bytes::from_static(b"x") }));
     }
 
     #[test]
     fn failure_and_timeout() {
         let now = Instant::now();
-        let mut c = ClientSession::new(
-            "rtsp://h/none",
-            ClientMode::Play,
-            ClientTransport::Udp,
-            vec![(5000, 5001)],
-            now,
-        );
+        let mut c =
+            ClientSession::new("rtsp://h/none", ClientMode::Play, ClientTransport::Udp, vec![(5000, 5001)], now);
         c.poll_transmit();
         assert!(c.handle_timeout(now + Duration::from_secs(11)).is_err());
         respond(&mut c, now, "RTSP/1.0 404 Not Found\r\nCSeq: 1\r\n\r\n");
-        assert_eq!(
-            c.poll_event(),
-            Some(ClientEvent::Failed {
-                method: Method::Describe,
-                status: 404
-            })
-        );
+        assert_eq!(c.poll_event(), Some(ClientEvent::Failed { method: Method::Describe, status: 404 }));
     }
 }

@@ -89,10 +89,7 @@ pub struct Headers(Vec<(String, String)>);
 impl Headers {
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Appends a field. Values with CR or LF are refused (no header injection).
@@ -130,9 +127,7 @@ impl Request {
 
     /// The session id of the Session header (without `;timeout=`).
     pub fn session(&self) -> Option<&str> {
-        self.headers
-            .get("Session")
-            .map(|s| s.split(';').next().unwrap_or("").trim())
+        self.headers.get("Session").map(|s| s.split(';').next().unwrap_or("").trim())
     }
 
     /// Encodes the request.
@@ -191,12 +186,7 @@ impl Response {
         if let Some(c) = cseq {
             headers.add("CSeq", c.to_string());
         }
-        Response {
-            status,
-            reason: reason(status).to_owned(),
-            headers,
-            body: Bytes::new(),
-        }
+        Response { status, reason: reason(status).to_owned(), headers, body: Bytes::new() }
     }
 
     /// Adds a header (builder style).
@@ -325,10 +315,8 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Message>, MessageError> {
     if head_end.0 > MAX_HEADER_LEN {
         return Err(MessageError::HeadersTooLarge);
     }
-    let head = std::str::from_utf8(&buf[..head_end.0]).map_err(|e| MessageError::Malformed {
-        offset: e.valid_up_to(),
-        why: "not UTF-8",
-    })?;
+    let head = std::str::from_utf8(&buf[..head_end.0])
+        .map_err(|e| MessageError::Malformed { offset: e.valid_up_to(), why: "not UTF-8" })?;
     let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let start = lines.next().unwrap_or_default();
     let mut headers = Headers::default();
@@ -342,27 +330,17 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Message>, MessageError> {
         if count > MAX_HEADERS {
             return Err(MessageError::HeadersTooLarge);
         }
-        let (k, v) = line.split_once(':').ok_or(MessageError::Malformed {
-            offset,
-            why: "header field without ':'",
-        })?;
+        let (k, v) = line.split_once(':').ok_or(MessageError::Malformed { offset, why: "header field without ':'" })?;
         if k.is_empty() || k.contains(' ') {
-            return Err(MessageError::Malformed {
-                offset,
-                why: "bad header field name",
-            });
+            return Err(MessageError::Malformed { offset, why: "bad header field name" });
         }
         headers.0.push((k.trim().to_owned(), v.trim().to_owned()));
         offset += line.len() + 1;
     }
     let body_len = match headers.get("Content-Length") {
-        Some(v) => v
-            .trim()
-            .parse::<usize>()
-            .map_err(|_| MessageError::Malformed {
-                offset: 0,
-                why: "bad Content-Length",
-            })?,
+        Some(v) => {
+            v.trim().parse::<usize>().map_err(|_| MessageError::Malformed { offset: 0, why: "bad Content-Length" })?
+        }
         None => 0,
     };
     if body_len > MAX_BODY_LEN {
@@ -372,51 +350,26 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Message>, MessageError> {
         return Ok(None);
     }
     let mut parts = start.splitn(3, ' ');
-    let (a, b, c) = (
-        parts.next().unwrap_or(""),
-        parts.next().unwrap_or(""),
-        parts.next().unwrap_or(""),
-    );
+    let (a, b, c) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let msg = if let Some(version) = a.strip_prefix("RTSP/") {
         if version != "1.0" {
             return Err(MessageError::Version(a.to_owned()));
         }
-        let status = b.parse::<u16>().map_err(|_| MessageError::Malformed {
-            offset: a.len() + 1,
-            why: "bad status code",
-        })?;
-        Message::Response(Response {
-            status,
-            reason: c.to_owned(),
-            headers,
-            body: Bytes::new(),
-        })
+        let status =
+            b.parse::<u16>().map_err(|_| MessageError::Malformed { offset: a.len() + 1, why: "bad status code" })?;
+        Message::Response(Response { status, reason: c.to_owned(), headers, body: Bytes::new() })
     } else {
-        if a.is_empty()
-            || !a.bytes().all(|ch| ch.is_ascii_uppercase() || ch == b'_')
-            || b.is_empty()
-        {
-            return Err(MessageError::Malformed {
-                offset: 0,
-                why: "not an RTSP request line",
-            });
+        if a.is_empty() || !a.bytes().all(|ch| ch.is_ascii_uppercase() || ch == b'_') || b.is_empty() {
+            return Err(MessageError::Malformed { offset: 0, why: "not an RTSP request line" });
         }
         match c.strip_prefix("RTSP/") {
             Some("1.0") => {}
             Some(_) => return Err(MessageError::Version(c.to_owned())),
             None => {
-                return Err(MessageError::Malformed {
-                    offset: a.len() + b.len() + 2,
-                    why: "no RTSP version",
-                });
+                return Err(MessageError::Malformed { offset: a.len() + b.len() + 2, why: "no RTSP version" });
             }
         }
-        Message::Request(Request {
-            method: Method::parse(a),
-            uri: b.to_owned(),
-            headers,
-            body: Bytes::new(),
-        })
+        Message::Request(Request { method: Method::parse(a), uri: b.to_owned(), headers, body: Bytes::new() })
     };
     buf.advance(head_end.1);
     let body = buf.split_to(body_len).freeze();
@@ -463,19 +416,11 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"ANNOUNCE rtsp://h/live/a RTSP/1.0\r\nCSeq: 3\r\nContent-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n$\x01\x00\x02ab"[..],
         );
-        let Some(Message::Request(r)) = decode(&mut buf).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            (&r.method, r.cseq(), &r.body[..]),
-            (&Method::Announce, Some(3), &b"v=0\n"[..])
-        );
+        let Some(Message::Request(r)) = decode(&mut buf).unwrap() else { panic!() };
+        assert_eq!((&r.method, r.cseq(), &r.body[..]), (&Method::Announce, Some(3), &b"v=0\n"[..]));
         assert_eq!(
             decode(&mut buf).unwrap(),
-            Some(Message::Interleaved {
-                channel: 1,
-                data: Bytes::from_static(b"ab")
-            })
+            Some(Message::Interleaved { channel: 1, data: Bytes::from_static(b"ab") })
         );
         assert!(buf.is_empty());
     }
@@ -484,10 +429,7 @@ mod tests {
     fn partial_input_waits() {
         assert_eq!(one(b"OPTIONS rtsp://h RTSP/1.0\r\nCSeq: 1\r\n"), Ok(None));
         assert_eq!(one(b"$\x00\x00\x05ab"), Ok(None));
-        assert_eq!(
-            one(b"DESCRIBE rtsp://h RTSP/1.0\r\nContent-Length: 10\r\n\r\nabc"),
-            Ok(None)
-        );
+        assert_eq!(one(b"DESCRIBE rtsp://h RTSP/1.0\r\nContent-Length: 10\r\n\r\nabc"), Ok(None));
     }
 
     #[test]
@@ -503,15 +445,9 @@ mod tests {
             one(b"DESCRIBE rtsp://h RTSP/1.0\r\nContent-Length: 99999999\r\n\r\n"),
             Err(MessageError::BodyTooLarge(99_999_999))
         );
-        assert_eq!(
-            one(b"\x16\x03\x01garbage\r\n\r\n").unwrap_err().status(),
-            400
-        );
+        assert_eq!(one(b"\x16\x03\x01garbage\r\n\r\n").unwrap_err().status(), 400);
         assert_eq!(one(b"GET / HTTP/1.1\r\n\r\n").unwrap_err().status(), 400);
-        assert_eq!(
-            one(b"OPTIONS * RTSP/2.0\r\n\r\n").unwrap_err().status(),
-            505
-        );
+        assert_eq!(one(b"OPTIONS * RTSP/2.0\r\n\r\n").unwrap_err().status(), 505);
     }
 
     #[test]
@@ -521,9 +457,7 @@ mod tests {
             .with("X-Evil", "a\r\nInjected: 1")
             .with_body("application/sdp", "v=0\r\n");
         let mut buf = BytesMut::from(&r.encode()[..]);
-        let Some(Message::Response(back)) = decode(&mut buf).unwrap() else {
-            panic!()
-        };
+        let Some(Message::Response(back)) = decode(&mut buf).unwrap() else { panic!() };
         assert_eq!(back.status, 200);
         assert_eq!(back.headers.get("cseq"), Some("7"));
         assert_eq!(back.headers.get("Injected"), None);

@@ -116,13 +116,12 @@ pub fn parse(d: &[u8]) -> Result<Vec<RtcpPacket>, RtcpError> {
                 octets: u32_at(p, 24),
                 reports: blocks(p, 28, count),
             },
-            RR if len >= 8 + 24 * count => RtcpPacket::ReceiverReport {
-                ssrc: u32_at(p, 4),
-                reports: blocks(p, 8, count),
-            },
-            BYE if len >= 4 + 4 * count => RtcpPacket::Bye {
-                sources: (0..count).map(|k| u32_at(p, 4 + 4 * k)).collect(),
-            },
+            RR if len >= 8 + 24 * count => {
+                RtcpPacket::ReceiverReport { ssrc: u32_at(p, 4), reports: blocks(p, 8, count) }
+            }
+            BYE if len >= 4 + 4 * count => {
+                RtcpPacket::Bye { sources: (0..count).map(|k| u32_at(p, 4 + 4 * k)).collect() }
+            }
             SR | RR | BYE => return Err(RtcpError(pos)),
             other => RtcpPacket::Other(other),
         });
@@ -144,14 +143,7 @@ fn put_block(out: &mut BytesMut, b: &ReportBlock) {
 }
 
 /// A sender report followed by an SDES CNAME (RFC 3550 6.1: compound packets carry one).
-pub fn sender_report(
-    ssrc: u32,
-    ntp: u64,
-    rtp_time: u32,
-    packets: u32,
-    octets: u32,
-    cname: &str,
-) -> Bytes {
+pub fn sender_report(ssrc: u32, ntp: u64, rtp_time: u32, packets: u32, octets: u32, cname: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(64);
     out.put_u8(0x80);
     out.put_u8(SR);
@@ -275,10 +267,7 @@ impl ReceiverStats {
 
     /// A report block for now; advances the interval counters.
     pub fn report(&mut self, now_micros: u64) -> ReportBlock {
-        let expected = self
-            .extended_max()
-            .wrapping_sub(self.base_seq)
-            .wrapping_add(1);
+        let expected = self.extended_max().wrapping_sub(self.base_seq).wrapping_add(1);
         let expected_interval = expected.wrapping_sub(self.expected_prior);
         let received_interval = self.received.wrapping_sub(self.received_prior);
         self.expected_prior = expected;
@@ -296,9 +285,9 @@ impl ReceiverStats {
             highest_seq: self.extended_max(),
             jitter: self.jitter as u32,
             last_sr: self.last_sr,
-            delay_since_last_sr: self.last_sr_at_micros.map_or(0, |t| {
-                ((now_micros.saturating_sub(t)) * 65536 / 1_000_000) as u32
-            }),
+            delay_since_last_sr: self
+                .last_sr_at_micros
+                .map_or(0, |t| ((now_micros.saturating_sub(t)) * 65536 / 1_000_000) as u32),
         }
     }
 }
@@ -333,27 +322,15 @@ mod tests {
             delay_since_last_sr: 6,
         };
         let rr = receiver_report(1, &block, "x");
-        assert_eq!(
-            parse(&rr).unwrap()[0],
-            RtcpPacket::ReceiverReport {
-                ssrc: 1,
-                reports: vec![block]
-            }
-        );
-        assert_eq!(
-            parse(&bye(7)).unwrap(),
-            vec![RtcpPacket::Bye { sources: vec![7] }]
-        );
+        assert_eq!(parse(&rr).unwrap()[0], RtcpPacket::ReceiverReport { ssrc: 1, reports: vec![block] });
+        assert_eq!(parse(&bye(7)).unwrap(), vec![RtcpPacket::Bye { sources: vec![7] }]);
     }
 
     #[test]
     fn malformed() {
         assert!(parse(&[0x80, 200, 0, 6, 0, 0]).is_err());
         assert!(parse(&[0x40, 200, 0, 0]).is_err());
-        assert!(
-            parse(&[0x81, 201, 0, 1, 0, 0, 0, 1]).is_err(),
-            "count says one block, none present"
-        );
+        assert!(parse(&[0x81, 201, 0, 1, 0, 0, 0, 1]).is_err(), "count says one block, none present");
     }
 
     #[test]
@@ -375,12 +352,7 @@ mod tests {
         // Transit varying by 160 units each packet gives jitter approaching 160.
         let mut s = ReceiverStats::default();
         for i in 0..200u32 {
-            s.on_packet(
-                1,
-                i as u16,
-                i * 3000,
-                i * 3000 + if i % 2 == 0 { 0 } else { 160 },
-            );
+            s.on_packet(1, i as u16, i * 3000, i * 3000 + if i % 2 == 0 { 0 } else { 160 });
         }
         let j = s.report(0).jitter;
         assert!((150..=160).contains(&j), "{j}");

@@ -101,42 +101,15 @@ mod tests {
         RtpPacket::write(&mut b, true, 96, 65535, 0xdead_beef, 7, &[b"abc"]);
         let p = RtpPacket::parse(b.freeze()).unwrap();
         assert_eq!(
-            (
-                p.marker,
-                p.payload_type,
-                p.sequence,
-                p.timestamp,
-                p.ssrc,
-                &p.payload[..]
-            ),
+            (p.marker, p.payload_type, p.sequence, p.timestamp, p.ssrc, &p.payload[..]),
             (true, 96, 65535, 0xdead_beef, 7, &b"abc"[..])
         );
         // Extension of one word and two bytes of padding.
-        let raw = [
-            0xb0, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0xbe, 0xde, 0, 1, 1, 2, 3, 4, b'x', 0, 2,
-        ];
-        assert_eq!(
-            &RtpPacket::parse(Bytes::copy_from_slice(&raw))
-                .unwrap()
-                .payload[..],
-            b"x"
-        );
-        assert_eq!(
-            RtpPacket::parse(Bytes::from_static(&[0x80, 0, 0])),
-            Err(RtpError::Truncated(3))
-        );
-        assert_eq!(
-            RtpPacket::parse(Bytes::from_static(&[0x40; 12])),
-            Err(RtpError::Version(1))
-        );
-        assert!(
-            RtpPacket::parse(Bytes::from_static(&[
-                0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 99
-            ]))
-            .is_err()
-        );
-        assert!(
-            RtpPacket::parse(Bytes::from_static(&[0x8f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])).is_err()
-        );
+        let raw = [0xb0, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0xbe, 0xde, 0, 1, 1, 2, 3, 4, b'x', 0, 2];
+        assert_eq!(&RtpPacket::parse(Bytes::copy_from_slice(&raw)).unwrap().payload[..], b"x");
+        assert_eq!(RtpPacket::parse(Bytes::from_static(&[0x80, 0, 0])), Err(RtpError::Truncated(3)));
+        assert_eq!(RtpPacket::parse(Bytes::from_static(&[0x40; 12])), Err(RtpError::Version(1)));
+        assert!(RtpPacket::parse(Bytes::from_static(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 99])).is_err());
+        assert!(RtpPacket::parse(Bytes::from_static(&[0x8f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])).is_err());
     }
 }

@@ -5,9 +5,7 @@
 use std::fmt::Write;
 
 use bytes::Bytes;
-use ferrocast_media::{
-    AudioCodec, TrackInfo, Tracks, VideoCodec, aac::AudioSpecificConfig, h264, h265,
-};
+use ferrocast_media::{AudioCodec, TrackInfo, Tracks, VideoCodec, aac::AudioSpecificConfig, h264, h265};
 
 use crate::base64;
 
@@ -38,10 +36,7 @@ pub struct Media {
 impl Media {
     /// An fmtp parameter.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.fmtp
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.fmtp.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -95,10 +90,7 @@ pub fn parse(text: &[u8]) -> Result<Sdp, SdpError> {
                 let kind = f.next().ok_or_else(|| bad("empty m= line"))?.to_owned();
                 let _port = f.next();
                 let _proto = f.next();
-                let pt: u8 = f
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .ok_or_else(|| bad("bad payload type"))?;
+                let pt: u8 = f.next().and_then(|p| p.parse().ok()).ok_or_else(|| bad("bad payload type"))?;
                 let (encoding, clock_rate, channels) = match pt {
                     0 => ("PCMU", 8000, 1),
                     8 => ("PCMA", 8000, 1),
@@ -130,10 +122,8 @@ pub fn parse(text: &[u8]) -> Result<Sdp, SdpError> {
                         }
                         let mut p = enc.trim().split('/');
                         m.encoding = p.next().unwrap_or("").to_ascii_uppercase();
-                        m.clock_rate = p
-                            .next()
-                            .and_then(|c| c.parse().ok())
-                            .ok_or_else(|| bad("bad rtpmap clock rate"))?;
+                        m.clock_rate =
+                            p.next().and_then(|c| c.parse().ok()).ok_or_else(|| bad("bad rtpmap clock rate"))?;
                         m.channels = p.next().and_then(|c| c.parse().ok()).unwrap_or(1);
                     }
                     "fmtp" => {
@@ -147,8 +137,7 @@ pub fn parse(text: &[u8]) -> Result<Sdp, SdpError> {
                                 continue;
                             }
                             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                            m.fmtp
-                                .push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                            m.fmtp.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
                         }
                     }
                     _ => {}
@@ -166,49 +155,25 @@ pub fn parse(text: &[u8]) -> Result<Sdp, SdpError> {
 pub fn track_info(m: &Media) -> Option<TrackInfo> {
     let b64 = |name: &str| -> Vec<Bytes> {
         m.param(name)
-            .map(|v| {
-                v.split(',')
-                    .filter_map(base64::decode)
-                    .filter(|b| !b.is_empty())
-                    .map(Bytes::from)
-                    .collect()
-            })
+            .map(|v| v.split(',').filter_map(base64::decode).filter(|b| !b.is_empty()).map(Bytes::from).collect())
             .unwrap_or_default()
     };
     match m.encoding.as_str() {
         "H264" => {
             let sets = b64("sprop-parameter-sets");
-            let sps: Vec<Bytes> = sets
-                .iter()
-                .filter(|s| s[0] & 0x1f == h264::nal::SPS)
-                .cloned()
-                .collect();
-            let pps: Vec<Bytes> = sets
-                .iter()
-                .filter(|s| s[0] & 0x1f == h264::nal::PPS)
-                .cloned()
-                .collect();
+            let sps: Vec<Bytes> = sets.iter().filter(|s| s[0] & 0x1f == h264::nal::SPS).cloned().collect();
+            let pps: Vec<Bytes> = sets.iter().filter(|s| s[0] & 0x1f == h264::nal::PPS).cloned().collect();
             let config = h264::build_avcc(&sps, &pps).unwrap_or_default();
-            Some(TrackInfo::Video {
-                codec: VideoCodec::H264,
-                config,
-                clock_rate: m.clock_rate.max(1),
-            })
+            Some(TrackInfo::Video { codec: VideoCodec::H264, config, clock_rate: m.clock_rate.max(1) })
         }
         "H265" => {
-            let config = h265::build_hvcc(&b64("sprop-vps"), &b64("sprop-sps"), &b64("sprop-pps"))
-                .unwrap_or_default();
-            Some(TrackInfo::Video {
-                codec: VideoCodec::H265,
-                config,
-                clock_rate: m.clock_rate.max(1),
-            })
+            let config = h265::build_hvcc(&b64("sprop-vps"), &b64("sprop-sps"), &b64("sprop-pps")).unwrap_or_default();
+            Some(TrackInfo::Video { codec: VideoCodec::H265, config, clock_rate: m.clock_rate.max(1) })
         }
         "MPEG4-GENERIC" => {
             let hex = m.param("config")?;
-            let config: Vec<u8> = (0..hex.len() / 2)
-                .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-                .collect();
+            let config: Vec<u8> =
+                (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect();
             let asc = AudioSpecificConfig::parse(&config).ok()?;
             Some(TrackInfo::Audio {
                 codec: AudioCodec::Aac,
@@ -218,7 +183,33 @@ pub fn track_info(m: &Media) -> Option<TrackInfo> {
                 clock_rate: m.clock_rate.max(1),
             })
         }
+        // RFC 7587: always 48000/2 in the rtpmap, whatever the encoder runs at.
+        "OPUS" => Some(TrackInfo::Audio {
+            codec: AudioCodec::Opus,
+            config: Bytes::new(),
+            sample_rate: 48_000,
+            channels: m.channels.max(1),
+            clock_rate: 48_000,
+        }),
+        "PCMA" | "PCMU" => Some(TrackInfo::Audio {
+            codec: if m.encoding == "PCMA" { AudioCodec::Pcma } else { AudioCodec::Pcmu },
+            config: Bytes::new(),
+            sample_rate: m.clock_rate.max(1),
+            channels: m.channels.max(1),
+            clock_rate: m.clock_rate.max(1),
+        }),
         _ => None,
+    }
+}
+
+/// The RTP payload type ferrocast uses for a track: the static types of RFC 3551 for 8 kHz
+/// mono G.711, else 96 for video and 97 for audio. [`describe`] announces the same.
+pub fn payload_type(track: &TrackInfo) -> u8 {
+    match track {
+        TrackInfo::Video { .. } => 96,
+        TrackInfo::Audio { codec: AudioCodec::Pcmu, sample_rate: 8000, channels: 1, .. } => 0,
+        TrackInfo::Audio { codec: AudioCodec::Pcma, sample_rate: 8000, channels: 1, .. } => 8,
+        TrackInfo::Audio { .. } => 97,
     }
 }
 
@@ -236,18 +227,17 @@ pub fn describe(tracks: &Tracks, origin: &str, connection: &str) -> (String, Vec
             VideoCodec::H264 => h264::AvcConfig::parse(config).ok().map(|c| {
                 let sets: Vec<String> = c.sps.iter().chain(&c.pps).map(|x| base64::encode(x)).collect();
                 let [p, cc, l] = c.profile_compat_level;
-                format!("packetization-mode=1;profile-level-id={p:02X}{cc:02X}{l:02X};sprop-parameter-sets={}", sets.join(","))
+                format!(
+                    "packetization-mode=1;profile-level-id={p:02X}{cc:02X}{l:02X};sprop-parameter-sets={}",
+                    sets.join(",")
+                )
             }),
             VideoCodec::H265 => h265::HevcConfig::parse(config).ok().map(|c| {
                 let j = |v: &[Bytes]| v.iter().map(|x| base64::encode(x)).collect::<Vec<_>>().join(",");
                 format!("sprop-vps={};sprop-sps={};sprop-pps={}", j(&c.vps), j(&c.sps), j(&c.pps))
             }),
         };
-        let name = if *codec == VideoCodec::H264 {
-            "H264"
-        } else {
-            "H265"
-        };
+        let name = if *codec == VideoCodec::H264 { "H264" } else { "H265" };
         let _ = write!(s, "m=video 0 RTP/AVP 96\r\na=rtpmap:96 {name}/90000\r\n");
         if let Some(f) = fmtp {
             let _ = write!(s, "a=fmtp:96 {f}\r\n");
@@ -255,22 +245,37 @@ pub fn describe(tracks: &Tracks, origin: &str, connection: &str) -> (String, Vec
         let _ = write!(s, "a=control:trackID=0\r\n");
         ids.push((0, v.clone()));
     }
-    if let Some(
-        a @ TrackInfo::Audio {
-            codec: AudioCodec::Aac,
-            config,
-            sample_rate,
-            channels,
-            ..
-        },
-    ) = &tracks.audio
-    {
+    if let Some(a @ TrackInfo::Audio { codec: AudioCodec::Aac, config, sample_rate, channels, .. }) = &tracks.audio {
         let hex: String = config.iter().map(|b| format!("{b:02x}")).collect();
         let _ = write!(
             s,
             "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/{sample_rate}/{channels}\r\na=fmtp:97 streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3;config={hex}\r\na=control:trackID=1\r\n"
         );
         ids.push((1, a.clone()));
+    }
+    if let Some(a @ TrackInfo::Audio { codec, sample_rate, channels, .. }) = &tracks.audio {
+        let line = match codec {
+            AudioCodec::Opus => {
+                Some("m=audio 0 RTP/AVP 97\r\na=rtpmap:97 opus/48000/2\r\na=fmtp:97 sprop-stereo=1\r\n".to_owned())
+            }
+            // Static payload types of RFC 3551 for the usual 8 kHz mono.
+            AudioCodec::Pcmu if *sample_rate == 8000 && *channels == 1 => {
+                Some("m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n".to_owned())
+            }
+            AudioCodec::Pcma if *sample_rate == 8000 && *channels == 1 => {
+                Some("m=audio 0 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n".to_owned())
+            }
+            AudioCodec::Pcma | AudioCodec::Pcmu => {
+                let name = if *codec == AudioCodec::Pcma { "PCMA" } else { "PCMU" };
+                Some(format!("m=audio 0 RTP/AVP 97\r\na=rtpmap:97 {name}/{sample_rate}/{channels}\r\n"))
+            }
+            _ => None,
+        };
+        if let Some(l) = line {
+            s.push_str(&l);
+            s.push_str("a=control:trackID=1\r\n");
+            ids.push((1, a.clone()));
+        }
     }
     (s, ids)
 }
@@ -288,28 +293,12 @@ mod tests {
         assert_eq!(sdp.media.len(), 2);
         assert_eq!(sdp.media[0].control.as_deref(), Some("streamid=0"));
         let v = track_info(&sdp.media[0]).unwrap();
-        let TrackInfo::Video {
-            codec: VideoCodec::H264,
-            config,
-            clock_rate: 90000,
-        } = &v
-        else {
-            panic!("{v:?}")
-        };
-        assert_eq!(
-            h264::AvcConfig::parse(config).unwrap().codec_string(),
-            "avc1.64000d"
-        );
+        let TrackInfo::Video { codec: VideoCodec::H264, config, clock_rate: 90000 } = &v else { panic!("{v:?}") };
+        assert_eq!(h264::AvcConfig::parse(config).unwrap().codec_string(), "avc1.64000d");
         let a = track_info(&sdp.media[1]).unwrap();
         assert!(matches!(
             a,
-            TrackInfo::Audio {
-                codec: AudioCodec::Aac,
-                sample_rate: 44100,
-                channels: 2,
-                clock_rate: 44100,
-                ..
-            }
+            TrackInfo::Audio { codec: AudioCodec::Aac, sample_rate: 44100, channels: 2, clock_rate: 44100, .. }
         ));
         assert_eq!(sdp.media[1].param("sizelength"), Some("13"));
     }
@@ -317,11 +306,7 @@ mod tests {
     #[test]
     fn describe_round_trips_through_parse() {
         let sdp = parse(FFMPEG_ANNOUNCE.as_bytes()).unwrap();
-        let tracks = Tracks {
-            video: track_info(&sdp.media[0]),
-            audio: track_info(&sdp.media[1]),
-            metadata: None,
-        };
+        let tracks = Tracks { video: track_info(&sdp.media[0]), audio: track_info(&sdp.media[1]), metadata: None };
         let (text, ids) = describe(&tracks, "127.0.0.1", "0.0.0.0");
         assert_eq!(ids.len(), 2);
         let back = parse(text.as_bytes()).unwrap();
@@ -331,15 +316,28 @@ mod tests {
     }
 
     #[test]
+    fn g711_static_types_and_opus() {
+        let sdp = parse(b"v=0\r\nm=audio 0 RTP/AVP 8\r\nm=audio 0 RTP/AVP 0\r\nm=audio 0 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n").unwrap();
+        let infos: Vec<TrackInfo> = sdp.media.iter().map(|m| track_info(m).unwrap()).collect();
+        assert!(matches!(
+            infos[0],
+            TrackInfo::Audio { codec: AudioCodec::Pcma, sample_rate: 8000, channels: 1, clock_rate: 8000, .. }
+        ));
+        assert!(matches!(infos[1], TrackInfo::Audio { codec: AudioCodec::Pcmu, .. }));
+        assert!(matches!(infos[2], TrackInfo::Audio { codec: AudioCodec::Opus, channels: 2, clock_rate: 48000, .. }));
+        for info in infos {
+            let (text, ids) = describe(&Tracks { audio: Some(info.clone()), ..Tracks::default() }, "h", "0.0.0.0");
+            assert_eq!(ids.len(), 1);
+            let back = parse(text.as_bytes()).unwrap();
+            assert_eq!(back.media[0].payload_type, payload_type(&info));
+            assert_eq!(track_info(&back.media[0]), Some(info));
+        }
+    }
+
+    #[test]
     fn malformed_and_oversized() {
-        assert!(matches!(
-            parse(b"v=0\r\nm=video x\r\n"),
-            Err(SdpError::Malformed { line: 2, .. })
-        ));
-        assert!(matches!(
-            parse(b"v=0\r\ngarbage\r\n"),
-            Err(SdpError::Malformed { line: 2, .. })
-        ));
+        assert!(matches!(parse(b"v=0\r\nm=video x\r\n"), Err(SdpError::Malformed { line: 2, .. })));
+        assert!(matches!(parse(b"v=0\r\ngarbage\r\n"), Err(SdpError::Malformed { line: 2, .. })));
         let many = "m=video 0 RTP/AVP 96\r\n".repeat(MAX_MEDIA + 1);
         assert_eq!(parse(many.as_bytes()), Err(SdpError::TooLarge));
     }

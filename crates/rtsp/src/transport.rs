@@ -43,9 +43,7 @@ pub struct Transport {
 #[error("unsupported transport {0:?}")]
 pub struct UnsupportedTransport(pub String);
 
-fn pair<T: std::str::FromStr + Copy + std::ops::Add<Output = T> + From<u8>>(
-    v: &str,
-) -> Option<(T, T)> {
+fn pair<T: std::str::FromStr + Copy + std::ops::Add<Output = T> + From<u8>>(v: &str) -> Option<(T, T)> {
     match v.split_once('-') {
         Some((a, b)) => Some((a.trim().parse().ok()?, b.trim().parse().ok()?)),
         None => {
@@ -121,22 +119,14 @@ impl Transport {
             Lower::Udp => "RTP/AVP",
             Lower::Tcp => "RTP/AVP/TCP",
         });
-        s.push_str(if self.multicast {
-            ";multicast"
-        } else {
-            ";unicast"
-        });
+        s.push_str(if self.multicast { ";multicast" } else { ";unicast" });
         if let Some(d) = &self.destination {
             let _ = write!(s, ";destination={d}");
         }
         if let Some(d) = &self.source {
             let _ = write!(s, ";source={d}");
         }
-        for (name, v) in [
-            ("client_port", self.client_port),
-            ("server_port", self.server_port),
-            ("port", self.port),
-        ] {
+        for (name, v) in [("client_port", self.client_port), ("server_port", self.server_port), ("port", self.port)] {
             if let Some((a, b)) = v {
                 let _ = write!(s, ";{name}={a}-{b}");
             }
@@ -163,22 +153,14 @@ mod tests {
 
     #[test]
     fn what_ffmpeg_and_gstreamer_send() {
-        let t =
-            Transport::parse("RTP/AVP/UDP;unicast;client_port=41234-41235;mode=record").unwrap();
-        assert_eq!(
-            (t.lower, t.client_port, t.record),
-            (Lower::Udp, Some((41234, 41235)), true)
-        );
+        let t = Transport::parse("RTP/AVP/UDP;unicast;client_port=41234-41235;mode=record").unwrap();
+        assert_eq!((t.lower, t.client_port, t.record), (Lower::Udp, Some((41234, 41235)), true));
         let t = Transport::parse("RTP/AVP/TCP;unicast;interleaved=4-5").unwrap();
         assert_eq!(t.interleaved, Some((4, 5)));
-        let t = Transport::parse("RTP/AVP;multicast;destination=239.255.0.1;port=5000-5001;ttl=1")
-            .unwrap();
+        let t = Transport::parse("RTP/AVP;multicast;destination=239.255.0.1;port=5000-5001;ttl=1").unwrap();
         assert!(t.multicast && t.port == Some((5000, 5001)) && t.ttl == Some(1));
-        let t = Transport::parse_header(
-            "RTP/SAVP;unicast;client_port=1-2,RTP/AVP;unicast;client_port=3-4",
-            |_| true,
-        )
-        .unwrap();
+        let t = Transport::parse_header("RTP/SAVP;unicast;client_port=1-2,RTP/AVP;unicast;client_port=3-4", |_| true)
+            .unwrap();
         assert_eq!(t.client_port, Some((3, 4)));
         assert!(Transport::parse("RAW/RAW/UDP;unicast").is_err());
         assert!(Transport::parse("RTP/AVP;client_port=x-y").is_err());

@@ -14,15 +14,8 @@ use ferrocast_rtsp::sdp;
 
 fn ffmpeg(out: &str, args: &[&str]) -> Vec<u8> {
     let path = std::env::temp_dir().join(format!("ferrocast-rtsp-{}-{out}", std::process::id()));
-    let ok = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .arg(&path)
-        .status();
-    assert!(
-        ok.is_ok_and(|s| s.success()),
-        "ffmpeg is required (./scripts/test installs it)"
-    );
+    let ok = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).arg(&path).status();
+    assert!(ok.is_ok_and(|s| s.success()), "ffmpeg is required (./scripts/test installs it)");
     let data = std::fs::read(&path).unwrap();
     let _ = std::fs::remove_file(&path);
     data
@@ -31,11 +24,7 @@ fn ffmpeg(out: &str, args: &[&str]) -> Vec<u8> {
 /// Access units of an Annex B stream split at AUDs, parameter sets set aside.
 fn access_units(data: &[u8], hevc: bool) -> (Vec<Bytes>, Vec<(bool, Bytes)>) {
     let kind = |n: &[u8]| if hevc { h265::nal_type(n) } else { n[0] & 0x1f };
-    let (aud, params): (u8, &[u8]) = if hevc {
-        (35, &[32, 33, 34])
-    } else {
-        (9, &[7, 8])
-    };
+    let (aud, params): (u8, &[u8]) = if hevc { (35, &[32, 33, 34]) } else { (9, &[7, 8]) };
     let mut sets = Vec::new();
     let mut aus: Vec<(bool, Vec<u8>)> = Vec::new();
     for n in avc::split_annexb(data) {
@@ -58,13 +47,7 @@ fn access_units(data: &[u8], hevc: bool) -> (Vec<Bytes>, Vec<(bool, Bytes)>) {
         au.1.extend_from_slice(&(n.len() as u32).to_be_bytes());
         au.1.extend_from_slice(n);
     }
-    (
-        sets,
-        aus.into_iter()
-            .filter(|a| !a.1.is_empty())
-            .map(|(k, d)| (k, Bytes::from(d)))
-            .collect(),
-    )
+    (sets, aus.into_iter().filter(|a| !a.1.is_empty()).map(|(k, d)| (k, Bytes::from(d))).collect())
 }
 
 fn video_track(hevc: bool, sets: &[Bytes]) -> TrackInfo {
@@ -73,23 +56,12 @@ fn video_track(hevc: bool, sets: &[Bytes]) -> TrackInfo {
     } else {
         h264::build_avcc(&sets[0..1], &sets[1..2]).unwrap()
     };
-    TrackInfo::Video {
-        codec: if hevc {
-            VideoCodec::H265
-        } else {
-            VideoCodec::H264
-        },
-        config,
-        clock_rate: 90_000,
-    }
+    TrackInfo::Video { codec: if hevc { VideoCodec::H265 } else { VideoCodec::H264 }, config, clock_rate: 90_000 }
 }
 
 fn sdp_media(track: &TrackInfo) -> sdp::Media {
     let (text, _) = sdp::describe(
-        &ferrocast_media::Tracks {
-            video: Some(track.clone()),
-            ..Default::default()
-        },
+        &ferrocast_media::Tracks { video: Some(track.clone()), ..Default::default() },
         "127.0.0.1",
         "0.0.0.0",
     );
@@ -99,11 +71,7 @@ fn sdp_media(track: &TrackInfo) -> sdp::Media {
 fn packetize(p: &mut Packetizer, frames: &[Arc<Frame>]) -> Vec<RtpPacket> {
     frames
         .iter()
-        .flat_map(|f| {
-            codec::packets(&p.packetize(f))
-                .map(|b| RtpPacket::parse(b).unwrap())
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|f| codec::packets(&p.packetize(f)).map(|b| RtpPacket::parse(b).unwrap()).collect::<Vec<_>>())
         .collect()
 }
 
@@ -152,24 +120,12 @@ fn video_case(hevc: bool) {
     let frames: Vec<Arc<Frame>> = aus
         .iter()
         .enumerate()
-        .map(|(i, (k, d))| {
-            Frame::new(
-                TrackKind::Video,
-                i as i64 * 3000,
-                i as i64 * 3000,
-                *k,
-                d.clone(),
-            )
-        })
+        .map(|(i, (k, d))| Frame::new(TrackKind::Video, i as i64 * 3000, i as i64 * 3000, *k, d.clone()))
         .collect();
     let mut p = Packetizer::new(&track, 96, 0x1234, 65_000, 7, 1400).unwrap();
     let packets = packetize(&mut p, &frames);
     assert!(packets.iter().all(|x| x.payload.len() <= 1400));
-    assert!(
-        packets.len() > frames.len() * 2,
-        "large IDR frames need fragmentation: {} packets",
-        packets.len()
-    );
+    assert!(packets.len() > frames.len() * 2, "large IDR frames need fragmentation: {} packets", packets.len());
 
     // Lossless: every frame comes back as sent, with its timestamp, in-band parameter sets
     // lifted into the configuration.
@@ -186,9 +142,7 @@ fn video_case(hevc: bool) {
         assert_eq!((au.data.clone(), au.keyframe), (f.data.clone(), f.keyframe));
         assert_eq!(au.rtp_time, p.rtp_time(f.pts));
     }
-    let TrackInfo::Video { config, .. } = &track else {
-        unreachable!()
-    };
+    let TrackInfo::Video { config, .. } = &track else { unreachable!() };
     assert_eq!(d.take_new_config().as_ref(), Some(config));
 
     // Loss inside a keyframe's fragments: that GOP is dropped, the next keyframe recovers,
@@ -207,16 +161,9 @@ fn video_case(hevc: bool) {
             got.push(au);
         }
     }
-    let next_key = 1 + frames[1..]
-        .iter()
-        .position(|f| f.keyframe)
-        .expect("a second keyframe");
+    let next_key = 1 + frames[1..].iter().position(|f| f.keyframe).expect("a second keyframe");
     assert!(got[0].keyframe, "resumes at a keyframe");
-    assert_eq!(
-        got[0].rtp_time,
-        p.rtp_time(frames[next_key].pts),
-        "the first GOP is skipped"
-    );
+    assert_eq!(got[0].rtp_time, p.rtp_time(frames[next_key].pts), "the first GOP is skipped");
     assert_eq!(got.len(), frames.len() - next_key);
     let report = stats.report(0);
     assert_eq!(report.cumulative_lost, lost_at.len() as i32);
@@ -237,18 +184,7 @@ fn h265_round_trip_and_loss() {
 fn aac_round_trip_with_several_aus_per_packet() {
     let adts = ffmpeg(
         "a.aac",
-        &[
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=48000",
-            "-t",
-            "1",
-            "-c:a",
-            "aac",
-            "-f",
-            "adts",
-        ],
+        &["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "1", "-c:a", "aac", "-f", "adts"],
     );
     let mut frames = Vec::new();
     let mut pos = 0;
@@ -268,16 +204,9 @@ fn aac_round_trip_with_several_aus_per_packet() {
         clock_rate: 48_000,
     };
     let media = sdp::parse(
-        sdp::describe(
-            &ferrocast_media::Tracks {
-                audio: Some(track.clone()),
-                ..Default::default()
-            },
-            "h",
-            "0.0.0.0",
-        )
-        .0
-        .as_bytes(),
+        sdp::describe(&ferrocast_media::Tracks { audio: Some(track.clone()), ..Default::default() }, "h", "0.0.0.0")
+            .0
+            .as_bytes(),
     )
     .unwrap()
     .media
@@ -318,15 +247,7 @@ fn aac_round_trip_with_several_aus_per_packet() {
     let fr: Vec<Arc<Frame>> = frames
         .iter()
         .enumerate()
-        .map(|(i, f)| {
-            Frame::new(
-                TrackKind::Audio,
-                i as i64 * 1024,
-                i as i64 * 1024,
-                true,
-                f.clone(),
-            )
-        })
+        .map(|(i, f)| Frame::new(TrackKind::Audio, i as i64 * 1024, i as i64 * 1024, true, f.clone()))
         .collect();
     let mut d = Depacketizer::new(&track, &media).unwrap();
     for x in packetize(&mut p, &fr) {

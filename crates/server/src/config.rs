@@ -115,14 +115,9 @@ impl HlsConfig {
         if let Some(c) = self.paths.get(path) {
             return c.clone();
         }
-        let mut patterns: Vec<(&String, &HlsPathConfig)> =
-            self.paths.iter().filter(|(k, _)| k.contains('*')).collect();
+        let mut patterns: Vec<(&String, &HlsPathConfig)> = self.paths.iter().filter(|(k, _)| k.contains('*')).collect();
         patterns.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(b.0)));
-        patterns
-            .into_iter()
-            .find(|(k, _)| glob_match(k, path))
-            .map(|(_, c)| c.clone())
-            .unwrap_or_default()
+        patterns.into_iter().find(|(k, _)| glob_match(k, path)).map(|(_, c)| c.clone()).unwrap_or_default()
     }
 }
 
@@ -249,16 +244,9 @@ impl Default for RtspConfig {
 impl RtspConfig {
     /// The multicast range as (network, prefix length).
     pub fn multicast_net(&self) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
-        let (net, len) = self
-            .multicast_range
-            .split_once('/')
-            .unwrap_or((&self.multicast_range, "32"));
-        let net: std::net::Ipv4Addr = net
-            .parse()
-            .map_err(|e| anyhow::anyhow!("rtsp.multicast_range: {e}"))?;
-        let len: u8 = len
-            .parse()
-            .map_err(|e| anyhow::anyhow!("rtsp.multicast_range: {e}"))?;
+        let (net, len) = self.multicast_range.split_once('/').unwrap_or((&self.multicast_range, "32"));
+        let net: std::net::Ipv4Addr = net.parse().map_err(|e| anyhow::anyhow!("rtsp.multicast_range: {e}"))?;
+        let len: u8 = len.parse().map_err(|e| anyhow::anyhow!("rtsp.multicast_range: {e}"))?;
         anyhow::ensure!(
             net.is_multicast() && (4..=32).contains(&len),
             "rtsp.multicast_range must be a multicast CIDR like 239.255.0.0/16"
@@ -269,9 +257,7 @@ impl RtspConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-        }
+        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], 8080)) }
     }
 }
 
@@ -303,8 +289,7 @@ impl Config {
 
     /// Reads and parses a file.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Config::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -321,18 +306,12 @@ impl Config {
             "rtmp.max_message_size must be 4096..=16777216, got {}",
             r.max_message_size
         );
-        anyhow::ensure!(
-            self.hub.reader_queue_frames >= 16,
-            "hub.reader_queue_frames must be at least 16"
-        );
+        anyhow::ensure!(self.hub.reader_queue_frames >= 16, "hub.reader_queue_frames must be at least 16");
         for (key, v) in [
             ("rtmp.handshake_timeout_ms", r.handshake_timeout_ms),
             ("rtmp.idle_timeout_ms", r.idle_timeout_ms),
             ("rtmp.ping_interval_ms", r.ping_interval_ms),
-            (
-                "hub.reader_write_timeout_ms",
-                self.hub.reader_write_timeout_ms,
-            ),
+            ("hub.reader_write_timeout_ms", self.hub.reader_write_timeout_ms),
         ] {
             anyhow::ensure!(v > 0, "{key} must be above 0");
         }
@@ -362,13 +341,7 @@ mod tests {
             "[hls.paths.\"cams/*\"]\nvariant = \"fmp4\"\n[hls.paths.\"cams/lobby\"]\nsegment_duration_ms = 6000\n[hls.paths.\"*\"]\nsegment_duration_ms = 4000\n",
         )
         .unwrap();
-        assert_eq!(
-            c.hls.for_path("cams/lobby"),
-            HlsPathConfig {
-                variant: None,
-                segment_duration_ms: Some(6000)
-            }
-        );
+        assert_eq!(c.hls.for_path("cams/lobby"), HlsPathConfig { variant: None, segment_duration_ms: Some(6000) });
         assert_eq!(c.hls.for_path("cams/door").variant, Some(HlsVariant::Fmp4));
         assert_eq!(c.hls.for_path("live/x").segment_duration_ms, Some(4000));
         assert!(glob_match("a/*/c", "a/b/c") && !glob_match("a/*/c", "a/b/d"));

@@ -52,26 +52,17 @@ impl HlsRegistry {
 
     /// The HLS state of a path.
     pub fn get(&self, path: &str) -> Option<Arc<HlsStream>> {
-        self.streams
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-            .cloned()
+        self.streams.lock().unwrap_or_else(|e| e.into_inner()).get(path).cloned()
     }
 }
 
 fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Starts following the hub; returns the registry HTTP serves from.
 pub fn start(hub: Arc<Hub>, config: HlsConfig) -> Arc<HlsRegistry> {
-    let registry = Arc::new(HlsRegistry {
-        streams: Mutex::new(HashMap::new()),
-        config,
-    });
+    let registry = Arc::new(HlsRegistry { streams: Mutex::new(HashMap::new()), config });
     if registry.config.enabled {
         let mut news = hub.watch_new_streams();
         let reg = registry.clone();
@@ -96,10 +87,7 @@ fn spawn_stream(hub: &Arc<Hub>, reg: &Arc<HlsRegistry>, path: String) {
     let Some(sub) = hub.subscribe(&path) else {
         return;
     };
-    let stream = Arc::new(HlsStream {
-        segmenter: Mutex::new(None),
-        updated: watch::channel(0).0,
-    });
+    let stream = Arc::new(HlsStream { segmenter: Mutex::new(None), updated: watch::channel(0).0 });
     {
         let mut streams = reg.streams.lock().unwrap_or_else(|e| e.into_inner());
         if streams.contains_key(&path) {
@@ -119,12 +107,7 @@ fn spawn_stream(hub: &Arc<Hub>, reg: &Arc<HlsRegistry>, path: String) {
     });
 }
 
-fn segmenter_for(
-    config: &HlsConfig,
-    path: &str,
-    codec: Option<VideoCodec>,
-    instance: &str,
-) -> Segmenter {
+fn segmenter_for(config: &HlsConfig, path: &str, codec: Option<VideoCodec>, instance: &str) -> Segmenter {
     let over = config.for_path(path);
     let variant = match over.variant.unwrap_or(config.variant) {
         HlsVariant::Mpegts => Variant::MpegTs,
@@ -134,9 +117,7 @@ fn segmenter_for(
     };
     let seg_config = SegmenterConfig {
         variant,
-        target_duration_ms: over
-            .segment_duration_ms
-            .unwrap_or(config.segment_duration_ms),
+        target_duration_ms: over.segment_duration_ms.unwrap_or(config.segment_duration_ms),
         window: config.window,
         max_segment_bytes: config.max_segment_bytes,
     };
@@ -201,11 +182,7 @@ async fn run_stream(reg: &HlsRegistry, path: &str, stream: &HlsStream, mut reade
 /// of segments that left memory.
 async fn write_dir(stream: &HlsStream, dir: &std::path::Path, written: &mut Vec<String>) {
     let Some((files, media, multi)) = stream.with(|s| {
-        let mut files: Vec<(String, Bytes)> = s
-            .window()
-            .iter()
-            .map(|x| (x.name.clone(), x.data.clone()))
-            .collect();
+        let mut files: Vec<(String, Bytes)> = s.window().iter().map(|x| (x.name.clone(), x.data.clone())).collect();
         for x in s.window() {
             if let Some(init) = &x.init_name
                 && let Some(b) = s.get(init)
@@ -213,11 +190,7 @@ async fn write_dir(stream: &HlsStream, dir: &std::path::Path, written: &mut Vec<
                 files.push((init.clone(), b));
             }
         }
-        Some((
-            files,
-            s.media_playlist()?,
-            s.multivariant_playlist("media.m3u8")?,
-        ))
+        Some((files, s.media_playlist()?, s.multivariant_playlist("media.m3u8")?))
     }) else {
         return;
     };
@@ -269,8 +242,7 @@ pub fn parse_url(uri_path: &str) -> Option<(&str, HlsFile<'_>)> {
         "media.m3u8" => HlsFile::Media,
         f if (f.ends_with(".ts") || f.ends_with(".m4s") || f.ends_with(".mp4"))
             && f.len() <= 64
-            && f.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+            && f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
         {
             HlsFile::Segment(f)
         }
@@ -290,18 +262,9 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(
-            parse_url("/live/cam1/index.m3u8"),
-            Some(("live/cam1", HlsFile::Multivariant))
-        );
-        assert_eq!(
-            parse_url("/live/cam1/media.m3u8"),
-            Some(("live/cam1", HlsFile::Media))
-        );
-        assert_eq!(
-            parse_url("/live/cam1/abc-3.ts"),
-            Some(("live/cam1", HlsFile::Segment("abc-3.ts")))
-        );
+        assert_eq!(parse_url("/live/cam1/index.m3u8"), Some(("live/cam1", HlsFile::Multivariant)));
+        assert_eq!(parse_url("/live/cam1/media.m3u8"), Some(("live/cam1", HlsFile::Media)));
+        assert_eq!(parse_url("/live/cam1/abc-3.ts"), Some(("live/cam1", HlsFile::Segment("abc-3.ts"))));
         assert_eq!(parse_url("/live/cam1/..%2f..%2fetc.ts"), None);
         assert_eq!(parse_url("/live/cam1/x.html"), None);
         assert_eq!(parse_url("/live/cam1.flv"), None);

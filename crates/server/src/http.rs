@@ -34,9 +34,7 @@ pub struct AppState {
 
 /// The router.
 pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>) -> Router {
-    Router::new()
-        .fallback(handle)
-        .with_state(AppState { hub, hls })
+    Router::new().fallback(handle).with_state(AppState { hub, hls })
 }
 
 /// Serves HTTP until the task is dropped.
@@ -48,22 +46,10 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>, hls: Arc<HlsRegistry>) 
 
 fn cors(resp: &mut Response) {
     let h = resp.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, HEAD, OPTIONS"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("*"),
-    );
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, OPTIONS"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("*"));
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {
@@ -82,18 +68,11 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
     }
     if let Some((stream, file)) = hls::parse_url(&uri_path) {
         let head = req.method() == Method::HEAD;
-        let range = req
-            .headers()
-            .get(header::RANGE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         return hls_response(&state.hls, stream, file, head, range).await;
     }
     let hub = state.hub;
-    let Some(stream) = uri_path
-        .strip_prefix('/')
-        .and_then(|p| p.strip_suffix(".flv"))
-    else {
+    let Some(stream) = uri_path.strip_prefix('/').and_then(|p| p.strip_suffix(".flv")) else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     };
     if path::validate(stream).is_err() {
@@ -108,14 +87,8 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
     *resp.status_mut() = StatusCode::OK;
     cors(&mut resp);
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("video/x-flv"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-cache, no-store"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/x-flv"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
     if req.method() == Method::HEAD {
         return resp;
     }
@@ -152,11 +125,7 @@ async fn feed_flv(hub: Arc<Hub>, path: String, mut reader: Reader, tx: mpsc::Sen
                 ReaderItem::Unpublished => {}
                 ReaderItem::Ended => done = true,
                 ReaderItem::TooSlow => {
-                    warn!(
-                        path,
-                        dropped = reader.dropped,
-                        "http-flv reader too slow: disconnected"
-                    );
+                    warn!(path, dropped = reader.dropped, "http-flv reader too slow: disconnected");
                     return;
                 }
             }
@@ -164,24 +133,19 @@ async fn feed_flv(hub: Arc<Hub>, path: String, mut reader: Reader, tx: mpsc::Sen
         // Per-reader tags are gathered in one buffer; shared frame tags go out as they are.
         for tag in tags.drain(..) {
             match tag {
-                Tag::Own {
-                    tag_type,
-                    timestamp,
-                    body,
-                } => pending.extend_from_slice(&flv::tag(tag_type, timestamp, &body)),
+                Tag::Own { tag_type, timestamp, body } => {
+                    pending.extend_from_slice(&flv::tag(tag_type, timestamp, &body))
+                }
                 Tag::Frame { frame, track } => {
                     let kind = match frame.kind {
                         ferrocast_media::TrackKind::Audio => flv::TAG_AUDIO,
                         ferrocast_media::TrackKind::Video => flv::TAG_VIDEO,
                     };
-                    if !pending.is_empty()
-                        && !send(&tx, pending.split().freeze(), timeout, &path).await
-                    {
+                    if !pending.is_empty() && !send(&tx, pending.split().freeze(), timeout, &path).await {
                         return;
                     }
-                    let bytes = frame.wire(Wire::FlvTag, |f| {
-                        flv::tag(kind, track.to_ms(f.dts), &flv::frame_body(&track, f))
-                    });
+                    let bytes =
+                        frame.wire(Wire::FlvTag, |f| flv::tag(kind, track.to_ms(f.dts), &flv::frame_body(&track, f)));
                     if !send(&tx, bytes, timeout, &path).await {
                         return;
                     }
@@ -224,11 +188,7 @@ async fn hls_response(
             let Some(text) = text else {
                 return plain(StatusCode::NOT_FOUND, "no segments yet\n");
             };
-            (
-                Bytes::from(text),
-                "application/vnd.apple.mpegurl",
-                "no-cache",
-            )
+            (Bytes::from(text), "application/vnd.apple.mpegurl", "no-cache")
         }
         HlsFile::Segment(name) => {
             let Some(data) = hls.with(|s| s.get(name)) else {
@@ -268,11 +228,7 @@ async fn hls_response(
         }
     }
     let len = body.len();
-    let mut resp = if head {
-        Response::new(Body::empty())
-    } else {
-        Response::new(Body::from(body))
-    };
+    let mut resp = if head { Response::new(Body::empty()) } else { Response::new(Body::from(body)) };
     *resp.status_mut() = status;
     cors(&mut resp);
     let h = resp.headers_mut();
@@ -304,31 +260,19 @@ fn parse_range(value: &str, len: usize) -> Option<(usize, usize)> {
         (len.saturating_sub(n), len - 1)
     } else {
         let start: usize = a.parse().ok()?;
-        let end = if b.is_empty() {
-            len - 1
-        } else {
-            b.parse::<usize>().ok()?.min(len - 1)
-        };
+        let end = if b.is_empty() { len - 1 } else { b.parse::<usize>().ok()?.min(len - 1) };
         (start, end)
     };
     (start <= end && start < len).then_some((start, end))
 }
 
 /// Queues bytes for the client; false when the client is gone or took nothing in time.
-async fn send(
-    tx: &mpsc::Sender<Bytes>,
-    b: Bytes,
-    timeout: std::time::Duration,
-    path: &str,
-) -> bool {
+async fn send(tx: &mpsc::Sender<Bytes>, b: Bytes, timeout: std::time::Duration, path: &str) -> bool {
     match tokio::time::timeout(timeout, tx.send(b)).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {
-            warn!(
-                path,
-                "http-flv reader took nothing for {timeout:?}: disconnected"
-            );
+            warn!(path, "http-flv reader took nothing for {timeout:?}: disconnected");
             false
         }
     }
@@ -347,9 +291,7 @@ impl http_body::Body for FlvBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
     }
 }
 

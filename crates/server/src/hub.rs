@@ -114,11 +114,8 @@ impl Hub {
     /// Paths that have a publisher now.
     pub fn live_paths(&self) -> Vec<String> {
         let streams = lock(&self.streams);
-        let mut v: Vec<String> = streams
-            .values()
-            .filter(|s| lock(&s.state).publisher.is_some())
-            .map(|s| s.path.clone())
-            .collect();
+        let mut v: Vec<String> =
+            streams.values().filter(|s| lock(&s.state).publisher.is_some()).map(|s| s.path.clone()).collect();
         v.sort();
         v
     }
@@ -131,11 +128,7 @@ impl Hub {
             .entry(path.to_owned())
             .or_insert_with(|| {
                 let (tx, _) = broadcast::channel(self.config.reader_queue_frames);
-                Arc::new(Stream {
-                    path: path.to_owned(),
-                    tx,
-                    state: Mutex::new(StreamState::default()),
-                })
+                Arc::new(Stream { path: path.to_owned(), tx, state: Mutex::new(StreamState::default()) })
             })
             .clone();
         let mut st = lock(&stream.state);
@@ -160,11 +153,7 @@ impl Hub {
         if !republish {
             let _ = self.new_streams.send(path.to_owned());
         }
-        Ok(Publisher {
-            hub: self.clone(),
-            stream,
-            generation,
-        })
+        Ok(Publisher { hub: self.clone(), stream, generation })
     }
 
     /// Follows new streams: each newly published path (not republishes) is announced.
@@ -178,12 +167,7 @@ impl Hub {
         let st = lock(&stream.state);
         st.publisher?;
         let rx = stream.tx.subscribe();
-        Some(Subscription {
-            tracks: st.tracks.clone(),
-            gop: st.gop.clone(),
-            rx,
-            stream: stream.clone(),
-        })
+        Some(Subscription { tracks: st.tracks.clone(), gop: st.gop.clone(), rx, stream: stream.clone() })
     }
 
     /// Subscribes, waiting up to the configured play wait for a publisher to appear.
@@ -227,10 +211,7 @@ impl Hub {
         let st = lock(&stream.state);
         if st.publisher.is_none() && st.generation == generation {
             let _ = stream.tx.send(HubEvent::Ended);
-            if streams
-                .get(&stream.path)
-                .is_some_and(|s| Arc::ptr_eq(s, stream))
-            {
+            if streams.get(&stream.path).is_some_and(|s| Arc::ptr_eq(s, stream)) {
                 streams.remove(&stream.path);
             }
         }
@@ -299,10 +280,7 @@ impl Publisher {
             None => {
                 let o = match st.last_dts_ms {
                     Some(last) if st.generation > 1 => {
-                        self.hub
-                            .stats
-                            .timestamp_rebases
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.hub.stats.timestamp_rebases.fetch_add(1, Ordering::Relaxed);
                         last + REPUBLISH_GAP_MS - dts_ms
                     }
                     _ => 0,
@@ -369,10 +347,7 @@ mod tests {
     async fn one_publisher_per_path_and_gop_cache() {
         let hub = Hub::new(HubConfig::default());
         let p = hub.publish("live/a").unwrap();
-        assert_eq!(
-            hub.publish("live/a").unwrap_err(),
-            PublishError::Busy("live/a".into())
-        );
+        assert_eq!(hub.publish("live/a").unwrap_err(), PublishError::Busy("live/a".into()));
         p.set_tracks(video_tracks());
         p.push(TrackKind::Video, 0, 0, true, Bytes::from_static(b"k1"));
         p.push(TrackKind::Video, 33, 33, false, Bytes::from_static(b"p"));
@@ -387,10 +362,7 @@ mod tests {
 
     #[tokio::test]
     async fn republish_in_grace_continues_timeline() {
-        let hub = Hub::new(HubConfig {
-            republish_grace_ms: 60_000,
-            ..HubConfig::default()
-        });
+        let hub = Hub::new(HubConfig { republish_grace_ms: 60_000, ..HubConfig::default() });
         let p = hub.publish("live/a").unwrap();
         p.set_tracks(video_tracks());
         p.push(TrackKind::Video, 5000, 5000, true, Bytes::from_static(b"k"));
@@ -411,10 +383,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stream_ends_after_grace() {
-        let hub = Hub::new(HubConfig {
-            republish_grace_ms: 1000,
-            ..HubConfig::default()
-        });
+        let hub = Hub::new(HubConfig { republish_grace_ms: 1000, ..HubConfig::default() });
         let p = hub.publish("live/a").unwrap();
         let mut sub = hub.subscribe("live/a").unwrap();
         drop(p);
@@ -427,10 +396,7 @@ mod tests {
 
     #[tokio::test]
     async fn gop_over_the_cap_is_not_cached() {
-        let hub = Hub::new(HubConfig {
-            max_gop_cache_bytes: 10,
-            ..HubConfig::default()
-        });
+        let hub = Hub::new(HubConfig { max_gop_cache_bytes: 10, ..HubConfig::default() });
         let p = hub.publish("live/a").unwrap();
         p.set_tracks(video_tracks());
         p.push(TrackKind::Video, 0, 0, true, Bytes::from_static(b"123456"));

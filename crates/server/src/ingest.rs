@@ -65,12 +65,7 @@ pub struct RtmpIngest {
 impl RtmpIngest {
     /// Ingest into `publisher`.
     pub fn new(publisher: Publisher) -> Self {
-        RtmpIngest {
-            publisher,
-            tracks: Tracks::default(),
-            nal_length_size: 4,
-            clock: Unwrap::default(),
-        }
+        RtmpIngest { publisher, tracks: Tracks::default(), nal_length_size: 4, clock: Unwrap::default() }
     }
 
     /// The path being published.
@@ -89,26 +84,16 @@ impl RtmpIngest {
             MediaKind::Video => match flv::parse_video(&msg.payload)? {
                 VideoTag::Config { codec, config } => {
                     self.nal_length_size = nal_length_size(codec, &config)?;
-                    self.tracks.video = Some(TrackInfo::Video {
-                        codec,
-                        config,
-                        clock_rate: RTMP_CLOCK,
-                    });
+                    self.tracks.video = Some(TrackInfo::Video { codec, config, clock_rate: RTMP_CLOCK });
                     self.publisher.set_tracks(self.tracks.clone());
                 }
-                VideoTag::Frame {
-                    codec,
-                    keyframe,
-                    cts,
-                    data,
-                } => {
+                VideoTag::Frame { codec, keyframe, cts, data } => {
                     match &self.tracks.video {
                         Some(TrackInfo::Video { codec: c, .. }) if *c == codec => {}
                         _ => return Err(IngestError::NoConfig(TrackKind::Video)),
                     }
                     let data = to_four_byte_lengths(data, self.nal_length_size)?;
-                    self.publisher
-                        .push(TrackKind::Video, ts, ts + i64::from(cts), keyframe, data);
+                    self.publisher.push(TrackKind::Video, ts, ts + i64::from(cts), keyframe, data);
                 }
                 VideoTag::Ignored(_) => {}
             },
@@ -125,27 +110,31 @@ impl RtmpIngest {
                     self.publisher.set_tracks(self.tracks.clone());
                 }
                 AudioTag::AacFrame(data) => {
-                    if !matches!(
-                        self.tracks.audio,
-                        Some(TrackInfo::Audio {
-                            codec: AudioCodec::Aac,
-                            ..
-                        })
-                    ) {
+                    if !matches!(self.tracks.audio, Some(TrackInfo::Audio { codec: AudioCodec::Aac, .. })) {
                         return Err(IngestError::NoConfig(TrackKind::Audio));
                     }
                     self.publisher.push(TrackKind::Audio, ts, ts, true, data);
                 }
-                AudioTag::Mp3 {
-                    sample_rate,
-                    channels,
-                    data,
-                } => {
+                AudioTag::Mp3 { sample_rate, channels, data } => {
                     let track = TrackInfo::Audio {
                         codec: AudioCodec::Mp3,
                         config: bytes::Bytes::new(),
                         sample_rate,
                         channels,
+                        clock_rate: RTMP_CLOCK,
+                    };
+                    if self.tracks.audio.as_ref() != Some(&track) {
+                        self.tracks.audio = Some(track);
+                        self.publisher.set_tracks(self.tracks.clone());
+                    }
+                    self.publisher.push(TrackKind::Audio, ts, ts, true, data);
+                }
+                AudioTag::G711 { alaw, data } => {
+                    let track = TrackInfo::Audio {
+                        codec: if alaw { AudioCodec::Pcma } else { AudioCodec::Pcmu },
+                        config: bytes::Bytes::new(),
+                        sample_rate: 8000,
+                        channels: 1,
                         clock_rate: RTMP_CLOCK,
                     };
                     if self.tracks.audio.as_ref() != Some(&track) {
@@ -170,11 +159,7 @@ mod tests {
         let mut u = Unwrap::default();
         assert_eq!(u.extend(u32::MAX - 10), i64::from(u32::MAX - 10));
         assert_eq!(u.extend(5), (1i64 << 32) + 5);
-        assert_eq!(
-            u.extend(u32::MAX - 2),
-            i64::from(u32::MAX - 2),
-            "late message before the wrap"
-        );
+        assert_eq!(u.extend(u32::MAX - 2), i64::from(u32::MAX - 2), "late message before the wrap");
         assert_eq!(u.extend(40), (1i64 << 32) + 40);
     }
 }

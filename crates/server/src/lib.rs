@@ -44,11 +44,7 @@ pub async fn run(
         .await
         .with_context(|| format!("binding HTTP to {}", config.http.listen))?;
     let rtsp_listener = rtsp::Listeners::bind(&config.rtsp).await?;
-    let bound = Bound {
-        rtmp: rtmp.local_addr()?,
-        http: http.local_addr()?,
-        rtsp: rtsp_listener.tcp.local_addr()?,
-    };
+    let bound = Bound { rtmp: rtmp.local_addr()?, http: http.local_addr()?, rtsp: rtsp_listener.tcp.local_addr()? };
     info!(rtmp = %bound.rtmp, http = %bound.http, rtsp = %bound.rtsp, "ferrocast serving");
     on_bound(bound);
     let rtmp_task = tokio::spawn(rtmp_server::serve(rtmp, config.rtmp.clone(), hub.clone()));

@@ -26,9 +26,7 @@ pub fn validate(path: &str) -> Result<(), PathError> {
         return Err(PathError::TooLong);
     }
     let ok_char = |c: char| c.is_ascii_alphanumeric() || "-_.~".contains(c);
-    let ok = path
-        .split('/')
-        .all(|seg| !seg.is_empty() && seg != "." && seg != ".." && seg.chars().all(ok_char));
+    let ok = path.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".." && seg.chars().all(ok_char));
     if !ok {
         return Err(PathError::BadCharacters(path.chars().take(64).collect()));
     }
@@ -56,17 +54,8 @@ mod tests {
         assert_eq!(stream_path("live", "cam1"), Ok("live/cam1".into()));
         assert_eq!(stream_path("live/", "/a/b"), Ok("live/a/b".into()));
         assert_eq!(stream_path("", "x"), Err(PathError::Empty));
-        assert!(matches!(
-            stream_path("live", "../etc"),
-            Err(PathError::BadCharacters(_))
-        ));
-        assert!(matches!(
-            stream_path("live", "a\r\nX-Injected: 1"),
-            Err(PathError::BadCharacters(_))
-        ));
-        assert_eq!(
-            stream_path("live", &"x".repeat(300)),
-            Err(PathError::TooLong)
-        );
+        assert!(matches!(stream_path("live", "../etc"), Err(PathError::BadCharacters(_))));
+        assert!(matches!(stream_path("live", "a\r\nX-Injected: 1"), Err(PathError::BadCharacters(_))));
+        assert_eq!(stream_path("live", &"x".repeat(300)), Err(PathError::TooLong));
     }
 }

@@ -54,15 +54,7 @@ impl Reader {
         let has_video = sub.tracks.video.is_some();
         // Without a GOP to start from, wait for a keyframe.
         let waiting_for_keyframe = has_video && sub.gop.is_empty();
-        Reader {
-            hub,
-            sub,
-            backlog,
-            waiting_for_keyframe,
-            has_video,
-            skips: VecDeque::new(),
-            dropped: 0,
-        }
+        Reader { hub, sub, backlog, waiting_for_keyframe, has_video, skips: VecDeque::new(), dropped: 0 }
     }
 
     /// The tracks at subscription time.
@@ -113,10 +105,7 @@ impl Reader {
                     let starts = f.kind == TrackKind::Video && f.keyframe;
                     if !starts {
                         self.dropped += 1;
-                        self.hub
-                            .stats
-                            .frames_dropped
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.hub.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
                         return None;
                     }
                     self.waiting_for_keyframe = false;
@@ -135,24 +124,14 @@ impl Reader {
             Ok(HubEvent::Ended) | Err(RecvError::Closed) => Some(ReaderItem::Ended),
             Err(RecvError::Lagged(n)) => {
                 self.dropped += n;
-                self.hub
-                    .stats
-                    .frames_dropped
-                    .fetch_add(n, Ordering::Relaxed);
+                self.hub.stats.frames_dropped.fetch_add(n, Ordering::Relaxed);
                 let now = Instant::now();
                 self.skips.push_back(now);
-                while self
-                    .skips
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) > SKIP_WINDOW)
-                {
+                while self.skips.front().is_some_and(|t| now.duration_since(*t) > SKIP_WINDOW) {
                     self.skips.pop_front();
                 }
                 if self.skips.len() > self.hub.config().max_reader_skips_per_minute as usize {
-                    self.hub
-                        .stats
-                        .readers_too_slow
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.hub.stats.readers_too_slow.fetch_add(1, Ordering::Relaxed);
                     return Some(ReaderItem::TooSlow);
                 }
                 // Codec parameters first, then the next keyframe.
@@ -213,18 +192,14 @@ impl TagFeed {
             TrackKind::Video => &self.current.video,
             TrackKind::Audio => &self.current.audio,
         };
-        let Some(ts) = track.as_ref().map(|t| t.to_ms(frame.dts)) else {
+        let Some(ts) = track.as_ref().filter(|t| flv::carries(t)).map(|t| t.to_ms(frame.dts)) else {
             return;
         };
         if self.current.metadata != self.sent.metadata {
             if let Some(m) = &self.current.metadata {
                 // At 0: ffmpeg's FLV demuxer takes a script tag with a later timestamp for a
                 // data stream instead of metadata (libavformat/flvdec.c, 5.1 and later).
-                out.push(Tag::Own {
-                    tag_type: flv::TAG_SCRIPT,
-                    timestamp: 0,
-                    body: m.clone(),
-                });
+                out.push(Tag::Own { tag_type: flv::TAG_SCRIPT, timestamp: 0, body: m.clone() });
             }
             self.sent.metadata = self.current.metadata.clone();
         }
@@ -234,11 +209,7 @@ impl TagFeed {
         ] {
             if cur != sent {
                 if let Some(body) = cur.as_ref().and_then(flv::config_body) {
-                    out.push(Tag::Own {
-                        tag_type,
-                        timestamp: ts,
-                        body,
-                    });
+                    out.push(Tag::Own { tag_type, timestamp: ts, body });
                 }
                 sent.clone_from(cur);
             }
@@ -249,10 +220,7 @@ impl TagFeed {
         };
         if let Some(track) = track {
             self.last_ts = ts;
-            out.push(Tag::Frame {
-                frame,
-                track: track.clone(),
-            });
+            out.push(Tag::Frame { frame, track: track.clone() });
         }
     }
 

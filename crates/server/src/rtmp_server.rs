@@ -166,15 +166,10 @@ impl Connection {
                     self.app = app;
                     self.session.accept_connect()?;
                 }
-                ServerEvent::Publish {
-                    stream_id, name, ..
-                } => self.publish(stream_id, &name)?,
-                ServerEvent::Play {
-                    stream_id, name, ..
-                } => self.play(stream_id, &name).await?,
+                ServerEvent::Publish { stream_id, name, .. } => self.publish(stream_id, &name)?,
+                ServerEvent::Play { stream_id, name, .. } => self.play(stream_id, &name).await?,
                 ServerEvent::Unpublish { stream_id } => {
-                    if matches!(&self.role, Role::Publishing { stream_id: s, .. } if *s == stream_id)
-                    {
+                    if matches!(&self.role, Role::Publishing { stream_id: s, .. } if *s == stream_id) {
                         if let Role::Publishing { ingest, .. } = &self.role {
                             info!(peer = %self.peer, path = ingest.path(), "rtmp unpublish");
                         }
@@ -224,22 +219,16 @@ impl Connection {
     }
 
     fn publish(&mut self, stream_id: u32, name: &str) -> anyhow::Result<()> {
-        let claimed = self
-            .claimable_path(name)
-            .and_then(|path| self.hub.publish(&path).map_err(|e| e.to_string()));
+        let claimed = self.claimable_path(name).and_then(|path| self.hub.publish(&path).map_err(|e| e.to_string()));
         match claimed {
             Ok(publisher) => {
                 info!(peer = %self.peer, path = publisher.path(), "rtmp publish");
-                self.role = Role::Publishing {
-                    stream_id,
-                    ingest: RtmpIngest::new(publisher),
-                };
+                self.role = Role::Publishing { stream_id, ingest: RtmpIngest::new(publisher) };
                 self.session.accept_publish(stream_id)?;
             }
             Err(why) => {
                 warn!(peer = %self.peer, name, "rtmp publish refused: {why}");
-                self.session
-                    .reject(stream_id, "NetStream.Publish.BadName", &why)?;
+                self.session.reject(stream_id, "NetStream.Publish.BadName", &why)?;
             }
         }
         Ok(())
@@ -250,16 +239,14 @@ impl Connection {
             Ok(p) => p,
             Err(why) => {
                 info!(peer = %self.peer, name, "rtmp play refused: {why}");
-                self.session
-                    .reject(stream_id, "NetStream.Play.StreamNotFound", &why)?;
+                self.session.reject(stream_id, "NetStream.Play.StreamNotFound", &why)?;
                 return Ok(());
             }
         };
         let Some(sub) = self.hub.subscribe_wait(&path).await else {
             info!(peer = %self.peer, path, "rtmp play: no such stream");
             let why = format!("no stream {path}");
-            self.session
-                .reject(stream_id, "NetStream.Play.StreamNotFound", &why)?;
+            self.session.reject(stream_id, "NetStream.Play.StreamNotFound", &why)?;
             return Ok(());
         };
         info!(peer = %self.peer, path, "rtmp play");
@@ -298,18 +285,13 @@ impl Connection {
                 let chunk_size = self.session.chunk_size();
                 for tag in tags {
                     match tag {
-                        Tag::Own {
-                            tag_type,
-                            timestamp,
-                            body,
-                        } => {
+                        Tag::Own { tag_type, timestamp, body } => {
                             let kind = match tag_type {
                                 flv::TAG_AUDIO => MediaKind::Audio,
                                 flv::TAG_VIDEO => MediaKind::Video,
                                 _ => MediaKind::Data,
                             };
-                            self.session
-                                .send_media_message(kind, timestamp as u32, sid, &body);
+                            self.session.send_media_message(kind, timestamp as u32, sid, &body);
                         }
                         Tag::Frame { frame, track } => {
                             let kind = match frame.kind {
@@ -326,8 +308,7 @@ impl Connection {
                                 )
                             };
                             if sid == SHARED_STREAM_ID {
-                                self.session
-                                    .send_media(frame.wire(Wire::RtmpChunks, encode));
+                                self.session.send_media(frame.wire(Wire::RtmpChunks, encode));
                             } else {
                                 self.session.send_media_message(
                                     kind,
@@ -340,24 +321,15 @@ impl Connection {
                     }
                 }
             }
-            ReaderItem::Unpublished => self
-                .session
-                .send_user_control(user_control::STREAM_EOF, sid),
+            ReaderItem::Unpublished => self.session.send_user_control(user_control::STREAM_EOF, sid),
             ReaderItem::Republished => {
                 p.feed.reset();
-                self.session
-                    .send_user_control(user_control::STREAM_BEGIN, sid);
-                self.session.send_status(
-                    sid,
-                    "status",
-                    "NetStream.Play.PublishNotify",
-                    "republished",
-                );
+                self.session.send_user_control(user_control::STREAM_BEGIN, sid);
+                self.session.send_status(sid, "status", "NetStream.Play.PublishNotify", "republished");
             }
             ReaderItem::Ended => {
                 info!(peer = %self.peer, path = p.path, "rtmp play: stream ended");
-                self.session
-                    .end_play(sid, "NetStream.Play.UnpublishNotify", "stream ended");
+                self.session.end_play(sid, "NetStream.Play.UnpublishNotify", "stream ended");
                 p.finished = true;
             }
             ReaderItem::TooSlow => {
@@ -369,17 +341,10 @@ impl Connection {
 }
 
 /// Writes all buffers with vectored writes, handling partial writes.
-pub async fn write_all_vectored(
-    socket: &mut TcpStream,
-    mut bufs: Vec<Bytes>,
-) -> std::io::Result<()> {
+pub async fn write_all_vectored(socket: &mut TcpStream, mut bufs: Vec<Bytes>) -> std::io::Result<()> {
     let mut first = 0;
     while first < bufs.len() {
-        let slices: Vec<IoSlice<'_>> = bufs[first..]
-            .iter()
-            .take(64)
-            .map(|b| IoSlice::new(b))
-            .collect();
+        let slices: Vec<IoSlice<'_>> = bufs[first..].iter().take(64).map(|b| IoSlice::new(b)).collect();
         let mut n = socket.write_vectored(&slices).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());

@@ -13,12 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 fn hls_js() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/browser/node_modules/hls.js/dist/hls.min.js");
-    assert!(
-        p.exists(),
-        "hls.js is missing: run ./scripts/test (it runs npm ci in tests/browser)"
-    );
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/node_modules/hls.js/dist/hls.min.js");
+    assert!(p.exists(), "hls.js is missing: run ./scripts/test (it runs npm ci in tests/browser)");
     p
 }
 
@@ -34,9 +30,7 @@ fn chromium() -> &'static str {
             return c;
         }
     }
-    panic!(
-        "Chromium is required for the browser test: run ./scripts/test (it installs Debian's chromium)"
-    );
+    panic!("Chromium is required for the browser test: run ./scripts/test (it installs Debian's chromium)");
 }
 
 const PAGE: &str = r#"<!doctype html>
@@ -81,19 +75,12 @@ async fn serve_page(listener: TcpListener, page: String) -> serde_json::Value {
             }
             req.extend_from_slice(&buf[..n]);
             if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
-                break (
-                    String::from_utf8_lossy(&req[..i]).into_owned(),
-                    req[i + 4..].to_vec(),
-                );
+                break (String::from_utf8_lossy(&req[..i]).into_owned(), req[i + 4..].to_vec());
             }
         };
         let len: usize = head
             .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().parse().unwrap_or(0))
-            })
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
             .unwrap_or(0);
         while body.len() < len {
             let n = s.read(&mut buf).await.unwrap();
@@ -107,9 +94,7 @@ async fn serve_page(listener: TcpListener, page: String) -> serde_json::Value {
         } else if head.starts_with("GET /hls.min.js") {
             ("application/javascript", js.clone())
         } else if head.starts_with("POST /result") {
-            let _ = s
-                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
-                .await;
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").await;
             return serde_json::from_slice(&body).unwrap();
         } else {
             ("text/plain", b"not found".to_vec())
@@ -153,11 +138,8 @@ async fn plays_in_chromium(path: &str) {
     let source = format!("http://{}/{path}/index.m3u8", server.http);
     let result = tokio::spawn(serve_page(listener, PAGE.replace("SOURCE", &source)));
 
-    let profile = std::env::temp_dir().join(format!(
-        "ferrocast-chromium-{}-{}",
-        std::process::id(),
-        path.replace('/', "-")
-    ));
+    let profile =
+        std::env::temp_dir().join(format!("ferrocast-chromium-{}-{}", std::process::id(), path.replace('/', "-")));
     let chrome = Command::new(browser)
         .args([
             "--headless",
@@ -177,17 +159,12 @@ async fn plays_in_chromium(path: &str) {
         .spawn()
         .expect("start chromium");
     let _chrome = Proc(chrome);
-    let r = tokio::time::timeout(Duration::from_secs(90), result)
-        .await
-        .expect("the page never reported")
-        .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(90), result).await.expect("the page never reported").unwrap();
     let _ = std::fs::remove_dir_all(&profile);
     assert_eq!(r["supported"], true, "{r}");
     let errors = r["errors"].as_array().unwrap();
     assert!(errors.is_empty(), "hls.js errors: {r}");
-    let first = r["first"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("video never started: {r}"));
+    let first = r["first"].as_f64().unwrap_or_else(|| panic!("video never started: {r}"));
     let now = r["currentTime"].as_f64().unwrap();
     assert!(now - first > 4.0, "currentTime did not advance: {r}");
     assert_eq!(r["width"], 320);

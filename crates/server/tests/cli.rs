@@ -40,14 +40,8 @@ fn env_vars_set_listeners_and_sigterm_shuts_down() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    assert!(
-        first.starts_with("ferrocast: rtmp listening on 127.0.0.1:"),
-        "{first}"
-    );
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    assert!(first.starts_with("ferrocast: rtmp listening on 127.0.0.1:"), "{first}");
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let start = Instant::now();
     let exit = loop {

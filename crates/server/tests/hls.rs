@@ -19,10 +19,7 @@ struct MediaPlaylist {
 
 fn parse_media(text: &str) -> MediaPlaylist {
     let tag = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-            .to_owned()
+        text.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("no {name} in\n{text}")).to_owned()
     };
     MediaPlaylist {
         target: tag("#EXT-X-TARGETDURATION:").parse().unwrap(),
@@ -32,11 +29,7 @@ fn parse_media(text: &str) -> MediaPlaylist {
             .filter_map(|l| l.strip_prefix("#EXTINF:"))
             .map(|d| d.trim_end_matches(',').parse().unwrap())
             .collect(),
-        uris: text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        uris: text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).map(str::to_owned).collect(),
         text: text.to_owned(),
     }
 }
@@ -44,10 +37,7 @@ fn parse_media(text: &str) -> MediaPlaylist {
 async fn media_playlist(server: &Server, path: &str) -> MediaPlaylist {
     let r = http_get(&format!("http://{}/{path}/media.m3u8", server.http), "").await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(
-        r.header("content-type").as_deref(),
-        Some("application/vnd.apple.mpegurl")
-    );
+    assert_eq!(r.header("content-type").as_deref(), Some("application/vnd.apple.mpegurl"));
     assert_eq!(r.header("cache-control").as_deref(), Some("no-cache"));
     parse_media(&r.text())
 }
@@ -60,20 +50,10 @@ async fn watch_playlist(server: &Server, path: &str, seconds: u64) -> MediaPlayl
     for _ in 0..seconds {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let p = media_playlist(server, path).await;
-        assert!(
-            p.sequence >= last.sequence,
-            "media sequence went back: {} -> {}",
-            last.sequence,
-            p.sequence
-        );
+        assert!(p.sequence >= last.sequence, "media sequence went back: {} -> {}", last.sequence, p.sequence);
         for d in &p.durations {
             // RFC 8216 4.3.3.1: each duration rounded to the nearest integer <= target.
-            assert!(
-                d.round() <= p.target,
-                "segment of {d} s over target {}\n{}",
-                p.target,
-                p.text
-            );
+            assert!(d.round() <= p.target, "segment of {d} s over target {}\n{}", p.target, p.text);
         }
         last = p;
     }
@@ -93,10 +73,7 @@ async fn mpegts_from_rtmp_reads_back_clean() {
     assert!(text.contains("CODECS=\"avc1.64000d,mp4a.40.2\""), "{text}");
     assert!(text.contains("RESOLUTION=320x240"), "{text}");
     assert!(text.contains("BANDWIDTH="));
-    assert_eq!(
-        index.header("access-control-allow-origin").as_deref(),
-        Some("*")
-    );
+    assert_eq!(index.header("access-control-allow-origin").as_deref(), Some("*"));
 
     let url = format!("http://{}/live/hls/index.m3u8", server.http);
     let reader = tokio::task::spawn_blocking(move || probe(&url, 6));
@@ -105,11 +82,7 @@ async fn mpegts_from_rtmp_reads_back_clean() {
     let probe = reader.await.unwrap();
     probe.assert_h264_aac(320, 240, 150);
     for bad in ["continuity check failed", "Packet corrupt", "error"] {
-        assert!(
-            !probe.stderr.to_lowercase().contains(&bad.to_lowercase()),
-            "ffprobe: {}",
-            probe.stderr
-        );
+        assert!(!probe.stderr.to_lowercase().contains(&bad.to_lowercase()), "ffprobe: {}", probe.stderr);
     }
 
     // Continuity counters run on across the listed segments, per PID (13818-1 2.4.3.3).
@@ -125,11 +98,7 @@ async fn mpegts_from_rtmp_reads_back_clean() {
             if pkt[3] & 0x10 != 0
                 && let Some(prev) = cc.insert(pid, c)
             {
-                assert_eq!(
-                    c,
-                    (prev + 1) & 0x0f,
-                    "continuity break on PID {pid:#x} in {uri}"
-                );
+                assert_eq!(c, (prev + 1) & 0x0f, "continuity break on PID {pid:#x} in {uri}");
             }
         }
     }
@@ -144,10 +113,7 @@ async fn mpegts_from_rtmp_reads_back_clean() {
     let part = http_get(&seg, "Range: bytes=188-375\r\n").await;
     assert_eq!(part.status, 206);
     assert_eq!(part.body, full.body[188..376]);
-    assert_eq!(
-        part.header("content-range"),
-        Some(format!("bytes 188-375/{}", full.body.len()))
-    );
+    assert_eq!(part.header("content-range"), Some(format!("bytes 188-375/{}", full.body.len())));
     let bad = http_get(&seg, &format!("Range: bytes={}-\r\n", full.body.len())).await;
     assert_eq!(bad.status, 416);
 }
@@ -161,27 +127,16 @@ async fn hevc_defaults_to_fmp4_and_reads_back() {
     let task = tokio::spawn(async move { publisher.publish_hevc(&file, 4).await });
     let index = http_get(&format!("http://{}/live/h265/index.m3u8", server.http), "").await;
     assert_eq!(index.status, 200);
-    assert!(
-        index.text().contains("CODECS=\"hvc1.1.6.L60.90\""),
-        "{}",
-        index.text()
-    );
+    assert!(index.text().contains("CODECS=\"hvc1.1.6.L60.90\""), "{}", index.text());
     assert!(index.text().contains("RESOLUTION=320x240"));
     let p = media_playlist(&server, "live/h265").await;
     assert!(p.text.contains("#EXT-X-MAP:URI=\""), "{}", p.text);
     assert!(p.uris.iter().all(|u| u.ends_with(".m4s")));
     let url = format!("http://{}/live/h265/index.m3u8", server.http);
-    let probe = tokio::task::spawn_blocking(move || probe(&url, 4))
-        .await
-        .unwrap();
-    let v = probe
-        .codec("video")
-        .unwrap_or_else(|| panic!("{:?}\n{}", probe.streams, probe.stderr));
+    let probe = tokio::task::spawn_blocking(move || probe(&url, 4)).await.unwrap();
+    let v = probe.codec("video").unwrap_or_else(|| panic!("{:?}\n{}", probe.streams, probe.stderr));
     assert_eq!(v["codec_name"], "hevc");
-    assert_eq!(
-        (v["width"].as_i64(), v["height"].as_i64()),
-        (Some(320), Some(240))
-    );
+    assert_eq!((v["width"].as_i64(), v["height"].as_i64()), (Some(320), Some(240)));
     let video = probe.packets_of("video");
     assert!(video.len() >= 90, "{} packets", video.len());
     assert!(video[0].1, "first packet a keyframe");
@@ -190,13 +145,7 @@ async fn hevc_defaults_to_fmp4_and_reads_back() {
         &format!(
             "http://{}/live/h265/{}",
             server.http,
-            p.text
-                .split("URI=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
+            p.text.split("URI=\"").nth(1).unwrap().split('"').next().unwrap()
         ),
         "",
     )
@@ -212,27 +161,16 @@ async fn publisher_restart_is_a_discontinuity_and_players_recover() {
     let url = server.rtmp_url("live/restart");
     let mut first = publish_args(test_flv(), &url, &["-t", "5"]);
     wait_published(&server, "live/restart").await;
-    assert!(
-        !media_playlist(&server, "live/restart")
-            .await
-            .durations
-            .is_empty()
-    );
+    assert!(!media_playlist(&server, "live/restart").await.durations.is_empty());
     // A player that is reading when the publisher restarts.
     let hls = format!("http://{}/live/restart/index.m3u8", server.http);
     let across = tokio::task::spawn_blocking(move || probe(&hls, 10));
-    tokio::task::spawn_blocking(move || first.0.wait().unwrap())
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || first.0.wait().unwrap()).await.unwrap();
     let _second = publish(test_flv(), &url);
     let mut seen = false;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if media_playlist(&server, "live/restart")
-            .await
-            .text
-            .contains("#EXT-X-DISCONTINUITY\n")
-        {
+        if media_playlist(&server, "live/restart").await.text.contains("#EXT-X-DISCONTINUITY\n") {
             seen = true;
             break;
         }
@@ -241,15 +179,9 @@ async fn publisher_restart_is_a_discontinuity_and_players_recover() {
     let p = across.await.unwrap();
     p.assert_h264_aac(320, 240, 200);
     let video = p.packets_of("video");
-    assert!(
-        video.last().unwrap().0 - video[0].0 > 8.0,
-        "player stopped at the restart"
-    );
+    assert!(video.last().unwrap().0 - video[0].0 > 8.0, "player stopped at the restart");
     let hls = format!("http://{}/live/restart/index.m3u8", server.http);
-    tokio::task::spawn_blocking(move || probe(&hls, 4))
-        .await
-        .unwrap()
-        .assert_h264_aac(320, 240, 90);
+    tokio::task::spawn_blocking(move || probe(&hls, 4)).await.unwrap().assert_h264_aac(320, 240, 90);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -279,17 +211,11 @@ async fn junk_names_are_404_and_dir_mirror_per_path_settings() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert!(
-        files.contains(&"index.m3u8".to_owned()) && files.contains(&"media.m3u8".to_owned()),
-        "{files:?}"
-    );
+    assert!(files.contains(&"index.m3u8".to_owned()) && files.contains(&"media.m3u8".to_owned()), "{files:?}");
     assert!(files.iter().any(|f| f.ends_with(".ts")), "{files:?}");
     let on_disk = std::fs::read_to_string(dir.join("mirror/cam/media.m3u8")).unwrap();
     for uri in parse_media(&on_disk).uris {
-        assert!(
-            dir.join("mirror/cam").join(&uri).exists(),
-            "{uri} listed but not written"
-        );
+        assert!(dir.join("mirror/cam").join(&uri).exists(), "{uri} listed but not written");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -61,61 +61,32 @@ async fn each_bad_input_is_closed_and_others_go_on() {
 
     // Garbage instead of a handshake.
     let mut s = TcpStream::connect(server.rtmp).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     expect_closed(s, "garbage handshake").await;
 
     // Opens and sends nothing: the handshake timeout closes it.
-    expect_closed(
-        TcpStream::connect(server.rtmp).await.unwrap(),
-        "silent connection",
-    )
-    .await;
+    expect_closed(TcpStream::connect(server.rtmp).await.unwrap(), "silent connection").await;
 
     // Half a handshake, then silence.
     let mut s = TcpStream::connect(server.rtmp).await.unwrap();
     s.write_all(&[3u8; 700]).await.unwrap();
     expect_closed(s, "partial handshake").await;
 
-    let connect = command(&[
-        Value::from("connect"),
-        Value::Number(1.0),
-        Value::object([("app", Value::from("live"))]),
-    ]);
+    let connect = command(&[Value::from("connect"), Value::Number(1.0), Value::object([("app", Value::from("live"))])]);
     let cases: Vec<(&str, Vec<BytesMut>)> = vec![
         ("chunk size 0", vec![message(2, 1, 0, &0u32.to_be_bytes())]),
-        (
-            "chunk size above 2^31-1",
-            vec![message(2, 1, 0, &0x8000_0000u32.to_be_bytes())],
-        ),
+        ("chunk size above 2^31-1", vec![message(2, 1, 0, &0x8000_0000u32.to_be_bytes())]),
         (
             "message length above the cap",
-            vec![BytesMut::from(
-                &[0x04u8, 0, 0, 0, 0x01, 0x00, 0x01, 9, 1, 0, 0, 0, 0][..],
-            )],
+            vec![BytesMut::from(&[0x04u8, 0, 0, 0, 0x01, 0x00, 0x01, 9, 1, 0, 0, 0, 0][..])],
         ),
-        (
-            "unknown message type",
-            vec![connect.clone(), message(3, 42, 0, b"??")],
-        ),
-        (
-            "malformed AMF",
-            vec![message(3, 20, 0, &[0x02, 0x00, 0x09, b'c', b'o'])],
-        ),
+        ("unknown message type", vec![connect.clone(), message(3, 42, 0, b"??")]),
+        ("malformed AMF", vec![message(3, 20, 0, &[0x02, 0x00, 0x09, b'c', b'o'])]),
         (
             "command before connect",
-            vec![command(&[
-                Value::from("publish"),
-                Value::Number(2.0),
-                Value::Null,
-                Value::from("x"),
-            ])],
+            vec![command(&[Value::from("publish"), Value::Number(2.0), Value::Null, Value::from("x")])],
         ),
-        (
-            "media without publish",
-            vec![connect.clone(), message(6, 9, 1, &[0x17, 1, 0, 0, 0])],
-        ),
+        ("media without publish", vec![connect.clone(), message(6, 9, 1, &[0x17, 1, 0, 0, 0])]),
         (
             "too many chunk streams",
             vec![{
@@ -142,8 +113,5 @@ async fn each_bad_input_is_closed_and_others_go_on() {
     p.assert_h264_aac(320, 240, 120);
     // And a new reader still gets the stream.
     let url = server.rtmp_url("live/ok");
-    tokio::task::spawn_blocking(move || probe(&url, 2))
-        .await
-        .unwrap()
-        .assert_h264_aac(320, 240, 30);
+    tokio::task::spawn_blocking(move || probe(&url, 2)).await.unwrap().assert_h264_aac(320, 240, 30);
 }

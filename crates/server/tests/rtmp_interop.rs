@@ -26,58 +26,37 @@ async fn ffmpeg_publish_then_rtmp_and_http_flv_readers() {
     b.assert_h264_aac(320, 240, 90);
     // B-frames keep their composition offsets: pts differs from dts somewhere.
     let vidx = a.codec("video").unwrap()["index"].as_i64();
-    assert!(
-        a.packets
-            .iter()
-            .any(|p| p["stream_index"].as_i64() == vidx && p["pts"] != p["dts"]),
-        "no B-frame offsets"
-    );
+    assert!(a.packets.iter().any(|p| p["stream_index"].as_i64() == vidx && p["pts"] != p["dts"]), "no B-frame offsets");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_flv_headers_and_unknown_paths() {
     let server = Server::start();
-    assert_eq!(
-        http_status(&server.flv_url("live/nothing")).await,
-        Some(404)
-    );
-    assert_eq!(
-        http_status(&format!("http://{}/live/../../etc/passwd.flv", server.http)).await,
-        Some(404)
-    );
+    assert_eq!(http_status(&server.flv_url("live/nothing")).await, Some(404));
+    assert_eq!(http_status(&format!("http://{}/live/../../etc/passwd.flv", server.http)).await, Some(404));
     let _publisher = publish(test_flv(), &server.rtmp_url("live/h"));
     wait_published(&server, "live/h").await;
     let mut s = tokio::net::TcpStream::connect(server.http).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"GET /live/h.flv HTTP/1.1\r\nHost: x\r\nOrigin: http://example.test\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(b"GET /live/h.flv HTTP/1.1\r\nHost: x\r\nOrigin: http://example.test\r\n\r\n").await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !got.windows(3).any(|w| w == b"FLV") {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
         assert!(n > 0);
         got.extend_from_slice(&buf[..n]);
     }
     let head = String::from_utf8_lossy(&got).to_lowercase();
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("content-type: video/x-flv"));
-    assert!(
-        head.contains("access-control-allow-origin: *"),
-        "CORS for mpegts.js: {head}"
-    );
+    assert!(head.contains("access-control-allow-origin: *"), "CORS for mpegts.js: {head}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn play_of_unknown_stream_is_stream_not_found() {
     let server = Server::start();
     let mut c = RtmpClient::connect(server.rtmp, "live/none", false).await;
-    let seen = c
-        .wait_for(|e| matches!(e, ClientEvent::Status { .. }))
-        .await;
+    let seen = c.wait_for(|e| matches!(e, ClientEvent::Status { .. })).await;
     assert!(
         matches!(seen.last(), Some(ClientEvent::Status { code, .. }) if code == "NetStream.Play.StreamNotFound"),
         "{seen:?}"
@@ -103,11 +82,7 @@ async fn own_client_publishes_ffprobe_and_own_client_play() {
     let mut video = Vec::new();
     let mut first_is_config = None;
     while video.len() < 60 {
-        match player
-            .next_event(Duration::from_secs(15))
-            .await
-            .expect("media")
-        {
+        match player.next_event(Duration::from_secs(15)).await.expect("media") {
             ClientEvent::Media(m) if m.kind == MediaKind::Video => {
                 let tag = flv::parse_video(&m.payload).unwrap();
                 first_is_config.get_or_insert(matches!(tag, VideoTag::Config { .. }));
@@ -120,10 +95,7 @@ async fn own_client_publishes_ffprobe_and_own_client_play() {
     }
     assert_eq!(first_is_config, Some(true), "sequence header comes first");
     assert!(video[0].1, "first frame is a keyframe (GOP cache)");
-    assert!(
-        video.windows(2).all(|w| w[1].0 >= w[0].0),
-        "timestamps monotonic"
-    );
+    assert!(video.windows(2).all(|w| w[1].0 >= w[0].0), "timestamps monotonic");
     probe_task.await.unwrap().assert_h264_aac(320, 240, 90);
     pub_task.abort();
 }
@@ -134,9 +106,7 @@ async fn second_publisher_is_refused_first_untouched() {
     let _first = publish(test_flv(), &server.rtmp_url("live/busy"));
     wait_published(&server, "live/busy").await;
     let mut second = RtmpClient::connect(server.rtmp, "live/busy", true).await;
-    let seen = second
-        .wait_for(|e| matches!(e, ClientEvent::Status { .. }))
-        .await;
+    let seen = second.wait_for(|e| matches!(e, ClientEvent::Status { .. })).await;
     assert!(
         matches!(seen.last(), Some(ClientEvent::Status { code, .. }) if code == "NetStream.Publish.BadName"),
         "{seen:?}"
@@ -148,15 +118,9 @@ async fn second_publisher_is_refused_first_untouched() {
         .args(["-c", "copy", "-f", "flv", &server.rtmp_url("live/busy")])
         .output()
         .unwrap();
-    assert!(
-        !out.status.success(),
-        "second ffmpeg publisher was accepted"
-    );
+    assert!(!out.status.success(), "second ffmpeg publisher was accepted");
     let url = server.rtmp_url("live/busy");
-    tokio::task::spawn_blocking(move || probe(&url, 3))
-        .await
-        .unwrap()
-        .assert_h264_aac(320, 240, 60);
+    tokio::task::spawn_blocking(move || probe(&url, 3)).await.unwrap().assert_h264_aac(320, 240, 60);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -174,40 +138,21 @@ async fn hevc_codec12_and_enhanced_in_enhanced_out() {
         } else {
             [&[0x90, b'h', b'v', b'c', b'1'][..], &hvcc].concat()
         };
-        publisher
-            .session
-            .send_media(MediaKind::Video, 0, &config_body);
+        publisher.session.send_media(MediaKind::Video, 0, &config_body);
         let frame = |key: bool, cts: u8| -> Vec<u8> {
             let nal = [0, 0, 0, 3, if key { 0x26 } else { 0x02 }, 1, 0xaa];
             if legacy {
                 [&[if key { 0x1c } else { 0x2c }, 1, 0, 0, cts][..], &nal].concat()
             } else {
-                [
-                    &[
-                        if key { 0x91 } else { 0xa1 },
-                        b'h',
-                        b'v',
-                        b'c',
-                        b'1',
-                        0,
-                        0,
-                        cts,
-                    ][..],
-                    &nal,
-                ]
-                .concat()
+                [&[if key { 0x91 } else { 0xa1 }, b'h', b'v', b'c', b'1', 0, 0, cts][..], &nal].concat()
             }
         };
-        publisher
-            .session
-            .send_media(MediaKind::Video, 0, &frame(true, 66));
+        publisher.session.send_media(MediaKind::Video, 0, &frame(true, 66));
         publisher.flush().await;
         wait_published(&server, path).await;
         let mut player = RtmpClient::connect(server.rtmp, path, false).await;
         player.wait_for(|e| *e == ClientEvent::Playing).await;
-        publisher
-            .session
-            .send_media(MediaKind::Video, 33, &frame(false, 33));
+        publisher.session.send_media(MediaKind::Video, 33, &frame(false, 33));
         publisher.flush().await;
         let mut tags = Vec::new();
         while tags.len() < 3 {
@@ -218,30 +163,9 @@ async fn hevc_codec12_and_enhanced_in_enhanced_out() {
                 tags.push((m.timestamp, flv::parse_video(&m.payload).unwrap()));
             }
         }
-        assert!(
-            matches!(&tags[0].1, VideoTag::Config { codec: VideoCodec::H265, config } if config[..] == hvcc[..])
-        );
-        assert!(matches!(
-            &tags[1].1,
-            VideoTag::Frame {
-                codec: VideoCodec::H265,
-                keyframe: true,
-                cts: 66,
-                ..
-            }
-        ));
-        assert!(matches!(
-            &tags[2],
-            (
-                33,
-                VideoTag::Frame {
-                    codec: VideoCodec::H265,
-                    keyframe: false,
-                    cts: 33,
-                    ..
-                }
-            )
-        ));
+        assert!(matches!(&tags[0].1, VideoTag::Config { codec: VideoCodec::H265, config } if config[..] == hvcc[..]));
+        assert!(matches!(&tags[1].1, VideoTag::Frame { codec: VideoCodec::H265, keyframe: true, cts: 66, .. }));
+        assert!(matches!(&tags[2], (33, VideoTag::Frame { codec: VideoCodec::H265, keyframe: false, cts: 33, .. })));
     }
 }
 
@@ -257,17 +181,12 @@ async fn connect_with_a_bad_app_is_rejected() {
             ferrocast_rtmp::client::ClientMode::Play(name.into()),
         );
         let mut c = RtmpClient::with_config(socket, config).await;
-        let seen = c
-            .wait_for(|e| matches!(e, ClientEvent::Status { .. }))
-            .await;
+        let seen = c.wait_for(|e| matches!(e, ClientEvent::Status { .. })).await;
         assert!(
             matches!(seen.last(), Some(ClientEvent::Status { code, .. }) if code == "NetConnection.Connect.Rejected"),
             "app {app:?}: {seen:?}"
         );
-        assert!(
-            c.next_event(Duration::from_secs(10)).await.is_none(),
-            "closed after rejection"
-        );
+        assert!(c.next_event(Duration::from_secs(10)).await.is_none(), "closed after rejection");
     }
 }
 
@@ -288,15 +207,8 @@ async fn mp3_audio_passes_through() {
     let _publisher = publish(mp3, &server.rtmp_url("live/mp3"));
     wait_published(&server, "live/mp3").await;
     for url in [server.rtmp_url("live/mp3"), server.flv_url("live/mp3")] {
-        let p = tokio::task::spawn_blocking(move || probe(&url, 2))
-            .await
-            .unwrap();
-        assert_eq!(
-            p.codec("audio").map(|a| a["codec_name"].clone()),
-            Some("mp3".into()),
-            "{:?}",
-            p.streams
-        );
+        let p = tokio::task::spawn_blocking(move || probe(&url, 2)).await.unwrap();
+        assert_eq!(p.codec("audio").map(|a| a["codec_name"].clone()), Some("mp3".into()), "{:?}", p.streams);
         assert!(p.packets_of("audio").len() > 30);
         assert_eq!(p.codec("video").unwrap()["codec_name"], "h264");
     }

@@ -20,9 +20,7 @@ async fn ffmpeg_reader_carries_on_across_republish() {
     let reader = tokio::task::spawn_blocking(move || probe(&probe_url, 8));
     // Let the first publisher end by itself, then republish.
     let mut first = first;
-    let status = tokio::task::spawn_blocking(move || first.0.wait().unwrap())
-        .await
-        .unwrap();
+    let status = tokio::task::spawn_blocking(move || first.0.wait().unwrap()).await.unwrap();
     assert!(status.success(), "first publisher failed");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _second = publish(test_flv(), &url);
@@ -30,11 +28,7 @@ async fn ffmpeg_reader_carries_on_across_republish() {
     p.assert_h264_aac(320, 240, 150);
     let video = p.packets_of("video");
     let span = video.last().unwrap().0 - video[0].0;
-    assert!(
-        span > 6.0,
-        "reader stopped at the republish: {span:.1} s of video\n{}",
-        p.stderr
-    );
+    assert!(span > 6.0, "reader stopped at the republish: {span:.1} s of video\n{}", p.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -59,16 +53,10 @@ async fn readers_get_stream_eof_then_unpublish_notify_after_grace() {
     let flv_url = server.flv_url("live/eof");
     let flv_reader = tokio::spawn(async move {
         // HTTP-FLV: the body ends when the stream does.
-        let (host, path) = flv_url
-            .strip_prefix("http://")
-            .unwrap()
-            .split_once('/')
-            .unwrap();
+        let (host, path) = flv_url.strip_prefix("http://").unwrap().split_once('/').unwrap();
         let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
         let mut all = Vec::new();
         let mut buf = [0u8; 65536];
         loop {
@@ -85,35 +73,20 @@ async fn readers_get_stream_eof_then_unpublish_notify_after_grace() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(publisher); // the publisher vanishes
-    let seen = player
-        .wait_for(|e| matches!(e, ClientEvent::UserControl { event: 1, .. }))
-        .await;
-    assert!(
-        !seen
-            .iter()
-            .any(|e| matches!(e, ClientEvent::Status { code, .. } if code.contains("Unpublish")))
-    );
-    let seen = player
-        .wait_for(|e| matches!(e, ClientEvent::Status { .. }))
-        .await;
+    let seen = player.wait_for(|e| matches!(e, ClientEvent::UserControl { event: 1, .. })).await;
+    assert!(!seen.iter().any(|e| matches!(e, ClientEvent::Status { code, .. } if code.contains("Unpublish"))));
+    let seen = player.wait_for(|e| matches!(e, ClientEvent::Status { .. })).await;
     assert!(
         matches!(seen.last(), Some(ClientEvent::Status { code, .. }) if code == "NetStream.Play.UnpublishNotify"),
         "{seen:?}"
     );
-    assert!(
-        player.next_event(Duration::from_secs(10)).await.is_none(),
-        "connection closed after the stream ended"
-    );
+    assert!(player.next_event(Duration::from_secs(10)).await.is_none(), "connection closed after the stream ended");
     let body = flv_reader.await.unwrap();
     assert!(body.windows(3).any(|w| w == b"FLV"));
 }
 
 /// Video frames a client receives: (receive time, dts, keyframe).
-async fn read_video(
-    client: &mut RtmpClient,
-    until: Instant,
-    out: &mut Vec<(Instant, u32, bool)>,
-) -> bool {
+async fn read_video(client: &mut RtmpClient, until: Instant, out: &mut Vec<(Instant, u32, bool)>) -> bool {
     loop {
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -142,12 +115,7 @@ async fn stalled_reader_does_not_slow_publisher_or_other_readers() {
         let mut c = RtmpClient::connect(rtmp, "live/stall", false).await;
         c.wait_for(|e| *e == ClientEvent::Playing).await;
         let mut frames = Vec::new();
-        read_video(
-            &mut c,
-            Instant::now() + Duration::from_secs(16),
-            &mut frames,
-        )
-        .await;
+        read_video(&mut c, Instant::now() + Duration::from_secs(16), &mut frames).await;
         frames
     });
 
@@ -158,73 +126,33 @@ async fn stalled_reader_does_not_slow_publisher_or_other_readers() {
     let mut stalled = RtmpClient::connect_socket(stream, server.rtmp, "live/stall", false).await;
     stalled.wait_for(|e| *e == ClientEvent::Playing).await;
     let mut before = Vec::new();
-    read_video(
-        &mut stalled,
-        Instant::now() + Duration::from_secs(1),
-        &mut before,
-    )
-    .await;
+    read_video(&mut stalled, Instant::now() + Duration::from_secs(1), &mut before).await;
     tokio::time::sleep(Duration::from_secs(10)).await; // stops reading
     let mut after = Vec::new();
-    let still_connected = read_video(
-        &mut stalled,
-        Instant::now() + Duration::from_secs(4),
-        &mut after,
-    )
-    .await;
+    let still_connected = read_video(&mut stalled, Instant::now() + Duration::from_secs(4), &mut after).await;
 
     let frames = healthy.await.unwrap();
-    assert!(
-        frames.len() > 300,
-        "healthy reader got only {} frames",
-        frames.len()
-    );
+    assert!(frames.len() > 300, "healthy reader got only {} frames", frames.len());
     // Every frame: at 30 fps consecutive timestamps are 33-34 ms apart.
     for w in frames.windows(2) {
         let gap = w[1].1.wrapping_sub(w[0].1);
-        assert!(
-            gap <= 100,
-            "healthy reader lost frames: dts {} -> {}",
-            w[0].1,
-            w[1].1
-        );
+        assert!(gap <= 100, "healthy reader lost frames: dts {} -> {}", w[0].1, w[1].1);
     }
     // The publisher kept real time: stream time advanced with wall time.
-    let wall = frames
-        .last()
-        .unwrap()
-        .0
-        .duration_since(frames[0].0)
-        .as_secs_f64();
+    let wall = frames.last().unwrap().0.duration_since(frames[0].0).as_secs_f64();
     let media = f64::from(frames.last().unwrap().1 - frames[0].1) / 1000.0;
-    assert!(
-        media > wall * 0.8,
-        "publisher slowed: {media:.1} s of media in {wall:.1} s"
-    );
+    assert!(media > wall * 0.8, "publisher slowed: {media:.1} s of media in {wall:.1} s");
 
     // The stalled reader was disconnected, or resumed: any jump in its timeline starts at
     // a keyframe.
     let mut all = before;
     all.extend(after.iter().copied());
-    let jumps: Vec<usize> = (1..all.len())
-        .filter(|&i| all[i].1.wrapping_sub(all[i - 1].1) > 100)
-        .collect();
+    let jumps: Vec<usize> = (1..all.len()).filter(|&i| all[i].1.wrapping_sub(all[i - 1].1) > 100).collect();
     for &i in &jumps {
-        assert!(
-            all[i].2,
-            "stalled reader resumed on a non-keyframe at dts {}",
-            all[i].1
-        );
+        assert!(all[i].2, "stalled reader resumed on a non-keyframe at dts {}", all[i].1);
     }
     // The heavy stream outgrows socket buffers and the 256-frame ring in 10 s, so the server
     // must have done one or the other.
-    assert!(
-        !still_connected || !jumps.is_empty(),
-        "stalled reader neither skipped nor was cut off"
-    );
-    eprintln!(
-        "stalled reader: connected={still_connected} jumps={} frames after={}",
-        jumps.len(),
-        after.len()
-    );
+    assert!(!still_connected || !jumps.is_empty(), "stalled reader neither skipped nor was cut off");
+    eprintln!("stalled reader: connected={still_connected} jumps={} frames after={}", jumps.len(), after.len());
 }

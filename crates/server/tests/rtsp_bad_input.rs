@@ -18,11 +18,7 @@ struct Raw {
 
 impl Raw {
     async fn connect(server: &Server) -> Raw {
-        Raw {
-            s: TcpStream::connect(server.rtsp).await.unwrap(),
-            buf: Vec::new(),
-            cseq: 0,
-        }
+        Raw { s: TcpStream::connect(server.rtsp).await.unwrap(), buf: Vec::new(), cseq: 0 }
     }
 
     /// Sends raw bytes and reads one response's status line and headers.
@@ -45,10 +41,7 @@ impl Raw {
                     .unwrap_or(0);
                 while self.buf.len() < end + 4 + len {
                     let mut b = [0u8; 4096];
-                    let n = tokio::time::timeout_at(deadline, self.s.read(&mut b))
-                        .await
-                        .ok()?
-                        .ok()?;
+                    let n = tokio::time::timeout_at(deadline, self.s.read(&mut b)).await.ok()?.ok()?;
                     if n == 0 {
                         return None;
                     }
@@ -59,10 +52,7 @@ impl Raw {
                 return Some((status, head));
             }
             let mut b = [0u8; 4096];
-            let n = tokio::time::timeout_at(deadline, self.s.read(&mut b))
-                .await
-                .ok()?
-                .ok()?;
+            let n = tokio::time::timeout_at(deadline, self.s.read(&mut b)).await.ok()?.ok()?;
             if n == 0 {
                 return None;
             }
@@ -72,13 +62,8 @@ impl Raw {
 
     async fn request(&mut self, method: &str, url: &str, headers: &str) -> (u16, String) {
         self.cseq += 1;
-        let req = format!(
-            "{method} {url} RTSP/1.0\r\nCSeq: {}\r\n{headers}\r\n",
-            self.cseq
-        );
-        self.raw(req.as_bytes())
-            .await
-            .unwrap_or_else(|| panic!("{method}: connection closed"))
+        let req = format!("{method} {url} RTSP/1.0\r\nCSeq: {}\r\n{headers}\r\n", self.cseq);
+        self.raw(req.as_bytes()).await.unwrap_or_else(|| panic!("{method}: connection closed"))
     }
 
     async fn closed(&mut self) -> bool {
@@ -94,13 +79,7 @@ impl Raw {
 }
 
 fn session_of(head: &str) -> String {
-    head.lines()
-        .find_map(|l| l.strip_prefix("Session: "))
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
+    head.lines().find_map(|l| l.strip_prefix("Session: ")).unwrap().split(';').next().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -110,25 +89,12 @@ async fn status_codes_for_bad_requests_while_a_reader_goes_on() {
     wait_published(&server, "live/ok").await;
     let url = server.rtsp_url("live/ok");
     let reader_url = url.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        probe_with(&reader_url, 6, &["-rtsp_transport", "tcp"])
-    });
+    let reader = tokio::task::spawn_blocking(move || probe_with(&reader_url, 6, &["-rtsp_transport", "tcp"]));
 
     // Garbage, an over-long request line, an over-large header block: status, then close.
     for (bytes, want) in [
-        (
-            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 garbage\r\n\r\n".to_vec(),
-            400,
-        ),
-        (
-            [
-                b"OPTIONS rtsp://h/".to_vec(),
-                vec![b'a'; 9000],
-                b" RTSP/1.0\r\n\r\n".to_vec(),
-            ]
-            .concat(),
-            414,
-        ),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 garbage\r\n\r\n".to_vec(), 400),
+        ([b"OPTIONS rtsp://h/".to_vec(), vec![b'a'; 9000], b" RTSP/1.0\r\n\r\n".to_vec()].concat(), 414),
         (
             [
                 b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n".to_vec(),
@@ -138,10 +104,7 @@ async fn status_codes_for_bad_requests_while_a_reader_goes_on() {
             .concat(),
             413,
         ),
-        (
-            b"OPTIONS * RTSP/1.0\r\nContent-Length: 999999999\r\n\r\n".to_vec(),
-            413,
-        ),
+        (b"OPTIONS * RTSP/1.0\r\nContent-Length: 999999999\r\n\r\n".to_vec(), 413),
     ] {
         let mut c = Raw::connect(&server).await;
         let (status, _) = c.raw(&bytes).await.expect("a status before closing");
@@ -151,82 +114,35 @@ async fn status_codes_for_bad_requests_while_a_reader_goes_on() {
 
     let mut c = Raw::connect(&server).await;
     assert_eq!(c.request("FOO", &url, "").await.0, 501, "unknown method");
+    assert_eq!(c.request("OPTIONS", &url, "").await.0, 200, "the connection survives a 501");
+    assert_eq!(c.request("PLAY", &url, "Session: 12345678\r\n").await.0, 454, "unknown session");
+    assert_eq!(c.request("PLAY", &url, "").await.0, 455, "PLAY before SETUP");
+    assert_eq!(c.request("RECORD", &url, "").await.0, 455, "RECORD before SETUP");
+    assert_eq!(c.request("DESCRIBE", &server.rtsp_url("live/none"), "").await.0, 404);
     assert_eq!(
-        c.request("OPTIONS", &url, "").await.0,
-        200,
-        "the connection survives a 501"
-    );
-    assert_eq!(
-        c.request("PLAY", &url, "Session: 12345678\r\n").await.0,
-        454,
-        "unknown session"
-    );
-    assert_eq!(
-        c.request("PLAY", &url, "").await.0,
-        455,
-        "PLAY before SETUP"
-    );
-    assert_eq!(
-        c.request("RECORD", &url, "").await.0,
-        455,
-        "RECORD before SETUP"
-    );
-    assert_eq!(
-        c.request("DESCRIBE", &server.rtsp_url("live/none"), "")
-            .await
-            .0,
-        404
-    );
-    assert_eq!(
-        c.request(
-            "SETUP",
-            &format!("{url}/trackID=7"),
-            "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n"
-        )
-        .await
-        .0,
+        c.request("SETUP", &format!("{url}/trackID=7"), "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n").await.0,
         404,
         "unknown track"
     );
     assert_eq!(
-        c.request(
-            "SETUP",
-            &format!("{url}/trackID=0"),
-            "Transport: RAW/RAW/UDP;unicast;client_port=5000-5001\r\n"
-        )
-        .await
-        .0,
+        c.request("SETUP", &format!("{url}/trackID=0"), "Transport: RAW/RAW/UDP;unicast;client_port=5000-5001\r\n")
+            .await
+            .0,
         461
     );
+    assert_eq!(c.request("SETUP", &format!("{url}/trackID=0"), "").await.0, 461, "no Transport header");
     assert_eq!(
-        c.request("SETUP", &format!("{url}/trackID=0"), "").await.0,
-        461,
-        "no Transport header"
-    );
-    assert_eq!(
-        c.request(
-            "SET_PARAMETER",
-            &url,
-            "Content-Type: text/parameters\r\nContent-Length: 9\r\n\r\nfoo: bar\n"
-        )
-        .await
-        .0,
+        c.request("SET_PARAMETER", &url, "Content-Type: text/parameters\r\nContent-Length: 9\r\n\r\nfoo: bar\n")
+            .await
+            .0,
         451
     );
     assert_eq!(c.request("GET_PARAMETER", &url, "").await.0, 200);
     assert_eq!(c.request("REDIRECT", &url, "").await.0, 405);
-    let (status, head) = c
-        .request(
-            "SETUP",
-            &format!("{url}/trackID=0"),
-            "Transport: RTP/AVP/TCP;unicast;interleaved=6-7\r\n",
-        )
-        .await;
+    let (status, head) =
+        c.request("SETUP", &format!("{url}/trackID=0"), "Transport: RTP/AVP/TCP;unicast;interleaved=6-7\r\n").await;
     assert_eq!(status, 200);
-    assert!(
-        head.contains("interleaved=6-7"),
-        "the client's channels: {head}"
-    );
+    assert!(head.contains("interleaved=6-7"), "the client's channels: {head}");
     let id = session_of(&head);
     assert_eq!(
         c.request(
@@ -240,79 +156,32 @@ async fn status_codes_for_bad_requests_while_a_reader_goes_on() {
         "same track twice"
     );
     // Interleaved data on channels never set up, and bogus RTCP: ignored.
-    assert!(
-        c.s.write_all(b"$\x09\x00\x04abcd$\x07\x00\x02\xff\xff")
-            .await
-            .is_ok()
-    );
-    assert_eq!(
-        c.request("OPTIONS", &url, "").await.0,
-        200,
-        "survives stray interleaved data"
-    );
-    assert_eq!(
-        c.request("TEARDOWN", &url, &format!("Session: {id}\r\n"))
-            .await
-            .0,
-        200
-    );
+    assert!(c.s.write_all(b"$\x09\x00\x04abcd$\x07\x00\x02\xff\xff").await.is_ok());
+    assert_eq!(c.request("OPTIONS", &url, "").await.0, 200, "survives stray interleaved data");
+    assert_eq!(c.request("TEARDOWN", &url, &format!("Session: {id}\r\n")).await.0, 200);
 
     // ANNOUNCE on a busy path, with a malformed SDP, and without SDP.
     let sdp = "v=0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:streamid=0\r\n";
-    let announce =
-        |len: usize| format!("Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n");
+    let announce = |len: usize| format!("Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n");
     let mut c = Raw::connect(&server).await;
-    assert_eq!(
-        c.request("ANNOUNCE", &url, &format!("{}{sdp}", announce(sdp.len())))
-            .await
-            .0,
-        503,
-        "busy path"
-    );
-    assert_eq!(
-        c.request(
-            "ANNOUNCE",
-            &server.rtsp_url("live/bad"),
-            &format!("{}garbage", announce(7))
-        )
-        .await
-        .0,
-        400
-    );
-    assert_eq!(
-        c.request("ANNOUNCE", &server.rtsp_url("live/bad"), "")
-            .await
-            .0,
-        400
-    );
+    assert_eq!(c.request("ANNOUNCE", &url, &format!("{}{sdp}", announce(sdp.len()))).await.0, 503, "busy path");
+    assert_eq!(c.request("ANNOUNCE", &server.rtsp_url("live/bad"), &format!("{}garbage", announce(7))).await.0, 400);
+    assert_eq!(c.request("ANNOUNCE", &server.rtsp_url("live/bad"), "").await.0, 400);
 
     // A publisher sending truncated RTP and nonsense NAL types: dropped, nothing breaks.
     let pub_url = server.rtsp_url("live/junk");
-    let (status, head) = c
-        .request(
-            "ANNOUNCE",
-            &pub_url,
-            &format!("{}{sdp}", announce(sdp.len())),
-        )
-        .await;
+    let (status, head) = c.request("ANNOUNCE", &pub_url, &format!("{}{sdp}", announce(sdp.len()))).await;
     assert_eq!(status, 200);
     let id = session_of(&head);
     let (status, _) = c
         .request(
             "SETUP",
             &format!("{pub_url}/streamid=0"),
-            &format!(
-                "Session: {id}\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1;mode=record\r\n"
-            ),
+            &format!("Session: {id}\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1;mode=record\r\n"),
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(
-        c.request("RECORD", &pub_url, &format!("Session: {id}\r\n"))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(c.request("RECORD", &pub_url, &format!("Session: {id}\r\n")).await.0, 200);
     let mut junk = Vec::new();
     for p in [
         &[0x80u8, 96, 0][..],
@@ -324,11 +193,7 @@ async fn status_codes_for_bad_requests_while_a_reader_goes_on() {
         junk.extend_from_slice(p);
     }
     c.s.write_all(&junk).await.unwrap();
-    assert_eq!(
-        c.request("OPTIONS", &url, "").await.0,
-        200,
-        "publisher connection survives junk RTP"
-    );
+    assert_eq!(c.request("OPTIONS", &url, "").await.0, 200, "publisher connection survives junk RTP");
 
     reader.await.unwrap().assert_rtsp("h264", 320, 240, 150);
 }
@@ -340,13 +205,8 @@ async fn idle_session_times_out() {
     wait_published(&server, "live/idle").await;
     let url = server.rtsp_url("live/idle");
     let mut c = Raw::connect(&server).await;
-    let (status, _) = c
-        .request(
-            "SETUP",
-            &format!("{url}/trackID=0"),
-            "Transport: RTP/AVP;unicast;client_port=40000-40001\r\n",
-        )
-        .await;
+    let (status, _) =
+        c.request("SETUP", &format!("{url}/trackID=0"), "Transport: RTP/AVP;unicast;client_port=40000-40001\r\n").await;
     assert_eq!(status, 200);
     assert!(c.closed().await, "session freed after the timeout");
 }

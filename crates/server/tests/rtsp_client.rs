@@ -36,16 +36,11 @@ impl Driver {
                 return Some(e);
             }
             self.flush().await;
-            let n = tokio::time::timeout(Duration::from_secs(10), self.socket.read(&mut buf))
-                .await
-                .ok()?
-                .ok()?;
+            let n = tokio::time::timeout(Duration::from_secs(10), self.socket.read(&mut buf)).await.ok()?.ok()?;
             if n == 0 {
                 return None;
             }
-            self.session
-                .handle_input(Instant::now(), &buf[..n])
-                .unwrap();
+            self.session.handle_input(Instant::now(), &buf[..n]).unwrap();
         }
     }
 }
@@ -59,21 +54,12 @@ async fn play(server: &Server, path: &str, transport: ClientTransport) -> (usize
         for _ in 0..2 {
             let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
             let rtcp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            ports.push((
-                rtp.local_addr().unwrap().port(),
-                rtcp.local_addr().unwrap().port(),
-            ));
+            ports.push((rtp.local_addr().unwrap().port(), rtcp.local_addr().unwrap().port()));
             udp.push((rtp, rtcp));
         }
     }
     let socket = TcpStream::connect(server.rtsp).await.unwrap();
-    let session = ClientSession::new(
-        &server.rtsp_url(path),
-        ClientMode::Play,
-        transport,
-        ports,
-        Instant::now(),
-    );
+    let session = ClientSession::new(&server.rtsp_url(path), ClientMode::Play, transport, ports, Instant::now());
     let mut d = Driver { socket, session };
     let mut described = None;
     loop {
@@ -100,9 +86,7 @@ async fn play(server: &Server, path: &str, transport: ClientTransport) -> (usize
     while Instant::now() < deadline {
         if transport == ClientTransport::Tcp {
             match d.next().await.expect("media") {
-                ClientEvent::Rtp { track: 0, packet } => {
-                    on_rtp(packet, &mut frames, &mut first_key)
-                }
+                ClientEvent::Rtp { track: 0, packet } => on_rtp(packet, &mut frames, &mut first_key),
                 ClientEvent::Rtcp { packet, .. } => {
                     reports += rtcp::parse(&packet)
                         .unwrap()
@@ -153,24 +137,11 @@ fn flv_frames() -> (Tracks, Vec<std::sync::Arc<Frame>>) {
         match t.tag_type {
             9 => match flv::parse_video(&t.body).unwrap() {
                 VideoTag::Config { codec, config } => {
-                    tracks.video = Some(TrackInfo::Video {
-                        codec,
-                        config,
-                        clock_rate: 1000,
-                    })
+                    tracks.video = Some(TrackInfo::Video { codec, config, clock_rate: 1000 })
                 }
-                VideoTag::Frame {
-                    keyframe,
-                    cts,
-                    data,
-                    ..
-                } => frames.push(Frame::new(
-                    TrackKind::Video,
-                    ts,
-                    ts + i64::from(cts),
-                    keyframe,
-                    data,
-                )),
+                VideoTag::Frame { keyframe, cts, data, .. } => {
+                    frames.push(Frame::new(TrackKind::Video, ts, ts + i64::from(cts), keyframe, data))
+                }
                 VideoTag::Ignored(_) => {}
             },
             8 => match flv::parse_audio(&t.body).unwrap() {
@@ -184,9 +155,7 @@ fn flv_frames() -> (Tracks, Vec<std::sync::Arc<Frame>>) {
                         clock_rate: 1000,
                     });
                 }
-                AudioTag::AacFrame(data) => {
-                    frames.push(Frame::new(TrackKind::Audio, ts, ts, true, data))
-                }
+                AudioTag::AacFrame(data) => frames.push(Frame::new(TrackKind::Audio, ts, ts, true, data)),
                 _ => {}
             },
             _ => {}
@@ -221,21 +190,13 @@ async fn own_client_records_and_ffprobe_reads_rtmp() {
     let url = server.rtmp_url("own/rec");
     let reader = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        tokio::task::spawn_blocking(move || probe(&url, 3))
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || probe(&url, 3)).await.unwrap()
     });
     let start = tokio::time::Instant::now();
     for loop_no in 0..2i64 {
         let span = 4100;
         for f in &frames {
-            let f = Frame::new(
-                f.kind,
-                f.dts + loop_no * span,
-                f.pts + loop_no * span,
-                f.keyframe,
-                f.data.clone(),
-            );
+            let f = Frame::new(f.kind, f.dts + loop_no * span, f.pts + loop_no * span, f.keyframe, f.data.clone());
             tokio::time::sleep_until(start + Duration::from_millis(f.dts as u64)).await;
             let (track, p) = match f.kind {
                 TrackKind::Video => (0, video.packetize(&f)),

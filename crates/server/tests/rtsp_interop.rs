@@ -20,9 +20,7 @@ async fn rtmp_in_rtsp_out_tcp_and_udp() {
     let mut readers = Vec::new();
     for t in ["tcp", "udp"] {
         let url = server.rtsp_url("live/conv");
-        readers.push(tokio::task::spawn_blocking(move || {
-            probe_with(&url, 4, &["-rtsp_transport", t])
-        }));
+        readers.push(tokio::task::spawn_blocking(move || probe_with(&url, 4, &["-rtsp_transport", t])));
     }
     for r in readers {
         r.await.unwrap().assert_rtsp("h264", 320, 240, 90);
@@ -36,24 +34,17 @@ async fn rtsp_in_h264_tcp_and_udp_reads_back_everywhere() {
     let _udp = publish_rtsp(test_flv(), &server.rtsp_url("in/udp"), "udp");
     for path in ["in/tcp", "in/udp"] {
         wait_published(&server, path).await;
-        let (rtmp, flv, rtsp) = (
-            server.rtmp_url(path),
-            server.flv_url(path),
-            server.rtsp_url(path),
-        );
+        let (rtmp, flv, rtsp) = (server.rtmp_url(path), server.flv_url(path), server.rtsp_url(path));
         let a = tokio::task::spawn_blocking(move || probe(&rtmp, 4));
         let b = tokio::task::spawn_blocking(move || probe(&flv, 4));
-        let c =
-            tokio::task::spawn_blocking(move || probe_with(&rtsp, 4, &["-rtsp_transport", "tcp"]));
+        let c = tokio::task::spawn_blocking(move || probe_with(&rtsp, 4, &["-rtsp_transport", "tcp"]));
         // Decode timestamps are derived from RTP presentation times: monotonic, B-frame
         // offsets kept.
         let a = a.await.unwrap();
         a.assert_h264_aac(320, 240, 90);
         let vidx = a.codec("video").unwrap()["index"].as_i64();
         assert!(
-            a.packets
-                .iter()
-                .any(|p| p["stream_index"].as_i64() == vidx && p["pts"] != p["dts"]),
+            a.packets.iter().any(|p| p["stream_index"].as_i64() == vidx && p["pts"] != p["dts"]),
             "{path}: no B-frame offsets"
         );
         b.await.unwrap().assert_h264_aac(320, 240, 90);
@@ -73,9 +64,7 @@ async fn rtsp_in_h265_plays_over_rtsp_hls_and_enhanced_rtmp() {
     let b = tokio::task::spawn_blocking(move || probe(&hls, 4));
     a.await.unwrap().assert_rtsp("hevc", 320, 240, 90);
     let b = b.await.unwrap();
-    let v = b
-        .codec("video")
-        .unwrap_or_else(|| panic!("{:?} {}", b.streams, b.stderr));
+    let v = b.codec("video").unwrap_or_else(|| panic!("{:?} {}", b.streams, b.stderr));
     assert_eq!(v["codec_name"], "hevc");
     assert_eq!(b.codec("audio").unwrap()["codec_name"], "aac");
     assert!(b.packets_of("video").len() >= 90);
@@ -88,27 +77,59 @@ async fn rtsp_in_h265_plays_over_rtsp_hls_and_enhanced_rtmp() {
     let mut frames = 0;
     let mut config = None;
     while frames < 30 {
-        match player
-            .next_event(Duration::from_secs(10))
-            .await
-            .expect("media")
-        {
-            ClientEvent::Media(m) if m.kind == MediaKind::Video => {
-                match flv::parse_video(&m.payload).unwrap() {
-                    VideoTag::Config {
-                        codec: VideoCodec::H265,
-                        config: c,
-                    } => config = Some(c),
-                    VideoTag::Frame {
-                        codec: VideoCodec::H265,
-                        ..
-                    } => frames += 1,
-                    other => panic!("{other:?}"),
-                }
-            }
+        match player.next_event(Duration::from_secs(10)).await.expect("media") {
+            ClientEvent::Media(m) if m.kind == MediaKind::Video => match flv::parse_video(&m.payload).unwrap() {
+                VideoTag::Config { codec: VideoCodec::H265, config: c } => config = Some(c),
+                VideoTag::Frame { codec: VideoCodec::H265, .. } => frames += 1,
+                other => panic!("{other:?}"),
+            },
             _ => {}
         }
     }
     let cfg = ferrocast_media::h265::HevcConfig::parse(&config.expect("hvcC first")).unwrap();
     assert_eq!(cfg.codec_string(), "hvc1.1.6.L60.90");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn g711_and_opus_over_rtsp() {
+    let server = Server::start();
+    let cases = [
+        ("g/alaw", &["-c:v", "copy", "-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1"][..], "pcm_alaw", 8000, true),
+        ("g/mulaw", &["-c:v", "copy", "-c:a", "pcm_mulaw", "-ar", "8000", "-ac", "1"][..], "pcm_mulaw", 8000, true),
+        (
+            "g/opus",
+            &["-c:v", "copy", "-c:a", "libopus", "-b:a", "64k", "-ar", "48000", "-ac", "2"][..],
+            "opus",
+            48000,
+            false,
+        ),
+    ];
+    let publishers: Vec<Proc> = cases
+        .iter()
+        .map(|(path, codecs, ..)| publish_rtsp_codecs(test_flv(), &server.rtsp_url(path), "tcp", codecs))
+        .collect();
+    for (path, _, codec, rate, over_rtmp) in cases {
+        wait_published(&server, path).await;
+        let url = server.rtsp_url(path);
+        let p = tokio::task::spawn_blocking(move || probe_with(&url, 3, &["-rtsp_transport", "tcp"])).await.unwrap();
+        let a = p.codec("audio").unwrap_or_else(|| panic!("{path}: {:?} {}", p.streams, p.stderr));
+        assert_eq!(a["codec_name"], codec, "{path}");
+        assert_eq!(a["sample_rate"], rate.to_string(), "{path}");
+        // ffmpeg packs G.711 into 1400-byte (175 ms) packets.
+        assert!(p.packets_of("audio").len() > 8, "{path}: audio packets");
+        assert_eq!(p.codec("video").unwrap()["codec_name"], "h264");
+        // FLV carries G.711 (sound formats 7 and 8) but not Opus: RTMP readers get video only.
+        let url = server.rtmp_url(path);
+        let r = tokio::task::spawn_blocking(move || probe(&url, 2)).await.unwrap();
+        match r.codec("audio") {
+            Some(a) => {
+                assert!(over_rtmp, "{path}: Opus has no FLV form");
+                assert_eq!(a["codec_name"], codec);
+                assert!(r.packets_of("audio").len() > 5);
+            }
+            None => assert!(!over_rtmp, "{path}: no audio over RTMP: {:?} {}", r.streams, r.stderr),
+        }
+        assert!(r.packets_of("video").len() > 30, "{path}: video over RTMP");
+    }
+    drop(publishers);
 }

@@ -15,10 +15,7 @@ impl Netns {
     fn new() -> Netns {
         let name = format!("ferrocast-test-{}", std::process::id());
         let run = |args: &[&str]| {
-            let ok = Command::new("ip")
-                .args(args)
-                .status()
-                .is_ok_and(|s| s.success());
+            let ok = Command::new("ip").args(args).status().is_ok_and(|s| s.success());
             assert!(
                 ok,
                 "`ip {}` failed: the multicast test needs root and iproute2 (./scripts/test installs it)",
@@ -48,14 +45,11 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "pids", &self.0])
-            .output()
-            .map(|o| {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            });
+        let _ = Command::new("ip").args(["netns", "pids", &self.0]).output().map(|o| {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        });
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
@@ -65,28 +59,19 @@ async fn multicast_and_unicast_readers_of_one_path() {
     require("ffmpeg");
     let ns = Netns::new();
     let mut server = ns.exec(env!("CARGO_BIN_EXE_ferrocast"));
-    let server = Proc(
-        server
-            .args(["--log-level", "info"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let server =
+        Proc(server.args(["--log-level", "info"]).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap());
     // The namespace is private: default ports are free.
     let mut publisher = ns.exec("ffmpeg");
-    publisher
-        .args(["-v", "error", "-nostdin", "-re", "-stream_loop", "-1", "-i"])
-        .arg(test_flv())
-        .args(["-c", "copy", "-f", "flv", "rtmp://127.0.0.1:1935/live/mc"]);
+    publisher.args(["-v", "error", "-nostdin", "-re", "-stream_loop", "-1", "-i"]).arg(test_flv()).args([
+        "-c",
+        "copy",
+        "-f",
+        "flv",
+        "rtmp://127.0.0.1:1935/live/mc",
+    ]);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let _publisher = Proc(
-        publisher
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _publisher = Proc(publisher.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     std::thread::sleep(std::time::Duration::from_secs(2));
     let name = ns.0.clone();
     let mut readers = Vec::new();
@@ -95,12 +80,7 @@ async fn multicast_and_unicast_readers_of_one_path() {
         readers.push((
             transport,
             tokio::task::spawn_blocking(move || {
-                probe_in(
-                    Some(&ns),
-                    "rtsp://127.0.0.1:8554/live/mc",
-                    4,
-                    &["-rtsp_transport", transport],
-                )
+                probe_in(Some(&ns), "rtsp://127.0.0.1:8554/live/mc", 4, &["-rtsp_transport", transport])
             }),
         ));
     }

@@ -19,12 +19,7 @@ pub fn payloads(au: &Bytes, mtu: usize) -> Vec<Vec<Bytes>> {
         return vec![vec![header, au.clone()]];
     }
     (0..au.len().div_ceil(chunk))
-        .map(|k| {
-            vec![
-                header.clone(),
-                au.slice(k * chunk..((k + 1) * chunk).min(au.len())),
-            ]
-        })
+        .map(|k| vec![header.clone(), au.slice(k * chunk..((k + 1) * chunk).min(au.len()))])
         .collect()
 }
 
@@ -58,16 +53,11 @@ impl Depacketizer {
         let lost = self.expected_seq.is_some_and(|e| e != p.sequence);
         self.expected_seq = Some(p.sequence.wrapping_add(1));
         if lost && self.fragment.take().is_some() {
-            return Err(DepacketizeError::Loss {
-                expected: p.sequence,
-                got: p.sequence,
-            });
+            return Err(DepacketizeError::Loss { expected: p.sequence, got: p.sequence });
         }
         let d = &p.payload;
         if d.len() < 2 {
-            return Err(DepacketizeError::Invalid(
-                "AAC payload without AU-headers-length",
-            ));
+            return Err(DepacketizeError::Invalid("AAC payload without AU-headers-length"));
         }
         let header_bits = usize::from(u16::from_be_bytes([d[0], d[1]]));
         let header_bytes = header_bits.div_ceil(8);
@@ -100,11 +90,7 @@ impl Depacketizer {
         if sizes.len() == 1 && sizes[0] > data.len() - pos {
             // A fragment of a large AU (3.2.3): accumulate until the marker.
             let (_, want, buf) = self.fragment.get_or_insert_with(|| {
-                (
-                    p.timestamp,
-                    sizes[0],
-                    BytesMut::with_capacity(sizes[0].min(MAX_ACCESS_UNIT_SIZE)),
-                )
+                (p.timestamp, sizes[0], BytesMut::with_capacity(sizes[0].min(MAX_ACCESS_UNIT_SIZE)))
             });
             buf.put_slice(&data[pos..]);
             if buf.len() > MAX_ACCESS_UNIT_SIZE {
@@ -114,15 +100,9 @@ impl Depacketizer {
             if p.marker || buf.len() >= *want {
                 let (t, want, b) = self.fragment.take().expect("present");
                 if b.len() != want {
-                    return Err(DepacketizeError::Invalid(
-                        "fragmented AU shorter or longer than its header says",
-                    ));
+                    return Err(DepacketizeError::Invalid("fragmented AU shorter or longer than its header says"));
                 }
-                self.ready.push_back(AccessUnit {
-                    rtp_time: t,
-                    keyframe: true,
-                    data: b.freeze(),
-                });
+                self.ready.push_back(AccessUnit { rtp_time: t, keyframe: true, data: b.freeze() });
             }
             return Ok(());
         }
@@ -131,11 +111,7 @@ impl Depacketizer {
                 return Err(DepacketizeError::Invalid("AU overruns the packet"));
             }
             let rtp_time = p.timestamp.wrapping_add(i as u32 * SAMPLES_PER_FRAME);
-            self.ready.push_back(AccessUnit {
-                rtp_time,
-                keyframe: true,
-                data: data.slice(pos..pos + size),
-            });
+            self.ready.push_back(AccessUnit { rtp_time, keyframe: true, data: data.slice(pos..pos + size) });
             pos += size;
         }
         Ok(())
@@ -171,20 +147,9 @@ mod tests {
         d.push(&p).unwrap();
         assert_eq!(
             d.pull().unwrap(),
-            AccessUnit {
-                rtp_time: 1000,
-                keyframe: true,
-                data: Bytes::from_static(&[1, 2, 3])
-            }
+            AccessUnit { rtp_time: 1000, keyframe: true, data: Bytes::from_static(&[1, 2, 3]) }
         );
-        assert_eq!(
-            d.pull().unwrap(),
-            AccessUnit {
-                rtp_time: 2024,
-                keyframe: true,
-                data: Bytes::from_static(&[4, 5])
-            }
-        );
+        assert_eq!(d.pull().unwrap(), AccessUnit { rtp_time: 2024, keyframe: true, data: Bytes::from_static(&[4, 5]) });
     }
 
     #[test]

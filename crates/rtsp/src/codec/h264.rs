@@ -13,16 +13,13 @@ const FU_A: u8 = 28;
 /// Parameter sets from a record, to send in band before keyframes (so UDP viewers can join
 /// at any keyframe).
 fn parameter_sets(config: &Bytes) -> Vec<Bytes> {
-    h264::AvcConfig::parse(config)
-        .map(|c| c.sps.into_iter().chain(c.pps).collect())
-        .unwrap_or_default()
+    h264::AvcConfig::parse(config).map(|c| c.sps.into_iter().chain(c.pps).collect()).unwrap_or_default()
 }
 
 /// The payloads of a frame's packets, each as slices to concatenate.
 pub fn payloads(frame: &Frame, config: &Bytes, mtu: usize) -> Vec<Vec<Bytes>> {
     let mut nals: Vec<Bytes> = Vec::new();
-    let has_params =
-        nal_units(&frame.data).any(|n| matches!(n.first().map(|b| b & 0x1f), Some(h264::nal::SPS)));
+    let has_params = nal_units(&frame.data).any(|n| matches!(n.first().map(|b| b & 0x1f), Some(h264::nal::SPS)));
     if frame.keyframe && !has_params {
         nals.extend(parameter_sets(config));
     }
@@ -114,11 +111,7 @@ impl Depacketizer {
             }
             self.waiting_for_keyframe = false;
         }
-        self.ready.push_back(AccessUnit {
-            rtp_time,
-            keyframe: key,
-            data,
-        });
+        self.ready.push_back(AccessUnit { rtp_time, keyframe: key, data });
     }
 
     fn add_nal(&mut self, nal: &[u8]) -> Result<(), DepacketizeError> {
@@ -167,10 +160,7 @@ impl Depacketizer {
                 self.finish_au();
             }
             self.push_payload(p)?;
-            return Err(DepacketizeError::Loss {
-                expected: exp,
-                got: p.sequence,
-            });
+            return Err(DepacketizeError::Loss { expected: exp, got: p.sequence });
         }
         self.expected_seq = Some(p.sequence.wrapping_add(1));
         if self.au_time.is_some_and(|t| t != p.timestamp) {
@@ -234,9 +224,7 @@ impl Depacketizer {
                     Ok(())
                 }
             }
-            _ => Err(DepacketizeError::Invalid(
-                "STAP-B, MTAP, FU-B or reserved packet type",
-            )),
+            _ => Err(DepacketizeError::Invalid("STAP-B, MTAP, FU-B or reserved packet type")),
         };
         if p.marker {
             self.fragment = None;
@@ -268,14 +256,10 @@ mod tests {
 
     fn config() -> Bytes {
         let sps = Bytes::from_static(&[
-            0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03,
-            0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99, 0x60,
+            0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00,
+            0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99, 0x60,
         ]);
-        h264::build_avcc(
-            &[sps],
-            &[Bytes::from_static(&[0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0])],
-        )
-        .unwrap()
+        h264::build_avcc(&[sps], &[Bytes::from_static(&[0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0])]).unwrap()
     }
 
     fn frame(nals: &[&[u8]], key: bool) -> std::sync::Arc<Frame> {
@@ -309,11 +293,7 @@ mod tests {
         idr.extend((0..5000u32).map(|i| i as u8));
         let f = frame(&[&[0x06, 5, 1, 0x80], &idr], true);
         let pk = to_packets(&f, 1400, 100);
-        assert_eq!(
-            pk[0].payload[0] & 0x1f,
-            STAP_A,
-            "SPS, PPS and SEI aggregated"
-        );
+        assert_eq!(pk[0].payload[0] & 0x1f, STAP_A, "SPS, PPS and SEI aggregated");
         assert!(pk[1..].iter().all(|p| p.payload[0] & 0x1f == FU_A));
         assert!(pk.iter().all(|p| p.payload.len() <= 1400));
         let mut d = Depacketizer::default();
@@ -363,13 +343,7 @@ mod tests {
     #[test]
     fn nonsense_nal_types_are_errors_not_panics() {
         let mut d = Depacketizer::default();
-        for payload in [
-            &[0x1f, 1][..],
-            &[0x1c][..],
-            &[0x18, 0xff, 0xff, 1][..],
-            &[][..],
-            &[0x19, 0, 0],
-        ] {
+        for payload in [&[0x1f, 1][..], &[0x1c][..], &[0x18, 0xff, 0xff, 1][..], &[][..], &[0x19, 0, 0]] {
             let p = RtpPacket {
                 marker: true,
                 payload_type: 96,

@@ -11,9 +11,7 @@ const AP: u8 = 48;
 const FU: u8 = 49;
 
 fn parameter_sets(config: &Bytes) -> Vec<Bytes> {
-    h265::HevcConfig::parse(config)
-        .map(|c| c.vps.into_iter().chain(c.sps).chain(c.pps).collect())
-        .unwrap_or_default()
+    h265::HevcConfig::parse(config).map(|c| c.vps.into_iter().chain(c.sps).chain(c.pps).collect()).unwrap_or_default()
 }
 
 /// The payloads of a frame's packets.
@@ -42,10 +40,7 @@ pub fn payloads(frame: &Frame, config: &Bytes, mtu: usize) -> Vec<Vec<Bytes>> {
         }
         if j - i >= 2 {
             // PayloadHdr: F=0, LayerId and TID of the first unit (4.4.2).
-            let mut parts = vec![Bytes::copy_from_slice(&[
-                (nals[i][0] & 0x81) | (AP << 1),
-                nals[i][1],
-            ])];
+            let mut parts = vec![Bytes::copy_from_slice(&[(nals[i][0] & 0x81) | (AP << 1), nals[i][1]])];
             for n in &nals[i..j] {
                 parts.push(Bytes::copy_from_slice(&(n.len() as u16).to_be_bytes()));
                 parts.push(n.clone());
@@ -72,10 +67,7 @@ pub fn payloads(frame: &Frame, config: &Bytes, mtu: usize) -> Vec<Vec<Bytes>> {
                     fu |= 0x40;
                 }
                 let piece = body.slice(k * chunk..((k + 1) * chunk).min(body.len()));
-                out.push(vec![
-                    Bytes::copy_from_slice(&[header[0], header[1], fu]),
-                    piece,
-                ]);
+                out.push(vec![Bytes::copy_from_slice(&[header[0], header[1], fu]), piece]);
             }
         }
         i += 1;
@@ -117,18 +109,12 @@ impl Depacketizer {
             }
             self.waiting_for_keyframe = false;
         }
-        self.ready.push_back(AccessUnit {
-            rtp_time,
-            keyframe: key,
-            data,
-        });
+        self.ready.push_back(AccessUnit { rtp_time, keyframe: key, data });
     }
 
     fn add_nal(&mut self, nal: &[u8]) -> Result<(), DepacketizeError> {
         if nal.len() < 2 {
-            return Err(DepacketizeError::Invalid(
-                "H.265 NAL unit shorter than its header",
-            ));
+            return Err(DepacketizeError::Invalid("H.265 NAL unit shorter than its header"));
         }
         if nal[0] & 0x80 != 0 {
             return Err(DepacketizeError::Invalid("forbidden_zero_bit set"));
@@ -139,9 +125,7 @@ impl Depacketizer {
             h265::nal::PPS => Some(&mut self.pps),
             h265::nal::AUD => return Ok(()),
             AP | FU | 50..=63 => {
-                return Err(DepacketizeError::Invalid(
-                    "payload structure type inside a unit",
-                ));
+                return Err(DepacketizeError::Invalid("payload structure type inside a unit"));
             }
             t if (h265::nal::IRAP_FIRST..=h265::nal::IRAP_LAST).contains(&t) => {
                 self.au_key = true;
@@ -175,10 +159,7 @@ impl Depacketizer {
                 self.broken = true;
             }
             self.waiting_for_keyframe = true;
-            loss = Some(DepacketizeError::Loss {
-                expected: exp,
-                got: p.sequence,
-            });
+            loss = Some(DepacketizeError::Loss { expected: exp, got: p.sequence });
         }
         self.expected_seq = Some(p.sequence.wrapping_add(1));
         if self.au_time.is_some_and(|t| t != p.timestamp) {
@@ -200,9 +181,7 @@ impl Depacketizer {
         }
         let result = match (d[0] >> 1) & 0x3f {
             0..=47 => self.add_nal(d),
-            AP if d.len() < 5 => Err(DepacketizeError::Invalid(
-                "aggregation packet without units",
-            )),
+            AP if d.len() < 5 => Err(DepacketizeError::Invalid("aggregation packet without units")),
             AP => {
                 let mut pos = 2;
                 let mut r = Ok(());
@@ -244,9 +223,7 @@ impl Depacketizer {
                     Ok(())
                 }
             }
-            _ => Err(DepacketizeError::Invalid(
-                "PACI or reserved H.265 packet type",
-            )),
+            _ => Err(DepacketizeError::Invalid("PACI or reserved H.265 packet type")),
         };
         if p.marker {
             self.fragment = None;
@@ -277,12 +254,7 @@ mod tests {
     use ferrocast_media::TrackKind;
 
     fn hex(s: &str) -> Bytes {
-        Bytes::from(
-            (0..s.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-                .collect::<Vec<_>>(),
-        )
+        Bytes::from((0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect::<Vec<_>>())
     }
 
     fn config() -> Bytes {
@@ -325,12 +297,7 @@ mod tests {
 
     #[test]
     fn bad_payloads_are_errors() {
-        for payload in [
-            &[0x60, 1, 0][..],
-            &[0x80, 1, 2][..],
-            &[0x62, 1][..],
-            &[0x60, 1, 0xff, 0xff, 9],
-        ] {
+        for payload in [&[0x60, 1, 0][..], &[0x80, 1, 2][..], &[0x62, 1][..], &[0x60, 1, 0xff, 0xff, 9]] {
             let mut d = Depacketizer::default();
             let p = RtpPacket {
                 marker: true,

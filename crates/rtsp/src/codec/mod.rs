@@ -81,12 +81,10 @@ impl Packetizer {
     ) -> Option<Packetizer> {
         let clock_rate = match track {
             TrackInfo::Video { .. } => 90_000,
-            TrackInfo::Audio {
-                codec: AudioCodec::Aac,
-                sample_rate,
-                ..
-            } => *sample_rate,
-            TrackInfo::Audio { .. } => return None,
+            TrackInfo::Audio { codec: AudioCodec::Aac, sample_rate, .. } => *sample_rate,
+            TrackInfo::Audio { codec: AudioCodec::Opus, .. } => 48_000,
+            TrackInfo::Audio { codec: AudioCodec::Pcma | AudioCodec::Pcmu, sample_rate, .. } => *sample_rate,
+            TrackInfo::Audio { codec: AudioCodec::Mp3, .. } => return None,
         };
         Some(Packetizer {
             track: track.clone(),
@@ -119,8 +117,7 @@ impl Packetizer {
 
     /// The RTP timestamp of a time in the track's clock.
     pub fn rtp_time(&self, ts: i64) -> u32 {
-        (rescale(ts, self.track.clock_rate(), self.clock_rate) as u32)
-            .wrapping_add(self.time_offset)
+        (rescale(ts, self.track.clock_rate(), self.clock_rate) as u32).wrapping_add(self.time_offset)
     }
 
     /// Sequence number and RTP time of the next packet (for RTP-Info).
@@ -134,17 +131,13 @@ impl Packetizer {
         let rtp_time = self.rtp_time(frame.pts);
         self.last = Some((rtp_time, frame.pts));
         let payloads: Vec<Vec<Bytes>> = match &self.track {
-            TrackInfo::Video {
-                codec: VideoCodec::H264,
-                config,
-                ..
-            } => h264::payloads(frame, config, self.mtu),
-            TrackInfo::Video {
-                codec: VideoCodec::H265,
-                config,
-                ..
-            } => h265::payloads(frame, config, self.mtu),
-            TrackInfo::Audio { .. } => aac::payloads(&frame.data, self.mtu),
+            TrackInfo::Video { codec: VideoCodec::H264, config, .. } => h264::payloads(frame, config, self.mtu),
+            TrackInfo::Video { codec: VideoCodec::H265, config, .. } => h265::payloads(frame, config, self.mtu),
+            TrackInfo::Audio { codec: AudioCodec::Aac, .. } => aac::payloads(&frame.data, self.mtu),
+            // RFC 7587 4.2: one Opus packet per RTP packet.
+            TrackInfo::Audio { codec: AudioCodec::Opus, .. } => vec![vec![frame.data.clone()]],
+            // RFC 3551 4.5.14: G.711 samples, split at the MTU (one byte per sample).
+            TrackInfo::Audio { .. } => frame.data.chunks(self.mtu).map(|c| vec![frame.data.slice_ref(c)]).collect(),
         };
         let mut out = BytesMut::with_capacity(frame.data.len() + payloads.len() * 20 + 64);
         let n = payloads.len();
@@ -152,15 +145,7 @@ impl Packetizer {
             let len: usize = 12 + parts.iter().map(Bytes::len).sum::<usize>();
             out.put_u16(len as u16);
             let slices: Vec<&[u8]> = parts.iter().map(|b| &b[..]).collect();
-            RtpPacket::write(
-                &mut out,
-                i + 1 == n,
-                self.payload_type,
-                self.sequence,
-                rtp_time,
-                self.ssrc,
-                &slices,
-            );
+            RtpPacket::write(&mut out, i + 1 == n, self.payload_type, self.sequence, rtp_time, self.ssrc, &slices);
             self.sequence = self.sequence.wrapping_add(1);
             self.packets = self.packets.wrapping_add(1);
             self.octets = self.octets.wrapping_add(len as u32 - 12);
@@ -189,24 +174,20 @@ pub enum Depacketizer {
     H265(h265::Depacketizer),
     /// RFC 3640.
     Aac(aac::Depacketizer),
+    /// One frame per packet: Opus (RFC 7587) and G.711 (RFC 3551).
+    Whole(std::collections::VecDeque<AccessUnit>),
 }
 
 impl Depacketizer {
     /// A depacketizer for a media section's codec.
     pub fn new(track: &TrackInfo, media: &crate::sdp::Media) -> Option<Depacketizer> {
         Some(match track {
-            TrackInfo::Video {
-                codec: VideoCodec::H264,
-                ..
-            } => Depacketizer::H264(h264::Depacketizer::default()),
-            TrackInfo::Video {
-                codec: VideoCodec::H265,
-                ..
-            } => Depacketizer::H265(h265::Depacketizer::default()),
-            TrackInfo::Audio {
-                codec: AudioCodec::Aac,
-                ..
-            } => Depacketizer::Aac(aac::Depacketizer::new(media)),
+            TrackInfo::Video { codec: VideoCodec::H264, .. } => Depacketizer::H264(h264::Depacketizer::default()),
+            TrackInfo::Video { codec: VideoCodec::H265, .. } => Depacketizer::H265(h265::Depacketizer::default()),
+            TrackInfo::Audio { codec: AudioCodec::Aac, .. } => Depacketizer::Aac(aac::Depacketizer::new(media)),
+            TrackInfo::Audio { codec: AudioCodec::Opus | AudioCodec::Pcma | AudioCodec::Pcmu, .. } => {
+                Depacketizer::Whole(Default::default())
+            }
             _ => return None,
         })
     }
@@ -217,6 +198,16 @@ impl Depacketizer {
             Depacketizer::H264(d) => d.push(p),
             Depacketizer::H265(d) => d.push(p),
             Depacketizer::Aac(d) => d.push(p),
+            Depacketizer::Whole(q) => {
+                if p.payload.is_empty() {
+                    return Err(DepacketizeError::Invalid("empty audio payload"));
+                }
+                // Bounded: the caller pulls after every push.
+                if q.len() < 64 {
+                    q.push_back(AccessUnit { rtp_time: p.timestamp, keyframe: true, data: p.payload.clone() });
+                }
+                Ok(())
+            }
         }
     }
 
@@ -226,6 +217,7 @@ impl Depacketizer {
             Depacketizer::H264(d) => d.pull(),
             Depacketizer::H265(d) => d.pull(),
             Depacketizer::Aac(d) => d.pull(),
+            Depacketizer::Whole(q) => q.pop_front(),
         }
     }
 
@@ -234,7 +226,7 @@ impl Depacketizer {
         match self {
             Depacketizer::H264(d) => d.take_new_config(),
             Depacketizer::H265(d) => d.take_new_config(),
-            Depacketizer::Aac(_) => None,
+            Depacketizer::Aac(_) | Depacketizer::Whole(_) => None,
         }
     }
 }
@@ -282,10 +274,7 @@ impl Reorder {
 
     fn rebase(&mut self, by: u16) {
         let held = std::mem::take(&mut self.held);
-        self.held = held
-            .into_iter()
-            .map(|(k, v)| (k.wrapping_sub(by), v))
-            .collect();
+        self.held = held.into_iter().map(|(k, v)| (k.wrapping_sub(by), v)).collect();
     }
 }
 
@@ -294,14 +283,7 @@ mod tests {
     use super::*;
 
     fn pkt(seq: u16) -> RtpPacket {
-        RtpPacket {
-            marker: false,
-            payload_type: 96,
-            sequence: seq,
-            timestamp: 0,
-            ssrc: 1,
-            payload: Bytes::new(),
-        }
+        RtpPacket { marker: false, payload_type: 96, sequence: seq, timestamp: 0, ssrc: 1, payload: Bytes::new() }
     }
 
     #[test]
@@ -311,11 +293,7 @@ mod tests {
         assert_eq!(seqs(r.push(pkt(65534))), [65534]);
         assert_eq!(seqs(r.push(pkt(0))), Vec::<u16>::new());
         assert_eq!(seqs(r.push(pkt(65535))), [65535, 0]);
-        assert_eq!(
-            seqs(r.push(pkt(65530))),
-            Vec::<u16>::new(),
-            "late packets are dropped"
-        );
+        assert_eq!(seqs(r.push(pkt(65530))), Vec::<u16>::new(), "late packets are dropped");
         // A lost packet (1) is skipped once the window fills.
         let mut got = Vec::new();
         for s in 2..(2 + REORDER_WINDOW as u16 + 1) {

@@ -119,19 +119,14 @@ fn status(code: u16, req: &Request) -> Response {
 fn url_path(uri: &str) -> &str {
     let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
     let path = rest.find('/').map_or("", |i| &rest[i + 1..]);
-    path.split(['?', '#'])
-        .next()
-        .unwrap_or("")
-        .trim_end_matches('/')
+    path.split(['?', '#']).next().unwrap_or("").trim_end_matches('/')
 }
 
 /// Splits a SETUP URL into the stream path and the track part (`trackID=1`, `streamid=0`).
 fn split_control(uri: &str) -> (&str, Option<&str>) {
     let p = url_path(uri);
     match p.rsplit_once('/') {
-        Some((base, last))
-            if last.contains('=') || last.starts_with("track") || last.starts_with("stream") =>
-        {
+        Some((base, last)) if last.contains('=') || last.starts_with("track") || last.starts_with("stream") => {
             (base, Some(last))
         }
         _ => (p, None),
@@ -204,9 +199,7 @@ impl Conn {
                     self.send(resp);
                 }
                 Ok(Some(Message::Response(_))) => {}
-                Ok(Some(Message::Interleaved { channel, data })) => {
-                    self.on_interleaved(channel, data)
-                }
+                Ok(Some(Message::Interleaved { channel, data })) => self.on_interleaved(channel, data),
                 Err(e) => {
                     warn!(peer = %self.peer, "rtsp: {e}; closing");
                     self.send(Response::new(e.status(), None));
@@ -230,11 +223,7 @@ impl Conn {
 
     fn session_header(&self) -> Option<String> {
         let s = self.session.as_ref()?;
-        Some(format!(
-            "{};timeout={}",
-            s.id,
-            self.shared.config.session_timeout_ms / 1000
-        ))
+        Some(format!("{};timeout={}", s.id, self.shared.config.session_timeout_ms / 1000))
     }
 
     async fn handle_request(&mut self, req: &Request) -> Response {
@@ -252,10 +241,7 @@ impl Conn {
                 return r;
             }
         };
-        let needs_session = matches!(
-            req.method,
-            Method::Play | Method::Pause | Method::Record | Method::Teardown
-        );
+        let needs_session = matches!(req.method, Method::Play | Method::Pause | Method::Record | Method::Teardown);
         if needs_session && req.session().is_none() {
             return status(454, req);
         }
@@ -287,10 +273,7 @@ impl Conn {
             s.state = next;
         }
         match self.session_header() {
-            Some(h)
-                if resp.status == 200
-                    && !matches!(req.method, Method::Options | Method::Describe) =>
-            {
+            Some(h) if resp.status == 200 && !matches!(req.method, Method::Options | Method::Describe) => {
                 resp.with("Session", h)
             }
             _ => resp,
@@ -314,19 +297,13 @@ impl Conn {
             return status(404, req);
         };
         let tracks = wait_tracks(&sub).await;
-        let local = self
-            .socket
-            .local_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|_| "0.0.0.0".into());
+        let local = self.socket.local_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "0.0.0.0".into());
         let (text, ids) = sdp::describe(&tracks, &local, "0.0.0.0");
         if ids.is_empty() {
             return status(404, req);
         }
         let base = format!("{}/", req.uri.trim_end_matches('/'));
-        status(200, req)
-            .with("Content-Base", base)
-            .with_body("application/sdp", text)
+        status(200, req).with("Content-Base", base).with_body("application/sdp", text)
     }
 
     fn new_session(&mut self) -> &mut Session {
@@ -348,11 +325,7 @@ impl Conn {
         if path::validate(&path).is_err() {
             return status(400, req);
         }
-        if !req
-            .headers
-            .get("Content-Type")
-            .is_some_and(|c| c.starts_with("application/sdp"))
-        {
+        if !req.headers.get("Content-Type").is_some_and(|c| c.starts_with("application/sdp")) {
             return status(400, req);
         }
         let sdp = match sdp::parse(&req.body) {
@@ -427,10 +400,7 @@ impl Conn {
             let tracks = wait_tracks(&sub).await;
             let available = [tracks.video.is_some(), tracks.audio.is_some()];
             match control {
-                Some(c) => match c
-                    .rsplit_once('=')
-                    .and_then(|(_, n)| n.parse::<usize>().ok())
-                {
+                Some(c) => match c.rsplit_once('=').and_then(|(_, n)| n.parse::<usize>().ok()) {
                     Some(i) if i < 2 && available[i] => i,
                     _ => return status(404, req),
                 },
@@ -439,20 +409,14 @@ impl Conn {
                 None => return status(459, req),
             }
         };
-        if self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.setups.iter().any(|x| x.index == index))
-        {
+        if self.session.as_ref().is_some_and(|s| s.setups.iter().any(|x| x.index == index)) {
             return status(455, req);
         }
         let peer_ip = self.peer.ip();
         let mut reply = transport.clone();
         let tx = match transport.lower {
             Lower::Tcp => {
-                let (a, b) = transport
-                    .interleaved
-                    .unwrap_or((2 * index as u8, 2 * index as u8 + 1));
+                let (a, b) = transport.interleaved.unwrap_or((2 * index as u8, 2 * index as u8 + 1));
                 reply.interleaved = Some((a, b));
                 Tx::Tcp { rtp: a, rtcp: b }
             }
@@ -559,13 +523,8 @@ impl Conn {
             && let Some(p) = &s.playing
         {
             for x in &s.setups {
-                let kind = if x.index == 0 {
-                    TrackKind::Video
-                } else {
-                    TrackKind::Audio
-                };
-                if let (Some(ssrc), Tx::Tcp { .. } | Tx::Udp { .. }) = (p.stream.ssrc(kind), &x.tx)
-                {
+                let kind = if x.index == 0 { TrackKind::Video } else { TrackKind::Audio };
+                if let (Some(ssrc), Tx::Tcp { .. } | Tx::Udp { .. }) = (p.stream.ssrc(kind), &x.tx) {
                     send_rtcp(&self.shared, &mut self.out, &x.tx, rtcp::bye(ssrc));
                 }
                 if let Some(rr) = &p.per_track[x.index.min(1)].last_rr {
@@ -596,11 +555,7 @@ impl Conn {
         };
         if let Some(p) = &s.playing {
             for x in &s.setups {
-                let kind = if x.index == 0 {
-                    TrackKind::Video
-                } else {
-                    TrackKind::Audio
-                };
+                let kind = if x.index == 0 { TrackKind::Video } else { TrackKind::Audio };
                 let t = &p.per_track[x.index.min(1)];
                 if matches!(x.tx, Tx::Multicast(_)) {
                     continue;
@@ -623,10 +578,8 @@ impl Conn {
         let Some(s) = self.session.as_mut() else {
             return;
         };
-        let Some(x) = s
-            .setups
-            .iter()
-            .find(|x| matches!(x.tx, Tx::Tcp { rtp, rtcp } if rtp == channel || rtcp == channel))
+        let Some(x) =
+            s.setups.iter().find(|x| matches!(x.tx, Tx::Tcp { rtp, rtcp } if rtp == channel || rtcp == channel))
         else {
             debug!(peer = %self.peer, channel, "rtsp: interleaved data on a channel that was never set up");
             return;
@@ -670,11 +623,7 @@ impl Conn {
                 };
                 let Some(track) = track else { return };
                 let idx = slot(f.kind);
-                let Some(x) = s
-                    .setups
-                    .iter()
-                    .find(|x| x.index == idx && !matches!(x.tx, Tx::Multicast(_)))
-                else {
+                let Some(x) = s.setups.iter().find(|x| x.index == idx && !matches!(x.tx, Tx::Multicast(_))) else {
                     return;
                 };
                 let packets = p.stream.packets(track, &f);
@@ -725,8 +674,7 @@ fn on_rtcp(peer: SocketAddr, s: &mut Session, index: usize, data: &[u8]) {
     };
     for p in packets {
         match p {
-            RtcpPacket::ReceiverReport { reports, .. }
-            | RtcpPacket::SenderReport { reports, .. }
+            RtcpPacket::ReceiverReport { reports, .. } | RtcpPacket::SenderReport { reports, .. }
                 if s.playing.is_some() =>
             {
                 if let (Some(pl), Some(r)) = (s.playing.as_mut(), reports.first()) {
@@ -782,14 +730,8 @@ mod tests {
     fn urls() {
         assert_eq!(url_path("rtsp://h:8554/live/cam1"), "live/cam1");
         assert_eq!(url_path("rtsp://h/live/cam1/?x=1"), "live/cam1");
-        assert_eq!(
-            split_control("rtsp://h/live/cam1/trackID=1"),
-            ("live/cam1", Some("trackID=1"))
-        );
-        assert_eq!(
-            split_control("rtsp://h/live/cam1/streamid=0"),
-            ("live/cam1", Some("streamid=0"))
-        );
+        assert_eq!(split_control("rtsp://h/live/cam1/trackID=1"), ("live/cam1", Some("trackID=1")));
+        assert_eq!(split_control("rtsp://h/live/cam1/streamid=0"), ("live/cam1", Some("streamid=0")));
         assert_eq!(split_control("rtsp://h/live/cam1"), ("live/cam1", None));
     }
 }

@@ -53,19 +53,13 @@ pub struct Shared {
 /// for unpredictability, not secrecy).
 pub fn random_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
+    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     h.finish()
 }
 
 /// Wall-clock time in microseconds.
 pub fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -105,19 +99,13 @@ impl StreamRtp {
                 let previous = t.take();
                 let (seq, ssrc, offset) = match &previous {
                     // Keep the source identity across parameter changes.
-                    Some(p) => (
-                        p.packetizer.next_sequence(),
-                        p.packetizer.ssrc(),
-                        p.offset(),
-                    ),
+                    Some(p) => (p.packetizer.next_sequence(), p.packetizer.ssrc(), p.offset()),
                     None => (r as u16, (r >> 16) as u32, (r >> 48) as u32),
                 };
-                let pt = if f.kind == TrackKind::Video { 96 } else { 97 };
-                *t = Packetizer::new(track, pt, ssrc, seq, offset, self.mtu).map(|packetizer| {
-                    OutTrack {
-                        packetizer,
-                        anchor: previous.map_or((unix_micros(), f.pts), |p| p.anchor),
-                    }
+                let pt = ferrocast_rtsp::sdp::payload_type(track);
+                *t = Packetizer::new(track, pt, ssrc, seq, offset, self.mtu).map(|packetizer| OutTrack {
+                    packetizer,
+                    anchor: previous.map_or((unix_micros(), f.pts), |p| p.anchor),
                 });
             }
             match t {
@@ -129,40 +117,23 @@ impl StreamRtp {
 
     /// A sender report for a track: NTP now, and the RTP time of now on the track's
     /// timeline; `packets`/`octets` are what this reader was sent.
-    pub fn sender_report(
-        &self,
-        kind: TrackKind,
-        now_micros: u64,
-        packets: u32,
-        octets: u32,
-    ) -> Option<(u32, Bytes)> {
+    pub fn sender_report(&self, kind: TrackKind, now_micros: u64, packets: u32, octets: u32) -> Option<(u32, Bytes)> {
         let tracks = lock(&self.tracks);
         let t = tracks[slot(kind)].as_ref()?;
         let (wall, pts) = t.anchor;
         let clock = t.packetizer_track().clock_rate();
         let since = now_micros.saturating_sub(wall) as i64;
-        let rtp_time = t
-            .packetizer
-            .rtp_time(pts + rescale(since, 1_000_000, clock));
+        let rtp_time = t.packetizer.rtp_time(pts + rescale(since, 1_000_000, clock));
         let ntp = rtcp::ntp_from_unix_micros(now_micros);
         Some((
             t.packetizer.ssrc(),
-            rtcp::sender_report(
-                t.packetizer.ssrc(),
-                ntp,
-                rtp_time,
-                packets,
-                octets,
-                "ferrocast",
-            ),
+            rtcp::sender_report(t.packetizer.ssrc(), ntp, rtp_time, packets, octets, "ferrocast"),
         ))
     }
 
     /// The SSRC of a track, once it has sent.
     pub fn ssrc(&self, kind: TrackKind) -> Option<u32> {
-        lock(&self.tracks)[slot(kind)]
-            .as_ref()
-            .map(|t| t.packetizer.ssrc())
+        lock(&self.tracks)[slot(kind)].as_ref().map(|t| t.packetizer.ssrc())
     }
 }
 
@@ -187,10 +158,7 @@ impl Shared {
         }
         let live = self.hub.live_paths();
         outputs.retain(|p, _| live.contains(p));
-        let s = Arc::new(StreamRtp {
-            mtu: self.config.mtu,
-            tracks: Mutex::new([None, None]),
-        });
+        let s = Arc::new(StreamRtp { mtu: self.config.mtu, tracks: Mutex::new([None, None]) });
         outputs.insert(path.to_owned(), s.clone());
         s
     }
@@ -219,9 +187,8 @@ impl Listeners {
     /// Binds all three.
     pub async fn bind(config: &RtspConfig) -> anyhow::Result<Listeners> {
         let ip = config.listen.ip();
-        let tcp = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding RTSP to {}", config.listen))?;
+        let tcp =
+            TcpListener::bind(config.listen).await.with_context(|| format!("binding RTSP to {}", config.listen))?;
         let rtp = UdpSocket::bind(SocketAddr::new(ip, config.rtp_port))
             .await
             .with_context(|| format!("binding RTP port {}", config.rtp_port))?;
@@ -234,11 +201,7 @@ impl Listeners {
 
 /// Serves RTSP until the task is dropped.
 pub async fn serve(listeners: Listeners, config: RtspConfig, hub: Arc<Hub>) {
-    let Listeners {
-        tcp: listener,
-        rtp,
-        rtcp,
-    } = listeners;
+    let Listeners { tcp: listener, rtp, rtcp } = listeners;
     let Ok(rtp_addr) = rtp.local_addr() else {
         return;
     };
@@ -283,11 +246,7 @@ pub async fn serve(listeners: Listeners, config: RtspConfig, hub: Arc<Hub>) {
 const MAX_DATAGRAM: usize = 65_536;
 
 async fn udp_dispatch(shared: Arc<Shared>, is_rtcp: bool) {
-    let socket = if is_rtcp {
-        shared.rtcp.clone()
-    } else {
-        shared.rtp.clone()
-    };
+    let socket = if is_rtcp { shared.rtcp.clone() } else { shared.rtp.clone() };
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
@@ -301,11 +260,7 @@ async fn udp_dispatch(shared: Arc<Shared>, is_rtcp: bool) {
         match tx {
             // A full queue means the connection is behind: drop, as the network would.
             Some((tx, index)) => {
-                let _ = tx.try_send(UdpIn {
-                    rtcp: is_rtcp,
-                    index,
-                    data: Bytes::copy_from_slice(&buf[..n]),
-                });
+                let _ = tx.try_send(UdpIn { rtcp: is_rtcp, index, data: Bytes::copy_from_slice(&buf[..n]) });
             }
             None => debug!(%from, "rtsp udp: datagram from an unknown address dropped"),
         }

@@ -121,11 +121,7 @@ fn group_for(path: &str, net: Ipv4Addr, prefix: u8) -> Ipv4Addr {
     for b in path.bytes() {
         h = (h ^ u32::from(b)).wrapping_mul(16_777_619);
     }
-    let mask = if host_bits == 32 {
-        u32::MAX
-    } else {
-        (1u32 << host_bits) - 1
-    };
+    let mask = if host_bits == 32 { u32::MAX } else { (1u32 << host_bits) - 1 };
     // Avoid .0 and .255 style host parts.
     let host = (h & mask).max(1).min(mask.saturating_sub(1).max(1));
     Ipv4Addr::from((u32::from(net) & !mask) | host)
@@ -141,15 +137,10 @@ impl Shared {
         }
         let (net, prefix) = self.config.multicast_net()?;
         let group = group_for(path, net, prefix);
-        let std_socket =
-            std::net::UdpSocket::bind(SocketAddrV4::new(self.config.multicast_interface, 0))
-                .context("multicast socket")?;
-        std_socket
-            .set_multicast_ttl_v4(self.config.multicast_ttl)
-            .context("multicast TTL")?;
-        std_socket
-            .set_multicast_loop_v4(true)
-            .context("multicast loop")?;
+        let std_socket = std::net::UdpSocket::bind(SocketAddrV4::new(self.config.multicast_interface, 0))
+            .context("multicast socket")?;
+        std_socket.set_multicast_ttl_v4(self.config.multicast_ttl).context("multicast TTL")?;
+        std_socket.set_multicast_loop_v4(true).context("multicast loop")?;
         std_socket.set_nonblocking(true)?;
         let socket = Arc::new(UdpSocket::from_std(std_socket)?);
         let g = Arc::new(MulticastGroup {
@@ -177,9 +168,6 @@ mod tests {
             assert_eq!(group_for(p, net, 16), g, "stable");
         }
         assert_ne!(group_for("live/a", net, 16), group_for("live/b", net, 16));
-        assert_eq!(
-            group_for("live/a", Ipv4Addr::new(239, 1, 2, 3), 32),
-            Ipv4Addr::new(239, 1, 2, 3)
-        );
+        assert_eq!(group_for("live/a", Ipv4Addr::new(239, 1, 2, 3), 32), Ipv4Addr::new(239, 1, 2, 3));
     }
 }

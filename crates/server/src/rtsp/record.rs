@@ -59,11 +59,7 @@ pub struct Recording {
 
 fn reorder_depth(track: &TrackInfo) -> usize {
     match track {
-        TrackInfo::Video {
-            codec: VideoCodec::H264,
-            config,
-            ..
-        } => {
+        TrackInfo::Video { codec: VideoCodec::H264, config, .. } => {
             // Baseline (66) and Constrained Baseline have no B-frames.
             if config.get(1) == Some(&66) { 0 } else { 2 }
         }
@@ -120,12 +116,7 @@ impl Recording {
         if has_config(&info.video) || info.video.is_none() {
             publisher.set_tracks(info.clone());
         }
-        Ok(Recording {
-            publisher,
-            tracks,
-            info,
-            started_micros: None,
-        })
+        Ok(Recording { publisher, tracks, info, started_micros: None })
     }
 
     /// Number of tracks.
@@ -135,17 +126,13 @@ impl Recording {
 
     /// The track a SETUP URL names: its control matched against each media's `a=control`.
     pub fn track_for_control(&self, uri: &str, control: Option<&str>) -> Option<usize> {
-        self.tracks
-            .iter()
-            .position(|t| match (&t.media.control, control) {
-                (Some(c), _) if c.contains("://") => {
-                    uri.trim_end_matches('/') == c.trim_end_matches('/')
-                }
-                (Some(c), Some(ctl)) => c == ctl,
-                // No a=control: the media is addressed by the aggregate URL.
-                (None, None) => true,
-                _ => false,
-            })
+        self.tracks.iter().position(|t| match (&t.media.control, control) {
+            (Some(c), _) if c.contains("://") => uri.trim_end_matches('/') == c.trim_end_matches('/'),
+            (Some(c), Some(ctl)) => c == ctl,
+            // No a=control: the media is addressed by the aggregate URL.
+            (None, None) => true,
+            _ => false,
+        })
     }
 
     /// RECORD accepted: the session timeline starts.
@@ -171,22 +158,9 @@ impl Recording {
         let clock = t.media.clock_rate.max(1);
         // Arrival time in RTP units, anchored at the first packet (RFC 3550 A.8).
         let (first_ts, first_arrival) = *t.first.get_or_insert((packet.timestamp, arrival));
-        let since = ferrocast_media::rescale(
-            arrival.saturating_sub(first_arrival) as i64,
-            1_000_000,
-            clock,
-        ) as u32;
-        t.stats.on_packet(
-            packet.ssrc,
-            packet.sequence,
-            packet.timestamp,
-            first_ts.wrapping_add(since),
-        );
-        let in_order = if udp {
-            t.reorder.push(packet)
-        } else {
-            vec![packet]
-        };
+        let since = ferrocast_media::rescale(arrival.saturating_sub(first_arrival) as i64, 1_000_000, clock) as u32;
+        t.stats.on_packet(packet.ssrc, packet.sequence, packet.timestamp, first_ts.wrapping_add(since));
+        let in_order = if udp { t.reorder.push(packet) } else { vec![packet] };
         for p in in_order {
             if let Err(e) = t.depacketizer.push(&p) {
                 t.dropped += 1;
@@ -202,9 +176,8 @@ impl Recording {
         }
         while let Some(au) = t.depacketizer.pull() {
             let ts = t.clock.extend(au.rtp_time);
-            let offset = *t.offset.get_or_insert_with(|| {
-                ferrocast_media::rescale((arrival - started) as i64, 1_000_000, clock)
-            });
+            let offset =
+                *t.offset.get_or_insert_with(|| ferrocast_media::rescale((arrival - started) as i64, 1_000_000, clock));
             let pts = ts + offset;
             let (dts, pts) = match t.dts.as_mut() {
                 Some(e) => e.next(pts),

@@ -39,12 +39,7 @@ fn work_dir() -> PathBuf {
 fn make_media(name: &str, args: &[&str]) -> PathBuf {
     require("ffmpeg");
     let out = work_dir().join(name);
-    let status = Command::new("ffmpeg")
-        .args(["-v", "error", "-y"])
-        .args(args)
-        .arg(&out)
-        .status()
-        .expect("run ffmpeg");
+    let status = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).arg(&out).status().expect("run ffmpeg");
     assert!(status.success(), "ffmpeg could not make {name}");
     out
 }
@@ -175,19 +170,17 @@ pub fn hevc_aac_mkv() -> &'static Path {
 
 /// `ffmpeg -re -stream_loop -1 -i FILE -c copy -f rtsp -rtsp_transport T URL`.
 pub fn publish_rtsp(file: &Path, url: &str, transport: &str) -> Proc {
+    publish_rtsp_codecs(file, url, transport, &["-c", "copy"])
+}
+
+/// As [`publish_rtsp`] with codec options (e.g. `-c:v copy -c:a pcm_alaw -ar 8000`).
+pub fn publish_rtsp_codecs(file: &Path, url: &str, transport: &str, codecs: &[&str]) -> Proc {
     require("ffmpeg");
     let child = Command::new("ffmpeg")
         .args(["-v", "error", "-nostdin", "-re", "-stream_loop", "-1", "-i"])
         .arg(file)
-        .args([
-            "-c",
-            "copy",
-            "-f",
-            "rtsp",
-            "-rtsp_transport",
-            transport,
-            url,
-        ])
+        .args(codecs)
+        .args(["-f", "rtsp", "-rtsp_transport", transport, url])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -266,14 +259,7 @@ impl Server {
         };
         std::fs::write(&cfg, toml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocast"))
-            .args([
-                "--rtmp-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--rtsp-addr",
-                "127.0.0.1:0",
-            ])
+            .args(["--rtmp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--rtsp-addr", "127.0.0.1:0"])
             .arg("--config")
             .arg(&cfg)
             .args(["--log-level", "debug"])
@@ -285,20 +271,12 @@ impl Server {
         let mut addr = |what: &str| -> SocketAddr {
             let line = lines.next().expect("ferrocast exited early").unwrap();
             let prefix = format!("ferrocast: {what} listening on ");
-            line.strip_prefix(&prefix)
-                .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-                .parse()
-                .unwrap()
+            line.strip_prefix(&prefix).unwrap_or_else(|| panic!("unexpected line {line:?}")).parse().unwrap()
         };
         let rtmp = addr("rtmp");
         let http = addr("http");
         let rtsp = addr("rtsp");
-        Server {
-            proc: Proc(child),
-            rtmp,
-            http,
-            rtsp,
-        }
+        Server { proc: Proc(child), rtmp, http, rtsp }
     }
 
     pub fn rtmp_url(&self, path: &str) -> String {
@@ -360,10 +338,7 @@ impl Probe {
     }
 
     fn index(&self, kind: &str) -> i64 {
-        self.codec(kind)
-            .unwrap_or_else(|| panic!("no {kind} stream in {:?}", self.streams))["index"]
-            .as_i64()
-            .unwrap()
+        self.codec(kind).unwrap_or_else(|| panic!("no {kind} stream in {:?}", self.streams))["index"].as_i64().unwrap()
     }
 
     /// Packets of one stream as (dts seconds, keyframe).
@@ -373,10 +348,7 @@ impl Probe {
             .iter()
             .filter(|p| p["stream_index"].as_i64() == Some(idx))
             .map(|p| {
-                let dts = p["dts_time"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(f64::NAN);
+                let dts = p["dts_time"].as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
                 (dts, p["flags"].as_str().unwrap_or("").starts_with('K'))
             })
             .collect()
@@ -386,45 +358,19 @@ impl Probe {
     /// stray data stream, packets throughout, monotonic timestamps, first video frame a
     /// keyframe.
     pub fn assert_h264_aac(&self, width: i64, height: i64, min_video_packets: usize) {
-        assert_eq!(
-            self.streams.len(),
-            2,
-            "streams: {:?}\n{}",
-            self.streams,
-            self.stderr
-        );
+        assert_eq!(self.streams.len(), 2, "streams: {:?}\n{}", self.streams, self.stderr);
         let v = self.codec("video").expect("video stream");
         assert_eq!(v["codec_name"], "h264");
-        assert_eq!(
-            (v["width"].as_i64(), v["height"].as_i64()),
-            (Some(width), Some(height))
-        );
-        assert_eq!(
-            self.codec("audio").expect("audio stream")["codec_name"],
-            "aac"
-        );
+        assert_eq!((v["width"].as_i64(), v["height"].as_i64()), (Some(width), Some(height)));
+        assert_eq!(self.codec("audio").expect("audio stream")["codec_name"], "aac");
         let video = self.packets_of("video");
         let audio = self.packets_of("audio");
-        assert!(
-            video.len() >= min_video_packets,
-            "only {} video packets\n{}",
-            video.len(),
-            self.stderr
-        );
-        assert!(
-            audio.len() >= min_video_packets,
-            "only {} audio packets",
-            audio.len()
-        );
+        assert!(video.len() >= min_video_packets, "only {} video packets\n{}", video.len(), self.stderr);
+        assert!(audio.len() >= min_video_packets, "only {} audio packets", audio.len());
         assert!(video[0].1, "first video packet is not a keyframe");
         for (name, pk) in [("video", &video), ("audio", &audio)] {
             for w in pk.windows(2) {
-                assert!(
-                    w[1].0 >= w[0].0,
-                    "{name} dts went backwards: {} -> {}",
-                    w[0].0,
-                    w[1].0
-                );
+                assert!(w[1].0 >= w[0].0, "{name} dts went backwards: {} -> {}", w[0].0, w[1].0);
             }
         }
     }
@@ -433,13 +379,7 @@ impl Probe {
 impl Probe {
     /// Checks for a read over RTSP: RTP carries presentation times only, so ffmpeg reports no
     /// video DTS; presentation times must be there, and audio timestamps monotonic.
-    pub fn assert_rtsp(
-        &self,
-        video_codec: &str,
-        width: i64,
-        height: i64,
-        min_video_packets: usize,
-    ) {
+    pub fn assert_rtsp(&self, video_codec: &str, width: i64, height: i64, min_video_packets: usize) {
         self.assert_rtsp_from(video_codec, width, height, min_video_packets, true);
     }
 
@@ -453,61 +393,25 @@ impl Probe {
         min_video_packets: usize,
         starts_on_keyframe: bool,
     ) {
-        let v = self
-            .codec("video")
-            .unwrap_or_else(|| panic!("no video in {:?}\n{}", self.streams, self.stderr));
+        let v = self.codec("video").unwrap_or_else(|| panic!("no video in {:?}\n{}", self.streams, self.stderr));
         assert_eq!(v["codec_name"], video_codec);
-        assert_eq!(
-            (v["width"].as_i64(), v["height"].as_i64()),
-            (Some(width), Some(height))
-        );
-        assert_eq!(
-            self.codec("audio").expect("audio stream")["codec_name"],
-            "aac"
-        );
+        assert_eq!((v["width"].as_i64(), v["height"].as_i64()), (Some(width), Some(height)));
+        assert_eq!(self.codec("audio").expect("audio stream")["codec_name"], "aac");
         let idx = v["index"].as_i64();
-        let video: Vec<&Value> = self
-            .packets
-            .iter()
-            .filter(|p| p["stream_index"].as_i64() == idx)
-            .collect();
-        assert!(
-            video.len() >= min_video_packets,
-            "only {} video packets\n{}",
-            video.len(),
-            self.stderr
-        );
-        let with_pts = video
-            .iter()
-            .filter(|p| p["pts_time"].as_str().is_some_and(|s| s != "N/A"))
-            .count();
-        assert!(
-            with_pts * 10 >= video.len() * 9,
-            "{with_pts} of {} video packets have a pts",
-            video.len()
-        );
+        let video: Vec<&Value> = self.packets.iter().filter(|p| p["stream_index"].as_i64() == idx).collect();
+        assert!(video.len() >= min_video_packets, "only {} video packets\n{}", video.len(), self.stderr);
+        let with_pts = video.iter().filter(|p| p["pts_time"].as_str().is_some_and(|s| s != "N/A")).count();
+        assert!(with_pts * 10 >= video.len() * 9, "{with_pts} of {} video packets have a pts", video.len());
         let key = |p: &&Value| p["flags"].as_str().unwrap_or("").starts_with('K');
         if starts_on_keyframe {
             assert!(key(&video[0]), "first video packet is not a keyframe");
         } else {
-            assert!(
-                video.iter().take(60).any(key),
-                "no keyframe within the first GOP"
-            );
+            assert!(video.iter().take(60).any(key), "no keyframe within the first GOP");
         }
         let audio = self.packets_of("audio");
-        assert!(
-            audio.len() >= min_video_packets,
-            "only {} audio packets",
-            audio.len()
-        );
+        assert!(audio.len() >= min_video_packets, "only {} audio packets", audio.len());
         for w in audio.windows(2) {
-            assert!(
-                w[1].0 >= w[0].0,
-                "audio went backwards: {} -> {}",
-                w[0].0,
-                w[1].0
-            );
+            assert!(w[1].0 >= w[0].0, "audio went backwards: {} -> {}", w[0].0, w[1].0);
         }
     }
 }
@@ -538,22 +442,9 @@ pub fn probe_in(netns: Option<&str>, url: &str, seconds: u32, opts: &[&str]) -> 
         None => Command::new("ffprobe"),
     };
     let mut child = command
-        .args([
-            "-v",
-            "error",
-            "-show_streams",
-            "-show_packets",
-            "-of",
-            "json",
-            "-read_intervals",
-            &interval,
-        ])
+        .args(["-v", "error", "-show_streams", "-show_packets", "-of", "json", "-read_intervals", &interval])
         // An I/O timeout: -timeout for RTSP (socket), -rw_timeout for the others.
-        .args(if url.starts_with("rtsp") {
-            ["-timeout", "15000000"]
-        } else {
-            ["-rw_timeout", "15000000"]
-        })
+        .args(if url.starts_with("rtsp") { ["-timeout", "15000000"] } else { ["-rw_timeout", "15000000"] })
         .args(opts)
         .arg(url)
         .stdout(std::fs::File::create(&out_path).unwrap())
@@ -574,11 +465,7 @@ pub fn probe_in(netns: Option<&str>, url: &str, seconds: u32, opts: &[&str]) -> 
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     let json: Value = serde_json::from_slice(&stdout).unwrap_or(Value::Null);
     let arr = |k: &str| json[k].as_array().cloned().unwrap_or_default();
-    Probe {
-        streams: arr("streams"),
-        packets: arr("packets"),
-        stderr,
-    }
+    Probe { streams: arr("streams"), packets: arr("packets"), stderr }
 }
 
 /// Waits until `url` is readable (the publisher is up), polling with ffprobe-free RTMP.
@@ -621,28 +508,15 @@ pub async fn http_get(url: &str, extra: &str) -> HttpResponse {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
     let mut s = TcpStream::connect(host).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut all))
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n").as_bytes())
         .await
-        .expect("response in time")
         .unwrap();
-    let split = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("header end");
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut all)).await.expect("response in time").unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
     let headers = String::from_utf8_lossy(&all[..split]).into_owned();
     let status = headers.split(' ').nth(1).unwrap().parse().unwrap();
-    HttpResponse {
-        status,
-        headers,
-        body: all[split + 4..].to_vec(),
-    }
+    HttpResponse { status, headers, body: all[split + 4..].to_vec() }
 }
 
 /// Status code of a GET (headers only).
@@ -650,22 +524,10 @@ pub async fn http_status(url: &str) -> Option<u16> {
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_at(rest.find('/')?);
     let mut s = TcpStream::connect(host).await.ok()?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
     let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    std::str::from_utf8(&buf[..n])
-        .ok()?
-        .split(' ')
-        .nth(1)?
-        .parse()
-        .ok()
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.ok()?.ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.split(' ').nth(1)?.parse().ok()
 }
 
 /// Our RTMP client session over a real socket.
@@ -677,35 +539,17 @@ pub struct RtmpClient {
 
 impl RtmpClient {
     pub async fn connect(addr: SocketAddr, path: &str, publish: bool) -> RtmpClient {
-        RtmpClient::connect_socket(TcpStream::connect(addr).await.unwrap(), addr, path, publish)
-            .await
+        RtmpClient::connect_socket(TcpStream::connect(addr).await.unwrap(), addr, path, publish).await
     }
 
-    pub async fn connect_socket(
-        socket: TcpStream,
-        addr: SocketAddr,
-        path: &str,
-        publish: bool,
-    ) -> RtmpClient {
+    pub async fn connect_socket(socket: TcpStream, addr: SocketAddr, path: &str, publish: bool) -> RtmpClient {
         let (app, name) = path.split_once('/').unwrap();
-        let mode = if publish {
-            ClientMode::Publish(name.into())
-        } else {
-            ClientMode::Play(name.into())
-        };
-        RtmpClient::with_config(
-            socket,
-            ClientConfig::new(&format!("rtmp://{addr}/{app}"), app, mode),
-        )
-        .await
+        let mode = if publish { ClientMode::Publish(name.into()) } else { ClientMode::Play(name.into()) };
+        RtmpClient::with_config(socket, ClientConfig::new(&format!("rtmp://{addr}/{app}"), app, mode)).await
     }
 
     pub async fn with_config(socket: TcpStream, config: ClientConfig) -> RtmpClient {
-        let mut c = RtmpClient {
-            socket,
-            session: ClientSession::new(config, Instant::now()),
-            buf: vec![0; 65536],
-        };
+        let mut c = RtmpClient { socket, session: ClientSession::new(config, Instant::now()), buf: vec![0; 65536] };
         c.flush().await;
         c
     }
@@ -727,9 +571,7 @@ impl RtmpClient {
                 Ok(Ok(n)) if n > 0 => n,
                 _ => return None,
             };
-            self.session
-                .handle_input(Instant::now(), &self.buf[..n])
-                .ok()?;
+            self.session.handle_input(Instant::now(), &self.buf[..n]).ok()?;
             self.flush().await;
         }
     }
@@ -771,35 +613,25 @@ impl RtmpClient {
                 .map(|n| Bytes::copy_from_slice(n))
                 .collect()
         };
-        let hvcc = h265::build_hvcc(
-            &by_type(h265::nal::VPS),
-            &by_type(h265::nal::SPS),
-            &by_type(h265::nal::PPS),
-        )
-        .unwrap();
+        let hvcc =
+            h265::build_hvcc(&by_type(h265::nal::VPS), &by_type(h265::nal::SPS), &by_type(h265::nal::PPS)).unwrap();
         let mut config = vec![0x90, b'h', b'v', b'c', b'1'];
         config.extend_from_slice(&hvcc);
-        self.session
-            .send_media(ferrocast_rtmp::MediaKind::Video, 0, &config);
+        self.session.send_media(ferrocast_rtmp::MediaKind::Video, 0, &config);
         let start = tokio::time::Instant::now();
         let mut n = 0u32;
         for _ in 0..loops {
             for au in &units {
-                let key = au.iter().any(|u| {
-                    (h265::nal::IRAP_FIRST..=h265::nal::IRAP_LAST).contains(&h265::nal_type(u))
-                });
+                let key =
+                    au.iter().any(|u| (h265::nal::IRAP_FIRST..=h265::nal::IRAP_LAST).contains(&h265::nal_type(u)));
                 let mut tag = vec![if key { 0x93 } else { 0xa3 }, b'h', b'v', b'c', b'1'];
-                for u in au
-                    .iter()
-                    .filter(|u| !(h265::nal::VPS..=h265::nal::AUD).contains(&h265::nal_type(u)))
-                {
+                for u in au.iter().filter(|u| !(h265::nal::VPS..=h265::nal::AUD).contains(&h265::nal_type(u))) {
                     tag.extend_from_slice(&(u.len() as u32).to_be_bytes());
                     tag.extend_from_slice(u);
                 }
                 let ts = n * 1000 / 30;
                 tokio::time::sleep_until(start + Duration::from_millis(u64::from(ts))).await;
-                self.session
-                    .send_media(ferrocast_rtmp::MediaKind::Video, ts, &tag);
+                self.session.send_media(ferrocast_rtmp::MediaKind::Video, ts, &tag);
                 self.flush().await;
                 n += 1;
             }
