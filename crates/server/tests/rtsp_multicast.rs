@@ -70,10 +70,24 @@ async fn multicast_and_unicast_readers_of_one_path() {
         "flv",
         "rtmp://127.0.0.1:1935/live/mc",
     ]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
     let _publisher = Proc(publisher.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
-    std::thread::sleep(std::time::Duration::from_secs(2));
     let name = ns.0.clone();
+    // Published once a short read succeeds (machines under load start ffmpeg slowly).
+    let mut up = false;
+    for _ in 0..30 {
+        let ns = name.clone();
+        let p = tokio::task::spawn_blocking(move || {
+            probe_in(Some(&ns), "rtsp://127.0.0.1:8554/live/mc", 1, &["-rtsp_transport", "tcp"])
+        })
+        .await
+        .unwrap();
+        if p.codec("video").is_some() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(up, "the stream was never published inside the namespace");
     let mut readers = Vec::new();
     for transport in ["udp_multicast", "udp_multicast", "tcp", "udp"] {
         let ns = name.clone();
