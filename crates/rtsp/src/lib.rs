@@ -3,6 +3,7 @@
 //! H.265 and AAC. No sockets, runtime or clock: time enters as an argument.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod base64;
 pub mod client;
 pub mod codec;

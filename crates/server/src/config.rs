@@ -165,6 +165,10 @@ pub struct RtspConfig {
     pub multicast_interface: std::net::Ipv4Addr,
     /// Paths that moved: DESCRIBE, ANNOUNCE and SETUP answer 301 with this location.
     pub redirects: BTreeMap<String, String>,
+    /// `user:password` required to play over RTSP (Digest or Basic); empty: open.
+    pub read_credentials: String,
+    /// `user:password` required to publish over RTSP; empty: open.
+    pub publish_credentials: String,
 }
 
 /// `[http]`.
@@ -237,6 +241,8 @@ impl Default for RtspConfig {
             multicast_ttl: 1,
             multicast_interface: std::net::Ipv4Addr::UNSPECIFIED,
             redirects: BTreeMap::new(),
+            read_credentials: String::new(),
+            publish_credentials: String::new(),
         }
     }
 }
@@ -307,11 +313,35 @@ impl Config {
             r.max_message_size
         );
         anyhow::ensure!(self.hub.reader_queue_frames >= 16, "hub.reader_queue_frames must be at least 16");
+        anyhow::ensure!(self.hls.window >= 1, "hls.window must be at least 1");
+        anyhow::ensure!(
+            (500..=60_000).contains(&self.hls.segment_duration_ms),
+            "hls.segment_duration_ms must be 500..=60000, got {}",
+            self.hls.segment_duration_ms
+        );
+        for (k, p) in &self.hls.paths {
+            if let Some(d) = p.segment_duration_ms {
+                anyhow::ensure!(
+                    (500..=60_000).contains(&d),
+                    "hls.paths.\"{k}\".segment_duration_ms must be 500..=60000"
+                );
+            }
+        }
+        self.rtsp.multicast_net()?;
+        anyhow::ensure!((200..=65_000).contains(&self.rtsp.mtu), "rtsp.mtu must be 200..=65000");
+        for (key, v) in [
+            ("rtsp.read_credentials", &self.rtsp.read_credentials),
+            ("rtsp.publish_credentials", &self.rtsp.publish_credentials),
+        ] {
+            anyhow::ensure!(v.is_empty() || v.contains(':'), "{key} must be \"user:password\" or empty");
+        }
         for (key, v) in [
             ("rtmp.handshake_timeout_ms", r.handshake_timeout_ms),
             ("rtmp.idle_timeout_ms", r.idle_timeout_ms),
             ("rtmp.ping_interval_ms", r.ping_interval_ms),
             ("hub.reader_write_timeout_ms", self.hub.reader_write_timeout_ms),
+            ("rtsp.session_timeout_ms", self.rtsp.session_timeout_ms),
+            ("rtsp.rtcp_interval_ms", self.rtsp.rtcp_interval_ms),
         ] {
             anyhow::ensure!(v > 0, "{key} must be above 0");
         }

@@ -210,3 +210,13 @@ async fn idle_session_times_out() {
     assert_eq!(status, 200);
     assert!(c.closed().await, "session freed after the timeout");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn moved_path_answers_301_with_location() {
+    let server = Server::with_config("[rtsp.redirects]\n\"live/old\" = \"rtsp://other.example:8554/live/new\"\n");
+    let mut c = Raw::connect(&server).await;
+    let (status, head) = c.request("DESCRIBE", &server.rtsp_url("live/old"), "").await;
+    assert_eq!(status, 301);
+    assert!(head.contains("Location: rtsp://other.example:8554/live/new"), "{head}");
+    assert_eq!(c.request("DESCRIBE", &server.rtsp_url("live/other"), "").await.0, 404);
+}

@@ -133,3 +133,42 @@ async fn g711_and_opus_over_rtsp() {
     }
     drop(publishers);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_give_401_until_proven() {
+    let server = Server::with_config("[rtsp]\nread_credentials = \"view:pw\"\npublish_credentials = \"cam:s3cret\"\n");
+    // Publishing without credentials fails; with them (ffmpeg answers the Digest challenge) it works.
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-re", "-t", "1", "-i"])
+        .arg(test_flv())
+        .args(["-c", "copy", "-f", "rtsp", &server.rtsp_url("auth/cam")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "publish without credentials was accepted");
+    let with = format!("rtsp://cam:s3cret@{}/auth/cam", server.rtsp);
+    let _publisher = publish_rtsp(test_flv(), &with, "tcp");
+    wait_published(&server, "auth/cam").await;
+    // Reading: 401 with both challenges, then ffprobe with credentials plays.
+    let mut s = tokio::net::TcpStream::connect(server.rtsp).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(format!("DESCRIBE {} RTSP/1.0\r\nCSeq: 1\r\n\r\n", server.rtsp_url("auth/cam")).as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("RTSP/1.0 401"), "{head}");
+    assert!(
+        head.contains("WWW-Authenticate: Digest realm=\"ferrocast\", nonce=")
+            && head.contains("WWW-Authenticate: Basic"),
+        "{head}"
+    );
+    let url = format!("rtsp://view:pw@{}/auth/cam", server.rtsp);
+    tokio::task::spawn_blocking(move || probe_with(&url, 2, &["-rtsp_transport", "tcp"]))
+        .await
+        .unwrap()
+        .assert_rtsp("h264", 320, 240, 30);
+    let url = format!("rtsp://view:wrong@{}/auth/cam", server.rtsp);
+    let p = tokio::task::spawn_blocking(move || probe_with(&url, 1, &["-rtsp_transport", "tcp"])).await.unwrap();
+    assert!(p.streams.is_empty(), "wrong password played");
+}

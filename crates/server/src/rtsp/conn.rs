@@ -86,6 +86,9 @@ struct Conn {
     last_activity: Instant,
     last_report: Instant,
     closing: bool,
+    nonce: String,
+    /// Roles this connection has proven credentials for: [read, publish].
+    authorized: [bool; 2],
 }
 
 pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
@@ -105,6 +108,8 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) -> an
         last_activity: now,
         last_report: now,
         closing: false,
+        nonce: format!("{:016x}", super::random_u64()),
+        authorized: [false; 2],
     };
     let r = c.run().await;
     c.teardown();
@@ -241,6 +246,9 @@ impl Conn {
                 return r;
             }
         };
+        if let Some(r) = self.authenticate(req) {
+            return r;
+        }
         let needs_session = matches!(req.method, Method::Play | Method::Pause | Method::Record | Method::Teardown);
         if needs_session && req.session().is_none() {
             return status(454, req);
@@ -278,6 +286,33 @@ impl Conn {
             }
             _ => resp,
         }
+    }
+
+    /// A 401 when the request's role (read or publish) needs credentials this connection has
+    /// not proven yet.
+    fn authenticate(&mut self, req: &Request) -> Option<Response> {
+        let publishing = self.session.as_ref().is_some_and(|s| s.announced.is_some());
+        let role = match req.method {
+            Method::Describe | Method::Play => 0,
+            Method::Announce | Method::Record => 1,
+            Method::Setup => usize::from(publishing),
+            _ => return None,
+        };
+        let configured =
+            if role == 0 { &self.shared.config.read_credentials } else { &self.shared.config.publish_credentials };
+        let creds = ferrocast_rtsp::auth::Credentials::parse(configured)?;
+        if self.authorized[role] {
+            return None;
+        }
+        if ferrocast_rtsp::auth::verify(&creds, req.headers.get("Authorization"), req.method.as_str(), &self.nonce) {
+            self.authorized[role] = true;
+            return None;
+        }
+        if req.headers.get("Authorization").is_some() {
+            warn!(peer = %self.peer, method = req.method.as_str(), "rtsp: wrong credentials");
+        }
+        let [digest, basic] = ferrocast_rtsp::auth::challenges(&self.nonce);
+        Some(status(401, req).with("WWW-Authenticate", digest).with("WWW-Authenticate", basic))
     }
 
     fn redirect(&self, path: &str, req: &Request) -> Option<Response> {
