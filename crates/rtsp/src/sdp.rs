@@ -284,28 +284,45 @@ pub fn describe(tracks: &Tracks, origin: &str, connection: &str) -> (String, Vec
 mod tests {
     use super::*;
 
-    /// What `ffmpeg -re -i in.flv -c copy -f rtsp rtsp://...` (5.1) announces.
-    const FFMPEG_ANNOUNCE: &str = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=No Name\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\na=tool:libavformat 59.27.100\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1; sprop-parameter-sets=Z2QADazZQUH7ARAAAAMAEAAAAwPA8UKZYA==,aOvjyyLA; profile-level-id=64000D\r\na=control:streamid=0\r\nm=audio 0 RTP/AVP 97\r\nb=AS:128\r\na=rtpmap:97 MPEG4-GENERIC/44100/2\r\na=fmtp:97 profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3; config=121056E500\r\na=control:streamid=1\r\n";
+    /// The SDP of an ANNOUNCE captured from ffmpeg (`testdata/ffmpeg5.1_announce_*.txt`:
+    /// `ffmpeg -re -i in -c copy -f rtsp -rtsp_transport tcp rtsp://...`, ffmpeg 5.1.6).
+    fn announce_body(capture: &[u8]) -> Bytes {
+        let mut buf = bytes::BytesMut::from(capture);
+        match crate::message::decode(&mut buf).unwrap() {
+            Some(crate::message::Message::Request(r)) => r.body,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ffmpeg_h264_aac() -> Bytes {
+        announce_body(include_bytes!("../testdata/ffmpeg5.1_announce_h264_aac.txt"))
+    }
 
     #[test]
     fn ffmpeg_announce() {
-        let sdp = parse(FFMPEG_ANNOUNCE.as_bytes()).unwrap();
+        let sdp = parse(&ffmpeg_h264_aac()).unwrap();
         assert_eq!(sdp.media.len(), 2);
         assert_eq!(sdp.media[0].control.as_deref(), Some("streamid=0"));
         let v = track_info(&sdp.media[0]).unwrap();
         let TrackInfo::Video { codec: VideoCodec::H264, config, clock_rate: 90000 } = &v else { panic!("{v:?}") };
-        assert_eq!(h264::AvcConfig::parse(config).unwrap().codec_string(), "avc1.64000d");
+        assert_eq!(h264::AvcConfig::parse(config).unwrap().codec_string(), "avc1.64001e");
         let a = track_info(&sdp.media[1]).unwrap();
         assert!(matches!(
             a,
-            TrackInfo::Audio { codec: AudioCodec::Aac, sample_rate: 44100, channels: 2, clock_rate: 44100, .. }
+            TrackInfo::Audio { codec: AudioCodec::Aac, sample_rate: 44100, channels: 1, clock_rate: 44100, .. }
         ));
         assert_eq!(sdp.media[1].param("sizelength"), Some("13"));
+
+        let sdp = parse(&announce_body(include_bytes!("../testdata/ffmpeg5.1_announce_h265_aac.txt"))).unwrap();
+        let TrackInfo::Video { codec: VideoCodec::H265, config, .. } = track_info(&sdp.media[0]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(h265::HevcConfig::parse(&config).unwrap().codec_string(), "hvc1.1.6.L60.90");
     }
 
     #[test]
     fn describe_round_trips_through_parse() {
-        let sdp = parse(FFMPEG_ANNOUNCE.as_bytes()).unwrap();
+        let sdp = parse(&ffmpeg_h264_aac()).unwrap();
         let tracks = Tracks { video: track_info(&sdp.media[0]), audio: track_info(&sdp.media[1]), metadata: None };
         let (text, ids) = describe(&tracks, "127.0.0.1", "0.0.0.0");
         assert_eq!(ids.len(), 2);
