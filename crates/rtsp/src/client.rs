@@ -169,19 +169,8 @@ impl ClientSession {
             self.request(now, method, &url, h, Bytes::new());
             return;
         };
-        let mut t = Transport {
-            lower: if self.transport == ClientTransport::Tcp { Lower::Tcp } else { Lower::Udp },
-            multicast: false,
-            client_port: None,
-            server_port: None,
-            interleaved: None,
-            destination: None,
-            source: None,
-            port: None,
-            ttl: None,
-            ssrc: None,
-            record: matches!(self.mode, ClientMode::Record(_)),
-        };
+        let mut t = Transport::new(if self.transport == ClientTransport::Tcp { Lower::Tcp } else { Lower::Udp });
+        t.record = matches!(self.mode, ClientMode::Record(_));
         match self.transport {
             ClientTransport::Tcp => t.interleaved = Some((2 * i as u8, 2 * i as u8 + 1)),
             ClientTransport::Udp => t.client_port = self.client_ports.get(i).copied(),

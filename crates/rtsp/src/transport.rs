@@ -54,17 +54,9 @@ fn pair<T: std::str::FromStr + Copy + std::ops::Add<Output = T> + From<u8>>(v: &
 }
 
 impl Transport {
-    /// Parses one specification.
-    pub fn parse(spec: &str) -> Result<Transport, UnsupportedTransport> {
-        let bad = || UnsupportedTransport(spec.chars().take(128).collect());
-        let mut parts = spec.split(';').map(str::trim);
-        let proto = parts.next().ok_or_else(bad)?;
-        let lower = match proto.to_ascii_uppercase().as_str() {
-            "RTP/AVP" | "RTP/AVP/UDP" => Lower::Udp,
-            "RTP/AVP/TCP" => Lower::Tcp,
-            _ => return Err(bad()),
-        };
-        let mut t = Transport {
+    /// A unicast specification with nothing else set.
+    pub fn new(lower: Lower) -> Transport {
+        Transport {
             lower,
             multicast: false,
             client_port: None,
@@ -76,7 +68,20 @@ impl Transport {
             ttl: None,
             ssrc: None,
             record: false,
+        }
+    }
+
+    /// Parses one specification.
+    pub fn parse(spec: &str) -> Result<Transport, UnsupportedTransport> {
+        let bad = || UnsupportedTransport(spec.chars().take(128).collect());
+        let mut parts = spec.split(';').map(str::trim);
+        let proto = parts.next().ok_or_else(bad)?;
+        let lower = match proto.to_ascii_uppercase().as_str() {
+            "RTP/AVP" | "RTP/AVP/UDP" => Lower::Udp,
+            "RTP/AVP/TCP" => Lower::Tcp,
+            _ => return Err(bad()),
         };
+        let mut t = Transport::new(lower);
         for p in parts {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             match k.to_ascii_lowercase().as_str() {

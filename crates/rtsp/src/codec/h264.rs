@@ -1,10 +1,11 @@
 //! H.264 over RTP (RFC 6184): single NAL unit packets, STAP-A (5.7.1) and FU-A (5.8), in
 //! non-interleaved mode (packetization-mode=1).
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ferrocast_media::{Frame, avc::nal_units, h264};
 
-use super::{AccessUnit, DepacketizeError, MAX_ACCESS_UNIT_SIZE};
+use super::nal::{Assembler, remember};
+use super::{AccessUnit, DepacketizeError};
 use crate::rtp::RtpPacket;
 
 const STAP_A: u8 = 24;
@@ -81,103 +82,40 @@ pub fn payloads(frame: &Frame, config: &Bytes, mtu: usize) -> Vec<Vec<Bytes>> {
 /// Reassembles access units.
 #[derive(Debug, Default)]
 pub struct Depacketizer {
-    au: BytesMut,
-    au_time: Option<u32>,
-    au_key: bool,
-    fragment: Option<BytesMut>,
-    expected_seq: Option<u16>,
-    broken: bool,
-    waiting_for_keyframe: bool,
+    asm: Assembler,
     sps: Option<Bytes>,
     pps: Option<Bytes>,
     config_changed: bool,
-    ready: std::collections::VecDeque<AccessUnit>,
 }
 
 impl Depacketizer {
-    fn finish_au(&mut self) {
-        let Some(rtp_time) = self.au_time.take() else {
-            return;
-        };
-        let data = std::mem::take(&mut self.au).freeze();
-        let broken = std::mem::take(&mut self.broken);
-        let key = std::mem::take(&mut self.au_key);
-        if broken || data.is_empty() {
-            return;
-        }
-        if self.waiting_for_keyframe {
-            if !key {
-                return;
-            }
-            self.waiting_for_keyframe = false;
-        }
-        self.ready.push_back(AccessUnit { rtp_time, keyframe: key, data });
-    }
-
     fn add_nal(&mut self, nal: &[u8]) -> Result<(), DepacketizeError> {
         let Some(&h) = nal.first() else { return Ok(()) };
         match h & 0x1f {
-            h264::nal::SPS => {
-                if self.sps.as_deref() != Some(nal) {
-                    self.sps = Some(Bytes::copy_from_slice(nal));
-                    self.config_changed = true;
-                }
-                return Ok(());
-            }
-            h264::nal::PPS => {
-                if self.pps.as_deref() != Some(nal) {
-                    self.pps = Some(Bytes::copy_from_slice(nal));
-                    self.config_changed = true;
-                }
-                return Ok(());
-            }
-            h264::nal::AUD => return Ok(()),
+            h264::nal::SPS => remember(&mut self.sps, nal, &mut self.config_changed),
+            h264::nal::PPS => remember(&mut self.pps, nal, &mut self.config_changed),
+            h264::nal::AUD => {}
             0 | 30 | 31 => return Err(DepacketizeError::Invalid("reserved H.264 NAL unit type")),
-            h264::nal::IDR => self.au_key = true,
-            _ => {}
+            kind => return self.asm.push_unit(nal, kind == h264::nal::IDR),
         }
-        if self.au.len() + nal.len() + 4 > MAX_ACCESS_UNIT_SIZE {
-            self.broken = true;
-            return Err(DepacketizeError::TooLarge);
-        }
-        self.au.extend_from_slice(&(nal.len() as u32).to_be_bytes());
-        self.au.extend_from_slice(nal);
         Ok(())
     }
 
     /// Feeds one packet.
     pub fn push(&mut self, p: &RtpPacket) -> Result<(), DepacketizeError> {
-        if let Some(exp) = self.expected_seq
-            && exp != p.sequence
-        {
-            // Loss: what was being assembled is incomplete.
-            if self.fragment.take().is_some() || self.au_time == Some(p.timestamp) {
-                self.broken = true;
-            }
-            self.waiting_for_keyframe = true;
-            self.expected_seq = Some(p.sequence.wrapping_add(1));
-            if self.au_time.is_some_and(|t| t != p.timestamp) {
-                self.finish_au();
-            }
-            self.push_payload(p)?;
-            return Err(DepacketizeError::Loss { expected: exp, got: p.sequence });
+        let loss = self.asm.begin(p);
+        let result = self.payload(p);
+        self.asm.end(p);
+        match loss {
+            Some(l) => Err(l),
+            None => result,
         }
-        self.expected_seq = Some(p.sequence.wrapping_add(1));
-        if self.au_time.is_some_and(|t| t != p.timestamp) {
-            // A new timestamp without a marker on the last one: the previous unit is done.
-            self.fragment = None;
-            self.finish_au();
-        }
-        self.push_payload(p)
     }
 
-    fn push_payload(&mut self, p: &RtpPacket) -> Result<(), DepacketizeError> {
-        self.au_time = Some(p.timestamp);
+    fn payload(&mut self, p: &RtpPacket) -> Result<(), DepacketizeError> {
         let d = &p.payload;
-        let Some(&h) = d.first() else {
-            return Err(DepacketizeError::Invalid("empty payload"));
-        };
-        let result = match h & 0x1f {
+        let Some(&h) = d.first() else { return Err(DepacketizeError::Invalid("empty payload")) };
+        match h & 0x1f {
             1..=23 => self.add_nal(d),
             STAP_A => {
                 let mut pos = 1;
@@ -186,8 +124,7 @@ impl Depacketizer {
                     let len = usize::from(u16::from_be_bytes([d[pos], d[pos + 1]]));
                     pos += 2;
                     if pos + len > d.len() {
-                        r = Err(DepacketizeError::Invalid("STAP-A unit overruns the packet"));
-                        break;
+                        return Err(DepacketizeError::Invalid("STAP-A unit overruns the packet"));
                     }
                     r = r.and(self.add_nal(&d[pos..pos + len]));
                     pos += len;
@@ -198,44 +135,24 @@ impl Depacketizer {
                 if d.len() < 3 {
                     return Err(DepacketizeError::Invalid("FU-A too short"));
                 }
-                let (ind, fh) = (d[0], d[1]);
-                if fh & 0x80 != 0 {
-                    let mut f = BytesMut::with_capacity(d.len() * 4);
-                    f.extend_from_slice(&[(ind & 0xe0) | (fh & 0x1f)]);
-                    f.extend_from_slice(&d[2..]);
-                    self.fragment = Some(f);
-                } else if let Some(f) = self.fragment.as_mut() {
-                    if f.len() + d.len() > MAX_ACCESS_UNIT_SIZE {
-                        self.fragment = None;
-                        self.broken = true;
-                        return Err(DepacketizeError::TooLarge);
-                    }
-                    f.extend_from_slice(&d[2..]);
+                let (indicator, header) = (d[0], d[1]);
+                if header & 0x80 != 0 {
+                    self.asm.fragment_start(&[(indicator & 0xe0) | (header & 0x1f)], &d[2..]);
                 } else {
-                    // A middle or end fragment whose start we never saw.
-                    self.broken = true;
-                    return Ok(());
+                    self.asm.fragment_continue(&d[2..])?;
                 }
-                if fh & 0x40 != 0
-                    && let Some(f) = self.fragment.take()
-                {
-                    self.add_nal(&f)
-                } else {
-                    Ok(())
+                match (header & 0x40 != 0).then(|| self.asm.fragment_end()).flatten() {
+                    Some(nal) => self.add_nal(&nal),
+                    None => Ok(()),
                 }
             }
             _ => Err(DepacketizeError::Invalid("STAP-B, MTAP, FU-B or reserved packet type")),
-        };
-        if p.marker {
-            self.fragment = None;
-            self.finish_au();
         }
-        result
     }
 
     /// The next complete access unit.
     pub fn pull(&mut self) -> Option<AccessUnit> {
-        self.ready.pop_front()
+        self.asm.pull()
     }
 
     /// An avcC built from in-band SPS/PPS, once per change.

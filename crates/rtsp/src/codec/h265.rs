@@ -1,10 +1,11 @@
 //! H.265 over RTP (RFC 7798): single NAL unit packets, aggregation packets (4.4.2) and
 //! fragmentation units (4.4.3), without DONL (sprop-max-don-diff = 0).
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ferrocast_media::{Frame, avc::nal_units, h265};
 
-use super::{AccessUnit, DepacketizeError, MAX_ACCESS_UNIT_SIZE};
+use super::nal::{Assembler, remember};
+use super::{AccessUnit, DepacketizeError};
 use crate::rtp::RtpPacket;
 
 const AP: u8 = 48;
@@ -78,40 +79,14 @@ pub fn payloads(frame: &Frame, config: &Bytes, mtu: usize) -> Vec<Vec<Bytes>> {
 /// Reassembles access units.
 #[derive(Debug, Default)]
 pub struct Depacketizer {
-    au: BytesMut,
-    au_time: Option<u32>,
-    au_key: bool,
-    fragment: Option<BytesMut>,
-    expected_seq: Option<u16>,
-    broken: bool,
-    waiting_for_keyframe: bool,
+    asm: Assembler,
     vps: Option<Bytes>,
     sps: Option<Bytes>,
     pps: Option<Bytes>,
     config_changed: bool,
-    ready: std::collections::VecDeque<AccessUnit>,
 }
 
 impl Depacketizer {
-    fn finish_au(&mut self) {
-        let Some(rtp_time) = self.au_time.take() else {
-            return;
-        };
-        let data = std::mem::take(&mut self.au).freeze();
-        let broken = std::mem::take(&mut self.broken);
-        let key = std::mem::take(&mut self.au_key);
-        if broken || data.is_empty() {
-            return;
-        }
-        if self.waiting_for_keyframe {
-            if !key {
-                return;
-            }
-            self.waiting_for_keyframe = false;
-        }
-        self.ready.push_back(AccessUnit { rtp_time, keyframe: key, data });
-    }
-
     fn add_nal(&mut self, nal: &[u8]) -> Result<(), DepacketizeError> {
         if nal.len() < 2 {
             return Err(DepacketizeError::Invalid("H.265 NAL unit shorter than its header"));
@@ -119,67 +94,34 @@ impl Depacketizer {
         if nal[0] & 0x80 != 0 {
             return Err(DepacketizeError::Invalid("forbidden_zero_bit set"));
         }
-        let slot = match h265::nal_type(nal) {
-            h265::nal::VPS => Some(&mut self.vps),
-            h265::nal::SPS => Some(&mut self.sps),
-            h265::nal::PPS => Some(&mut self.pps),
-            h265::nal::AUD => return Ok(()),
-            AP | FU | 50..=63 => {
-                return Err(DepacketizeError::Invalid("payload structure type inside a unit"));
-            }
-            t if (h265::nal::IRAP_FIRST..=h265::nal::IRAP_LAST).contains(&t) => {
-                self.au_key = true;
-                None
-            }
-            _ => None,
-        };
-        if let Some(slot) = slot {
-            if slot.as_deref() != Some(nal) {
-                *slot = Some(Bytes::copy_from_slice(nal));
-                self.config_changed = true;
-            }
-            return Ok(());
+        match h265::nal_type(nal) {
+            h265::nal::VPS => remember(&mut self.vps, nal, &mut self.config_changed),
+            h265::nal::SPS => remember(&mut self.sps, nal, &mut self.config_changed),
+            h265::nal::PPS => remember(&mut self.pps, nal, &mut self.config_changed),
+            h265::nal::AUD => {}
+            AP | FU | 50..=63 => return Err(DepacketizeError::Invalid("payload structure type inside a unit")),
+            t => return self.asm.push_unit(nal, (h265::nal::IRAP_FIRST..=h265::nal::IRAP_LAST).contains(&t)),
         }
-        if self.au.len() + nal.len() + 4 > MAX_ACCESS_UNIT_SIZE {
-            self.broken = true;
-            return Err(DepacketizeError::TooLarge);
-        }
-        self.au.extend_from_slice(&(nal.len() as u32).to_be_bytes());
-        self.au.extend_from_slice(nal);
         Ok(())
     }
 
     /// Feeds one packet.
     pub fn push(&mut self, p: &RtpPacket) -> Result<(), DepacketizeError> {
-        let mut loss = None;
-        if let Some(exp) = self.expected_seq
-            && exp != p.sequence
-        {
-            if self.fragment.take().is_some() || self.au_time == Some(p.timestamp) {
-                self.broken = true;
-            }
-            self.waiting_for_keyframe = true;
-            loss = Some(DepacketizeError::Loss { expected: exp, got: p.sequence });
-        }
-        self.expected_seq = Some(p.sequence.wrapping_add(1));
-        if self.au_time.is_some_and(|t| t != p.timestamp) {
-            self.fragment = None;
-            self.finish_au();
-        }
-        let r = self.push_payload(p);
+        let loss = self.asm.begin(p);
+        let result = self.payload(p);
+        self.asm.end(p);
         match loss {
             Some(l) => Err(l),
-            None => r,
+            None => result,
         }
     }
 
-    fn push_payload(&mut self, p: &RtpPacket) -> Result<(), DepacketizeError> {
-        self.au_time = Some(p.timestamp);
+    fn payload(&mut self, p: &RtpPacket) -> Result<(), DepacketizeError> {
         let d = &p.payload;
         if d.len() < 3 {
             return Err(DepacketizeError::Invalid("H.265 payload too short"));
         }
-        let result = match (d[0] >> 1) & 0x3f {
+        match (d[0] >> 1) & 0x3f {
             0..=47 => self.add_nal(d),
             AP if d.len() < 5 => Err(DepacketizeError::Invalid("aggregation packet without units")),
             AP => {
@@ -189,8 +131,7 @@ impl Depacketizer {
                     let len = usize::from(u16::from_be_bytes([d[pos], d[pos + 1]]));
                     pos += 2;
                     if pos + len > d.len() {
-                        r = Err(DepacketizeError::Invalid("AP unit overruns the packet"));
-                        break;
+                        return Err(DepacketizeError::Invalid("AP unit overruns the packet"));
                     }
                     r = r.and(self.add_nal(&d[pos..pos + len]));
                     pos += len;
@@ -200,41 +141,22 @@ impl Depacketizer {
             FU => {
                 let fu = d[2];
                 if fu & 0x80 != 0 {
-                    let mut f = BytesMut::with_capacity(d.len() * 4);
-                    f.extend_from_slice(&[(d[0] & 0x81) | ((fu & 0x3f) << 1), d[1]]);
-                    f.extend_from_slice(&d[3..]);
-                    self.fragment = Some(f);
-                } else if let Some(f) = self.fragment.as_mut() {
-                    if f.len() + d.len() > MAX_ACCESS_UNIT_SIZE {
-                        self.fragment = None;
-                        self.broken = true;
-                        return Err(DepacketizeError::TooLarge);
-                    }
-                    f.extend_from_slice(&d[3..]);
+                    self.asm.fragment_start(&[(d[0] & 0x81) | ((fu & 0x3f) << 1), d[1]], &d[3..]);
                 } else {
-                    self.broken = true;
-                    return Ok(());
+                    self.asm.fragment_continue(&d[3..])?;
                 }
-                if fu & 0x40 != 0
-                    && let Some(f) = self.fragment.take()
-                {
-                    self.add_nal(&f)
-                } else {
-                    Ok(())
+                match (fu & 0x40 != 0).then(|| self.asm.fragment_end()).flatten() {
+                    Some(nal) => self.add_nal(&nal),
+                    None => Ok(()),
                 }
             }
             _ => Err(DepacketizeError::Invalid("PACI or reserved H.265 packet type")),
-        };
-        if p.marker {
-            self.fragment = None;
-            self.finish_au();
         }
-        result
     }
 
     /// The next complete access unit.
     pub fn pull(&mut self) -> Option<AccessUnit> {
-        self.ready.pop_front()
+        self.asm.pull()
     }
 
     /// An hvcC built from in-band VPS/SPS/PPS, once per change.

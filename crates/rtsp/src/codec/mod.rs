@@ -5,6 +5,7 @@
 pub mod aac;
 pub mod h264;
 pub mod h265;
+mod nal;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ferrocast_media::{AudioCodec, Frame, TrackInfo, VideoCodec, rescale};
