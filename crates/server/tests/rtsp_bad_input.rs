@@ -132,6 +132,11 @@ async fn status_codes_for_bad_requests_while_a_reader_goes_on() {
     );
     assert_eq!(c.request("SETUP", &format!("{url}/trackID=0"), "").await.0, 461, "no Transport header");
     assert_eq!(
+        c.request("SETUP", &url, "Transport: RTP/AVP/TCP;unicast\r\n").await.0,
+        459,
+        "aggregate SETUP of two tracks"
+    );
+    assert_eq!(
         c.request("SET_PARAMETER", &url, "Content-Type: text/parameters\r\nContent-Length: 9\r\n\r\nfoo: bar\n")
             .await
             .0,
@@ -196,6 +201,56 @@ async fn status_codes_for_bad_requests_while_a_reader_goes_on() {
     assert_eq!(c.request("OPTIONS", &url, "").await.0, 200, "publisher connection survives junk RTP");
 
     reader.await.unwrap().assert_rtsp("h264", 320, 240, 150);
+}
+
+/// Interleaved bytes that arrive within `window`.
+async fn interleaved_bytes(c: &mut Raw, window: Duration) -> usize {
+    let mut total = c.buf.len();
+    c.buf.clear();
+    let deadline = tokio::time::Instant::now() + window;
+    let mut b = [0u8; 65536];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, c.s.read(&mut b)).await {
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pause_stops_media_and_play_resumes() {
+    let server = Server::start();
+    let _publisher = publish(test_flv(), &server.rtmp_url("live/pause"));
+    wait_published(&server, "live/pause").await;
+    let url = server.rtsp_url("live/pause");
+    let mut c = Raw::connect(&server).await;
+    let (status, head) =
+        c.request("SETUP", &format!("{url}/trackID=0"), "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n").await;
+    assert_eq!(status, 200);
+    let id = session_of(&head);
+    assert_eq!(c.request("PLAY", &url, &format!("Session: {id}\r\n")).await.0, 200);
+    assert!(interleaved_bytes(&mut c, Duration::from_secs(1)).await > 10_000, "media flows");
+    // PAUSE's answer may sit behind media already queued: read up to it.
+    c.cseq += 1;
+    c.s.write_all(format!("PAUSE {url} RTSP/1.0\r\nCSeq: {}\r\nSession: {id}\r\n\r\n", c.cseq).as_bytes())
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut b = [0u8; 65536];
+    while !seen.windows(15).any(|w| w == b"RTSP/1.0 200 OK") {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.s.read(&mut b)).await.unwrap().unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&b[..n]);
+    }
+    // Drain what was in flight, then silence.
+    interleaved_bytes(&mut c, Duration::from_millis(500)).await;
+    assert_eq!(interleaved_bytes(&mut c, Duration::from_secs(1)).await, 0, "no media while paused");
+    c.cseq += 1;
+    c.s.write_all(format!("PLAY {url} RTSP/1.0\r\nCSeq: {}\r\nSession: {id}\r\n\r\n", c.cseq).as_bytes())
+        .await
+        .unwrap();
+    assert!(interleaved_bytes(&mut c, Duration::from_secs(2)).await > 10_000, "media resumes");
 }
 
 #[tokio::test(flavor = "multi_thread")]

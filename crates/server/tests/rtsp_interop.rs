@@ -56,6 +56,14 @@ async fn rtsp_in_h264_tcp_and_udp_reads_back_everywhere() {
 async fn rtsp_in_h265_plays_over_rtsp_hls_and_enhanced_rtmp() {
     let server = Server::start();
     let _publisher = publish_rtsp(hevc_aac_mkv(), &server.rtsp_url("in/hevc"), "tcp");
+    // And over UDP, read back over RTSP.
+    let _udp = publish_rtsp(hevc_aac_mkv(), &server.rtsp_url("in/hevc_udp"), "udp");
+    wait_published(&server, "in/hevc_udp").await;
+    let rtsp = server.rtsp_url("in/hevc_udp");
+    tokio::task::spawn_blocking(move || probe_with(&rtsp, 3, &["-rtsp_transport", "tcp"]))
+        .await
+        .unwrap()
+        .assert_rtsp("hevc", 320, 240, 60);
     wait_published(&server, "in/hevc").await;
     let rtsp = server.rtsp_url("in/hevc");
     let a = tokio::task::spawn_blocking(move || probe_with(&rtsp, 4, &["-rtsp_transport", "tcp"]));

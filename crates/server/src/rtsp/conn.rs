@@ -459,8 +459,9 @@ impl Conn {
                 let group = match self.shared.multicast_group(&path) {
                     Ok(g) => g,
                     Err(e) => {
+                        // A socket we could not make: our failure, not the client's.
                         warn!("rtsp multicast: {e:#}");
-                        return status(503, req);
+                        return status(500, req);
                     }
                 };
                 reply.destination = Some(group.group().to_string());
