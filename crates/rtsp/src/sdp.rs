@@ -172,8 +172,12 @@ pub fn track_info(m: &Media) -> Option<TrackInfo> {
         }
         "MPEG4-GENERIC" => {
             let hex = m.param("config")?;
-            let config: Vec<u8> =
-                (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect();
+            // Byte pairs, not string slices: the value may hold multi-byte characters.
+            let config: Vec<u8> = hex
+                .as_bytes()
+                .chunks_exact(2)
+                .filter_map(|p| std::str::from_utf8(p).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+                .collect();
             let asc = AudioSpecificConfig::parse(&config).ok()?;
             Some(TrackInfo::Audio {
                 codec: AudioCodec::Aac,
@@ -349,6 +353,21 @@ mod tests {
             assert_eq!(back.media[0].payload_type, payload_type(&info));
             assert_eq!(track_info(&back.media[0]), Some(info));
         }
+    }
+
+    /// Found by the `sdp` fuzz target: a config= value with multi-byte characters panicked
+    /// on a string slice inside a character.
+    #[test]
+    fn fuzz_multibyte_config_hex() {
+        if let Ok(s) = parse(include_bytes!("../testdata/fuzz_sdp_multibyte_config_hex.bin")) {
+            for m in &s.media {
+                let _ = track_info(m);
+            }
+        }
+        let s =
+            parse("m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/44100/2\r\na=fmtp:97 config=1é10\r\n".as_bytes())
+                .unwrap();
+        assert_eq!(track_info(&s.media[0]), None);
     }
 
     #[test]
