@@ -81,6 +81,8 @@ struct Playing {
     video: bool,
     /// Set once the stream has ended: flush, then close.
     finished: bool,
+    /// Reused for the tags of each frame (no allocation per frame).
+    tags: Vec<Tag>,
 }
 
 struct Connection {
@@ -260,6 +262,7 @@ impl Connection {
             audio: true,
             video: true,
             finished: false,
+            tags: Vec::with_capacity(4),
         }));
         self.session.accept_play(stream_id)?;
         Ok(())
@@ -280,10 +283,10 @@ impl Connection {
                 if !wanted {
                     return;
                 }
-                let mut tags = Vec::with_capacity(4);
+                let mut tags = std::mem::take(&mut p.tags);
                 p.feed.frame(f, &mut tags);
                 let chunk_size = self.session.chunk_size();
-                for tag in tags {
+                for tag in tags.drain(..) {
                     match tag {
                         Tag::Own { tag_type, timestamp, body } => {
                             let kind = match tag_type {
@@ -319,6 +322,9 @@ impl Connection {
                             }
                         }
                     }
+                }
+                if let Role::Playing(p) = &mut self.role {
+                    p.tags = tags;
                 }
             }
             ReaderItem::Unpublished => self.session.send_user_control(user_control::STREAM_EOF, sid),

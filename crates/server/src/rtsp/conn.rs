@@ -78,7 +78,7 @@ struct Conn {
     peer: SocketAddr,
     socket: TcpStream,
     input: BytesMut,
-    out: Vec<Bytes>,
+    out: Out,
     session: Option<Session>,
     udp_tx: mpsc::Sender<UdpIn>,
     udp_rx: mpsc::Receiver<UdpIn>,
@@ -100,7 +100,7 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) -> an
         peer,
         socket,
         input: BytesMut::new(),
-        out: Vec::new(),
+        out: Out::default(),
         session: None,
         udp_tx,
         udp_rx,
@@ -176,10 +176,10 @@ impl Conn {
     }
 
     async fn flush(&mut self) -> anyhow::Result<()> {
-        if self.out.is_empty() {
+        if self.out.bufs.is_empty() {
             return Ok(());
         }
-        let bufs = std::mem::take(&mut self.out);
+        let bufs = std::mem::take(&mut self.out.bufs);
         let timeout = write_timeout(&self.shared.hub);
         tokio::time::timeout(timeout, write_all_vectored(&mut self.socket, bufs))
             .await
@@ -728,16 +728,35 @@ fn on_rtcp(peer: SocketAddr, s: &mut Session, index: usize, data: &[u8]) {
     }
 }
 
-fn interleaved(out: &mut Vec<Bytes>, channel: u8, pkt: Bytes) {
-    let mut h = BytesMut::with_capacity(4);
-    h.put_u8(b'$');
-    h.put_u8(channel);
-    h.put_u16(pkt.len() as u16);
-    out.push(h.freeze());
-    out.push(pkt);
+/// What a connection will write next: encoded responses, interleaved frame headers and
+/// shared RTP packets, written with one vectored write.
+#[derive(Default)]
+struct Out {
+    bufs: Vec<Bytes>,
+    /// Scratch for the 4-byte interleaved headers: they are split off one buffer, so a
+    /// packet costs no allocation of its own.
+    headers: BytesMut,
 }
 
-fn send_rtp(shared: &Shared, out: &mut Vec<Bytes>, tx: &Tx, pkt: Bytes) {
+impl Out {
+    fn push(&mut self, b: Bytes) {
+        self.bufs.push(b);
+    }
+}
+
+fn interleaved(out: &mut Out, channel: u8, pkt: Bytes) {
+    if out.headers.capacity() < 4 {
+        out.headers.reserve(4096);
+    }
+    out.headers.put_u8(b'$');
+    out.headers.put_u8(channel);
+    out.headers.put_u16(pkt.len() as u16);
+    let h = out.headers.split().freeze();
+    out.bufs.push(h);
+    out.bufs.push(pkt);
+}
+
+fn send_rtp(shared: &Shared, out: &mut Out, tx: &Tx, pkt: Bytes) {
     match tx {
         Tx::Tcp { rtp, .. } => interleaved(out, *rtp, pkt),
         // A full socket buffer drops the packet, as the network would.
@@ -748,7 +767,7 @@ fn send_rtp(shared: &Shared, out: &mut Vec<Bytes>, tx: &Tx, pkt: Bytes) {
     }
 }
 
-fn send_rtcp(shared: &Shared, out: &mut Vec<Bytes>, tx: &Tx, pkt: Bytes) {
+fn send_rtcp(shared: &Shared, out: &mut Out, tx: &Tx, pkt: Bytes) {
     match tx {
         Tx::Tcp { rtcp, .. } => interleaved(out, *rtcp, pkt),
         Tx::Udp { rtcp, .. } => {
