@@ -12,9 +12,10 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-fn hls_js() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/node_modules/hls.js/dist/hls.min.js");
-    assert!(p.exists(), "hls.js is missing: run ./scripts/test (it runs npm ci in tests/browser)");
+/// A player library installed from the npm registry by scripts/test.
+fn npm_file(rel: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/node_modules").join(rel);
+    assert!(p.exists(), "{rel} is missing: run ./scripts/test (it runs npm ci in tests/browser)");
     p
 }
 
@@ -36,7 +37,7 @@ fn chromium() -> &'static str {
 const PAGE: &str = r#"<!doctype html>
 <html><body>
 <video id="v" muted autoplay playsinline></video>
-<script src="/hls.min.js"></script>
+<script src="/lib.js"></script>
 <script>
 const report = (r) => fetch('/result', { method: 'POST', body: JSON.stringify(r) });
 const errors = [];
@@ -61,8 +62,8 @@ const tick = setInterval(() => {
 </body></html>"#;
 
 /// Serves the page and hls.js, and returns the first POSTed result.
-async fn serve_page(listener: TcpListener, page: String) -> serde_json::Value {
-    let js = std::fs::read(hls_js()).unwrap();
+async fn serve_page(listener: TcpListener, page: String, lib: PathBuf) -> serde_json::Value {
+    let js = std::fs::read(lib).unwrap();
     loop {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut req = Vec::new();
@@ -91,7 +92,7 @@ async fn serve_page(listener: TcpListener, page: String) -> serde_json::Value {
         }
         let (ctype, content): (&str, Vec<u8>) = if head.starts_with("GET / ") {
             ("text/html", page.clone().into_bytes())
-        } else if head.starts_with("GET /hls.min.js") {
+        } else if head.starts_with("GET /lib.js") {
             ("application/javascript", js.clone())
         } else if head.starts_with("POST /result") {
             let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").await;
@@ -136,10 +137,27 @@ async fn plays_in_chromium(path: &str) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let page_url = format!("http://{}/", listener.local_addr().unwrap());
     let source = format!("http://{}/{path}/index.m3u8", server.http);
-    let result = tokio::spawn(serve_page(listener, PAGE.replace("SOURCE", &source)));
+    let result =
+        tokio::spawn(serve_page(listener, PAGE.replace("SOURCE", &source), npm_file("hls.js/dist/hls.min.js")));
+    let r = run_chromium(browser, &page_url, path, result).await;
+    assert_eq!(r["supported"], true, "{r}");
+    let errors = r["errors"].as_array().unwrap();
+    assert!(errors.is_empty(), "hls.js errors: {r}");
+    let first = r["first"].as_f64().unwrap_or_else(|| panic!("video never started: {r}"));
+    let now = r["currentTime"].as_f64().unwrap();
+    assert!(now - first > 4.0, "currentTime did not advance: {r}");
+    assert_eq!(r["width"], 320);
+}
 
+/// Opens the page in headless Chromium and waits for its report.
+async fn run_chromium(
+    browser: &str,
+    page_url: &str,
+    tag: &str,
+    result: tokio::task::JoinHandle<serde_json::Value>,
+) -> serde_json::Value {
     let profile =
-        std::env::temp_dir().join(format!("ferrocast-chromium-{}-{}", std::process::id(), path.replace('/', "-")));
+        std::env::temp_dir().join(format!("ferrocast-chromium-{}-{}", std::process::id(), tag.replace('/', "-")));
     let chrome = Command::new(browser)
         .args([
             "--headless",
@@ -153,7 +171,7 @@ async fn plays_in_chromium(path: &str) {
             "--autoplay-policy=no-user-gesture-required",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(&page_url)
+        .arg(page_url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -161,11 +179,51 @@ async fn plays_in_chromium(path: &str) {
     let _chrome = Proc(chrome);
     let r = tokio::time::timeout(Duration::from_secs(90), result).await.expect("the page never reported").unwrap();
     let _ = std::fs::remove_dir_all(&profile);
+    r
+}
+
+const MPEGTS_PAGE: &str = r#"<!doctype html>
+<html><body>
+<video id="v" muted autoplay playsinline></video>
+<script src="/lib.js"></script>
+<script>
+const report = (r) => fetch('/result', { method: 'POST', body: JSON.stringify(r) });
+const errors = [];
+const v = document.getElementById('v');
+if (!mpegts.getFeatureList().mseLivePlayback) { report({ supported: false, errors }); }
+const player = mpegts.createPlayer({ type: 'flv', isLive: true, url: 'SOURCE' });
+player.on(mpegts.Events.ERROR, (type, detail) => errors.push(type + ':' + detail));
+player.attachMediaElement(v);
+player.load();
+const p = player.play();
+if (p && p.catch) p.catch(e => errors.push('play:' + e));
+let first = null;
+const started = Date.now();
+const tick = setInterval(() => {
+  if (first === null && v.currentTime > 0) first = v.currentTime;
+  const elapsed = (Date.now() - started) / 1000;
+  if ((first !== null && v.currentTime - first > 4) || elapsed > 40) {
+    clearInterval(tick);
+    report({ supported: true, first, currentTime: v.currentTime, errors, width: v.videoWidth });
+  }
+}, 250);
+</script>
+</body></html>"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mpegts_js_plays_http_flv_in_chromium() {
+    let browser = chromium();
+    let server = Server::start();
+    let _publisher = publish(test_flv(), &server.rtmp_url("live/flvjs"));
+    wait_published(&server, "live/flvjs").await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_url = format!("http://{}/", listener.local_addr().unwrap());
+    let page = MPEGTS_PAGE.replace("SOURCE", &server.flv_url("live/flvjs"));
+    let result = tokio::spawn(serve_page(listener, page, npm_file("mpegts.js/dist/mpegts.js")));
+    let r = run_chromium(browser, &page_url, "flvjs", result).await;
     assert_eq!(r["supported"], true, "{r}");
-    let errors = r["errors"].as_array().unwrap();
-    assert!(errors.is_empty(), "hls.js errors: {r}");
+    assert!(r["errors"].as_array().unwrap().is_empty(), "mpegts.js errors: {r}");
     let first = r["first"].as_f64().unwrap_or_else(|| panic!("video never started: {r}"));
-    let now = r["currentTime"].as_f64().unwrap();
-    assert!(now - first > 4.0, "currentTime did not advance: {r}");
+    assert!(r["currentTime"].as_f64().unwrap() - first > 4.0, "currentTime did not advance: {r}");
     assert_eq!(r["width"], 320);
 }
