@@ -16,6 +16,8 @@ pub const DEFAULT_MAX_MESSAGE_LEN: u32 = 16 * 1024 * 1024;
 /// Most chunk streams a peer may have open at once. Encoders use 3 to 8; the cap bounds the
 /// per-stream state an attacker can make us keep (csids go up to 65,599).
 pub const MAX_CHUNK_STREAMS: usize = 64;
+/// Most a partial message reserves before its bytes arrive.
+const INITIAL_RESERVE: usize = 64 * 1024;
 /// A timestamp field of this value means a 4-byte extended timestamp follows (5.3.1.3).
 const EXTENDED_TIMESTAMP: u32 = 0xff_ffff;
 
@@ -227,8 +229,9 @@ impl ChunkDecoder {
             })));
         }
         if s.partial.is_empty() {
-            // Reserve only after the length passed the cap, and no more than the message.
-            s.partial.reserve(length as usize);
+            // The buffer grows with the bytes that arrive: reserving the declared length up
+            // front would let a peer claim 64 streams x 16 MiB with a few hundred bytes.
+            s.partial.reserve((length as usize).min(INITIAL_RESERVE));
         }
         s.partial.extend_from_slice(&data);
         if s.partial.len() < length as usize {
@@ -383,6 +386,20 @@ mod tests {
             dec.decode(&mut BytesMut::from(&bytes[..])),
             Err(ChunkError::MessageTooLarge { csid: 4, len: 65_537, max: 65_536 })
         );
+    }
+
+    #[test]
+    fn declared_lengths_do_not_reserve_memory() {
+        let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
+        dec.set_chunk_size(4).unwrap();
+        let mut buf = BytesMut::new();
+        for csid in 3..63u8 {
+            // Each stream claims an almost-16 MiB message and sends 4 bytes of it.
+            buf.extend_from_slice(&[csid, 0, 0, 0, 0xff, 0xff, 0xf0, 9, 1, 0, 0, 0, 1, 2, 3, 4]);
+        }
+        assert_eq!(dec.decode(&mut buf), Ok(None));
+        let held: usize = dec.streams.values().map(|s| s.partial.capacity()).sum();
+        assert!(held <= MAX_CHUNK_STREAMS * INITIAL_RESERVE, "{held} bytes reserved");
     }
 
     #[test]
