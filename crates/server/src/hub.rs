@@ -39,6 +39,10 @@ pub enum PublishError {
 /// within the grace period.
 const REPUBLISH_GAP_MS: i64 = 40;
 
+/// A decode timestamp that goes back, or leaps forward by more than this, is a break in the
+/// publisher's clock (an encoder restart, a camera resetting RTP time), not media.
+pub const MAX_TIMESTAMP_LEAP_MS: i64 = 10_000;
+
 /// Counters that metrics will expose.
 #[derive(Debug, Default)]
 pub struct HubStats {
@@ -48,6 +52,9 @@ pub struct HubStats {
     pub readers_too_slow: AtomicU64,
     /// Publishers whose timestamps were shifted to follow on from the previous publisher.
     pub timestamp_rebases: AtomicU64,
+    /// Jumps in a publisher's timestamps (back, or forward past [`MAX_TIMESTAMP_LEAP_MS`])
+    /// smoothed over so readers' timestamps stay monotonic.
+    pub timestamp_jumps: AtomicU64,
 }
 
 /// The shared registry of streams.
@@ -87,6 +94,10 @@ struct StreamState {
     last_dts_ms: Option<i64>,
     /// Added to this publisher's timestamps so they follow on from the previous one, in ms.
     ts_offset_ms: Option<i64>,
+    /// Last decode timestamp handed out per track (video, audio), in ms.
+    last_track_ms: [Option<i64>; 2],
+    /// The last step between two frames of each track, in ms.
+    last_step_ms: [i64; 2],
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -289,9 +300,25 @@ impl Publisher {
                 o
             }
         };
+        // A jump in this track's clock: continue from its last frame, one usual step later,
+        // for every track (an encoder restart moves them all). Explicit and counted.
+        let k = usize::from(kind == TrackKind::Audio);
+        let mut offset_ms = offset_ms;
+        let mut end_ms = dts_ms + offset_ms;
+        if let Some(last) = st.last_track_ms[k] {
+            let leap = end_ms - last;
+            if !(0..=MAX_TIMESTAMP_LEAP_MS).contains(&leap) {
+                self.hub.stats.timestamp_jumps.fetch_add(1, Ordering::Relaxed);
+                offset_ms = last + st.last_step_ms[k].clamp(1, 1000) - dts_ms;
+                st.ts_offset_ms = Some(offset_ms);
+                end_ms = dts_ms + offset_ms;
+            } else if leap > 0 {
+                st.last_step_ms[k] = leap;
+            }
+        }
+        st.last_track_ms[k] = Some(end_ms);
         let offset = rescale(offset_ms, 1000, clock);
         let frame = Frame::new(kind, dts + offset, pts + offset, keyframe, data);
-        let end_ms = dts_ms + offset_ms;
         st.last_dts_ms = Some(st.last_dts_ms.map_or(end_ms, |l| l.max(end_ms)));
         let has_video = st.tracks.video.is_some();
         if has_video {
@@ -379,6 +406,28 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(hub.stats.timestamp_rebases.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn timestamp_jumps_are_smoothed_for_readers() {
+        let hub = Hub::new(HubConfig::default());
+        let p = hub.publish("live/j").unwrap();
+        p.set_tracks(video_tracks());
+        let mut sub = hub.subscribe("live/j").unwrap();
+        // 40 ms steps, then a restart to 0, then a leap of a minute.
+        for ts in [1000, 1040, 1080, 0, 40, 60_040, 60_080] {
+            p.push(TrackKind::Video, ts, ts + 80, ts == 0, Bytes::from_static(b"f"));
+        }
+        let mut out = Vec::new();
+        while let Ok(ev) = sub.rx.try_recv() {
+            if let HubEvent::Frame(f) = ev {
+                out.push((f.dts, f.pts - f.dts));
+            }
+        }
+        let dts: Vec<i64> = out.iter().map(|o| o.0).collect();
+        assert_eq!(dts, [1000, 1040, 1080, 1120, 1160, 1200, 1240]);
+        assert!(out.iter().all(|o| o.1 == 80), "composition offsets kept");
+        assert_eq!(hub.stats.timestamp_jumps.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -156,3 +156,24 @@ async fn stalled_reader_does_not_slow_publisher_or_other_readers() {
     assert!(!still_connected || !jumps.is_empty(), "stalled reader neither skipped nor was cut off");
     eprintln!("stalled reader: connected={still_connected} jumps={} frames after={}", jumps.len(), after.len());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publisher_timestamp_restart_stays_monotonic_for_readers() {
+    let server = Server::start();
+    let mut publisher = RtmpClient::connect(server.rtmp, "live/jump", true).await;
+    publisher.wait_for(|e| *e == ClientEvent::Publishing).await;
+    let file = test_flv().to_path_buf();
+    // Two passes over the file, each starting again at timestamp 0: an encoder restart.
+    let task = tokio::spawn(async move {
+        publisher.publish_file(&file, 1).await;
+        publisher.publish_file(&file, 1).await;
+        publisher
+    });
+    wait_published(&server, "live/jump").await;
+    let url = server.rtmp_url("live/jump");
+    let p = tokio::task::spawn_blocking(move || probe(&url, 6)).await.unwrap();
+    p.assert_h264_aac(320, 240, 120);
+    let video = p.packets_of("video");
+    assert!(video.last().unwrap().0 - video[0].0 > 5.0, "reader went on across the restart");
+    task.abort();
+}
