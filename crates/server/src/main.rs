@@ -58,28 +58,41 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(ferrocast::run(config, shutdown_signal(), |bound| {
-        // One machine-readable line per listener on stdout, for scripts and tests.
-        println!("ferrocast: rtmp listening on {}", bound.rtmp);
-        println!("ferrocast: http listening on {}", bound.http);
-        println!("ferrocast: rtsp listening on {}", bound.rtsp);
-    }))?;
+    runtime.block_on(async {
+        // Handlers are installed before the listeners are announced: a SIGTERM right after
+        // the "listening" lines must shut down, not kill.
+        let shutdown = shutdown_signal()?;
+        ferrocast::run(config, shutdown, |bound| {
+            // One machine-readable line per listener on stdout, for scripts and tests.
+            println!("ferrocast: rtmp listening on {}", bound.rtmp);
+            println!("ferrocast: http listening on {}", bound.http);
+            println!("ferrocast: rtsp listening on {}", bound.rtsp);
+        })
+        .await
+    })?;
     // Readers' and publishers' tasks are dropped with the runtime; their sockets close.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+/// A future that completes on SIGTERM or SIGINT (Ctrl-C); the handlers exist once this
+/// returns.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
