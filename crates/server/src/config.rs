@@ -25,6 +25,36 @@ pub struct Config {
     pub hub: HubConfig,
     /// HLS output.
     pub hls: HlsConfig,
+    /// Caps on what clients may hold.
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// RTMP and RTSP connections open at once.
+    pub max_connections: usize,
+    /// RTMP and RTSP connections open at once from one client address.
+    pub max_connections_per_ip: usize,
+    /// Streams published at once.
+    pub max_streams: usize,
+    /// Readers of one stream at once (every protocol).
+    pub max_readers_per_stream: usize,
+    /// A publisher that sends no media for this long is unpublished and disconnected, in ms.
+    pub publisher_idle_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 20_000,
+            max_connections_per_ip: 2_000,
+            max_streams: 1_000,
+            max_readers_per_stream: 10_000,
+            publisher_idle_timeout_ms: 20_000,
+        }
+    }
 }
 
 /// HLS segment container choice.
@@ -210,6 +240,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             hub: HubConfig::default(),
             hls: HlsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -342,6 +373,11 @@ impl Config {
             ("hub.reader_write_timeout_ms", self.hub.reader_write_timeout_ms),
             ("rtsp.session_timeout_ms", self.rtsp.session_timeout_ms),
             ("rtsp.rtcp_interval_ms", self.rtsp.rtcp_interval_ms),
+            ("limits.publisher_idle_timeout_ms", self.limits.publisher_idle_timeout_ms),
+            ("limits.max_connections", self.limits.max_connections as u64),
+            ("limits.max_connections_per_ip", self.limits.max_connections_per_ip as u64),
+            ("limits.max_streams", self.limits.max_streams as u64),
+            ("limits.max_readers_per_stream", self.limits.max_readers_per_stream as u64),
         ] {
             anyhow::ensure!(v > 0, "{key} must be above 0");
         }

@@ -78,6 +78,9 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
     if path::validate(stream).is_err() {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
+    if hub.at_reader_limit(stream) {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "stream at its reader limit\n");
+    }
     let Some(sub) = hub.subscribe_wait(stream).await else {
         debug!(path = stream, "http-flv: no such stream");
         return plain(StatusCode::NOT_FOUND, "stream not found\n");

@@ -33,6 +33,9 @@ pub enum PublishError {
     /// Another publisher holds the path.
     #[error("path {0:?} already has a publisher")]
     Busy(String),
+    /// `limits.max_streams` streams are published already.
+    #[error("the server carries its maximum of {0} streams")]
+    TooManyStreams(usize),
 }
 
 /// Gap left between the last frame of a publisher and the first of the one that replaces it
@@ -61,6 +64,8 @@ pub struct HubStats {
 #[derive(Debug)]
 pub struct Hub {
     config: HubConfig,
+    max_streams: usize,
+    max_readers_per_stream: usize,
     streams: Mutex<HashMap<String, Arc<Stream>>>,
     published: Notify,
     /// Paths of new streams (not republishes within the grace period), for services that
@@ -106,10 +111,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// A hub with the given settings.
+    /// A hub with the given settings and the default limits.
     pub fn new(config: HubConfig) -> Arc<Hub> {
+        Self::with_limits(config, &crate::config::LimitsConfig::default())
+    }
+
+    /// A hub with the given settings and caps on streams and readers per stream.
+    pub fn with_limits(config: HubConfig, limits: &crate::config::LimitsConfig) -> Arc<Hub> {
         Arc::new(Hub {
             config,
+            max_streams: limits.max_streams,
+            max_readers_per_stream: limits.max_readers_per_stream,
             streams: Mutex::new(HashMap::new()),
             published: Notify::new(),
             new_streams: broadcast::channel(NEW_STREAM_QUEUE).0,
@@ -135,6 +147,9 @@ impl Hub {
     /// carry on with the new publisher.
     pub fn publish(self: &Arc<Self>, path: &str) -> Result<Publisher, PublishError> {
         let mut streams = lock(&self.streams);
+        if !streams.contains_key(path) && streams.len() >= self.max_streams {
+            return Err(PublishError::TooManyStreams(self.max_streams));
+        }
         let stream = streams
             .entry(path.to_owned())
             .or_insert_with(|| {
@@ -172,11 +187,20 @@ impl Hub {
         self.new_streams.subscribe()
     }
 
-    /// Subscribes to a published path: the current tracks and GOP, then live events.
+    /// True when a path has `limits.max_readers_per_stream` readers already.
+    pub fn at_reader_limit(&self, path: &str) -> bool {
+        lock(&self.streams).get(path).is_some_and(|s| s.tx.receiver_count() >= self.max_readers_per_stream)
+    }
+
+    /// Subscribes to a published path: the current tracks and GOP, then live events. None
+    /// when there is no publisher, or the stream has its maximum of readers.
     pub fn subscribe(&self, path: &str) -> Option<Subscription> {
         let stream = lock(&self.streams).get(path)?.clone();
         let st = lock(&stream.state);
         st.publisher?;
+        if stream.tx.receiver_count() >= self.max_readers_per_stream {
+            return None;
+        }
         let rx = stream.tx.subscribe();
         Some(Subscription { tracks: st.tracks.clone(), gop: st.gop.clone(), rx, stream: stream.clone() })
     }

@@ -6,6 +6,7 @@ pub mod hls;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod limits;
 pub mod path;
 pub mod reader;
 pub mod rtmp_server;
@@ -36,7 +37,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_bound: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
-    let hub = hub::Hub::new(config.hub.clone());
+    let hub = hub::Hub::with_limits(config.hub.clone(), &config.limits);
+    let limiter = limits::Limiter::new(config.limits.clone());
     let rtmp = TcpListener::bind(config.rtmp.listen)
         .await
         .with_context(|| format!("binding RTMP to {}", config.rtmp.listen))?;
@@ -47,12 +49,18 @@ pub async fn run(
     let bound = Bound { rtmp: rtmp.local_addr()?, http: http.local_addr()?, rtsp: rtsp_listener.tcp.local_addr()? };
     info!(rtmp = %bound.rtmp, http = %bound.http, rtsp = %bound.rtsp, "ferrocast serving");
     on_bound(bound);
-    let rtmp_task = tokio::spawn(rtmp_server::serve(rtmp, config.rtmp.clone(), hub.clone()));
+    let rtmp_task = tokio::spawn(rtmp_server::serve(
+        rtmp,
+        config.rtmp.clone(),
+        hub.clone(),
+        limiter.clone(),
+        config.limits.clone(),
+    ));
     let hls = hls::start(hub.clone(), config.hls.clone());
     let http_task = tokio::spawn(http::serve(http, hub.clone(), hls));
     let rtsp_config = config.rtsp.clone();
     let rtsp_hub = hub.clone();
-    let rtsp_task = tokio::spawn(rtsp::serve(rtsp_listener, rtsp_config, rtsp_hub));
+    let rtsp_task = tokio::spawn(rtsp::serve(rtsp_listener, rtsp_config, rtsp_hub, limiter, config.limits.clone()));
     shutdown.await;
     info!("shutting down");
     rtmp_task.abort();

@@ -16,9 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::config::{RtmpConfig, ms};
+use crate::config::{LimitsConfig, RtmpConfig, ms};
 use crate::hub::{Hub, write_timeout};
 use crate::ingest::RtmpIngest;
+use crate::limits::Limiter;
 use crate::path::stream_path;
 use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
 
@@ -28,7 +29,13 @@ const SHARED_STREAM_ID: u32 = 1;
 const BATCH: usize = 64;
 
 /// Accepts RTMP connections until the task is dropped.
-pub async fn serve(listener: TcpListener, config: RtmpConfig, hub: Arc<Hub>) {
+pub async fn serve(
+    listener: TcpListener,
+    config: RtmpConfig,
+    hub: Arc<Hub>,
+    limiter: Arc<Limiter>,
+    limits: LimitsConfig,
+) {
     let session_config = ServerConfig {
         chunk_size: config.chunk_size,
         max_message_len: config.max_message_size,
@@ -46,9 +53,18 @@ pub async fn serve(listener: TcpListener, config: RtmpConfig, hub: Arc<Hub>) {
                 continue;
             }
         };
+        let admission = match limiter.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(%peer, "rtmp connection refused: {e}");
+                continue;
+            }
+        };
         let hub = hub.clone();
         let cfg = session_config.clone();
+        let publisher_idle = ms(limits.publisher_idle_timeout_ms);
         tokio::spawn(async move {
+            let _admission = admission;
             let mut conn = Connection {
                 peer,
                 socket,
@@ -56,6 +72,8 @@ pub async fn serve(listener: TcpListener, config: RtmpConfig, hub: Arc<Hub>) {
                 hub,
                 app: String::new(),
                 role: Role::None,
+                publisher_idle,
+                last_media: Instant::now(),
             };
             match conn.run().await {
                 Ok(()) => debug!(%peer, "rtmp connection closed"),
@@ -92,6 +110,9 @@ struct Connection {
     hub: Arc<Hub>,
     app: String,
     role: Role,
+    /// A publisher silent this long is dropped.
+    publisher_idle: std::time::Duration,
+    last_media: Instant,
 }
 
 impl Connection {
@@ -104,7 +125,14 @@ impl Connection {
                 let _ = self.socket.shutdown().await;
                 return Ok(());
             }
-            let deadline = self.session.poll_timeout().map(|(_, at)| at);
+            let mut deadline = self.session.poll_timeout().map(|(_, at)| at);
+            if matches!(self.role, Role::Publishing { .. }) {
+                let idle_at = self.last_media + self.publisher_idle;
+                if Instant::now() >= idle_at {
+                    anyhow::bail!("publisher sent no media for {:?}: unpublished", self.publisher_idle);
+                }
+                deadline = Some(deadline.map_or(idle_at, |d| d.min(idle_at)));
+            }
             let sleep_until = tokio::time::Instant::from_std(
                 deadline.unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600)),
             );
@@ -200,6 +228,7 @@ impl Connection {
                     }
                 }
                 ServerEvent::Media(msg) => {
+                    self.last_media = Instant::now();
                     if let Role::Publishing { ingest, stream_id } = &mut self.role
                         && msg.stream_id == *stream_id
                         && let Err(e) = ingest.handle(msg)
@@ -225,6 +254,7 @@ impl Connection {
         match claimed {
             Ok(publisher) => {
                 info!(peer = %self.peer, path = publisher.path(), "rtmp publish");
+                self.last_media = Instant::now();
                 self.role = Role::Publishing { stream_id, ingest: RtmpIngest::new(publisher) };
                 self.session.accept_publish(stream_id)?;
             }
@@ -245,6 +275,11 @@ impl Connection {
                 return Ok(());
             }
         };
+        if self.hub.at_reader_limit(&path) {
+            warn!(peer = %self.peer, path, "rtmp play refused: stream at its reader limit");
+            self.session.reject(stream_id, "NetStream.Play.Failed", "too many readers")?;
+            return Ok(());
+        }
         let Some(sub) = self.hub.subscribe_wait(&path).await else {
             info!(peer = %self.peer, path, "rtmp play: no such stream");
             let why = format!("no stream {path}");

@@ -328,6 +328,9 @@ impl Conn {
         if path::validate(path).is_err() {
             return status(404, req);
         }
+        if self.shared.hub.at_reader_limit(path) {
+            return status(503, req);
+        }
         let Some(sub) = self.shared.hub.subscribe_wait(path).await else {
             return status(404, req);
         };
@@ -574,6 +577,15 @@ impl Conn {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        let idle = ms(self.shared.limits.publisher_idle_timeout_ms);
+        if let Some(rec) = self.session.as_ref().and_then(|s| s.announced.as_ref())
+            && rec.idle_for() > idle
+        {
+            info!(peer = %self.peer, "rtsp publisher sent no media for {idle:?}: unpublished");
+            self.teardown();
+            self.closing = true;
+            return;
+        }
         let timeout = ms(self.shared.config.session_timeout_ms);
         if self.session.is_some() && now.duration_since(self.last_activity) > timeout {
             info!(peer = %self.peer, "rtsp session timed out after {timeout:?} without requests or RTCP");

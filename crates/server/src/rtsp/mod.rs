@@ -21,8 +21,9 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::config::RtspConfig;
+use crate::config::{LimitsConfig, RtspConfig};
 use crate::hub::Hub;
+use crate::limits::Limiter;
 
 pub use multicast::MulticastGroup;
 
@@ -47,6 +48,7 @@ pub struct Shared {
     routes: Mutex<HashMap<SocketAddr, (mpsc::Sender<UdpIn>, usize)>>,
     outputs: Mutex<HashMap<String, Arc<StreamRtp>>>,
     groups: Mutex<HashMap<String, Weak<MulticastGroup>>>,
+    limits: LimitsConfig,
 }
 
 /// A random number, good enough for SSRCs, sequence numbers and session ids (RFC 3550 asks
@@ -200,7 +202,13 @@ impl Listeners {
 }
 
 /// Serves RTSP until the task is dropped.
-pub async fn serve(listeners: Listeners, config: RtspConfig, hub: Arc<Hub>) {
+pub async fn serve(
+    listeners: Listeners,
+    config: RtspConfig,
+    hub: Arc<Hub>,
+    limiter: Arc<Limiter>,
+    limits: LimitsConfig,
+) {
     let Listeners { tcp: listener, rtp, rtcp } = listeners;
     let Ok(rtp_addr) = rtp.local_addr() else {
         return;
@@ -218,6 +226,7 @@ pub async fn serve(listeners: Listeners, config: RtspConfig, hub: Arc<Hub>) {
         routes: Mutex::new(HashMap::new()),
         outputs: Mutex::new(HashMap::new()),
         groups: Mutex::new(HashMap::new()),
+        limits,
     });
     for is_rtcp in [false, true] {
         let shared = shared.clone();
@@ -232,8 +241,16 @@ pub async fn serve(listeners: Listeners, config: RtspConfig, hub: Arc<Hub>) {
                 continue;
             }
         };
+        let admission = match limiter.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(%peer, "rtsp connection refused: {e}");
+                continue;
+            }
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _admission = admission;
             match conn::run(shared, socket, peer).await {
                 Ok(()) => debug!(%peer, "rtsp connection closed"),
                 Err(e) => tracing::info!(%peer, "rtsp connection ended: {e:#}"),

@@ -55,6 +55,7 @@ pub struct Recording {
     tracks: Vec<InTrack>,
     info: Tracks,
     started_micros: Option<u64>,
+    last_media: std::time::Instant,
 }
 
 fn reorder_depth(track: &TrackInfo) -> usize {
@@ -116,7 +117,7 @@ impl Recording {
         if has_config(&info.video) || info.video.is_none() {
             publisher.set_tracks(info.clone());
         }
-        Ok(Recording { publisher, tracks, info, started_micros: None })
+        Ok(Recording { publisher, tracks, info, started_micros: None, last_media: std::time::Instant::now() })
     }
 
     /// Number of tracks.
@@ -140,8 +141,14 @@ impl Recording {
         self.started_micros.get_or_insert_with(unix_micros);
     }
 
+    /// How long since the last media packet (or the ANNOUNCE).
+    pub fn idle_for(&self) -> std::time::Duration {
+        self.last_media.elapsed()
+    }
+
     /// An RTP packet for track `index`; UDP packets go through the reorder buffer.
     pub fn on_rtp(&mut self, index: usize, data: Bytes, udp: bool) {
+        self.last_media = std::time::Instant::now();
         let Some(t) = self.tracks.get_mut(index) else {
             return;
         };
