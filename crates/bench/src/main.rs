@@ -1,0 +1,383 @@
+//! `ferrocast-bench`: publishes a file to a live-streaming server in real time and plays it
+//! back with many concurrent readers, reporting how many keep up, throughput, added latency
+//! (receive time minus send time of the same frame, one machine clock), time to first frame,
+//! and the server's CPU and memory. Works against any RTMP / HTTP-FLV server.
+
+mod flv_reader;
+mod stats;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use ferrocast_rtmp::MediaKind;
+use ferrocast_rtmp::client::{ClientConfig, ClientEvent, ClientMode, ClientSession};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::stats::{Percentiles, ServerSampler};
+
+/// How readers play.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// RTMP play.
+    Rtmp,
+    /// HTTP-FLV (`http://HOST:PORT/APP/STREAM.flv`).
+    Flv,
+}
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// RTMP URL to publish to (`rtmp://host:port/app/stream`); with --no-publish, the stream
+    /// must already be live.
+    #[arg(long)]
+    rtmp: String,
+    /// HTTP base for HTTP-FLV readers (`http://host:port`).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    http: String,
+    /// FLV file to publish, looped with increasing timestamps.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Do not publish (another publisher is live); latency is then not measured.
+    #[arg(long)]
+    no_publish: bool,
+    /// Reader protocol.
+    #[arg(long, value_enum, default_value = "rtmp")]
+    protocol: Protocol,
+    /// Number of readers.
+    #[arg(long, default_value_t = 10)]
+    readers: usize,
+    /// Readers started per second.
+    #[arg(long, default_value_t = 200)]
+    ramp: u32,
+    /// Test length in seconds (after the publisher starts).
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// The first N readers read at most --throttle-kbps (to see a slow reader reported).
+    #[arg(long, default_value_t = 0)]
+    throttle_readers: usize,
+    /// Read rate of throttled readers, kbit/s.
+    #[arg(long, default_value_t = 100)]
+    throttle_kbps: u64,
+    /// PID of the server, to sample its CPU and RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the JSON summary here (it is always printed last on stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// A reader is keeping up while its newest frame is at most this far behind the newest frame
+/// sent (a GOP cache start and socket buffers fit well inside).
+const KEEP_UP_LAG_MS: i64 = 3000;
+
+/// What every reader reports.
+#[derive(Default)]
+struct ReaderState {
+    bytes: AtomicU64,
+    /// Newest video timestamp received, ms; -1 before the first.
+    newest_ms: AtomicI64,
+    connected: std::sync::atomic::AtomicBool,
+}
+
+/// What the publisher sent: video timestamp -> send instant (a bounded window).
+#[derive(Default)]
+struct Sent {
+    times: Mutex<HashMap<u32, Instant>>,
+    newest_ms: AtomicI64,
+}
+
+struct Shared {
+    sent: Sent,
+    latencies: Mutex<Vec<f64>>,
+    first_frames: Mutex<Vec<(f64, bool)>>,
+    start: Instant,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (app, stream) = split_url(&args.rtmp)?;
+    let shared = Arc::new(Shared {
+        sent: Sent::default(),
+        latencies: Mutex::default(),
+        first_frames: Mutex::default(),
+        start: Instant::now(),
+    });
+    shared.sent.newest_ms.store(-1, Ordering::Relaxed);
+    if !args.no_publish {
+        let file = args.file.clone().context("--file is needed to publish")?;
+        let data = Bytes::from(std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?);
+        let tags = ferrocast_media::flv::read_file(&data)?;
+        let (url, app2, stream2, shared2) = (args.rtmp.clone(), app.clone(), stream.clone(), shared.clone());
+        tokio::spawn(async move {
+            if let Err(e) = publish(&url, &app2, &stream2, tags, shared2).await {
+                eprintln!("publisher: {e:#}");
+            }
+        });
+        // Let the server see the sequence headers before readers arrive.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let mut readers = Vec::with_capacity(args.readers);
+    let throttle = args.throttle_kbps * 1000 / 8;
+    for i in 0..args.readers {
+        let state = Arc::new(ReaderState::default());
+        state.newest_ms.store(-1, Ordering::Relaxed);
+        readers.push(state.clone());
+        // Probes are the first four readers that are not throttled.
+        let (shared, probe) = (shared.clone(), i >= args.throttle_readers && i < args.throttle_readers + 4);
+        let limit = (i < args.throttle_readers).then_some(throttle);
+        let (protocol, rtmp, http, app, stream) =
+            (args.protocol, args.rtmp.clone(), args.http.clone(), app.clone(), stream.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = match protocol {
+                Protocol::Rtmp => play_rtmp(&rtmp, &app, &stream, &state, &shared, probe, limit, started).await,
+                Protocol::Flv => {
+                    flv_reader::play(&format!("{http}/{app}/{stream}.flv"), &state, &shared, probe, limit, started)
+                        .await
+                }
+            };
+            state.connected.store(false, Ordering::Relaxed);
+            if let Err(e) = r {
+                eprintln!("reader {i}: {e:#}");
+            }
+        });
+        if args.ramp > 0 {
+            tokio::time::sleep(Duration::from_secs(1) / args.ramp).await;
+        }
+    }
+    let mut sampler = args.server_pid.map(ServerSampler::new);
+    let mut throughput = Vec::new();
+    let mut last_bytes = 0u64;
+    let end = Instant::now() + Duration::from_secs(args.duration);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let bytes: u64 = readers.iter().map(|r| r.bytes.load(Ordering::Relaxed)).sum();
+        let mbps = (bytes - last_bytes) as f64 * 8.0 / 1e6;
+        last_bytes = bytes;
+        throughput.push(mbps);
+        let (connected, keeping) = keeping_up(&readers, &shared);
+        let lat = Percentiles::of(&shared.latencies.lock().unwrap());
+        let server = sampler.as_mut().and_then(|s| s.sample());
+        if !args.quiet {
+            eprintln!(
+                "t={:>3}s readers {connected}/{} keeping up {keeping} {mbps:8.1} Mbit/s latency p50 {:.1} ms p99 {:.1} ms{}",
+                shared.start.elapsed().as_secs(),
+                args.readers,
+                lat.p50,
+                lat.p99,
+                server.map(|(cpu, rss)| format!(" server cpu {cpu:.0}% rss {} MiB", rss / 1024)).unwrap_or_default()
+            );
+        }
+    }
+    let (connected, keeping) = keeping_up(&readers, &shared);
+    let lat = Percentiles::of(&shared.latencies.lock().unwrap());
+    let ff = shared.first_frames.lock().unwrap().clone();
+    let ttff = Percentiles::of(&ff.iter().map(|f| f.0).collect::<Vec<_>>());
+    let summary = serde_json::json!({
+        "protocol": format!("{:?}", args.protocol).to_lowercase(),
+        "readers": args.readers,
+        "connected": connected,
+        "keeping_up": keeping,
+        "throughput_mbps_median": stats::median(&throughput),
+        "latency_ms": { "p50": lat.p50, "p99": lat.p99, "max": lat.max, "samples": lat.n },
+        "time_to_first_frame_ms": { "p50": ttff.p50, "p99": ttff.p99, "max": ttff.max },
+        "first_frame_keyframe": ff.iter().filter(|f| f.1).count(),
+        "server": sampler.map(|s| s.summary()),
+    });
+    let text = serde_json::to_string_pretty(&summary)?;
+    if let Some(p) = &args.json {
+        std::fs::write(p, &text)?;
+    }
+    println!("{text}");
+    Ok(())
+}
+
+fn keeping_up(readers: &[Arc<ReaderState>], shared: &Shared) -> (usize, usize) {
+    let newest = shared.sent.newest_ms.load(Ordering::Relaxed);
+    let connected = readers.iter().filter(|r| r.connected.load(Ordering::Relaxed)).count();
+    let keeping = readers
+        .iter()
+        .filter(|r| r.connected.load(Ordering::Relaxed))
+        .filter(|r| {
+            let n = r.newest_ms.load(Ordering::Relaxed);
+            n >= 0 && (newest < 0 || newest - n <= KEEP_UP_LAG_MS)
+        })
+        .count();
+    (connected, keeping)
+}
+
+/// `rtmp://host:port/app/stream` -> (app, stream).
+fn split_url(url: &str) -> anyhow::Result<(String, String)> {
+    let rest = url.strip_prefix("rtmp://").context("the publish URL must start with rtmp://")?;
+    let path = rest.split_once('/').map(|(_, p)| p).context("no path in the URL")?;
+    let (app, stream) = path.split_once('/').context("the URL path must be APP/STREAM")?;
+    Ok((app.to_owned(), stream.to_owned()))
+}
+
+fn host_of(url: &str) -> anyhow::Result<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split('/').next().context("no host")?;
+    Ok(if host.contains(':') { host.to_owned() } else { format!("{host}:1935") })
+}
+
+/// Publishes the tags in real time, looping with increasing timestamps; records the send
+/// instant of each video frame by its timestamp.
+async fn publish(
+    url: &str,
+    app: &str,
+    stream: &str,
+    tags: Vec<ferrocast_media::flv::FileTag>,
+    shared: Arc<Shared>,
+) -> anyhow::Result<()> {
+    let mut socket = TcpStream::connect(host_of(url)?).await?;
+    socket.set_nodelay(true)?;
+    let tc_url = format!("rtmp://{}/{app}", host_of(url)?);
+    let mut session =
+        ClientSession::new(ClientConfig::new(&tc_url, app, ClientMode::Publish(stream.to_owned())), Instant::now());
+    let mut buf = vec![0u8; 65536];
+    loop {
+        while let Some(b) = session.poll_transmit() {
+            socket.write_all(&b).await?;
+        }
+        if let Some(ev) = session.poll_event() {
+            match ev {
+                ClientEvent::Publishing => break,
+                ClientEvent::Status { level, code } if level == "error" => anyhow::bail!("publish refused: {code}"),
+                _ => continue,
+            }
+        }
+        let n = socket.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "server closed during publish setup");
+        session.handle_input(Instant::now(), &buf[..n])?;
+    }
+    let span = tags.iter().map(|t| t.timestamp).max().unwrap_or(0) + 40;
+    let start = tokio::time::Instant::now();
+    let (mut rd, mut wr) = socket.into_split();
+    // Drain what the server sends (acks, pings) so its buffers never fill.
+    tokio::spawn(async move {
+        let mut b = vec![0u8; 16384];
+        while matches!(rd.read(&mut b).await, Ok(n) if n > 0) {}
+    });
+    for l in 0u32.. {
+        for t in &tags {
+            let ts = t.timestamp + l * span;
+            let kind = match t.tag_type {
+                8 => MediaKind::Audio,
+                9 => MediaKind::Video,
+                18 if l == 0 => MediaKind::Data,
+                _ => continue,
+            };
+            tokio::time::sleep_until(start + Duration::from_millis(u64::from(ts))).await;
+            session.send_media(kind, ts, &t.body);
+            while let Some(b) = session.poll_transmit() {
+                wr.write_all(&b).await?;
+            }
+            if kind == MediaKind::Video {
+                let mut times = shared.sent.times.lock().unwrap();
+                times.insert(ts, Instant::now());
+                if times.len() > 4096 {
+                    let cutoff = ts.saturating_sub(30_000);
+                    times.retain(|k, _| *k >= cutoff);
+                }
+                shared.sent.newest_ms.store(i64::from(ts), Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Notes a received video frame: newest timestamp, first frame, and latency for probes.
+fn on_video(
+    state: &ReaderState,
+    shared: &Shared,
+    probe: bool,
+    started: Instant,
+    ts: u32,
+    keyframe: bool,
+    first: &mut bool,
+) {
+    let now = Instant::now();
+    if *first {
+        *first = false;
+        shared.first_frames.lock().unwrap().push((now.duration_since(started).as_secs_f64() * 1000.0, keyframe));
+    }
+    state.newest_ms.fetch_max(i64::from(ts), Ordering::Relaxed);
+    if probe && let Some(sent) = shared.sent.times.lock().unwrap().get(&ts) {
+        shared.latencies.lock().unwrap().push(now.duration_since(*sent).as_secs_f64() * 1000.0);
+    }
+}
+
+/// Reads at most `limit` bytes per second when given.
+async fn throttle(limit: Option<u64>, total: u64, started: Instant) {
+    if let Some(rate) = limit {
+        let due = Duration::from_secs_f64(total as f64 / rate.max(1) as f64);
+        let elapsed = started.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn play_rtmp(
+    url: &str,
+    app: &str,
+    stream: &str,
+    state: &ReaderState,
+    shared: &Shared,
+    probe: bool,
+    limit: Option<u64>,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let host = host_of(url)?;
+    let mut socket = TcpStream::connect(&host).await?;
+    if limit.is_some() {
+        // A small receive window, so the throttle is felt at the server.
+        let _ = socket.set_nodelay(true);
+    }
+    let tc_url = format!("rtmp://{host}/{app}");
+    let mut session =
+        ClientSession::new(ClientConfig::new(&tc_url, app, ClientMode::Play(stream.to_owned())), Instant::now());
+    state.connected.store(true, Ordering::Relaxed);
+    let mut buf = vec![0u8; if limit.is_some() { 4096 } else { 65536 }];
+    let mut total = 0u64;
+    let mut first = true;
+    loop {
+        while let Some(b) = session.poll_transmit() {
+            socket.write_all(&b).await?;
+        }
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                ClientEvent::Media(m) if m.kind == MediaKind::Video => {
+                    if let Ok(ferrocast_media::flv::VideoTag::Frame { keyframe, .. }) =
+                        ferrocast_media::flv::parse_video(&m.payload)
+                    {
+                        on_video(state, shared, probe, started, m.timestamp, keyframe, &mut first);
+                    }
+                }
+                ClientEvent::Status { level, code } if level == "error" => anyhow::bail!("play refused: {code}"),
+                _ => {}
+            }
+        }
+        throttle(limit, total, started).await;
+        let n = socket.read(&mut buf).await?;
+        if n == 0 {
+            anyhow::bail!("server closed the connection");
+        }
+        total += n as u64;
+        state.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        session.handle_input(Instant::now(), &buf[..n])?;
+    }
+}

@@ -1,0 +1,97 @@
+//! ferrocast-bench against the real ferrocast binary: its counts and figures must be right,
+//! and a deliberately throttled reader must be reported as not keeping up.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn media() -> PathBuf {
+    let out = std::env::temp_dir().join(format!("ferrocast-bench-{}.flv", std::process::id()));
+    let ok = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi", "-i", "sine"])
+        .args([
+            "-c:v", "libx264", "-g", "30", "-preset", "veryfast", "-b:v", "1M", "-c:a", "aac", "-t", "4", "-f", "flv",
+        ])
+        .arg(&out)
+        .status();
+    assert!(ok.is_ok_and(|s| s.success()), "ffmpeg is required (./scripts/test installs it)");
+    out
+}
+
+#[test]
+fn counts_keyframes_and_the_throttled_reader() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_ferrocast-bench"));
+    let server_bin = bench.with_file_name("ferrocast");
+    assert!(server_bin.exists(), "build the workspace first (cargo build --workspace): {}", server_bin.display());
+    let config = std::env::temp_dir().join(format!("ferrocast-bench-{}.toml", std::process::id()));
+    std::fs::write(&config, "[rtsp]\nrtp_port = 0\nrtcp_port = 0\n").unwrap();
+    let mut server = Kill(
+        Command::new(&server_bin)
+            .args([
+                "--rtmp-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--rtsp-addr",
+                "127.0.0.1:0",
+                "--log-level",
+                "warn",
+            ])
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
+    let mut addr = || lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_owned();
+    let (rtmp, http) = (addr(), addr());
+    let file = media();
+    let out = Command::new(&bench)
+        .args(["--rtmp", &format!("rtmp://{rtmp}/live/bench"), "--http", &format!("http://{http}")])
+        .arg("--file")
+        .arg(&file)
+        .args(["--readers", "6", "--duration", "6", "--throttle-readers", "1", "--throttle-kbps", "50", "--quiet"])
+        .args(["--server-pid", &server.0.id().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["connected"], 6, "{summary}");
+    assert_eq!(summary["keeping_up"], 5, "the throttled reader is behind, the others keep up: {summary}");
+    assert_eq!(summary["first_frame_keyframe"], 6, "every reader starts on a keyframe: {summary}");
+    assert!(summary["latency_ms"]["samples"].as_u64().unwrap() > 100, "probes measured latency: {summary}");
+    assert!(summary["latency_ms"]["p50"].as_f64().unwrap() >= 0.0);
+    assert!(summary["throughput_mbps_median"].as_f64().unwrap() > 1.0, "{summary}");
+    assert!(summary["server"]["rss_max_kib"].as_u64().unwrap() > 0, "server sampled: {summary}");
+
+    // HTTP-FLV readers too.
+    let out = Command::new(&bench)
+        .args([
+            "--rtmp",
+            &format!("rtmp://{rtmp}/live/bench2"),
+            "--http",
+            &format!("http://{http}"),
+            "--protocol",
+            "flv",
+        ])
+        .arg("--file")
+        .arg(&file)
+        .args(["--readers", "4", "--duration", "4", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary["connected"].as_u64(), summary["keeping_up"].as_u64()), (Some(4), Some(4)), "{summary}");
+    assert_eq!(summary["first_frame_keyframe"], 4);
+    let _ = std::fs::remove_file(file);
+}
