@@ -87,6 +87,8 @@ struct ReaderState {
     bytes: AtomicU64,
     /// Newest video timestamp received, ms; -1 before the first.
     newest_ms: AtomicI64,
+    /// The newest frame sent when this reader connected.
+    joined_at_ms: AtomicI64,
     connected: std::sync::atomic::AtomicBool,
 }
 
@@ -133,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.readers {
         let state = Arc::new(ReaderState::default());
         state.newest_ms.store(-1, Ordering::Relaxed);
+        state.joined_at_ms.store(shared.sent.newest_ms.load(Ordering::Relaxed), Ordering::Relaxed);
         readers.push(state.clone());
         // Probes are the first four readers that are not throttled.
         let (shared, probe) = (shared.clone(), i >= args.throttle_readers && i < args.throttle_readers + 4);
@@ -314,7 +317,12 @@ fn on_video(
         shared.first_frames.lock().unwrap().push((now.duration_since(started).as_secs_f64() * 1000.0, keyframe));
     }
     state.newest_ms.fetch_max(i64::from(ts), Ordering::Relaxed);
-    if probe && let Some(sent) = shared.sent.times.lock().unwrap().get(&ts) {
+    // Frames sent before the reader connected (the GOP cache it starts with) are not latency
+    // samples: their age is the cache's, not the server's delay.
+    if probe
+        && i64::from(ts) > state.joined_at_ms.load(Ordering::Relaxed)
+        && let Some(sent) = shared.sent.times.lock().unwrap().get(&ts)
+    {
         shared.latencies.lock().unwrap().push(now.duration_since(*sent).as_secs_f64() * 1000.0);
     }
 }
