@@ -33,9 +33,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// RTMP and RTSP connections open at once.
+    /// RTMP, RTSP and HTTP-FLV connections open at once.
     pub max_connections: usize,
-    /// RTMP and RTSP connections open at once from one client address.
+    /// RTMP, RTSP and HTTP-FLV connections open at once.from one client address.
     pub max_connections_per_ip: usize,
     /// Streams published at once.
     pub max_streams: usize,

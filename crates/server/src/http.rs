@@ -1,13 +1,14 @@
 //! The HTTP listener: HTTP-FLV now (`GET /APP/STREAM.flv`); HLS, the API and metrics come
 //! later on the same router.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -18,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::hls::{self, HlsFile, HlsRegistry};
 use crate::hub::{Hub, write_timeout};
+use crate::limits::Limiter;
 use crate::path;
 use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
 
@@ -30,16 +32,18 @@ const FLV_QUEUE: usize = 16;
 pub struct AppState {
     hub: Arc<Hub>,
     hls: Arc<HlsRegistry>,
+    limiter: Arc<Limiter>,
 }
 
 /// The router.
-pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>) -> Router {
-    Router::new().fallback(handle).with_state(AppState { hub, hls })
+pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>, limiter: Arc<Limiter>) -> Router {
+    Router::new().fallback(handle).with_state(AppState { hub, hls, limiter })
 }
 
 /// Serves HTTP until the task is dropped.
-pub async fn serve(listener: TcpListener, hub: Arc<Hub>, hls: Arc<HlsRegistry>) {
-    if let Err(e) = axum::serve(listener, router(hub, hls)).await {
+pub async fn serve(listener: TcpListener, hub: Arc<Hub>, hls: Arc<HlsRegistry>, limiter: Arc<Limiter>) {
+    let app = router(hub, hls, limiter).into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app).await {
         warn!("http server: {e}");
     }
 }
@@ -58,7 +62,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
     r
 }
 
-async fn handle(State(state): State<AppState>, req: Request) -> Response {
+async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
     let uri_path = req.uri().path().to_owned();
     if req.method() == Method::OPTIONS {
         return plain(StatusCode::NO_CONTENT, "");
@@ -71,7 +75,7 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
         let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         return hls_response(&state.hls, stream, file, head, range).await;
     }
-    let hub = state.hub;
+    let hub = state.hub.clone();
     let Some(stream) = uri_path.strip_prefix('/').and_then(|p| p.strip_suffix(".flv")) else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     };
@@ -97,7 +101,19 @@ async fn handle(State(state): State<AppState>, req: Request) -> Response {
     }
     let (tx, rx) = mpsc::channel(FLV_QUEUE);
     let reader = Reader::new(hub.clone(), sub);
-    tokio::spawn(feed_flv(hub, stream.to_owned(), reader, tx));
+    // A long-lived HTTP-FLV reader counts against the connection limits like RTMP and RTSP.
+    let stream_owned = stream.to_owned();
+    let admission = match state.limiter.admit(peer.ip()) {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(%peer, "http-flv refused: {e}");
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached\n");
+        }
+    };
+    tokio::spawn(async move {
+        let _admission = admission;
+        feed_flv(hub, stream_owned, reader, tx).await;
+    });
     *resp.body_mut() = Body::new(FlvBody { rx });
     resp
 }

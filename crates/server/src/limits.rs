@@ -1,5 +1,5 @@
 //! Connection admission: a cap on connections overall and per client address, shared by
-//! every listener that keeps connections open (RTMP, RTSP). Past a cap the connection is
+//! every listener that keeps connections open (RTMP, RTSP, HTTP-FLV). Past a cap the connection is
 //! closed at once, before anything is read from it.
 
 use std::collections::HashMap;

@@ -79,3 +79,22 @@ async fn silent_publisher_is_unpublished() {
     let mut again = RtmpClient::connect(server.rtmp, "live/quiet", true).await;
     again.wait_for(|e| *e == ClientEvent::Publishing).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_flv_readers_count_against_connection_limits() {
+    let server = Server::with_config("[limits]\nmax_connections_per_ip = 2\n");
+    let _publisher = publish(test_flv(), &server.rtmp_url("live/h")); // one connection
+    wait_published(&server, "live/h").await;
+    // wait_published's own HTTP-FLV request holds a place until the server sees it closed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A second: an HTTP-FLV reader that stays.
+    let mut reader = TcpStream::connect(server.http).await.unwrap();
+    reader.write_all(b"GET /live/h.flv HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut b = [0u8; 32];
+    reader.read_exact(&mut b[..12]).await.unwrap();
+    assert!(b.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(http_status(&server.flv_url("live/h")).await, Some(503), "a third connection from one address");
+    drop(reader);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(http_status(&server.flv_url("live/h")).await, Some(200), "its place is free again");
+}
