@@ -25,6 +25,9 @@ use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
 
 /// Message stream id `createStream` gives first; shared media chunks are encoded for it.
 const SHARED_STREAM_ID: u32 = 1;
+/// Bytes read from a socket at a time. Readers send almost nothing, so this is per-viewer
+/// memory; publishers of a few Mbit/s are served well by it too.
+const READ_BUFFER: usize = 16 * 1024;
 /// Most reader items handled before writing, so one write carries several frames.
 const BATCH: usize = 64;
 
@@ -118,7 +121,7 @@ struct Connection {
 impl Connection {
     async fn run(&mut self) -> anyhow::Result<()> {
         let _ = self.socket.set_nodelay(true);
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; READ_BUFFER];
         loop {
             self.flush().await?;
             if self.session.is_closing() || matches!(&self.role, Role::Playing(p) if p.finished) {

@@ -29,6 +29,9 @@ use crate::reader::{Reader, ReaderItem};
 use crate::rtmp_server::write_all_vectored;
 
 const PUBLIC: &str = "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, PAUSE, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+/// Bytes read from a socket at a time. Readers send almost nothing, so this is per-viewer
+/// memory; publishers of a few Mbit/s are served well by it too.
+const READ_BUFFER: usize = 16 * 1024;
 /// UDP datagrams queued for one connection before new ones are dropped.
 const UDP_QUEUE: usize = 1024;
 /// How long DESCRIBE waits for a just-published stream to have codec parameters.
@@ -140,7 +143,7 @@ fn split_control(uri: &str) -> (&str, Option<&str>) {
 
 impl Conn {
     async fn run(&mut self) -> anyhow::Result<()> {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; READ_BUFFER];
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             self.flush().await?;
