@@ -93,11 +93,6 @@ impl Conn {
         (!self.out.is_empty()).then(|| self.out.split().freeze())
     }
 
-    /// Bytes queued and not yet taken by the driver.
-    pub fn queued_len(&self) -> usize {
-        self.queue.iter().map(Bytes::len).sum::<usize>() + self.out.len()
-    }
-
     /// Reads the next message that is not a protocol control message; control messages are
     /// applied on the way.
     pub fn next(&mut self) -> Result<Option<Incoming>, ChunkError> {

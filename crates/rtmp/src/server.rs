@@ -277,11 +277,6 @@ impl ServerSession {
         self.conn.out_chunk_size
     }
 
-    /// Bytes waiting in `poll_transmit`.
-    pub fn queued_len(&self) -> usize {
-        self.conn.queued_len()
-    }
-
     /// Feeds bytes read from the socket.
     pub fn handle_input(&mut self, now: Instant, data: &[u8]) -> Result<(), SessionError> {
         self.last_input = now;

@@ -53,11 +53,6 @@ impl Limiter {
         open.0 += 1;
         Ok(Admission { limiter: self.clone(), ip })
     }
-
-    /// Open connections now.
-    pub fn open(&self) -> usize {
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).0
-    }
 }
 
 impl Drop for Admission {

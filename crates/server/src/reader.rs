@@ -166,66 +166,62 @@ pub enum Tag {
 }
 
 /// Turns reader items into FLV tags, sending metadata and sequence headers only when they
-/// change (or after a republish).
+/// change (or after a republish). Tracks are compared only when a new set arrives, never per
+/// frame.
 #[derive(Debug, Default)]
 pub struct TagFeed {
     sent: Tracks,
-    current: Tracks,
-    last_ts: i64,
+    current: Arc<Tracks>,
+    /// New tracks arrived (or a reset): compare with what was sent before the next frame.
+    changed: bool,
 }
 
 impl TagFeed {
     /// Forgets what was sent, so the next tracks are sent in full.
     pub fn reset(&mut self) {
         self.sent = Tracks::default();
+        self.changed = true;
     }
 
     /// Records new tracks; their tags go out before the next frame.
-    pub fn tracks(&mut self, tracks: &Tracks) {
+    pub fn tracks(&mut self, tracks: &Arc<Tracks>) {
         self.current = tracks.clone();
+        self.changed = true;
     }
 
     /// The tags for a frame: any changed parameters, then the frame. Frames of a track whose
-    /// parameters are not known yet are dropped.
+    /// parameters are not known yet (or that FLV cannot carry) are dropped.
     pub fn frame(&mut self, frame: Arc<Frame>, out: &mut Vec<Tag>) {
         let track = match frame.kind {
             TrackKind::Video => &self.current.video,
             TrackKind::Audio => &self.current.audio,
         };
-        let Some(ts) = track.as_ref().filter(|t| flv::carries(t)).map(|t| t.to_ms(frame.dts)) else {
+        let Some(track) = track.as_ref().filter(|t| flv::carries(t)) else {
             return;
         };
-        if self.current.metadata != self.sent.metadata {
-            if let Some(m) = &self.current.metadata {
-                // At 0: ffmpeg's FLV demuxer takes a script tag with a later timestamp for a
-                // data stream instead of metadata (libavformat/flvdec.c, 5.1 and later).
-                out.push(Tag::Own { tag_type: flv::TAG_SCRIPT, timestamp: 0, body: m.clone() });
-            }
-            self.sent.metadata = self.current.metadata.clone();
-        }
-        for (cur, sent, tag_type) in [
-            (&self.current.video, &mut self.sent.video, flv::TAG_VIDEO),
-            (&self.current.audio, &mut self.sent.audio, flv::TAG_AUDIO),
-        ] {
-            if cur != sent {
-                if let Some(body) = cur.as_ref().and_then(flv::config_body) {
-                    out.push(Tag::Own { tag_type, timestamp: ts, body });
+        let ts = track.to_ms(frame.dts);
+        if std::mem::take(&mut self.changed) {
+            let current = &self.current;
+            if current.metadata != self.sent.metadata {
+                if let Some(m) = &current.metadata {
+                    // At 0: ffmpeg's FLV demuxer takes a script tag with a later timestamp
+                    // for a data stream instead of metadata (libavformat/flvdec.c, 5.1+).
+                    out.push(Tag::Own { tag_type: flv::TAG_SCRIPT, timestamp: 0, body: m.clone() });
                 }
-                sent.clone_from(cur);
+                self.sent.metadata = current.metadata.clone();
+            }
+            for (cur, sent, tag_type) in [
+                (&current.video, &mut self.sent.video, flv::TAG_VIDEO),
+                (&current.audio, &mut self.sent.audio, flv::TAG_AUDIO),
+            ] {
+                if cur != sent {
+                    if let Some(body) = cur.as_ref().and_then(flv::config_body) {
+                        out.push(Tag::Own { tag_type, timestamp: ts, body });
+                    }
+                    sent.clone_from(cur);
+                }
             }
         }
-        let track = match frame.kind {
-            TrackKind::Video => &self.current.video,
-            TrackKind::Audio => &self.current.audio,
-        };
-        if let Some(track) = track {
-            self.last_ts = ts;
-            out.push(Tag::Frame { frame, track: track.clone() });
-        }
-    }
-
-    /// The timestamp of the last frame sent.
-    pub fn last_ts(&self) -> i64 {
-        self.last_ts
+        out.push(Tag::Frame { frame, track: track.clone() });
     }
 }

@@ -65,8 +65,6 @@ pub struct Packetizer {
     pub packets: u32,
     /// Payload octets sent.
     pub octets: u32,
-    /// The last (RTP time, frame pts in track clock) sent, for the NTP/RTP mapping.
-    pub last: Option<(u32, i64)>,
 }
 
 impl Packetizer {
@@ -97,7 +95,6 @@ impl Packetizer {
             clock_rate,
             packets: 0,
             octets: 0,
-            last: None,
         })
     }
 
@@ -130,7 +127,6 @@ impl Packetizer {
     /// [`packets`]).
     pub fn packetize(&mut self, frame: &Frame) -> Bytes {
         let rtp_time = self.rtp_time(frame.pts);
-        self.last = Some((rtp_time, frame.pts));
         let payloads: Vec<Vec<Bytes>> = match &self.track {
             TrackInfo::Video { codec: VideoCodec::H264, config, .. } => h264::payloads(frame, config, self.mtu),
             TrackInfo::Video { codec: VideoCodec::H265, config, .. } => h265::payloads(frame, config, self.mtu),
