@@ -27,7 +27,9 @@ pub struct ServerConfig {
     pub max_message_len: u32,
     /// Window Acknowledgement Size we ask the peer to use.
     pub window_ack_size: u32,
-    /// Time allowed from accept to the end of the handshake.
+    /// Time allowed from accept until a `publish` or `play` is accepted: the handshake,
+    /// `connect` and the stream commands. A client trickling bytes cannot hold a connection
+    /// open for longer without ever streaming.
     pub handshake_timeout: Duration,
     /// A peer that sends nothing for this long is disconnected.
     pub idle_timeout: Duration,
@@ -51,7 +53,7 @@ impl Default for ServerConfig {
 /// The session's timers; the earliest deadline is [`ServerSession::poll_timeout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timer {
-    /// The handshake must finish by then.
+    /// The handshake and a publish or play must be done by then.
     Handshake,
     /// The peer must have sent something by then.
     Idle,
@@ -99,8 +101,8 @@ pub enum SessionError {
     /// More `createStream` than [`MAX_STREAMS_PER_CONNECTION`].
     #[error("more than {MAX_STREAMS_PER_CONNECTION} streams on one connection")]
     TooManyStreams,
-    /// The peer did not finish the handshake in time.
-    #[error("handshake not finished within {0:?}")]
+    /// The peer did not get to publish or play in time.
+    #[error("no publish or play within {0:?} of connecting")]
     HandshakeTimeout(Duration),
     /// The peer sent nothing for the idle timeout.
     #[error("peer silent for {0:?}")]
@@ -220,6 +222,8 @@ pub struct ServerSession {
     last_ping: Instant,
     closing: bool,
     handshake_kind: Option<HandshakeKind>,
+    /// A publish or play has been accepted: the handshake deadline no longer applies.
+    streaming: bool,
 }
 
 fn split_query(s: &str) -> (String, Option<String>) {
@@ -256,6 +260,7 @@ impl ServerSession {
             last_ping: now,
             closing: false,
             handshake_kind: None,
+            streaming: false,
         }
     }
 
@@ -327,12 +332,11 @@ impl ServerSession {
 
     /// Fires due timers. An error means the peer timed out.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
-        match self.state {
-            State::Handshake(_) if now >= self.started + self.config.handshake_timeout => {
-                return Err(SessionError::HandshakeTimeout(self.config.handshake_timeout));
-            }
-            State::Handshake(_) => return Ok(()),
-            _ => {}
+        if !self.streaming && now >= self.started + self.config.handshake_timeout {
+            return Err(SessionError::HandshakeTimeout(self.config.handshake_timeout));
+        }
+        if matches!(self.state, State::Handshake(_)) {
+            return Ok(());
         }
         if now >= self.last_input + self.config.idle_timeout {
             return Err(SessionError::IdleTimeout(self.config.idle_timeout));
@@ -353,7 +357,7 @@ impl ServerSession {
     fn timers(&self) -> [(Timer, Option<Instant>); 3] {
         let in_handshake = matches!(self.state, State::Handshake(_));
         [
-            (Timer::Handshake, in_handshake.then(|| self.started + self.config.handshake_timeout)),
+            (Timer::Handshake, (!self.streaming).then(|| self.started + self.config.handshake_timeout)),
             (Timer::Idle, (!in_handshake).then(|| self.last_input + self.config.idle_timeout)),
             (Timer::KeepAlive, (!in_handshake).then(|| self.next_ping())),
         ]
@@ -444,6 +448,7 @@ impl ServerSession {
     pub fn accept_publish(&mut self, stream_id: u32) -> Result<(), SessionError> {
         if let Some(r @ Role::PublishPending) = self.streams.get_mut(&stream_id) {
             *r = Role::Publishing;
+            self.streaming = true;
             self.send_user_control(user_control::STREAM_BEGIN, stream_id);
             self.send_status(stream_id, "status", "NetStream.Publish.Start", "Start publishing");
         }
@@ -456,6 +461,7 @@ impl ServerSession {
     pub fn accept_play(&mut self, stream_id: u32) -> Result<(), SessionError> {
         if let Some(r @ Role::PlayPending) = self.streams.get_mut(&stream_id) {
             *r = Role::Playing;
+            self.streaming = true;
             self.send_user_control(user_control::STREAM_BEGIN, stream_id);
             self.send_status(stream_id, "status", "NetStream.Play.Reset", "Playing and resetting");
             self.send_status(stream_id, "status", "NetStream.Play.Start", "Started playing");

@@ -161,7 +161,7 @@ pub struct RtmpConfig {
     pub chunk_size: u32,
     /// Largest message a peer may send, in bytes.
     pub max_message_size: u32,
-    /// Time allowed for the handshake, in ms.
+    /// Time allowed from accept until publish or play starts (handshake and commands), in ms.
     pub handshake_timeout_ms: u64,
     /// A peer that sends nothing for this long is disconnected, in ms.
     pub idle_timeout_ms: u64,
@@ -181,6 +181,9 @@ pub struct RtspConfig {
     pub rtcp_port: u16,
     /// A session with no request and no RTCP for this long is ended, in ms.
     pub session_timeout_ms: u64,
+    /// A request must arrive whole within this time of its first byte, and a connection
+    /// without a session must send one this often, in ms.
+    pub request_timeout_ms: u64,
     /// Largest RTP payload we send, in bytes.
     pub mtu: usize,
     /// Interval of our RTCP sender and receiver reports, in ms.
@@ -207,6 +210,11 @@ pub struct RtspConfig {
 pub struct HttpConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// A request's head must arrive whole within this time of its first byte, and an idle
+    /// keep-alive connection is closed after it, in ms.
+    pub request_timeout_ms: u64,
+    /// Largest request head (request line and headers), in bytes; larger gets 431.
+    pub max_header_bytes: usize,
 }
 
 /// `[hub]`.
@@ -265,6 +273,7 @@ impl Default for RtspConfig {
             rtp_port: 8000,
             rtcp_port: 8001,
             session_timeout_ms: 60_000,
+            request_timeout_ms: 10_000,
             mtu: 1400,
             rtcp_interval_ms: 5000,
             multicast_range: "239.255.0.0/16".into(),
@@ -294,7 +303,11 @@ impl RtspConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: SocketAddr::from(([0, 0, 0, 0], 8080)) }
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            request_timeout_ms: 10_000,
+            max_header_bytes: 16_384,
+        }
     }
 }
 
@@ -343,6 +356,11 @@ impl Config {
             "rtmp.max_message_size must be 4096..=16777216, got {}",
             r.max_message_size
         );
+        anyhow::ensure!(
+            (8192..=1 << 20).contains(&self.http.max_header_bytes),
+            "http.max_header_bytes must be 8192..=1048576, got {}",
+            self.http.max_header_bytes
+        );
         anyhow::ensure!(self.hub.reader_queue_frames >= 16, "hub.reader_queue_frames must be at least 16");
         anyhow::ensure!(self.hls.window >= 1, "hls.window must be at least 1");
         anyhow::ensure!(
@@ -372,6 +390,8 @@ impl Config {
             ("rtmp.ping_interval_ms", r.ping_interval_ms),
             ("hub.reader_write_timeout_ms", self.hub.reader_write_timeout_ms),
             ("rtsp.session_timeout_ms", self.rtsp.session_timeout_ms),
+            ("rtsp.request_timeout_ms", self.rtsp.request_timeout_ms),
+            ("http.request_timeout_ms", self.http.request_timeout_ms),
             ("rtsp.rtcp_interval_ms", self.rtsp.rtcp_interval_ms),
             ("limits.publisher_idle_timeout_ms", self.limits.publisher_idle_timeout_ms),
             ("limits.max_connections", self.limits.max_connections as u64),

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -13,10 +14,14 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use ferrocast_media::{Wire, flv};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tower_service::Service;
 use tracing::{debug, info, warn};
 
+use crate::config::HttpConfig;
 use crate::hls::{self, HlsFile, HlsRegistry};
 use crate::hub::{Hub, write_timeout};
 use crate::limits::Limiter;
@@ -32,21 +37,72 @@ const FLV_QUEUE: usize = 16;
 pub struct AppState {
     hub: Arc<Hub>,
     hls: Arc<HlsRegistry>,
-    limiter: Arc<Limiter>,
 }
 
 /// The router.
-pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>, limiter: Arc<Limiter>) -> Router {
-    Router::new().fallback(handle).with_state(AppState { hub, hls, limiter })
+pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>) -> Router {
+    Router::new().fallback(handle).with_state(AppState { hub, hls })
 }
 
 /// Serves HTTP until the task is dropped.
-pub async fn serve(listener: TcpListener, hub: Arc<Hub>, hls: Arc<HlsRegistry>, limiter: Arc<Limiter>) {
-    let app = router(hub, hls, limiter).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
-        warn!("http server: {e}");
+///
+/// Our own accept loop rather than `axum::serve`, for what a server on the open internet
+/// needs: every connection counts against the connection limits (over a cap it gets a 503 and
+/// is closed), a request head must arrive within `http.request_timeout_ms` (slowloris clients
+/// and idle keep-alive connections are cut off; hyper restarts that timer for each request)
+/// and may not exceed `http.max_header_bytes` (431).
+pub async fn serve(
+    listener: TcpListener,
+    config: HttpConfig,
+    hub: Arc<Hub>,
+    hls: Arc<HlsRegistry>,
+    limiter: Arc<Limiter>,
+) {
+    let app = router(hub, hls);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(config.request_timeout_ms))
+        .max_buf_size(config.max_header_bytes.max(8192));
+    loop {
+        let (mut socket, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors, most likely: back off instead of spinning.
+                warn!("http accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let admission = match limiter.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(%peer, "http connection refused: {e}");
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.write_all(REFUSED)).await;
+                });
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let mut app = app.clone();
+            async move { app.call(req.map(Body::new)).await }
+        });
+        let conn = http.serve_connection(TokioIo::new(socket), service);
+        tokio::spawn(async move {
+            let _admission = admission;
+            if let Err(e) = conn.await {
+                debug!(%peer, "http connection: {e}");
+            }
+        });
     }
 }
+
+/// The answer to a connection over the limits, written before its request is read.
+const REFUSED: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 25\r\nConnection: close\r\n\r\nconnection limit reached\n";
 
 fn cors(resp: &mut Response) {
     let h = resp.headers_mut();
@@ -101,19 +157,9 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     }
     let (tx, rx) = mpsc::channel(FLV_QUEUE);
     let reader = Reader::new(hub.clone(), sub);
-    // A long-lived HTTP-FLV reader counts against the connection limits like RTMP and RTSP.
     let stream_owned = stream.to_owned();
-    let admission = match state.limiter.admit(peer.ip()) {
-        Ok(a) => a,
-        Err(e) => {
-            warn!(%peer, "http-flv refused: {e}");
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "connection limit reached\n");
-        }
-    };
-    tokio::spawn(async move {
-        let _admission = admission;
-        feed_flv(hub, stream_owned, reader, tx).await;
-    });
+    debug!(%peer, path = stream, "http-flv reader");
+    tokio::spawn(feed_flv(hub, stream_owned, reader, tx));
     *resp.body_mut() = Body::new(FlvBody { rx });
     resp
 }

@@ -57,7 +57,7 @@ pub async fn run(
         config.limits.clone(),
     ));
     let hls = hls::start(hub.clone(), config.hls.clone());
-    let http_task = tokio::spawn(http::serve(http, hub.clone(), hls, limiter.clone()));
+    let http_task = tokio::spawn(http::serve(http, config.http.clone(), hub.clone(), hls, limiter.clone()));
     let rtsp_config = config.rtsp.clone();
     let rtsp_hub = hub.clone();
     let rtsp_task = tokio::spawn(rtsp::serve(rtsp_listener, rtsp_config, rtsp_hub, limiter, config.limits.clone()));

@@ -56,6 +56,12 @@ fn main() -> anyhow::Result<()> {
     }
     let filter = EnvFilter::try_new(&config.log_level).with_context(|| format!("log level {:?}", config.log_level))?;
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Every viewer is a socket: the usual soft limit of 1024 open files would cap a server at
+    // about a thousand viewers. Raise it to the hard limit, as nginx's worker_rlimit_nofile does.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!("open-file limit {n}"),
+        Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

@@ -87,6 +87,8 @@ struct Conn {
     udp_rx: mpsc::Receiver<UdpIn>,
     routes: Vec<SocketAddr>,
     last_activity: Instant,
+    /// When the bytes of the message now partly in `input` began to arrive.
+    partial_since: Option<Instant>,
     last_report: Instant,
     closing: bool,
     nonce: String,
@@ -109,6 +111,7 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) -> an
         udp_rx,
         routes: Vec::new(),
         last_activity: now,
+        partial_since: None,
         last_report: now,
         closing: false,
         nonce: format!("{:016x}", super::random_u64()),
@@ -196,7 +199,14 @@ impl Conn {
 
     async fn handle_input(&mut self) {
         loop {
-            match message::decode(&mut self.input) {
+            let decoded = message::decode(&mut self.input);
+            if !matches!(decoded, Ok(None)) {
+                self.partial_since = None;
+            }
+            if !self.input.is_empty() && self.partial_since.is_none() {
+                self.partial_since = Some(Instant::now());
+            }
+            match decoded {
                 Ok(None) => return,
                 Ok(Some(Message::Request(req))) => {
                     self.last_activity = Instant::now();
@@ -586,6 +596,22 @@ impl Conn {
         {
             info!(peer = %self.peer, "rtsp publisher sent no media for {idle:?}: unpublished");
             self.teardown();
+            self.closing = true;
+            return;
+        }
+        // Slow clients: a message must arrive whole within the request timeout of its first
+        // byte, and a connection without a session must send a request that often.
+        let request_timeout = ms(self.shared.config.request_timeout_ms);
+        if let Some(since) = self.partial_since
+            && now.duration_since(since) > request_timeout
+        {
+            info!(peer = %self.peer, "rtsp message not complete within {request_timeout:?}: closing");
+            self.teardown();
+            self.closing = true;
+            return;
+        }
+        if self.session.is_none() && now.duration_since(self.last_activity) > request_timeout {
+            info!(peer = %self.peer, "rtsp connection sent no request for {request_timeout:?}: closing");
             self.closing = true;
             return;
         }

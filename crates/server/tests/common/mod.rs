@@ -252,7 +252,9 @@ impl Server {
         let cfg = work_dir().join(format!("cfg-{}.toml", rand_suffix()));
         // Tests run in parallel: the RTSP UDP ports must be free ones too.
         let ports = "rtp_port = 0\nrtcp_port = 0\n";
-        let toml = if toml.contains("[rtsp]\n") {
+        let toml = if toml.contains("rtp_port") {
+            toml.to_owned()
+        } else if toml.contains("[rtsp]\n") {
             toml.replace("[rtsp]\n", &format!("[rtsp]\n{ports}"))
         } else {
             format!("{toml}\n[rtsp]\n{ports}")
@@ -641,6 +643,12 @@ impl RtmpClient {
     /// Publishes the FLV file's tags at real-time pace, `loops` times with increasing
     /// timestamps.
     pub async fn publish_file(&mut self, file: &Path, loops: u32) {
+        self.publish_file_from(file, loops, 0).await
+    }
+
+    /// As [`RtmpClient::publish_file`] with every timestamp moved by `base` (wrapping at 32
+    /// bits, as RTMP timestamps do).
+    pub async fn publish_file_from(&mut self, file: &Path, loops: u32, base: u32) {
         let data = Bytes::from(std::fs::read(file).unwrap());
         let tags = ferrocast_media::flv::read_file(&data).unwrap();
         let span = tags.iter().map(|t| t.timestamp).max().unwrap_or(0) + 33;
@@ -655,7 +663,7 @@ impl RtmpClient {
                     _ => continue,
                 };
                 tokio::time::sleep_until(start + Duration::from_millis(u64::from(ts))).await;
-                self.session.send_media(kind, ts, &t.body);
+                self.session.send_media(kind, ts.wrapping_add(base), &t.body);
                 self.flush().await;
             }
         }
