@@ -177,3 +177,29 @@ async fn publisher_timestamp_restart_stays_monotonic_for_readers() {
     assert!(video.last().unwrap().0 - video[0].0 > 5.0, "reader went on across the restart");
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rtmp_timestamp_wrap_at_32_bits_stays_monotonic_for_readers() {
+    let server = Server::start();
+    let mut publisher = RtmpClient::connect(server.rtmp, "live/wrap", true).await;
+    publisher.wait_for(|e| *e == ClientEvent::Publishing).await;
+    let file = test_flv().to_path_buf();
+    // Timestamps start 1.5 s before 2^32 ms and wrap to 0 mid-stream (after ~49.7 days live).
+    let task = tokio::spawn(async move {
+        publisher.publish_file_from(&file, 2, u32::MAX - 1500).await;
+        publisher
+    });
+    wait_published(&server, "live/wrap").await;
+    let probes: Vec<_> = [server.rtmp_url("live/wrap"), server.flv_url("live/wrap")]
+        .into_iter()
+        .map(|url| tokio::task::spawn_blocking(move || probe(&url, 4)))
+        .collect();
+    for p in probes {
+        let p = p.await.unwrap();
+        p.assert_h264_aac(320, 240, 90);
+        let video = p.packets_of("video");
+        let span = video.last().unwrap().0 - video[0].0;
+        assert!((3.0..6.0).contains(&span), "video spans {span} s across the wrap");
+    }
+    task.abort();
+}

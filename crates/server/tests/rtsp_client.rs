@@ -166,12 +166,25 @@ fn flv_frames() -> (Tracks, Vec<std::sync::Arc<Frame>>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn own_client_records_and_ffprobe_reads_rtmp() {
+    record_then_read("own/rec", (100, 5), (200, 9)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rtp_sequence_and_timestamp_wraps_stay_monotonic_for_readers() {
+    // Timestamps wrap 2.5 s in (video 90 kHz, audio 44.1 kHz), sequence numbers after about
+    // 100 packets, while the reader reads from 1.5 s to 4.5 s: it must not notice.
+    record_then_read("own/wrap", (65_436, u32::MAX - 225_000), (65_436, u32::MAX - 110_250)).await;
+}
+
+/// Publishes the test file twice over with our RTSP client (TCP), RTP sequence numbers and
+/// timestamp offsets as given per track, while ffprobe reads the path over RTMP.
+async fn record_then_read(path: &str, (video_seq, video_offset): (u16, u32), (audio_seq, audio_offset): (u16, u32)) {
     let server = Server::start();
     let (tracks, frames) = flv_frames();
     let (text, _) = sdp::describe(&tracks, "127.0.0.1", "0.0.0.0");
     let socket = TcpStream::connect(server.rtsp).await.unwrap();
     let session = ClientSession::new(
-        &server.rtsp_url("own/rec"),
+        &server.rtsp_url(path),
         ClientMode::Record(text),
         ClientTransport::Tcp,
         vec![],
@@ -185,9 +198,9 @@ async fn own_client_records_and_ffprobe_reads_rtmp() {
             _ => {}
         }
     }
-    let mut video = Packetizer::new(tracks.video.as_ref().unwrap(), 96, 1, 100, 5, 1400).unwrap();
-    let mut audio = Packetizer::new(tracks.audio.as_ref().unwrap(), 97, 2, 200, 9, 1400).unwrap();
-    let url = server.rtmp_url("own/rec");
+    let mut video = Packetizer::new(tracks.video.as_ref().unwrap(), 96, 1, video_seq, video_offset, 1400).unwrap();
+    let mut audio = Packetizer::new(tracks.audio.as_ref().unwrap(), 97, 2, audio_seq, audio_offset, 1400).unwrap();
+    let url = server.rtmp_url(path);
     let reader = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         tokio::task::spawn_blocking(move || probe(&url, 3)).await.unwrap()
@@ -208,5 +221,9 @@ async fn own_client_records_and_ffprobe_reads_rtmp() {
             d.flush().await;
         }
     }
-    reader.await.unwrap().assert_h264_aac(320, 240, 60);
+    let p = reader.await.unwrap();
+    p.assert_h264_aac(320, 240, 60);
+    let video = p.packets_of("video");
+    let span = video.last().unwrap().0 - video[0].0;
+    assert!((2.0..5.0).contains(&span), "video spans {span} s");
 }
