@@ -384,3 +384,50 @@ async fn half_of_a_hundred_readers_stall_the_rest_get_every_frame() {
     drop(stalled);
     assert_served_size(&server, "live/crowd", (640, 360)).await;
 }
+
+/// Sends raw bytes to the HTTP listener; the status of the first response and whether the
+/// server then closed the connection (within 5 s), and the whole response text.
+async fn http_raw(addr: SocketAddr, request: &[u8]) -> (Option<u16>, bool, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(request).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok());
+    (status, closed, text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_heads_bodies_and_names_are_bounded() {
+    let server = Server::start();
+    let _publisher = publish(test_flv(), &server.rtmp_url("live/http"));
+    wait_published(&server, "live/http").await;
+    let big = format!("GET /live/http/index.m3u8 HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20_000));
+    let (status, closed, _) = http_raw(server.http, big.as_bytes()).await;
+    assert_eq!((status, closed), (Some(431), true), "a 20 KB request head");
+    let many: String = (0..200).map(|i| format!("X-{i}: y\r\n")).collect();
+    let (status, _, _) = http_raw(server.http, format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes()).await;
+    assert_eq!(status, Some(431), "200 headers");
+    // A body that never comes is not waited for: answered, then the connection is closed.
+    let post = b"POST /live/http.flv HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\npartial";
+    let (status, closed, _) = http_raw(server.http, post).await;
+    assert_eq!((status, closed), (Some(405), true), "POST with a 10 GB body");
+    let chunked = b"GET /nothing HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffff\r\naaaa";
+    let (status, closed, _) = http_raw(server.http, chunked).await;
+    assert_eq!((status, closed), (Some(404), true), "GET with an endless chunked body");
+    // Names with CR/LF or traversal: 404, and nothing of the name comes back as a header.
+    for target in ["/live/a%0d%0aSet-Cookie:%20x=1.flv", "/live/..%2f..%2fetc%2fpasswd.flv", "/../../etc/passwd"] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let (status, _, text) = http_raw(server.http, req.as_bytes()).await;
+        assert_eq!(status, Some(404), "{target}");
+        assert!(!text.to_ascii_lowercase().contains("set-cookie"), "{target}: header injected: {text}");
+    }
+    assert_served(&server, "live/http").await;
+}
