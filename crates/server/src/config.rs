@@ -237,6 +237,13 @@ pub struct HubConfig {
     /// A reader that has to skip to a keyframe more often than this within a minute is
     /// disconnected.
     pub max_reader_skips_per_minute: u32,
+    /// RTMP and HTTP-FLV readers gather the frames of this many ms into one write: fewer
+    /// system calls and TCP segments for that much more latency (SRS's merged write). 0
+    /// writes each frame as it arrives.
+    pub write_merge_ms: u64,
+    /// TCP_NODELAY on reader sockets: each write leaves at once. Off, Nagle's algorithm may
+    /// hold a small write until the previous one is acknowledged (as nginx-rtmp does).
+    pub tcp_nodelay: bool,
 }
 
 impl Default for Config {
@@ -320,6 +327,8 @@ impl Default for HubConfig {
             max_gop_cache_bytes: 32 * 1024 * 1024,
             reader_write_timeout_ms: 10_000,
             max_reader_skips_per_minute: 4,
+            write_merge_ms: 0,
+            tcp_nodelay: true,
         }
     }
 }
@@ -361,6 +370,7 @@ impl Config {
             "http.max_header_bytes must be 8192..=1048576, got {}",
             self.http.max_header_bytes
         );
+        anyhow::ensure!(self.hub.write_merge_ms <= 1000, "hub.write_merge_ms must be 0..=1000");
         anyhow::ensure!(self.hub.reader_queue_frames >= 16, "hub.reader_queue_frames must be at least 16");
         anyhow::ensure!(self.hls.window >= 1, "hls.window must be at least 1");
         anyhow::ensure!(

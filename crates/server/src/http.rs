@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::HttpConfig;
 use crate::hls::{self, HlsFile, HlsRegistry};
-use crate::hub::{Hub, write_timeout};
+use crate::hub::{Hub, reader_nodelay, write_merge, write_timeout};
 use crate::limits::Limiter;
 use crate::path;
 use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
@@ -58,6 +58,7 @@ pub async fn serve(
     hls: Arc<HlsRegistry>,
     limiter: Arc<Limiter>,
 ) {
+    let nodelay = reader_nodelay(&hub);
     let app = router(hub, hls);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -83,7 +84,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = socket.set_nodelay(true);
+        let _ = socket.set_nodelay(nodelay);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
@@ -173,12 +174,24 @@ async fn feed_flv(hub: Arc<Hub>, path: String, mut reader: Reader, tx: mpsc::Sen
     let mut feed = TagFeed::default();
     let mut tags = Vec::new();
     let mut pending = BytesMut::from(&header[..]);
+    let merge = write_merge(&hub);
     loop {
         let mut items = vec![reader.next().await];
-        while items.len() < 64 {
-            match reader.try_next() {
-                Some(i) => items.push(i),
-                None => break,
+        if merge.is_zero() {
+            while items.len() < 64 {
+                match reader.try_next() {
+                    Some(i) => items.push(i),
+                    None => break,
+                }
+            }
+        } else {
+            // The merge window: everything of the next `merge` goes out together.
+            let until = tokio::time::Instant::now() + merge;
+            while items.len() < 1024 {
+                match tokio::time::timeout_at(until, reader.next()).await {
+                    Ok(i) => items.push(i),
+                    Err(_) => break,
+                }
             }
         }
         let mut done = false;

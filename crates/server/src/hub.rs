@@ -377,6 +377,16 @@ pub fn write_timeout(hub: &Hub) -> Duration {
     ms(hub.config.reader_write_timeout_ms)
 }
 
+/// The write-merge window of RTMP and HTTP-FLV readers (`hub.write_merge_ms`).
+pub fn write_merge(hub: &Hub) -> Duration {
+    ms(hub.config.write_merge_ms)
+}
+
+/// Whether reader sockets get TCP_NODELAY (`hub.tcp_nodelay`).
+pub fn reader_nodelay(hub: &Hub) -> bool {
+    hub.config.tcp_nodelay
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

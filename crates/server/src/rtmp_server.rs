@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::config::{LimitsConfig, RtmpConfig, ms};
-use crate::hub::{Hub, write_timeout};
+use crate::hub::{Hub, reader_nodelay, write_merge, write_timeout};
 use crate::ingest::RtmpIngest;
 use crate::limits::Limiter;
 use crate::path::stream_path;
@@ -120,10 +120,16 @@ struct Connection {
 
 impl Connection {
     async fn run(&mut self) -> anyhow::Result<()> {
-        let _ = self.socket.set_nodelay(true);
+        let _ = self.socket.set_nodelay(reader_nodelay(&self.hub));
+        let merge = write_merge(&self.hub);
+        // With a merge window, media waits until the window that its first frame opened ends.
+        let mut flush_at: Option<tokio::time::Instant> = None;
         let mut buf = vec![0u8; READ_BUFFER];
         loop {
-            self.flush().await?;
+            if flush_at.is_none_or(|t| tokio::time::Instant::now() >= t) {
+                self.flush().await?;
+                flush_at = None;
+            }
             if self.session.is_closing() || matches!(&self.role, Role::Playing(p) if p.finished) {
                 let _ = self.socket.shutdown().await;
                 return Ok(());
@@ -163,7 +169,11 @@ impl Connection {
                         let Some(item) = p.reader.try_next() else { break };
                         self.play_item(item);
                     }
+                    if !merge.is_zero() && flush_at.is_none() && !matches!(&self.role, Role::Playing(p) if p.finished) {
+                        flush_at = Some(tokio::time::Instant::now() + merge);
+                    }
                 }
+                _ = async { tokio::time::sleep_until(flush_at.expect("guarded")).await }, if flush_at.is_some() => {}
             }
         }
     }

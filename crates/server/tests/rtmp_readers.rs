@@ -203,3 +203,24 @@ async fn rtmp_timestamp_wrap_at_32_bits_stays_monotonic_for_readers() {
     }
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_merge_window_sends_frames_in_batches() {
+    let server = Server::with_config("[hub]\nwrite_merge_ms = 200\n");
+    let _publisher = publish(test_flv(), &server.rtmp_url("live/merge"));
+    wait_published(&server, "live/merge").await;
+    let mut c = RtmpClient::connect(server.rtmp, "live/merge", false).await;
+    c.wait_for(|e| *e == ClientEvent::Playing).await;
+    let mut frames = Vec::new();
+    read_video(&mut c, Instant::now() + Duration::from_secs(4), &mut frames).await;
+    // Past the GOP cache burst: 30 fps arrive about 6 at a time, not one every 33 ms.
+    let live: Vec<_> = frames.iter().skip(40).collect();
+    assert!(live.len() > 60, "only {} frames", live.len());
+    let together = live.windows(2).filter(|w| w[1].0.duration_since(w[0].0) < Duration::from_millis(10)).count();
+    assert!(together * 10 >= live.len() * 6, "{together} of {} frames arrived with the one before", live.len());
+    let dts: Vec<u32> = live.iter().map(|f| f.1).collect();
+    assert!(dts.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] < 100), "frames lost or reordered: {dts:?}");
+    // Players are none the wiser.
+    let url = server.flv_url("live/merge");
+    tokio::task::spawn_blocking(move || probe(&url, 3)).await.unwrap().assert_h264_aac(320, 240, 60);
+}
