@@ -4,6 +4,8 @@
 //! and the server's CPU and memory. Works against any RTMP / HTTP-FLV server.
 
 mod flv_reader;
+mod hls_reader;
+mod rtsp_reader;
 mod stats;
 
 use std::collections::HashMap;
@@ -29,6 +31,12 @@ enum Protocol {
     Rtmp,
     /// HTTP-FLV (`http://HOST:PORT/APP/STREAM.flv`).
     Flv,
+    /// RTSP, RTP interleaved in the TCP connection (`RTSP/APP/STREAM`).
+    RtspTcp,
+    /// RTSP, RTP over UDP unicast.
+    RtspUdp,
+    /// HLS (`http://HOST:PORT/APP/STREAM/index.m3u8`), polled as players do.
+    Hls,
 }
 
 /// Command line.
@@ -39,9 +47,16 @@ struct Args {
     /// must already be live.
     #[arg(long)]
     rtmp: String,
-    /// HTTP base for HTTP-FLV readers (`http://host:port`).
+    /// HTTP base for HTTP-FLV and HLS readers (`http://host:port`).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     http: String,
+    /// RTSP base for RTSP readers (`rtsp://host:port`).
+    #[arg(long, default_value = "rtsp://127.0.0.1:8554")]
+    rtsp: String,
+    /// Publishers: with more than one, publisher i publishes STREAM-i and reader j reads
+    /// STREAM-(j mod N) (the ingest scenario). Latency is measured on the first.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
     /// FLV file to publish, looped with increasing timestamps.
     #[arg(long)]
     file: Option<PathBuf>,
@@ -89,14 +104,27 @@ struct ReaderState {
     newest_ms: AtomicI64,
     /// The newest frame sent when this reader connected.
     joined_at_ms: AtomicI64,
+    /// Last video timestamp, for loss counting (RTMP and HTTP-FLV: decode order).
+    last_ms: AtomicI64,
+    /// Video frames missing between received ones (timestamp gaps).
+    lost: AtomicU64,
     connected: std::sync::atomic::AtomicBool,
 }
 
-/// What the publisher sent: video timestamp -> send instant (a bounded window).
+/// What the publisher sent: video timestamp -> send instant (a bounded window), by decode
+/// time (RTMP, FLV) and by presentation time (RTP carries that).
 #[derive(Default)]
 struct Sent {
     times: Mutex<HashMap<u32, Instant>>,
+    pts_times: Mutex<HashMap<u32, Instant>>,
     newest_ms: AtomicI64,
+    /// Presentation time of the newest keyframe (where a GOP-cache reader starts).
+    last_keyframe_ms: AtomicI64,
+    /// Typical video frame interval of the file, ms (loss counting).
+    frame_ms: AtomicI64,
+    /// How far behind its schedule a publisher's write finished, at worst (every publisher):
+    /// a server that cannot take the media in real time pushes back here.
+    max_lag_ms: AtomicI64,
 }
 
 struct Shared {
@@ -120,28 +148,36 @@ async fn main() -> anyhow::Result<()> {
     if !args.no_publish {
         let file = args.file.clone().context("--file is needed to publish")?;
         let data = Bytes::from(std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?);
-        let tags = ferrocast_media::flv::read_file(&data)?;
-        let (url, app2, stream2, shared2) = (args.rtmp.clone(), app.clone(), stream.clone(), shared.clone());
-        tokio::spawn(async move {
-            if let Err(e) = publish(&url, &app2, &stream2, tags, shared2).await {
-                eprintln!("publisher: {e:#}");
-            }
-        });
+        let tags = Arc::new(ferrocast_media::flv::read_file(&data)?);
+        shared.sent.frame_ms.store(frame_interval(&tags), Ordering::Relaxed);
+        for i in 0..args.publishers {
+            let name = stream_name(&stream, i, args.publishers);
+            let (url, app2, tags, shared2) = (args.rtmp.clone(), app.clone(), tags.clone(), shared.clone());
+            tokio::spawn(async move {
+                if let Err(e) = publish(&url, &app2, &name, &tags, shared2, i == 0).await {
+                    eprintln!("publisher {i}: {e:#}");
+                }
+            });
+        }
         // Let the server see the sequence headers before readers arrive.
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
+    // The server's memory with the stream live and no reader yet: the base for per-reader RSS.
+    let rss_before_readers = args.server_pid.and_then(|p| ServerSampler::new(p).sample()).map(|(_, rss)| rss);
     let mut readers = Vec::with_capacity(args.readers);
     let throttle = args.throttle_kbps * 1000 / 8;
     for i in 0..args.readers {
         let state = Arc::new(ReaderState::default());
         state.newest_ms.store(-1, Ordering::Relaxed);
+        state.last_ms.store(-1, Ordering::Relaxed);
         state.joined_at_ms.store(shared.sent.newest_ms.load(Ordering::Relaxed), Ordering::Relaxed);
         readers.push(state.clone());
         // Probes are the first four readers that are not throttled.
         let (shared, probe) = (shared.clone(), i >= args.throttle_readers && i < args.throttle_readers + 4);
         let limit = (i < args.throttle_readers).then_some(throttle);
-        let (protocol, rtmp, http, app, stream) =
-            (args.protocol, args.rtmp.clone(), args.http.clone(), app.clone(), stream.clone());
+        let (protocol, rtmp, http, rtsp, app) =
+            (args.protocol, args.rtmp.clone(), args.http.clone(), args.rtsp.clone(), app.clone());
+        let stream = stream_name(&stream, i % args.publishers.max(1), args.publishers);
         tokio::spawn(async move {
             let started = Instant::now();
             let r = match protocol {
@@ -149,6 +185,14 @@ async fn main() -> anyhow::Result<()> {
                 Protocol::Flv => {
                     flv_reader::play(&format!("{http}/{app}/{stream}.flv"), &state, &shared, probe, limit, started)
                         .await
+                }
+                Protocol::RtspTcp | Protocol::RtspUdp => {
+                    let url = format!("{rtsp}/{app}/{stream}");
+                    let udp = protocol == Protocol::RtspUdp;
+                    rtsp_reader::play(&url, udp, &state, &shared, probe, limit, started).await
+                }
+                Protocol::Hls => {
+                    hls_reader::play(&format!("{http}/{app}/{stream}/index.m3u8"), &state, &shared, started).await
                 }
             };
             state.connected.store(false, Ordering::Relaxed);
@@ -185,12 +229,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let (connected, keeping) = keeping_up(&readers, &shared);
+    let lost: u64 = readers.iter().map(|r| r.lost.load(Ordering::Relaxed)).sum();
     let lat = Percentiles::of(&shared.latencies.lock().unwrap());
     let ff = shared.first_frames.lock().unwrap().clone();
     let ttff = Percentiles::of(&ff.iter().map(|f| f.0).collect::<Vec<_>>());
     let summary = serde_json::json!({
         "protocol": format!("{:?}", args.protocol).to_lowercase(),
+        "publishers": if args.no_publish { 0 } else { args.publishers },
         "readers": args.readers,
+        "frames_lost": lost,
+        "publisher_max_lag_ms": shared.sent.max_lag_ms.load(Ordering::Relaxed),
+        "rss_before_readers_kib": rss_before_readers,
         "connected": connected,
         "keeping_up": keeping,
         "throughput_mbps_median": stats::median(&throughput),
@@ -221,6 +270,19 @@ fn keeping_up(readers: &[Arc<ReaderState>], shared: &Shared) -> (usize, usize) {
     (connected, keeping)
 }
 
+/// The stream publisher `i` of `n` uses.
+fn stream_name(stream: &str, i: usize, n: usize) -> String {
+    if n > 1 { format!("{stream}-{i}") } else { stream.to_owned() }
+}
+
+/// The median interval between video frames of the file, ms.
+fn frame_interval(tags: &[ferrocast_media::flv::FileTag]) -> i64 {
+    let ts: Vec<u32> = tags.iter().filter(|t| t.tag_type == 9).map(|t| t.timestamp).collect();
+    let mut d: Vec<i64> = ts.windows(2).map(|w| i64::from(w[1]) - i64::from(w[0])).filter(|d| *d > 0).collect();
+    d.sort_unstable();
+    d.get(d.len() / 2).copied().unwrap_or(33)
+}
+
 /// `rtmp://host:port/app/stream` -> (app, stream).
 fn split_url(url: &str) -> anyhow::Result<(String, String)> {
     let rest = url.strip_prefix("rtmp://").context("the publish URL must start with rtmp://")?;
@@ -241,8 +303,9 @@ async fn publish(
     url: &str,
     app: &str,
     stream: &str,
-    tags: Vec<ferrocast_media::flv::FileTag>,
+    tags: &[ferrocast_media::flv::FileTag],
     shared: Arc<Shared>,
+    record: bool,
 ) -> anyhow::Result<()> {
     let mut socket = TcpStream::connect(host_of(url)?).await?;
     socket.set_nodelay(true)?;
@@ -274,7 +337,7 @@ async fn publish(
         while matches!(rd.read(&mut b).await, Ok(n) if n > 0) {}
     });
     for l in 0u32.. {
-        for t in &tags {
+        for t in tags {
             let ts = t.timestamp + l * span;
             let kind = match t.tag_type {
                 8 => MediaKind::Audio,
@@ -287,18 +350,40 @@ async fn publish(
             while let Some(b) = session.poll_transmit() {
                 wr.write_all(&b).await?;
             }
-            if kind == MediaKind::Video {
-                let mut times = shared.sent.times.lock().unwrap();
-                times.insert(ts, Instant::now());
-                if times.len() > 4096 {
-                    let cutoff = ts.saturating_sub(30_000);
-                    times.retain(|k, _| *k >= cutoff);
+            let due = start + Duration::from_millis(u64::from(ts));
+            let lag = tokio::time::Instant::now().saturating_duration_since(due).as_millis() as i64;
+            shared.sent.max_lag_ms.fetch_max(lag, Ordering::Relaxed);
+            if record
+                && kind == MediaKind::Video
+                && let Ok(ferrocast_media::flv::VideoTag::Frame { keyframe, cts, .. }) =
+                    ferrocast_media::flv::parse_video(&t.body)
+            {
+                let now = Instant::now();
+                let pts = ts.wrapping_add_signed(cts);
+                for (map, key) in [(&shared.sent.times, ts), (&shared.sent.pts_times, pts)] {
+                    let mut times = map.lock().unwrap();
+                    times.insert(key, now);
+                    if times.len() > 4096 {
+                        let cutoff = ts.saturating_sub(30_000);
+                        times.retain(|k, _| *k >= cutoff);
+                    }
+                }
+                if keyframe {
+                    shared.sent.last_keyframe_ms.store(i64::from(pts), Ordering::Relaxed);
                 }
                 shared.sent.newest_ms.store(i64::from(ts), Ordering::Relaxed);
             }
         }
     }
     Ok(())
+}
+
+/// Whether a reader's video timestamps are decode times (RTMP, FLV) or presentation times
+/// (RTP).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    Decode,
+    Presentation,
 }
 
 /// Notes a received video frame: newest timestamp, first frame, and latency for probes.
@@ -311,6 +396,29 @@ fn on_video(
     keyframe: bool,
     first: &mut bool,
 ) {
+    on_video_clock(state, shared, probe, started, ts, keyframe, first, Clock::Decode)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_video_clock(
+    state: &ReaderState,
+    shared: &Shared,
+    probe: bool,
+    started: Instant,
+    ts: u32,
+    keyframe: bool,
+    first: &mut bool,
+    clock: Clock,
+) {
+    // Decode times rise one frame at a time; a larger step is frames that never came.
+    if clock == Clock::Decode {
+        let last = state.last_ms.swap(i64::from(ts), Ordering::Relaxed);
+        let frame = shared.sent.frame_ms.load(Ordering::Relaxed).max(1);
+        let gap = i64::from(ts) - last;
+        if last >= 0 && !*first && gap > frame * 3 / 2 {
+            state.lost.fetch_add(((gap + frame / 2) / frame - 1) as u64, Ordering::Relaxed);
+        }
+    }
     let now = Instant::now();
     if *first {
         *first = false;
@@ -319,9 +427,10 @@ fn on_video(
     state.newest_ms.fetch_max(i64::from(ts), Ordering::Relaxed);
     // Frames sent before the reader connected (the GOP cache it starts with) are not latency
     // samples: their age is the cache's, not the server's delay.
+    let times = if clock == Clock::Decode { &shared.sent.times } else { &shared.sent.pts_times };
     if probe
         && i64::from(ts) > state.joined_at_ms.load(Ordering::Relaxed)
-        && let Some(sent) = shared.sent.times.lock().unwrap().get(&ts)
+        && let Some(sent) = times.lock().unwrap().get(&ts)
     {
         shared.latencies.lock().unwrap().push(now.duration_since(*sent).as_secs_f64() * 1000.0);
     }

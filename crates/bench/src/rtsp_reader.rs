@@ -1,0 +1,209 @@
+//! An RTSP reader: DESCRIBE, SETUP, PLAY with our own client session, RTP over TCP
+//! (interleaved) or UDP. Only RTP headers are read: the video packets' timestamps and marker
+//! bits give frame boundaries, and the first packet says whether the stream starts on a
+//! keyframe.
+//!
+//! RTP timestamps are the server's, with a random offset. They are mapped to the publisher's
+//! millisecond timeline through the first frame: a server with a GOP cache starts a reader at
+//! the newest keyframe, whose publisher timestamp the bench knows.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::Bytes;
+use ferrocast_rtsp::client::{ClientEvent, ClientMode, ClientSession, ClientTransport};
+use ferrocast_rtsp::rtp::RtpPacket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::{Clock as TimeKind, ReaderState, Shared, on_video_clock, throttle};
+
+/// Maps video RTP timestamps (90 kHz, wrapping) to publisher milliseconds.
+struct Clock {
+    /// (first RTP timestamp, its publisher ms)
+    base: Option<(u32, i64)>,
+}
+
+impl Clock {
+    fn ms(&mut self, rtp: u32, shared: &Shared) -> i64 {
+        let (t0, ms0) = *self.base.get_or_insert_with(|| (rtp, shared.sent.last_keyframe_ms.load(Ordering::Relaxed)));
+        ms0 + i64::from(rtp.wrapping_sub(t0) as i32) / 90
+    }
+}
+
+/// True if an H.264/H.265 RTP payload starts a keyframe (IDR/IRAP, or parameter sets first).
+fn starts_keyframe(payload: &[u8]) -> bool {
+    let Some(&b0) = payload.first() else { return false };
+    let h264 = |t: u8| matches!(t, 5 | 7 | 8);
+    match b0 & 0x1f {
+        24 => payload.get(3).is_some_and(|b| h264(b & 0x1f)), // STAP-A: first NAL
+        28 => payload.get(1).is_some_and(|b| h264(b & 0x1f)), // FU-A
+        t if h264(t) => true,
+        _ => {
+            // H.265: type in bits 1-6 of the first byte; IRAP 16-21, VPS/SPS/PPS 32-34.
+            let t = (b0 >> 1) & 0x3f;
+            matches!(t, 16..=21 | 32..=34)
+                || (t == 49 && payload.get(2).is_some_and(|b| matches!(b & 0x3f, 16..=21)))
+                || (t == 48 && payload.get(4).is_some_and(|b| matches!((b >> 1) & 0x3f, 32..=34)))
+        }
+    }
+}
+
+/// Per-reader frame tracking from RTP packets of the video track.
+struct Frames<'a> {
+    state: &'a ReaderState,
+    shared: &'a Shared,
+    probe: bool,
+    started: Instant,
+    clock: Clock,
+    first: bool,
+    frame_key: Option<bool>,
+}
+
+impl Frames<'_> {
+    fn packet(&mut self, data: Bytes) {
+        let Ok(p) = RtpPacket::parse(data) else { return };
+        let key = *self.frame_key.get_or_insert_with(|| starts_keyframe(&p.payload));
+        if p.marker {
+            self.frame_key = None;
+            let ms = self.clock.ms(p.timestamp, self.shared);
+            let ts = ms.max(0) as u32;
+            on_video_clock(
+                self.state,
+                self.shared,
+                self.probe,
+                self.started,
+                ts,
+                key,
+                &mut self.first,
+                TimeKind::Presentation,
+            );
+        }
+    }
+}
+
+/// Plays `url` until the connection ends.
+pub async fn play(
+    url: &str,
+    udp: bool,
+    state: &Arc<ReaderState>,
+    shared: &Shared,
+    probe: bool,
+    limit: Option<u64>,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let rest = url.strip_prefix("rtsp://").context("RTSP URLs start with rtsp://")?;
+    let host = rest.split('/').next().context("no host")?;
+    let mut socket = TcpStream::connect(host).await?;
+    let mut sockets = Vec::new();
+    let mut ports = Vec::new();
+    if udp {
+        for _ in 0..2 {
+            let (rtp, rtcp) = udp_pair().await?;
+            ports.push((rtp.local_addr()?.port(), rtcp.local_addr()?.port()));
+            sockets.push((rtp, rtcp));
+        }
+    }
+    let transport = if udp { ClientTransport::Udp } else { ClientTransport::Tcp };
+    let mut session = ClientSession::new(url, ClientMode::Play, transport, ports, Instant::now());
+    state.connected.store(true, Ordering::Relaxed);
+    let mut frames =
+        Frames { state, shared, probe, started, clock: Clock { base: None }, first: true, frame_key: None };
+    let mut buf = vec![0u8; 65536];
+    let mut total = 0u64;
+    let mut video_track = None;
+    // Until PLAY is answered, and for TCP throughout: the RTSP connection.
+    loop {
+        while let Some(b) = session.poll_transmit() {
+            socket.write_all(&b).await?;
+        }
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                ClientEvent::Described(sdp) => {
+                    video_track = sdp.media.iter().position(|m| m.kind == "video");
+                }
+                ClientEvent::Rtp { track, packet } if Some(track) == video_track => frames.packet(packet),
+                ClientEvent::Failed { method, status } => anyhow::bail!("{method:?} refused: {status}"),
+                ClientEvent::Started if udp => {
+                    let track = video_track.context("no video track")?;
+                    return play_udp(socket, sockets, track, frames, limit).await;
+                }
+                _ => {}
+            }
+        }
+        throttle(limit, total, started).await;
+        let n = socket.read(&mut buf).await?;
+        anyhow::ensure!(n > 0, "server closed the connection");
+        total += n as u64;
+        state.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        session.handle_input(Instant::now(), &buf[..n])?;
+    }
+}
+
+/// Two UDP sockets on consecutive ports (RTP even, RTCP odd), as RTSP expects.
+async fn udp_pair() -> anyhow::Result<(UdpSocket, UdpSocket)> {
+    for _ in 0..100 {
+        let rtp = UdpSocket::bind("127.0.0.1:0").await?;
+        let port = rtp.local_addr()?.port();
+        if port % 2 == 1 || port == u16::MAX {
+            continue;
+        }
+        if let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", port + 1)).await {
+            return Ok((rtp, rtcp));
+        }
+    }
+    anyhow::bail!("no free UDP port pair")
+}
+
+async fn play_udp(
+    mut control: TcpStream,
+    sockets: Vec<(UdpSocket, UdpSocket)>,
+    video: usize,
+    mut frames: Frames<'_>,
+    limit: Option<u64>,
+) -> anyhow::Result<()> {
+    let (video_rtp, _) = sockets.get(video).context("no socket for the video track")?;
+    let other = sockets.iter().enumerate().find(|(i, _)| *i != video).map(|(_, s)| &s.0);
+    let mut buf = vec![0u8; 65536];
+    let mut sink = vec![0u8; 65536];
+    let mut rtsp = [0u8; 4096];
+    let mut total = 0u64;
+    let started = frames.started;
+    loop {
+        throttle(limit, total, started).await;
+        tokio::select! {
+            r = video_rtp.recv(&mut buf) => {
+                let n = r?;
+                total += n as u64;
+                frames.state.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                frames.packet(Bytes::copy_from_slice(&buf[..n]));
+            }
+            r = async { other.expect("guarded").recv(&mut sink).await }, if other.is_some() => {
+                let n = r?;
+                total += n as u64;
+                frames.state.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            r = control.read(&mut rtsp) => {
+                anyhow::ensure!(r? > 0, "server closed the RTSP connection");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyframe_starts() {
+        assert!(starts_keyframe(&[0x67, 0x42]), "H.264 SPS");
+        assert!(starts_keyframe(&[0x7c, 0x85]), "H.264 FU-A start of an IDR");
+        assert!(!starts_keyframe(&[0x7c, 0x81]), "H.264 FU-A of a non-IDR slice");
+        assert!(starts_keyframe(&[0x78, 0x00, 0x10, 0x67]), "H.264 STAP-A with an SPS");
+        assert!(!starts_keyframe(&[0x41, 0x9a]), "H.264 non-IDR slice");
+        assert!(starts_keyframe(&[0x40, 0x01]), "H.265 VPS");
+        assert!(starts_keyframe(&[0x62, 0x01, 0x93]), "H.265 FU of an IDR_N_LP");
+    }
+}
