@@ -22,6 +22,7 @@ pub async fn play(
     let rest = url.strip_prefix("http://").context("HTTP-FLV URLs start with http://")?;
     let (host, path) = rest.split_at(rest.find('/').context("no path")?);
     let mut s = TcpStream::connect(host).await?;
+    let _ = s.set_nodelay(true);
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
     state.connected.store(true, Ordering::Relaxed);
     let mut buf = vec![0u8; 65536];

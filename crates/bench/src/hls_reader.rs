@@ -65,6 +65,7 @@ pub async fn play(url: &str, state: &Arc<ReaderState>, shared: &Shared, started:
     let (host, path) = rest.split_at(rest.find('/').context("no path")?);
     let dir = &path[..path.rfind('/').context("no directory")? + 1];
     let socket = TcpStream::connect(host).await?;
+    let _ = socket.set_nodelay(true);
     let mut http = Http { socket, host: host.to_owned(), buf: Vec::new() };
     state.connected.store(true, Ordering::Relaxed);
     // A multivariant playlist names the media playlist; a media playlist is used as it is.

@@ -411,7 +411,7 @@ fn on_video_clock(
     clock: Clock,
 ) {
     // Decode times rise one frame at a time; a larger step is frames that never came.
-    if clock == Clock::Decode {
+    if clock == Clock::Decode && shared.sent.frame_ms.load(Ordering::Relaxed) > 0 {
         let last = state.last_ms.swap(i64::from(ts), Ordering::Relaxed);
         let frame = shared.sent.frame_ms.load(Ordering::Relaxed).max(1);
         let gap = i64::from(ts) - last;
@@ -460,10 +460,9 @@ async fn play_rtmp(
 ) -> anyhow::Result<()> {
     let host = host_of(url)?;
     let mut socket = TcpStream::connect(&host).await?;
-    if limit.is_some() {
-        // A small receive window, so the throttle is felt at the server.
-        let _ = socket.set_nodelay(true);
-    }
+    // As players do: the client's own small writes (handshake, commands) leave at once, so
+    // time to first frame is the server's, not Nagle's.
+    let _ = socket.set_nodelay(true);
     let tc_url = format!("rtmp://{host}/{app}");
     let mut session =
         ClientSession::new(ClientConfig::new(&tc_url, app, ClientMode::Play(stream.to_owned())), Instant::now());

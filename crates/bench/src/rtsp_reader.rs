@@ -33,21 +33,24 @@ impl Clock {
     }
 }
 
-/// True if an H.264/H.265 RTP payload starts a keyframe (IDR/IRAP, or parameter sets first).
-fn starts_keyframe(payload: &[u8]) -> bool {
+/// True if an H.264 (or H.265) RTP payload starts a keyframe: IDR/IRAP, or parameter sets
+/// first.
+fn starts_keyframe(payload: &[u8], h265: bool) -> bool {
     let Some(&b0) = payload.first() else { return false };
-    let h264 = |t: u8| matches!(t, 5 | 7 | 8);
+    if h265 {
+        // Type in bits 1-6 of the first byte; IRAP 16-21, VPS/SPS/PPS 32-34; AP 48, FU 49.
+        let irap_or_sets = |t: u8| matches!(t, 16..=21 | 32..=34);
+        return match (b0 >> 1) & 0x3f {
+            48 => payload.get(4).is_some_and(|b| irap_or_sets((b >> 1) & 0x3f)),
+            49 => payload.get(2).is_some_and(|b| irap_or_sets(b & 0x3f)),
+            t => irap_or_sets(t),
+        };
+    }
+    let key = |t: u8| matches!(t, 5 | 7 | 8);
     match b0 & 0x1f {
-        24 => payload.get(3).is_some_and(|b| h264(b & 0x1f)), // STAP-A: first NAL
-        28 => payload.get(1).is_some_and(|b| h264(b & 0x1f)), // FU-A
-        t if h264(t) => true,
-        _ => {
-            // H.265: type in bits 1-6 of the first byte; IRAP 16-21, VPS/SPS/PPS 32-34.
-            let t = (b0 >> 1) & 0x3f;
-            matches!(t, 16..=21 | 32..=34)
-                || (t == 49 && payload.get(2).is_some_and(|b| matches!(b & 0x3f, 16..=21)))
-                || (t == 48 && payload.get(4).is_some_and(|b| matches!((b >> 1) & 0x3f, 32..=34)))
-        }
+        24 => payload.get(3).is_some_and(|b| key(b & 0x1f)), // STAP-A: first NAL
+        28 => payload.get(1).is_some_and(|b| key(b & 0x1f)), // FU-A
+        t => key(t),
     }
 }
 
@@ -60,12 +63,14 @@ struct Frames<'a> {
     clock: Clock,
     first: bool,
     frame_key: Option<bool>,
+    h265: bool,
 }
 
 impl Frames<'_> {
     fn packet(&mut self, data: Bytes) {
         let Ok(p) = RtpPacket::parse(data) else { return };
-        let key = *self.frame_key.get_or_insert_with(|| starts_keyframe(&p.payload));
+        let h265 = self.h265;
+        let key = *self.frame_key.get_or_insert_with(|| starts_keyframe(&p.payload, h265));
         if p.marker {
             self.frame_key = None;
             let ms = self.clock.ms(p.timestamp, self.shared);
@@ -97,6 +102,7 @@ pub async fn play(
     let rest = url.strip_prefix("rtsp://").context("RTSP URLs start with rtsp://")?;
     let host = rest.split('/').next().context("no host")?;
     let mut socket = TcpStream::connect(host).await?;
+    let _ = socket.set_nodelay(true);
     let mut sockets = Vec::new();
     let mut ports = Vec::new();
     if udp {
@@ -109,8 +115,16 @@ pub async fn play(
     let transport = if udp { ClientTransport::Udp } else { ClientTransport::Tcp };
     let mut session = ClientSession::new(url, ClientMode::Play, transport, ports, Instant::now());
     state.connected.store(true, Ordering::Relaxed);
-    let mut frames =
-        Frames { state, shared, probe, started, clock: Clock { base: None }, first: true, frame_key: None };
+    let mut frames = Frames {
+        state,
+        shared,
+        probe,
+        started,
+        clock: Clock { base: None },
+        first: true,
+        frame_key: None,
+        h265: false,
+    };
     let mut buf = vec![0u8; 65536];
     let mut total = 0u64;
     let mut video_track = None;
@@ -123,6 +137,7 @@ pub async fn play(
             match ev {
                 ClientEvent::Described(sdp) => {
                     video_track = sdp.media.iter().position(|m| m.kind == "video");
+                    frames.h265 = sdp.media.iter().any(|m| m.kind == "video" && m.encoding == "H265");
                 }
                 ClientEvent::Rtp { track, packet } if Some(track) == video_track => frames.packet(packet),
                 ClientEvent::Failed { method, status } => anyhow::bail!("{method:?} refused: {status}"),
@@ -198,12 +213,13 @@ mod tests {
 
     #[test]
     fn keyframe_starts() {
-        assert!(starts_keyframe(&[0x67, 0x42]), "H.264 SPS");
-        assert!(starts_keyframe(&[0x7c, 0x85]), "H.264 FU-A start of an IDR");
-        assert!(!starts_keyframe(&[0x7c, 0x81]), "H.264 FU-A of a non-IDR slice");
-        assert!(starts_keyframe(&[0x78, 0x00, 0x10, 0x67]), "H.264 STAP-A with an SPS");
-        assert!(!starts_keyframe(&[0x41, 0x9a]), "H.264 non-IDR slice");
-        assert!(starts_keyframe(&[0x40, 0x01]), "H.265 VPS");
-        assert!(starts_keyframe(&[0x62, 0x01, 0x93]), "H.265 FU of an IDR_N_LP");
+        assert!(starts_keyframe(&[0x67, 0x42], false), "H.264 SPS");
+        assert!(starts_keyframe(&[0x7c, 0x85], false), "H.264 FU-A start of an IDR");
+        assert!(!starts_keyframe(&[0x7c, 0x81], false), "H.264 FU-A of a non-IDR slice");
+        assert!(starts_keyframe(&[0x78, 0x00, 0x10, 0x67], false), "H.264 STAP-A with an SPS");
+        assert!(!starts_keyframe(&[0x41, 0x9a], false), "H.264 non-IDR slice");
+        assert!(starts_keyframe(&[0x40, 0x01], true), "H.265 VPS");
+        assert!(starts_keyframe(&[0x62, 0x01, 0x93], true), "H.265 FU of an IDR_W_RADL");
+        assert!(!starts_keyframe(&[0x02, 0x01], true), "H.265 TRAIL_R");
     }
 }

@@ -88,6 +88,10 @@ impl Conn {
 
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         if let Some(b) = self.queue.pop_front() {
+            if self.queue.is_empty() && self.queue.capacity() > 16 {
+                // After a burst (a GOP cache for a new player): not kept per connection.
+                self.queue = VecDeque::new();
+            }
             return Some(b);
         }
         (!self.out.is_empty()).then(|| self.out.split().freeze())

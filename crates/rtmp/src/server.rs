@@ -299,7 +299,9 @@ impl ServerSession {
             }
             self.handshake_kind = h.kind();
             self.state = State::WaitConnect;
-            let rest = self.conn.input.split();
+            // Take the handshake's buffer instead of splitting it, so its ~3 KiB allocation is
+            // not kept for the connection's life.
+            let rest = std::mem::take(&mut self.conn.input);
             self.conn.receive(&rest);
         } else {
             self.conn.receive(data);

@@ -241,8 +241,9 @@ pub struct HubConfig {
     /// system calls and TCP segments for that much more latency (SRS's merged write). 0
     /// writes each frame as it arrives.
     pub write_merge_ms: u64,
-    /// TCP_NODELAY on reader sockets: each write leaves at once. Off, Nagle's algorithm may
-    /// hold a small write until the previous one is acknowledged (as nginx-rtmp does).
+    /// TCP_NODELAY on reader sockets: each write leaves at once. Off (the default, as in
+    /// nginx-rtmp), Nagle's algorithm may hold a small write until the previous one is
+    /// acknowledged: fewer segments, less CPU with many readers (BENCHMARKS.md).
     pub tcp_nodelay: bool,
 }
 
@@ -328,7 +329,7 @@ impl Default for HubConfig {
             reader_write_timeout_ms: 10_000,
             max_reader_skips_per_minute: 4,
             write_merge_ms: 0,
-            tcp_nodelay: true,
+            tcp_nodelay: false,
         }
     }
 }

@@ -71,6 +71,7 @@ impl Reader {
     pub async fn next(&mut self) -> ReaderItem {
         loop {
             if let Some(item) = self.backlog.pop_front() {
+                self.release_backlog();
                 return item;
             }
             let r = self.sub.rx.recv().await;
@@ -80,10 +81,18 @@ impl Reader {
         }
     }
 
+    /// The GOP a reader starts with is read once: its queue is freed, not kept per reader.
+    fn release_backlog(&mut self) {
+        if self.backlog.is_empty() && self.backlog.capacity() > 8 {
+            self.backlog = VecDeque::new();
+        }
+    }
+
     /// The next item if one is ready now.
     pub fn try_next(&mut self) -> Option<ReaderItem> {
         loop {
             if let Some(item) = self.backlog.pop_front() {
+                self.release_backlog();
                 return Some(item);
             }
             let r = match self.sub.rx.try_recv() {

@@ -28,8 +28,12 @@ const SHARED_STREAM_ID: u32 = 1;
 /// Bytes read from a socket at a time. Readers send almost nothing, so this is per-viewer
 /// memory; publishers of a few Mbit/s are served well by it too.
 const READ_BUFFER: usize = 16 * 1024;
+/// Read buffer of a connection until it publishes.
+const PLAYER_READ_BUFFER: usize = 1024;
 /// Most reader items handled before writing, so one write carries several frames.
 const BATCH: usize = 64;
+/// Most reader items taken at the end of a write-merge window.
+const MERGE_BATCH: usize = 4096;
 
 /// Accepts RTMP connections until the task is dropped.
 pub async fn serve(
@@ -77,6 +81,7 @@ pub async fn serve(
                 role: Role::None,
                 publisher_idle,
                 last_media: Instant::now(),
+                pending: Vec::new(),
             };
             match conn.run().await {
                 Ok(()) => debug!(%peer, "rtmp connection closed"),
@@ -116,6 +121,8 @@ struct Connection {
     /// A publisher silent this long is dropped.
     publisher_idle: std::time::Duration,
     last_media: Instant,
+    /// Buffers on their way to the socket (reused).
+    pending: Vec<Bytes>,
 }
 
 impl Connection {
@@ -124,7 +131,13 @@ impl Connection {
         let merge = write_merge(&self.hub);
         // With a merge window, media waits until the window that its first frame opened ends.
         let mut flush_at: Option<tokio::time::Instant> = None;
-        let mut buf = vec![0u8; READ_BUFFER];
+        let mut started_media = false;
+        // Players send little (acks, pings): a small buffer until the connection publishes.
+        let mut buf = vec![0u8; PLAYER_READ_BUFFER];
+        // One timer for the session's deadlines, moved only when they change: a timer set up
+        // and torn down per frame and reader was a measurable share of the fan-out CPU.
+        let mut timer_at = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(timer_at));
         loop {
             if flush_at.is_none_or(|t| tokio::time::Instant::now() >= t) {
                 self.flush().await?;
@@ -142,11 +155,20 @@ impl Connection {
                 }
                 deadline = Some(deadline.map_or(idle_at, |d| d.min(idle_at)));
             }
+            if matches!(self.role, Role::Publishing { .. }) && buf.len() < READ_BUFFER {
+                buf.resize(READ_BUFFER, 0);
+            }
             let sleep_until = tokio::time::Instant::from_std(
                 deadline.unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600)),
             );
+            if sleep_until != timer_at {
+                timer_at = sleep_until;
+                timer.as_mut().reset(timer_at);
+            }
+            // Inside a merge window the reader is not woken per frame: the frames wait in the
+            // stream's ring and are taken all at once when the window ends.
             let reading = match &mut self.role {
-                Role::Playing(p) if !p.paused => Some(&mut p.reader),
+                Role::Playing(p) if !p.paused && flush_at.is_none() => Some(&mut p.reader),
                 _ => None,
             };
             tokio::select! {
@@ -158,7 +180,7 @@ impl Connection {
                     self.session.handle_input(Instant::now(), &buf[..n])?;
                     self.handle_events().await?;
                 }
-                _ = tokio::time::sleep_until(sleep_until) => {
+                _ = timer.as_mut() => {
                     self.session.handle_timeout(Instant::now())?;
                 }
                 item = async { reading.expect("guarded").next().await }, if reading.is_some() => {
@@ -169,29 +191,38 @@ impl Connection {
                         let Some(item) = p.reader.try_next() else { break };
                         self.play_item(item);
                     }
-                    if !merge.is_zero() && flush_at.is_none() && !matches!(&self.role, Role::Playing(p) if p.finished) {
+                    // The first batch (the GOP cache) leaves at once: the first picture is not
+                    // delayed by the window.
+                    if !merge.is_zero() && flush_at.is_none() && started_media && !matches!(&self.role, Role::Playing(p) if p.finished) {
                         flush_at = Some(tokio::time::Instant::now() + merge);
                     }
+                    started_media = true;
                 }
-                _ = async { tokio::time::sleep_until(flush_at.expect("guarded")).await }, if flush_at.is_some() => {}
+                _ = async { tokio::time::sleep_until(flush_at.expect("guarded")).await }, if flush_at.is_some() => {
+                    for _ in 0..MERGE_BATCH {
+                        let Role::Playing(p) = &mut self.role else { break };
+                        if p.finished { break; }
+                        let Some(item) = p.reader.try_next() else { break };
+                        self.play_item(item);
+                    }
+                }
             }
         }
     }
 
     /// Writes everything the session has queued, in as few syscalls as the kernel allows.
     async fn flush(&mut self) -> anyhow::Result<()> {
-        let mut pending: Vec<Bytes> = Vec::new();
         while let Some(b) = self.session.poll_transmit() {
-            pending.push(b);
+            self.pending.push(b);
         }
-        if pending.is_empty() {
+        if self.pending.is_empty() {
             return Ok(());
         }
-        let timeout = write_timeout(&self.hub);
-        tokio::time::timeout(timeout, write_all_vectored(&mut self.socket, pending))
-            .await
-            .map_err(|_| anyhow::anyhow!("peer took nothing for {timeout:?}: disconnected"))?
-            .context("write")
+        write_with_timeout(&mut self.socket, &mut self.pending, write_timeout(&self.hub)).await?;
+        if self.pending.capacity() > 64 {
+            self.pending = Vec::new(); // after the GOP-cache burst
+        }
+        Ok(())
     }
 
     async fn handle_events(&mut self) -> anyhow::Result<()> {
@@ -398,21 +429,67 @@ impl Connection {
 pub async fn write_all_vectored(socket: &mut TcpStream, mut bufs: Vec<Bytes>) -> std::io::Result<()> {
     let mut first = 0;
     while first < bufs.len() {
-        let slices: Vec<IoSlice<'_>> = bufs[first..].iter().take(64).map(|b| IoSlice::new(b)).collect();
-        let mut n = socket.write_vectored(&slices).await?;
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let k = fill_slices(&mut slices, &bufs[first..]);
+        let n = socket.write_vectored(&slices[..k]).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        while n > 0 {
-            let len = bufs[first].len();
-            if n >= len {
-                n -= len;
-                first += 1;
-            } else {
-                bufs[first] = bufs[first].slice(n..);
-                n = 0;
-            }
-        }
+        first = advance(&mut bufs, first, n);
     }
     Ok(())
+}
+
+/// Most buffers handed to one `writev`.
+const MAX_SLICES: usize = 64;
+
+fn fill_slices<'a>(slices: &mut [IoSlice<'a>; MAX_SLICES], bufs: &'a [Bytes]) -> usize {
+    let k = bufs.len().min(MAX_SLICES);
+    for (s, b) in slices.iter_mut().zip(&bufs[..k]) {
+        *s = IoSlice::new(b);
+    }
+    k
+}
+
+/// Drops `n` written bytes from `bufs[first..]`; the index of the first unwritten buffer.
+fn advance(bufs: &mut [Bytes], mut first: usize, mut n: usize) -> usize {
+    while n > 0 {
+        let len = bufs[first].len();
+        if n >= len {
+            n -= len;
+            first += 1;
+        } else {
+            bufs[first] = bufs[first].slice(n..);
+            n = 0;
+        }
+    }
+    first
+}
+
+/// Writes and empties `bufs`: first without waiting (what the socket takes at once, the
+/// common case, costs no timer), then waiting at most `timeout` for the peer to take the rest.
+pub async fn write_with_timeout(
+    socket: &mut TcpStream,
+    bufs: &mut Vec<Bytes>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let mut first = 0;
+    while first < bufs.len() {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let k = fill_slices(&mut slices, &bufs[first..]);
+        match socket.try_write_vectored(&slices[..k]) {
+            Ok(0) => anyhow::bail!("write: {}", std::io::Error::from(std::io::ErrorKind::WriteZero)),
+            Ok(n) => first = advance(bufs, first, n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e).context("write"),
+        }
+    }
+    let rest: Vec<Bytes> = bufs.drain(..).skip(first).collect();
+    if rest.is_empty() {
+        return Ok(());
+    }
+    tokio::time::timeout(timeout, write_all_vectored(socket, rest))
+        .await
+        .map_err(|_| anyhow::anyhow!("peer took nothing for {timeout:?}: disconnected"))?
+        .context("write")
 }

@@ -26,7 +26,7 @@ use crate::config::ms;
 use crate::hub::write_timeout;
 use crate::path;
 use crate::reader::{Reader, ReaderItem};
-use crate::rtmp_server::write_all_vectored;
+use crate::rtmp_server::write_with_timeout;
 
 const PUBLIC: &str = "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, PAUSE, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
 /// Bytes read from a socket at a time. Readers send almost nothing, so this is per-viewer
@@ -185,12 +185,8 @@ impl Conn {
         if self.out.bufs.is_empty() {
             return Ok(());
         }
-        let bufs = std::mem::take(&mut self.out.bufs);
         let timeout = write_timeout(&self.shared.hub);
-        tokio::time::timeout(timeout, write_all_vectored(&mut self.socket, bufs))
-            .await
-            .map_err(|_| anyhow::anyhow!("peer took nothing for {timeout:?}: disconnected"))?
-            .context("write")
+        write_with_timeout(&mut self.socket, &mut self.out.bufs, timeout).await
     }
 
     fn send(&mut self, r: Response) {
