@@ -111,6 +111,26 @@ pub async fn play(url: &str, state: &Arc<ReaderState>, shared: &Shared, started:
     }
 }
 
+/// The number of segments in the media playlist behind `url` (a multivariant playlist), if
+/// the stream has one: the ingest scenario checks that every publisher is muxed to HLS.
+pub async fn segments(url: &str) -> Option<usize> {
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_at(rest.find('/')?);
+    let dir = &path[..path.rfind('/')? + 1];
+    let socket = TcpStream::connect(host).await.ok()?;
+    let mut http = Http { socket, host: host.to_owned(), buf: Vec::new() };
+    let state = ReaderState::default();
+    let (status, body) = http.get(path, &state).await.ok()?;
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let uri = text.lines().find(|l| !l.is_empty() && !l.starts_with('#'))?;
+    if status != 200 {
+        return None;
+    }
+    let (status, body) = http.get(&format!("{dir}{}", uri.trim()), &state).await.ok()?;
+    let text = String::from_utf8_lossy(&body);
+    (status == 200).then(|| parse_playlist(&text).map_or(0, |(_, s, _)| s.len()))
+}
+
 /// The quoted value after `key` (up to the closing quote).
 fn text_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     let start = text.find(key)? + key.len();

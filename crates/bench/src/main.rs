@@ -228,6 +228,18 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    // Ingest: is every publisher's stream muxed to HLS?
+    let mut hls_muxed = None;
+    if args.publishers > 1 && !args.no_publish {
+        let mut n = 0;
+        for i in 0..args.publishers {
+            let url = format!("{}/{app}/{}/index.m3u8", args.http, stream_name(&stream, i, args.publishers));
+            if hls_reader::segments(&url).await.is_some_and(|s| s > 0) {
+                n += 1;
+            }
+        }
+        hls_muxed = Some(n);
+    }
     let (connected, keeping) = keeping_up(&readers, &shared);
     let lost: u64 = readers.iter().map(|r| r.lost.load(Ordering::Relaxed)).sum();
     let lat = Percentiles::of(&shared.latencies.lock().unwrap());
@@ -239,6 +251,7 @@ async fn main() -> anyhow::Result<()> {
         "readers": args.readers,
         "frames_lost": lost,
         "publisher_max_lag_ms": shared.sent.max_lag_ms.load(Ordering::Relaxed),
+        "streams_with_hls_segments": hls_muxed,
         "rss_before_readers_kib": rss_before_readers,
         "connected": connected,
         "keeping_up": keeping,
