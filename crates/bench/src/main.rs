@@ -122,6 +122,9 @@ struct Sent {
     last_keyframe_ms: AtomicI64,
     /// Typical video frame interval of the file, ms (loss counting).
     frame_ms: AtomicI64,
+    /// The step between the file's last video frame and the next loop's first: a gap there
+    /// is the loop, not a loss.
+    loop_gap_ms: AtomicI64,
     /// How far behind its schedule a publisher's write finished, at worst (every publisher):
     /// a server that cannot take the media in real time pushes back here.
     max_lag_ms: AtomicI64,
@@ -150,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
         let data = Bytes::from(std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?);
         let tags = Arc::new(ferrocast_media::flv::read_file(&data)?);
         shared.sent.frame_ms.store(frame_interval(&tags), Ordering::Relaxed);
+        shared.sent.loop_gap_ms.store(loop_gap(&tags), Ordering::Relaxed);
         for i in 0..args.publishers {
             let name = stream_name(&stream, i, args.publishers);
             let (url, app2, tags, shared2) = (args.rtmp.clone(), app.clone(), tags.clone(), shared.clone());
@@ -286,6 +290,16 @@ fn keeping_up(readers: &[Arc<ReaderState>], shared: &Shared) -> (usize, usize) {
 /// The stream publisher `i` of `n` uses.
 fn stream_name(stream: &str, i: usize, n: usize) -> String {
     if n > 1 { format!("{stream}-{i}") } else { stream.to_owned() }
+}
+
+/// The step from the file's last video frame to the first of the next loop, ms (see
+/// `publish`: each loop is offset by the largest timestamp + 40).
+fn loop_gap(tags: &[ferrocast_media::flv::FileTag]) -> i64 {
+    let span = i64::from(tags.iter().map(|t| t.timestamp).max().unwrap_or(0)) + 40;
+    let mut video = tags.iter().filter(|t| t.tag_type == 9).map(|t| i64::from(t.timestamp));
+    let first = video.next().unwrap_or(0);
+    let last = video.last().unwrap_or(first);
+    span + first - last
 }
 
 /// The median interval between video frames of the file, ms.
@@ -428,7 +442,8 @@ fn on_video_clock(
         let last = state.last_ms.swap(i64::from(ts), Ordering::Relaxed);
         let frame = shared.sent.frame_ms.load(Ordering::Relaxed).max(1);
         let gap = i64::from(ts) - last;
-        if last >= 0 && !*first && gap > frame * 3 / 2 {
+        let loop_gap = shared.sent.loop_gap_ms.load(Ordering::Relaxed);
+        if last >= 0 && !*first && gap > frame * 3 / 2 && (gap - loop_gap).abs() > 2 {
             state.lost.fetch_add(((gap + frame / 2) / frame - 1) as u64, Ordering::Relaxed);
         }
     }
