@@ -1,10 +1,10 @@
 //! The HTTP listener: HTTP-FLV now (`GET /APP/STREAM.flv`); HLS, the API and metrics come
 //! later on the same router.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -17,7 +17,6 @@ use ferrocast_media::{Wire, flv};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tower_service::Service;
 use tracing::{debug, info, warn};
 
@@ -27,10 +26,6 @@ use crate::hub::{Hub, reader_nodelay, write_merge, write_timeout};
 use crate::limits::Limiter;
 use crate::path;
 use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
-
-/// Buffers of FLV bytes queued between a reader task and hyper. Small: the hub's ring is
-/// where a slow reader's backlog lives, so it skips to a keyframe instead of buffering here.
-const FLV_QUEUE: usize = 16;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -59,6 +54,7 @@ pub async fn serve(
     limiter: Arc<Limiter>,
 ) {
     let nodelay = reader_nodelay(&hub);
+    let write_timeout = write_timeout(&hub);
     let app = router(hub, hls);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -86,18 +82,22 @@ pub async fn serve(
         };
         let _ = socket.set_nodelay(nodelay);
         let app = app.clone();
+        let abort = Arc::new(std::sync::OnceLock::new());
+        let watchdog = Watchdog { abort: abort.clone(), timeout: write_timeout };
         let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(watchdog.clone());
             let mut app = app.clone();
             async move { app.call(req.map(Body::new)).await }
         });
         let conn = http.serve_connection(TokioIo::new(socket), service);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _admission = admission;
             if let Err(e) = conn.await {
                 debug!(%peer, "http connection: {e}");
             }
         });
+        let _ = abort.set(task.abort_handle());
     }
 }
 
@@ -156,87 +156,186 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     if req.method() == Method::HEAD {
         return resp;
     }
-    let (tx, rx) = mpsc::channel(FLV_QUEUE);
     let reader = Reader::new(hub.clone(), sub);
-    let stream_owned = stream.to_owned();
-    debug!(%peer, path = stream, "http-flv reader");
-    tokio::spawn(feed_flv(hub, stream_owned, reader, tx));
-    *resp.body_mut() = Body::new(FlvBody { rx });
-    resp
-}
-
-async fn feed_flv(hub: Arc<Hub>, path: String, mut reader: Reader, tx: mpsc::Sender<Bytes>) {
     let t = reader.initial_tracks().clone();
     // Until the publisher has sent its sequence headers, announce both tracks.
     let known = t.video.is_some() || t.audio.is_some();
     let header = flv::file_header(!known || t.audio.is_some(), !known || t.video.is_some());
-    let timeout = write_timeout(&hub);
-    let mut feed = TagFeed::default();
-    let mut tags = Vec::new();
-    let mut pending = BytesMut::from(&header[..]);
-    let merge = write_merge(&hub);
-    loop {
-        let mut items = vec![reader.next().await];
-        if merge.is_zero() {
-            while items.len() < 64 {
-                match reader.try_next() {
-                    Some(i) => items.push(i),
-                    None => break,
+    debug!(%peer, path = stream, "http-flv reader");
+    let watch = Arc::new(Watch::default());
+    if let Some(w) = req.extensions().get::<Watchdog>() {
+        w.clone().watch(watch.clone(), stream.to_owned());
+    }
+    let feed = FlvFeed {
+        reader,
+        feed: TagFeed::default(),
+        tags: Vec::new(),
+        own: BytesMut::from(&header[..]),
+        out: VecDeque::new(),
+        merge: write_merge(&hub),
+        path: stream.to_owned(),
+        done: false,
+        watch,
+    };
+    let body = futures_util::stream::unfold(feed, |mut feed| async move {
+        let b = feed.next().await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(b), feed))
+    });
+    *resp.body_mut() = Body::from_stream(body);
+    resp
+}
+
+/// An HTTP-FLV body: hyper polls the hub reader itself, so a frame wakes one task per reader
+/// (the connection's), as with RTMP — no feeding task and channel in between.
+struct FlvFeed {
+    reader: Reader,
+    feed: TagFeed,
+    tags: Vec<Tag>,
+    /// Per-reader tags (FLV header, sequence headers, metadata) gathered for one write.
+    own: BytesMut,
+    /// Ready for hyper, in order.
+    out: VecDeque<Bytes>,
+    merge: std::time::Duration,
+    path: String,
+    done: bool,
+    watch: Arc<Watch>,
+}
+
+impl FlvFeed {
+    /// The next buffer for the socket; None at the end of the stream.
+    async fn next(&mut self) -> Option<Bytes> {
+        self.watch.polled();
+        loop {
+            if let Some(b) = self.out.pop_front() {
+                self.watch.yielded();
+                return Some(b);
+            }
+            if self.done {
+                return None;
+            }
+            let mut items = vec![self.reader.next().await];
+            if self.merge.is_zero() {
+                while items.len() < 64 {
+                    match self.reader.try_next() {
+                        Some(i) => items.push(i),
+                        None => break,
+                    }
+                }
+            } else {
+                // The merge window: everything of the next `merge` goes out together.
+                let until = tokio::time::Instant::now() + self.merge;
+                while items.len() < 1024 {
+                    match tokio::time::timeout_at(until, self.reader.next()).await {
+                        Ok(i) => items.push(i),
+                        Err(_) => break,
+                    }
                 }
             }
-        } else {
-            // The merge window: everything of the next `merge` goes out together.
-            let until = tokio::time::Instant::now() + merge;
-            while items.len() < 1024 {
-                match tokio::time::timeout_at(until, reader.next()).await {
-                    Ok(i) => items.push(i),
-                    Err(_) => break,
+            for item in items {
+                match item {
+                    ReaderItem::Tracks(t) => self.feed.tracks(&t),
+                    ReaderItem::Frame(f) => self.feed.frame(f, &mut self.tags),
+                    ReaderItem::Republished => self.feed.reset(),
+                    ReaderItem::Unpublished => {}
+                    ReaderItem::Ended => {
+                        info!(path = self.path, "http-flv: stream ended");
+                        self.done = true;
+                    }
+                    ReaderItem::TooSlow => {
+                        warn!(
+                            path = self.path,
+                            dropped = self.reader.dropped,
+                            "http-flv reader too slow: disconnected"
+                        );
+                        self.done = true;
+                        self.out.clear();
+                        self.tags.clear();
+                        return None;
+                    }
                 }
+            }
+            // Per-reader tags are gathered in one buffer; shared frame tags go out as they are.
+            for tag in self.tags.drain(..) {
+                match tag {
+                    Tag::Own { tag_type, timestamp, body } => {
+                        self.own.extend_from_slice(&flv::tag(tag_type, timestamp, &body))
+                    }
+                    Tag::Frame { frame, track } => {
+                        let kind = match frame.kind {
+                            ferrocast_media::TrackKind::Audio => flv::TAG_AUDIO,
+                            ferrocast_media::TrackKind::Video => flv::TAG_VIDEO,
+                        };
+                        if !self.own.is_empty() {
+                            self.out.push_back(self.own.split().freeze());
+                        }
+                        self.out.push_back(
+                            frame.wire(Wire::FlvTag, |f| {
+                                flv::tag(kind, track.to_ms(f.dts), &flv::frame_body(&track, f))
+                            }),
+                        );
+                    }
+                }
+            }
+            if !self.own.is_empty() {
+                self.out.push_back(self.own.split().freeze());
             }
         }
-        let mut done = false;
-        for item in items {
-            match item {
-                ReaderItem::Tracks(t) => feed.tracks(&t),
-                ReaderItem::Frame(f) => feed.frame(f, &mut tags),
-                ReaderItem::Republished => feed.reset(),
-                ReaderItem::Unpublished => {}
-                ReaderItem::Ended => done = true,
-                ReaderItem::TooSlow => {
-                    warn!(path, dropped = reader.dropped, "http-flv reader too slow: disconnected");
+    }
+}
+
+/// Notices a reader whose socket takes nothing: the body handed hyper a buffer and was not
+/// asked for the next one for the write timeout (hyper asks as soon as it has written). Two
+/// counters on the hot path, no clock; a watchdog task looks a few times per timeout.
+#[derive(Default)]
+struct Watch {
+    /// Buffers handed to hyper.
+    yielded: AtomicU64,
+    /// `yielded` as it was when hyper last asked for more.
+    asked: AtomicU64,
+}
+
+impl Watch {
+    fn polled(&self) {
+        self.asked.store(self.yielded.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+    fn yielded(&self) {
+        self.yielded.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a handler needs to end its connection: the connection task's abort handle and the
+/// write timeout.
+#[derive(Clone)]
+struct Watchdog {
+    abort: Arc<std::sync::OnceLock<tokio::task::AbortHandle>>,
+    timeout: Duration,
+}
+
+impl Watchdog {
+    /// Ends the connection once the same buffer has waited on its socket for the timeout.
+    fn watch(self, watch: Arc<Watch>, path: String) {
+        tokio::spawn(async move {
+            let step = self.timeout / 4;
+            let mut waiting: Option<(u64, Duration)> = None;
+            loop {
+                tokio::time::sleep(step).await;
+                let Some(handle) = self.abort.get() else { continue };
+                if handle.is_finished() {
+                    return;
+                }
+                let y = watch.yielded.load(Ordering::Relaxed);
+                waiting = match waiting {
+                    _ if watch.asked.load(Ordering::Relaxed) == y => None,
+                    Some((seen, waited)) if seen == y => Some((y, waited + step)),
+                    _ => Some((y, Duration::ZERO)),
+                };
+                if waiting.is_some_and(|(_, waited)| waited >= self.timeout) {
+                    warn!(path, "http-flv reader took nothing for {:?}: disconnected", self.timeout);
+                    handle.abort();
                     return;
                 }
             }
-        }
-        // Per-reader tags are gathered in one buffer; shared frame tags go out as they are.
-        for tag in tags.drain(..) {
-            match tag {
-                Tag::Own { tag_type, timestamp, body } => {
-                    pending.extend_from_slice(&flv::tag(tag_type, timestamp, &body))
-                }
-                Tag::Frame { frame, track } => {
-                    let kind = match frame.kind {
-                        ferrocast_media::TrackKind::Audio => flv::TAG_AUDIO,
-                        ferrocast_media::TrackKind::Video => flv::TAG_VIDEO,
-                    };
-                    if !pending.is_empty() && !send(&tx, pending.split().freeze(), timeout, &path).await {
-                        return;
-                    }
-                    let bytes =
-                        frame.wire(Wire::FlvTag, |f| flv::tag(kind, track.to_ms(f.dts), &flv::frame_body(&track, f)));
-                    if !send(&tx, bytes, timeout, &path).await {
-                        return;
-                    }
-                }
-            }
-        }
-        if !pending.is_empty() && !send(&tx, pending.split().freeze(), timeout, &path).await {
-            return;
-        }
-        if done {
-            info!(path, "http-flv: stream ended");
-            return;
-        }
+        });
     }
 }
 
@@ -345,34 +444,6 @@ fn parse_range(value: &str, len: usize) -> Option<(usize, usize)> {
 }
 
 /// Queues bytes for the client; false when the client is gone or took nothing in time.
-async fn send(tx: &mpsc::Sender<Bytes>, b: Bytes, timeout: std::time::Duration, path: &str) -> bool {
-    match tokio::time::timeout(timeout, tx.send(b)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(_)) => false,
-        Err(_) => {
-            warn!(path, "http-flv reader took nothing for {timeout:?}: disconnected");
-            false
-        }
-    }
-}
-
-/// The response body of an HTTP-FLV stream: whatever the feeding task queues.
-struct FlvBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl http_body::Body for FlvBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -431,3 +431,21 @@ async fn http_heads_bodies_and_names_are_bounded() {
     }
     assert_served(&server, "live/http").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_flv_reader_that_takes_nothing_is_disconnected() {
+    let server = Server::with_config("[hub]\nreader_write_timeout_ms = 2000\n");
+    let _publisher = publish(heavy_flv(), &server.rtmp_url("live/stuck"));
+    wait_published(&server, "live/stuck").await;
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(server.http).await.unwrap();
+    s.write_all(b"GET /live/stuck.flv HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    // Reads nothing for 8 s: the socket fills within a second at 8 Mbit/s, the server gives up
+    // 2 s later.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // What was queued drains, then the connection ends; a live one would go on for good.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    assert!(closed_by(&mut s, deadline).await, "a reader that took nothing for 8 s is still served");
+    assert_served_size(&server, "live/stuck", (640, 360)).await;
+}
