@@ -172,6 +172,23 @@ fn timers_handshake_ping_idle() {
     assert!(matches!(p.server.handle_timeout(p.now + Duration::from_secs(30)), Err(SessionError::IdleTimeout(_))));
 }
 
+#[test]
+fn connect_without_publish_or_play_times_out() {
+    // The handshake deadline lasts until a publish or play: a client that connects and then
+    // trickles bytes (each resetting the idle timer) is still cut off.
+    let mut s = connected();
+    let (timer, at) = s.poll_timeout().unwrap();
+    assert_eq!(timer, Timer::Handshake);
+    let ack = {
+        let mut out = BytesMut::new();
+        encode_message(&mut out, 2, 0, 3, 0, &1000u32.to_be_bytes(), 128);
+        out
+    };
+    s.handle_input(at - Duration::from_millis(1), &ack).unwrap();
+    assert_eq!(s.poll_timeout().map(|(t, _)| t), Some(Timer::Handshake));
+    assert!(matches!(s.handle_timeout(at), Err(SessionError::HandshakeTimeout(_))));
+}
+
 /// A server session past the handshake, for feeding raw chunks.
 fn handshaken() -> ServerSession {
     handshaken_with(ServerConfig::default())

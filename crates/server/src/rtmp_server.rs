@@ -426,7 +426,7 @@ impl Connection {
 }
 
 /// Writes all buffers with vectored writes, handling partial writes.
-pub async fn write_all_vectored(socket: &mut TcpStream, mut bufs: Vec<Bytes>) -> std::io::Result<()> {
+async fn write_all_vectored(socket: &mut TcpStream, mut bufs: Vec<Bytes>) -> std::io::Result<()> {
     let mut first = 0;
     while first < bufs.len() {
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
