@@ -8,7 +8,7 @@ use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::{ReaderState, Shared, on_video, throttle};
+use crate::{Clock, ReaderState, Shared, on_video, throttle};
 
 /// Plays `url` until the connection ends.
 pub async fn play(
@@ -83,7 +83,7 @@ pub async fn play(
                 let keyframe = (b0 >> 4) & 0x7 == 1;
                 let is_frame = if b0 & 0x80 != 0 { matches!(b0 & 0x0f, 1 | 3) } else { flv[pos + 12] == 1 };
                 if is_frame {
-                    on_video(state, shared, probe, started, ts, keyframe, &mut first);
+                    on_video(state, shared, probe, started, ts, keyframe, &mut first, Clock::Decode);
                 }
             }
             pos += 11 + size + 4;

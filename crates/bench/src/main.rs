@@ -414,20 +414,8 @@ enum Clock {
 }
 
 /// Notes a received video frame: newest timestamp, first frame, and latency for probes.
-fn on_video(
-    state: &ReaderState,
-    shared: &Shared,
-    probe: bool,
-    started: Instant,
-    ts: u32,
-    keyframe: bool,
-    first: &mut bool,
-) {
-    on_video_clock(state, shared, probe, started, ts, keyframe, first, Clock::Decode)
-}
-
 #[allow(clippy::too_many_arguments)]
-fn on_video_clock(
+fn on_video(
     state: &ReaderState,
     shared: &Shared,
     probe: bool,
@@ -508,7 +496,7 @@ async fn play_rtmp(
                     if let Ok(ferrocast_media::flv::VideoTag::Frame { keyframe, .. }) =
                         ferrocast_media::flv::parse_video(&m.payload)
                     {
-                        on_video(state, shared, probe, started, m.timestamp, keyframe, &mut first);
+                        on_video(state, shared, probe, started, m.timestamp, keyframe, &mut first, Clock::Decode);
                     }
                 }
                 ClientEvent::Status { level, code } if level == "error" => anyhow::bail!("play refused: {code}"),

@@ -18,7 +18,7 @@ use ferrocast_rtsp::rtp::RtpPacket;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::{Clock as TimeKind, ReaderState, Shared, on_video_clock, throttle};
+use crate::{Clock as TimeKind, ReaderState, Shared, on_video, throttle};
 
 /// Maps video RTP timestamps (90 kHz, wrapping) to publisher milliseconds.
 struct Clock {
@@ -75,7 +75,7 @@ impl Frames<'_> {
             self.frame_key = None;
             let ms = self.clock.ms(p.timestamp, self.shared);
             let ts = ms.max(0) as u32;
-            on_video_clock(
+            on_video(
                 self.state,
                 self.shared,
                 self.probe,

@@ -213,46 +213,33 @@ impl FlvFeed {
             if self.done {
                 return None;
             }
-            let mut items = vec![self.reader.next().await];
+            // Items are handled as they come (no per-frame buffer of them): the first one
+            // waited for, then what is ready, or what arrives within the merge window.
+            let first = self.reader.next().await;
+            let mut ok = self.take(first);
             if self.merge.is_zero() {
-                while items.len() < 64 {
-                    match self.reader.try_next() {
-                        Some(i) => items.push(i),
-                        None => break,
+                for _ in 1..64 {
+                    if !ok {
+                        break;
                     }
+                    let Some(i) = self.reader.try_next() else { break };
+                    ok = self.take(i);
                 }
             } else {
-                // The merge window: everything of the next `merge` goes out together.
                 let until = tokio::time::Instant::now() + self.merge;
-                while items.len() < 1024 {
-                    match tokio::time::timeout_at(until, self.reader.next()).await {
-                        Ok(i) => items.push(i),
-                        Err(_) => break,
+                for _ in 1..1024 {
+                    if !ok {
+                        break;
                     }
+                    let Ok(i) = tokio::time::timeout_at(until, self.reader.next()).await else { break };
+                    ok = self.take(i);
                 }
             }
-            for item in items {
-                match item {
-                    ReaderItem::Tracks(t) => self.feed.tracks(&t),
-                    ReaderItem::Frame(f) => self.feed.frame(f, &mut self.tags),
-                    ReaderItem::Republished => self.feed.reset(),
-                    ReaderItem::Unpublished => {}
-                    ReaderItem::Ended => {
-                        info!(path = self.path, "http-flv: stream ended");
-                        self.done = true;
-                    }
-                    ReaderItem::TooSlow => {
-                        warn!(
-                            path = self.path,
-                            dropped = self.reader.dropped,
-                            "http-flv reader too slow: disconnected"
-                        );
-                        self.done = true;
-                        self.out.clear();
-                        self.tags.clear();
-                        return None;
-                    }
-                }
+            if !ok {
+                self.done = true;
+                self.out.clear();
+                self.tags.clear();
+                return None;
             }
             // Per-reader tags are gathered in one buffer; shared frame tags go out as they are.
             for tag in self.tags.drain(..) {
@@ -280,6 +267,25 @@ impl FlvFeed {
                 self.out.push_back(self.own.split().freeze());
             }
         }
+    }
+
+    /// Handles one reader item; false when the reader is too slow and must end.
+    fn take(&mut self, item: ReaderItem) -> bool {
+        match item {
+            ReaderItem::Tracks(t) => self.feed.tracks(&t),
+            ReaderItem::Frame(f) => self.feed.frame(f, &mut self.tags),
+            ReaderItem::Republished => self.feed.reset(),
+            ReaderItem::Unpublished => {}
+            ReaderItem::Ended => {
+                info!(path = self.path, "http-flv: stream ended");
+                self.done = true;
+            }
+            ReaderItem::TooSlow => {
+                warn!(path = self.path, dropped = self.reader.dropped, "http-flv reader too slow: disconnected");
+                return false;
+            }
+        }
+        true
     }
 }
 
