@@ -41,6 +41,19 @@ pub struct Reader {
     skips: VecDeque<Instant>,
     /// Frames this reader skipped.
     pub dropped: u64,
+    /// One past the sequence number of the last frame taken.
+    next_seq: u64,
+    /// Taking over from a direct sink: frames before this one were sent already.
+    resume: Option<Resume>,
+}
+
+/// Where a reader takes over from its direct sink (see [`crate::hub::DirectSink`]).
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    from: u64,
+    /// The ring overflowed under the receiver while the sink wrote: whether that cost any
+    /// frame the sink did not send is known at the next frame.
+    lagged: bool,
 }
 
 const SKIP_WINDOW: Duration = Duration::from_secs(60);
@@ -54,7 +67,41 @@ impl Reader {
         let has_video = sub.tracks.video.is_some();
         // Without a GOP to start from, wait for a keyframe.
         let waiting_for_keyframe = has_video && sub.gop.is_empty();
-        Reader { hub, sub, backlog, waiting_for_keyframe, has_video, skips: VecDeque::new(), dropped: 0 }
+        Reader {
+            hub,
+            sub,
+            backlog,
+            waiting_for_keyframe,
+            has_video,
+            skips: VecDeque::new(),
+            dropped: 0,
+            next_seq: 0,
+            resume: None,
+        }
+    }
+
+    /// The subscription (to attach a direct sink to its stream).
+    pub fn subscription(&self) -> &Subscription {
+        &self.sub
+    }
+
+    /// True when the reader is in step with the live stream: its start-up GOP is sent and it
+    /// is not skipping to a keyframe. Only then may a direct sink take over.
+    pub fn is_live(&self) -> bool {
+        self.backlog.is_empty() && !self.waiting_for_keyframe && self.resume.is_none()
+    }
+
+    /// One past the sequence number of the last frame this reader took.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Takes over from a direct sink that sent every frame before `seq`: those are skipped
+    /// as they come out of the ring (not counted as drops), and a ring overflow while the
+    /// sink was writing is not a lag unless it cost a frame from `seq` on.
+    pub fn resume_from(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq);
+        self.resume = Some(Resume { from: seq, lagged: false });
     }
 
     /// The tracks at subscription time.
@@ -72,6 +119,7 @@ impl Reader {
         loop {
             if let Some(item) = self.backlog.pop_front() {
                 self.release_backlog();
+                self.note(&item);
                 return item;
             }
             let r = self.sub.rx.recv().await;
@@ -93,6 +141,7 @@ impl Reader {
         loop {
             if let Some(item) = self.backlog.pop_front() {
                 self.release_backlog();
+                self.note(&item);
                 return Some(item);
             }
             let r = match self.sub.rx.try_recv() {
@@ -107,9 +156,32 @@ impl Reader {
         }
     }
 
+    fn note(&mut self, item: &ReaderItem) {
+        if let ReaderItem::Frame(f) = item {
+            self.next_seq = self.next_seq.max(f.seq + 1);
+        }
+    }
+
     fn accept(&mut self, r: Result<HubEvent, RecvError>) -> Option<ReaderItem> {
+        if let Some(resume) = &mut self.resume {
+            match &r {
+                Err(RecvError::Lagged(_)) => {
+                    resume.lagged = true;
+                    return None;
+                }
+                Ok(HubEvent::Frame(f)) if f.seq < resume.from => return None,
+                Ok(HubEvent::Frame(f)) if resume.lagged && f.seq > resume.from => {
+                    // Frames from `from` on were lost to the overflow: a real lag.
+                    let missed = f.seq - resume.from;
+                    self.resume = None;
+                    return self.accept(Err(RecvError::Lagged(missed)));
+                }
+                _ => self.resume = None,
+            }
+        }
         match r {
             Ok(HubEvent::Frame(f)) => {
+                self.next_seq = self.next_seq.max(f.seq + 1);
                 if self.waiting_for_keyframe {
                     let starts = f.kind == TrackKind::Video && f.keyframe;
                     if !starts {
@@ -186,6 +258,16 @@ pub struct TagFeed {
 }
 
 impl TagFeed {
+    /// True when the tags of the current tracks are sent (no new tracks wait for a frame).
+    pub fn settled(&self) -> bool {
+        !self.changed
+    }
+
+    /// The tracks frames are sent with.
+    pub fn current(&self) -> &Arc<Tracks> {
+        &self.current
+    }
+
     /// Forgets what was sent, so the next tracks are sent in full.
     pub fn reset(&mut self) {
         self.sent = Tracks::default();

@@ -4,20 +4,20 @@
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use anyhow::Context;
 use bytes::Bytes;
-use ferrocast_media::{Wire, flv};
+use ferrocast_media::{Frame, TrackInfo, TrackKind, Tracks, Wire, flv};
 use ferrocast_rtmp::message::{encode_media, user_control};
 use ferrocast_rtmp::{MediaKind, ServerConfig, ServerEvent, ServerSession};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::config::{LimitsConfig, RtmpConfig, ms};
-use crate::hub::{Hub, reader_nodelay, write_merge, write_timeout};
+use crate::hub::{DirectSink, Hub, SinkGuard, reader_nodelay, write_merge, write_timeout};
 use crate::ingest::RtmpIngest;
 use crate::limits::Limiter;
 use crate::path::stream_path;
@@ -74,7 +74,7 @@ pub async fn serve(
             let _admission = admission;
             let mut conn = Connection {
                 peer,
-                socket,
+                socket: Arc::new(socket),
                 session: ServerSession::new(cfg, Instant::now()),
                 hub,
                 app: String::new(),
@@ -109,11 +109,14 @@ struct Playing {
     finished: bool,
     /// Reused for the tags of each frame (no allocation per frame).
     tags: Vec<Tag>,
+    /// Where the stream's fan-out task writes frames while this reader keeps up.
+    sink: Arc<RtmpSink>,
+    _attached: SinkGuard,
 }
 
 struct Connection {
     peer: SocketAddr,
-    socket: TcpStream,
+    socket: Arc<TcpStream>,
     session: ServerSession,
     hub: Arc<Hub>,
     app: String,
@@ -139,13 +142,22 @@ impl Connection {
         let mut timer_at = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
         let mut timer = std::pin::pin!(tokio::time::sleep_until(timer_at));
         loop {
+            if matches!(&self.role, Role::Playing(p) if p.sink.fell_back()) {
+                self.reclaim()?;
+            }
             if flush_at.is_none_or(|t| tokio::time::Instant::now() >= t) {
                 self.flush().await?;
                 flush_at = None;
             }
             if self.session.is_closing() || matches!(&self.role, Role::Playing(p) if p.finished) {
-                let _ = self.socket.shutdown().await;
+                let _ = socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Write);
                 return Ok(());
+            }
+            // Caught up with nothing to write: the fan-out task writes the next frames itself
+            // (not with a merge window, whose point is to write less often).
+            if merge.is_zero() && self.try_go_direct() {
+                self.play_item_batch();
+                continue;
             }
             let mut deadline = self.session.poll_timeout().map(|(_, at)| at);
             if matches!(self.role, Role::Publishing { .. }) {
@@ -167,12 +179,13 @@ impl Connection {
             }
             // Inside a merge window the reader is not woken per frame: the frames wait in the
             // stream's ring and are taken all at once when the window ends.
-            let reading = match &mut self.role {
-                Role::Playing(p) if !p.paused && flush_at.is_none() => Some(&mut p.reader),
-                _ => None,
+            let (reading, sink) = match &mut self.role {
+                Role::Playing(p) if p.sink.is_direct() => (None, Some(p.sink.clone())),
+                Role::Playing(p) if !p.paused && flush_at.is_none() => (Some(&mut p.reader), None),
+                _ => (None, None),
             };
             tokio::select! {
-                r = self.socket.read(&mut buf) => {
+                r = read_some(&self.socket, &mut buf) => {
                     let n = r.context("read")?;
                     if n == 0 {
                         return Ok(());
@@ -183,14 +196,11 @@ impl Connection {
                 _ = timer.as_mut() => {
                     self.session.handle_timeout(Instant::now())?;
                 }
+                // The sink left direct mode: the loop's top takes over.
+                _ = async { sink.expect("guarded").notify.notified().await }, if sink.is_some() => {}
                 item = async { reading.expect("guarded").next().await }, if reading.is_some() => {
                     self.play_item(item);
-                    for _ in 1..BATCH {
-                        let Role::Playing(p) = &mut self.role else { break };
-                        if p.finished { break; }
-                        let Some(item) = p.reader.try_next() else { break };
-                        self.play_item(item);
-                    }
+                    self.play_item_batch();
                     // The first batch (the GOP cache) leaves at once: the first picture is not
                     // delayed by the window.
                     if !merge.is_zero() && flush_at.is_none() && started_media && !matches!(&self.role, Role::Playing(p) if p.finished) {
@@ -210,10 +220,76 @@ impl Connection {
         }
     }
 
+    /// Takes up to a batch of ready reader items after one that woke the task.
+    fn play_item_batch(&mut self) {
+        for _ in 1..BATCH {
+            let Role::Playing(p) = &mut self.role else { break };
+            if p.finished {
+                break;
+            }
+            let Some(item) = p.reader.try_next() else { break };
+            self.play_item(item);
+        }
+    }
+
+    /// Hands the writing of frames to the stream's fan-out task, if this reader is playing,
+    /// in step and has nothing queued. False when an item came up instead (handled: loop).
+    fn try_go_direct(&mut self) -> bool {
+        let Role::Playing(p) = &mut self.role else { return false };
+        if p.paused || p.finished || p.stream_id != SHARED_STREAM_ID || !p.feed.settled() || !p.reader.is_live() {
+            return false;
+        }
+        if !self.pending.is_empty() || p.sink.is_direct() {
+            return false;
+        }
+        let mut st = p.sink.lock();
+        // Under the sink's lock: a frame the ring gets after this check is offered to the
+        // sink after the lock is released, so none falls between the two.
+        if let Some(item) = p.reader.try_next() {
+            drop(st);
+            self.play_item(item);
+            return true;
+        }
+        st.mode = Mode::Direct;
+        st.next_seq = p.reader.next_seq();
+        st.tracks = p.feed.current().clone();
+        st.audio = p.audio;
+        st.video = p.video;
+        st.chunk_size = self.session.chunk_size();
+        false
+    }
+
+    /// Takes the writing back from the fan-out task: what it left unwritten goes first, and
+    /// the reader resumes at the first frame it did not send.
+    fn reclaim(&mut self) -> anyhow::Result<()> {
+        let Role::Playing(p) = &mut self.role else { return Ok(()) };
+        let mut st = p.sink.lock();
+        if st.mode == Mode::Own {
+            return Ok(());
+        }
+        st.mode = Mode::Own;
+        let rest = std::mem::take(&mut st.pending);
+        let error = st.error.take();
+        p.reader.resume_from(st.next_seq);
+        drop(st);
+        if let Some(e) = error {
+            return Err(e).context("write");
+        }
+        self.pending.splice(0..0, rest);
+        Ok(())
+    }
+
     /// Writes everything the session has queued, in as few syscalls as the kernel allows.
     async fn flush(&mut self) -> anyhow::Result<()> {
+        let before = self.pending.len();
         while let Some(b) = self.session.poll_transmit() {
             self.pending.push(b);
+        }
+        if self.pending.len() > before {
+            // Control messages (pings, play responses) go out in order with the frames.
+            let own = self.pending.split_off(before);
+            self.reclaim()?;
+            self.pending.extend(own);
         }
         if self.pending.is_empty() {
             return Ok(());
@@ -227,6 +303,8 @@ impl Connection {
 
     async fn handle_events(&mut self) -> anyhow::Result<()> {
         while let Some(ev) = self.session.poll_event() {
+            // Every event of a player (pause, stop, receive flags) is handled by its own task.
+            self.reclaim()?;
             match ev {
                 ServerEvent::Connect { app, .. } => {
                     let handshake = self.session.handshake_kind();
@@ -331,6 +409,8 @@ impl Connection {
             return Ok(());
         };
         info!(peer = %self.peer, path, "rtmp play");
+        let sink = Arc::new(RtmpSink::new(self.socket.clone()));
+        let attached = sub.attach(sink.clone());
         let reader = Reader::new(self.hub.clone(), sub);
         self.role = Role::Playing(Box::new(Playing {
             stream_id,
@@ -342,6 +422,8 @@ impl Connection {
             video: true,
             finished: false,
             tags: Vec::with_capacity(4),
+            sink,
+            _attached: attached,
         }));
         self.session.accept_play(stream_id)?;
         Ok(())
@@ -376,24 +458,11 @@ impl Connection {
                             self.session.send_media_message(kind, timestamp as u32, sid, &body);
                         }
                         Tag::Frame { frame, track } => {
-                            let kind = match frame.kind {
-                                ferrocast_media::TrackKind::Audio => MediaKind::Audio,
-                                ferrocast_media::TrackKind::Video => MediaKind::Video,
-                            };
-                            let encode = |f: &ferrocast_media::Frame| {
-                                encode_media(
-                                    kind,
-                                    track.to_ms(f.dts) as u32,
-                                    SHARED_STREAM_ID,
-                                    &flv::frame_body(&track, f),
-                                    chunk_size,
-                                )
-                            };
                             if sid == SHARED_STREAM_ID {
-                                self.session.send_media(frame.wire(Wire::RtmpChunks, encode));
+                                self.session.send_media(shared_chunks(&frame, &track, chunk_size));
                             } else {
                                 self.session.send_media_message(
-                                    kind,
+                                    media_kind(frame.kind),
                                     track.to_ms(frame.dts) as u32,
                                     sid,
                                     &flv::frame_body(&track, &frame),
@@ -425,13 +494,159 @@ impl Connection {
     }
 }
 
+/// The RTMP chunks of a frame on the shared play stream, built once for every reader.
+fn shared_chunks(frame: &Frame, track: &TrackInfo, chunk_size: u32) -> Bytes {
+    frame.wire(Wire::RtmpChunks, |f| {
+        encode_media(
+            media_kind(f.kind),
+            track.to_ms(f.dts) as u32,
+            SHARED_STREAM_ID,
+            &flv::frame_body(track, f),
+            chunk_size,
+        )
+    })
+}
+
+fn media_kind(kind: TrackKind) -> MediaKind {
+    match kind {
+        TrackKind::Audio => MediaKind::Audio,
+        TrackKind::Video => MediaKind::Video,
+    }
+}
+
+/// Who writes frames to a player's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The connection's task, from its reader.
+    Own,
+    /// The stream's fan-out task, as frames arrive.
+    Direct,
+    /// The fan-out task gave up (full socket, an event): the task must take over.
+    FellBack,
+}
+
+/// A player's socket as the fan-out task sees it (see [`DirectSink`]).
+#[derive(Debug)]
+struct RtmpSink {
+    socket: Arc<TcpStream>,
+    state: Mutex<SinkState>,
+    /// Wakes the connection's task when the sink leaves direct mode.
+    notify: Notify,
+}
+
+#[derive(Debug)]
+struct SinkState {
+    mode: Mode,
+    /// The first frame not yet handled.
+    next_seq: u64,
+    /// The tracks whose headers the player has.
+    tracks: Arc<Tracks>,
+    audio: bool,
+    video: bool,
+    chunk_size: u32,
+    /// The unwritten rest of the frame the sink stopped at.
+    pending: Vec<Bytes>,
+    error: Option<std::io::Error>,
+}
+
+impl RtmpSink {
+    fn new(socket: Arc<TcpStream>) -> RtmpSink {
+        RtmpSink {
+            socket,
+            state: Mutex::new(SinkState {
+                mode: Mode::Own,
+                next_seq: 0,
+                tracks: Arc::default(),
+                audio: true,
+                video: true,
+                chunk_size: 128,
+                pending: Vec::new(),
+                error: None,
+            }),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SinkState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_direct(&self) -> bool {
+        self.lock().mode == Mode::Direct
+    }
+
+    fn fell_back(&self) -> bool {
+        self.lock().mode == Mode::FellBack
+    }
+
+    fn fall_back(&self, st: &mut SinkState) {
+        st.mode = Mode::FellBack;
+        self.notify.notify_one();
+    }
+}
+
+impl DirectSink for RtmpSink {
+    fn offer(&self, frame: &Arc<Frame>) {
+        let mut st = self.lock();
+        if st.mode != Mode::Direct || frame.seq < st.next_seq {
+            return;
+        }
+        st.next_seq = frame.seq + 1;
+        let (track, wanted) = match frame.kind {
+            TrackKind::Video => (&st.tracks.video, st.video),
+            TrackKind::Audio => (&st.tracks.audio, st.audio),
+        };
+        // As the reader's own feed does: frames FLV cannot carry, or that the player turned
+        // off, are not sent.
+        let Some(track) = track.as_ref().filter(|t| wanted && flv::carries(t)) else { return };
+        let chunks = shared_chunks(frame, track, st.chunk_size);
+        match self.socket.try_write(&chunks) {
+            Ok(n) if n == chunks.len() => {}
+            Ok(n) => {
+                st.pending.push(chunks.slice(n..));
+                self.fall_back(&mut st);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                st.pending.push(chunks);
+                self.fall_back(&mut st);
+            }
+            Err(e) => {
+                st.error = Some(e);
+                self.fall_back(&mut st);
+            }
+        }
+    }
+
+    fn interrupt(&self) {
+        let mut st = self.lock();
+        if st.mode == Mode::Direct {
+            self.fall_back(&mut st);
+        }
+    }
+}
+
+/// Reads what the socket has, waiting for it (cancel-safe: readiness, then a plain read).
+async fn read_some(socket: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        socket.readable().await?;
+        match socket.try_read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
+}
+
 /// Writes all buffers with vectored writes, handling partial writes.
-async fn write_all_vectored(socket: &mut TcpStream, mut bufs: Vec<Bytes>) -> std::io::Result<()> {
+async fn write_all_vectored(socket: &TcpStream, mut bufs: Vec<Bytes>) -> std::io::Result<()> {
     let mut first = 0;
     while first < bufs.len() {
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
         let k = fill_slices(&mut slices, &bufs[first..]);
-        let n = socket.write_vectored(&slices[..k]).await?;
+        socket.writable().await?;
+        let n = match socket.try_write_vectored(&slices[..k]) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => r?,
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
@@ -469,7 +684,7 @@ fn advance(bufs: &mut [Bytes], mut first: usize, mut n: usize) -> usize {
 /// Writes and empties `bufs`: first without waiting (what the socket takes at once, the
 /// common case, costs no timer), then waiting at most `timeout` for the peer to take the rest.
 pub async fn write_with_timeout(
-    socket: &mut TcpStream,
+    socket: &TcpStream,
     bufs: &mut Vec<Bytes>,
     timeout: std::time::Duration,
 ) -> anyhow::Result<()> {

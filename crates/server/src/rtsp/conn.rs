@@ -712,7 +712,15 @@ impl Conn {
                 for pkt in codec::packets(&packets) {
                     t.packets = t.packets.wrapping_add(1);
                     t.octets = t.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
-                    send_rtp(&shared, &mut self.out, &x.tx, pkt);
+                    match x.tx {
+                        // A frame's packets to one address leave together (see udp_out).
+                        Tx::Udp { .. } => self.out.udp.push(pkt),
+                        _ => send_rtp(&shared, &mut self.out, &x.tx, pkt),
+                    }
+                }
+                if let Tx::Udp { rtp, .. } = x.tx {
+                    super::udp_out::send_packets(&shared.rtp, rtp, &self.out.udp);
+                    self.out.udp.clear();
                 }
             }
             ReaderItem::Unpublished | ReaderItem::Republished => {}
@@ -773,6 +781,8 @@ struct Out {
     /// Scratch for the 4-byte interleaved headers: they are split off one buffer, so a
     /// packet costs no allocation of its own.
     headers: BytesMut,
+    /// The packets of the frame being sent over UDP (reused).
+    udp: Vec<Bytes>,
 }
 
 impl Out {

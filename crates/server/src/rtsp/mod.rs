@@ -5,6 +5,7 @@
 mod conn;
 mod multicast;
 mod record;
+mod udp_out;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
