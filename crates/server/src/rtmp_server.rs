@@ -294,7 +294,7 @@ impl Connection {
         if self.pending.is_empty() {
             return Ok(());
         }
-        write_with_timeout(&mut self.socket, &mut self.pending, write_timeout(&self.hub)).await?;
+        write_with_timeout(&self.socket, &mut self.pending, write_timeout(&self.hub)).await?;
         if self.pending.capacity() > 64 {
             self.pending = Vec::new(); // after the GOP-cache burst
         }

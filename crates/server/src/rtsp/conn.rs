@@ -186,7 +186,7 @@ impl Conn {
             return Ok(());
         }
         let timeout = write_timeout(&self.shared.hub);
-        write_with_timeout(&mut self.socket, &mut self.out.bufs, timeout).await
+        write_with_timeout(&self.socket, &mut self.out.bufs, timeout).await
     }
 
     fn send(&mut self, r: Response) {
