@@ -37,18 +37,16 @@ pub fn send_packets(socket: &UdpSocket, dest: SocketAddr, packets: &[Bytes]) {
             let _ = socket.try_send_to(&run[0], dest);
             continue;
         }
-        match send_segmented(socket, dest, run) {
-            Err(Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) => {
-                // No GSO here (an old kernel, a device without checksum offload).
-                if !GSO_OFF.swap(true, Ordering::Relaxed) {
-                    warn!("UDP segmentation offload refused by the kernel: sending RTP packet by packet");
-                }
-                for p in run {
-                    let _ = socket.try_send_to(p, dest);
-                }
+        // Otherwise sent, or dropped on a full buffer.
+        let refused = send_segmented(socket, dest, run);
+        if let Err(Errno::EIO | Errno::EINVAL | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP) = refused {
+            // No GSO here (an old kernel, a device without checksum offload).
+            if !GSO_OFF.swap(true, Ordering::Relaxed) {
+                warn!("UDP segmentation offload refused by the kernel: sending RTP packet by packet");
             }
-            // Sent, or dropped on a full buffer.
-            _ => {}
+            for p in run {
+                let _ = socket.try_send_to(p, dest);
+            }
         }
     }
 }
