@@ -142,21 +142,13 @@ pub struct Frame {
     /// The payload: length-prefixed (4 bytes) NAL units for H.264/H.265, a raw access unit for
     /// audio.
     pub data: Bytes,
-    /// Position of the frame in its stream, set by the hub (0 outside one): readers that
-    /// hand a stretch of frames to someone else resume by it.
-    pub seq: u64,
     wire: [OnceLock<Bytes>; WIRE_SLOTS],
 }
 
 impl Frame {
     /// Makes a frame.
     pub fn new(kind: TrackKind, dts: i64, pts: i64, keyframe: bool, data: Bytes) -> Arc<Frame> {
-        Self::sequenced(kind, dts, pts, keyframe, data, 0)
-    }
-
-    /// Makes a frame at position `seq` of its stream.
-    pub fn sequenced(kind: TrackKind, dts: i64, pts: i64, keyframe: bool, data: Bytes, seq: u64) -> Arc<Frame> {
-        Arc::new(Frame { kind, dts, pts, keyframe, data, seq, wire: Default::default() })
+        Arc::new(Frame { kind, dts, pts, keyframe, data, wire: Default::default() })
     }
 
     /// Composition offset (`pts - dts`).

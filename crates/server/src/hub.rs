@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ferrocast_media::{Frame, TrackKind, Tracks, rescale};
 use tokio::sync::{Notify, broadcast};
 
 use crate::config::{HubConfig, ms};
+use crate::fanout::{self, Attachment, Slot};
 
 /// What readers of a stream receive, in order.
 #[derive(Debug, Clone)]
@@ -79,12 +80,12 @@ pub struct Hub {
 const NEW_STREAM_QUEUE: usize = 256;
 
 #[derive(Debug)]
-struct Stream {
+pub struct Stream {
     path: String,
-    tx: broadcast::Sender<HubEvent>,
+    tx: broadcast::Sender<Sequenced>,
     state: Mutex<StreamState>,
-    /// Readers written to by the stream's fan-out task while they keep up.
-    sinks: Mutex<Vec<Arc<dyn DirectSink>>>,
+    /// Readers attached to the stream's fan-out task.
+    slots: Mutex<Vec<Arc<Slot>>>,
     /// The fan-out task runs (it holds one receiver of `tx`).
     fan_out: AtomicBool,
 }
@@ -95,66 +96,37 @@ impl Stream {
             path: path.to_owned(),
             tx: broadcast::channel(queue).0,
             state: Mutex::new(StreamState::default()),
-            sinks: Mutex::new(Vec::new()),
+            slots: Mutex::new(Vec::new()),
             fan_out: AtomicBool::new(false),
         }
     }
 
-    /// Readers, not counting the fan-out task.
+    /// Readers: ring receivers but the fan-out task's, and attached slots.
     fn readers(&self) -> usize {
         self.tx.receiver_count().saturating_sub(usize::from(self.fan_out.load(Ordering::Relaxed)))
+            + lock(&self.slots).len()
+    }
+
+    /// Puts an event in the ring, numbered. Called with the state locked, so the numbers and
+    /// the subscription snapshots agree.
+    fn send(&self, st: &mut StreamState, ev: HubEvent) {
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let _ = self.tx.send((seq, ev));
+    }
+
+    /// The attached slots (for the fan-out task).
+    pub(crate) fn slots(&self) -> MutexGuard<'_, Vec<Arc<Slot>>> {
+        lock(&self.slots)
+    }
+
+    pub(crate) fn detach(&self, slot: &Arc<Slot>) {
+        lock(&self.slots).retain(|s| !Arc::ptr_eq(s, slot));
     }
 }
 
-/// A reader the stream's fan-out task writes frames to directly while it keeps up, so a
-/// reader that keeps up costs no task wake-up per frame (the per-frame wake-up of every
-/// reader's task was a quarter of the fan-out CPU).
-///
-/// The protocol: the reader's own task hands over by switching the sink to direct mode (under
-/// the sink's lock, after finding its own ring receiver empty); the fan-out task then offers
-/// it every frame, in ring order, right after the publisher put it in the ring. A sink that
-/// cannot take a frame whole (the socket is full), or is [`interrupt`](DirectSink::interrupt)ed
-/// by any other event, leaves direct mode and wakes its task, which takes over again from the
-/// first frame the sink did not finish (see [`crate::reader::Reader::resume_from`]).
-pub trait DirectSink: Send + Sync + std::fmt::Debug {
-    /// A frame just put in the ring. Never waits.
-    fn offer(&self, frame: &Arc<Frame>);
-    /// Anything but a frame is coming (tracks, unpublish, end, a lag): leave direct mode.
-    fn interrupt(&self);
-}
-
-/// Keeps a sink attached to its stream; dropping it detaches the sink.
-#[derive(Debug)]
-pub struct SinkGuard {
-    stream: Arc<Stream>,
-    sink: Arc<dyn DirectSink>,
-}
-
-impl Drop for SinkGuard {
-    fn drop(&mut self) {
-        lock(&self.stream.sinks).retain(|s| !Arc::ptr_eq(s, &self.sink));
-    }
-}
-
-/// The fan-out task of a stream: offers each frame to the direct sinks, in ring order, and
-/// interrupts them for every other event. It ends with the stream.
-async fn fan_out(stream: Weak<Stream>, mut rx: broadcast::Receiver<HubEvent>) {
-    loop {
-        let ev = rx.recv().await;
-        let Some(stream) = stream.upgrade() else { return };
-        let sinks = lock(&stream.sinks);
-        match ev {
-            Ok(HubEvent::Frame(f)) => sinks.iter().for_each(|s| s.offer(&f)),
-            Ok(HubEvent::Ended) | Err(broadcast::error::RecvError::Closed) => {
-                sinks.iter().for_each(|s| s.interrupt());
-                return;
-            }
-            // Tracks, unpublish, republish, or frames this task itself missed: every sink
-            // goes back to its own task, which handles them in order.
-            _ => sinks.iter().for_each(|s| s.interrupt()),
-        }
-    }
-}
+/// An event of a stream with its number in the stream.
+pub type Sequenced = (u64, HubEvent);
 
 #[derive(Debug, Default)]
 struct StreamState {
@@ -174,7 +146,7 @@ struct StreamState {
     last_track_ms: [Option<i64>; 2],
     /// The last step between two frames of each track, in ms.
     last_step_ms: [i64; 2],
-    /// Sequence number of the next frame ([`Frame::seq`]), across publishers.
+    /// Number of the next event in the ring, across publishers.
     next_seq: u64,
 }
 
@@ -240,7 +212,7 @@ impl Hub {
         st.gop_overflow = false;
         st.ts_offset_ms = None;
         if republish {
-            let _ = stream.tx.send(HubEvent::Republished);
+            stream.send(&mut st, HubEvent::Republished);
         }
         let generation = st.generation;
         drop(st);
@@ -272,7 +244,13 @@ impl Hub {
             return None;
         }
         let rx = stream.tx.subscribe();
-        Some(Subscription { tracks: st.tracks.clone(), gop: st.gop.clone(), rx, stream: stream.clone() })
+        Some(Subscription {
+            tracks: st.tracks.clone(),
+            gop: st.gop.clone(),
+            rx: Some(rx),
+            start_seq: st.next_seq,
+            stream: stream.clone(),
+        })
     }
 
     /// Subscribes, waiting up to the configured play wait for a publisher to appear.
@@ -296,8 +274,8 @@ impl Hub {
                 return;
             }
             st.publisher = None;
+            stream.send(&mut st, HubEvent::Unpublished);
         }
-        let _ = stream.tx.send(HubEvent::Unpublished);
         let grace = ms(self.config.republish_grace_ms);
         if grace.is_zero() {
             self.end_if_unclaimed(stream, generation);
@@ -313,9 +291,9 @@ impl Hub {
 
     fn end_if_unclaimed(&self, stream: &Arc<Stream>, generation: u64) {
         let mut streams = lock(&self.streams);
-        let st = lock(&stream.state);
+        let mut st = lock(&stream.state);
         if st.publisher.is_none() && st.generation == generation {
-            let _ = stream.tx.send(HubEvent::Ended);
+            stream.send(&mut st, HubEvent::Ended);
             if streams.get(&stream.path).is_some_and(|s| Arc::ptr_eq(s, stream)) {
                 streams.remove(&stream.path);
             }
@@ -330,8 +308,10 @@ pub struct Subscription {
     pub tracks: Arc<Tracks>,
     /// Frames from the latest keyframe, oldest first.
     pub gop: Vec<Arc<Frame>>,
-    /// Events after the snapshot.
-    pub rx: broadcast::Receiver<HubEvent>,
+    /// Events after the snapshot (None once attached to the fan-out instead).
+    pub rx: Option<broadcast::Receiver<Sequenced>>,
+    /// Number of the first event after the snapshot.
+    start_seq: u64,
     stream: Arc<Stream>,
 }
 
@@ -341,14 +321,22 @@ impl Subscription {
         lock(&self.stream.state).tracks.clone()
     }
 
-    /// Attaches a direct sink to the stream (see [`DirectSink`]), starting the stream's
-    /// fan-out task with the first one. Must be called inside the tokio runtime.
-    pub fn attach(&self, sink: Arc<dyn DirectSink>) -> SinkGuard {
-        if !self.stream.fan_out.swap(true, Ordering::Relaxed) {
-            tokio::spawn(fan_out(Arc::downgrade(&self.stream), self.stream.tx.subscribe()));
+    /// Takes the events after the snapshot from the stream's fan-out task instead of the
+    /// ring (see [`crate::fanout`]), with direct writes to `socket`; the ring receiver is
+    /// dropped, so frames are freed once the fan-out task has handed them on.
+    pub fn attach(&mut self, socket: Option<Arc<tokio::net::TcpStream>>, queue: usize) -> Attachment {
+        let slot = Slot::new(socket, self.start_seq, queue);
+        {
+            // Under the state lock: the fan-out task starts at the next event, which is
+            // after this snapshot.
+            let _st = lock(&self.stream.state);
+            if !self.stream.fan_out.swap(true, Ordering::Relaxed) {
+                tokio::spawn(fanout::run(Arc::downgrade(&self.stream), self.stream.tx.subscribe()));
+            }
+            lock(&self.stream.slots).push(slot.clone());
         }
-        lock(&self.stream.sinks).push(sink.clone());
-        SinkGuard { stream: self.stream.clone(), sink }
+        self.rx = None;
+        Attachment::new(self.stream.clone(), slot)
     }
 }
 
@@ -374,7 +362,7 @@ impl Publisher {
         }
         let tracks = Arc::new(tracks);
         st.tracks = tracks.clone();
-        let _ = self.stream.tx.send(HubEvent::Tracks(tracks));
+        self.stream.send(&mut st, HubEvent::Tracks(tracks));
     }
 
     /// Hands a frame to every reader. Never waits.
@@ -422,9 +410,7 @@ impl Publisher {
         }
         st.last_track_ms[k] = Some(end_ms);
         let offset = rescale(offset_ms, 1000, clock);
-        let seq = st.next_seq;
-        st.next_seq += 1;
-        let frame = Frame::sequenced(kind, dts + offset, pts + offset, keyframe, data, seq);
+        let frame = Frame::new(kind, dts + offset, pts + offset, keyframe, data);
         st.last_dts_ms = Some(st.last_dts_ms.map_or(end_ms, |l| l.max(end_ms)));
         let has_video = st.tracks.video.is_some();
         if has_video {
@@ -444,7 +430,7 @@ impl Publisher {
                 }
             }
         }
-        let _ = self.stream.tx.send(HubEvent::Frame(frame));
+        self.stream.send(&mut st, HubEvent::Frame(frame));
     }
 }
 
@@ -511,13 +497,13 @@ mod tests {
         p.push(TrackKind::Video, 5000, 5000, true, Bytes::from_static(b"k"));
         let mut sub = hub.subscribe("live/a").unwrap();
         drop(p);
-        assert!(matches!(sub.rx.recv().await, Ok(HubEvent::Unpublished)));
+        assert!(matches!(sub.rx.as_mut().unwrap().recv().await.map(|(_, e)| e), Ok(HubEvent::Unpublished)));
         let p = hub.publish("live/a").unwrap();
-        assert!(matches!(sub.rx.recv().await, Ok(HubEvent::Republished)));
+        assert!(matches!(sub.rx.as_mut().unwrap().recv().await.map(|(_, e)| e), Ok(HubEvent::Republished)));
         p.set_tracks(video_tracks());
         p.push(TrackKind::Video, 0, 0, true, Bytes::from_static(b"k"));
-        assert!(matches!(sub.rx.recv().await, Ok(HubEvent::Tracks(_))));
-        match sub.rx.recv().await {
+        assert!(matches!(sub.rx.as_mut().unwrap().recv().await.map(|(_, e)| e), Ok(HubEvent::Tracks(_))));
+        match sub.rx.as_mut().unwrap().recv().await.map(|(_, e)| e) {
             Ok(HubEvent::Frame(f)) => assert_eq!(f.dts, 5000 + REPUBLISH_GAP_MS),
             other => panic!("{other:?}"),
         }
@@ -535,7 +521,7 @@ mod tests {
             p.push(TrackKind::Video, ts, ts + 80, ts == 0, Bytes::from_static(b"f"));
         }
         let mut out = Vec::new();
-        while let Ok(ev) = sub.rx.try_recv() {
+        while let Ok(ev) = sub.rx.as_mut().unwrap().try_recv().map(|(_, e)| e) {
             if let HubEvent::Frame(f) = ev {
                 out.push((f.dts, f.pts - f.dts));
             }
@@ -552,8 +538,8 @@ mod tests {
         let p = hub.publish("live/a").unwrap();
         let mut sub = hub.subscribe("live/a").unwrap();
         drop(p);
-        assert!(matches!(sub.rx.recv().await, Ok(HubEvent::Unpublished)));
-        assert!(matches!(sub.rx.recv().await, Ok(HubEvent::Ended)));
+        assert!(matches!(sub.rx.as_mut().unwrap().recv().await.map(|(_, e)| e), Ok(HubEvent::Unpublished)));
+        assert!(matches!(sub.rx.as_mut().unwrap().recv().await.map(|(_, e)| e), Ok(HubEvent::Ended)));
         assert!(hub.live_paths().is_empty());
         // The path is free for a fresh stream.
         assert!(hub.publish("live/a").is_ok());

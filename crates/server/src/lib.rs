@@ -2,6 +2,7 @@
 //! protocol crates into one media server.
 
 pub mod config;
+pub mod fanout;
 pub mod hls;
 pub mod http;
 pub mod hub;

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use ferrocast_media::{Frame, TrackInfo, TrackKind, Tracks, flv};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use crate::hub::{Hub, HubEvent, Subscription};
+use crate::fanout::{Attachment, Slot};
+use crate::hub::{Hub, HubEvent, Sequenced, Subscription};
 
 /// What a reader is told, in order.
 #[derive(Debug, Clone)]
@@ -41,19 +42,9 @@ pub struct Reader {
     skips: VecDeque<Instant>,
     /// Frames this reader skipped.
     pub dropped: u64,
-    /// One past the sequence number of the last frame taken.
-    next_seq: u64,
-    /// Taking over from a direct sink: frames before this one were sent already.
-    resume: Option<Resume>,
-}
-
-/// Where a reader takes over from its direct sink (see [`crate::hub::DirectSink`]).
-#[derive(Debug, Clone, Copy)]
-struct Resume {
-    from: u64,
-    /// The ring overflowed under the receiver while the sink wrote: whether that cost any
-    /// frame the sink did not send is known at the next frame.
-    lagged: bool,
+    /// Set when events come from the stream's fan-out task (see [`crate::fanout`]) rather
+    /// than the ring.
+    attachment: Option<Attachment>,
 }
 
 const SKIP_WINDOW: Duration = Duration::from_secs(60);
@@ -75,33 +66,29 @@ impl Reader {
             has_video,
             skips: VecDeque::new(),
             dropped: 0,
-            next_seq: 0,
-            resume: None,
+            attachment: None,
         }
     }
 
-    /// The subscription (to attach a direct sink to its stream).
-    pub fn subscription(&self) -> &Subscription {
-        &self.sub
+    /// Like [`Reader::new`], taking events from the stream's fan-out task, which writes
+    /// frames to `socket` itself while this reader keeps up (see [`crate::fanout`]).
+    pub fn attached(hub: Arc<Hub>, mut sub: Subscription, socket: Option<Arc<tokio::net::TcpStream>>) -> Reader {
+        let queue = hub.config().reader_queue_frames;
+        let attachment = sub.attach(socket, queue);
+        let mut r = Reader::new(hub, sub);
+        r.attachment = Some(attachment);
+        r
+    }
+
+    /// The fan-out slot of an attached reader.
+    pub fn slot(&self) -> Option<&Arc<Slot>> {
+        self.attachment.as_ref().map(Attachment::slot)
     }
 
     /// True when the reader is in step with the live stream: its start-up GOP is sent and it
-    /// is not skipping to a keyframe. Only then may a direct sink take over.
+    /// is not skipping to a keyframe. Only then may the fan-out write for it.
     pub fn is_live(&self) -> bool {
-        self.backlog.is_empty() && !self.waiting_for_keyframe && self.resume.is_none()
-    }
-
-    /// One past the sequence number of the last frame this reader took.
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
-    /// Takes over from a direct sink that sent every frame before `seq`: those are skipped
-    /// as they come out of the ring (not counted as drops), and a ring overflow while the
-    /// sink was writing is not a lag unless it cost a frame from `seq` on.
-    pub fn resume_from(&mut self, seq: u64) {
-        self.next_seq = self.next_seq.max(seq);
-        self.resume = Some(Resume { from: seq, lagged: false });
+        self.backlog.is_empty() && !self.waiting_for_keyframe
     }
 
     /// The tracks at subscription time.
@@ -119,10 +106,19 @@ impl Reader {
         loop {
             if let Some(item) = self.backlog.pop_front() {
                 self.release_backlog();
-                self.note(&item);
                 return item;
             }
-            let r = self.sub.rx.recv().await;
+            let r = match (&mut self.sub.rx, &self.attachment) {
+                (Some(rx), _) => rx.recv().await,
+                (None, Some(a)) => match a.slot().pop() {
+                    Some(r) => slot_result(r),
+                    None => {
+                        a.slot().changed().await;
+                        continue;
+                    }
+                },
+                (None, None) => Err(RecvError::Closed),
+            };
             if let Some(item) = self.accept(r) {
                 return item;
             }
@@ -141,14 +137,17 @@ impl Reader {
         loop {
             if let Some(item) = self.backlog.pop_front() {
                 self.release_backlog();
-                self.note(&item);
                 return Some(item);
             }
-            let r = match self.sub.rx.try_recv() {
-                Ok(e) => Ok(e),
-                Err(TryRecvError::Empty) => return None,
-                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                Err(TryRecvError::Closed) => Err(RecvError::Closed),
+            let r = match (&mut self.sub.rx, &self.attachment) {
+                (Some(rx), _) => match rx.try_recv() {
+                    Ok(e) => Ok(e),
+                    Err(TryRecvError::Empty) => return None,
+                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                },
+                (None, Some(a)) => slot_result(a.slot().pop()?),
+                (None, None) => Err(RecvError::Closed),
             };
             if let Some(item) = self.accept(r) {
                 return Some(item);
@@ -156,32 +155,9 @@ impl Reader {
         }
     }
 
-    fn note(&mut self, item: &ReaderItem) {
-        if let ReaderItem::Frame(f) = item {
-            self.next_seq = self.next_seq.max(f.seq + 1);
-        }
-    }
-
-    fn accept(&mut self, r: Result<HubEvent, RecvError>) -> Option<ReaderItem> {
-        if let Some(resume) = &mut self.resume {
-            match &r {
-                Err(RecvError::Lagged(_)) => {
-                    resume.lagged = true;
-                    return None;
-                }
-                Ok(HubEvent::Frame(f)) if f.seq < resume.from => return None,
-                Ok(HubEvent::Frame(f)) if resume.lagged && f.seq > resume.from => {
-                    // Frames from `from` on were lost to the overflow: a real lag.
-                    let missed = f.seq - resume.from;
-                    self.resume = None;
-                    return self.accept(Err(RecvError::Lagged(missed)));
-                }
-                _ => self.resume = None,
-            }
-        }
-        match r {
+    fn accept(&mut self, r: Result<Sequenced, RecvError>) -> Option<ReaderItem> {
+        match r.map(|(_, ev)| ev) {
             Ok(HubEvent::Frame(f)) => {
-                self.next_seq = self.next_seq.max(f.seq + 1);
                 if self.waiting_for_keyframe {
                     let starts = f.kind == TrackKind::Video && f.keyframe;
                     if !starts {
@@ -223,6 +199,11 @@ impl Reader {
             }
         }
     }
+}
+
+/// A slot's event as a ring receiver would have given it.
+fn slot_result(r: Result<HubEvent, u64>) -> Result<Sequenced, RecvError> {
+    r.map(|ev| (0, ev)).map_err(RecvError::Lagged)
 }
 
 /// One thing to send to an FLV-speaking reader.

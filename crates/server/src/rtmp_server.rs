@@ -4,7 +4,7 @@
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -13,11 +13,11 @@ use ferrocast_media::{Frame, TrackInfo, TrackKind, Tracks, Wire, flv};
 use ferrocast_rtmp::message::{encode_media, user_control};
 use ferrocast_rtmp::{MediaKind, ServerConfig, ServerEvent, ServerSession};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::config::{LimitsConfig, RtmpConfig, ms};
-use crate::hub::{DirectSink, Hub, SinkGuard, reader_nodelay, write_merge, write_timeout};
+use crate::fanout::Encoder;
+use crate::hub::{Hub, reader_nodelay, write_merge, write_timeout};
 use crate::ingest::RtmpIngest;
 use crate::limits::Limiter;
 use crate::path::stream_path;
@@ -109,9 +109,13 @@ struct Playing {
     finished: bool,
     /// Reused for the tags of each frame (no allocation per frame).
     tags: Vec<Tag>,
-    /// Where the stream's fan-out task writes frames while this reader keeps up.
-    sink: Arc<RtmpSink>,
-    _attached: SinkGuard,
+}
+
+impl Playing {
+    /// The fan-out slot (every RTMP player has one).
+    fn slot(&self) -> &Arc<crate::fanout::Slot> {
+        self.reader.slot().expect("RTMP players are attached")
+    }
 }
 
 struct Connection {
@@ -142,7 +146,7 @@ impl Connection {
         let mut timer_at = tokio::time::Instant::now() + std::time::Duration::from_secs(3600);
         let mut timer = std::pin::pin!(tokio::time::sleep_until(timer_at));
         loop {
-            if matches!(&self.role, Role::Playing(p) if p.sink.fell_back()) {
+            if matches!(&self.role, Role::Playing(p) if p.slot().fell_back()) {
                 self.reclaim()?;
             }
             if flush_at.is_none_or(|t| tokio::time::Instant::now() >= t) {
@@ -155,9 +159,8 @@ impl Connection {
             }
             // Caught up with nothing to write: the fan-out task writes the next frames itself
             // (not with a merge window, whose point is to write less often).
-            if merge.is_zero() && self.try_go_direct() {
-                self.play_item_batch();
-                continue;
+            if merge.is_zero() {
+                self.try_go_direct();
             }
             let mut deadline = self.session.poll_timeout().map(|(_, at)| at);
             if matches!(self.role, Role::Publishing { .. }) {
@@ -179,8 +182,8 @@ impl Connection {
             }
             // Inside a merge window the reader is not woken per frame: the frames wait in the
             // stream's ring and are taken all at once when the window ends.
-            let (reading, sink) = match &mut self.role {
-                Role::Playing(p) if p.sink.is_direct() => (None, Some(p.sink.clone())),
+            let (reading, slot) = match &mut self.role {
+                Role::Playing(p) if p.slot().is_direct() => (None, Some(p.slot().clone())),
                 Role::Playing(p) if !p.paused && flush_at.is_none() => (Some(&mut p.reader), None),
                 _ => (None, None),
             };
@@ -197,7 +200,7 @@ impl Connection {
                     self.session.handle_timeout(Instant::now())?;
                 }
                 // The sink left direct mode: the loop's top takes over.
-                _ = async { sink.expect("guarded").notify.notified().await }, if sink.is_some() => {}
+                _ = async { slot.expect("guarded").changed().await }, if slot.is_some() => {}
                 item = async { reading.expect("guarded").next().await }, if reading.is_some() => {
                     self.play_item(item);
                     self.play_item_batch();
@@ -233,49 +236,32 @@ impl Connection {
     }
 
     /// Hands the writing of frames to the stream's fan-out task, if this reader is playing,
-    /// in step and has nothing queued. False when an item came up instead (handled: loop).
-    fn try_go_direct(&mut self) -> bool {
-        let Role::Playing(p) = &mut self.role else { return false };
+    /// in step, has nothing queued and writes with the shared chunks.
+    fn try_go_direct(&mut self) {
+        let Role::Playing(p) = &mut self.role else { return };
         if p.paused || p.finished || p.stream_id != SHARED_STREAM_ID || !p.feed.settled() || !p.reader.is_live() {
-            return false;
+            return;
         }
-        if !self.pending.is_empty() || p.sink.is_direct() {
-            return false;
+        if !self.pending.is_empty() || p.slot().is_direct() {
+            return;
         }
-        let mut st = p.sink.lock();
-        // Under the sink's lock: a frame the ring gets after this check is offered to the
-        // sink after the lock is released, so none falls between the two.
-        if let Some(item) = p.reader.try_next() {
-            drop(st);
-            self.play_item(item);
-            return true;
-        }
-        st.mode = Mode::Direct;
-        st.next_seq = p.reader.next_seq();
-        st.tracks = p.feed.current().clone();
-        st.audio = p.audio;
-        st.video = p.video;
-        st.chunk_size = self.session.chunk_size();
-        false
+        let encoder = RtmpEncoder {
+            tracks: p.feed.current().clone(),
+            audio: p.audio,
+            video: p.video,
+            chunk_size: self.session.chunk_size(),
+        };
+        p.slot().go_direct(Box::new(encoder));
     }
 
-    /// Takes the writing back from the fan-out task: what it left unwritten goes first, and
-    /// the reader resumes at the first frame it did not send.
+    /// Takes the writing back from the fan-out task: what it left unwritten goes first.
     fn reclaim(&mut self) -> anyhow::Result<()> {
         let Role::Playing(p) = &mut self.role else { return Ok(()) };
-        let mut st = p.sink.lock();
-        if st.mode == Mode::Own {
-            return Ok(());
-        }
-        st.mode = Mode::Own;
-        let rest = std::mem::take(&mut st.pending);
-        let error = st.error.take();
-        p.reader.resume_from(st.next_seq);
-        drop(st);
-        if let Some(e) = error {
+        let Some(t) = p.slot().take_over() else { return Ok(()) };
+        if let Some(e) = t.error {
             return Err(e).context("write");
         }
-        self.pending.splice(0..0, rest);
+        self.pending.splice(0..0, t.pending);
         Ok(())
     }
 
@@ -409,9 +395,7 @@ impl Connection {
             return Ok(());
         };
         info!(peer = %self.peer, path, "rtmp play");
-        let sink = Arc::new(RtmpSink::new(self.socket.clone()));
-        let attached = sub.attach(sink.clone());
-        let reader = Reader::new(self.hub.clone(), sub);
+        let reader = Reader::attached(self.hub.clone(), sub, Some(self.socket.clone()));
         self.role = Role::Playing(Box::new(Playing {
             stream_id,
             path,
@@ -422,8 +406,6 @@ impl Connection {
             video: true,
             finished: false,
             tags: Vec::with_capacity(4),
-            sink,
-            _attached: attached,
         }));
         self.session.accept_play(stream_id)?;
         Ok(())
@@ -514,113 +496,25 @@ fn media_kind(kind: TrackKind) -> MediaKind {
     }
 }
 
-/// Who writes frames to a player's socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// The connection's task, from its reader.
-    Own,
-    /// The stream's fan-out task, as frames arrive.
-    Direct,
-    /// The fan-out task gave up (full socket, an event): the task must take over.
-    FellBack,
-}
-
-/// A player's socket as the fan-out task sees it (see [`DirectSink`]).
-#[derive(Debug)]
-struct RtmpSink {
-    socket: Arc<TcpStream>,
-    state: Mutex<SinkState>,
-    /// Wakes the connection's task when the sink leaves direct mode.
-    notify: Notify,
-}
-
-#[derive(Debug)]
-struct SinkState {
-    mode: Mode,
-    /// The first frame not yet handled.
-    next_seq: u64,
-    /// The tracks whose headers the player has.
+/// A player's frames as the fan-out task writes them: the shared chunks, for the tracks
+/// whose headers the player has, of the kinds it wants.
+struct RtmpEncoder {
     tracks: Arc<Tracks>,
     audio: bool,
     video: bool,
     chunk_size: u32,
-    /// The unwritten rest of the frame the sink stopped at.
-    pending: Vec<Bytes>,
-    error: Option<std::io::Error>,
 }
 
-impl RtmpSink {
-    fn new(socket: Arc<TcpStream>) -> RtmpSink {
-        RtmpSink {
-            socket,
-            state: Mutex::new(SinkState {
-                mode: Mode::Own,
-                next_seq: 0,
-                tracks: Arc::default(),
-                audio: true,
-                video: true,
-                chunk_size: 128,
-                pending: Vec::new(),
-                error: None,
-            }),
-            notify: Notify::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, SinkState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn is_direct(&self) -> bool {
-        self.lock().mode == Mode::Direct
-    }
-
-    fn fell_back(&self) -> bool {
-        self.lock().mode == Mode::FellBack
-    }
-
-    fn fall_back(&self, st: &mut SinkState) {
-        st.mode = Mode::FellBack;
-        self.notify.notify_one();
-    }
-}
-
-impl DirectSink for RtmpSink {
-    fn offer(&self, frame: &Arc<Frame>) {
-        let mut st = self.lock();
-        if st.mode != Mode::Direct || frame.seq < st.next_seq {
-            return;
-        }
-        st.next_seq = frame.seq + 1;
+impl Encoder for RtmpEncoder {
+    fn frame(&mut self, frame: &Arc<Frame>, out: &mut Vec<Bytes>) {
         let (track, wanted) = match frame.kind {
-            TrackKind::Video => (&st.tracks.video, st.video),
-            TrackKind::Audio => (&st.tracks.audio, st.audio),
+            TrackKind::Video => (&self.tracks.video, self.video),
+            TrackKind::Audio => (&self.tracks.audio, self.audio),
         };
         // As the reader's own feed does: frames FLV cannot carry, or that the player turned
         // off, are not sent.
-        let Some(track) = track.as_ref().filter(|t| wanted && flv::carries(t)) else { return };
-        let chunks = shared_chunks(frame, track, st.chunk_size);
-        match self.socket.try_write(&chunks) {
-            Ok(n) if n == chunks.len() => {}
-            Ok(n) => {
-                st.pending.push(chunks.slice(n..));
-                self.fall_back(&mut st);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                st.pending.push(chunks);
-                self.fall_back(&mut st);
-            }
-            Err(e) => {
-                st.error = Some(e);
-                self.fall_back(&mut st);
-            }
-        }
-    }
-
-    fn interrupt(&self) {
-        let mut st = self.lock();
-        if st.mode == Mode::Direct {
-            self.fall_back(&mut st);
+        if let Some(track) = track.as_ref().filter(|t| wanted && flv::carries(t)) {
+            out.push(shared_chunks(frame, track, self.chunk_size));
         }
     }
 }

@@ -1,0 +1,274 @@
+//! The fan-out of a stream to its readers, without a task wake-up per frame and reader.
+//!
+//! Each stream has one fan-out task. It takes every event from the stream's ring, in order,
+//! and hands it to every attached reader's [`Slot`]:
+//! - a reader that keeps up is in *direct* mode: the fan-out task encodes the frame with the
+//!   reader's [`Encoder`] (the shared wire form, see [`ferrocast_media::Frame::wire`]) and
+//!   writes it to the reader's socket itself, without waiting;
+//! - otherwise the event goes into the slot's bounded queue and the reader's own task is woken
+//!   to send it (a reader starting with its GOP, one whose socket was full, one that paused).
+//!
+//! A direct write that the socket does not take whole leaves direct mode: the rest of the frame
+//! waits in the slot for the reader's task, which writes it first, with the write timeout, and
+//! then works through the queue. Any event other than a frame (new tracks, unpublish, the end)
+//! also leaves direct mode, so readers handle them in their own code. The reader's task goes
+//! back to direct mode when its queue is empty (under the slot's lock, so no event falls
+//! between the two). The per-frame wake-up of every reader's task was a quarter of the
+//! fan-out's CPU; in direct mode a frame costs a reader one lock and one `writev`.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use bytes::Bytes;
+use ferrocast_media::Frame;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, broadcast};
+
+use crate::hub::{HubEvent, Sequenced, Stream};
+
+/// Turns frames into the bytes of one reader's protocol, in the fan-out task.
+pub trait Encoder: Send {
+    /// Appends the buffers to write for `frame` (shared wire forms; nothing to skip it). An
+    /// encoder that sends by itself (RTP over UDP) appends nothing.
+    fn frame(&mut self, frame: &Arc<Frame>, out: &mut Vec<Bytes>);
+}
+
+/// One reader's place in its stream's fan-out.
+pub struct Slot {
+    state: Mutex<SlotState>,
+    /// Wakes the reader's task: an event queued, or direct mode left.
+    notify: Notify,
+    /// Where direct writes go (None: the encoder sends by itself).
+    socket: Option<Arc<TcpStream>>,
+}
+
+struct SlotState {
+    /// Events before this one were in the reader's start-up snapshot.
+    start_seq: u64,
+    /// Set in direct mode.
+    direct: Option<Box<dyn Encoder>>,
+    /// Events for the reader's task, in order.
+    queue: VecDeque<HubEvent>,
+    /// Most queued events; past it the queue is dropped and counted as a lag.
+    cap: usize,
+    /// Events dropped since the reader's task last looked.
+    lagged: u64,
+    /// The unwritten rest of the frame at which direct mode ended.
+    pending: Vec<Bytes>,
+    /// A socket error met by a direct write.
+    error: Option<std::io::Error>,
+    /// Set when direct mode ended; cleared when the reader's task takes over.
+    fell_back: bool,
+    /// Buffers of the frame being written (reused).
+    scratch: Vec<Bytes>,
+}
+
+/// What the reader's task finds when it takes over from direct mode.
+pub struct Takeover {
+    /// Write these first.
+    pub pending: Vec<Bytes>,
+    /// Or fail with this.
+    pub error: Option<std::io::Error>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").finish_non_exhaustive()
+    }
+}
+
+impl Slot {
+    /// A slot whose direct writes go to `socket`, queueing up to `cap` events.
+    pub fn new(socket: Option<Arc<TcpStream>>, start_seq: u64, cap: usize) -> Arc<Slot> {
+        Arc::new(Slot {
+            state: Mutex::new(SlotState {
+                start_seq,
+                direct: None,
+                queue: VecDeque::new(),
+                cap,
+                lagged: 0,
+                pending: Vec::new(),
+                error: None,
+                fell_back: false,
+                scratch: Vec::new(),
+            }),
+            notify: Notify::new(),
+            socket,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next queued event for the reader's task: `Err(n)` when `n` events were dropped
+    /// because the queue overflowed.
+    pub fn pop(&self) -> Option<Result<HubEvent, u64>> {
+        let mut st = self.lock();
+        if st.lagged > 0 {
+            return Some(Err(std::mem::take(&mut st.lagged)));
+        }
+        let ev = st.queue.pop_front();
+        if st.queue.is_empty() && st.queue.capacity() > 64 {
+            st.queue = VecDeque::new(); // after a catch-up
+        }
+        ev.map(Ok)
+    }
+
+    /// Waits until something may have changed (an event queued, direct mode left).
+    pub async fn changed(&self) {
+        self.notify.notified().await
+    }
+
+    /// Hands the writing of frames to the fan-out task, if nothing is queued. True when the
+    /// slot is now direct.
+    pub fn go_direct(&self, encoder: Box<dyn Encoder>) -> bool {
+        let mut st = self.lock();
+        if !st.queue.is_empty() || st.lagged > 0 || st.fell_back {
+            return false;
+        }
+        st.direct = Some(encoder);
+        true
+    }
+
+    /// True in direct mode.
+    pub fn is_direct(&self) -> bool {
+        self.lock().direct.is_some()
+    }
+
+    /// True when direct mode ended and the reader's task has not taken over yet.
+    pub fn fell_back(&self) -> bool {
+        self.lock().fell_back
+    }
+
+    /// The reader's task takes the writing back (for its own messages, or after direct mode
+    /// ended): None if it had it already.
+    pub fn take_over(&self) -> Option<Takeover> {
+        let mut st = self.lock();
+        if st.direct.is_none() && !st.fell_back {
+            return None;
+        }
+        st.direct = None;
+        st.fell_back = false;
+        Some(Takeover { pending: std::mem::take(&mut st.pending), error: st.error.take() })
+    }
+
+    /// An event from the ring (fan-out task only).
+    fn deliver(&self, seq: u64, ev: &HubEvent) {
+        let mut st = self.lock();
+        if seq < st.start_seq {
+            return;
+        }
+        let st = &mut *st;
+        if let Some(encoder) = st.direct.as_mut() {
+            if let HubEvent::Frame(f) = ev {
+                st.scratch.clear();
+                encoder.frame(f, &mut st.scratch);
+                if st.scratch.is_empty() {
+                    return;
+                }
+                let Some(socket) = &self.socket else { return };
+                match write_now(socket, &mut st.scratch) {
+                    Ok(true) => return,
+                    Ok(false) => st.pending = std::mem::take(&mut st.scratch),
+                    Err(e) => st.error = Some(e),
+                }
+                st.direct = None;
+                st.fell_back = true;
+                self.notify.notify_one();
+                return;
+            }
+            st.direct = None;
+            st.fell_back = true;
+        }
+        if st.queue.len() >= st.cap {
+            st.lagged += st.queue.len() as u64;
+            st.queue.clear();
+        }
+        st.queue.push_back(ev.clone());
+        self.notify.notify_one();
+    }
+
+    /// Too far behind for the fan-out task itself (fan-out task only).
+    fn lag(&self, n: u64) {
+        let mut st = self.lock();
+        st.direct = None;
+        st.fell_back = true;
+        st.lagged += n + st.queue.len() as u64;
+        st.queue.clear();
+        self.notify.notify_one();
+    }
+}
+
+/// Writes `bufs` without waiting: true when all went; false with the rest left in `bufs`.
+fn write_now(socket: &TcpStream, bufs: &mut Vec<Bytes>) -> std::io::Result<bool> {
+    const MAX: usize = 64;
+    loop {
+        let mut slices = [IoSlice::new(&[]); MAX];
+        let k = bufs.len().min(MAX);
+        for (s, b) in slices.iter_mut().zip(bufs.iter()) {
+            *s = IoSlice::new(b);
+        }
+        let mut n = match socket.try_write_vectored(&slices[..k]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let mut done = 0;
+        while done < bufs.len() && n >= bufs[done].len() {
+            n -= bufs[done].len();
+            done += 1;
+        }
+        if done < bufs.len() && n > 0 {
+            bufs[done] = bufs[done].slice(n..);
+        }
+        bufs.drain(..done);
+        if bufs.is_empty() {
+            return Ok(true);
+        }
+    }
+}
+
+/// Keeps a slot attached to its stream; dropping it detaches the slot.
+#[derive(Debug)]
+pub struct Attachment {
+    stream: Arc<Stream>,
+    slot: Arc<Slot>,
+}
+
+impl Attachment {
+    pub(crate) fn new(stream: Arc<Stream>, slot: Arc<Slot>) -> Attachment {
+        Attachment { stream, slot }
+    }
+
+    /// The slot.
+    pub fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.stream.detach(&self.slot);
+    }
+}
+
+/// The fan-out task of a stream: hands every event, in ring order, to every attached slot.
+/// It ends with the stream.
+pub(crate) async fn run(stream: Weak<Stream>, mut rx: broadcast::Receiver<Sequenced>) {
+    loop {
+        let r = rx.recv().await;
+        let Some(stream) = stream.upgrade() else { return };
+        let slots = stream.slots();
+        match r {
+            Ok((seq, ev)) => slots.iter().for_each(|s| s.deliver(seq, &ev)),
+            Err(broadcast::error::RecvError::Lagged(n)) => slots.iter().for_each(|s| s.lag(n)),
+            Err(broadcast::error::RecvError::Closed) => {
+                slots.iter().for_each(|s| s.deliver(u64::MAX, &HubEvent::Ended));
+                return;
+            }
+        }
+    }
+}
