@@ -520,7 +520,7 @@ impl Encoder for RtmpEncoder {
 }
 
 /// Reads what the socket has, waiting for it (cancel-safe: readiness, then a plain read).
-async fn read_some(socket: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+pub async fn read_some(socket: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
         socket.readable().await?;
         match socket.try_read(buf) {

@@ -3,19 +3,18 @@
 //! the state table come from `ferrocast_rtsp`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
-use ferrocast_media::{TrackInfo, TrackKind, Tracks};
+use ferrocast_media::{Frame, TrackInfo, TrackKind, Tracks};
 use ferrocast_rtsp::codec;
 use ferrocast_rtsp::message::{self, Message, Method, Request, Response};
 use ferrocast_rtsp::rtcp::{self, RtcpPacket};
 use ferrocast_rtsp::sdp;
 use ferrocast_rtsp::state::{State, transition};
 use ferrocast_rtsp::transport::{Lower, Transport};
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -23,10 +22,11 @@ use tracing::{debug, info, warn};
 use super::record::Recording;
 use super::{MulticastGroup, Shared, StreamRtp, UdpIn, slot, unix_micros};
 use crate::config::ms;
+use crate::fanout::Encoder;
 use crate::hub::write_timeout;
 use crate::path;
 use crate::reader::{Reader, ReaderItem};
-use crate::rtmp_server::write_with_timeout;
+use crate::rtmp_server::{read_some, write_with_timeout};
 
 const PUBLIC: &str = "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, PAUSE, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
 /// Bytes read from a socket at a time. Readers send almost nothing, so this is per-viewer
@@ -51,20 +51,84 @@ struct Setup {
     tx: Tx,
 }
 
-#[derive(Default)]
-struct ReaderTrack {
-    sent_report: bool,
+/// What a player was sent on one track, for its sender reports.
+#[derive(Default, Clone, Copy)]
+struct Sent {
+    report: bool,
     packets: u32,
     octets: u32,
-    last_rr: Option<rtcp::ReportBlock>,
 }
 
 struct Playing {
     reader: Option<Reader>,
     stream: Arc<StreamRtp>,
-    tracks: Tracks,
+    /// Shared with the stream's fan-out task, which sends for this player while it keeps up.
+    rtp: Arc<Mutex<RtpOut>>,
     paused: bool,
-    per_track: [ReaderTrack; 2],
+    last_rr: [Option<rtcp::ReportBlock>; 2],
+}
+
+/// The RTP side of a player: its frames as packets on its transports. Used by the player's
+/// own task and, in direct mode, by the stream's fan-out task (see [`crate::fanout`]).
+struct RtpOut {
+    shared: Arc<Shared>,
+    stream: Arc<StreamRtp>,
+    tracks: Tracks,
+    /// Where each track's packets go (video, audio): None when not set up or multicast.
+    txs: [Option<Tx>; 2],
+    sent: [Sent; 2],
+    /// Scratch for interleaved headers.
+    headers: BytesMut,
+    /// The packets of the frame being sent over UDP (reused).
+    udp: Vec<Bytes>,
+}
+
+fn lock(m: &Mutex<RtpOut>) -> MutexGuard<'_, RtpOut> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RtpOut {
+    /// Sends a frame: over UDP at once, over TCP as buffers appended to `out`.
+    fn frame(&mut self, f: &Frame, out: &mut Vec<Bytes>) {
+        let track: Option<&TrackInfo> = match f.kind {
+            TrackKind::Video => self.tracks.video.as_ref(),
+            TrackKind::Audio => self.tracks.audio.as_ref(),
+        };
+        let idx = slot(f.kind);
+        let (Some(track), Some(tx)) = (track, &self.txs[idx]) else { return };
+        let packets = self.stream.packets(track, f);
+        let t = &mut self.sent[idx];
+        if !t.report {
+            // A sender report before the first packet gives players the NTP/RTP mapping
+            // that aligns audio and video from the start.
+            t.report = true;
+            if let Some((_, sr)) = self.stream.sender_report(f.kind, unix_micros(), 0, 0) {
+                send_rtcp(&self.shared, &mut self.headers, out, tx, sr);
+            }
+        }
+        for pkt in codec::packets(&packets) {
+            t.packets = t.packets.wrapping_add(1);
+            t.octets = t.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
+            match tx {
+                // A frame's packets to one address leave together (see udp_out).
+                Tx::Udp { .. } => self.udp.push(pkt),
+                _ => send_rtp(&mut self.headers, out, tx, pkt),
+            }
+        }
+        if let Tx::Udp { rtp, .. } = tx {
+            super::udp_out::send_packets(&self.shared.rtp, *rtp, &self.udp);
+            self.udp.clear();
+        }
+    }
+}
+
+/// A player's [`RtpOut`] as the fan-out task uses it.
+struct SharedRtpOut(Arc<Mutex<RtpOut>>);
+
+impl Encoder for SharedRtpOut {
+    fn frame(&mut self, frame: &Arc<Frame>, out: &mut Vec<Bytes>) {
+        lock(&self.0).frame(frame, out);
+    }
 }
 
 struct Session {
@@ -79,7 +143,7 @@ struct Session {
 struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    socket: TcpStream,
+    socket: Arc<TcpStream>,
     input: BytesMut,
     out: Out,
     session: Option<Session>,
@@ -103,7 +167,7 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) -> an
     let mut c = Conn {
         shared,
         peer,
-        socket,
+        socket: Arc::new(socket),
         input: BytesMut::new(),
         out: Out::default(),
         session: None,
@@ -149,16 +213,21 @@ impl Conn {
         let mut buf = vec![0u8; READ_BUFFER];
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
+            if self.slot().is_some_and(|s| s.fell_back()) {
+                self.take_over()?;
+            }
             self.flush().await?;
             if self.closing {
                 return Ok(());
             }
+            self.try_go_direct();
+            let direct = self.slot().filter(|s| s.is_direct()).cloned();
             let reader = match self.session.as_mut().and_then(|s| s.playing.as_mut()) {
-                Some(p) if !p.paused => p.reader.as_mut(),
+                Some(p) if !p.paused && direct.is_none() => p.reader.as_mut(),
                 _ => None,
             };
             tokio::select! {
-                r = self.socket.read(&mut buf) => {
+                r = read_some(&self.socket, &mut buf) => {
                     let n = r.context("read")?;
                     if n == 0 {
                         return Ok(());
@@ -167,6 +236,8 @@ impl Conn {
                     self.handle_input().await;
                 }
                 Some(u) = self.udp_rx.recv() => self.on_udp(u),
+                // Direct mode ended: the loop's top takes over.
+                _ = async { direct.expect("guarded").changed().await }, if direct.is_some() => {}
                 item = async { reader.expect("guarded").next().await }, if reader.is_some() => {
                     self.play_item(item);
                     for _ in 1..64 {
@@ -185,8 +256,37 @@ impl Conn {
         if self.out.bufs.is_empty() {
             return Ok(());
         }
+        // Responses and reports go out in order with the media.
+        self.take_over()?;
         let timeout = write_timeout(&self.shared.hub);
         write_with_timeout(&self.socket, &mut self.out.bufs, timeout).await
+    }
+
+    /// The fan-out slot of the playing session.
+    fn slot(&self) -> Option<&Arc<crate::fanout::Slot>> {
+        self.session.as_ref()?.playing.as_ref()?.reader.as_ref()?.slot()
+    }
+
+    /// Hands the sending of frames to the stream's fan-out task when the player is in step
+    /// and nothing waits to be written.
+    fn try_go_direct(&mut self) {
+        let Some(p) = self.session.as_mut().and_then(|s| s.playing.as_mut()) else { return };
+        let Some(reader) = p.reader.as_ref() else { return };
+        let Some(slot) = reader.slot() else { return };
+        if p.paused || !reader.is_live() || !self.out.bufs.is_empty() || slot.is_direct() {
+            return;
+        }
+        slot.go_direct(Box::new(SharedRtpOut(p.rtp.clone())));
+    }
+
+    /// Takes the sending back from the fan-out task; what it left unwritten goes first.
+    fn take_over(&mut self) -> anyhow::Result<()> {
+        let Some(t) = self.slot().and_then(|s| s.take_over()) else { return Ok(()) };
+        if let Some(e) = t.error {
+            return Err(e).context("write");
+        }
+        self.out.bufs.splice(0..0, t.pending);
+        Ok(())
     }
 
     fn send(&mut self, r: Response) {
@@ -533,20 +633,31 @@ impl Conn {
         };
         let unicast = s.setups.iter().any(|x| !matches!(x.tx, Tx::Multicast(_)));
         let tracks = (*sub.tracks).clone();
-        let reader = unicast.then(|| Reader::new(shared.hub.clone(), sub));
+        let reader = unicast.then(|| Reader::attached(shared.hub.clone(), sub, Some(self.socket.clone())));
+        let stream = shared.stream_rtp(&path);
+        let mut txs = [None, None];
+        for x in s.setups.iter().filter(|x| !matches!(x.tx, Tx::Multicast(_))) {
+            if let Some(t) = txs.get_mut(x.index) {
+                *t = Some(x.tx.clone());
+            }
+        }
+        let rtp = RtpOut {
+            shared: shared.clone(),
+            stream: stream.clone(),
+            tracks,
+            txs,
+            sent: Default::default(),
+            headers: BytesMut::new(),
+            udp: Vec::new(),
+        };
         for x in &s.setups {
             if let Tx::Multicast(g) = &x.tx {
                 g.start(&shared);
             }
         }
         info!(peer = %self.peer, path, session = s.id, tracks = s.setups.len(), "rtsp play");
-        s.playing = Some(Playing {
-            reader,
-            stream: shared.stream_rtp(&path),
-            tracks,
-            paused: false,
-            per_track: Default::default(),
-        });
+        s.playing =
+            Some(Playing { reader, stream, rtp: Arc::new(Mutex::new(rtp)), paused: false, last_rr: [None, None] });
         status(200, req).with("Range", "npt=0.000-")
     }
 
@@ -573,9 +684,9 @@ impl Conn {
             for x in &s.setups {
                 let kind = if x.index == 0 { TrackKind::Video } else { TrackKind::Audio };
                 if let (Some(ssrc), Tx::Tcp { .. } | Tx::Udp { .. }) = (p.stream.ssrc(kind), &x.tx) {
-                    send_rtcp(&self.shared, &mut self.out, &x.tx, rtcp::bye(ssrc));
+                    send_rtcp(&self.shared, &mut self.out.headers, &mut self.out.bufs, &x.tx, rtcp::bye(ssrc));
                 }
-                if let Some(rr) = &p.per_track[x.index.min(1)].last_rr {
+                if let Some(rr) = &p.last_rr[x.index.min(1)] {
                     info!(peer = %self.peer, session = s.id, track = x.index, fraction_lost = rr.fraction_lost, cumulative_lost = rr.cumulative_lost, jitter = rr.jitter, "rtsp reader statistics");
                 }
             }
@@ -629,19 +740,19 @@ impl Conn {
         if let Some(p) = &s.playing {
             for x in &s.setups {
                 let kind = if x.index == 0 { TrackKind::Video } else { TrackKind::Audio };
-                let t = &p.per_track[x.index.min(1)];
+                let t = lock(&p.rtp).sent[x.index.min(1)];
                 if matches!(x.tx, Tx::Multicast(_)) {
                     continue;
                 }
                 if let Some((_, sr)) = p.stream.sender_report(kind, micros, t.packets, t.octets) {
-                    send_rtcp(&self.shared, &mut self.out, &x.tx, sr);
+                    send_rtcp(&self.shared, &mut self.out.headers, &mut self.out.bufs, &x.tx, sr);
                 }
             }
         }
         if let Some(rec) = s.announced.as_mut() {
             for (index, rr) in rec.receiver_reports(micros) {
                 if let Some(x) = s.setups.iter().find(|x| x.index == index) {
-                    send_rtcp(&self.shared, &mut self.out, &x.tx, rr);
+                    send_rtcp(&self.shared, &mut self.out.headers, &mut self.out.bufs, &x.tx, rr);
                 }
             }
         }
@@ -682,47 +793,13 @@ impl Conn {
     }
 
     fn play_item(&mut self, item: ReaderItem) {
-        let shared = self.shared.clone();
         let Some(s) = self.session.as_mut() else {
             return;
         };
         let Some(p) = s.playing.as_mut() else { return };
         match item {
-            ReaderItem::Tracks(t) => p.tracks = (*t).clone(),
-            ReaderItem::Frame(f) => {
-                let track: Option<&TrackInfo> = match f.kind {
-                    TrackKind::Video => p.tracks.video.as_ref(),
-                    TrackKind::Audio => p.tracks.audio.as_ref(),
-                };
-                let Some(track) = track else { return };
-                let idx = slot(f.kind);
-                let Some(x) = s.setups.iter().find(|x| x.index == idx && !matches!(x.tx, Tx::Multicast(_))) else {
-                    return;
-                };
-                let packets = p.stream.packets(track, &f);
-                let t = &mut p.per_track[idx];
-                if !t.sent_report {
-                    // A sender report before the first packet gives players the NTP/RTP
-                    // mapping that aligns audio and video from the start.
-                    t.sent_report = true;
-                    if let Some((_, sr)) = p.stream.sender_report(f.kind, unix_micros(), 0, 0) {
-                        send_rtcp(&shared, &mut self.out, &x.tx, sr);
-                    }
-                }
-                for pkt in codec::packets(&packets) {
-                    t.packets = t.packets.wrapping_add(1);
-                    t.octets = t.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
-                    match x.tx {
-                        // A frame's packets to one address leave together (see udp_out).
-                        Tx::Udp { .. } => self.out.udp.push(pkt),
-                        _ => send_rtp(&shared, &mut self.out, &x.tx, pkt),
-                    }
-                }
-                if let Tx::Udp { rtp, .. } = x.tx {
-                    super::udp_out::send_packets(&shared.rtp, rtp, &self.out.udp);
-                    self.out.udp.clear();
-                }
-            }
+            ReaderItem::Tracks(t) => lock(&p.rtp).tracks = (*t).clone(),
+            ReaderItem::Frame(f) => lock(&p.rtp).frame(&f, &mut self.out.bufs),
             ReaderItem::Unpublished | ReaderItem::Republished => {}
             ReaderItem::Ended | ReaderItem::TooSlow => {
                 info!(peer = %self.peer, session = s.id, "rtsp play: stream ended; closing");
@@ -760,7 +837,7 @@ fn on_rtcp(peer: SocketAddr, s: &mut Session, index: usize, data: &[u8]) {
             {
                 if let (Some(pl), Some(r)) = (s.playing.as_mut(), reports.first()) {
                     debug!(%peer, track = index, fraction_lost = r.fraction_lost, cumulative_lost = r.cumulative_lost, jitter = r.jitter, "rtsp receiver report");
-                    pl.per_track[index.min(1)].last_rr = Some(*r);
+                    pl.last_rr[index.min(1)] = Some(*r);
                 }
             }
             RtcpPacket::SenderReport { ntp, .. } => {
@@ -781,8 +858,6 @@ struct Out {
     /// Scratch for the 4-byte interleaved headers: they are split off one buffer, so a
     /// packet costs no allocation of its own.
     headers: BytesMut,
-    /// The packets of the frame being sent over UDP (reused).
-    udp: Vec<Bytes>,
 }
 
 impl Out {
@@ -791,32 +866,27 @@ impl Out {
     }
 }
 
-fn interleaved(out: &mut Out, channel: u8, pkt: Bytes) {
-    if out.headers.capacity() < 4 {
-        out.headers.reserve(4096);
+fn interleaved(headers: &mut BytesMut, out: &mut Vec<Bytes>, channel: u8, pkt: Bytes) {
+    if headers.capacity() < 4 {
+        headers.reserve(4096);
     }
-    out.headers.put_u8(b'$');
-    out.headers.put_u8(channel);
-    out.headers.put_u16(pkt.len() as u16);
-    let h = out.headers.split().freeze();
-    out.bufs.push(h);
-    out.bufs.push(pkt);
+    headers.put_u8(b'$');
+    headers.put_u8(channel);
+    headers.put_u16(pkt.len() as u16);
+    out.push(headers.split().freeze());
+    out.push(pkt);
 }
 
-fn send_rtp(shared: &Shared, out: &mut Out, tx: &Tx, pkt: Bytes) {
-    match tx {
-        Tx::Tcp { rtp, .. } => interleaved(out, *rtp, pkt),
-        // A full socket buffer drops the packet, as the network would.
-        Tx::Udp { rtp, .. } => {
-            let _ = shared.rtp.try_send_to(&pkt, *rtp);
-        }
-        Tx::Multicast(_) => {}
+/// An RTP packet on a TCP transport (UDP packets go by frame, see [`RtpOut::frame`]).
+fn send_rtp(headers: &mut BytesMut, out: &mut Vec<Bytes>, tx: &Tx, pkt: Bytes) {
+    if let Tx::Tcp { rtp, .. } = tx {
+        interleaved(headers, out, *rtp, pkt);
     }
 }
 
-fn send_rtcp(shared: &Shared, out: &mut Out, tx: &Tx, pkt: Bytes) {
+fn send_rtcp(shared: &Shared, headers: &mut BytesMut, out: &mut Vec<Bytes>, tx: &Tx, pkt: Bytes) {
     match tx {
-        Tx::Tcp { rtcp, .. } => interleaved(out, *rtcp, pkt),
+        Tx::Tcp { rtcp, .. } => interleaved(headers, out, *rtcp, pkt),
         Tx::Udp { rtcp, .. } => {
             let _ = shared.rtcp.try_send_to(&pkt, *rtcp);
         }
