@@ -29,9 +29,12 @@ use crate::reader::{Reader, ReaderItem};
 use crate::rtmp_server::{read_some, write_with_timeout};
 
 const PUBLIC: &str = "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, PAUSE, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
-/// Bytes read from a socket at a time. Readers send almost nothing, so this is per-viewer
-/// memory; publishers of a few Mbit/s are served well by it too.
+/// Bytes read from a socket at a time by a connection that records: publishers of a few
+/// Mbit/s over TCP are served well by it.
 const READ_BUFFER: usize = 16 * 1024;
+/// Read buffer of other connections: players send requests and reports only, and this is
+/// per-viewer memory.
+const PLAYER_READ_BUFFER: usize = 2048;
 /// UDP datagrams queued for one connection before new ones are dropped.
 const UDP_QUEUE: usize = 1024;
 /// How long DESCRIBE waits for a just-published stream to have codec parameters.
@@ -210,7 +213,7 @@ fn split_control(uri: &str) -> (&str, Option<&str>) {
 
 impl Conn {
     async fn run(&mut self) -> anyhow::Result<()> {
-        let mut buf = vec![0u8; READ_BUFFER];
+        let mut buf = vec![0u8; PLAYER_READ_BUFFER];
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             if self.slot().is_some_and(|s| s.fell_back()) {
@@ -219,6 +222,9 @@ impl Conn {
             self.flush().await?;
             if self.closing {
                 return Ok(());
+            }
+            if buf.len() < READ_BUFFER && self.session.as_ref().is_some_and(|s| s.announced.is_some()) {
+                buf.resize(READ_BUFFER, 0);
             }
             self.try_go_direct();
             let direct = self.slot().filter(|s| s.is_direct()).cloned();
@@ -868,7 +874,8 @@ impl Out {
 
 fn interleaved(headers: &mut BytesMut, out: &mut Vec<Bytes>, channel: u8, pkt: Bytes) {
     if headers.capacity() < 4 {
-        headers.reserve(4096);
+        // Room for the headers of a frame or two (per-viewer memory).
+        headers.reserve(1024);
     }
     headers.put_u8(b'$');
     headers.put_u8(channel);
