@@ -13,7 +13,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
-use ferrocast_media::{Wire, flv};
+use ferrocast_media::flv;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -55,7 +55,8 @@ pub async fn serve(
 ) {
     let nodelay = reader_nodelay(&hub);
     let write_timeout = write_timeout(&hub);
-    let app = router(hub, hls);
+    let raw_flv = crate::http_flv::enabled(&hub);
+    let app = router(hub.clone(), hls);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.request_timeout_ms))
@@ -90,10 +91,30 @@ pub async fn serve(
             let mut app = app.clone();
             async move { app.call(req.map(Body::new)).await }
         });
-        let conn = http.serve_connection(TokioIo::new(socket), service);
+        let http = http.clone();
+        let hub = hub.clone();
+        let request_timeout = Duration::from_millis(config.request_timeout_ms);
+        let max_head = config.max_header_bytes;
         let task = tokio::spawn(async move {
             let _admission = admission;
-            if let Err(e) = conn.await {
+            let io = if raw_flv {
+                // The first request is read here: an HTTP-FLV player is served on the raw
+                // socket (see http_flv); anything else goes to hyper with the bytes replayed.
+                let Some((head, whole)) = crate::http_flv::read_head(&socket, request_timeout, max_head).await else {
+                    debug!(%peer, "http: no request head within {request_timeout:?}");
+                    return;
+                };
+                if let Some(stream) = whole.then(|| crate::http_flv::flv_path(&head)).flatten() {
+                    if let Err(e) = crate::http_flv::serve(socket, stream, hub).await {
+                        debug!(%peer, "http-flv connection: {e:#}");
+                    }
+                    return;
+                }
+                crate::http_flv::Prefixed::new(head.freeze(), socket)
+            } else {
+                crate::http_flv::Prefixed::new(Bytes::new(), socket)
+            };
+            if let Err(e) = http.serve_connection(TokioIo::new(io), service).await {
                 debug!(%peer, "http connection: {e}");
             }
         });
@@ -241,31 +262,7 @@ impl FlvFeed {
                 self.tags.clear();
                 return None;
             }
-            // Per-reader tags are gathered in one buffer; shared frame tags go out as they are.
-            for tag in self.tags.drain(..) {
-                match tag {
-                    Tag::Own { tag_type, timestamp, body } => {
-                        self.own.extend_from_slice(&flv::tag(tag_type, timestamp, &body))
-                    }
-                    Tag::Frame { frame, track } => {
-                        let kind = match frame.kind {
-                            ferrocast_media::TrackKind::Audio => flv::TAG_AUDIO,
-                            ferrocast_media::TrackKind::Video => flv::TAG_VIDEO,
-                        };
-                        if !self.own.is_empty() {
-                            self.out.push_back(self.own.split().freeze());
-                        }
-                        self.out.push_back(
-                            frame.wire(Wire::FlvTag, |f| {
-                                flv::tag(kind, track.to_ms(f.dts), &flv::frame_body(&track, f))
-                            }),
-                        );
-                    }
-                }
-            }
-            if !self.own.is_empty() {
-                self.out.push_back(self.own.split().freeze());
-            }
+            crate::http_flv::push_tags(&mut self.tags, &mut self.own, &mut self.out);
         }
     }
 

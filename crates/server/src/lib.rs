@@ -5,6 +5,7 @@ pub mod config;
 pub mod fanout;
 pub mod hls;
 pub mod http;
+pub mod http_flv;
 pub mod hub;
 pub mod ingest;
 pub mod limits;
