@@ -272,3 +272,74 @@ pub(crate) async fn run(stream: Weak<Stream>, mut rx: broadcast::Receiver<Sequen
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrocast_media::TrackKind;
+    use tokio::io::AsyncReadExt;
+
+    /// Writes each frame's payload as it is.
+    struct Raw;
+
+    impl Encoder for Raw {
+        fn frame(&mut self, frame: &Arc<Frame>, out: &mut Vec<Bytes>) {
+            out.push(frame.data.clone());
+        }
+    }
+
+    fn frame(data: Vec<u8>) -> HubEvent {
+        HubEvent::Frame(Frame::new(TrackKind::Video, 0, 0, false, Bytes::from(data)))
+    }
+
+    async fn pair() -> (Arc<TcpStream>, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        a.writable().await.unwrap();
+        (Arc::new(a), b)
+    }
+
+    #[tokio::test]
+    async fn direct_writes_then_falls_back_with_the_rest_and_queues() {
+        let (a, mut b) = pair().await;
+        let slot = Slot::new(Some(a), 10, 4);
+        // Before the reader's snapshot: ignored.
+        slot.deliver(9, &frame(b"old".to_vec()));
+        assert!(slot.pop().is_none());
+        // Not direct yet: queued for the reader's task.
+        slot.deliver(10, &frame(b"q".to_vec()));
+        assert!(!slot.go_direct(Box::new(Raw)), "an event is queued");
+        assert!(matches!(slot.pop(), Some(Ok(HubEvent::Frame(_)))));
+        assert!(slot.go_direct(Box::new(Raw)));
+        slot.deliver(11, &frame(b"direct".to_vec()));
+        let mut buf = [0u8; 6];
+        b.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"direct", "the fan-out wrote to the socket itself");
+        // A frame the socket cannot take whole: the rest waits for the reader's task.
+        let big = vec![7u8; 64 << 20];
+        slot.deliver(12, &frame(big.clone()));
+        assert!(slot.fell_back() && !slot.is_direct());
+        let t = slot.take_over().unwrap();
+        let rest: usize = t.pending.iter().map(Bytes::len).sum();
+        assert!(rest > 0 && rest < big.len(), "partly written: {rest} left");
+        // Later events queue, bounded: an overflow is a lag.
+        for seq in 13..20 {
+            slot.deliver(seq, &frame(vec![1]));
+        }
+        assert!(matches!(slot.pop(), Some(Err(4))), "the 4 queued before the overflow were dropped");
+        assert!(matches!(slot.pop(), Some(Ok(_))));
+    }
+
+    #[tokio::test]
+    async fn any_other_event_leaves_direct_mode() {
+        let (a, _b) = pair().await;
+        let slot = Slot::new(Some(a), 0, 16);
+        assert!(slot.go_direct(Box::new(Raw)));
+        slot.deliver(0, &HubEvent::Unpublished);
+        assert!(slot.fell_back());
+        assert!(matches!(slot.pop(), Some(Ok(HubEvent::Unpublished))));
+        assert!(slot.take_over().is_some_and(|t| t.pending.is_empty() && t.error.is_none()));
+        assert!(slot.take_over().is_none(), "taken over once");
+    }
+}

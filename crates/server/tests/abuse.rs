@@ -434,7 +434,17 @@ async fn http_heads_bodies_and_names_are_bounded() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_flv_reader_that_takes_nothing_is_disconnected() {
-    let server = Server::with_config("[hub]\nreader_write_timeout_ms = 2000\n");
+    stalled_http_flv_reader_is_disconnected("[hub]\nreader_write_timeout_ms = 2000\n").await;
+}
+
+/// The same through hyper's HTTP-FLV path (write-merge mode), where a watchdog notices.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_flv_reader_that_takes_nothing_is_disconnected_in_merge_mode() {
+    stalled_http_flv_reader_is_disconnected("[hub]\nreader_write_timeout_ms = 2000\nwrite_merge_ms = 50\n").await;
+}
+
+async fn stalled_http_flv_reader_is_disconnected(config: &str) {
+    let server = Server::with_config(config);
     let _publisher = publish(heavy_flv(), &server.rtmp_url("live/stuck"));
     wait_published(&server, "live/stuck").await;
     let sock = TcpSocket::new_v4().unwrap();

@@ -52,6 +52,35 @@ async fn http_flv_headers_and_unknown_paths() {
     assert!(head.contains("access-control-allow-origin: *"), "CORS for mpegts.js: {head}");
 }
 
+/// HTTP-FLV players that hyper serves: a `.flv` request after another one on a kept-alive
+/// connection (players on the raw socket are those whose first request it is), and every
+/// player in write-merge mode.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_flv_after_another_request_and_in_merge_mode() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for config in ["", "[hub]\nwrite_merge_ms = 50\n"] {
+        let server = Server::with_config(config);
+        let _publisher = publish(test_flv(), &server.rtmp_url("live/k"));
+        wait_published(&server, "live/k").await;
+        let mut s = tokio::net::TcpStream::connect(server.http).await.unwrap();
+        s.write_all(b"OPTIONS /live/k.flv HTTP/1.1\r\nHost: x\r\n\r\nGET /live/k.flv HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(3).any(|w| w == b"FLV") {
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "{config}: closed after {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).to_lowercase();
+        assert!(text.starts_with("http/1.1 204"), "{config}: {text}");
+        assert!(text.contains("http/1.1 200") && text.contains("content-type: video/x-flv"), "{config}: {text}");
+        let flv = server.flv_url("live/k");
+        tokio::task::spawn_blocking(move || probe(&flv, 3)).await.unwrap().assert_h264_aac(320, 240, 60);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn play_of_unknown_stream_is_stream_not_found() {
     let server = Server::start();
