@@ -5,6 +5,7 @@
 
 mod flv_reader;
 mod hls_reader;
+mod publisher;
 mod rtsp_reader;
 mod stats;
 
@@ -39,6 +40,15 @@ enum Protocol {
     Hls,
 }
 
+/// How the publisher pushes the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PublishProtocol {
+    /// RTMP publish to --rtmp.
+    Rtmp,
+    /// RTSP ANNOUNCE/RECORD, RTP interleaved over TCP, to --rtsp with the path of --rtmp.
+    Rtsp,
+}
+
 /// Command line.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -57,9 +67,12 @@ struct Args {
     /// STREAM-(j mod N) (the ingest scenario). Latency is measured on the first.
     #[arg(long, default_value_t = 1)]
     publishers: usize,
-    /// FLV file to publish, looped with increasing timestamps.
+    /// FLV or MP4 file (H.264/H.265 and AAC) to publish, looped with increasing timestamps.
     #[arg(long)]
     file: Option<PathBuf>,
+    /// How to publish.
+    #[arg(long, value_enum, default_value = "rtmp")]
+    publish_protocol: PublishProtocol,
     /// Do not publish (another publisher is live); latency is then not measured.
     #[arg(long)]
     no_publish: bool,
@@ -151,14 +164,26 @@ async fn main() -> anyhow::Result<()> {
     if !args.no_publish {
         let file = args.file.clone().context("--file is needed to publish")?;
         let data = Bytes::from(std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?);
-        let tags = Arc::new(ferrocast_media::flv::read_file(&data)?);
+        let tags = Arc::new(if data.starts_with(b"FLV") {
+            ferrocast_media::flv::read_file(&data)?
+        } else {
+            publisher::tags_from_mp4(&data).with_context(|| format!("reading {}", file.display()))?
+        });
         shared.sent.frame_ms.store(frame_interval(&tags), Ordering::Relaxed);
         shared.sent.loop_gap_ms.store(loop_gap(&tags), Ordering::Relaxed);
         for i in 0..args.publishers {
             let name = stream_name(&stream, i, args.publishers);
             let (url, app2, tags, shared2) = (args.rtmp.clone(), app.clone(), tags.clone(), shared.clone());
+            let (how, rtsp) = (args.publish_protocol, args.rtsp.clone());
             tokio::spawn(async move {
-                if let Err(e) = publish(&url, &app2, &name, &tags, shared2, i == 0).await {
+                let r = match how {
+                    PublishProtocol::Rtmp => publish(&url, &app2, &name, &tags, shared2, i == 0).await,
+                    PublishProtocol::Rtsp => {
+                        let url = format!("{}/{app2}/{name}", rtsp.trim_end_matches('/'));
+                        publisher::publish_rtsp(&url, &tags, shared2, i == 0).await
+                    }
+                };
+                if let Err(e) = r {
                     eprintln!("publisher {i}: {e:#}");
                 }
             });
@@ -176,8 +201,7 @@ async fn main() -> anyhow::Result<()> {
         state.last_ms.store(-1, Ordering::Relaxed);
         state.joined_at_ms.store(shared.sent.newest_ms.load(Ordering::Relaxed), Ordering::Relaxed);
         readers.push(state.clone());
-        // Probes are the first four readers that are not throttled.
-        let (shared, probe) = (shared.clone(), i >= args.throttle_readers && i < args.throttle_readers + 4);
+        let (shared, probe) = (shared.clone(), is_probe(i, args.throttle_readers, args.readers));
         let limit = (i < args.throttle_readers).then_some(throttle);
         let (protocol, rtmp, http, rtsp, app) =
             (args.protocol, args.rtmp.clone(), args.http.clone(), args.rtsp.clone(), app.clone());
@@ -288,6 +312,18 @@ fn keeping_up(readers: &[Arc<ReaderState>], shared: &Shared) -> (usize, usize) {
 }
 
 /// The stream publisher `i` of `n` uses.
+/// Four readers that are not throttled are probes, spread over the ramp (the last of each
+/// quarter): a server that writes to its readers in turn serves the first ones first, and
+/// probes among the first only would see the best case.
+fn is_probe(i: usize, throttled: usize, readers: usize) -> bool {
+    let Some(k) = i.checked_sub(throttled) else { return false };
+    let n = readers.saturating_sub(throttled);
+    if n <= 4 {
+        return true;
+    }
+    (1..=4).any(|q| k == q * n / 4 - 1)
+}
+
 fn stream_name(stream: &str, i: usize, n: usize) -> String {
     if n > 1 { format!("{stream}-{i}") } else { stream.to_owned() }
 }
@@ -377,32 +413,38 @@ async fn publish(
             while let Some(b) = session.poll_transmit() {
                 wr.write_all(&b).await?;
             }
-            let due = start + Duration::from_millis(u64::from(ts));
-            let lag = tokio::time::Instant::now().saturating_duration_since(due).as_millis() as i64;
-            shared.sent.max_lag_ms.fetch_max(lag, Ordering::Relaxed);
-            if record
-                && kind == MediaKind::Video
-                && let Ok(ferrocast_media::flv::VideoTag::Frame { keyframe, cts, .. }) =
-                    ferrocast_media::flv::parse_video(&t.body)
-            {
-                let now = Instant::now();
-                let pts = ts.wrapping_add_signed(cts);
-                for (map, key) in [(&shared.sent.times, ts), (&shared.sent.pts_times, pts)] {
-                    let mut times = map.lock().unwrap();
-                    times.insert(key, now);
-                    if times.len() > 4096 {
-                        let cutoff = ts.saturating_sub(30_000);
-                        times.retain(|k, _| *k >= cutoff);
-                    }
-                }
-                if keyframe {
-                    shared.sent.last_keyframe_ms.store(i64::from(pts), Ordering::Relaxed);
-                }
-                shared.sent.newest_ms.store(i64::from(ts), Ordering::Relaxed);
-            }
+            note_sent(&shared, start, t, ts, record);
         }
     }
     Ok(())
+}
+
+/// Notes a tag just sent: how late it left, and for the recorded publisher, when each video
+/// frame left (by decode and presentation time) for the readers' latency.
+fn note_sent(shared: &Shared, start: tokio::time::Instant, t: &ferrocast_media::flv::FileTag, ts: u32, record: bool) {
+    let due = start + Duration::from_millis(u64::from(ts));
+    let lag = tokio::time::Instant::now().saturating_duration_since(due).as_millis() as i64;
+    shared.sent.max_lag_ms.fetch_max(lag, Ordering::Relaxed);
+    if record
+        && t.tag_type == 9
+        && let Ok(ferrocast_media::flv::VideoTag::Frame { keyframe, cts, .. }) =
+            ferrocast_media::flv::parse_video(&t.body)
+    {
+        let now = Instant::now();
+        let pts = ts.wrapping_add_signed(cts);
+        for (map, key) in [(&shared.sent.times, ts), (&shared.sent.pts_times, pts)] {
+            let mut times = map.lock().unwrap();
+            times.insert(key, now);
+            if times.len() > 4096 {
+                let cutoff = ts.saturating_sub(30_000);
+                times.retain(|k, _| *k >= cutoff);
+            }
+        }
+        if keyframe {
+            shared.sent.last_keyframe_ms.store(i64::from(pts), Ordering::Relaxed);
+        }
+        shared.sent.newest_ms.store(i64::from(ts), Ordering::Relaxed);
+    }
 }
 
 /// Whether a reader's video timestamps are decode times (RTMP, FLV) or presentation times
@@ -511,5 +553,19 @@ async fn play_rtmp(
         total += n as u64;
         state.bytes.fetch_add(n as u64, Ordering::Relaxed);
         session.handle_input(Instant::now(), &buf[..n])?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_probe;
+
+    #[test]
+    fn probes_are_spread_over_the_readers() {
+        let probes: Vec<usize> = (0..100).filter(|&i| is_probe(i, 0, 100)).collect();
+        assert_eq!(probes, [24, 49, 74, 99]);
+        let probes: Vec<usize> = (0..6).filter(|&i| is_probe(i, 1, 6)).collect();
+        assert_eq!(probes, [1, 2, 3, 5], "never the throttled reader");
+        assert_eq!((0..3).filter(|&i| is_probe(i, 0, 3)).count(), 3);
     }
 }

@@ -15,20 +15,24 @@ impl Drop for Kill {
 }
 
 fn media() -> PathBuf {
-    let out = std::env::temp_dir().join(format!("ferrocast-bench-{}.flv", std::process::id()));
+    media_as("flv")
+}
+
+/// The test clip in a container: "flv" or "mp4".
+fn media_as(container: &str) -> PathBuf {
+    let out = std::env::temp_dir().join(format!("ferrocast-bench-{}.{container}", std::process::id()));
     let ok = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi", "-i", "sine"])
-        .args([
-            "-c:v", "libx264", "-g", "30", "-preset", "veryfast", "-b:v", "1M", "-c:a", "aac", "-t", "4", "-f", "flv",
-        ])
+        .args(["-c:v", "libx264", "-g", "30", "-preset", "veryfast", "-b:v", "1M", "-c:a", "aac", "-t", "4", "-f"])
+        .arg(container)
         .arg(&out)
         .status();
     assert!(ok.is_ok_and(|s| s.success()), "ffmpeg is required (./scripts/test installs it)");
     out
 }
 
-#[test]
-fn counts_keyframes_and_the_throttled_reader() {
+/// The server binary, started on free ports: (process, RTMP, HTTP, RTSP addresses).
+fn start_server() -> (Kill, String, String, String) {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_ferrocast-bench"));
     let server_bin = bench.with_file_name("ferrocast");
     assert!(server_bin.exists(), "build the workspace first (cargo build --workspace): {}", server_bin.display());
@@ -54,7 +58,14 @@ fn counts_keyframes_and_the_throttled_reader() {
     );
     let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
     let mut addr = || lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_owned();
-    let (rtmp, http) = (addr(), addr());
+    let (rtmp, http, rtsp) = (addr(), addr(), addr());
+    (server, rtmp, http, rtsp)
+}
+
+#[test]
+fn counts_keyframes_and_the_throttled_reader() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_ferrocast-bench"));
+    let (server, rtmp, http, _) = start_server();
     let file = media();
     let out = Command::new(&bench)
         .args(["--rtmp", &format!("rtmp://{rtmp}/live/bench"), "--http", &format!("http://{http}")])
@@ -93,5 +104,26 @@ fn counts_keyframes_and_the_throttled_reader() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((summary["connected"].as_u64(), summary["keeping_up"].as_u64()), (Some(4), Some(4)), "{summary}");
     assert_eq!(summary["first_frame_keyframe"], 4);
+    let _ = std::fs::remove_file(file);
+}
+
+/// An MP4 file published over RTSP (ANNOUNCE/RECORD, interleaved), read over RTMP.
+#[test]
+fn publishes_an_mp4_file_over_rtsp() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_ferrocast-bench"));
+    let (_server, rtmp, _, rtsp) = start_server();
+    let file = media_as("mp4");
+    let out = Command::new(&bench)
+        .args(["--rtmp", &format!("rtmp://{rtmp}/live/mp4"), "--rtsp", &format!("rtsp://{rtsp}")])
+        .args(["--publish-protocol", "rtsp", "--readers", "3", "--duration", "6", "--quiet"])
+        .arg("--file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary["connected"].as_u64(), summary["keeping_up"].as_u64()), (Some(3), Some(3)), "{summary}");
+    assert_eq!(summary["first_frame_keyframe"], 3, "{summary}");
+    assert!(summary["throughput_mbps_median"].as_f64().unwrap() > 1.0, "{summary}");
     let _ = std::fs::remove_file(file);
 }

@@ -11,6 +11,7 @@ pub mod fmp4;
 mod frame;
 pub mod h264;
 pub mod h265;
+pub mod mp4;
 pub mod ts;
 
 pub use frame::{AudioCodec, Frame, TrackInfo, TrackKind, Tracks, VideoCodec, Wire, rescale};

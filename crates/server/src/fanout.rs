@@ -255,13 +255,13 @@ impl Drop for Attachment {
     }
 }
 
-/// The fan-out task of a stream: hands every event, in ring order, to every attached slot.
-/// It ends with the stream.
-pub(crate) async fn run(stream: Weak<Stream>, mut rx: broadcast::Receiver<Sequenced>) {
+/// The fan-out task of one shard of a stream: hands every event, in ring order, to every
+/// slot of the shard. It ends with the stream.
+pub(crate) async fn run(stream: Weak<Stream>, shard: usize, mut rx: broadcast::Receiver<Sequenced>) {
     loop {
         let r = rx.recv().await;
         let Some(stream) = stream.upgrade() else { return };
-        let slots = stream.slots();
+        let slots = stream.slots(shard);
         match r {
             Ok((seq, ev)) => slots.iter().for_each(|s| s.deliver(seq, &ev)),
             Err(broadcast::error::RecvError::Lagged(n)) => slots.iter().for_each(|s| s.lag(n)),

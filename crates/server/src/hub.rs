@@ -84,10 +84,10 @@ pub struct Stream {
     path: String,
     tx: broadcast::Sender<Sequenced>,
     state: Mutex<StreamState>,
-    /// Readers attached to the stream's fan-out task.
-    slots: Mutex<Vec<Arc<Slot>>>,
-    /// The fan-out task runs (it holds one receiver of `tx`).
-    fan_out: AtomicBool,
+    /// Readers attached to the stream's fan-out, in shards: one fan-out task per shard, as
+    /// many shards as the runtime has worker threads, so a popular stream's readers are
+    /// written to from every core.
+    shards: Vec<Shard>,
 }
 
 impl Stream {
@@ -96,15 +96,15 @@ impl Stream {
             path: path.to_owned(),
             tx: broadcast::channel(queue).0,
             state: Mutex::new(StreamState::default()),
-            slots: Mutex::new(Vec::new()),
-            fan_out: AtomicBool::new(false),
+            shards: (0..fan_out_shards()).map(|_| Shard::default()).collect(),
         }
     }
 
-    /// Readers: ring receivers but the fan-out task's, and attached slots.
+    /// Readers: ring receivers but the fan-out tasks', and attached slots.
     fn readers(&self) -> usize {
-        self.tx.receiver_count().saturating_sub(usize::from(self.fan_out.load(Ordering::Relaxed)))
-            + lock(&self.slots).len()
+        let tasks = self.shards.iter().filter(|s| s.started.load(Ordering::Relaxed)).count();
+        let slots: usize = self.shards.iter().map(|s| lock(&s.slots).len()).sum();
+        self.tx.receiver_count().saturating_sub(tasks) + slots
     }
 
     /// Puts an event in the ring, numbered. Called with the state locked, so the numbers and
@@ -115,14 +115,29 @@ impl Stream {
         let _ = self.tx.send((seq, ev));
     }
 
-    /// The attached slots (for the fan-out task).
-    pub(crate) fn slots(&self) -> MutexGuard<'_, Vec<Arc<Slot>>> {
-        lock(&self.slots)
+    /// The slots of one shard (for its fan-out task).
+    pub(crate) fn slots(&self, shard: usize) -> MutexGuard<'_, Vec<Arc<Slot>>> {
+        lock(&self.shards[shard].slots)
     }
 
     pub(crate) fn detach(&self, slot: &Arc<Slot>) {
-        lock(&self.slots).retain(|s| !Arc::ptr_eq(s, slot));
+        for s in &self.shards {
+            lock(&s.slots).retain(|x| !Arc::ptr_eq(x, slot));
+        }
     }
+}
+
+/// Part of a stream's readers, served by one fan-out task.
+#[derive(Debug, Default)]
+struct Shard {
+    slots: Mutex<Vec<Arc<Slot>>>,
+    /// The shard's fan-out task runs (it holds one receiver of the ring).
+    started: AtomicBool,
+}
+
+/// Fan-out shards per stream: the runtime's worker threads.
+fn fan_out_shards() -> usize {
+    tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers()).max(1)
 }
 
 /// An event of a stream with its number in the stream.
@@ -330,10 +345,12 @@ impl Subscription {
             // Under the state lock: the fan-out task starts at the next event, which is
             // after this snapshot.
             let _st = lock(&self.stream.state);
-            if !self.stream.fan_out.swap(true, Ordering::Relaxed) {
-                tokio::spawn(fanout::run(Arc::downgrade(&self.stream), self.stream.tx.subscribe()));
+            let shards = &self.stream.shards;
+            let i = (0..shards.len()).min_by_key(|&i| lock(&shards[i].slots).len()).unwrap_or(0);
+            if !shards[i].started.swap(true, Ordering::Relaxed) {
+                tokio::spawn(fanout::run(Arc::downgrade(&self.stream), i, self.stream.tx.subscribe()));
             }
-            lock(&self.stream.slots).push(slot.clone());
+            lock(&shards[i].slots).push(slot.clone());
         }
         self.rx = None;
         Attachment::new(self.stream.clone(), slot)
