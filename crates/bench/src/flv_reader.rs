@@ -8,7 +8,7 @@ use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::{Clock, ReaderState, Shared, on_video, throttle};
+use crate::{Clock, ReaderState, Shared, flv_clock, on_video, throttle};
 
 /// Plays `url` until the connection ends.
 pub async fn play(
@@ -32,6 +32,7 @@ pub async fn play(
     let mut flv: Vec<u8> = Vec::new();
     let mut header_skipped = false;
     let mut first = true;
+    let mut base = None;
     let mut total = 0u64;
     loop {
         throttle(limit, total, started).await;
@@ -83,7 +84,18 @@ pub async fn play(
                 let keyframe = (b0 >> 4) & 0x7 == 1;
                 let is_frame = if b0 & 0x80 != 0 { matches!(b0 & 0x0f, 1 | 3) } else { flv[pos + 12] == 1 };
                 if is_frame {
-                    on_video(state, shared, probe, started, ts, keyframe, &mut first, Clock::Decode);
+                    let (ts, clock) = if shared.by_pts {
+                        let body = bytes::Bytes::copy_from_slice(&flv[pos + 11..pos + 11 + size]);
+                        match ferrocast_media::flv::parse_video(&body) {
+                            Ok(ferrocast_media::flv::VideoTag::Frame { cts, .. }) => {
+                                flv_clock(shared, &mut base, ts, cts)
+                            }
+                            _ => (ts, Clock::Decode),
+                        }
+                    } else {
+                        (ts, Clock::Decode)
+                    };
+                    on_video(state, shared, probe, started, ts, keyframe, &mut first, clock);
                 }
             }
             pos += 11 + size + 4;

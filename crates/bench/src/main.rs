@@ -145,6 +145,9 @@ struct Sent {
 
 struct Shared {
     sent: Sent,
+    /// The stream is published over RTSP: the server derives decode times from RTP's
+    /// presentation times, so RTMP and HTTP-FLV readers match frames by presentation time.
+    by_pts: bool,
     latencies: Mutex<Vec<f64>>,
     first_frames: Mutex<Vec<(f64, bool)>>,
     start: Instant,
@@ -156,6 +159,7 @@ async fn main() -> anyhow::Result<()> {
     let (app, stream) = split_url(&args.rtmp)?;
     let shared = Arc::new(Shared {
         sent: Sent::default(),
+        by_pts: args.publish_protocol == PublishProtocol::Rtsp,
         latencies: Mutex::default(),
         first_frames: Mutex::default(),
         start: Instant::now(),
@@ -455,6 +459,19 @@ enum Clock {
     Presentation,
 }
 
+/// The timestamp and clock an FLV-carried video frame is matched by. Over RTSP ingest the
+/// server makes its own timeline from RTP times (see [`Shared::by_pts`]): presentation times,
+/// mapped to the publisher's through the reader's first frame, the keyframe it starts on (as
+/// the RTSP readers do). `base` is the reader's (first pts, publisher ms).
+fn flv_clock(shared: &Shared, base: &mut Option<(u32, i64)>, dts: u32, cts: i32) -> (u32, Clock) {
+    if !shared.by_pts {
+        return (dts, Clock::Decode);
+    }
+    let pts = dts.wrapping_add_signed(cts);
+    let (p0, ms0) = *base.get_or_insert_with(|| (pts, shared.sent.last_keyframe_ms.load(Ordering::Relaxed)));
+    ((ms0 + i64::from(pts.wrapping_sub(p0) as i32)).max(0) as u32, Clock::Presentation)
+}
+
 /// Notes a received video frame: newest timestamp, first frame, and latency for probes.
 #[allow(clippy::too_many_arguments)]
 fn on_video(
@@ -528,6 +545,7 @@ async fn play_rtmp(
     let mut buf = vec![0u8; if limit.is_some() { 4096 } else { 65536 }];
     let mut total = 0u64;
     let mut first = true;
+    let mut base = None;
     loop {
         while let Some(b) = session.poll_transmit() {
             socket.write_all(&b).await?;
@@ -535,10 +553,11 @@ async fn play_rtmp(
         while let Some(ev) = session.poll_event() {
             match ev {
                 ClientEvent::Media(m) if m.kind == MediaKind::Video => {
-                    if let Ok(ferrocast_media::flv::VideoTag::Frame { keyframe, .. }) =
+                    if let Ok(ferrocast_media::flv::VideoTag::Frame { keyframe, cts, .. }) =
                         ferrocast_media::flv::parse_video(&m.payload)
                     {
-                        on_video(state, shared, probe, started, m.timestamp, keyframe, &mut first, Clock::Decode);
+                        let (ts, clock) = flv_clock(shared, &mut base, m.timestamp, cts);
+                        on_video(state, shared, probe, started, ts, keyframe, &mut first, clock);
                     }
                 }
                 ClientEvent::Status { level, code } if level == "error" => anyhow::bail!("play refused: {code}"),

@@ -125,5 +125,7 @@ fn publishes_an_mp4_file_over_rtsp() {
     assert_eq!((summary["connected"].as_u64(), summary["keeping_up"].as_u64()), (Some(3), Some(3)), "{summary}");
     assert_eq!(summary["first_frame_keyframe"], 3, "{summary}");
     assert!(summary["throughput_mbps_median"].as_f64().unwrap() > 1.0, "{summary}");
+    // Frames are matched to what was sent through the server's own RTSP-ingest timeline.
+    assert!(summary["latency_ms"]["samples"].as_u64().unwrap() > 50, "probes measured latency: {summary}");
     let _ = std::fs::remove_file(file);
 }
