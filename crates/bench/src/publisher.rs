@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use ferrocast_media::flv::{self, AudioTag, FileTag, VideoTag};
-use ferrocast_media::{AudioCodec, Frame, TrackInfo, TrackKind, Tracks, mp4};
+use ferrocast_media::{Frame, TrackInfo, TrackKind, Tracks, mp4};
 use ferrocast_rtsp::client::{ClientEvent, ClientMode, ClientSession, ClientTransport};
 use ferrocast_rtsp::codec::{self, Packetizer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,15 +50,10 @@ fn tracks_of(tags: &[FileTag]) -> anyhow::Result<Tracks> {
                 }
             }
             flv::TAG_AUDIO => {
-                if let Ok(AudioTag::AacConfig(config)) = flv::parse_audio(&t.body) {
-                    let asc = ferrocast_media::aac::AudioSpecificConfig::parse(&config)?;
-                    tracks.audio.get_or_insert(TrackInfo::Audio {
-                        codec: AudioCodec::Aac,
-                        config,
-                        sample_rate: asc.sample_rate,
-                        channels: asc.channels,
-                        clock_rate: 1000,
-                    });
+                if let Ok(AudioTag::AacConfig(config)) = flv::parse_audio(&t.body)
+                    && tracks.audio.is_none()
+                {
+                    tracks.audio = Some(ferrocast_media::aac::track(config, 1000)?);
                 }
             }
             _ => {}

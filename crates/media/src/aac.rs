@@ -86,6 +86,18 @@ impl AudioSpecificConfig {
     }
 }
 
+/// The track an AudioSpecificConfig describes, timestamps in `clock_rate` Hz.
+pub fn track(config: bytes::Bytes, clock_rate: u32) -> Result<crate::TrackInfo, AacError> {
+    let asc = AudioSpecificConfig::parse(&config)?;
+    Ok(crate::TrackInfo::Audio {
+        codec: crate::AudioCodec::Aac,
+        config,
+        sample_rate: asc.sample_rate,
+        channels: asc.channels,
+        clock_rate,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use thiserror::Error;
 
-use crate::aac::AudioSpecificConfig;
-use crate::{AudioCodec, Frame, TrackInfo, TrackKind, VideoCodec};
+use crate::{Frame, TrackInfo, TrackKind, VideoCodec};
 
 /// Why a file could not be read.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -179,14 +178,8 @@ fn sample_entry(entries: &[u8], timescale: u32) -> Result<Option<TrackInfo>, Mp4
             let Some(asc) = decoder_specific_info(esds.get(4..).unwrap_or_default()) else {
                 return Err(Mp4Error::Malformed("esds without an AudioSpecificConfig"));
             };
-            let parsed = AudioSpecificConfig::parse(asc).map_err(|_| Mp4Error::Malformed("AudioSpecificConfig"))?;
-            Ok(Some(TrackInfo::Audio {
-                codec: AudioCodec::Aac,
-                config: Bytes::copy_from_slice(asc),
-                sample_rate: parsed.sample_rate,
-                channels: parsed.channels,
-                clock_rate: timescale,
-            }))
+            let track = crate::aac::track(Bytes::copy_from_slice(asc), timescale);
+            Ok(Some(track.map_err(|_| Mp4Error::Malformed("AudioSpecificConfig"))?))
         }
         _ => Ok(None),
     }

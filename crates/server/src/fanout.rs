@@ -17,7 +17,6 @@
 //! fan-out's CPU; in direct mode a frame costs a reader one lock and one `writev`.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
@@ -169,7 +168,7 @@ impl Slot {
                     return;
                 }
                 let Some(socket) = &self.socket else { return };
-                match write_now(socket, &mut st.scratch) {
+                match crate::sockio::write_now(socket, &mut st.scratch) {
                     Ok(true) => return,
                     Ok(false) => st.pending = std::mem::take(&mut st.scratch),
                     Err(e) => st.error = Some(e),
@@ -198,39 +197,6 @@ impl Slot {
         st.lagged += n + st.queue.len() as u64;
         st.queue.clear();
         self.notify.notify_one();
-    }
-}
-
-/// Writes `bufs` without waiting: true when all went; false with the rest left in `bufs`.
-fn write_now(socket: &TcpStream, bufs: &mut Vec<Bytes>) -> std::io::Result<bool> {
-    const MAX: usize = 64;
-    loop {
-        let mut slices = [IoSlice::new(&[]); MAX];
-        let k = bufs.len().min(MAX);
-        for (s, b) in slices.iter_mut().zip(bufs.iter()) {
-            *s = IoSlice::new(b);
-        }
-        // One buffer (a frame's RTMP chunks or FLV tag, the common case): a plain `write`,
-        // which costs the kernel less than `writev` (no iovec to import; `perf` showed it).
-        let r = if k == 1 { socket.try_write(&bufs[0]) } else { socket.try_write_vectored(&slices[..k]) };
-        let mut n = match r {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        let mut done = 0;
-        while done < bufs.len() && n >= bufs[done].len() {
-            n -= bufs[done].len();
-            done += 1;
-        }
-        if done < bufs.len() && n > 0 {
-            bufs[done] = bufs[done].slice(n..);
-        }
-        bufs.drain(..done);
-        if bufs.is_empty() {
-            return Ok(true);
-        }
     }
 }
 

@@ -24,7 +24,7 @@ use crate::fanout::Encoder;
 use crate::hub::{Hub, write_merge, write_timeout};
 use crate::path;
 use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
-use crate::rtmp_server::{read_some, write_with_timeout};
+use crate::sockio::{read_some, write_with_timeout};
 
 /// Bytes read at a time from a player (which sends nothing after its request).
 const READ_BUFFER: usize = 1024;

@@ -1,7 +1,7 @@
 //! Turns what an RTMP publisher sends (FLV tag bodies and metadata) into hub tracks and
 //! frames.
 
-use ferrocast_media::aac::AudioSpecificConfig;
+use ferrocast_media::aac;
 use ferrocast_media::avc::{nal_length_size, to_four_byte_lengths};
 use ferrocast_media::flv::{self, AudioTag, VideoTag};
 use ferrocast_media::{AudioCodec, TrackInfo, TrackKind, Tracks};
@@ -99,14 +99,7 @@ impl RtmpIngest {
             },
             MediaKind::Audio => match flv::parse_audio(&msg.payload)? {
                 AudioTag::AacConfig(config) => {
-                    let asc = AudioSpecificConfig::parse(&config)?;
-                    self.tracks.audio = Some(TrackInfo::Audio {
-                        codec: AudioCodec::Aac,
-                        config,
-                        sample_rate: asc.sample_rate,
-                        channels: asc.channels,
-                        clock_rate: RTMP_CLOCK,
-                    });
+                    self.tracks.audio = Some(aac::track(config, RTMP_CLOCK)?);
                     self.publisher.set_tracks(self.tracks.clone());
                 }
                 AudioTag::AacFrame(data) => {

@@ -13,6 +13,7 @@ pub mod path;
 pub mod reader;
 pub mod rtmp_server;
 pub mod rtsp;
+pub mod sockio;
 
 use std::net::SocketAddr;
 

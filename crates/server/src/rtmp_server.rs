@@ -2,7 +2,6 @@
 //! the session, acts on its events (hub publish/subscribe), drains its transmit queue with
 //! vectored writes and sleeps until the next timer.
 
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +21,7 @@ use crate::ingest::RtmpIngest;
 use crate::limits::Limiter;
 use crate::path::stream_path;
 use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
+use crate::sockio::{read_some, write_with_timeout};
 
 /// Message stream id `createStream` gives first; shared media chunks are encoded for it.
 const SHARED_STREAM_ID: u32 = 1;
@@ -517,88 +517,4 @@ impl Encoder for RtmpEncoder {
             out.push(shared_chunks(frame, track, self.chunk_size));
         }
     }
-}
-
-/// Reads what the socket has, waiting for it (cancel-safe: readiness, then a plain read).
-pub async fn read_some(socket: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        socket.readable().await?;
-        match socket.try_read(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            r => return r,
-        }
-    }
-}
-
-/// Writes all buffers with vectored writes, handling partial writes.
-async fn write_all_vectored(socket: &TcpStream, mut bufs: Vec<Bytes>) -> std::io::Result<()> {
-    let mut first = 0;
-    while first < bufs.len() {
-        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-        let k = fill_slices(&mut slices, &bufs[first..]);
-        socket.writable().await?;
-        let n = match socket.try_write_vectored(&slices[..k]) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            r => r?,
-        };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        first = advance(&mut bufs, first, n);
-    }
-    Ok(())
-}
-
-/// Most buffers handed to one `writev`.
-const MAX_SLICES: usize = 64;
-
-fn fill_slices<'a>(slices: &mut [IoSlice<'a>; MAX_SLICES], bufs: &'a [Bytes]) -> usize {
-    let k = bufs.len().min(MAX_SLICES);
-    for (s, b) in slices.iter_mut().zip(&bufs[..k]) {
-        *s = IoSlice::new(b);
-    }
-    k
-}
-
-/// Drops `n` written bytes from `bufs[first..]`; the index of the first unwritten buffer.
-fn advance(bufs: &mut [Bytes], mut first: usize, mut n: usize) -> usize {
-    while n > 0 {
-        let len = bufs[first].len();
-        if n >= len {
-            n -= len;
-            first += 1;
-        } else {
-            bufs[first] = bufs[first].slice(n..);
-            n = 0;
-        }
-    }
-    first
-}
-
-/// Writes and empties `bufs`: first without waiting (what the socket takes at once, the
-/// common case, costs no timer), then waiting at most `timeout` for the peer to take the rest.
-pub async fn write_with_timeout(
-    socket: &TcpStream,
-    bufs: &mut Vec<Bytes>,
-    timeout: std::time::Duration,
-) -> anyhow::Result<()> {
-    let mut first = 0;
-    while first < bufs.len() {
-        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-        let k = fill_slices(&mut slices, &bufs[first..]);
-        match socket.try_write_vectored(&slices[..k]) {
-            Ok(0) => anyhow::bail!("write: {}", std::io::Error::from(std::io::ErrorKind::WriteZero)),
-            Ok(n) => first = advance(bufs, first, n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e).context("write"),
-        }
-    }
-    let rest: Vec<Bytes> = bufs.drain(..).skip(first).collect();
-    if rest.is_empty() {
-        return Ok(());
-    }
-    tokio::time::timeout(timeout, write_all_vectored(socket, rest))
-        .await
-        .map_err(|_| anyhow::anyhow!("peer took nothing for {timeout:?}: disconnected"))?
-        .context("write")
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use ferrocast_media::flv::{self, AudioTag, VideoTag};
-use ferrocast_media::{AudioCodec, Frame, TrackInfo, TrackKind, Tracks};
+use ferrocast_media::{Frame, TrackInfo, TrackKind, Tracks};
 use ferrocast_rtsp::client::{ClientEvent, ClientMode, ClientSession, ClientTransport};
 use ferrocast_rtsp::codec::{self, Depacketizer, Packetizer};
 use ferrocast_rtsp::rtcp::{self, RtcpPacket};
@@ -145,16 +145,7 @@ fn flv_frames() -> (Tracks, Vec<std::sync::Arc<Frame>>) {
                 VideoTag::Ignored(_) => {}
             },
             8 => match flv::parse_audio(&t.body).unwrap() {
-                AudioTag::AacConfig(config) => {
-                    let asc = ferrocast_media::aac::AudioSpecificConfig::parse(&config).unwrap();
-                    tracks.audio = Some(TrackInfo::Audio {
-                        codec: AudioCodec::Aac,
-                        config,
-                        sample_rate: asc.sample_rate,
-                        channels: asc.channels,
-                        clock_rate: 1000,
-                    });
-                }
+                AudioTag::AacConfig(config) => tracks.audio = Some(ferrocast_media::aac::track(config, 1000).unwrap()),
                 AudioTag::AacFrame(data) => frames.push(Frame::new(TrackKind::Audio, ts, ts, true, data)),
                 _ => {}
             },

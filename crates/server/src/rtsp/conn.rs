@@ -26,7 +26,7 @@ use crate::fanout::Encoder;
 use crate::hub::write_timeout;
 use crate::path;
 use crate::reader::{Reader, ReaderItem};
-use crate::rtmp_server::{read_some, write_with_timeout};
+use crate::sockio::{read_some, write_with_timeout};
 
 const PUBLIC: &str = "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, PAUSE, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
 /// Bytes read from a socket at a time by a connection that records: publishers of a few
