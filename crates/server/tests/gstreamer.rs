@@ -21,26 +21,44 @@ fn require_gst(element: &str) {
     );
 }
 
-/// Runs a pipeline to completion (a bounded number of buffers), with a guard.
-fn gst(pipeline: &str) -> bool {
+/// Runs a pipeline to completion (a bounded number of buffers), with a guard: None on
+/// success, else what went wrong (GStreamer's messages).
+fn gst(pipeline: &str) -> Option<String> {
     let mut child = Command::new("gst-launch-1.0")
-        .arg("-q")
         .args(pipeline.split_whitespace())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("gst-launch-1.0");
+    // Drain both pipes while it runs (a full pipe would stall it); keep the tail.
+    let tail = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut text);
+            }
+            text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        })
+    };
+    let out = tail(child.stdout.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
+    let err = tail(child.stderr.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
     let start = Instant::now();
-    loop {
+    let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
-            return s.success();
+            break Some(s);
         }
         if start.elapsed() > Duration::from_secs(30) {
             let _ = child.kill();
             let _ = child.wait();
-            return false;
+            break None;
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    match status {
+        Some(s) if s.success() => None,
+        Some(s) => Some(format!("{s}\n{out}\n{err}")),
+        None => Some(format!("no end within 30 s\n{out}\n{err}")),
     }
 }
 
@@ -56,8 +74,8 @@ async fn rtspsrc_plays_over_tcp_and_udp() {
             "rtspsrc location={} protocols={proto} ! rtph264depay ! h264parse ! avdec_h264 ! fakesink num-buffers=60",
             server.rtsp_url("live/gst")
         );
-        let ok = tokio::task::spawn_blocking(move || gst(&pipeline)).await.unwrap();
-        assert!(ok, "GStreamer did not decode 60 frames over {proto}");
+        let failed = tokio::task::spawn_blocking(move || gst(&pipeline)).await.unwrap();
+        assert!(failed.is_none(), "GStreamer did not decode 60 frames over {proto}: {}", failed.unwrap_or_default());
     }
 }
 
