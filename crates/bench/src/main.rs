@@ -395,14 +395,7 @@ async fn publish(
         anyhow::ensure!(n > 0, "server closed during publish setup");
         session.handle_input(Instant::now(), &buf[..n])?;
     }
-    let span = tags.iter().map(|t| t.timestamp).max().unwrap_or(0) + 40;
-    let start = tokio::time::Instant::now();
-    let (mut rd, mut wr) = socket.into_split();
-    // Drain what the server sends (acks, pings) so its buffers never fill.
-    tokio::spawn(async move {
-        let mut b = vec![0u8; 16384];
-        while matches!(rd.read(&mut b).await, Ok(n) if n > 0) {}
-    });
+    let (mut wr, span, start) = start_sending(socket, tags);
     for l in 0u32.. {
         for t in tags {
             let ts = t.timestamp + l * span;
@@ -421,6 +414,22 @@ async fn publish(
         }
     }
     Ok(())
+}
+
+/// After a publisher's set-up: the socket's write half (what the server sends, acks and
+/// pings, is drained by a task so its buffers never fill), the time one loop of the file
+/// spans, and the start of the sending schedule.
+fn start_sending(
+    socket: TcpStream,
+    tags: &[ferrocast_media::flv::FileTag],
+) -> (tokio::net::tcp::OwnedWriteHalf, u32, tokio::time::Instant) {
+    let span = tags.iter().map(|t| t.timestamp).max().unwrap_or(0) + 40;
+    let (mut rd, wr) = socket.into_split();
+    tokio::spawn(async move {
+        let mut b = vec![0u8; 16384];
+        while matches!(rd.read(&mut b).await, Ok(n) if n > 0) {}
+    });
+    (wr, span, tokio::time::Instant::now())
 }
 
 /// Notes a tag just sent: how late it left, and for the recorded publisher, when each video

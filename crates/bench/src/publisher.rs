@@ -13,7 +13,7 @@ use ferrocast_rtsp::codec::{self, Packetizer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::{Shared, note_sent};
+use crate::{Shared, note_sent, start_sending};
 
 /// An MP4 file's H.264/H.265 and AAC tracks as FLV tags with millisecond timestamps:
 /// sequence headers first, then the frames of all tracks in decode order.
@@ -112,14 +112,7 @@ pub async fn publish_rtsp(url: &str, tags: &[FileTag], shared: Arc<Shared>, reco
         let p = Packetizer::new(track, *pt, 0x5eed_0000 + i as u32, 0, 0, 1400).context("no packetizer for a track")?;
         packetizers.push((track.kind(), p));
     }
-    let span = tags.iter().map(|t| t.timestamp).max().unwrap_or(0) + 40;
-    let start = tokio::time::Instant::now();
-    let (mut rd, mut wr) = socket.into_split();
-    // Drain what the server sends so its buffers never fill.
-    tokio::spawn(async move {
-        let mut b = vec![0u8; 16384];
-        while matches!(rd.read(&mut b).await, Ok(n) if n > 0) {}
-    });
+    let (mut wr, span, start) = start_sending(socket, tags);
     for l in 0u32.. {
         for t in tags {
             let ts = t.timestamp + l * span;
