@@ -684,6 +684,10 @@ impl Conn {
 
     /// Ends the session: BYE to players, unpublish a recording, free UDP routes.
     fn teardown(&mut self) {
+        // The rest of a frame the fan-out task left half-written goes out before anything
+        // else on this connection (the BYE, the TEARDOWN response), or the interleaved
+        // stream would be cut mid-packet.
+        let _ = self.take_over();
         if let Some(s) = self.session.take()
             && let Some(p) = &s.playing
         {
