@@ -63,14 +63,6 @@ struct SlotState {
     scratch: Vec<Bytes>,
 }
 
-/// What the reader's task finds when it takes over from direct mode.
-pub struct Takeover {
-    /// Write these first.
-    pub pending: Vec<Bytes>,
-    /// Or fail with this.
-    pub error: Option<std::io::Error>,
-}
-
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slot").finish_non_exhaustive()
@@ -142,15 +134,20 @@ impl Slot {
     }
 
     /// The reader's task takes the writing back (for its own messages, or after direct mode
-    /// ended): None if it had it already.
-    pub fn take_over(&self) -> Option<Takeover> {
+    /// ended): the unwritten rest of the frame direct mode stopped at goes to the front of
+    /// `out`, or the socket error it met is returned. Nothing happens if the task had it.
+    pub fn take_over(&self, out: &mut Vec<Bytes>) -> std::io::Result<()> {
         let mut st = self.lock();
         if st.direct.is_none() && !st.fell_back {
-            return None;
+            return Ok(());
         }
         st.direct = None;
         st.fell_back = false;
-        Some(Takeover { pending: std::mem::take(&mut st.pending), error: st.error.take() })
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        out.splice(0..0, std::mem::take(&mut st.pending));
+        Ok(())
     }
 
     /// An event from the ring (fan-out task only).
@@ -289,8 +286,9 @@ mod tests {
         let big = vec![7u8; 64 << 20];
         slot.deliver(12, &frame(big.clone()));
         assert!(slot.fell_back() && !slot.is_direct());
-        let t = slot.take_over().unwrap();
-        let rest: usize = t.pending.iter().map(Bytes::len).sum();
+        let mut pending = Vec::new();
+        slot.take_over(&mut pending).unwrap();
+        let rest: usize = pending.iter().map(Bytes::len).sum();
         assert!(rest > 0 && rest < big.len(), "partly written: {rest} left");
         // Later events queue, bounded: an overflow is a lag.
         for seq in 13..20 {
@@ -308,7 +306,8 @@ mod tests {
         slot.deliver(0, &HubEvent::Unpublished);
         assert!(slot.fell_back());
         assert!(matches!(slot.pop(), Some(Ok(HubEvent::Unpublished))));
-        assert!(slot.take_over().is_some_and(|t| t.pending.is_empty() && t.error.is_none()));
-        assert!(slot.take_over().is_none(), "taken over once");
+        let mut pending = Vec::new();
+        slot.take_over(&mut pending).unwrap();
+        assert!(pending.is_empty() && !slot.fell_back() && !slot.is_direct(), "taken over, nothing left");
     }
 }

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::fanout::Encoder;
 use crate::hub::{Hub, write_merge, write_timeout};
 use crate::path;
-use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
+use crate::reader::{Reader, ReaderItem, Tag, TagFeed, flv_track};
 use crate::sockio::{read_some, write_with_timeout};
 
 /// Bytes read at a time from a player (which sends nothing after its request).
@@ -125,13 +125,8 @@ pub async fn serve(socket: TcpStream, stream: String, hub: Arc<Hub>) -> anyhow::
     let slot = reader.slot().expect("attached").clone();
     let mut done = false;
     loop {
-        if slot.fell_back()
-            && let Some(t) = slot.take_over()
-        {
-            if let Some(e) = t.error {
-                return Err(e.into());
-            }
-            pending.splice(0..0, t.pending);
+        if slot.fell_back() {
+            slot.take_over(&mut pending)?;
         }
         if !pending.is_empty() {
             write_with_timeout(&socket, &mut pending, timeout).await?;
@@ -216,11 +211,7 @@ struct FlvEncoder {
 
 impl Encoder for FlvEncoder {
     fn frame(&mut self, frame: &Arc<Frame>, out: &mut Vec<Bytes>) {
-        let track = match frame.kind {
-            TrackKind::Video => &self.tracks.video,
-            TrackKind::Audio => &self.tracks.audio,
-        };
-        if let Some(track) = track.as_ref().filter(|t| flv::carries(t)) {
+        if let Some(track) = flv_track(&self.tracks, frame.kind) {
             out.push(shared_tag(frame, track));
         }
     }

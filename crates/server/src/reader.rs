@@ -227,6 +227,15 @@ pub enum Tag {
     },
 }
 
+/// The parameters of a frame's track, if FLV (RTMP, HTTP-FLV) can carry it.
+pub fn flv_track(tracks: &Tracks, kind: TrackKind) -> Option<&TrackInfo> {
+    let track = match kind {
+        TrackKind::Video => &tracks.video,
+        TrackKind::Audio => &tracks.audio,
+    };
+    track.as_ref().filter(|t| flv::carries(t))
+}
+
 /// Turns reader items into FLV tags, sending metadata and sequence headers only when they
 /// change (or after a republish). Tracks are compared only when a new set arrives, never per
 /// frame.
@@ -264,11 +273,7 @@ impl TagFeed {
     /// The tags for a frame: any changed parameters, then the frame. Frames of a track whose
     /// parameters are not known yet (or that FLV cannot carry) are dropped.
     pub fn frame(&mut self, frame: Arc<Frame>, out: &mut Vec<Tag>) {
-        let track = match frame.kind {
-            TrackKind::Video => &self.current.video,
-            TrackKind::Audio => &self.current.audio,
-        };
-        let Some(track) = track.as_ref().filter(|t| flv::carries(t)) else {
+        let Some(track) = flv_track(&self.current, frame.kind) else {
             return;
         };
         let ts = track.to_ms(frame.dts);

@@ -20,7 +20,7 @@ use crate::hub::{Hub, reader_nodelay, write_merge, write_timeout};
 use crate::ingest::RtmpIngest;
 use crate::limits::Limiter;
 use crate::path::stream_path;
-use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
+use crate::reader::{Reader, ReaderItem, Tag, TagFeed, flv_track};
 use crate::sockio::{read_some, write_with_timeout};
 
 /// Message stream id `createStream` gives first; shared media chunks are encoded for it.
@@ -257,12 +257,7 @@ impl Connection {
     /// Takes the writing back from the fan-out task: what it left unwritten goes first.
     fn reclaim(&mut self) -> anyhow::Result<()> {
         let Role::Playing(p) = &mut self.role else { return Ok(()) };
-        let Some(t) = p.slot().take_over() else { return Ok(()) };
-        if let Some(e) = t.error {
-            return Err(e).context("write");
-        }
-        self.pending.splice(0..0, t.pending);
-        Ok(())
+        p.slot().take_over(&mut self.pending).context("write")
     }
 
     /// Writes everything the session has queued, in as few syscalls as the kernel allows.
@@ -507,13 +502,13 @@ struct RtmpEncoder {
 
 impl Encoder for RtmpEncoder {
     fn frame(&mut self, frame: &Arc<Frame>, out: &mut Vec<Bytes>) {
-        let (track, wanted) = match frame.kind {
-            TrackKind::Video => (&self.tracks.video, self.video),
-            TrackKind::Audio => (&self.tracks.audio, self.audio),
+        let wanted = match frame.kind {
+            TrackKind::Video => self.video,
+            TrackKind::Audio => self.audio,
         };
         // As the reader's own feed does: frames FLV cannot carry, or that the player turned
         // off, are not sent.
-        if let Some(track) = track.as_ref().filter(|t| wanted && flv::carries(t)) {
+        if let Some(track) = flv_track(&self.tracks, frame.kind).filter(|_| wanted) {
             out.push(shared_chunks(frame, track, self.chunk_size));
         }
     }

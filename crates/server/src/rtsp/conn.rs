@@ -287,12 +287,8 @@ impl Conn {
 
     /// Takes the sending back from the fan-out task; what it left unwritten goes first.
     fn take_over(&mut self) -> anyhow::Result<()> {
-        let Some(t) = self.slot().and_then(|s| s.take_over()) else { return Ok(()) };
-        if let Some(e) = t.error {
-            return Err(e).context("write");
-        }
-        self.out.bufs.splice(0..0, t.pending);
-        Ok(())
+        let Some(slot) = self.slot().cloned() else { return Ok(()) };
+        slot.take_over(&mut self.out.bufs).context("write")
     }
 
     fn send(&mut self, r: Response) {
