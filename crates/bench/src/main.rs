@@ -94,6 +94,13 @@ struct Args {
     /// Read rate of throttled readers, kbit/s.
     #[arg(long, default_value_t = 100)]
     throttle_kbps: u64,
+    /// RTSP/UDP readers take each segmented send of the server whole (`UDP_GRO`, Linux 5.0+)
+    /// and split it themselves. On loopback the receive path of every datagram runs on the
+    /// sending core and is counted as the server's CPU; on a network it is the player's. With
+    /// this, a frame sent in one `sendmsg` costs the server's core one receive, as a TCP write
+    /// does on loopback.
+    #[arg(long)]
+    udp_gro: bool,
     /// PID of the server, to sample its CPU and RSS.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -148,6 +155,8 @@ struct Shared {
     /// The stream is published over RTSP: the server derives decode times from RTP's
     /// presentation times, so RTMP and HTTP-FLV readers match frames by presentation time.
     by_pts: bool,
+    /// See `Args::udp_gro`.
+    udp_gro: bool,
     latencies: Mutex<Vec<f64>>,
     first_frames: Mutex<Vec<(f64, bool)>>,
     start: Instant,
@@ -160,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         sent: Sent::default(),
         by_pts: args.publish_protocol == PublishProtocol::Rtsp,
+        udp_gro: args.udp_gro,
         latencies: Mutex::default(),
         first_frames: Mutex::default(),
         start: Instant::now(),

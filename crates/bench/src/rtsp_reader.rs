@@ -108,6 +108,10 @@ pub async fn play(
     if udp {
         for _ in 0..2 {
             let (rtp, rtcp) = udp_pair().await?;
+            if shared.udp_gro {
+                nix::sys::socket::setsockopt(&rtp, nix::sys::socket::sockopt::UdpGroSegment, &true)
+                    .context("UDP_GRO")?;
+            }
             ports.push((rtp.local_addr()?.port(), rtcp.local_addr()?.port()));
             sockets.push((rtp, rtcp));
         }
@@ -189,11 +193,13 @@ async fn play_udp(
     loop {
         throttle(limit, total, started).await;
         tokio::select! {
-            r = video_rtp.recv(&mut buf) => {
-                let n = r?;
+            r = recv_segments(video_rtp, &mut buf) => {
+                let (n, segment) = r?;
                 total += n as u64;
                 frames.state.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                frames.packet(Bytes::copy_from_slice(&buf[..n]));
+                for packet in buf[..n].chunks(segment.unwrap_or(n).max(1)) {
+                    frames.packet(Bytes::copy_from_slice(packet));
+                }
             }
             r = async { other.expect("guarded").recv(&mut sink).await }, if other.is_some() => {
                 let n = r?;
@@ -207,9 +213,52 @@ async fn play_udp(
     }
 }
 
+/// Receives a datagram, or (with `UDP_GRO` on) a run of datagrams the kernel kept together:
+/// its length, and the datagrams' size when it is a run (the last may be shorter).
+async fn recv_segments(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, Option<usize>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg};
+    use std::os::fd::AsRawFd;
+    socket
+        .async_io(tokio::io::Interest::READABLE, || {
+            let mut iov = [std::io::IoSliceMut::new(buf)];
+            let mut cmsg = nix::cmsg_space!(i32);
+            let msg = recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
+                .map_err(std::io::Error::from)?;
+            let segment = msg.cmsgs().ok().into_iter().flatten().find_map(|c| match c {
+                ControlMessageOwned::UdpGroSegments(n) => usize::try_from(n).ok(),
+                _ => None,
+            });
+            Ok((msg.bytes, segment))
+        })
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_segmented_send_arrives_whole_with_udp_gro() {
+        use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg, setsockopt, sockopt};
+        use std::os::fd::AsRawFd;
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        setsockopt(&rx, sockopt::UdpGroSegment, &true).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let packets = [vec![1u8; 1200], vec![2u8; 1200], vec![3u8; 500]];
+        let iov: Vec<_> = packets.iter().map(|p| std::io::IoSlice::new(p)).collect();
+        let dest = SockaddrStorage::from(rx.local_addr().unwrap());
+        let segment = 1200u16;
+        sendmsg(tx.as_raw_fd(), &iov, &[ControlMessage::UdpGsoSegments(&segment)], MsgFlags::empty(), Some(&dest))
+            .unwrap();
+        let mut buf = vec![0u8; 65536];
+        let (n, size) = tokio::time::timeout(std::time::Duration::from_secs(5), recv_segments(&rx, &mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((n, size), (2900, Some(1200)), "one receive for the run, with its datagram size");
+        let got: Vec<Vec<u8>> = buf[..n].chunks(1200).map(<[u8]>::to_vec).collect();
+        assert_eq!(got, packets, "split back into the datagrams sent");
+    }
 
     #[test]
     fn keyframe_starts() {
