@@ -237,9 +237,10 @@ pub struct HubConfig {
     /// A reader that has to skip to a keyframe more often than this within a minute is
     /// disconnected.
     pub max_reader_skips_per_minute: u32,
-    /// RTMP and HTTP-FLV readers gather the frames of this many ms into one write: fewer
-    /// system calls and TCP segments for that much more latency (SRS's merged write). 0
-    /// writes each frame as it arrives.
+    /// Readers gather the frames of this many ms into one write: fewer system calls and TCP
+    /// segments for that much more latency (SRS's merged write). The stream's fan-out waits
+    /// out the window its first frame opened and writes the window's frames to each reader
+    /// at once (RTMP, HTTP-FLV and RTSP players alike). 0 writes each frame as it arrives.
     pub write_merge_ms: u64,
     /// TCP_NODELAY on reader sockets: each write leaves at once. Off (the default, as in
     /// nginx-rtmp), Nagle's algorithm may hold a small write until the previous one is

@@ -14,7 +14,9 @@
 //! also leaves direct mode, so readers handle them in their own code. The reader's task goes
 //! back to direct mode when its queue is empty (under the slot's lock, so no event falls
 //! between the two). The per-frame wake-up of every reader's task was a quarter of the
-//! fan-out's CPU; in direct mode a frame costs a reader one lock and one `writev`.
+//! fan-out's CPU; in direct mode a frame costs a reader one lock and one `writev`, and the
+//! frames that arrived while the fan-out task was busy share one `writev` (no wait is added
+//! for them: a loaded server makes fewer, larger writes instead of falling behind).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -150,39 +152,51 @@ impl Slot {
         Ok(())
     }
 
-    /// An event from the ring (fan-out task only).
-    fn deliver(&self, seq: u64, ev: &HubEvent) {
+    /// Events from the ring, in order (fan-out task only). In direct mode the frames' wire
+    /// forms are gathered and written with one write: frames that arrived while the fan-out
+    /// task was busy go out together, with no wait added.
+    fn deliver(&self, events: &[Sequenced]) {
         let mut st = self.lock();
-        if seq < st.start_seq {
+        let st = &mut *st;
+        st.scratch.clear();
+        for (seq, ev) in events {
+            if *seq < st.start_seq {
+                continue;
+            }
+            if let Some(encoder) = st.direct.as_mut() {
+                if let HubEvent::Frame(f) = ev {
+                    encoder.frame(f, &mut st.scratch);
+                    continue;
+                }
+                self.flush(st);
+                if st.direct.take().is_some() {
+                    st.fell_back = true;
+                }
+            }
+            if st.queue.len() >= st.cap {
+                st.lagged += st.queue.len() as u64;
+                st.queue.clear();
+            }
+            st.queue.push_back(ev.clone());
+            self.notify.notify_one();
+        }
+        self.flush(st);
+    }
+
+    /// Writes the gathered wire forms; a write not taken whole (or failed) ends direct mode.
+    fn flush(&self, st: &mut SlotState) {
+        if st.scratch.is_empty() || st.direct.is_none() {
             return;
         }
-        let st = &mut *st;
-        if let Some(encoder) = st.direct.as_mut() {
-            if let HubEvent::Frame(f) = ev {
-                st.scratch.clear();
-                encoder.frame(f, &mut st.scratch);
-                if st.scratch.is_empty() {
-                    return;
-                }
-                let Some(socket) = &self.socket else { return };
-                match crate::sockio::write_now(socket, &mut st.scratch) {
-                    Ok(true) => return,
-                    Ok(false) => st.pending = std::mem::take(&mut st.scratch),
-                    Err(e) => st.error = Some(e),
-                }
-                st.direct = None;
-                st.fell_back = true;
-                self.notify.notify_one();
-                return;
-            }
-            st.direct = None;
-            st.fell_back = true;
+        let Some(socket) = &self.socket else { return };
+        match crate::sockio::write_now(socket, &mut st.scratch) {
+            Ok(true) => return,
+            Ok(false) => st.pending = std::mem::take(&mut st.scratch),
+            Err(e) => st.error = Some(e),
         }
-        if st.queue.len() >= st.cap {
-            st.lagged += st.queue.len() as u64;
-            st.queue.clear();
-        }
-        st.queue.push_back(ev.clone());
+        st.scratch.clear();
+        st.direct = None;
+        st.fell_back = true;
         self.notify.notify_one();
     }
 
@@ -221,19 +235,61 @@ impl Drop for Attachment {
     }
 }
 
+/// Most ring events the fan-out task hands on together.
+const MAX_BATCH: usize = 64;
+
 /// The fan-out task of one shard of a stream: hands every event, in ring order, to every
-/// slot of the shard. It ends with the stream.
-pub(crate) async fn run(stream: Weak<Stream>, shard: usize, mut rx: broadcast::Receiver<Sequenced>) {
+/// slot of the shard, together with the events that arrived while it was busy. With a
+/// write-merge window, an event waits until the window it opened ends and goes with every
+/// event of the window: one write per window and reader, and one timer per stream instead of
+/// one per reader. It ends with the stream.
+pub(crate) async fn run(
+    stream: Weak<Stream>,
+    shard: usize,
+    mut rx: broadcast::Receiver<Sequenced>,
+    merge: std::time::Duration,
+) {
+    use broadcast::error::{RecvError, TryRecvError};
+    let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
-        let r = rx.recv().await;
-        let Some(stream) = stream.upgrade() else { return };
-        let slots = stream.slots(shard);
-        match r {
-            Ok((seq, ev)) => slots.iter().for_each(|s| s.deliver(seq, &ev)),
-            Err(broadcast::error::RecvError::Lagged(n)) => slots.iter().for_each(|s| s.lag(n)),
-            Err(broadcast::error::RecvError::Closed) => {
-                slots.iter().for_each(|s| s.deliver(u64::MAX, &HubEvent::Ended));
-                return;
+        let mut end = match rx.recv().await {
+            Ok(item) => {
+                batch.push(item);
+                None
+            }
+            Err(e) => Some(e),
+        };
+        if end.is_none() && !merge.is_zero() {
+            tokio::time::sleep(merge).await;
+        }
+        // Everything ready, in batches.
+        loop {
+            while end.is_none() && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Lagged(n)) => end = Some(RecvError::Lagged(n)),
+                    Err(TryRecvError::Closed) => end = Some(RecvError::Closed),
+                }
+            }
+            let Some(stream) = stream.upgrade() else { return };
+            let slots = stream.slots(shard);
+            let full = batch.len() == MAX_BATCH;
+            if !batch.is_empty() {
+                slots.iter().for_each(|s| s.deliver(&batch));
+                batch.clear();
+            }
+            match end.take() {
+                None if full => continue,
+                None => break,
+                Some(RecvError::Lagged(n)) => {
+                    slots.iter().for_each(|s| s.lag(n));
+                    break;
+                }
+                Some(RecvError::Closed) => {
+                    slots.iter().for_each(|s| s.deliver(&[(u64::MAX, HubEvent::Ended)]));
+                    return;
+                }
             }
         }
     }
@@ -271,20 +327,20 @@ mod tests {
         let (a, mut b) = pair().await;
         let slot = Slot::new(Some(a), 10, 4);
         // Before the reader's snapshot: ignored.
-        slot.deliver(9, &frame(b"old".to_vec()));
+        slot.deliver(&[(9, frame(b"old".to_vec()))]);
         assert!(slot.pop().is_none());
         // Not direct yet: queued for the reader's task.
-        slot.deliver(10, &frame(b"q".to_vec()));
+        slot.deliver(&[(10, frame(b"q".to_vec()))]);
         assert!(!slot.go_direct(Box::new(Raw)), "an event is queued");
         assert!(matches!(slot.pop(), Some(Ok(HubEvent::Frame(_)))));
         assert!(slot.go_direct(Box::new(Raw)));
-        slot.deliver(11, &frame(b"direct".to_vec()));
+        slot.deliver(&[(11, frame(b"direct".to_vec()))]);
         let mut buf = [0u8; 6];
         b.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"direct", "the fan-out wrote to the socket itself");
         // A frame the socket cannot take whole: the rest waits for the reader's task.
         let big = vec![7u8; 64 << 20];
-        slot.deliver(12, &frame(big.clone()));
+        slot.deliver(&[(12, frame(big.clone()))]);
         assert!(slot.fell_back() && !slot.is_direct());
         let mut pending = Vec::new();
         slot.take_over(&mut pending).unwrap();
@@ -292,10 +348,31 @@ mod tests {
         assert!(rest > 0 && rest < big.len(), "partly written: {rest} left");
         // Later events queue, bounded: an overflow is a lag.
         for seq in 13..20 {
-            slot.deliver(seq, &frame(vec![1]));
+            slot.deliver(&[(seq, frame(vec![1]))]);
         }
         assert!(matches!(slot.pop(), Some(Err(4))), "the 4 queued before the overflow were dropped");
         assert!(matches!(slot.pop(), Some(Ok(_))));
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_written_together_up_to_the_first_other_event() {
+        let (a, mut b) = pair().await;
+        let slot = Slot::new(Some(a), 0, 16);
+        assert!(slot.go_direct(Box::new(Raw)));
+        let batch = [
+            (0, frame(b"one".to_vec())),
+            (1, frame(b"two".to_vec())),
+            (2, HubEvent::Unpublished),
+            (3, frame(b"three".to_vec())),
+        ];
+        slot.deliver(&batch);
+        let mut buf = [0u8; 6];
+        b.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"onetwo", "the frames before the other event were written");
+        assert!(slot.fell_back());
+        assert!(matches!(slot.pop(), Some(Ok(HubEvent::Unpublished))));
+        assert!(matches!(slot.pop(), Some(Ok(HubEvent::Frame(f))) if &f.data[..] == b"three"));
+        assert!(slot.pop().is_none());
     }
 
     #[tokio::test]
@@ -303,7 +380,7 @@ mod tests {
         let (a, _b) = pair().await;
         let slot = Slot::new(Some(a), 0, 16);
         assert!(slot.go_direct(Box::new(Raw)));
-        slot.deliver(0, &HubEvent::Unpublished);
+        slot.deliver(&[(0, HubEvent::Unpublished)]);
         assert!(slot.fell_back());
         assert!(matches!(slot.pop(), Some(Ok(HubEvent::Unpublished))));
         let mut pending = Vec::new();

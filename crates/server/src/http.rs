@@ -55,7 +55,6 @@ pub async fn serve(
 ) {
     let nodelay = reader_nodelay(&hub);
     let write_timeout = write_timeout(&hub);
-    let raw_flv = crate::http_flv::enabled(&hub);
     let app = router(hub.clone(), hls);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -97,23 +96,19 @@ pub async fn serve(
         let max_head = config.max_header_bytes;
         let task = tokio::spawn(async move {
             let _admission = admission;
-            let io = if raw_flv {
-                // The first request is read here: an HTTP-FLV player is served on the raw
-                // socket (see http_flv); anything else goes to hyper with the bytes replayed.
-                let Some((head, whole)) = crate::http_flv::read_head(&socket, request_timeout, max_head).await else {
-                    debug!(%peer, "http: no request head within {request_timeout:?}");
-                    return;
-                };
-                if let Some(stream) = whole.then(|| crate::http_flv::flv_path(&head)).flatten() {
-                    if let Err(e) = crate::http_flv::serve(socket, stream, hub).await {
-                        debug!(%peer, "http-flv connection: {e:#}");
-                    }
-                    return;
-                }
-                crate::http_flv::Prefixed::new(head.freeze(), socket)
-            } else {
-                crate::http_flv::Prefixed::new(Bytes::new(), socket)
+            // The first request is read here: an HTTP-FLV player is served on the raw socket
+            // (see http_flv); anything else goes to hyper with the bytes replayed.
+            let Some((head, whole)) = crate::http_flv::read_head(&socket, request_timeout, max_head).await else {
+                debug!(%peer, "http: no request head within {request_timeout:?}");
+                return;
             };
+            if let Some(stream) = whole.then(|| crate::http_flv::flv_path(&head)).flatten() {
+                if let Err(e) = crate::http_flv::serve(socket, stream, hub).await {
+                    debug!(%peer, "http-flv connection: {e:#}");
+                }
+                return;
+            }
+            let io = crate::http_flv::Prefixed::new(head.freeze(), socket);
             if let Err(e) = http.serve_connection(TokioIo::new(io), service).await {
                 debug!(%peer, "http connection: {e}");
             }

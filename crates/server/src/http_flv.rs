@@ -6,8 +6,7 @@
 //! can be attached to the stream's fan-out (see [`crate::fanout`]) like an RTMP player: while
 //! it keeps up, the fan-out task writes each tag to its socket itself. Any other first request
 //! goes to hyper with the bytes read so far replayed ([`Prefixed`]); later requests on a
-//! kept-alive connection, and players in write-merge mode, are served by hyper's path in
-//! [`crate::http`].
+//! kept-alive connection are served by hyper's path in [`crate::http`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,7 +20,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::fanout::Encoder;
-use crate::hub::{Hub, write_merge, write_timeout};
+use crate::hub::{Hub, write_timeout};
 use crate::path;
 use crate::reader::{Reader, ReaderItem, Tag, TagFeed, flv_track};
 use crate::sockio::{read_some, write_with_timeout};
@@ -67,11 +66,6 @@ pub fn flv_path(head: &[u8]) -> Option<String> {
     let stream = p.strip_prefix('/')?.strip_suffix(".flv")?;
     path::validate(stream).ok()?;
     Some(stream.to_owned())
-}
-
-/// True when raw-socket players are used (not in write-merge mode, which hyper's path has).
-pub fn enabled(hub: &Hub) -> bool {
-    write_merge(hub).is_zero()
 }
 
 const CORS: &str = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n\

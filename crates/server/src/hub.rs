@@ -88,15 +88,18 @@ pub struct Stream {
     /// many shards as the runtime has worker threads, so a popular stream's readers are
     /// written to from every core.
     shards: Vec<Shard>,
+    /// The write-merge window of the fan-out (`hub.write_merge_ms`).
+    merge: Duration,
 }
 
 impl Stream {
-    fn new(path: &str, queue: usize) -> Stream {
+    fn new(path: &str, queue: usize, merge: Duration) -> Stream {
         Stream {
             path: path.to_owned(),
             tx: broadcast::channel(queue).0,
             state: Mutex::new(StreamState::default()),
             shards: (0..fan_out_shards()).map(|_| Shard::default()).collect(),
+            merge,
         }
     }
 
@@ -212,7 +215,9 @@ impl Hub {
         }
         let stream = streams
             .entry(path.to_owned())
-            .or_insert_with(|| Arc::new(Stream::new(path, self.config.reader_queue_frames)))
+            .or_insert_with(|| {
+                Arc::new(Stream::new(path, self.config.reader_queue_frames, ms(self.config.write_merge_ms)))
+            })
             .clone();
         let mut st = lock(&stream.state);
         if st.publisher.is_some() {
@@ -348,7 +353,12 @@ impl Subscription {
             let shards = &self.stream.shards;
             let i = (0..shards.len()).min_by_key(|&i| lock(&shards[i].slots).len()).unwrap_or(0);
             if !shards[i].started.swap(true, Ordering::Relaxed) {
-                tokio::spawn(fanout::run(Arc::downgrade(&self.stream), i, self.stream.tx.subscribe()));
+                tokio::spawn(fanout::run(
+                    Arc::downgrade(&self.stream),
+                    i,
+                    self.stream.tx.subscribe(),
+                    self.stream.merge,
+                ));
             }
             lock(&shards[i].slots).push(slot.clone());
         }

@@ -158,10 +158,8 @@ impl Connection {
                 return Ok(());
             }
             // Caught up with nothing to write: the fan-out task writes the next frames itself
-            // (not with a merge window, whose point is to write less often).
-            if merge.is_zero() {
-                self.try_go_direct();
-            }
+            // (with the merge window, if any: one write per window).
+            self.try_go_direct();
             let mut deadline = self.session.poll_timeout().map(|(_, at)| at);
             if matches!(self.role, Role::Publishing { .. }) {
                 let idle_at = self.last_media + self.publisher_idle;

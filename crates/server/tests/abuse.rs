@@ -432,25 +432,36 @@ async fn http_heads_bodies_and_names_are_bounded() {
     assert_served(&server, "live/http").await;
 }
 
+const GET_STUCK: &[u8] = b"GET /live/stuck.flv HTTP/1.1\r\nHost: x\r\n\r\n";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn http_flv_reader_that_takes_nothing_is_disconnected() {
-    stalled_http_flv_reader_is_disconnected("[hub]\nreader_write_timeout_ms = 2000\n").await;
+    stalled_http_flv_reader_is_disconnected("[hub]\nreader_write_timeout_ms = 2000\n", GET_STUCK).await;
 }
 
-/// The same through hyper's HTTP-FLV path (write-merge mode), where a watchdog notices.
+/// The same with the fan-out's write-merge window.
 #[tokio::test(flavor = "multi_thread")]
 async fn http_flv_reader_that_takes_nothing_is_disconnected_in_merge_mode() {
-    stalled_http_flv_reader_is_disconnected("[hub]\nreader_write_timeout_ms = 2000\nwrite_merge_ms = 50\n").await;
+    let config = "[hub]\nreader_write_timeout_ms = 2000\nwrite_merge_ms = 50\n";
+    stalled_http_flv_reader_is_disconnected(config, GET_STUCK).await;
 }
 
-async fn stalled_http_flv_reader_is_disconnected(config: &str) {
+/// The same through hyper's HTTP-FLV path (the player's second request on a kept-alive
+/// connection), where a watchdog notices.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_flv_reader_that_takes_nothing_is_disconnected_on_hypers_path() {
+    let request = [&b"OPTIONS /live/stuck.flv HTTP/1.1\r\nHost: x\r\n\r\n"[..], GET_STUCK].concat();
+    stalled_http_flv_reader_is_disconnected("[hub]\nreader_write_timeout_ms = 2000\n", &request).await;
+}
+
+async fn stalled_http_flv_reader_is_disconnected(config: &str, request: &[u8]) {
     let server = Server::with_config(config);
     let _publisher = publish(heavy_flv(), &server.rtmp_url("live/stuck"));
     wait_published(&server, "live/stuck").await;
     let sock = TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let mut s = sock.connect(server.http).await.unwrap();
-    s.write_all(b"GET /live/stuck.flv HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(request).await.unwrap();
     // Reads nothing for 8 s: the socket fills within a second at 8 Mbit/s, the server gives up
     // 2 s later.
     tokio::time::sleep(Duration::from_secs(8)).await;

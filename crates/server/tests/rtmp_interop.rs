@@ -53,8 +53,8 @@ async fn http_flv_headers_and_unknown_paths() {
 }
 
 /// HTTP-FLV players that hyper serves: a `.flv` request after another one on a kept-alive
-/// connection (players on the raw socket are those whose first request it is), and every
-/// player in write-merge mode.
+/// connection (players on the raw socket are those whose first request it is), with and
+/// without a write-merge window.
 #[tokio::test(flavor = "multi_thread")]
 async fn http_flv_after_another_request_and_in_merge_mode() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -220,7 +220,14 @@ async fn write_merge_window_sends_frames_in_batches() {
     assert!(together * 10 >= live.len() * 6, "{together} of {} frames arrived with the one before", live.len());
     let dts: Vec<u32> = live.iter().map(|f| f.1).collect();
     assert!(dts.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] < 100), "frames lost or reordered: {dts:?}");
-    // Players are none the wiser.
+    // Players are none the wiser, over HTTP-FLV and RTSP (TCP and UDP) alike: the window is
+    // the stream's fan-out's.
     let url = server.flv_url("live/merge");
     tokio::task::spawn_blocking(move || probe(&url, 3)).await.unwrap().assert_h264_aac(320, 240, 60);
+    for transport in ["tcp", "udp"] {
+        let url = server.rtsp_url("live/merge");
+        let p =
+            tokio::task::spawn_blocking(move || probe_with(&url, 3, &["-rtsp_transport", transport])).await.unwrap();
+        p.assert_rtsp("h264", 320, 240, 60);
+    }
 }
