@@ -20,10 +20,30 @@ fn media() -> PathBuf {
 
 /// The test clip in a container: "flv" or "mp4".
 fn media_as(container: &str) -> PathBuf {
-    let out = std::env::temp_dir().join(format!("ferrocast-bench-{}.{container}", std::process::id()));
+    media_with(container, 30)
+}
+
+/// The test clip with a keyframe every `gop` frames.
+fn media_with(container: &str, gop: u32) -> PathBuf {
+    let out =
+        std::env::temp_dir().join(format!("ferrocast-bench-{}-{}.{container}", std::process::id(), rand_suffix()));
     let ok = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi", "-i", "sine"])
-        .args(["-c:v", "libx264", "-g", "30", "-preset", "veryfast", "-b:v", "1M", "-c:a", "aac", "-t", "4", "-f"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-g",
+            &gop.to_string(),
+            "-preset",
+            "veryfast",
+            "-b:v",
+            "1M",
+            "-c:a",
+            "aac",
+            "-t",
+            "4",
+        ])
+        .arg("-f")
         .arg(container)
         .arg(&out)
         .status();
@@ -33,11 +53,16 @@ fn media_as(container: &str) -> PathBuf {
 
 /// The server binary, started on free ports: (process, RTMP, HTTP, RTSP addresses).
 fn start_server() -> (Kill, String, String, String) {
+    start_server_with("")
+}
+
+/// As [`start_server`], with more configuration.
+fn start_server_with(extra_config: &str) -> (Kill, String, String, String) {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_ferrocast-bench"));
     let server_bin = bench.with_file_name("ferrocast");
     assert!(server_bin.exists(), "build the workspace first (cargo build --workspace): {}", server_bin.display());
-    let config = std::env::temp_dir().join(format!("ferrocast-bench-{}.toml", std::process::id()));
-    std::fs::write(&config, "[rtsp]\nrtp_port = 0\nrtcp_port = 0\n").unwrap();
+    let config = std::env::temp_dir().join(format!("ferrocast-bench-{}-{}.toml", std::process::id(), rand_suffix()));
+    std::fs::write(&config, format!("[rtsp]\nrtp_port = 0\nrtcp_port = 0\n{extra_config}")).unwrap();
     let mut server = Kill(
         Command::new(&server_bin)
             .args([
@@ -60,6 +85,75 @@ fn start_server() -> (Kill, String, String, String) {
     let mut addr = || lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_owned();
     let (rtmp, http, rtsp) = (addr(), addr(), addr());
     (server, rtmp, http, rtsp)
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// Runs the bench; its JSON summary.
+fn run_bench(args: &[&str]) -> serde_json::Value {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_ferrocast-bench"));
+    let out = Command::new(&bench).args(args).arg("--quiet").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Readers of a server with a write-merge window: frames arrive in bursts, and none may be
+/// missing or out of order (frames_lost counts gaps in each reader's decode times). With a
+/// 3 s GOP and readers joining over 2 s, most start with more of the GOP cache than one
+/// batch: their own task writes it in windows, then hands over to the fan-out's windows,
+/// and the two must not cross.
+#[test]
+fn no_frame_lost_with_a_write_merge_window() {
+    let (_server, rtmp, http, _) = start_server_with("[hub]\nwrite_merge_ms = 50\n");
+    let file = media_with("flv", 90);
+    let rtmp_url = format!("rtmp://{rtmp}/live/merge");
+    let http_url = format!("http://{http}");
+    let file_arg = file.to_str().unwrap();
+    let summary = run_bench(&[
+        "--rtmp",
+        &rtmp_url,
+        "--http",
+        &http_url,
+        "--file",
+        file_arg,
+        "--readers",
+        "20",
+        "--ramp",
+        "10",
+        "--duration",
+        "5",
+    ]);
+    assert_eq!(summary["keeping_up"], 20, "{summary}");
+    assert_eq!(summary["frames_lost"], 0, "frames missing or reordered: {summary}");
+    assert!(summary["latency_ms"]["p50"].as_f64().unwrap() > 5.0, "frames wait for the window: {summary}");
+    let _ = std::fs::remove_file(file);
+}
+
+/// RTSP over UDP read with UDP_GRO (`--udp-gro`): the server's segmented sends arrive whole
+/// and are split back into RTP packets, frames counted as datagram by datagram.
+#[test]
+fn rtsp_udp_readers_with_udp_gro() {
+    let (_server, rtmp, http, rtsp) = start_server();
+    let file = media();
+    let file_arg = file.to_str().unwrap();
+    for gro in [false, true] {
+        let mut args = vec!["--rtmp", "", "--http", "", "--rtsp", "", "--file", file_arg, "--protocol", "rtsp-udp"];
+        let (rtmp_url, http_url, rtsp_url) =
+            (format!("rtmp://{rtmp}/live/gro{gro}"), format!("http://{http}"), format!("rtsp://{rtsp}"));
+        (args[1], args[3], args[5]) = (&rtmp_url, &http_url, &rtsp_url);
+        args.extend(["--readers", "4", "--duration", "4"]);
+        if gro {
+            args.push("--udp-gro");
+        }
+        let summary = run_bench(&args);
+        assert_eq!(summary["keeping_up"], 4, "gro {gro}: {summary}");
+        assert_eq!(summary["first_frame_keyframe"], 4, "gro {gro}: {summary}");
+        assert!(summary["latency_ms"]["samples"].as_u64().unwrap() > 50, "gro {gro}: {summary}");
+    }
+    let _ = std::fs::remove_file(file);
 }
 
 #[test]

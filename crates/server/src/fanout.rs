@@ -16,7 +16,10 @@
 //! between the two). The per-frame wake-up of every reader's task was a quarter of the
 //! fan-out's CPU; in direct mode a frame costs a reader one lock and one `writev`, and the
 //! frames that arrived while the fan-out task was busy share one `writev` (no wait is added
-//! for them: a loaded server makes fewer, larger writes instead of falling behind).
+//! for them: a loaded server makes fewer, larger writes instead of falling behind). With a
+//! write-merge window (`hub.write_merge_ms`) the fan-out task waits out the window the first
+//! frame opened and writes all of its frames at once: the window costs one timer per stream,
+//! not one per reader.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};

@@ -158,8 +158,11 @@ impl Connection {
                 return Ok(());
             }
             // Caught up with nothing to write: the fan-out task writes the next frames itself
-            // (with the merge window, if any: one write per window).
-            self.try_go_direct();
+            // (with the merge window, if any: one write per window). Not while this task's own
+            // window holds frames in the session: they would go out after newer ones.
+            if flush_at.is_none() {
+                self.try_go_direct();
+            }
             let mut deadline = self.session.poll_timeout().map(|(_, at)| at);
             if matches!(self.role, Role::Publishing { .. }) {
                 let idle_at = self.last_media + self.publisher_idle;
