@@ -92,10 +92,18 @@ fn rand_suffix() -> u64 {
     RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
-/// Runs the bench; its JSON summary.
-fn run_bench(args: &[&str]) -> serde_json::Value {
+/// Runs the bench publishing `file` to `path` on the server at (RTMP, HTTP, RTSP) addresses,
+/// with more arguments; its JSON summary.
+fn run_bench(server: (&str, &str, &str), path: &str, file: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let (rtmp, http, rtsp) = server;
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_ferrocast-bench"));
-    let out = Command::new(&bench).args(args).arg("--quiet").output().unwrap();
+    let out = Command::new(&bench)
+        .args(["--rtmp", &format!("rtmp://{rtmp}/{path}"), "--http", &format!("http://{http}")])
+        .args(["--rtsp", &format!("rtsp://{rtsp}"), "--quiet", "--file"])
+        .arg(file)
+        .args(extra)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -107,25 +115,10 @@ fn run_bench(args: &[&str]) -> serde_json::Value {
 /// and the two must not cross.
 #[test]
 fn no_frame_lost_with_a_write_merge_window() {
-    let (_server, rtmp, http, _) = start_server_with("[hub]\nwrite_merge_ms = 50\n");
+    let (_server, rtmp, http, rtsp) = start_server_with("[hub]\nwrite_merge_ms = 50\n");
     let file = media_with("flv", 90);
-    let rtmp_url = format!("rtmp://{rtmp}/live/merge");
-    let http_url = format!("http://{http}");
-    let file_arg = file.to_str().unwrap();
-    let summary = run_bench(&[
-        "--rtmp",
-        &rtmp_url,
-        "--http",
-        &http_url,
-        "--file",
-        file_arg,
-        "--readers",
-        "20",
-        "--ramp",
-        "10",
-        "--duration",
-        "5",
-    ]);
+    let extra = ["--readers", "20", "--ramp", "10", "--duration", "5"];
+    let summary = run_bench((&rtmp, &http, &rtsp), "live/merge", &file, &extra);
     assert_eq!(summary["keeping_up"], 20, "{summary}");
     assert_eq!(summary["frames_lost"], 0, "frames missing or reordered: {summary}");
     assert!(summary["latency_ms"]["p50"].as_f64().unwrap() > 5.0, "frames wait for the window: {summary}");
@@ -138,17 +131,12 @@ fn no_frame_lost_with_a_write_merge_window() {
 fn rtsp_udp_readers_with_udp_gro() {
     let (_server, rtmp, http, rtsp) = start_server();
     let file = media();
-    let file_arg = file.to_str().unwrap();
     for gro in [false, true] {
-        let mut args = vec!["--rtmp", "", "--http", "", "--rtsp", "", "--file", file_arg, "--protocol", "rtsp-udp"];
-        let (rtmp_url, http_url, rtsp_url) =
-            (format!("rtmp://{rtmp}/live/gro{gro}"), format!("http://{http}"), format!("rtsp://{rtsp}"));
-        (args[1], args[3], args[5]) = (&rtmp_url, &http_url, &rtsp_url);
-        args.extend(["--readers", "4", "--duration", "4"]);
+        let mut extra = vec!["--protocol", "rtsp-udp", "--readers", "4", "--duration", "4"];
         if gro {
-            args.push("--udp-gro");
+            extra.push("--udp-gro");
         }
-        let summary = run_bench(&args);
+        let summary = run_bench((&rtmp, &http, &rtsp), &format!("live/gro{gro}"), &file, &extra);
         assert_eq!(summary["keeping_up"], 4, "gro {gro}: {summary}");
         assert_eq!(summary["first_frame_keyframe"], 4, "gro {gro}: {summary}");
         assert!(summary["latency_ms"]["samples"].as_u64().unwrap() > 50, "gro {gro}: {summary}");
