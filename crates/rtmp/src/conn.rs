@@ -86,6 +86,11 @@ impl Conn {
         encode_message(&mut self.out, csid, timestamp, type_id, stream_id, payload, self.out_chunk_size);
     }
 
+    /// True while bytes wait for `poll_transmit`.
+    pub fn has_output(&self) -> bool {
+        !self.queue.is_empty() || !self.out.is_empty()
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         if let Some(b) = self.queue.pop_front() {
             if self.queue.is_empty() && self.queue.capacity() > 16 {

@@ -380,6 +380,11 @@ impl ServerSession {
         self.conn.poll_transmit()
     }
 
+    /// True while bytes wait for [`ServerSession::poll_transmit`].
+    pub fn has_output(&self) -> bool {
+        self.conn.has_output()
+    }
+
     fn send_command(&mut self, stream_id: u32, values: &[Value]) {
         let cs = self.conn.out_chunk_size;
         message::amf0_message(self.conn.out(), CSID_COMMAND, type_id::COMMAND_AMF0, stream_id, values, cs);

@@ -158,11 +158,8 @@ impl Connection {
                 return Ok(());
             }
             // Caught up with nothing to write: the fan-out task writes the next frames itself
-            // (with the merge window, if any: one write per window). Not while this task's own
-            // window holds frames in the session: they would go out after newer ones.
-            if flush_at.is_none() {
-                self.try_go_direct();
-            }
+            // (with the merge window, if any: one write per window).
+            self.try_go_direct();
             let mut deadline = self.session.poll_timeout().map(|(_, at)| at);
             if matches!(self.role, Role::Publishing { .. }) {
                 let idle_at = self.last_media + self.publisher_idle;
@@ -237,13 +234,14 @@ impl Connection {
     }
 
     /// Hands the writing of frames to the stream's fan-out task, if this reader is playing,
-    /// in step, has nothing queued and writes with the shared chunks.
+    /// in step, has nothing queued or unsent (a merge window of its own may hold frames in
+    /// the session: they would go out after newer ones) and writes with the shared chunks.
     fn try_go_direct(&mut self) {
         let Role::Playing(p) = &mut self.role else { return };
         if p.paused || p.finished || p.stream_id != SHARED_STREAM_ID || !p.feed.settled() || !p.reader.is_live() {
             return;
         }
-        if !self.pending.is_empty() || p.slot().is_direct() {
+        if !self.pending.is_empty() || self.session.has_output() || p.slot().is_direct() {
             return;
         }
         let encoder = RtmpEncoder {
