@@ -88,18 +88,18 @@ pub struct Stream {
     /// many shards as the runtime has worker threads, so a popular stream's readers are
     /// written to from every core.
     shards: Vec<Shard>,
-    /// The write-merge window of the fan-out (`hub.write_merge_ms`).
-    merge: Duration,
+    /// When the fan-out writes (`hub.write_merge_ms`, `hub.load_merge_max_ms`).
+    pacing: fanout::Pacing,
 }
 
 impl Stream {
-    fn new(path: &str, queue: usize, merge: Duration) -> Stream {
+    fn new(path: &str, queue: usize, pacing: fanout::Pacing) -> Stream {
         Stream {
             path: path.to_owned(),
             tx: broadcast::channel(queue).0,
             state: Mutex::new(StreamState::default()),
             shards: (0..fan_out_shards()).map(|_| Shard::default()).collect(),
-            merge,
+            pacing,
         }
     }
 
@@ -216,7 +216,11 @@ impl Hub {
         let stream = streams
             .entry(path.to_owned())
             .or_insert_with(|| {
-                Arc::new(Stream::new(path, self.config.reader_queue_frames, ms(self.config.write_merge_ms)))
+                let pacing = fanout::Pacing {
+                    merge: ms(self.config.write_merge_ms),
+                    load_max: ms(self.config.load_merge_max_ms),
+                };
+                Arc::new(Stream::new(path, self.config.reader_queue_frames, pacing))
             })
             .clone();
         let mut st = lock(&stream.state);
@@ -357,7 +361,7 @@ impl Subscription {
                     Arc::downgrade(&self.stream),
                     i,
                     self.stream.tx.subscribe(),
-                    self.stream.merge,
+                    self.stream.pacing,
                 ));
             }
             lock(&shards[i].slots).push(slot.clone());
