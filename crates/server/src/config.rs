@@ -240,13 +240,14 @@ pub struct HubConfig {
     /// Readers gather the frames of this many ms into one write: fewer system calls and TCP
     /// segments for that much more latency (SRS's merged write). The stream's fan-out waits
     /// out the window its first frame opened and writes the window's frames to each reader
-    /// at once (RTMP, HTTP-FLV and RTSP players alike). 0 writes each frame as it arrives.
+    /// at once (RTMP, HTTP-FLV and RTSP players alike). 0: no window (but see
+    /// `load_merge_max_ms`).
     pub write_merge_ms: u64,
     /// Without a write-merge window, a loaded fan-out (one whose pass over its readers takes
-    /// 1 ms or more) holds a frame for the stream's next frame when that is due within one
-    /// pass (at most this many ms), so the two share a write; the last reader of a pass waits
-    /// that long anyway. An idle fan-out writes each frame as it arrives. 0 writes each frame
-    /// as it arrives under any load.
+    /// 1 ms or more) holds a frame for the stream's next frame when that is due within two
+    /// passes (at most this many ms), so the two share a write; a frame that arrives during a
+    /// pass waits about that long for its last reader anyway. An idle fan-out writes each
+    /// frame as it arrives. 0 writes each frame as it arrives under any load.
     pub load_merge_max_ms: u64,
     /// TCP_NODELAY on reader sockets: each write leaves at once. Off (the default, as in
     /// nginx-rtmp), Nagle's algorithm may hold a small write until the previous one is

@@ -20,11 +20,10 @@
 //! write-merge window (`hub.write_merge_ms`) the fan-out task waits out the window the first
 //! frame opened and writes all of its frames at once: the window costs one timer per stream,
 //! not one per reader. Without a window, a loaded fan-out (a pass over its readers takes 1 ms
-//! or more) holds a frame for the stream's next frame if that is due within one pass
+//! or more) holds a frame for the stream's next frame if that is due within two passes
 //! (`hub.load_merge_max_ms` at most; it learns when each track's frames arrive), so the two
-//! share a write. The last reader of a pass waits a pass anyway, so the hold moves the worst
-//! latency little; at 1,000 readers it saves a fifth of the writes (a video frame and the
-//! audio frame next to it).
+//! share a write: mostly a video frame and the audio frame next to it. A frame that arrives
+//! during a pass waits about that long for its last reader anyway.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -251,6 +250,11 @@ const MAX_BATCH: usize = 64;
 /// frame as it arrives.
 const LOADED_PASS: Duration = Duration::from_millis(1);
 
+/// A loaded fan-out holds a frame for the next one for at most this many passes over its
+/// readers. One pass saved 12% of the CPU at 1,000 readers, two 27% for 3 ms more p99 latency
+/// (still 5 ms under nginx-rtmp's; BENCHMARKS.md).
+const HOLD_PASSES: u32 = 2;
+
 /// How much later than due a held-for frame may arrive.
 const DUE_SLACK: Duration = Duration::from_millis(2);
 
@@ -266,15 +270,17 @@ pub(crate) struct Pacing {
 }
 
 impl Pacing {
-    /// How long a loaded fan-out may hold what it has for the stream's next frame: as long
-    /// as a pass over its readers takes (up to `load_max`). The last reader of a pass waits
-    /// that long anyway, so a frame held that long is no later than the last reader's frames
-    /// of the pass before; an idle fan-out (passes under [`LOADED_PASS`]) holds nothing.
+    /// How long a loaded fan-out may hold what it has for the stream's next frame:
+    /// [`HOLD_PASSES`] passes over its readers (up to `load_max`). A frame that arrives
+    /// during a pass already waits up to two passes for its last reader (the pass under way,
+    /// then its own), so the hold is of the size of the delays that load causes anyway. An
+    /// idle fan-out (passes under [`LOADED_PASS`]) holds nothing, nor does one with no
+    /// reader to save a write for.
     fn hold(&self, load: &Load) -> Duration {
-        if load.pass < LOADED_PASS {
+        if load.pass < LOADED_PASS || !load.writes {
             return Duration::ZERO;
         }
-        load.pass.min(self.load_max)
+        (load.pass * HOLD_PASSES).min(self.load_max)
     }
 }
 
@@ -282,11 +288,15 @@ impl Pacing {
 #[derive(Debug, Default)]
 struct Load {
     pass: Duration,
+    /// Some reader takes its frames as writes to a TCP socket, where frames written together
+    /// cost one write (RTP over UDP sends each frame's packets by themselves).
+    writes: bool,
 }
 
 impl Load {
-    fn passed(&mut self, pass: Duration) {
+    fn passed(&mut self, pass: Duration, writes: bool) {
         self.pass = (self.pass * 7 + pass) / 8;
+        self.writes = writes;
     }
 }
 
@@ -332,12 +342,7 @@ impl Cadence {
 /// write-merge window, an event waits until the window it opened ends and goes with every
 /// event of the window: one write per window and reader, and one timer per stream instead of
 /// one per reader. It ends with the stream.
-pub(crate) async fn run(
-    stream: Weak<Stream>,
-    shard: usize,
-    mut rx: broadcast::Receiver<Sequenced>,
-    pacing: Pacing,
-) {
+pub(crate) async fn run(stream: Weak<Stream>, shard: usize, mut rx: broadcast::Receiver<Sequenced>, pacing: Pacing) {
     use broadcast::error::{RecvError, TryRecvError};
     let mut batch: Vec<Sequenced> = Vec::with_capacity(MAX_BATCH);
     let mut load = Load::default();
@@ -398,7 +403,7 @@ pub(crate) async fn run(
             if !batch.is_empty() {
                 let started = Instant::now();
                 slots.iter().for_each(|s| s.deliver(&batch));
-                load.passed(started.elapsed());
+                load.passed(started.elapsed(), slots.iter().any(|s| s.socket.is_some()));
                 batch.clear();
             }
             match end.take() {
@@ -603,8 +608,10 @@ mod tests {
         assert_eq!(c.tracks[0], (Some(t0 + ms(60)), Some(ms(30))), "the gap is not relearnt from a late frame");
         // An idle fan-out never holds; a loaded one holds for as long as a pass takes.
         let pacing = Pacing { merge: Duration::ZERO, load_max: ms(20) };
-        assert_eq!(pacing.hold(&Load { pass: Duration::from_micros(500) }), Duration::ZERO);
-        assert_eq!(pacing.hold(&Load { pass: ms(4) }), ms(4));
-        assert_eq!(pacing.hold(&Load { pass: ms(50) }), ms(20));
+        let load = |pass, writes| Load { pass, writes };
+        assert_eq!(pacing.hold(&load(Duration::from_micros(500), true)), Duration::ZERO);
+        assert_eq!(pacing.hold(&load(ms(4), true)), ms(8));
+        assert_eq!(pacing.hold(&load(ms(50), true)), ms(20));
+        assert_eq!(pacing.hold(&load(ms(4), false)), Duration::ZERO, "only RTP over UDP: no write to save");
     }
 }
