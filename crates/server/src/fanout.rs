@@ -162,11 +162,13 @@ impl Slot {
 
     /// Events from the ring, in order (fan-out task only). In direct mode the frames' wire
     /// forms are gathered and written with one write: frames that arrived while the fan-out
-    /// task was busy go out together, with no wait added.
-    fn deliver(&self, events: &[Sequenced]) {
+    /// task was busy go out together, with no wait added. True when something was written to
+    /// the socket (an encoder that sends by itself, RTP over UDP, writes nothing here).
+    fn deliver(&self, events: &[Sequenced]) -> bool {
         let mut st = self.lock();
         let st = &mut *st;
         st.scratch.clear();
+        let mut wrote = false;
         for (seq, ev) in events {
             if *seq < st.start_seq {
                 continue;
@@ -176,7 +178,7 @@ impl Slot {
                     encoder.frame(f, &mut st.scratch);
                     continue;
                 }
-                self.flush(st);
+                wrote |= self.flush(st);
                 if st.direct.take().is_some() {
                     st.fell_back = true;
                 }
@@ -188,17 +190,18 @@ impl Slot {
             st.queue.push_back(ev.clone());
             self.notify.notify_one();
         }
-        self.flush(st);
+        wrote | self.flush(st)
     }
 
     /// Writes the gathered wire forms; a write not taken whole (or failed) ends direct mode.
-    fn flush(&self, st: &mut SlotState) {
+    /// True when there was something to write.
+    fn flush(&self, st: &mut SlotState) -> bool {
         if st.scratch.is_empty() || st.direct.is_none() {
-            return;
+            return false;
         }
-        let Some(socket) = &self.socket else { return };
+        let Some(socket) = &self.socket else { return false };
         match crate::sockio::write_now(socket, &mut st.scratch) {
-            Ok(true) => return,
+            Ok(true) => return true,
             Ok(false) => st.pending = std::mem::take(&mut st.scratch),
             Err(e) => st.error = Some(e),
         }
@@ -206,6 +209,7 @@ impl Slot {
         st.direct = None;
         st.fell_back = true;
         self.notify.notify_one();
+        true
     }
 
     /// Too far behind for the fan-out task itself (fan-out task only).
@@ -288,8 +292,8 @@ impl Pacing {
 #[derive(Debug, Default)]
 struct Load {
     pass: Duration,
-    /// Some reader takes its frames as writes to a TCP socket, where frames written together
-    /// cost one write (RTP over UDP sends each frame's packets by themselves).
+    /// The last pass wrote to some reader's TCP socket, where frames written together cost
+    /// one write (RTP over UDP sends each frame's packets by themselves).
     writes: bool,
 }
 
@@ -402,8 +406,8 @@ pub(crate) async fn run(stream: Weak<Stream>, shard: usize, mut rx: broadcast::R
             let full = batch.len() == MAX_BATCH;
             if !batch.is_empty() {
                 let started = Instant::now();
-                slots.iter().for_each(|s| s.deliver(&batch));
-                load.passed(started.elapsed(), slots.iter().any(|s| s.socket.is_some()));
+                let wrote = slots.iter().fold(false, |wrote, s| s.deliver(&batch) | wrote);
+                load.passed(started.elapsed(), wrote);
                 batch.clear();
             }
             match end.take() {
@@ -414,7 +418,9 @@ pub(crate) async fn run(stream: Weak<Stream>, shard: usize, mut rx: broadcast::R
                     break;
                 }
                 Some(RecvError::Closed) => {
-                    slots.iter().for_each(|s| s.deliver(&[(u64::MAX, HubEvent::Ended)]));
+                    slots.iter().for_each(|s| {
+                        s.deliver(&[(u64::MAX, HubEvent::Ended)]);
+                    });
                     return;
                 }
             }
@@ -500,6 +506,22 @@ mod tests {
         assert!(matches!(slot.pop(), Some(Ok(HubEvent::Unpublished))));
         assert!(matches!(slot.pop(), Some(Ok(HubEvent::Frame(f))) if &f.data[..] == b"three"));
         assert!(slot.pop().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_pass_tells_whether_it_wrote_to_the_socket() {
+        /// Sends by itself, as RTP over UDP does.
+        struct SendsItself;
+        impl Encoder for SendsItself {
+            fn frame(&mut self, _: &Arc<Frame>, _: &mut Vec<Bytes>) {}
+        }
+        let (a, _b) = pair().await;
+        let tcp = Slot::new(Some(a.clone()), 0, 16);
+        assert!(tcp.go_direct(Box::new(Raw)));
+        assert!(tcp.deliver(&[(0, frame(b"x".to_vec()))]));
+        let udp = Slot::new(Some(a), 0, 16);
+        assert!(udp.go_direct(Box::new(SendsItself)));
+        assert!(!udp.deliver(&[(0, frame(b"x".to_vec()))]), "nothing for the TCP socket: no write to save");
     }
 
     #[tokio::test]
