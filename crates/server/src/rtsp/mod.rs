@@ -73,13 +73,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// packetized once ([`Wire::Rtp`]) and every reader sends the same packets.
 pub struct StreamRtp {
     mtu: usize,
-    tracks: Mutex<[Option<OutTrack>; 2]>,
+    tracks: Mutex<OutTracks>,
+}
+
+#[derive(Default)]
+struct OutTracks {
+    /// Video, audio.
+    tracks: [Option<OutTrack>; 2],
+    /// (wall clock µs, media time µs) of the first frame packetized, of either track: the
+    /// NTP/RTP mapping of every report. One for the stream, so that the reports of its
+    /// tracks agree with each other and players align audio and video by them (RFC 3550
+    /// 6.4.1); a mapping per track took each track's first frame at a different moment.
+    anchor: Option<(u64, i64)>,
 }
 
 struct OutTrack {
     packetizer: Packetizer,
-    /// (wall clock µs, pts) of the first frame packetized: the NTP/RTP mapping of reports.
-    anchor: (u64, i64),
 }
 
 /// Index of a track kind in per-stream arrays.
@@ -94,8 +103,11 @@ impl StreamRtp {
     /// The packets of a frame (built on first use, then shared).
     pub fn packets(&self, track: &TrackInfo, frame: &Frame) -> Bytes {
         frame.wire(Wire::Rtp, |f| {
-            let mut tracks = lock(&self.tracks);
-            let t = &mut tracks[slot(f.kind)];
+            let mut outs = lock(&self.tracks);
+            if outs.anchor.is_none() {
+                outs.anchor = Some((unix_micros(), rescale(f.pts, track.clock_rate(), 1_000_000)));
+            }
+            let t = &mut outs.tracks[slot(f.kind)];
             let stale = t.as_ref().is_none_or(|t| t.packetizer_track() != track);
             if stale {
                 let r = random_u64();
@@ -106,10 +118,7 @@ impl StreamRtp {
                     None => (r as u16, (r >> 16) as u32, (r >> 48) as u32),
                 };
                 let pt = ferrocast_rtsp::sdp::payload_type(track);
-                *t = Packetizer::new(track, pt, ssrc, seq, offset, self.mtu).map(|packetizer| OutTrack {
-                    packetizer,
-                    anchor: previous.map_or((unix_micros(), f.pts), |p| p.anchor),
-                });
+                *t = Packetizer::new(track, pt, ssrc, seq, offset, self.mtu).map(|packetizer| OutTrack { packetizer });
             }
             match t {
                 Some(t) => t.packetizer.packetize(f),
@@ -121,12 +130,12 @@ impl StreamRtp {
     /// A sender report for a track: NTP now, and the RTP time of now on the track's
     /// timeline; `packets`/`octets` are what this reader was sent.
     pub fn sender_report(&self, kind: TrackKind, now_micros: u64, packets: u32, octets: u32) -> Option<(u32, Bytes)> {
-        let tracks = lock(&self.tracks);
-        let t = tracks[slot(kind)].as_ref()?;
-        let (wall, pts) = t.anchor;
+        let outs = lock(&self.tracks);
+        let t = outs.tracks[slot(kind)].as_ref()?;
+        let (wall, media) = outs.anchor?;
         let clock = t.packetizer_track().clock_rate();
-        let since = now_micros.saturating_sub(wall) as i64;
-        let rtp_time = t.packetizer.rtp_time(pts + rescale(since, 1_000_000, clock));
+        let since = now_micros as i64 - wall as i64;
+        let rtp_time = t.packetizer.rtp_time(rescale(media + since, 1_000_000, clock));
         let ntp = rtcp::ntp_from_unix_micros(now_micros);
         Some((
             t.packetizer.ssrc(),
@@ -136,7 +145,7 @@ impl StreamRtp {
 
     /// The SSRC of a track, once it has sent.
     pub fn ssrc(&self, kind: TrackKind) -> Option<u32> {
-        lock(&self.tracks)[slot(kind)].as_ref().map(|t| t.packetizer.ssrc())
+        lock(&self.tracks).tracks[slot(kind)].as_ref().map(|t| t.packetizer.ssrc())
     }
 }
 
@@ -161,7 +170,7 @@ impl Shared {
         }
         let live = self.hub.live_paths();
         outputs.retain(|p, _| live.contains(p));
-        let s = Arc::new(StreamRtp { mtu: self.config.mtu, tracks: Mutex::new([None, None]) });
+        let s = Arc::new(StreamRtp { mtu: self.config.mtu, tracks: Mutex::default() });
         outputs.insert(path.to_owned(), s.clone());
         s
     }
@@ -282,5 +291,54 @@ async fn udp_dispatch(shared: Arc<Shared>, is_rtcp: bool) {
             }
             None => debug!(%from, "rtsp udp: datagram from an unknown address dropped"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrocast_media::{AudioCodec, VideoCodec};
+    use ferrocast_rtsp::codec;
+    use ferrocast_rtsp::rtcp::RtcpPacket;
+
+    /// The RTP time a track's sender report gives for `now_micros`.
+    fn report_rtp_time(s: &StreamRtp, kind: TrackKind, now_micros: u64) -> u32 {
+        let (_, sr) = s.sender_report(kind, now_micros, 0, 0).unwrap();
+        match &rtcp::parse(&sr).unwrap()[0] {
+            RtcpPacket::SenderReport { rtp_time, .. } => *rtp_time,
+            p => panic!("not a sender report: {p:?}"),
+        }
+    }
+
+    /// Players align audio and video by the sender reports: the reports of both tracks must
+    /// put one instant at the same media time, however far apart the tracks' first frames
+    /// were packetized.
+    #[test]
+    fn reports_of_all_tracks_share_one_clock() {
+        let s = StreamRtp { mtu: 1400, tracks: Mutex::default() };
+        let video = TrackInfo::Video { codec: VideoCodec::H264, config: Bytes::new(), clock_rate: 1000 };
+        let audio = TrackInfo::Audio {
+            codec: AudioCodec::Aac,
+            config: Bytes::from_static(&[0x12, 0x10]),
+            sample_rate: 44_100,
+            channels: 2,
+            clock_rate: 1000,
+        };
+        // Two frames of one instant (5 s), packetized 50 ms apart, as a busy task may.
+        let v = s.packets(
+            &video,
+            &Frame::new(TrackKind::Video, 5000, 5000, false, Bytes::from_static(&[0, 0, 0, 2, 0x41, 0x9a])),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let a = s.packets(&audio, &Frame::new(TrackKind::Audio, 5000, 5000, true, Bytes::from_static(&[1, 2, 3, 4])));
+        let ts = |p: &Bytes| u32::from_be_bytes(codec::packets(p).next().unwrap()[4..8].try_into().unwrap());
+        let now = unix_micros() + 1_000_000;
+        // Seconds of media from the frames to `now`, by each track's report.
+        let since =
+            |kind, frame_ts: u32, clock: f64| f64::from(report_rtp_time(&s, kind, now).wrapping_sub(frame_ts)) / clock;
+        let (by_video, by_audio) =
+            (since(TrackKind::Video, ts(&v), 90_000.0), since(TrackKind::Audio, ts(&a), 44_100.0));
+        assert!((by_video - by_audio).abs() < 0.002, "video's report says {by_video} s, audio's {by_audio} s");
+        assert!(by_video > 0.9, "{by_video}");
     }
 }
