@@ -190,7 +190,8 @@ pub struct RtspConfig {
     pub rtcp_interval_ms: u64,
     /// Multicast groups are assigned to streams from this IPv4 range (CIDR).
     pub multicast_range: String,
-    /// RTP port of every multicast group (RTCP is the next port).
+    /// RTP port of video in every multicast group (RTCP is the next port); audio uses the pair
+    /// after it (RTP on this port + 2, RTCP on + 3).
     pub multicast_port: u16,
     /// TTL of multicast packets.
     pub multicast_ttl: u32,
@@ -400,6 +401,10 @@ impl Config {
         }
         self.rtsp.multicast_net()?;
         anyhow::ensure!((200..=65_000).contains(&self.rtsp.mtu), "rtsp.mtu must be 200..=65000");
+        anyhow::ensure!(
+            (1..=65_532).contains(&self.rtsp.multicast_port),
+            "rtsp.multicast_port must be 1..=65532 (video and audio take four ports from it)"
+        );
         for (key, v) in [
             ("rtsp.read_credentials", &self.rtsp.read_credentials),
             ("rtsp.publish_credentials", &self.rtsp.publish_credentials),
@@ -461,5 +466,12 @@ mod tests {
         assert!(format!("{err:#}").contains("chunk_sise"), "{err:#}");
         let err = Config::parse("[rtmp]\nchunk_size = 0\n").unwrap_err();
         assert!(err.to_string().contains("rtmp.chunk_size"), "{err}");
+    }
+
+    #[test]
+    fn multicast_ports_leave_room_for_audio() {
+        let err = Config::parse("[rtsp]\nmulticast_port = 65534\n").unwrap_err();
+        assert!(err.to_string().contains("rtsp.multicast_port"), "{err}");
+        assert_eq!(Config::parse("[rtsp]\nmulticast_port = 65532\n").unwrap().rtsp.multicast_port, 65532);
     }
 }

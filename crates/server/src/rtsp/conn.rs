@@ -579,7 +579,7 @@ impl Conn {
                     }
                 };
                 reply.destination = Some(group.group().to_string());
-                reply.port = Some((group.rtp_port(), group.rtp_port() + 1));
+                reply.port = Some((group.rtp_port(index), group.rtp_port(index) + 1));
                 reply.ttl = Some(self.shared.config.multicast_ttl as u8);
                 reply.client_port = None;
                 Tx::Multicast(group)

@@ -1,5 +1,8 @@
 //! UDP multicast: each stream read over multicast gets a group from the configured range and
 //! one sender task, shared by all its multicast readers (RFC 2326 12.39 `destination`/`port`).
+//! Each track has its own port pair in the group: video on the configured port (RTCP on the
+//! next), audio on the pair after it. Players bind one socket per track's port and take every
+//! packet that arrives there as that track's, so two tracks on one port mix their packets.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex, Weak};
@@ -30,9 +33,9 @@ impl MulticastGroup {
         self.group
     }
 
-    /// The RTP port (RTCP is the next).
-    pub fn rtp_port(&self) -> u16 {
-        self.port
+    /// The RTP port of a track (by [`slot`]; RTCP is the next).
+    pub fn rtp_port(&self, slot: usize) -> u16 {
+        track_port(self.port, slot)
     }
 
     /// Starts sending, once.
@@ -63,12 +66,10 @@ impl Drop for MulticastGroup {
 
 async fn send_loop(group: Weak<MulticastGroup>, shared: Arc<Shared>, mut reader: Reader) {
     let Some(g) = group.upgrade() else { return };
-    let (path, socket, rtp, rtcp) = (
-        g.path.clone(),
-        g.socket.clone(),
-        SocketAddr::from((g.group, g.port)),
-        SocketAddr::from((g.group, g.port + 1)),
-    );
+    let (path, socket) = (g.path.clone(), g.socket.clone());
+    // RTP and RTCP destinations per track.
+    let rtp = [0, 1].map(|i| SocketAddr::from((g.group, g.rtp_port(i))));
+    let rtcp = [0, 1].map(|i| SocketAddr::from((g.group, g.rtp_port(i) + 1)));
     drop(g);
     let stream = shared.stream_rtp(&path);
     let mut tracks = Tracks::default();
@@ -84,16 +85,17 @@ async fn send_loop(group: Weak<MulticastGroup>, shared: Arc<Shared>, mut reader:
                         TrackKind::Audio => tracks.audio.as_ref(),
                     };
                     let Some(track) = track else { continue };
-                    let first = counts[slot(f.kind)].0 == 0;
+                    let i = slot(f.kind);
+                    let first = counts[i].0 == 0;
                     let packets = stream.packets(track, &f);
                     if first && let Some((_, sr)) = stream.sender_report(f.kind, unix_micros(), 0, 0) {
-                        let _ = socket.send_to(&sr, rtcp).await;
+                        let _ = socket.send_to(&sr, rtcp[i]).await;
                     }
                     for p in codec::packets(&packets) {
-                        let c = &mut counts[slot(f.kind)];
+                        let c = &mut counts[i];
                         c.0 = c.0.wrapping_add(1);
                         c.1 = c.1.wrapping_add(p.len().saturating_sub(12) as u32);
-                        let _ = socket.send_to(&p, rtp).await;
+                        let _ = socket.send_to(&p, rtp[i]).await;
                     }
                 }
                 ReaderItem::Ended | ReaderItem::TooSlow => return,
@@ -103,7 +105,7 @@ async fn send_loop(group: Weak<MulticastGroup>, shared: Arc<Shared>, mut reader:
                 for kind in [TrackKind::Video, TrackKind::Audio] {
                     let (p, o) = counts[slot(kind)];
                     if p > 0 && let Some((_, sr)) = stream.sender_report(kind, unix_micros(), p, o) {
-                        let _ = socket.send_to(&sr, rtcp).await;
+                        let _ = socket.send_to(&sr, rtcp[slot(kind)]).await;
                     }
                 }
             }
@@ -112,6 +114,11 @@ async fn send_loop(group: Weak<MulticastGroup>, shared: Arc<Shared>, mut reader:
             return;
         }
     }
+}
+
+/// The RTP port of a track (by [`slot`]) in a group whose first RTP port is `base`.
+fn track_port(base: u16, slot: usize) -> u16 {
+    base + 2 * slot as u16
 }
 
 /// The group of a path: a stable hash of the path into the configured range.
@@ -169,5 +176,10 @@ mod tests {
         }
         assert_ne!(group_for("live/a", net, 16), group_for("live/b", net, 16));
         assert_eq!(group_for("live/a", Ipv4Addr::new(239, 1, 2, 3), 32), Ipv4Addr::new(239, 1, 2, 3));
+    }
+
+    #[test]
+    fn each_track_has_its_own_port_pair() {
+        assert_eq!([0, 1].map(|i| track_port(8002, i)), [8002, 8004]);
     }
 }

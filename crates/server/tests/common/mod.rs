@@ -368,7 +368,7 @@ impl Probe {
         let video = self.packets_of("video");
         let audio = self.packets_of("audio");
         assert!(video.len() >= min_video_packets, "only {} video packets\n{}", video.len(), self.stderr);
-        assert!(audio.len() >= min_video_packets, "only {} audio packets", audio.len());
+        assert!(audio.len() >= min_video_packets, "only {} audio packets\n{}", audio.len(), self.stderr);
         assert!(video[0].1, "first video packet is not a keyframe");
         for (name, pk) in [("video", &video), ("audio", &audio)] {
             for w in pk.windows(2) {
@@ -411,7 +411,7 @@ impl Probe {
             assert!(video.iter().take(60).any(key), "no keyframe within the first GOP");
         }
         let audio = self.packets_of("audio");
-        assert!(audio.len() >= min_video_packets, "only {} audio packets", audio.len());
+        assert!(audio.len() >= min_video_packets, "only {} audio packets\n{}", audio.len(), self.stderr);
         for w in audio.windows(2) {
             assert!(w[1].0 >= w[0].0, "audio went backwards: {} -> {}", w[0].0, w[1].0);
         }
