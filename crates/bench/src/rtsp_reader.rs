@@ -7,6 +7,7 @@
 //! millisecond timeline through the first frame: a server with a GOP cache starts a reader at
 //! the newest keyframe, whose publisher timestamp the bench knows.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -107,7 +108,7 @@ pub async fn play(
     let mut ports = Vec::new();
     if udp {
         for _ in 0..2 {
-            let (rtp, rtcp) = udp_pair().await?;
+            let (rtp, rtcp) = udp_pair(socket.local_addr()?.ip()).await?;
             if shared.udp_gro {
                 nix::sys::socket::setsockopt(&rtp, nix::sys::socket::sockopt::UdpGroSegment, &true)
                     .context("UDP_GRO")?;
@@ -161,15 +162,16 @@ pub async fn play(
     }
 }
 
-/// Two UDP sockets on consecutive ports (RTP even, RTCP odd), as RTSP expects.
-async fn udp_pair() -> anyhow::Result<(UdpSocket, UdpSocket)> {
+/// Two UDP sockets on consecutive ports (RTP even, RTCP odd), as RTSP expects, on `ip`: the
+/// address the server sees the control connection come from, which is where it sends RTP.
+async fn udp_pair(ip: IpAddr) -> anyhow::Result<(UdpSocket, UdpSocket)> {
     for _ in 0..100 {
-        let rtp = UdpSocket::bind("127.0.0.1:0").await?;
+        let rtp = UdpSocket::bind((ip, 0)).await?;
         let port = rtp.local_addr()?.port();
         if port % 2 == 1 || port == u16::MAX {
             continue;
         }
-        if let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", port + 1)).await {
+        if let Ok(rtcp) = UdpSocket::bind((ip, port + 1)).await {
             return Ok((rtp, rtcp));
         }
     }
