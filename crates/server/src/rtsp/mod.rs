@@ -73,22 +73,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// packetized once ([`Wire::Rtp`]) and every reader sends the same packets.
 pub struct StreamRtp {
     mtu: usize,
-    tracks: Mutex<OutTracks>,
+    out: Mutex<Out>,
 }
 
 #[derive(Default)]
-struct OutTracks {
+struct Out {
     /// Video, audio.
-    tracks: [Option<OutTrack>; 2],
+    packetizers: [Option<Packetizer>; 2],
     /// (wall clock µs, media time µs) of the first frame packetized, of either track: the
     /// NTP/RTP mapping of every report. One for the stream, so that the reports of its
     /// tracks agree with each other and players align audio and video by them (RFC 3550
     /// 6.4.1); a mapping per track took each track's first frame at a different moment.
     anchor: Option<(u64, i64)>,
-}
-
-struct OutTrack {
-    packetizer: Packetizer,
 }
 
 /// Index of a track kind in per-stream arrays.
@@ -103,25 +99,25 @@ impl StreamRtp {
     /// The packets of a frame (built on first use, then shared).
     pub fn packets(&self, track: &TrackInfo, frame: &Frame) -> Bytes {
         frame.wire(Wire::Rtp, |f| {
-            let mut outs = lock(&self.tracks);
-            if outs.anchor.is_none() {
-                outs.anchor = Some((unix_micros(), rescale(f.pts, track.clock_rate(), 1_000_000)));
+            let mut out = lock(&self.out);
+            if out.anchor.is_none() {
+                out.anchor = Some((unix_micros(), rescale(f.pts, track.clock_rate(), 1_000_000)));
             }
-            let t = &mut outs.tracks[slot(f.kind)];
-            let stale = t.as_ref().is_none_or(|t| t.packetizer_track() != track);
+            let t = &mut out.packetizers[slot(f.kind)];
+            let stale = t.as_ref().is_none_or(|t| t.track() != track);
             if stale {
                 let r = random_u64();
                 let previous = t.take();
                 let (seq, ssrc, offset) = match &previous {
                     // Keep the source identity across parameter changes.
-                    Some(p) => (p.packetizer.next_sequence(), p.packetizer.ssrc(), p.offset()),
+                    Some(p) => (p.next_sequence(), p.ssrc(), p.time_offset()),
                     None => (r as u16, (r >> 16) as u32, (r >> 48) as u32),
                 };
                 let pt = ferrocast_rtsp::sdp::payload_type(track);
-                *t = Packetizer::new(track, pt, ssrc, seq, offset, self.mtu).map(|packetizer| OutTrack { packetizer });
+                *t = Packetizer::new(track, pt, ssrc, seq, offset, self.mtu);
             }
             match t {
-                Some(t) => t.packetizer.packetize(f),
+                Some(t) => t.packetize(f),
                 None => Bytes::new(),
             }
         })
@@ -130,32 +126,18 @@ impl StreamRtp {
     /// A sender report for a track: NTP now, and the RTP time of now on the track's
     /// timeline; `packets`/`octets` are what this reader was sent.
     pub fn sender_report(&self, kind: TrackKind, now_micros: u64, packets: u32, octets: u32) -> Option<(u32, Bytes)> {
-        let outs = lock(&self.tracks);
-        let t = outs.tracks[slot(kind)].as_ref()?;
-        let (wall, media) = outs.anchor?;
-        let clock = t.packetizer_track().clock_rate();
+        let out = lock(&self.out);
+        let p = out.packetizers[slot(kind)].as_ref()?;
+        let (wall, media) = out.anchor?;
         let since = now_micros as i64 - wall as i64;
-        let rtp_time = t.packetizer.rtp_time(rescale(media + since, 1_000_000, clock));
+        let rtp_time = p.rtp_time(rescale(media + since, 1_000_000, p.track().clock_rate()));
         let ntp = rtcp::ntp_from_unix_micros(now_micros);
-        Some((
-            t.packetizer.ssrc(),
-            rtcp::sender_report(t.packetizer.ssrc(), ntp, rtp_time, packets, octets, "ferrocast"),
-        ))
+        Some((p.ssrc(), rtcp::sender_report(p.ssrc(), ntp, rtp_time, packets, octets, "ferrocast")))
     }
 
     /// The SSRC of a track, once it has sent.
     pub fn ssrc(&self, kind: TrackKind) -> Option<u32> {
-        lock(&self.tracks).tracks[slot(kind)].as_ref().map(|t| t.packetizer.ssrc())
-    }
-}
-
-impl OutTrack {
-    fn packetizer_track(&self) -> &TrackInfo {
-        self.packetizer.track()
-    }
-
-    fn offset(&self) -> u32 {
-        self.packetizer.time_offset()
+        lock(&self.out).packetizers[slot(kind)].as_ref().map(|p| p.ssrc())
     }
 }
 
@@ -170,7 +152,7 @@ impl Shared {
         }
         let live = self.hub.live_paths();
         outputs.retain(|p, _| live.contains(p));
-        let s = Arc::new(StreamRtp { mtu: self.config.mtu, tracks: Mutex::default() });
+        let s = Arc::new(StreamRtp { mtu: self.config.mtu, out: Mutex::default() });
         outputs.insert(path.to_owned(), s.clone());
         s
     }
@@ -315,7 +297,7 @@ mod tests {
     /// were packetized.
     #[test]
     fn reports_of_all_tracks_share_one_clock() {
-        let s = StreamRtp { mtu: 1400, tracks: Mutex::default() };
+        let s = StreamRtp { mtu: 1400, out: Mutex::default() };
         let video = TrackInfo::Video { codec: VideoCodec::H264, config: Bytes::new(), clock_rate: 1000 };
         let audio = TrackInfo::Audio {
             codec: AudioCodec::Aac,
