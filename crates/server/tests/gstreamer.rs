@@ -4,63 +4,8 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
-
-fn require_gst(element: &str) {
-    let ok = Command::new("gst-inspect-1.0")
-        .arg(element)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "GStreamer element {element} is required: run ./scripts/test (it installs Debian's GStreamer packages)"
-    );
-}
-
-/// Runs a pipeline to completion (a bounded number of buffers), with a guard: None on
-/// success, else what went wrong (GStreamer's messages).
-fn gst(pipeline: &str) -> Option<String> {
-    let mut child = Command::new("gst-launch-1.0")
-        .args(pipeline.split_whitespace())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gst-launch-1.0");
-    // Drain both pipes while it runs (a full pipe would stall it); keep the tail.
-    let tail = |r: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_string(&mut text);
-            }
-            text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
-        })
-    };
-    let out = tail(child.stdout.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
-    let err = tail(child.stderr.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
-    match status {
-        Some(s) if s.success() => None,
-        Some(s) => Some(format!("{s}\n{out}\n{err}")),
-        None => Some(format!("no end within 30 s\n{out}\n{err}")),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rtspsrc_plays_over_tcp_and_udp() {
@@ -74,7 +19,7 @@ async fn rtspsrc_plays_over_tcp_and_udp() {
             "rtspsrc location={} protocols={proto} ! rtph264depay ! h264parse ! avdec_h264 ! fakesink num-buffers=60",
             server.rtsp_url("live/gst")
         );
-        let failed = tokio::task::spawn_blocking(move || gst(&pipeline)).await.unwrap();
+        let failed = tokio::task::spawn_blocking(move || gst_in(None, &pipeline)).await.unwrap();
         assert!(failed.is_none(), "GStreamer did not decode 60 frames over {proto}: {}", failed.unwrap_or_default());
     }
 }

@@ -115,6 +115,21 @@ async fn multicast_and_unicast_readers_of_one_path() {
     drop(server);
 }
 
+/// GStreamer, a second player, decodes both tracks of a multicast stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn gstreamer_decodes_both_multicast_tracks() {
+    require_gst("rtspsrc");
+    require_gst("avdec_h264");
+    let ns = Netns::new();
+    let (_server, _publisher) = serve_in(&ns).await;
+    let name = ns.0.clone();
+    let pipeline = "rtspsrc location=rtsp://127.0.0.1:8554/live/mc protocols=udp-mcast name=s \
+        s. ! rtph264depay ! h264parse ! avdec_h264 ! fakesink num-buffers=60 sync=false \
+        s. ! rtpmp4gdepay ! aacparse ! avdec_aac ! fakesink num-buffers=60 sync=false";
+    let failed = tokio::task::spawn_blocking(move || gst_in(Some(&name), pipeline)).await.unwrap();
+    assert!(failed.is_none(), "{}", failed.unwrap_or_default());
+}
+
 /// One RTSP request on `c`; the response's head and body.
 fn request(c: &mut TcpStream, req: &str) -> (String, String) {
     c.write_all(req.as_bytes()).unwrap();

@@ -418,6 +418,70 @@ impl Probe {
     }
 }
 
+/// Fails loudly when a GStreamer element is missing.
+pub fn require_gst(element: &str) {
+    let ok = Command::new("gst-inspect-1.0")
+        .arg(element)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "GStreamer element {element} is required: run ./scripts/test (it installs Debian's GStreamer packages)"
+    );
+}
+
+/// Runs a GStreamer pipeline to completion (a bounded number of buffers), in a network
+/// namespace if given, with a guard: None on success, else what went wrong (GStreamer's
+/// messages).
+pub fn gst_in(netns: Option<&str>, pipeline: &str) -> Option<String> {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "gst-launch-1.0"]);
+            c
+        }
+        None => Command::new("gst-launch-1.0"),
+    };
+    let mut child = command
+        .args(pipeline.split_whitespace())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gst-launch-1.0");
+    // Drain both pipes while it runs (a full pipe would stall it); keep the tail.
+    let tail = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut text);
+            }
+            text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        })
+    };
+    let out = tail(child.stdout.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
+    let err = tail(child.stderr.take().map(|r| Box::new(r) as Box<dyn std::io::Read + Send>));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    match status {
+        Some(s) if s.success() => None,
+        Some(s) => Some(format!("{s}\n{out}\n{err}")),
+        None => Some(format!("no end within 30 s\n{out}\n{err}")),
+    }
+}
+
 /// `ffprobe` reading `url` for `seconds` of stream time (killed after a generous guard).
 pub fn probe(url: &str, seconds: u32) -> Probe {
     probe_with(url, seconds, &[])
