@@ -41,9 +41,7 @@ impl Netns {
     }
 
     fn exec(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, program]);
-        c
+        command_in(Some(&self.0), program)
     }
 }
 

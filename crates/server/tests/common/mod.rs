@@ -16,16 +16,15 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Whether `program arg` runs and exits 0.
+fn succeeds(program: &str, arg: &str) -> bool {
+    Command::new(program).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
 /// Fails loudly when a tool is missing: interop tests never skip.
 pub fn require(tool: &str) {
-    let ok = Command::new(tool)
-        .arg("-version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
     assert!(
-        ok,
+        succeeds(tool, "-version"),
         "{tool} is required for the interop tests: run ./scripts/test (it installs ffmpeg) or apt-get install -y ffmpeg"
     );
 }
@@ -420,30 +419,29 @@ impl Probe {
 
 /// Fails loudly when a GStreamer element is missing.
 pub fn require_gst(element: &str) {
-    let ok = Command::new("gst-inspect-1.0")
-        .arg(element)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
     assert!(
-        ok,
+        succeeds("gst-inspect-1.0", element),
         "GStreamer element {element} is required: run ./scripts/test (it installs Debian's GStreamer packages)"
     );
+}
+
+/// A command for `program`, run inside a network namespace when `netns` is given.
+pub fn command_in(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 /// Runs a GStreamer pipeline to completion (a bounded number of buffers), in a network
 /// namespace if given, with a guard: None on success, else what went wrong (GStreamer's
 /// messages).
 pub fn gst_in(netns: Option<&str>, pipeline: &str) -> Option<String> {
-    let mut command = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "gst-launch-1.0"]);
-            c
-        }
-        None => Command::new("gst-launch-1.0"),
-    };
+    let mut command = command_in(netns, "gst-launch-1.0");
     let mut child = command
         .args(pipeline.split_whitespace())
         .stdout(Stdio::piped())
@@ -499,14 +497,7 @@ pub fn probe_in(netns: Option<&str>, url: &str, seconds: u32, opts: &[&str]) -> 
     // Output to files, not pipes: a full pipe would stall ffprobe while we wait on it.
     let out_path = work_dir().join(format!("probe-{}.json", rand_suffix()));
     let err_path = out_path.with_extension("err");
-    let mut command = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "ffprobe"]);
-            c
-        }
-        None => Command::new("ffprobe"),
-    };
+    let mut command = command_in(netns, "ffprobe");
     let mut child = command
         .args(["-v", "error", "-show_streams", "-show_packets", "-of", "json", "-read_intervals", &interval])
         // An I/O timeout: -timeout for RTSP (socket), -rw_timeout for the others.
