@@ -96,7 +96,15 @@ impl Depacketizer {
             h264::nal::PPS => remember(&mut self.pps, nal, &mut self.config_changed),
             h264::nal::AUD => {}
             0 | 30 | 31 => return Err(DepacketizeError::Invalid("reserved H.264 NAL unit type")),
-            kind => return self.asm.push_unit(nal, kind == h264::nal::IDR),
+            // Slices (7.3.3): `first_mb_in_slice` is ue(v), 0 is the single bit 1.
+            kind @ (1 | 2 | 5) => {
+                return self.asm.push_unit(
+                    nal,
+                    kind == h264::nal::IDR,
+                    Some(nal.get(1).is_some_and(|b| b & 0x80 != 0)),
+                );
+            }
+            kind => return self.asm.push_unit(nal, kind == h264::nal::IDR, None),
         }
         Ok(())
     }

@@ -100,7 +100,12 @@ impl Depacketizer {
             h265::nal::PPS => remember(&mut self.pps, nal, &mut self.config_changed),
             h265::nal::AUD => {}
             AP | FU | 50..=63 => return Err(DepacketizeError::Invalid("payload structure type inside a unit")),
-            t => return self.asm.push_unit(nal, (h265::nal::IRAP_FIRST..=h265::nal::IRAP_LAST).contains(&t)),
+            t => {
+                let key = (h265::nal::IRAP_FIRST..=h265::nal::IRAP_LAST).contains(&t);
+                // VCL units (0-31) start with `first_slice_segment_in_pic_flag` (7.3.6.1).
+                let first = (t < 32).then(|| nal.get(2).is_some_and(|b| b & 0x80 != 0));
+                return self.asm.push_unit(nal, key, first);
+            }
         }
         Ok(())
     }
