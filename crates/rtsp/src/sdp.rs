@@ -1,6 +1,7 @@
 //! SDP (RFC 4566) as RTSP uses it: what ffmpeg, GStreamer and cameras send in ANNOUNCE and
 //! DESCRIBE answers, and what we send, with the payload format parameters of RFC 6184
-//! (H.264), RFC 7798 (H.265), RFC 3640 (AAC), RFC 7587 (Opus) and RFC 3551 (G.711).
+//! (H.264), RFC 7798 (H.265), RFC 3640 (AAC), RFC 6416 (AAC in LATM, read only), RFC 7587
+//! (Opus) and RFC 3551 (G.711).
 
 use std::fmt::Write;
 
@@ -187,6 +188,34 @@ pub fn track_info(m: &Media) -> Option<TrackInfo> {
                 clock_rate: m.clock_rate.max(1),
             })
         }
+        // RFC 6416 7.1: AAC in LATM, carried on as AAC. The AudioSpecificConfig is in the
+        // StreamMuxConfig of `config=`; with `cpresent=1` and no `config=` it comes in band,
+        // and until then the track has an empty config and the rtpmap's rate and channels.
+        "MP4A-LATM" => {
+            let (config, _) = crate::codec::latm::sdp_config(m);
+            match config {
+                Some(c) => {
+                    let asc = AudioSpecificConfig::parse(&c.asc).ok()?;
+                    Some(TrackInfo::Audio {
+                        codec: AudioCodec::Aac,
+                        config: c.asc,
+                        sample_rate: asc.sample_rate,
+                        channels: asc.channels,
+                        clock_rate: m.clock_rate.max(1),
+                    })
+                }
+                None if m.param("cpresent").is_none_or(|v| v.trim() != "0") && m.param("config").is_none() => {
+                    Some(TrackInfo::Audio {
+                        codec: AudioCodec::Aac,
+                        config: Bytes::new(),
+                        sample_rate: m.clock_rate.max(1),
+                        channels: m.channels.max(1),
+                        clock_rate: m.clock_rate.max(1),
+                    })
+                }
+                None => None,
+            }
+        }
         // RFC 7587: always 48000/2 in the rtpmap, whatever the encoder runs at.
         "OPUS" => Some(TrackInfo::Audio {
             codec: AudioCodec::Opus,
@@ -353,6 +382,41 @@ mod tests {
             assert_eq!(back.media[0].payload_type, payload_type(&info));
             assert_eq!(track_info(&back.media[0]), Some(info));
         }
+    }
+
+    /// AAC in LATM as ffmpeg (`-rtpflags latm`) and GStreamer (`rtspclientsink`, which picks
+    /// `rtpmp4apay` for AAC) announce it: an AAC track with the AudioSpecificConfig from the
+    /// StreamMuxConfig of `config=`.
+    #[test]
+    fn latm_announces() {
+        let sdp = parse(&announce_body(include_bytes!("../testdata/ffmpeg5.1_announce_h264_latm.txt"))).unwrap();
+        let a = track_info(&sdp.media[1]).unwrap();
+        assert_eq!(
+            a,
+            TrackInfo::Audio {
+                codec: AudioCodec::Aac,
+                config: Bytes::from_static(&[0x11, 0x90]),
+                sample_rate: 48000,
+                channels: 2,
+                clock_rate: 48000
+            }
+        );
+        let sdp = parse(&announce_body(include_bytes!("../testdata/gstreamer1.22_announce_latm.txt"))).unwrap();
+        let a = track_info(&sdp.media[0]).unwrap();
+        assert!(matches!(
+            a,
+            TrackInfo::Audio { codec: AudioCodec::Aac, sample_rate: 44100, channels: 1, clock_rate: 44100, .. }
+        ));
+        // In-band config only: a track whose config is not known yet.
+        let sdp = parse(b"m=audio 0 RTP/AVP 96\r\na=rtpmap:96 MP4A-LATM/90000/2\r\na=fmtp:96 cpresent=1\r\n").unwrap();
+        let a = track_info(&sdp.media[0]).unwrap();
+        assert!(
+            matches!(&a, TrackInfo::Audio { codec: AudioCodec::Aac, config, channels: 2, .. } if config.is_empty())
+        );
+        // cpresent=0 without a usable config: nothing to carry.
+        let sdp = parse(b"m=audio 0 RTP/AVP 96\r\na=rtpmap:96 MP4A-LATM/44100\r\na=fmtp:96 cpresent=0;config=zz\r\n")
+            .unwrap();
+        assert_eq!(track_info(&sdp.media[0]), None);
     }
 
     /// Found by the `sdp` fuzz target: a config= value with multi-byte characters panicked

@@ -317,7 +317,7 @@ mod tests {
         bits += &format!("{:013b}{:02b}", 2, 0);
         bits += &format!("{:013b}{:02b}", 1, 1);
         let n = bits.len();
-        while bits.len() % 8 != 0 {
+        while !bits.len().is_multiple_of(8) {
             bits.push('0');
         }
         let mut payload = vec![0, n as u8];

@@ -5,6 +5,7 @@
 pub mod aac;
 pub mod h264;
 pub mod h265;
+pub mod latm;
 mod nal;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -118,7 +119,8 @@ impl Packetizer {
         (rescale(ts, self.track.clock_rate(), self.clock_rate) as u32).wrapping_add(self.time_offset)
     }
 
-    /// Sequence number and RTP time of the next packet (for RTP-Info).
+    /// Sequence number of the next packet: RTP-Info's `seq` (its `rtptime` is
+    /// [`Packetizer::rtp_time`] of the frame that packet will carry).
     pub fn next_sequence(&self) -> u16 {
         self.sequence
     }
@@ -171,6 +173,8 @@ pub enum Depacketizer {
     H265(h265::Depacketizer),
     /// RFC 3640.
     Aac(aac::Depacketizer),
+    /// RFC 6416 (MP4A-LATM): AAC too.
+    Latm(latm::Depacketizer),
     /// One frame per packet: Opus (RFC 7587) and G.711 (RFC 3551).
     Whole(std::collections::VecDeque<AccessUnit>),
 }
@@ -181,6 +185,9 @@ impl Depacketizer {
         Some(match track {
             TrackInfo::Video { codec: VideoCodec::H264, .. } => Depacketizer::H264(h264::Depacketizer::default()),
             TrackInfo::Video { codec: VideoCodec::H265, .. } => Depacketizer::H265(h265::Depacketizer::default()),
+            TrackInfo::Audio { codec: AudioCodec::Aac, .. } if media.encoding == "MP4A-LATM" => {
+                Depacketizer::Latm(latm::Depacketizer::new(media))
+            }
             TrackInfo::Audio { codec: AudioCodec::Aac, .. } => Depacketizer::Aac(aac::Depacketizer::new(media)),
             TrackInfo::Audio { codec: AudioCodec::Opus | AudioCodec::Pcma | AudioCodec::Pcmu, .. } => {
                 Depacketizer::Whole(Default::default())
@@ -195,6 +202,7 @@ impl Depacketizer {
             Depacketizer::H264(d) => d.push(p),
             Depacketizer::H265(d) => d.push(p),
             Depacketizer::Aac(d) => d.push(p),
+            Depacketizer::Latm(d) => d.push(p),
             Depacketizer::Whole(q) => {
                 if p.payload.is_empty() {
                     return Err(DepacketizeError::Invalid("empty audio payload"));
@@ -214,15 +222,18 @@ impl Depacketizer {
             Depacketizer::H264(d) => d.pull(),
             Depacketizer::H265(d) => d.pull(),
             Depacketizer::Aac(d) => d.pull(),
+            Depacketizer::Latm(d) => d.pull(),
             Depacketizer::Whole(q) => q.pop_front(),
         }
     }
 
-    /// New parameter sets seen in band, as a configuration record, once per change.
+    /// New parameter sets seen in band, as a configuration record (avcC, hvcC, or an AAC
+    /// AudioSpecificConfig for LATM), once per change.
     pub fn take_new_config(&mut self) -> Option<Bytes> {
         match self {
             Depacketizer::H264(d) => d.take_new_config(),
             Depacketizer::H265(d) => d.take_new_config(),
+            Depacketizer::Latm(d) => d.take_new_config(),
             Depacketizer::Aac(_) | Depacketizer::Whole(_) => None,
         }
     }
