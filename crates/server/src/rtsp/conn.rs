@@ -846,9 +846,9 @@ fn on_rtcp(peer: SocketAddr, s: &mut Session, index: usize, data: &[u8]) {
                     pl.last_rr[index.min(1)] = Some(*r);
                 }
             }
-            RtcpPacket::SenderReport { ntp, .. } => {
+            RtcpPacket::SenderReport { ntp, rtp_time, .. } => {
                 if let Some(rec) = s.announced.as_mut() {
-                    rec.on_sender_report(index, ntp);
+                    rec.on_sender_report(index, ntp, rtp_time);
                 }
             }
             _ => {}
