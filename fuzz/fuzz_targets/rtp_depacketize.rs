@@ -9,15 +9,31 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else { return };
-    let track = match which % 6 {
+    let aac = TrackInfo::Audio {
+        codec: AudioCodec::Aac,
+        config: Bytes::from_static(&[0x12, 0x10]),
+        sample_rate: 44_100,
+        channels: 2,
+        clock_rate: 44_100,
+    };
+    let track = match which % 8 {
         0 => TrackInfo::Video { codec: VideoCodec::H264, config: Bytes::new(), clock_rate: 90_000 },
         1 => TrackInfo::Video { codec: VideoCodec::H265, config: Bytes::new(), clock_rate: 90_000 },
-        2 => TrackInfo::Audio { codec: AudioCodec::Aac, config: Bytes::from_static(&[0x12, 0x10]), sample_rate: 44_100, channels: 2, clock_rate: 44_100 },
         3 => TrackInfo::Audio { codec: AudioCodec::Pcma, config: Bytes::new(), sample_rate: 8000, channels: 1, clock_rate: 8000 },
         4 => TrackInfo::Audio { codec: AudioCodec::Opus, config: Bytes::new(), sample_rate: 48_000, channels: 2, clock_rate: 48_000 },
-        _ => TrackInfo::Audio { codec: AudioCodec::Pcmu, config: Bytes::new(), sample_rate: 8000, channels: 1, clock_rate: 8000 },
+        5 => TrackInfo::Audio { codec: AudioCodec::Pcmu, config: Bytes::new(), sample_rate: 8000, channels: 1, clock_rate: 8000 },
+        // 2: RFC 3640; 6, 7: MP4A-LATM (RFC 6416), the config from the SDP or in band.
+        _ => aac,
     };
-    let media = sdp::parse(b"m=audio 0 RTP/AVP 97\r\na=fmtp:97 sizelength=13;indexlength=3;indexdeltalength=3\r\n").unwrap().media.remove(0);
+    let sdp: &[u8] = match (which % 8, which / 8 % 2) {
+        // AAC-hbr as every sender writes it, or every optional AU header field (RFC 3640 4.1).
+        (2, 0) => b"m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/44100/2\r\na=fmtp:97 sizelength=13;indexlength=3;indexdeltalength=3\r\n",
+        (2, _) => b"m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/44100/2\r\na=fmtp:97 sizelength=6;indexlength=2;indexdeltalength=1;ctsdeltalength=4;dtsdeltalength=5;randomaccessindication=1;streamstateindication=2;auxiliarydatasizelength=7\r\n",
+        (6, _) => b"m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MP4A-LATM/44100/2\r\na=fmtp:97 profile-level-id=41;cpresent=0;config=400024203fc0\r\n",
+        (7, _) => b"m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MP4A-LATM/90000/2\r\na=fmtp:97 cpresent=1\r\n",
+        _ => b"m=audio 0 RTP/AVP 97\r\na=fmtp:97 sizelength=13;indexlength=3;indexdeltalength=3\r\n",
+    };
+    let media = sdp::parse(sdp).unwrap().media.remove(0);
     let mut d = Depacketizer::new(&track, &media).unwrap();
     let mut pos = 0;
     while pos + 2 <= rest.len() {
