@@ -333,3 +333,87 @@ async fn sender_reports_align_tracks_that_arrive_apart() {
         "audio - video at the end: {seen} ms for readers, {sent} ms as sent (video {video_end} ms, audio {audio_end} ms)"
     );
 }
+
+/// A LATM element with `cpresent=1`: the StreamMuxConfig in band (AAC-LC 48 kHz stereo, one
+/// frame per element) when `with_config`, else `useSameStreamMux`; then the frame.
+fn latm_element(with_config: bool, frame: &[u8]) -> Vec<u8> {
+    let mut bits: Vec<bool> = Vec::new();
+    let mut put = |v: u32, n: u32| (0..n).rev().for_each(|i| bits.push((v >> i) & 1 == 1));
+    if with_config {
+        put(0, 1); // useSameStreamMux
+        put(0, 1); // audioMuxVersion
+        put(1, 1); // allStreamsSameTimeFraming
+        put(0, 6 + 4 + 3); // numSubFrames, numProgram, numLayer
+        put(0x1190, 16); // AudioSpecificConfig: AAC-LC, 48 kHz, stereo, GASpecificConfig 000
+        put(0, 3); // frameLengthType
+        put(0xff, 8); // latmBufferFullness
+        put(0, 2); // otherDataPresent, crcCheckPresent
+    } else {
+        put(1, 1);
+    }
+    put(frame.len() as u32, 8);
+    for b in frame {
+        put(u32::from(*b), 8);
+    }
+    bits.chunks(8).map(|c| c.iter().enumerate().fold(0u8, |a, (i, b)| a | (u8::from(*b) << (7 - i)))).collect()
+}
+
+/// A camera sending AAC as MP4A-LATM with the configuration in band only (`cpresent=1`, no
+/// `config=`): readers get the AudioSpecificConfig it carried, then the frames.
+#[tokio::test(flavor = "multi_thread")]
+async fn latm_with_the_config_in_band_reads_back_as_aac() {
+    let server = Server::start();
+    let path = "latm/inband";
+    let url = server.rtsp_url(path);
+    let mut c = Raw::connect(&server).await;
+    let sdp = format!(
+        "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=cam\r\nt=0 0\r\n\
+         m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1;sprop-parameter-sets={SPS},{PPS}\r\na=control:trackID=1\r\n\
+         m=audio 0 RTP/AVP 98\r\na=rtpmap:98 MP4A-LATM/48000/2\r\na=fmtp:98 profile-level-id=30;object=2;cpresent=1\r\na=control:trackID=2\r\n"
+    );
+    assert_eq!(c.request("ANNOUNCE", &url, "", &sdp).await.0, 200);
+    for (control, channels) in [("trackID=1", "0-1"), ("trackID=2", "2-3")] {
+        let t = format!("Transport: RTP/AVP/TCP;unicast;interleaved={channels};mode=record\r\n");
+        assert_eq!(c.request("SETUP", &format!("{url}/{control}"), &t, "").await.0, 200, "{control}");
+    }
+    assert_eq!(c.request("RECORD", &url, "", "").await.0, 200);
+    let mut sent = (0u32, 0u32);
+    let mut send = async |c: &mut Raw, seconds: u32| {
+        for _ in 0..seconds * FPS {
+            let (v, a) = sent;
+            c.interleaved(0, &video_packet(v)).await;
+            sent.0 += 1;
+            while sent.1 * 1024 * FPS <= v * 48_000 {
+                let frame = [0x21, (a >> 8) as u8, a as u8, 0x33];
+                let element = latm_element(sent.1 % 50 == 0, &frame);
+                c.interleaved(2, &rtp(true, 98, sent.1 as u16, AUDIO_BASE.wrapping_add(sent.1 * 1024), 9, &element))
+                    .await;
+                sent.1 += 1;
+            }
+        }
+    };
+    send(&mut c, 2).await;
+    wait_published(&server, path).await;
+    let mut reader = RtmpClient::connect(server.rtmp, path, false).await;
+    reader.wait_for(|e| matches!(e, ClientEvent::Playing)).await;
+    send(&mut c, 2).await;
+    let (mut config, mut frames) = (None, 0);
+    while config.is_none() || frames < 20 {
+        let ev = reader.next_event(Duration::from_secs(30)).await;
+        let Some(ev) = ev else { panic!("the reader ended: config {config:?}, {frames} audio frames") };
+        if let ClientEvent::Media(m) = ev
+            && m.kind == MediaKind::Audio
+        {
+            match flv::parse_audio(&m.payload) {
+                Ok(flv::AudioTag::AacConfig(asc)) => config = Some(asc.to_vec()),
+                Ok(flv::AudioTag::AacFrame(f)) => {
+                    assert!(config.is_some(), "an AAC frame before the config");
+                    assert_eq!((f.len(), f[0]), (4, 0x21));
+                    frames += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(config.as_deref(), Some(&[0x11, 0x90][..]));
+}
