@@ -216,7 +216,7 @@ const AUDIO_BASE: u32 = 123_456;
 
 /// Video frame `i`: a single-NAL-unit packet, an IDR each second; its number in the payload.
 fn video_packet(i: u32) -> Vec<u8> {
-    let nal = if i % FPS == 0 { 0x65 } else { 0x41 };
+    let nal = if i.is_multiple_of(FPS) { 0x65 } else { 0x41 };
     let payload = [nal, 0x88, (i >> 8) as u8, i as u8, 0x11, 0x22];
     rtp(true, 96, i as u16, VIDEO_BASE.wrapping_add(i * 90_000 / FPS), 0x51de0, &payload)
 }
@@ -385,7 +385,7 @@ async fn latm_with_the_config_in_band_reads_back_as_aac() {
             sent.0 += 1;
             while sent.1 * 1024 * FPS <= v * 48_000 {
                 let frame = [0x21, (a >> 8) as u8, a as u8, 0x33];
-                let element = latm_element(sent.1 % 50 == 0, &frame);
+                let element = latm_element(sent.1.is_multiple_of(50), &frame);
                 c.interleaved(2, &rtp(true, 98, sent.1 as u16, AUDIO_BASE.wrapping_add(sent.1 * 1024), 9, &element))
                     .await;
                 sent.1 += 1;
