@@ -363,7 +363,7 @@ mod tests {
     }
 
     #[test]
-    fn au_headers_too_many() {
+    fn aus_per_packet_too_large() {
         // 16-bit headers of size 0: more than MAX_AUS_PER_PACKET of them.
         let n = MAX_AUS_PER_PACKET + 1;
         let bits = (n * 16) as u16;
