@@ -61,10 +61,22 @@ fn schedule() -> Vec<Tag> {
 
 /// End of each track (latest presentation time), audio minus video, in seconds.
 fn end_gap(json: &serde_json::Value) -> f64 {
-    let end = |kind| {
-        packets(json, kind).iter().filter_map(|p| p.1.or(p.0)).fold(f64::NAN, f64::max)
-    };
+    let end = |kind| packets(json, kind).iter().filter_map(|p| p.1.or(p.0)).fold(f64::NAN, f64::max);
     end("audio") - end("video")
+}
+
+/// Each track spans as long as the publisher's frames it stands for (the last ones sent, as
+/// many as the reader got): a gap cut out of one track, or added, shows.
+fn assert_spans(name: &str, json: &serde_json::Value, tags: &[Tag]) {
+    for (kind, tag_type) in [("video", 9), ("audio", 8)] {
+        let out: Vec<f64> = packets(json, kind).iter().filter_map(|p| p.1.or(p.0)).collect();
+        let sent: Vec<f64> =
+            tags.iter().filter(|t| t.tag_type == tag_type && t.is_frame()).map(|t| t.pts() as f64 / 1000.0).collect();
+        assert!(!out.is_empty() && out.len() <= sent.len(), "{name}: {} {kind} packets of {}", out.len(), sent.len());
+        let span = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max) - v.iter().copied().fold(f64::MAX, f64::min);
+        let (got, want) = (span(&out), span(&sent[sent.len() - out.len()..]));
+        assert!((got - want).abs() <= 0.1, "{name}: {kind} spans {got:.3} s, its frames were sent over {want:.3} s");
+    }
 }
 
 /// Decode timestamps never go back within a track (where the output has them: RTP carries
@@ -80,10 +92,7 @@ fn assert_monotonic(name: &str, json: &serde_json::Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracks_pausing_in_turn_keep_their_timing_for_every_reader() {
-    let server = LoggedServer::start(
-        "[hub]\nrepublish_grace_ms = 0\n[hls]\ndir = \"{dir}/hls\"\nwindow = 40\n",
-        &[],
-    );
+    let server = LoggedServer::start("[hub]\nrepublish_grace_ms = 0\n[hls]\ndir = \"{dir}/hls\"\nwindow = 40\n", &[]);
     let tags = schedule();
     let sent = {
         let end = |t: u8| tags.iter().filter(|x| x.tag_type == t && x.is_frame()).map(Tag::pts).max().unwrap();
@@ -93,11 +102,12 @@ async fn tracks_pausing_in_turn_keep_their_timing_for_every_reader() {
     let mut publisher = RtmpClient::connect(server.rtmp, "live/tl", true).await;
     publisher.wait_for(|e| *e == ClientEvent::Publishing).await;
     // The first second, so that readers have a GOP to start from.
-    let (head, body): (Vec<Tag>, Vec<Tag>) = tags.into_iter().partition(|t| t.ts < 1_000);
+    let (head, body): (Vec<Tag>, Vec<Tag>) = tags.iter().cloned().partition(|t| t.ts < 1_000);
     for t in &head {
         send(&mut publisher, t).await;
     }
-    let (rtmp, flv, rtsp) = (format!("rtmp://{}/live/tl", server.rtmp), server_flv(&server), format!("rtsp://{}/live/tl", server.rtsp));
+    let (rtmp, flv, rtsp) =
+        (format!("rtmp://{}/live/tl", server.rtmp), server_flv(&server), format!("rtsp://{}/live/tl", server.rtsp));
     let readers = [
         ("RTMP", rtmp, vec!["-rw_timeout", "20000000"]),
         ("HTTP-FLV", flv, vec!["-rw_timeout", "20000000"]),
@@ -122,6 +132,7 @@ async fn tracks_pausing_in_turn_keep_their_timing_for_every_reader() {
         let n = packets(&json, "video").len();
         assert!(n > 300, "{name}: only {n} video packets\n{err}");
         assert_monotonic(name, &json);
+        assert_spans(name, &json, &tags);
         let gap = end_gap(&json);
         assert!((gap - sent).abs() <= 0.1, "{name}: the tracks end {gap:.3} s apart, sent {sent:.3} s apart\n{err}");
     }
@@ -135,6 +146,7 @@ async fn tracks_pausing_in_turn_keep_their_timing_for_every_reader() {
     }
     let (json, err) = ffprobe(playlist.to_str().unwrap(), &[], 60);
     assert_monotonic("HLS", &json);
+    assert_spans("HLS", &json, &tags);
     let gap = end_gap(&json);
     assert!((gap - sent).abs() <= 0.1, "HLS: the tracks end {gap:.3} s apart, sent {sent:.3} s apart\n{err}");
 }
