@@ -104,7 +104,7 @@ impl Reader {
 
     /// An event from the reader's ring receiver: None for one that an attached reader gets
     /// from the fan-out instead (it has caught up then, and stops reading the ring).
-    fn from_ring(&mut self, r: Result<Sequenced, RecvError>) -> Option<Result<Sequenced, RecvError>> {
+    fn ring_event(&mut self, r: Result<Sequenced, RecvError>) -> Option<Result<Sequenced, RecvError>> {
         let Some(floor) = self.catching_up() else { return Some(r) };
         match &r {
             Ok((seq, _)) if *seq < floor => Some(r),
@@ -136,7 +136,7 @@ impl Reader {
             let r = match (&mut self.sub.rx, &self.attachment) {
                 (Some(rx), _) => {
                     let r = rx.recv().await;
-                    match self.from_ring(r) {
+                    match self.ring_event(r) {
                         Some(r) => r,
                         None => continue,
                     }
@@ -178,7 +178,7 @@ impl Reader {
                         Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
                         Err(TryRecvError::Closed) => Err(RecvError::Closed),
                     };
-                    match self.from_ring(r) {
+                    match self.ring_event(r) {
                         Some(r) => r,
                         None => continue,
                     }

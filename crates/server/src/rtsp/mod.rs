@@ -331,7 +331,7 @@ mod tests {
         let (_, sr) = s.sender_report(kind, now_micros, 0, 0).unwrap();
         match &rtcp::parse(&sr).unwrap()[0] {
             RtcpPacket::SenderReport { ntp, rtp_time, .. } => {
-                let micros = ((ntp >> 32) - 2_208_988_800) * 1_000_000 + ((ntp & 0xffff_ffff) * 1_000_000 >> 32);
+                let micros = ((ntp >> 32) - 2_208_988_800) * 1_000_000 + (((ntp & 0xffff_ffff) * 1_000_000) >> 32);
                 (micros, *rtp_time)
             }
             p => panic!("not a sender report: {p:?}"),
