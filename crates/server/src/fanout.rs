@@ -1,7 +1,7 @@
 //! The fan-out of a stream to its readers, without a task wake-up per frame and reader.
 //!
-//! Each stream has one fan-out task. It takes every event from the stream's ring, in order,
-//! and hands it to every attached reader's [`Slot`]:
+//! A stream's readers are in shards ([`FanOut`]), one fan-out task per shard. The task takes
+//! every event from the stream's ring, in order, and hands it to every [`Slot`] of its shard:
 //! - a reader that keeps up is in *direct* mode: the fan-out task encodes the frame with the
 //!   reader's [`Encoder`] (the shared wire form, see [`ferrocast_media::Frame::wire`]) and
 //!   writes it to the reader's socket itself, without waiting;

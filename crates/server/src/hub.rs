@@ -196,8 +196,10 @@ impl Hub {
                 })
             })
             .clone();
-        drop(streams);
+        // The state is locked before the registry lets go (as `end_if_unclaimed` does), so a
+        // stream at the end of its grace period cannot be removed in between.
         let mut st = lock(&stream.state);
+        drop(streams);
         if st.publisher.is_some() {
             return Err(PublishError::Busy(path.to_owned()));
         }
