@@ -160,6 +160,11 @@ impl Frame {
     pub fn wire(&self, wire: Wire, build: impl FnOnce(&Frame) -> Bytes) -> Bytes {
         self.wire[wire as usize].get_or_init(|| build(self)).clone()
     }
+
+    /// The frame's wire form for `wire`, if it was built.
+    pub fn built(&self, wire: Wire) -> Option<Bytes> {
+        self.wire[wire as usize].get().cloned()
+    }
 }
 
 #[cfg(test)]
@@ -185,5 +190,7 @@ mod tests {
         let b = f.wire(Wire::FlvTag, |_| unreachable!("built twice"));
         assert_eq!(builds, 1);
         assert_eq!(a.as_ptr(), b.as_ptr(), "readers must share one buffer");
+        assert_eq!(f.built(Wire::FlvTag).map(|c| c.as_ptr()), Some(a.as_ptr()));
+        assert_eq!(f.built(Wire::Rtp), None);
     }
 }

@@ -1,7 +1,7 @@
 //! The fan-out of a stream to its readers, without a task wake-up per frame and reader.
 //!
-//! Each stream has one fan-out task. It takes every event from the stream's ring, in order,
-//! and hands it to every attached reader's [`Slot`]:
+//! A stream's readers are in shards ([`FanOut`]), one fan-out task per shard. The task takes
+//! every event from the stream's ring, in order, and hands it to every [`Slot`] of its shard:
 //! - a reader that keeps up is in *direct* mode: the fan-out task encodes the frame with the
 //!   reader's [`Encoder`] (the shared wire form, see [`ferrocast_media::Frame::wire`]) and
 //!   writes it to the reader's socket itself, without waiting;
@@ -26,6 +26,8 @@
 //! during a pass waits about that long for its last reader anyway.
 
 use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -33,8 +35,9 @@ use bytes::Bytes;
 use ferrocast_media::{Frame, TrackKind};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, broadcast};
+use tracing::error;
 
-use crate::hub::{HubEvent, Sequenced, Stream};
+use crate::event::{HubEvent, Sequenced};
 
 /// Turns frames into the bytes of one reader's protocol, in the fan-out task.
 pub trait Encoder: Send {
@@ -71,6 +74,8 @@ struct SlotState {
     fell_back: bool,
     /// Buffers of the frame being written (reused).
     scratch: Vec<Bytes>,
+    /// A pass panicked on this slot: it takes no more events.
+    failed: bool,
 }
 
 impl std::fmt::Debug for Slot {
@@ -93,6 +98,7 @@ impl Slot {
                 error: None,
                 fell_back: false,
                 scratch: Vec::new(),
+                failed: false,
             }),
             notify: Notify::new(),
             socket,
@@ -167,6 +173,9 @@ impl Slot {
     fn deliver(&self, events: &[Sequenced]) -> bool {
         let mut st = self.lock();
         let st = &mut *st;
+        if st.failed {
+            return false;
+        }
         st.scratch.clear();
         let mut wrote = false;
         for (seq, ev) in events {
@@ -175,6 +184,8 @@ impl Slot {
             }
             if let Some(encoder) = st.direct.as_mut() {
                 if let HubEvent::Frame(f) = ev {
+                    #[cfg(debug_assertions)]
+                    test_hook::before_encode(f);
                     encoder.frame(f, &mut st.scratch);
                     continue;
                 }
@@ -212,6 +223,20 @@ impl Slot {
         true
     }
 
+    /// A pass panicked while handing this slot an event: the reader is ended (its task gets
+    /// the error at its next take-over) and the slot takes nothing more.
+    fn fail(&self) {
+        let mut st = self.lock();
+        st.failed = true;
+        st.direct = None;
+        st.fell_back = true;
+        st.pending.clear();
+        st.scratch.clear();
+        st.queue.clear();
+        st.error = Some(std::io::Error::other("the fan-out panicked while encoding for this reader"));
+        self.notify.notify_one();
+    }
+
     /// Too far behind for the fan-out task itself (fan-out task only).
     fn lag(&self, n: u64) {
         let mut st = self.lock();
@@ -223,27 +248,160 @@ impl Slot {
     }
 }
 
+/// The readers of one stream, in shards: one fan-out task per shard, as many shards as the
+/// runtime has worker threads, so a popular stream's readers are written to from every core.
+/// Owns the stream's reader count.
+#[derive(Debug)]
+pub(crate) struct FanOut {
+    shards: Vec<Shard>,
+    /// Subscriptions alive (attached or not).
+    readers: AtomicUsize,
+    /// When the fan-out writes (`hub.write_merge_ms`, `hub.load_merge_max_ms`).
+    pacing: Pacing,
+    /// Readers ended by a panic in a pass (the hub's counter).
+    panics: Arc<AtomicU64>,
+}
+
+/// Part of a stream's readers, served by one fan-out task.
+#[derive(Debug, Default)]
+struct Shard {
+    list: Mutex<SlotList>,
+}
+
+/// A shard's slots as its task last took them. Replaced whole, never changed in place: a pass
+/// keeps the list it began with, and attach and detach never wait for a pass.
+#[derive(Debug, Default)]
+struct SlotList {
+    slots: Arc<Vec<Arc<Slot>>>,
+    /// The shard's task runs (it holds one receiver of the ring).
+    started: bool,
+    /// Number of the first event that the task's next pass will hand to the list it takes
+    /// then: events before it went to lists taken before.
+    taken: u64,
+}
+
+impl FanOut {
+    /// A fan-out with `shards` shards.
+    pub(crate) fn new(shards: usize, pacing: Pacing, panics: Arc<AtomicU64>) -> FanOut {
+        FanOut {
+            shards: (0..shards.max(1)).map(|_| Shard::default()).collect(),
+            readers: AtomicUsize::new(0),
+            pacing,
+            panics,
+        }
+    }
+
+    /// Counts one more reader, unless there are `max` already. No lock.
+    pub(crate) fn join(&self, max: usize) -> bool {
+        self.readers.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+
+    /// One reader fewer.
+    pub(crate) fn leave(&self) {
+        self.readers.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Readers now.
+    pub(crate) fn readers(&self) -> usize {
+        self.readers.load(Ordering::Acquire)
+    }
+
+    /// Adds a slot whose reader's snapshot ends before event `start_seq`, with `rx`, the
+    /// reader's ring receiver positioned at `start_seq`. The first slot of a shard starts
+    /// the shard's task with `rx`. Otherwise the task may have taken events from
+    /// `start_seq` on already: `rx` is handed back for the reader to take them from itself,
+    /// up to [`Attachment::floor`]; None when the fan-out hands it every event from
+    /// `start_seq` on.
+    pub(crate) fn attach(
+        self: &Arc<Self>,
+        slot: Arc<Slot>,
+        start_seq: u64,
+        rx: broadcast::Receiver<Sequenced>,
+    ) -> (Attachment, Option<broadcast::Receiver<Sequenced>>) {
+        let shard = (0..self.shards.len()).min_by_key(|&i| lock(&self.shards[i].list).slots.len()).unwrap_or(0);
+        let mut list = lock(&self.shards[shard].list);
+        let mut rx = Some(rx);
+        if !list.started {
+            list.started = true;
+            list.taken = start_seq;
+            let rx = rx.take().expect("not taken yet");
+            tokio::spawn(run(Arc::downgrade(self), shard, rx, self.pacing));
+        }
+        let mut slots = Vec::with_capacity(list.slots.len() + 1);
+        slots.extend(list.slots.iter().cloned());
+        slots.push(slot.clone());
+        list.slots = Arc::new(slots);
+        let floor = list.taken.max(start_seq);
+        drop(list);
+        let rx = rx.filter(|_| floor > start_seq);
+        (Attachment { fanout: self.clone(), shard, slot, floor }, rx)
+    }
+
+    fn detach(&self, shard: usize, slot: &Arc<Slot>) {
+        let mut list = lock(&self.shards[shard].list);
+        let slots: Vec<Arc<Slot>> = list.slots.iter().filter(|x| !Arc::ptr_eq(x, slot)).cloned().collect();
+        list.slots = Arc::new(slots);
+    }
+
+    /// The shard's slots for a pass over the events before `next`.
+    fn take(&self, shard: usize, next: u64) -> Arc<Vec<Arc<Slot>>> {
+        let mut list = lock(&self.shards[shard].list);
+        list.taken = list.taken.max(next);
+        list.slots.clone()
+    }
+
+    /// Hands `events` to each slot; a panic on one slot ends that reader only. True when
+    /// something was written to a socket.
+    fn pass(&self, slots: &[Arc<Slot>], events: &[Sequenced]) -> bool {
+        let mut wrote = false;
+        for s in slots {
+            match catch_unwind(AssertUnwindSafe(|| s.deliver(events))) {
+                Ok(w) => wrote |= w,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    self.panics.fetch_add(1, Ordering::Relaxed);
+                    error!(panic = what, "fan-out: a panic while encoding for a reader; that reader is disconnected");
+                    s.fail();
+                }
+            }
+        }
+        wrote
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Keeps a slot attached to its stream; dropping it detaches the slot.
 #[derive(Debug)]
 pub struct Attachment {
-    stream: Arc<Stream>,
+    fanout: Arc<FanOut>,
+    shard: usize,
     slot: Arc<Slot>,
+    floor: u64,
 }
 
 impl Attachment {
-    pub(crate) fn new(stream: Arc<Stream>, slot: Arc<Slot>) -> Attachment {
-        Attachment { stream, slot }
-    }
-
     /// The slot.
     pub fn slot(&self) -> &Arc<Slot> {
         &self.slot
+    }
+
+    /// The first event the slot gets from the fan-out: the reader takes the events between
+    /// its snapshot and this one from its own ring receiver.
+    pub fn floor(&self) -> u64 {
+        self.floor
     }
 }
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        self.stream.detach(&self.slot);
+        self.fanout.detach(self.shard, &self.slot);
     }
 }
 
@@ -346,7 +504,7 @@ impl Cadence {
 /// write-merge window, an event waits until the window it opened ends and goes with every
 /// event of the window: one write per window and reader, and one timer per stream instead of
 /// one per reader. It ends with the stream.
-pub(crate) async fn run(stream: Weak<Stream>, shard: usize, mut rx: broadcast::Receiver<Sequenced>, pacing: Pacing) {
+pub(crate) async fn run(fanout: Weak<FanOut>, shard: usize, mut rx: broadcast::Receiver<Sequenced>, pacing: Pacing) {
     use broadcast::error::{RecvError, TryRecvError};
     let mut batch: Vec<Sequenced> = Vec::with_capacity(MAX_BATCH);
     let mut load = Load::default();
@@ -401,12 +559,13 @@ pub(crate) async fn run(stream: Weak<Stream>, shard: usize, mut rx: broadcast::R
                     Err(TryRecvError::Closed) => end = Some(RecvError::Closed),
                 }
             }
-            let Some(stream) = stream.upgrade() else { return };
-            let slots = stream.slots(shard);
+            let Some(fanout) = fanout.upgrade() else { return };
+            let next = batch.last().map(|(seq, _)| seq + 1).unwrap_or(0);
+            let slots = fanout.take(shard, next);
             let full = batch.len() == MAX_BATCH;
             if !batch.is_empty() {
                 let started = Instant::now();
-                let wrote = slots.iter().fold(false, |wrote, s| s.deliver(&batch) | wrote);
+                let wrote = fanout.pass(&slots, &batch);
                 load.passed(started.elapsed(), wrote);
                 batch.clear();
             }
@@ -418,12 +577,36 @@ pub(crate) async fn run(stream: Weak<Stream>, shard: usize, mut rx: broadcast::R
                     break;
                 }
                 Some(RecvError::Closed) => {
-                    slots.iter().for_each(|s| {
-                        s.deliver(&[(u64::MAX, HubEvent::Ended)]);
-                    });
+                    fanout.pass(&slots, &[(u64::MAX, HubEvent::Ended)]);
                     return;
                 }
             }
+        }
+    }
+}
+
+/// A way for the tests to make a pass panic, in debug builds only (the tests drive the debug
+/// binary): with `FERROCAST_TEST_PANIC_MARKER` set, the first encode (in the whole process) of
+/// a frame whose payload contains that text panics.
+#[cfg(debug_assertions)]
+mod test_hook {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use ferrocast_media::Frame;
+
+    static MARKER: OnceLock<Option<Vec<u8>>> = OnceLock::new();
+    static FIRED: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn before_encode(frame: &Frame) {
+        let marker =
+            MARKER.get_or_init(|| std::env::var_os("FERROCAST_TEST_PANIC_MARKER").map(|m| m.into_encoded_bytes()));
+        let Some(marker) = marker.as_deref() else { return };
+        if !marker.is_empty()
+            && frame.data.windows(marker.len()).any(|w| w == marker)
+            && !FIRED.swap(true, Ordering::Relaxed)
+        {
+            panic!("test hook: FERROCAST_TEST_PANIC_MARKER");
         }
     }
 }

@@ -1,32 +1,25 @@
 //! The hub: path -> stream. One publisher per path, any number of readers, a GOP cache so a
 //! new reader starts at the latest keyframe, and a bounded ring of frames so the publisher
 //! never waits for a reader.
+//!
+//! The publish path ([`Publisher::push`]) takes the stream's state lock only. No reader
+//! operation or fan-out pass holds that lock across I/O or a walk over readers: reader counts
+//! are atomic and the fan-out's slot lists are replaced, not held (see [`crate::fanout`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ferrocast_media::{Frame, TrackKind, Tracks, rescale};
 use tokio::sync::{Notify, broadcast};
+use tracing::info;
 
+use crate::clock::{MediaClock, unix_micros};
 use crate::config::{HubConfig, ms};
-use crate::fanout::{self, Attachment, Slot};
-
-/// What readers of a stream receive, in order.
-#[derive(Debug, Clone)]
-pub enum HubEvent {
-    /// Codec parameters or metadata changed (or a new publisher sent its own).
-    Tracks(Arc<Tracks>),
-    /// One frame.
-    Frame(Arc<Frame>),
-    /// The publisher left; the path waits for a republish during the grace period.
-    Unpublished,
-    /// A new publisher took the path over within the grace period.
-    Republished,
-    /// The stream is over: no publisher came back in time.
-    Ended,
-}
+pub use crate::event::{HubEvent, Sequenced};
+use crate::fanout::{self, Attachment, FanOut, Slot};
+use crate::timeline::{Correction, Timeline};
 
 /// Why a publish was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,14 +32,6 @@ pub enum PublishError {
     TooManyStreams(usize),
 }
 
-/// Gap left between the last frame of a publisher and the first of the one that replaces it
-/// within the grace period.
-const REPUBLISH_GAP_MS: i64 = 40;
-
-/// A decode timestamp that goes back, or leaps forward by more than this, is a break in the
-/// publisher's clock (an encoder restart, a camera resetting RTP time), not media.
-pub const MAX_TIMESTAMP_LEAP_MS: i64 = 10_000;
-
 /// Counters that metrics will expose.
 #[derive(Debug, Default)]
 pub struct HubStats {
@@ -56,9 +41,13 @@ pub struct HubStats {
     pub readers_too_slow: AtomicU64,
     /// Publishers whose timestamps were shifted to follow on from the previous publisher.
     pub timestamp_rebases: AtomicU64,
-    /// Jumps in a publisher's timestamps (back, or forward past [`MAX_TIMESTAMP_LEAP_MS`])
-    /// smoothed over so readers' timestamps stay monotonic.
+    /// Discontinuities of a whole stream's clock (see [`crate::timeline`]) smoothed over so
+    /// readers' timestamps stay monotonic.
     pub timestamp_jumps: AtomicU64,
+    /// Frames that stepped back a little in their own track and were held at its last time.
+    pub timestamps_held: AtomicU64,
+    /// Readers ended by a panic in their stream's fan-out.
+    pub reader_panics: Arc<AtomicU64>,
 }
 
 /// The shared registry of streams.
@@ -79,37 +68,26 @@ pub struct Hub {
 /// New streams announced to followers; one that lags this far re-scans `live_paths`.
 const NEW_STREAM_QUEUE: usize = 256;
 
+/// Builds a wire form of a stream's frames whose bytes depend on the order of the frames
+/// (RTP: sequence numbers), in the stream's order: the GOP when it starts following the
+/// stream, then each frame as it is pushed.
+pub trait OrderedWire: Send + Sync + std::fmt::Debug {
+    /// Builds the wire form of `frame` (described by `tracks`), the stream's next frame.
+    fn build(&self, tracks: &Tracks, frame: &Frame);
+}
+
 #[derive(Debug)]
 pub struct Stream {
     path: String,
     tx: broadcast::Sender<Sequenced>,
     state: Mutex<StreamState>,
-    /// Readers attached to the stream's fan-out, in shards: one fan-out task per shard, as
-    /// many shards as the runtime has worker threads, so a popular stream's readers are
-    /// written to from every core.
-    shards: Vec<Shard>,
-    /// When the fan-out writes (`hub.write_merge_ms`, `hub.load_merge_max_ms`).
-    pacing: fanout::Pacing,
+    /// The readers attached to the stream, and their count.
+    fanout: Arc<FanOut>,
+    /// Media time to wall-clock time, once per publish.
+    clock: Arc<MediaClock>,
 }
 
 impl Stream {
-    fn new(path: &str, queue: usize, pacing: fanout::Pacing) -> Stream {
-        Stream {
-            path: path.to_owned(),
-            tx: broadcast::channel(queue).0,
-            state: Mutex::new(StreamState::default()),
-            shards: (0..fan_out_shards()).map(|_| Shard::default()).collect(),
-            pacing,
-        }
-    }
-
-    /// Readers: ring receivers but the fan-out tasks', and attached slots.
-    fn readers(&self) -> usize {
-        let tasks = self.shards.iter().filter(|s| s.started.load(Ordering::Relaxed)).count();
-        let slots: usize = self.shards.iter().map(|s| lock(&s.slots).len()).sum();
-        self.tx.receiver_count().saturating_sub(tasks) + slots
-    }
-
     /// Puts an event in the ring, numbered. Called with the state locked, so the numbers and
     /// the subscription snapshots agree.
     fn send(&self, st: &mut StreamState, ev: HubEvent) {
@@ -117,34 +95,12 @@ impl Stream {
         st.next_seq += 1;
         let _ = self.tx.send((seq, ev));
     }
-
-    /// The slots of one shard (for its fan-out task).
-    pub(crate) fn slots(&self, shard: usize) -> MutexGuard<'_, Vec<Arc<Slot>>> {
-        lock(&self.shards[shard].slots)
-    }
-
-    pub(crate) fn detach(&self, slot: &Arc<Slot>) {
-        for s in &self.shards {
-            lock(&s.slots).retain(|x| !Arc::ptr_eq(x, slot));
-        }
-    }
-}
-
-/// Part of a stream's readers, served by one fan-out task.
-#[derive(Debug, Default)]
-struct Shard {
-    slots: Mutex<Vec<Arc<Slot>>>,
-    /// The shard's fan-out task runs (it holds one receiver of the ring).
-    started: AtomicBool,
 }
 
 /// Fan-out shards per stream: the runtime's worker threads.
 fn fan_out_shards() -> usize {
     tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers()).max(1)
 }
-
-/// An event of a stream with its number in the stream.
-pub type Sequenced = (u64, HubEvent);
 
 #[derive(Debug, Default)]
 struct StreamState {
@@ -156,14 +112,15 @@ struct StreamState {
     gop_bytes: usize,
     /// Set when the GOP outgrew the cap: cache nothing until the next keyframe.
     gop_overflow: bool,
-    /// Last decode timestamp handed to readers, across publishers, in ms.
-    last_dts_ms: Option<i64>,
-    /// Added to this publisher's timestamps so they follow on from the previous one, in ms.
-    ts_offset_ms: Option<i64>,
-    /// Last decode timestamp handed out per track (video, audio), in ms.
-    last_track_ms: [Option<i64>; 2],
-    /// The last step between two frames of each track, in ms.
-    last_step_ms: [i64; 2],
+    /// What readers' timestamps are, across publishers.
+    timeline: Timeline,
+    /// The media clock has its mapping for this publish.
+    clocked: bool,
+    /// A capture time the publisher gave before the track's place on the timeline was known:
+    /// (track, ts, µs), taken at the track's next frame.
+    capture: Option<(TrackKind, i64, u64)>,
+    /// Builds the RTP form of each frame in order, once the stream has RTSP readers.
+    ordered: Option<Arc<dyn OrderedWire>>,
     /// Number of the next event in the ring, across publishers.
     next_seq: u64,
 }
@@ -171,6 +128,11 @@ struct StreamState {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves consistent-enough data (plain fields); keep serving.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Index of a track kind in per-track arrays.
+fn index(kind: TrackKind) -> usize {
+    usize::from(kind == TrackKind::Audio)
 }
 
 impl Hub {
@@ -199,11 +161,15 @@ impl Hub {
 
     /// Paths that have a publisher now.
     pub fn live_paths(&self) -> Vec<String> {
-        let streams = lock(&self.streams);
+        let streams: Vec<Arc<Stream>> = lock(&self.streams).values().cloned().collect();
         let mut v: Vec<String> =
-            streams.values().filter(|s| lock(&s.state).publisher.is_some()).map(|s| s.path.clone()).collect();
+            streams.iter().filter(|s| lock(&s.state).publisher.is_some()).map(|s| s.path.clone()).collect();
         v.sort();
         v
+    }
+
+    fn stream(&self, path: &str) -> Option<Arc<Stream>> {
+        lock(&self.streams).get(path).cloned()
     }
 
     /// Claims `path` for a publisher. A path in its grace period is taken over: its readers
@@ -220,10 +186,20 @@ impl Hub {
                     merge: ms(self.config.write_merge_ms),
                     load_max: ms(self.config.load_merge_max_ms),
                 };
-                Arc::new(Stream::new(path, self.config.reader_queue_frames, pacing))
+                let fanout = FanOut::new(fan_out_shards(), pacing, self.stats.reader_panics.clone());
+                Arc::new(Stream {
+                    path: path.to_owned(),
+                    tx: broadcast::channel(self.config.reader_queue_frames.max(1)).0,
+                    state: Mutex::new(StreamState::default()),
+                    fanout: Arc::new(fanout),
+                    clock: Arc::default(),
+                })
             })
             .clone();
+        // The state is locked before the registry lets go (as `end_if_unclaimed` does), so a
+        // stream at the end of its grace period cannot be removed in between.
         let mut st = lock(&stream.state);
+        drop(streams);
         if st.publisher.is_some() {
             return Err(PublishError::Busy(path.to_owned()));
         }
@@ -234,13 +210,15 @@ impl Hub {
         st.gop.clear();
         st.gop_bytes = 0;
         st.gop_overflow = false;
-        st.ts_offset_ms = None;
+        st.timeline.republish();
+        st.clocked = false;
+        st.capture = None;
+        stream.clock.reset();
         if republish {
             stream.send(&mut st, HubEvent::Republished);
         }
         let generation = st.generation;
         drop(st);
-        drop(streams);
         self.published.notify_waiters();
         if !republish {
             let _ = self.new_streams.send(path.to_owned());
@@ -255,16 +233,16 @@ impl Hub {
 
     /// True when a path has `limits.max_readers_per_stream` readers already.
     pub fn at_reader_limit(&self, path: &str) -> bool {
-        lock(&self.streams).get(path).is_some_and(|s| s.readers() >= self.max_readers_per_stream)
+        self.stream(path).is_some_and(|s| s.fanout.readers() >= self.max_readers_per_stream)
     }
 
     /// Subscribes to a published path: the current tracks and GOP, then live events. None
     /// when there is no publisher, or the stream has its maximum of readers.
     pub fn subscribe(&self, path: &str) -> Option<Subscription> {
-        let stream = lock(&self.streams).get(path)?.clone();
+        let stream = self.stream(path)?;
         let st = lock(&stream.state);
         st.publisher?;
-        if stream.readers() >= self.max_readers_per_stream {
+        if !stream.fanout.join(self.max_readers_per_stream) {
             return None;
         }
         let rx = stream.tx.subscribe();
@@ -289,6 +267,22 @@ impl Hub {
                 return None;
             }
         }
+    }
+
+    /// Has `wire` build its form of every frame of `path` in the stream's order from now on,
+    /// starting with the GOP; None when there is no such stream. A stream has one such
+    /// builder: another replaces it. Gives the stream's media clock (for sender reports).
+    pub fn build_in_order(&self, path: &str, wire: Arc<dyn OrderedWire>) -> Option<Arc<MediaClock>> {
+        let stream = self.stream(path)?;
+        let mut st = lock(&stream.state);
+        let same = st.ordered.as_ref().is_some_and(|o| std::ptr::addr_eq(Arc::as_ptr(o), Arc::as_ptr(&wire)));
+        if !same {
+            for f in &st.gop {
+                wire.build(&st.tracks, f);
+            }
+            st.ordered = Some(wire);
+        }
+        Some(stream.clock.clone())
     }
 
     fn unpublish(self: &Arc<Self>, stream: &Arc<Stream>, generation: u64) {
@@ -318,6 +312,7 @@ impl Hub {
         let mut st = lock(&stream.state);
         if st.publisher.is_none() && st.generation == generation {
             stream.send(&mut st, HubEvent::Ended);
+            st.ordered = None;
             if streams.get(&stream.path).is_some_and(|s| Arc::ptr_eq(s, stream)) {
                 streams.remove(&stream.path);
             }
@@ -325,14 +320,17 @@ impl Hub {
     }
 }
 
-/// A reader's view of a stream at subscription, and its live feed.
+/// A reader's view of a stream at subscription, and its live feed. Counts as one of the
+/// stream's readers until dropped.
 #[derive(Debug)]
 pub struct Subscription {
     /// Tracks at the time of subscription.
     pub tracks: Arc<Tracks>,
-    /// Frames from the latest keyframe, oldest first.
+    /// Frames from the latest keyframe, oldest first: taken by the reader (see
+    /// [`crate::reader::Reader::new`]), not kept for the reader's life.
     pub gop: Vec<Arc<Frame>>,
-    /// Events after the snapshot (None once attached to the fan-out instead).
+    /// Events after the snapshot, from the ring. Once attached to the fan-out: only while
+    /// the reader still has events to take from it itself (see [`Attachment::floor`]).
     pub rx: Option<broadcast::Receiver<Sequenced>>,
     /// Number of the first event after the snapshot.
     start_seq: u64,
@@ -345,29 +343,28 @@ impl Subscription {
         lock(&self.stream.state).tracks.clone()
     }
 
-    /// Takes the events after the snapshot from the stream's fan-out task instead of the
-    /// ring (see [`crate::fanout`]), with direct writes to `socket`; the ring receiver is
-    /// dropped, so frames are freed once the fan-out task has handed them on.
+    /// Number of the first event after the snapshot.
+    pub fn start_seq(&self) -> u64 {
+        self.start_seq
+    }
+
+    /// Takes the events after the snapshot from the stream's fan-out (see [`crate::fanout`])
+    /// instead of the ring, with direct writes to `socket`. If the fan-out took some of them
+    /// before this slot joined, [`Subscription::rx`] keeps the ring receiver to take those
+    /// from, up to [`Attachment::floor`]; otherwise it is dropped, so frames are freed once
+    /// the fan-out has handed them on. Takes no lock the publisher takes.
     pub fn attach(&mut self, socket: Option<Arc<tokio::net::TcpStream>>, queue: usize) -> Attachment {
         let slot = Slot::new(socket, self.start_seq, queue);
-        {
-            // Under the state lock: the fan-out task starts at the next event, which is
-            // after this snapshot.
-            let _st = lock(&self.stream.state);
-            let shards = &self.stream.shards;
-            let i = (0..shards.len()).min_by_key(|&i| lock(&shards[i].slots).len()).unwrap_or(0);
-            if !shards[i].started.swap(true, Ordering::Relaxed) {
-                tokio::spawn(fanout::run(
-                    Arc::downgrade(&self.stream),
-                    i,
-                    self.stream.tx.subscribe(),
-                    self.stream.pacing,
-                ));
-            }
-            lock(&shards[i].slots).push(slot.clone());
-        }
-        self.rx = None;
-        Attachment::new(self.stream.clone(), slot)
+        let rx = self.rx.take().unwrap_or_else(|| self.stream.tx.subscribe());
+        let (attachment, rx) = self.stream.fanout.attach(slot, self.start_seq, rx);
+        self.rx = rx;
+        attachment
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.stream.fanout.leave();
     }
 }
 
@@ -396,55 +393,62 @@ impl Publisher {
         self.stream.send(&mut st, HubEvent::Tracks(tracks));
     }
 
+    /// The publisher states that time `ts` of track `kind` (its clock, as given to
+    /// [`Publisher::push`]) was captured at wall-clock time `capture_unix_micros` (from its
+    /// RTCP sender reports). The first call of a publish replaces the mapping from arrival
+    /// (DESIGN.md "Timeline"); later calls are ignored.
+    pub fn anchor_capture_time(&self, kind: TrackKind, ts: i64, capture_unix_micros: u64) {
+        let mut st = lock(&self.stream.state);
+        let clock = track_clock(&st.tracks, kind);
+        match st.timeline.output(index(kind), ts, clock) {
+            Some(out) => {
+                if self.stream.clock.capture(rescale(out, clock, 1_000_000), capture_unix_micros) {
+                    st.clocked = true;
+                    info!(
+                        path = self.stream.path,
+                        ?kind,
+                        "timeline: media time mapped to the publisher's capture time"
+                    );
+                }
+            }
+            None => st.capture = st.capture.or(Some((kind, ts, capture_unix_micros))),
+        }
+    }
+
     /// Hands a frame to every reader. Never waits.
     pub fn push(&self, kind: TrackKind, dts: i64, pts: i64, keyframe: bool, data: bytes::Bytes) {
         let max_gop = self.hub.config.max_gop_cache_bytes;
         let mut st = lock(&self.stream.state);
-        // A publisher that replaced another within the grace period continues its timeline:
-        // the explicit, counted correction that keeps readers' timestamps monotonic. The
-        // offset is kept in milliseconds and applied in each track's own clock.
-        let clock = match kind {
-            TrackKind::Video => st.tracks.video.as_ref(),
-            TrackKind::Audio => st.tracks.audio.as_ref(),
-        }
-        .map_or(1000, |t| t.clock_rate());
-        let dts_ms = rescale(dts, clock, 1000);
-        let offset_ms = match st.ts_offset_ms {
-            Some(o) => o,
-            None => {
-                let o = match st.last_dts_ms {
-                    Some(last) if st.generation > 1 => {
-                        self.hub.stats.timestamp_rebases.fetch_add(1, Ordering::Relaxed);
-                        last + REPUBLISH_GAP_MS - dts_ms
-                    }
-                    _ => 0,
-                };
-                st.ts_offset_ms = Some(o);
-                o
+        let st = &mut *st;
+        let clock = track_clock(&st.tracks, kind);
+        let mapped = st.timeline.map(index(kind), dts, clock);
+        let stats = &self.hub.stats;
+        match mapped.correction {
+            Correction::None | Correction::Followed => {}
+            Correction::Continued => {
+                stats.timestamp_rebases.fetch_add(1, Ordering::Relaxed);
+                info!(path = self.stream.path, "timeline: the new publisher continues the stream's timestamps");
             }
-        };
-        // A jump in this track's clock: continue from its last frame, one usual step later,
-        // for every track (an encoder restart moves them all). Explicit and counted.
-        let k = usize::from(kind == TrackKind::Audio);
-        let mut offset_ms = offset_ms;
-        let mut end_ms = dts_ms + offset_ms;
-        if let Some(last) = st.last_track_ms[k] {
-            let leap = end_ms - last;
-            if !(0..=MAX_TIMESTAMP_LEAP_MS).contains(&leap) {
-                self.hub.stats.timestamp_jumps.fetch_add(1, Ordering::Relaxed);
-                offset_ms = last + st.last_step_ms[k].clamp(1, 1000) - dts_ms;
-                st.ts_offset_ms = Some(offset_ms);
-                end_ms = dts_ms + offset_ms;
-            } else if leap > 0 {
-                st.last_step_ms[k] = leap;
+            Correction::Rebased => {
+                stats.timestamp_jumps.fetch_add(1, Ordering::Relaxed);
+                info!(path = self.stream.path, ?kind, dts, "timeline: the publisher's clock jumped; stream rebased");
+            }
+            Correction::Held => {
+                stats.timestamps_held.fetch_add(1, Ordering::Relaxed);
             }
         }
-        st.last_track_ms[k] = Some(end_ms);
-        let offset = rescale(offset_ms, 1000, clock);
-        let frame = Frame::new(kind, dts + offset, pts + offset, keyframe, data);
-        st.last_dts_ms = Some(st.last_dts_ms.map_or(end_ms, |l| l.max(end_ms)));
-        let has_video = st.tracks.video.is_some();
-        if has_video {
+        let shift = mapped.shift(dts);
+        let frame = Frame::new(kind, mapped.dts, pts + shift, keyframe, data);
+        if !st.clocked {
+            st.clocked = true;
+            self.stream.clock.arrival(rescale(frame.pts, clock, 1_000_000), unix_micros());
+        }
+        if let Some((_, ts, at)) = st.capture.filter(|c| c.0 == kind) {
+            st.capture = None;
+            let out = rescale(ts + shift, clock, 1_000_000);
+            self.stream.clock.capture(out, at);
+        }
+        if st.tracks.video.is_some() {
             if kind == TrackKind::Video && keyframe {
                 st.gop.clear();
                 st.gop_bytes = 0;
@@ -461,8 +465,20 @@ impl Publisher {
                 }
             }
         }
-        self.stream.send(&mut st, HubEvent::Frame(frame));
+        if let Some(o) = &st.ordered {
+            o.build(&st.tracks, &frame);
+        }
+        self.stream.send(st, HubEvent::Frame(frame));
     }
+}
+
+/// The clock of a track's timestamps (milliseconds until its parameters are known).
+fn track_clock(tracks: &Tracks, kind: TrackKind) -> u32 {
+    match kind {
+        TrackKind::Video => tracks.video.as_ref(),
+        TrackKind::Audio => tracks.audio.as_ref(),
+    }
+    .map_or(1000, |t| t.clock_rate())
 }
 
 impl Drop for Publisher {
@@ -535,7 +551,7 @@ mod tests {
         p.push(TrackKind::Video, 0, 0, true, Bytes::from_static(b"k"));
         assert!(matches!(sub.rx.as_mut().unwrap().recv().await.map(|(_, e)| e), Ok(HubEvent::Tracks(_))));
         match sub.rx.as_mut().unwrap().recv().await.map(|(_, e)| e) {
-            Ok(HubEvent::Frame(f)) => assert_eq!(f.dts, 5000 + REPUBLISH_GAP_MS),
+            Ok(HubEvent::Frame(f)) => assert_eq!(f.dts, 5000 + crate::timeline::REPUBLISH_GAP_MS),
             other => panic!("{other:?}"),
         }
         assert_eq!(hub.stats.timestamp_rebases.load(Ordering::Relaxed), 1);
@@ -586,5 +602,229 @@ mod tests {
         assert!(hub.subscribe("live/a").unwrap().gop.is_empty());
         p.push(TrackKind::Video, 2, 2, true, Bytes::from_static(b"1"));
         assert_eq!(hub.subscribe("live/a").unwrap().gop.len(), 1);
+    }
+
+    /// Delivers every frame to a list, as a direct reader's socket would get it; blocks (or
+    /// panics) on request.
+    struct Collect {
+        got: Arc<Mutex<Vec<i64>>>,
+        /// Told when a pass entered the encoder, then waited on before going on.
+        block: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
+        panic_at: Option<i64>,
+    }
+
+    impl fanout::Encoder for Collect {
+        fn frame(&mut self, frame: &Arc<Frame>, _: &mut Vec<Bytes>) {
+            if let Some((entered, release)) = self.block.take() {
+                let _ = entered.send(());
+                let _ = release.recv();
+            }
+            assert_ne!(Some(frame.dts), self.panic_at, "an encoder that chokes on one frame");
+            lock(&self.got).push(frame.dts);
+        }
+    }
+
+    fn direct(
+        hub: &Hub,
+        path: &str,
+        block: Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>,
+        panic_at: Option<i64>,
+    ) -> (Attachment, Arc<Mutex<Vec<i64>>>, Subscription) {
+        let mut sub = hub.subscribe(path).unwrap();
+        let a = sub.attach(None, 4096);
+        let got = Arc::new(Mutex::new(Vec::new()));
+        assert!(a.slot().go_direct(Box::new(Collect { got: got.clone(), block, panic_at })));
+        (a, got, sub)
+    }
+
+    /// Waits (with a generous guard against a hang) until `f` holds.
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..3000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    /// A pass blocked inside one reader's write (the pass holds nothing the publisher or a
+    /// joining reader needs): the publisher pushes N frames and readers join and leave
+    /// meanwhile; the other readers get every frame. Before, a joining reader waited for the
+    /// pass (`readers()` locked every shard's slot list) and the publisher behind it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blocked_pass_holds_up_neither_the_publisher_nor_joining_readers() {
+        const N: i64 = 200;
+        let hub = Hub::new(HubConfig { reader_queue_frames: 4096, ..HubConfig::default() });
+        let p = hub.publish("live/b").unwrap();
+        p.set_tracks(video_tracks());
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let (_blocked, _, _s0) = direct(&hub, "live/b", Some((entered_tx, release_rx)), None);
+        let (_other, other, _s1) = direct(&hub, "live/b", None, None);
+        p.push(TrackKind::Video, 0, 0, true, Bytes::from_static(b"k"));
+        entered.recv_timeout(Duration::from_secs(30)).expect("the pass reached the blocking reader");
+        // Meanwhile, on a thread of its own: readers join and leave, the publisher pushes.
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let rt = tokio::runtime::Handle::current();
+        let hub2 = hub.clone();
+        let worker = std::thread::spawn(move || {
+            let _rt = rt.enter();
+            let mut joined = Vec::new();
+            for i in 1..=N {
+                if i % 20 == 0 {
+                    joined.push(direct(&hub2, "live/b", None, None));
+                }
+                if i % 40 == 0 {
+                    drop(joined.remove(0));
+                }
+                p.push(TrackKind::Video, i, i, false, Bytes::from_static(b"p"));
+            }
+            done_tx.send((p, joined)).unwrap();
+        });
+        let (_p, joined) = done
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the publisher and joining readers never waited for the pass");
+        worker.join().unwrap();
+        assert_eq!(hub.stream("live/b").unwrap().fanout.readers(), 2 + joined.len());
+        release.send(()).unwrap();
+        until("the other reader got every frame", || lock(&other).len() == N as usize + 1).await;
+        assert_eq!(*lock(&other), (0..=N).collect::<Vec<_>>());
+        for (_, got, _) in &joined {
+            until("a reader that joined got every frame since", || lock(got).last() == Some(&N)).await;
+            let got = lock(got);
+            assert_eq!(*got, (got[0]..=N).collect::<Vec<_>>(), "in order, none missing");
+        }
+    }
+
+    /// A panic while one reader's frame is encoded in a shared pass ends that reader only:
+    /// the others of the pass get every frame, and it is counted.
+    #[tokio::test]
+    async fn a_panic_in_a_pass_ends_that_reader_alone() {
+        let hub = Hub::new(HubConfig::default());
+        let p = hub.publish("live/panic").unwrap();
+        p.set_tracks(video_tracks());
+        let (_a, a_got, _s0) = direct(&hub, "live/panic", None, None);
+        let (bad, _, _s1) = direct(&hub, "live/panic", None, Some(3));
+        let (_c, c_got, _s2) = direct(&hub, "live/panic", None, None);
+        for i in 0..10 {
+            p.push(TrackKind::Video, i, i, i == 0, Bytes::from_static(b"f"));
+        }
+        for got in [&a_got, &c_got] {
+            until("every frame reached the others", || lock(got).len() == 10).await;
+        }
+        until("the panic was counted", || hub.stats.reader_panics.load(Ordering::Relaxed) == 1).await;
+        assert!(bad.slot().fell_back());
+        let err = bad.slot().take_over(&mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("panicked"), "{err}");
+    }
+
+    /// Frames pushed between `subscribe` and `attach` reach the reader, whether it is the
+    /// first of a new shard or joins a shard whose task already passed them; each reader gets
+    /// every frame from its first keyframe on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_joining_during_a_burst_get_every_frame() {
+        let hub = Hub::new(HubConfig { reader_queue_frames: 4096, ..HubConfig::default() });
+        let p = hub.publish("live/burst").unwrap();
+        p.set_tracks(video_tracks());
+        let mut readers = Vec::new();
+        let mut dts = 0;
+        let mut push = |n: i64, p: &Publisher| {
+            for _ in 0..n {
+                p.push(TrackKind::Video, dts, dts, dts % 10 == 0, Bytes::from_static(b"f"));
+                dts += 1;
+            }
+        };
+        push(3, &p);
+        for _ in 0..8 {
+            let sub = hub.subscribe("live/burst").unwrap();
+            // Frames between the snapshot and the attach; the shards' tasks may pass them.
+            push(7, &p);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            readers.push(crate::reader::Reader::attached(hub.clone(), sub, None));
+            push(5, &p);
+        }
+        let last = dts - 1;
+        for (i, r) in readers.iter_mut().enumerate() {
+            let mut got = Vec::new();
+            while got.last() != Some(&last) {
+                match tokio::time::timeout(Duration::from_secs(30), r.next()).await.expect("frames in time") {
+                    crate::reader::ReaderItem::Frame(f) => got.push(f.dts),
+                    crate::reader::ReaderItem::Tracks(_) => {}
+                    other => panic!("reader {i}: {other:?}"),
+                }
+            }
+            assert_eq!(got[0] % 10, 0, "reader {i} starts on a keyframe: {got:?}");
+            assert_eq!(got, (got[0]..=last).collect::<Vec<_>>(), "reader {i} lost frames");
+        }
+    }
+
+    /// A reader lets go of the GOP it joined on once it has sent it.
+    #[tokio::test]
+    async fn a_reader_does_not_keep_its_first_gop() {
+        let hub = Hub::new(HubConfig { reader_queue_frames: 2, ..HubConfig::default() });
+        let p = hub.publish("live/g").unwrap();
+        p.set_tracks(video_tracks());
+        for i in 0..3 {
+            p.push(TrackKind::Video, i, i, i == 0, Bytes::from_static(b"f"));
+        }
+        let sub = hub.subscribe("live/g").unwrap();
+        let first = Arc::downgrade(&sub.gop[0]);
+        let mut r = crate::reader::Reader::new(hub.clone(), sub);
+        while let Some(item) = r.try_next() {
+            drop(item);
+        }
+        // A new GOP: the hub's cache and the ring (of 2) let the old one go.
+        for i in 3..6 {
+            p.push(TrackKind::Video, i, i, i == 3, Bytes::from_static(b"f"));
+        }
+        while r.try_next().is_some() {}
+        assert!(first.upgrade().is_none(), "the reader still holds the GOP it joined on");
+    }
+
+    /// Reader counts are atomic and bounded.
+    #[tokio::test]
+    async fn reader_limit_is_counted_without_locks() {
+        let limits = crate::config::LimitsConfig { max_readers_per_stream: 2, ..Default::default() };
+        let hub = Hub::with_limits(HubConfig::default(), &limits);
+        let _p = hub.publish("live/l").unwrap();
+        let a = hub.subscribe("live/l").unwrap();
+        let mut b = hub.subscribe("live/l").unwrap();
+        let _att = b.attach(None, 8);
+        assert!(hub.at_reader_limit("live/l"));
+        assert!(hub.subscribe("live/l").is_none());
+        drop(a);
+        assert!(!hub.at_reader_limit("live/l"));
+        assert!(hub.subscribe("live/l").is_some());
+    }
+
+    /// The timeline in the hub: a 15 s pause of one track is kept, and the publisher's
+    /// capture time maps media time to wall-clock time once per publish.
+    #[tokio::test]
+    async fn a_paused_track_keeps_its_timing_and_capture_time_maps_the_clock() {
+        let hub = Hub::new(HubConfig::default());
+        let p = hub.publish("live/t").unwrap();
+        p.set_tracks(video_tracks());
+        let mut sub = hub.subscribe("live/t").unwrap();
+        // Video pauses 15 s while audio goes on.
+        p.push(TrackKind::Video, 1000, 1000, true, Bytes::from_static(b"k"));
+        let mut sent = vec![1000];
+        for t in (1000..=16_000).step_by(500) {
+            p.push(TrackKind::Audio, t, t, true, Bytes::from_static(b"a"));
+            sent.push(t);
+        }
+        p.push(TrackKind::Video, 16_020, 16_020, false, Bytes::from_static(b"p"));
+        sent.push(16_020);
+        let mut out = Vec::new();
+        while let Ok((_, HubEvent::Frame(f))) = sub.rx.as_mut().unwrap().try_recv() {
+            out.push(f.dts);
+        }
+        assert_eq!(out, sent, "the gap stays in the video track");
+        assert_eq!(hub.stats.timestamp_jumps.load(Ordering::Relaxed), 0);
+        let stream = hub.stream("live/t").unwrap();
+        assert_eq!(stream.clock.mapping().unwrap().source, crate::clock::Source::Arrival);
+        p.anchor_capture_time(TrackKind::Audio, 16_000, 7_000_000);
+        let m = stream.clock.mapping().unwrap();
+        assert_eq!((m.media_at(7_000_000), m.source), (16_000_000, crate::clock::Source::Capture));
     }
 }

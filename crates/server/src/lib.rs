@@ -1,7 +1,9 @@
 //! The ferrocast server: configuration, the stream hub, and the listeners that compose the
 //! protocol crates into one media server.
 
+pub mod clock;
 pub mod config;
+pub mod event;
 pub mod fanout;
 pub mod hls;
 pub mod http;
@@ -14,6 +16,7 @@ pub mod reader;
 pub mod rtmp_server;
 pub mod rtsp;
 pub mod sockio;
+pub mod timeline;
 
 use std::net::SocketAddr;
 

@@ -11,8 +11,9 @@ use bytes::Bytes;
 use ferrocast_media::{Frame, TrackInfo, TrackKind, Tracks, flv};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
+use crate::event::{HubEvent, Sequenced};
 use crate::fanout::{Attachment, Slot};
-use crate::hub::{Hub, HubEvent, Sequenced, Subscription};
+use crate::hub::{Hub, Subscription};
 
 /// What a reader is told, in order.
 #[derive(Debug, Clone)]
@@ -50,14 +51,16 @@ pub struct Reader {
 const SKIP_WINDOW: Duration = Duration::from_secs(60);
 
 impl Reader {
-    /// Starts at the subscription's snapshot: tracks, then the GOP.
-    pub fn new(hub: Arc<Hub>, sub: Subscription) -> Reader {
-        let mut backlog = VecDeque::with_capacity(sub.gop.len() + 1);
+    /// Starts at the subscription's snapshot: tracks, then the GOP. The GOP is handed over:
+    /// each of its frames is let go once sent, not kept for the reader's life.
+    pub fn new(hub: Arc<Hub>, mut sub: Subscription) -> Reader {
+        let gop = std::mem::take(&mut sub.gop);
+        let mut backlog = VecDeque::with_capacity(gop.len() + 1);
         backlog.push_back(ReaderItem::Tracks(sub.tracks.clone()));
-        backlog.extend(sub.gop.iter().cloned().map(ReaderItem::Frame));
-        let has_video = sub.tracks.video.is_some();
         // Without a GOP to start from, wait for a keyframe.
-        let waiting_for_keyframe = has_video && sub.gop.is_empty();
+        let has_video = sub.tracks.video.is_some();
+        let waiting_for_keyframe = has_video && gop.is_empty();
+        backlog.extend(gop.into_iter().map(ReaderItem::Frame));
         Reader {
             hub,
             sub,
@@ -85,10 +88,32 @@ impl Reader {
         self.attachment.as_ref().map(Attachment::slot)
     }
 
-    /// True when the reader is in step with the live stream: its start-up GOP is sent and it
-    /// is not skipping to a keyframe. Only then may the fan-out write for it.
+    /// True when the reader is in step with the live stream: its start-up GOP is sent, it
+    /// took the events the fan-out had passed when it joined, and it is not skipping to a
+    /// keyframe. Only then may the fan-out write for it.
     pub fn is_live(&self) -> bool {
-        self.backlog.is_empty() && !self.waiting_for_keyframe
+        self.backlog.is_empty() && !self.waiting_for_keyframe && self.catching_up().is_none()
+    }
+
+    /// While an attached reader takes from its own ring receiver the events that the
+    /// fan-out passed before it joined: the first event the fan-out gives it.
+    fn catching_up(&self) -> Option<u64> {
+        let a = self.attachment.as_ref()?;
+        self.sub.rx.as_ref().map(|_| a.floor())
+    }
+
+    /// An event from the reader's ring receiver: None for one that an attached reader gets
+    /// from the fan-out instead (it has caught up then, and stops reading the ring).
+    fn ring_event(&mut self, r: Result<Sequenced, RecvError>) -> Option<Result<Sequenced, RecvError>> {
+        let Some(floor) = self.catching_up() else { return Some(r) };
+        match &r {
+            Ok((seq, _)) if *seq < floor => Some(r),
+            // Caught up (or lagged: the fan-out's slot goes on from its floor).
+            _ => {
+                self.sub.rx = None;
+                r.is_err().then_some(r)
+            }
+        }
     }
 
     /// The tracks at subscription time.
@@ -109,7 +134,13 @@ impl Reader {
                 return item;
             }
             let r = match (&mut self.sub.rx, &self.attachment) {
-                (Some(rx), _) => rx.recv().await,
+                (Some(rx), _) => {
+                    let r = rx.recv().await;
+                    match self.ring_event(r) {
+                        Some(r) => r,
+                        None => continue,
+                    }
+                }
                 (None, Some(a)) => match a.slot().pop() {
                     Some(r) => slot_result(r),
                     None => {
@@ -140,12 +171,18 @@ impl Reader {
                 return Some(item);
             }
             let r = match (&mut self.sub.rx, &self.attachment) {
-                (Some(rx), _) => match rx.try_recv() {
-                    Ok(e) => Ok(e),
-                    Err(TryRecvError::Empty) => return None,
-                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
-                },
+                (Some(rx), _) => {
+                    let r = match rx.try_recv() {
+                        Ok(e) => Ok(e),
+                        Err(TryRecvError::Empty) => return None,
+                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                        Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                    };
+                    match self.ring_event(r) {
+                        Some(r) => r,
+                        None => continue,
+                    }
+                }
                 (None, Some(a)) => slot_result(a.slot().pop()?),
                 (None, None) => Err(RecvError::Closed),
             };
