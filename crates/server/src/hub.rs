@@ -48,6 +48,9 @@ pub struct HubStats {
     pub timestamps_held: AtomicU64,
     /// Readers ended by a panic in their stream's fan-out.
     pub reader_panics: Arc<AtomicU64>,
+    /// Streams whose media time was mapped to the publisher's capture time (RTCP sender
+    /// reports) instead of arrival.
+    pub capture_anchors: AtomicU64,
 }
 
 /// The shared registry of streams.
@@ -404,6 +407,7 @@ impl Publisher {
             Some(out) => {
                 if self.stream.clock.capture(rescale(out, clock, 1_000_000), capture_unix_micros) {
                     st.clocked = true;
+                    self.hub.stats.capture_anchors.fetch_add(1, Ordering::Relaxed);
                     info!(
                         path = self.stream.path,
                         ?kind,
@@ -446,7 +450,9 @@ impl Publisher {
         if let Some((_, ts, at)) = st.capture.filter(|c| c.0 == kind) {
             st.capture = None;
             let out = rescale(ts + shift, clock, 1_000_000);
-            self.stream.clock.capture(out, at);
+            if self.stream.clock.capture(out, at) {
+                stats.capture_anchors.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if st.tracks.video.is_some() {
             if kind == TrackKind::Video && keyframe {

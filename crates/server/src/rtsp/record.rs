@@ -487,7 +487,11 @@ impl Recording {
                 MAX_ALIGNMENT_SHIFT
             );
         } else {
-            let anchor = self.first_sender_report().map(|(kind, ts, unix)| format!("{kind:?} {ts} at {unix} µs"));
+            let first = self.first_sender_report();
+            if let Some((kind, ts, unix)) = first {
+                self.publisher.anchor_capture_time(kind, ts, unix);
+            }
+            let anchor = first.map(|(kind, ts, unix)| format!("{kind:?} {ts} at {unix} µs"));
             info!(
                 path = self.publisher.path(),
                 shifts = shifts.join(", "),
@@ -499,8 +503,8 @@ impl Recording {
 
     /// The stream's media-to-wall-clock anchor from the publisher's first sender report:
     /// (track kind, presentation time in that track's clock as pushed to the hub, capture
-    /// time in Unix µs). Known once the tracks are aligned; meant for
-    /// `Publisher::anchor_capture_time` (the call is wired at merge).
+    /// time in Unix µs). Known once the tracks are aligned; given to
+    /// [`crate::hub::Publisher::anchor_capture_time`] when they are.
     pub fn first_sender_report(&self) -> Option<(TrackKind, i64, u64)> {
         let (index, ts, unix) = self.timeline.first_report()?;
         Some((self.slots[index].track.as_ref()?.kind, ts, unix))
