@@ -17,9 +17,9 @@ pub struct Config {
     pub log_level: String,
     /// RTMP listener and sessions.
     pub rtmp: RtmpConfig,
-    /// RTSP listener (not served yet; the address is accepted).
+    /// RTSP listener, its UDP ports and multicast.
     pub rtsp: RtspConfig,
-    /// HTTP listener: HTTP-FLV now; HLS, API and metrics later.
+    /// HTTP listener: HTTP-FLV and HLS (the API and metrics will join them).
     pub http: HttpConfig,
     /// Stream hub: GOP cache, reader lag, republish grace.
     pub hub: HubConfig,
@@ -159,7 +159,9 @@ pub struct RtmpConfig {
     pub listen: SocketAddr,
     /// Our outgoing chunk size.
     pub chunk_size: u32,
-    /// Largest message a peer may send, in bytes.
+    /// Largest media message (audio, video, aggregate) a publisher may send once its publish
+    /// is accepted, in bytes. Commands and data messages, and every message before a publish
+    /// is accepted, are capped at 64 KiB whatever this says.
     pub max_message_size: u32,
     /// Time allowed from accept until publish or play starts (handshake and commands), in ms.
     pub handshake_timeout_ms: u64,

@@ -1,5 +1,5 @@
-//! The HTTP listener: HTTP-FLV now (`GET /APP/STREAM.flv`); HLS, the API and metrics come
-//! later on the same router.
+//! The HTTP listener: HTTP-FLV (`GET /APP/STREAM.flv`) and HLS (`GET /APP/STREAM/index.m3u8`
+//! and its segments); the API and metrics will join them on the same router.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
