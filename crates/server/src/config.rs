@@ -35,7 +35,10 @@ pub struct Config {
 pub struct LimitsConfig {
     /// RTMP, RTSP and HTTP-FLV connections open at once.
     pub max_connections: usize,
-    /// RTMP, RTSP and HTTP-FLV connections open at once.from one client address.
+    /// RTMP, RTSP and HTTP-FLV connections open at once from one client address. Until its
+    /// publish or play is accepted an RTMP connection may hold up to 256 KiB, so this bounds
+    /// what one address can make the server hold (200 x 256 KiB = 50 MiB by default); raise it
+    /// for many viewers behind one NAT or proxy, or a load generator on one host.
     pub max_connections_per_ip: usize,
     /// Streams published at once.
     pub max_streams: usize,
@@ -49,7 +52,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: 20_000,
-            max_connections_per_ip: 2_000,
+            max_connections_per_ip: 200,
             max_streams: 1_000,
             max_readers_per_stream: 10_000,
             publisher_idle_timeout_ms: 20_000,
