@@ -114,13 +114,13 @@ struct StreamState {
 }
 
 /// Reassembles messages from a peer's chunk stream.
-#[derive(Debug)]
 ///
 /// It starts strict, as for a peer nobody has accepted yet: every message is capped at
 /// [`MAX_COMMAND_MESSAGE_LEN`], and partial messages plus undecoded input at
 /// [`MAX_BUFFERED_BEFORE_PUBLISH`] over at most [`MAX_CHUNK_STREAMS_BEFORE_PUBLISH`] chunk
 /// streams. [`ChunkDecoder::allow_media`] (a publish was accepted) lifts media messages to the
 /// configured cap.
+#[derive(Debug)]
 pub struct ChunkDecoder {
     chunk_size: u32,
     max_message_len: u32,

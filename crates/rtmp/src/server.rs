@@ -221,6 +221,11 @@ enum State {
 /// }
 /// # Ok::<(), ferrocast_rtmp::SessionError>(())
 /// ```
+///
+/// Until the application accepts a publish, the peer is held to the caps of a peer nobody
+/// knows (see [`crate::chunk::ChunkDecoder`]): 64 KiB messages, 8 chunk streams, and 256 KiB
+/// buffered, input waiting for a decision included. Feed input as it is read, a few KiB at a
+/// time: a larger piece is buffered whole before the cap is checked.
 #[derive(Debug)]
 pub struct ServerSession {
     config: ServerConfig,
