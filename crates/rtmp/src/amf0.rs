@@ -6,6 +6,11 @@ use thiserror::Error;
 /// Deepest nesting of objects and arrays we decode. Real metadata nests two levels; the cap
 /// stops a stack overflow from a few kilobytes of `0x03` bytes.
 pub const MAX_NESTING_DEPTH: usize = 32;
+/// Most values one decode may produce (every value counts, nested ones too). A value in
+/// memory is many times its wire size (a one-byte null becomes a 56-byte [`Value`]), so the
+/// budget is what bounds memory, not the message length: 4,096 values are at most ~230 KiB.
+/// Commands hold a dozen values; `onMetaData` from OBS, ffmpeg or Wirecast a few dozen.
+pub const MAX_ELEMENTS: usize = 4096;
 
 /// An AMF0 value. Long strings and XML documents decode to `String`.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,11 +122,14 @@ pub enum Amf0ErrorKind {
     /// A strict array claims more elements than bytes remain.
     #[error("strict array of {0} elements exceeds the input")]
     ArrayTooLong(u32),
+    /// More values than [`MAX_ELEMENTS`].
+    #[error("more than {MAX_ELEMENTS} values")]
+    TooManyElements,
 }
 
 /// Decodes every value in `data`.
 pub fn decode_all(data: &[u8]) -> Result<Vec<Value>, Amf0Error> {
-    let mut d = Decoder { data, pos: 0 };
+    let mut d = Decoder { data, pos: 0, elements: 0 };
     let mut out = Vec::new();
     while d.pos < data.len() {
         out.push(d.value(0)?);
@@ -131,7 +139,7 @@ pub fn decode_all(data: &[u8]) -> Result<Vec<Value>, Amf0Error> {
 
 /// Decodes one value from the front of `data`, returning it and the bytes it used.
 pub fn decode_one(data: &[u8]) -> Result<(Value, usize), Amf0Error> {
-    let mut d = Decoder { data, pos: 0 };
+    let mut d = Decoder { data, pos: 0, elements: 0 };
     let v = d.value(0)?;
     Ok((v, d.pos))
 }
@@ -139,6 +147,8 @@ pub fn decode_one(data: &[u8]) -> Result<(Value, usize), Amf0Error> {
 struct Decoder<'a> {
     data: &'a [u8],
     pos: usize,
+    /// Values decoded so far, against [`MAX_ELEMENTS`].
+    elements: usize,
 }
 
 impl Decoder<'_> {
@@ -205,6 +215,10 @@ impl Decoder<'_> {
         if depth > MAX_NESTING_DEPTH {
             return Err(self.err(Amf0ErrorKind::TooDeep));
         }
+        self.elements += 1;
+        if self.elements > MAX_ELEMENTS {
+            return Err(self.err(Amf0ErrorKind::TooManyElements));
+        }
         let marker_at = self.pos;
         let marker = self.u8()?;
         Ok(match marker {
@@ -226,7 +240,7 @@ impl Decoder<'_> {
                 if count as usize > self.data.len() - self.pos {
                     return Err(self.err(Amf0ErrorKind::ArrayTooLong(count)));
                 }
-                let mut items = Vec::with_capacity(count as usize);
+                let mut items = Vec::with_capacity((count as usize).min(MAX_ELEMENTS - self.elements));
                 for _ in 0..count {
                     items.push(self.value(depth + 1)?);
                 }
@@ -379,6 +393,30 @@ mod tests {
         }
         bytes.push(0x05);
         assert_eq!(decode_all(&bytes).unwrap_err().kind, Amf0ErrorKind::TooDeep);
+    }
+
+    #[test]
+    fn elements_too_many() {
+        // A strict array of one-byte nulls, the cheapest way to make many values.
+        let array = |n: u32| {
+            let mut b = vec![0x0a];
+            b.extend_from_slice(&n.to_be_bytes());
+            b.resize(5 + n as usize, 0x05);
+            b
+        };
+        // The array itself is one value.
+        assert!(decode_all(&array(MAX_ELEMENTS as u32 - 1)).is_ok());
+        let err = decode_all(&array(MAX_ELEMENTS as u32)).unwrap_err();
+        assert_eq!(err, Amf0Error { offset: 5 + MAX_ELEMENTS - 1, kind: Amf0ErrorKind::TooManyElements });
+        // Values in objects and in later top-level values count the same.
+        let mut obj = vec![0x03];
+        for _ in 0..MAX_ELEMENTS {
+            obj.extend_from_slice(&[0, 1, b'k', 0x05]);
+        }
+        obj.extend_from_slice(&[0, 0, 0x09]);
+        assert_eq!(decode_all(&obj).unwrap_err().kind, Amf0ErrorKind::TooManyElements);
+        assert_eq!(decode_all(&vec![0x05; MAX_ELEMENTS + 1]).unwrap_err().kind, Amf0ErrorKind::TooManyElements);
+        assert!(std::mem::size_of::<Value>() <= 56, "the budget's memory figure assumes 56-byte values");
     }
 
     #[test]

@@ -6,16 +6,33 @@ use std::collections::HashMap;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
+use crate::message::type_id;
+
 /// Chunk size both sides use until a Set Chunk Size message (5.4.1).
 pub const DEFAULT_CHUNK_SIZE: u32 = 128;
 /// The largest chunk size the protocol allows: the field has 31 bits (5.4.1).
 pub const MAX_CHUNK_SIZE: u32 = 0x7fff_ffff;
-/// Default cap on one message's length. Nothing an encoder sends comes close (a 4K IDR frame
-/// is a few MiB); the cap bounds what one peer can make us buffer per chunk stream.
+/// Default cap on one media message's length (audio, video, aggregate), which applies once
+/// media is allowed ([`ChunkDecoder::allow_media`]: a publish was accepted). Nothing an encoder
+/// sends comes close (a 4K IDR frame is a few MiB); the cap bounds what one peer can make us
+/// buffer per chunk stream.
 pub const DEFAULT_MAX_MESSAGE_LEN: u32 = 16 * 1024 * 1024;
+/// Cap on every other message (commands, data, control, shared objects), and on every message
+/// before media is allowed. The largest a real client sends is `onMetaData` or a `connect`
+/// with a long tcUrl, a few hundred bytes to a few KiB; a larger command is an attack on our
+/// memory (it is AMF0-decoded before the session knows who sent it).
+pub const MAX_COMMAND_MESSAGE_LEN: u32 = 64 * 1024;
 /// Most chunk streams a peer may have open at once. Encoders use 3 to 8; the cap bounds the
 /// per-stream state an attacker can make us keep (csids go up to 65,599).
 pub const MAX_CHUNK_STREAMS: usize = 64;
+/// Most chunk streams before media is allowed. Clients use two or three for their control
+/// messages and commands (ffmpeg: 2 and 3; OBS: 2, 3 and 4).
+pub const MAX_CHUNK_STREAMS_BEFORE_PUBLISH: usize = 8;
+/// Most bytes a peer can make us hold before media is allowed (before anyone accepted a
+/// publish): partial messages over all chunk streams (their reserved capacity) and input not
+/// yet decoded. Room for a few whole commands of [`MAX_COMMAND_MESSAGE_LEN`]; 200 connections
+/// from one address then hold at most 50 MiB, where 64 streams x 16 MiB each allowed 200 GiB.
+pub const MAX_BUFFERED_BEFORE_PUBLISH: usize = 256 * 1024;
 /// Most a partial message reserves before its bytes arrive.
 const INITIAL_RESERVE: usize = 64 * 1024;
 /// A timestamp field of this value means a 4-byte extended timestamp follows (5.3.1.3).
@@ -24,11 +41,14 @@ const EXTENDED_TIMESTAMP: u32 = 0xff_ffff;
 /// Why the chunk stream could not be decoded. Each is fatal for the connection.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ChunkError {
-    /// A message longer than the configured cap.
-    #[error("chunk stream {csid}: message length {len} exceeds the cap of {max}")]
+    /// A message longer than its cap: [`MAX_COMMAND_MESSAGE_LEN`] for commands, data and
+    /// everything before media is allowed, the configured cap for media after.
+    #[error("chunk stream {csid}: message of type {type_id} and length {len} exceeds the cap of {max}")]
     MessageTooLarge {
         /// Chunk stream id.
         csid: u32,
+        /// Message type id.
+        type_id: u8,
         /// Declared length.
         len: u32,
         /// The cap.
@@ -48,9 +68,17 @@ pub enum ChunkError {
         /// Chunk stream id.
         csid: u32,
     },
-    /// More chunk streams than [`MAX_CHUNK_STREAMS`].
-    #[error("more than {MAX_CHUNK_STREAMS} chunk streams")]
-    TooManyChunkStreams,
+    /// More chunk streams than allowed: [`MAX_CHUNK_STREAMS_BEFORE_PUBLISH`] before media is
+    /// allowed, [`MAX_CHUNK_STREAMS`] after.
+    #[error("more than {0} chunk streams")]
+    TooManyChunkStreams(usize),
+    /// Before media is allowed, partial messages and undecoded input over
+    /// [`MAX_BUFFERED_BEFORE_PUBLISH`].
+    #[error("{held} bytes buffered before publishing, over the cap of {MAX_BUFFERED_BEFORE_PUBLISH}")]
+    BufferedTooLarge {
+        /// Bytes that would be held.
+        held: usize,
+    },
     /// Set Chunk Size of 0 or with bit 31 set.
     #[error("invalid chunk size {0} (must be 1..=2^31-1)")]
     BadChunkSize(u32),
@@ -86,17 +114,50 @@ struct StreamState {
 }
 
 /// Reassembles messages from a peer's chunk stream.
+///
+/// It starts strict, as for a peer nobody has accepted yet: every message is capped at
+/// [`MAX_COMMAND_MESSAGE_LEN`], and partial messages plus undecoded input at
+/// [`MAX_BUFFERED_BEFORE_PUBLISH`] over at most [`MAX_CHUNK_STREAMS_BEFORE_PUBLISH`] chunk
+/// streams. [`ChunkDecoder::allow_media`] (a publish was accepted) lifts media messages to the
+/// configured cap.
 #[derive(Debug)]
 pub struct ChunkDecoder {
     chunk_size: u32,
     max_message_len: u32,
+    media_allowed: bool,
     streams: HashMap<u32, StreamState>,
 }
 
 impl ChunkDecoder {
-    /// A decoder with the default chunk size and the given message length cap.
+    /// A decoder with the default chunk size and the given cap on media messages.
     pub fn new(max_message_len: u32) -> Self {
-        ChunkDecoder { chunk_size: DEFAULT_CHUNK_SIZE, max_message_len, streams: HashMap::new() }
+        ChunkDecoder { chunk_size: DEFAULT_CHUNK_SIZE, max_message_len, media_allowed: false, streams: HashMap::new() }
+    }
+
+    /// Media messages up to the configured cap, [`MAX_CHUNK_STREAMS`] chunk streams, and no
+    /// cap on what is buffered over them: call once the peer may publish.
+    pub fn allow_media(&mut self) {
+        self.media_allowed = true;
+    }
+
+    /// Whether [`ChunkDecoder::allow_media`] was called.
+    pub fn media_allowed(&self) -> bool {
+        self.media_allowed
+    }
+
+    /// Bytes held by partial messages (their reserved capacity).
+    pub fn held(&self) -> usize {
+        self.streams.values().map(|s| s.partial.capacity()).sum()
+    }
+
+    /// The cap on a message of this type.
+    fn max_len(&self, type_id: u8) -> u32 {
+        let media = matches!(type_id, type_id::AUDIO | type_id::VIDEO | type_id::AGGREGATE);
+        if media && self.media_allowed {
+            self.max_message_len
+        } else {
+            self.max_message_len.min(MAX_COMMAND_MESSAGE_LEN)
+        }
     }
 
     /// Applies the peer's Set Chunk Size.
@@ -151,8 +212,9 @@ impl ChunkDecoder {
             if fmt != 0 {
                 return Err(ChunkError::NoPreviousHeader { csid, fmt });
             }
-            if self.streams.len() >= MAX_CHUNK_STREAMS {
-                return Err(ChunkError::TooManyChunkStreams);
+            let max = if self.media_allowed { MAX_CHUNK_STREAMS } else { MAX_CHUNK_STREAMS_BEFORE_PUBLISH };
+            if self.streams.len() >= max {
+                return Err(ChunkError::TooManyChunkStreams(max));
             }
         }
         let h = &b[pos..pos + header_len];
@@ -192,13 +254,24 @@ impl ChunkDecoder {
                 ts_value = prev.map_or(0, |p| p.ts_field);
             }
         }
-        if length > self.max_message_len {
-            return Err(ChunkError::MessageTooLarge { csid, len: length, max: self.max_message_len });
+        let max = self.max_len(type_id);
+        if length > max {
+            return Err(ChunkError::MessageTooLarge { csid, type_id, len: length, max });
         }
         let already = if in_progress { prev.map_or(0, |p| p.partial.len()) } else { 0 };
         let want = (length as usize - already).min(self.chunk_size as usize);
         if b.len() < pos + want {
             return Ok(None);
+        }
+        let single = !in_progress && want == length as usize;
+        if !self.media_allowed && !single {
+            // What partial messages would hold with this chunk in one. (Undecoded input is
+            // the session's to count: see `Conn::check_buffered`.)
+            let reserve = if in_progress { 0 } else { (length as usize).min(INITIAL_RESERVE) };
+            let held = self.held() + reserve;
+            if held > MAX_BUFFERED_BEFORE_PUBLISH {
+                return Err(ChunkError::BufferedTooLarge { held });
+            }
         }
         // The whole chunk is here: commit.
         buf.advance(pos);
@@ -384,13 +457,91 @@ mod tests {
         let mut dec = ChunkDecoder::new(65_536);
         assert_eq!(
             dec.decode(&mut BytesMut::from(&bytes[..])),
-            Err(ChunkError::MessageTooLarge { csid: 4, len: 65_537, max: 65_536 })
+            Err(ChunkError::MessageTooLarge { csid: 4, type_id: 9, len: 65_537, max: 65_536 })
         );
+    }
+
+    /// A header declaring a message of `len` bytes of type `type_id` on `csid` (2..=63).
+    fn header(csid: u8, len: u32, type_id: u8) -> Vec<u8> {
+        let l = len.to_be_bytes();
+        vec![csid, 0, 0, 0, l[1], l[2], l[3], type_id, 1, 0, 0, 0]
+    }
+
+    #[test]
+    fn command_too_large() {
+        // Commands and data are capped at 64 KiB before and after a publish; media at 64 KiB
+        // until media is allowed, then at the configured cap.
+        let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
+        for t in [type_id::COMMAND_AMF0, type_id::DATA_AMF0, type_id::VIDEO, type_id::AGGREGATE] {
+            let mut buf = BytesMut::from(&header(3, MAX_COMMAND_MESSAGE_LEN + 1, t)[..]);
+            assert_eq!(
+                dec.decode(&mut buf),
+                Err(ChunkError::MessageTooLarge {
+                    csid: 3,
+                    type_id: t,
+                    len: MAX_COMMAND_MESSAGE_LEN + 1,
+                    max: MAX_COMMAND_MESSAGE_LEN
+                }),
+                "type {t}"
+            );
+        }
+        dec.allow_media();
+        for t in [type_id::COMMAND_AMF0, type_id::COMMAND_AMF3, type_id::DATA_AMF0, type_id::SHARED_OBJECT_AMF0] {
+            let mut buf = BytesMut::from(&header(3, MAX_COMMAND_MESSAGE_LEN + 1, t)[..]);
+            assert!(matches!(dec.decode(&mut buf), Err(ChunkError::MessageTooLarge { .. })), "type {t}");
+        }
+        let mut buf = BytesMut::from(&header(3, DEFAULT_MAX_MESSAGE_LEN - 1, type_id::VIDEO)[..]);
+        assert_eq!(dec.decode(&mut buf), Ok(None), "a 16 MiB video message is fine once publishing");
+    }
+
+    #[test]
+    fn buffered_before_publish_too_large() {
+        // Partial commands on several chunk streams: the fifth 64 KiB reservation is
+        // over the 256 KiB budget (64 KiB each: it counts what is reserved, not only sent).
+        let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
+        let mut buf = BytesMut::new();
+        for csid in 3..8u8 {
+            buf.extend_from_slice(&header(csid, MAX_COMMAND_MESSAGE_LEN, type_id::COMMAND_AMF0));
+            buf.extend_from_slice(&[0; DEFAULT_CHUNK_SIZE as usize]);
+        }
+        let err = dec.decode(&mut buf).unwrap_err();
+        assert!(matches!(err, ChunkError::BufferedTooLarge { held } if held > MAX_BUFFERED_BEFORE_PUBLISH), "{err}");
+        assert!(dec.held() <= MAX_BUFFERED_BEFORE_PUBLISH);
+        // Once publishing, partial media messages are not capped together (only each by the
+        // media cap and the stream count).
+        let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
+        dec.allow_media();
+        let mut buf = BytesMut::new();
+        for csid in 3..8u8 {
+            buf.extend_from_slice(&header(csid, 1 << 20, type_id::VIDEO));
+            buf.extend_from_slice(&[0; DEFAULT_CHUNK_SIZE as usize]);
+        }
+        assert_eq!(dec.decode(&mut buf), Ok(None));
+    }
+
+    #[test]
+    fn chunk_streams_before_publish_too_many() {
+        let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
+        let mut buf = BytesMut::new();
+        for csid in 3..4 + MAX_CHUNK_STREAMS_BEFORE_PUBLISH as u8 {
+            // Whole one-byte messages: nothing is held but the streams' state.
+            buf.extend_from_slice(&header(csid, 1, type_id::COMMAND_AMF0));
+            buf.put_u8(5);
+        }
+        let mut got = Ok(None);
+        for _ in 0..=MAX_CHUNK_STREAMS_BEFORE_PUBLISH {
+            got = dec.decode(&mut buf);
+            if got.is_err() {
+                break;
+            }
+        }
+        assert_eq!(got, Err(ChunkError::TooManyChunkStreams(MAX_CHUNK_STREAMS_BEFORE_PUBLISH)));
     }
 
     #[test]
     fn declared_lengths_do_not_reserve_memory() {
         let mut dec = ChunkDecoder::new(DEFAULT_MAX_MESSAGE_LEN);
+        dec.allow_media();
         dec.set_chunk_size(4).unwrap();
         let mut buf = BytesMut::new();
         for csid in 3..63u8 {
@@ -417,6 +568,7 @@ mod tests {
             dec.decode(&mut BytesMut::from(&[0xc5u8, 0][..])),
             Err(ChunkError::NoPreviousHeader { csid: 5, fmt: 3 })
         );
+        dec.allow_media();
         dec.set_chunk_size(1).unwrap();
         let mut buf = BytesMut::new();
         for csid in 0..=MAX_CHUNK_STREAMS as u32 {
@@ -433,6 +585,6 @@ mod tests {
                 Ok(m) => assert!(m.is_none() || buf.is_empty()),
             }
         }
-        assert_eq!(err, Some(ChunkError::TooManyChunkStreams));
+        assert_eq!(err, Some(ChunkError::TooManyChunkStreams(MAX_CHUNK_STREAMS)));
     }
 }

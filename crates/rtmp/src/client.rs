@@ -1,5 +1,9 @@
 //! The client side of an RTMP connection: connects, creates a stream, then publishes or plays.
 //! ferrocast uses it in tests now and for relays later.
+//!
+//! Answers are matched to what we asked by transaction id (RTMP spec 1.0 section 7.2.1.1):
+//! `connect` is transaction 1, `createStream` 2; a `_result` or `_error` for anything else is
+//! not taken for theirs.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -33,7 +37,7 @@ pub struct ClientConfig {
     pub mode: ClientMode,
     /// Our outgoing chunk size.
     pub chunk_size: u32,
-    /// Cap on incoming messages.
+    /// Cap on incoming media messages once playing (see [`crate::chunk::ChunkDecoder`]).
     pub max_message_len: u32,
     /// The server must answer within this time at each step until publishing/playing starts.
     pub response_timeout: Duration,
@@ -79,6 +83,13 @@ pub enum ClientEvent {
     /// Audio, video or data from the server.
     Media(MediaMessage),
 }
+
+/// Transaction id of our `connect` (7.2.1.1: always 1).
+const TID_CONNECT: f64 = 1.0;
+/// Transaction id of our `createStream`.
+const TID_CREATE_STREAM: f64 = 2.0;
+/// Transaction id of our `publish` or `play` (answered with `onStatus`, not `_result`).
+const TID_START: f64 = 3.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
@@ -145,7 +156,7 @@ impl ClientSession {
                 ("flashVer", Value::from("FMLE/3.0 (compatible; ferrocast)")),
                 ("tcUrl", Value::from(self.config.tc_url.as_str())),
             ]);
-            self.command(0, &[Value::from("connect"), Value::Number(1.0), obj]);
+            self.command(0, &[Value::from("connect"), Value::Number(TID_CONNECT), obj]);
             self.step = Step::Connecting;
             self.deadline = now + self.config.response_timeout;
         } else {
@@ -163,7 +174,7 @@ impl ClientSession {
                     type_id::COMMAND_AMF0 => {
                         let values = amf0::decode_all(&m.payload)
                             .map_err(|source| SessionError::Amf0 { type_id: m.type_id, source })?;
-                        self.on_command(now, &values);
+                        self.on_command(now, &values)?;
                     }
                     type_id::AUDIO | type_id::VIDEO | type_id::DATA_AMF0 => {
                         let kind = match m.type_id {
@@ -182,6 +193,7 @@ impl ClientSession {
                 },
             }
         }
+        self.conn.check_buffered()?;
         Ok(())
     }
 
@@ -190,18 +202,32 @@ impl ClientSession {
         message::amf0_message(self.conn.out(), CSID_COMMAND, type_id::COMMAND_AMF0, stream_id, values, cs);
     }
 
-    fn on_command(&mut self, now: Instant, values: &[Value]) {
+    fn on_command(&mut self, now: Instant, values: &[Value]) -> Result<(), SessionError> {
         let name = values.first().and_then(Value::as_str).unwrap_or_default();
+        let tid = values.get(1).and_then(Value::as_f64);
         let info = values.get(3);
         let field = |k: &str| info.and_then(|i| i.get(k)).and_then(Value::as_str).unwrap_or_default().to_owned();
+        // The answer to the request this step waits for, if this is it.
+        let awaited = match self.step {
+            Step::Connecting => Some(("connect", TID_CONNECT)),
+            Step::CreatingStream => Some(("createStream", TID_CREATE_STREAM)),
+            _ => None,
+        }
+        .filter(|(_, t)| tid == Some(*t));
         match name {
-            "_result" if self.step == Step::Connecting => {
+            "_error" if awaited.is_some() => {
+                let (command, _) = awaited.expect("checked");
+                let (level, code) = (field("level"), field("code"));
+                self.events.push_back(ClientEvent::Status { level, code: code.clone() });
+                return Err(SessionError::Refused { command, code, description: field("description") });
+            }
+            "_result" if awaited.is_some() && self.step == Step::Connecting => {
                 self.events.push_back(ClientEvent::Connected);
-                self.command(0, &[Value::from("createStream"), Value::Number(2.0), Value::Null]);
+                self.command(0, &[Value::from("createStream"), Value::Number(TID_CREATE_STREAM), Value::Null]);
                 self.step = Step::CreatingStream;
                 self.deadline = now + self.config.response_timeout;
             }
-            "_result" if self.step == Step::CreatingStream => {
+            "_result" if awaited.is_some() && self.step == Step::CreatingStream => {
                 self.stream_id = info.and_then(Value::as_f64).unwrap_or(1.0) as u32;
                 let sid = self.stream_id;
                 match self.config.mode.clone() {
@@ -209,7 +235,7 @@ impl ClientSession {
                         sid,
                         &[
                             Value::from("publish"),
-                            Value::Number(3.0),
+                            Value::Number(TID_START),
                             Value::Null,
                             Value::from(n.as_str()),
                             Value::from("live"),
@@ -219,7 +245,7 @@ impl ClientSession {
                         sid,
                         &[
                             Value::from("play"),
-                            Value::Number(3.0),
+                            Value::Number(TID_START),
                             Value::Null,
                             Value::from(n.as_str()),
                             Value::Number(-2000.0),
@@ -235,6 +261,8 @@ impl ClientSession {
                 if self.step == Step::Starting && (code == "NetStream.Publish.Start" || code == "NetStream.Play.Start")
                 {
                     self.step = Step::Active;
+                    // Media may follow (a player's): lift the caps of an unaccepted peer.
+                    self.conn.allow_media();
                     self.events.push_back(if code == "NetStream.Publish.Start" {
                         ClientEvent::Publishing
                     } else {
@@ -245,6 +273,7 @@ impl ClientSession {
             }
             _ => {}
         }
+        Ok(())
     }
 
     /// Sends one media message (FLV tag body, or AMF0 values for data) on our stream.
@@ -262,7 +291,8 @@ impl ClientSession {
         self.conn.send(kind.csid(), timestamp, kind.type_id(), sid, payload);
     }
 
-    /// Sends `FCUnpublish` and `deleteStream`.
+    /// Sends `deleteStream` for our stream, which ends a publish (the server sees it as an
+    /// unpublish; no `FCUnpublish` is needed).
     pub fn unpublish(&mut self) {
         let sid = self.stream_id;
         self.command(0, &[Value::from("deleteStream"), Value::Number(4.0), Value::Null, Value::Number(f64::from(sid))]);

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::chunk::{ChunkDecoder, ChunkError, RawMessage, encode_message};
+use crate::chunk::{ChunkDecoder, ChunkError, MAX_BUFFERED_BEFORE_PUBLISH, RawMessage, encode_message};
 use crate::message::{self, type_id, user_control};
 
 /// Our default Window Acknowledgement Size (what nginx-rtmp and SRS send).
@@ -59,6 +59,25 @@ impl Conn {
             self.last_ack = self.bytes_in;
             message::control_u32(&mut self.out, type_id::ACK, self.bytes_in as u32, self.out_chunk_size);
         }
+    }
+
+    /// Lifts the caps that hold until a publish is accepted (see [`ChunkDecoder`]).
+    pub fn allow_media(&mut self) {
+        self.decoder.allow_media();
+    }
+
+    /// Until media is allowed, what the peer made us buffer (partial messages and input not
+    /// yet decoded, which grows while a decision is owed) must stay within
+    /// [`MAX_BUFFERED_BEFORE_PUBLISH`].
+    pub fn check_buffered(&self) -> Result<(), ChunkError> {
+        if self.decoder.media_allowed() {
+            return Ok(());
+        }
+        let held = self.decoder.held() + self.input.len();
+        if held > MAX_BUFFERED_BEFORE_PUBLISH {
+            return Err(ChunkError::BufferedTooLarge { held });
+        }
+        Ok(())
     }
 
     /// The buffer for building session messages, in order with queued media.

@@ -23,7 +23,9 @@ pub const MAX_NAME_LEN: usize = 1024;
 pub struct ServerConfig {
     /// Our outgoing chunk size, announced after `connect`.
     pub chunk_size: u32,
-    /// Cap on the length of a message from the peer.
+    /// Cap on the length of a media message from the peer once its publish is accepted.
+    /// Everything else, and everything before, is capped at
+    /// [`crate::chunk::MAX_COMMAND_MESSAGE_LEN`].
     pub max_message_len: u32,
     /// Window Acknowledgement Size we ask the peer to use.
     pub window_ack_size: u32,
@@ -101,6 +103,16 @@ pub enum SessionError {
     /// More `createStream` than [`MAX_STREAMS_PER_CONNECTION`].
     #[error("more than {MAX_STREAMS_PER_CONNECTION} streams on one connection")]
     TooManyStreams,
+    /// The server answered our `connect` or `createStream` with `_error` (client side).
+    #[error("{command} refused: {code} {description}")]
+    Refused {
+        /// The command that was refused.
+        command: &'static str,
+        /// The status code, e.g. `NetConnection.Connect.Rejected`.
+        code: String,
+        /// The server's description.
+        description: String,
+    },
     /// The peer did not get to publish or play in time.
     #[error("no publish or play within {0:?} of connecting")]
     HandshakeTimeout(Duration),
@@ -209,6 +221,11 @@ enum State {
 /// }
 /// # Ok::<(), ferrocast_rtmp::SessionError>(())
 /// ```
+///
+/// Until the application accepts a publish, the peer is held to the caps of a peer nobody
+/// knows (see [`crate::chunk::ChunkDecoder`]): 64 KiB messages, 8 chunk streams, and 256 KiB
+/// buffered, input waiting for a decision included. Feed input as it is read, a few KiB at a
+/// time: a larger piece is buffered whole before the cap is checked.
 #[derive(Debug)]
 pub struct ServerSession {
     config: ServerConfig,
@@ -294,6 +311,7 @@ impl ServerSession {
                 // C2 may already be buffered behind C0C1.
                 h.process(&mut self.conn.input)?;
                 if !h.is_done() {
+                    self.conn.check_buffered()?;
                     return Ok(());
                 }
             }
@@ -306,7 +324,11 @@ impl ServerSession {
         } else {
             self.conn.receive(data);
         }
-        self.process()
+        self.process()?;
+        // Input waits while a decision is owed: until a publish is accepted, what a peer can
+        // make us hold is capped.
+        self.conn.check_buffered()?;
+        Ok(())
     }
 
     /// True while the application owes a decision (connect, publish or play). Input stays
@@ -456,6 +478,9 @@ impl ServerSession {
         if let Some(r @ Role::PublishPending) = self.streams.get_mut(&stream_id) {
             *r = Role::Publishing;
             self.streaming = true;
+            // The application accepted this peer as a publisher: media messages up to the
+            // configured cap from now on.
+            self.conn.allow_media();
             self.send_user_control(user_control::STREAM_BEGIN, stream_id);
             self.send_status(stream_id, "status", "NetStream.Publish.Start", "Start publishing");
         }

@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use ferrocast_rtmp::amf0::Amf0ErrorKind;
 use ferrocast_rtmp::amf0::{self, Value};
-use ferrocast_rtmp::chunk::encode_message;
+use ferrocast_rtmp::chunk::{ChunkError, MAX_BUFFERED_BEFORE_PUBLISH, MAX_COMMAND_MESSAGE_LEN, encode_message};
 use ferrocast_rtmp::client::{ClientConfig, ClientEvent, ClientMode, ClientSession};
 use ferrocast_rtmp::message::encode_media;
 use ferrocast_rtmp::server::{ServerConfig, ServerEvent, ServerSession, SessionError, Timer};
@@ -17,6 +18,8 @@ struct Pair {
     server: ServerSession,
     client_events: Vec<ClientEvent>,
     server_events: Vec<ServerEvent>,
+    /// The error that ended the client, if one did.
+    client_error: Option<SessionError>,
 }
 
 impl Pair {
@@ -29,6 +32,7 @@ impl Pair {
             server: ServerSession::new(config, now),
             client_events: vec![],
             server_events: vec![],
+            client_error: None,
         }
     }
 
@@ -49,7 +53,11 @@ impl Pair {
             }
             while let Some(b) = self.server.poll_transmit() {
                 moved = true;
-                self.client.handle_input(self.now, &b).unwrap();
+                if self.client_error.is_none()
+                    && let Err(e) = self.client.handle_input(self.now, &b)
+                {
+                    self.client_error = Some(e);
+                }
             }
             while let Some(ev) = self.client.poll_event() {
                 self.client_events.push(ev);
@@ -146,6 +154,63 @@ fn rejections_reach_the_client() {
             .iter()
             .any(|e| matches!(e, ClientEvent::Status { code, .. } if code == "NetConnection.Connect.Rejected"))
     );
+    // The client fails at once instead of waiting out its response timer.
+    assert!(
+        matches!(&p.client_error, Some(SessionError::Refused { command: "connect", code, description })
+            if code == "NetConnection.Connect.Rejected" && description == "no"),
+        "{:?}",
+        p.client_error
+    );
+    assert!(!p.client_events.contains(&ClientEvent::Connected));
+}
+
+/// A client past the handshake with a server that answers from `answers`.
+fn client_after_handshake(now: Instant) -> ClientSession {
+    let mut c = ClientSession::new(ClientConfig::new("rtmp://h/live", "live", ClientMode::Play("x".into())), now);
+    while c.poll_transmit().is_some() {}
+    // S0, S1 and S2 of a simple handshake.
+    let mut s = vec![3u8];
+    s.resize(1 + 1536 * 2, 0);
+    c.handle_input(now, &s).unwrap();
+    while c.poll_transmit().is_some() {}
+    c
+}
+
+#[test]
+fn client_matches_results_to_transaction_ids() {
+    let now = Instant::now();
+    let answer = |name: &str, tid: f64, info: Value| {
+        let body = amf0::encode_all(&[Value::from(name), Value::Number(tid), Value::Null, info]);
+        let mut b = BytesMut::new();
+        encode_message(&mut b, 3, 0, 20, 0, &body, 128);
+        b
+    };
+    let mut c = client_after_handshake(now);
+    // A `_result` of some other transaction (here 0, as servers send for calls of their
+    // own): not the answer to connect.
+    c.handle_input(now, &answer("_result", 0.0, Value::Null)).unwrap();
+    assert_eq!(c.poll_event(), None, "a _result of transaction 0 taken for connect's");
+    c.handle_input(now, &answer("_result", 1.0, Value::Null)).unwrap();
+    assert_eq!(c.poll_event(), Some(ClientEvent::Connected));
+    // createStream is transaction 2: a stray answer to 1 again does not give us a stream.
+    c.handle_input(now, &answer("_result", 1.0, Value::Number(9.0))).unwrap();
+    assert_eq!(c.stream_id(), 0);
+    c.handle_input(now, &answer("_result", 2.0, Value::Number(5.0))).unwrap();
+    assert_eq!(c.stream_id(), 5);
+
+    // `_error` to connect fails the session; to createStream as well.
+    let mut c = client_after_handshake(now);
+    let err = c
+        .handle_input(
+            now,
+            &answer("_error", 1.0, Value::object([("code", Value::from("NetConnection.Connect.Rejected"))])),
+        )
+        .unwrap_err();
+    assert!(matches!(err, SessionError::Refused { command: "connect", .. }), "{err}");
+    let mut c = client_after_handshake(now);
+    c.handle_input(now, &answer("_result", 1.0, Value::Null)).unwrap();
+    let err = c.handle_input(now, &answer("_error", 2.0, Value::Null)).unwrap_err();
+    assert!(matches!(err, SessionError::Refused { command: "createStream", .. }), "{err}");
 }
 
 #[test]
@@ -248,6 +313,33 @@ fn bad_input_is_a_typed_error() {
                 b
             },
             |e| e.to_string().contains("exceeds the cap"),
+        ),
+        (
+            "command over 64 KiB, with a 16 MiB media cap",
+            connected,
+            {
+                let mut b = BytesMut::new();
+                encode_message(&mut b, 3, 0, 20, 0, &vec![5u8; MAX_COMMAND_MESSAGE_LEN as usize + 1], 128);
+                b
+            },
+            |e| {
+                matches!(e, SessionError::Chunk(ChunkError::MessageTooLarge { type_id: 20, max, .. })
+                    if *max == MAX_COMMAND_MESSAGE_LEN)
+            },
+        ),
+        (
+            "AMF0 that would expand past the element budget",
+            handshaken,
+            {
+                // A strict array of one-byte nulls: each would be a 56-byte value.
+                let mut body = vec![0x0a];
+                body.extend_from_slice(&60_000u32.to_be_bytes());
+                body.resize(5 + 60_000, 0x05);
+                let mut b = BytesMut::new();
+                encode_message(&mut b, 3, 0, 20, 0, &body, 128);
+                b
+            },
+            |e| matches!(e, SessionError::Amf0 { source, .. } if source.kind == Amf0ErrorKind::TooManyElements),
         ),
         (
             "unknown message type",
@@ -359,4 +451,54 @@ fn pipelined_commands_wait_for_each_decision() {
     assert_eq!(s.poll_event(), None, "metadata waits for the publish decision");
     s.accept_publish(1).unwrap();
     assert!(matches!(s.poll_event(), Some(ServerEvent::Media(m)) if m.kind == MediaKind::Data));
+}
+
+#[test]
+fn input_buffered_while_a_decision_is_owed_too_large() {
+    // connect, then a stream of small commands the session holds until the application
+    // decides: a peer cannot make it hold more than the budget before a publish is accepted.
+    let mut s = handshaken();
+    let now = Instant::now();
+    let connect = command(&[Value::from("connect"), Value::Number(1.0), Value::object([("app", Value::from("live"))])]);
+    s.handle_input(now, &connect).unwrap();
+    let more =
+        command(&[Value::from("releaseStream"), Value::Number(2.0), Value::Null, Value::String("x".repeat(900))]);
+    let mut sent = 0;
+    let err = loop {
+        match s.handle_input(now, &more) {
+            Ok(()) => sent += more.len(),
+            Err(e) => break e,
+        }
+        assert!(sent <= MAX_BUFFERED_BEFORE_PUBLISH, "{sent} bytes held");
+    };
+    assert!(matches!(err, SessionError::Chunk(ChunkError::BufferedTooLarge { .. })), "{err}");
+}
+
+#[test]
+fn media_messages_up_to_the_media_cap_once_publishing() {
+    let mut s = connected();
+    let now = Instant::now();
+    s.handle_input(now, &command(&[Value::from("createStream"), Value::Number(2.0), Value::Null])).unwrap();
+    let body = amf0::encode_all(&[Value::from("publish"), Value::Number(3.0), Value::Null, Value::from("a")]);
+    let mut b = BytesMut::new();
+    encode_message(&mut b, 3, 0, 20, 1, &body, 128);
+    s.handle_input(now, &b).unwrap();
+    while s.poll_event().is_some() {}
+    s.accept_publish(1).unwrap();
+    // A 1 MiB keyframe on several chunk streams at once: fine for an accepted publisher.
+    let frame = vec![0x17u8; 1 << 20];
+    let mut b = BytesMut::new();
+    for csid in [6, 7] {
+        encode_message(&mut b, csid, 0, 9, 1, &frame, 128);
+    }
+    for piece in b.chunks(16 * 1024) {
+        s.handle_input(now, piece).unwrap();
+    }
+    let sizes: Vec<usize> = std::iter::from_fn(|| s.poll_event())
+        .filter_map(|e| match e {
+            ServerEvent::Media(m) => Some(m.payload.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes, [1 << 20, 1 << 20]);
 }

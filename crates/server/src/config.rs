@@ -17,9 +17,9 @@ pub struct Config {
     pub log_level: String,
     /// RTMP listener and sessions.
     pub rtmp: RtmpConfig,
-    /// RTSP listener (not served yet; the address is accepted).
+    /// RTSP listener, its UDP ports and multicast.
     pub rtsp: RtspConfig,
-    /// HTTP listener: HTTP-FLV now; HLS, API and metrics later.
+    /// HTTP listener: HTTP-FLV and HLS (the API and metrics will join them).
     pub http: HttpConfig,
     /// Stream hub: GOP cache, reader lag, republish grace.
     pub hub: HubConfig,
@@ -35,7 +35,10 @@ pub struct Config {
 pub struct LimitsConfig {
     /// RTMP, RTSP and HTTP-FLV connections open at once.
     pub max_connections: usize,
-    /// RTMP, RTSP and HTTP-FLV connections open at once.from one client address.
+    /// RTMP, RTSP and HTTP-FLV connections open at once from one client address. Until its
+    /// publish or play is accepted an RTMP connection may hold up to 256 KiB, so this bounds
+    /// what one address can make the server hold (200 x 256 KiB = 50 MiB by default); raise it
+    /// for many viewers behind one NAT or proxy, or a load generator on one host.
     pub max_connections_per_ip: usize,
     /// Streams published at once.
     pub max_streams: usize,
@@ -49,7 +52,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: 20_000,
-            max_connections_per_ip: 2_000,
+            max_connections_per_ip: 200,
             max_streams: 1_000,
             max_readers_per_stream: 10_000,
             publisher_idle_timeout_ms: 20_000,
@@ -159,7 +162,9 @@ pub struct RtmpConfig {
     pub listen: SocketAddr,
     /// Our outgoing chunk size.
     pub chunk_size: u32,
-    /// Largest message a peer may send, in bytes.
+    /// Largest media message (audio, video, aggregate) a publisher may send once its publish
+    /// is accepted, in bytes. Commands and data messages, and every message before a publish
+    /// is accepted, are capped at 64 KiB whatever this says.
     pub max_message_size: u32,
     /// Time allowed from accept until publish or play starts (handshake and commands), in ms.
     pub handshake_timeout_ms: u64,

@@ -1,10 +1,8 @@
-//! The HTTP listener: HTTP-FLV now (`GET /APP/STREAM.flv`); HLS, the API and metrics come
-//! later on the same router.
+//! The HTTP listener: HTTP-FLV (`GET /APP/STREAM.flv`) and HLS (`GET /APP/STREAM/index.m3u8`
+//! and its segments); the API and metrics will join them on the same router.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -12,20 +10,19 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
-use ferrocast_media::flv;
+use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tower_service::Service;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::config::HttpConfig;
 use crate::hls::{self, HlsFile, HlsRegistry};
-use crate::hub::{Hub, reader_nodelay, write_merge, write_timeout};
+use crate::http_flv::Watchdog;
+use crate::hub::{Hub, reader_nodelay, write_timeout};
 use crate::limits::Limiter;
 use crate::path;
-use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -121,7 +118,8 @@ pub async fn serve(
 const REFUSED: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 25\r\nConnection: close\r\n\r\nconnection limit reached\n";
 
-fn cors(resp: &mut Response) {
+/// CORS headers that let any page play our streams.
+pub(crate) fn cors(resp: &mut Response) {
     let h = resp.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, OPTIONS"));
@@ -129,7 +127,8 @@ fn cors(resp: &mut Response) {
     h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("*"));
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response {
+/// A short text answer, with CORS headers.
+pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response {
     let mut r = (status, text).into_response();
     cors(&mut r);
     r
@@ -148,193 +147,15 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
         let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         return hls_response(&state.hls, stream, file, head, range).await;
     }
-    let hub = state.hub.clone();
     let Some(stream) = uri_path.strip_prefix('/').and_then(|p| p.strip_suffix(".flv")) else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     };
     if path::validate(stream).is_err() {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
-    if hub.at_reader_limit(stream) {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "stream at its reader limit\n");
-    }
-    let Some(sub) = hub.subscribe_wait(stream).await else {
-        debug!(path = stream, "http-flv: no such stream");
-        return plain(StatusCode::NOT_FOUND, "stream not found\n");
-    };
-    info!(path = stream, "http-flv play");
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::OK;
-    cors(&mut resp);
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/x-flv"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
-    if req.method() == Method::HEAD {
-        return resp;
-    }
-    let reader = Reader::new(hub.clone(), sub);
-    let t = reader.initial_tracks().clone();
-    // Until the publisher has sent its sequence headers, announce both tracks.
-    let known = t.video.is_some() || t.audio.is_some();
-    let header = flv::file_header(!known || t.audio.is_some(), !known || t.video.is_some());
-    debug!(%peer, path = stream, "http-flv reader");
-    let watch = Arc::new(Watch::default());
-    if let Some(w) = req.extensions().get::<Watchdog>() {
-        w.clone().watch(watch.clone(), stream.to_owned());
-    }
-    let feed = FlvFeed {
-        reader,
-        feed: TagFeed::default(),
-        tags: Vec::new(),
-        own: BytesMut::from(&header[..]),
-        out: VecDeque::new(),
-        merge: write_merge(&hub),
-        path: stream.to_owned(),
-        done: false,
-        watch,
-    };
-    let body = futures_util::stream::unfold(feed, |mut feed| async move {
-        let b = feed.next().await?;
-        Some((Ok::<Bytes, std::convert::Infallible>(b), feed))
-    });
-    *resp.body_mut() = Body::from_stream(body);
-    resp
-}
-
-/// An HTTP-FLV body: hyper polls the hub reader itself, so a frame wakes one task per reader
-/// (the connection's), as with RTMP — no feeding task and channel in between.
-struct FlvFeed {
-    reader: Reader,
-    feed: TagFeed,
-    tags: Vec<Tag>,
-    /// Per-reader tags (FLV header, sequence headers, metadata) gathered for one write.
-    own: BytesMut,
-    /// Ready for hyper, in order.
-    out: VecDeque<Bytes>,
-    merge: std::time::Duration,
-    path: String,
-    done: bool,
-    watch: Arc<Watch>,
-}
-
-impl FlvFeed {
-    /// The next buffer for the socket; None at the end of the stream.
-    async fn next(&mut self) -> Option<Bytes> {
-        self.watch.polled();
-        loop {
-            if let Some(b) = self.out.pop_front() {
-                self.watch.yielded();
-                return Some(b);
-            }
-            if self.done {
-                return None;
-            }
-            // Items are handled as they come (no per-frame buffer of them): the first one
-            // waited for, then what is ready, or what arrives within the merge window.
-            let first = self.reader.next().await;
-            let mut ok = self.take(first);
-            if self.merge.is_zero() {
-                for _ in 1..64 {
-                    if !ok {
-                        break;
-                    }
-                    let Some(i) = self.reader.try_next() else { break };
-                    ok = self.take(i);
-                }
-            } else {
-                let until = tokio::time::Instant::now() + self.merge;
-                for _ in 1..1024 {
-                    if !ok {
-                        break;
-                    }
-                    let Ok(i) = tokio::time::timeout_at(until, self.reader.next()).await else { break };
-                    ok = self.take(i);
-                }
-            }
-            if !ok {
-                self.done = true;
-                self.out.clear();
-                self.tags.clear();
-                return None;
-            }
-            crate::http_flv::push_tags(&mut self.tags, &mut self.own, &mut self.out);
-        }
-    }
-
-    /// Handles one reader item; false when the reader is too slow and must end.
-    fn take(&mut self, item: ReaderItem) -> bool {
-        match item {
-            ReaderItem::Tracks(t) => self.feed.tracks(&t),
-            ReaderItem::Frame(f) => self.feed.frame(f, &mut self.tags),
-            ReaderItem::Republished => self.feed.reset(),
-            ReaderItem::Unpublished => {}
-            ReaderItem::Ended => {
-                info!(path = self.path, "http-flv: stream ended");
-                self.done = true;
-            }
-            ReaderItem::TooSlow => {
-                warn!(path = self.path, dropped = self.reader.dropped, "http-flv reader too slow: disconnected");
-                return false;
-            }
-        }
-        true
-    }
-}
-
-/// Notices a reader whose socket takes nothing: the body handed hyper a buffer and was not
-/// asked for the next one for the write timeout (hyper asks as soon as it has written). Two
-/// counters on the hot path, no clock; a watchdog task looks a few times per timeout.
-#[derive(Default)]
-struct Watch {
-    /// Buffers handed to hyper.
-    yielded: AtomicU64,
-    /// `yielded` as it was when hyper last asked for more.
-    asked: AtomicU64,
-}
-
-impl Watch {
-    fn polled(&self) {
-        self.asked.store(self.yielded.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-    fn yielded(&self) {
-        self.yielded.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// What a handler needs to end its connection: the connection task's abort handle and the
-/// write timeout.
-#[derive(Clone)]
-struct Watchdog {
-    abort: Arc<std::sync::OnceLock<tokio::task::AbortHandle>>,
-    timeout: Duration,
-}
-
-impl Watchdog {
-    /// Ends the connection once the same buffer has waited on its socket for the timeout.
-    fn watch(self, watch: Arc<Watch>, path: String) {
-        tokio::spawn(async move {
-            let step = self.timeout / 4;
-            let mut waiting: Option<(u64, Duration)> = None;
-            loop {
-                tokio::time::sleep(step).await;
-                let Some(handle) = self.abort.get() else { continue };
-                if handle.is_finished() {
-                    return;
-                }
-                let y = watch.yielded.load(Ordering::Relaxed);
-                waiting = match waiting {
-                    _ if watch.asked.load(Ordering::Relaxed) == y => None,
-                    Some((seen, waited)) if seen == y => Some((y, waited + step)),
-                    _ => Some((y, Duration::ZERO)),
-                };
-                if waiting.is_some_and(|(_, waited)| waited >= self.timeout) {
-                    warn!(path, "http-flv reader took nothing for {:?}: disconnected", self.timeout);
-                    handle.abort();
-                    return;
-                }
-            }
-        });
-    }
+    debug!(%peer, path = stream, "http-flv reader on hyper's path");
+    let watchdog = req.extensions().get::<Watchdog>().cloned();
+    crate::http_flv::respond(&state.hub, stream, req.method() == Method::HEAD, watchdog).await
 }
 
 async fn hls_response(
@@ -441,7 +262,6 @@ fn parse_range(value: &str, len: usize) -> Option<(usize, usize)> {
     (start <= end && start < len).then_some((start, end))
 }
 
-/// Queues bytes for the client; false when the client is gone or took nothing in time.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,18 +1,27 @@
-//! HTTP-FLV players on the raw socket.
+//! HTTP-FLV players: one path from the request to the FLV tags ([`FlvPlayer`]: admission,
+//! the file header, reader items to tags), and two ways to the socket.
 //!
-//! A connection whose first request is `GET /APP/STREAM.flv` is served here rather than by
-//! hyper: the response head, then the FLV body delimited by the connection's close (no
-//! chunked framing), so the body is exactly the shared FLV tags of each frame and the player
-//! can be attached to the stream's fan-out (see [`crate::fanout`]) like an RTMP player: while
-//! it keeps up, the fan-out task writes each tag to its socket itself. Any other first request
-//! goes to hyper with the bytes read so far replayed ([`Prefixed`]); later requests on a
-//! kept-alive connection are served by hyper's path in [`crate::http`].
+//! - A connection whose first request is `GET /APP/STREAM.flv` is served on the raw socket
+//!   ([`serve`]) rather than by hyper: the response head, then the FLV body delimited by the
+//!   connection's close (no chunked framing), so the body is exactly the shared FLV tags of
+//!   each frame and the player can be attached to the stream's fan-out (see
+//!   [`crate::fanout`]) like an RTMP player: while it keeps up, the fan-out task writes each
+//!   tag to its socket itself.
+//! - A `.flv` request after another on a kept-alive connection is hyper's (the connection is
+//!   hyper's by then): [`respond`] gives hyper a body of the same tags, which it chunks.
+//!
+//! Any other first request goes to hyper with the bytes read so far replayed ([`Prefixed`]).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
 use bytes::{Buf, Bytes, BytesMut};
 use ferrocast_media::{Frame, TrackKind, Tracks, Wire, flv};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -20,10 +29,107 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::fanout::Encoder;
-use crate::hub::{Hub, write_timeout};
+use crate::hub::{Hub, write_merge, write_timeout};
 use crate::path;
 use crate::reader::{Reader, ReaderItem, Tag, TagFeed, flv_track};
 use crate::sockio::{read_some, write_with_timeout};
+
+/// Why a player is not served: the status and text of the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The stream has `limits.max_readers_per_stream` readers.
+    ReaderLimit,
+    /// No such stream (within `hub.play_wait_ms`).
+    NotFound,
+}
+
+impl Refusal {
+    fn status(self) -> StatusCode {
+        match self {
+            Refusal::ReaderLimit => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Refusal::ReaderLimit => "stream at its reader limit\n",
+            Refusal::NotFound => "stream not found\n",
+        }
+    }
+}
+
+/// What a player's items ask of its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Go on.
+    Continue,
+    /// The stream ended: send what is gathered, then end the body.
+    End,
+    /// The player fell too far behind: end at once.
+    Abort,
+}
+
+/// One HTTP-FLV player of a stream, whichever way its bytes go: the hub reader and the tags
+/// its items become.
+struct FlvPlayer {
+    reader: Reader,
+    feed: TagFeed,
+    /// Reused for the tags of each frame (no allocation per frame).
+    tags: Vec<Tag>,
+    /// Per-reader tags (FLV header, sequence headers, metadata) gathered for one write.
+    own: BytesMut,
+    path: String,
+}
+
+impl FlvPlayer {
+    /// Subscribes to `stream` (waiting for a publisher up to `hub.play_wait_ms`), attached
+    /// to the fan-out with its socket when there is one. The player starts with the FLV file
+    /// header gathered.
+    async fn open(hub: &Arc<Hub>, stream: &str, socket: Option<Arc<TcpStream>>) -> Result<FlvPlayer, Refusal> {
+        if hub.at_reader_limit(stream) {
+            return Err(Refusal::ReaderLimit);
+        }
+        let Some(sub) = hub.subscribe_wait(stream).await else {
+            debug!(path = stream, "http-flv: no such stream");
+            return Err(Refusal::NotFound);
+        };
+        info!(path = stream, "http-flv play");
+        let reader = match socket {
+            Some(socket) => Reader::attached(hub.clone(), sub, Some(socket)),
+            None => Reader::new(hub.clone(), sub),
+        };
+        let t = reader.initial_tracks();
+        // Until the publisher has sent its sequence headers, announce both tracks.
+        let known = t.video.is_some() || t.audio.is_some();
+        let own = BytesMut::from(&flv::file_header(!known || t.audio.is_some(), !known || t.video.is_some())[..]);
+        Ok(FlvPlayer { reader, feed: TagFeed::default(), tags: Vec::new(), own, path: stream.to_owned() })
+    }
+
+    /// Handles one reader item.
+    fn take(&mut self, item: ReaderItem) -> Flow {
+        match item {
+            ReaderItem::Tracks(t) => self.feed.tracks(&t),
+            ReaderItem::Frame(f) => self.feed.frame(f, &mut self.tags),
+            ReaderItem::Republished => self.feed.reset(),
+            ReaderItem::Unpublished => {}
+            ReaderItem::Ended => {
+                info!(path = self.path, "http-flv: stream ended");
+                return Flow::End;
+            }
+            ReaderItem::TooSlow => {
+                warn!(path = self.path, dropped = self.reader.dropped, "http-flv reader too slow: disconnected");
+                return Flow::Abort;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Moves the tags gathered so far to `out`, in order.
+    fn flush(&mut self, out: &mut impl Extend<Bytes>) {
+        push_tags(&mut self.tags, &mut self.own, out);
+    }
+}
 
 /// Bytes read at a time from a player (which sends nothing after its request).
 const READ_BUFFER: usize = 1024;
@@ -71,7 +177,7 @@ pub fn flv_path(head: &[u8]) -> Option<String> {
 const CORS: &str = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n\
 Access-Control-Allow-Headers: *\r\nAccess-Control-Expose-Headers: *\r\n";
 
-fn plain_response(status: &str, text: &str) -> Bytes {
+fn plain_response(status: StatusCode, text: &str) -> Bytes {
     Bytes::from(format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{CORS}Connection: close\r\n\r\n{text}",
         text.len()
@@ -83,40 +189,22 @@ fn plain_response(status: &str, text: &str) -> Bytes {
 pub async fn serve(socket: TcpStream, stream: String, hub: Arc<Hub>) -> anyhow::Result<()> {
     let socket = Arc::new(socket);
     let timeout = write_timeout(&hub);
-    let refuse = |status: &str, text: &str| {
-        let mut out = vec![plain_response(status, text)];
-        let socket = socket.clone();
-        async move {
+    let mut player = match FlvPlayer::open(&hub, &stream, Some(socket.clone())).await {
+        Ok(p) => p,
+        Err(refusal) => {
+            let mut out = vec![plain_response(refusal.status(), refusal.text())];
             write_with_timeout(&socket, &mut out, timeout).await?;
             let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Write);
-            Ok(())
+            return Ok(());
         }
     };
-    if hub.at_reader_limit(&stream) {
-        return refuse("503 Service Unavailable", "stream at its reader limit\n").await;
-    }
-    let Some(sub) = hub.subscribe_wait(&stream).await else {
-        debug!(path = stream, "http-flv: no such stream");
-        return refuse("404 Not Found", "stream not found\n").await;
-    };
-    info!(path = stream, "http-flv play");
-    let mut reader = Reader::attached(hub.clone(), sub, Some(socket.clone()));
-    let t = reader.initial_tracks().clone();
-    // Until the publisher has sent its sequence headers, announce both tracks.
-    let known = t.video.is_some() || t.audio.is_some();
-    let mut head = BytesMut::from(
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: video/x-flv\r\nCache-Control: no-cache, no-store\r\n{CORS}Connection: close\r\n\r\n"
-        )
-        .as_bytes(),
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: video/x-flv\r\nCache-Control: no-cache, no-store\r\n{CORS}Connection: close\r\n\r\n"
     );
-    head.extend_from_slice(&flv::file_header(!known || t.audio.is_some(), !known || t.video.is_some()));
-    let mut pending = vec![head.freeze()];
-    let mut feed = TagFeed::default();
-    let mut tags = Vec::new();
-    let mut own = BytesMut::new();
+    let mut pending = vec![Bytes::from(head)];
+    player.flush(&mut pending);
     let mut buf = vec![0u8; READ_BUFFER];
-    let slot = reader.slot().expect("attached").clone();
+    let slot = player.reader.slot().expect("attached").clone();
     let mut done = false;
     loop {
         if slot.fell_back() {
@@ -132,8 +220,8 @@ pub async fn serve(socket: TcpStream, stream: String, hub: Arc<Hub>) -> anyhow::
             let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Write);
             return Ok(());
         }
-        if feed.settled() && reader.is_live() && !slot.is_direct() {
-            slot.go_direct(Box::new(FlvEncoder { tracks: feed.current().clone() }));
+        if player.feed.settled() && player.reader.is_live() && !slot.is_direct() {
+            slot.go_direct(Box::new(FlvEncoder { tracks: player.feed.current().clone() }));
         }
         let direct = slot.is_direct();
         tokio::select! {
@@ -144,35 +232,175 @@ pub async fn serve(socket: TcpStream, stream: String, hub: Arc<Hub>) -> anyhow::
                 }
             }
             _ = slot.changed(), if direct => {}
-            item = reader.next(), if !direct => {
+            item = player.reader.next(), if !direct => {
                 let mut item = Some(item);
                 for _ in 0..64 {
-                    let Some(i) = item.take().or_else(|| reader.try_next()) else { break };
-                    match i {
-                        ReaderItem::Tracks(t) => feed.tracks(&t),
-                        ReaderItem::Frame(f) => feed.frame(f, &mut tags),
-                        ReaderItem::Republished => feed.reset(),
-                        ReaderItem::Unpublished => {}
-                        ReaderItem::Ended => {
-                            info!(path = stream, "http-flv: stream ended");
+                    let Some(i) = item.take().or_else(|| player.reader.try_next()) else { break };
+                    match player.take(i) {
+                        Flow::Continue => {}
+                        Flow::End => {
                             done = true;
                             break;
                         }
-                        ReaderItem::TooSlow => {
-                            warn!(path = stream, dropped = reader.dropped, "http-flv reader too slow: disconnected");
-                            return Ok(());
-                        }
+                        Flow::Abort => return Ok(()),
                     }
                 }
-                push_tags(&mut tags, &mut own, &mut pending);
+                player.flush(&mut pending);
             }
         }
     }
 }
 
+/// The answer to a `.flv` request that hyper reads (one after another request on a kept-alive
+/// connection): the same player as [`serve`]'s, as a body hyper chunks. `watchdog` ends the
+/// connection when the player's socket takes nothing for the write timeout.
+pub async fn respond(hub: &Arc<Hub>, stream: &str, head_only: bool, watchdog: Option<Watchdog>) -> Response {
+    let player = match FlvPlayer::open(hub, stream, None).await {
+        Ok(p) => p,
+        Err(refusal) => return crate::http::plain(refusal.status(), refusal.text()),
+    };
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::OK;
+    crate::http::cors(&mut resp);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/x-flv"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    if head_only {
+        return resp;
+    }
+    let watch = Arc::new(Watch::default());
+    if let Some(w) = watchdog {
+        w.watch(watch.clone(), stream.to_owned());
+    }
+    let body = FlvBody { player, out: VecDeque::new(), merge: write_merge(hub), done: false, watch };
+    let body = futures_util::stream::unfold(body, |mut body| async move {
+        let b = body.next().await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(b), body))
+    });
+    *resp.body_mut() = Body::from_stream(body);
+    resp
+}
+
+/// An HTTP-FLV body on hyper's path: hyper polls the hub reader itself, so a frame wakes one
+/// task per reader (the connection's), as with RTMP — no feeding task and channel in between.
+struct FlvBody {
+    player: FlvPlayer,
+    /// Ready for hyper, in order.
+    out: VecDeque<Bytes>,
+    merge: Duration,
+    done: bool,
+    watch: Arc<Watch>,
+}
+
+impl FlvBody {
+    /// The next buffer for the socket; None at the end of the stream.
+    async fn next(&mut self) -> Option<Bytes> {
+        self.watch.polled();
+        loop {
+            if let Some(b) = self.out.pop_front() {
+                self.watch.yielded();
+                return Some(b);
+            }
+            if self.done {
+                return None;
+            }
+            // Items are handled as they come (no per-frame buffer of them): the first one
+            // waited for, then what is ready, or what arrives within the merge window.
+            let first = self.player.reader.next().await;
+            let mut flow = self.player.take(first);
+            if self.merge.is_zero() {
+                for _ in 1..64 {
+                    if flow != Flow::Continue {
+                        break;
+                    }
+                    let Some(i) = self.player.reader.try_next() else { break };
+                    flow = self.player.take(i);
+                }
+            } else {
+                let until = tokio::time::Instant::now() + self.merge;
+                for _ in 1..1024 {
+                    if flow != Flow::Continue {
+                        break;
+                    }
+                    let Ok(i) = tokio::time::timeout_at(until, self.player.reader.next()).await else { break };
+                    flow = self.player.take(i);
+                }
+            }
+            match flow {
+                Flow::Continue => {}
+                Flow::End => self.done = true,
+                Flow::Abort => {
+                    self.done = true;
+                    self.out.clear();
+                    return None;
+                }
+            }
+            self.player.flush(&mut self.out);
+        }
+    }
+}
+
+/// Notices a reader whose socket takes nothing: the body handed hyper a buffer and was not
+/// asked for the next one for the write timeout (hyper asks as soon as it has written). Two
+/// counters on the hot path, no clock; a watchdog task looks a few times per timeout.
+#[derive(Default)]
+struct Watch {
+    /// Buffers handed to hyper.
+    yielded: AtomicU64,
+    /// `yielded` as it was when hyper last asked for more.
+    asked: AtomicU64,
+}
+
+impl Watch {
+    fn polled(&self) {
+        self.asked.store(self.yielded.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+    fn yielded(&self) {
+        self.yielded.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a handler on hyper's path needs to end its connection: the connection task's abort
+/// handle and the write timeout.
+#[derive(Clone)]
+pub struct Watchdog {
+    /// Set once the connection's task is spawned.
+    pub abort: Arc<std::sync::OnceLock<tokio::task::AbortHandle>>,
+    /// How long a buffer may wait on the socket.
+    pub timeout: Duration,
+}
+
+impl Watchdog {
+    /// Ends the connection once the same buffer has waited on its socket for the timeout.
+    fn watch(self, watch: Arc<Watch>, path: String) {
+        tokio::spawn(async move {
+            let step = self.timeout / 4;
+            let mut waiting: Option<(u64, Duration)> = None;
+            loop {
+                tokio::time::sleep(step).await;
+                let Some(handle) = self.abort.get() else { continue };
+                if handle.is_finished() {
+                    return;
+                }
+                let y = watch.yielded.load(Ordering::Relaxed);
+                waiting = match waiting {
+                    _ if watch.asked.load(Ordering::Relaxed) == y => None,
+                    Some((seen, waited)) if seen == y => Some((y, waited + step)),
+                    _ => Some((y, Duration::ZERO)),
+                };
+                if waiting.is_some_and(|(_, waited)| waited >= self.timeout) {
+                    warn!(path, "http-flv reader took nothing for {:?}: disconnected", self.timeout);
+                    handle.abort();
+                    return;
+                }
+            }
+        });
+    }
+}
+
 /// Turns tags into buffers: per-reader tags gathered in one buffer, shared frame tags as
 /// they are.
-pub fn push_tags(tags: &mut Vec<Tag>, own: &mut BytesMut, out: &mut impl Extend<Bytes>) {
+fn push_tags(tags: &mut Vec<Tag>, own: &mut BytesMut, out: &mut impl Extend<Bytes>) {
     for tag in tags.drain(..) {
         match tag {
             Tag::Own { tag_type, timestamp, body } => own.extend_from_slice(&flv::tag(tag_type, timestamp, &body)),

@@ -171,7 +171,8 @@ async fn closed_by(s: &mut TcpStream, deadline: tokio::time::Instant) -> bool {
 async fn a_thousand_idle_connections_do_not_keep_readers_out() {
     // One socket each side per connection: more than the usual soft limit of 1024.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let server = Server::start(); // default timeouts: 10 s for a first request
+    // Default timeouts (10 s for a first request); the connections all come from one address.
+    let server = Server::with_config("[limits]\nmax_connections_per_ip = 2000\n");
     let _publisher = publish(test_flv(), &server.rtmp_url("live/idle"));
     wait_published(&server, "live/idle").await;
     let opened = Instant::now();

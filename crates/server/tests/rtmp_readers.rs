@@ -18,12 +18,22 @@ async fn ffmpeg_reader_carries_on_across_republish() {
     wait_published(&server, "live/re").await;
     let probe_url = url.clone();
     let reader = tokio::task::spawn_blocking(move || probe(&probe_url, 8));
-    // Let the first publisher end by itself, then republish.
+    // Let the first publisher end by itself, then republish as soon as the server has let the
+    // path go (a publish before that is refused with BadName: try again).
     let mut first = first;
     let status = tokio::task::spawn_blocking(move || first.0.wait().unwrap()).await.unwrap();
     assert!(status.success(), "first publisher failed");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let _second = publish(test_flv(), &url);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut second = loop {
+        let mut c = RtmpClient::connect(server.rtmp, "live/re", true).await;
+        let seen = c.wait_for(|e| matches!(e, ClientEvent::Status { .. })).await;
+        if seen.contains(&ClientEvent::Publishing) {
+            break c;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the path was never free to republish: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let _second = tokio::spawn(async move { second.publish_file(test_flv(), 10).await });
     let p = reader.await.unwrap();
     p.assert_h264_aac(320, 240, 150);
     let video = p.packets_of("video");
@@ -51,6 +61,7 @@ async fn readers_get_stream_eof_then_unpublish_notify_after_grace() {
     let mut player = RtmpClient::connect(server.rtmp, "live/eof", false).await;
     player.wait_for(|e| *e == ClientEvent::Playing).await;
     let flv_url = server.flv_url("live/eof");
+    let (started_tx, started) = tokio::sync::oneshot::channel();
     let flv_reader = tokio::spawn(async move {
         // HTTP-FLV: the body ends when the stream does.
         let (host, path) = flv_url.strip_prefix("http://").unwrap().split_once('/').unwrap();
@@ -59,11 +70,18 @@ async fn readers_get_stream_eof_then_unpublish_notify_after_grace() {
         s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
         let mut all = Vec::new();
         let mut buf = [0u8; 65536];
+        let mut started_tx = Some(started_tx);
         loop {
             match tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return all,
                 Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
                 Err(_) => panic!("HTTP-FLV body did not end with the stream"),
+            }
+            // Playing: the FLV header is in.
+            if all.windows(3).any(|w| w == b"FLV")
+                && let Some(tx) = started_tx.take()
+            {
+                let _ = tx.send(());
             }
             // The chunked body's terminator.
             if all.ends_with(b"0\r\n\r\n") {
@@ -71,7 +89,8 @@ async fn readers_get_stream_eof_then_unpublish_notify_after_grace() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The HTTP-FLV reader is playing before the publisher goes.
+    tokio::time::timeout(Duration::from_secs(20), started).await.expect("HTTP-FLV reader never started").unwrap();
     drop(publisher); // the publisher vanishes
     let seen = player.wait_for(|e| matches!(e, ClientEvent::UserControl { event: 1, .. })).await;
     assert!(!seen.iter().any(|e| matches!(e, ClientEvent::Status { code, .. } if code.contains("Unpublish"))));
@@ -111,11 +130,24 @@ async fn stalled_reader_does_not_slow_publisher_or_other_readers() {
     wait_published(&server, "live/stall").await;
 
     let rtmp = server.rtmp;
+    // Video frames the healthy reader has had, for the stall to last as long as 300 of them.
+    let healthy_frames = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = healthy_frames.clone();
     let healthy = tokio::spawn(async move {
         let mut c = RtmpClient::connect(rtmp, "live/stall", false).await;
         c.wait_for(|e| *e == ClientEvent::Playing).await;
         let mut frames = Vec::new();
-        read_video(&mut c, Instant::now() + Duration::from_secs(16), &mut frames).await;
+        // Until the stall is over and a little more: read in steps, counting as it goes.
+        let end = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < end {
+            if !read_video(&mut c, Instant::now() + Duration::from_millis(200), &mut frames).await {
+                break;
+            }
+            counter.store(frames.len(), std::sync::atomic::Ordering::Relaxed);
+            if frames.len() >= 480 {
+                break;
+            }
+        }
         frames
     });
 
@@ -127,7 +159,14 @@ async fn stalled_reader_does_not_slow_publisher_or_other_readers() {
     stalled.wait_for(|e| *e == ClientEvent::Playing).await;
     let mut before = Vec::new();
     read_video(&mut stalled, Instant::now() + Duration::from_secs(1), &mut before).await;
-    tokio::time::sleep(Duration::from_secs(10)).await; // stops reading
+    // Stops reading for as long as the healthy reader takes to get 300 frames (10 s at 30 fps;
+    // counted, not timed), with a guard against a hang.
+    let stall_from = healthy_frames.load(std::sync::atomic::Ordering::Relaxed);
+    let guard = Instant::now() + Duration::from_secs(60);
+    while healthy_frames.load(std::sync::atomic::Ordering::Relaxed) < stall_from + 300 {
+        assert!(Instant::now() < guard, "the healthy reader stopped getting frames");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut after = Vec::new();
     let still_connected = read_video(&mut stalled, Instant::now() + Duration::from_secs(4), &mut after).await;
 

@@ -628,7 +628,11 @@ impl RtmpClient {
                 Ok(Ok(n)) if n > 0 => n,
                 _ => return None,
             };
-            self.session.handle_input(Instant::now(), &self.buf[..n]).ok()?;
+            if self.session.handle_input(Instant::now(), &self.buf[..n]).is_err() {
+                // The session ended (a refused connect, say): what it reported before is
+                // still given.
+                return self.session.poll_event();
+            }
             self.flush().await;
         }
     }
