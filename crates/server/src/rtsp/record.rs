@@ -55,7 +55,6 @@ pub struct Recording {
     tracks: Vec<InTrack>,
     info: Tracks,
     started_micros: Option<u64>,
-    last_media: std::time::Instant,
 }
 
 fn reorder_depth(track: &TrackInfo) -> usize {
@@ -117,7 +116,7 @@ impl Recording {
         if has_config(&info.video) || info.video.is_none() {
             publisher.set_tracks(info.clone());
         }
-        Ok(Recording { publisher, tracks, info, started_micros: None, last_media: std::time::Instant::now() })
+        Ok(Recording { publisher, tracks, info, started_micros: None })
     }
 
     /// Number of tracks.
@@ -125,30 +124,13 @@ impl Recording {
         self.tracks.len()
     }
 
-    /// The track a SETUP URL names: its control matched against each media's `a=control`.
-    pub fn track_for_control(&self, uri: &str, control: Option<&str>) -> Option<usize> {
-        self.tracks.iter().position(|t| match (&t.media.control, control) {
-            (Some(c), _) if c.contains("://") => uri.trim_end_matches('/') == c.trim_end_matches('/'),
-            (Some(c), Some(ctl)) => c == ctl,
-            // No a=control: the media is addressed by the aggregate URL.
-            (None, None) => true,
-            _ => false,
-        })
-    }
-
     /// RECORD accepted: the session timeline starts.
     pub fn start(&mut self) {
         self.started_micros.get_or_insert_with(unix_micros);
     }
 
-    /// How long since the last media packet (or the ANNOUNCE).
-    pub fn idle_for(&self) -> std::time::Duration {
-        self.last_media.elapsed()
-    }
-
     /// An RTP packet for track `index`; UDP packets go through the reorder buffer.
     pub fn on_rtp(&mut self, index: usize, data: Bytes, udp: bool) {
-        self.last_media = std::time::Instant::now();
         let Some(t) = self.tracks.get_mut(index) else {
             return;
         };
