@@ -96,6 +96,9 @@ pub fn digest_params(header: &str) -> Option<Vec<(String, String)>> {
         } else {
             let end = rest.find(',').unwrap_or(rest.len());
             value = rest[..end].trim().to_owned();
+            if value.contains(char::is_whitespace) {
+                return None;
+            }
             rest = &rest[end..];
         }
         out.push((name.to_ascii_lowercase(), value));
