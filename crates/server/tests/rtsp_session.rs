@@ -47,7 +47,7 @@ fn adjacent_udp_ports() -> (u16, u16) {
     for _ in 0..100 {
         let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let p = a.local_addr().unwrap().port();
-        if p % 2 != 0 || p == u16::MAX {
+        if !p.is_multiple_of(2) || p == u16::MAX {
             continue;
         }
         if std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {

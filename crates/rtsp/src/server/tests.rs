@@ -234,7 +234,8 @@ fn exact_status_for_each_refusal() {
 #[test]
 fn transports_answered() {
     let mut h = reach(Reached::Init);
-    let r = h.request("SETUP", &format!("{URL}/trackID=1"), &[("Transport", "RTP/AVP;unicast;client_port=5000-5001")], "");
+    let r =
+        h.request("SETUP", &format!("{URL}/trackID=1"), &[("Transport", "RTP/AVP;unicast;client_port=5000-5001")], "");
     let t = Transport::parse(r.headers.get("Transport").unwrap()).unwrap();
     assert_eq!((t.client_port, t.server_port), (Some((5000, 5001)), Some((8000, 8001))));
     assert!(r.headers.get("Session").unwrap().ends_with(";timeout=60"));
@@ -316,7 +317,8 @@ fn bad_input_is_answered_then_closes() {
 #[test]
 fn pipelined_requests_wait_for_the_decision() {
     let mut h = Harness::new(config());
-    let two = b"DESCRIBE rtsp://h/live/a RTSP/1.0\r\nCSeq: 1\r\n\r\nOPTIONS rtsp://h/live/a RTSP/1.0\r\nCSeq: 2\r\n\r\n";
+    let two =
+        b"DESCRIBE rtsp://h/live/a RTSP/1.0\r\nCSeq: 1\r\n\r\nOPTIONS rtsp://h/live/a RTSP/1.0\r\nCSeq: 2\r\n\r\n";
     h.s.handle_input(h.now, two).unwrap();
     assert!(h.s.awaiting_decision());
     assert!(h.s.poll_timeout().is_none(), "no session timer runs while the application decides");
