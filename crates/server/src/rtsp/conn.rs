@@ -3,28 +3,25 @@
 //! RTP packets and the UDP routes, and answers the session's decisions.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::{BufMut, Bytes, BytesMut};
-use ferrocast_media::{Frame, TrackInfo, TrackKind, Tracks};
+use bytes::BytesMut;
+use ferrocast_media::{TrackKind, Tracks};
 use ferrocast_rtsp::auth::Credentials;
-use ferrocast_rtsp::codec;
 use ferrocast_rtsp::rtcp::{self, RtcpPacket};
 use ferrocast_rtsp::sdp;
-use ferrocast_rtsp::server::{
-    MulticastReply, RtpStart, Secrets, ServerConfig, ServerEvent, ServerSession, SessionError,
-};
+use ferrocast_rtsp::server::{MulticastReply, Secrets, ServerConfig, ServerEvent, ServerSession, SessionError};
 use ferrocast_rtsp::transport::{Lower, Transport};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::player::{MAX_FIRST_FRAMES, Out, RtpOut, SharedRtpOut, Starting, Tx, lock, send_rtcp};
 use super::record::Recording;
-use super::{MulticastGroup, Shared, StreamRtp, UdpIn, slot, unix_micros};
+use super::{Shared, StreamRtp, UdpIn, unix_micros};
 use crate::config::ms;
-use crate::fanout::Encoder;
 use crate::hub::write_timeout;
 use crate::path;
 use crate::reader::{Reader, ReaderItem};
@@ -40,29 +37,6 @@ const PLAYER_READ_BUFFER: usize = 2048;
 const UDP_QUEUE: usize = 1024;
 /// How long DESCRIBE waits for a just-published stream to have codec parameters.
 const TRACKS_WAIT: Duration = Duration::from_secs(3);
-/// How long a PLAY answer waits for the first frame of every set-up track: its RTP-Info
-/// carries the header of the first packet of each (a stream whose audio stays silent
-/// longer is answered without that track's seq and rtptime).
-const FIRST_PACKETS_WAIT: Duration = Duration::from_secs(2);
-/// Most frames held while waiting for the first packet of every track (about two seconds
-/// of 60 fps video with audio).
-const MAX_FIRST_FRAMES: usize = 256;
-
-/// Where one track's packets go.
-#[derive(Clone)]
-enum Tx {
-    Tcp { rtp: u8, rtcp: u8 },
-    Udp { rtp: SocketAddr, rtcp: SocketAddr },
-    Multicast(Arc<MulticastGroup>),
-}
-
-/// What a player was sent on one track, for its sender reports.
-#[derive(Default, Clone, Copy)]
-struct Sent {
-    report: bool,
-    packets: u32,
-    octets: u32,
-}
 
 struct Playing {
     reader: Option<Reader>,
@@ -71,82 +45,8 @@ struct Playing {
     rtp: Arc<Mutex<RtpOut>>,
     paused: bool,
     last_rr: [Option<rtcp::ReportBlock>; 2],
-    /// A PLAY waiting for the first packet of every track (see [`FIRST_PACKETS_WAIT`]).
+    /// A PLAY waiting for the first packet of every track (see [`super::player::FIRST_PACKETS_WAIT`]).
     starting: Option<Starting>,
-}
-
-/// Frames held until a PLAY is answered, and the first packet header of each track.
-struct Starting {
-    deadline: Instant,
-    items: Vec<ReaderItem>,
-    /// Tracks (0 video, 1 audio) still without a first packet.
-    wanted: [bool; 2],
-    starts: Vec<RtpStart>,
-    /// npt of the first frame, in ms.
-    first_ms: Option<i64>,
-}
-
-/// The RTP side of a player: its frames as packets on its transports. Used by the player's
-/// own task and, in direct mode, by the stream's fan-out task (see [`crate::fanout`]).
-struct RtpOut {
-    shared: Arc<Shared>,
-    stream: Arc<StreamRtp>,
-    tracks: Tracks,
-    /// Where each track's packets go (video, audio): None when not set up or multicast.
-    txs: [Option<Tx>; 2],
-    sent: [Sent; 2],
-    /// Scratch for interleaved headers.
-    headers: BytesMut,
-    /// The packets of the frame being sent over UDP (reused).
-    udp: Vec<Bytes>,
-}
-
-fn lock(m: &Mutex<RtpOut>) -> MutexGuard<'_, RtpOut> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl RtpOut {
-    /// Sends a frame: over UDP at once, over TCP as buffers appended to `out`.
-    fn frame(&mut self, f: &Frame, out: &mut Vec<Bytes>) {
-        let track: Option<&TrackInfo> = match f.kind {
-            TrackKind::Video => self.tracks.video.as_ref(),
-            TrackKind::Audio => self.tracks.audio.as_ref(),
-        };
-        let idx = slot(f.kind);
-        let (Some(track), Some(tx)) = (track, &self.txs[idx]) else { return };
-        let packets = self.stream.packets(track, f);
-        let t = &mut self.sent[idx];
-        if !t.report {
-            // A sender report before the first packet gives players the NTP/RTP mapping
-            // that aligns audio and video from the start.
-            t.report = true;
-            if let Some((_, sr)) = self.stream.sender_report(f.kind, unix_micros(), 0, 0) {
-                send_rtcp(&self.shared, &mut self.headers, out, tx, sr);
-            }
-        }
-        for pkt in codec::packets(&packets) {
-            t.packets = t.packets.wrapping_add(1);
-            t.octets = t.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
-            match tx {
-                // A frame's packets to one address leave together (see udp_out).
-                Tx::Udp { .. } => self.udp.push(pkt),
-                _ => send_rtp(&mut self.headers, out, tx, pkt),
-            }
-        }
-        if let Tx::Udp { rtp, .. } = tx {
-            super::udp_out::send_packets(&self.shared.rtp, *rtp, &self.udp);
-            self.udp.clear();
-        }
-    }
-}
-
-/// A player's [`RtpOut`] as the fan-out task uses it.
-struct SharedRtpOut(Arc<Mutex<RtpOut>>);
-
-impl Encoder for SharedRtpOut {
-    fn frame(&mut self, frame: &Arc<Frame>, out: &mut Vec<Bytes>) {
-        lock(&self.0).frame(frame, out);
-    }
 }
 
 /// What the connection does with media.
@@ -650,55 +550,6 @@ impl Conn {
     }
 }
 
-impl Starting {
-    fn new(txs: &[(usize, Tx)]) -> Starting {
-        let mut wanted = [false; 2];
-        for (index, tx) in txs {
-            if !matches!(tx, Tx::Multicast(_))
-                && let Some(w) = wanted.get_mut(*index)
-            {
-                *w = true;
-            }
-        }
-        Starting {
-            deadline: Instant::now() + FIRST_PACKETS_WAIT,
-            items: Vec::new(),
-            wanted,
-            starts: Vec::new(),
-            first_ms: None,
-        }
-    }
-
-    /// Notes the header of a frame's first packet when it is the first of its track. The
-    /// packets are the stream's shared ones: the player will be sent exactly these.
-    fn first_packet(&mut self, rtp: &Mutex<RtpOut>, stream: &StreamRtp, f: &Frame) {
-        let idx = slot(f.kind);
-        if !self.wanted[idx] {
-            return;
-        }
-        let out = lock(rtp);
-        let track = match f.kind {
-            TrackKind::Video => out.tracks.video.as_ref(),
-            TrackKind::Audio => out.tracks.audio.as_ref(),
-        };
-        let Some(track) = track else { return };
-        let packets = stream.packets(track, f);
-        let Some(first) = codec::packets(&packets).next() else { return };
-        if first.len() < 12 {
-            return;
-        }
-        self.wanted[idx] = false;
-        self.starts.push(RtpStart {
-            track: idx,
-            seq: u16::from_be_bytes([first[2], first[3]]),
-            rtptime: u32::from_be_bytes([first[4], first[5], first[6], first[7]]),
-        });
-        if self.first_ms.is_none() {
-            self.first_ms = Some(ferrocast_media::rescale(f.pts, track.clock_rate(), 1000).max(0));
-        }
-    }
-}
-
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -743,50 +594,5 @@ fn on_rtcp(peer: SocketAddr, media: &mut Media, index: usize, data: &[u8]) {
             }
             _ => {}
         }
-    }
-}
-
-/// What a connection will write next: encoded responses, interleaved frame headers and
-/// shared RTP packets, written with one vectored write.
-#[derive(Default)]
-struct Out {
-    bufs: Vec<Bytes>,
-    /// Scratch for the 4-byte interleaved headers: they are split off one buffer, so a
-    /// packet costs no allocation of its own.
-    headers: BytesMut,
-}
-
-impl Out {
-    fn push(&mut self, b: Bytes) {
-        self.bufs.push(b);
-    }
-}
-
-fn interleaved(headers: &mut BytesMut, out: &mut Vec<Bytes>, channel: u8, pkt: Bytes) {
-    if headers.capacity() < 4 {
-        // Room for the headers of a frame or two (per-viewer memory).
-        headers.reserve(1024);
-    }
-    headers.put_u8(b'$');
-    headers.put_u8(channel);
-    headers.put_u16(pkt.len() as u16);
-    out.push(headers.split().freeze());
-    out.push(pkt);
-}
-
-/// An RTP packet on a TCP transport (UDP packets go by frame, see [`RtpOut::frame`]).
-fn send_rtp(headers: &mut BytesMut, out: &mut Vec<Bytes>, tx: &Tx, pkt: Bytes) {
-    if let Tx::Tcp { rtp, .. } = tx {
-        interleaved(headers, out, *rtp, pkt);
-    }
-}
-
-fn send_rtcp(shared: &Shared, headers: &mut BytesMut, out: &mut Vec<Bytes>, tx: &Tx, pkt: Bytes) {
-    match tx {
-        Tx::Tcp { rtcp, .. } => interleaved(headers, out, *rtcp, pkt),
-        Tx::Udp { rtcp, .. } => {
-            let _ = shared.rtcp.try_send_to(&pkt, *rtcp);
-        }
-        Tx::Multicast(_) => {}
     }
 }

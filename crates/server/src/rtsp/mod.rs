@@ -4,6 +4,7 @@
 
 mod conn;
 mod multicast;
+mod player;
 mod record;
 mod udp_out;
 
