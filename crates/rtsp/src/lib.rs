@@ -1,5 +1,5 @@
 //! Sans-IO RTSP 1.0 (RFC 2326) for ferrocast: message decoding and encoding, the Transport
-//! header, the session state table, SDP, RTP and RTCP, and the RTP payload formats of H.264,
+//! header, the session state table, the server session, SDP, RTP and RTCP, and the RTP payload formats of H.264,
 //! H.265 and AAC. No sockets, runtime or clock: time enters as an argument.
 #![warn(missing_docs)]
 
@@ -11,5 +11,7 @@ pub mod message;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
+pub mod server;
 pub mod state;
 pub mod transport;
+pub mod url;

@@ -27,7 +27,10 @@ pub fn transition(state: State, method: &Method) -> Result<State, u16> {
         (S::Playing | S::Recording, M::Setup) => Err(455),
         (S::Ready | S::Playing, M::Play) => Ok(S::Playing),
         (S::Ready | S::Recording, M::Record) => Ok(S::Recording),
-        (S::Playing | S::Recording | S::Ready, M::Pause) => Ok(S::Ready),
+        (S::Playing | S::Ready, M::Pause) => Ok(S::Ready),
+        // RFC 2326 10.6 lets a server pause a recording; ferrocast cannot make a publisher
+        // hold its media, so it refuses rather than answer 200 and go on ingesting.
+        (S::Recording, M::Pause) => Err(455),
         (_, M::Teardown) => Ok(S::Init),
         (S::Init, M::Play | M::Record | M::Pause) => Err(455),
         (S::Playing, M::Record) | (S::Recording, M::Play) => Err(455),
@@ -63,7 +66,7 @@ mod tests {
             (S::Init,      [Ok(S::Init), Ok(S::Init), Ok(S::Init), Ok(S::Ready), Err(455), Err(455), Err(455), Ok(S::Init), Ok(S::Init), Ok(S::Init), Err(405), Err(501)]),
             (S::Ready,     [Ok(S::Ready), Ok(S::Ready), Err(455), Ok(S::Ready), Ok(S::Playing), Ok(S::Ready), Ok(S::Recording), Ok(S::Init), Ok(S::Ready), Ok(S::Ready), Err(405), Err(501)]),
             (S::Playing,   [Ok(S::Playing), Ok(S::Playing), Err(455), Err(455), Ok(S::Playing), Ok(S::Ready), Err(455), Ok(S::Init), Ok(S::Playing), Ok(S::Playing), Err(405), Err(501)]),
-            (S::Recording, [Ok(S::Recording), Ok(S::Recording), Err(455), Err(455), Err(455), Ok(S::Ready), Ok(S::Recording), Ok(S::Init), Ok(S::Recording), Ok(S::Recording), Err(405), Err(501)]),
+            (S::Recording, [Ok(S::Recording), Ok(S::Recording), Err(455), Err(455), Err(455), Err(455), Ok(S::Recording), Ok(S::Init), Ok(S::Recording), Ok(S::Recording), Err(405), Err(501)]),
         ];
         for (state, row) in expect {
             for (m, want) in methods.iter().zip(row) {

@@ -1,34 +1,32 @@
-//! One RTSP connection: requests in, responses out, media both ways (interleaved on this
-//! connection or over the shared UDP sockets). A thin driver: parsing, SDP, transports and
-//! the state table come from `ferrocast_rtsp`.
+//! One RTSP connection: a thin driver around [`ServerSession`] (requests, state, auth,
+//! transports and timers live there). It owns the socket, the hub subscription, the shared
+//! RTP packets and the UDP routes, and answers the session's decisions.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::{BufMut, Bytes, BytesMut};
-use ferrocast_media::{Frame, TrackInfo, TrackKind, Tracks};
-use ferrocast_rtsp::codec;
-use ferrocast_rtsp::message::{self, Message, Method, Request, Response};
+use bytes::BytesMut;
+use ferrocast_media::{TrackKind, Tracks};
+use ferrocast_rtsp::auth::Credentials;
 use ferrocast_rtsp::rtcp::{self, RtcpPacket};
 use ferrocast_rtsp::sdp;
-use ferrocast_rtsp::state::{State, transition};
+use ferrocast_rtsp::server::{MulticastReply, Secrets, ServerConfig, ServerEvent, ServerSession, SessionError};
 use ferrocast_rtsp::transport::{Lower, Transport};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::player::{MAX_FIRST_FRAMES, Out, RtpOut, SharedRtpOut, Starting, Tx, lock, send_rtcp};
 use super::record::Recording;
-use super::{MulticastGroup, Shared, StreamRtp, UdpIn, slot, unix_micros};
+use super::{Shared, StreamRtp, UdpIn, unix_micros};
 use crate::config::ms;
-use crate::fanout::Encoder;
 use crate::hub::write_timeout;
 use crate::path;
 use crate::reader::{Reader, ReaderItem};
 use crate::sockio::{read_some, write_with_timeout};
 
-const PUBLIC: &str = "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, PAUSE, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
 /// Bytes read from a socket at a time by a connection that records: publishers of a few
 /// Mbit/s over TCP are served well by it.
 const READ_BUFFER: usize = 16 * 1024;
@@ -40,28 +38,6 @@ const UDP_QUEUE: usize = 1024;
 /// How long DESCRIBE waits for a just-published stream to have codec parameters.
 const TRACKS_WAIT: Duration = Duration::from_secs(3);
 
-/// Where one track's packets go.
-#[derive(Clone)]
-enum Tx {
-    Tcp { rtp: u8, rtcp: u8 },
-    Udp { rtp: SocketAddr, rtcp: SocketAddr },
-    Multicast(Arc<MulticastGroup>),
-}
-
-struct Setup {
-    /// Play: 0 video, 1 audio. Record: index of the announced media.
-    index: usize,
-    tx: Tx,
-}
-
-/// What a player was sent on one track, for its sender reports.
-#[derive(Default, Clone, Copy)]
-struct Sent {
-    report: bool,
-    packets: u32,
-    octets: u32,
-}
-
 struct Playing {
     reader: Option<Reader>,
     stream: Arc<StreamRtp>,
@@ -69,192 +45,152 @@ struct Playing {
     rtp: Arc<Mutex<RtpOut>>,
     paused: bool,
     last_rr: [Option<rtcp::ReportBlock>; 2],
+    /// A PLAY waiting for the first packet of every track (see [`super::player::FIRST_PACKETS_WAIT`]).
+    starting: Option<Starting>,
 }
 
-/// The RTP side of a player: its frames as packets on its transports. Used by the player's
-/// own task and, in direct mode, by the stream's fan-out task (see [`crate::fanout`]).
-struct RtpOut {
-    shared: Arc<Shared>,
-    stream: Arc<StreamRtp>,
-    tracks: Tracks,
-    /// Where each track's packets go (video, audio): None when not set up or multicast.
-    txs: [Option<Tx>; 2],
-    sent: [Sent; 2],
-    /// Scratch for interleaved headers.
-    headers: BytesMut,
-    /// The packets of the frame being sent over UDP (reused).
-    udp: Vec<Bytes>,
-}
-
-fn lock(m: &Mutex<RtpOut>) -> MutexGuard<'_, RtpOut> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl RtpOut {
-    /// Sends a frame: over UDP at once, over TCP as buffers appended to `out`.
-    fn frame(&mut self, f: &Frame, out: &mut Vec<Bytes>) {
-        let track: Option<&TrackInfo> = match f.kind {
-            TrackKind::Video => self.tracks.video.as_ref(),
-            TrackKind::Audio => self.tracks.audio.as_ref(),
-        };
-        let idx = slot(f.kind);
-        let (Some(track), Some(tx)) = (track, &self.txs[idx]) else { return };
-        let packets = self.stream.packets(track, f);
-        let t = &mut self.sent[idx];
-        if !t.report {
-            // A sender report before the first packet gives players the NTP/RTP mapping
-            // that aligns audio and video from the start.
-            t.report = true;
-            if let Some((_, sr)) = self.stream.sender_report(f.kind, unix_micros(), 0, 0) {
-                send_rtcp(&self.shared, &mut self.headers, out, tx, sr);
-            }
-        }
-        for pkt in codec::packets(&packets) {
-            t.packets = t.packets.wrapping_add(1);
-            t.octets = t.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
-            match tx {
-                // A frame's packets to one address leave together (see udp_out).
-                Tx::Udp { .. } => self.udp.push(pkt),
-                _ => send_rtp(&mut self.headers, out, tx, pkt),
-            }
-        }
-        if let Tx::Udp { rtp, .. } = tx {
-            super::udp_out::send_packets(&self.shared.rtp, *rtp, &self.udp);
-            self.udp.clear();
-        }
-    }
-}
-
-/// A player's [`RtpOut`] as the fan-out task uses it.
-struct SharedRtpOut(Arc<Mutex<RtpOut>>);
-
-impl Encoder for SharedRtpOut {
-    fn frame(&mut self, frame: &Arc<Frame>, out: &mut Vec<Bytes>) {
-        lock(&self.0).frame(frame, out);
-    }
-}
-
-struct Session {
-    id: String,
-    state: State,
-    path: Option<String>,
-    setups: Vec<Setup>,
-    playing: Option<Playing>,
-    announced: Option<Recording>,
+/// What the connection does with media.
+enum Media {
+    None,
+    Play(Playing),
+    Record(Recording),
 }
 
 struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
     socket: Arc<TcpStream>,
-    input: BytesMut,
+    session: ServerSession,
     out: Out,
-    session: Option<Session>,
+    media: Media,
+    /// Where each set-up track's packets go, by track index.
+    txs: Vec<(usize, Tx)>,
     udp_tx: mpsc::Sender<UdpIn>,
     udp_rx: mpsc::Receiver<UdpIn>,
     routes: Vec<SocketAddr>,
-    last_activity: Instant,
-    /// When the bytes of the message now partly in `input` began to arrive.
-    partial_since: Option<Instant>,
-    last_report: Instant,
     closing: bool,
-    nonce: String,
-    /// Roles this connection has proven credentials for: [read, publish].
-    authorized: [bool; 2],
+}
+
+fn credentials(s: &str) -> Option<Credentials> {
+    Credentials::parse(s)
 }
 
 pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
     let _ = socket.set_nodelay(true);
     let (udp_tx, udp_rx) = mpsc::channel(UDP_QUEUE);
-    let now = Instant::now();
+    let config = ServerConfig {
+        session_timeout: ms(shared.config.session_timeout_ms),
+        request_timeout: ms(shared.config.request_timeout_ms),
+        media_timeout: ms(shared.limits.publisher_idle_timeout_ms),
+        rtcp_interval: ms(shared.config.rtcp_interval_ms),
+        server_ports: shared.server_ports,
+        read_credentials: credentials(&shared.config.read_credentials),
+        publish_credentials: credentials(&shared.config.publish_credentials),
+        redirects: shared.config.redirects.clone(),
+    };
+    let secrets = Secrets { session_id: super::random_u64(), nonce: super::random_u64() };
     let mut c = Conn {
+        session: ServerSession::new(config, secrets, Instant::now()),
         shared,
         peer,
         socket: Arc::new(socket),
-        input: BytesMut::new(),
         out: Out::default(),
-        session: None,
+        media: Media::None,
+        txs: Vec::new(),
         udp_tx,
         udp_rx,
         routes: Vec::new(),
-        last_activity: now,
-        partial_since: None,
-        last_report: now,
         closing: false,
-        nonce: format!("{:016x}", super::random_u64()),
-        authorized: [false; 2],
     };
     let r = c.run().await;
     c.teardown();
     r
 }
 
-fn status(code: u16, req: &Request) -> Response {
-    Response::new(code, req.cseq())
-}
-
-/// The path part of an RTSP URL (`rtsp://host:port/APP/STREAM?query` gives `APP/STREAM`).
-fn url_path(uri: &str) -> &str {
-    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
-    let path = rest.find('/').map_or("", |i| &rest[i + 1..]);
-    path.split(['?', '#']).next().unwrap_or("").trim_end_matches('/')
-}
-
-/// Splits a SETUP URL into the stream path and the track part (`trackID=1`, `streamid=0`).
-fn split_control(uri: &str) -> (&str, Option<&str>) {
-    let p = url_path(uri);
-    match p.rsplit_once('/') {
-        Some((base, last)) if last.contains('=') || last.starts_with("track") || last.starts_with("stream") => {
-            (base, Some(last))
-        }
-        _ => (p, None),
-    }
-}
-
 impl Conn {
     async fn run(&mut self) -> anyhow::Result<()> {
         let mut buf = vec![0u8; PLAYER_READ_BUFFER];
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             if self.slot().is_some_and(|s| s.fell_back()) {
                 self.take_over()?;
             }
+            self.drain().await;
             self.flush().await?;
-            if self.closing {
+            if self.closing || self.session.is_closing() {
                 return Ok(());
             }
-            if buf.len() < READ_BUFFER && self.session.as_ref().is_some_and(|s| s.announced.is_some()) {
+            if buf.len() < READ_BUFFER && matches!(self.media, Media::Record(_)) {
                 buf.resize(READ_BUFFER, 0);
             }
             self.try_go_direct();
             let direct = self.slot().filter(|s| s.is_direct()).cloned();
-            let reader = match self.session.as_mut().and_then(|s| s.playing.as_mut()) {
-                Some(p) if !p.paused && direct.is_none() => p.reader.as_mut(),
+            let start_deadline = self.playing().and_then(|p| p.starting.as_ref()).map(|s| s.deadline);
+            let timeout = self.session.poll_timeout().map(|(_, at)| at);
+            let reading = !self.session.awaiting_decision();
+            let reader = match &mut self.media {
+                Media::Play(p) if !p.paused && direct.is_none() => p.reader.as_mut(),
                 _ => None,
             };
             tokio::select! {
-                r = read_some(&self.socket, &mut buf) => {
+                r = read_some(&self.socket, &mut buf), if reading => {
                     let n = r.context("read")?;
                     if n == 0 {
                         return Ok(());
                     }
-                    self.input.extend_from_slice(&buf[..n]);
-                    self.handle_input().await;
+                    if let Err(e) = self.session.handle_input(Instant::now(), &buf[..n]) {
+                        self.ended(&e);
+                    }
                 }
-                Some(u) = self.udp_rx.recv() => self.on_udp(u),
+                Some(u) = self.udp_rx.recv() => self.session.handle_udp(Instant::now(), u.index, u.rtcp, u.data),
                 // Direct mode ended: the loop's top takes over.
                 _ = async { direct.expect("guarded").changed().await }, if direct.is_some() => {}
                 item = async { reader.expect("guarded").next().await }, if reader.is_some() => {
                     self.play_item(item);
                     for _ in 1..64 {
-                        let Some(r) = self.session.as_mut().and_then(|s| s.playing.as_mut()).and_then(|p| p.reader.as_mut()) else { break };
-                        let Some(item) = r.try_next() else { break };
+                        let Media::Play(p) = &mut self.media else { break };
+                        let Some(item) = p.reader.as_mut().and_then(|r| r.try_next()) else { break };
                         self.play_item(item);
                         if self.closing { break; }
                     }
                 }
-                _ = tick.tick() => self.on_tick(),
+                _ = sleep_until(start_deadline), if start_deadline.is_some() => self.finish_start(),
+                _ = sleep_until(timeout), if timeout.is_some() => {
+                    if let Err(e) = self.session.handle_timeout(Instant::now()) {
+                        self.ended(&e);
+                    }
+                }
             }
+        }
+    }
+
+    /// The session ended itself (bad input, a timeout): what it queued goes out, then close.
+    fn ended(&mut self, e: &SessionError) {
+        info!(peer = %self.peer, session = self.session.session_id().unwrap_or("-"), "rtsp: {e}; closing");
+        self.teardown();
+        self.closing = true;
+    }
+
+    fn playing(&self) -> Option<&Playing> {
+        match &self.media {
+            Media::Play(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Handles the session's events, then queues its output (events first: a BYE goes out
+    /// before the TEARDOWN answer).
+    async fn drain(&mut self) {
+        while let Some(ev) = self.session.poll_event() {
+            if let Err(e) = self.on_event(ev).await {
+                self.ended(&e);
+            }
+        }
+        self.transmit();
+    }
+
+    fn transmit(&mut self) {
+        while let Some(b) = self.session.poll_transmit() {
+            self.out.push(b);
         }
     }
 
@@ -270,16 +206,16 @@ impl Conn {
 
     /// The fan-out slot of the playing session.
     fn slot(&self) -> Option<&Arc<crate::fanout::Slot>> {
-        self.session.as_ref()?.playing.as_ref()?.reader.as_ref()?.slot()
+        self.playing()?.reader.as_ref()?.slot()
     }
 
     /// Hands the sending of frames to the stream's fan-out task when the player is in step
     /// and nothing waits to be written.
     fn try_go_direct(&mut self) {
-        let Some(p) = self.session.as_mut().and_then(|s| s.playing.as_mut()) else { return };
+        let Media::Play(p) = &self.media else { return };
         let Some(reader) = p.reader.as_ref() else { return };
         let Some(slot) = reader.slot() else { return };
-        if p.paused || !reader.is_live() || !self.out.bufs.is_empty() || slot.is_direct() {
+        if p.paused || p.starting.is_some() || !reader.is_live() || !self.out.bufs.is_empty() || slot.is_direct() {
             return;
         }
         slot.go_direct(Box::new(SharedRtpOut(p.rtp.clone())));
@@ -291,356 +227,200 @@ impl Conn {
         slot.take_over(&mut self.out.bufs).context("write")
     }
 
-    fn send(&mut self, r: Response) {
-        self.out.push(r.encode());
-    }
-
-    async fn handle_input(&mut self) {
-        loop {
-            let decoded = message::decode(&mut self.input);
-            if !matches!(decoded, Ok(None)) {
-                self.partial_since = None;
-            }
-            if !self.input.is_empty() && self.partial_since.is_none() {
-                self.partial_since = Some(Instant::now());
-            }
-            match decoded {
-                Ok(None) => return,
-                Ok(Some(Message::Request(req))) => {
-                    self.last_activity = Instant::now();
-                    let resp = self.handle_request(&req).await;
-                    if resp.status >= 400 {
-                        info!(peer = %self.peer, method = req.method.as_str(), uri = req.uri, status = resp.status, "rtsp request refused");
-                    }
-                    self.send(resp);
+    async fn on_event(&mut self, ev: ServerEvent) -> Result<(), SessionError> {
+        match ev {
+            ServerEvent::Describe { path } => self.describe(&path).await,
+            ServerEvent::Announce { path, sdp } => self.announce(&path, &sdp),
+            ServerEvent::Setup { path, track, transport, record } => self.setup(&path, track, &transport, record).await,
+            ServerEvent::Play { path, resume } => self.play(&path, resume),
+            ServerEvent::Record { path } => {
+                if let Media::Record(rec) = &mut self.media {
+                    rec.start();
                 }
-                Ok(Some(Message::Response(_))) => {}
-                Ok(Some(Message::Interleaved { channel, data })) => self.on_interleaved(channel, data),
-                Err(e) => {
-                    warn!(peer = %self.peer, "rtsp: {e}; closing");
-                    self.send(Response::new(e.status(), None));
-                    self.closing = true;
-                    return;
-                }
+                info!(peer = %self.peer, path, "rtsp record");
+                Ok(())
             }
-            if self.closing {
-                return;
-            }
-        }
-    }
-
-    fn session_for(&self, req: &Request) -> Result<(), u16> {
-        match (req.session(), &self.session) {
-            (Some(id), Some(s)) if s.id == id => Ok(()),
-            (Some(_), _) => Err(454),
-            (None, _) => Ok(()),
-        }
-    }
-
-    fn session_header(&self) -> Option<String> {
-        let s = self.session.as_ref()?;
-        Some(format!("{};timeout={}", s.id, self.shared.config.session_timeout_ms / 1000))
-    }
-
-    async fn handle_request(&mut self, req: &Request) -> Response {
-        if let Err(code) = self.session_for(req) {
-            return status(code, req);
-        }
-        let state = self.session.as_ref().map_or(State::Init, |s| s.state);
-        let next = match transition(state, &req.method) {
-            Ok(n) => n,
-            Err(code) => {
-                let mut r = status(code, req);
-                if code == 405 {
-                    r = r.with("Allow", PUBLIC);
-                }
-                return r;
-            }
-        };
-        if let Some(r) = self.authenticate(req) {
-            return r;
-        }
-        let needs_session = matches!(req.method, Method::Play | Method::Pause | Method::Record | Method::Teardown);
-        if needs_session && req.session().is_none() {
-            return status(454, req);
-        }
-        let resp = match req.method {
-            Method::Options => status(200, req).with("Public", PUBLIC),
-            Method::Describe => self.describe(req).await,
-            Method::Announce => self.announce(req),
-            Method::Setup => self.setup(req).await,
-            Method::Play => self.play(req),
-            Method::Pause => {
-                if let Some(p) = self.session.as_mut().and_then(|s| s.playing.as_mut()) {
+            ServerEvent::Pause => {
+                // The answer's flush takes the sending back from the fan-out task.
+                if let Media::Play(p) = &mut self.media {
                     p.paused = true;
                 }
-                status(200, req)
+                Ok(())
             }
-            Method::Record => self.record(req),
-            Method::Teardown => {
+            ServerEvent::Teardown => {
                 self.teardown();
-                return status(200, req);
+                Ok(())
             }
-            Method::GetParameter => status(200, req),
-            Method::SetParameter if req.body.is_empty() => status(200, req),
-            Method::SetParameter => status(451, req),
-            Method::Redirect | Method::Other(_) => status(501, req),
-        };
-        if resp.status == 200
-            && let Some(s) = self.session.as_mut()
-        {
-            s.state = next;
-        }
-        match self.session_header() {
-            Some(h) if resp.status == 200 && !matches!(req.method, Method::Options | Method::Describe) => {
-                resp.with("Session", h)
+            ServerEvent::Rtp { track, data } => {
+                let udp = self.txs.iter().any(|(i, tx)| *i == track && matches!(tx, Tx::Udp { .. }));
+                if let Media::Record(rec) = &mut self.media {
+                    rec.on_rtp(track, data, udp);
+                }
+                Ok(())
             }
-            _ => resp,
+            ServerEvent::Rtcp { track, data } => {
+                on_rtcp(self.peer, &mut self.media, track, &data);
+                Ok(())
+            }
+            ServerEvent::RtcpReport => {
+                self.reports();
+                Ok(())
+            }
+            ServerEvent::Refused { method, uri, status, bad_credentials } => {
+                if bad_credentials {
+                    warn!(peer = %self.peer, method = method.as_str(), "rtsp: wrong credentials");
+                }
+                info!(peer = %self.peer, method = method.as_str(), uri, status, "rtsp request refused");
+                Ok(())
+            }
         }
     }
 
-    /// A 401 when the request's role (read or publish) needs credentials this connection has
-    /// not proven yet.
-    fn authenticate(&mut self, req: &Request) -> Option<Response> {
-        let publishing = self.session.as_ref().is_some_and(|s| s.announced.is_some());
-        let role = match req.method {
-            Method::Describe | Method::Play => 0,
-            Method::Announce | Method::Record => 1,
-            Method::Setup => usize::from(publishing),
-            _ => return None,
-        };
-        let configured =
-            if role == 0 { &self.shared.config.read_credentials } else { &self.shared.config.publish_credentials };
-        let creds = ferrocast_rtsp::auth::Credentials::parse(configured)?;
-        if self.authorized[role] {
-            return None;
-        }
-        if ferrocast_rtsp::auth::verify(&creds, req.headers.get("Authorization"), req.method.as_str(), &self.nonce) {
-            self.authorized[role] = true;
-            return None;
-        }
-        if req.headers.get("Authorization").is_some() {
-            warn!(peer = %self.peer, method = req.method.as_str(), "rtsp: wrong credentials");
-        }
-        let [digest, basic] = ferrocast_rtsp::auth::challenges(&self.nonce);
-        Some(status(401, req).with("WWW-Authenticate", digest).with("WWW-Authenticate", basic))
-    }
-
-    fn redirect(&self, path: &str, req: &Request) -> Option<Response> {
-        let to = self.shared.config.redirects.get(path)?;
-        Some(status(301, req).with("Location", to.as_str()))
-    }
-
-    async fn describe(&mut self, req: &Request) -> Response {
-        let path = url_path(&req.uri);
-        if let Some(r) = self.redirect(path, req) {
-            return r;
-        }
+    async fn describe(&mut self, path: &str) -> Result<(), SessionError> {
         if path::validate(path).is_err() {
-            return status(404, req);
+            return self.session.reject(404);
         }
         if self.shared.hub.at_reader_limit(path) {
-            return status(503, req);
+            return self.session.reject(503);
         }
         let Some(sub) = self.shared.hub.subscribe_wait(path).await else {
-            return status(404, req);
+            return self.session.reject(404);
         };
         let tracks = wait_tracks(&sub).await;
         let local = self.socket.local_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "0.0.0.0".into());
         let (text, ids) = sdp::describe(&tracks, &local, "0.0.0.0");
         if ids.is_empty() {
-            return status(404, req);
+            return self.session.reject(404);
         }
-        let base = format!("{}/", req.uri.trim_end_matches('/'));
-        status(200, req).with("Content-Base", base).with_body("application/sdp", text)
+        self.session.accept_describe(&text)
     }
 
-    fn new_session(&mut self) -> &mut Session {
-        self.session.get_or_insert_with(|| Session {
-            id: format!("{:016x}", super::random_u64()),
-            state: State::Init,
-            path: None,
-            setups: Vec::new(),
-            playing: None,
-            announced: None,
-        })
-    }
-
-    fn announce(&mut self, req: &Request) -> Response {
-        let path = url_path(&req.uri).to_owned();
-        if let Some(r) = self.redirect(&path, req) {
-            return r;
+    fn announce(&mut self, path: &str, sdp: &sdp::Sdp) -> Result<(), SessionError> {
+        if path::validate(path).is_err() {
+            return self.session.reject(400);
         }
-        if path::validate(&path).is_err() {
-            return status(400, req);
-        }
-        if !req.headers.get("Content-Type").is_some_and(|c| c.starts_with("application/sdp")) {
-            return status(400, req);
-        }
-        let sdp = match sdp::parse(&req.body) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(peer = %self.peer, path, "rtsp announce: {e}");
-                return status(400, req);
-            }
-        };
-        let publisher = match self.shared.hub.publish(&path) {
+        let publisher = match self.shared.hub.publish(path) {
             Ok(p) => p,
             Err(e) => {
                 warn!(peer = %self.peer, path, "rtsp announce refused: {e}");
-                return status(503, req);
+                return self.session.reject(503);
             }
         };
-        let recording = match Recording::new(publisher, &sdp) {
+        let recording = match Recording::new(publisher, sdp) {
             Ok(r) => r,
             Err(why) => {
                 warn!(peer = %self.peer, path, "rtsp announce: {why}");
-                return status(400, req);
+                return self.session.reject(400);
             }
         };
         info!(peer = %self.peer, path, tracks = recording.track_count(), "rtsp announce");
-        let s = self.new_session();
-        s.path = Some(path);
-        s.announced = Some(recording);
-        status(200, req)
+        self.media = Media::Record(recording);
+        self.session.accept_announce(Instant::now())
     }
 
-    async fn setup(&mut self, req: &Request) -> Response {
-        let (path, control) = split_control(&req.uri);
-        let path = path.to_owned();
-        if let Some(r) = self.redirect(&path, req) {
-            return r;
-        }
-        let Some(header) = req.headers.get("Transport") else {
-            return status(461, req);
-        };
-        let recording = self.session.as_ref().is_some_and(|s| s.announced.is_some());
-        let transport = match Transport::parse_header(header, |t| match t.lower {
-            Lower::Tcp => true,
-            Lower::Udp if t.multicast => !recording,
-            Lower::Udp => t.client_port.is_some(),
-        }) {
-            Ok(t) => t,
-            Err(e) => {
-                debug!(peer = %self.peer, "{e}");
-                return status(461, req);
-            }
-        };
-        if let Some(s) = &self.session
-            && let Some(p) = &s.path
-            && *p != path
-        {
-            // One session serves one stream: aggregate control across paths is refused.
-            return status(459, req);
-        }
-        // Which track.
-        let index = if let Some(rec) = self.session.as_ref().and_then(|s| s.announced.as_ref()) {
-            match rec.track_for_control(&req.uri, control) {
-                Some(i) => i,
-                None => return status(404, req),
-            }
+    async fn setup(
+        &mut self,
+        path: &str,
+        track: Option<usize>,
+        transport: &Transport,
+        record: bool,
+    ) -> Result<(), SessionError> {
+        let index = if record {
+            // The session resolved the control URL to the SDP media; the recording keeps
+            // or discards that media's packets.
+            track.unwrap_or(0)
         } else {
-            if path::validate(&path).is_err() {
-                return status(404, req);
+            if path::validate(path).is_err() {
+                return self.session.reject(404);
             }
-            let Some(sub) = self.shared.hub.subscribe(&path) else {
-                return status(404, req);
+            let Some(sub) = self.shared.hub.subscribe(path) else {
+                return self.session.reject(404);
             };
             let tracks = wait_tracks(&sub).await;
             let available = [tracks.video.is_some(), tracks.audio.is_some()];
-            match control {
-                Some(c) => match c.rsplit_once('=').and_then(|(_, n)| n.parse::<usize>().ok()) {
-                    Some(i) if i < 2 && available[i] => i,
-                    _ => return status(404, req),
-                },
+            match track {
+                Some(i) if i < 2 && available[i] => i,
+                Some(_) => return self.session.reject(404),
                 // SETUP of the aggregate URL is only meaningful for a single-track stream.
                 None if available.iter().filter(|a| **a).count() == 1 => usize::from(!available[0]),
-                None => return status(459, req),
+                None => return self.session.reject(459),
             }
         };
-        if self.session.as_ref().is_some_and(|s| s.setups.iter().any(|x| x.index == index)) {
-            return status(455, req);
-        }
-        let peer_ip = self.peer.ip();
-        let mut reply = transport.clone();
-        let tx = match transport.lower {
-            Lower::Tcp => {
-                let (a, b) = transport.interleaved.unwrap_or((2 * index as u8, 2 * index as u8 + 1));
-                reply.interleaved = Some((a, b));
-                Tx::Tcp { rtp: a, rtcp: b }
+        let mut group = None;
+        let multicast = if transport.lower == Lower::Udp && transport.multicast {
+            match self.shared.multicast_group(path) {
+                Ok(g) => {
+                    let port = g.rtp_port(index);
+                    let reply = MulticastReply {
+                        destination: g.group().to_string(),
+                        ports: (port, port + 1),
+                        ttl: self.shared.config.multicast_ttl as u8,
+                    };
+                    group = Some(g);
+                    Some(reply)
+                }
+                Err(e) => {
+                    // A socket we could not make: the session answers 500.
+                    warn!("rtsp multicast: {e:#}");
+                    None
+                }
             }
-            Lower::Udp if transport.multicast => {
-                let group = match self.shared.multicast_group(&path) {
-                    Ok(g) => g,
-                    Err(e) => {
-                        // A socket we could not make: our failure, not the client's.
-                        warn!("rtsp multicast: {e:#}");
-                        return status(500, req);
-                    }
-                };
-                reply.destination = Some(group.group().to_string());
-                reply.port = Some((group.rtp_port(index), group.rtp_port(index) + 1));
-                reply.ttl = Some(self.shared.config.multicast_ttl as u8);
-                reply.client_port = None;
-                Tx::Multicast(group)
+        } else {
+            None
+        };
+        let Some(reply) = self.session.accept_setup(index, multicast)? else {
+            return Ok(());
+        };
+        let tx = match (reply.lower, group) {
+            (Lower::Tcp, _) => {
+                let (rtp, rtcp) = reply.interleaved.unwrap_or((0, 1));
+                Tx::Tcp { rtp, rtcp }
             }
-            Lower::Udp => {
-                let (a, b) = transport.client_port.expect("checked");
-                let rtp = SocketAddr::new(peer_ip, a);
-                let rtcp = SocketAddr::new(peer_ip, b);
+            (Lower::Udp, Some(g)) => Tx::Multicast(g),
+            (Lower::Udp, None) => {
+                let (a, b) = transport.client_port.unwrap_or((0, 0));
+                let ip = self.peer.ip();
+                let (rtp, rtcp) = (SocketAddr::new(ip, a), SocketAddr::new(ip, b));
                 for addr in [rtp, rtcp] {
                     self.shared.route(addr, self.udp_tx.clone(), index);
                     self.routes.push(addr);
                 }
-                reply.server_port = Some(self.shared.server_ports);
                 Tx::Udp { rtp, rtcp }
             }
         };
-        reply.record = recording;
-        let s = self.new_session();
-        s.path = Some(path.clone());
-        s.setups.push(Setup { index, tx });
         debug!(peer = %self.peer, path, index, transport = reply.encode(), "rtsp setup");
-        status(200, req).with("Transport", reply.encode())
+        self.txs.push((index, tx));
+        Ok(())
     }
 
-    fn play(&mut self, req: &Request) -> Response {
-        let shared = self.shared.clone();
-        let Some(s) = self.session.as_mut() else {
-            return status(454, req);
-        };
-        if s.announced.is_some() {
-            return status(455, req);
-        }
-        if let Some(p) = s.playing.as_mut() {
-            // Resume after PAUSE: from the next keyframe.
+    fn play(&mut self, path: &str, resume: bool) -> Result<(), SessionError> {
+        if let Media::Play(p) = &mut self.media {
+            // Resume after PAUSE: from the next keyframe, answered once its packets are known.
             if p.paused {
                 p.paused = false;
                 if let Some(r) = p.reader.as_mut() {
                     r.resync();
+                    p.starting = Some(Starting::new(&self.txs));
+                    return Ok(());
                 }
             }
-            return status(200, req).with("Range", "npt=0.000-");
+            return self.session.accept_play("npt=now-", &[]);
         }
-        let Some(path) = s.path.clone() else {
-            return status(455, req);
+        debug_assert!(!resume, "a resumed session has a player");
+        let shared = self.shared.clone();
+        // The stream builds RTP packets in order from here on (the GOP first), before the
+        // subscription: no frame the reader is given can be left unbuilt.
+        let stream = shared.stream_rtp(path);
+        let Some(sub) = shared.hub.subscribe(path) else {
+            return self.session.reject(404);
         };
-        if let (_, Some(_)) = split_control(&req.uri)
-            && s.setups.len() > 1
-        {
-            return status(460, req);
-        }
-        let Some(sub) = shared.hub.subscribe(&path) else {
-            return status(404, req);
-        };
-        let unicast = s.setups.iter().any(|x| !matches!(x.tx, Tx::Multicast(_)));
+        let unicast = self.txs.iter().any(|(_, tx)| !matches!(tx, Tx::Multicast(_)));
         let tracks = (*sub.tracks).clone();
         let reader = unicast.then(|| Reader::attached(shared.hub.clone(), sub, Some(self.socket.clone())));
-        let stream = shared.stream_rtp(&path);
         let mut txs = [None, None];
-        for x in s.setups.iter().filter(|x| !matches!(x.tx, Tx::Multicast(_))) {
-            if let Some(t) = txs.get_mut(x.index) {
-                *t = Some(x.tx.clone());
+        for (index, tx) in self.txs.iter().filter(|(_, tx)| !matches!(tx, Tx::Multicast(_))) {
+            if let Some(t) = txs.get_mut(*index) {
+                *t = Some(tx.clone());
             }
         }
         let rtp = RtpOut {
@@ -652,30 +432,45 @@ impl Conn {
             headers: BytesMut::new(),
             udp: Vec::new(),
         };
-        for x in &s.setups {
-            if let Tx::Multicast(g) = &x.tx {
+        for (_, tx) in &self.txs {
+            if let Tx::Multicast(g) = tx {
                 g.start(&shared);
             }
         }
-        info!(peer = %self.peer, path, session = s.id, tracks = s.setups.len(), "rtsp play");
-        s.playing =
-            Some(Playing { reader, stream, rtp: Arc::new(Mutex::new(rtp)), paused: false, last_rr: [None, None] });
-        status(200, req).with("Range", "npt=0.000-")
+        info!(peer = %self.peer, path, session = self.session.session_id().unwrap_or("-"), tracks = self.txs.len(), "rtsp play");
+        let starting = reader.is_some().then(|| Starting::new(&self.txs));
+        let multicast_only = starting.is_none();
+        self.media = Media::Play(Playing {
+            reader,
+            stream,
+            rtp: Arc::new(Mutex::new(rtp)),
+            paused: false,
+            last_rr: [None, None],
+            starting,
+        });
+        if multicast_only {
+            // A multicast reader joins the group's packets where they are.
+            return self.session.accept_play("npt=now-", &[]);
+        }
+        Ok(())
     }
 
-    fn record(&mut self, req: &Request) -> Response {
-        let Some(s) = self.session.as_mut() else {
-            return status(454, req);
+    /// Answers the PLAY waiting for first packets, then sends the frames held meanwhile.
+    fn finish_start(&mut self) {
+        let Media::Play(p) = &mut self.media else { return };
+        let Some(st) = p.starting.take() else { return };
+        let range = match st.first_ms {
+            Some(ms) => format!("npt={}.{:03}-", ms / 1000, ms % 1000),
+            None => "npt=now-".to_owned(),
         };
-        let Some(rec) = s.announced.as_mut() else {
-            return status(455, req);
-        };
-        if s.setups.is_empty() {
-            return status(455, req);
+        if let Err(e) = self.session.accept_play(&range, &st.starts) {
+            self.ended(&e);
         }
-        rec.start();
-        info!(peer = %self.peer, path = s.path.as_deref().unwrap_or(""), "rtsp record");
-        status(200, req)
+        // The answer goes before the first packet.
+        self.transmit();
+        for item in st.items {
+            self.play_item(item);
+        }
     }
 
     /// Ends the session: BYE to players, unpublish a recording, free UDP routes.
@@ -684,135 +479,83 @@ impl Conn {
         // else on this connection (the BYE, the TEARDOWN response), or the interleaved
         // stream would be cut mid-packet.
         let _ = self.take_over();
-        if let Some(s) = self.session.take()
-            && let Some(p) = &s.playing
-        {
-            for x in &s.setups {
-                let kind = if x.index == 0 { TrackKind::Video } else { TrackKind::Audio };
-                if let (Some(ssrc), Tx::Tcp { .. } | Tx::Udp { .. }) = (p.stream.ssrc(kind), &x.tx) {
-                    send_rtcp(&self.shared, &mut self.out.headers, &mut self.out.bufs, &x.tx, rtcp::bye(ssrc));
+        if let Media::Play(p) = &self.media {
+            for (index, tx) in &self.txs {
+                let kind = if *index == 0 { TrackKind::Video } else { TrackKind::Audio };
+                if let (Some(ssrc), Tx::Tcp { .. } | Tx::Udp { .. }) = (p.stream.ssrc(kind), tx) {
+                    send_rtcp(&self.shared, &mut self.out.headers, &mut self.out.bufs, tx, rtcp::bye(ssrc));
                 }
-                if let Some(rr) = &p.last_rr[x.index.min(1)] {
-                    info!(peer = %self.peer, session = s.id, track = x.index, fraction_lost = rr.fraction_lost, cumulative_lost = rr.cumulative_lost, jitter = rr.jitter, "rtsp reader statistics");
+                if let Some(rr) = &p.last_rr[(*index).min(1)] {
+                    info!(peer = %self.peer, track = index, fraction_lost = rr.fraction_lost, cumulative_lost = rr.cumulative_lost, jitter = rr.jitter, "rtsp reader statistics");
                 }
             }
         }
+        self.media = Media::None;
+        self.txs.clear();
         self.shared.unroute(&self.routes);
         self.routes.clear();
     }
 
-    fn on_tick(&mut self) {
-        let now = Instant::now();
-        let idle = ms(self.shared.limits.publisher_idle_timeout_ms);
-        if let Some(rec) = self.session.as_ref().and_then(|s| s.announced.as_ref())
-            && rec.idle_for() > idle
-        {
-            info!(peer = %self.peer, "rtsp publisher sent no media for {idle:?}: unpublished");
-            self.teardown();
-            self.closing = true;
-            return;
-        }
-        // Slow clients: a message must arrive whole within the request timeout of its first
-        // byte, and a connection without a session must send a request that often.
-        let request_timeout = ms(self.shared.config.request_timeout_ms);
-        if let Some(since) = self.partial_since
-            && now.duration_since(since) > request_timeout
-        {
-            info!(peer = %self.peer, "rtsp message not complete within {request_timeout:?}: closing");
-            self.teardown();
-            self.closing = true;
-            return;
-        }
-        if self.session.is_none() && now.duration_since(self.last_activity) > request_timeout {
-            info!(peer = %self.peer, "rtsp connection sent no request for {request_timeout:?}: closing");
-            self.closing = true;
-            return;
-        }
-        let timeout = ms(self.shared.config.session_timeout_ms);
-        if self.session.is_some() && now.duration_since(self.last_activity) > timeout {
-            info!(peer = %self.peer, "rtsp session timed out after {timeout:?} without requests or RTCP");
-            self.teardown();
-            self.closing = true;
-            return;
-        }
-        if now.duration_since(self.last_report) < ms(self.shared.config.rtcp_interval_ms) {
-            return;
-        }
-        self.last_report = now;
+    /// The RTCP report timer: sender reports to a player, receiver reports to a publisher.
+    fn reports(&mut self) {
         let micros = unix_micros();
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        if let Some(p) = &s.playing {
-            for x in &s.setups {
-                let kind = if x.index == 0 { TrackKind::Video } else { TrackKind::Audio };
-                let t = lock(&p.rtp).sent[x.index.min(1)];
-                if matches!(x.tx, Tx::Multicast(_)) {
-                    continue;
-                }
-                if let Some((_, sr)) = p.stream.sender_report(kind, micros, t.packets, t.octets) {
-                    send_rtcp(&self.shared, &mut self.out.headers, &mut self.out.bufs, &x.tx, sr);
-                }
-            }
-        }
-        if let Some(rec) = s.announced.as_mut() {
-            for (index, rr) in rec.receiver_reports(micros) {
-                if let Some(x) = s.setups.iter().find(|x| x.index == index) {
-                    send_rtcp(&self.shared, &mut self.out.headers, &mut self.out.bufs, &x.tx, rr);
+        match &mut self.media {
+            Media::Play(p) => {
+                for (index, tx) in &self.txs {
+                    if matches!(tx, Tx::Multicast(_)) {
+                        continue;
+                    }
+                    let kind = if *index == 0 { TrackKind::Video } else { TrackKind::Audio };
+                    let t = lock(&p.rtp).sent[(*index).min(1)];
+                    if let Some((_, sr)) = p.stream.sender_report(kind, micros, t.packets, t.octets) {
+                        send_rtcp(&self.shared, &mut self.out.headers, &mut self.out.bufs, tx, sr);
+                    }
                 }
             }
-        }
-    }
-
-    fn on_interleaved(&mut self, channel: u8, data: Bytes) {
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        let Some(x) =
-            s.setups.iter().find(|x| matches!(x.tx, Tx::Tcp { rtp, rtcp } if rtp == channel || rtcp == channel))
-        else {
-            debug!(peer = %self.peer, channel, "rtsp: interleaved data on a channel that was never set up");
-            return;
-        };
-        let Tx::Tcp { rtp, .. } = x.tx else { return };
-        let index = x.index;
-        self.last_activity = Instant::now();
-        if channel == rtp {
-            if let Some(rec) = s.announced.as_mut() {
-                rec.on_rtp(index, data, false);
+            Media::Record(rec) => {
+                for (index, rr) in rec.receiver_reports(micros) {
+                    if let Some((_, tx)) = self.txs.iter().find(|(i, _)| *i == index) {
+                        send_rtcp(&self.shared, &mut self.out.headers, &mut self.out.bufs, tx, rr);
+                    }
+                }
             }
-        } else {
-            on_rtcp(self.peer, s, index, &data);
-        }
-    }
-
-    fn on_udp(&mut self, u: UdpIn) {
-        let Some(s) = self.session.as_mut() else {
-            return;
-        };
-        self.last_activity = Instant::now();
-        if u.rtcp {
-            on_rtcp(self.peer, s, u.index, &u.data);
-        } else if let Some(rec) = s.announced.as_mut() {
-            rec.on_rtp(u.index, u.data, true);
+            Media::None => {}
         }
     }
 
     fn play_item(&mut self, item: ReaderItem) {
-        let Some(s) = self.session.as_mut() else {
+        let Media::Play(p) = &mut self.media else { return };
+        if let Some(st) = &mut p.starting {
+            if let ReaderItem::Tracks(t) = &item {
+                lock(&p.rtp).tracks = (**t).clone();
+            }
+            if let ReaderItem::Frame(f) = &item {
+                st.first_packet(&p.rtp, &p.stream, f);
+            }
+            let ended = matches!(item, ReaderItem::Ended | ReaderItem::TooSlow);
+            st.items.push(item);
+            if ended || !st.wanted.contains(&true) || st.items.len() >= MAX_FIRST_FRAMES {
+                self.finish_start();
+            }
             return;
-        };
-        let Some(p) = s.playing.as_mut() else { return };
+        }
         match item {
             ReaderItem::Tracks(t) => lock(&p.rtp).tracks = (*t).clone(),
             ReaderItem::Frame(f) => lock(&p.rtp).frame(&f, &mut self.out.bufs),
             ReaderItem::Unpublished | ReaderItem::Republished => {}
             ReaderItem::Ended | ReaderItem::TooSlow => {
-                info!(peer = %self.peer, session = s.id, "rtsp play: stream ended; closing");
+                info!(peer = %self.peer, session = self.session.session_id().unwrap_or("-"), "rtsp play: stream ended; closing");
                 self.teardown();
                 self.closing = true;
             }
         }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -828,7 +571,7 @@ async fn wait_tracks(sub: &crate::hub::Subscription) -> Arc<Tracks> {
     tracks
 }
 
-fn on_rtcp(peer: SocketAddr, s: &mut Session, index: usize, data: &[u8]) {
+fn on_rtcp(peer: SocketAddr, media: &mut Media, index: usize, data: &[u8]) {
     let packets = match rtcp::parse(data) {
         Ok(p) => p,
         Err(e) => {
@@ -839,78 +582,19 @@ fn on_rtcp(peer: SocketAddr, s: &mut Session, index: usize, data: &[u8]) {
     for p in packets {
         match p {
             RtcpPacket::ReceiverReport { reports, .. } | RtcpPacket::SenderReport { reports, .. }
-                if s.playing.is_some() =>
+                if matches!(media, Media::Play(_)) =>
             {
-                if let (Some(pl), Some(r)) = (s.playing.as_mut(), reports.first()) {
+                if let (Media::Play(pl), Some(r)) = (&mut *media, reports.first()) {
                     debug!(%peer, track = index, fraction_lost = r.fraction_lost, cumulative_lost = r.cumulative_lost, jitter = r.jitter, "rtsp receiver report");
                     pl.last_rr[index.min(1)] = Some(*r);
                 }
             }
             RtcpPacket::SenderReport { ntp, rtp_time, .. } => {
-                if let Some(rec) = s.announced.as_mut() {
+                if let Media::Record(rec) = media {
                     rec.on_sender_report(index, ntp, rtp_time);
                 }
             }
             _ => {}
         }
-    }
-}
-
-/// What a connection will write next: encoded responses, interleaved frame headers and
-/// shared RTP packets, written with one vectored write.
-#[derive(Default)]
-struct Out {
-    bufs: Vec<Bytes>,
-    /// Scratch for the 4-byte interleaved headers: they are split off one buffer, so a
-    /// packet costs no allocation of its own.
-    headers: BytesMut,
-}
-
-impl Out {
-    fn push(&mut self, b: Bytes) {
-        self.bufs.push(b);
-    }
-}
-
-fn interleaved(headers: &mut BytesMut, out: &mut Vec<Bytes>, channel: u8, pkt: Bytes) {
-    if headers.capacity() < 4 {
-        // Room for the headers of a frame or two (per-viewer memory).
-        headers.reserve(1024);
-    }
-    headers.put_u8(b'$');
-    headers.put_u8(channel);
-    headers.put_u16(pkt.len() as u16);
-    out.push(headers.split().freeze());
-    out.push(pkt);
-}
-
-/// An RTP packet on a TCP transport (UDP packets go by frame, see [`RtpOut::frame`]).
-fn send_rtp(headers: &mut BytesMut, out: &mut Vec<Bytes>, tx: &Tx, pkt: Bytes) {
-    if let Tx::Tcp { rtp, .. } = tx {
-        interleaved(headers, out, *rtp, pkt);
-    }
-}
-
-fn send_rtcp(shared: &Shared, headers: &mut BytesMut, out: &mut Vec<Bytes>, tx: &Tx, pkt: Bytes) {
-    match tx {
-        Tx::Tcp { rtcp, .. } => interleaved(headers, out, *rtcp, pkt),
-        Tx::Udp { rtcp, .. } => {
-            let _ = shared.rtcp.try_send_to(&pkt, *rtcp);
-        }
-        Tx::Multicast(_) => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(url_path("rtsp://h:8554/live/cam1"), "live/cam1");
-        assert_eq!(url_path("rtsp://h/live/cam1/?x=1"), "live/cam1");
-        assert_eq!(split_control("rtsp://h/live/cam1/trackID=1"), ("live/cam1", Some("trackID=1")));
-        assert_eq!(split_control("rtsp://h/live/cam1/streamid=0"), ("live/cam1", Some("streamid=0")));
-        assert_eq!(split_control("rtsp://h/live/cam1"), ("live/cam1", None));
     }
 }

@@ -4,6 +4,7 @@
 
 mod conn;
 mod multicast;
+mod player;
 mod record;
 mod udp_out;
 
@@ -53,12 +54,22 @@ pub struct Shared {
     limits: LimitsConfig,
 }
 
-/// A random number, good enough for SSRCs, sequence numbers and session ids (RFC 3550 asks
-/// for unpredictability, not secrecy).
+/// A random number from the operating system's CSPRNG: session ids and Digest nonces must
+/// not be guessable (a hash of the time was), and SSRCs and initial sequence numbers
+/// should not be (RFC 3550 section 8.2, RFC 3711 section 8.1).
 pub fn random_u64() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    h.finish()
+    match getrandom::u64() {
+        Ok(n) => n,
+        // No entropy source at all (never seen on Linux since 3.17's getrandom(2)): a
+        // session id is still unique per process, if guessable, and the server goes on.
+        Err(e) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| warn!("no CSPRNG: {e}"));
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+            h.finish()
+        }
+    }
 }
 
 /// Wall-clock time in microseconds, which a step of the system clock does not move (see

@@ -14,7 +14,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-use super::{Shared, lock, slot, unix_micros};
+use super::{Shared, StreamRtp, lock, slot, unix_micros};
 use crate::config::ms;
 use crate::reader::{Reader, ReaderItem};
 
@@ -44,6 +44,8 @@ impl MulticastGroup {
         if task.is_some() {
             return;
         }
+        // Packets in order from here on (see `Shared::stream_rtp`), before the subscription.
+        let stream = shared.stream_rtp(&self.path);
         let Some(sub) = shared.hub.subscribe(&self.path) else {
             return;
         };
@@ -51,7 +53,7 @@ impl MulticastGroup {
         let me = Arc::downgrade(self);
         let shared = shared.clone();
         let reader = Reader::new(shared.hub.clone(), sub);
-        *task = Some(tokio::spawn(send_loop(me, shared, reader)));
+        *task = Some(tokio::spawn(send_loop(me, shared, stream, reader)));
     }
 }
 
@@ -64,14 +66,13 @@ impl Drop for MulticastGroup {
     }
 }
 
-async fn send_loop(group: Weak<MulticastGroup>, shared: Arc<Shared>, mut reader: Reader) {
+async fn send_loop(group: Weak<MulticastGroup>, shared: Arc<Shared>, stream: Arc<StreamRtp>, mut reader: Reader) {
     let Some(g) = group.upgrade() else { return };
-    let (path, socket) = (g.path.clone(), g.socket.clone());
+    let socket = g.socket.clone();
     // RTP and RTCP destinations per track.
     let rtp = [0, 1].map(|i| SocketAddr::from((g.group, g.rtp_port(i))));
     let rtcp = [0, 1].map(|i| SocketAddr::from((g.group, g.rtp_port(i) + 1)));
     drop(g);
-    let stream = shared.stream_rtp(&path);
     let mut tracks = Tracks::default();
     let mut counts = [(0u32, 0u32); 2];
     let mut interval = tokio::time::interval(ms(shared.config.rtcp_interval_ms));

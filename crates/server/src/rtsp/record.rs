@@ -264,7 +264,6 @@ pub struct Recording {
     timeline: Timeline,
     /// Whether the alignment by sender reports has been logged.
     alignment_logged: bool,
-    last_media: Instant,
 }
 
 fn reorder_depth(track: &TrackInfo) -> usize {
@@ -354,7 +353,7 @@ impl Recording {
             return Err("no supported track (H.264, H.265, AAC, Opus, G.711) in the SDP".into());
         }
         let timeline = Timeline::new(slots.iter().map(|s| (s.media.clock_rate, s.track.is_some())));
-        let r = Recording { publisher, slots, info, timeline, alignment_logged: false, last_media: Instant::now() };
+        let r = Recording { publisher, slots, info, timeline, alignment_logged: false };
         // Parameters known from the SDP go to readers at once; in-band ones follow.
         publish_tracks(&r.publisher, &r.info);
         Ok(r)
@@ -365,32 +364,14 @@ impl Recording {
         self.slots.iter().filter(|s| s.track.is_some()).count()
     }
 
-    /// The track a SETUP URL names: its control matched against each media's `a=control`.
-    /// The index is that of the `m=` section, carried or not.
-    pub fn track_for_control(&self, uri: &str, control: Option<&str>) -> Option<usize> {
-        self.slots.iter().position(|s| match (&s.media.control, control) {
-            (Some(c), _) if c.contains("://") => uri.trim_end_matches('/') == c.trim_end_matches('/'),
-            (Some(c), Some(ctl)) => c == ctl,
-            // No a=control: the media is addressed by the aggregate URL.
-            (None, None) => true,
-            _ => false,
-        })
-    }
-
     /// RECORD accepted: the session timeline starts.
     pub fn start(&mut self) {
         self.timeline.start(Instant::now());
     }
 
-    /// How long since the last media packet (or the ANNOUNCE).
-    pub fn idle_for(&self) -> Duration {
-        self.last_media.elapsed()
-    }
-
     /// An RTP packet for track `index`; UDP packets go through the reorder buffer.
     pub fn on_rtp(&mut self, index: usize, data: Bytes, udp: bool) {
         let now = Instant::now();
-        self.last_media = now;
         let Some(slot) = self.slots.get_mut(index) else {
             return;
         };

@@ -1,0 +1,853 @@
+//! The server side of an RTSP connection (RFC 2326), sans I/O: requests in, responses out,
+//! with the session state table, authentication, transport negotiation, session timeouts and
+//! the RTCP report timer. The application decides what needs the world outside (does the
+//! stream exist, may this path be published) and moves the media; see [`ServerSession`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::auth::{self, Credentials};
+use crate::message::{self, Message, MessageError, Method, Request, Response};
+use crate::sdp::{self, Sdp};
+use crate::state::{State, transition};
+use crate::transport::{Lower, Transport};
+use crate::url;
+
+/// The methods we implement, for OPTIONS and 405.
+pub const PUBLIC: &str =
+    "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, PAUSE, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+
+/// Most tracks one session may set up. Our streams have two; a publisher's SDP may list a
+/// few more (data, metadata) that are set up and discarded. Bounds per-session state.
+pub const MAX_SETUPS: usize = 16;
+
+/// Input held while the application owes a decision (DESCRIBE, ANNOUNCE, SETUP or PLAY):
+/// a client may pipeline requests, but not make us buffer without end. One whole request
+/// of the largest size [`message::decode`] accepts fits.
+pub const MAX_PENDING_INPUT: usize = message::MAX_HEADER_LEN + message::MAX_BODY_LEN;
+
+/// Settings of a server session.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// A session with no request, RTCP or media from the client for this long ends.
+    pub session_timeout: Duration,
+    /// A message must arrive whole within this time of its first byte, and a connection
+    /// without a session must send a request this often.
+    pub request_timeout: Duration,
+    /// A recording that receives no media for this long ends.
+    pub media_timeout: Duration,
+    /// Interval of the RTCP report timer ([`ServerEvent::RtcpReport`]).
+    pub rtcp_interval: Duration,
+    /// Our unicast RTP and RTCP ports, for `server_port` in SETUP answers.
+    pub server_ports: (u16, u16),
+    /// Credentials required to play (DESCRIBE, SETUP, PLAY); None: open.
+    pub read_credentials: Option<Credentials>,
+    /// Credentials required to publish (ANNOUNCE, SETUP, RECORD); None: open.
+    pub publish_credentials: Option<Credentials>,
+    /// Paths that moved: DESCRIBE, ANNOUNCE and SETUP answer 301 with this location.
+    pub redirects: BTreeMap<String, String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            session_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            media_timeout: Duration::from_secs(20),
+            rtcp_interval: Duration::from_secs(5),
+            server_ports: (8000, 8001),
+            read_credentials: None,
+            publish_credentials: None,
+            redirects: BTreeMap::new(),
+        }
+    }
+}
+
+/// Unpredictable values a session needs; the application draws them from a CSPRNG.
+#[derive(Clone, Copy)]
+pub struct Secrets {
+    /// The session id given at the first SETUP or ANNOUNCE.
+    pub session_id: u64,
+    /// The Digest nonce of this connection.
+    pub nonce: u64,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets { .. }")
+    }
+}
+
+/// The session's timers; the earliest deadline is [`ServerSession::poll_timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// A message begun must be complete by then.
+    Request,
+    /// A connection without a session must send a request by then.
+    Idle,
+    /// The session ends unless the client shows life by then.
+    Session,
+    /// A recording ends unless media arrives by then.
+    Media,
+    /// Time for RTCP sender or receiver reports.
+    RtcpReport,
+}
+
+/// Why a session ended. Every variant is fatal: the driver flushes [`ServerSession::poll_transmit`]
+/// (an error status may be queued), tears down and closes.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SessionError {
+    /// Input that is not RTSP, or over a size cap; answered with [`MessageError::status`].
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    /// More than [`MAX_PENDING_INPUT`] bytes sent while a decision was owed.
+    #[error("more than {MAX_PENDING_INPUT} bytes sent while a request was being answered")]
+    PendingInputTooLarge,
+    /// A message was not complete within the request timeout of its first byte.
+    #[error("message not complete within {0:?}")]
+    RequestTimeout(Duration),
+    /// No request within the request timeout on a connection without a session.
+    #[error("no request within {0:?}")]
+    IdleTimeout(Duration),
+    /// No request, RTCP or media within the session timeout.
+    #[error("session timed out after {0:?} without requests, RTCP or media")]
+    SessionTimeout(Duration),
+    /// A recording received no media within the media timeout.
+    #[error("publisher sent no media for {0:?}")]
+    MediaTimeout(Duration),
+}
+
+/// A decision or notification for the application.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerEvent {
+    /// DESCRIBE: answer with [`ServerSession::accept_describe`] or [`ServerSession::reject`].
+    Describe {
+        /// The stream path.
+        path: String,
+    },
+    /// ANNOUNCE with a parsed SDP: answer with [`ServerSession::accept_announce`] or
+    /// [`ServerSession::reject`].
+    Announce {
+        /// The stream path.
+        path: String,
+        /// The announced session description.
+        sdp: Sdp,
+    },
+    /// SETUP: answer with [`ServerSession::accept_setup`] or [`ServerSession::reject`].
+    Setup {
+        /// The stream path.
+        path: String,
+        /// For a recording, the index of the SDP media the control URL names (every `m=`
+        /// line counts). For a player, the N of `trackID=N`, or None for the aggregate URL
+        /// (the application picks the track of a single-track stream, or refuses with 459).
+        track: Option<usize>,
+        /// The transport the client asked for (the first acceptable alternative).
+        transport: Transport,
+        /// True when setting up a track of an announced recording.
+        record: bool,
+    },
+    /// PLAY (first, or resume after PAUSE): answer with [`ServerSession::accept_play`] or
+    /// [`ServerSession::reject`].
+    Play {
+        /// The stream path.
+        path: String,
+        /// True when resuming after PAUSE.
+        resume: bool,
+    },
+    /// RECORD was accepted: media follows.
+    Record {
+        /// The stream path.
+        path: String,
+    },
+    /// PAUSE of a playing session was accepted: stop sending until the next PLAY.
+    Pause,
+    /// TEARDOWN was accepted: the session is over (the connection may stay).
+    Teardown,
+    /// An RTP packet from the client on a set-up track (interleaved or from
+    /// [`ServerSession::handle_udp`]).
+    Rtp {
+        /// The track (as given to [`ServerSession::accept_setup`]).
+        track: usize,
+        /// The packet.
+        data: Bytes,
+    },
+    /// An RTCP packet from the client on a set-up track.
+    Rtcp {
+        /// The track.
+        track: usize,
+        /// The packet.
+        data: Bytes,
+    },
+    /// The RTCP report timer fired: send sender reports (playing) or receiver reports
+    /// (recording) on every set-up track.
+    RtcpReport,
+    /// A request was refused; for the application's log.
+    Refused {
+        /// The method.
+        method: Method,
+        /// The request URI.
+        uri: String,
+        /// The status sent.
+        status: u16,
+        /// A 401 for credentials that were sent but wrong.
+        bad_credentials: bool,
+    },
+}
+
+/// The multicast group a SETUP is answered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MulticastReply {
+    /// The group address.
+    pub destination: String,
+    /// RTP and RTCP ports of the track in the group.
+    pub ports: (u16, u16),
+    /// TTL.
+    pub ttl: u8,
+}
+
+/// What the first RTP packet a player will get on one track carries (RFC 2326 12.33): the
+/// `seq` and `rtptime` of RTP-Info, from that packet's header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpStart {
+    /// The track.
+    pub track: usize,
+    /// Sequence number of the first packet.
+    pub seq: u16,
+    /// RTP timestamp of the first packet.
+    pub rtptime: u32,
+}
+
+/// One set-up track.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetUp {
+    /// The track index.
+    pub track: usize,
+    /// The transport as answered.
+    pub transport: Transport,
+    /// The request URI of the SETUP (the track's URL in RTP-Info).
+    pub uri: String,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Play { played: bool },
+    Record { sdp: Sdp },
+}
+
+#[derive(Debug)]
+struct Session {
+    id: String,
+    path: String,
+    mode: Mode,
+    setups: Vec<SetUp>,
+    /// PLAY or RECORD was accepted: the report timer runs.
+    started: bool,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Describe,
+    Announce { path: String, sdp: Sdp },
+    Setup { path: String, transport: Transport, record: bool },
+    Play,
+}
+
+/// The server side of one RTSP connection, sans I/O.
+///
+/// Drive it like this, draining the polls after every input (events first: what the
+/// application writes for an event, such as the RTCP BYE of a TEARDOWN, goes before the
+/// response):
+///
+/// ```no_run
+/// # use std::time::Instant;
+/// # use ferrocast_rtsp::server::{Secrets, ServerConfig, ServerEvent, ServerSession};
+/// # fn read() -> Vec<u8> { vec![] } fn write(_: &[u8]) {}
+/// let secrets = Secrets { session_id: 1, nonce: 2 }; // from a CSPRNG
+/// let mut s = ServerSession::new(ServerConfig::default(), secrets, Instant::now());
+/// loop {
+///     s.handle_input(Instant::now(), &read())?;     // or handle_timeout at poll_timeout()
+///     while let Some(ev) = s.poll_event() {
+///         match ev {
+///             ServerEvent::Describe { .. } => s.accept_describe("v=0\r\n...")?,
+///             ServerEvent::Setup { track, .. } => { s.accept_setup(track.unwrap_or(0), None)?; }
+///             ServerEvent::Play { .. } => s.accept_play("npt=0-", &[])?,
+///             _ => {}
+///         }
+///     }
+///     while let Some(bytes) = s.poll_transmit() { write(&bytes); }
+/// }
+/// # Ok::<(), ferrocast_rtsp::server::SessionError>(())
+/// ```
+#[derive(Debug)]
+pub struct ServerSession {
+    config: ServerConfig,
+    secrets: Secrets,
+    nonce: String,
+    state: State,
+    session: Option<Session>,
+    /// The request whose answer the application owes.
+    pending: Option<(Request, Pending)>,
+    input: BytesMut,
+    out: BytesMut,
+    events: VecDeque<ServerEvent>,
+    /// Roles proven: [read, publish].
+    authorized: [bool; 2],
+    last_activity: Instant,
+    last_media: Instant,
+    /// When the first byte of the message now partly in `input` arrived.
+    partial_since: Option<Instant>,
+    next_report: Option<Instant>,
+    closing: bool,
+    /// Sessions made on this connection so far: each gets a different id.
+    generation: u64,
+}
+
+fn status(code: u16, req: &Request) -> Response {
+    Response::new(code, req.cseq())
+}
+
+impl ServerSession {
+    /// A session for a freshly accepted connection.
+    pub fn new(config: ServerConfig, secrets: Secrets, now: Instant) -> ServerSession {
+        ServerSession {
+            config,
+            nonce: format!("{:016x}", secrets.nonce),
+            secrets,
+            state: State::Init,
+            session: None,
+            pending: None,
+            input: BytesMut::new(),
+            out: BytesMut::new(),
+            events: VecDeque::new(),
+            authorized: [false; 2],
+            last_activity: now,
+            last_media: now,
+            partial_since: None,
+            next_report: None,
+            closing: false,
+            generation: 0,
+        }
+    }
+
+    /// The session state (RFC 2326 A.2).
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The session id, once a SETUP or ANNOUNCE made one.
+    pub fn session_id(&self) -> Option<&str> {
+        self.session.as_ref().map(|s| s.id.as_str())
+    }
+
+    /// The stream path of the session.
+    pub fn path(&self) -> Option<&str> {
+        self.session.as_ref().map(|s| s.path.as_str())
+    }
+
+    /// True when the session records (ANNOUNCE accepted).
+    pub fn is_recording(&self) -> bool {
+        matches!(self.session, Some(Session { mode: Mode::Record { .. }, .. }))
+    }
+
+    /// The set-up tracks.
+    pub fn setups(&self) -> &[SetUp] {
+        self.session.as_ref().map_or(&[], |s| &s.setups)
+    }
+
+    /// True while the application owes an answer; the driver need not read meanwhile.
+    pub fn awaiting_decision(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// True after an error that ends the connection: flush, then close.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Feeds bytes read from the RTSP connection.
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) -> Result<(), SessionError> {
+        if self.closing {
+            return Ok(());
+        }
+        self.input.extend_from_slice(data);
+        if self.pending.is_some() && self.input.len() > MAX_PENDING_INPUT {
+            self.closing = true;
+            return Err(SessionError::PendingInputTooLarge);
+        }
+        self.process(now)
+    }
+
+    /// A datagram from the client's address of `track` (the application routes UDP by the
+    /// client ports of [`ServerSession::setups`]).
+    pub fn handle_udp(&mut self, now: Instant, track: usize, rtcp: bool, data: Bytes) {
+        let Some(s) = &self.session else { return };
+        if !s.setups.iter().any(|x| x.track == track) {
+            return;
+        }
+        self.last_activity = now;
+        if rtcp {
+            self.events.push_back(ServerEvent::Rtcp { track, data });
+        } else {
+            self.last_media = now;
+            self.events.push_back(ServerEvent::Rtp { track, data });
+        }
+    }
+
+    fn process(&mut self, now: Instant) -> Result<(), SessionError> {
+        while self.pending.is_none() && !self.closing {
+            let decoded = message::decode(&mut self.input);
+            if !matches!(decoded, Ok(None)) {
+                self.partial_since = None;
+            }
+            match decoded {
+                Ok(None) => {
+                    if !self.input.is_empty() && self.partial_since.is_none() {
+                        self.partial_since = Some(now);
+                    }
+                    return Ok(());
+                }
+                Ok(Some(Message::Request(req))) => {
+                    self.last_activity = now;
+                    self.on_request(now, req);
+                }
+                Ok(Some(Message::Response(_))) => {}
+                Ok(Some(Message::Interleaved { channel, data })) => self.on_interleaved(now, channel, data),
+                Err(e) => {
+                    self.send(Response::new(e.status(), None));
+                    self.closing = true;
+                    return Err(e.into());
+                }
+            }
+        }
+        // A message waiting behind a decision is not "slow": its clock starts when read.
+        if !self.input.is_empty() && self.partial_since.is_none() && self.pending.is_none() {
+            self.partial_since = Some(now);
+        }
+        Ok(())
+    }
+
+    fn on_interleaved(&mut self, now: Instant, channel: u8, data: Bytes) {
+        let Some(s) = &self.session else { return };
+        let found = s.setups.iter().find_map(|x| match x.transport.interleaved {
+            Some((rtp, _)) if x.transport.lower == Lower::Tcp && rtp == channel => Some((x.track, false)),
+            Some((_, rtcp)) if x.transport.lower == Lower::Tcp && rtcp == channel => Some((x.track, true)),
+            _ => None,
+        });
+        // Data on a channel never set up is dropped (RFC 2326 10.12 leaves it undefined).
+        let Some((track, rtcp)) = found else { return };
+        self.handle_udp(now, track, rtcp, data);
+    }
+
+    fn send(&mut self, r: Response) {
+        self.out.extend_from_slice(&r.encode());
+    }
+
+    /// Sends `resp` for `req`, with the Session header on a success, and the log event on
+    /// a refusal.
+    fn respond(&mut self, req: &Request, resp: Response, bad_credentials: bool) {
+        let resp = match &self.session {
+            Some(s) if resp.status == 200 && !matches!(req.method, Method::Options | Method::Describe) => {
+                let timeout = self.config.session_timeout.as_secs();
+                resp.with("Session", format!("{};timeout={timeout}", s.id))
+            }
+            _ => resp,
+        };
+        if resp.status >= 400 {
+            self.events.push_back(ServerEvent::Refused {
+                method: req.method.clone(),
+                uri: req.uri.clone(),
+                status: resp.status,
+                bad_credentials,
+            });
+        }
+        self.send(resp);
+    }
+
+    fn refuse(&mut self, req: &Request, code: u16) {
+        let mut r = status(code, req);
+        if code == 405 {
+            r = r.with("Allow", PUBLIC);
+        }
+        self.respond(req, r, false);
+    }
+
+    fn on_request(&mut self, now: Instant, req: Request) {
+        // Which session: a Session header must name ours (RFC 2326 12.37).
+        if let Some(id) = req.session()
+            && self.session.as_ref().is_none_or(|s| s.id != id)
+        {
+            return self.refuse(&req, 454);
+        }
+        let next = match transition(self.state, &req.method) {
+            Ok(n) => n,
+            Err(code) => return self.refuse(&req, code),
+        };
+        if let Some(bad_credentials) = self.authenticate(&req) {
+            let [digest, basic] = auth::challenges(&self.nonce);
+            let r = status(401, &req).with("WWW-Authenticate", digest).with("WWW-Authenticate", basic);
+            return self.respond(&req, r, bad_credentials);
+        }
+        let needs_session = matches!(req.method, Method::Play | Method::Pause | Method::Record | Method::Teardown);
+        if needs_session && req.session().is_none() {
+            return self.refuse(&req, 454);
+        }
+        match req.method {
+            Method::Options => {
+                let r = status(200, &req).with("Public", PUBLIC);
+                self.respond(&req, r, false);
+            }
+            Method::Describe => self.describe(req),
+            Method::Announce => self.announce(req),
+            Method::Setup => self.setup(req),
+            Method::Play => self.play(req),
+            Method::Pause => {
+                self.state = next;
+                self.events.push_back(ServerEvent::Pause);
+                self.respond(&req, status(200, &req), false);
+            }
+            Method::Record => self.record(now, req, next),
+            Method::Teardown => {
+                self.events.push_back(ServerEvent::Teardown);
+                self.session = None;
+                self.state = State::Init;
+                self.next_report = None;
+                self.respond(&req, status(200, &req), false);
+            }
+            Method::GetParameter => self.respond(&req, status(200, &req), false),
+            // An empty SET_PARAMETER is a keep-alive; we have no parameters to set.
+            Method::SetParameter if req.body.is_empty() => self.respond(&req, status(200, &req), false),
+            Method::SetParameter => self.refuse(&req, 451),
+            Method::Redirect | Method::Other(_) => self.refuse(&req, 501),
+        }
+    }
+
+    /// Some(bad_credentials) when the request's role (read or publish) needs credentials
+    /// this connection has not proven yet.
+    fn authenticate(&mut self, req: &Request) -> Option<bool> {
+        let role = match req.method {
+            Method::Describe | Method::Play => 0,
+            Method::Announce | Method::Record => 1,
+            Method::Setup => usize::from(self.is_recording()),
+            _ => return None,
+        };
+        let creds = if role == 0 { &self.config.read_credentials } else { &self.config.publish_credentials };
+        let creds = creds.as_ref()?;
+        if self.authorized[role] {
+            return None;
+        }
+        let authorization = req.headers.get("Authorization");
+        if auth::verify(creds, authorization, req.method.as_str(), &req.uri, &self.nonce) {
+            self.authorized[role] = true;
+            return None;
+        }
+        Some(authorization.is_some())
+    }
+
+    fn redirect(&mut self, path: &str, req: &Request) -> bool {
+        let Some(to) = self.config.redirects.get(path) else { return false };
+        let r = status(301, req).with("Location", to.as_str());
+        self.respond(req, r, false);
+        true
+    }
+
+    fn describe(&mut self, req: Request) {
+        let path = url::path(&req.uri).to_owned();
+        if self.redirect(&path, &req) {
+            return;
+        }
+        self.events.push_back(ServerEvent::Describe { path });
+        self.pending = Some((req, Pending::Describe));
+    }
+
+    fn announce(&mut self, req: Request) {
+        let path = url::path(&req.uri).to_owned();
+        if self.redirect(&path, &req) {
+            return;
+        }
+        if self.session.is_some() {
+            // One session per connection, and this one is set up already.
+            return self.refuse(&req, 455);
+        }
+        if !req.headers.get("Content-Type").is_some_and(|c| c.starts_with("application/sdp")) {
+            return self.refuse(&req, 400);
+        }
+        let sdp = match sdp::parse(&req.body) {
+            Ok(s) => s,
+            Err(_) => return self.refuse(&req, 400),
+        };
+        self.events.push_back(ServerEvent::Announce { path: path.clone(), sdp: sdp.clone() });
+        self.pending = Some((req, Pending::Announce { path, sdp }));
+    }
+
+    fn setup(&mut self, req: Request) {
+        let (path, control) = url::split_control(&req.uri);
+        let path = path.to_owned();
+        if self.redirect(&path, &req) {
+            return;
+        }
+        let Some(header) = req.headers.get("Transport") else {
+            return self.refuse(&req, 461);
+        };
+        let record = self.is_recording();
+        let acceptable = |t: &Transport| match t.lower {
+            Lower::Tcp => true,
+            // A publisher cannot send to a group we would have to join.
+            Lower::Udp if t.multicast => !record,
+            Lower::Udp => t.client_port.is_some(),
+        };
+        let Ok(transport) = Transport::parse_header(header, acceptable) else {
+            return self.refuse(&req, 461);
+        };
+        if let Some(s) = &self.session {
+            if s.path != path {
+                // One session serves one stream: aggregate control across paths is refused.
+                return self.refuse(&req, 459);
+            }
+            if s.setups.len() >= MAX_SETUPS {
+                return self.refuse(&req, 453);
+            }
+        }
+        let track = match self.session.as_ref().map(|s| &s.mode) {
+            Some(Mode::Record { sdp }) => match url::media_for_control(sdp, &req.uri) {
+                Some(i) => Some(i),
+                None => return self.refuse(&req, 404),
+            },
+            _ => match control {
+                Some(c) => match url::described_track(c) {
+                    Some(i) => Some(i),
+                    None => return self.refuse(&req, 404),
+                },
+                None => None,
+            },
+        };
+        if let Some(i) = track
+            && self.setups().iter().any(|x| x.track == i)
+        {
+            return self.refuse(&req, 455);
+        }
+        self.events.push_back(ServerEvent::Setup { path: path.clone(), track, transport: transport.clone(), record });
+        self.pending = Some((req, Pending::Setup { path, transport, record }));
+    }
+
+    fn play(&mut self, req: Request) {
+        let Some(s) = &self.session else { return self.refuse(&req, 454) };
+        let Mode::Play { played } = s.mode else { return self.refuse(&req, 455) };
+        if url::split_control(&req.uri).1.is_some() && s.setups.len() > 1 {
+            // Tracks of one session play together (RFC 2326 C.1.1).
+            return self.refuse(&req, 460);
+        }
+        let path = s.path.clone();
+        self.events.push_back(ServerEvent::Play { path, resume: played });
+        self.pending = Some((req, Pending::Play));
+    }
+
+    fn record(&mut self, now: Instant, req: Request, next: State) {
+        let Some(s) = &mut self.session else { return self.refuse(&req, 454) };
+        if !matches!(s.mode, Mode::Record { .. }) || s.setups.is_empty() {
+            return self.refuse(&req, 455);
+        }
+        s.started = true;
+        let path = s.path.clone();
+        self.state = next;
+        self.last_media = now;
+        self.next_report.get_or_insert(now + self.config.rtcp_interval);
+        self.events.push_back(ServerEvent::Record { path });
+        self.respond(&req, status(200, &req), false);
+    }
+
+    fn new_session(&mut self, path: String, mode: Mode) -> &mut Session {
+        if self.session.is_none() {
+            let id = format!("{:016x}", self.secrets.session_id.wrapping_add(self.generation));
+            self.generation += 1;
+            self.session = Some(Session { id, path, mode, setups: Vec::new(), started: false });
+        }
+        self.session.as_mut().expect("just made")
+    }
+
+    fn take_pending(&mut self, want: fn(&Pending) -> bool) -> Option<(Request, Pending)> {
+        match &self.pending {
+            Some((_, p)) if want(p) => self.pending.take(),
+            _ => None,
+        }
+    }
+
+    /// Answers the pending DESCRIBE with this SDP; the Content-Base is the request URL.
+    pub fn accept_describe(&mut self, sdp: &str) -> Result<(), SessionError> {
+        if let Some((req, _)) = self.take_pending(|p| matches!(p, Pending::Describe)) {
+            let base = format!("{}/", req.uri.trim_end_matches('/'));
+            let r = status(200, &req).with("Content-Base", base).with_body("application/sdp", sdp.to_owned());
+            self.respond(&req, r, false);
+        }
+        self.resume()
+    }
+
+    /// Accepts the pending ANNOUNCE: the session records the announced SDP.
+    pub fn accept_announce(&mut self, now: Instant) -> Result<(), SessionError> {
+        if let Some((req, Pending::Announce { path, sdp })) =
+            self.take_pending(|p| matches!(p, Pending::Announce { .. }))
+        {
+            self.new_session(path, Mode::Record { sdp });
+            self.last_media = now;
+            self.respond(&req, status(200, &req), false);
+        }
+        self.resume()
+    }
+
+    /// Accepts the pending SETUP for `track` (the event's, or the application's choice for
+    /// the aggregate URL); multicast transports need the group. Returns the transport
+    /// answered, or None when there was no SETUP pending or the track was set up already
+    /// (answered 455).
+    pub fn accept_setup(
+        &mut self,
+        track: usize,
+        multicast: Option<MulticastReply>,
+    ) -> Result<Option<Transport>, SessionError> {
+        let Some((req, Pending::Setup { path, transport, record })) =
+            self.take_pending(|p| matches!(p, Pending::Setup { .. }))
+        else {
+            return self.resume().map(|_| None);
+        };
+        if self.setups().iter().any(|x| x.track == track) {
+            self.refuse(&req, 455);
+            return self.resume().map(|_| None);
+        }
+        let mut reply = transport.clone();
+        match transport.lower {
+            Lower::Tcp => {
+                let t = track.min(127) as u8;
+                reply.interleaved = Some(transport.interleaved.unwrap_or((2 * t, 2 * t + 1)));
+            }
+            Lower::Udp if transport.multicast => {
+                let Some(m) = multicast else {
+                    // The application could not give a group: our failure, not the client's.
+                    self.refuse(&req, 500);
+                    return self.resume().map(|_| None);
+                };
+                reply.destination = Some(m.destination);
+                reply.port = Some(m.ports);
+                reply.ttl = Some(m.ttl);
+                reply.client_port = None;
+            }
+            Lower::Udp => reply.server_port = Some(self.config.server_ports),
+        }
+        reply.record = record;
+        let s = self.new_session(path, Mode::Play { played: false });
+        s.setups.push(SetUp { track, transport: reply.clone(), uri: req.uri.clone() });
+        if self.state == State::Init {
+            self.state = State::Ready;
+        }
+        let r = status(200, &req).with("Transport", reply.encode());
+        self.respond(&req, r, false);
+        self.resume().map(|_| Some(reply))
+    }
+
+    /// Accepts the pending PLAY with the Range it starts at (`npt=12.345-`) and, per track,
+    /// the header of the first RTP packet the player will be sent (RTP-Info, RFC 2326
+    /// 12.33). Send that packet only after draining [`ServerSession::poll_transmit`].
+    pub fn accept_play(&mut self, range: &str, starts: &[RtpStart]) -> Result<(), SessionError> {
+        if let Some((req, _)) = self.take_pending(|p| matches!(p, Pending::Play)) {
+            let mut info = String::new();
+            if let Some(s) = &mut self.session {
+                s.mode = Mode::Play { played: true };
+                s.started = true;
+                for x in &s.setups {
+                    if !info.is_empty() {
+                        info.push(',');
+                    }
+                    let _ = write!(info, "url={}", x.uri);
+                    if let Some(st) = starts.iter().find(|st| st.track == x.track) {
+                        let _ = write!(info, ";seq={};rtptime={}", st.seq, st.rtptime);
+                    }
+                }
+            }
+            self.state = State::Playing;
+            let now_report = self.last_activity + self.config.rtcp_interval;
+            self.next_report.get_or_insert(now_report);
+            let mut r = status(200, &req).with("Range", range);
+            if !info.is_empty() {
+                r = r.with("RTP-Info", info);
+            }
+            self.respond(&req, r, false);
+        }
+        self.resume()
+    }
+
+    /// Refuses the pending request with `code` (404, 400, 503, 459 ...).
+    pub fn reject(&mut self, code: u16) -> Result<(), SessionError> {
+        if let Some((req, _)) = self.pending.take() {
+            self.refuse(&req, code);
+        }
+        self.resume()
+    }
+
+    /// Handles input buffered behind a decision.
+    fn resume(&mut self) -> Result<(), SessionError> {
+        let now = self.last_activity;
+        self.process(now)
+    }
+
+    fn timers(&self) -> [(Timer, Option<Instant>); 5] {
+        let has_session = self.session.is_some();
+        [
+            (Timer::Request, self.partial_since.map(|t| t + self.config.request_timeout)),
+            (Timer::Idle, (!has_session).then(|| self.last_activity + self.config.request_timeout)),
+            (Timer::Session, has_session.then(|| self.last_activity + self.config.session_timeout)),
+            (Timer::Media, self.is_recording().then(|| self.last_media + self.config.media_timeout)),
+            (Timer::RtcpReport, self.next_report.filter(|_| has_session)),
+        ]
+    }
+
+    /// The earliest timer deadline, and which timer it is. None while a decision is owed
+    /// (the application's own work has its own time limits).
+    pub fn poll_timeout(&self) -> Option<(Timer, Instant)> {
+        if self.pending.is_some() || self.closing {
+            return None;
+        }
+        self.timers().into_iter().filter_map(|(t, at)| at.map(|at| (t, at))).min_by_key(|(_, at)| *at)
+    }
+
+    /// Fires due timers. An error ends the session.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
+        if self.pending.is_some() || self.closing {
+            return Ok(());
+        }
+        for (timer, at) in self.timers() {
+            let Some(at) = at else { continue };
+            if now < at {
+                continue;
+            }
+            let err = match timer {
+                Timer::Request => SessionError::RequestTimeout(self.config.request_timeout),
+                Timer::Idle => SessionError::IdleTimeout(self.config.request_timeout),
+                Timer::Session => SessionError::SessionTimeout(self.config.session_timeout),
+                Timer::Media => SessionError::MediaTimeout(self.config.media_timeout),
+                Timer::RtcpReport => {
+                    // One report per firing, however late; the next one an interval on.
+                    self.next_report = Some(now + self.config.rtcp_interval);
+                    self.events.push_back(ServerEvent::RtcpReport);
+                    continue;
+                }
+            };
+            self.closing = true;
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next bytes to write to the connection.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        (!self.out.is_empty()).then(|| self.out.split().freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,208 @@
+//! A player's RTP side: where each track's packets go, what it was sent (for its sender
+//! reports), the encoder the stream's fan-out task drives for it, and the first packets of a
+//! PLAY (whose headers make the answer's RTP-Info).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ferrocast_media::{Frame, TrackInfo, TrackKind, Tracks};
+use ferrocast_rtsp::codec;
+use ferrocast_rtsp::server::RtpStart;
+
+use super::{MulticastGroup, Shared, StreamRtp, slot, unix_micros};
+use crate::fanout::Encoder;
+use crate::reader::ReaderItem;
+
+/// How long a PLAY answer waits for the first frame of every set-up track: its RTP-Info
+/// carries the header of the first packet of each (a stream whose audio stays silent
+/// longer is answered without that track's seq and rtptime).
+pub(super) const FIRST_PACKETS_WAIT: Duration = Duration::from_secs(2);
+/// Most frames held while waiting for the first packet of every track (about two seconds
+/// of 60 fps video with audio).
+pub(super) const MAX_FIRST_FRAMES: usize = 256;
+
+/// Where one track's packets go.
+#[derive(Clone)]
+pub(super) enum Tx {
+    Tcp { rtp: u8, rtcp: u8 },
+    Udp { rtp: SocketAddr, rtcp: SocketAddr },
+    Multicast(Arc<MulticastGroup>),
+}
+
+/// What a player was sent on one track, for its sender reports.
+#[derive(Default, Clone, Copy)]
+pub(super) struct Sent {
+    pub(super) report: bool,
+    pub(super) packets: u32,
+    pub(super) octets: u32,
+}
+
+/// Frames held until a PLAY is answered, and the first packet header of each track.
+pub(super) struct Starting {
+    pub(super) deadline: Instant,
+    pub(super) items: Vec<ReaderItem>,
+    /// Tracks (0 video, 1 audio) still without a first packet.
+    pub(super) wanted: [bool; 2],
+    pub(super) starts: Vec<RtpStart>,
+    /// npt of the first frame, in ms.
+    pub(super) first_ms: Option<i64>,
+}
+
+/// The RTP side of a player: its frames as packets on its transports. Used by the player's
+/// own task and, in direct mode, by the stream's fan-out task (see [`crate::fanout`]).
+pub(super) struct RtpOut {
+    pub(super) shared: Arc<Shared>,
+    pub(super) stream: Arc<StreamRtp>,
+    pub(super) tracks: Tracks,
+    /// Where each track's packets go (video, audio): None when not set up or multicast.
+    pub(super) txs: [Option<Tx>; 2],
+    pub(super) sent: [Sent; 2],
+    /// Scratch for interleaved headers.
+    pub(super) headers: BytesMut,
+    /// The packets of the frame being sent over UDP (reused).
+    pub(super) udp: Vec<Bytes>,
+}
+
+pub(super) fn lock(m: &Mutex<RtpOut>) -> MutexGuard<'_, RtpOut> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RtpOut {
+    /// Sends a frame: over UDP at once, over TCP as buffers appended to `out`.
+    pub(super) fn frame(&mut self, f: &Frame, out: &mut Vec<Bytes>) {
+        let track: Option<&TrackInfo> = match f.kind {
+            TrackKind::Video => self.tracks.video.as_ref(),
+            TrackKind::Audio => self.tracks.audio.as_ref(),
+        };
+        let idx = slot(f.kind);
+        let (Some(track), Some(tx)) = (track, &self.txs[idx]) else { return };
+        let packets = self.stream.packets(track, f);
+        let t = &mut self.sent[idx];
+        if !t.report {
+            // A sender report before the first packet gives players the NTP/RTP mapping
+            // that aligns audio and video from the start.
+            t.report = true;
+            if let Some((_, sr)) = self.stream.sender_report(f.kind, unix_micros(), 0, 0) {
+                send_rtcp(&self.shared, &mut self.headers, out, tx, sr);
+            }
+        }
+        for pkt in codec::packets(&packets) {
+            t.packets = t.packets.wrapping_add(1);
+            t.octets = t.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
+            match tx {
+                // A frame's packets to one address leave together (see udp_out).
+                Tx::Udp { .. } => self.udp.push(pkt),
+                _ => send_rtp(&mut self.headers, out, tx, pkt),
+            }
+        }
+        if let Tx::Udp { rtp, .. } = tx {
+            super::udp_out::send_packets(&self.shared.rtp, *rtp, &self.udp);
+            self.udp.clear();
+        }
+    }
+}
+
+/// A player's [`RtpOut`] as the fan-out task uses it.
+pub(super) struct SharedRtpOut(pub(super) Arc<Mutex<RtpOut>>);
+
+impl Encoder for SharedRtpOut {
+    fn frame(&mut self, frame: &Arc<Frame>, out: &mut Vec<Bytes>) {
+        lock(&self.0).frame(frame, out);
+    }
+}
+
+impl Starting {
+    pub(super) fn new(txs: &[(usize, Tx)]) -> Starting {
+        let mut wanted = [false; 2];
+        for (index, tx) in txs {
+            if !matches!(tx, Tx::Multicast(_))
+                && let Some(w) = wanted.get_mut(*index)
+            {
+                *w = true;
+            }
+        }
+        Starting {
+            deadline: Instant::now() + FIRST_PACKETS_WAIT,
+            items: Vec::new(),
+            wanted,
+            starts: Vec::new(),
+            first_ms: None,
+        }
+    }
+
+    /// Notes the header of a frame's first packet when it is the first of its track. The
+    /// packets are the stream's shared ones: the player will be sent exactly these.
+    pub(super) fn first_packet(&mut self, rtp: &Mutex<RtpOut>, stream: &StreamRtp, f: &Frame) {
+        let idx = slot(f.kind);
+        if !self.wanted[idx] {
+            return;
+        }
+        let out = lock(rtp);
+        let track = match f.kind {
+            TrackKind::Video => out.tracks.video.as_ref(),
+            TrackKind::Audio => out.tracks.audio.as_ref(),
+        };
+        let Some(track) = track else { return };
+        let packets = stream.packets(track, f);
+        let Some(first) = codec::packets(&packets).next() else { return };
+        if first.len() < 12 {
+            return;
+        }
+        self.wanted[idx] = false;
+        self.starts.push(RtpStart {
+            track: idx,
+            seq: u16::from_be_bytes([first[2], first[3]]),
+            rtptime: u32::from_be_bytes([first[4], first[5], first[6], first[7]]),
+        });
+        if self.first_ms.is_none() {
+            self.first_ms = Some(ferrocast_media::rescale(f.pts, track.clock_rate(), 1000).max(0));
+        }
+    }
+}
+
+/// What a connection will write next: encoded responses, interleaved frame headers and
+/// shared RTP packets, written with one vectored write.
+#[derive(Default)]
+pub(super) struct Out {
+    pub(super) bufs: Vec<Bytes>,
+    /// Scratch for the 4-byte interleaved headers: they are split off one buffer, so a
+    /// packet costs no allocation of its own.
+    pub(super) headers: BytesMut,
+}
+
+impl Out {
+    pub(super) fn push(&mut self, b: Bytes) {
+        self.bufs.push(b);
+    }
+}
+
+fn interleaved(headers: &mut BytesMut, out: &mut Vec<Bytes>, channel: u8, pkt: Bytes) {
+    if headers.capacity() < 4 {
+        // Room for the headers of a frame or two (per-viewer memory).
+        headers.reserve(1024);
+    }
+    headers.put_u8(b'$');
+    headers.put_u8(channel);
+    headers.put_u16(pkt.len() as u16);
+    out.push(headers.split().freeze());
+    out.push(pkt);
+}
+
+/// An RTP packet on a TCP transport (UDP packets go by frame, see [`RtpOut::frame`]).
+fn send_rtp(headers: &mut BytesMut, out: &mut Vec<Bytes>, tx: &Tx, pkt: Bytes) {
+    if let Tx::Tcp { rtp, .. } = tx {
+        interleaved(headers, out, *rtp, pkt);
+    }
+}
+
+pub(super) fn send_rtcp(shared: &Shared, headers: &mut BytesMut, out: &mut Vec<Bytes>, tx: &Tx, pkt: Bytes) {
+    match tx {
+        Tx::Tcp { rtcp, .. } => interleaved(headers, out, *rtcp, pkt),
+        Tx::Udp { rtcp, .. } => {
+            let _ = shared.rtcp.try_send_to(&pkt, *rtcp);
+        }
+        Tx::Multicast(_) => {}
+    }
+}
