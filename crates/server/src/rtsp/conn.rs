@@ -117,6 +117,7 @@ impl Conn {
             self.drain().await;
             self.flush().await?;
             if self.closing || self.session.is_closing() {
+                debug!(peer = %self.peer, closing = self.closing, "rtsp: closing the connection");
                 return Ok(());
             }
             if buf.len() < READ_BUFFER && matches!(self.media, Media::Record(_)) {
@@ -135,6 +136,7 @@ impl Conn {
                 r = read_some(&self.socket, &mut buf), if reading => {
                     let n = r.context("read")?;
                     if n == 0 {
+                        debug!(peer = %self.peer, "rtsp: the peer closed the connection");
                         return Ok(());
                     }
                     if let Err(e) = self.session.handle_input(Instant::now(), &buf[..n]) {
