@@ -75,7 +75,7 @@ impl Recording {
         let mut tracks = Vec::new();
         let mut info = Tracks::default();
         for m in &sdp.media {
-            let Some(t) = sdp::track_info(m) else {
+            let Some(t) = sdp::track_info(m).and_then(|t| crate::ingest::checked_track(publisher.path(), t)) else {
                 continue;
             };
             let kind = t.kind();
@@ -175,7 +175,8 @@ impl Recording {
             }
         }
         if let Some(config) = t.depacketizer.take_new_config()
-            && let Some(TrackInfo::Video { config: c, .. }) = self.info.video.as_mut()
+            && let Some(TrackInfo::Video { codec, config: c, .. }) = self.info.video.as_mut()
+            && let Some(config) = crate::ingest::checked_video_config(self.publisher.path(), *codec, config)
             && *c != config
         {
             *c = config;
