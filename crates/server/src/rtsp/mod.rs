@@ -4,7 +4,7 @@
 
 mod conn;
 mod multicast;
-mod record;
+pub mod record;
 mod udp_out;
 
 use std::collections::HashMap;
