@@ -148,19 +148,25 @@ pub fn check_avcc(d: &Bytes) -> Result<Checked<Bytes>, ConfigError> {
     Ok(Checked { value: Bytes::from(out), dropped })
 }
 
-/// Builds an avcC record from SPS and PPS NAL units (4-byte NAL lengths).
+/// Builds an avcC record from SPS and PPS NAL units (4-byte NAL lengths). Units a record
+/// cannot hold (over 16 bits of length, past 31 SPS or 255 PPS) are left out; the profile
+/// comes from the first SPS long enough to have one, so one bad unit from an SDP or the
+/// stream does not hide good ones: [`check_avcc`] then drops the bad ones, with a warning.
 pub fn build_avcc(sps: &[Bytes], pps: &[Bytes]) -> Result<Bytes, ParamError> {
-    let first = sps.first().ok_or(ParamError::Missing("SPS"))?;
-    if first.len() < 4 {
-        return Err(ParamError::Truncated("SPS"));
+    let fits = |s: &&Bytes| s.len() <= usize::from(u16::MAX);
+    let sps: Vec<&Bytes> = sps.iter().filter(fits).take(31).collect();
+    let pps: Vec<&Bytes> = pps.iter().filter(fits).take(255).collect();
+    if sps.is_empty() {
+        return Err(ParamError::Missing("SPS"));
     }
-    let mut out = vec![1, first[1], first[2], first[3], 0xff, 0xe0 | sps.len().min(31) as u8];
-    for s in sps.iter().take(31) {
+    let first = sps.iter().find(|s| s.len() >= 4).ok_or(ParamError::Truncated("SPS"))?;
+    let mut out = vec![1, first[1], first[2], first[3], 0xff, 0xe0 | sps.len() as u8];
+    for s in &sps {
         out.extend_from_slice(&(s.len() as u16).to_be_bytes());
         out.extend_from_slice(s);
     }
-    out.push(pps.len().min(255) as u8);
-    for p in pps.iter().take(255) {
+    out.push(pps.len() as u8);
+    for p in &pps {
         out.extend_from_slice(&(p.len() as u16).to_be_bytes());
         out.extend_from_slice(p);
     }
@@ -349,6 +355,22 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    /// An SDP `sprop-parameter-sets` whose first SPS is cut short: the good one still makes
+    /// the record, and the check drops the bad one.
+    #[test]
+    fn build_avcc_skips_a_short_first_sps() {
+        let sps = [Bytes::from_static(&[0x67, 0x42]), Bytes::from_static(X264_320X240_HIGH)];
+        let avcc = build_avcc(&sps, &[Bytes::from_static(PPS)]).unwrap();
+        assert_eq!(avcc[1..4], X264_320X240_HIGH[1..4]);
+        let c = check_avcc(&avcc).unwrap();
+        assert_eq!(c.dropped.len(), 1);
+        assert_eq!(AvcConfig::parse(&c.value).unwrap().sps, vec![Bytes::from_static(X264_320X240_HIGH)]);
+        let huge = Bytes::from(vec![0x67; 70_000]);
+        let avcc = build_avcc(&[huge, sps[1].clone()], &[Bytes::from_static(PPS)]).unwrap();
+        assert_eq!(AvcConfig::parse(&avcc).unwrap().sps.len(), 1, "a unit over 16 bits is left out");
+        assert_eq!(build_avcc(&[sps[0].clone()], &[]), Err(ParamError::Truncated("SPS")));
     }
 
     #[test]

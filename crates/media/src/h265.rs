@@ -244,8 +244,19 @@ fn parse_sps_rbsp(d: &[u8]) -> Result<SpsInfo, EndOfData> {
 
 /// Builds an hvcC record (4-byte NAL lengths) from parameter sets.
 pub fn build_hvcc(vps: &[Bytes], sps: &[Bytes], pps: &[Bytes]) -> Result<Bytes, ParamError> {
-    let first = sps.first().ok_or(ParamError::Missing("SPS"))?;
-    let info = parse_sps(first)?;
+    // Units a record cannot hold (over 16 bits of length) are left out; the fields come from
+    // the first SPS that parses, so one bad unit does not hide good ones: [`check_hvcc`]
+    // then drops the bad ones, with a warning.
+    let fits = |v: &[Bytes]| -> Vec<Bytes> {
+        v.iter().filter(|u| u.len() <= usize::from(u16::MAX)).take(usize::from(u16::MAX)).cloned().collect()
+    };
+    let (vps, sps, pps) = (fits(vps), fits(sps), fits(pps));
+    let (vps, sps, pps) = (&vps[..], &sps[..], &pps[..]);
+    if sps.is_empty() {
+        return Err(ParamError::Missing("SPS"));
+    }
+    let (first, info) =
+        sps.iter().find_map(|s| parse_sps(s).ok().map(|i| (s, i))).ok_or(ParamError::Truncated("SPS"))?;
     let body = rbsp(&first[2..]);
     let ptl = body.get(1..13).ok_or(ParamError::Truncated("SPS"))?;
     let mut out = vec![1];
@@ -369,6 +380,18 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn build_hvcc_skips_an_sps_that_does_not_parse() {
+        let (vps, sps, pps) = x265_320x240();
+        let bad = Bytes::from_static(&[0x42, 0x01]);
+        let hvcc =
+            build_hvcc(std::slice::from_ref(&vps), &[bad.clone(), sps.clone()], std::slice::from_ref(&pps)).unwrap();
+        let c = check_hvcc(&hvcc).unwrap();
+        assert_eq!(c.dropped.len(), 1);
+        assert_eq!(HevcConfig::parse(&c.value).unwrap().sps, vec![sps]);
+        assert_eq!(build_hvcc(&[vps], &[bad], &[pps]), Err(ParamError::Truncated("SPS")));
     }
 
     #[test]
