@@ -327,6 +327,32 @@ mod tests {
         assert!(hub.subscribe("live/a").unwrap().tracks.audio.is_none());
     }
 
+    /// RTSP: a video configuration with nothing usable (bad `sprop-parameter-sets`) leaves
+    /// the track waiting for parameter sets in band; a refused AAC one is not carried; in-band
+    /// parameter sets that are refused leave readers with the last good ones.
+    #[test]
+    fn rtsp_policy_for_refused_configurations() {
+        let video =
+            |config: Vec<u8>| TrackInfo::Video { codec: VideoCodec::H264, config: config.into(), clock_rate: 90000 };
+        assert_eq!(
+            checked_track("live/a", video(avcc(&[&[0x67]], &[PPS]))),
+            Some(TrackInfo::Video { codec: VideoCodec::H264, config: Bytes::new(), clock_rate: 90000 })
+        );
+        assert_eq!(checked_track("live/a", video(avcc(&[&[], SPS], &[PPS]))), Some(video(avcc(&[SPS], &[PPS]))));
+        let aac = |config: &'static [u8]| TrackInfo::Audio {
+            codec: AudioCodec::Aac,
+            config: Bytes::from_static(config),
+            sample_rate: 44100,
+            channels: 2,
+            clock_rate: 44100,
+        };
+        assert_eq!(checked_track("live/a", aac(&[0x02, 0x10])), None);
+        assert!(checked_track("live/a", aac(&[0x12, 0x10])).is_some());
+        let in_band = |c: Vec<u8>| checked_video_config("live/a", VideoCodec::H264, c.into());
+        assert_eq!(in_band(avcc(&[SPS], &[&[]])), None);
+        assert_eq!(in_band(avcc(&[SPS], &[PPS])).as_deref(), Some(&avcc(&[SPS], &[PPS])[..]));
+    }
+
     #[tokio::test]
     async fn frames_with_overrunning_nal_lengths_are_dropped() {
         let hub = Hub::new(HubConfig::default());
