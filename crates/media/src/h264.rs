@@ -385,20 +385,20 @@ mod tests {
     fn sps_with_huge_fields_does_not_overflow() {
         let mut bits = String::from("01000010000000000001111011"); // profile 66, level 30, ue 0, ue 0
         bits.push_str("011"); // pic_order_cnt_type 2
-        bits.push_str("1"); // max_num_ref_frames 0
+        bits.push('1'); // max_num_ref_frames 0
         bits.push('0'); // gaps
         let huge = format!("{}1{}", "0".repeat(31), "1".repeat(31)); // ue = 2^32 - 2
         bits.push_str(&huge); // pic_width_in_mbs_minus1
         bits.push_str(&huge); // pic_height_in_map_units_minus1
-        bits.push_str("0"); // frame_mbs_only_flag 0
-        bits.push_str("0"); // mb_adaptive_frame_field_flag
-        bits.push_str("1"); // direct_8x8_inference_flag
-        bits.push_str("1"); // frame_cropping_flag
+        bits.push('0'); // frame_mbs_only_flag 0
+        bits.push('0'); // mb_adaptive_frame_field_flag
+        bits.push('1'); // direct_8x8_inference_flag
+        bits.push('1'); // frame_cropping_flag
         for _ in 0..4 {
             bits.push_str(&huge);
         }
         bits.push('1');
-        while bits.len() % 8 != 0 {
+        while !bits.len().is_multiple_of(8) {
             bits.push('0');
         }
         let mut sps = vec![0x67];
@@ -418,7 +418,7 @@ mod tests {
         bits.push('1'); // seq_scaling_matrix_present_flag
         bits.push('1'); // list 0 present
         bits.push_str(&format!("{}1{}0", "0".repeat(31), "1".repeat(30))); // ue 2^32 - 3: se 2^31 - 1
-        while bits.len() % 8 != 0 {
+        while !bits.len().is_multiple_of(8) {
             bits.push('0');
         }
         let mut sps = vec![0x67];

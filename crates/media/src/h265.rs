@@ -417,7 +417,7 @@ mod tests {
             bits.push_str(&huge);
         }
         bits.push_str("11"); // bit depths
-        while bits.len() % 8 != 0 {
+        while !bits.len().is_multiple_of(8) {
             bits.push('0');
         }
         let mut nal = sps[..2].to_vec();

@@ -129,7 +129,8 @@ pub struct RtmpIngest {
     clock: Unwrap,
     /// The last sequence header bodies as received (video, audio): encoders that repeat an
     /// unchanged one (before every keyframe) are neither checked nor warned about again.
-    last_config: [Option<Bytes>; 2],
+    /// Boxed: the ingest lives in every RTMP connection's role.
+    last_config: Box<[Option<Bytes>; 2]>,
 }
 
 impl RtmpIngest {

@@ -258,7 +258,7 @@ mod tests {
             for mtu in [0, 1, 2, 3, 100, 1400, 65_535, usize::MAX] {
                 for p in payloads(&f, &config(), mtu) {
                     let len: usize = p.iter().map(Bytes::len).sum();
-                    assert!(len <= crate::codec::MAX_RTP_PAYLOAD && len >= 2, "{len} for mtu {mtu}");
+                    assert!((2..=crate::codec::MAX_RTP_PAYLOAD).contains(&len), "{len} for mtu {mtu}");
                 }
                 for bad in [Bytes::new(), Bytes::from_static(&[1; 30])] {
                     let _ = payloads(&f, &bad, mtu);
