@@ -214,7 +214,10 @@ impl Segmenter {
         let has_video = self.tracks.video.is_some();
         let boundary = if has_video { frame.kind == TrackKind::Video && frame.keyframe } else { true };
         let mut cut = false;
-        if boundary && !self.pending.is_empty() && ms - self.pending_start_ms >= self.config.target_duration_ms as i64 {
+        if boundary
+            && !self.pending.is_empty()
+            && ms.saturating_sub(self.pending_start_ms) >= self.config.target_duration_ms as i64
+        {
             cut = self.cut(Some(&frame), wall_ms);
         }
         if self.pending.is_empty() {
@@ -254,10 +257,11 @@ impl Segmenter {
                     .find(|f| f.kind == frames[0].kind)
                     .and_then(|f| self.frame_ms(f))
                     .unwrap_or(self.pending_start_ms);
-                last + 33
+                last.saturating_add(33)
             }
         };
-        let duration_ms = (end_ms - self.pending_start_ms).max(1) as u64;
+        // Timestamps come from the publisher: a jump must not overflow the playlist's sums.
+        let duration_ms = end_ms.saturating_sub(self.pending_start_ms).clamp(1, i64::from(u32::MAX)) as u64;
         let sequence = self.next_sequence;
         let (data, init_name, ext) = match self.config.variant {
             Variant::MpegTs => {
@@ -423,6 +427,23 @@ mod tests {
             let mv = s.multivariant_playlist("media.m3u8").unwrap();
             assert!(mv.contains("CODECS=\"avc1.64000d,mp4a.40.2\""), "{mv}");
             assert!(mv.contains("RESOLUTION=320x240"));
+        }
+    }
+
+    #[test]
+    fn total_on_extreme_timestamps() {
+        for variant in [Variant::MpegTs, Variant::Fmp4] {
+            let mut s = Segmenter::new(SegmenterConfig { variant, ..SegmenterConfig::default() }, "x");
+            s.set_tracks(&tracks(), 0);
+            let nal = Bytes::from_static(&[0, 0, 0, 2, 0x65, 0x88]);
+            for ts in [i64::MIN, i64::MIN + 1, 0, i64::MAX - 1, i64::MAX, i64::MIN, i64::MAX] {
+                s.push(Frame::new(TrackKind::Video, ts, ts.wrapping_neg(), true, nal.clone()), ts);
+                s.push(Frame::new(TrackKind::Audio, ts, ts, true, Bytes::new()), ts);
+            }
+            s.finish(0);
+            assert!(!s.window().is_empty());
+            let p = s.media_playlist().unwrap();
+            assert!(p.contains("#EXT-X-ENDLIST"), "{p}");
         }
     }
 

@@ -28,6 +28,16 @@ pub enum AacError {
     /// A reserved sampling frequency index.
     #[error("AudioSpecificConfig: reserved sampling frequency index {0}")]
     BadSampleRate(u8),
+    /// An explicit sampling frequency of 0 Hz (1.6.2.1 `samplingFrequency`): every
+    /// timestamp conversion to the track's clock would divide by it.
+    #[error("AudioSpecificConfig: sampling frequency 0")]
+    ZeroSampleRate,
+    /// Audio object type 0, "Null" (Table 1.17): no decoder exists for it.
+    #[error("AudioSpecificConfig: audio object type 0 (Null)")]
+    NullObjectType,
+    /// Over [`crate::check::MAX_CONFIG_SIZE`].
+    #[error("AudioSpecificConfig of {0} bytes is over the size limit")]
+    TooLarge(usize),
 }
 
 struct Bits<'a> {
@@ -72,7 +82,7 @@ impl AudioSpecificConfig {
     pub fn adts_header(&self, payload_len: usize) -> [u8; 7] {
         let profile = if (1..=4).contains(&self.object_type) { self.object_type - 1 } else { 1 };
         let index = if self.frequency_index >= 13 { 4 } else { self.frequency_index };
-        let len = (payload_len + 7).min(0x1fff) as u32;
+        let len = payload_len.saturating_add(7).min(0x1fff) as u32;
         let ch = self.channels & 7;
         [
             0xff,
@@ -86,9 +96,21 @@ impl AudioSpecificConfig {
     }
 }
 
-/// The track an AudioSpecificConfig describes, timestamps in `clock_rate` Hz.
+/// The track an AudioSpecificConfig describes, timestamps in `clock_rate` Hz. This is the
+/// check every AAC configuration from a publisher goes through (RTMP sequence headers, SDP
+/// `config=`): besides parsing, it refuses what no output can carry (object type 0, a 0 Hz
+/// sampling frequency, a config over [`crate::check::MAX_CONFIG_SIZE`]).
 pub fn track(config: bytes::Bytes, clock_rate: u32) -> Result<crate::TrackInfo, AacError> {
+    if config.len() > crate::check::MAX_CONFIG_SIZE {
+        return Err(AacError::TooLarge(config.len()));
+    }
     let asc = AudioSpecificConfig::parse(&config)?;
+    if asc.object_type == 0 {
+        return Err(AacError::NullObjectType);
+    }
+    if asc.sample_rate == 0 {
+        return Err(AacError::ZeroSampleRate);
+    }
     Ok(crate::TrackInfo::Audio {
         codec: crate::AudioCodec::Aac,
         config,
@@ -114,6 +136,30 @@ mod tests {
         let asc = AudioSpecificConfig::parse(&[0x12, 0x10]).unwrap();
         // LC, 44.1 kHz, stereo, 100 + 7 bytes.
         assert_eq!(asc.adts_header(100), [0xff, 0xf1, 0x50, 0x80, 0x0d, 0x7f, 0xfc]);
+    }
+
+    #[test]
+    fn unusable_configs_are_refused() {
+        let t = |c: &'static [u8]| track(bytes::Bytes::from_static(c), 1000);
+        assert!(t(&[0x12, 0x10]).is_ok());
+        // Object type 0, 44.1 kHz.
+        assert_eq!(t(&[0x02, 0x10]), Err(AacError::NullObjectType));
+        // AAC-LC, explicit frequency (index 15) of 0 Hz, stereo.
+        assert_eq!(t(&[0x17, 0x80, 0x00, 0x00, 0x10]), Err(AacError::ZeroSampleRate));
+        assert_eq!(t(&[]), Err(AacError::Truncated(0)));
+    }
+
+    #[test]
+    fn config_too_large() {
+        let big = bytes::Bytes::from(vec![0x12; crate::check::MAX_CONFIG_SIZE + 1]);
+        assert_eq!(track(big, 1000), Err(AacError::TooLarge(crate::check::MAX_CONFIG_SIZE + 1)));
+    }
+
+    #[test]
+    fn adts_header_of_an_oversized_frame_does_not_overflow() {
+        let asc = AudioSpecificConfig::parse(&[0x12, 0x10]).unwrap();
+        let h = asc.adts_header(usize::MAX - 3);
+        assert_eq!(h[..2], [0xff, 0xf1]);
     }
 
     #[test]

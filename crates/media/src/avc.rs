@@ -27,6 +27,14 @@ pub enum NalError {
         /// Bytes left after the length field.
         remaining: usize,
     },
+    /// The payload in ferrocast's form would be over [`crate::check::MAX_FRAME_SIZE`].
+    #[error("frame of at least {len} bytes is over the {max}-byte limit")]
+    TooLarge {
+        /// Bytes it would take at least.
+        len: usize,
+        /// [`crate::check::MAX_FRAME_SIZE`].
+        max: usize,
+    },
 }
 
 /// The NAL unit length size (1, 2 or 4 bytes) a configuration record declares:
@@ -40,13 +48,15 @@ pub fn nal_length_size(codec: VideoCodec, config: &[u8]) -> Result<usize, NalErr
     Ok(usize::from(byte & 0x3) + 1)
 }
 
-/// Rewrites a payload with `from`-byte NAL lengths into 4-byte lengths (ferrocast's frame
-/// form). Returns the payload unchanged when `from` is already 4.
+/// Rewrites a payload with `from`-byte NAL lengths (1 to 4) into 4-byte lengths
+/// (ferrocast's frame form), checking that every length stays inside the payload and that
+/// the result is at most [`crate::check::MAX_FRAME_SIZE`]. Returns the payload itself when
+/// `from` is already 4.
 pub fn to_four_byte_lengths(data: Bytes, from: usize) -> Result<Bytes, NalError> {
-    if from == 4 {
-        return Ok(data);
-    }
-    let mut out = BytesMut::with_capacity(data.len() + data.len() / 8 + 8);
+    let max = crate::check::MAX_FRAME_SIZE;
+    let from = from.clamp(1, 4);
+    let mut out = BytesMut::new();
+    let mut size = 0usize;
     let mut pos = 0;
     while pos < data.len() {
         let remaining = data.len() - pos;
@@ -58,11 +68,18 @@ pub fn to_four_byte_lengths(data: Bytes, from: usize) -> Result<Bytes, NalError>
         if data.len() - body < len {
             return Err(NalError::NalOverrun { offset: pos, len, remaining: data.len() - body });
         }
-        out.put_u32(len as u32);
-        out.put_slice(&data[body..body + len]);
+        // Shorter length fields grow the payload (by 3 bytes per unit from 1-byte ones).
+        size += 4 + len;
+        if size > max {
+            return Err(NalError::TooLarge { len: size, max });
+        }
+        if from != 4 {
+            out.put_u32(len as u32);
+            out.put_slice(&data[body..body + len]);
+        }
         pos = body + len;
     }
-    Ok(out.freeze())
+    Ok(if from == 4 { data } else { out.freeze() })
 }
 
 /// The NAL units of a payload with 4-byte lengths (ferrocast's frame form). Stops at the
@@ -126,6 +143,33 @@ mod tests {
         let prefixed = [0, 0, 0, 2, 0x65, 1, 0, 0, 0, 1, 0x41, 0, 0, 0, 9];
         let units: Vec<&[u8]> = nal_units(&prefixed).collect();
         assert_eq!(units, vec![&[0x65, 1][..], &[0x41][..]]);
+    }
+
+    #[test]
+    fn four_byte_lengths_are_checked_and_not_copied() {
+        let good = Bytes::from_static(&[0, 0, 0, 2, 0x65, 0xaa, 0, 0, 0, 0]);
+        let out = to_four_byte_lengths(good.clone(), 4).unwrap();
+        assert_eq!(out.as_ptr(), good.as_ptr());
+        let overrun = Bytes::from_static(&[0, 0, 0, 2, 0x65, 0xaa, 0xff, 0xff, 0xff, 0xff, 0x41]);
+        assert_eq!(
+            to_four_byte_lengths(overrun, 4),
+            Err(NalError::NalOverrun { offset: 6, len: 0xffff_ffff, remaining: 1 })
+        );
+        let short = Bytes::from_static(&[0, 0, 0, 2, 0x65, 0xaa, 0, 0]);
+        assert_eq!(to_four_byte_lengths(short, 4), Err(NalError::NalOverrun { offset: 6, len: 4, remaining: 2 }));
+    }
+
+    /// One-byte length fields make a payload up to 4 times larger in 4-byte form: a 16 MiB
+    /// RTMP message of empty units would become 64 MiB.
+    #[test]
+    fn frame_too_large() {
+        let max = crate::check::MAX_FRAME_SIZE;
+        let zeros = Bytes::from(vec![0u8; max / 4 + 1]);
+        assert!(matches!(to_four_byte_lengths(zeros, 1), Err(NalError::TooLarge { .. })));
+        let just = Bytes::from(vec![0u8; max / 4]);
+        assert_eq!(to_four_byte_lengths(just, 1).unwrap().len(), max / 4 * 4);
+        let big = Bytes::from(vec![0u8; max + 1]);
+        assert!(matches!(to_four_byte_lengths(big, 4), Err(NalError::TooLarge { .. })));
     }
 
     #[test]

@@ -214,7 +214,8 @@ pub fn config_body(track: &TrackInfo) -> Option<Bytes> {
 pub fn frame_body(track: &TrackInfo, frame: &Frame) -> Bytes {
     let mut out = BytesMut::with_capacity(frame.data.len() + 8);
     // FLV composition offsets are milliseconds.
-    let cts = track.to_ms(frame.cts()).clamp(-(1 << 23), (1 << 23) - 1) as i32;
+    // Saturating: timestamps come from the publisher and may be anywhere in i64.
+    let cts = track.to_ms(frame.pts.saturating_sub(frame.dts)).clamp(-(1 << 23), (1 << 23) - 1) as i32;
     let frame_type: u8 = if frame.keyframe { 1 } else { 2 };
     match track {
         TrackInfo::Video { codec: VideoCodec::H264, .. } => {
@@ -366,6 +367,37 @@ mod tests {
         assert_eq!(tags.len(), 2);
         assert_eq!((tags[1].timestamp, &tags[1].body[..]), (46, &[0xaf, 1][..]));
         assert_eq!(read_file(&Bytes::from_static(b"GIF89a.......")), Err(FlvError::NotFlv));
+    }
+
+    #[test]
+    fn frame_bodies_are_total_on_extreme_timestamps_and_tracks() {
+        let tracks = [
+            h264(),
+            TrackInfo::Video { codec: VideoCodec::H265, config: Bytes::new(), clock_rate: 0 },
+            TrackInfo::Audio {
+                codec: AudioCodec::Mp3,
+                config: Bytes::new(),
+                sample_rate: 0,
+                channels: 0,
+                clock_rate: 0,
+            },
+            TrackInfo::Audio {
+                codec: AudioCodec::Aac,
+                config: Bytes::new(),
+                sample_rate: 0,
+                channels: 9,
+                clock_rate: 1,
+            },
+        ];
+        for t in &tracks {
+            for (dts, pts) in [(i64::MIN, i64::MAX), (i64::MAX, i64::MIN), (0, 0)] {
+                let f = Frame::new(t.kind(), dts, pts, true, Bytes::new());
+                let body = frame_body(t, &f);
+                assert!(!body.is_empty());
+                assert_eq!(tag(TAG_VIDEO, dts, &body).len(), body.len() + 15);
+            }
+            let _ = config_body(t);
+        }
     }
 
     #[test]

@@ -282,16 +282,18 @@ fn samples<'a>(frames: &'a [&'a Frame], track: &TrackInfo, next_dts: Option<i64>
     (0..frames.len())
         .map(|i| {
             let end = dts.get(i + 1).copied().or(next);
+            // Saturating: timestamps come from the publisher and may be anywhere in i64.
+            let span = |a: i64, b: i64| a.saturating_sub(b).clamp(0, i64::from(u32::MAX)) as u32;
             let duration = match end {
-                Some(e) if e > dts[i] => (e - dts[i]) as u32,
-                Some(_) => 0,
-                None if i > 0 => (dts[i] - dts[i - 1]).max(0) as u32,
+                Some(e) => span(e, dts[i]),
+                None if i > 0 => span(dts[i], dts[i - 1]),
                 None => default_duration,
             };
+            let cts = rescale(frames[i].pts.saturating_sub(frames[i].dts), clock, ts);
             Sample {
                 dts: dts[i],
                 duration,
-                cts: rescale(frames[i].cts(), clock, ts) as i32,
+                cts: cts.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
                 keyframe: frames[i].keyframe,
                 data: &frames[i].data,
             }
@@ -359,4 +361,61 @@ pub fn media_segment(
         }
     }
     out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Frame;
+
+    fn tracks() -> Tracks {
+        let sps = Bytes::from_static(&[
+            0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00,
+            0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99, 0x60,
+        ]);
+        let pps = Bytes::from_static(&[0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0]);
+        Tracks {
+            video: Some(TrackInfo::Video {
+                codec: VideoCodec::H264,
+                config: h264::build_avcc(&[sps], &[pps]).unwrap(),
+                clock_rate: 1000,
+            }),
+            audio: Some(TrackInfo::Audio {
+                codec: AudioCodec::Aac,
+                config: Bytes::from_static(&[0x12, 0x10]),
+                sample_rate: 0,
+                channels: 0,
+                clock_rate: 0,
+            }),
+            metadata: None,
+        }
+    }
+
+    #[test]
+    fn total_on_extreme_timestamps_and_empty_frames() {
+        let t = tracks();
+        assert!(init_segment(&t).is_ok());
+        let extremes = [i64::MIN, -1, 0, 1, i64::MAX];
+        let mut frames = Vec::new();
+        for (i, dts) in extremes.iter().enumerate() {
+            for pts in extremes {
+                let kind = if i % 2 == 0 { TrackKind::Video } else { TrackKind::Audio };
+                frames.push(Frame::new(kind, *dts, pts, i == 0, Bytes::new()));
+            }
+        }
+        for next in [None, Some(i64::MIN), Some(i64::MAX)] {
+            let seg = media_segment(1, &t, &frames, next, next);
+            assert_eq!(&seg[4..8], b"moof");
+        }
+    }
+
+    #[test]
+    fn init_segment_of_a_config_without_sps_is_an_error() {
+        let mut t = tracks();
+        t.video =
+            Some(TrackInfo::Video { codec: VideoCodec::H265, config: Bytes::from_static(&[1; 23]), clock_rate: 1 });
+        assert!(init_segment(&t).is_err());
+        t.video = Some(TrackInfo::Video { codec: VideoCodec::H264, config: Bytes::new(), clock_rate: 1 });
+        assert!(init_segment(&t).is_err());
+    }
 }

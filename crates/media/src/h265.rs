@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use crate::ParamError;
 use crate::bits::{BitReader, EndOfData, rbsp};
+use crate::check::{Checked, ConfigError, Dropped, check_size};
 
 /// NAL unit types we look at (Table 7-1).
 pub mod nal {
@@ -91,6 +92,91 @@ impl HevcConfig {
     }
 }
 
+/// Why a NAL unit in an hvcC array of `array_type` is unusable, if it is (ISO/IEC 14496-15
+/// 8.3.3.1.2: each `nalUnit` is a NAL unit of the type its array declares, with the 2-byte
+/// header of H.265 7.3.1.2; parameter sets have at least their id after it).
+pub fn entry_problem(array_type: u8, n: &[u8]) -> Option<&'static str> {
+    if n.is_empty() {
+        return Some("empty NAL unit");
+    }
+    if n.len() < 2 {
+        return Some("shorter than the NAL unit header");
+    }
+    if n[0] & 0x80 != 0 {
+        return Some("forbidden_zero_bit set");
+    }
+    if nal_type(n) != array_type {
+        return Some("NAL unit type differs from its array's");
+    }
+    if (nal::VPS..=nal::PPS).contains(&array_type) && n.len() < 3 {
+        return Some("no parameter set id");
+    }
+    None
+}
+
+/// Checks an HEVCDecoderConfigurationRecord (ISO/IEC 14496-15 8.3.3.1): bad entries are
+/// dropped (and arrays left empty with them), the record rebuilt without them; a record that
+/// is truncated, too large, or has no usable VPS, SPS or PPS left is refused.
+pub fn check_hvcc(d: &Bytes) -> Result<Checked<Bytes>, ConfigError> {
+    const WHAT: &str = "hvcC";
+    check_size(WHAT, d)?;
+    let truncated = |offset| ConfigError::Truncated { what: WHAT, offset };
+    // 8.3.3.1.1: 22 bytes of fixed fields, then numOfArrays.
+    let arrays = *d.get(22).ok_or(truncated(d.len()))?;
+    let mut pos = 23;
+    let mut dropped = Vec::new();
+    let mut kept: Vec<(u8, Vec<Bytes>)> = Vec::new();
+    let mut found = [false; 3];
+    for _ in 0..arrays {
+        let h = d.get(pos..pos + 3).ok_or(truncated(pos))?;
+        let (head, t, n) = (h[0], h[0] & 0x3f, u16::from_be_bytes([h[1], h[2]]));
+        pos += 3;
+        let mut units = Vec::new();
+        for index in 0..usize::from(n) {
+            let l = d.get(pos..pos + 2).ok_or(truncated(pos))?;
+            let len = usize::from(u16::from_be_bytes([l[0], l[1]]));
+            let unit = d.get(pos + 2..pos + 2 + len).ok_or(truncated(pos))?;
+            let what = match t {
+                nal::VPS => "VPS",
+                nal::SPS => "SPS",
+                nal::PPS => "PPS",
+                _ => "NAL unit",
+            };
+            match entry_problem(t, unit) {
+                Some(why) => dropped.push(Dropped { what, index, why }),
+                None => units.push(d.slice(pos + 2..pos + 2 + len)),
+            }
+            pos += 2 + len;
+        }
+        if (nal::VPS..=nal::PPS).contains(&t) && !units.is_empty() {
+            found[usize::from(t - nal::VPS)] = true;
+        }
+        if !units.is_empty() {
+            kept.push((head, units));
+        }
+    }
+    for (i, missing) in ["VPS", "SPS", "PPS"].into_iter().enumerate() {
+        if !found[i] {
+            return Err(ConfigError::Missing { what: WHAT, missing });
+        }
+    }
+    if dropped.is_empty() {
+        return Ok(Checked { value: d.clone(), dropped });
+    }
+    let mut out = d[..22].to_vec();
+    out.push(kept.len() as u8);
+    for (head, units) in &kept {
+        out.push(*head);
+        out.extend_from_slice(&(units.len() as u16).to_be_bytes());
+        for u in units {
+            out.extend_from_slice(&(u.len() as u16).to_be_bytes());
+            out.extend_from_slice(u);
+        }
+    }
+    out.extend_from_slice(&d[pos..]);
+    Ok(Checked { value: Bytes::from(out), dropped })
+}
+
 /// What ferrocast reads from an SPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpsInfo {
@@ -146,9 +232,10 @@ fn parse_sps_rbsp(d: &[u8]) -> Result<SpsInfo, EndOfData> {
             2 => (2, 1),
             _ => (1, 1),
         };
-        let (l, rr, t, b) = (r.ue()?, r.ue()?, r.ue()?, r.ue()?);
-        width = width.saturating_sub(sub_w * (l + rr));
-        height = height.saturating_sub(sub_h * (t + b));
+        // In u64: a hostile SPS can code any 32-bit value in these fields.
+        let (l, rr, t, b) = (u64::from(r.ue()?), u64::from(r.ue()?), u64::from(r.ue()?), u64::from(r.ue()?));
+        width = u64::from(width).saturating_sub(sub_w * (l + rr)) as u32;
+        height = u64::from(height).saturating_sub(sub_h * (t + b)) as u32;
     }
     let bit_depth_luma_minus8 = r.ue()?;
     let bit_depth_chroma_minus8 = r.ue()?;
@@ -157,8 +244,19 @@ fn parse_sps_rbsp(d: &[u8]) -> Result<SpsInfo, EndOfData> {
 
 /// Builds an hvcC record (4-byte NAL lengths) from parameter sets.
 pub fn build_hvcc(vps: &[Bytes], sps: &[Bytes], pps: &[Bytes]) -> Result<Bytes, ParamError> {
-    let first = sps.first().ok_or(ParamError::Missing("SPS"))?;
-    let info = parse_sps(first)?;
+    // Units a record cannot hold (over 16 bits of length) are left out; the fields come from
+    // the first SPS that parses, so one bad unit does not hide good ones: [`check_hvcc`]
+    // then drops the bad ones, with a warning.
+    let fits = |v: &[Bytes]| -> Vec<Bytes> {
+        v.iter().filter(|u| u.len() <= usize::from(u16::MAX)).take(usize::from(u16::MAX)).cloned().collect()
+    };
+    let (vps, sps, pps) = (fits(vps), fits(sps), fits(pps));
+    let (vps, sps, pps) = (&vps[..], &sps[..], &pps[..]);
+    if sps.is_empty() {
+        return Err(ParamError::Missing("SPS"));
+    }
+    let (first, info) =
+        sps.iter().find_map(|s| parse_sps(s).ok().map(|i| (s, i))).ok_or(ParamError::Truncated("SPS"))?;
     let body = rbsp(&first[2..]);
     let ptl = body.get(1..13).ok_or(ParamError::Truncated("SPS"))?;
     let mut out = vec![1];
@@ -205,6 +303,127 @@ mod tests {
             hex("42010101600000030090000003000003003ca00a080f165959a4932bc05a020000030002000003003c10"),
             hex("4401c172b46240"),
         )
+    }
+
+    /// An hvcC with the fixed fields of the x265 record and these arrays, as received.
+    fn raw_hvcc(arrays: &[(u8, &[&[u8]])]) -> Bytes {
+        let (vps, sps, pps) = x265_320x240();
+        let good = build_hvcc(&[vps], &[sps], &[pps]).unwrap();
+        let mut out = good[..22].to_vec();
+        out.push(arrays.len() as u8);
+        for (t, units) in arrays {
+            out.push(0x80 | t);
+            out.extend_from_slice(&(units.len() as u16).to_be_bytes());
+            for u in *units {
+                out.extend_from_slice(&(u.len() as u16).to_be_bytes());
+                out.extend_from_slice(u);
+            }
+        }
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn good_hvcc_passes_unchanged() {
+        let (vps, sps, pps) = x265_320x240();
+        let hvcc = build_hvcc(&[vps], &[sps], &[pps]).unwrap();
+        let c = check_hvcc(&hvcc).unwrap();
+        assert!(c.dropped.is_empty());
+        assert_eq!(c.value, hvcc);
+    }
+
+    #[test]
+    fn bad_hvcc_entries_are_dropped() {
+        let (vps, sps, pps) = x265_320x240();
+        let hvcc = raw_hvcc(&[
+            (nal::VPS, &[&[], &vps]),
+            (nal::SPS, &[&[0x42], &pps, &sps]),
+            (nal::PPS, &[&[0xc4, 0x01, 0xc1], &[0x44, 0x01], &pps]),
+            (39, &[&[]]),
+        ]);
+        let c = check_hvcc(&hvcc).unwrap();
+        let why: Vec<_> = c.dropped.iter().map(|d| (d.what, d.index, d.why)).collect();
+        assert_eq!(
+            why,
+            [
+                ("VPS", 0, "empty NAL unit"),
+                ("SPS", 0, "shorter than the NAL unit header"),
+                ("SPS", 1, "NAL unit type differs from its array's"),
+                ("PPS", 0, "forbidden_zero_bit set"),
+                ("PPS", 1, "no parameter set id"),
+                ("NAL unit", 0, "empty NAL unit"),
+            ]
+        );
+        assert_eq!(c.value, raw_hvcc(&[(nal::VPS, &[&vps]), (nal::SPS, &[&sps]), (nal::PPS, &[&pps])]));
+        let cfg = HevcConfig::parse(&c.value).unwrap();
+        assert_eq!((cfg.vps, cfg.sps, cfg.pps), (vec![vps], vec![sps], vec![pps]));
+    }
+
+    #[test]
+    fn hvcc_with_nothing_usable_is_refused() {
+        let (vps, sps, pps) = x265_320x240();
+        let missing = |m| Err(ConfigError::Missing { what: "hvcC", missing: m });
+        assert_eq!(check_hvcc(&raw_hvcc(&[(nal::SPS, &[&sps]), (nal::PPS, &[&pps])])), missing("VPS"));
+        assert_eq!(
+            check_hvcc(&raw_hvcc(&[(nal::VPS, &[&vps]), (nal::SPS, &[&[]]), (nal::PPS, &[&pps])])),
+            missing("SPS")
+        );
+        assert_eq!(check_hvcc(&raw_hvcc(&[(nal::VPS, &[&vps]), (nal::SPS, &[&sps])])), missing("PPS"));
+    }
+
+    #[test]
+    fn truncated_hvcc_is_refused() {
+        let (vps, sps, pps) = x265_320x240();
+        let hvcc = build_hvcc(&[vps], &[sps], &[pps]).unwrap();
+        for cut in [0, 22, 24, 27, hvcc.len() - 1] {
+            assert!(
+                matches!(check_hvcc(&hvcc.slice(..cut)), Err(ConfigError::Truncated { what: "hvcC", .. })),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn build_hvcc_skips_an_sps_that_does_not_parse() {
+        let (vps, sps, pps) = x265_320x240();
+        let bad = Bytes::from_static(&[0x42, 0x01]);
+        let hvcc =
+            build_hvcc(std::slice::from_ref(&vps), &[bad.clone(), sps.clone()], std::slice::from_ref(&pps)).unwrap();
+        let c = check_hvcc(&hvcc).unwrap();
+        assert_eq!(c.dropped.len(), 1);
+        assert_eq!(HevcConfig::parse(&c.value).unwrap().sps, vec![sps]);
+        assert_eq!(build_hvcc(&[vps], &[bad], &[pps]), Err(ParamError::Truncated("SPS")));
+    }
+
+    #[test]
+    fn hvcc_too_large() {
+        let mut big = vec![0u8; crate::check::MAX_CONFIG_SIZE + 1];
+        big[0] = 1;
+        assert!(matches!(check_hvcc(&Bytes::from(big)), Err(ConfigError::TooLarge { what: "hvcC", .. })));
+    }
+
+    /// The x265 SPS with its conformance window offsets recoded as 32-bit values.
+    #[test]
+    fn sps_with_huge_conformance_window_does_not_overflow() {
+        let (_, sps, _) = x265_320x240();
+        let body = rbsp(&sps[2..]);
+        // Up to conformance_window_flag of the x265 SPS: 4+3+1 bits, 96 of
+        // profile_tier_level, ue 0 (id), ue 1 (chroma 4:2:0), ue 320, ue 240; then the flag set.
+        let mut bits: String = body.iter().map(|b| format!("{b:08b}")).collect();
+        let head = 8 + 96 + 1 + 3 + 17 + 15;
+        let huge = format!("{}1{}", "0".repeat(31), "1".repeat(31));
+        bits.truncate(head);
+        bits.push('1'); // conformance_window_flag
+        for _ in 0..4 {
+            bits.push_str(&huge);
+        }
+        bits.push_str("11"); // bit depths
+        while !bits.len().is_multiple_of(8) {
+            bits.push('0');
+        }
+        let mut nal = sps[..2].to_vec();
+        nal.extend((0..bits.len()).step_by(8).map(|i| u8::from_str_radix(&bits[i..i + 8], 2).unwrap()));
+        let info = parse_sps(&nal).unwrap();
+        assert_eq!((info.width, info.height), (0, 0));
     }
 
     #[test]

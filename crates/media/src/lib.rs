@@ -5,6 +5,7 @@
 pub mod aac;
 pub mod avc;
 pub mod bits;
+pub mod check;
 pub mod dts;
 pub mod flv;
 pub mod fmp4;

@@ -315,6 +315,35 @@ mod tests {
     }
 
     #[test]
+    fn total_on_hostile_frames_and_timestamps() {
+        let mut t = tracks();
+        // An avcC with an empty SPS entry before the real one (as checked ingest would not
+        // let through, but the muxer must not rely on it).
+        let TrackInfo::Video { config, .. } = t.video.as_ref().unwrap() else { unreachable!() };
+        let mut bad = config[..5].to_vec();
+        bad.push(0xe2);
+        bad.extend_from_slice(&[0, 0]);
+        bad.extend_from_slice(&config[6..]);
+        t.video = Some(TrackInfo::Video { codec: VideoCodec::H264, config: Bytes::from(bad), clock_rate: 0 });
+        let mut m = TsMuxer::new(&t).unwrap();
+        let mut out = BytesMut::new();
+        let payloads = [
+            Bytes::new(),
+            Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0]),
+            Bytes::from_static(&[0, 0, 0, 1, 0x65, 0xff, 0xff, 0xff, 0xff]),
+            Bytes::from(vec![0u8; 70_000]),
+        ];
+        for data in payloads {
+            for (dts, pts) in [(i64::MIN, i64::MAX), (i64::MAX, i64::MIN), (0, 0)] {
+                for kind in [TrackKind::Video, TrackKind::Audio] {
+                    m.write_frame(&Frame::new(kind, dts, pts, true, data.clone()), &mut out);
+                }
+            }
+        }
+        assert_eq!(out.len() % PACKET_SIZE, 0);
+    }
+
+    #[test]
     fn crc_of_known_pat() {
         // The PAT ffmpeg writes for program 1 / PMT PID 0x1000 ends in 2a b1 04 b2.
         let pat = [0x00, 0xb0, 0x0d, 0x00, 0x01, 0xc1, 0x00, 0x00, 0x00, 0x01, 0xf0, 0x00];

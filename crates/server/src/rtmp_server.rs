@@ -335,7 +335,14 @@ impl Connection {
                         && msg.stream_id == *stream_id
                         && let Err(e) = ingest.handle(msg)
                     {
-                        debug!(peer = %self.peer, path = ingest.path(), "dropped publisher message: {e}");
+                        if e.ends_publish() {
+                            // The publisher is told; readers keep the last good configuration.
+                            warn!(peer = %self.peer, path = ingest.path(), "rtmp publish ended: {e}");
+                            self.session.send_status(*stream_id, "error", "NetStream.Publish.Failed", &e.to_string());
+                            self.role = Role::None;
+                        } else {
+                            debug!(peer = %self.peer, path = ingest.path(), "dropped publisher message: {e}");
+                        }
                     }
                 }
             }

@@ -160,8 +160,19 @@ async fn hevc_codec12_and_enhanced_in_enhanced_out() {
     for (path, legacy) in [("live/hevc_enh", false), ("live/hevc_12", true)] {
         let mut publisher = RtmpClient::connect(server.rtmp, path, true).await;
         publisher.wait_for(|e| *e == ClientEvent::Publishing).await;
-        let mut hvcc = vec![1u8; 23];
-        hvcc[21] = 0x03; // 4-byte NAL lengths
+        // A real hvcC (4-byte NAL lengths): the server checks sequence headers at ingest.
+        let hex = |s: &str| {
+            bytes::Bytes::from(
+                (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect::<Vec<_>>(),
+            )
+        };
+        let hvcc = ferrocast_media::h265::build_hvcc(
+            &[hex("40010c01ffff01600000030090000003000003003c959809")],
+            &[hex("42010101600000030090000003000003003ca00a080f165959a4932bc05a020000030002000003003c10")],
+            &[hex("4401c172b46240")],
+        )
+        .unwrap()
+        .to_vec();
         let config_body: Vec<u8> = if legacy {
             [&[0x1c, 0, 0, 0, 0][..], &hvcc].concat()
         } else {

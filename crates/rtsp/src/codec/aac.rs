@@ -10,11 +10,19 @@ use crate::sdp::Media;
 /// Samples per AAC frame: the RTP timestamp step between AUs of one packet.
 const SAMPLES_PER_FRAME: u32 = 1024;
 
-/// The payloads for one AU (several when it is larger than the MTU, 3.2.3).
+/// Largest AU the AAC-hbr header can describe: AU-size is 13 bits (RFC 3640 3.3.6). A
+/// bigger frame (no AAC encoder makes one: 6144 bits per channel) is not sent.
+pub const MAX_AU_SIZE: usize = 0x1fff;
+
+/// The payloads for one AU (several when it is larger than the MTU, 3.2.3); none for an AU
+/// over [`MAX_AU_SIZE`].
 pub fn payloads(au: &Bytes, mtu: usize) -> Vec<Vec<Bytes>> {
-    let size = (au.len().min(0x1fff) as u16) << 3;
+    if au.len() > MAX_AU_SIZE {
+        return vec![];
+    }
+    let size = (au.len() as u16) << 3;
     let header = Bytes::copy_from_slice(&[0, 16, (size >> 8) as u8, size as u8]);
-    let chunk = mtu - 4;
+    let chunk = mtu.clamp(super::MIN_MTU, super::MAX_RTP_PAYLOAD) - 4;
     if au.len() <= chunk {
         return vec![vec![header, au.clone()]];
     }

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use ferrocast_media::{Frame, avc::nal_units, h264};
 
 use super::nal::{Assembler, remember};
-use super::{AccessUnit, DepacketizeError};
+use super::{AccessUnit, DepacketizeError, MAX_RTP_PAYLOAD, MIN_MTU};
 use crate::rtp::RtpPacket;
 
 const STAP_A: u8 = 24;
@@ -14,11 +14,17 @@ const FU_A: u8 = 28;
 /// Parameter sets from a record, to send in band before keyframes (so UDP viewers can join
 /// at any keyframe).
 fn parameter_sets(config: &Bytes) -> Vec<Bytes> {
-    h264::AvcConfig::parse(config).map(|c| c.sps.into_iter().chain(c.pps).collect()).unwrap_or_default()
+    // Empty entries (a hostile avcC; ingest drops them too) have no header to send.
+    h264::AvcConfig::parse(config)
+        .map(|c| c.sps.into_iter().chain(c.pps).filter(|n| !n.is_empty()).collect())
+        .unwrap_or_default()
 }
 
-/// The payloads of a frame's packets, each as slices to concatenate.
+/// The payloads of a frame's packets, each as slices to concatenate. Total on any frame and
+/// config: empty NAL units are skipped, the MTU is taken within
+/// [`MIN_MTU`]..=[`MAX_RTP_PAYLOAD`].
 pub fn payloads(frame: &Frame, config: &Bytes, mtu: usize) -> Vec<Vec<Bytes>> {
+    let mtu = mtu.clamp(MIN_MTU, MAX_RTP_PAYLOAD);
     let mut nals: Vec<Bytes> = Vec::new();
     let has_params = nal_units(&frame.data).any(|n| matches!(n.first().map(|b| b & 0x1f), Some(h264::nal::SPS)));
     if frame.keyframe && !has_params {
@@ -230,6 +236,54 @@ mod tests {
         let units: Vec<&[u8]> = nal_units(&au.data).collect();
         assert_eq!(units, vec![&[0x06, 5, 1, 0x80][..], &idr[..]]);
         assert_eq!(d.take_new_config(), Some(config()));
+    }
+
+    /// Issue 14: an avcC with an SPS entry of length 0 before the real SPS (as a hostile RTMP
+    /// publisher sent it) panicked here with an index out of bounds.
+    #[test]
+    fn zero_length_sps_entry_in_config_does_not_panic() {
+        let good = config();
+        let mut bad = good[..5].to_vec();
+        bad.push(0xe2);
+        bad.extend_from_slice(&[0, 0]);
+        bad.extend_from_slice(&good[6..]);
+        let bad = Bytes::from(bad);
+        let f = frame(&[&[0x65, 1, 2, 3]], true);
+        let p = payloads(&f, &bad, 1400);
+        assert_eq!(p, payloads(&f, &good, 1400), "the empty entry is skipped");
+        assert_eq!(p[0][0][0] & 0x1f, STAP_A);
+    }
+
+    #[test]
+    fn total_on_hostile_frames_and_mtus() {
+        let frames = [
+            Frame::new(TrackKind::Video, 0, 0, true, Bytes::new()),
+            frame(&[&[], &[], &[0x65]], true),
+            // A length that overruns the payload: units up to it are sent.
+            Frame::new(
+                TrackKind::Video,
+                0,
+                0,
+                true,
+                Bytes::from_static(&[0, 0, 0, 1, 0x41, 0xff, 0xff, 0xff, 0xff, 1]),
+            ),
+            frame(&[&vec![0x65; 70_000]], false),
+            frame(&[&[0x41u8; 10][..]; 100], false),
+        ];
+        for f in &frames {
+            for mtu in [0, 1, 2, 3, 100, 1400, 65_535, usize::MAX] {
+                for p in payloads(f, &config(), mtu) {
+                    let len: usize = p.iter().map(Bytes::len).sum();
+                    assert!(len <= MAX_RTP_PAYLOAD.max(mtu.min(MAX_RTP_PAYLOAD)), "{len} for mtu {mtu}");
+                    assert!(len > 0);
+                }
+                for bad in [Bytes::new(), Bytes::from_static(&[1, 2, 3, 4, 5, 0xff]), Bytes::from_static(&[1; 9])] {
+                    let _ = payloads(f, &bad, mtu);
+                }
+            }
+        }
+        let p = payloads(&frames[3], &config(), 0);
+        assert!(p.iter().all(|p| p.iter().map(Bytes::len).sum::<usize>() <= MIN_MTU));
     }
 
     #[test]

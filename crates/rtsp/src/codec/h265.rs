@@ -5,18 +5,24 @@ use bytes::Bytes;
 use ferrocast_media::{Frame, avc::nal_units, h265};
 
 use super::nal::{Assembler, remember};
-use super::{AccessUnit, DepacketizeError};
+use super::{AccessUnit, DepacketizeError, MAX_RTP_PAYLOAD, MIN_MTU};
 use crate::rtp::RtpPacket;
 
 const AP: u8 = 48;
 const FU: u8 = 49;
 
 fn parameter_sets(config: &Bytes) -> Vec<Bytes> {
-    h265::HevcConfig::parse(config).map(|c| c.vps.into_iter().chain(c.sps).chain(c.pps).collect()).unwrap_or_default()
+    // Entries shorter than the 2-byte NAL unit header (a hostile hvcC; ingest drops them
+    // too) cannot be sent.
+    h265::HevcConfig::parse(config)
+        .map(|c| c.vps.into_iter().chain(c.sps).chain(c.pps).filter(|n| n.len() >= 2).collect())
+        .unwrap_or_default()
 }
 
-/// The payloads of a frame's packets.
+/// The payloads of a frame's packets. Total on any frame and config: NAL units shorter than
+/// their header are skipped, the MTU is taken within [`MIN_MTU`]..=[`MAX_RTP_PAYLOAD`].
 pub fn payloads(frame: &Frame, config: &Bytes, mtu: usize) -> Vec<Vec<Bytes>> {
+    let mtu = mtu.clamp(MIN_MTU, MAX_RTP_PAYLOAD);
     let mut nals: Vec<Bytes> = Vec::new();
     let has_params = nal_units(&frame.data).any(|n| h265::nal_type(n) == h265::nal::SPS);
     if frame.keyframe && !has_params {
@@ -220,6 +226,50 @@ mod tests {
         assert!(au.keyframe);
         assert_eq!(nal_units(&au.data).collect::<Vec<_>>(), vec![&idr[..]]);
         assert_eq!(d.take_new_config(), Some(config()));
+    }
+
+    /// Parameter sets shorter than the NAL unit header in an hvcC used to panic the AP
+    /// header (`nals[i][1]`).
+    #[test]
+    fn short_parameter_sets_in_config_do_not_panic() {
+        let good = config();
+        let mut bad = good[..22].to_vec();
+        bad.push(good[22] + 1);
+        bad.extend_from_slice(&[0x80 | 32, 0, 2, 0, 0, 0, 1, 0x40]); // VPS array: empty, 1 byte
+        bad.extend_from_slice(&good[23..]);
+        let bad = Bytes::from(bad);
+        let f = Frame::new(TrackKind::Video, 0, 0, true, Bytes::from_static(&[0, 0, 0, 3, 0x26, 1, 9]));
+        assert_eq!(payloads(&f, &bad, 1400), payloads(&f, &good, 1400));
+    }
+
+    #[test]
+    fn total_on_hostile_frames_and_mtus() {
+        let nals = |units: &[&[u8]]| {
+            let mut d = Vec::new();
+            for u in units {
+                d.extend_from_slice(&(u.len() as u32).to_be_bytes());
+                d.extend_from_slice(u);
+            }
+            Bytes::from(d)
+        };
+        let frames = [
+            Bytes::new(),
+            nals(&[&[], &[0x26], &[0x26, 1]]),
+            Bytes::from_static(&[0, 0, 0, 2, 0x26, 1, 0xff, 0xff, 0xff, 0xff, 1]),
+            nals(&[&vec![0x26; 70_000]]),
+        ];
+        for data in frames {
+            let f = Frame::new(TrackKind::Video, 0, 0, true, data);
+            for mtu in [0, 1, 2, 3, 100, 1400, 65_535, usize::MAX] {
+                for p in payloads(&f, &config(), mtu) {
+                    let len: usize = p.iter().map(Bytes::len).sum();
+                    assert!((2..=crate::codec::MAX_RTP_PAYLOAD).contains(&len), "{len} for mtu {mtu}");
+                }
+                for bad in [Bytes::new(), Bytes::from_static(&[1; 30])] {
+                    let _ = payloads(&f, &bad, mtu);
+                }
+            }
+        }
     }
 
     #[test]

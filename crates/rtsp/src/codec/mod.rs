@@ -16,6 +16,14 @@ use crate::rtp::RtpPacket;
 /// Default RTP payload size limit (keeps packets under a 1500-byte Ethernet MTU with IP,
 /// UDP and RTP headers and room for tunnels).
 pub const DEFAULT_MTU: usize = 1400;
+/// Largest RTP payload a packetizer builds: packets are kept as `[u16 length][packet]`
+/// records (see [`packets`]) and RTSP interleaved frames have a 16-bit length (RFC 2326
+/// 10.12), so a packet with its 12-byte header must fit in 16 bits. A packetizer's MTU is
+/// capped to it, and a frame that would need a bigger single packet (an Opus packet over
+/// it) is not sent.
+pub const MAX_RTP_PAYLOAD: usize = u16::MAX as usize - 12;
+/// Smallest MTU a packetizer accepts: room for fragment headers and a useful payload.
+pub const MIN_MTU: usize = 64;
 /// Largest access unit a depacketizer assembles; a bigger one is dropped. 4K IDR frames at
 /// high quality are 1-3 MB.
 pub const MAX_ACCESS_UNIT_SIZE: usize = 8 * 1024 * 1024;
@@ -92,7 +100,7 @@ impl Packetizer {
             ssrc,
             sequence,
             time_offset,
-            mtu: mtu.max(64),
+            mtu: mtu.clamp(MIN_MTU, MAX_RTP_PAYLOAD),
             clock_rate,
             packets: 0,
             octets: 0,
@@ -133,7 +141,8 @@ impl Packetizer {
             TrackInfo::Video { codec: VideoCodec::H264, config, .. } => h264::payloads(frame, config, self.mtu),
             TrackInfo::Video { codec: VideoCodec::H265, config, .. } => h265::payloads(frame, config, self.mtu),
             TrackInfo::Audio { codec: AudioCodec::Aac, .. } => aac::payloads(&frame.data, self.mtu),
-            // RFC 7587 4.2: one Opus packet per RTP packet.
+            // RFC 7587 4.2: one Opus packet per RTP packet (a bigger one cannot be sent).
+            TrackInfo::Audio { codec: AudioCodec::Opus, .. } if frame.data.len() > MAX_RTP_PAYLOAD => vec![],
             TrackInfo::Audio { codec: AudioCodec::Opus, .. } => vec![vec![frame.data.clone()]],
             // RFC 3551 4.5.14: G.711 samples, split at the MTU (one byte per sample).
             TrackInfo::Audio { .. } => frame.data.chunks(self.mtu).map(|c| vec![frame.data.slice_ref(c)]).collect(),
@@ -142,6 +151,7 @@ impl Packetizer {
         let n = payloads.len();
         for (i, parts) in payloads.into_iter().enumerate() {
             let len: usize = 12 + parts.iter().map(Bytes::len).sum::<usize>();
+            debug_assert!(len <= usize::from(u16::MAX), "payloads are capped at MAX_RTP_PAYLOAD");
             out.put_u16(len as u16);
             let slices: Vec<&[u8]> = parts.iter().map(|b| &b[..]).collect();
             RtpPacket::write(&mut out, i + 1 == n, self.payload_type, self.sequence, rtp_time, self.ssrc, &slices);
@@ -292,6 +302,50 @@ mod tests {
 
     fn pkt(seq: u16) -> RtpPacket {
         RtpPacket { marker: false, payload_type: 96, sequence: seq, timestamp: 0, ssrc: 1, payload: Bytes::new() }
+    }
+
+    #[test]
+    fn packetizers_are_total_on_hostile_frames_and_tracks() {
+        use ferrocast_media::TrackKind;
+        let audio = |codec, config: &'static [u8], sample_rate| TrackInfo::Audio {
+            codec,
+            config: Bytes::from_static(config),
+            sample_rate,
+            channels: 0,
+            clock_rate: 0,
+        };
+        let tracks = [
+            audio(AudioCodec::Aac, &[0x12, 0x10], 0),
+            audio(AudioCodec::Aac, &[], 44100),
+            audio(AudioCodec::Opus, &[], 48000),
+            audio(AudioCodec::Pcma, &[], 0),
+            audio(AudioCodec::Pcmu, &[], 8000),
+            TrackInfo::Video { codec: VideoCodec::H264, config: Bytes::new(), clock_rate: 0 },
+            TrackInfo::Video { codec: VideoCodec::H265, config: Bytes::from_static(&[0; 3]), clock_rate: 1 },
+        ];
+        let sizes = [0, 1, 8191, 8192, MAX_RTP_PAYLOAD, MAX_RTP_PAYLOAD + 1, 200_000];
+        for track in &tracks {
+            for mtu in [0, 1400, usize::MAX] {
+                let mut p = Packetizer::new(track, 96, 1, 0, 0, mtu).unwrap();
+                for (i, size) in sizes.iter().enumerate() {
+                    let kind = track.kind();
+                    let f =
+                        Frame::new(kind, i64::MAX - i as i64, i64::MIN + i as i64, true, Bytes::from(vec![0; *size]));
+                    let buf = p.packetize(&f);
+                    let total: usize = packets(&buf).map(|pk| pk.len() + 2).sum();
+                    assert_eq!(total, buf.len(), "records frame the buffer exactly ({track:?}, {size})");
+                }
+            }
+        }
+        // Opus: one packet per frame, and none for a frame that cannot fit one.
+        let mut opus = Packetizer::new(&tracks[2], 97, 1, 0, 0, 1400).unwrap();
+        let f = |n| Frame::new(TrackKind::Audio, 0, 0, true, Bytes::from(vec![0; n]));
+        assert_eq!(packets(&opus.packetize(&f(MAX_RTP_PAYLOAD))).count(), 1);
+        assert_eq!(packets(&opus.packetize(&f(MAX_RTP_PAYLOAD + 1))).count(), 0);
+        // AAC: an AU over the 13-bit AU-size is not sent.
+        let mut aac = Packetizer::new(&tracks[0], 97, 1, 0, 0, 1400).unwrap();
+        assert_eq!(packets(&aac.packetize(&f(aac::MAX_AU_SIZE))).count(), 6);
+        assert_eq!(packets(&aac.packetize(&f(aac::MAX_AU_SIZE + 1))).count(), 0);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 mod conn;
 mod multicast;
 mod player;
-mod record;
+pub mod record;
 mod udp_out;
 
 use std::collections::HashMap;

@@ -309,7 +309,9 @@ impl Recording {
         let mut info = Tracks::default();
         for (index, m) in sdp.media.iter().enumerate() {
             let known = sdp::track_info(m);
-            let track = known.clone().and_then(|t| {
+            // Codec configurations checked before readers see them (bad entries dropped).
+            let checked = known.clone().and_then(|t| crate::ingest::checked_track(publisher.path(), t));
+            let track = checked.and_then(|t| {
                 let kind = t.kind();
                 let slot = match kind {
                     TrackKind::Video => &mut info.video,
@@ -402,9 +404,14 @@ impl Recording {
         }
         if let Some(config) = t.depacketizer.take_new_config() {
             let changed = match (t.kind, self.info.video.as_mut(), self.info.audio.as_mut()) {
-                (TrackKind::Video, Some(TrackInfo::Video { config: c, .. }), _) if *c != config => {
-                    *c = config;
-                    true
+                (TrackKind::Video, Some(TrackInfo::Video { codec, config: c, .. }), _) => {
+                    match crate::ingest::checked_video_config(self.publisher.path(), *codec, config) {
+                        Some(config) if *c != config => {
+                            *c = config;
+                            true
+                        }
+                        _ => false,
+                    }
                 }
                 (TrackKind::Audio, _, Some(a @ TrackInfo::Audio { codec: AudioCodec::Aac, .. })) => {
                     // An AudioSpecificConfig that came in band (LATM): rate and channels too.
