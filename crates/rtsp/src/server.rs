@@ -504,6 +504,9 @@ impl ServerSession {
             Method::Announce => self.announce(req),
             Method::Setup => self.setup(req),
             Method::Play => self.play(req),
+            // A recording session is paused by nobody: before RECORD as during it (RFC 2326
+            // leaves it undefined; ingest does not pause), so PAUSE is refused there.
+            Method::Pause if self.is_recording() => self.refuse(&req, 455),
             Method::Pause => {
                 self.state = next;
                 self.events.push_back(ServerEvent::Pause);
@@ -585,7 +588,15 @@ impl ServerSession {
 
     fn setup(&mut self, req: Request) {
         let (path, control) = url::split_control(&req.uri);
-        let path = path.to_owned();
+        let mut path = path.to_owned();
+        // A publisher's SETUP names a media of its own SDP, whatever its control looks like
+        // (`a=control:audio` or an absolute URL under the stream's): its path is the session's.
+        if let Some(Session { path: session_path, mode: Mode::Record { sdp }, .. }) = &self.session
+            && url::path(&req.uri).starts_with(session_path.as_str())
+            && url::media_for_control(sdp, &req.uri).is_some()
+        {
+            path = session_path.clone();
+        }
         if self.redirect(&path, &req) {
             return;
         }

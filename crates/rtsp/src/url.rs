@@ -27,9 +27,12 @@ pub fn split_control(uri: &str) -> (&str, Option<&str>) {
 /// URL (RFC 2326 C.1.1).
 pub fn media_for_control(sdp: &Sdp, uri: &str) -> Option<usize> {
     let (_, control) = split_control(uri);
+    // The last segment of the URI's path, whatever it looks like (`audio`, `media0`, ...):
+    // the publisher wrote the control itself.
+    let last = path(uri).rsplit_once('/').map(|(_, l)| l);
     sdp.media.iter().position(|m| match (&m.control, control) {
         (Some(c), _) if c.contains("://") => uri.trim_end_matches('/') == c.trim_end_matches('/'),
-        (Some(c), Some(ctl)) => c == ctl,
+        (Some(c), _) if last.is_some_and(|l| l == c.trim_matches('/')) => true,
         (None, None) => true,
         _ => false,
     })

@@ -171,6 +171,11 @@ impl Hub {
         v
     }
 
+    /// Whether the hub has a stream at `path`: published, or waiting for a republish.
+    pub fn has_stream(&self, path: &str) -> bool {
+        lock(&self.streams).contains_key(path)
+    }
+
     fn stream(&self, path: &str) -> Option<Arc<Stream>> {
         lock(&self.streams).get(path).cloned()
     }

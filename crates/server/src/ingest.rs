@@ -55,6 +55,13 @@ impl IngestError {
 /// `sprop-parameter-sets` expect; an audio track is not carried.
 pub fn checked_track(path: &str, track: TrackInfo) -> Option<TrackInfo> {
     let kind = track.kind();
+    // An AAC track whose AudioSpecificConfig comes in band (RFC 6416 MP4A-LATM with
+    // `cpresent=1` and no `config=`): nothing to check yet; it is checked when it arrives.
+    if let TrackInfo::Audio { codec: AudioCodec::Aac, config, .. } = &track
+        && config.is_empty()
+    {
+        return Some(track);
+    }
     match check_track(track.clone()) {
         Ok(c) => {
             warn_dropped(path, kind, &c.dropped);

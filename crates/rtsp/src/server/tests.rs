@@ -174,7 +174,7 @@ fn every_state_and_method() {
         (R::Init,          [200, 200, 200, 200, 455, 455, 455, 454, 200, 200, 405, 501]),
         (R::Announced,     [200, 200, 455, 200, 455, 455, 455, 200, 200, 200, 405, 501]),
         (R::ReadyToPlay,   [200, 200, 455, 200, 200, 200, 455, 200, 200, 200, 405, 501]),
-        (R::ReadyToRecord, [200, 200, 455, 200, 455, 200, 200, 200, 200, 200, 405, 501]),
+        (R::ReadyToRecord, [200, 200, 455, 200, 455, 455, 200, 200, 200, 200, 405, 501]),
         (R::Playing,       [200, 200, 455, 455, 200, 200, 455, 200, 200, 200, 405, 501]),
         (R::Paused,        [200, 200, 455, 200, 200, 200, 455, 200, 200, 200, 405, 501]),
         (R::Recording,     [200, 200, 455, 455, 455, 455, 200, 200, 200, 200, 405, 501]),
@@ -196,6 +196,29 @@ fn every_state_and_method() {
             let allow = h.s.poll_transmit();
             assert!(allow.is_none());
         }
+    }
+}
+
+/// A publisher's SETUP names its own SDP's controls, whatever they look like: relative names
+/// that are no `trackID=N` (`audio`, `media1`) and absolute URLs under the stream's own.
+#[test]
+fn record_setup_by_any_control_the_publisher_wrote() {
+    for (video, audio) in [("video".to_owned(), "audio".to_owned()), (format!("{URL}/media0"), format!("{URL}/media1"))]
+    {
+        let sdp = SDP
+            .replace("a=control:trackID=0", &format!("a=control:{video}"))
+            .replace("a=control:trackID=1", &format!("a=control:{audio}"));
+        let mut h = Harness::new(config());
+        assert_eq!(h.status("ANNOUNCE", URL, &[SDP_TYPE], &sdp), 200);
+        for (i, control) in [&video, &audio].into_iter().enumerate() {
+            let uri = if control.contains("://") { control.clone() } else { format!("{URL}/{control}") };
+            let transport =
+                if i == 0 { REC0 } else { ("Transport", "RTP/AVP/TCP;unicast;interleaved=2-3;mode=record") };
+            assert_eq!(h.status("SETUP", &uri, &[transport], ""), 200, "SETUP {uri}");
+        }
+        assert_eq!(h.status("RECORD", URL, &[], ""), 200);
+        let tracks: Vec<usize> = h.s.setups().iter().map(|s| s.track).collect();
+        assert_eq!(tracks, [0, 1], "each SETUP names its m= section");
     }
 }
 

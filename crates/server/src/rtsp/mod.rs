@@ -200,8 +200,9 @@ impl Shared {
             s.follow(&self.hub, path);
             return s;
         }
-        let live = self.hub.live_paths();
-        outputs.retain(|p, _| live.contains(p));
+        // Streams in their republish grace period keep their packetizers: their readers
+        // carry on with the same SSRC and numbering.
+        outputs.retain(|p, _| self.hub.has_stream(p));
         let s = Arc::new(StreamRtp::new(self.config.mtu));
         outputs.insert(path.to_owned(), s.clone());
         drop(outputs);

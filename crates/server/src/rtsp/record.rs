@@ -35,7 +35,8 @@ impl Unwrap {
     fn extend(&mut self, ts: u32) -> i64 {
         match self.last {
             None => self.value = 0,
-            Some(l) => self.value += i64::from(ts.wrapping_sub(l) as i32),
+            // Saturating: a hostile sender cannot overflow it with 2^32 steps of 2^31.
+            Some(l) => self.value = self.value.saturating_add(i64::from(ts.wrapping_sub(l) as i32)),
         }
         self.last = Some(ts);
         self.value
