@@ -75,6 +75,12 @@ impl Mapping {
     }
 }
 
+/// The farthest a publisher's capture time (RTCP sender reports) may be from the arrival
+/// mapping to replace it. Media is captured shortly before it arrives; a camera whose clock is
+/// minutes or years off (never set, counting from boot) would otherwise move every wall-clock
+/// time the stream's outputs state.
+pub const MAX_CAPTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The mapping of one stream, set once per publish: from the first frame's arrival, replaced
 /// once by the publisher's own word ([`MediaClock::capture`]). Shared with the stream's
 /// outputs (RTP sender reports).
@@ -100,11 +106,22 @@ impl MediaClock {
     }
 
     /// The publisher says when it captured `media_micros`. The first word of a publish
-    /// replaces the arrival mapping; later ones are ignored. True when it was taken.
+    /// replaces the arrival mapping, unless it is more than [`MAX_CAPTURE_SKEW`] away from
+    /// it (logged); later ones are ignored. True when it was taken.
     pub(crate) fn capture(&self, media_micros: i64, unix_micros: u64) -> bool {
         let mut m = self.lock();
         if m.is_some_and(|m| m.source == Source::Capture) {
             return false;
+        }
+        if let Some(arrival) = *m {
+            let skew = arrival.media_at(unix_micros).saturating_sub(media_micros).unsigned_abs();
+            if skew > MAX_CAPTURE_SKEW.as_micros() as u64 {
+                tracing::warn!(
+                    skew_s = skew / 1_000_000,
+                    "timeline: the publisher's capture time is too far from arrival (its clock is off); kept arrival"
+                );
+                return false;
+            }
         }
         *m = Some(Mapping { media_micros, unix_micros, source: Source::Capture });
         true
@@ -133,6 +150,18 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(p.at(t0), a);
         assert!(unix_micros() >= a + 2000);
+    }
+
+    #[test]
+    fn capture_skew_too_large() {
+        let c = MediaClock::default();
+        c.arrival(0, 1_000_000_000_000);
+        // A camera whose clock is an hour off: arrival is kept.
+        assert!(!c.capture(0, 1_000_000_000_000 + 3_600_000_000));
+        assert_eq!(c.mapping().map(|m| m.source), Some(Source::Arrival));
+        // Half a second of capture-to-arrival delay is taken.
+        assert!(c.capture(0, 1_000_000_000_000 - 500_000));
+        assert_eq!(c.mapping().map(|m| m.source), Some(Source::Capture));
     }
 
     #[test]

@@ -833,9 +833,12 @@ mod tests {
         assert_eq!(out, sent, "the gap stays in the video track");
         assert_eq!(hub.stats.timestamp_jumps.load(Ordering::Relaxed), 0);
         let stream = hub.stream("live/t").unwrap();
-        assert_eq!(stream.clock.mapping().unwrap().source, crate::clock::Source::Arrival);
-        p.anchor_capture_time(TrackKind::Audio, 16_000, 7_000_000);
+        let arrival = stream.clock.mapping().unwrap();
+        assert_eq!(arrival.source, crate::clock::Source::Arrival);
+        // Media time 16 s was captured 200 ms before arrival says.
+        let at = arrival.unix_micros + (16_000_000 - arrival.media_micros) as u64 - 200_000;
+        p.anchor_capture_time(TrackKind::Audio, 16_000, at);
         let m = stream.clock.mapping().unwrap();
-        assert_eq!((m.media_at(7_000_000), m.source), (16_000_000, crate::clock::Source::Capture));
+        assert_eq!((m.media_at(at), m.source), (16_000_000, crate::clock::Source::Capture));
     }
 }

@@ -427,9 +427,8 @@ mod tests {
         let _sub = hub.subscribe("live/cap").unwrap();
         s.follow(&hub, "live/cap");
         p.push(TrackKind::Video, 10_000, 10_000, true, Bytes::from_static(IDR));
-        // The publisher captured media time 10 s at 1,000,000 s after the epoch, 3 s earlier
-        // than its arrival here (say).
-        let captured = 1_000_000_000_000;
+        // The publisher captured media time 10 s 3 s before it arrived here (say).
+        let captured = (crate::clock::unix_micros() / 1_000_000 - 3) * 1_000_000; // whole seconds: NTP fractions round
         p.anchor_capture_time(TrackKind::Video, 10_000, captured);
         p.anchor_capture_time(TrackKind::Video, 10_000, captured + 5_000_000);
         let (ntp, rtp) = report(&s, TrackKind::Video, captured + 2_000_000);
