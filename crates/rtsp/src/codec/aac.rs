@@ -233,6 +233,7 @@ impl Depacketizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::test_packet as packet;
 
     fn media() -> Media {
         crate::sdp::parse(b"m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/44100/2\r\na=fmtp:97 mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3;config=1210\r\n").unwrap().media.remove(0)
@@ -297,17 +298,6 @@ mod tests {
         }
         // 200-byte AU claimed with one byte present is treated as a fragment, never output.
         assert!(d.pull().is_none());
-    }
-
-    fn packet(seq: u16, ts: u32, marker: bool, payload: &[u8]) -> RtpPacket {
-        RtpPacket {
-            marker,
-            payload_type: 97,
-            sequence: seq,
-            timestamp: ts,
-            ssrc: 1,
-            payload: Bytes::copy_from_slice(payload),
-        }
     }
 
     fn media_with(fmtp: &str) -> Media {

@@ -502,6 +502,7 @@ fn frame_length_flag(asc: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::test_packet as packet;
 
     /// What `ffmpeg -c:a aac -ar 44100 -ac 1 -f rtp -rtpflags latm` announces (ffmpeg 5.1.6).
     const FFMPEG_CONFIG: &str = "400024103fc0";
@@ -509,17 +510,6 @@ mod tests {
     fn media(fmtp: &str) -> Media {
         let sdp = format!("m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MP4A-LATM/44100/1\r\na=fmtp:97 {fmtp}\r\n");
         crate::sdp::parse(sdp.as_bytes()).unwrap().media.remove(0)
-    }
-
-    fn packet(seq: u16, ts: u32, marker: bool, payload: &[u8]) -> RtpPacket {
-        RtpPacket {
-            marker,
-            payload_type: 97,
-            sequence: seq,
-            timestamp: ts,
-            ssrc: 1,
-            payload: Bytes::copy_from_slice(payload),
-        }
     }
 
     /// A cpresent=0 element: PayloadLengthInfo then the frame.

@@ -296,6 +296,12 @@ impl Reorder {
     }
 }
 
+/// An RTP packet of payload type 97 from SSRC 1: the depacketizers' tests feed these.
+#[cfg(test)]
+pub(crate) fn test_packet(sequence: u16, timestamp: u32, marker: bool, payload: &[u8]) -> RtpPacket {
+    RtpPacket { marker, payload_type: 97, sequence, timestamp, ssrc: 1, payload: Bytes::copy_from_slice(payload) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
