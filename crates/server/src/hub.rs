@@ -19,7 +19,7 @@ use crate::clock::{MediaClock, unix_micros};
 use crate::config::{HubConfig, ms};
 pub use crate::event::{HubEvent, Sequenced};
 use crate::fanout::{self, Attachment, FanOut, Slot};
-use crate::timeline::{Correction, Timeline};
+use crate::timeline::{Correction, Mapped, Timeline};
 
 /// Why a publish was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -116,7 +116,7 @@ struct StreamState {
     /// Set when the GOP outgrew the cap: cache nothing until the next keyframe.
     gop_overflow: bool,
     /// What readers' timestamps are, across publishers.
-    timeline: Timeline,
+    timeline: Timeline<Input>,
     /// The media clock has its mapping for this publish.
     clocked: bool,
     /// A capture time the publisher gave before the track's place on the timeline was known:
@@ -126,6 +126,16 @@ struct StreamState {
     ordered: Option<Arc<dyn OrderedWire>>,
     /// Number of the next event in the ring, across publishers.
     next_seq: u64,
+}
+
+/// A frame as its publisher gave it, before its place on the timeline.
+#[derive(Debug)]
+struct Input {
+    kind: TrackKind,
+    dts: i64,
+    pts: i64,
+    keyframe: bool,
+    data: bytes::Bytes,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -280,11 +290,27 @@ impl Hub {
     /// Has `wire` build its form of every frame of `path` in the stream's order from now on,
     /// starting with the GOP; None when there is no such stream. A stream has one such
     /// builder: another replaces it. Gives the stream's media clock (for sender reports).
+    ///
+    /// The GOP is built from a copy, outside the stream's lock, so the publisher does not wait
+    /// for it; only frames pushed meanwhile are built under the lock (a frame is built once,
+    /// whoever gets to it first, so the order holds).
     pub fn build_in_order(&self, path: &str, wire: Arc<dyn OrderedWire>) -> Option<Arc<MediaClock>> {
         let stream = self.stream(path)?;
+        let is_ours = |st: &StreamState| {
+            st.ordered.as_ref().is_some_and(|o| std::ptr::addr_eq(Arc::as_ptr(o), Arc::as_ptr(&wire)))
+        };
+        let (tracks, gop) = {
+            let st = lock(&stream.state);
+            if is_ours(&st) {
+                return Some(stream.clock.clone());
+            }
+            (st.tracks.clone(), st.gop.clone())
+        };
+        for f in &gop {
+            wire.build(&tracks, f);
+        }
         let mut st = lock(&stream.state);
-        let same = st.ordered.as_ref().is_some_and(|o| std::ptr::addr_eq(Arc::as_ptr(o), Arc::as_ptr(&wire)));
-        if !same {
+        if !is_ours(&st) {
             for f in &st.gop {
                 wire.build(&st.tracks, f);
             }
@@ -426,11 +452,24 @@ impl Publisher {
 
     /// Hands a frame to every reader. Never waits.
     pub fn push(&self, kind: TrackKind, dts: i64, pts: i64, keyframe: bool, data: bytes::Bytes) {
-        let max_gop = self.hub.config.max_gop_cache_bytes;
         let mut st = lock(&self.stream.state);
         let st = &mut *st;
         let clock = track_clock(&st.tracks, kind);
-        let mapped = st.timeline.map(index(kind), dts, clock);
+        let size = data.len();
+        let input = Input { kind, dts, pts, keyframe, data };
+        if let Some((mapped, input)) = st.timeline.place(index(kind), dts, clock, size, input) {
+            self.place(st, mapped, input);
+        }
+        while let Some((_, mapped, input)) = st.timeline.next_released() {
+            self.place(st, mapped, input);
+        }
+    }
+
+    /// Hands a frame with its place on the timeline to every reader.
+    fn place(&self, st: &mut StreamState, mapped: Mapped, input: Input) {
+        let Input { kind, dts, pts, keyframe, data } = input;
+        let max_gop = self.hub.config.max_gop_cache_bytes;
+        let clock = track_clock(&st.tracks, kind);
         let stats = &self.hub.stats;
         match mapped.correction {
             Correction::None | Correction::Followed => {}
@@ -441,6 +480,15 @@ impl Publisher {
             Correction::Rebased => {
                 stats.timestamp_jumps.fetch_add(1, Ordering::Relaxed);
                 info!(path = self.stream.path, ?kind, dts, "timeline: the publisher's clock jumped; stream rebased");
+            }
+            Correction::RebasedAlone => {
+                stats.timestamp_jumps.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    path = self.stream.path,
+                    ?kind,
+                    dts,
+                    "timeline: one track's clock jumped while the others played on; that track placed again alone"
+                );
             }
             Correction::Held => {
                 stats.timestamps_held.fetch_add(1, Ordering::Relaxed);

@@ -11,9 +11,14 @@
 //!   track's first frame: before the head by more than the leap). Judged against the head, a
 //!   track returning from a 15 s pause is no break.
 //! - A break is a discontinuity of the whole stream (an encoder restart, a camera resetting
-//!   its clock): the stream's offset becomes the one that puts the frame one usual step after
-//!   the head, and each other track takes that offset when its own frames show the break
-//!   (they are a break with the old offset and none with the new one). Counted once.
+//!   its clock) when every track that is playing shows it: the stream's offset becomes the one
+//!   that puts the frame one usual step after the head, and each other track takes that offset
+//!   when its own frames show the break (they are a break with the old offset and none with the
+//!   new one). Counted once. A break in one track while another plays on is not known to be the
+//!   stream's until that other track's next frame says so: the breaking track's frames are held
+//!   back until then (at most [`MAX_PENDING_MS`] of them) and released in order once it is
+//!   decided. If the other track carries on, the break was that track's alone: that track
+//!   alone is placed after the head, and the other tracks and the stream's offset stay.
 //! - A frame that steps back less than that (even 1 ms) is held at its track's last time
 //!   (counted); no offset moves, so the other tracks do not move either.
 //! - A new publisher of the path within the grace period continues [`REPUBLISH_GAP_MS`]
@@ -22,6 +27,8 @@
 //! Offsets are decided in milliseconds, the unit every track can be compared in, and applied
 //! in each track's own clock (no drift: a track's timestamps are its publisher's, shifted).
 //! Composition offsets (pts - dts) are the caller's to keep: it moves pts by what dts moved.
+
+use std::collections::VecDeque;
 
 use ferrocast_media::rescale;
 
@@ -43,6 +50,21 @@ pub const REPUBLISH_GAP_MS: i64 = 40;
 /// The usual step between two frames of a track, used after a break, is clamped to this.
 const MAX_STEP_MS: i64 = 1_000;
 
+/// A track whose last frame is within this of the stream's head is playing: a break in another
+/// track is the stream's only if this one shows it too. More than any frame interval of a
+/// real stream (1 fps surveillance video included).
+pub const ACTIVE_TRACK_MS: i64 = 2_000;
+
+/// The longest a track's frames are held back (in its own time) while the timeline waits to
+/// learn whether that track's break is the stream's.
+pub const MAX_PENDING_MS: i64 = 2_000;
+
+/// The most frames held back while waiting (a bound on memory whatever the timestamps say).
+pub const MAX_PENDING_FRAMES: usize = 256;
+
+/// The most bytes of frames held back while waiting.
+pub const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
+
 /// What was done to a frame's timestamps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Correction {
@@ -57,6 +79,9 @@ pub enum Correction {
     Followed,
     /// It stepped back a little in its own track: held at the track's last time.
     Held,
+    /// A break in this track alone (the other tracks played on): this track was placed after
+    /// the head; nothing else moved.
+    RebasedAlone,
 }
 
 /// One track's place on the timeline.
@@ -74,9 +99,24 @@ struct Track {
     step_ms: i64,
 }
 
-/// A stream's timeline (see the module doc for the rule).
-#[derive(Debug, Default)]
-pub struct Timeline {
+/// A break seen in one track while another played: undecided until the other track's next
+/// frame.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    track: usize,
+    /// The stream's offset if the break turns out to be the stream's.
+    offset_ms: i64,
+    /// The breaking frame's time, in ms of its track's input clock.
+    since_ms: i64,
+}
+
+/// A frame held back while a break is undecided: (track, dts, clock, size, the caller's item).
+type HeldFrame<T> = (usize, i64, u32, usize, T);
+
+/// A stream's timeline (see the module doc for the rule). `T` is whatever the caller carries
+/// with a frame: frames held back while a break is undecided are given back with it.
+#[derive(Debug)]
+pub struct Timeline<T> {
     tracks: [Track; 2],
     /// The newest output time of any track, in ms, across publishers.
     head_ms: Option<i64>,
@@ -85,6 +125,31 @@ pub struct Timeline {
     stream_offset_ms: Option<i64>,
     /// The next first frame continues after the head (a publisher took the path over).
     continues: bool,
+    pending: Option<Pending>,
+    /// Frames held back, then released, in arrival order.
+    held: VecDeque<HeldFrame<T>>,
+    /// Their sizes, summed.
+    held_bytes: usize,
+    /// Frames in `held` that may be placed now (the break is decided).
+    released: bool,
+    /// The next frame of this track reports how a break was decided (the frame that showed it).
+    announce: Option<(usize, Correction)>,
+}
+
+impl<T> Default for Timeline<T> {
+    fn default() -> Self {
+        Timeline {
+            tracks: Default::default(),
+            head_ms: None,
+            stream_offset_ms: None,
+            continues: false,
+            pending: None,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            released: false,
+            announce: None,
+        }
+    }
 }
 
 /// A frame's decode time on the timeline.
@@ -103,23 +168,147 @@ impl Mapped {
     }
 }
 
-impl Timeline {
+impl<T> Timeline<T> {
     /// A timeline for a stream's first publisher: timestamps pass as they are.
-    pub fn new() -> Timeline {
+    pub fn new() -> Timeline<T> {
         Timeline::default()
     }
 
     /// A new publisher took the path: its tracks start afresh and its first frame follows on
-    /// from the head, if there is one.
+    /// from the head, if there is one. Frames the previous one had held back are dropped.
     pub fn republish(&mut self) {
         self.tracks = Default::default();
         self.stream_offset_ms = None;
         self.continues = self.head_ms.is_some();
+        self.pending = None;
+        self.held.clear();
+        self.held_bytes = 0;
+        self.released = false;
+        self.announce = None;
     }
 
-    /// Places a frame of track `track` (0 video, 1 audio) with decode time `dts` in `clock`.
-    pub fn map(&mut self, track: usize, dts: i64, clock: u32) -> Mapped {
+    /// Places a frame of track `track` (0 video, 1 audio) with decode time `dts` in `clock`
+    /// and `size` bytes, and gives it back with its place; or holds it back (None) while a
+    /// break is undecided. Call [`Timeline::next_released`] after each call for the frames a
+    /// decision released.
+    pub fn place(&mut self, track: usize, dts: i64, clock: u32, size: usize, item: T) -> Option<(Mapped, T)> {
         let track = track.min(1);
+        let frame = (track, dts, clock, size, item);
+        if !self.held.is_empty() && !self.released {
+            // A frame of the waiting track while undecided, or of the track that decides.
+            let room = self.held.len() < MAX_PENDING_FRAMES && self.held_bytes + size <= MAX_PENDING_BYTES;
+            match self.decide(track, dts, clock) {
+                None if room => {
+                    self.hold(frame);
+                    return None;
+                }
+                None => self.settle_alone(),
+                Some(()) => {}
+            }
+            // Decided: what was held goes first, then this frame.
+            self.hold(frame);
+            self.released = true;
+            return None;
+        }
+        if self.released {
+            // Keep arrival order: this frame goes after the ones still to be released.
+            self.hold(frame);
+            return None;
+        }
+        match self.map(track, dts, clock) {
+            Some(m) => Some((m, frame.4)),
+            None => {
+                self.hold(frame);
+                None
+            }
+        }
+    }
+
+    fn hold(&mut self, frame: HeldFrame<T>) {
+        self.held_bytes += frame.3;
+        self.held.push_back(frame);
+    }
+
+    /// The next frame a decision released, with its place (track, place, item).
+    pub fn next_released(&mut self) -> Option<(usize, Mapped, T)> {
+        if !self.released {
+            return None;
+        }
+        let Some((track, dts, clock, size, item)) = self.held.pop_front() else {
+            self.released = false;
+            return None;
+        };
+        self.held_bytes -= size;
+        match self.map(track, dts, clock) {
+            Some(m) => Some((track, m, item)),
+            None => {
+                // A new break, in a released frame: it waits like any other.
+                self.held_bytes += size;
+                self.held.push_front((track, dts, clock, size, item));
+                self.released = false;
+                None
+            }
+        }
+    }
+
+    /// While a break of another track is undecided: does this frame decide it? Some(()) when
+    /// decided (the pending state is gone), None when the frame must wait too.
+    fn decide(&mut self, track: usize, dts: i64, clock: u32) -> Option<()> {
+        let Some(p) = self.pending else { return Some(()) };
+        let dts_ms = rescale(dts, clock, 1000);
+        if track == p.track {
+            if dts_ms - p.since_ms > MAX_PENDING_MS || dts_ms < p.since_ms - MAX_PENDING_MS {
+                self.settle_alone();
+                return Some(());
+            }
+            return None;
+        }
+        let t = &self.tracks[track];
+        let own = t.offset_ms.unwrap_or(p.offset_ms);
+        if t.clock == clock && self.fits(track, dts_ms, own) {
+            // The other track played on: the break was the waiting track's alone.
+            self.settle_alone();
+        } else {
+            // The other track broke too: the stream's discontinuity (this frame follows the
+            // new offset, or breaks on its own if it does not fit that either).
+            self.stream_offset_ms = Some(p.offset_ms);
+            self.pending = None;
+            self.announce = Some((p.track, Correction::Rebased));
+        }
+        Some(())
+    }
+
+    /// The waiting track's break was its own: it alone goes after the head.
+    fn settle_alone(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.tracks[p.track].offset_ms = Some(p.offset_ms);
+            self.announce = Some((p.track, Correction::RebasedAlone));
+        }
+    }
+
+    /// Would a frame at `dts_ms` (its track's input clock, in ms) with `offset` be no break?
+    fn fits(&self, track: usize, dts_ms: i64, offset: i64) -> bool {
+        let t = &self.tracks[track];
+        let Some(head) = self.head_ms else { return true };
+        let out = dts_ms + offset;
+        out <= head + MAX_TIMESTAMP_LEAP_MS
+            && match t.last {
+                Some(_) => out >= t.last_ms - MAX_TIMESTAMP_STEP_BACK_MS,
+                None => out >= head - MAX_TIMESTAMP_LEAP_MS,
+            }
+    }
+
+    /// Is a track other than `track` playing (a frame near the head)?
+    fn other_playing(&self, track: usize) -> bool {
+        let Some(head) = self.head_ms else { return false };
+        self.tracks
+            .iter()
+            .enumerate()
+            .any(|(k, t)| k != track && t.last.is_some() && head - t.last_ms <= ACTIVE_TRACK_MS)
+    }
+
+    /// Places a frame, or None when it shows a break that is not yet known to be the stream's.
+    fn map(&mut self, track: usize, dts: i64, clock: u32) -> Option<Mapped> {
         let dts_ms = rescale(dts, clock, 1000);
         let mut correction = Correction::None;
         let stream_offset = match self.stream_offset_ms {
@@ -138,32 +327,37 @@ impl Timeline {
             }
         };
         let head = self.head_ms.unwrap_or(dts_ms + stream_offset);
-        let t = &mut self.tracks[track];
-        if t.clock != clock {
+        if self.tracks[track].clock != clock {
             // A track whose clock changed is a new track.
+            let t = &mut self.tracks[track];
             *t = Track { offset_ms: t.offset_ms, clock, ..Track::default() };
         }
-        let last_ms = t.last.map(|_| t.last_ms);
-        let fits = |offset: i64| {
-            let out = dts_ms + offset;
-            out <= head + MAX_TIMESTAMP_LEAP_MS
-                && match last_ms {
-                    Some(last) => out >= last - MAX_TIMESTAMP_STEP_BACK_MS,
-                    None => out >= head - MAX_TIMESTAMP_LEAP_MS,
-                }
-        };
-        let mut offset = *t.offset_ms.get_or_insert(stream_offset);
-        if !fits(offset) {
-            if offset != stream_offset && fits(stream_offset) {
+        let mut offset = *self.tracks[track].offset_ms.get_or_insert(stream_offset);
+        if !self.fits(track, dts_ms, offset) {
+            if offset != stream_offset && self.fits(track, dts_ms, stream_offset) {
                 offset = stream_offset;
                 correction = Correction::Followed;
             } else {
-                offset = head + t.step_ms.clamp(1, MAX_STEP_MS) - dts_ms;
+                let step = self.tracks[track].step_ms.clamp(1, MAX_STEP_MS);
+                let candidate = head + step - dts_ms;
+                if self.other_playing(track) {
+                    self.pending = Some(Pending { track, offset_ms: candidate, since_ms: dts_ms });
+                    return None;
+                }
+                offset = candidate;
                 self.stream_offset_ms = Some(offset);
                 correction = Correction::Rebased;
             }
-            t.offset_ms = Some(offset);
+            self.tracks[track].offset_ms = Some(offset);
         }
+        if let Some((k, c)) = self.announce
+            && k == track
+        {
+            self.announce = None;
+            correction = c;
+        }
+        let t = &mut self.tracks[track];
+        let last_ms = t.last.map(|_| t.last_ms);
         let mut out = dts + rescale(offset, 1000, clock);
         if let Some(last) = t.last
             && out < last
@@ -181,7 +375,7 @@ impl Timeline {
         t.last = Some(out);
         t.last_ms = out_ms;
         self.head_ms = Some(self.head_ms.map_or(out_ms, |h| h.max(out_ms)));
-        Mapped { dts: out, correction }
+        Some(Mapped { dts: out, correction })
     }
 
     /// The output time of time `ts` of track `track` (its clock), if the track's offset is
@@ -200,14 +394,18 @@ mod tests {
     const A: usize = 1;
 
     /// Feeds (track, dts in ms) frames; gives the output times and corrections.
-    fn run(tl: &mut Timeline, frames: &[(usize, i64)]) -> Vec<(i64, Correction)> {
-        frames
-            .iter()
-            .map(|&(k, t)| {
-                let m = tl.map(k, t, 1000);
-                (m.dts, m.correction)
-            })
-            .collect()
+    /// Frames held back come out later, in order: the result is in input order.
+    fn run(tl: &mut Timeline<usize>, frames: &[(usize, i64)]) -> Vec<(i64, Correction)> {
+        let mut out = vec![None; frames.len()];
+        for (i, &(k, t)) in frames.iter().enumerate() {
+            if let Some((m, i)) = tl.place(k, t, 1000, 100, i) {
+                out[i] = Some((m.dts, m.correction));
+            }
+            while let Some((_, m, i)) = tl.next_released() {
+                out[i] = Some((m.dts, m.correction));
+            }
+        }
+        out.into_iter().map(|o| o.expect("every frame placed")).collect()
     }
 
     /// Video every 40 ms and audio every 20 ms from `from` to `to` ms, in time order, with
@@ -291,13 +489,76 @@ mod tests {
     #[test]
     fn offsets_are_applied_in_each_tracks_clock() {
         let mut tl = Timeline::new();
-        tl.map(V, 90_000, 90_000);
+        tl.place(V, 90_000, 90_000, 0, ());
         tl.republish();
         // 90 kHz video and 48 kHz audio after a takeover: both move by the same time.
-        let v = tl.map(V, 0, 90_000);
-        let a = tl.map(A, 0, 48_000);
+        let v = tl.place(V, 0, 90_000, 0, ()).unwrap().0;
+        let a = tl.place(A, 0, 48_000, 0, ()).unwrap().0;
         assert_eq!(v.dts, 90 * (1000 + REPUBLISH_GAP_MS));
         assert_eq!(a.dts, 48 * (1000 + REPUBLISH_GAP_MS));
         assert_eq!(tl.output(A, 480, 48_000), Some(480 + a.dts));
+    }
+
+    #[test]
+    fn a_track_stepping_back_far_alone_is_placed_again_alone() {
+        // Audio's clock steps back 1.5 s at 5 s while video plays on.
+        let mut frames = av(0, 5_000, (0, 0), (0, 0));
+        let before = frames.len();
+        for t in (5_000..8_000).step_by(20) {
+            if t % 40 == 0 {
+                frames.push((V, t));
+            }
+            frames.push((A, t - 1_500));
+        }
+        let mut tl = Timeline::new();
+        let out = run(&mut tl, &frames);
+        for ((k, t), (o, c)) in frames.iter().zip(&out) {
+            if *k == V {
+                assert_eq!((*o, *c), (*t, Correction::None), "video does not move");
+            }
+        }
+        let audio: Vec<_> = frames.iter().zip(&out).skip(before).filter(|(f, _)| f.0 == A).map(|(_, o)| *o).collect();
+        assert_eq!(audio[0].1, Correction::RebasedAlone);
+        assert!((4_980..=5_060).contains(&audio[0].0), "audio goes on after the head: {:?}", audio[0]);
+        assert!(audio.windows(2).all(|w| w[1].0 - w[0].0 == 20), "then keeps its own pace");
+        assert!(out.iter().all(|o| o.1 != Correction::Rebased), "no stream discontinuity");
+    }
+
+    #[test]
+    fn a_break_of_one_track_waits_a_bounded_time_for_the_other() {
+        // Audio restarts at 0 and video stops at the same moment: audio is held back at most
+        // MAX_PENDING_MS, then placed alone; nothing is lost.
+        let mut frames = av(0, 3_000, (0, 0), (0, 0));
+        frames.extend((0..MAX_PENDING_MS + 500).step_by(20).map(|t| (A, t)));
+        let mut tl = Timeline::new();
+        let out = run(&mut tl, &frames);
+        let audio: Vec<_> = out.iter().skip(av(0, 3_000, (0, 0), (0, 0)).len()).collect();
+        assert_eq!(audio[0].1, Correction::RebasedAlone);
+        assert!(audio.windows(2).all(|w| w[1].0 > w[0].0));
+        // Frames at one time forever are held back only up to MAX_PENDING_FRAMES.
+        let mut tl = Timeline::new();
+        let mut frames = av(0, 3_000, (0, 0), (0, 0));
+        frames.extend(std::iter::repeat_n((A, 0), MAX_PENDING_FRAMES + 10));
+        let out = run(&mut tl, &frames);
+        assert_eq!(out.len(), frames.len(), "every frame placed");
+        assert!(tl.held.is_empty());
+        // And only up to MAX_PENDING_BYTES.
+        let mut tl = Timeline::new();
+        run(&mut tl, &av(0, 3_000, (0, 0), (0, 0)));
+        assert!(tl.place(A, 0, 1000, 1, 0).is_none());
+        assert!(tl.place(A, 20, 1000, MAX_PENDING_BYTES, 1).is_none());
+        assert!(tl.next_released().is_some_and(|(_, m, _)| m.correction == Correction::RebasedAlone));
+        assert!(tl.next_released().is_some());
+        assert_eq!(tl.held_bytes, 0);
+    }
+
+    #[test]
+    fn a_republish_drops_what_was_held_back() {
+        let mut tl = Timeline::new();
+        run(&mut tl, &av(0, 3_000, (0, 0), (0, 0)));
+        assert!(tl.place(V, 0, 1000, 0, 0).is_none(), "held back: audio plays");
+        tl.republish();
+        assert!(tl.held.is_empty());
+        assert_eq!(tl.place(V, 0, 1000, 0, 1).map(|(m, _)| m.correction), Some(Correction::Continued));
     }
 }
