@@ -101,6 +101,16 @@ struct Args {
     /// does on loopback.
     #[arg(long)]
     udp_gro: bool,
+    /// Readers that join all at once (no ramp) --burst-at seconds after the others have
+    /// started, to see whether a burst of joins delays the publisher's frames to the readers
+    /// already playing.
+    #[arg(long, default_value_t = 0)]
+    burst: usize,
+    /// When the burst comes, in seconds after the last of --readers started. Latency is then
+    /// also reported for the BURST_WINDOW_S seconds before and from then, with or without a
+    /// burst (--burst 0 gives the figure to compare with).
+    #[arg(long)]
+    burst_at: Option<u64>,
     /// PID of the server, to sample its CPU and RSS.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -116,9 +126,15 @@ struct Args {
 /// sent (a GOP cache start and socket buffers fit well inside).
 const KEEP_UP_LAG_MS: i64 = 3000;
 
+/// The windows --burst-at compares, seconds.
+const BURST_WINDOW_S: f64 = 5.0;
+
 /// What every reader reports.
 #[derive(Default)]
 struct ReaderState {
+    /// The first reader to play: the first a server writes to in its passes, so its latency
+    /// is the publisher's ingest-to-first-write (recorded apart from the probes').
+    first_written: bool,
     bytes: AtomicU64,
     /// Newest video timestamp received, ms; -1 before the first.
     newest_ms: AtomicI64,
@@ -158,6 +174,9 @@ struct Shared {
     /// See `Args::udp_gro`.
     udp_gro: bool,
     latencies: Mutex<Vec<f64>>,
+    /// (seconds since start, ms) of the probes' samples and of the first reader's.
+    timed_latencies: Mutex<Vec<(f64, f64)>>,
+    first_write_latencies: Mutex<Vec<(f64, f64)>>,
     first_frames: Mutex<Vec<(f64, bool)>>,
     start: Instant,
 }
@@ -171,6 +190,8 @@ async fn main() -> anyhow::Result<()> {
         by_pts: args.publish_protocol == PublishProtocol::Rtsp,
         udp_gro: args.udp_gro,
         latencies: Mutex::default(),
+        timed_latencies: Mutex::default(),
+        first_write_latencies: Mutex::default(),
         first_frames: Mutex::default(),
         start: Instant::now(),
     });
@@ -207,51 +228,27 @@ async fn main() -> anyhow::Result<()> {
     }
     // The server's memory with the stream live and no reader yet: the base for per-reader RSS.
     let rss_before_readers = args.server_pid.and_then(|p| ServerSampler::new(p).sample()).map(|(_, rss)| rss);
-    let mut readers = Vec::with_capacity(args.readers);
-    let throttle = args.throttle_kbps * 1000 / 8;
+    let mut readers = Vec::with_capacity(args.readers + args.burst);
     for i in 0..args.readers {
-        let state = Arc::new(ReaderState::default());
-        state.newest_ms.store(-1, Ordering::Relaxed);
-        state.last_ms.store(-1, Ordering::Relaxed);
-        state.joined_at_ms.store(shared.sent.newest_ms.load(Ordering::Relaxed), Ordering::Relaxed);
-        readers.push(state.clone());
-        let (shared, probe) = (shared.clone(), is_probe(i, args.throttle_readers, args.readers));
-        let limit = (i < args.throttle_readers).then_some(throttle);
-        let (protocol, rtmp, http, rtsp, app) =
-            (args.protocol, args.rtmp.clone(), args.http.clone(), args.rtsp.clone(), app.clone());
-        let stream = stream_name(&stream, i % args.publishers.max(1), args.publishers);
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let r = match protocol {
-                Protocol::Rtmp => play_rtmp(&rtmp, &app, &stream, &state, &shared, probe, limit, started).await,
-                Protocol::Flv => {
-                    flv_reader::play(&format!("{http}/{app}/{stream}.flv"), &state, &shared, probe, limit, started)
-                        .await
-                }
-                Protocol::RtspTcp | Protocol::RtspUdp => {
-                    let url = format!("{rtsp}/{app}/{stream}");
-                    let udp = protocol == Protocol::RtspUdp;
-                    rtsp_reader::play(&url, udp, &state, &shared, probe, limit, started).await
-                }
-                Protocol::Hls => {
-                    hls_reader::play(&format!("{http}/{app}/{stream}/index.m3u8"), &state, &shared, started).await
-                }
-            };
-            state.connected.store(false, Ordering::Relaxed);
-            if let Err(e) = r {
-                eprintln!("reader {i}: {e:#}");
-            }
-        });
+        readers.push(spawn_reader(&args, i, &app, &stream, &shared));
         if args.ramp > 0 {
             tokio::time::sleep(Duration::from_secs(1) / args.ramp).await;
         }
     }
+    let burst_at = args.burst_at.map(|s| shared.start.elapsed().as_secs_f64() + s as f64);
     let mut sampler = args.server_pid.map(ServerSampler::new);
     let mut throughput = Vec::new();
     let mut last_bytes = 0u64;
     let end = Instant::now() + Duration::from_secs(args.duration);
+    let mut burst_pending = burst_at.filter(|_| args.burst > 0);
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        if burst_pending.is_some_and(|at| shared.start.elapsed().as_secs_f64() >= at) {
+            burst_pending = None;
+            for i in args.readers..args.readers + args.burst {
+                readers.push(spawn_reader(&args, i, &app, &stream, &shared));
+            }
+        }
         let bytes: u64 = readers.iter().map(|r| r.bytes.load(Ordering::Relaxed)).sum();
         let mbps = (bytes - last_bytes) as f64 * 8.0 / 1e6;
         last_bytes = bytes;
@@ -301,6 +298,16 @@ async fn main() -> anyhow::Result<()> {
         "latency_ms": { "p50": lat.p50, "p99": lat.p99, "max": lat.max, "samples": lat.n },
         "time_to_first_frame_ms": { "p50": ttff.p50, "p99": ttff.p99, "max": ttff.max },
         "first_frame_keyframe": ff.iter().filter(|f| f.1).count(),
+        "first_write_latency_ms": window(&shared.first_write_latencies, 0.0, f64::MAX),
+        "burst": burst_at.map(|at| serde_json::json!({
+            "readers": args.burst,
+            "at_s": at,
+            "window_s": BURST_WINDOW_S,
+            "probe_latency_ms_before": window(&shared.timed_latencies, at - BURST_WINDOW_S, at),
+            "probe_latency_ms_during": window(&shared.timed_latencies, at, at + BURST_WINDOW_S),
+            "first_write_latency_ms_before": window(&shared.first_write_latencies, at - BURST_WINDOW_S, at),
+            "first_write_latency_ms_during": window(&shared.first_write_latencies, at, at + BURST_WINDOW_S),
+        })),
         "server": sampler.map(|s| s.summary()),
     });
     let text = serde_json::to_string_pretty(&summary)?;
@@ -309,6 +316,49 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("{text}");
     Ok(())
+}
+
+/// Starts reader `i`.
+fn spawn_reader(args: &Args, i: usize, app: &str, stream: &str, shared: &Arc<Shared>) -> Arc<ReaderState> {
+    let state = Arc::new(ReaderState { first_written: i == 0, ..ReaderState::default() });
+    state.newest_ms.store(-1, Ordering::Relaxed);
+    state.last_ms.store(-1, Ordering::Relaxed);
+    state.joined_at_ms.store(shared.sent.newest_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+    let (shared, probe) = (shared.clone(), is_probe(i, args.throttle_readers, args.readers));
+    let limit = (i < args.throttle_readers).then_some(args.throttle_kbps * 1000 / 8);
+    let (protocol, rtmp, http, rtsp, app) =
+        (args.protocol, args.rtmp.clone(), args.http.clone(), args.rtsp.clone(), app.to_owned());
+    let stream = stream_name(stream, i % args.publishers.max(1), args.publishers);
+    let reader = state.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let r = match protocol {
+            Protocol::Rtmp => play_rtmp(&rtmp, &app, &stream, &state, &shared, probe, limit, started).await,
+            Protocol::Flv => {
+                flv_reader::play(&format!("{http}/{app}/{stream}.flv"), &state, &shared, probe, limit, started).await
+            }
+            Protocol::RtspTcp | Protocol::RtspUdp => {
+                let url = format!("{rtsp}/{app}/{stream}");
+                let udp = protocol == Protocol::RtspUdp;
+                rtsp_reader::play(&url, udp, &state, &shared, probe, limit, started).await
+            }
+            Protocol::Hls => {
+                hls_reader::play(&format!("{http}/{app}/{stream}/index.m3u8"), &state, &shared, started).await
+            }
+        };
+        state.connected.store(false, Ordering::Relaxed);
+        if let Err(e) = r {
+            eprintln!("reader {i}: {e:#}");
+        }
+    });
+    reader
+}
+
+/// Percentiles of the timed samples from `from` to `to` seconds.
+fn window(samples: &Mutex<Vec<(f64, f64)>>, from: f64, to: f64) -> serde_json::Value {
+    let v: Vec<f64> = samples.lock().unwrap().iter().filter(|(t, _)| (from..to).contains(t)).map(|s| s.1).collect();
+    let p = Percentiles::of(&v);
+    serde_json::json!({ "p50": p.p50, "p99": p.p99, "max": p.max, "samples": p.n })
 }
 
 fn keeping_up(readers: &[Arc<ReaderState>], shared: &Shared) -> (usize, usize) {
@@ -522,11 +572,19 @@ fn on_video(
     // Frames sent before the reader connected (the GOP cache it starts with) are not latency
     // samples: their age is the cache's, not the server's delay.
     let times = if clock == Clock::Decode { &shared.sent.times } else { &shared.sent.pts_times };
-    if probe
+    if (probe || state.first_written)
         && i64::from(ts) > state.joined_at_ms.load(Ordering::Relaxed)
         && let Some(sent) = times.lock().unwrap().get(&ts)
     {
-        shared.latencies.lock().unwrap().push(now.duration_since(*sent).as_secs_f64() * 1000.0);
+        let ms = now.duration_since(*sent).as_secs_f64() * 1000.0;
+        let at = now.duration_since(shared.start).as_secs_f64();
+        if probe {
+            shared.latencies.lock().unwrap().push(ms);
+            shared.timed_latencies.lock().unwrap().push((at, ms));
+        }
+        if state.first_written {
+            shared.first_write_latencies.lock().unwrap().push((at, ms));
+        }
     }
 }
 

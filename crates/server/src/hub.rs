@@ -578,6 +578,25 @@ mod tests {
         }
     }
 
+    /// 90 kHz video and 48 kHz audio.
+    fn av_tracks() -> Tracks {
+        Tracks {
+            video: Some(TrackInfo::Video {
+                codec: VideoCodec::H264,
+                config: Bytes::from_static(&[1, 2, 3]),
+                clock_rate: 90_000,
+            }),
+            audio: Some(TrackInfo::Audio {
+                codec: ferrocast_media::AudioCodec::Aac,
+                config: Bytes::from_static(&[0x11, 0x90]),
+                sample_rate: 48_000,
+                channels: 2,
+                clock_rate: 48_000,
+            }),
+            ..Tracks::default()
+        }
+    }
+
     #[tokio::test]
     async fn one_publisher_per_path_and_gop_cache() {
         let hub = Hub::new(HubConfig::default());
@@ -636,6 +655,107 @@ mod tests {
         assert_eq!(dts, [1000, 1040, 1080, 1120, 1160, 1200, 1240]);
         assert!(out.iter().all(|o| o.1 == 80), "composition offsets kept");
         assert_eq!(hub.stats.timestamp_jumps.load(Ordering::Relaxed), 2);
+    }
+
+    /// A restart of the publisher's clock that shows in video first: video is held back until
+    /// audio shows it too, then both come out moved alike, nothing lost, none going back.
+    #[tokio::test]
+    async fn a_break_seen_in_one_track_first_is_decided_by_the_other() {
+        let hub = Hub::new(HubConfig::default());
+        let p = hub.publish("live/r").unwrap();
+        p.set_tracks(av_tracks());
+        let mut sub = hub.subscribe("live/r").unwrap();
+        let mut sent = Vec::new();
+        for ms in (0..3_000).step_by(20).chain((0..1_000).step_by(20)) {
+            if ms % 40 == 0 {
+                sent.push((TrackKind::Video, ms));
+            }
+            sent.push((TrackKind::Audio, ms));
+        }
+        for &(kind, ms) in &sent {
+            let ts = if kind == TrackKind::Video { ms * 90 } else { ms * 48 };
+            p.push(kind, ts, ts, kind == TrackKind::Video, Bytes::from_static(b"f"));
+        }
+        let mut got: Vec<(TrackKind, i64)> = Vec::new();
+        while let Ok(ev) = sub.rx.as_mut().unwrap().try_recv().map(|(_, e)| e) {
+            if let HubEvent::Frame(f) = ev {
+                let ms = if f.kind == TrackKind::Video { f.dts / 90 } else { f.dts / 48 };
+                got.push((f.kind, ms));
+            }
+        }
+        assert_eq!(got.len(), sent.len(), "every frame out");
+        for kind in [TrackKind::Video, TrackKind::Audio] {
+            let times: Vec<i64> = got.iter().filter(|g| g.0 == kind).map(|g| g.1).collect();
+            assert!(times.windows(2).all(|w| w[1] > w[0]), "{kind:?} in order: {times:?}");
+        }
+        let shift = |kind| {
+            let out = got.iter().rev().find(|g| g.0 == kind).unwrap().1;
+            let sent = sent.iter().rev().find(|s| s.0 == kind).unwrap().1;
+            out - sent
+        };
+        assert_eq!(shift(TrackKind::Video), shift(TrackKind::Audio), "both moved alike");
+        assert_eq!(hub.stats.timestamp_jumps.load(Ordering::Relaxed), 1);
+    }
+
+    /// Builds by recording frame times, once per frame as [`Frame::wire`] does for RTP; the
+    /// first build waits until released.
+    #[derive(Debug)]
+    struct SlowWire {
+        built: Mutex<Vec<i64>>,
+        entered: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl OrderedWire for SlowWire {
+        fn build(&self, _: &Tracks, frame: &Frame) {
+            frame.wire(ferrocast_media::Wire::Rtp, |f| {
+                if let Some(tx) = lock(&self.entered).take() {
+                    let _ = tx.send(());
+                    let _ = lock(&self.release).recv();
+                }
+                lock(&self.built).push(f.dts);
+                Bytes::new()
+            });
+        }
+    }
+
+    /// The first RTSP reader of a stream has its GOP packetized: the publisher goes on pushing
+    /// meanwhile, and the packets still follow the stream's order.
+    #[tokio::test]
+    async fn building_the_gop_in_order_does_not_hold_up_the_publisher() {
+        let hub = Hub::new(HubConfig::default());
+        let p = hub.publish("live/o").unwrap();
+        p.set_tracks(video_tracks());
+        for ts in [0, 40, 80] {
+            p.push(TrackKind::Video, ts, ts, ts == 0, Bytes::from_static(b"f"));
+        }
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let wire = Arc::new(SlowWire {
+            built: Mutex::default(),
+            entered: Mutex::new(Some(entered_tx)),
+            release: Mutex::new(release_rx),
+        });
+        let building = {
+            let (hub, wire) = (hub.clone(), wire.clone());
+            std::thread::spawn(move || hub.build_in_order("live/o", wire).is_some())
+        };
+        entered.recv_timeout(Duration::from_secs(30)).expect("the GOP build started");
+        // The build is stuck in its first frame; the publisher is not.
+        let (pushed_tx, pushed) = std::sync::mpsc::channel();
+        let pusher = std::thread::spawn(move || {
+            for ts in [120, 160] {
+                p.push(TrackKind::Video, ts, ts, false, Bytes::from_static(b"f"));
+            }
+            pushed_tx.send(()).unwrap();
+            p
+        });
+        pushed.recv_timeout(Duration::from_secs(30)).expect("the publisher pushed while the GOP was being built");
+        release.send(()).unwrap();
+        assert!(building.join().unwrap());
+        let p = pusher.join().unwrap();
+        p.push(TrackKind::Video, 200, 200, false, Bytes::from_static(b"f"));
+        assert_eq!(*lock(&wire.built), [0, 40, 80, 120, 160, 200], "every frame, in the stream's order");
     }
 
     #[tokio::test(start_paused = true)]

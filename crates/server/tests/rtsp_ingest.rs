@@ -417,3 +417,72 @@ async fn latm_with_the_config_in_band_reads_back_as_aac() {
     }
     assert_eq!(config.as_deref(), Some(&[0x11, 0x90][..]));
 }
+
+/// The SPS and PPS of [`SPS`] and [`PPS`], decoded.
+const SPS_BYTES: &[u8] = &[
+    0x67, 0x42, 0xc0, 0x0d, 0xd9, 0x01, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00, 0x03, 0x03,
+    0xc0, 0xf1, 0x42, 0xa4, 0x80,
+];
+const PPS_BYTES: &[u8] = &[0x68, 0xcb, 0x83, 0xcb, 0x20];
+
+/// Cameras that lie in their SDP: `sprop-parameter-sets` with an empty SPS entry, with bytes
+/// that are no SPS, or with base64 that does not decode, and the real parameter sets in band
+/// before each IDR. The publish is taken, and readers get the parameters the stream carried.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_camera_lying_in_its_sdp_is_carried_by_its_in_band_parameters() {
+    let server = Server::start();
+    for (n, sprop) in [",aMuDyyA=", "Z0LA,aMuDyyA=", "%%%not-base64,aMuDyyA="].into_iter().enumerate() {
+        let path = format!("liar/{n}");
+        let url = server.rtsp_url(&path);
+        let mut c = Raw::connect(&server).await;
+        let sdp = format!(
+            "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=cam\r\nt=0 0\r\n\
+             m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1;sprop-parameter-sets={sprop}\r\na=control:trackID=1\r\n"
+        );
+        let (status, head) = c.request("ANNOUNCE", &url, "", &sdp).await;
+        assert_eq!(status, 200, "ANNOUNCE with sprop {sprop}: {head}");
+        let t = "Transport: RTP/AVP/TCP;unicast;interleaved=0-1;mode=record\r\n";
+        assert_eq!(c.request("SETUP", &format!("{url}/trackID=1"), t, "").await.0, 200, "{sprop}");
+        assert_eq!(c.request("RECORD", &url, "", "").await.0, 200, "{sprop}");
+        let mut seq = 0u16;
+        let mut send = async |c: &mut Raw, from: u32, to: u32| {
+            for i in from..to {
+                let ts = VIDEO_BASE.wrapping_add(i * 90_000 / FPS);
+                if i.is_multiple_of(FPS) {
+                    for ps in [SPS_BYTES, PPS_BYTES] {
+                        c.interleaved(0, &rtp(false, 96, seq, ts, 0x51de0, ps)).await;
+                        seq = seq.wrapping_add(1);
+                    }
+                }
+                let mut p = video_packet(i);
+                p[2..4].copy_from_slice(&seq.to_be_bytes());
+                seq = seq.wrapping_add(1);
+                c.interleaved(0, &p).await;
+            }
+        };
+        send(&mut c, 0, FPS).await;
+        wait_published(&server, &path).await;
+        let mut reader = RtmpClient::connect(server.rtmp, &path, false).await;
+        reader.wait_for(|e| matches!(e, ClientEvent::Playing)).await;
+        send(&mut c, FPS, 3 * FPS).await;
+        let (mut config, mut frames) = (None::<Vec<u8>>, 0);
+        while frames < FPS {
+            let ev = reader.next_event(Duration::from_secs(30)).await;
+            let Some(ev) = ev else { panic!("{sprop}: the reader ended: config {config:?}, {frames} frames") };
+            let ClientEvent::Media(m) = ev else { continue };
+            if m.kind != MediaKind::Video {
+                continue;
+            }
+            match flv::parse_video(&m.payload) {
+                Ok(VideoTag::Config { config: c, .. }) => config = Some(c.to_vec()),
+                Ok(VideoTag::Frame { .. }) => {
+                    let c = config.as_deref().unwrap_or_else(|| panic!("{sprop}: a frame before any configuration"));
+                    let sps = &c[8..8 + usize::from(u16::from_be_bytes([c[6], c[7]]))];
+                    assert_eq!(sps, SPS_BYTES, "{sprop}: the configuration readers get holds the in-band SPS");
+                    frames += 1;
+                }
+                other => panic!("{sprop}: {other:?} {:02x?}", &m.payload[..m.payload.len().min(24)]),
+            }
+        }
+    }
+}
