@@ -13,10 +13,12 @@ pub mod ingest;
 pub mod limits;
 pub mod path;
 pub mod reader;
+pub mod record;
 pub mod rtmp_server;
 pub mod rtsp;
 pub mod sockio;
 pub mod timeline;
+pub mod utc;
 
 use std::net::SocketAddr;
 
