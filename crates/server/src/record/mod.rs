@@ -2,3 +2,4 @@
 //! under `[record] dir`, part by part, with an index of the segments (DESIGN.md "Recordings").
 
 pub mod index;
+pub mod retention;
