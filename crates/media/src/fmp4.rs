@@ -1,13 +1,21 @@
-//! Fragmented MP4 (ISO/IEC 14496-12, CMAF) for HLS: an init segment (ftyp + moov with
-//! avcC/hvcC/esds) and media segments of one moof + mdat with a traf per track.
+//! Fragmented MP4 (ISO/IEC 14496-12, CMAF) for HLS and for recordings: an init segment
+//! (ftyp + moov with mvex) and fragments of one moof + mdat with a traf per track.
+//!
+//! HLS ([`init_segment`], [`media_segment`]) carries the tracks [`carries`] accepts. A
+//! recording ([`recording_init`], then [`recording_part`] after [`recording_part`] appended to
+//! the same file) holds every codec the hub carries that MP4 can hold ([`records`]), so a file
+//! cut anywhere stays playable up to its last complete part; [`crate::fmp4_read`] reads it back.
+
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::{AudioCodec, Frame, ParamError, TrackInfo, TrackKind, Tracks, VideoCodec, h264, h265, rescale};
+use crate::{AudioCodec, Frame, ParamError, TrackInfo, TrackKind, Tracks, VideoCodec, h264, h265, opus, rescale};
 
 /// Track ids: video 1, audio 2.
-const VIDEO_ID: u32 = 1;
-const AUDIO_ID: u32 = 2;
+pub const VIDEO_ID: u32 = 1;
+/// The audio track's id.
+pub const AUDIO_ID: u32 = 2;
 /// Video media timescale.
 pub const VIDEO_TIMESCALE: u32 = 90_000;
 
@@ -36,13 +44,29 @@ pub fn carries(track: &TrackInfo) -> bool {
     matches!(track, TrackInfo::Video { .. } | TrackInfo::Audio { codec: AudioCodec::Aac | AudioCodec::Mp3, .. })
 }
 
-/// The media timescale of a track in fMP4: 90 kHz for video, the sample rate for audio.
+/// Whether a recording (fMP4 file) can hold this track: H.264, H.265, AAC, MP3, Opus (mono or
+/// stereo: family 0 of "Encapsulation of Opus in ISO Base Media File Format" 4.3.2; RTP carries
+/// no channel mapping for more, RFC 7587 7) and G.711 A-law and mu-law.
+pub fn records(track: &TrackInfo) -> bool {
+    match track {
+        TrackInfo::Video { .. } => true,
+        TrackInfo::Audio { codec: AudioCodec::Opus, channels, .. } => *channels <= 2,
+        TrackInfo::Audio { .. } => true,
+    }
+}
+
+/// The media timescale of a track in fMP4: 90 kHz for video, 48 kHz for Opus (Opus in ISOBMFF
+/// 4.3.1), the sample rate for other audio.
 pub fn timescale(track: &TrackInfo) -> u32 {
     match track {
         TrackInfo::Video { .. } => VIDEO_TIMESCALE,
+        TrackInfo::Audio { codec: AudioCodec::Opus, .. } => OPUS_TIMESCALE,
         TrackInfo::Audio { sample_rate, .. } => (*sample_rate).max(1),
     }
 }
+
+/// Opus's media timescale: its decoders always run at 48 kHz.
+pub const OPUS_TIMESCALE: u32 = 48_000;
 
 /// Picture size of a video track, from its SPS.
 pub fn dimensions(track: &TrackInfo) -> Option<(u32, u32)> {
@@ -90,6 +114,34 @@ fn descriptor(out: &mut BytesMut, tag: u8, body: &[u8]) {
     out.put_slice(body);
 }
 
+/// The fields of an AudioSampleEntry (ISO/IEC 14496-12 12.2.3) before its boxes, in the
+/// version 0 form QuickTime readers (ffmpeg's mov demuxer) also read.
+fn audio_entry_fields(o: &mut BytesMut, channels: u16, sample_rate: u32) {
+    o.put_slice(&[0; 6]);
+    o.put_u16(1); // data_reference_index
+    o.put_slice(&[0; 8]); // reserved (QuickTime: version 0, revision, vendor)
+    o.put_u16(channels.max(1));
+    o.put_u16(16); // samplesize
+    o.put_u32(0); // pre_defined, reserved
+    // 16.16 fixed point; rates over 65535 Hz are in the codec configuration and mdhd.
+    o.put_u32(sample_rate.min(65535) << 16);
+}
+
+/// A decoder configuration record with `lengthSizeMinusOne` set to 3: frames carry 4-byte NAL
+/// unit lengths whatever the publisher's record said (ingest rewrites the frames, not the
+/// record; ISO/IEC 14496-15 5.3.3.1.2, 8.3.3.1.2).
+fn with_four_byte_lengths(codec: VideoCodec, config: &[u8]) -> BytesMut {
+    let mut c = BytesMut::from(config);
+    let at = match codec {
+        VideoCodec::H264 => 4,
+        VideoCodec::H265 => 21,
+    };
+    if let Some(b) = c.get_mut(at) {
+        *b |= 3;
+    }
+    c
+}
+
 fn sample_entry(out: &mut BytesMut, track: &TrackInfo) -> Result<(), ParamError> {
     match track {
         TrackInfo::Video { codec, config, .. } => {
@@ -111,18 +163,34 @@ fn sample_entry(out: &mut BytesMut, track: &TrackInfo) -> Result<(), ParamError>
                 o.put_slice(&[0; 32]); // compressorname
                 o.put_u16(0x0018);
                 o.put_i16(-1);
-                bx(o, cfg_kind, |o| o.put_slice(config));
+                bx(o, cfg_kind, |o| o.put_slice(&with_four_byte_lengths(*codec, config)));
             });
+        }
+        TrackInfo::Audio { codec: AudioCodec::Opus, channels, .. } => {
+            // "Encapsulation of Opus in ISO Base Media File Format" 4.3: an `Opus` sample entry
+            // at 48 kHz with an OpusSpecificBox (a plain box, not a full box).
+            let channels = (*channels).clamp(1, 2);
+            bx(out, b"Opus", |o| {
+                audio_entry_fields(o, u16::from(channels), OPUS_TIMESCALE);
+                bx(o, b"dOps", |o| {
+                    o.put_u8(0); // Version
+                    o.put_u8(channels); // OutputChannelCount
+                    o.put_u16(0); // PreSkip: RTP does not carry it (RFC 7587)
+                    o.put_u32(OPUS_TIMESCALE); // InputSampleRate (informational)
+                    o.put_i16(0); // OutputGain
+                    o.put_u8(0); // ChannelMappingFamily 0: one stream, mono or stereo
+                });
+            });
+        }
+        TrackInfo::Audio { codec: codec @ (AudioCodec::Pcma | AudioCodec::Pcmu), sample_rate, channels, .. } => {
+            // QuickTime's G.711 sample entries, which ffmpeg's mov demuxer maps to pcm_alaw and
+            // pcm_mulaw in any brand of file; a sample is one frame of 8-bit codes.
+            let kind = if *codec == AudioCodec::Pcma { b"alaw" } else { b"ulaw" };
+            bx(out, kind, |o| audio_entry_fields(o, u16::from(*channels), (*sample_rate).max(1)));
         }
         TrackInfo::Audio { codec, config, sample_rate, channels, .. } => {
             bx(out, b"mp4a", |o| {
-                o.put_slice(&[0; 6]);
-                o.put_u16(1);
-                o.put_slice(&[0; 8]);
-                o.put_u16(u16::from(*channels).max(1));
-                o.put_u16(16);
-                o.put_u32(0);
-                o.put_u32(sample_rate.min(&65535) << 16);
+                audio_entry_fields(o, u16::from(*channels), *sample_rate);
                 full(o, b"esds", 0, 0, |o| {
                     let oti = if *codec == AudioCodec::Aac { 0x40 } else { 0x6b };
                     let mut dcd = BytesMut::new();
@@ -211,21 +279,38 @@ fn trak(out: &mut BytesMut, id: u32, track: &TrackInfo) -> Result<(), ParamError
 
 /// The init segment for these tracks.
 pub fn init_segment(tracks: &Tracks) -> Result<Bytes, ParamError> {
+    init(tracks, carries, &[b"iso6", b"cmfc", b"mp41"])
+}
+
+/// The init segment of a recording: ftyp and a moov with mvex holding the tracks [`records`]
+/// accepts (video id 1, audio id 2). An error when a video track has no SPS to size it, or
+/// when no track can be recorded.
+pub fn recording_init(tracks: &Tracks) -> Result<Bytes, ParamError> {
+    let recorded = |t: &Option<TrackInfo>| t.as_ref().is_some_and(records);
+    if !recorded(&tracks.video) && !recorded(&tracks.audio) {
+        return Err(ParamError::Missing("recordable track"));
+    }
+    // Not `cmfc`: a CMAF track file holds one track (ISO/IEC 23000-19 7.2).
+    let opus = matches!(tracks.audio, Some(TrackInfo::Audio { codec: AudioCodec::Opus, .. }));
+    init(tracks, records, if opus { &[b"iso6", b"isom", b"mp41", b"Opus"] } else { &[b"iso6", b"isom", b"mp41"] })
+}
+
+fn init(tracks: &Tracks, keep: fn(&TrackInfo) -> bool, brands: &[&[u8; 4]]) -> Result<Bytes, ParamError> {
     let mut out = BytesMut::new();
     bx(&mut out, b"ftyp", |o| {
-        o.put_slice(b"iso6");
+        o.put_slice(brands[0]);
         o.put_u32(0);
-        for b in [b"iso6", b"cmfc", b"mp41"] {
-            o.put_slice(b);
+        for b in brands {
+            o.put_slice(*b);
         }
     });
     let mut traks = BytesMut::new();
     let mut ids = Vec::new();
-    if let Some(v) = &tracks.video {
+    if let Some(v) = tracks.video.as_ref().filter(|v| keep(v)) {
         trak(&mut traks, VIDEO_ID, v)?;
         ids.push(VIDEO_ID);
     }
-    if let Some(a) = tracks.audio.as_ref().filter(|a| carries(a)) {
+    if let Some(a) = tracks.audio.as_ref().filter(|a| keep(a)) {
         trak(&mut traks, AUDIO_ID, a)?;
         ids.push(AUDIO_ID);
     }
@@ -306,7 +391,7 @@ fn samples<'a>(frames: &'a [&'a Frame], track: &TrackInfo, next_dts: Option<i64>
 pub fn media_segment(
     sequence: u32,
     tracks: &Tracks,
-    frames: &[std::sync::Arc<Frame>],
+    frames: &[Arc<Frame>],
     next_video_dts: Option<i64>,
     next_audio_dts: Option<i64>,
 ) -> Bytes {
@@ -319,11 +404,20 @@ pub fn media_segment(
     if let (Some(t), false) = (tracks.audio.as_ref().filter(|a| carries(a)), audio.is_empty()) {
         parts.push((AUDIO_ID, samples(&audio, t, next_audio_dts)));
     }
+    let trafs: Vec<(u32, &[Sample<'_>])> = parts.iter().map(|(id, s)| (*id, &s[..])).collect();
+    let mut out = BytesMut::new();
+    fragment(&mut out, sequence, &trafs);
+    out.freeze()
+}
+
+/// Appends one fragment: a moof with a traf per track that has samples, then one mdat.
+fn fragment(out: &mut BytesMut, sequence: u32, trafs: &[(u32, &[Sample<'_>])]) {
+    let trafs: Vec<&(u32, &[Sample<'_>])> = trafs.iter().filter(|(_, s)| !s.is_empty()).collect();
     let mut moof = BytesMut::new();
     let mut offset_fields = Vec::new();
     bx(&mut moof, b"moof", |o| {
         full(o, b"mfhd", 0, 0, |o| o.put_u32(sequence));
-        for (id, s) in &parts {
+        for (id, s) in &trafs {
             bx(o, b"traf", |o| {
                 // default-base-is-moof
                 full(o, b"tfhd", 0, 0x02_0000, |o| o.put_u32(*id));
@@ -333,10 +427,10 @@ pub fn media_segment(
                     o.put_u32(s.len() as u32);
                     offset_fields.push(o.len());
                     o.put_u32(0);
-                    for x in s {
+                    for x in s.iter() {
                         o.put_u32(x.duration);
                         o.put_u32(x.data.len() as u32);
-                        let flags = if *id == AUDIO_ID || x.keyframe { 0x0200_0000 } else { 0x0101_0000 };
+                        let flags = if *id == AUDIO_ID || x.keyframe { SYNC } else { NON_SYNC };
                         o.put_u32(flags);
                         o.put_i32(x.cts);
                     }
@@ -346,21 +440,203 @@ pub fn media_segment(
     });
     // Patch data offsets: from the start of moof to each track's bytes in mdat.
     let mut data_pos = moof.len() + 8;
-    for ((_, s), field) in parts.iter().zip(offset_fields) {
+    for ((_, s), field) in trafs.iter().zip(offset_fields) {
         moof[field..field + 4].copy_from_slice(&(data_pos as u32).to_be_bytes());
         data_pos += s.iter().map(|x| x.data.len()).sum::<usize>();
     }
     let mdat_len = data_pos - moof.len();
-    let mut out = BytesMut::with_capacity(data_pos);
+    out.reserve(data_pos);
     out.put_slice(&moof);
     out.put_u32(mdat_len as u32);
     out.put_slice(b"mdat");
-    for (_, s) in &parts {
-        for x in s {
+    for (_, s) in &trafs {
+        for x in s.iter() {
             out.put_slice(x.data);
         }
     }
+}
+
+/// Sample flags (ISO/IEC 14496-12 8.8.3.1) of a sync sample: depends on no other.
+pub const SYNC: u32 = 0x0200_0000;
+/// Sample flags of a sample that is not a sync sample and depends on others.
+pub const NON_SYNC: u32 = 0x0101_0000;
+
+/// Decode times of a recording's two tracks, each in that track's clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrackTimes {
+    /// The video track's.
+    pub video: Option<i64>,
+    /// The audio track's.
+    pub audio: Option<i64>,
+}
+
+impl TrackTimes {
+    /// The time of one track.
+    pub fn get(&self, kind: TrackKind) -> Option<i64> {
+        match kind {
+            TrackKind::Video => self.video,
+            TrackKind::Audio => self.audio,
+        }
+    }
+
+    /// Sets the time of one track.
+    pub fn set(&mut self, kind: TrackKind, time: Option<i64>) {
+        match kind {
+            TrackKind::Video => self.video = time,
+            TrackKind::Audio => self.audio = time,
+        }
+    }
+}
+
+/// Most media data in one fragment of a recording. A second of the largest streams is tens of
+/// megabytes; the cap keeps every offset in a fragment within the 32 bits of `trun` and `mdat`
+/// (a 4 GiB mdat would need a 64-bit box size) and bounds what a reader of the file loads to
+/// play one part. [`recording_part`] starts a new fragment rather than pass it.
+pub const MAX_PART_DATA: usize = 256 << 20;
+
+/// Most samples in one fragment of a recording (a 1 s part at 60 fps with 48 kHz AAC has
+/// about 110). Bounds the moof a reader parses: at 16 bytes a sample, 2 MiB, within
+/// [`crate::fmp4_read::MAX_MOOF_SIZE`].
+pub const MAX_PART_SAMPLES: usize = 1 << 17;
+
+/// One part of a recording: moof (sequence number `sequence`) + mdat with the frames given.
+///
+/// `frames` holds both tracks in any interleaving, each track's frames in decode order. Decode
+/// times are written relative to `base` (per track, in that track's clock: the decode time the
+/// file starts at, so each file's `tfdt` starts near 0 and a track that starts later or pauses
+/// keeps its gap); a track without a base is written as it is. `next` holds the decode time of
+/// each track's next frame after this part, if known, for exact last-sample durations; else
+/// the last sample lasts what its payload holds (G.711, Opus), or as long as the one before
+/// it, or a codec's usual frame.
+///
+/// Frames of tracks [`records`] refuses are left out, and so is a frame over
+/// [`MAX_PART_DATA`] (the hub caps frames far below, at [`crate::check::MAX_FRAME_SIZE`]).
+/// When the frames pass [`MAX_PART_DATA`] or [`MAX_PART_SAMPLES`], the returned bytes hold more
+/// than one fragment, numbered `sequence`, `sequence + 1`, ... (a recorder cutting parts of a
+/// second never sees this). Timestamps may be anything in i64: times before `base` are written
+/// as `base`, durations and composition offsets saturate to their fields, nothing panics.
+pub fn recording_part(
+    sequence: u32,
+    tracks: &Tracks,
+    base: TrackTimes,
+    frames: &[Arc<Frame>],
+    next: TrackTimes,
+) -> Bytes {
+    recording_fragments(sequence, tracks, base, frames, next, MAX_PART_DATA, MAX_PART_SAMPLES)
+}
+
+fn recording_fragments(
+    sequence: u32,
+    tracks: &Tracks,
+    base: TrackTimes,
+    frames: &[Arc<Frame>],
+    next: TrackTimes,
+    max_data: usize,
+    max_samples: usize,
+) -> Bytes {
+    let track = |kind| match kind {
+        TrackKind::Video => tracks.video.as_ref().filter(|t| records(t)),
+        TrackKind::Audio => tracks.audio.as_ref().filter(|t| records(t)),
+    };
+    let kept: Vec<&Frame> =
+        frames.iter().map(|f| &**f).filter(|f| track(f.kind).is_some() && f.data.len() <= max_data).collect();
+    let of = |kind| -> Vec<Sample<'_>> {
+        let frames: Vec<&Frame> = kept.iter().copied().filter(|f| f.kind == kind).collect();
+        match track(kind) {
+            Some(t) => recording_samples(&frames, t, base.get(kind), next.get(kind)),
+            None => Vec::new(),
+        }
+    };
+    let (video, audio) = (of(TrackKind::Video), of(TrackKind::Audio));
+    let mut out = BytesMut::new();
+    let (mut at, mut v, mut a, mut sequence) = (0, 0, 0, sequence);
+    loop {
+        // The frames of this fragment, in the order given, up to the caps.
+        let (mut nv, mut na, mut data) = (0, 0, 0usize);
+        while let Some(f) = kept.get(at) {
+            if nv + na > 0 && (nv + na >= max_samples || data + f.data.len() > max_data) {
+                break;
+            }
+            data += f.data.len();
+            match f.kind {
+                TrackKind::Video => nv += 1,
+                TrackKind::Audio => na += 1,
+            }
+            at += 1;
+        }
+        fragment(&mut out, sequence, &[(VIDEO_ID, &video[v..v + nv]), (AUDIO_ID, &audio[a..a + na])]);
+        (v, a, sequence) = (v + nv, a + na, sequence.wrapping_add(1));
+        if at >= kept.len() {
+            break;
+        }
+    }
     out.freeze()
+}
+
+/// Converts a timestamp between clocks like [`rescale`], saturating at the ends of i64.
+pub(crate) fn rescale_saturating(ts: i64, from: u32, to: u32) -> i64 {
+    if from == to || from == 0 {
+        return ts;
+    }
+    let num = i128::from(ts) * i128::from(to);
+    let den = i128::from(from);
+    let r = if num >= 0 { (num + den / 2) / den } else { (num - den / 2) / den };
+    r.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
+/// A recording track's samples: decode times relative to `base` in the track's timescale.
+fn recording_samples<'a>(
+    frames: &[&'a Frame],
+    track: &TrackInfo,
+    base: Option<i64>,
+    next: Option<i64>,
+) -> Vec<Sample<'a>> {
+    let ts = timescale(track);
+    let clock = track.clock_rate();
+    // tfdt is unsigned: a frame before the file's start is written at its start.
+    let rel = |t: i64| rescale_saturating(t.saturating_sub(base.unwrap_or(0)), clock, ts).max(0);
+    let dts: Vec<i64> = frames.iter().map(|f| rel(f.dts)).collect();
+    let next = next.map(rel);
+    let span = |a: i64, b: i64| a.saturating_sub(b).clamp(0, i64::from(u32::MAX)) as u32;
+    (0..frames.len())
+        .map(|i| {
+            let f = frames[i];
+            let duration = match dts.get(i + 1).copied().or(next) {
+                Some(end) => span(end, dts[i]),
+                None => last_duration(track, f, (i > 0).then(|| span(dts[i], dts[i - 1])), ts),
+            };
+            let cts = rescale_saturating(f.pts.saturating_sub(f.dts), clock, ts);
+            Sample {
+                dts: dts[i],
+                duration,
+                cts: cts.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+                keyframe: f.keyframe,
+                data: &f.data,
+            }
+        })
+        .collect()
+}
+
+/// The duration of a track's last sample when the next frame's time is unknown: what the
+/// payload holds when the codec says (G.711: a byte per sample and channel; Opus: its TOC),
+/// else as long as the sample before, else the codec's usual frame.
+fn last_duration(track: &TrackInfo, frame: &Frame, before: Option<u32>, ts: u32) -> u32 {
+    let exact = match track {
+        TrackInfo::Audio { codec: AudioCodec::Pcma | AudioCodec::Pcmu, channels, .. } => {
+            u32::try_from(frame.data.len() / usize::from((*channels).max(1))).ok()
+        }
+        TrackInfo::Audio { codec: AudioCodec::Opus, .. } => opus::packet_samples(&frame.data),
+        _ => None,
+    };
+    let usual = match track {
+        TrackInfo::Audio { codec: AudioCodec::Aac, .. } => 1024,
+        TrackInfo::Audio { codec: AudioCodec::Mp3, .. } => 1152,
+        TrackInfo::Audio { codec: AudioCodec::Opus, .. } => 960,
+        // 20 ms, the usual RTP packet time (RFC 3551 4.5).
+        TrackInfo::Audio { .. } => ts / 50,
+        TrackInfo::Video { .. } => ts / 30,
+    };
+    exact.filter(|d| *d > 0).or(before).unwrap_or(usual)
 }
 
 #[cfg(test)]

@@ -9,10 +9,12 @@ pub mod check;
 pub mod dts;
 pub mod flv;
 pub mod fmp4;
+pub mod fmp4_read;
 mod frame;
 pub mod h264;
 pub mod h265;
 pub mod mp4;
+pub mod opus;
 pub mod ts;
 
 pub use frame::{AudioCodec, Frame, TrackInfo, TrackKind, Tracks, VideoCodec, Wire, rescale};
