@@ -3,11 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+
+use crate::paths::PathTable;
 
 /// The whole configuration, an immutable snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +30,55 @@ pub struct Config {
     pub hls: HlsConfig,
     /// Caps on what clients may hold.
     pub limits: LimitsConfig,
+    /// Recording: the directory, and the defaults the per-path table overrides.
+    pub record: RecordConfig,
+    /// `[paths."PATTERN"]`: per-path settings (record, `hls_variant`, ...), in file order.
+    pub paths: PathTable,
+}
+
+/// `record.part_duration_ms`: at least 100 ms (a part per frame or two would be all box
+/// headers), at most 10 s (what a crash may lose).
+pub const RECORD_PART_DURATION_MS: RangeInclusive<u64> = 100..=10_000;
+
+/// Longest `record.segment_duration_ms`: one file a day.
+pub const MAX_RECORD_SEGMENT_DURATION_MS: u64 = 86_400_000;
+
+/// The valid HLS target segment durations, in ms (`hls.segment_duration_ms` and the per-path
+/// `hls_segment_duration_ms`).
+pub const HLS_SEGMENT_DURATION_MS: RangeInclusive<u64> = 500..=60_000;
+
+/// `[record]`: what is never per path (the directory, file lengths) and the retention defaults
+/// that `[paths."PATTERN"]` may override (`record_max_age_ms`, `record_max_bytes`). Which paths
+/// are recorded is per path only (`record = true`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordConfig {
+    /// Recordings go under `DIR/PATH/`.
+    pub dir: PathBuf,
+    /// A new file starts at the first keyframe after this, in ms.
+    pub segment_duration_ms: u64,
+    /// fMP4 fragment length, in ms: at most this is lost on a crash.
+    pub part_duration_ms: u64,
+    /// Recordings older than this are deleted, in ms; 0 keeps them.
+    pub max_age_ms: u64,
+    /// The oldest recordings are deleted while all of them together exceed this, in bytes; 0:
+    /// no cap.
+    pub max_bytes: u64,
+    /// The oldest recordings are deleted while the disk has less free space than this, in bytes.
+    pub min_free_bytes: u64,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        RecordConfig {
+            dir: PathBuf::from("recordings"),
+            segment_duration_ms: 600_000,
+            part_duration_ms: 1000,
+            max_age_ms: 0,
+            max_bytes: 0,
+            min_free_bytes: 1 << 30,
+        }
+    }
 }
 
 /// `[limits]`.
@@ -91,18 +143,6 @@ pub struct HlsConfig {
     /// Also write segments and playlists under this directory (`DIR/APP/STREAM/...`), for
     /// an external web server or CDN. Empty: memory only.
     pub dir: String,
-    /// Per-path overrides: exact paths first, then `*` patterns, longest first.
-    pub paths: BTreeMap<String, HlsPathConfig>,
-}
-
-/// `[hls.paths."PATTERN"]`: what may differ per path.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HlsPathConfig {
-    /// Segment container for these paths.
-    pub variant: Option<HlsVariant>,
-    /// Target segment duration for these paths, in ms.
-    pub segment_duration_ms: Option<u64>,
 }
 
 impl Default for HlsConfig {
@@ -115,42 +155,7 @@ impl Default for HlsConfig {
             max_segment_bytes: 64 * 1024 * 1024,
             playlist_wait_ms: 10_000,
             dir: String::new(),
-            paths: BTreeMap::new(),
         }
-    }
-}
-
-/// Whether `pattern` (with `*` for any run of characters) matches `path`.
-pub fn glob_match(pattern: &str, path: &str) -> bool {
-    let Some((head, rest)) = pattern.split_once('*') else {
-        return pattern == path;
-    };
-    let Some(mut tail) = path.strip_prefix(head) else {
-        return false;
-    };
-    let parts: Vec<&str> = rest.split('*').collect();
-    for (i, part) in parts.iter().enumerate() {
-        if i == parts.len() - 1 {
-            return tail.ends_with(part);
-        }
-        match tail.find(part) {
-            Some(at) => tail = &tail[at + part.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
-impl HlsConfig {
-    /// The override for a path: the exact entry, else the first matching pattern, longest
-    /// pattern first, then in lexical order.
-    pub fn for_path(&self, path: &str) -> HlsPathConfig {
-        if let Some(c) = self.paths.get(path) {
-            return c.clone();
-        }
-        let mut patterns: Vec<(&String, &HlsPathConfig)> = self.paths.iter().filter(|(k, _)| k.contains('*')).collect();
-        patterns.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(b.0)));
-        patterns.into_iter().find(|(k, _)| glob_match(k, path)).map(|(_, c)| c.clone()).unwrap_or_default()
     }
 }
 
@@ -272,6 +277,8 @@ impl Default for Config {
             hub: HubConfig::default(),
             hls: HlsConfig::default(),
             limits: LimitsConfig::default(),
+            record: RecordConfig::default(),
+            paths: PathTable::default(),
         }
     }
 }
@@ -358,6 +365,7 @@ pub fn ms(v: u64) -> Duration {
 impl Config {
     /// Parses TOML text.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
+        reject_moved_tables(text)?;
         let config: Config = toml::from_str(text)?;
         config.validate()?;
         Ok(config)
@@ -392,18 +400,19 @@ impl Config {
         anyhow::ensure!(self.hub.reader_queue_frames >= 16, "hub.reader_queue_frames must be at least 16");
         anyhow::ensure!(self.hls.window >= 1, "hls.window must be at least 1");
         anyhow::ensure!(
-            (500..=60_000).contains(&self.hls.segment_duration_ms),
+            HLS_SEGMENT_DURATION_MS.contains(&self.hls.segment_duration_ms),
             "hls.segment_duration_ms must be 500..=60000, got {}",
             self.hls.segment_duration_ms
         );
-        for (k, p) in &self.hls.paths {
-            if let Some(d) = p.segment_duration_ms {
+        for (key, p) in self.paths.entries() {
+            if let Some(d) = p.hls_segment_duration_ms {
                 anyhow::ensure!(
-                    (500..=60_000).contains(&d),
-                    "hls.paths.\"{k}\".segment_duration_ms must be 500..=60000"
+                    HLS_SEGMENT_DURATION_MS.contains(&d),
+                    "paths.\"{key}\".hls_segment_duration_ms must be 500..=60000, got {d}"
                 );
             }
         }
+        self.record.validate()?;
         self.rtsp.multicast_net()?;
         anyhow::ensure!((200..=65_000).contains(&self.rtsp.mtu), "rtsp.mtu must be 200..=65000");
         anyhow::ensure!(
@@ -437,14 +446,70 @@ impl Config {
     }
 }
 
+impl RecordConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.dir.as_os_str().is_empty(), "record.dir must not be empty");
+        anyhow::ensure!(
+            RECORD_PART_DURATION_MS.contains(&self.part_duration_ms),
+            "record.part_duration_ms must be 100..=10000, got {}",
+            self.part_duration_ms
+        );
+        anyhow::ensure!(
+            (self.part_duration_ms..=MAX_RECORD_SEGMENT_DURATION_MS).contains(&self.segment_duration_ms),
+            "record.segment_duration_ms must be at least record.part_duration_ms ({}) and at most 86400000, got {}",
+            self.part_duration_ms,
+            self.segment_duration_ms
+        );
+        Ok(())
+    }
+}
+
+/// Tables that moved, with where they went. Nothing was released with them, so no alias: the
+/// old place is an error that names the new one.
+fn reject_moved_tables(text: &str) -> anyhow::Result<()> {
+    #[derive(Deserialize)]
+    struct Top {
+        hls: Option<Hls>,
+    }
+    #[derive(Deserialize)]
+    struct Hls {
+        paths: Option<serde::de::IgnoredAny>,
+    }
+    // Text that does not parse is left to the real parse to report.
+    if let Ok(Top { hls: Some(Hls { paths: Some(_) }) }) = toml::from_str::<Top>(text) {
+        anyhow::bail!(
+            "[hls.paths] moved: use [paths.\"PATTERN\"] with hls_variant (was variant) and \
+             hls_segment_duration_ms (was segment_duration_ms)"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paths::PathSettings;
 
     #[test]
     fn example_file_parses_to_the_defaults() {
         let text = include_str!("../../../ferrocast.example.toml");
         assert_eq!(Config::parse(text).unwrap(), Config::default());
+    }
+
+    /// The commented `[paths]` example at the end of the example file, uncommented, parses and
+    /// means what its comments say.
+    #[test]
+    fn example_file_paths_example_means_what_it_says() {
+        let text = include_str!("../../../ferrocast.example.toml");
+        let at = text.find("# [paths.\"cams/*\"]").expect("the example's [paths] block");
+        let block: String =
+            text[at..].lines().map(|l| format!("{}\n", l.trim_start_matches('#').trim_start())).collect();
+        let c = Config::parse(&block).unwrap();
+        let door = c.paths.get("cams/door");
+        assert!(door.record && door.record_max_age_ms == Some(604_800_000), "{door:?}");
+        assert_eq!(door.hls_variant, Some(HlsVariant::Fmp4));
+        let lobby = c.paths.get("cams/lobby");
+        assert_eq!(lobby, PathSettings { hls_segment_duration_ms: Some(6000), ..Default::default() });
     }
 
     #[test]
@@ -454,15 +519,92 @@ mod tests {
     }
 
     #[test]
-    fn per_path_settings_exact_first_then_patterns() {
+    fn paths_table_parses_in_file_order() {
         let c = Config::parse(
-            "[hls.paths.\"cams/*\"]\nvariant = \"fmp4\"\n[hls.paths.\"cams/lobby\"]\nsegment_duration_ms = 6000\n[hls.paths.\"*\"]\nsegment_duration_ms = 4000\n",
+            "[paths.\"cams/*\"]\nrecord = true\nrecord_max_age_ms = 604800000\n\
+             [paths.\"cams/lobby\"]\nhls_variant = \"fmp4\"\nhls_segment_duration_ms = 6000\n\
+             [paths.\"**\"]\nrecord_max_bytes = 1000\n",
         )
         .unwrap();
-        assert_eq!(c.hls.for_path("cams/lobby"), HlsPathConfig { variant: None, segment_duration_ms: Some(6000) });
-        assert_eq!(c.hls.for_path("cams/door").variant, Some(HlsVariant::Fmp4));
-        assert_eq!(c.hls.for_path("live/x").segment_duration_ms, Some(4000));
-        assert!(glob_match("a/*/c", "a/b/c") && !glob_match("a/*/c", "a/b/d"));
+        let keys: Vec<&str> = c.paths.entries().map(|(k, _)| k).collect();
+        assert_eq!(keys, ["cams/*", "cams/lobby", "**"]);
+        let lobby = c.paths.get("cams/lobby");
+        assert_eq!(
+            lobby,
+            PathSettings {
+                hls_variant: Some(HlsVariant::Fmp4),
+                hls_segment_duration_ms: Some(6000),
+                ..Default::default()
+            }
+        );
+        let door = c.paths.get("cams/door");
+        assert!(door.record);
+        assert_eq!(door.record_max_age_ms, Some(604_800_000));
+        assert_eq!(c.paths.get("live/x").record_max_bytes, Some(1000));
+        assert!(!c.paths.get("live/x").record);
+        // Printed and parsed back: the same table, in the same order.
+        let text = toml::to_string_pretty(&c).unwrap();
+        assert_eq!(Config::parse(&text).unwrap(), c, "{text}");
+    }
+
+    #[test]
+    fn paths_errors_name_the_key_or_pattern() {
+        let err = format!("{:#}", Config::parse("[paths.\"cams/*\"]\nrecrod = true\n").unwrap_err());
+        assert!(err.contains("recrod"), "{err}");
+        let err = format!("{:#}", Config::parse("[paths.\"cams/***\"]\nrecord = true\n").unwrap_err());
+        assert!(err.contains("cams/***") && err.contains("**"), "{err}");
+        let err = format!("{:#}", Config::parse("[paths.\"cams//x\"]\n").unwrap_err());
+        assert!(err.contains("cams//x") && err.contains("empty segment"), "{err}");
+        let err = format!("{:#}", Config::parse("[paths.\"cams/a b\"]\n").unwrap_err());
+        assert!(err.contains("cams/a b"), "{err}");
+        let err = format!("{:#}", Config::parse("[paths.\"x/*\"]\nhls_segment_duration_ms = 10\n").unwrap_err());
+        assert!(err.contains("paths.\"x/*\".hls_segment_duration_ms"), "{err}");
+        let err = format!("{:#}", Config::parse("[paths.\"x/*\"]\nhls_variant = \"webm\"\n").unwrap_err());
+        assert!(err.contains("webm"), "{err}");
+    }
+
+    #[test]
+    fn old_hls_paths_table_names_the_new_place() {
+        for text in [
+            "[hls.paths.\"cams/*\"]\nvariant = \"fmp4\"\n",
+            "[hls]\nenabled = true\n[hls.paths]\n",
+            "[hls]\npaths = {}\n",
+        ] {
+            let err = format!("{:#}", Config::parse(text).unwrap_err());
+            assert!(err.contains("[hls.paths] moved") && err.contains("[paths.\"PATTERN\"]"), "{text}: {err}");
+            assert!(err.contains("hls_variant"), "{err}");
+        }
+        // A syntax error is still reported as one.
+        let err = format!("{:#}", Config::parse("[hls\npaths = 1\n").unwrap_err());
+        assert!(!err.contains("moved"), "{err}");
+    }
+
+    #[test]
+    fn record_section_defaults_and_limits() {
+        let r = Config::parse("").unwrap().record;
+        assert_eq!(r.dir, PathBuf::from("recordings"));
+        assert_eq!((r.segment_duration_ms, r.part_duration_ms), (600_000, 1000));
+        assert_eq!((r.max_age_ms, r.max_bytes, r.min_free_bytes), (0, 0, 1_073_741_824));
+        let r = Config::parse("[record]\ndir = \"/var/rec\"\nsegment_duration_ms = 100\npart_duration_ms = 100\n")
+            .unwrap()
+            .record;
+        assert_eq!((r.dir.to_str(), r.segment_duration_ms), (Some("/var/rec"), 100));
+        for (text, want) in [
+            ("part_duration_ms = 99", "record.part_duration_ms must be 100..=10000, got 99"),
+            ("part_duration_ms = 10001", "record.part_duration_ms must be 100..=10000, got 10001"),
+            ("segment_duration_ms = 999", "record.segment_duration_ms must be at least record.part_duration_ms (1000)"),
+            ("segment_duration_ms = 86400001", "at most 86400000, got 86400001"),
+            ("dir = \"\"", "record.dir must not be empty"),
+        ] {
+            let err = format!("{:#}", Config::parse(&format!("[record]\n{text}\n")).unwrap_err());
+            assert!(err.contains(want), "{text}: {err}");
+        }
+        assert_eq!(
+            Config::parse("[record]\nsegment_duration_ms = 86400000\n").unwrap().record.segment_duration_ms,
+            MAX_RECORD_SEGMENT_DURATION_MS
+        );
+        let err = format!("{:#}", Config::parse("[record]\nmax_age = 5\n").unwrap_err());
+        assert!(err.contains("max_age"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{HlsConfig, HlsVariant, ms};
 use crate::hub::Hub;
+use crate::paths::{PathSettings, PathTable};
 use crate::reader::{Reader, ReaderItem};
 
 /// The live HLS state of one stream.
@@ -42,6 +43,8 @@ impl HlsStream {
 pub struct HlsRegistry {
     streams: Mutex<HashMap<String, Arc<HlsStream>>>,
     config: HlsConfig,
+    /// Per-path `hls_variant` and `hls_segment_duration_ms`.
+    paths: PathTable,
 }
 
 impl HlsRegistry {
@@ -60,9 +63,10 @@ fn wall_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Starts following the hub; returns the registry HTTP serves from.
-pub fn start(hub: Arc<Hub>, config: HlsConfig) -> Arc<HlsRegistry> {
-    let registry = Arc::new(HlsRegistry { streams: Mutex::new(HashMap::new()), config });
+/// Starts following the hub; returns the registry HTTP serves from. `paths` gives each
+/// stream's `hls_variant` and `hls_segment_duration_ms` over `config`'s.
+pub fn start(hub: Arc<Hub>, config: HlsConfig, paths: PathTable) -> Arc<HlsRegistry> {
+    let registry = Arc::new(HlsRegistry { streams: Mutex::new(HashMap::new()), config, paths });
     if registry.config.enabled {
         let mut news = hub.watch_new_streams();
         let reg = registry.clone();
@@ -107,9 +111,10 @@ fn spawn_stream(hub: &Arc<Hub>, reg: &Arc<HlsRegistry>, path: String) {
     });
 }
 
-fn segmenter_for(config: &HlsConfig, path: &str, codec: Option<VideoCodec>, instance: &str) -> Segmenter {
-    let over = config.for_path(path);
-    let variant = match over.variant.unwrap_or(config.variant) {
+/// The segmenter of a stream: the path's settings (`[paths."PATTERN"]`) where it has them,
+/// else `[hls]`'s.
+fn segmenter_for(config: &HlsConfig, over: &PathSettings, codec: Option<VideoCodec>, instance: &str) -> Segmenter {
+    let variant = match over.hls_variant.unwrap_or(config.variant) {
         HlsVariant::Mpegts => Variant::MpegTs,
         HlsVariant::Fmp4 => Variant::Fmp4,
         HlsVariant::Auto if codec == Some(VideoCodec::H265) => Variant::Fmp4,
@@ -117,7 +122,7 @@ fn segmenter_for(config: &HlsConfig, path: &str, codec: Option<VideoCodec>, inst
     };
     let seg_config = SegmenterConfig {
         variant,
-        target_duration_ms: over.segment_duration_ms.unwrap_or(config.segment_duration_ms),
+        target_duration_ms: over.hls_segment_duration_ms.unwrap_or(config.segment_duration_ms),
         window: config.window,
         max_segment_bytes: config.max_segment_bytes,
     };
@@ -141,7 +146,7 @@ async fn run_stream(reg: &HlsRegistry, path: &str, stream: &HlsStream, mut reade
                             Some(ferrocast_media::TrackInfo::Video { codec, .. }) => Some(*codec),
                             _ => None,
                         };
-                        *g = Some(segmenter_for(&reg.config, path, codec, &instance));
+                        *g = Some(segmenter_for(&reg.config, &reg.paths.get(path), codec, &instance));
                         info!(path, variant = ?g.as_ref().map(|s| s.variant()), "hls: segmenting");
                     }
                     if let Some(s) = g.as_mut() {

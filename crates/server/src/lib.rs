@@ -12,6 +12,7 @@ pub mod hub;
 pub mod ingest;
 pub mod limits;
 pub mod path;
+pub mod paths;
 pub mod reader;
 pub mod record;
 pub mod rtmp_server;
@@ -64,7 +65,7 @@ pub async fn run(
         limiter.clone(),
         config.limits.clone(),
     ));
-    let hls = hls::start(hub.clone(), config.hls.clone());
+    let hls = hls::start(hub.clone(), config.hls.clone(), config.paths.clone());
     let http_task = tokio::spawn(http::serve(http, config.http.clone(), hub.clone(), hls, limiter.clone()));
     let rtsp_config = config.rtsp.clone();
     let rtsp_hub = hub.clone();

@@ -359,7 +359,10 @@ impl Connection {
     }
 
     fn publish(&mut self, stream_id: u32, name: &str) -> anyhow::Result<()> {
-        let claimed = self.claimable_path(name).and_then(|path| self.hub.publish(&path).map_err(|e| e.to_string()));
+        let claimed = self.claimable_path(name).and_then(|path| {
+            crate::path::validate_publish(&path).map_err(|e| e.to_string())?;
+            self.hub.publish(&path).map_err(|e| e.to_string())
+        });
         match claimed {
             Ok(publisher) => {
                 info!(peer = %self.peer, path = publisher.path(), "rtmp publish");

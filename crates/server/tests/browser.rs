@@ -121,7 +121,7 @@ async fn hls_js_plays_fmp4_in_chromium() {
 
 async fn plays_in_chromium(path: &str) {
     let browser = chromium();
-    let server = Server::with_config("[hls.paths.\"fmp4/*\"]\nvariant = \"fmp4\"\n");
+    let server = Server::with_config("[paths.\"fmp4/*\"]\nhls_variant = \"fmp4\"\n");
     let _publisher = publish(test_flv(), &server.rtmp_url(path));
     wait_published(&server, path).await;
     // A viewer joining a running stream: hls.js starts three segments behind the live edge,

@@ -188,7 +188,7 @@ async fn publisher_restart_is_a_discontinuity_and_players_recover() {
 async fn junk_names_are_404_and_dir_mirror_per_path_settings() {
     let dir = std::env::temp_dir().join(format!("ferrocast-hls-dir-{}", std::process::id()));
     let server = Server::with_config(&format!(
-        "[hls]\ndir = \"{}\"\n[hls.paths.\"mirror/*\"]\nsegment_duration_ms = 1000\n",
+        "[hls]\ndir = \"{}\"\n[paths.\"mirror/*\"]\nhls_segment_duration_ms = 1000\n",
         dir.display()
     ));
     let _publisher = publish(test_flv(), &server.rtmp_url("mirror/cam"));

@@ -298,8 +298,9 @@ impl Conn {
     }
 
     fn announce(&mut self, path: &str, sdp: &sdp::Sdp) -> Result<(), SessionError> {
-        if path::validate(path).is_err() {
-            return self.session.reject(400);
+        if let Err(e) = path::validate_publish(path) {
+            warn!(peer = %self.peer, path, "rtsp announce refused: {e}");
+            return self.session.reject(e.rtsp_status());
         }
         let publisher = match self.shared.hub.publish(path) {
             Ok(p) => p,
