@@ -23,17 +23,19 @@ use crate::http_flv::Watchdog;
 use crate::hub::{Hub, reader_nodelay, write_timeout};
 use crate::limits::Limiter;
 use crate::path;
+use crate::record::Recordings;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     hub: Arc<Hub>,
     hls: Arc<HlsRegistry>,
+    recordings: Arc<Recordings>,
 }
 
 /// The router.
-pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>) -> Router {
-    Router::new().fallback(handle).with_state(AppState { hub, hls })
+pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>, recordings: Arc<Recordings>) -> Router {
+    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings })
 }
 
 /// Serves HTTP until the task is dropped.
@@ -48,11 +50,12 @@ pub async fn serve(
     config: HttpConfig,
     hub: Arc<Hub>,
     hls: Arc<HlsRegistry>,
+    recordings: Arc<Recordings>,
     limiter: Arc<Limiter>,
 ) {
     let nodelay = reader_nodelay(&hub);
     let write_timeout = write_timeout(&hub);
-    let app = router(hub.clone(), hls);
+    let app = router(hub.clone(), hls, recordings);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.request_timeout_ms))
@@ -138,6 +141,9 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     let uri_path = req.uri().path().to_owned();
     if req.method() == Method::OPTIONS {
         return plain(StatusCode::NO_CONTENT, "");
+    }
+    if let Some(r) = crate::record::api::handle(&state.recordings, req.method(), &uri_path, req.uri().query(), peer) {
+        return r;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");

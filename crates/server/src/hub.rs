@@ -249,6 +249,12 @@ impl Hub {
         self.new_streams.subscribe()
     }
 
+    /// The media clock of a path's stream: its media time to wall-clock mapping, set once per
+    /// publish (DESIGN.md "Timeline").
+    pub fn media_clock(&self, path: &str) -> Option<Arc<MediaClock>> {
+        self.stream(path).map(|s| s.clock.clone())
+    }
+
     /// True when a path has `limits.max_readers_per_stream` readers already.
     pub fn at_reader_limit(&self, path: &str) -> bool {
         self.stream(path).is_some_and(|s| s.fanout.readers() >= self.max_readers_per_stream)

@@ -66,7 +66,8 @@ pub async fn run(
         config.limits.clone(),
     ));
     let hls = hls::start(hub.clone(), config.hls.clone(), config.paths.clone());
-    let http_task = tokio::spawn(http::serve(http, config.http.clone(), hub.clone(), hls, limiter.clone()));
+    let recordings = record::start(hub.clone(), config.record.clone(), config.paths.clone());
+    let http_task = tokio::spawn(http::serve(http, config.http.clone(), hub.clone(), hls, recordings, limiter.clone()));
     let rtsp_config = config.rtsp.clone();
     let rtsp_hub = hub.clone();
     let rtsp_task = tokio::spawn(rtsp::serve(rtsp_listener, rtsp_config, rtsp_hub, limiter, config.limits.clone()));

@@ -1,6 +1,604 @@
-//! Recording: every stream a path's `record` setting selects is written to fMP4 segment files
-//! under `[record] dir`, part by part, with an index of the segments (DESIGN.md "Recordings").
+//! Recording: every stream whose path's `record` setting is on is written to fMP4 segment
+//! files under `[record] dir` (`DIR/PATH/2026-11-25T10-00-00.000Z.mp4`), part by part, with an
+//! index of the segments (DESIGN.md "Recordings").
+//!
+//! The recorder is an ordinary hub reader per stream: it cuts the stream
+//! ([`segmenter::Segmenter`]) and hands each step to the stream's writer task through a
+//! bounded queue, never waiting on the disk: a disk that stalls or fills up costs recordings,
+//! never the publisher or the live readers. The writer appends each part whole and syncs it,
+//! so a crash or a power cut leaves every file playable up to its last complete part; at
+//! start, files left being written are cut back to it ([`recover`]).
 
+pub mod api;
+pub mod disk;
 pub mod index;
 pub mod retention;
 pub mod segmenter;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ferrocast_media::Tracks;
+use ferrocast_media::fmp4::{self, TrackTimes};
+use ferrocast_media::fmp4_read;
+use tokio::sync::{broadcast, mpsc};
+use tracing::{debug, error, info, warn};
+
+use crate::clock::unix_micros;
+use crate::config::RecordConfig;
+use crate::hub::Hub;
+use crate::paths::PathTable;
+use crate::reader::{Reader, ReaderItem};
+use disk::{Appender, Disk};
+use index::{Index, Segment};
+use segmenter::{Segmenter, Settings, Step};
+
+/// Steps queued for a stream's writer: about half a minute of 1 s parts. A disk slower than
+/// that loses parts (counted), and the stream's file is closed and reopened at a keyframe.
+const QUEUE_STEPS: usize = 32;
+
+/// After a write fails (a full or read-only disk), the next try waits this long.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// How often the retention rules run.
+const RETENTION_EVERY: Duration = Duration::from_secs(5);
+
+/// The index file, in the recordings directory.
+const INDEX_FILE: &str = "index.db";
+
+/// Counters (for logs now, metrics later).
+#[derive(Debug, Default)]
+pub struct RecordStats {
+    /// Parts written.
+    pub parts_written: AtomicU64,
+    /// Parts lost to a disk that could not keep up.
+    pub parts_dropped: AtomicU64,
+    /// Writes that failed.
+    pub write_errors: AtomicU64,
+    /// Segments deleted by retention.
+    pub segments_deleted: AtomicU64,
+    /// Bytes deleted by retention.
+    pub bytes_deleted: AtomicU64,
+}
+
+/// Every recording: the index, the files being written, the settings.
+pub struct Recordings {
+    config: RecordConfig,
+    paths: PathTable,
+    disk: Disk,
+    index: Mutex<Option<Arc<Index>>>,
+    /// (path, start) of the segments being written.
+    writing: Mutex<HashSet<(String, u64)>>,
+    /// Counters.
+    pub stats: RecordStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why a recording cannot be deleted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeleteError {
+    /// No segment starts at that time.
+    #[error("no segment starts at that time")]
+    NotFound,
+    /// It is being written.
+    #[error("the segment is being written")]
+    Writing,
+    /// The index or the disk failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Recordings {
+    /// The index, if recordings exist or are being made.
+    pub fn index(&self) -> Option<Arc<Index>> {
+        lock(&self.index).clone()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RecordConfig {
+        &self.config
+    }
+
+    /// The file of a segment.
+    fn file(&self, rel: &str) -> PathBuf {
+        self.config.dir.join(rel)
+    }
+
+    /// Deletes the segment of `path` that starts at `start_us`, unless it is being written.
+    pub fn delete(&self, path: &str, start_us: u64) -> Result<Segment, DeleteError> {
+        let index = self.index().ok_or(DeleteError::NotFound)?;
+        let seg = index
+            .list(path, Some(start_us), Some(start_us.saturating_add(1)))
+            .map_err(|e| DeleteError::Failed(e.to_string()))?
+            .into_iter()
+            .find(|s| s.start_us == start_us)
+            .ok_or(DeleteError::NotFound)?;
+        if seg.writing || lock(&self.writing).contains(&(seg.path.clone(), seg.start_us)) {
+            return Err(DeleteError::Writing);
+        }
+        self.remove(&index, &seg).map_err(DeleteError::Failed)?;
+        Ok(seg)
+    }
+
+    fn remove(&self, index: &Index, seg: &Segment) -> Result<(), String> {
+        self.disk.remove(&self.file(&seg.file)).map_err(|e| format!("deleting {}: {e}", seg.file))?;
+        index.remove(&seg.path, seg.start_us).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Opens the index, rebuilding it from the files when it is missing a directory that has
+    /// recordings, or damaged.
+    fn open_index(&self) -> Option<Arc<Index>> {
+        if let Some(ix) = self.index() {
+            return Some(ix);
+        }
+        let dir = &self.config.dir;
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            error!(dir = %dir.display(), "recording: cannot create the recordings directory: {e}");
+            return None;
+        }
+        let file = dir.join(INDEX_FILE);
+        let existed = file.exists();
+        let index = match Index::open(&file) {
+            Ok(ix) if existed => ix,
+            Ok(ix) => {
+                rebuild(&ix, dir, &self.disk);
+                ix
+            }
+            Err(e) => {
+                let aside = dir.join(format!("{INDEX_FILE}.damaged-{}", unix_micros() / 1_000_000));
+                warn!(file = %file.display(), "recording: index unusable ({e}); rebuilding it from the files");
+                let _ = std::fs::rename(&file, &aside);
+                for ext in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(dir.join(format!("{INDEX_FILE}{ext}")));
+                }
+                match Index::open(&file) {
+                    Ok(ix) => {
+                        rebuild(&ix, dir, &self.disk);
+                        ix
+                    }
+                    Err(e) => {
+                        error!(file = %file.display(), "recording: cannot create the index: {e}");
+                        return None;
+                    }
+                }
+            }
+        };
+        recover(&index, dir, &self.disk);
+        let index = Arc::new(index);
+        *lock(&self.index) = Some(index.clone());
+        Some(index)
+    }
+}
+
+/// Starts recording what the per-path table says; gives what the API serves from.
+pub fn start(hub: Arc<Hub>, config: RecordConfig, paths: PathTable) -> Arc<Recordings> {
+    let rec = Arc::new(Recordings {
+        config,
+        paths,
+        disk: Disk::from_env(),
+        index: Mutex::new(None),
+        writing: Mutex::new(HashSet::new()),
+        stats: RecordStats::default(),
+    });
+    let any = rec.paths.entries().any(|(_, s)| s.record);
+    let has_files = rec.config.dir.join(INDEX_FILE).exists();
+    if !any && !has_files {
+        return rec;
+    }
+    {
+        let rec = rec.clone();
+        tokio::spawn(async move {
+            let r = rec.clone();
+            if tokio::task::spawn_blocking(move || r.open_index()).await.ok().flatten().is_none() {
+                return;
+            }
+            let mut tick = tokio::time::interval(RETENTION_EVERY);
+            loop {
+                tick.tick().await;
+                let r = rec.clone();
+                let _ = tokio::task::spawn_blocking(move || apply_retention(&r)).await;
+            }
+        });
+    }
+    if any {
+        let mut news = hub.watch_new_streams();
+        let rec = rec.clone();
+        tokio::spawn(async move {
+            loop {
+                match news.recv().await {
+                    Ok(path) => spawn_stream(&hub, &rec, path),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        for path in hub.live_paths() {
+                            spawn_stream(&hub, &rec, path);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+    rec
+}
+
+/// Streams being recorded (a stream announced twice is recorded once).
+static ACTIVE: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+fn spawn_stream(hub: &Arc<Hub>, rec: &Arc<Recordings>, path: String) {
+    if !rec.paths.get(&path).record || crate::path::validate(&path).is_err() {
+        return;
+    }
+    let key = format!("{:p}/{path}", Arc::as_ptr(rec));
+    if !lock(&ACTIVE).get_or_insert_default().insert(key.clone()) {
+        return;
+    }
+    let Some(sub) = hub.subscribe(&path) else {
+        lock(&ACTIVE).get_or_insert_default().remove(&key);
+        return;
+    };
+    let clock = hub.media_clock(&path);
+    let reader = Reader::new(hub.clone(), sub);
+    let rec = rec.clone();
+    tokio::spawn(async move {
+        info!(path, "recording");
+        record_stream(&rec, &path, reader, clock).await;
+        lock(&ACTIVE).get_or_insert_default().remove(&key);
+        debug!(path, "recording: stream ended");
+    });
+}
+
+/// Shared between a stream's recorder and its writer.
+#[derive(Default)]
+struct Signals {
+    /// Wall-clock ms after which the writer wants a new file (0: none wanted).
+    reopen_at_ms: AtomicU64,
+    /// The writer has stopped.
+    done: AtomicBool,
+}
+
+async fn record_stream(
+    rec: &Arc<Recordings>,
+    path: &str,
+    mut reader: Reader,
+    clock: Option<Arc<crate::clock::MediaClock>>,
+) {
+    let settings = Settings {
+        segment_us: rec.config.segment_duration_ms.saturating_mul(1000),
+        part_us: rec.config.part_duration_ms.saturating_mul(1000),
+    };
+    let mut seg = Segmenter::new(settings);
+    let (tx, rx) = mpsc::channel::<Step>(QUEUE_STEPS);
+    let signals = Arc::new(Signals::default());
+    let writer = tokio::spawn(write_steps(rec.clone(), path.to_owned(), rx, signals.clone()));
+    let mut out = Vec::new();
+    let mut dropping = false;
+    loop {
+        let item = reader.next().await;
+        let mut done = false;
+        match item {
+            ReaderItem::Tracks(t) => seg.set_tracks(&t, &mut out),
+            ReaderItem::Frame(f) => {
+                let wanted = signals.reopen_at_ms.load(Ordering::Relaxed);
+                if wanted != 0 && unix_micros() / 1000 >= wanted {
+                    signals.reopen_at_ms.store(0, Ordering::Relaxed);
+                    seg.close(&mut out);
+                }
+                let mapping = clock.as_ref().and_then(|c| c.mapping());
+                seg.push(&f, mapping, unix_micros(), &mut out);
+            }
+            ReaderItem::Republished => seg.close(&mut out),
+            ReaderItem::Unpublished => {}
+            ReaderItem::Ended | ReaderItem::TooSlow => {
+                seg.close(&mut out);
+                done = true;
+            }
+        }
+        for step in out.drain(..) {
+            if dropping && !matches!(step, Step::Open { .. }) {
+                continue;
+            }
+            dropping = false;
+            match tx.try_send(step) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    rec.stats.parts_dropped.fetch_add(1, Ordering::Relaxed);
+                    warn!(path, "recording: the disk does not keep up; parts lost, a new file at the next keyframe");
+                    dropping = true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => done = true,
+            }
+        }
+        if dropping {
+            // What the segmenter holds now goes nowhere: start over at a keyframe.
+            seg.close(&mut Vec::new());
+        }
+        if done {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// The file a writer has open.
+struct OpenFile {
+    appender: Appender,
+    segment: Segment,
+    tracks: Arc<Tracks>,
+    base: TrackTimes,
+}
+
+/// A stream's writer: the blocking side.
+struct Writer {
+    rec: Arc<Recordings>,
+    path: String,
+    file: Option<OpenFile>,
+    /// The last write failed: one error logged until it works again.
+    failing: bool,
+}
+
+async fn write_steps(rec: Arc<Recordings>, path: String, mut rx: mpsc::Receiver<Step>, signals: Arc<Signals>) {
+    let mut w = Some(Writer { rec, path, file: None, failing: false });
+    while let Some(step) = rx.recv().await {
+        let Some(mut writer) = w.take() else { break };
+        let signals = signals.clone();
+        match tokio::task::spawn_blocking(move || {
+            writer.apply(step, &signals);
+            writer
+        })
+        .await
+        {
+            Ok(writer) => w = Some(writer),
+            Err(e) => {
+                error!("recording: writer task failed: {e}");
+                break;
+            }
+        }
+    }
+    if let Some(mut writer) = w {
+        let _ = tokio::task::spawn_blocking(move || writer.finish()).await;
+    }
+    signals.done.store(true, Ordering::Relaxed);
+}
+
+impl Writer {
+    fn apply(&mut self, step: Step, signals: &Signals) {
+        let Some(index) = self.rec.open_index() else {
+            return;
+        };
+        match step {
+            Step::Open { tracks, base, start_unix_us } => {
+                self.finish();
+                if let Err(e) = self.open(&index, tracks, base, start_unix_us) {
+                    self.failed(&e, signals);
+                }
+            }
+            Step::Part { sequence, frames, next, file_duration_us } => {
+                let Some(f) = &mut self.file else { return };
+                let data = fmp4::recording_part(sequence, &f.tracks, f.base, &frames, next);
+                let r = f.appender.append(&data).and_then(|()| f.appender.sync());
+                match r {
+                    Ok(()) => {
+                        f.segment.bytes = f.appender.len();
+                        f.segment.duration_us = file_duration_us;
+                        self.rec.stats.parts_written.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = index.put(&f.segment) {
+                            warn!(path = self.path, "recording: {e}");
+                        }
+                        if self.failing {
+                            self.failing = false;
+                            info!(path = self.path, "recording: writing again");
+                        }
+                    }
+                    Err(e) => {
+                        let e = format!("writing {}: {e}", f.segment.file);
+                        self.finish();
+                        self.failed(&e, signals);
+                    }
+                }
+            }
+            Step::Close => self.finish(),
+        }
+    }
+
+    fn open(&mut self, index: &Index, tracks: Arc<Tracks>, base: TrackTimes, start_unix_us: u64) -> Result<(), String> {
+        let init = fmp4::recording_init(&tracks).map_err(|e| format!("cannot record these tracks: {e}"))?;
+        let mut start = start_unix_us / 1000 * 1000;
+        // A file of that name already (a republish in the same millisecond): the next one.
+        let (appender, rel) = loop {
+            let rel = format!("{}/{}.mp4", self.path, crate::utc::file_stem(start));
+            match self.rec.disk.create(&self.rec.file(&rel)) {
+                Ok(a) => break (a, rel),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => start += 1000,
+                Err(e) => return Err(format!("creating {rel}: {e}")),
+            }
+        };
+        let segment =
+            Segment { path: self.path.clone(), start_us: start, duration_us: 0, bytes: 0, file: rel, writing: true };
+        let mut f = OpenFile { appender, segment, tracks, base };
+        if let Err(e) = f.appender.append(&init).and_then(|()| f.appender.sync()) {
+            let _ = self.rec.disk.remove(&self.rec.file(&f.segment.file));
+            return Err(format!("writing {}: {e}", f.segment.file));
+        }
+        f.segment.bytes = f.appender.len();
+        index.put(&f.segment).map_err(|e| e.to_string())?;
+        lock(&self.rec.writing).insert((self.path.clone(), start));
+        debug!(path = self.path, file = f.segment.file, "recording: new file");
+        self.file = Some(f);
+        Ok(())
+    }
+
+    fn failed(&mut self, e: &str, signals: &Signals) {
+        self.rec.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        if !self.failing {
+            error!(path = self.path, "recording stopped: {e}; trying again every {} s", RETRY_AFTER.as_secs());
+        } else {
+            debug!(path = self.path, "recording: {e}");
+        }
+        self.failing = true;
+        signals.reopen_at_ms.store(unix_micros() / 1000 + RETRY_AFTER.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Completes the open file.
+    fn finish(&mut self) {
+        let Some(mut f) = self.file.take() else { return };
+        let _ = f.appender.sync();
+        f.segment.writing = false;
+        lock(&self.rec.writing).remove(&(self.path.clone(), f.segment.start_us));
+        if let Some(index) = self.rec.index()
+            && let Err(e) = index.put(&f.segment)
+        {
+            warn!(path = self.path, "recording: {e}");
+        }
+        if f.segment.duration_us == 0 {
+            // Nothing but the init segment: not a recording.
+            if let Some(index) = self.rec.index() {
+                let _ = self.rec.remove(&index, &f.segment);
+            }
+        }
+    }
+}
+
+/// Runs the retention rules once: deletes what they say, oldest first, logged and counted.
+fn apply_retention(rec: &Recordings) {
+    let Some(index) = rec.index() else { return };
+    let c = &rec.config;
+    let nonzero = |v: u64| (v > 0).then_some(v);
+    let limits = |path: &str| {
+        let s = rec.paths.get(path);
+        retention::Limits {
+            max_age_us: nonzero(s.record_max_age_ms.unwrap_or(c.max_age_ms)).map(|ms| ms.saturating_mul(1000)),
+            max_bytes: s.record_max_bytes.and_then(nonzero),
+        }
+    };
+    let free = match rec.disk.free_bytes(&c.dir) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            debug!(dir = %c.dir.display(), "recording: free space unknown: {e}");
+            None
+        }
+    };
+    let plan = match retention::plan(&index, unix_micros(), limits, nonzero(c.max_bytes), free, c.min_free_bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!("recording retention: {e}");
+            return;
+        }
+    };
+    for (seg, reason) in plan {
+        if lock(&rec.writing).contains(&(seg.path.clone(), seg.start_us)) {
+            continue;
+        }
+        match rec.remove(&index, &seg) {
+            Ok(()) => {
+                rec.stats.segments_deleted.fetch_add(1, Ordering::Relaxed);
+                rec.stats.bytes_deleted.fetch_add(seg.bytes, Ordering::Relaxed);
+                info!(path = seg.path, file = seg.file, bytes = seg.bytes, ?reason, "recording: deleted by retention");
+            }
+            Err(e) => warn!(path = seg.path, "recording retention: {e}"),
+        }
+    }
+}
+
+/// What a file on disk holds: its complete length, media duration (µs), and whether its tail
+/// had to be cut. None when it is not a recording.
+fn inspect(file: &Path) -> Option<(u64, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(file).ok()?;
+    let len = f.metadata().ok()?.len();
+    let mut scanner = fmp4_read::Scanner::new(len);
+    while let Some((at, want)) = scanner.wanted() {
+        let mut buf = vec![0; want];
+        f.seek(SeekFrom::Start(at)).ok()?;
+        f.read_exact(&mut buf).ok()?;
+        if scanner.handle_input(&buf).is_err() {
+            break;
+        }
+    }
+    let scan = scanner.finish().ok()?;
+    let timescale = |t: Option<&ferrocast_media::TrackInfo>| t.map_or(1000, |t| t.clock_rate().max(1));
+    let (tv, ta) = (timescale(scan.tracks.video.as_ref()), timescale(scan.tracks.audio.as_ref()));
+    let end_us = scan
+        .parts
+        .iter()
+        .flat_map(|p| {
+            [
+                p.end.video.map(|e| ferrocast_media::rescale(e, tv, 1_000_000)),
+                p.end.audio.map(|e| ferrocast_media::rescale(e, ta, 1_000_000)),
+            ]
+        })
+        .flatten()
+        .max()
+        .unwrap_or(0);
+    Some((scan.good_len, end_us.max(0) as u64))
+}
+
+/// After a crash: the files the index says were being written are cut back to their last
+/// complete part and their sizes and durations set from what they hold.
+pub fn recover(index: &Index, dir: &Path, disk: &Disk) {
+    let Ok(open) = index.writing() else { return };
+    for mut seg in open {
+        let file = dir.join(&seg.file);
+        match inspect(&file) {
+            Some((good, duration)) if duration > 0 => {
+                let len = std::fs::metadata(&file).map_or(good, |m| m.len());
+                if len > good {
+                    match disk.truncate(&file, good) {
+                        Ok(()) => info!(
+                            file = seg.file,
+                            cut = len - good,
+                            "recording: cut a file left by a crash back to its last complete part"
+                        ),
+                        Err(e) => warn!(file = seg.file, "recording: cannot cut a damaged tail: {e}"),
+                    }
+                }
+                seg.bytes = good;
+                seg.duration_us = duration;
+                seg.writing = false;
+                let _ = index.put(&seg);
+            }
+            _ => {
+                let _ = disk.remove(&file);
+                let _ = index.remove(&seg.path, seg.start_us);
+            }
+        }
+    }
+}
+
+/// Rebuilds the index from the files under `dir`: every `PATH/STEM.mp4`.
+pub fn rebuild(index: &Index, dir: &Path, disk: &Disk) {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let (Some(stem), Some("mp4")) =
+                (p.file_stem().and_then(|s| s.to_str()), p.extension().and_then(|s| s.to_str()))
+            else {
+                continue;
+            };
+            let (Ok(start), Ok(rel)) = (crate::utc::parse(stem), p.strip_prefix(dir)) else { continue };
+            let Some(rel) = rel.to_str().map(str::to_owned) else { continue };
+            let Some(path) = rel.rsplit_once('/').map(|(p, _)| p.to_owned()) else { continue };
+            if crate::path::validate(&path).is_err() {
+                continue;
+            }
+            found.push(Segment { path, start_us: start, duration_us: 0, bytes: 0, file: rel, writing: true });
+        }
+    }
+    info!(dir = %dir.display(), files = found.len(), "recording: index rebuilt from the files");
+    let _ = index.put_many(&found);
+    recover(index, dir, disk);
+}

@@ -69,12 +69,19 @@ struct File {
     ends: [Option<(i64, i64)>; 2],
 }
 
+/// An audio frame this close before a file's first keyframe is written at the start of that
+/// file (at its start time): every file then starts with both tracks at the same instant, and
+/// the frame that spans the cut is in one file, not lost or in two.
+const CARRY_AUDIO_MS: i64 = 100;
+
 /// The cutter of one stream.
 #[derive(Debug)]
 pub struct Segmenter {
     settings: Settings,
     tracks: Arc<Tracks>,
     file: Option<File>,
+    /// The last audio frame while no file was open.
+    last_audio: Option<Arc<Frame>>,
 }
 
 /// The tracks of `tracks` a recording holds.
@@ -103,7 +110,7 @@ fn track(tracks: &Tracks, kind: TrackKind) -> Option<&TrackInfo> {
 impl Segmenter {
     /// A cutter with no tracks yet.
     pub fn new(settings: Settings) -> Segmenter {
-        Segmenter { settings, tracks: Arc::default(), file: None }
+        Segmenter { settings, tracks: Arc::default(), file: None, last_audio: None }
     }
 
     /// Whether a file is open.
@@ -129,24 +136,47 @@ impl Segmenter {
             TrackKind::Video => frame.keyframe,
             TrackKind::Audio => self.tracks.video.is_none(),
         };
-        if let Some(f) = &self.file
+        let audio_clock = self.tracks.audio.as_ref().map_or(1000, TrackInfo::clock_rate);
+        let audio_ms = |f: &Frame| rescale(f.dts, audio_clock, 1000);
+        let mut carried = None;
+        if let Some(f) = &mut self.file
             && starts_file
             && ms.saturating_sub(f.base_ms) >= (self.settings.segment_us / 1000) as i64
         {
+            // The audio frame that spans the cut goes to the new file.
+            if let Some(i) = f.part.iter().rposition(|x| x.kind == TrackKind::Audio)
+                && i + 1 == f.part.len()
+                && (0..CARRY_AUDIO_MS).contains(&ms.saturating_sub(audio_ms(&f.part[i])))
+                && f.part.len() > 1
+            {
+                carried = f.part.pop();
+            }
             self.close(out);
         }
         if self.file.is_none() {
             if !starts_file {
+                if frame.kind == TrackKind::Audio {
+                    self.last_audio = Some(frame.clone());
+                }
                 return;
             }
+            carried = carried
+                .or(self.last_audio.take().filter(|a| (0..CARRY_AUDIO_MS).contains(&ms.saturating_sub(audio_ms(a)))));
+            self.last_audio = None;
             self.open(frame, ms, mapping, now_us, out);
         }
         let part_ms = (self.settings.part_us / 1000).max(1) as i64;
         let Some(f) = &mut self.file else { return };
-        if ms < f.base_ms {
-            // Audio from just before the keyframe the file starts at.
+        if let Some(a) = carried {
+            // Written at the file's start (fMP4 writes times before it as it).
+            f.ends[1] = Some((f.base_ms, 0));
+            f.part.push(a);
+        }
+        if ms < f.base_ms && !(frame.kind == TrackKind::Audio && f.ends[1].is_none()) {
+            // Audio from before the keyframe the file starts at, once the file has audio.
             return;
         }
+        let ms = ms.max(f.base_ms);
         if f.part_start_ms.is_some_and(|s| ms.saturating_sub(s) >= part_ms) {
             let mut next = TrackTimes::default();
             next.set(frame.kind, Some(frame.dts));
@@ -287,9 +317,16 @@ mod tests {
                 _ => None,
             })
             .collect();
-        // 1 s parts: 25 video + 50 audio frames each.
-        assert_eq!(parts[0], (1, 75, 1_000_000));
-        assert_eq!(parts[3], (4, 75, 4_000_000));
+        // 1 s parts: 25 video + 50 audio frames each; the audio frame just before each file's
+        // keyframe starts that file (at its start), not the file before.
+        assert_eq!(parts[0], (1, 76, 1_000_000));
+        assert_eq!(parts[1], (2, 75, 2_000_000));
+        assert_eq!(parts[3], (4, 74, 4_000_000));
+        let first_audio = steps.iter().find_map(|s| match s {
+            Step::Part { frames, .. } => frames.iter().find(|f| f.kind == TrackKind::Audio).map(|f| f.dts),
+            _ => None,
+        });
+        assert_eq!(first_audio, Some(1_980));
         assert_eq!(parts[4].0, 1, "the second file numbers its parts from 1");
         assert!(matches!(steps.last(), Some(Step::Close)));
         assert_eq!(steps.iter().filter(|s| matches!(s, Step::Close)).count(), 2);
