@@ -31,7 +31,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 }
 
 /// A time from the query string: `name=T`, percent-decoding the `:` and `+` clients encode.
-fn query_time(query: Option<&str>, name: &str) -> Result<Option<u64>, Response> {
+fn query_time(query: Option<&str>, name: &str) -> Result<Option<u64>, String> {
     let Some(q) = query else { return Ok(None) };
     for pair in q.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -39,10 +39,10 @@ fn query_time(query: Option<&str>, name: &str) -> Result<Option<u64>, Response> 
             continue;
         }
         if v.len() > 64 {
-            return Err(error(StatusCode::BAD_REQUEST, format!("{name}: too long")));
+            return Err(format!("{name}: too long"));
         }
         let v = v.replace("%3A", ":").replace("%3a", ":").replace("%2B", "+").replace("%2b", "+");
-        return utc::parse(&v).map(Some).map_err(|e| error(StatusCode::BAD_REQUEST, format!("{name}: {e}")));
+        return utc::parse(&v).map(Some).map_err(|e| format!("{name}: {e}"));
     }
     Ok(None)
 }
@@ -88,7 +88,7 @@ fn list(rec: &Recordings, path: &str, query: Option<&str>) -> Response {
     }
     let (start, end) = match (query_time(query, "start"), query_time(query, "end")) {
         (Ok(s), Ok(e)) => (s, e),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
     let Some(index) = rec.index() else { return error(StatusCode::NOT_FOUND, "no recordings of that path") };
     let segments = match index.list(path, start, end) {
@@ -121,7 +121,7 @@ fn delete(rec: &Recordings, path: &str, query: Option<&str>) -> Response {
     let start = match query_time(query, "start") {
         Ok(Some(s)) => s,
         Ok(None) => return error(StatusCode::BAD_REQUEST, "start: the start time of the segment to delete is needed"),
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     if crate::path::validate(path).is_err() {
         return error(StatusCode::NOT_FOUND, "no such segment");
