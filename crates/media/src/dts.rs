@@ -18,6 +18,8 @@ pub struct DtsEstimator {
     heap: BinaryHeap<Reverse<i64>>,
     first_pts: Option<i64>,
     last_dts: Option<i64>,
+    /// Spacing of the decode times of the first `depth` frames, before them.
+    warmup_step: i64,
     /// Frames whose PTS had to be raised because they came more out of order than the depth
     /// allowed (the depth grows after each).
     pub corrections: u64,
@@ -25,14 +27,18 @@ pub struct DtsEstimator {
 
 impl DtsEstimator {
     /// An estimator expecting reordering up to `depth` frames (0 for streams without
-    /// B-frames, such as H.264 Baseline).
-    pub fn new(depth: usize) -> Self {
+    /// B-frames, such as H.264 Baseline). The first `depth` frames are decoded before the
+    /// first frame's presentation time, `warmup_step` apart: a frame interval (a guess is
+    /// fine; any positive step keeps decode times rising). Steps of one tick there make
+    /// players and muxers take the stream for one of a thousand frames a second.
+    pub fn new(depth: usize, warmup_step: i64) -> Self {
         DtsEstimator {
             depth: depth.min(MAX_REORDER_DEPTH),
             seen: 0,
             heap: BinaryHeap::new(),
             first_pts: None,
             last_dts: None,
+            warmup_step: warmup_step.max(1),
             corrections: 0,
         }
     }
@@ -46,7 +52,7 @@ impl DtsEstimator {
         self.seen += 1;
         let mut dts = if i < self.depth {
             // Before D frames have arrived: just below the first (key)frame's time.
-            first - (self.depth - i) as i64
+            first.saturating_sub((self.depth - i) as i64 * self.warmup_step)
         } else {
             self.heap.pop().map_or(pts, |Reverse(p)| p)
         };
@@ -79,7 +85,7 @@ mod tests {
     use super::*;
 
     fn run(depth: usize, pts: &[i64]) -> Vec<(i64, i64)> {
-        let mut e = DtsEstimator::new(depth);
+        let mut e = DtsEstimator::new(depth, 3000);
         pts.iter().map(|p| e.next(*p)).collect()
     }
 
@@ -106,9 +112,18 @@ mod tests {
     }
 
     #[test]
+    fn the_first_frames_are_decoded_a_frame_apart() {
+        let pts: Vec<i64> = [0, 3, 1, 2, 6, 4, 5].iter().map(|p| 9000 + p * 3000).collect();
+        let out = run(2, &pts);
+        valid(&out);
+        let dts: Vec<i64> = out.iter().map(|o| o.0).collect();
+        assert_eq!(dts[..4], [3000, 6000, 9000, 12000], "a frame apart from the start");
+    }
+
+    #[test]
     fn too_small_depth_grows_and_stays_valid() {
         let pts: Vec<i64> = [0, 4, 2, 1, 3, 8, 6, 5, 7, 12, 10, 9, 11].iter().map(|p| p * 3000).collect();
-        let mut e = DtsEstimator::new(0);
+        let mut e = DtsEstimator::new(0, 3000);
         let out: Vec<_> = pts.iter().map(|p| e.next(*p)).collect();
         valid(&out);
         assert!(e.corrections > 0 && e.corrections <= 6, "{}", e.corrections);

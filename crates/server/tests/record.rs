@@ -130,3 +130,107 @@ async fn records_what_ffmpeg_publishes_and_lists_it() {
     assert_eq!((status, v["error"].is_string()), (400, true), "{v}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Listed segments: (start, duration s).
+fn segments_of(listing: &Value) -> Vec<(String, f64)> {
+    listing["segments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| (s["start"].as_str().unwrap_or_default().to_owned(), s["duration"].as_f64().unwrap_or(0.0)))
+        .collect()
+}
+
+/// Waits until `path` has at least `seconds` of recordings listed; gives the listing.
+async fn wait_recorded(server: &Server, path: &str, seconds: f64) -> Value {
+    let url = format!("http://{}/api/v1/recordings/{path}", server.http);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (status, v) = get_json(&url).await;
+        let total: f64 = segments_of(&v).iter().map(|s| s.1).sum();
+        if status == 200 && total >= seconds {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{path}: {seconds} s never recorded: {status} {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks every file decodes cleanly with frames for each track, and the video frame count
+/// matches the file's video duration (nothing lost inside a file).
+fn check_files(files: &[PathBuf], fps: f64) {
+    for f in files {
+        assert_eq!(decode_errors(f), "", "{} decodes cleanly", f.display());
+        let (v, a) = frame_counts(f);
+        // A file cut by the publisher leaving just after a keyframe may hold no audio yet.
+        assert!(v > 0 && (a > 0 || v < 15), "{}: {v} video and {a} audio frames", f.display());
+        let out = Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "v", "-show_entries", "stream=duration", "-of", "csv=p=0"])
+            .arg(f)
+            .output()
+            .unwrap();
+        let duration: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0.0);
+        // A video track may start a little late in a file (RTSP ingest moves video to its
+        // sender reports at a keyframe): a few frames of slack, no more.
+        assert!(
+            (v as f64 - duration * fps).abs() <= 2.0f64.max(v as f64 * 0.05),
+            "{}: {v} video frames in {duration} s of video",
+            f.display()
+        );
+    }
+}
+
+/// SIGKILL of the server while it records, then a restart and a new publish: every file
+/// plays to its last complete part, the durations of what was recorded before the kill add
+/// up to what the listing said just before (within a part), and the listing shows two spans.
+async fn survives_a_crash(path: &str, publish: impl Fn(&Server) -> Proc) {
+    let dir = temp_dir(&path.replace('/', "-"));
+    let cfg = format!(
+        "[record]\ndir = \"{}\"\nsegment_duration_ms = 3000\npart_duration_ms = 1000\n[paths.\"rec/**\"]\nrecord = true\n",
+        dir.display()
+    );
+    let server = Server::with_config(&cfg);
+    let publisher = publish(&server);
+    let before = wait_recorded(&server, path, 5.0).await;
+    // Half a part later, mid-part: kill.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = {
+        let (_, v) = get_json(&format!("http://{}/api/v1/recordings/{path}", server.http)).await;
+        if segments_of(&v).is_empty() { before } else { v }
+    };
+    drop(server); // SIGKILL
+    drop(publisher);
+    let listed: Vec<(String, f64)> = segments_of(&before);
+    let listed_total: f64 = listed.iter().map(|s| s.1).sum();
+
+    let server = Server::with_config(&cfg);
+    // The restart cut the crashed file back and listed it, with nothing being written.
+    let after_restart = settled_listing(&server, path).await;
+    let recovered: f64 = segments_of(&after_restart).iter().map(|s| s.1).sum();
+    assert!(
+        (recovered - listed_total).abs() <= 1.0 + 0.1,
+        "recorded before the kill: {listed_total} s listed then, {recovered} s in the files: {after_restart}"
+    );
+    let files_before = mp4_files(&dir.join(path));
+    assert_eq!(files_before.len(), listed.len(), "{files_before:?} vs {listed:?}");
+    check_files(&files_before, 30.0);
+
+    // Publish again: a second span.
+    let publisher = publish(&server);
+    wait_recorded(&server, path, recovered + 3.0).await;
+    drop(publisher);
+    let listing = settled_listing(&server, path).await;
+    assert_eq!(listing["spans"].as_array().map(Vec::len), Some(2), "two spans: {listing}");
+    check_files(&mp4_files(&dir.join(path)), 30.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h264_aac_over_rtmp_survives_a_crash() {
+    survives_a_crash("rec/crash264", |s| publish(test_flv(), &s.rtmp_url("rec/crash264"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h265_aac_over_rtsp_survives_a_crash() {
+    survives_a_crash("rec/crash265", |s| publish_rtsp(hevc_aac_mkv(), &s.rtsp_url("rec/crash265"), "tcp")).await;
+}

@@ -89,6 +89,9 @@ struct TrackTime {
     /// Added to the track's unwrapped RTP time: its media time on the session timeline, in
     /// the track's clock. Set by the first frame, moved (forward only) by the alignment.
     offset: Option<i64>,
+    /// The alignment's move of `offset` not made yet: video moves at its next keyframe (a
+    /// move in the middle of a GOP would put B-frames out of display order).
+    pending: i64,
     report: Option<Report>,
 }
 
@@ -138,6 +141,7 @@ impl Timeline {
                     clock: clock.max(1),
                     unwrap: Unwrap::default(),
                     offset: None,
+                    pending: 0,
                     report: None,
                 })
                 .collect(),
@@ -152,6 +156,12 @@ impl Timeline {
 
     /// The presentation time of a frame of track `i` with this RTP time, arrived at `now`.
     pub fn place(&mut self, i: usize, rtp_time: u32, now: Instant) -> i64 {
+        self.place_frame(i, rtp_time, now, true)
+    }
+
+    /// As [`Timeline::place`]; the alignment moves the track only at a frame that may start
+    /// a new timing (`may_move`: an audio frame, a video keyframe).
+    pub fn place_frame(&mut self, i: usize, rtp_time: u32, now: Instant, may_move: bool) -> i64 {
         let start = *self.start.get_or_insert(now);
         let Some(t) = self.tracks.get_mut(i) else { return 0 };
         let media = t.unwrap.extend(rtp_time);
@@ -163,6 +173,10 @@ impl Timeline {
         if t.offset.is_none() {
             // Arrival: the time since the session started, on the monotonic clock.
             t.offset = Some(rescale(now.saturating_duration_since(start).as_micros() as i64, MICROS, t.clock));
+        }
+        if may_move && t.pending > 0 {
+            t.offset = t.offset.map(|o| o.saturating_add(t.pending));
+            t.pending = 0;
         }
         let pts = media + t.offset.unwrap_or(0);
         self.align();
@@ -214,9 +228,7 @@ impl Timeline {
         }
         for &(i, shift) in &shifts {
             let t = &mut self.tracks[i];
-            if let Some(o) = t.offset.as_mut() {
-                *o = (*o + rescale(shift, MICROS, t.clock)).max(*o);
-            }
+            t.pending = rescale(shift, MICROS, t.clock).max(0);
         }
         self.ntp_at_zero = Some(k);
         self.shifts = shifts;
@@ -232,7 +244,7 @@ impl Timeline {
         let t = &self.tracks[i];
         let r = t.report?;
         let unix = (ntp_micros(r.ntp) as u64).checked_sub(NTP_UNIX_OFFSET_SECS * u64::from(MICROS))?;
-        Some((i, r.media? + t.offset?, unix))
+        Some((i, r.media? + t.offset? + t.pending, unix))
     }
 }
 
@@ -328,7 +340,9 @@ impl Recording {
                     return None;
                 }
                 let depacketizer = Depacketizer::new(&t, m)?;
-                let dts = (kind == TrackKind::Video).then(|| DtsEstimator::new(reorder_depth(&t)));
+                // Before the stream shows its frame rate, 30 fps is as good a guess as any.
+                let dts = (kind == TrackKind::Video)
+                    .then(|| DtsEstimator::new(reorder_depth(&t), i64::from(t.clock_rate() / 30)));
                 *slot = Some(t);
                 Some(Box::new(InTrack {
                     kind,
@@ -441,7 +455,8 @@ impl Recording {
                 t.dropped += 1;
                 continue;
             }
-            let pts = self.timeline.place(index, au.rtp_time, now);
+            let may_move = t.kind == TrackKind::Audio || au.keyframe;
+            let pts = self.timeline.place_frame(index, au.rtp_time, now, may_move);
             let (dts, pts) = match t.dts.as_mut() {
                 Some(e) => e.next(pts),
                 None => (pts, pts),
@@ -593,6 +608,21 @@ mod tests {
         // and video moves 2.5 s forward.
         assert_eq!(t.place(AUDIO, 0, now + Duration::from_secs(3)), 3 * 48_000);
         assert_eq!(t.place(VIDEO, 0, now), 225_000);
+    }
+
+    #[test]
+    fn video_moves_at_its_next_keyframe_only() {
+        let (mut t, now) = timeline();
+        t.on_sender_report(VIDEO, ntp(T0), 0);
+        t.on_sender_report(AUDIO, ntp(T0 + 0.5), 0);
+        assert_eq!(t.place_frame(VIDEO, 0, now, true), 0);
+        assert_eq!(t.place_frame(AUDIO, 0, now + Duration::from_secs(3), true), 3 * 48_000);
+        // Aligned: video is to move 2.5 s, but not in the middle of its GOP (B-frames there
+        // would leave display order).
+        assert_eq!(t.place_frame(VIDEO, 3_000, now, false), 3_000);
+        assert_eq!(t.first_report().map(|r| (r.0, r.1)), Some((VIDEO, 225_000)), "the anchor is where video will be");
+        assert_eq!(t.place_frame(VIDEO, 6_000, now, true), 225_000 + 6_000, "moved at the keyframe");
+        assert_eq!(t.place_frame(VIDEO, 9_000, now, false), 225_000 + 9_000);
     }
 
     #[test]
