@@ -238,16 +238,20 @@ fn spawn_stream(hub: &Arc<Hub>, rec: &Arc<Recordings>, path: String) {
     if !lock(&ACTIVE).get_or_insert_default().insert(key.clone()) {
         return;
     }
-    let Some(sub) = hub.subscribe(&path) else {
-        lock(&ACTIVE).get_or_insert_default().remove(&key);
-        return;
-    };
-    let clock = hub.media_clock(&path);
-    let reader = Reader::new(hub.clone(), sub);
     let rec = rec.clone();
+    let hub = hub.clone();
     tokio::spawn(async move {
         info!(path, "recording");
-        record_stream(&rec, &path, reader, clock).await;
+        // A recorder that fell a whole ring behind (a stalled task) starts again at the
+        // stream's GOP rather than stop recording.
+        while let Some(sub) = hub.subscribe(&path) {
+            let clock = hub.media_clock(&path);
+            let reader = Reader::new(hub.clone(), sub);
+            if !record_stream(&rec, &path, reader, clock).await {
+                break;
+            }
+            warn!(path, "recording: fell behind the stream; starting again at its last keyframe");
+        }
         lock(&ACTIVE).get_or_insert_default().remove(&key);
         debug!(path, "recording: stream ended");
     });
@@ -262,12 +266,13 @@ struct Signals {
     done: AtomicBool,
 }
 
+/// Records until the stream ends; true when the reader fell too far behind instead.
 async fn record_stream(
     rec: &Arc<Recordings>,
     path: &str,
     mut reader: Reader,
     clock: Option<Arc<crate::clock::MediaClock>>,
-) {
+) -> bool {
     let settings = Settings {
         segment_us: rec.config.segment_duration_ms.saturating_mul(1000),
         part_us: rec.config.part_duration_ms.saturating_mul(1000),
@@ -278,6 +283,7 @@ async fn record_stream(
     let writer = tokio::spawn(write_steps(rec.clone(), path.to_owned(), rx, signals.clone()));
     let mut out = Vec::new();
     let mut dropping = false;
+    let mut too_slow = false;
     loop {
         let item = reader.next().await;
         let mut done = false;
@@ -294,7 +300,12 @@ async fn record_stream(
             }
             ReaderItem::Republished => seg.close(&mut out),
             ReaderItem::Unpublished => {}
-            ReaderItem::Ended | ReaderItem::TooSlow => {
+            ReaderItem::Ended => {
+                seg.close(&mut out);
+                done = true;
+            }
+            ReaderItem::TooSlow => {
+                too_slow = true;
                 seg.close(&mut out);
                 done = true;
             }
@@ -324,6 +335,7 @@ async fn record_stream(
     }
     drop(tx);
     let _ = writer.await;
+    too_slow
 }
 
 /// The file a writer has open.
