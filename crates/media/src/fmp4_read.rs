@@ -188,8 +188,13 @@ const SKIPPED: [&[u8; 4]; 10] =
 
 #[derive(Debug)]
 enum State {
-    /// Wants a box header at this offset.
-    Header(u64),
+    /// Wants the 8-byte header of the box at `at`, or with `large` (its type) the 64-bit size
+    /// after it; `after` is the moof the box follows, when it must be that moof's mdat.
+    Header {
+        at: u64,
+        large: Option<[u8; 4]>,
+        after: Option<(u64, Moof)>,
+    },
     /// Wants a moov body.
     Moov {
         at: u64,
@@ -200,12 +205,6 @@ enum State {
     Moof {
         at: u64,
         len: u64,
-    },
-    /// Wants the header of the mdat after a moof.
-    Mdat {
-        moof_at: u64,
-        moof_len: u64,
-        moof: Moof,
     },
     Done,
 }
@@ -238,8 +237,8 @@ pub struct Scanner {
     fatal: Option<ReadError>,
 }
 
-/// Bytes of a box header: 8, or 16 with a 64-bit size.
-const HEADER_MAX: u64 = 16;
+/// Bytes of a box header, and of the 64-bit size that may follow it.
+const HEADER: u64 = 8;
 
 impl Scanner {
     /// A scanner of a file of `file_len` bytes (its size now, for one being written).
@@ -260,11 +259,12 @@ impl Scanner {
     /// The bytes wanted next: `len` bytes at offset `at`, always inside the file; `None` when
     /// the scan is over.
     pub fn wanted(&self) -> Option<(u64, usize)> {
-        let header = |at: u64| (at, self.file_len.saturating_sub(at).min(HEADER_MAX) as usize);
         match &self.state {
-            State::Header(at) => Some(header(*at)),
+            State::Header { at, large, .. } => {
+                let at = if large.is_some() { at + HEADER } else { *at };
+                Some((at, self.file_len.saturating_sub(at).min(HEADER) as usize))
+            }
             State::Moov { at, len, .. } | State::Moof { at, len } => Some((*at, *len as usize)),
-            State::Mdat { moof_at, moof_len, .. } => Some(header(moof_at + moof_len)),
             State::Done => None,
         }
     }
@@ -280,10 +280,9 @@ impl Scanner {
         }
         let data = &data[..len.min(data.len())];
         let r = match std::mem::replace(&mut self.state, State::Done) {
-            State::Header(at) => self.header(at, data),
+            State::Header { at, large, after } => self.header(at, large, after, data),
             State::Moov { at, len, end } => self.moov(at, len, end, data),
             State::Moof { at, len } => self.moof(at, len, data),
-            State::Mdat { moof_at, moof_len, moof } => self.mdat(moof_at, moof_len, moof, data),
             State::Done => Ok(()),
         };
         if let Err(e) = &r {
@@ -316,7 +315,7 @@ impl Scanner {
         if at >= self.file_len {
             self.stop(End::Clean);
         } else {
-            self.state = State::Header(at);
+            self.state = State::Header { at, large: None, after: None };
         }
     }
 
@@ -339,16 +338,48 @@ impl Scanner {
         Ok(())
     }
 
-    fn header(&mut self, at: u64, data: &[u8]) -> Result<(), ReadError> {
-        let (kind, header, size) = match box_header(data, at) {
-            Ok(Some(h)) => h,
-            Ok(None) => return self.truncated(),
-            Err(e) if self.init.is_none() => return Err(e),
-            Err(e) => {
-                self.stop(End::Damaged(e));
-                return Ok(());
+    /// A box header, read in two steps when it has a 64-bit size, so that nothing after the
+    /// header is read.
+    fn header(
+        &mut self,
+        at: u64,
+        large: Option<[u8; 4]>,
+        after: Option<(u64, Moof)>,
+        data: &[u8],
+    ) -> Result<(), ReadError> {
+        let (kind, header, size) = match large {
+            Some(kind) => match be64(data, 0) {
+                Some(size) => (kind, 16, size),
+                None => return self.truncated(),
+            },
+            None => {
+                let (Some(size), Some(k)) = (be32(data, 0), data.get(4..8)) else { return self.truncated() };
+                let kind = [k[0], k[1], k[2], k[3]];
+                if size == 1 {
+                    self.state = State::Header { at, large: Some(kind), after };
+                    return Ok(());
+                }
+                (kind, 8, u64::from(size))
             }
         };
+        let bad = if size == 0 {
+            // A box "to the end of the file" has no end to check a cut file against.
+            Some(malformed(at, "box size 0 (to the end of the file)"))
+        } else if size < header {
+            Some(malformed(at, "box size smaller than its header"))
+        } else {
+            None
+        };
+        match (bad, after) {
+            (Some(e), _) if self.init.is_none() => Err(e),
+            (Some(e), _) => self.damaged(e),
+            (None, Some((moof_at, moof))) => self.mdat(moof_at, at - moof_at, moof, (kind, header, size)),
+            (None, None) => self.top_level(at, kind, header, size),
+        }
+    }
+
+    /// A top-level box other than a moof's mdat.
+    fn top_level(&mut self, at: u64, kind: [u8; 4], header: u64, size: u64) -> Result<(), ReadError> {
         let fits = size <= self.file_len - at;
         let body = size - header;
         if self.init.is_none() {
@@ -407,19 +438,18 @@ impl Scanner {
         match parse_moof(&layout, data, at) {
             Err(e) => self.stop(End::Damaged(e)),
             Ok(_) if at + len >= self.file_len => self.stop(End::Truncated),
-            Ok(moof) => self.state = State::Mdat { moof_at: at, moof_len: len, moof },
+            Ok(moof) => self.state = State::Header { at: at + len, large: None, after: Some((at, moof)) },
         }
         Ok(())
     }
 
-    fn mdat(&mut self, moof_at: u64, moof_len: u64, moof: Moof, data: &[u8]) -> Result<(), ReadError> {
+    /// The box after a moof: its mdat.
+    fn mdat(&mut self, moof_at: u64, moof_len: u64, moof: Moof, b: ([u8; 4], u64, u64)) -> Result<(), ReadError> {
+        let (kind, header, size) = b;
         let at = moof_at + moof_len;
-        let (header, size) = match box_header(data, at) {
-            Ok(None) => return self.truncated(),
-            Ok(Some((kind, header, size))) if &kind == b"mdat" => (header, size),
-            Ok(Some(_)) => return self.damaged(malformed(at, "a moof not followed by its mdat")),
-            Err(e) => return self.damaged(e),
-        };
+        if &kind != b"mdat" {
+            return self.damaged(malformed(at, "a moof not followed by its mdat"));
+        }
         if size - header > MAX_PART_DATA as u64 {
             let max = MAX_PART_DATA as u64;
             return self.damaged(ReadError::TooLarge { what: "mdat", offset: at, len: size - header, max });
