@@ -284,3 +284,21 @@ fn h264_and_g711() {
         check_recording(&dir, &format!("h264-{format}"), &tracks, frames);
     }
 }
+
+/// ffmpeg's own fragmented MOV with G.711 (QuickTime `ulaw` and `alaw` sample entries) reads
+/// back with every packet ffprobe counts.
+#[test]
+fn reads_ffmpeg_fragmented_g711() {
+    let dir = TempDir::new("ffmpeg-g711");
+    for (codec, name) in [(AudioCodec::Pcmu, "pcm_mulaw"), (AudioCodec::Pcma, "pcm_alaw")] {
+        let src = dir.path(&format!("{name}.mov"));
+        let sine = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=8000", "-t", "2"];
+        let frag = ["-movflags", "+frag_keyframe+empty_moov+default_base_moof", "-frag_duration", "500000"];
+        ffmpeg(&[&sine[..], &["-c:a", name], &frag, &["-f", "mov"]].concat(), &src);
+        let (tracks, frames) = read_fmp4(&src);
+        let want = TrackInfo::Audio { codec, config: Bytes::new(), sample_rate: 8000, channels: 1, clock_rate: 8000 };
+        assert_eq!(tracks.audio, Some(want));
+        assert_eq!(frame_counts(&src), (0, frames.len()), "{name}");
+        assert_eq!(frames.iter().map(|f| f.data.len()).sum::<usize>(), 16000, "{name}: two seconds of samples");
+    }
+}
