@@ -129,6 +129,12 @@ fn ms(tracks: &Tracks, f: &Frame) -> i64 {
 /// A recording of these frames (each track in decode order) in parts that start at a video
 /// keyframe once the part before is a second long (or at a second, without video).
 fn record(tracks: &Tracks, frames: Vec<Arc<Frame>>) -> Vec<u8> {
+    record_with(tracks, frames, true)
+}
+
+/// Like [`record`]; with `lookahead` each part knows each track's next frame, without it only
+/// the frame that starts the next part (as a recorder writing a part as soon as it can knows).
+fn record_with(tracks: &Tracks, frames: Vec<Arc<Frame>>, lookahead: bool) -> Vec<u8> {
     let mut frames = frames;
     frames.sort_by_key(|f| ms(tracks, f));
     let first = |k| frames.iter().find(|f| f.kind == k).map(|f| f.dts);
@@ -150,7 +156,10 @@ fn record(tracks: &Tracks, frames: Vec<Arc<Frame>>) -> Vec<u8> {
     }
     let mut file = fmp4::recording_init(tracks).unwrap().to_vec();
     for (i, part) in parts.iter().enumerate() {
-        let later: Vec<&Arc<Frame>> = parts[i + 1..].iter().flatten().collect();
+        let later: Vec<&Arc<Frame>> = match lookahead {
+            true => parts[i + 1..].iter().flatten().collect(),
+            false => parts.get(i + 1).and_then(|p| p.first()).into_iter().collect(),
+        };
         let next_of = |k| later.iter().find(|f| f.kind == k).map(|f| f.dts);
         let next = TrackTimes { video: next_of(TrackKind::Video), audio: next_of(TrackKind::Audio) };
         file.extend_from_slice(&fmp4::recording_part(i as u32 + 1, tracks, base, part, next));
@@ -301,4 +310,45 @@ fn reads_ffmpeg_fragmented_g711() {
         assert_eq!(frame_counts(&src), (0, frames.len()), "{name}");
         assert_eq!(frames.iter().map(|f| f.data.len()).sum::<usize>(), 16000, "{name}: two seconds of samples");
     }
+}
+
+/// Video pauses for two seconds while audio goes on (video resumes at a keyframe): the gap
+/// stays where it was, both tracks end together, and every frame decodes.
+#[test]
+fn video_pause_keeps_its_gap() {
+    let dir = TempDir::new("pause");
+    let src = dir.path("src.mp4");
+    ffmpeg(&[VIDEO, SINE_48K, H264, &["-c:a", "aac", "-b:a", "64k"]].concat(), &src);
+    let (tracks, frames) = read_mp4(&src);
+    let Some(TrackInfo::Video { clock_rate, .. }) = tracks.video else { unreachable!() };
+    let secs = |f: &Frame| f.dts as f64 / f64::from(clock_rate);
+    // GOPs of one second: the video of seconds 1 and 2 is missing.
+    let kept: Vec<Arc<Frame>> =
+        frames.into_iter().filter(|f| f.kind == TrackKind::Audio || !(1.0..3.0).contains(&secs(f))).collect();
+    let count = |k| kept.iter().filter(|f| f.kind == k).count();
+    let (videos, audios) = (count(TrackKind::Video), count(TrackKind::Audio));
+    let path = dir.path("pause.mp4");
+    std::fs::write(&path, record_with(&tracks, kept, false)).unwrap();
+    decodes_cleanly(&path);
+    assert_eq!(frame_counts(&path), (videos, audios));
+    let ends = track_ends(&path);
+    assert!((ends[0].1 - ends[1].1).abs() < 0.1 && (ends[0].1 - 4.0).abs() < 0.1, "{ends:?}");
+    // The first video frame after the pause is decoded at 3 s.
+    let csv = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "packet=dts_time",
+            "-of",
+            "csv=p=0",
+            path.to_str().unwrap(),
+        ],
+    );
+    let dts: Vec<f64> = csv.lines().map(|l| l.trim().parse().unwrap()).collect();
+    let jump = dts.windows(2).find(|w| w[1] - w[0] > 0.5).unwrap_or_else(|| panic!("no gap: {dts:?}"));
+    assert!((jump[1] - jump[0] - 2.04).abs() < 0.01, "{jump:?}");
 }
