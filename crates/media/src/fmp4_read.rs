@@ -189,6 +189,22 @@ pub struct Scan {
     pub end: End,
 }
 
+impl Scan {
+    /// When the file's last sample ends, in milliseconds from the file's start (decode time 0,
+    /// the `base` it was written with): the latest end of any track in any part.
+    pub fn end_ms(&self) -> u64 {
+        let mut end = 0;
+        for p in &self.parts {
+            for k in [TrackKind::Video, TrackKind::Audio] {
+                if let (Some(e), Some(t)) = (p.end.get(k), self.layout.get(k)) {
+                    end = end.max(rescale_saturating(e, t.timescale, 1000).max(0) as u64);
+                }
+            }
+        }
+        end
+    }
+}
+
 /// Top-level boxes skipped between parts (ISO/IEC 14496-12 8.1.2, 8.16, 8.8.10, 8.8.11, 8.16.5;
 /// DASH `emsg`).
 const SKIPPED: [&[u8; 4]; 10] =

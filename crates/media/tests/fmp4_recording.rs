@@ -225,6 +225,9 @@ fn opus_round_trip() {
     let p = &scan.parts[0];
     assert_eq!(p.end.audio.unwrap() - p.start.audio.unwrap(), 49 * 960 + 96_000 + 960);
     assert_eq!(p.duration_ms, 3000);
+    // The audio starts 5000 ticks into the file (its base is 0 here): it ends 104 ms later.
+    let late = record(&alone, &audio, 50, TrackTimes::default());
+    assert_eq!(fmp4_read::scan(&late).unwrap().end_ms(), 3104);
 }
 
 #[test]
