@@ -283,12 +283,18 @@ pub fn init_segment(tracks: &Tracks) -> Result<Bytes, ParamError> {
 }
 
 /// The init segment of a recording: ftyp and a moov with mvex holding the tracks [`records`]
-/// accepts (video id 1, audio id 2). An error when a video track has no SPS to size it, or
-/// when no track can be recorded.
+/// accepts (video id 1, audio id 2). An error when no track can be recorded, or when a
+/// decoder would lack what it needs first: a video track's SPS (parameter sets that so far came
+/// only in band), an AAC track's AudioSpecificConfig (LATM before its in-band configuration).
 pub fn recording_init(tracks: &Tracks) -> Result<Bytes, ParamError> {
     let recorded = |t: &Option<TrackInfo>| t.as_ref().is_some_and(records);
     if !recorded(&tracks.video) && !recorded(&tracks.audio) {
         return Err(ParamError::Missing("recordable track"));
+    }
+    if let Some(TrackInfo::Audio { codec: AudioCodec::Aac, config, .. }) = &tracks.audio
+        && config.is_empty()
+    {
+        return Err(ParamError::Missing("AudioSpecificConfig"));
     }
     // Not `cmfc`: a CMAF track file holds one track (ISO/IEC 23000-19 7.2).
     let opus = matches!(tracks.audio, Some(TrackInfo::Audio { codec: AudioCodec::Opus, .. }));
@@ -718,6 +724,14 @@ mod tests {
         let mut no_sps = t.clone();
         no_sps.video = Some(TrackInfo::Video { codec: VideoCodec::H264, config: Bytes::new(), clock_rate: 1000 });
         assert_eq!(recording_init(&no_sps), Err(ParamError::Missing("SPS")));
+        let no_asc = only(TrackInfo::Audio {
+            codec: AudioCodec::Aac,
+            config: Bytes::new(),
+            sample_rate: 44100,
+            channels: 2,
+            clock_rate: 44100,
+        });
+        assert_eq!(recording_init(&no_asc), Err(ParamError::Missing("AudioSpecificConfig")));
     }
 
     /// A publisher's avcC may declare 1- or 2-byte NAL unit lengths; frames are rewritten to
