@@ -283,12 +283,18 @@ pub fn init_segment(tracks: &Tracks) -> Result<Bytes, ParamError> {
 }
 
 /// The init segment of a recording: ftyp and a moov with mvex holding the tracks [`records`]
-/// accepts (video id 1, audio id 2). An error when a video track has no SPS to size it, or
-/// when no track can be recorded.
+/// accepts (video id 1, audio id 2). An error when no track can be recorded, or when a
+/// decoder would lack what it needs first: a video track's SPS (parameter sets that so far came
+/// only in band), an AAC track's AudioSpecificConfig (LATM before its in-band configuration).
 pub fn recording_init(tracks: &Tracks) -> Result<Bytes, ParamError> {
     let recorded = |t: &Option<TrackInfo>| t.as_ref().is_some_and(records);
     if !recorded(&tracks.video) && !recorded(&tracks.audio) {
         return Err(ParamError::Missing("recordable track"));
+    }
+    if let Some(TrackInfo::Audio { codec: AudioCodec::Aac, config, .. }) = &tracks.audio
+        && config.is_empty()
+    {
+        return Err(ParamError::Missing("AudioSpecificConfig"));
     }
     // Not `cmfc`: a CMAF track file holds one track (ISO/IEC 23000-19 7.2).
     let opus = matches!(tracks.audio, Some(TrackInfo::Audio { codec: AudioCodec::Opus, .. }));
@@ -693,5 +699,137 @@ mod tests {
         assert!(init_segment(&t).is_err());
         t.video = Some(TrackInfo::Video { codec: VideoCodec::H264, config: Bytes::new(), clock_rate: 1 });
         assert!(init_segment(&t).is_err());
+    }
+
+    #[test]
+    fn records_every_codec_the_hub_carries() {
+        let t = tracks();
+        assert!(records(t.video.as_ref().unwrap()) && records(t.audio.as_ref().unwrap()));
+        let audio = |codec, channels| TrackInfo::Audio {
+            codec,
+            config: Bytes::new(),
+            sample_rate: 8000,
+            channels,
+            clock_rate: 8000,
+        };
+        for codec in [AudioCodec::Aac, AudioCodec::Mp3, AudioCodec::Opus, AudioCodec::Pcma, AudioCodec::Pcmu] {
+            assert!(records(&audio(codec, 2)), "{codec:?}");
+        }
+        // Opus beyond stereo needs a channel mapping table that RTP does not carry.
+        assert!(!records(&audio(AudioCodec::Opus, 6)));
+        let only = |a| Tracks { video: None, audio: Some(a), metadata: None };
+        assert_eq!(recording_init(&only(audio(AudioCodec::Opus, 6))), Err(ParamError::Missing("recordable track")));
+        assert_eq!(recording_init(&Tracks::default()), Err(ParamError::Missing("recordable track")));
+        assert!(recording_init(&only(audio(AudioCodec::Opus, 2))).is_ok());
+        let mut no_sps = t.clone();
+        no_sps.video = Some(TrackInfo::Video { codec: VideoCodec::H264, config: Bytes::new(), clock_rate: 1000 });
+        assert_eq!(recording_init(&no_sps), Err(ParamError::Missing("SPS")));
+        let no_asc = only(TrackInfo::Audio {
+            codec: AudioCodec::Aac,
+            config: Bytes::new(),
+            sample_rate: 44100,
+            channels: 2,
+            clock_rate: 44100,
+        });
+        assert_eq!(recording_init(&no_asc), Err(ParamError::Missing("AudioSpecificConfig")));
+    }
+
+    /// A publisher's avcC may declare 1- or 2-byte NAL unit lengths; frames are rewritten to
+    /// 4-byte lengths at ingest, so the record written says 4.
+    #[test]
+    fn nal_length_size_is_written_as_four() {
+        let mut t = tracks();
+        let Some(TrackInfo::Video { config, .. }) = &mut t.video else { unreachable!() };
+        let mut c = config.to_vec();
+        c[4] = 0xfd;
+        *config = Bytes::from(c);
+        for init in [recording_init(&t).unwrap(), init_segment(&t).unwrap()] {
+            let at = init.windows(4).position(|w| w == b"avcC").unwrap() + 4;
+            assert_eq!(init[at + 4], 0xff);
+        }
+    }
+
+    fn frames(n: usize, len: usize) -> Vec<Arc<Frame>> {
+        (0..n)
+            .map(|i| {
+                let kind = if i % 2 == 0 { TrackKind::Video } else { TrackKind::Audio };
+                let dts = if kind == TrackKind::Video { i as i64 * 20 } else { i as i64 * 1024 };
+                Frame::new(kind, dts, dts, i % 6 == 0, Bytes::from(vec![i as u8; len]))
+            })
+            .collect()
+    }
+
+    /// Frames past a fragment's caps go to further fragments, numbered on; every frame comes
+    /// back, and each track's time runs on across them.
+    #[test]
+    fn parts_over_the_caps_become_more_fragments() {
+        let mut t = tracks();
+        if let Some(TrackInfo::Audio { sample_rate, clock_rate, .. }) = &mut t.audio {
+            (*sample_rate, *clock_rate) = (44100, 44100);
+        }
+        let frames = frames(20, 100);
+        for (max_data, max_samples, fragments) in [(350, 1000, 7), (10_000, 4, 5), (100, 1, 20), (10_000, 1000, 1)] {
+            let mut file = recording_init(&t).unwrap().to_vec();
+            let none = TrackTimes::default();
+            file.extend_from_slice(&recording_fragments(7, &t, none, &frames, none, max_data, max_samples));
+            let scan = crate::fmp4_read::scan(&file).unwrap();
+            assert_eq!(scan.parts.len(), fragments, "{max_data} {max_samples}");
+            let file = Bytes::from(file);
+            let mut back = vec![];
+            for (i, p) in scan.parts.iter().enumerate() {
+                assert_eq!(p.sequence, 7 + i as u32);
+                let part = file.slice(p.offset as usize..(p.offset + p.len) as usize);
+                back.extend(crate::fmp4_read::read_part(&scan.layout, &part).unwrap());
+            }
+            assert_eq!(back.len(), 20);
+            for k in [TrackKind::Video, TrackKind::Audio] {
+                let times: Vec<i64> = back.iter().filter(|f| f.kind == k).map(|f| f.dts).collect();
+                let ts = if k == TrackKind::Video { 90 } else { 1 };
+                let want: Vec<i64> = frames.iter().filter(|f| f.kind == k).map(|f| f.dts * ts).collect();
+                assert_eq!(times, want, "{k:?}");
+                let mut ends = scan.parts.iter().filter_map(|p| Some((p.start.get(k)?, p.end.get(k)?)));
+                let mut prev = ends.next().unwrap().1;
+                for (start, end) in ends {
+                    assert_eq!(start, prev, "{k:?}: a gap between fragments");
+                    prev = end;
+                }
+            }
+        }
+        // A frame over the data cap is left out; the others are written.
+        let mut big = frames.clone();
+        big[3] = Frame::new(TrackKind::Audio, 3 * 1024, 3 * 1024, true, Bytes::from(vec![0; 400]));
+        let none = TrackTimes::default();
+        let part = recording_fragments(1, &t, none, &big, none, 350, 1000);
+        let mut file = recording_init(&t).unwrap().to_vec();
+        file.extend_from_slice(&part);
+        let scan = crate::fmp4_read::scan(&file).unwrap();
+        assert_eq!(scan.parts.iter().map(|p| p.video_samples + p.audio_samples).sum::<u32>(), 19);
+    }
+
+    /// The last sample's duration when the next frame's time is unknown.
+    #[test]
+    fn last_sample_durations() {
+        let g711 = TrackInfo::Audio {
+            codec: AudioCodec::Pcmu,
+            config: Bytes::new(),
+            sample_rate: 8000,
+            channels: 2,
+            clock_rate: 8000,
+        };
+        let opus = TrackInfo::Audio {
+            codec: AudioCodec::Opus,
+            config: Bytes::new(),
+            sample_rate: 48000,
+            channels: 2,
+            clock_rate: 48000,
+        };
+        let frame = |data: &'static [u8]| Frame::new(TrackKind::Audio, 0, 0, true, Bytes::from_static(data));
+        // G.711: a byte per sample and channel; Opus: its TOC (CELT 10 ms).
+        assert_eq!(last_duration(&g711, &frame(&[0; 320]), Some(7), 8000), 160);
+        assert_eq!(last_duration(&opus, &frame(&[(18 << 3), 0]), Some(7), 48000), 480);
+        // Else as long as the one before, else the codec's frame.
+        assert_eq!(last_duration(&opus, &frame(&[]), Some(7), 48000), 7);
+        assert_eq!(last_duration(&tracks().audio.unwrap(), &frame(&[1]), None, 44100), 1024);
+        assert_eq!(last_duration(&g711, &frame(&[]), None, 8000), 160);
     }
 }

@@ -19,8 +19,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use thiserror::Error;
 
+mod boxes;
+mod init;
+mod moof;
+
+use boxes::{be32, be64, box_header};
+use init::parse_moov;
+use moof::{Moof, check_data, parse_moof};
+
 use crate::fmp4::{MAX_PART_DATA, MAX_PART_SAMPLES, TrackTimes, rescale_saturating};
-use crate::{AudioCodec, Frame, TrackInfo, TrackKind, Tracks, VideoCodec};
+use crate::{Frame, TrackKind, Tracks};
 
 /// Largest `moov` read. Ours is under 200 KiB even with two codec configurations at
 /// [`crate::check::MAX_CONFIG_SIZE`]; ffmpeg's is a few KiB.
@@ -181,6 +189,22 @@ pub struct Scan {
     pub end: End,
 }
 
+impl Scan {
+    /// When the file's last sample ends, in milliseconds from the file's start (decode time 0,
+    /// the `base` it was written with): the latest end of any track in any part.
+    pub fn end_ms(&self) -> u64 {
+        let mut end = 0;
+        for p in &self.parts {
+            for k in [TrackKind::Video, TrackKind::Audio] {
+                if let (Some(e), Some(t)) = (p.end.get(k), self.layout.get(k)) {
+                    end = end.max(rescale_saturating(e, t.timescale, 1000).max(0) as u64);
+                }
+            }
+        }
+        end
+    }
+}
+
 /// Top-level boxes skipped between parts (ISO/IEC 14496-12 8.1.2, 8.16, 8.8.10, 8.8.11, 8.16.5;
 /// DASH `emsg`).
 const SKIPPED: [&[u8; 4]; 10] =
@@ -188,8 +212,13 @@ const SKIPPED: [&[u8; 4]; 10] =
 
 #[derive(Debug)]
 enum State {
-    /// Wants a box header at this offset.
-    Header(u64),
+    /// Wants the 8-byte header of the box at `at`, or with `large` (its type) the 64-bit size
+    /// after it; `after` is the moof the box follows, when it must be that moof's mdat.
+    Header {
+        at: u64,
+        large: Option<[u8; 4]>,
+        after: Option<(u64, Moof)>,
+    },
     /// Wants a moov body.
     Moov {
         at: u64,
@@ -200,12 +229,6 @@ enum State {
     Moof {
         at: u64,
         len: u64,
-    },
-    /// Wants the header of the mdat after a moof.
-    Mdat {
-        moof_at: u64,
-        moof_len: u64,
-        moof: Moof,
     },
     Done,
 }
@@ -238,8 +261,8 @@ pub struct Scanner {
     fatal: Option<ReadError>,
 }
 
-/// Bytes of a box header: 8, or 16 with a 64-bit size.
-const HEADER_MAX: u64 = 16;
+/// Bytes of a box header, and of the 64-bit size that may follow it.
+const HEADER: u64 = 8;
 
 impl Scanner {
     /// A scanner of a file of `file_len` bytes (its size now, for one being written).
@@ -260,11 +283,12 @@ impl Scanner {
     /// The bytes wanted next: `len` bytes at offset `at`, always inside the file; `None` when
     /// the scan is over.
     pub fn wanted(&self) -> Option<(u64, usize)> {
-        let header = |at: u64| (at, self.file_len.saturating_sub(at).min(HEADER_MAX) as usize);
         match &self.state {
-            State::Header(at) => Some(header(*at)),
+            State::Header { at, large, .. } => {
+                let at = if large.is_some() { at + HEADER } else { *at };
+                Some((at, self.file_len.saturating_sub(at).min(HEADER) as usize))
+            }
             State::Moov { at, len, .. } | State::Moof { at, len } => Some((*at, *len as usize)),
-            State::Mdat { moof_at, moof_len, .. } => Some(header(moof_at + moof_len)),
             State::Done => None,
         }
     }
@@ -280,10 +304,9 @@ impl Scanner {
         }
         let data = &data[..len.min(data.len())];
         let r = match std::mem::replace(&mut self.state, State::Done) {
-            State::Header(at) => self.header(at, data),
+            State::Header { at, large, after } => self.header(at, large, after, data),
             State::Moov { at, len, end } => self.moov(at, len, end, data),
             State::Moof { at, len } => self.moof(at, len, data),
-            State::Mdat { moof_at, moof_len, moof } => self.mdat(moof_at, moof_len, moof, data),
             State::Done => Ok(()),
         };
         if let Err(e) = &r {
@@ -316,7 +339,7 @@ impl Scanner {
         if at >= self.file_len {
             self.stop(End::Clean);
         } else {
-            self.state = State::Header(at);
+            self.state = State::Header { at, large: None, after: None };
         }
     }
 
@@ -339,16 +362,48 @@ impl Scanner {
         Ok(())
     }
 
-    fn header(&mut self, at: u64, data: &[u8]) -> Result<(), ReadError> {
-        let (kind, header, size) = match box_header(data, at) {
-            Ok(Some(h)) => h,
-            Ok(None) => return self.truncated(),
-            Err(e) if self.init.is_none() => return Err(e),
-            Err(e) => {
-                self.stop(End::Damaged(e));
-                return Ok(());
+    /// A box header, read in two steps when it has a 64-bit size, so that nothing after the
+    /// header is read.
+    fn header(
+        &mut self,
+        at: u64,
+        large: Option<[u8; 4]>,
+        after: Option<(u64, Moof)>,
+        data: &[u8],
+    ) -> Result<(), ReadError> {
+        let (kind, header, size) = match large {
+            Some(kind) => match be64(data, 0) {
+                Some(size) => (kind, 16, size),
+                None => return self.truncated(),
+            },
+            None => {
+                let (Some(size), Some(k)) = (be32(data, 0), data.get(4..8)) else { return self.truncated() };
+                let kind = [k[0], k[1], k[2], k[3]];
+                if size == 1 {
+                    self.state = State::Header { at, large: Some(kind), after };
+                    return Ok(());
+                }
+                (kind, 8, u64::from(size))
             }
         };
+        let bad = if size == 0 {
+            // A box "to the end of the file" has no end to check a cut file against.
+            Some(malformed(at, "box size 0 (to the end of the file)"))
+        } else if size < header {
+            Some(malformed(at, "box size smaller than its header"))
+        } else {
+            None
+        };
+        match (bad, after) {
+            (Some(e), _) if self.init.is_none() => Err(e),
+            (Some(e), _) => self.damaged(e),
+            (None, Some((moof_at, moof))) => self.mdat(moof_at, at - moof_at, moof, (kind, header, size)),
+            (None, None) => self.top_level(at, kind, header, size),
+        }
+    }
+
+    /// A top-level box other than a moof's mdat.
+    fn top_level(&mut self, at: u64, kind: [u8; 4], header: u64, size: u64) -> Result<(), ReadError> {
         let fits = size <= self.file_len - at;
         let body = size - header;
         if self.init.is_none() {
@@ -407,19 +462,18 @@ impl Scanner {
         match parse_moof(&layout, data, at) {
             Err(e) => self.stop(End::Damaged(e)),
             Ok(_) if at + len >= self.file_len => self.stop(End::Truncated),
-            Ok(moof) => self.state = State::Mdat { moof_at: at, moof_len: len, moof },
+            Ok(moof) => self.state = State::Header { at: at + len, large: None, after: Some((at, moof)) },
         }
         Ok(())
     }
 
-    fn mdat(&mut self, moof_at: u64, moof_len: u64, moof: Moof, data: &[u8]) -> Result<(), ReadError> {
+    /// The box after a moof: its mdat.
+    fn mdat(&mut self, moof_at: u64, moof_len: u64, moof: Moof, b: ([u8; 4], u64, u64)) -> Result<(), ReadError> {
+        let (kind, header, size) = b;
         let at = moof_at + moof_len;
-        let (header, size) = match box_header(data, at) {
-            Ok(None) => return self.truncated(),
-            Ok(Some((kind, header, size))) if &kind == b"mdat" => (header, size),
-            Ok(Some(_)) => return self.damaged(malformed(at, "a moof not followed by its mdat")),
-            Err(e) => return self.damaged(e),
-        };
+        if &kind != b"mdat" {
+            return self.damaged(malformed(at, "a moof not followed by its mdat"));
+        }
         if size - header > MAX_PART_DATA as u64 {
             let max = MAX_PART_DATA as u64;
             return self.damaged(ReadError::TooLarge { what: "mdat", offset: at, len: size - header, max });
@@ -465,13 +519,6 @@ pub struct SampleInfo {
     pub offset: u64,
     /// Bytes of data.
     pub size: u32,
-}
-
-/// A parsed moof.
-#[derive(Debug)]
-struct Moof {
-    sequence: u32,
-    samples: Vec<SampleInfo>,
 }
 
 /// The samples of a part from its moof alone (`moof` is the whole box, as [`PartInfo`]'s
@@ -536,16 +583,6 @@ pub fn read_part(layout: &Layout, part: &Bytes) -> Result<Vec<Arc<Frame>>, ReadE
     Ok(frames)
 }
 
-/// Checks that every sample's data lies in the mdat's body, `from..to` from the moof's start.
-fn check_data(moof: &Moof, from: u64, to: u64, origin: u64) -> Result<(), ReadError> {
-    for s in &moof.samples {
-        if s.offset < from || s.offset.saturating_add(u64::from(s.size)) > to {
-            return Err(malformed(origin, "sample data outside the mdat after its moof"));
-        }
-    }
-    Ok(())
-}
-
 fn part_info(layout: &Layout, moof: &Moof, offset: u64, moof_len: u64, len: u64) -> PartInfo {
     let mut start = TrackTimes::default();
     let mut end = TrackTimes::default();
@@ -585,452 +622,4 @@ fn part_info(layout: &Layout, moof: &Moof, offset: u64, moof_len: u64, len: u64)
         video_samples,
         audio_samples,
     }
-}
-
-fn be16(d: &[u8], i: usize) -> Option<u16> {
-    d.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]))
-}
-
-fn be32(d: &[u8], i: usize) -> Option<u32> {
-    d.get(i..i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-}
-
-fn be64(d: &[u8], i: usize) -> Option<u64> {
-    d.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
-}
-
-/// A box header at the start of `data` (at file offset `at`): type, header length and box
-/// size; `None` when `data` is too short to hold it.
-fn box_header(data: &[u8], at: u64) -> Result<Option<([u8; 4], u64, u64)>, ReadError> {
-    let (Some(size), Some(kind)) = (be32(data, 0), data.get(4..8)) else { return Ok(None) };
-    let kind: [u8; 4] = [kind[0], kind[1], kind[2], kind[3]];
-    let (header, size) = match size {
-        // A box "to the end of the file" has no end to check a cut file against.
-        0 => return Err(malformed(at, "box size 0 (to the end of the file)")),
-        1 => match be64(data, 8) {
-            Some(large) => (16, large),
-            None => return Ok(None),
-        },
-        s => (8, u64::from(s)),
-    };
-    if size < header {
-        return Err(malformed(at, "box size smaller than its header"));
-    }
-    Ok(Some((kind, header, size)))
-}
-
-/// The child boxes of a box body at file offset `origin`: (type, body, body's offset).
-fn children(data: &[u8], origin: u64) -> impl Iterator<Item = Result<([u8; 4], &[u8], u64), ReadError>> {
-    let mut pos = 0usize;
-    std::iter::from_fn(move || {
-        if pos >= data.len() {
-            return None;
-        }
-        let at = origin + pos as u64;
-        let rest = &data[pos..];
-        let r = match box_header(rest, at) {
-            Err(_) if be32(rest, 0) == Some(0) => {
-                // Inside a box, size 0 runs to the end of the parent.
-                rest.get(4..8).map(|k| ([k[0], k[1], k[2], k[3]], 8u64, rest.len() as u64))
-            }
-            Err(e) => {
-                pos = data.len();
-                return Some(Err(e));
-            }
-            Ok(h) => h,
-        };
-        let Some((kind, header, size)) = r.filter(|(_, _, size)| *size <= rest.len() as u64) else {
-            pos = data.len();
-            return Some(Err(malformed(at, "box past the end of its parent")));
-        };
-        pos += size as usize;
-        Some(Ok((kind, &rest[header as usize..size as usize], at + header)))
-    })
-}
-
-/// The first child box of this type: (body, body's offset).
-fn child<'a>(data: &'a [u8], origin: u64, kind: &[u8; 4]) -> Result<Option<(&'a [u8], u64)>, ReadError> {
-    for c in children(data, origin) {
-        let (k, body, at) = c?;
-        if &k == kind {
-            return Ok(Some((body, at)));
-        }
-    }
-    Ok(None)
-}
-
-fn need<'a>(data: &'a [u8], origin: u64, kind: &[u8; 4], rule: &'static str) -> Result<(&'a [u8], u64), ReadError> {
-    child(data, origin, kind)?.ok_or(malformed(origin, rule))
-}
-
-/// The tracks of a moov (body at `origin`) and their layout.
-fn parse_moov(moov: &[u8], origin: u64) -> Result<(Tracks, Layout), ReadError> {
-    let (mvex, mvex_at) = child(moov, origin, b"mvex")?
-        .ok_or(ReadError::Unsupported { offset: origin, what: "a moov without mvex (not fragmented)" })?;
-    let mut tracks = Tracks::default();
-    let mut layout = Layout::default();
-    for c in children(moov, origin) {
-        let (kind, body, at) = c?;
-        if &kind != b"trak" {
-            continue;
-        }
-        let Some((id, timescale, info)) = parse_trak(body, at)? else { continue };
-        let slot = match info.kind() {
-            TrackKind::Video => (&mut tracks.video, &mut layout.video),
-            TrackKind::Audio => (&mut tracks.audio, &mut layout.audio),
-        };
-        if slot.0.is_none() {
-            *slot.0 = Some(info);
-            *slot.1 = Some(TrackLayout { id, timescale, defaults: SampleDefaults::default() });
-        }
-    }
-    if layout.video.is_none() && layout.audio.is_none() {
-        return Err(ReadError::Unsupported { offset: origin, what: "no track of a codec ferrocast carries" });
-    }
-    for c in children(mvex, mvex_at) {
-        let (kind, body, at) = c?;
-        if &kind != b"trex" {
-            continue;
-        }
-        // Version and flags, track_ID, default_sample_description_index, then the defaults.
-        let field = |i| be32(body, i).ok_or(malformed(at, "trex shorter than its fields"));
-        let id = field(4)?;
-        let defaults = SampleDefaults { duration: field(12)?, size: field(16)?, flags: field(20)? };
-        for t in [&mut layout.video, &mut layout.audio].into_iter().flatten() {
-            if t.id == id {
-                t.defaults = defaults;
-            }
-        }
-    }
-    Ok((tracks, layout))
-}
-
-/// A track's id, timescale and codec parameters (`clock_rate` = timescale); `None` for a
-/// track of a codec ferrocast does not carry.
-fn parse_trak(trak: &[u8], origin: u64) -> Result<Option<(u32, u32, TrackInfo)>, ReadError> {
-    let (tkhd, tkhd_at) = need(trak, origin, b"tkhd", "trak without tkhd")?;
-    let id = match tkhd.first() {
-        Some(1) => be32(tkhd, 20),
-        _ => be32(tkhd, 12),
-    }
-    .ok_or(malformed(tkhd_at, "tkhd shorter than its fields"))?;
-    let (mdia, mdia_at) = need(trak, origin, b"mdia", "trak without mdia")?;
-    let (mdhd, mdhd_at) = need(mdia, mdia_at, b"mdhd", "mdia without mdhd")?;
-    let timescale = match mdhd.first() {
-        Some(1) => be32(mdhd, 20),
-        _ => be32(mdhd, 12),
-    }
-    .filter(|t| *t > 0)
-    .ok_or(malformed(mdhd_at, "mdhd without a timescale"))?;
-    let (minf, minf_at) = need(mdia, mdia_at, b"minf", "mdia without minf")?;
-    let (stbl, stbl_at) = need(minf, minf_at, b"stbl", "minf without stbl")?;
-    let (stsd, stsd_at) = need(stbl, stbl_at, b"stsd", "stbl without stsd")?;
-    // Version and flags, entry_count, then the entries; the first one describes the samples.
-    let Some(entry) = stsd.get(8..).and_then(|e| children(e, stsd_at + 8).next()) else {
-        return Err(malformed(stsd_at, "stsd without a sample entry"));
-    };
-    let (kind, body, at) = entry?;
-    Ok(sample_entry(&kind, body, at, timescale)?.map(|info| (id, timescale, info)))
-}
-
-/// The codec parameters of a sample entry ISO/IEC 14496-12 12.1.3, 12.2.3.
-fn sample_entry(kind: &[u8; 4], body: &[u8], at: u64, timescale: u32) -> Result<Option<TrackInfo>, ReadError> {
-    let video = |codec| -> Result<Option<TrackInfo>, ReadError> {
-        // VisualSampleEntry: 78 bytes of fields, then boxes.
-        let boxes = body.get(78..).ok_or(malformed(at, "visual sample entry shorter than its fields"))?;
-        let config_kind = if codec == VideoCodec::H264 { b"avcC" } else { b"hvcC" };
-        let (config, config_at) = need(boxes, at + 78, config_kind, "visual sample entry without avcC/hvcC")?;
-        // Frames carry 4-byte NAL unit lengths (ISO/IEC 14496-15 5.3.3.1.2, 8.3.3.1.2).
-        if crate::avc::nal_length_size(codec, config).ok() != Some(4) {
-            return Err(ReadError::Unsupported { offset: config_at, what: "NAL unit lengths other than 4 bytes" });
-        }
-        Ok(Some(TrackInfo::Video { codec, config: Bytes::copy_from_slice(config), clock_rate: timescale }))
-    };
-    match kind {
-        b"avc1" | b"avc3" => return video(VideoCodec::H264),
-        b"hvc1" | b"hev1" => return video(VideoCodec::H265),
-        b"mp4a" | b"Opus" | b"alaw" | b"ulaw" => {}
-        _ => return Ok(None),
-    }
-    // AudioSampleEntry: 28 bytes of fields, then boxes; QuickTime's versions 1 and 2 (as
-    // ffmpeg's mov muxer writes) add 16 and 36 bytes.
-    let short = || malformed(at, "audio sample entry shorter than its fields");
-    let version = be16(body, 8).ok_or_else(short)?;
-    let (mut channels, mut rate) =
-        (u32::from(be16(body, 16).ok_or_else(short)?), be32(body, 24).ok_or_else(short)? >> 16);
-    let boxes_at = match version {
-        0 => 28,
-        1 => 44,
-        2 => {
-            let bits = be64(body, 32).ok_or_else(short)?;
-            rate = f64::from_bits(bits).clamp(0.0, f64::from(u32::MAX)) as u32;
-            channels = be32(body, 40).ok_or_else(short)?;
-            64
-        }
-        _ => return Err(ReadError::Unsupported { offset: at, what: "audio sample entry version over 2" }),
-    };
-    let boxes = body.get(boxes_at..).ok_or_else(short)?;
-    let boxes_origin = at + boxes_at as u64;
-    let channels = channels.clamp(1, 255) as u8;
-    let rate = if rate == 0 { timescale } else { rate };
-    let plain = |codec, sample_rate| TrackInfo::Audio {
-        codec,
-        config: Bytes::new(),
-        sample_rate,
-        channels,
-        clock_rate: timescale,
-    };
-    Ok(Some(match kind {
-        b"alaw" => plain(AudioCodec::Pcma, rate),
-        b"ulaw" => plain(AudioCodec::Pcmu, rate),
-        b"Opus" => {
-            // OpusSpecificBox: Version 0, OutputChannelCount, ... (Opus in ISOBMFF 4.3.2).
-            let (dops, dops_at) = need(boxes, boxes_origin, b"dOps", "Opus sample entry without dOps")?;
-            let (Some(0), Some(n)) = (dops.first(), dops.get(1)) else {
-                return Err(malformed(dops_at, "dOps of an unknown version or cut short"));
-            };
-            TrackInfo::Audio {
-                codec: AudioCodec::Opus,
-                config: Bytes::new(),
-                sample_rate: crate::fmp4::OPUS_TIMESCALE,
-                channels: (*n).max(1),
-                clock_rate: timescale,
-            }
-        }
-        _ => {
-            let (esds, esds_at) = need(boxes, boxes_origin, b"esds", "mp4a without esds")?;
-            let Some((oti, dsi)) = decoder_config(esds.get(4..).unwrap_or_default()) else {
-                return Err(malformed(esds_at, "esds without a DecoderConfigDescriptor"));
-            };
-            match oti {
-                // ISO/IEC 14496-1 Table 5: 0x40 MPEG-4 audio; 0x69, 0x6b MPEG-2/MPEG-1 audio.
-                0x40 => {
-                    let asc = dsi.ok_or(malformed(esds_at, "AAC esds without an AudioSpecificConfig"))?;
-                    crate::aac::track(Bytes::copy_from_slice(asc), timescale)
-                        .map_err(|_| malformed(esds_at, "AudioSpecificConfig that does not parse"))?
-                }
-                0x69 | 0x6b => plain(AudioCodec::Mp3, rate),
-                _ => return Ok(None),
-            }
-        }
-    }))
-}
-
-/// The objectTypeIndication and DecoderSpecificInfo of an ES_Descriptor
-/// (ISO/IEC 14496-1 7.2.6.5, 7.2.6.6).
-fn decoder_config(d: &[u8]) -> Option<(u8, Option<&[u8]>)> {
-    // Descriptors: tag, then a length in up to four 7-bit groups.
-    fn descriptor(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let tag = *d.first()?;
-        let mut len = 0usize;
-        let mut i = 1;
-        loop {
-            let b = *d.get(i)?;
-            len = (len << 7) | usize::from(b & 0x7f);
-            i += 1;
-            if b & 0x80 == 0 || i > 4 {
-                break;
-            }
-        }
-        let body = d.get(i..i.checked_add(len)?)?;
-        Some((tag, body, &d[i + len..]))
-    }
-    let (tag, es, _) = descriptor(d)?;
-    if tag != 3 {
-        return None;
-    }
-    let flags = *es.get(2)?;
-    let mut skip = 3;
-    if flags & 0x80 != 0 {
-        skip += 2;
-    }
-    if flags & 0x40 != 0 {
-        skip += 1 + usize::from(*es.get(skip)?);
-    }
-    if flags & 0x20 != 0 {
-        skip += 2;
-    }
-    let mut d = es.get(skip..)?;
-    while !d.is_empty() {
-        let (tag, body, rest) = descriptor(d)?;
-        if tag == 4 {
-            let oti = *body.first()?;
-            // DecoderConfigDescriptor: 13 bytes of fields, then DecoderSpecificInfo.
-            let dsi = body.get(13..).and_then(descriptor).filter(|(t, _, _)| *t == 5).map(|(_, b, _)| b);
-            return Some((oti, dsi));
-        }
-        d = rest;
-    }
-    None
-}
-
-/// tfhd flags (ISO/IEC 14496-12 8.8.7.1).
-const TFHD_BASE_DATA_OFFSET: u32 = 0x00_0001;
-const TFHD_SAMPLE_DESCRIPTION_INDEX: u32 = 0x00_0002;
-const TFHD_DEFAULT_DURATION: u32 = 0x00_0008;
-const TFHD_DEFAULT_SIZE: u32 = 0x00_0010;
-const TFHD_DEFAULT_FLAGS: u32 = 0x00_0020;
-const TFHD_DEFAULT_BASE_IS_MOOF: u32 = 0x02_0000;
-/// trun flags (8.8.8.1).
-const TRUN_DATA_OFFSET: u32 = 0x00_0001;
-const TRUN_FIRST_SAMPLE_FLAGS: u32 = 0x00_0004;
-const TRUN_DURATION: u32 = 0x00_0100;
-const TRUN_SIZE: u32 = 0x00_0200;
-const TRUN_FLAGS: u32 = 0x00_0400;
-const TRUN_CTS: u32 = 0x00_0800;
-/// `sample_is_non_sync_sample` in sample flags (8.8.3.1).
-const NON_SYNC_BIT: u32 = 0x0001_0000;
-
-/// A whole moof box (at file offset `origin`): its sequence number and the samples of the
-/// layout's tracks, offsets from the moof's start.
-fn parse_moof(layout: &Layout, moof: &[u8], origin: u64) -> Result<Moof, ReadError> {
-    let (kind, header, size) = box_header(moof, origin)?.ok_or(malformed(origin, "moof header cut short"))?;
-    if &kind != b"moof" || size != moof.len() as u64 {
-        return Err(malformed(origin, "not a whole moof box"));
-    }
-    let body = &moof[header as usize..];
-    let mut sequence = None;
-    let mut samples = Vec::new();
-    let mut budget = MAX_PART_SAMPLES as u64;
-    // Where the previous traf's data ended: the base of a traf that gives none (8.8.7.1).
-    let mut data_end = 0u64;
-    let mut first_traf = true;
-    for c in children(body, origin + header) {
-        let (kind, body, at) = c?;
-        match &kind {
-            b"mfhd" => sequence = Some(be32(body, 4).ok_or(malformed(at, "mfhd shorter than its fields"))?),
-            b"traf" => {
-                let base = if first_traf { 0 } else { data_end };
-                first_traf = false;
-                data_end = parse_traf(layout, body, at, base, &mut budget, &mut samples)?;
-            }
-            _ => {}
-        }
-    }
-    let sequence = sequence.ok_or(malformed(origin, "moof without mfhd"))?;
-    Ok(Moof { sequence, samples })
-}
-
-/// One traf (body at file offset `origin`): appends its samples and returns where its data
-/// ends, from the moof's start.
-fn parse_traf(
-    layout: &Layout,
-    traf: &[u8],
-    origin: u64,
-    implicit_base: u64,
-    budget: &mut u64,
-    samples: &mut Vec<SampleInfo>,
-) -> Result<u64, ReadError> {
-    let (tfhd, tfhd_at) = need(traf, origin, b"tfhd", "traf without tfhd")?;
-    let short = |at| malformed(at, "box shorter than its fields");
-    let flags = be32(tfhd, 0).ok_or(short(tfhd_at))? & 0xff_ffff;
-    let id = be32(tfhd, 4).ok_or(short(tfhd_at))?;
-    let track = layout.by_id(id);
-    let mut defaults = track.map(|(_, t)| t.defaults).unwrap_or_default();
-    let mut pos = 8;
-    let mut field = |present: bool| -> Result<Option<u32>, ReadError> {
-        if !present {
-            return Ok(None);
-        }
-        let v = be32(tfhd, pos).ok_or(short(tfhd_at))?;
-        pos += 4;
-        Ok(Some(v))
-    };
-    if flags & TFHD_BASE_DATA_OFFSET != 0 {
-        return Err(ReadError::Unsupported { offset: tfhd_at, what: "an explicit base-data-offset" });
-    }
-    field(flags & TFHD_SAMPLE_DESCRIPTION_INDEX != 0)?;
-    if let Some(d) = field(flags & TFHD_DEFAULT_DURATION != 0)? {
-        defaults.duration = d;
-    }
-    if let Some(s) = field(flags & TFHD_DEFAULT_SIZE != 0)? {
-        defaults.size = s;
-    }
-    if let Some(f) = field(flags & TFHD_DEFAULT_FLAGS != 0)? {
-        defaults.flags = f;
-    }
-    let base = if flags & TFHD_DEFAULT_BASE_IS_MOOF != 0 { 0 } else { implicit_base };
-    let mut dts = match (track, child(traf, origin, b"tfdt")?) {
-        (_, Some((tfdt, at))) => {
-            let t = match tfdt.first() {
-                Some(1) => be64(tfdt, 4),
-                _ => be32(tfdt, 4).map(u64::from),
-            }
-            .ok_or(short(at))?;
-            i64::try_from(t).map_err(|_| malformed(at, "tfdt past the range of a signed 64-bit time"))?
-        }
-        (Some(_), None) => {
-            return Err(ReadError::Unsupported { offset: origin, what: "a traf without tfdt" });
-        }
-        (None, None) => 0,
-    };
-    let mut cursor = base;
-    let mut first_run = true;
-    for c in children(traf, origin) {
-        let (kind, body, at) = c?;
-        if &kind != b"trun" {
-            continue;
-        }
-        let flags = be32(body, 0).ok_or(short(at))? & 0xff_ffff;
-        let count = u64::from(be32(body, 4).ok_or(short(at))?);
-        if count > *budget {
-            let max = MAX_PART_SAMPLES as u64;
-            return Err(ReadError::TooLarge { what: "samples in a moof", offset: at, len: max - *budget + count, max });
-        }
-        *budget -= count;
-        let mut pos = 8usize;
-        if flags & TRUN_DATA_OFFSET != 0 {
-            let offset = be32(body, pos).ok_or(short(at))? as i32;
-            cursor =
-                base.checked_add_signed(i64::from(offset)).ok_or(malformed(at, "trun data offset before the moof"))?;
-            pos += 4;
-        } else if first_run {
-            cursor = base;
-        }
-        first_run = false;
-        let first_flags = if flags & TRUN_FIRST_SAMPLE_FLAGS != 0 {
-            let f = be32(body, pos).ok_or(short(at))?;
-            pos += 4;
-            Some(f)
-        } else {
-            None
-        };
-        let present = [TRUN_DURATION, TRUN_SIZE, TRUN_FLAGS, TRUN_CTS].map(|f| flags & f != 0);
-        let entry = 4 * present.iter().filter(|p| **p).count();
-        let entries = body.get(pos..).ok_or(short(at))?;
-        // The entries are in the box: with the budget, this bounds the work.
-        if entry > 0 && ((entries.len() / entry) as u64) < count {
-            return Err(malformed(at, "trun with more samples than entries"));
-        }
-        for i in 0..count as usize {
-            let mut e = i * entry;
-            let mut next = |p: bool| {
-                p.then(|| {
-                    let v = be32(entries, e).unwrap_or(0);
-                    e += 4;
-                    v
-                })
-            };
-            let duration = next(present[0]).unwrap_or(defaults.duration);
-            let size = next(present[1]).unwrap_or(defaults.size);
-            let sample_flags = next(present[2]).or(first_flags.filter(|_| i == 0)).unwrap_or(defaults.flags);
-            // Version 0 offsets are unsigned but written signed by some muxers; ffmpeg reads
-            // both as signed, and so does this.
-            let cts = next(present[3]).map_or(0, |c| i64::from(c as i32));
-            if let Some((kind, _)) = track {
-                samples.push(SampleInfo {
-                    kind,
-                    dts,
-                    cts,
-                    duration,
-                    keyframe: sample_flags & NON_SYNC_BIT == 0,
-                    offset: cursor,
-                    size,
-                });
-            }
-            dts = dts.saturating_add(i64::from(duration));
-            cursor = cursor.saturating_add(u64::from(size));
-        }
-    }
-    Ok(cursor)
 }
