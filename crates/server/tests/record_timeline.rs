@@ -37,7 +37,8 @@ async fn a_video_pause_stays_a_gap_in_the_recording() {
         }
         tags.push(t);
     }
-    let end = |tag_type: u8| tags.iter().filter(|t| t.tag_type == tag_type && t.is_frame()).map(Tag::pts).max().unwrap();
+    let end =
+        |tag_type: u8| tags.iter().filter(|t| t.tag_type == tag_type && t.is_frame()).map(Tag::pts).max().unwrap();
     let sent = (end(8) - end(9)) as f64 / 1000.0;
     let mut publisher = RtmpClient::connect(server.rtmp, "cams/pause", true).await;
     publisher.wait_for(|e| *e == ClientEvent::Publishing).await;
@@ -72,7 +73,8 @@ async fn a_video_pause_stays_a_gap_in_the_recording() {
         assert!(Instant::now() < deadline, "the recording never settled: {} {v}", r.status);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let files: Vec<_> = std::fs::read_dir(server.dir.join("rec/cams/pause")).unwrap().flatten().map(|e| e.path()).collect();
+    let files: Vec<_> =
+        std::fs::read_dir(server.dir.join("rec/cams/pause")).unwrap().flatten().map(|e| e.path()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let (json, err) = ffprobe(files[0].to_str().unwrap(), &[], 60);
     assert_eq!(err, "", "ffprobe reads the file cleanly");
