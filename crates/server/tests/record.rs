@@ -115,6 +115,7 @@ async fn records_what_ffmpeg_publishes_and_lists_it() {
         let name = file.file_stem().unwrap().to_str().unwrap().to_owned();
         let start = seg["start"].as_str().unwrap().replace(':', "-");
         assert_eq!(name, start, "files are named by their start");
+        check_table(file);
     }
     let (sent_video, sent_audio) = frame_counts(test_flv());
     assert_eq!(video, sent_video, "every video frame recorded");
@@ -129,6 +130,22 @@ async fn records_what_ffmpeg_publishes_and_lists_it() {
     let (status, v) = get_json(&format!("http://{}/api/v1/recordings/{path}?start=yesterday", server.http)).await;
     assert_eq!((status, v["error"].is_string()), (400, true), "{v}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The table of parts beside a file covers the whole file, part after part, each part with
+/// a keyframe starting... at least the first; times rising.
+fn check_table(file: &Path) {
+    let table = std::fs::read(file.with_extension("idx")).expect("a table of parts beside the file");
+    let parts = ferrocast::record::parts::decode(&table).expect("a table");
+    let len = std::fs::metadata(file).unwrap().len();
+    assert!(!parts.is_empty(), "{}: no parts", file.display());
+    for w in parts.windows(2) {
+        assert_eq!(w[0].offset + w[0].len, w[1].offset, "parts follow each other");
+        assert!(w[1].start_us >= w[0].start_us && w[1].end_us >= w[0].end_us);
+    }
+    let last = parts.last().unwrap();
+    assert_eq!(last.offset + last.len, len, "{}: the table covers the file", file.display());
+    assert_eq!(parts[0].keyframe_us, Some(0), "a file starts at a keyframe");
 }
 
 /// Listed segments: (start, duration s).
@@ -214,6 +231,8 @@ async fn survives_a_crash(path: &str, publish: impl Fn(&Server) -> Proc) {
     let files_before = mp4_files(&dir.join(path));
     assert_eq!(files_before.len(), listed.len(), "{files_before:?} vs {listed:?}");
     check_files(&files_before, 30.0);
+    // The tables were made right by the recovery too (the crashed file's was cut with it).
+    files_before.iter().for_each(|f| check_table(f));
 
     // Publish again: a second span.
     let publisher = publish(&server);

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod disk;
 pub mod index;
+pub mod parts;
 pub mod retention;
 pub mod segmenter;
 
@@ -128,6 +129,7 @@ impl Recordings {
 
     fn remove(&self, index: &Index, seg: &Segment) -> Result<(), String> {
         self.disk.remove(&self.file(&seg.file)).map_err(|e| format!("deleting {}: {e}", seg.file))?;
+        let _ = self.disk.remove(&table_path(&self.file(&seg.file)));
         index.remove(&seg.path, seg.start_us).map_err(|e| e.to_string())?;
         Ok(())
     }
@@ -344,6 +346,9 @@ struct OpenFile {
     segment: Segment,
     tracks: Arc<Tracks>,
     base: TrackTimes,
+    /// Its table of parts (`STEM.idx`); None once writing it failed (it is rebuilt from the
+    /// file when needed).
+    table: Option<std::fs::File>,
 }
 
 /// A stream's writer: the blocking side.
@@ -394,9 +399,16 @@ impl Writer {
             Step::Part { sequence, frames, next, file_duration_us } => {
                 let Some(f) = &mut self.file else { return };
                 let data = fmp4::recording_part(sequence, &f.tracks, f.base, &frames, next);
+                let offset = f.appender.len();
                 let r = f.appender.append(&data).and_then(|()| f.appender.sync());
                 match r {
                     Ok(()) => {
+                        let part = part_entry(f, &frames, offset, data.len() as u64, file_duration_us);
+                        if let Some(t) = &mut f.table
+                            && std::io::Write::write_all(t, &parts::encode(&part)).is_err()
+                        {
+                            f.table = None;
+                        }
                         f.segment.bytes = f.appender.len();
                         f.segment.duration_us = file_duration_us;
                         self.rec.stats.parts_written.fetch_add(1, Ordering::Relaxed);
@@ -433,9 +445,16 @@ impl Writer {
         };
         let segment =
             Segment { path: self.path.clone(), start_us: start, duration_us: 0, bytes: 0, file: rel, writing: true };
-        let mut f = OpenFile { appender, segment, tracks, base };
+        let table = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(table_path(&self.rec.file(&segment.file)))
+            .and_then(|mut t| std::io::Write::write_all(&mut t, parts::header()).map(|()| t))
+            .ok();
+        let mut f = OpenFile { appender, segment, tracks, base, table };
         if let Err(e) = f.appender.append(&init).and_then(|()| f.appender.sync()) {
             let _ = self.rec.disk.remove(&self.rec.file(&f.segment.file));
+            let _ = self.rec.disk.remove(&table_path(&self.rec.file(&f.segment.file)));
             return Err(format!("writing {}: {e}", f.segment.file));
         }
         f.segment.bytes = f.appender.len();
@@ -474,6 +493,64 @@ impl Writer {
                 let _ = self.rec.remove(&index, &f.segment);
             }
         }
+    }
+}
+
+/// The table of parts beside a recording file.
+pub fn table_path(file: &Path) -> PathBuf {
+    file.with_extension("idx")
+}
+
+/// The table entry of a part just written.
+fn part_entry(f: &OpenFile, frames: &[Arc<ferrocast_media::Frame>], offset: u64, len: u64, end_us: u64) -> parts::Part {
+    let rel_us = |fr: &ferrocast_media::Frame| {
+        let (track, base) = match fr.kind {
+            ferrocast_media::TrackKind::Video => (f.tracks.video.as_ref(), f.base.video),
+            ferrocast_media::TrackKind::Audio => (f.tracks.audio.as_ref(), f.base.audio),
+        };
+        let clock = track.map_or(1000, |t| t.clock_rate().max(1));
+        ferrocast_media::rescale(fr.dts.saturating_sub(base.unwrap_or(0)), clock, 1_000_000).max(0)
+    };
+    parts::Part {
+        offset,
+        len,
+        start_us: frames.iter().map(|fr| rel_us(fr)).min().unwrap_or(0),
+        end_us: end_us as i64,
+        keyframe_us: frames
+            .iter()
+            .find(|fr| fr.kind == ferrocast_media::TrackKind::Video && fr.keyframe)
+            .map(|fr| rel_us(fr)),
+    }
+}
+
+impl Recordings {
+    /// The parts of a segment: its table, or (missing, damaged or short of what the file
+    /// holds) a scan of the file, written back as its table.
+    pub fn parts(&self, seg: &Segment) -> Option<Vec<parts::Part>> {
+        let file = self.file(&seg.file);
+        let table = std::fs::read(table_path(&file)).ok().and_then(|t| parts::decode(&t));
+        if let Some(t) = table
+            && (seg.writing || t.last().is_some_and(|p| p.offset + p.len >= seg.bytes))
+        {
+            return Some(t);
+        }
+        let (_, _, scan) = inspect(&file)?;
+        let found = parts::from_scan(&scan);
+        let mut bytes = parts::header().to_vec();
+        for p in &found {
+            bytes.extend_from_slice(&parts::encode(p));
+        }
+        let _ = std::fs::write(table_path(&file), bytes);
+        Some(found)
+    }
+
+    /// Where playing `path` from wall-clock time `at_us` starts: the segment holding it and the
+    /// part with the last keyframe at or before it.
+    pub fn keyframe_at(&self, path: &str, at_us: u64) -> Option<(Segment, parts::Part)> {
+        let seg = self.index()?.at(path, at_us).ok()??;
+        let parts = self.parts(&seg)?;
+        let part = *parts::keyframe_at(&parts, at_us.saturating_sub(seg.start_us) as i64)?;
+        Some((seg, part))
     }
 }
 
@@ -520,7 +597,7 @@ fn apply_retention(rec: &Recordings) {
 
 /// What a file on disk holds: its complete length, media duration (µs), and whether its tail
 /// had to be cut. None when it is not a recording.
-fn inspect(file: &Path) -> Option<(u64, u64)> {
+fn inspect(file: &Path) -> Option<(u64, u64, fmp4_read::Scan)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(file).ok()?;
     let len = f.metadata().ok()?.len();
@@ -548,7 +625,7 @@ fn inspect(file: &Path) -> Option<(u64, u64)> {
         .flatten()
         .max()
         .unwrap_or(0);
-    Some((scan.good_len, end_us.max(0) as u64))
+    Some((scan.good_len, end_us.max(0) as u64, scan))
 }
 
 /// After a crash: the files the index says were being written are cut back to their last
@@ -558,7 +635,7 @@ pub fn recover(index: &Index, dir: &Path, disk: &Disk) {
     for mut seg in open {
         let file = dir.join(&seg.file);
         match inspect(&file) {
-            Some((good, duration)) if duration > 0 => {
+            Some((good, duration, scan)) if duration > 0 => {
                 let len = std::fs::metadata(&file).map_or(good, |m| m.len());
                 if len > good {
                     match disk.truncate(&file, good) {
@@ -573,10 +650,16 @@ pub fn recover(index: &Index, dir: &Path, disk: &Disk) {
                 seg.bytes = good;
                 seg.duration_us = duration;
                 seg.writing = false;
+                let mut table = parts::header().to_vec();
+                for p in parts::from_scan(&scan) {
+                    table.extend_from_slice(&parts::encode(&p));
+                }
+                let _ = std::fs::write(table_path(&file), table);
                 let _ = index.put(&seg);
             }
             _ => {
                 let _ = disk.remove(&file);
+                let _ = disk.remove(&table_path(&file));
                 let _ = index.remove(&seg.path, seg.start_us);
             }
         }
@@ -613,4 +696,79 @@ pub fn rebuild(index: &Index, dir: &Path, disk: &Disk) {
     info!(dir = %dir.display(), files = found.len(), "recording: index rebuilt from the files");
     let _ = index.put_many(&found);
     recover(index, dir, disk);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use ferrocast_media::{Frame, TrackInfo, TrackKind, VideoCodec};
+
+    fn recordings(dir: &Path) -> Arc<Recordings> {
+        Arc::new(Recordings {
+            config: RecordConfig { dir: dir.to_owned(), ..RecordConfig::default() },
+            paths: PathTable::default(),
+            disk: Disk::default(),
+            index: Mutex::new(None),
+            writing: Mutex::new(HashSet::new()),
+            stats: RecordStats::default(),
+        })
+    }
+
+    /// A file written step by step (1 s parts, a keyframe every 2 s), then looked up by
+    /// time: from its table, and from a scan of the file once the table is gone.
+    #[test]
+    fn written_files_are_found_by_keyframe() {
+        let dir = std::env::temp_dir().join(format!("fc-rec-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let rec = recordings(&dir);
+        let sps = Bytes::from_static(&[
+            0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00,
+            0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99, 0x60,
+        ]);
+        let pps = Bytes::from_static(&[0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0]);
+        let tracks = Arc::new(Tracks {
+            video: Some(TrackInfo::Video {
+                codec: VideoCodec::H264,
+                config: ferrocast_media::h264::build_avcc(&[sps], &[pps]).unwrap(),
+                clock_rate: 1000,
+            }),
+            ..Tracks::default()
+        });
+        let signals = Signals::default();
+        let mut w = Writer { rec: rec.clone(), path: "cams/a".into(), file: None, failing: false };
+        let start = 1_800_000_000_000_000;
+        w.apply(
+            Step::Open { tracks, base: TrackTimes { video: Some(0), audio: None }, start_unix_us: start },
+            &signals,
+        );
+        for part in 0..6u32 {
+            let frames: Vec<Arc<Frame>> = (0..25)
+                .map(|i| {
+                    let t = i64::from(part) * 1000 + i * 40;
+                    Frame::new(TrackKind::Video, t, t, t % 2000 == 0, Bytes::from_static(&[0, 0, 0, 2, 0x65, 0x88]))
+                })
+                .collect();
+            w.apply(
+                Step::Part {
+                    sequence: part + 1,
+                    frames,
+                    next: TrackTimes::default(),
+                    file_duration_us: u64::from(part + 1) * 1_000_000,
+                },
+                &signals,
+            );
+        }
+        w.apply(Step::Close, &signals);
+        let (seg, part) = rec.keyframe_at("cams/a", start + 3_500_000).expect("found");
+        assert_eq!((seg.start_us, seg.duration_us, seg.writing), (start, 6_000_000, false));
+        assert_eq!(part.keyframe_us, Some(2_000_000), "the keyframe at 2 s starts play at 3.5 s");
+        let table = table_path(&rec.file(&seg.file));
+        let written = std::fs::read(&table).unwrap();
+        std::fs::remove_file(&table).unwrap();
+        assert_eq!(rec.keyframe_at("cams/a", start + 5_999_000).map(|p| p.1.keyframe_us), Some(Some(4_000_000)));
+        assert_eq!(std::fs::read(&table).unwrap(), written, "the table is rebuilt from the file as it was written");
+        assert!(rec.keyframe_at("cams/a", start + 7_000_000).is_none(), "after the recording");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
