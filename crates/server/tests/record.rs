@@ -253,3 +253,65 @@ async fn h264_aac_over_rtmp_survives_a_crash() {
 async fn h265_aac_over_rtsp_survives_a_crash() {
     survives_a_crash("rec/crash265", |s| publish_rtsp(hevc_aac_mkv(), &s.rtsp_url("rec/crash265"), "tcp")).await;
 }
+
+/// The index is rebuilt from the files when it is gone, and a file with a damaged tail is
+/// listed up to its last good part (and cut back to it).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_index_is_rebuilt_from_the_files() {
+    let dir = temp_dir("rebuild");
+    let cfg = config(&dir, "");
+    let path = "rec/rebuild";
+    let server = Server::with_config(&cfg);
+    let mut publisher = publish_args(test_flv(), &server.rtmp_url(path), &[]);
+    assert!(tokio::task::spawn_blocking(move || publisher.0.wait()).await.unwrap().unwrap().success());
+    let before = settled_listing(&server, path).await;
+    drop(server);
+    for f in ["index.db", "index.db-wal", "index.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let files = mp4_files(&dir.join(path));
+    let last = files.last().unwrap();
+    let good = std::fs::metadata(last).unwrap().len();
+    // Half a part of garbage after the last part, as a disk might leave.
+    let mut data = std::fs::read(last).unwrap();
+    data.extend(std::iter::repeat_n(0xa5, 3000));
+    std::fs::write(last, data).unwrap();
+    let server = Server::with_config(&cfg);
+    let after = settled_listing(&server, path).await;
+    assert_eq!(segments_of(&after), segments_of(&before), "the same segments, the same durations");
+    assert_eq!(after["spans"], before["spans"]);
+    assert_eq!(std::fs::metadata(last).unwrap().len(), good, "the damaged tail is cut");
+    check_files(&files, 30.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Opus and G.711 audio (published over RTSP) are recorded beside H.264, and decode.
+#[tokio::test(flavor = "multi_thread")]
+async fn opus_and_g711_are_recorded() {
+    let dir = temp_dir("codecs");
+    let server = Server::with_config(&config(&dir, ""));
+    let cases = [
+        ("rec/opus", vec!["-c:v", "copy", "-c:a", "libopus", "-ar", "48000"], "opus"),
+        ("rec/alaw", vec!["-c:v", "copy", "-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1"], "pcm_alaw"),
+    ];
+    for (path, codecs, name) in cases {
+        let publisher = publish_rtsp_codecs(test_flv(), &server.rtsp_url(path), "tcp", &codecs);
+        wait_recorded(&server, path, 3.0).await;
+        drop(publisher);
+        settled_listing(&server, path).await;
+        for f in mp4_files(&dir.join(path)) {
+            assert_eq!(decode_errors(&f), "", "{}", f.display());
+            let out = Command::new("ffprobe")
+                .args(["-v", "error", "-select_streams", "a", "-show_entries", "stream=codec_name", "-of", "csv=p=0"])
+                .arg(&f)
+                .output()
+                .unwrap();
+            let codec = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            // A file cut by the publisher leaving just after a keyframe may hold no audio.
+            if frame_counts(&f).0 > 15 {
+                assert_eq!(codec, name, "{}", f.display());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

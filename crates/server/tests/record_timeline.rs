@@ -73,8 +73,12 @@ async fn a_video_pause_stays_a_gap_in_the_recording() {
         assert!(Instant::now() < deadline, "the recording never settled: {} {v}", r.status);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let files: Vec<_> =
-        std::fs::read_dir(server.dir.join("rec/cams/pause")).unwrap().flatten().map(|e| e.path()).collect();
+    let files: Vec<_> = std::fs::read_dir(server.dir.join("rec/cams/pause"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "mp4"))
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let (json, err) = ffprobe(files[0].to_str().unwrap(), &[], 60);
     assert_eq!(err, "", "ffprobe reads the file cleanly");

@@ -349,6 +349,8 @@ struct OpenFile {
     /// Its table of parts (`STEM.idx`); None once writing it failed (it is rebuilt from the
     /// file when needed).
     table: Option<std::fs::File>,
+    /// How its tracks are stored (to read back the parts it writes).
+    layout: fmp4_read::Layout,
 }
 
 /// A stream's writer: the blocking side.
@@ -396,21 +398,23 @@ impl Writer {
                     self.failed(&e, signals);
                 }
             }
-            Step::Part { sequence, frames, next, file_duration_us } => {
+            Step::Part { sequence, frames, next, .. } => {
                 let Some(f) = &mut self.file else { return };
                 let data = fmp4::recording_part(sequence, &f.tracks, f.base, &frames, next);
                 let offset = f.appender.len();
                 let r = f.appender.append(&data).and_then(|()| f.appender.sync());
                 match r {
                     Ok(()) => {
-                        let part = part_entry(f, &frames, offset, data.len() as u64, file_duration_us);
+                        // The part as written says what the file now holds (the same reading as
+                        // a scan of the file after a crash).
+                        let part = part_entry(&f.layout, &data, offset, f.segment.duration_us);
                         if let Some(t) = &mut f.table
                             && std::io::Write::write_all(t, &parts::encode(&part)).is_err()
                         {
                             f.table = None;
                         }
                         f.segment.bytes = f.appender.len();
-                        f.segment.duration_us = file_duration_us;
+                        f.segment.duration_us = part.end_us.max(0) as u64;
                         self.rec.stats.parts_written.fetch_add(1, Ordering::Relaxed);
                         if let Err(e) = index.put(&f.segment) {
                             warn!(path = self.path, "recording: {e}");
@@ -451,7 +455,9 @@ impl Writer {
             .open(table_path(&self.rec.file(&segment.file)))
             .and_then(|mut t| std::io::Write::write_all(&mut t, parts::header()).map(|()| t))
             .ok();
-        let mut f = OpenFile { appender, segment, tracks, base, table };
+        let layout =
+            fmp4_read::scan(&init).map(|s| s.layout).map_err(|e| format!("reading back the init segment: {e}"))?;
+        let mut f = OpenFile { appender, segment, tracks, base, table, layout };
         if let Err(e) = f.appender.append(&init).and_then(|()| f.appender.sync()) {
             let _ = self.rec.disk.remove(&self.rec.file(&f.segment.file));
             let _ = self.rec.disk.remove(&table_path(&self.rec.file(&f.segment.file)));
@@ -501,25 +507,24 @@ pub fn table_path(file: &Path) -> PathBuf {
     file.with_extension("idx")
 }
 
-/// The table entry of a part just written.
-fn part_entry(f: &OpenFile, frames: &[Arc<ferrocast_media::Frame>], offset: u64, len: u64, end_us: u64) -> parts::Part {
-    let rel_us = |fr: &ferrocast_media::Frame| {
-        let (track, base) = match fr.kind {
-            ferrocast_media::TrackKind::Video => (f.tracks.video.as_ref(), f.base.video),
-            ferrocast_media::TrackKind::Audio => (f.tracks.audio.as_ref(), f.base.audio),
-        };
-        let clock = track.map_or(1000, |t| t.clock_rate().max(1));
-        ferrocast_media::rescale(fr.dts.saturating_sub(base.unwrap_or(0)), clock, 1_000_000).max(0)
+/// The table entry of a part just written (`data`, at `offset`), read from its moof; `end_us`
+/// is where the file ended before it.
+fn part_entry(layout: &fmp4_read::Layout, data: &[u8], offset: u64, end_us: u64) -> parts::Part {
+    let moof_len = data.get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let samples = data.get(..moof_len).and_then(|m| fmp4_read::part_samples(layout, m).ok()).unwrap_or_default();
+    let us = |s: &fmp4_read::SampleInfo, t: i64| {
+        let timescale = layout.get(s.kind).map_or(1000, |l| l.timescale.max(1));
+        ferrocast_media::rescale(t, timescale, 1_000_000)
     };
     parts::Part {
         offset,
-        len,
-        start_us: frames.iter().map(|fr| rel_us(fr)).min().unwrap_or(0),
-        end_us: end_us as i64,
-        keyframe_us: frames
+        len: data.len() as u64,
+        start_us: samples.iter().map(|s| us(s, s.dts)).min().unwrap_or(end_us as i64),
+        end_us: samples.iter().map(|s| us(s, s.dts + i64::from(s.duration))).max().unwrap_or(0).max(end_us as i64),
+        keyframe_us: samples
             .iter()
-            .find(|fr| fr.kind == ferrocast_media::TrackKind::Video && fr.keyframe)
-            .map(|fr| rel_us(fr)),
+            .find(|s| s.kind == ferrocast_media::TrackKind::Video && s.keyframe)
+            .map(|s| us(s, s.dts)),
     }
 }
 

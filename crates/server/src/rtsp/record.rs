@@ -92,10 +92,24 @@ struct TrackTime {
     /// The alignment's move of `offset` not made yet: video moves at its next keyframe (a
     /// move in the middle of a GOP would put B-frames out of display order).
     pending: i64,
+    /// The last media time placed, and the smallest step between two frames seen: a video
+    /// track moves by whole frames (a move by part of a frame puts every frame after it at
+    /// another phase of the frame rate, where players and muxers that round times to frames
+    /// take two frames for one).
+    last_media: Option<i64>,
+    min_step: Option<i64>,
     report: Option<Report>,
 }
 
 impl TrackTime {
+    /// The alignment's move still to make, to the nearest whole frame.
+    fn due_shift(&self) -> i64 {
+        match self.min_step {
+            Some(step) => (self.pending + step / 2) / step * step,
+            None => self.pending,
+        }
+    }
+
     /// The NTP time (µs) of this track's media time 0, from its report.
     fn zero_ntp(&self) -> Option<i64> {
         let r = self.report?;
@@ -142,6 +156,8 @@ impl Timeline {
                     unwrap: Unwrap::default(),
                     offset: None,
                     pending: 0,
+                    last_media: None,
+                    min_step: None,
                     report: None,
                 })
                 .collect(),
@@ -174,8 +190,16 @@ impl Timeline {
             // Arrival: the time since the session started, on the monotonic clock.
             t.offset = Some(rescale(now.saturating_duration_since(start).as_micros() as i64, MICROS, t.clock));
         }
+        if let Some(last) = t.last_media {
+            let step = media.saturating_sub(last).saturating_abs();
+            if step > 0 {
+                t.min_step = Some(t.min_step.map_or(step, |m| m.min(step)));
+            }
+        }
+        t.last_media = Some(media);
         if may_move && t.pending > 0 {
-            t.offset = t.offset.map(|o| o.saturating_add(t.pending));
+            let shift = t.due_shift();
+            t.offset = t.offset.map(|o| o.saturating_add(shift));
             t.pending = 0;
         }
         let pts = media + t.offset.unwrap_or(0);
@@ -244,7 +268,7 @@ impl Timeline {
         let t = &self.tracks[i];
         let r = t.report?;
         let unix = (ntp_micros(r.ntp) as u64).checked_sub(NTP_UNIX_OFFSET_SECS * u64::from(MICROS))?;
-        Some((i, r.media? + t.offset? + t.pending, unix))
+        Some((i, r.media? + t.offset? + t.due_shift(), unix))
     }
 }
 
@@ -623,6 +647,19 @@ mod tests {
         assert_eq!(t.first_report().map(|r| (r.0, r.1)), Some((VIDEO, 225_000)), "the anchor is where video will be");
         assert_eq!(t.place_frame(VIDEO, 6_000, now, true), 225_000 + 6_000, "moved at the keyframe");
         assert_eq!(t.place_frame(VIDEO, 9_000, now, false), 225_000 + 9_000);
+    }
+
+    #[test]
+    fn video_moves_by_whole_frames() {
+        let (mut t, now) = timeline();
+        t.on_sender_report(VIDEO, ntp(T0), 0);
+        t.on_sender_report(AUDIO, ntp(T0 + 0.51), 0);
+        t.place_frame(VIDEO, 0, now, true);
+        assert_eq!(t.place_frame(VIDEO, 3_000, now, false), 3_000);
+        t.place_frame(AUDIO, 0, now + Duration::from_secs(3), true);
+        // 2.49 s is 224,100 ticks: 74.7 frames of 3,000; it moves 75 frames.
+        assert_eq!(t.place_frame(VIDEO, 6_000, now, true), 6_000 + 225_000);
+        assert_eq!(t.first_report().map(|r| r.1), Some(225_000));
     }
 
     #[test]
