@@ -47,7 +47,8 @@ pub enum Step {
         frames: Vec<Arc<Frame>>,
         /// Decode time of each track's next frame, where known.
         next: TrackTimes,
-        /// Media time from the file's start to the end of this part, µs.
+        /// Media time from the file's start to the end of this part, µs, as the cutter
+        /// estimates it (the writer takes the exact figure from the part it wrote).
         file_duration_us: u64,
     },
     /// The open file is complete.
