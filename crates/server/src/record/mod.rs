@@ -71,6 +71,8 @@ pub struct Recordings {
     paths: PathTable,
     disk: Disk,
     index: Mutex<Option<Arc<Index>>>,
+    /// When opening the index last failed.
+    open_failed: Mutex<Option<std::time::Instant>>,
     /// (path, start) of the segments being written.
     writing: Mutex<HashSet<(String, u64)>>,
     /// Counters.
@@ -140,11 +142,37 @@ impl Recordings {
         if let Some(ix) = self.index() {
             return Some(ix);
         }
-        let dir = &self.config.dir;
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            error!(dir = %dir.display(), "recording: cannot create the recordings directory: {e}");
+        // One opener at a time; after a failure, the next try waits RETRY_AFTER and only the
+        // first failure is an error in the log.
+        let mut failed = lock(&self.open_failed);
+        if let Some(ix) = self.index() {
+            return Some(ix);
+        }
+        if failed.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
             return None;
         }
+        match self.try_open_index() {
+            Ok(index) => {
+                if failed.take().is_some() {
+                    info!(dir = %self.config.dir.display(), "recording: the recordings directory is usable again");
+                }
+                let index = Arc::new(index);
+                *lock(&self.index) = Some(index.clone());
+                Some(index)
+            }
+            Err(e) => {
+                if failed.is_none() {
+                    error!(dir = %self.config.dir.display(), "recording stopped: {e}; trying again every {} s", RETRY_AFTER.as_secs());
+                }
+                *failed = Some(std::time::Instant::now());
+                None
+            }
+        }
+    }
+
+    fn try_open_index(&self) -> Result<Index, String> {
+        let dir = &self.config.dir;
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the recordings directory: {e}"))?;
         let file = dir.join(INDEX_FILE);
         let existed = file.exists();
         let index = match Index::open(&file) {
@@ -160,22 +188,13 @@ impl Recordings {
                 for ext in ["-wal", "-shm"] {
                     let _ = std::fs::remove_file(dir.join(format!("{INDEX_FILE}{ext}")));
                 }
-                match Index::open(&file) {
-                    Ok(ix) => {
-                        rebuild(&ix, dir, &self.disk);
-                        ix
-                    }
-                    Err(e) => {
-                        error!(file = %file.display(), "recording: cannot create the index: {e}");
-                        return None;
-                    }
-                }
+                let ix = Index::open(&file).map_err(|e| format!("cannot create the index {}: {e}", file.display()))?;
+                rebuild(&ix, dir, &self.disk);
+                ix
             }
         };
         recover(&index, dir, &self.disk);
-        let index = Arc::new(index);
-        *lock(&self.index) = Some(index.clone());
-        Some(index)
+        Ok(index)
     }
 }
 
@@ -186,6 +205,7 @@ pub fn start(hub: Arc<Hub>, config: RecordConfig, paths: PathTable) -> Arc<Recor
         paths,
         disk: Disk::from_env(),
         index: Mutex::new(None),
+        open_failed: Mutex::new(None),
         writing: Mutex::new(HashSet::new()),
         stats: RecordStats::default(),
     });
@@ -197,15 +217,18 @@ pub fn start(hub: Arc<Hub>, config: RecordConfig, paths: PathTable) -> Arc<Recor
     {
         let rec = rec.clone();
         tokio::spawn(async move {
-            let r = rec.clone();
-            if tokio::task::spawn_blocking(move || r.open_index()).await.ok().flatten().is_none() {
-                return;
-            }
+            // The index opens (and recovers what a crash left) at once, then retention runs;
+            // a directory that cannot be used is tried again each time.
             let mut tick = tokio::time::interval(RETENTION_EVERY);
             loop {
                 tick.tick().await;
                 let r = rec.clone();
-                let _ = tokio::task::spawn_blocking(move || apply_retention(&r)).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    if r.open_index().is_some() {
+                        apply_retention(&r);
+                    }
+                })
+                .await;
             }
         });
     }
@@ -389,6 +412,9 @@ async fn write_steps(rec: Arc<Recordings>, path: String, mut rx: mpsc::Receiver<
 impl Writer {
     fn apply(&mut self, step: Step, signals: &Signals) {
         let Some(index) = self.rec.open_index() else {
+            if matches!(step, Step::Open { .. }) {
+                self.failed("the recordings directory is not usable (see the error above)", signals);
+            }
             return;
         };
         match step {
@@ -715,6 +741,7 @@ mod tests {
             paths: PathTable::default(),
             disk: Disk::default(),
             index: Mutex::new(None),
+            open_failed: Mutex::new(None),
             writing: Mutex::new(HashSet::new()),
             stats: RecordStats::default(),
         })
