@@ -4,7 +4,9 @@
 //!
 //! - `GET /api/v1/recordings`: `{"paths": [{"path": "cams/cam1", "bytes": 123}]}`.
 //! - `GET /api/v1/recordings/PATH[?start=T&end=T]`: the path's spans (runs of segments no
-//!   more than one part duration apart) and segments overlapping the window (all without one).
+//!   more than one part duration apart) and segments overlapping the window (all without one),
+//!   at most [`MAX_LISTED_SEGMENTS`]: a longer listing ends with `"next"`, the `start` to ask
+//!   from for the rest.
 //! - `DELETE /api/v1/recordings/PATH?start=T`: deletes the segment starting at exactly T (404
 //!   when there is none, 409 for one being written); loopback clients only, until users exist.
 
@@ -20,6 +22,10 @@ use crate::utc;
 
 /// The prefix this module answers under.
 pub const PREFIX: &str = "/api/v1/recordings";
+
+/// Most segments in one listing (about 1 MB of JSON): a longer one ends with `"next"`, the
+/// `start` to ask from for the rest. Ten-minute segments make this 70 days.
+pub const MAX_LISTED_SEGMENTS: usize = 10_000;
 
 fn reply(status: StatusCode, body: Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body.to_string() + "\n")
@@ -91,10 +97,12 @@ fn list(rec: &Recordings, path: &str, query: Option<&str>) -> Response {
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
     let Some(index) = rec.index() else { return error(StatusCode::NOT_FOUND, "no recordings of that path") };
-    let segments = match index.list(path, start, end) {
+    let mut segments = match index.list_at_most(path, start, end, MAX_LISTED_SEGMENTS + 1) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
+    let next =
+        (segments.len() > MAX_LISTED_SEGMENTS).then(|| segments.pop().map(|s| utc::format(s.start_us))).flatten();
     if segments.is_empty() && index.total_bytes(Some(path)) == 0 {
         return error(StatusCode::NOT_FOUND, "no recordings of that path");
     }
@@ -114,7 +122,11 @@ fn list(rec: &Recordings, path: &str, query: Option<&str>) -> Response {
             })
         })
         .collect();
-    reply(StatusCode::OK, json!({ "path": path, "spans": spans, "segments": segments }))
+    let mut body = json!({ "path": path, "spans": spans, "segments": segments });
+    if let Some(next) = next {
+        body["next"] = json!(next);
+    }
+    reply(StatusCode::OK, body)
 }
 
 fn delete(rec: &Recordings, path: &str, query: Option<&str>) -> Response {

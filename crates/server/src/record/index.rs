@@ -190,6 +190,17 @@ impl Index {
 
     /// The segments of `path` that overlap `[from, to)` (µs), oldest first; all without bounds.
     pub fn list(&self, path: &str, from_us: Option<u64>, to_us: Option<u64>) -> Result<Vec<Segment>, IndexError> {
+        self.list_at_most(path, from_us, to_us, usize::MAX)
+    }
+
+    /// As [`Index::list`], the first `limit` segments only.
+    pub fn list_at_most(
+        &self,
+        path: &str,
+        from_us: Option<u64>,
+        to_us: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Segment>, IndexError> {
         let db = self.db();
         // The first segment is the last one starting at or before `from` (it may reach into
         // the window), then every one starting before `to`.
@@ -207,9 +218,9 @@ impl Index {
         };
         let to = to_us.map_or(i64::MAX, int);
         let mut q = db.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM segments WHERE path = ?1 AND start_us >= ?2 AND start_us < ?3 ORDER BY start_us"
+            "SELECT {COLUMNS} FROM segments WHERE path = ?1 AND start_us >= ?2 AND start_us < ?3 ORDER BY start_us LIMIT ?4"
         ))?;
-        let rows = q.query_map(params![path, first, to], row)?;
+        let rows = q.query_map(params![path, first, to, int(limit as u64)], row)?;
         let from = from_us.unwrap_or(0);
         let mut out = Vec::new();
         for r in rows {
