@@ -345,6 +345,10 @@ mod tests {
         assert_eq!(ix.total_bytes(None), 12 * 600_000 + 10_000);
         let all = ix.list("cams/a", None, None).unwrap();
         assert_eq!(all.len(), 12);
+        let first = ix.list_at_most("cams/a", None, None, 5).unwrap();
+        assert_eq!(first[..], all[..5], "the first ones");
+        let rest = ix.list_at_most("cams/a", Some(all[5].start_us), None, 100).unwrap();
+        assert_eq!(rest[..], all[5..], "paged on from the next start");
         assert_eq!(spans(&all, 1_000_000), [(0, 6_000_000_000), (7_000_000_000, 8_200_000_000)]);
         // A window starting inside a segment includes it.
         let w = ix.list("cams/a", Some(650_000_000), Some(1_300_000_000)).unwrap();
