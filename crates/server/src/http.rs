@@ -142,8 +142,18 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     if req.method() == Method::OPTIONS {
         return plain(StatusCode::NO_CONTENT, "");
     }
-    if let Some(r) = crate::record::api::handle(&state.recordings, req.method(), &uri_path, req.uri().query(), peer) {
-        return r;
+    if crate::record::api::answers(&uri_path) {
+        // SQLite and the file system: off the workers the live readers share.
+        let (rec, method, query) =
+            (state.recordings.clone(), req.method().clone(), req.uri().query().map(str::to_owned));
+        let r = tokio::task::spawn_blocking(move || {
+            crate::record::api::handle(&rec, &method, &uri_path, query.as_deref(), peer)
+        });
+        return match r.await {
+            Ok(Some(r)) => r,
+            Ok(None) => plain(StatusCode::NOT_FOUND, "not found\n"),
+            Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+        };
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");

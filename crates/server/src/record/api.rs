@@ -47,17 +47,41 @@ fn query_time(query: Option<&str>, name: &str) -> Result<Option<u64>, String> {
         if v.len() > 64 {
             return Err(format!("{name}: too long"));
         }
-        let v = v.replace("%3A", ":").replace("%3a", ":").replace("%2B", "+").replace("%2b", "+");
+        let v = percent_decode(v).ok_or_else(|| format!("{name}: bad percent-encoding"))?;
         return utc::parse(&v).map(Some).map_err(|e| format!("{name}: {e}"));
     }
     Ok(None)
+}
+
+/// `%XX` decoded (a `+` stays a `+`: it is a time zone's sign here, not a space).
+fn percent_decode(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn seconds(us: u64) -> f64 {
     (us / 1000) as f64 / 1000.0
 }
 
-/// Answers a request under [`PREFIX`]; None when `uri_path` is not under it.
+/// Whether `uri_path` is under [`PREFIX`].
+pub fn answers(uri_path: &str) -> bool {
+    uri_path.strip_prefix(PREFIX).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Answers a request under [`PREFIX`] (blocking: the index and the disk); None when
+/// `uri_path` is not under it.
 pub fn handle(
     rec: &Recordings,
     method: &Method,
@@ -146,5 +170,31 @@ fn delete(rec: &Recordings, path: &str, query: Option<&str>) -> Response {
         Err(DeleteError::NotFound) => error(StatusCode::NOT_FOUND, "no segment of that path starts at that time"),
         Err(DeleteError::Writing) => error(StatusCode::CONFLICT, "that segment is being written"),
         Err(DeleteError::Failed(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_times_are_percent_decoded() {
+        let t = |q: &str| query_time(Some(q), "start");
+        assert_eq!(t("start=2026-11-25T10%3A00%3A00.000Z"), t("start=2026-11-25T10:00:00.000Z"));
+        assert_eq!(t("a=1&start=2026-11-25T12:00:00%2B02:00").unwrap(), t("start=2026-11-25T10:00:00Z").unwrap());
+        assert!(t("start=2026-11-25T10%3").is_err());
+        assert!(t("start=%ff%fe").is_err());
+        assert!(t(&format!("start={}", "9".repeat(100))).is_err());
+        assert_eq!(t("end=x"), Ok(None));
+    }
+
+    #[test]
+    fn deleting_is_for_loopback_only() {
+        let rec = super::super::tests::recordings(&std::env::temp_dir().join("fc-api-unit"));
+        let peer: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let r = handle(&rec, &Method::DELETE, "/api/v1/recordings/cams/a", Some("start=2026-11-25T10:00:00Z"), peer);
+        assert_eq!(r.map(|r| r.status()), Some(StatusCode::FORBIDDEN));
+        assert!(handle(&rec, &Method::GET, "/api/v1/recordingsX", None, peer).is_none());
+        assert!(!answers("/api/v1/recordingsX") && answers("/api/v1/recordings") && answers("/api/v1/recordings/a/b"));
     }
 }

@@ -735,7 +735,7 @@ mod tests {
     use bytes::Bytes;
     use ferrocast_media::{Frame, TrackInfo, TrackKind, VideoCodec};
 
-    fn recordings(dir: &Path) -> Arc<Recordings> {
+    pub(crate) fn recordings(dir: &Path) -> Arc<Recordings> {
         Arc::new(Recordings {
             config: RecordConfig { dir: dir.to_owned(), ..RecordConfig::default() },
             paths: PathTable::default(),

@@ -64,6 +64,8 @@ struct File {
     /// Media time at which it started, ms.
     parts: u32,
     part: Vec<Arc<Frame>>,
+    /// Bytes of the part's frames.
+    part_bytes: usize,
     /// Time (ms) of the part's first frame.
     part_start_ms: Option<i64>,
     /// Per track (video, audio): end of the last frame so far (ms) and the step before it.
@@ -74,6 +76,15 @@ struct File {
 /// file (at its start time): every file then starts with both tracks at the same instant, and
 /// the frame that spans the cut is in one file, not lost or in two.
 const CARRY_AUDIO_MS: i64 = 100;
+
+/// Most frames in one part: a publisher whose clock stands still (every frame at one time)
+/// still gets its parts cut, so memory stays bounded and a part is one fragment (well under
+/// [`fmp4::MAX_PART_SAMPLES`]). A second of 60 fps video with 48 kHz AAC is ~110 frames.
+pub const MAX_PART_FRAMES: usize = 4096;
+
+/// Most bytes of frames in one part, likewise (well under [`fmp4::MAX_PART_DATA`]): a second
+/// of a 100 Mbit/s stream is 12.5 MB.
+pub const MAX_PART_BYTES: usize = 32 << 20;
 
 /// The cutter of one stream.
 #[derive(Debug)]
@@ -178,7 +189,8 @@ impl Segmenter {
             return;
         }
         let ms = ms.max(f.base_ms);
-        if f.part_start_ms.is_some_and(|s| ms.saturating_sub(s) >= part_ms) {
+        let full = f.part.len() >= MAX_PART_FRAMES || f.part_bytes.saturating_add(frame.data.len()) > MAX_PART_BYTES;
+        if full || f.part_start_ms.is_some_and(|s| ms.saturating_sub(s) >= part_ms) {
             let mut next = TrackTimes::default();
             next.set(frame.kind, Some(frame.dts));
             Self::flush(f, next, out);
@@ -187,6 +199,7 @@ impl Segmenter {
         let end = &mut f.ends[slot(frame.kind)];
         let step = end.map_or(0, |(last, step)| if ms > last { ms - last } else { step });
         *end = Some((ms, step));
+        f.part_bytes += frame.data.len();
         f.part.push(frame.clone());
     }
 
@@ -219,6 +232,7 @@ impl Segmenter {
             base,
             parts: 0,
             part: Vec::new(),
+            part_bytes: 0,
             part_start_ms: None,
             ends: [None; 2],
         });
@@ -237,6 +251,7 @@ impl Segmenter {
             file_duration_us: end_ms.saturating_sub(f.base_ms).max(0) as u64 * 1000,
         });
         f.part_start_ms = None;
+        f.part_bytes = 0;
     }
 
     /// The open file's tracks and base (for writing its parts).
@@ -368,6 +383,29 @@ mod tests {
         assert!(!s.is_open());
         let steps = run(&mut s, &av(30_000, 32_001, true), None);
         assert!(matches!(steps.first(), Some(Step::Open { .. })));
+    }
+
+    #[test]
+    fn a_clock_standing_still_still_gets_parts_too_large() {
+        let mut s = Segmenter::new(Settings { segment_us: 600_000_000, part_us: 1_000_000 });
+        let mut out = Vec::new();
+        s.set_tracks(&tracks(), &mut out);
+        let mut steps = run(&mut s, &[frame(TrackKind::Video, 0, true)], None);
+        for _ in 0..MAX_PART_FRAMES * 2 {
+            s.push(&frame(TrackKind::Video, 0, false), None, 0, &mut steps);
+        }
+        let parts: Vec<usize> = steps
+            .iter()
+            .filter_map(|s| if let Step::Part { frames, .. } = s { Some(frames.len()) } else { None })
+            .collect();
+        assert_eq!(parts, [MAX_PART_FRAMES, MAX_PART_FRAMES], "cut by count, not by time");
+        // And by bytes.
+        let big = Frame::new(TrackKind::Video, 0, 0, false, Bytes::from(vec![0; MAX_PART_BYTES / 2 + 1]));
+        let mut steps = Vec::new();
+        for _ in 0..3 {
+            s.push(&big, None, 0, &mut steps);
+        }
+        assert!(steps.iter().filter(|s| matches!(s, Step::Part { .. })).count() >= 2);
     }
 
     #[test]
