@@ -186,6 +186,11 @@ impl Hub {
         lock(&self.streams).contains_key(path)
     }
 
+    /// Whether `path` has a publisher now.
+    pub fn is_published(&self, path: &str) -> bool {
+        self.stream(path).is_some_and(|s| lock(&s.state).publisher.is_some())
+    }
+
     fn stream(&self, path: &str) -> Option<Arc<Stream>> {
         lock(&self.streams).get(path).cloned()
     }

@@ -18,7 +18,7 @@ pub mod segmenter;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -73,8 +73,11 @@ pub struct Recordings {
     index: Mutex<Option<Arc<Index>>>,
     /// When opening the index last failed.
     open_failed: Mutex<Option<std::time::Instant>>,
-    /// (path, start) of the segments being written.
+    /// (path, start) of the segments being written: what retention and the API spare (the
+    /// index's flag is for recovery after a crash).
     writing: Mutex<HashSet<(String, u64)>>,
+    /// Paths with a recorder.
+    active: Mutex<HashSet<String>>,
     /// Counters.
     pub stats: RecordStats,
 }
@@ -122,7 +125,9 @@ impl Recordings {
             .into_iter()
             .find(|s| s.start_us == start_us)
             .ok_or(DeleteError::NotFound)?;
-        if seg.writing || lock(&self.writing).contains(&(seg.path.clone(), seg.start_us)) {
+        // The set, not the index's flag: a flag left set by a failed index write must not make
+        // a finished segment undeletable.
+        if lock(&self.writing).contains(&(seg.path.clone(), seg.start_us)) {
             return Err(DeleteError::Writing);
         }
         self.remove(&index, &seg).map_err(DeleteError::Failed)?;
@@ -207,6 +212,7 @@ pub fn start(hub: Arc<Hub>, config: RecordConfig, paths: PathTable) -> Arc<Recor
         index: Mutex::new(None),
         open_failed: Mutex::new(None),
         writing: Mutex::new(HashSet::new()),
+        active: Mutex::new(HashSet::new()),
         stats: RecordStats::default(),
     });
     let any = rec.paths.entries().any(|(_, s)| s.record);
@@ -252,17 +258,27 @@ pub fn start(hub: Arc<Hub>, config: RecordConfig, paths: PathTable) -> Arc<Recor
     rec
 }
 
-/// Streams being recorded (a stream announced twice is recorded once).
-static ACTIVE: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+/// Removes a path from the streams being recorded when its recorder ends, however it ends.
+struct Active {
+    rec: Arc<Recordings>,
+    path: String,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        lock(&self.rec.active).remove(&self.path);
+    }
+}
 
 fn spawn_stream(hub: &Arc<Hub>, rec: &Arc<Recordings>, path: String) {
     if !rec.paths.get(&path).record || crate::path::validate(&path).is_err() {
         return;
     }
-    let key = format!("{:p}/{path}", Arc::as_ptr(rec));
-    if !lock(&ACTIVE).get_or_insert_default().insert(key.clone()) {
+    // A stream announced twice is recorded once.
+    if !lock(&rec.active).insert(path.clone()) {
         return;
     }
+    let active = Active { rec: rec.clone(), path: path.clone() };
     let rec = rec.clone();
     let hub = hub.clone();
     tokio::spawn(async move {
@@ -277,8 +293,13 @@ fn spawn_stream(hub: &Arc<Hub>, rec: &Arc<Recordings>, path: String) {
             }
             warn!(path, "recording: fell behind the stream; starting again at its last keyframe");
         }
-        lock(&ACTIVE).get_or_insert_default().remove(&key);
+        drop(active);
         debug!(path, "recording: stream ended");
+        // Published again while this recorder finished its writes (its announcement found the
+        // path still being recorded): record the new publish.
+        if hub.is_published(&path) {
+            spawn_stream(&hub, &rec, path);
+        }
     });
 }
 
@@ -287,8 +308,6 @@ fn spawn_stream(hub: &Arc<Hub>, rec: &Arc<Recordings>, path: String) {
 struct Signals {
     /// Wall-clock ms after which the writer wants a new file (0: none wanted).
     reopen_at_ms: AtomicU64,
-    /// The writer has stopped.
-    done: AtomicBool,
 }
 
 /// Records until the stream ends; true when the reader fell too far behind instead.
@@ -386,27 +405,18 @@ struct Writer {
 }
 
 async fn write_steps(rec: Arc<Recordings>, path: String, mut rx: mpsc::Receiver<Step>, signals: Arc<Signals>) {
-    let mut w = Some(Writer { rec, path, file: None, failing: false });
+    // Behind a mutex rather than moved into each blocking call: a panic in one step leaves the
+    // writer here, to close its file and go on.
+    let writer = Arc::new(Mutex::new(Writer { rec, path: path.clone(), file: None, failing: false }));
     while let Some(step) = rx.recv().await {
-        let Some(mut writer) = w.take() else { break };
-        let signals = signals.clone();
-        match tokio::task::spawn_blocking(move || {
-            writer.apply(step, &signals);
-            writer
-        })
-        .await
-        {
-            Ok(writer) => w = Some(writer),
-            Err(e) => {
-                error!("recording: writer task failed: {e}");
-                break;
-            }
+        let (w, signals) = (writer.clone(), signals.clone());
+        if let Err(e) = tokio::task::spawn_blocking(move || lock(&w).apply(step, &signals)).await {
+            error!(path, "recording: a write failed unexpectedly ({e}); the file is closed");
+            let w = writer.clone();
+            let _ = tokio::task::spawn_blocking(move || lock(&w).finish()).await;
         }
     }
-    if let Some(mut writer) = w {
-        let _ = tokio::task::spawn_blocking(move || writer.finish()).await;
-    }
-    signals.done.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || lock(&writer).finish()).await;
 }
 
 impl Writer {
@@ -475,22 +485,29 @@ impl Writer {
         };
         let segment =
             Segment { path: self.path.clone(), start_us: start, duration_us: 0, bytes: 0, file: rel, writing: true };
+        let file = self.rec.file(&segment.file);
+        // Nothing is left behind unindexed when a step fails.
+        let undo = |e: String| {
+            let _ = self.rec.disk.remove(&file);
+            let _ = self.rec.disk.remove(&table_path(&file));
+            e
+        };
+        let layout = fmp4_read::scan(&init)
+            .map(|s| s.layout)
+            .map_err(|e| undo(format!("reading back the init segment: {e}")))?;
         let table = std::fs::OpenOptions::new()
-            .append(true)
+            .write(true)
             .create(true)
-            .open(table_path(&self.rec.file(&segment.file)))
+            .truncate(true)
+            .open(table_path(&file))
             .and_then(|mut t| std::io::Write::write_all(&mut t, parts::header()).map(|()| t))
             .ok();
-        let layout =
-            fmp4_read::scan(&init).map(|s| s.layout).map_err(|e| format!("reading back the init segment: {e}"))?;
         let mut f = OpenFile { appender, segment, tracks, base, table, layout };
         if let Err(e) = f.appender.append(&init).and_then(|()| f.appender.sync()) {
-            let _ = self.rec.disk.remove(&self.rec.file(&f.segment.file));
-            let _ = self.rec.disk.remove(&table_path(&self.rec.file(&f.segment.file)));
-            return Err(format!("writing {}: {e}", f.segment.file));
+            return Err(undo(format!("writing {}: {e}", f.segment.file)));
         }
         f.segment.bytes = f.appender.len();
-        index.put(&f.segment).map_err(|e| e.to_string())?;
+        index.put(&f.segment).map_err(|e| undo(e.to_string()))?;
         lock(&self.rec.writing).insert((self.path.clone(), start));
         debug!(path = self.path, file = f.segment.file, "recording: new file");
         self.file = Some(f);
@@ -565,7 +582,7 @@ impl Recordings {
         {
             return Some(t);
         }
-        let (_, _, scan) = inspect(&file)?;
+        let Ok(Inspected::Recording(_, _, scan)) = inspect(&file) else { return None };
         let found = parts::from_scan(&scan);
         let mut bytes = parts::header().to_vec();
         for p in &found {
@@ -626,22 +643,34 @@ fn apply_retention(rec: &Recordings) {
     }
 }
 
-/// What a file on disk holds: its complete length, media duration (µs), and whether its tail
-/// had to be cut. None when it is not a recording.
-fn inspect(file: &Path) -> Option<(u64, u64, fmp4_read::Scan)> {
+/// What a recording file holds.
+enum Inspected {
+    /// Its complete length, its media duration (µs), and the scan.
+    Recording(u64, u64, fmp4_read::Scan),
+    /// Not a recording: no init segment of ours, or one cut short (a file created just
+    /// before a crash).
+    NotRecording(String),
+}
+
+/// Reads a file's box headers and moofs. An error is a file that could not be read (I/O,
+/// permissions): nothing is decided about it.
+fn inspect(file: &Path) -> std::io::Result<Inspected> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(file).ok()?;
-    let len = f.metadata().ok()?.len();
+    let mut f = std::fs::File::open(file)?;
+    let len = f.metadata()?.len();
     let mut scanner = fmp4_read::Scanner::new(len);
     while let Some((at, want)) = scanner.wanted() {
         let mut buf = vec![0; want];
-        f.seek(SeekFrom::Start(at)).ok()?;
-        f.read_exact(&mut buf).ok()?;
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(&mut buf)?;
         if scanner.handle_input(&buf).is_err() {
             break;
         }
     }
-    let scan = scanner.finish().ok()?;
+    let scan = match scanner.finish() {
+        Ok(s) => s,
+        Err(e) => return Ok(Inspected::NotRecording(e.to_string())),
+    };
     let timescale = |t: Option<&ferrocast_media::TrackInfo>| t.map_or(1000, |t| t.clock_rate().max(1));
     let (tv, ta) = (timescale(scan.tracks.video.as_ref()), timescale(scan.tracks.audio.as_ref()));
     let end_us = scan
@@ -656,50 +685,76 @@ fn inspect(file: &Path) -> Option<(u64, u64, fmp4_read::Scan)> {
         .flatten()
         .max()
         .unwrap_or(0);
-    Some((scan.good_len, end_us.max(0) as u64, scan))
+    Ok(Inspected::Recording(scan.good_len, end_us.max(0) as u64, scan))
+}
+
+/// Cuts a recording back to its complete parts and writes its table; the segment as it now
+/// is.
+fn settle_file(
+    mut seg: Segment,
+    file: &Path,
+    good: u64,
+    duration: u64,
+    scan: &fmp4_read::Scan,
+    disk: &Disk,
+) -> Segment {
+    let len = std::fs::metadata(file).map_or(good, |m| m.len());
+    if len > good {
+        match disk.truncate(file, good) {
+            Ok(()) => info!(
+                file = seg.file,
+                cut = len - good,
+                "recording: cut a file back to its last complete part (left by a crash, or damaged)"
+            ),
+            Err(e) => warn!(file = seg.file, "recording: cannot cut a damaged tail: {e}"),
+        }
+    }
+    seg.bytes = good;
+    seg.duration_us = duration;
+    seg.writing = false;
+    let mut table = parts::header().to_vec();
+    for p in parts::from_scan(scan) {
+        table.extend_from_slice(&parts::encode(&p));
+    }
+    let _ = std::fs::write(table_path(file), table);
+    seg
 }
 
 /// After a crash: the files the index says were being written are cut back to their last
-/// complete part and their sizes and durations set from what they hold.
+/// complete part and their sizes and durations set from what they hold. One that holds no
+/// complete part (created just before the crash) is removed; one that cannot be read is left
+/// as it is, logged.
 pub fn recover(index: &Index, dir: &Path, disk: &Disk) {
     let Ok(open) = index.writing() else { return };
-    for mut seg in open {
+    for seg in open {
         let file = dir.join(&seg.file);
         match inspect(&file) {
-            Some((good, duration, scan)) if duration > 0 => {
-                let len = std::fs::metadata(&file).map_or(good, |m| m.len());
-                if len > good {
-                    match disk.truncate(&file, good) {
-                        Ok(()) => info!(
-                            file = seg.file,
-                            cut = len - good,
-                            "recording: cut a file left by a crash back to its last complete part"
-                        ),
-                        Err(e) => warn!(file = seg.file, "recording: cannot cut a damaged tail: {e}"),
-                    }
-                }
-                seg.bytes = good;
-                seg.duration_us = duration;
-                seg.writing = false;
-                let mut table = parts::header().to_vec();
-                for p in parts::from_scan(&scan) {
-                    table.extend_from_slice(&parts::encode(&p));
-                }
-                let _ = std::fs::write(table_path(&file), table);
+            Ok(Inspected::Recording(good, duration, scan)) if duration > 0 => {
+                let seg = settle_file(seg, &file, good, duration, &scan, disk);
                 let _ = index.put(&seg);
             }
-            _ => {
+            Ok(_) => {
+                debug!(file = seg.file, "recording: a file left by a crash before its first part; removed");
                 let _ = disk.remove(&file);
                 let _ = disk.remove(&table_path(&file));
                 let _ = index.remove(&seg.path, seg.start_us);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let _ = index.remove(&seg.path, seg.start_us);
+            }
+            Err(e) => {
+                warn!(file = seg.file, "recording: cannot read a file left by a crash ({e}); left as it is");
+                let _ = index.put(&Segment { writing: false, ..seg });
             }
         }
     }
 }
 
-/// Rebuilds the index from the files under `dir`: every `PATH/STEM.mp4`.
+/// Rebuilds the index from the files under `dir`: every `PATH/STEM.mp4` that is a recording
+/// (with at least one complete part), cut back to its complete parts. Nothing is deleted.
 pub fn rebuild(index: &Index, dir: &Path, disk: &Disk) {
     let mut found = Vec::new();
+    let mut skipped = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else { continue };
@@ -721,12 +776,25 @@ pub fn rebuild(index: &Index, dir: &Path, disk: &Disk) {
             if crate::path::validate(&path).is_err() {
                 continue;
             }
-            found.push(Segment { path, start_us: start, duration_us: 0, bytes: 0, file: rel, writing: true });
+            let seg = Segment { path, start_us: start, duration_us: 0, bytes: 0, file: rel, writing: false };
+            match inspect(&p) {
+                Ok(Inspected::Recording(good, duration, scan)) if duration > 0 => {
+                    found.push(settle_file(seg, &p, good, duration, &scan, disk));
+                }
+                Ok(Inspected::Recording(..)) => skipped += 1,
+                Ok(Inspected::NotRecording(why)) => {
+                    debug!(file = seg.file, "recording: not indexed: {why}");
+                    skipped += 1;
+                }
+                Err(e) => {
+                    warn!(file = seg.file, "recording: not indexed, cannot read it: {e}");
+                    skipped += 1;
+                }
+            }
         }
     }
-    info!(dir = %dir.display(), files = found.len(), "recording: index rebuilt from the files");
+    info!(dir = %dir.display(), files = found.len(), skipped, "recording: index rebuilt from the files");
     let _ = index.put_many(&found);
-    recover(index, dir, disk);
 }
 
 #[cfg(test)]
@@ -743,6 +811,7 @@ mod tests {
             index: Mutex::new(None),
             open_failed: Mutex::new(None),
             writing: Mutex::new(HashSet::new()),
+            active: Mutex::new(HashSet::new()),
             stats: RecordStats::default(),
         })
     }

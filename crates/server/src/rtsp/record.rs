@@ -258,6 +258,11 @@ impl Timeline {
         self.shifts = shifts;
     }
 
+    /// Whether a track still has to make the alignment's move (video waits for a keyframe).
+    pub fn moves_pending(&self) -> bool {
+        self.tracks.iter().any(|t| t.pending != 0)
+    }
+
     /// The first sender report as a point of the stream's media-to-wall-clock mapping: (track
     /// index, its presentation time on this timeline, its capture time in Unix µs). Known once
     /// the tracks are aligned; `None` before, or when the report's NTP time is before 1970
@@ -268,7 +273,11 @@ impl Timeline {
         let t = &self.tracks[i];
         let r = t.report?;
         let unix = (ntp_micros(r.ntp) as u64).checked_sub(NTP_UNIX_OFFSET_SECS * u64::from(MICROS))?;
-        Some((i, r.media? + t.offset? + t.due_shift(), unix))
+        if self.tracks.iter().any(|t| t.pending != 0) {
+            // Anchored where the tracks are once moved, not where they are to go.
+            return None;
+        }
+        Some((i, r.media? + t.offset?, unix))
     }
 }
 
@@ -504,6 +513,10 @@ impl Recording {
         if self.alignment_logged || self.timeline.shifts.is_empty() {
             return;
         }
+        if !self.timeline.refused && self.timeline.first_report().is_none() && self.timeline.moves_pending() {
+            // Video moves at its next keyframe: the anchor is taken once it has.
+            return;
+        }
         self.alignment_logged = true;
         let shifts: Vec<String> =
             self.timeline.shifts.iter().map(|(i, us)| format!("track {i} +{:.3} s", *us as f64 / 1e6)).collect();
@@ -644,8 +657,9 @@ mod tests {
         // Aligned: video is to move 2.5 s, but not in the middle of its GOP (B-frames there
         // would leave display order).
         assert_eq!(t.place_frame(VIDEO, 3_000, now, false), 3_000);
-        assert_eq!(t.first_report().map(|r| (r.0, r.1)), Some((VIDEO, 225_000)), "the anchor is where video will be");
+        assert_eq!(t.first_report(), None, "anchored once video has moved");
         assert_eq!(t.place_frame(VIDEO, 6_000, now, true), 225_000 + 6_000, "moved at the keyframe");
+        assert_eq!(t.first_report().map(|r| (r.0, r.1)), Some((VIDEO, 225_000)), "the anchor is where video is");
         assert_eq!(t.place_frame(VIDEO, 9_000, now, false), 225_000 + 9_000);
     }
 
