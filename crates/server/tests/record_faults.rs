@@ -83,9 +83,11 @@ async fn retention_by_age_per_path() {
 
     // While recording goes on, the oldest file of age/cam goes: from the disk and the API.
     let mut kept: BTreeMap<String, u64> = BTreeMap::new();
+    let mut aged: BTreeMap<u64, u64> = BTreeMap::new();
     let d = Deadline::new("the first age/cam segment to go", 90);
     let after = loop {
         let segs = server.segments("age/cam").await;
+        aged.extend(segs.iter().filter(|s| !s.writing).map(|s| (s.start_us(), s.end_us())));
         note_finished(&mut kept, &server.segments("keep/cam").await);
         if !first_file.exists() && !segs.iter().any(|s| s.start == first_age.start) {
             break segs;
@@ -100,6 +102,7 @@ async fn retention_by_age_per_path() {
     let d = Deadline::new("every age/cam file to go", 90);
     loop {
         let segs = server.segments("age/cam").await;
+        aged.extend(segs.iter().filter(|s| !s.writing).map(|s| (s.start_us(), s.end_us())));
         let files = mp4_files(&dir.join("age/cam"));
         note_finished(&mut kept, &server.segments("keep/cam").await);
         if segs.is_empty() && files.is_empty() {
@@ -120,10 +123,32 @@ async fn retention_by_age_per_path() {
     }
     assert!(kept.len() >= 3, "keep/cam recorded for a while: {kept:?}");
     assert_listing_matches_disk(&dir, "keep/cam", &keep);
+    // The log: only age/cam lost files, for their age, oldest first, each once 3 s old.
     let log = server.log();
-    assert!(log.contains("deleted by retention"), "deletions are logged");
+    let dels = deletions(&log);
+    assert_oldest_first(&dels);
+    assert!(dels.iter().all(|d| d.path == "age/cam" && d.reason == "Age"), "{dels:#?}");
+    let mut checked = 0;
+    for d in &dels {
+        if let Some(end) = aged.get(&d.start_us) {
+            assert!(d.at_us + 2000 >= end + 3_000_000, "deleted {} ms after its end: {d:?}", (d.at_us - end) / 1000);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "{checked} deletions of segments seen finished");
     assert!(!log.contains("panicked"), "{}", tail(&log, 50));
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Per path, retention deleted the oldest files first.
+fn assert_oldest_first(dels: &[Deletion]) {
+    assert!(!dels.is_empty(), "no deletion logged");
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    for d in dels {
+        if let Some(prev) = last.insert(&d.path, d.start_us) {
+            assert!(prev < d.start_us, "{} deleted out of order: {dels:#?}", d.path);
+        }
+    }
 }
 
 /// Samples the listing of `paths` while their publishers run for `seconds`; gives every
@@ -221,6 +246,9 @@ async fn retention_by_size_per_path() {
     let listed = |p: &str| paths.iter().find(|(q, _)| q == p).map(|(_, b)| *b);
     assert_eq!(listed("size/cam"), Some(left.iter().map(|s| s.bytes).sum()), "{paths:?}");
     assert_eq!(listed("other/cam"), Some(other_total), "{paths:?}");
+    let dels = deletions(&server.log());
+    assert_oldest_first(&dels);
+    assert!(dels.iter().all(|d| d.path == "size/cam" && d.reason == "PathBytes"), "{dels:#?}");
     let _ = std::fs::remove_dir_all(&work);
 }
 
@@ -274,6 +302,11 @@ async fn retention_by_total_size() {
     }
     let total: u64 = server.paths().await.iter().map(|(_, b)| b).sum();
     assert_eq!(total, left.iter().map(|(_, s)| s.bytes).sum::<u64>(), "GET /api/v1/recordings agrees");
+    // Oldest first across both paths too.
+    let dels = deletions(&server.log());
+    assert!(dels.iter().all(|d| d.reason == "TotalBytes"), "{dels:#?}");
+    assert!(dels.windows(2).all(|w| w[0].start_us < w[1].start_us), "deleted out of order: {dels:#?}");
+    assert!(dels.iter().any(|d| d.path == "tot/a") && dels.iter().any(|d| d.path == "tot/b"), "{dels:#?}");
     let _ = std::fs::remove_dir_all(&work);
 }
 
@@ -338,15 +371,10 @@ async fn retention_by_free_space() {
     }
 
     // One file per run of the rules: the first deletions are a run (5 s) apart.
-    let times: Vec<f64> = server
-        .log()
-        .lines()
-        .filter(|l| l.contains("deleted by retention") && l.contains("FreeSpace"))
-        .map(seconds_of_day)
-        .collect();
-    assert!(times.len() >= 3, "{times:?}");
-    for w in times[..3].windows(2) {
-        assert!(w[1] - w[0] > 2.5, "one byte short, one file per run: deletions at {times:?}");
+    let dels = deletions(&server.log());
+    assert!(dels.len() >= 3 && dels.iter().all(|d| d.reason == "FreeSpace"), "{dels:#?}");
+    for w in dels[..3].windows(2) {
+        assert!(w[1].at_us - w[0].at_us > 2_500_000, "one byte short, one file per run: {dels:#?}");
     }
 
     // Nothing free: every finished file goes, never the one being written; recording goes on.
@@ -364,16 +392,10 @@ async fn retention_by_free_space() {
         }
         d.tick(format!("{segs:?}")).await;
     }
-    let log = server.log();
-    assert!(log.contains("FreeSpace"), "deletions name their reason");
+    let dels = deletions(&server.log());
+    assert_oldest_first(&dels);
+    assert!(dels.iter().all(|d| d.reason == "FreeSpace"), "{dels:#?}");
     let _ = std::fs::remove_dir_all(&work);
-}
-
-/// Seconds since midnight of a log line's timestamp (`2026-11-30T00:46:22.480919Z ...`).
-fn seconds_of_day(line: &str) -> f64 {
-    let t = &line[11..line.find('Z').unwrap()];
-    let mut parts = t.split(':').map(|p| p.parse::<f64>().unwrap());
-    parts.next().unwrap() * 3600.0 + parts.next().unwrap() * 60.0 + parts.next().unwrap()
 }
 
 /// A full disk: recording stops with one clear error, the file being written is closed at its

@@ -175,6 +175,16 @@ impl Seg {
         }
     }
 
+    /// Its start, µs since the Unix epoch.
+    pub fn start_us(&self) -> u64 {
+        unix_us(&self.start)
+    }
+
+    /// Its end, µs since the Unix epoch.
+    pub fn end_us(&self) -> u64 {
+        self.start_us() + (self.duration * 1e6).round() as u64
+    }
+
     /// Its file under `DIR/PATH/`.
     pub fn file(&self, dir: &Path, path: &str) -> PathBuf {
         dir.join(path).join(format!("{}.mp4", self.start.replace(':', "-")))
@@ -332,4 +342,58 @@ impl Drop for FrameCounter {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// µs since the Unix epoch of a UTC time as the API, the log and file names write it:
+/// `2026-11-25T10:00:00.000Z`, any fraction, `-` or `:` between the time's fields.
+pub fn unix_us(t: &str) -> u64 {
+    let t = t.strip_suffix(".mp4").unwrap_or(t);
+    let t = t.strip_suffix('Z').unwrap_or_else(|| panic!("not a UTC time: {t:?}"));
+    let (date, time) = t.split_once('T').unwrap();
+    let d: Vec<i64> = date.split('-').map(|p| p.parse().unwrap()).collect();
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let h: Vec<u64> = hms.split([':', '-']).map(|p| p.parse().unwrap()).collect();
+    let micros: u64 = format!("{frac:0<6}")[..6].parse().unwrap();
+    // Days since 1970-01-01 of a proleptic Gregorian date.
+    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    (days as u64 * 86_400 + h[0] * 3600 + h[1] * 60 + h[2]) * 1_000_000 + micros
+}
+
+/// A deletion by retention as the log reports it.
+#[derive(Debug, Clone)]
+pub struct Deletion {
+    /// When, µs since the Unix epoch (the server's clock).
+    pub at_us: u64,
+    /// The stream path.
+    pub path: String,
+    /// The file's start (from its name), µs since the Unix epoch.
+    pub start_us: u64,
+    /// `Age`, `PathBytes`, `TotalBytes` or `FreeSpace`.
+    pub reason: String,
+}
+
+/// Every deletion by retention in `log`, in order.
+pub fn deletions(log: &str) -> Vec<Deletion> {
+    let field = |line: &str, key: &str| -> String {
+        let at = line.find(&format!(" {key}=")).unwrap_or_else(|| panic!("no {key} in {line}")) + key.len() + 2;
+        let rest = &line[at..];
+        let end = rest.find(' ').unwrap_or(rest.len());
+        rest[..end].trim_matches('"').to_owned()
+    };
+    log.lines()
+        .filter(|l| l.contains("deleted by retention"))
+        .map(|l| {
+            let file = field(l, "file");
+            Deletion {
+                at_us: unix_us(l.split_whitespace().next().unwrap()),
+                path: field(l, "path"),
+                start_us: unix_us(file.rsplit('/').next().unwrap()),
+                reason: field(l, "reason"),
+            }
+        })
+        .collect()
 }
