@@ -757,3 +757,75 @@ async fn paths_escaping_the_directory_are_refused() {
     assert!(!server.log().contains("panicked"));
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// A publisher arriving while the index is being rebuilt from many files at start (index.db
+/// gone): its recording is listed with its files, the rebuilt files are all listed, and the
+/// byte totals (the API's, and what retention by size counts) are what the files hold.
+#[tokio::test(flavor = "multi_thread")]
+async fn publishing_while_the_index_is_rebuilt() {
+    const COPIES: usize = 10_000;
+    let work = temp_dir("rebuild");
+    let dir = work.join("rec");
+    let toml = config(&dir, "", "[paths.\"old/**\"]\nrecord = true\n[paths.\"new/**\"]\nrecord = true\n");
+    // A small recording to copy: 64x64 video at 10 fps, no audio.
+    let data = {
+        let server = RecServer::start(&work, &toml, &[]);
+        let _encoder = Proc(
+            std::process::Command::new("ffmpeg")
+                .args(["-v", "error", "-nostdin", "-re", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=10"])
+                .args(["-c:v", "libx264", "-g", "10", "-preset", "ultrafast", "-f", "flv", &server.rtmp_url("old/cam")])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("ffmpeg"),
+        );
+        let segs = finished_segments(&server, "old/cam", 1).await;
+        std::fs::read(segs[0].file(&dir, "old/cam")).unwrap()
+    };
+    for f in std::fs::read_dir(&dir).unwrap().flatten() {
+        if f.file_name().to_str().unwrap().starts_with("index.db") {
+            std::fs::remove_file(f.path()).unwrap();
+        }
+    }
+    let old_dir = dir.join("old/cam");
+    for f in mp4_files(&old_dir) {
+        std::fs::remove_file(f).unwrap();
+    }
+    for i in 0..COPIES {
+        let name = format!("2020-01-01T{:02}-{:02}-{:02}.000Z.mp4", i / 3600, i / 60 % 60, i % 60);
+        std::fs::write(old_dir.join(name), &data).unwrap();
+    }
+
+    // Publish while the server recovers the files it found (it logs "index rebuilt" when it
+    // has listed them, then reads each).
+    let work2 = work.join("second");
+    std::fs::create_dir_all(&work2).unwrap();
+    let server = RecServer::start(&work2, &toml, &[]);
+    let d = Deadline::new("the index rebuild to start", 60);
+    while !server.log().contains("index rebuilt from the files") {
+        d.tick(tail(&server.log(), 5)).await;
+    }
+    let mut publisher = RtmpClient::connect(server.rtmp, "new/cam", true).await;
+    publisher.wait_for(|e| matches!(e, ClientEvent::Publishing)).await;
+    let publishing = tokio::spawn(async move { publisher.publish_file(test_flv(), 2).await });
+    let segs = finished_segments(&server, "new/cam", 3).await;
+    publishing.await.unwrap();
+    let d = Deadline::new("new/cam's last file to be closed", 60);
+    let segs = loop {
+        let now = server.segments("new/cam").await;
+        if now.iter().all(|s| !s.writing) && now.len() >= segs.len() {
+            break now;
+        }
+        d.tick(format!("{now:?}")).await;
+    };
+    assert_listing_matches_disk(&dir, "new/cam", &segs);
+    let log = server.log();
+    assert!(log.contains("index rebuilt from the files"), "{}", tail(&log, 30));
+    let old = server.segments("old/cam").await;
+    assert_eq!(old.len(), COPIES, "every file found again");
+    assert!(old.iter().all(|s| s.bytes == data.len() as u64), "every file's size");
+    let paths = server.paths().await;
+    let listed = |p: &str| paths.iter().find(|(q, _)| q == p).map(|(_, b)| *b);
+    assert_eq!(listed("old/cam"), Some(COPIES as u64 * data.len() as u64), "old/cam's total: {paths:?}");
+    assert_eq!(listed("new/cam"), Some(segs.iter().map(|s| s.bytes).sum()), "new/cam's total: {paths:?}");
+    let _ = std::fs::remove_dir_all(&work);
+}
