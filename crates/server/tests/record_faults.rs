@@ -489,6 +489,9 @@ async fn full_disk_stops_recording_and_resumes() {
     assert!(server.log().contains("writing again"), "the log says recording resumed");
     reader.wait_more(60, "after recording resumed").await;
     assert_eq!(server.error_lines().len(), 1, "{:#?}", server.error_lines());
+    let log = server.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") && l.contains("record")).collect();
+    assert!(warnings.is_empty(), "no warnings besides the one error: {warnings:#?}");
 
     // Every file, the one cut short included, decodes.
     publisher.0.kill().unwrap();
