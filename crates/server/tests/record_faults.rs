@@ -768,6 +768,8 @@ async fn paths_escaping_the_directory_are_refused() {
 async fn publishing_while_the_index_is_rebuilt() {
     const COPIES: usize = 10_000;
     let work = temp_dir("rebuild");
+    // About 100 MB of copies: gone even when the test fails.
+    let _cleanup = RemoveOnDrop(work.clone());
     let dir = work.join("rec");
     let toml = config(&dir, "", "[paths.\"old/**\"]\nrecord = true\n[paths.\"new/**\"]\nrecord = true\n");
     // A small recording to copy: 64x64 video at 10 fps, no audio.

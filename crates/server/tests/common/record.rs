@@ -24,6 +24,15 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Removes a directory when dropped, even when the test fails (for big ones).
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The real binary with its stderr (the log) written to a file the test reads.
 pub struct RecServer {
     pub server: Server,
