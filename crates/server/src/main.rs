@@ -55,7 +55,8 @@ fn main() -> anyhow::Result<()> {
         config.log_level = l;
     }
     let filter = EnvFilter::try_new(&config.log_level).with_context(|| format!("log level {:?}", config.log_level))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     // Every viewer is a socket: the usual soft limit of 1024 open files would cap a server at
     // about a thousand viewers. Raise it to the hard limit, as nginx's worker_rlimit_nofile does.
     match rlimit::increase_nofile_limit(u64::MAX) {

@@ -646,7 +646,7 @@ fn apply_retention(rec: &Recordings) {
 /// What a recording file holds.
 enum Inspected {
     /// Its complete length, its media duration (µs), and the scan.
-    Recording(u64, u64, fmp4_read::Scan),
+    Recording(u64, u64, Box<fmp4_read::Scan>),
     /// Not a recording: no init segment of ours, or one cut short (a file created just
     /// before a crash).
     NotRecording(String),
@@ -685,7 +685,7 @@ fn inspect(file: &Path) -> std::io::Result<Inspected> {
         .flatten()
         .max()
         .unwrap_or(0);
-    Ok(Inspected::Recording(scan.good_len, end_us.max(0) as u64, scan))
+    Ok(Inspected::Recording(scan.good_len, end_us.max(0) as u64, Box::new(scan)))
 }
 
 /// Cuts a recording back to its complete parts and writes its table; the segment as it now
