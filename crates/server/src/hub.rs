@@ -41,8 +41,8 @@ pub struct HubStats {
     pub readers_too_slow: AtomicU64,
     /// Publishers whose timestamps were shifted to follow on from the previous publisher.
     pub timestamp_rebases: AtomicU64,
-    /// Discontinuities of a whole stream's clock (see [`crate::timeline`]) smoothed over so
-    /// readers' timestamps stay monotonic.
+    /// Breaks in a publisher's clock (see [`crate::timeline`]), of the whole stream or of one
+    /// track alone, smoothed over so readers' timestamps stay monotonic.
     pub timestamp_jumps: AtomicU64,
     /// Frames that stepped back a little in their own track and were held at its last time.
     pub timestamps_held: AtomicU64,
@@ -433,6 +433,8 @@ impl Publisher {
         if *st.tracks == tracks {
             return;
         }
+        // Frames held back go out with the parameters they were pushed with.
+        self.release_held(&mut st);
         let tracks = Arc::new(tracks);
         st.tracks = tracks.clone();
         self.stream.send(&mut st, HubEvent::Tracks(tracks));
@@ -471,6 +473,15 @@ impl Publisher {
         if let Some((mapped, input)) = st.timeline.place(index(kind), dts, clock, size, input) {
             self.place(st, mapped, input);
         }
+        while let Some((_, mapped, input)) = st.timeline.next_released() {
+            self.place(st, mapped, input);
+        }
+    }
+
+    /// Places every frame the timeline holds back (a break still undecided is taken as that
+    /// track's alone).
+    fn release_held(&self, st: &mut StreamState) {
+        st.timeline.settle();
         while let Some((_, mapped, input)) = st.timeline.next_released() {
             self.place(st, mapped, input);
         }
@@ -553,6 +564,13 @@ fn track_clock(tracks: &Tracks, kind: TrackKind) -> u32 {
 
 impl Drop for Publisher {
     fn drop(&mut self) {
+        {
+            let mut st = lock(&self.stream.state);
+            if st.publisher == Some(self.generation) {
+                // The publisher's last frames, if any were held back, are not lost.
+                self.release_held(&mut st);
+            }
+        }
         self.hub.unpublish(&self.stream, self.generation);
     }
 }
@@ -706,6 +724,49 @@ mod tests {
         };
         assert_eq!(shift(TrackKind::Video), shift(TrackKind::Audio), "both moved alike");
         assert_eq!(hub.stats.timestamp_jumps.load(Ordering::Relaxed), 1);
+    }
+
+    /// Frames held back while a break is undecided reach readers when the publisher leaves
+    /// or changes its tracks.
+    #[tokio::test]
+    async fn held_frames_go_out_before_the_publisher_leaves_or_changes_tracks() {
+        let hub = Hub::new(HubConfig::default());
+        for change_tracks in [false, true] {
+            let path = format!("live/h{change_tracks}");
+            let p = hub.publish(&path).unwrap();
+            p.set_tracks(av_tracks());
+            let mut sub = hub.subscribe(&path).unwrap();
+            for ms in (0..3_000).step_by(20) {
+                p.push(TrackKind::Audio, ms * 48, ms * 48, false, Bytes::from_static(b"a"));
+                if ms % 40 == 0 {
+                    p.push(TrackKind::Video, ms * 90, ms * 90, ms == 0, Bytes::from_static(b"v"));
+                }
+            }
+            // Video's clock goes back to 0 while audio plays: held back, undecided.
+            p.push(TrackKind::Video, 0, 0, true, Bytes::from_static(b"held"));
+            if change_tracks {
+                let mut t = av_tracks();
+                t.video = None;
+                p.set_tracks(t);
+            } else {
+                drop(p);
+            }
+            let mut held_seen = false;
+            while let Ok((_, ev)) = sub.rx.as_mut().unwrap().try_recv() {
+                match ev {
+                    HubEvent::Frame(f) if &f.data[..] == b"held" => held_seen = true,
+                    HubEvent::Tracks(_) | HubEvent::Unpublished => {
+                        assert!(
+                            held_seen,
+                            "the held frame before {}",
+                            if change_tracks { "the tracks" } else { "the end" }
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            assert!(held_seen);
+        }
     }
 
     /// Builds by recording frame times, once per frame as [`Frame::wire`] does for RTP; the

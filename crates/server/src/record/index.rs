@@ -269,6 +269,39 @@ impl Index {
         Ok(out)
     }
 
+    /// The oldest segments not being written after `after` (start, path), of `path` or of
+    /// every path, in (start, path) order: pages through them without reading again what came
+    /// before.
+    pub fn oldest_after(
+        &self,
+        path: Option<&str>,
+        after: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<Segment>, IndexError> {
+        let db = self.db();
+        let limit = int(limit as u64);
+        let (start, after_path) = after.map_or((-1, ""), |(s, p)| (int(s), p));
+        let out = match path {
+            Some(p) => db
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM segments WHERE path = ?1 AND writing = 0 AND start_us > ?2
+                     ORDER BY start_us LIMIT ?3"
+                ))?
+                .query_map(params![p, start, limit], row)?
+                .collect::<Result<Vec<_>, _>>()?,
+            None => db
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM segments WHERE writing = 0 AND (start_us > ?1 OR (start_us = ?1 AND path > ?2))
+                     ORDER BY start_us, path LIMIT ?3"
+                ))?
+                .query_map(params![start, after_path, limit], row)?
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        Ok(out)
+    }
+
     /// Segments marked as being written (after a crash: their files need checking).
     pub fn writing(&self) -> Result<Vec<Segment>, IndexError> {
         let db = self.db();

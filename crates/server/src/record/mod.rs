@@ -55,7 +55,7 @@ const INDEX_FILE: &str = "index.db";
 pub struct RecordStats {
     /// Parts written.
     pub parts_written: AtomicU64,
-    /// Parts lost to a disk that could not keep up.
+    /// Parts lost: to a disk that could not keep up, or while no file could be written.
     pub parts_dropped: AtomicU64,
     /// Writes that failed.
     pub write_errors: AtomicU64,
@@ -355,14 +355,16 @@ async fn record_stream(
             }
         }
         for step in out.drain(..) {
+            let is_part = matches!(step, Step::Part { .. });
             if dropping && !matches!(step, Step::Open { .. }) {
+                rec.stats.parts_dropped.fetch_add(u64::from(is_part), Ordering::Relaxed);
                 continue;
             }
             dropping = false;
             match tx.try_send(step) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    rec.stats.parts_dropped.fetch_add(1, Ordering::Relaxed);
+                    rec.stats.parts_dropped.fetch_add(u64::from(is_part), Ordering::Relaxed);
                     warn!(path, "recording: the disk does not keep up; parts lost, a new file at the next keyframe");
                     dropping = true;
                 }
@@ -435,7 +437,11 @@ impl Writer {
                 }
             }
             Step::Part { sequence, frames, next, .. } => {
-                let Some(f) = &mut self.file else { return };
+                let Some(f) = &mut self.file else {
+                    // No file after a failure: the part is lost until the next one opens.
+                    self.rec.stats.parts_dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
                 let data = fmp4::recording_part(sequence, &f.tracks, f.base, &frames, next);
                 let offset = f.appender.len();
                 let r = f.appender.append(&data).and_then(|()| f.appender.sync());

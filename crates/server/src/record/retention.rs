@@ -58,12 +58,11 @@ pub fn plan(
         let mut path_bytes = index.total_bytes(Some(&path));
         let cap = l.max_bytes.unwrap_or(u64::MAX);
         let cutoff = l.max_age_us.map(|a| now_us.saturating_sub(a));
-        let mut consumed = 0;
+        let mut after: Option<(u64, String)> = None;
         'path: loop {
-            let limit = consumed + BATCH;
-            let batch = index.oldest(Some(&path), limit)?;
+            let batch = index.oldest_after(Some(&path), after.as_ref().map(|(s, p)| (*s, p.as_str())), BATCH)?;
             let n = batch.len();
-            for s in batch.into_iter().skip(consumed) {
+            for s in batch {
                 let reason = if cutoff.is_some_and(|c| s.end_us() < c) {
                     Reason::Age
                 } else if path_bytes > cap {
@@ -73,10 +72,10 @@ pub fn plan(
                 };
                 path_bytes = path_bytes.saturating_sub(s.bytes);
                 freed_total += s.bytes;
+                after = Some((s.start_us, s.path.clone()));
                 take(s, reason, &mut out);
-                consumed += 1;
             }
-            if n < limit {
+            if n < BATCH {
                 break;
             }
         }
@@ -92,22 +91,22 @@ pub fn plan(
             None
         }
     };
-    let mut fetched = 0;
+    let mut after: Option<(u64, String)> = None;
     while over(all_bytes, free).is_some() {
-        let batch = index.oldest(None, fetched + BATCH)?;
-        if batch.len() <= fetched {
-            break;
-        }
+        let batch = index.oldest_after(None, after.as_ref().map(|(s, p)| (*s, p.as_str())), BATCH)?;
         let n = batch.len();
-        for s in batch.into_iter().skip(fetched) {
+        for s in batch {
             let Some(reason) = over(all_bytes, free) else { break };
             let bytes = s.bytes;
+            after = Some((s.start_us, s.path.clone()));
             if take(s, reason, &mut out) {
                 all_bytes = all_bytes.saturating_sub(bytes);
                 free = free.map(|f| f.saturating_add(bytes));
             }
         }
-        fetched = n;
+        if n < BATCH {
+            break;
+        }
     }
     Ok(out)
 }
