@@ -266,7 +266,7 @@ async fn the_index_is_rebuilt_from_the_files() {
     assert!(tokio::task::spawn_blocking(move || publisher.0.wait()).await.unwrap().unwrap().success());
     let before = settled_listing(&server, path).await;
     drop(server);
-    for f in ["index.db", "index.db-wal", "index.db-shm"] {
+    for f in ["index+ferrocast.db", "index+ferrocast.db-wal", "index+ferrocast.db-shm"] {
         let _ = std::fs::remove_file(dir.join(f));
     }
     let files = mp4_files(&dir.join(path));

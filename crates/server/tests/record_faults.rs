@@ -754,14 +754,14 @@ async fn paths_escaping_the_directory_are_refused() {
     assert!(outside.is_empty(), "created outside the recordings directory: {outside:?}");
     let inside: Vec<_> = all_files(&dir)
         .into_iter()
-        .filter(|p| !p.starts_with("x/ok") && !p.to_str().unwrap().starts_with("index.db"))
+        .filter(|p| !p.starts_with("x/ok") && !p.to_str().unwrap().starts_with("index+ferrocast.db"))
         .collect();
     assert_eq!(inside, [Path::new("x")], "nothing but x/ok recorded: {inside:?}");
     assert!(!server.log().contains("panicked"));
     let _ = std::fs::remove_dir_all(&work);
 }
 
-/// A publisher arriving while the index is being rebuilt from many files at start (index.db
+/// A publisher arriving while the index is being rebuilt from many files at start (the index
 /// gone): its recording is listed with its files, the rebuilt files are all listed, and the
 /// byte totals (the API's, and what retention by size counts) are what the files hold.
 #[tokio::test(flavor = "multi_thread")]
@@ -787,7 +787,7 @@ async fn publishing_while_the_index_is_rebuilt() {
         std::fs::read(segs[0].file(&dir, "old/cam")).unwrap()
     };
     for f in std::fs::read_dir(&dir).unwrap().flatten() {
-        if f.file_name().to_str().unwrap().starts_with("index.db") {
+        if f.file_name().to_str().unwrap().starts_with("index+ferrocast.db") {
             std::fs::remove_file(f.path()).unwrap();
         }
     }

@@ -47,8 +47,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// How often the retention rules run.
 const RETENTION_EVERY: Duration = Duration::from_secs(5);
 
-/// The index file, in the recordings directory.
-const INDEX_FILE: &str = "index.db";
+/// The index file, in the recordings directory: with a `+`, which no stream path has, so that
+/// no path's directory can take its name (or its `-wal` and `-shm` files' names).
+pub const INDEX_FILE: &str = "index+ferrocast.db";
 
 /// Counters (for logs now, metrics later).
 #[derive(Debug, Default)]
