@@ -2,61 +2,22 @@
 //! ffmpeg decodes, and the API lists them.
 
 mod common;
+#[path = "common/record.rs"]
+mod record_common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use record_common::{decode_errors, frame_counts, mp4_files, temp_dir};
 use serde_json::Value;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ferrocast-record-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn config(dir: &Path, extra: &str) -> String {
     format!(
         "[record]\ndir = \"{}\"\nsegment_duration_ms = 1500\npart_duration_ms = 500\n{extra}\n[paths.\"rec/**\"]\nrecord = true\n",
         dir.display()
     )
-}
-
-/// Frames per stream type that ffprobe reads in a file: (video, audio).
-fn frame_counts(file: &Path) -> (u64, u64) {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-show_entries", "stream=codec_type,nb_read_frames", "-of", "json"])
-        .arg(file)
-        .output()
-        .expect("ffprobe");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    let mut counts = (0, 0);
-    for s in v["streams"].as_array().into_iter().flatten() {
-        let n: u64 = s["nb_read_frames"].as_str().and_then(|n| n.parse().ok()).unwrap_or(0);
-        match s["codec_type"].as_str() {
-            Some("video") => counts.0 += n,
-            Some("audio") => counts.1 += n,
-            _ => {}
-        }
-    }
-    counts
-}
-
-/// What `ffmpeg -v error -i FILE -f null -` says (nothing for a clean decode).
-fn decode_errors(file: &Path) -> String {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(file)
-        .args(["-f", "null", "-"])
-        .output()
-        .expect("ffmpeg");
-    let mut e = String::from_utf8_lossy(&out.stderr).into_owned();
-    if !out.status.success() {
-        e.push_str(&format!(" (exit {})", out.status));
-    }
-    e
 }
 
 async fn get_json(url: &str) -> (u16, Value) {
@@ -78,14 +39,6 @@ async fn settled_listing(server: &Server, path: &str) -> Value {
         assert!(Instant::now() < deadline, "{path}: no settled listing: {status} {v}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn mp4_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "mp4")).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
 }
 
 #[tokio::test(flavor = "multi_thread")]
