@@ -4,11 +4,11 @@
 //! places, and prints a table (median, p99, max) and SQLite's plan of each query.
 //!
 //! ```text
-//! cargo run --release -p ferrocast --example record_index [-- SEGMENTS [DIR]]
+//! cargo run --release -p ferrocast --example record_index [-- SEGMENTS [DIR [keep]]]
 //! ```
 //!
 //! The file goes in DIR (default: the system's temp dir, on the disk here) and is removed at
-//! the end. Random places come from a fixed-seed generator: every run asks the same questions.
+//! the end unless `keep` is given. Random places come from a fixed-seed generator: every run asks the same questions.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -105,6 +105,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let n: u64 = args.next().map_or(1_000_000, |a| a.parse().expect("SEGMENTS: a number"));
     let dir: PathBuf = args.next().map_or_else(std::env::temp_dir, PathBuf::from);
+    // `keep`: leave the filled index in place (to serve it: `[record] dir` = that directory).
+    let keep = args.next().is_some_and(|a| a == "keep");
     let dir = dir.join(format!("ferrocast-record-index-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create the directory");
     let file = dir.join("index.db");
@@ -173,6 +175,15 @@ fn main() {
     results.push(time("retention::plan, nothing to delete", 200, || {
         retention::plan(&index, end_us, |_| Limits::default(), None, Some(u64::MAX / 2), 1 << 30).expect("plan").len()
     }));
+    // A retention pass with K segments of the big path past its age limit (lowered, or after a
+    // long stop): the plan pages through them with `oldest(path, consumed + 256)`.
+    for k in [5_000u64, 10_000, 20_000] {
+        let cutoff = BASE_US + k * SEGMENT_US + SEGMENT_US;
+        let limits = |p: &str| Limits { max_age_us: (p == PATH).then_some(end_us - cutoff), max_bytes: None };
+        results.push(time(&format!("retention::plan, {k} segments past max_age"), 3, || {
+            retention::plan(&index, end_us, limits, None, Some(u64::MAX / 2), 1 << 30).expect("plan").len()
+        }));
+    }
     // The writer's update after every part: the segment being written grows.
     let mut live = segment(PATH, end_us - SEGMENT_US);
     live.writing = true;
@@ -238,5 +249,9 @@ fn main() {
         println!("- {what}: {}", plan(&file, sql));
     }
     drop(index);
-    let _ = std::fs::remove_dir_all(&dir);
+    if keep {
+        println!("kept: {}", file.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
