@@ -192,6 +192,30 @@ fn main() {
         index.put(&live).expect("put");
         1
     }));
+    // For comparison, the same two statements as `put` (index.rs prepares both on every
+    // call) with statements prepared once, on a second connection to the file.
+    {
+        use rusqlite::{OptionalExtension, params};
+        let conn = rusqlite::Connection::open(&file).expect("second connection");
+        conn.pragma_update(None, "synchronous", "NORMAL").expect("synchronous");
+        let mut s = segment(PATH, end_us - 2 * SEGMENT_US);
+        results.push(time("put's statements, prepared once (comparison)", 2_000, || {
+            s.bytes += 325_000;
+            let _old: Option<i64> = conn
+                .prepare_cached("SELECT bytes FROM segments WHERE path = ?1 AND start_us = ?2")
+                .and_then(|mut q| q.query_row(params![s.path, s.start_us as i64], |r| r.get(0)).optional())
+                .expect("select");
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO segments (path, start_us, duration_us, bytes, file, writing)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut q| {
+                q.execute(params![s.path, s.start_us as i64, s.duration_us as i64, s.bytes as i64, s.file, s.writing])
+            })
+            .expect("insert");
+            1
+        }));
+    }
     // Retention deleting the oldest, one by one (put back afterwards, untimed).
     let mut victims: Vec<Segment> = index.oldest(Some(PATH), 1_000).expect("oldest");
     let mut removed = Vec::new();
