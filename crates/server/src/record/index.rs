@@ -129,19 +129,18 @@ impl Index {
     /// Adds a segment, or replaces the one of the same path and start.
     pub fn put(&self, s: &Segment) -> Result<(), IndexError> {
         let mut db = self.db();
+        // Prepared once per connection: this runs after every part of every recording.
         let old: Option<i64> = db
             .conn
-            .query_row(
-                "SELECT bytes FROM segments WHERE path = ?1 AND start_us = ?2",
-                params![s.path, int(s.start_us)],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT bytes FROM segments WHERE path = ?1 AND start_us = ?2")?
+            .query_row(params![s.path, int(s.start_us)], |r| r.get(0))
             .optional()?;
-        db.conn.execute(
-            "INSERT OR REPLACE INTO segments (path, start_us, duration_us, bytes, file, writing)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![s.path, int(s.start_us), int(s.duration_us), int(s.bytes), s.file, s.writing],
-        )?;
+        db.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO segments (path, start_us, duration_us, bytes, file, writing)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![s.path, int(s.start_us), int(s.duration_us), int(s.bytes), s.file, s.writing])?;
         let total = db.totals.entry(s.path.clone()).or_default();
         *total = total.saturating_sub(old.unwrap_or(0) as u64).saturating_add(s.bytes);
         Ok(())
