@@ -67,7 +67,8 @@ pub async fn run(
     ));
     let hls = hls::start(hub.clone(), config.hls.clone(), config.paths.clone());
     let recordings = record::start(hub.clone(), config.record.clone(), config.paths.clone());
-    let http_task = tokio::spawn(http::serve(http, config.http.clone(), hub.clone(), hls, recordings, limiter.clone()));
+    let http_task =
+        tokio::spawn(http::serve(http, config.http.clone(), hub.clone(), hls, recordings.clone(), limiter.clone()));
     let rtsp_config = config.rtsp.clone();
     let rtsp_hub = hub.clone();
     let rtsp_task = tokio::spawn(rtsp::serve(rtsp_listener, rtsp_config, rtsp_hub, limiter, config.limits.clone()));
@@ -76,5 +77,7 @@ pub async fn run(
     rtmp_task.abort();
     http_task.abort();
     rtsp_task.abort();
+    // Recordings end their files at the last frame taken, not at the last part synced.
+    recordings.close_all(std::time::Duration::from_secs(5)).await;
     Ok(())
 }

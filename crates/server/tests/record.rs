@@ -268,3 +268,35 @@ async fn opus_and_g711_are_recorded() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM: the server closes its recordings at the last frame it took; none is left marked
+/// as being written, and each file holds what the index says.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_closes_the_recordings() {
+    let dir = temp_dir("sigterm");
+    let mut server = Server::with_config(&config(&dir, ""));
+    let path = "rec/stop";
+    let _publisher = publish(test_flv(), &server.rtmp_url(path));
+    wait_recorded(&server, path, 3.0).await;
+    let pid = server.proc.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::task::spawn_blocking(move || {
+        let s = server.proc.0.wait();
+        (s, server)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.unwrap().success(), "a clean exit");
+    let db = rusqlite::Connection::open(dir.join("index+ferrocast.db")).unwrap();
+    let writing: i64 = db.query_row("SELECT COUNT(*) FROM segments WHERE writing = 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(writing, 0, "no file left open");
+    let mut q = db.prepare("SELECT file, bytes FROM segments").unwrap();
+    let rows: Vec<(String, i64)> =
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    assert!(!rows.is_empty());
+    for (file, bytes) in rows {
+        assert_eq!(std::fs::metadata(dir.join(&file)).unwrap().len(), bytes as u64, "{file} holds what the index says");
+        assert_eq!(decode_errors(&dir.join(&file)), "", "{file}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

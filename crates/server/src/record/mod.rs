@@ -79,6 +79,8 @@ pub struct Recordings {
     writing: Mutex<HashSet<(String, u64)>>,
     /// Paths with a recorder.
     active: Mutex<HashSet<String>>,
+    /// Set when the server shuts down: recorders close their files.
+    closing: tokio::sync::watch::Sender<bool>,
     /// Counters.
     pub stats: RecordStats,
 }
@@ -110,6 +112,16 @@ impl Recordings {
     /// The settings.
     pub fn config(&self) -> &RecordConfig {
         &self.config
+    }
+
+    /// The server shuts down: every recorder writes what it holds, closes its file and stops;
+    /// waits for them up to `wait`.
+    pub async fn close_all(&self, wait: Duration) {
+        self.closing.send_replace(true);
+        let deadline = tokio::time::Instant::now() + wait;
+        while !lock(&self.active).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The file of a segment.
@@ -214,6 +226,7 @@ pub fn start(hub: Arc<Hub>, config: RecordConfig, paths: PathTable) -> Arc<Recor
         open_failed: Mutex::new(None),
         writing: Mutex::new(HashSet::new()),
         active: Mutex::new(HashSet::new()),
+        closing: tokio::sync::watch::channel(false).0,
         stats: RecordStats::default(),
     });
     let any = rec.paths.entries().any(|(_, s)| s.record);
@@ -272,7 +285,7 @@ impl Drop for Active {
 }
 
 fn spawn_stream(hub: &Arc<Hub>, rec: &Arc<Recordings>, path: String) {
-    if !rec.paths.get(&path).record || crate::path::validate(&path).is_err() {
+    if !rec.paths.get(&path).record || crate::path::validate(&path).is_err() || *rec.closing.borrow() {
         return;
     }
     // A stream announced twice is recorded once.
@@ -329,8 +342,12 @@ async fn record_stream(
     let mut out = Vec::new();
     let mut dropping = false;
     let mut too_slow = false;
+    let mut closing = rec.closing.subscribe();
     loop {
-        let item = reader.next().await;
+        let item = tokio::select! {
+            item = reader.next() => item,
+            _ = closing.wait_for(|c| *c) => ReaderItem::Ended,
+        };
         let mut done = false;
         match item {
             ReaderItem::Tracks(t) => seg.set_tracks(&t, &mut out),
@@ -819,6 +836,7 @@ mod tests {
             open_failed: Mutex::new(None),
             writing: Mutex::new(HashSet::new()),
             active: Mutex::new(HashSet::new()),
+            closing: tokio::sync::watch::channel(false).0,
             stats: RecordStats::default(),
         })
     }
