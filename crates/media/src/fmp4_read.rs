@@ -24,6 +24,7 @@ mod init;
 mod moof;
 
 use boxes::{be32, be64, box_header};
+pub(crate) use init::decoder_config;
 use init::parse_moov;
 use moof::{Moof, check_data, parse_moof};
 

@@ -185,50 +185,10 @@ fn sample_entry(entries: &[u8], timescale: u32) -> Result<Option<TrackInfo>, Mp4
     }
 }
 
-/// The DecoderSpecificInfo inside an ES_Descriptor (ISO/IEC 14496-1 7.2.6.5).
-fn decoder_specific_info(mut d: &[u8]) -> Option<&[u8]> {
-    // Descriptors: tag, then a length in 7-bit groups.
-    fn descriptor(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let tag = *d.first()?;
-        let mut len = 0usize;
-        let mut i = 1;
-        loop {
-            let b = *d.get(i)?;
-            len = (len << 7) | usize::from(b & 0x7f);
-            i += 1;
-            if b & 0x80 == 0 || i > 4 {
-                break;
-            }
-        }
-        let body = d.get(i..i + len)?;
-        Some((tag, body, &d[i + len..]))
-    }
-    let (tag, es, _) = descriptor(d)?;
-    if tag != 3 {
-        return None;
-    }
-    let flags = *es.get(2)?;
-    let mut skip = 3;
-    if flags & 0x80 != 0 {
-        skip += 2;
-    }
-    if flags & 0x40 != 0 {
-        skip += 1 + usize::from(*es.get(skip)?);
-    }
-    if flags & 0x20 != 0 {
-        skip += 2;
-    }
-    d = es.get(skip..)?;
-    while !d.is_empty() {
-        let (tag, body, rest) = descriptor(d)?;
-        if tag == 4 {
-            // DecoderConfigDescriptor: 13 bytes of fields, then DecoderSpecificInfo.
-            let (tag, info, _) = descriptor(body.get(13..)?)?;
-            return (tag == 5).then_some(info);
-        }
-        d = rest;
-    }
-    None
+/// The DecoderSpecificInfo inside an ES_Descriptor (ISO/IEC 14496-1 7.2.6.5): the same
+/// reading as fragmented files get.
+fn decoder_specific_info(d: &[u8]) -> Option<&[u8]> {
+    crate::fmp4_read::decoder_config(d).and_then(|(_, dsi)| dsi)
 }
 
 /// A track's samples from its sample table (ISO/IEC 14496-12 8.6-8.7).

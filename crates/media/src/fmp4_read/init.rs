@@ -167,7 +167,7 @@ pub(super) fn sample_entry(
 
 /// The objectTypeIndication and DecoderSpecificInfo of an ES_Descriptor
 /// (ISO/IEC 14496-1 7.2.6.5, 7.2.6.6).
-pub(super) fn decoder_config(d: &[u8]) -> Option<(u8, Option<&[u8]>)> {
+pub(crate) fn decoder_config(d: &[u8]) -> Option<(u8, Option<&[u8]>)> {
     // Descriptors: tag, then a length in up to four 7-bit groups.
     fn descriptor(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         let tag = *d.first()?;

@@ -104,6 +104,21 @@ pub enum DeleteError {
 }
 
 impl Recordings {
+    /// Recordings with nothing open yet.
+    fn new(config: RecordConfig, paths: PathTable, disk: Disk) -> Arc<Recordings> {
+        Arc::new(Recordings {
+            config,
+            paths,
+            disk,
+            index: Mutex::new(None),
+            open_failed: Mutex::new(None),
+            writing: Mutex::new(HashSet::new()),
+            active: Mutex::new(HashSet::new()),
+            closing: tokio::sync::watch::channel(false).0,
+            stats: RecordStats::default(),
+        })
+    }
+
     /// The index, if recordings exist or are being made.
     pub fn index(&self) -> Option<Arc<Index>> {
         lock(&self.index).clone()
@@ -218,17 +233,7 @@ impl Recordings {
 
 /// Starts recording what the per-path table says; gives what the API serves from.
 pub fn start(hub: Arc<Hub>, config: RecordConfig, paths: PathTable) -> Arc<Recordings> {
-    let rec = Arc::new(Recordings {
-        config,
-        paths,
-        disk: Disk::from_env(),
-        index: Mutex::new(None),
-        open_failed: Mutex::new(None),
-        writing: Mutex::new(HashSet::new()),
-        active: Mutex::new(HashSet::new()),
-        closing: tokio::sync::watch::channel(false).0,
-        stats: RecordStats::default(),
-    });
+    let rec = Recordings::new(config, paths, Disk::from_env());
     let any = rec.paths.entries().any(|(_, s)| s.record);
     let has_files = rec.config.dir.join(INDEX_FILE).exists();
     if !any && !has_files {
@@ -828,17 +833,11 @@ mod tests {
     use ferrocast_media::{Frame, TrackInfo, TrackKind, VideoCodec};
 
     pub(crate) fn recordings(dir: &Path) -> Arc<Recordings> {
-        Arc::new(Recordings {
-            config: RecordConfig { dir: dir.to_owned(), ..RecordConfig::default() },
-            paths: PathTable::default(),
-            disk: Disk::default(),
-            index: Mutex::new(None),
-            open_failed: Mutex::new(None),
-            writing: Mutex::new(HashSet::new()),
-            active: Mutex::new(HashSet::new()),
-            closing: tokio::sync::watch::channel(false).0,
-            stats: RecordStats::default(),
-        })
+        Recordings::new(
+            RecordConfig { dir: dir.to_owned(), ..RecordConfig::default() },
+            PathTable::default(),
+            Disk::default(),
+        )
     }
 
     /// A file written step by step (1 s parts, a keyframe every 2 s), then looked up by
