@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use ferrocast_hls::{Segmenter, SegmenterConfig, Variant};
 use ferrocast_media::VideoCodec;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::config::{HlsConfig, HlsVariant, ms};
@@ -68,21 +68,8 @@ fn wall_ms() -> i64 {
 pub fn start(hub: Arc<Hub>, config: HlsConfig, paths: PathTable) -> Arc<HlsRegistry> {
     let registry = Arc::new(HlsRegistry { streams: Mutex::new(HashMap::new()), config, paths });
     if registry.config.enabled {
-        let mut news = hub.watch_new_streams();
         let reg = registry.clone();
-        tokio::spawn(async move {
-            loop {
-                match news.recv().await {
-                    Ok(path) => spawn_stream(&hub, &reg, path),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        for path in hub.live_paths() {
-                            spawn_stream(&hub, &reg, path);
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
+        hub.on_new_streams(move |hub, path| spawn_stream(hub, &reg, path));
     }
     registry
 }

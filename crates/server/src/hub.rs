@@ -249,6 +249,27 @@ impl Hub {
         Ok(Publisher { hub: self.clone(), stream, generation })
     }
 
+    /// Calls `f` with each newly published path (not republishes), from a task of its own;
+    /// after missing announcements (a burst of new streams) with every live path, so `f` must
+    /// take a path twice in its stride.
+    pub fn on_new_streams(self: &Arc<Self>, f: impl Fn(&Arc<Hub>, String) + Send + 'static) {
+        let mut news = self.watch_new_streams();
+        let hub = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match news.recv().await {
+                    Ok(path) => f(&hub, path),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        for path in hub.live_paths() {
+                            f(&hub, path);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
     /// Follows new streams: each newly published path (not republishes) is announced.
     pub fn watch_new_streams(&self) -> broadcast::Receiver<String> {
         self.new_streams.subscribe()

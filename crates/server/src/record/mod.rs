@@ -25,7 +25,7 @@ use std::time::Duration;
 use ferrocast_media::Tracks;
 use ferrocast_media::fmp4::{self, TrackTimes};
 use ferrocast_media::fmp4_read;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::clock::unix_micros;
@@ -258,21 +258,8 @@ pub fn start(hub: Arc<Hub>, config: RecordConfig, paths: PathTable) -> Arc<Recor
         });
     }
     if any {
-        let mut news = hub.watch_new_streams();
         let rec = rec.clone();
-        tokio::spawn(async move {
-            loop {
-                match news.recv().await {
-                    Ok(path) => spawn_stream(&hub, &rec, path),
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        for path in hub.live_paths() {
-                            spawn_stream(&hub, &rec, path);
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
+        hub.on_new_streams(move |hub, path| spawn_stream(hub, &rec, path));
     }
     rec
 }
