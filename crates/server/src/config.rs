@@ -32,6 +32,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Recording: the directory, and the defaults the per-path table overrides.
     pub record: RecordConfig,
+    /// On-demand playback of MP4 files (`vod/NAME.mp4`).
+    pub vod: VodConfig,
     /// `[paths."PATTERN"]`: per-path settings (record, `hls_variant`, ...), in file order.
     pub paths: PathTable,
 }
@@ -78,6 +80,21 @@ impl Default for RecordConfig {
             max_bytes: 0,
             min_free_bytes: 1 << 30,
         }
+    }
+}
+
+/// `[vod]`: MP4 files (progressive or fragmented) under `dir` are played as `vod/NAME.mp4`
+/// over RTSP and HTTP. Recordings are played from `[record] dir`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VodConfig {
+    /// The directory of the files; nothing outside it is served (symlinks out are refused).
+    pub dir: PathBuf,
+}
+
+impl Default for VodConfig {
+    fn default() -> Self {
+        VodConfig { dir: PathBuf::from("media") }
     }
 }
 
@@ -278,6 +295,7 @@ impl Default for Config {
             hls: HlsConfig::default(),
             limits: LimitsConfig::default(),
             record: RecordConfig::default(),
+            vod: VodConfig::default(),
             paths: PathTable::default(),
         }
     }

@@ -24,6 +24,7 @@ use crate::hub::{Hub, reader_nodelay, write_timeout};
 use crate::limits::Limiter;
 use crate::path;
 use crate::record::Recordings;
+use crate::vod::Playback;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -31,11 +32,13 @@ pub struct AppState {
     hub: Arc<Hub>,
     hls: Arc<HlsRegistry>,
     recordings: Arc<Recordings>,
+    playback: Arc<Playback>,
 }
 
 /// The router.
-pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>, recordings: Arc<Recordings>) -> Router {
-    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings })
+pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>) -> Router {
+    let recordings = playback.recordings.clone();
+    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback })
 }
 
 /// Serves HTTP until the task is dropped.
@@ -50,12 +53,12 @@ pub async fn serve(
     config: HttpConfig,
     hub: Arc<Hub>,
     hls: Arc<HlsRegistry>,
-    recordings: Arc<Recordings>,
+    playback: Arc<Playback>,
     limiter: Arc<Limiter>,
 ) {
     let nodelay = reader_nodelay(&hub);
     let write_timeout = write_timeout(&hub);
-    let app = router(hub.clone(), hls, recordings);
+    let app = router(hub.clone(), hls, playback);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.request_timeout_ms))
@@ -157,6 +160,9 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    if let Some(r) = crate::vod::http::respond(&state.playback, req.method(), req.uri(), req.headers()).await {
+        return r;
     }
     if let Some((stream, file)) = hls::parse_url(&uri_path) {
         let head = req.method() == Method::HEAD;

@@ -20,6 +20,7 @@ pub mod rtsp;
 pub mod sockio;
 pub mod timeline;
 pub mod utc;
+pub mod vod;
 
 use std::net::SocketAddr;
 
@@ -67,11 +68,13 @@ pub async fn run(
     ));
     let hls = hls::start(hub.clone(), config.hls.clone(), config.paths.clone());
     let recordings = record::start(hub.clone(), config.record.clone(), config.paths.clone());
+    let playback = vod::Playback::new(recordings.clone(), config.vod.clone());
     let http_task =
-        tokio::spawn(http::serve(http, config.http.clone(), hub.clone(), hls, recordings.clone(), limiter.clone()));
+        tokio::spawn(http::serve(http, config.http.clone(), hub.clone(), hls, playback.clone(), limiter.clone()));
     let rtsp_config = config.rtsp.clone();
     let rtsp_hub = hub.clone();
-    let rtsp_task = tokio::spawn(rtsp::serve(rtsp_listener, rtsp_config, rtsp_hub, limiter, config.limits.clone()));
+    let rtsp_task =
+        tokio::spawn(rtsp::serve(rtsp_listener, rtsp_config, rtsp_hub, playback, limiter, config.limits.clone()));
     shutdown.await;
     info!("shutting down");
     rtmp_task.abort();

@@ -121,6 +121,46 @@ pub fn parse(text: &str) -> Result<u64, ParseError> {
     Ok(secs * 1_000_000 + micros)
 }
 
+/// A time from a URL's query string: `name=T`, percent-decoding the `:` and `+` clients
+/// encode. A `+` of an offset that arrived as a space (a client that form-encodes) is an
+/// error that says so, rather than a time off by the offset.
+pub fn query_time(query: Option<&str>, name: &str) -> Result<Option<u64>, String> {
+    let Some(q) = query else { return Ok(None) };
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != name {
+            continue;
+        }
+        if v.len() > 64 {
+            return Err(format!("{name}: too long"));
+        }
+        let v = percent_decode(v).ok_or_else(|| format!("{name}: bad percent-encoding"))?;
+        if v.contains(' ') {
+            return Err(format!("{name}: a space in the time (a '+' of its offset sent unencoded? send it as %2B)"));
+        }
+        return parse(&v).map(Some).map_err(|e| format!("{name}: {e}"));
+    }
+    Ok(None)
+}
+
+/// `%XX` decoded (a `+` stays a `+`: it is a time zone's sign here, not a space).
+pub fn percent_decode(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,41 +36,6 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     reply(status, json!({ "error": message.to_string() }))
 }
 
-/// A time from the query string: `name=T`, percent-decoding the `:` and `+` clients encode.
-fn query_time(query: Option<&str>, name: &str) -> Result<Option<u64>, String> {
-    let Some(q) = query else { return Ok(None) };
-    for pair in q.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k != name {
-            continue;
-        }
-        if v.len() > 64 {
-            return Err(format!("{name}: too long"));
-        }
-        let v = percent_decode(v).ok_or_else(|| format!("{name}: bad percent-encoding"))?;
-        return utc::parse(&v).map(Some).map_err(|e| format!("{name}: {e}"));
-    }
-    Ok(None)
-}
-
-/// `%XX` decoded (a `+` stays a `+`: it is a time zone's sign here, not a space).
-fn percent_decode(v: &str) -> Option<String> {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 fn seconds(us: u64) -> f64 {
     (us / 1000) as f64 / 1000.0
 }
@@ -116,7 +81,7 @@ fn list(rec: &Recordings, path: &str, query: Option<&str>) -> Response {
     if crate::path::validate(path).is_err() {
         return error(StatusCode::NOT_FOUND, "no recordings of that path");
     }
-    let (start, end) = match (query_time(query, "start"), query_time(query, "end")) {
+    let (start, end) = match (utc::query_time(query, "start"), utc::query_time(query, "end")) {
         (Ok(s), Ok(e)) => (s, e),
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -154,7 +119,7 @@ fn list(rec: &Recordings, path: &str, query: Option<&str>) -> Response {
 }
 
 fn delete(rec: &Recordings, path: &str, query: Option<&str>) -> Response {
-    let start = match query_time(query, "start") {
+    let start = match utc::query_time(query, "start") {
         Ok(Some(s)) => s,
         Ok(None) => return error(StatusCode::BAD_REQUEST, "start: the start time of the segment to delete is needed"),
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -179,13 +144,16 @@ mod tests {
 
     #[test]
     fn query_times_are_percent_decoded() {
-        let t = |q: &str| query_time(Some(q), "start");
+        let t = |q: &str| utc::query_time(Some(q), "start");
         assert_eq!(t("start=2026-11-25T10%3A00%3A00.000Z"), t("start=2026-11-25T10:00:00.000Z"));
         assert_eq!(t("a=1&start=2026-11-25T12:00:00%2B02:00").unwrap(), t("start=2026-11-25T10:00:00Z").unwrap());
         assert!(t("start=2026-11-25T10%3").is_err());
         assert!(t("start=%ff%fe").is_err());
         assert!(t(&format!("start={}", "9".repeat(100))).is_err());
         assert_eq!(t("end=x"), Ok(None));
+        // A form-encoding client's `+` arrives as a space (`%20` or `+` decoded upstream).
+        let e = t("start=2026-11-25T12:00:00%2002:00").unwrap_err();
+        assert!(e.contains("%2B"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::clock::MediaClock;
 use crate::config::{LimitsConfig, RtspConfig};
 use crate::hub::{Hub, OrderedWire};
 use crate::limits::Limiter;
+use crate::vod::Playback;
 
 pub use multicast::MulticastGroup;
 
@@ -44,6 +45,8 @@ pub struct UdpIn {
 /// What every RTSP connection shares.
 pub struct Shared {
     hub: Arc<Hub>,
+    #[allow(dead_code)] // read by RTSP playback, being written
+    playback: Arc<Playback>,
     config: RtspConfig,
     rtp: Arc<UdpSocket>,
     rtcp: Arc<UdpSocket>,
@@ -251,6 +254,7 @@ pub async fn serve(
     listeners: Listeners,
     config: RtspConfig,
     hub: Arc<Hub>,
+    playback: Arc<Playback>,
     limiter: Arc<Limiter>,
     limits: LimitsConfig,
 ) {
@@ -264,6 +268,7 @@ pub async fn serve(
     let server_ports = (rtp_addr.port(), rtcp_addr.port());
     let shared = Arc::new(Shared {
         hub,
+        playback,
         config,
         rtp: Arc::new(rtp),
         rtcp: Arc::new(rtcp),
