@@ -8,6 +8,7 @@ pub mod base64;
 pub mod client;
 pub mod codec;
 pub mod message;
+pub mod range;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;

@@ -168,6 +168,7 @@ pub fn reason(status: u16) -> &'static str {
         454 => "Session Not Found",
         455 => "Method Not Valid in This State",
         456 => "Header Field Not Valid for Resource",
+        457 => "Invalid Range",
         459 => "Aggregate operation not allowed",
         460 => "Only aggregate operation allowed",
         461 => "Unsupported transport",
@@ -175,6 +176,7 @@ pub fn reason(status: u16) -> &'static str {
         501 => "Not Implemented",
         503 => "Service Unavailable",
         505 => "RTSP Version not supported",
+        551 => "Option not supported",
         _ => "Unknown",
     }
 }

@@ -246,14 +246,46 @@ pub fn payload_type(track: &TrackInfo) -> u8 {
     }
 }
 
-/// Builds the SDP of a stream for DESCRIBE. Tracks get `a=control:trackID=N` (0 video,
+/// Builds the SDP of a live stream for DESCRIBE. Tracks get `a=control:trackID=N` (0 video,
 /// 1 audio); `connection` is the `c=` address (`0.0.0.0`, or a multicast group).
 pub fn describe(tracks: &Tracks, origin: &str, connection: &str) -> (String, Vec<(u8, TrackInfo)>) {
+    describe_with(tracks, origin, connection, &Presentation::default())
+}
+
+/// What distinguishes the SDP of a recording or file from a live stream's.
+#[derive(Debug, Clone, Default)]
+pub struct Presentation<'a> {
+    /// The `a=range` values (`npt=0-30.100`, `clock=...`); none: `npt=now-`.
+    pub ranges: &'a [String],
+    /// Track controls as absolute URLs `BASE/trackID=N?QUERY` (the request URL's base and
+    /// query): clients that append to the base (ffmpeg) and those that resolve relative
+    /// references (RFC 3986) both reach the track of a URL with a query.
+    pub absolute: Option<(&'a str, &'a str)>,
+}
+
+/// [`describe`] for a presentation.
+pub fn describe_with(
+    tracks: &Tracks,
+    origin: &str,
+    connection: &str,
+    p: &Presentation<'_>,
+) -> (String, Vec<(u8, TrackInfo)>) {
     let mut s = String::new();
     let _ = write!(
         s,
-        "v=0\r\no=- 0 0 IN IP4 {origin}\r\ns=ferrocast\r\nc=IN IP4 {connection}\r\nt=0 0\r\na=tool:ferrocast\r\na=control:*\r\na=range:npt=now-\r\n"
+        "v=0\r\no=- 0 0 IN IP4 {origin}\r\ns=ferrocast\r\nc=IN IP4 {connection}\r\nt=0 0\r\na=tool:ferrocast\r\na=control:*\r\n"
     );
+    if p.ranges.is_empty() {
+        s.push_str("a=range:npt=now-\r\n");
+    }
+    for r in p.ranges {
+        let _ = write!(s, "a=range:{r}\r\n");
+    }
+    let control = |n: u8| match p.absolute {
+        Some((base, query)) if query.is_empty() => format!("a=control:{base}/trackID={n}\r\n"),
+        Some((base, query)) => format!("a=control:{base}/trackID={n}?{query}\r\n"),
+        None => format!("a=control:trackID={n}\r\n"),
+    };
     let mut ids = Vec::new();
     if let Some(v @ TrackInfo::Video { codec, config, .. }) = &tracks.video {
         let fmtp = match codec {
@@ -275,15 +307,16 @@ pub fn describe(tracks: &Tracks, origin: &str, connection: &str) -> (String, Vec
         if let Some(f) = fmtp {
             let _ = write!(s, "a=fmtp:96 {f}\r\n");
         }
-        let _ = write!(s, "a=control:trackID=0\r\n");
+        s.push_str(&control(0));
         ids.push((0, v.clone()));
     }
     if let Some(a @ TrackInfo::Audio { codec: AudioCodec::Aac, config, sample_rate, channels, .. }) = &tracks.audio {
         let hex: String = config.iter().map(|b| format!("{b:02x}")).collect();
         let _ = write!(
             s,
-            "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/{sample_rate}/{channels}\r\na=fmtp:97 streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3;config={hex}\r\na=control:trackID=1\r\n"
+            "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/{sample_rate}/{channels}\r\na=fmtp:97 streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3;config={hex}\r\n"
         );
+        s.push_str(&control(1));
         ids.push((1, a.clone()));
     }
     if let Some(a @ TrackInfo::Audio { codec, sample_rate, channels, .. }) = &tracks.audio {
@@ -306,7 +339,7 @@ pub fn describe(tracks: &Tracks, origin: &str, connection: &str) -> (String, Vec
         };
         if let Some(l) = line {
             s.push_str(&l);
-            s.push_str("a=control:trackID=1\r\n");
+            s.push_str(&control(1));
             ids.push((1, a.clone()));
         }
     }

@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::auth::{self, Credentials};
 use crate::message::{self, Message, MessageError, Method, Request, Response};
+use crate::range::{self, Range};
 use crate::sdp::{self, Sdp};
 use crate::state::{State, transition};
 use crate::transport::{Lower, Transport};
@@ -20,6 +21,14 @@ use crate::url;
 /// The methods we implement, for OPTIONS and 405.
 pub const PUBLIC: &str =
     "OPTIONS, DESCRIBE, ANNOUNCE, SETUP, PLAY, PAUSE, RECORD, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
+
+/// The option tags of `Require` (RFC 2326 12.32) we know: ONVIF replay (ONVIF Streaming
+/// Specification 6.2). Whether a path supports it is the application's call (it may refuse
+/// with 551 itself).
+pub const SUPPORTED_OPTIONS: &[&str] = &["onvif-replay"];
+
+/// Most `Require` option tags read from one request.
+const MAX_REQUIRED_OPTIONS: usize = 8;
 
 /// Most tracks one session may set up. Our streams have two; a publisher's SDP may list a
 /// few more (data, metadata) that are set up and discarded. Bounds per-session state.
@@ -128,6 +137,8 @@ pub enum ServerEvent {
     Describe {
         /// The stream path.
         path: String,
+        /// The request URI (its query says what a playback URL plays).
+        uri: String,
     },
     /// ANNOUNCE with a parsed SDP: answer with [`ServerSession::accept_announce`] or
     /// [`ServerSession::reject`].
@@ -149,14 +160,19 @@ pub enum ServerEvent {
         transport: Transport,
         /// True when setting up a track of an announced recording.
         record: bool,
+        /// The request URI (its query says what a playback URL plays).
+        uri: String,
     },
-    /// PLAY (first, or resume after PAUSE): answer with [`ServerSession::accept_play`] or
-    /// [`ServerSession::reject`].
+    /// PLAY (first, or again after PLAY or PAUSE): answer with [`ServerSession::accept_play`]
+    /// (or [`ServerSession::accept_play_with`]) or [`ServerSession::reject`] (457 for a Range
+    /// outside the presentation).
     Play {
         /// The stream path.
         path: String,
-        /// True when resuming after PAUSE.
+        /// True when the session has played before (a resume after PAUSE, or a seek).
         resume: bool,
+        /// The playback headers.
+        request: PlayRequest,
     },
     /// RECORD was accepted: media follows.
     Record {
@@ -219,6 +235,37 @@ pub struct RtpStart {
     pub seq: u16,
     /// RTP timestamp of the first packet.
     pub rtptime: u32,
+}
+
+/// What a PLAY asks for beyond "play": RFC 2326 Range, Scale and Speed, and the ONVIF
+/// replay headers. The session has parsed them (a malformed value was answered with 400).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PlayRequest {
+    /// `Range`: where to start (and end).
+    pub range: Option<Range>,
+    /// `Scale`: media time per unit of presentation time; negative plays backwards.
+    pub scale: Option<f64>,
+    /// `Speed`: delivery faster than real time (positive).
+    pub speed: Option<f64>,
+    /// `Require: onvif-replay` was sent.
+    pub onvif_replay: bool,
+    /// `Rate-Control: no` (ONVIF): send as fast as the client reads, not in real time.
+    pub rate_control_off: bool,
+}
+
+/// The answer to a PLAY, for [`ServerSession::accept_play_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct PlayReply<'a> {
+    /// The Range played (`npt=12.000-30.000`, `clock=...`).
+    pub range: &'a str,
+    /// RTP-Info: per track, the first packet the player will get.
+    pub starts: &'a [RtpStart],
+    /// The Scale used, when the request had one (RFC 2326 12.34: it may differ).
+    pub scale: Option<f64>,
+    /// The Speed used, when the request had one.
+    pub speed: Option<f64>,
+    /// Echo `Rate-Control: no` (ONVIF replay).
+    pub rate_control_off: bool,
 }
 
 /// One set-up track.
@@ -308,6 +355,35 @@ pub struct ServerSession {
 
 fn status(code: u16, req: &Request) -> Response {
     Response::new(code, req.cseq())
+}
+
+/// The option tags of the request's `Require` that we do not know, for `Unsupported`.
+fn unsupported_options(req: &Request) -> Option<String> {
+    let required = req.headers.get("Require")?;
+    let unknown: Vec<&str> = required
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !SUPPORTED_OPTIONS.iter().any(|s| s.eq_ignore_ascii_case(t)))
+        .take(MAX_REQUIRED_OPTIONS)
+        .collect();
+    (!unknown.is_empty()).then(|| unknown.join(", ").chars().take(range::MAX_VALUE_LEN).collect())
+}
+
+/// The playback headers of a PLAY.
+fn play_request(req: &Request) -> Result<PlayRequest, range::RangeError> {
+    let h = &req.headers;
+    let range = h.get("Range").map(Range::parse).transpose()?;
+    let scale = h.get("Scale").map(range::parse_rate).transpose()?;
+    let speed = h.get("Speed").map(range::parse_rate).transpose()?;
+    if let Some(s) = speed
+        && s < 0.0
+    {
+        return Err(range::RangeError::Rate(s.to_string()));
+    }
+    let onvif_replay =
+        h.get("Require").is_some_and(|r| r.split(',').any(|t| t.trim().eq_ignore_ascii_case("onvif-replay")));
+    let rate_control_off = h.get("Rate-Control").is_some_and(|v| v.trim().eq_ignore_ascii_case("no"));
+    Ok(PlayRequest { range, scale, speed, onvif_replay, rate_control_off })
 }
 
 impl ServerSession {
@@ -491,6 +567,10 @@ impl ServerSession {
             let r = status(401, &req).with("WWW-Authenticate", digest).with("WWW-Authenticate", basic);
             return self.respond(&req, r, bad_credentials);
         }
+        if let Some(unsupported) = unsupported_options(&req) {
+            let r = status(551, &req).with("Unsupported", unsupported);
+            return self.respond(&req, r, false);
+        }
         let needs_session = matches!(req.method, Method::Play | Method::Pause | Method::Record | Method::Teardown);
         if needs_session && req.session().is_none() {
             return self.refuse(&req, 454);
@@ -562,7 +642,7 @@ impl ServerSession {
         if self.redirect(&path, &req) {
             return;
         }
-        self.events.push_back(ServerEvent::Describe { path });
+        self.events.push_back(ServerEvent::Describe { path, uri: req.uri.clone() });
         self.pending = Some((req, Pending::Describe));
     }
 
@@ -640,7 +720,13 @@ impl ServerSession {
         {
             return self.refuse(&req, 455);
         }
-        self.events.push_back(ServerEvent::Setup { path: path.clone(), track, transport: transport.clone(), record });
+        self.events.push_back(ServerEvent::Setup {
+            path: path.clone(),
+            track,
+            transport: transport.clone(),
+            record,
+            uri: req.uri.clone(),
+        });
         self.pending = Some((req, Pending::Setup { path, transport, record }));
     }
 
@@ -652,7 +738,11 @@ impl ServerSession {
             return self.refuse(&req, 460);
         }
         let path = s.path.clone();
-        self.events.push_back(ServerEvent::Play { path, resume: played });
+        let request = match play_request(&req) {
+            Ok(r) => r,
+            Err(_) => return self.refuse(&req, 400),
+        };
+        self.events.push_back(ServerEvent::Play { path, resume: played, request });
         self.pending = Some((req, Pending::Play));
     }
 
@@ -686,10 +776,11 @@ impl ServerSession {
         }
     }
 
-    /// Answers the pending DESCRIBE with this SDP; the Content-Base is the request URL.
+    /// Answers the pending DESCRIBE with this SDP; the Content-Base is the request URL
+    /// without its query (a playback URL's SDP names its tracks by absolute URLs).
     pub fn accept_describe(&mut self, sdp: &str) -> Result<(), SessionError> {
         if let Some((req, _)) = self.take_pending(|p| matches!(p, Pending::Describe)) {
-            let base = format!("{}/", req.uri.trim_end_matches('/'));
+            let base = format!("{}/", url::without_query(&req.uri));
             let r = status(200, &req).with("Content-Base", base).with_body("application/sdp", sdp.to_owned());
             self.respond(&req, r, false);
         }
@@ -760,6 +851,14 @@ impl ServerSession {
     /// the header of the first RTP packet the player will be sent (RTP-Info, RFC 2326
     /// 12.33). Send that packet only after draining [`ServerSession::poll_transmit`].
     pub fn accept_play(&mut self, range: &str, starts: &[RtpStart]) -> Result<(), SessionError> {
+        let reply = PlayReply { range, starts, scale: None, speed: None, rate_control_off: false };
+        self.accept_play_with(&reply)
+    }
+
+    /// Accepts the pending PLAY as [`ServerSession::accept_play`] does, stating the Scale and
+    /// Speed used and echoing `Rate-Control: no` when asked.
+    pub fn accept_play_with(&mut self, reply: &PlayReply<'_>) -> Result<(), SessionError> {
+        let PlayReply { range, starts, scale, speed, rate_control_off } = *reply;
         if let Some((req, _)) = self.take_pending(|p| matches!(p, Pending::Play)) {
             let mut info = String::new();
             if let Some(s) = &mut self.session {
@@ -781,6 +880,15 @@ impl ServerSession {
             let mut r = status(200, &req).with("Range", range);
             if !info.is_empty() {
                 r = r.with("RTP-Info", info);
+            }
+            if let Some(x) = scale {
+                r = r.with("Scale", range::format_rate(x));
+            }
+            if let Some(x) = speed {
+                r = r.with("Speed", range::format_rate(x));
+            }
+            if rate_control_off {
+                r = r.with("Rate-Control", "no");
             }
             self.respond(&req, r, false);
         }

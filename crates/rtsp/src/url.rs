@@ -10,6 +10,17 @@ pub fn path(uri: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or("").trim_end_matches('/')
 }
 
+/// The query of an RTSP URL (`rtsp://h/PATH?start=T` gives `start=T`), if any.
+pub fn query(uri: &str) -> Option<&str> {
+    let q = uri.split_once('?')?.1;
+    Some(q.split('#').next().unwrap_or(""))
+}
+
+/// The URL without its query and fragment, and without a trailing `/`.
+pub fn without_query(uri: &str) -> &str {
+    uri.split(['?', '#']).next().unwrap_or("").trim_end_matches('/')
+}
+
 /// Splits a SETUP URL into the stream path and the track part (`trackID=1`, `streamid=0`).
 pub fn split_control(uri: &str) -> (&str, Option<&str>) {
     let p = path(uri);
@@ -57,6 +68,11 @@ mod tests {
         assert_eq!(split_control("rtsp://h/live/cam1"), ("live/cam1", None));
         assert_eq!(described_track("trackID=1"), Some(1));
         assert_eq!(described_track("trackID=x"), None);
+        let abs = "rtsp://h:1/cams/a/trackID=1?start=2026-11-25T10:00:00Z";
+        assert_eq!(split_control(abs), ("cams/a", Some("trackID=1")));
+        assert_eq!(query(abs), Some("start=2026-11-25T10:00:00Z"));
+        assert_eq!(query("rtsp://h/a"), None);
+        assert_eq!(without_query("rtsp://h/cams/a/?start=1"), "rtsp://h/cams/a");
     }
 
     /// Every m= line counts, also one we cannot carry: the index is the SDP's.

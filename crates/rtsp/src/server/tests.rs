@@ -288,6 +288,84 @@ fn play_answer_carries_rtp_info_and_range() {
 }
 
 #[test]
+fn play_headers_reach_the_application_and_its_answer_the_client() {
+    let mut h = reach(Reached::Playing);
+    let headers = [
+        ("Range", "clock=20261125T100000Z-"),
+        ("Scale", "-2"),
+        ("Speed", "4.0"),
+        ("Require", "onvif-replay"),
+        ("Rate-Control", "no"),
+    ];
+    h.events.clear();
+    // A PLAY while playing is a seek: it reaches the application as one with the session
+    // played before.
+    assert_eq!(h.status("PLAY", URL, &headers, ""), 200);
+    let play = h.events.iter().find_map(|e| match e {
+        ServerEvent::Play { resume, request, .. } => Some((*resume, request.clone())),
+        _ => None,
+    });
+    let (resume, req) = play.expect("a Play event");
+    assert!(resume);
+    assert_eq!(req.range, Some(Range::Clock { start_us: 1_795_600_800_000_000, end_us: None }));
+    assert_eq!((req.scale, req.speed, req.onvif_replay, req.rate_control_off), (Some(-2.0), Some(4.0), true, true));
+    // The application's answer, as the client reads it.
+    let mut h = reach(Reached::ReadyToPlay);
+    h.cseq += 1;
+    let text = format!(
+        "PLAY {URL} RTSP/1.0\r\nCSeq: {}\r\nSession: {}\r\nScale: 16\r\n\r\n",
+        h.cseq,
+        h.s.session_id().unwrap()
+    );
+    h.s.handle_input(h.now, text.as_bytes()).unwrap();
+    assert!(matches!(h.s.poll_event(), Some(ServerEvent::Play { .. })));
+    let starts = [RtpStart { track: 0, seq: 7, rtptime: 70 }];
+    let reply =
+        PlayReply { range: "npt=5.000-30.000", starts: &starts, scale: Some(8.0), speed: None, rate_control_off: true };
+    h.s.accept_play_with(&reply).unwrap();
+    let r = h.responses().remove(0);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers.get("Range"), Some("npt=5.000-30.000"));
+    assert_eq!(r.headers.get("Scale"), Some("8"), "the Scale actually used");
+    assert_eq!(r.headers.get("Rate-Control"), Some("no"));
+    assert_eq!(r.headers.get("RTP-Info"), Some("url=rtsp://h/live/a/trackID=0;seq=7;rtptime=70"));
+}
+
+#[test]
+fn malformed_playback_headers_and_unknown_options_are_refused() {
+    for (name, value) in [("Range", "npt=x-"), ("Range", "npt=9-3"), ("Scale", "0"), ("Scale", "fast"), ("Speed", "-1")]
+    {
+        let mut h = reach(Reached::ReadyToPlay);
+        assert_eq!(h.status("PLAY", URL, &[(name, value)], ""), 400, "{name}: {value}");
+        assert_eq!(h.s.state(), State::Ready, "a refused PLAY changes nothing");
+    }
+    let mut h = reach(Reached::ReadyToPlay);
+    let r = h.request("PLAY", URL, &[("Require", "onvif-replay, com.example.teleport")], "");
+    assert_eq!(r.status, 551);
+    assert_eq!(r.headers.get("Unsupported"), Some("com.example.teleport"));
+    let r = h.request("OPTIONS", URL, &[("Require", "x-unknown")], "");
+    assert_eq!(r.status, 551, "Require applies to every method");
+}
+
+#[test]
+fn a_playback_url_keeps_its_query_out_of_the_content_base() {
+    let mut h = Harness::new(config());
+    let url = "rtsp://h/cams/a?start=2026-11-25T10:00:00Z";
+    let r = h.request("DESCRIBE", url, &[], "");
+    assert_eq!(r.headers.get("Content-Base"), Some("rtsp://h/cams/a/"));
+    assert!(
+        h.events.iter().any(|e| matches!(e, ServerEvent::Describe { path, uri } if path == "cams/a" && uri == url))
+    );
+    let abs = "rtsp://h/cams/a/trackID=0?start=2026-11-25T10:00:00Z";
+    assert_eq!(h.status("SETUP", abs, &[TCP0], ""), 200);
+    assert!(
+        h.events.iter().any(
+            |e| matches!(e, ServerEvent::Setup { path, track: Some(0), uri, .. } if path == "cams/a" && uri == abs)
+        )
+    );
+}
+
+#[test]
 fn credentials_are_asked_for_by_role() {
     let creds = Credentials::parse("u:p").unwrap();
     let mut h = Harness::new(ServerConfig { publish_credentials: Some(creds), ..config() });
@@ -346,7 +424,7 @@ fn pipelined_requests_wait_for_the_decision() {
     assert!(h.s.awaiting_decision());
     assert!(h.s.poll_timeout().is_none(), "no session timer runs while the application decides");
     assert!(h.responses().is_empty());
-    assert!(matches!(h.s.poll_event(), Some(ServerEvent::Describe { path }) if path == "live/a"));
+    assert!(matches!(h.s.poll_event(), Some(ServerEvent::Describe { path, .. }) if path == "live/a"));
     h.s.reject(404).unwrap();
     let r = h.responses();
     assert_eq!(r.iter().map(|r| r.status).collect::<Vec<_>>(), [404, 200]);

@@ -231,10 +231,12 @@ impl Conn {
 
     async fn on_event(&mut self, ev: ServerEvent) -> Result<(), SessionError> {
         match ev {
-            ServerEvent::Describe { path } => self.describe(&path).await,
+            ServerEvent::Describe { path, .. } => self.describe(&path).await,
             ServerEvent::Announce { path, sdp } => self.announce(&path, &sdp),
-            ServerEvent::Setup { path, track, transport, record } => self.setup(&path, track, &transport, record).await,
-            ServerEvent::Play { path, resume } => self.play(&path, resume),
+            ServerEvent::Setup { path, track, transport, record, .. } => {
+                self.setup(&path, track, &transport, record).await
+            }
+            ServerEvent::Play { path, resume, .. } => self.play(&path, resume),
             ServerEvent::Record { path } => {
                 if let Media::Record(rec) = &mut self.media {
                     rec.start();
