@@ -282,7 +282,7 @@ pub fn describe_with(
         let _ = write!(s, "a=range:{r}\r\n");
     }
     let control = |n: u8| match p.absolute {
-        Some((base, query)) if query.is_empty() => format!("a=control:{base}/trackID={n}\r\n"),
+        Some((base, "")) => format!("a=control:{base}/trackID={n}\r\n"),
         Some((base, query)) => format!("a=control:{base}/trackID={n}?{query}\r\n"),
         None => format!("a=control:trackID={n}\r\n"),
     };
