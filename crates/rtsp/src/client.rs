@@ -44,6 +44,9 @@ pub enum ClientEvent {
     },
     /// PLAY or RECORD accepted: media flows.
     Started,
+    /// A PLAY was answered 200 (the first, or a later one from [`ClientSession::play`]),
+    /// with the answer's headers (Range, RTP-Info, Scale, Speed).
+    Played(Headers),
     /// An interleaved RTP packet.
     Rtp {
         /// Track index.
@@ -235,8 +238,13 @@ impl ClientSession {
                 self.setup_next(now);
             }
             Method::Play | Method::Record => {
-                self.started = true;
-                self.events.push_back(ClientEvent::Started);
+                if !self.started {
+                    self.started = true;
+                    self.events.push_back(ClientEvent::Started);
+                }
+                if method == Method::Play {
+                    self.events.push_back(ClientEvent::Played(r.headers.clone()));
+                }
             }
             _ => {}
         }
@@ -249,6 +257,23 @@ impl ClientSession {
         self.out.put_u8(2 * track as u8);
         self.out.put_u16(packet.len() as u16);
         self.out.put_slice(packet);
+    }
+
+    /// A PLAY of the aggregate URL with these headers (`Range`, `Scale`, `Speed`, ...): a
+    /// seek, a resume after [`ClientSession::pause`], or a new rate.
+    pub fn play(&mut self, now: Instant, headers: &[(&str, &str)]) {
+        let url = self.url.clone();
+        let mut h = Headers::default();
+        for (k, v) in headers {
+            h.add(k, *v);
+        }
+        self.request(now, Method::Play, &url, h, Bytes::new());
+    }
+
+    /// PAUSE.
+    pub fn pause(&mut self, now: Instant) {
+        let url = self.url.clone();
+        self.request(now, Method::Pause, &url, Headers::default(), Bytes::new());
     }
 
     /// A keep-alive (GET_PARAMETER).

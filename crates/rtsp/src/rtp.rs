@@ -91,6 +91,43 @@ impl RtpPacket {
     }
 }
 
+/// The header-extension profile of ONVIF replay (ONVIF Streaming Specification 6.3).
+pub const ONVIF_REPLAY_PROFILE: u16 = 0xABAC;
+
+/// The ONVIF replay extension's body (ONVIF Streaming Specification 6.3): the frame's
+/// absolute time as an NTP timestamp, then the C (clean point: the first packet of a
+/// keyframe), E (end of a contiguous section) and D (discontinuity: the first packet after
+/// a seek or gap) flags, and the low byte of the PLAY request's CSeq.
+pub fn onvif_replay_extension(ntp: u64, clean_point: bool, end: bool, discontinuity: bool, cseq: u8) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&ntp.to_be_bytes());
+    b[8] = (u8::from(clean_point) << 7) | (u8::from(end) << 6) | (u8::from(discontinuity) << 5);
+    b[9] = cseq;
+    b
+}
+
+/// `packet` (a whole RTP packet without CSRCs or an extension, as our packetizers write them)
+/// with a header extension (RFC 3550 5.3.1) of `profile` and `body` (a whole number of 32-bit
+/// words) inserted after the fixed header; None when the packet is not such a packet or the
+/// body is not word-sized.
+pub fn with_header_extension(packet: &[u8], profile: u16, body: &[u8]) -> Option<Bytes> {
+    if packet.len() < 12
+        || packet[0] & 0x1f != 0
+        || !body.len().is_multiple_of(4)
+        || body.len() / 4 > usize::from(u16::MAX)
+    {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(packet.len() + 4 + body.len());
+    out.put_u8(packet[0] | 0x10);
+    out.put_slice(&packet[1..12]);
+    out.put_u16(profile);
+    out.put_u16((body.len() / 4) as u16);
+    out.put_slice(body);
+    out.put_slice(&packet[12..]);
+    Some(out.freeze())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +148,21 @@ mod tests {
         assert_eq!(RtpPacket::parse(Bytes::from_static(&[0x40; 12])), Err(RtpError::Version(1)));
         assert!(RtpPacket::parse(Bytes::from_static(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 99])).is_err());
         assert!(RtpPacket::parse(Bytes::from_static(&[0x8f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])).is_err());
+    }
+
+    #[test]
+    fn onvif_extension_is_inserted_after_the_header() {
+        let mut b = BytesMut::new();
+        RtpPacket::write(&mut b, true, 96, 9, 1234, 7, &[b"payload"]);
+        let ext = onvif_replay_extension(0x0102_0304_0506_0708, true, false, true, 5);
+        let p = with_header_extension(&b, ONVIF_REPLAY_PROFILE, &ext).unwrap();
+        assert_eq!(&p[12..16], &[0xab, 0xac, 0, 3]);
+        assert_eq!(&p[16..24], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(p[24], 0b1010_0000);
+        assert_eq!(p[25], 5);
+        let parsed = RtpPacket::parse(p).unwrap();
+        assert_eq!((&parsed.payload[..], parsed.sequence, parsed.timestamp), (&b"payload"[..], 9, 1234));
+        assert_eq!(with_header_extension(&b[..11], ONVIF_REPLAY_PROFILE, &ext), None);
+        assert_eq!(with_header_extension(&b, ONVIF_REPLAY_PROFILE, &ext[..5]), None);
     }
 }

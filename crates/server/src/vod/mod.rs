@@ -11,6 +11,7 @@ pub mod hls_vod;
 pub mod http;
 pub mod mp4_http;
 pub mod pace;
+pub mod player;
 pub mod source;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,362 @@
+//! The pacing of a viewer on a virtual clock: exact stamps and send times, no wall clock.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferrocast_media::{AudioCodec, VideoCodec};
+use ferrocast_rtsp::rtcp::RtcpPacket;
+use ferrocast_rtsp::rtp::RtpPacket;
+
+use super::*;
+
+/// 30 s of 25 fps video with a keyframe every second and 48 kHz AAC (1024 samples a frame).
+struct Synthetic {
+    frames: Vec<TimedFrame>,
+    pos: usize,
+    start_us: i64,
+    clock: bool,
+}
+
+const SECONDS: i64 = 30;
+const FRAME_US: i64 = 40_000;
+
+fn tracks() -> Arc<Tracks> {
+    Arc::new(Tracks {
+        video: Some(TrackInfo::Video { codec: VideoCodec::H264, config: Bytes::new(), clock_rate: 90_000 }),
+        audio: Some(TrackInfo::Audio {
+            codec: AudioCodec::Aac,
+            config: Bytes::from_static(&[0x11, 0x90]),
+            sample_rate: 48_000,
+            channels: 2,
+            clock_rate: 48_000,
+        }),
+        metadata: None,
+    })
+}
+
+impl Synthetic {
+    fn new(start_us: i64, clock: bool) -> Synthetic {
+        let mut frames = Vec::new();
+        for i in 0..SECONDS * 25 {
+            let t = i * FRAME_US;
+            let key = i % 25 == 0;
+            let data = Bytes::from(vec![0, 0, 0, 2, if key { 0x65 } else { 0x41 }, i as u8]);
+            frames.push(TimedFrame {
+                dts_us: start_us + t,
+                pts_us: start_us + t,
+                frame: Frame::new(TrackKind::Video, t * 9 / 100, t * 9 / 100, key, data),
+            });
+        }
+        let mut n = 0i64;
+        while n * 1024 * 1_000_000 / 48_000 < SECONDS * 1_000_000 {
+            let t = n * 1024 * 1_000_000 / 48_000;
+            frames.push(TimedFrame {
+                dts_us: start_us + t,
+                pts_us: start_us + t,
+                frame: Frame::new(TrackKind::Audio, n * 1024, n * 1024, true, Bytes::from_static(&[1, 2, 3])),
+            });
+            n += 1;
+        }
+        frames.sort_by_key(|f| f.dts_us);
+        Synthetic { frames, pos: 0, start_us, clock }
+    }
+}
+
+impl Media for Synthetic {
+    fn info(&self) -> MediaInfo {
+        MediaInfo {
+            tracks: tracks(),
+            start_us: self.start_us,
+            end_us: Some(self.start_us + SECONDS * 1_000_000),
+            clock: self.clock,
+        }
+    }
+
+    fn read(&mut self, need: Need) -> Read {
+        let key = |f: &TimedFrame| f.frame.kind == TrackKind::Video && f.frame.keyframe;
+        match need {
+            Need::Seek(t) => {
+                let k = self.frames.iter().rposition(|f| key(f) && f.dts_us <= t).unwrap_or(0);
+                self.pos = k;
+                Read::Seeked(Some(self.frames[k].dts_us))
+            }
+            Need::Next => {
+                // One second a batch, like a recorded part.
+                let end = (self.pos + 72).min(self.frames.len());
+                if self.pos >= end {
+                    return Read::Frames(None);
+                }
+                let batch = self.frames[self.pos..end].to_vec();
+                self.pos = end;
+                Read::Frames(Some((None, batch)))
+            }
+            Need::Keyframes { from_us, to_us, max } => Read::Keyframes(
+                self.frames
+                    .iter()
+                    .filter(|f| key(f) && f.dts_us >= from_us && f.dts_us < to_us)
+                    .map(|f| f.dts_us)
+                    .take(max)
+                    .collect(),
+            ),
+            Need::Keyframe(t) => Read::Keyframe(self.frames.iter().find(|f| key(f) && f.dts_us == t).cloned()),
+        }
+    }
+}
+
+/// What the client got: per RTP packet (track, send time since the start, RTP timestamp,
+/// sequence number, first byte of the frame's payload marker).
+#[derive(Debug, Clone)]
+struct Sent {
+    track: usize,
+    at: Duration,
+    rtp: RtpPacket,
+}
+
+struct Run {
+    player: VodPlayer,
+    media: Synthetic,
+    t0: Instant,
+    now: Instant,
+    sent: Vec<Sent>,
+    answers: Vec<PlayAnswer>,
+    byes: usize,
+    reports: usize,
+}
+
+impl Run {
+    fn new(clock: bool) -> Run {
+        let start = if clock { 1_795_600_800_000_000 } else { 0 };
+        let media = Synthetic::new(start, clock);
+        let t0 = Instant::now();
+        Run {
+            player: VodPlayer::new(media.info(), [true, true], 0x1234_5678_9abc_def0, 1400),
+            media,
+            t0,
+            now: t0,
+            sent: Vec::new(),
+            answers: Vec::new(),
+            byes: 0,
+            reports: 0,
+        }
+    }
+
+    fn pump(&mut self) {
+        loop {
+            if let Some(need) = self.player.poll_need() {
+                let r = self.media.read(need);
+                self.player.handle_read(self.now, r);
+                continue;
+            }
+            match self.player.poll_output(self.now) {
+                Some(Output::Answer(a)) => self.answers.push(a),
+                Some(Output::Rtp { track, packets }) => {
+                    for p in codec::packets(&packets) {
+                        let rtp = RtpPacket::parse(p).unwrap();
+                        self.sent.push(Sent { track, at: self.now - self.t0, rtp });
+                    }
+                }
+                Some(Output::Rtcp { packet, .. }) => match ferrocast_rtsp::rtcp::parse(&packet).unwrap()[0] {
+                    RtcpPacket::Bye { .. } => self.byes += 1,
+                    _ => self.reports += 1,
+                },
+                None => return,
+            }
+        }
+    }
+
+    /// Runs the virtual clock until `until` after the start, stepping to each timeout.
+    fn run_until(&mut self, until: Duration) {
+        self.pump();
+        while let Some(at) = self.player.poll_timeout() {
+            if at - self.t0 > until {
+                break;
+            }
+            self.now = self.now.max(at);
+            self.pump();
+        }
+        self.now = self.now.max(self.t0 + until);
+        self.pump();
+    }
+
+    fn play(&mut self, headers: PlayRequest) -> Result<(), u16> {
+        let r = self.player.play(self.now, &headers, 1);
+        self.pump();
+        r
+    }
+
+    fn video(&self) -> Vec<&Sent> {
+        self.sent.iter().filter(|s| s.track == 0 && s.rtp.marker).collect()
+    }
+}
+
+fn npt(start: f64) -> Option<Range> {
+    Some(Range::Npt { start: Some(start), end: None })
+}
+
+/// The RTP time a stamp (µs) maps to on a track, given the stamp-0 RTP time of RTP-Info.
+fn rtp_of(base: u32, stamp_us: i64, clock: i64) -> u32 {
+    base.wrapping_add((stamp_us * clock / 1_000_000) as u32)
+}
+
+#[test]
+fn scale_one_from_a_range_stamps_and_sends_in_real_time() {
+    let mut r = Run::new(false);
+    r.play(PlayRequest { range: npt(5.3), ..Default::default() }).unwrap();
+    let a = r.answers[0].clone();
+    assert_eq!(a.range, "npt=5.000-30.000", "the keyframe at or before 5.3 s");
+    let video_base = a.starts.iter().find(|s| s.track == 0).unwrap().rtptime;
+    r.run_until(Duration::from_secs(2));
+    let v = r.video();
+    // Frames of 5.00 .. 7.00 s, each at its time after the PLAY, stamped the same.
+    assert_eq!(v.len(), 51, "{:?}", v.iter().map(|s| s.at).collect::<Vec<_>>());
+    for (i, s) in v.iter().enumerate() {
+        let stamp = i as i64 * FRAME_US;
+        assert_eq!(s.at, Duration::from_micros(stamp as u64));
+        assert_eq!(s.rtp.timestamp, rtp_of(video_base, stamp, 90_000));
+    }
+    assert_eq!(v[0].rtp.sequence, a.starts[0].seq);
+    let audio: Vec<&Sent> = r.sent.iter().filter(|s| s.track == 1).collect();
+    assert!(audio.len() >= 90, "audio plays at Scale 1: {}", audio.len());
+    assert_eq!(r.reports, 2, "a sender report before each track's first packet");
+}
+
+#[test]
+fn scale_four_sends_keyframes_only_four_times_faster() {
+    let mut r = Run::new(false);
+    r.play(PlayRequest { range: npt(5.0), scale: Some(4.0), ..Default::default() }).unwrap();
+    assert_eq!(r.answers[0].scale, Some(4.0));
+    let base = r.answers[0].starts[0].rtptime;
+    r.run_until(Duration::from_secs(1));
+    let v = r.video();
+    // Keyframes at 5, 6, 7, 8, 9 s: stamped and sent a quarter second apart.
+    assert_eq!(v.len(), 5, "{v:?}");
+    for (i, s) in v.iter().enumerate() {
+        let stamp = i as i64 * 250_000;
+        assert_eq!(s.at, Duration::from_micros(stamp as u64));
+        assert_eq!(s.rtp.timestamp, rtp_of(base, stamp, 90_000));
+    }
+    assert!(r.sent.iter().all(|s| s.track == 0), "no audio at Scale 4");
+}
+
+#[test]
+fn an_unsupported_scale_is_answered_with_the_nearest() {
+    let mut r = Run::new(false);
+    r.play(PlayRequest { range: npt(0.0), scale: Some(64.0), ..Default::default() }).unwrap();
+    assert_eq!(r.answers[0].scale, Some(16.0));
+}
+
+#[test]
+fn reverse_at_scale_minus_two_plays_keyframes_backwards_then_byes() {
+    let mut r = Run::new(false);
+    r.play(PlayRequest { range: npt(20.0), scale: Some(-2.0), ..Default::default() }).unwrap();
+    assert_eq!(r.answers[0].range, "npt=20.000-0.000");
+    let base = r.answers[0].starts[0].rtptime;
+    r.run_until(Duration::from_secs(11));
+    let v = r.video();
+    // Keyframes 20, 19, ..., 0 s: 21 frames, half a second apart, stamps increasing.
+    assert_eq!(v.len(), 21);
+    for (i, s) in v.iter().enumerate() {
+        let stamp = i as i64 * 500_000;
+        assert_eq!(s.at, Duration::from_micros(stamp as u64), "frame {i}");
+        assert_eq!(s.rtp.timestamp, rtp_of(base, stamp, 90_000));
+    }
+    assert_eq!(r.byes, 2, "BYE on both tracks at the beginning");
+    // The session stays: a new PLAY with a Range plays again.
+    r.play(PlayRequest { range: npt(29.0), ..Default::default() }).unwrap();
+    assert_eq!(r.answers.len(), 2);
+}
+
+#[test]
+fn speed_two_sends_twice_as_fast_with_the_same_stamps() {
+    let mut r = Run::new(false);
+    r.play(PlayRequest { range: npt(0.0), speed: Some(2.0), ..Default::default() }).unwrap();
+    assert_eq!(r.answers[0].speed, Some(2.0));
+    let base = r.answers[0].starts[0].rtptime;
+    r.run_until(Duration::from_secs(1));
+    let v = r.video();
+    assert_eq!(v.len(), 51, "2 s of media in 1 s");
+    for (i, s) in v.iter().enumerate() {
+        let stamp = i as i64 * FRAME_US;
+        assert_eq!(s.rtp.timestamp, rtp_of(base, stamp, 90_000), "stamps as at Speed 1");
+        assert_eq!(s.at, Duration::from_micros(stamp as u64 / 2));
+    }
+}
+
+#[test]
+fn pause_and_resume_continue_exactly_where_they_stopped() {
+    let mut r = Run::new(false);
+    r.play(PlayRequest { range: npt(0.0), ..Default::default() }).unwrap();
+    r.run_until(Duration::from_millis(3010));
+    r.player.pause();
+    let before = r.video().len();
+    assert_eq!(before, 76, "0.00 .. 3.00 s");
+    let last = r.video().last().map(|s| (s.rtp.timestamp, s.rtp.sequence)).unwrap();
+    r.run_until(Duration::from_secs(13));
+    assert_eq!(r.video().len(), before, "nothing while paused");
+    r.play(PlayRequest::default()).unwrap();
+    let a = r.answers.last().unwrap().clone();
+    // The next frame not sent is the audio frame of 3.029 s (1024-sample frames at 48 kHz).
+    assert_eq!(a.range, "npt=3.029-30.000", "resumes at the next frame not sent");
+    r.run_until(Duration::from_secs(14));
+    let v = r.video();
+    let resumed = v[before];
+    assert_eq!(resumed.rtp.sequence, last.1.wrapping_add(1), "no frame lost or repeated");
+    // Stamps go on from the last one sent (the audio of 3.008 s) plus the gap: the PLAY point
+    // (3.029333 s) at 3.048 s, so the video frame of 3.040 s at 3.058667 s, 58.667 ms after
+    // the last video frame's.
+    let step = resumed.rtp.timestamp.wrapping_sub(last.0);
+    assert_eq!(step, 58_667 * 90 / 1000, "the client's timeline continues");
+    assert_eq!(resumed.at, Duration::from_micros(13_010_667));
+    let frames: Vec<u8> = v.iter().map(|s| *s.rtp.payload.last().unwrap()).collect();
+    let expected: Vec<u8> = (0..frames.len() as i64).map(|i| i as u8).collect();
+    assert_eq!(frames, expected, "every frame once, in order");
+}
+
+#[test]
+fn clock_ranges_play_recordings_by_utc_and_answer_in_kind() {
+    let mut r = Run::new(true);
+    let start = 1_795_600_800_000_000u64;
+    r.play(PlayRequest {
+        range: Some(Range::Clock { start_us: start + 10_500_000, end_us: Some(start + 12_000_000) }),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(r.answers[0].range, "clock=20261125T100010.000Z-20261125T100012.000Z");
+    r.run_until(Duration::from_secs(3));
+    assert_eq!(r.video().len(), 50, "10 .. 12 s");
+    assert_eq!(r.byes, 2, "the end of the range");
+    // A clock range of a file, or outside the media: 457.
+    let mut f = Run::new(false);
+    assert_eq!(
+        f.play(PlayRequest { range: Some(Range::Clock { start_us: 0, end_us: None }), ..Default::default() }),
+        Err(457)
+    );
+    assert_eq!(f.play(PlayRequest { range: npt(31.0), ..Default::default() }), Err(457));
+    assert_eq!(f.play(PlayRequest { range: npt(0.0), scale: Some(-1.0), ..Default::default() }), Err(457));
+}
+
+#[test]
+fn the_end_sends_bye_and_nothing_after() {
+    let mut r = Run::new(false);
+    r.play(PlayRequest { range: npt(29.0), ..Default::default() }).unwrap();
+    r.run_until(Duration::from_secs(5));
+    assert_eq!(r.video().len(), 25);
+    assert_eq!(r.byes, 2);
+    let n = r.sent.len();
+    r.run_until(Duration::from_secs(10));
+    assert_eq!(r.sent.len(), n);
+}
+
+#[test]
+fn without_rate_control_frames_go_as_fast_as_read() {
+    let mut r = Run::new(true);
+    r.play(PlayRequest { range: npt(0.0), rate_control_off: true, onvif_replay: true, ..Default::default() }).unwrap();
+    assert!(r.answers[0].rate_control_off);
+    r.pump();
+    assert_eq!(r.video().len(), 750, "all 30 s at once");
+    assert!(r.sent.iter().all(|s| s.at == Duration::ZERO));
+    // ONVIF: every packet carries the absolute time; the first frame is a clean point after
+    // a discontinuity.
+    let first = &r.video()[0].rtp;
+    assert_eq!(first.payload.len(), 2, "the payload after the extension");
+}
