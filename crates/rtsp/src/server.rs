@@ -251,6 +251,8 @@ pub struct PlayRequest {
     pub onvif_replay: bool,
     /// `Rate-Control: no` (ONVIF): send as fast as the client reads, not in real time.
     pub rate_control_off: bool,
+    /// The request's CSeq (the ONVIF replay extension carries its low byte).
+    pub cseq: u32,
 }
 
 /// The answer to a PLAY, for [`ServerSession::accept_play_with`].
@@ -383,7 +385,7 @@ fn play_request(req: &Request) -> Result<PlayRequest, range::RangeError> {
     let onvif_replay =
         h.get("Require").is_some_and(|r| r.split(',').any(|t| t.trim().eq_ignore_ascii_case("onvif-replay")));
     let rate_control_off = h.get("Rate-Control").is_some_and(|v| v.trim().eq_ignore_ascii_case("no"));
-    Ok(PlayRequest { range, scale, speed, onvif_replay, rate_control_off })
+    Ok(PlayRequest { range, scale, speed, onvif_replay, rate_control_off, cseq: req.cseq().unwrap_or(0) })
 }
 
 impl ServerSession {

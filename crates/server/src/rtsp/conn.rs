@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::player::{MAX_FIRST_FRAMES, Out, RtpOut, SharedRtpOut, Starting, Tx, lock, send_rtcp};
 use super::record::Recording;
+use super::vod::{Opened, VodPlaying};
 use super::{Shared, StreamRtp, UdpIn, unix_micros};
 use crate::config::ms;
 use crate::hub::write_timeout;
@@ -54,6 +55,8 @@ enum Media {
     None,
     Play(Playing),
     Record(Recording),
+    /// Playback of recordings or a file.
+    Vod(Box<VodPlaying>),
 }
 
 struct Conn {
@@ -69,6 +72,8 @@ struct Conn {
     udp_rx: mpsc::Receiver<UdpIn>,
     routes: Vec<SocketAddr>,
     closing: bool,
+    /// The playback target DESCRIBE or SETUP opened.
+    opened: Option<Opened>,
 }
 
 fn credentials(s: &str) -> Option<Credentials> {
@@ -101,6 +106,7 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) -> an
         udp_rx,
         routes: Vec::new(),
         closing: false,
+        opened: None,
     };
     let r = c.run().await;
     c.teardown();
@@ -115,6 +121,7 @@ impl Conn {
                 self.take_over()?;
             }
             self.drain().await;
+            self.pump_vod();
             self.flush().await?;
             if self.closing || self.session.is_closing() {
                 debug!(peer = %self.peer, closing = self.closing, "rtsp: closing the connection");
@@ -128,9 +135,10 @@ impl Conn {
             let start_deadline = self.playing().and_then(|p| p.starting.as_ref()).map(|s| s.deadline);
             let timeout = self.session.poll_timeout().map(|(_, at)| at);
             let reading = !self.session.awaiting_decision();
-            let reader = match &mut self.media {
-                Media::Play(p) if !p.paused && direct.is_none() => p.reader.as_mut(),
-                _ => None,
+            let (reader, vod) = match &mut self.media {
+                Media::Play(p) if !p.paused && direct.is_none() => (p.reader.as_mut(), None),
+                Media::Vod(v) if v.waits() => (None, Some(v)),
+                _ => (None, None),
             };
             tokio::select! {
                 r = read_some(&self.socket, &mut buf), if reading => {
@@ -155,6 +163,11 @@ impl Conn {
                         if self.closing { break; }
                     }
                 }
+                wake = async { vod.expect("guarded").wake().await }, if vod.is_some() => {
+                    if let Media::Vod(v) = &mut self.media {
+                        v.handle(wake);
+                    }
+                }
                 _ = sleep_until(start_deadline), if start_deadline.is_some() => self.finish_start(),
                 _ = sleep_until(timeout), if timeout.is_some() => {
                     if let Err(e) = self.session.handle_timeout(Instant::now()) {
@@ -170,6 +183,29 @@ impl Conn {
         info!(peer = %self.peer, session = self.session.session_id().unwrap_or("-"), "rtsp: {e}; closing");
         self.teardown();
         self.closing = true;
+    }
+
+    /// Sends what a playback viewer has due and answers its PLAY.
+    fn pump_vod(&mut self) {
+        let Media::Vod(v) = &mut self.media else { return };
+        if let Err(e) = v.pump(&self.shared, &mut self.session, &mut self.out, &self.txs) {
+            self.ended(&e);
+        }
+    }
+
+    /// The playback target of `path` and `uri`'s query, opened once per connection; None for
+    /// a live path.
+    async fn open_vod(&mut self, path: &str, uri: &str) -> Option<Result<(), u16>> {
+        if self.opened.as_ref().is_some_and(|o| o.is_for(path, uri)) {
+            return Some(Ok(()));
+        }
+        match super::vod::open(&self.shared, path, uri).await? {
+            Ok(o) => {
+                self.opened = Some(o);
+                Some(Ok(()))
+            }
+            Err(code) => Some(Err(code)),
+        }
     }
 
     fn playing(&self) -> Option<&Playing> {
@@ -231,12 +267,23 @@ impl Conn {
 
     async fn on_event(&mut self, ev: ServerEvent) -> Result<(), SessionError> {
         match ev {
-            ServerEvent::Describe { path, .. } => self.describe(&path).await,
+            ServerEvent::Describe { path, uri } => self.describe(&path, &uri).await,
             ServerEvent::Announce { path, sdp } => self.announce(&path, &sdp),
-            ServerEvent::Setup { path, track, transport, record, .. } => {
-                self.setup(&path, track, &transport, record).await
+            ServerEvent::Setup { path, track, transport, record, uri } => {
+                self.setup(&path, track, &transport, record, &uri).await
             }
-            ServerEvent::Play { path, resume, .. } => self.play(&path, resume),
+            ServerEvent::Play { path, resume, request } => {
+                if let Media::Vod(v) = &mut self.media {
+                    return match v.player.play(Instant::now(), &request) {
+                        Ok(()) => Ok(()),
+                        Err(code) => self.session.reject(code),
+                    };
+                }
+                if self.opened.as_ref().is_some_and(|o| o.key_path() == path) {
+                    return self.play_vod(&path, &request);
+                }
+                self.play(&path, resume)
+            }
             ServerEvent::Record { path } => {
                 if let Media::Record(rec) = &mut self.media {
                     rec.start();
@@ -246,8 +293,10 @@ impl Conn {
             }
             ServerEvent::Pause => {
                 // The answer's flush takes the sending back from the fan-out task.
-                if let Media::Play(p) = &mut self.media {
-                    p.paused = true;
+                match &mut self.media {
+                    Media::Play(p) => p.paused = true,
+                    Media::Vod(v) => v.player.pause(),
+                    _ => {}
                 }
                 Ok(())
             }
@@ -280,7 +329,20 @@ impl Conn {
         }
     }
 
-    async fn describe(&mut self, path: &str) -> Result<(), SessionError> {
+    async fn describe(&mut self, path: &str, uri: &str) -> Result<(), SessionError> {
+        match self.open_vod(path, uri).await {
+            Some(Ok(())) => {
+                let local = self.socket.local_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "0.0.0.0".into());
+                let Some(o) = &self.opened else { return self.session.reject(500) };
+                let (text, tracks) = o.sdp(uri, &local);
+                if tracks == 0 {
+                    return self.session.reject(404);
+                }
+                return self.session.accept_describe(&text);
+            }
+            Some(Err(code)) => return self.session.reject(code),
+            None => {}
+        }
         if path::validate(path).is_err() {
             return self.session.reject(404);
         }
@@ -329,11 +391,30 @@ impl Conn {
         track: Option<usize>,
         transport: &Transport,
         record: bool,
+        uri: &str,
     ) -> Result<(), SessionError> {
+        let vod = if record { None } else { self.open_vod(path, uri).await };
         let index = if record {
             // The session resolved the control URL to the SDP media; the recording keeps
             // or discards that media's packets.
             track.unwrap_or(0)
+        } else if let Some(opened) = vod {
+            if let Err(code) = opened {
+                return self.session.reject(code);
+            }
+            if transport.multicast {
+                // Each viewer has its own position: nothing to share in a group.
+                return self.session.reject(461);
+            }
+            let Some(o) = &self.opened else { return self.session.reject(500) };
+            let t = &o.info().tracks;
+            let available = [t.video.is_some(), t.audio.is_some()];
+            match track {
+                Some(i) if i < 2 && available[i] => i,
+                Some(_) => return self.session.reject(404),
+                None if available.iter().filter(|a| **a).count() == 1 => usize::from(!available[0]),
+                None => return self.session.reject(459),
+            }
         } else {
             if path::validate(path).is_err() {
                 return self.session.reject(404);
@@ -460,6 +541,24 @@ impl Conn {
         Ok(())
     }
 
+    /// The first PLAY of a playback session: a viewer of its own over the opened target.
+    fn play_vod(&mut self, path: &str, request: &ferrocast_rtsp::server::PlayRequest) -> Result<(), SessionError> {
+        let Some(o) = &self.opened else { return self.session.reject(454) };
+        let mut set_up = [false, false];
+        for (i, _) in &self.txs {
+            if let Some(s) = set_up.get_mut(*i) {
+                *s = true;
+            }
+        }
+        let mut v = VodPlaying::new(o, set_up, self.shared.config.mtu);
+        if let Err(code) = v.player.play(Instant::now(), request) {
+            return self.session.reject(code);
+        }
+        info!(peer = %self.peer, path, session = self.session.session_id().unwrap_or("-"), scale = request.scale, speed = request.speed, "rtsp playback");
+        self.media = Media::Vod(Box::new(v));
+        Ok(())
+    }
+
     /// Answers the PLAY waiting for first packets, then sends the frames held meanwhile.
     fn finish_start(&mut self) {
         let Media::Play(p) = &mut self.media else { return };
@@ -484,6 +583,9 @@ impl Conn {
         // else on this connection (the BYE, the TEARDOWN response), or the interleaved
         // stream would be cut mid-packet.
         let _ = self.take_over();
+        if let Media::Vod(v) = &self.media {
+            v.bye(&self.shared, &mut self.out.headers, &mut self.out.bufs, &self.txs);
+        }
         if let Media::Play(p) = &self.media {
             for (index, tx) in &self.txs {
                 let kind = if *index == 0 { TrackKind::Video } else { TrackKind::Audio };
@@ -517,6 +619,7 @@ impl Conn {
                     }
                 }
             }
+            Media::Vod(v) => v.reports(&self.shared, &mut self.out, &self.txs),
             Media::Record(rec) => {
                 for (index, rr) in rec.receiver_reports(micros) {
                     if let Some((_, tx)) = self.txs.iter().find(|(i, _)| *i == index) {
@@ -557,7 +660,7 @@ impl Conn {
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
+pub(super) async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,

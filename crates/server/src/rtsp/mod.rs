@@ -7,6 +7,7 @@ mod multicast;
 mod player;
 pub mod record;
 mod udp_out;
+mod vod;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -45,7 +46,6 @@ pub struct UdpIn {
 /// What every RTSP connection shares.
 pub struct Shared {
     hub: Arc<Hub>,
-    #[allow(dead_code)] // read by RTSP playback, being written
     playback: Arc<Playback>,
     config: RtspConfig,
     rtp: Arc<UdpSocket>,

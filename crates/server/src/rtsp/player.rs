@@ -88,19 +88,33 @@ impl RtpOut {
                 send_rtcp(&self.shared, &mut self.headers, out, tx, sr);
             }
         }
-        for pkt in codec::packets(&packets) {
-            t.packets = t.packets.wrapping_add(1);
-            t.octets = t.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
-            match tx {
-                // A frame's packets to one address leave together (see udp_out).
-                Tx::Udp { .. } => self.udp.push(pkt),
-                _ => send_rtp(&mut self.headers, out, tx, pkt),
-            }
+        send_frame(&self.shared, &mut self.headers, &mut self.udp, out, tx, &packets, t);
+    }
+}
+
+/// A frame's packets (`[u16 length][packet]` records) on one transport: over UDP at once,
+/// all together (see udp_out); over TCP as interleaved buffers appended to `out`. Counted in
+/// `sent`; `udp` is scratch.
+pub(super) fn send_frame(
+    shared: &Shared,
+    headers: &mut BytesMut,
+    udp: &mut Vec<Bytes>,
+    out: &mut Vec<Bytes>,
+    tx: &Tx,
+    packets: &Bytes,
+    sent: &mut Sent,
+) {
+    for pkt in codec::packets(packets) {
+        sent.packets = sent.packets.wrapping_add(1);
+        sent.octets = sent.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
+        match tx {
+            Tx::Udp { .. } => udp.push(pkt),
+            _ => send_rtp(headers, out, tx, pkt),
         }
-        if let Tx::Udp { rtp, .. } = tx {
-            super::udp_out::send_packets(&self.shared.rtp, *rtp, &self.udp);
-            self.udp.clear();
-        }
+    }
+    if let Tx::Udp { rtp, .. } = tx {
+        super::udp_out::send_packets(&shared.rtp, *rtp, udp);
+        udp.clear();
     }
 }
 

@@ -241,11 +241,11 @@ impl VodPlayer {
     /// A PLAY: where it starts, at what Scale and Speed. Err(457) for a Range outside the
     /// media (or a `clock=` range of a file). The answer follows as [`Output::Answer`] once
     /// the position is known.
-    pub fn play(&mut self, now: Instant, req: &PlayRequest, cseq: u8) -> Result<(), u16> {
+    pub fn play(&mut self, now: Instant, req: &PlayRequest) -> Result<(), u16> {
         let scale = req.scale.map_or(1.0, pace::supported_scale);
         let (start, end) = self.range_of(req.range.as_ref(), scale)?;
         self.onvif = req.onvif_replay;
-        self.cseq = cseq;
+        self.cseq = req.cseq as u8;
         // A PLAY without a Range resumes exactly where the stream stands, with the frames
         // already read, when it keeps going the same way at a Scale that sends every frame.
         let resume = req.range.is_none()
@@ -576,7 +576,8 @@ impl VodPlayer {
         }
         let pace = self.pace?;
         let f = self.queue.front()?;
-        pace.send_at(pace.stamp(f.dts_us))
+        // Without rate control a queued frame is due now (the PLAY point is in the past).
+        pace.send_at(pace.stamp(f.dts_us)).or(Some(pace.wall0))
     }
 }
 

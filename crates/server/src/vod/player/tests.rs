@@ -179,7 +179,7 @@ impl Run {
     }
 
     fn play(&mut self, headers: PlayRequest) -> Result<(), u16> {
-        let r = self.player.play(self.now, &headers, 1);
+        let r = self.player.play(self.now, &headers);
         self.pump();
         r
     }
