@@ -101,6 +101,8 @@ pub struct ClientSession {
     events: VecDeque<ClientEvent>,
     response_timeout: Duration,
     started: bool,
+    /// The Range of the first PLAY.
+    play_range: String,
 }
 
 impl ClientSession {
@@ -127,6 +129,7 @@ impl ClientSession {
             events: VecDeque::new(),
             response_timeout: Duration::from_secs(10),
             started: false,
+            play_range: "npt=0.000-".to_owned(),
         };
         match c.mode.clone() {
             ClientMode::Play => c.request(now, Method::Describe, &c.url.clone(), Headers::default(), Bytes::new()),
@@ -167,7 +170,7 @@ impl ClientSession {
             let url = self.url.clone();
             let mut h = Headers::default();
             if method == Method::Play {
-                h.add("Range", "npt=0.000-");
+                h.add("Range", self.play_range.clone());
             }
             self.request(now, method, &url, h, Bytes::new());
             return;
@@ -274,6 +277,11 @@ impl ClientSession {
     pub fn pause(&mut self, now: Instant) {
         let url = self.url.clone();
         self.request(now, Method::Pause, &url, Headers::default(), Bytes::new());
+    }
+
+    /// The Range the first PLAY asks for (`npt=0.000-` unless set before it is sent).
+    pub fn set_play_range(&mut self, range: &str) {
+        self.play_range = range.to_owned();
     }
 
     /// A keep-alive (GET_PARAMETER).
