@@ -135,6 +135,11 @@ const LOW_WATER_FRAMES: usize = 16;
 /// Media time over which keyframe times are listed at once in keyframes-only play.
 const KEYFRAME_WINDOW_US: i64 = 120_000_000;
 
+/// A step in media time bigger than this between two frames sent is a gap between
+/// recordings (or a camera that stopped): playback skips it rather than wait it out. Long
+/// camera GOPs in keyframes-only play stay under it.
+pub const MAX_GAP_US: i64 = 10_000_000;
+
 /// Most keyframe times listed at once.
 const MAX_KEYFRAMES_LISTED: usize = 64;
 
@@ -183,6 +188,8 @@ pub struct VodPlayer {
     /// Media time of the next frame to send (where a PAUSE stands).
     position_us: i64,
     last_stamp_us: Option<i64>,
+    /// Media time of the last frame sent since the PLAY.
+    last_sent_us: Option<i64>,
     /// The first frame after a PLAY has not gone yet (ONVIF D flag).
     discontinuity: bool,
     onvif: bool,
@@ -221,6 +228,7 @@ impl VodPlayer {
             exhausted: false,
             outputs: VecDeque::new(),
             last_stamp_us: None,
+            last_sent_us: None,
             discontinuity: true,
             onvif: false,
             cseq: 0,
@@ -313,6 +321,7 @@ impl VodPlayer {
         let pace = Pace { t0_us, stamp0_us: stamp0, wall0: now, scale, speed, realtime: !req.rate_control_off };
         self.pace = Some(pace);
         self.position_us = t0_us;
+        self.last_sent_us = None;
         self.discontinuity = true;
         for t in self.out.iter_mut().flatten() {
             t.reported = false;
@@ -468,7 +477,7 @@ impl VodPlayer {
         if self.state != State::Playing {
             return None;
         }
-        let pace = self.pace?;
+        let mut pace = self.pace?;
         while let Some(f) = self.queue.front() {
             // Frames before the point (the rest of a part read from its keyframe) and past
             // the end are not sent; audio plays at Scale 1 only.
@@ -484,12 +493,32 @@ impl VodPlayer {
                 self.queue.pop_front();
                 continue;
             }
+            if let Some(last) = self.last_sent_us
+                && pace.ahead(f.dts_us, last)
+                && (f.dts_us - last).abs() > MAX_GAP_US
+            {
+                // A gap: the frame after it follows the last one sent by the gap step, on
+                // the client's timeline and in sending.
+                let last_stamp = self.last_stamp_us.unwrap_or(pace.stamp0_us);
+                let last_sent_at = pace.send_at(pace.stamp(last)).unwrap_or(now);
+                pace = Pace {
+                    t0_us: f.dts_us,
+                    stamp0_us: last_stamp + GAP_US,
+                    wall0: last_sent_at + std::time::Duration::from_micros((GAP_US as f64 / pace.speed) as u64),
+                    ..pace
+                };
+                self.pace = Some(pace);
+                // Once: the next frame sent is measured from the new point.
+                self.last_sent_us = None;
+                self.discontinuity = true;
+            }
             let stamp = pace.stamp(f.dts_us);
             if pace.send_at(stamp).is_some_and(|at| at > now) {
                 return None;
             }
             let f = self.queue.pop_front().expect("peeked");
             self.position_us = f.dts_us;
+            self.last_sent_us = Some(f.dts_us);
             return self.send(now, &pace, &f);
         }
         if self.exhausted && !self.in_flight && self.queue.is_empty() && self.keyframe_times.is_empty() {

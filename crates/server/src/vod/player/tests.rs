@@ -14,6 +14,7 @@ struct Synthetic {
     frames: Vec<TimedFrame>,
     pos: usize,
     start_us: i64,
+    end_us: i64,
     clock: bool,
 }
 
@@ -58,18 +59,13 @@ impl Synthetic {
             n += 1;
         }
         frames.sort_by_key(|f| f.dts_us);
-        Synthetic { frames, pos: 0, start_us, clock }
+        Synthetic { frames, pos: 0, start_us, end_us: start_us + SECONDS * 1_000_000, clock }
     }
 }
 
 impl Media for Synthetic {
     fn info(&self) -> MediaInfo {
-        MediaInfo {
-            tracks: tracks(),
-            start_us: self.start_us,
-            end_us: Some(self.start_us + SECONDS * 1_000_000),
-            clock: self.clock,
-        }
+        MediaInfo { tracks: tracks(), start_us: self.start_us, end_us: Some(self.end_us), clock: self.clock }
     }
 
     fn read(&mut self, need: Need) -> Read {
@@ -126,7 +122,10 @@ struct Run {
 impl Run {
     fn new(clock: bool) -> Run {
         let start = if clock { 1_795_600_800_000_000 } else { 0 };
-        let media = Synthetic::new(start, clock);
+        Run::with(Synthetic::new(start, clock))
+    }
+
+    fn with(media: Synthetic) -> Run {
         let t0 = Instant::now();
         Run {
             player: VodPlayer::new(media.info(), [true, true], 0x1234_5678_9abc_def0, 1400),
@@ -359,4 +358,29 @@ fn without_rate_control_frames_go_as_fast_as_read() {
     // a discontinuity.
     let first = &r.video()[0].rtp;
     assert_eq!(first.payload.len(), 2, "the payload after the extension");
+}
+
+#[test]
+fn a_gap_between_recordings_is_skipped_not_waited_out() {
+    // The media from 10 s on moved 90 s later: a gap of 90 s between two recordings.
+    let mut media = Synthetic::new(0, false);
+    for f in &mut media.frames {
+        if f.dts_us >= 10_000_000 {
+            f.dts_us += 90_000_000;
+            f.pts_us += 90_000_000;
+        }
+    }
+    media.end_us += 90_000_000;
+    let mut r = Run::with(media);
+    r.play(PlayRequest { range: npt(9.0), ..Default::default() }).unwrap();
+    let base = r.answers[0].starts[0].rtptime;
+    r.run_until(Duration::from_millis(1500));
+    let v = r.video();
+    assert_eq!(v.len(), 25 + 12, "9.00 .. 9.96 s, then 100.00 .. 100.44 s");
+    // The first frame after the gap: the gap step after the last frame sent before it (the
+    // audio of 9.984 s), in stamps and in sending.
+    let (before, after) = (v[24], v[25]);
+    assert_eq!(before.rtp.timestamp, rtp_of(base, 960_000, 90_000));
+    assert_eq!(after.rtp.timestamp, rtp_of(base, 984_000 + GAP_US, 90_000));
+    assert_eq!(after.at, Duration::from_micros(984_000 + GAP_US as u64));
 }
