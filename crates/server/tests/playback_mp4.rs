@@ -380,3 +380,216 @@ async fn vod_files_with_ranges_head_and_no_way_out() {
         assert!(!r.text().contains("not for you"), "{bad}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Headless Chromium (as tests/browser.rs drives it)
+
+fn chromium() -> &'static str {
+    for c in ["chromium", "chromium-browser", "google-chrome"] {
+        if Command::new(c)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return c;
+        }
+    }
+    panic!("Chromium is required for the browser test: run ./scripts/test (it installs Debian's chromium)");
+}
+
+/// A `<video>` element plays SOURCE, seeks to the middle once it knows the duration, plays on
+/// and reports whether currentTime advanced past the seek point.
+const VIDEO_PAGE: &str = r#"<!doctype html>
+<html><body>
+<video id="v" muted playsinline preload="metadata" src="SOURCE"></video>
+<script>
+const report = (r) => fetch('/result', { method: 'POST', body: JSON.stringify(r) });
+const errors = [];
+const v = document.getElementById('v');
+v.addEventListener('error', () => errors.push('error:' + (v.error ? v.error.code + ' ' + v.error.message : '?')));
+let seekTo = null, seeked = null, done = false;
+v.addEventListener('loadedmetadata', () => { seekTo = v.duration / 2; v.currentTime = seekTo; });
+v.addEventListener('seeked', () => {
+  if (seeked === null) { seeked = v.currentTime; v.play().catch(e => errors.push('play:' + e)); }
+});
+const started = Date.now();
+const tick = setInterval(() => {
+  const elapsed = (Date.now() - started) / 1000;
+  if ((seeked !== null && v.currentTime - seeked > 3) || errors.length || elapsed > 60) {
+    clearInterval(tick);
+    report({ duration: v.duration, seekTo, seeked, currentTime: v.currentTime, errors, width: v.videoWidth });
+  }
+}, 250);
+</script>
+</body></html>"#;
+
+/// Serves the page and returns the first POSTed result.
+async fn serve_page(listener: tokio::net::TcpListener, page: String) -> Value {
+    loop {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 8192];
+        let (head, mut body) = loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break (String::new(), Vec::new());
+            }
+            req.extend_from_slice(&buf[..n]);
+            if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                break (String::from_utf8_lossy(&req[..i]).into_owned(), req[i + 4..].to_vec());
+            }
+        };
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0);
+        while body.len() < len {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&buf[..n]);
+        }
+        if head.starts_with("POST /result") {
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").await;
+            return serde_json::from_slice(&body).unwrap();
+        }
+        let (status, ctype, content) = if head.starts_with("GET / ") {
+            ("200 OK", "text/html", page.clone())
+        } else {
+            ("404 Not Found", "text/plain", String::new())
+        };
+        let resp = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{content}",
+            content.len()
+        );
+        let _ = s.write_all(resp.as_bytes()).await;
+    }
+}
+
+/// What passed through [`proxy`]: each request's line and Range header, and the bytes the
+/// server sent back.
+#[derive(Default)]
+struct Seen {
+    requests: Vec<(String, Option<String>)>,
+    bytes_down: u64,
+}
+
+/// A TCP proxy in front of the server that notes each request head (the browser's Range
+/// requests) and counts the bytes coming back.
+async fn proxy(
+    listener: tokio::net::TcpListener,
+    upstream: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+) {
+    loop {
+        let Ok((client, _)) = listener.accept().await else { return };
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let Ok(server) = TcpStream::connect(upstream).await else { return };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let up_seen = seen.clone();
+            let up = tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = vec![0u8; 16 << 10];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    pending.extend_from_slice(&buf[..n]);
+                    // GETs have no body: every head ends at an empty line.
+                    while let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&pending[..i]).into_owned();
+                        pending.drain(..i + 4);
+                        let line = head.lines().next().unwrap_or("").to_owned();
+                        let range = head.lines().find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("range").then(|| v.trim().to_owned())
+                        });
+                        up_seen.lock().unwrap().requests.push((line, range));
+                    }
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                let n = match sr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                seen.lock().unwrap().bytes_down += n as u64;
+                if cw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            up.abort();
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_seeks_to_the_middle_of_three_files_and_plays_on_with_ranges() {
+    let browser = chromium();
+    let rec = recording().await;
+    let server = playback_server(rec).await;
+    let path = format!("/{}/recording.mp4?start={}&end={}", rec.path, rec.start, rec.end);
+    let len: u64 = request(server.http, "HEAD", &path, "").await.header("content-length").unwrap().parse().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+    let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy_listener.local_addr().unwrap();
+    tokio::spawn(proxy(proxy_listener, server.http, seen.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_url = format!("http://{}/", listener.local_addr().unwrap());
+    let result =
+        tokio::spawn(serve_page(listener, VIDEO_PAGE.replace("SOURCE", &format!("http://{proxy_addr}{path}"))));
+    let profile = std::env::temp_dir().join(format!("ferrocast-chromium-{}-mp4", std::process::id()));
+    let chrome = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--autoplay-policy=no-user-gesture-required",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(&page_url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start chromium");
+    let _chrome = Proc(chrome);
+    let r = tokio::time::timeout(Duration::from_secs(120), result).await.expect("the page never reported").unwrap();
+    let _ = std::fs::remove_dir_all(&profile);
+    let seen = seen.lock().unwrap();
+    let log: Vec<String> =
+        seen.requests.iter().map(|(l, r)| format!("{l} [{}]", r.as_deref().unwrap_or("no range"))).collect();
+    eprintln!("chromium: {r}\nrequests: {log:#?}\n{} of {len} bytes down", seen.bytes_down);
+    assert!(r["errors"].as_array().unwrap().is_empty(), "video errors: {r}");
+    let duration = r["duration"].as_f64().unwrap();
+    assert!((duration - (rec.end_us - rec.start_us) as f64 / 1e6).abs() < 1.0, "duration {r}");
+    let seeked = r["seeked"].as_f64().unwrap_or_else(|| panic!("never seeked: {r}"));
+    assert!((seeked - duration / 2.0).abs() < 1.0, "seeked to the middle: {r}");
+    assert!(r["currentTime"].as_f64().unwrap() - seeked > 3.0, "played on past the seek point: {r}");
+    assert_eq!(r["width"], 320);
+    // Only byte ranges: every request for the file carries one, and one starts past the
+    // middle's neighbourhood of the file, where the seek led.
+    let media: Vec<&(String, Option<String>)> =
+        seen.requests.iter().filter(|(l, _)| l.contains("recording.mp4")).collect();
+    assert!(!media.is_empty());
+    assert!(media.iter().all(|(_, r)| r.as_deref().is_some_and(|r| r.starts_with("bytes="))), "{log:#?}");
+    let starts: Vec<u64> = media
+        .iter()
+        .filter_map(|(_, r)| r.as_deref()?.strip_prefix("bytes=")?.split('-').next()?.parse().ok())
+        .collect();
+    assert!(starts.iter().any(|s| *s > len / 4), "a range from near the seek point: {log:#?}");
+}
