@@ -162,11 +162,7 @@ async fn make_recording() -> Recorded {
     ));
     let url = server.rtmp_url(&path);
     let status = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg")
-            .args(["-v", "error", "-nostdin", "-i"])
-            .arg(&flv)
-            .args(["-c", "copy", "-f", "flv", &url])
-            .status()
+        Command::new("ffmpeg").args(["-v", "error", "-nostdin", "-i"]).arg(&flv).args(["-c", "copy", "-f", "flv", &url]).status()
     })
     .await
     .unwrap()
