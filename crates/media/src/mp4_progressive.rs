@@ -584,3 +584,74 @@ mod tests {
         assert_eq!(b.push(TrackKind::Audio, &chunk[..1]), Err(ProgressiveError::TooManySamples));
     }
 }
+
+/// What a day costs: `cargo test --release -p ferrocast-media mp4_progressive::bench -- --ignored
+/// --nocapture` (figures for BENCHMARKS.md; no assertion on time).
+#[cfg(test)]
+mod bench {
+    use super::*;
+
+    #[test]
+    #[ignore]
+    fn a_day_at_25_fps_with_aac() {
+        let tracks = tests_tracks();
+        let began = std::time::Instant::now();
+        let mut b = Builder::new(&tracks, Some(90_000), Some(48_000));
+        let (mut v, mut a) = (0i64, 0i64);
+        // One-second parts: 25 video frames (I P B B ...) and 47 AAC frames each.
+        for second in 0..86_400i64 {
+            let video: Vec<ChunkSample> = (0..25)
+                .map(|i| ChunkSample {
+                    dts: (v + i) * 3600,
+                    cts: [7200, 14_400, 3600, 3600, 10_800][(i % 5) as usize],
+                    duration: 3600,
+                    size: 4000 + (i as u32 * 37) % 900,
+                    keyframe: i == 0,
+                })
+                .collect();
+            v += 25;
+            let n = (second + 1) * 48_000 / 1024 - a;
+            let audio: Vec<ChunkSample> = (0..n)
+                .map(|i| ChunkSample { dts: (a + i) * 1024, cts: 0, duration: 1024, size: 300, keyframe: true })
+                .collect();
+            a += n;
+            b.push(TrackKind::Video, &video).unwrap();
+            b.push(TrackKind::Audio, &audio).unwrap();
+        }
+        let pushed = began.elapsed();
+        let samples = b.samples();
+        let layout = b.finish().unwrap();
+        eprintln!(
+            "a day: {samples} samples, header {} bytes ({:.1} bytes a sample), mdat {} bytes; push {:?}, finish {:?}",
+            layout.header.len(),
+            layout.header.len() as f64 / samples as f64,
+            layout.data_len,
+            pushed,
+            began.elapsed() - pushed
+        );
+    }
+
+    fn tests_tracks() -> Tracks {
+        use crate::{AudioCodec, VideoCodec, h264};
+        let sps = Bytes::from_static(&[
+            0x67, 0x64, 0x00, 0x0d, 0xac, 0xd9, 0x41, 0x41, 0xfb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00,
+            0x03, 0x03, 0xc0, 0xf1, 0x42, 0x99, 0x60,
+        ]);
+        let pps = Bytes::from_static(&[0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0]);
+        Tracks {
+            video: Some(TrackInfo::Video {
+                codec: VideoCodec::H264,
+                config: h264::build_avcc(&[sps], &[pps]).unwrap(),
+                clock_rate: 90_000,
+            }),
+            audio: Some(TrackInfo::Audio {
+                codec: AudioCodec::Aac,
+                config: Bytes::from_static(&[0x11, 0x90]),
+                sample_rate: 48_000,
+                channels: 2,
+                clock_rate: 48_000,
+            }),
+            metadata: None,
+        }
+    }
+}

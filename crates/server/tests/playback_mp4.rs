@@ -593,3 +593,60 @@ async fn chromium_seeks_to_the_middle_of_three_files_and_plays_on_with_ranges() 
         .collect();
     assert!(starts.iter().any(|s| *s > len / 4), "a range from near the seek point: {log:#?}");
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+/// Damaged files, as the index still lists them: the second file cut short (a disk that
+/// filled up, a copy interrupted), every moof of the third claiming 2^31 samples. A range
+/// ends at the damage and decodes cleanly up to it; a range in the hostile file is a 500; the
+/// server reads nothing it cannot pay for and stays up.
+#[tokio::test(flavor = "multi_thread")]
+async fn damaged_files_end_the_range_cleanly() {
+    let rec = recording().await;
+    let dir = media_dir().join("damaged-recordings");
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&rec.dir, &dir);
+    let files = recording_files(&dir);
+    let second = std::fs::OpenOptions::new().write(true).open(&files[1]).unwrap();
+    let len = second.metadata().unwrap().len();
+    second.set_len(len / 2).unwrap();
+    let mut third = std::fs::read(&files[2]).unwrap();
+    let mut at = 0;
+    while let Some(i) = find(&third[at..], b"trun") {
+        let count = at + i + 8;
+        third[count..count + 4].copy_from_slice(&0x8000_0000u32.to_be_bytes());
+        at = count;
+    }
+    std::fs::write(&files[2], &third).unwrap();
+    let damaged = Recorded { dir: dir.clone(), ..rec.clone() };
+    let mut server = playback_server(&damaged).await;
+    let url = recording_url(&server, rec, &format!("start={}&end={}", rec.start, rec.end));
+    let r = http_get(&url, "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-length"), Some(r.body.len().to_string()));
+    let (video, _, duration) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || count_frames(&url)
+    })
+    .await
+    .unwrap();
+    assert!(duration > 12.0 && duration < 18.0, "up to the cut in the second file: {duration}");
+    assert!(video > 0);
+    let errors = tokio::task::spawn_blocking(move || decode_errors(&url)).await.unwrap();
+    assert!(errors.is_empty(), "ffmpeg reported: {errors}");
+    let hostile = recording_url(&server, rec, &format!("start={}&duration=5", rec.at(22.0)));
+    let r = http_get(&hostile, "").await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(server.alive());
+}
