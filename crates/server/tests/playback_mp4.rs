@@ -650,3 +650,68 @@ async fn damaged_files_end_the_range_cleanly() {
     assert_eq!(r.status, 500, "{}", r.text());
     assert!(server.alive());
 }
+
+/// Stitching: a gap between two recordings is closed up (the index moved the third file a
+/// minute later: the MP4 still lasts the recorded 30 s, every frame in it), and a file whose
+/// codec parameters differ from the first file's ends the range before it (the third file's
+/// H.264 level changed in its avcC).
+#[tokio::test(flavor = "multi_thread")]
+async fn gaps_are_closed_up_and_a_codec_change_ends_the_range() {
+    let rec = recording().await;
+    let (all_video, all_audio, _) = {
+        let dir = rec.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            recording_files(&dir).iter().fold((0, 0, 0.0), |(v, a, _), f| {
+                let (fv, fa, _) = count_frames(f.to_str().unwrap());
+                (v + fv, a + fa, 0.0)
+            })
+        })
+        .await
+        .unwrap()
+    };
+    // A minute's gap before the third file.
+    const GAP_US: i64 = 60_000_000;
+    let gap_dir = media_dir().join("gap-recordings");
+    let _ = std::fs::remove_dir_all(&gap_dir);
+    copy_dir(&rec.dir, &gap_dir);
+    let third_start = {
+        let db = rusqlite::Connection::open(gap_dir.join("index+ferrocast.db")).unwrap();
+        let starts: Vec<i64> = db
+            .prepare("SELECT start_us FROM segments ORDER BY start_us")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(starts.len() >= 3);
+        db.execute("UPDATE segments SET start_us = start_us + ?1 WHERE start_us >= ?2", [GAP_US, starts[2]]).unwrap();
+        starts[2]
+    };
+    let gapped = Recorded { dir: gap_dir, ..rec.clone() };
+    let server = playback_server(&gapped).await;
+    let url = recording_url(&server, rec, &format!("start={}&end={}", rec.start, format_us(rec.end_us + GAP_US as u64)));
+    let (video, audio, duration) = tokio::task::spawn_blocking(move || count_frames(&url)).await.unwrap();
+    assert_eq!((video, audio), (all_video, all_audio), "every frame, across the gap");
+    let recorded = (rec.end_us - rec.start_us) as f64 / 1e6;
+    assert!((duration - recorded).abs() < 0.5, "the gap closed up: {duration} s for {recorded} s recorded");
+    drop(server);
+    // Other codec parameters in the third file.
+    let change_dir = media_dir().join("change-recordings");
+    let _ = std::fs::remove_dir_all(&change_dir);
+    copy_dir(&rec.dir, &change_dir);
+    let third = recording_files(&change_dir)[2].clone();
+    let mut bytes = std::fs::read(&third).unwrap();
+    let level = find(&bytes, b"avcC").unwrap() + 4 + 3;
+    bytes[level] = if bytes[level] == 0x1f { 0x1e } else { 0x1f };
+    std::fs::write(&third, bytes).unwrap();
+    let changed = Recorded { dir: change_dir, ..rec.clone() };
+    let server = playback_server(&changed).await;
+    let url = recording_url(&server, rec, &format!("start={}&end={}", rec.start, rec.end));
+    let (_, _, duration) = tokio::task::spawn_blocking(move || count_frames(&url)).await.unwrap();
+    let before = (third_start as u64 - rec.start_us) as f64 / 1e6;
+    assert!((duration - before).abs() < 0.5, "ends before the third file at {before} s: {duration}");
+    // The third file alone plays: a range that starts there.
+    let url = recording_url(&server, rec, &format!("start={}&end={}", format_us(third_start as u64), rec.end));
+    let r = http_get(&url, "Range: bytes=0-0\r\n").await;
+    assert_eq!(r.status, 206);
+}
