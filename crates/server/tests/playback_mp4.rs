@@ -689,7 +689,8 @@ async fn gaps_are_closed_up_and_a_codec_change_ends_the_range() {
     };
     let gapped = Recorded { dir: gap_dir, ..rec.clone() };
     let server = playback_server(&gapped).await;
-    let url = recording_url(&server, rec, &format!("start={}&end={}", rec.start, format_us(rec.end_us + GAP_US as u64)));
+    let url =
+        recording_url(&server, rec, &format!("start={}&end={}", rec.start, format_us(rec.end_us + GAP_US as u64)));
     let (video, audio, duration) = tokio::task::spawn_blocking(move || count_frames(&url)).await.unwrap();
     assert_eq!((video, audio), (all_video, all_audio), "every frame, across the gap");
     let recorded = (rec.end_us - rec.start_us) as f64 / 1e6;
