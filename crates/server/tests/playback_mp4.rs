@@ -283,6 +283,12 @@ async fn ranges_are_the_bytes_of_the_whole_file() {
         assert_eq!(r.header("content-length"), Some((to - from + 1).to_string()), "{header}");
         assert!(r.body == body[*from..=*to], "{header}: other bytes than the whole file's");
     }
+    // A download resumes with If-Range: the rest while the ETag holds, the whole otherwise.
+    let etag = whole.header("etag").expect("an ETag");
+    let r = http_get(&url, &format!("Range: bytes=1000-\r\nIf-Range: {etag}\r\n")).await;
+    assert!(r.status == 206 && r.body == body[1000..]);
+    let r = http_get(&url, "Range: bytes=1000-\r\nIf-Range: \"other\"\r\n").await;
+    assert!(r.status == 200 && r.body == *body);
     let r = http_get(&url, &format!("Range: bytes={len}-\r\n")).await;
     assert_eq!(r.status, 416);
     assert_eq!(r.header("content-range"), Some(format!("bytes */{len}")));
@@ -353,6 +359,11 @@ async fn vod_files_with_ranges_head_and_no_way_out() {
             assert_eq!(r.header("content-range"), Some(format!("bytes {from}-{to}/{len}")));
             assert!(r.body == bytes[from..=to], "{name} {from}-{to}");
         }
+        let etag = whole.header("etag").expect("an ETag");
+        let r = http_get(&url(name), &format!("Range: bytes=-10\r\nIf-Range: {etag}\r\n")).await;
+        assert!(r.status == 206 && r.body == bytes[len - 10..]);
+        let r = http_get(&url(name), "Range: bytes=-10\r\nIf-Range: Wed, 21 Oct 2015 07:28:00 GMT\r\n").await;
+        assert!(r.status == 200 && r.body == bytes, "a date is no validator here: the whole file");
         let r = http_get(&url(name), "Range: bytes=-10\r\n").await;
         assert!(r.status == 206 && r.body == bytes[len - 10..]);
         let r = http_get(&url(name), &format!("Range: bytes={}-\r\n", len + 5)).await;

@@ -87,6 +87,9 @@ pub struct Layout {
     pub spans: Vec<Span>,
     /// Bytes in all.
     pub len: u64,
+    /// A strong validator (RFC 9110 8.8.3): a client resuming with `If-Range` gets the rest
+    /// only if it is still the same sequence of bytes (a range still being recorded grows).
+    pub etag: String,
 }
 
 impl Layout {
@@ -98,9 +101,12 @@ impl Layout {
     }
 
     /// A file served as it is.
-    fn whole_file(path: PathBuf, len: u64) -> Layout {
+    fn whole_file(path: PathBuf, meta: &std::fs::Metadata) -> Layout {
+        use std::os::unix::fs::MetadataExt;
+        let len = meta.len();
         let spans = if len > 0 { vec![Span { out: 0, file: 0, at: 0, len }] } else { Vec::new() };
-        Layout { header: Bytes::new(), files: vec![path], spans, len }
+        let etag = format!("\"f{:x}-{:x}-{:x}.{:x}\"", meta.ino(), len, meta.mtime(), meta.mtime_nsec());
+        Layout { header: Bytes::new(), files: vec![path], spans, len, etag }
     }
 }
 
@@ -129,20 +135,21 @@ pub async fn respond(playback: &Arc<Playback>, method: &Method, uri: &Uri, heade
     let path = uri.path().strip_prefix('/')?;
     let head = method == Method::HEAD;
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let if_range = headers.get(header::IF_RANGE).map(|v| v.to_str().unwrap_or("?"));
     if let Some(name) = path.strip_prefix(FILE_PREFIX) {
         if !name.to_ascii_lowercase().ends_with(".mp4") {
             return None;
         }
         let (pb, path) = (playback.clone(), path.to_owned());
         let opened = tokio::task::spawn_blocking(move || match pb.target(&path, None) {
-            Some(Ok(Target::File(f))) => std::fs::metadata(&f).map(|m| Some((f, m.len()))).map_err(|e| e.to_string()),
+            Some(Ok(Target::File(f))) => std::fs::metadata(&f).map(|m| Some((f, m))).map_err(|e| e.to_string()),
             _ => Ok(None),
         })
         .await;
         return Some(match opened {
-            Ok(Ok(Some((file, len)))) => {
+            Ok(Ok(Some((file, meta)))) => {
                 debug!(file = %file.display(), range = range.as_deref(), "vod mp4");
-                serve(Arc::new(Layout::whole_file(file, len)), head, range.as_deref())
+                serve(Arc::new(Layout::whole_file(file, &meta)), head, range.as_deref(), if_range)
             }
             Ok(Ok(None)) => text(StatusCode::NOT_FOUND, "not found\n".into()),
             Ok(Err(e)) => {
@@ -161,7 +168,7 @@ pub async fn respond(playback: &Arc<Playback>, method: &Method, uri: &Uri, heade
     Some(match built {
         Ok(Ok(layout)) => {
             debug!(len = layout.len, range = range.as_deref(), "recording mp4");
-            serve(layout, head, range.as_deref())
+            serve(layout, head, range.as_deref(), if_range)
         }
         Ok(Err((status, msg))) => {
             let mut r = text(status, msg);
@@ -288,9 +295,12 @@ fn ranged(value: Option<&str>, len: u64) -> Ranged {
     if first >= len { Ranged::Unsatisfiable } else { Ranged::Part(first, last.min(len - 1)) }
 }
 
-/// The whole layout or the part a Range asks for; HEAD without a body.
-fn serve(layout: Arc<Layout>, head: bool, range: Option<&str>) -> Response {
+/// The whole layout or the part a Range asks for; HEAD without a body. A Range with an
+/// `If-Range` other than the layout's ETag (or a date: no Last-Modified here) is answered
+/// with the whole (RFC 9110 13.1.5).
+fn serve(layout: Arc<Layout>, head: bool, range: Option<&str>, if_range: Option<&str>) -> Response {
     let len = layout.len;
+    let range = range.filter(|_| if_range.is_none_or(|v| v.trim() == layout.etag));
     let (status, from, to) = match ranged(range, len) {
         Ranged::Whole => (StatusCode::OK, 0, len),
         Ranged::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b + 1),
@@ -302,6 +312,7 @@ fn serve(layout: Arc<Layout>, head: bool, range: Option<&str>) -> Response {
             return r;
         }
     };
+    let etag = HeaderValue::from_str(&layout.etag).ok();
     let body = if head || from == to { Body::empty() } else { Body::from_stream(body_stream(layout, from, to)) };
     let mut r = Response::new(body);
     *r.status_mut() = status;
@@ -310,6 +321,9 @@ fn serve(layout: Arc<Layout>, head: bool, range: Option<&str>) -> Response {
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(to - from));
+    if let Some(v) = etag {
+        h.insert(header::ETAG, v);
+    }
     if status == StatusCode::PARTIAL_CONTENT
         && let Ok(v) = HeaderValue::from_str(&format!("bytes {from}-{}/{len}", to - 1))
     {
@@ -584,7 +598,12 @@ pub fn build(rec: &Recordings, path: &str, start_us: u64, end_us: u64) -> Result
     let progressive = st.builder.finish().map_err(BuildError::TooLarge)?;
     let shift = progressive.header.len() as u64;
     let spans = st.spans.into_iter().map(|s| Span { out: s.out + shift, ..s }).collect();
-    Ok(Layout { len: progressive.len(), header: progressive.header, files: st.files, spans })
+    // The header fixes every sample's size and place; the files they come from are named.
+    let mut hash = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&progressive.header, &mut hash);
+    std::hash::Hash::hash(&st.files, &mut hash);
+    let etag = format!("\"r{:x}-{:016x}\"", progressive.len(), std::hash::Hasher::finish(&hash));
+    Ok(Layout { len: progressive.len(), header: progressive.header, files: st.files, spans, etag })
 }
 
 /// Same tracks with the same codec parameters.
@@ -774,7 +793,13 @@ mod tests {
     #[test]
     fn the_cache_is_bounded() {
         let layout = |n: usize| {
-            Arc::new(Layout { header: Bytes::from(vec![0; n]), files: Vec::new(), spans: Vec::new(), len: n as u64 })
+            Arc::new(Layout {
+                header: Bytes::from(vec![0; n]),
+                files: Vec::new(),
+                spans: Vec::new(),
+                len: n as u64,
+                etag: String::new(),
+            })
         };
         let key =
             |i: u64| Key { dir: PathBuf::from("/nowhere-cache-test"), path: "p".into(), start_us: i, end_us: i + 1 };
