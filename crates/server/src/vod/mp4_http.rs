@@ -10,11 +10,15 @@
 //!
 //! The range starts at the video keyframe at or before `start` (so it decodes from its first
 //! frame) and ends at the last sample before `end`. Files are stitched in order; a gap between
-//! two recordings is closed up (the next file's samples follow at once): browsers and players
-//! ignore or mishandle edit lists in the middle of a track, and a continuous timeline keeps
-//! seeking exact, at the cost of a wall-clock time that no longer maps linearly onto it. When
+//! two recordings is closed up (the next file's samples follow at once): players handle empty
+//! edits inside a track unevenly, and a continuous timeline keeps seeking simple, at the cost
+//! of a wall-clock time that no longer maps linearly onto the file's. When
 //! a file's codec parameters differ from the first file's, the range ends before it: one
 //! sample entry per track is what every player handles (a second range from there plays on).
+//!
+//! Each track of an MP4 without edit lists starts at time 0: a track whose first sample in the
+//! range comes after the other's (audio a few ms after the keyframe) starts that much early,
+//! less than one of its frames; no edit list is written for it either.
 //!
 //! A built layout is kept briefly ([`CACHE_TTL`]; [`MAX_CACHED`] layouts, [`MAX_CACHE_BYTES`]):
 //! a `<video>` element asks for one URL several times, a Range at a time.
@@ -622,15 +626,17 @@ struct Stitch {
     t0_us: u64,
     /// Gaps closed up so far, µs.
     removed_us: u64,
-    /// In the first file: the keyframe's part, its decode time (video timescale), and that
-    /// time in µs from the file's start.
+    /// Until the first file is added: the offset of the part to start at and the start
+    /// (the keyframe's decode time), µs from the file's start.
     first: Option<(u64, i64)>,
+    /// Video and audio timescales (1 for a track the files do not have).
     timescales: (u32, u32),
 }
 
 impl Stitch {
     /// Starts at the first file: the part with the last keyframe at or before `start_us`.
-    /// None when the file has no keyframe to start from (or no video: its first part).
+    /// None when the file has no keyframe to start from. Without video: the part holding
+    /// `start_us`, from `start_us` on.
     fn first(
         seg: &Segment,
         parts: &[crate::record::parts::Part],
