@@ -19,12 +19,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use thiserror::Error;
 
-mod boxes;
-mod init;
+pub(crate) mod boxes;
+pub(crate) mod init;
 mod moof;
 
 use boxes::{be32, be64, box_header};
-pub(crate) use init::decoder_config;
 use init::parse_moov;
 use moof::{Moof, check_data, parse_moof};
 
@@ -82,7 +81,7 @@ pub enum ReadError {
     },
 }
 
-fn malformed(offset: u64, rule: &'static str) -> ReadError {
+pub(crate) fn malformed(offset: u64, rule: &'static str) -> ReadError {
     ReadError::Malformed { offset, rule }
 }
 
@@ -527,6 +526,13 @@ pub struct SampleInfo {
 /// Samples are in file order: each track's in decode order.
 pub fn part_samples(layout: &Layout, moof: &[u8]) -> Result<Vec<SampleInfo>, ReadError> {
     Ok(parse_moof(layout, moof, 0)?.samples)
+}
+
+/// As [`part_samples`], for a moof at file offset `at`: needed for fragments whose `tfhd`
+/// gives an explicit `base-data-offset` (a file offset, as ffmpeg writes without
+/// `default_base_moof`); sample offsets are still from the moof's start.
+pub fn part_samples_at(layout: &Layout, moof: &[u8], at: u64) -> Result<Vec<SampleInfo>, ReadError> {
+    Ok(parse_moof(layout, moof, at)?.samples)
 }
 
 /// The samples of one part (moof + mdat, as [`PartInfo`] locates it) as frames, in the
