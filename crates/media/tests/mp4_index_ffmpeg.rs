@@ -7,7 +7,7 @@
 //! These tests need ffmpeg and ffprobe (5.1) with libx264 and libx265, and fail when they are
 //! missing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use bytes::Bytes;
@@ -62,7 +62,7 @@ fn make(name: &str, codec: &str, extra: &[&str]) -> PathBuf {
 }
 
 /// ffprobe's packets of one stream: (dts, size, keyframe), in decode order.
-fn packets(file: &PathBuf, stream: &str) -> Vec<(i64, u32, bool)> {
+fn packets(file: &Path, stream: &str) -> Vec<(i64, u32, bool)> {
     let out = run(
         "ffprobe",
         &[
@@ -89,7 +89,7 @@ fn packets(file: &PathBuf, stream: &str) -> Vec<(i64, u32, bool)> {
 }
 
 /// The raw packets ffmpeg demuxes from a stream, concatenated.
-fn raw(file: &PathBuf, stream: &str) -> Vec<u8> {
+fn raw(file: &Path, stream: &str) -> Vec<u8> {
     run("ffmpeg", &["-v", "error", "-i", file.to_str().unwrap(), "-map", stream, "-c", "copy", "-f", "data", "-"])
 }
 
