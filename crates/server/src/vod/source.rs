@@ -144,6 +144,9 @@ pub struct Source {
     finished: bool,
 }
 
+/// What a reader read: the tracks of the frames, the frames, and whether nothing follows.
+type Got = (Arc<Tracks>, Vec<Timed>, bool);
+
 enum Inner {
     Rec(Box<RecSource>),
     File(Box<FileSource>),
@@ -205,6 +208,7 @@ impl Source {
     /// recordings; stops at the end. Open-ended recordings: parts written meanwhile are read
     /// (the writing file's part table and the index are read again when the known parts run
     /// out); End when it reaches the part being written.
+    #[allow(clippy::should_implement_trait)] // The API the RTSP driver codes against.
     pub fn next(&mut self) -> Result<Next, SourceError> {
         loop {
             if self.finished {
@@ -381,6 +385,11 @@ fn us(t: i64, timescale: u32) -> i64 {
     rescale(t, timescale, 1_000_000)
 }
 
+/// µs as a track's time, rounded down: the sample "at or before" a time is never after it.
+fn ticks_floor(t_us: i64, timescale: u32) -> i64 {
+    (i128::from(t_us) * i128::from(timescale)).div_euclid(1_000_000) as i64
+}
+
 impl FileSource {
     fn open(path: &Path) -> Result<Source, SourceError> {
         let mut file = File::open(path).map_err(|e| match e.kind() {
@@ -429,14 +438,14 @@ impl FileSource {
     fn seek(&mut self, at: i64) -> Option<i64> {
         let t = match self.movie.video.as_ref().filter(|v| !v.samples().is_empty()) {
             Some(v) => {
-                let i = v.sync_at_or_before(rescale(at, 1_000_000, v.timescale)).unwrap_or(0);
+                let i = v.sync_at_or_before(ticks_floor(at, v.timescale)).unwrap_or(0);
                 self.next[0] = i;
                 us(v.samples()[i].dts, v.timescale)
             }
             None => at,
         };
         if let Some(a) = &self.movie.audio {
-            self.next[1] = a.first_at_or_after(rescale(t, 1_000_000, a.timescale));
+            self.next[1] = a.first_at_or_after(ticks_floor(t, a.timescale));
         }
         Some(t)
     }
@@ -452,7 +461,7 @@ impl FileSource {
             .min_by_key(|x| (x.2, x.0))
     }
 
-    fn next(&mut self) -> Result<Option<(Arc<Tracks>, Vec<Timed>, bool)>, SourceError> {
+    fn next(&mut self) -> Result<Option<Got>, SourceError> {
         if !self.path.exists() {
             return Err(SourceError::Gone);
         }
@@ -518,7 +527,7 @@ impl FileSource {
 
     fn keyframes(&self, from: i64, to: i64, max: usize) -> Vec<i64> {
         let Some(v) = &self.movie.video else { return Vec::new() };
-        let i = v.first_at_or_after(rescale(from, 1_000_000, v.timescale));
+        let i = v.first_at_or_after(ticks_floor(from, v.timescale));
         v.samples()[i..]
             .iter()
             .map(|s| (s, us(s.dts, v.timescale)))
@@ -531,7 +540,7 @@ impl FileSource {
 
     fn keyframe(&mut self, at: i64) -> Result<Option<Timed>, SourceError> {
         let Some(v) = &self.movie.video else { return Ok(None) };
-        let i = v.first_at_or_after(rescale(at, 1_000_000, v.timescale));
+        let i = v.first_at_or_after(ticks_floor(at, v.timescale));
         let Some(s) = v.samples().get(i).copied().filter(|s| s.keyframe()) else { return Ok(None) };
         let ts = v.timescale;
         let data = read_exact_at(&mut self.file, &self.path, s.offset, u64::from(s.size()))?;
@@ -629,7 +638,7 @@ impl RecSource {
         while page == SEGMENT_PAGE {
             let more = list(last.start_us as i64 + 1)?;
             page = more.len();
-            match more.into_iter().filter(|s| s.start_us > last.start_us).last() {
+            match more.into_iter().rfind(|s| s.start_us > last.start_us) {
                 Some(s) => last = s,
                 None => break,
             }
@@ -765,7 +774,7 @@ impl RecSource {
         Ok(now.into_iter().find(|s| s.start_us == seg.start_us))
     }
 
-    fn next(&mut self) -> Result<Option<(Arc<Tracks>, Vec<Timed>, bool)>, SourceError> {
+    fn next(&mut self) -> Result<Option<Got>, SourceError> {
         loop {
             let (si, pi) = self.pos;
             if si >= self.segs.len() {

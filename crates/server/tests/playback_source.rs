@@ -1,0 +1,275 @@
+//! The playback source (`vod::source::Source`) over real files: the recording of the clip
+//! (three files made by our recorder) and MP4 files made by ffmpeg (progressive and
+//! fragmented). Frames are counted against ffprobe's count of the files; seeks land on the
+//! keyframe at or before; keyframes() and keyframe() agree with the files; damaged files are
+//! errors and deleted ones Gone.
+
+mod common;
+#[path = "common/playback.rs"]
+mod playback;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrocast::config::{HubConfig, RecordConfig, VodConfig};
+use ferrocast::hub::Hub;
+use ferrocast::paths::PathTable;
+use ferrocast::record;
+use ferrocast::vod::source::{Next, Source, SourceError, Timed};
+use ferrocast::vod::{Playback, Target};
+use ferrocast_media::TrackKind;
+use playback::{clip_file, media_dir, recorded_whole as recorded};
+
+/// Playback over the recordings in `dir` and the files in [`media_dir`], once its index is open.
+async fn playback_of(dir: &Path) -> Arc<Playback> {
+    let rec = record::start(
+        Hub::new(HubConfig::default()),
+        RecordConfig { dir: dir.to_owned(), ..Default::default() },
+        PathTable::new([]).unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rec.index().is_none() {
+        assert!(Instant::now() < deadline, "the index of {dir:?} did not open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Playback::new(rec, VodConfig { dir: media_dir() })
+}
+
+/// ffprobe's packets of a file's stream (`v` or `a`): (dts seconds, size, keyframe).
+fn probe(file: &Path, stream: &str) -> Vec<(f64, usize, bool)> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            stream,
+            "-show_entries",
+            "packet=dts_time,size,flags",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file)
+        .output()
+        .expect("ffprobe runs");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].starts_with('K'))
+        })
+        .collect()
+}
+
+/// The recording's files, oldest first.
+fn recording_files(dir: &Path, path: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(path))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "mp4"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every frame from the position to the end: (video, audio), checking order on the way.
+fn drain(s: &mut Source) -> (Vec<Timed>, Vec<Timed>) {
+    let (mut video, mut audio) = (Vec::<Timed>::new(), Vec::<Timed>::new());
+    let mut first = true;
+    loop {
+        match s.next().unwrap() {
+            Next::End => break,
+            Next::Batch(b) => {
+                assert!(!first || b.tracks.is_some(), "the first batch states its tracks");
+                first = false;
+                assert!(!b.frames.is_empty());
+                for f in b.frames {
+                    let track = if f.frame.kind == TrackKind::Video { &mut video } else { &mut audio };
+                    if let Some(last) = track.last() {
+                        // Not strictly: the recorder may write two audio frames at one time.
+                        assert!(f.dts_us >= last.dts_us, "in decode order: {} then {}", last.dts_us, f.dts_us);
+                    }
+                    track.push(f);
+                }
+            }
+        }
+    }
+    (video, audio)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recording_batches_cross_files_with_every_frame() {
+    let rec = recorded().await;
+    let playback = playback_of(&rec.dir).await;
+    let files = recording_files(&rec.dir, &rec.path);
+    assert!(files.len() >= 3);
+    let expect_v: usize = files.iter().map(|f| probe(f, "v").len()).sum();
+    let expect_a: usize = files.iter().map(|f| probe(f, "a").len()).sum();
+    let target = Target::Recording { path: rec.path.clone(), start_us: rec.start_us, end_us: None };
+    let mut s = Source::open(&playback, &target).unwrap();
+    assert!(s.is_clock());
+    assert_eq!(s.start_us(), rec.start_us as i64);
+    assert!(s.end_us().is_some_and(|e| (e - rec.end_us as i64).abs() < 1000), "{:?} {}", s.end_us(), rec.end_us);
+    assert!(s.tracks().video.is_some() && s.tracks().audio.is_some());
+    let (video, audio) = drain(&mut s);
+    assert_eq!((video.len(), audio.len()), (expect_v, expect_a), "every frame of the files, once");
+    assert!(video[0].frame.keyframe);
+    // A window: frames of [start + 5 s, start + 15 s) only, from the keyframe at 5 s.
+    let from = rec.start_us + 5_000_000;
+    let target = Target::Recording { path: rec.path.clone(), start_us: from, end_us: Some(from + 10_000_000) };
+    let mut s = Source::open(&playback, &target).unwrap();
+    let (video, _) = drain(&mut s);
+    let first = video[0].dts_us - rec.start_us as i64;
+    assert!(video[0].frame.keyframe && (4_000_000..=5_000_000).contains(&first), "starts at {first}");
+    assert!(video.last().unwrap().dts_us < (from + 10_000_000) as i64);
+    assert!((240..=276).contains(&video.len()), "about 10 s of 25 fps: {}", video.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recording_seeks_and_keyframes_match_the_files() {
+    let rec = recorded().await;
+    let playback = playback_of(&rec.dir).await;
+    let target = Target::Recording { path: rec.path.clone(), start_us: rec.start_us, end_us: None };
+    let mut s = Source::open(&playback, &target).unwrap();
+    let end = s.end_us().unwrap();
+    let keys = s.keyframes(rec.start_us as i64, end, 10_000).unwrap();
+    // The files' keyframes, per ffprobe: as many, with the same sizes as read alone.
+    let files = recording_files(&rec.dir, &rec.path);
+    let mut sizes: Vec<usize> = files.iter().flat_map(|f| probe(f, "v")).filter(|p| p.2).map(|p| p.1).collect();
+    assert_eq!(keys.len(), sizes.len(), "one keyframe a part here (GOP and parts of 1 s): {keys:?}");
+    assert!(keys.windows(2).all(|w| w[0] < w[1]));
+    let mut ours: Vec<usize> = Vec::new();
+    for &k in &keys {
+        let t = s.keyframe(k).unwrap().expect("a keyframe where keyframes() says");
+        assert!(t.frame.keyframe && t.dts_us == k && t.frame.kind == TrackKind::Video);
+        ours.push(t.frame.data.len());
+    }
+    sizes.sort();
+    ours.sort();
+    assert_eq!(ours, sizes);
+    assert_eq!(s.keyframes(keys[3], keys[6], 100).unwrap(), keys[3..6].to_vec());
+    assert_eq!(s.keyframes(keys[0], end, 2).unwrap().len(), 2);
+    // Seeks: to the keyframe at or before, in any file; before the start: the first.
+    for at in [keys[2] + 500_000, keys[12], keys[12] - 1, keys[25] + 10, rec.start_us as i64 - 5_000_000] {
+        let k = s.seek(at).unwrap().expect("inside the recording");
+        let want = keys.iter().rev().find(|&&x| x <= at).copied().unwrap_or(keys[0]);
+        assert_eq!(k, want, "seek to {at}");
+        let Next::Batch(b) = s.next().unwrap() else { panic!("frames after a seek") };
+        assert!(b.tracks.is_some(), "a batch after a seek states its tracks");
+        let v = b.frames.iter().find(|f| f.frame.kind == TrackKind::Video).unwrap();
+        assert!(v.frame.keyframe && v.dts_us == k);
+        assert!(b.frames.iter().all(|f| f.dts_us >= k));
+    }
+    assert_eq!(s.seek(end).unwrap(), None, "at the end");
+    assert_eq!(s.seek(end + 1_000_000).unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_recording_in_the_range_is_not_found() {
+    let rec = recorded().await;
+    let playback = playback_of(&rec.dir).await;
+    for (path, start, end) in [
+        ("cams/nobody", rec.start_us, None),
+        (rec.path.as_str(), rec.start_us - 60_000_000, Some(rec.start_us - 30_000_000)),
+        (rec.path.as_str(), rec.end_us + 60_000_000, None),
+    ] {
+        let target = Target::Recording { path: path.into(), start_us: start, end_us: end };
+        assert!(matches!(Source::open(&playback, &target), Err(SourceError::NotFound)), "{path} {start}");
+    }
+    let missing = Target::File(media_dir().join("missing.mp4"));
+    assert!(matches!(Source::open(&playback, &missing), Err(SourceError::NotFound)));
+}
+
+fn check_file(playback: &Playback, file: &Path) {
+    let (pv, pa) = (probe(file, "v"), probe(file, "a"));
+    let mut s = Source::open(playback, &Target::File(file.to_owned())).unwrap();
+    assert!(!s.is_clock());
+    assert_eq!(s.start_us(), 0);
+    let end = s.end_us().unwrap();
+    assert!((9_900_000..=10_100_000).contains(&end), "{file:?}: {end}");
+    let (video, audio) = drain(&mut s);
+    assert_eq!((video.len(), audio.len()), (pv.len(), pa.len()), "{file:?}: every packet");
+    let sizes = |t: &[Timed]| t.iter().map(|f| f.frame.data.len()).collect::<Vec<_>>();
+    assert_eq!(sizes(&video), pv.iter().map(|p| p.1).collect::<Vec<_>>());
+    assert_eq!(sizes(&audio), pa.iter().map(|p| p.1).collect::<Vec<_>>());
+    // GOP 1 s from 0: keyframes at whole seconds.
+    let keys = s.keyframes(0, end, 100).unwrap();
+    assert_eq!(keys.len(), pv.iter().filter(|p| p.2).count());
+    assert_eq!(keys[5], 5_000_000);
+    for (at, want) in [(5_500_000, 5_000_000), (5_000_000, 5_000_000), (4_999_999, 4_000_000), (-7, 0)] {
+        assert_eq!(s.seek(at).unwrap(), Some(want), "{file:?}: seek to {at}");
+        let Next::Batch(b) = s.next().unwrap() else { panic!("frames after a seek") };
+        assert!(b.tracks.is_some());
+        assert!(b.frames[0].frame.keyframe && b.frames.iter().all(|f| f.dts_us >= want));
+        let span = b.frames.last().unwrap().dts_us - b.frames[0].dts_us;
+        assert!(span <= 1_000_000, "about a second a batch: {span}");
+    }
+    assert_eq!(s.seek(end).unwrap(), None);
+    let k = s.keyframe(keys[3]).unwrap().unwrap();
+    assert_eq!(k.frame.data.len(), pv.iter().filter(|p| p.2).nth(3).unwrap().1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_progressive_and_fragmented() {
+    let rec = recorded().await;
+    let playback = playback_of(&rec.dir).await;
+    check_file(&playback, &clip_file("src_plain.mp4", 10, &[]));
+    check_file(&playback, &clip_file("src_faststart.mp4", 10, &["-movflags", "+faststart"]));
+    check_file(&playback, &clip_file("src_frag.mp4", 10, &["-movflags", "frag_keyframe+empty_moov"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn damaged_files_are_errors() {
+    let rec = recorded().await;
+    let playback = playback_of(&rec.dir).await;
+    let plain = std::fs::read(clip_file("src_plain.mp4", 10, &[])).unwrap();
+    let fast = std::fs::read(clip_file("src_faststart.mp4", 10, &["-movflags", "+faststart"])).unwrap();
+    let mut garbage_moov = fast.clone();
+    for b in &mut garbage_moov[60..3000] {
+        *b = 0x5a;
+    }
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("cut_no_moov.mp4", plain[..plain.len() / 2].to_vec()),
+        ("cut_in_data.mp4", fast[..fast.len() / 2].to_vec()),
+        ("garbage_moov.mp4", garbage_moov),
+        ("not_mp4.mp4", b"hello, this is no video".to_vec()),
+    ];
+    for (name, bytes) in cases {
+        let path = media_dir().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        match Source::open(&playback, &Target::File(path)) {
+            Err(SourceError::Malformed { .. }) => {}
+            Err(e) => panic!("{name}: {e}"),
+            Ok(_) => panic!("{name} opened"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleted_while_played_is_gone() {
+    let rec = recorded().await;
+    // A copy: the other tests play the recording itself.
+    let copy = media_dir().join("recordings-gone");
+    let _ = std::fs::remove_dir_all(&copy);
+    let status = Command::new("cp").arg("-r").arg(&rec.dir).arg(&copy).status().unwrap();
+    assert!(status.success());
+    let playback = playback_of(&copy).await;
+    let target = Target::Recording { path: rec.path.clone(), start_us: rec.start_us, end_us: None };
+    let mut s = Source::open(&playback, &target).unwrap();
+    assert!(matches!(s.next().unwrap(), Next::Batch(_)));
+    for f in recording_files(&copy, &rec.path) {
+        std::fs::remove_file(f).unwrap();
+    }
+    assert!(matches!(s.next(), Err(SourceError::Gone)));
+    // A file.
+    let file = media_dir().join("gone.mp4");
+    std::fs::copy(clip_file("src_plain.mp4", 10, &[]), &file).unwrap();
+    let mut s = Source::open(&playback, &Target::File(file.clone())).unwrap();
+    assert!(matches!(s.next().unwrap(), Next::Batch(_)));
+    std::fs::remove_file(&file).unwrap();
+    assert!(matches!(s.next(), Err(SourceError::Gone)));
+}
