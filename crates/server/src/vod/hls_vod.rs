@@ -155,11 +155,7 @@ fn source_failure(e: SourceError) -> Failure {
 }
 
 fn time(digits: &str, what: &str) -> Result<u64, Failure> {
-    digits
-        .parse::<u64>()
-        .ok()
-        .filter(|t| *t <= i64::MAX as u64)
-        .ok_or_else(|| bad(format!("{what}: not a time in µs")))
+    digits.parse::<u64>().ok().filter(|t| *t <= i64::MAX as u64).ok_or_else(|| bad(format!("{what}: not a time in µs")))
 }
 
 /// Blocking: the file system and the index.
@@ -171,7 +167,8 @@ fn answer(playback: &Playback, prefix: &str, query: Option<&str>, request: Owned
             _ => Err((StatusCode::NOT_FOUND, "no such file".into())),
         }
     };
-    let recording = |start: u64, end: Option<u64>| Target::Recording { path: prefix.to_owned(), start_us: start, end_us: end };
+    let recording =
+        |start: u64, end: Option<u64>| Target::Recording { path: prefix.to_owned(), start_us: start, end_us: end };
     match request {
         Owned::Playlist => {
             let target = if is_file {

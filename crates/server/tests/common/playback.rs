@@ -253,8 +253,13 @@ async fn make_recording_with(dir_name: &str, queue_frames: usize) -> Recorded {
     let listing = loop {
         let r = http_get(&api, "").await;
         let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        // Settled: every segment closed and the clip all there (between one file's close and
+        // the next one's open, every listed segment is closed too).
+        let segments = v["segments"].as_array();
+        let total: f64 = segments.map_or(0.0, |s| s.iter().filter_map(|s| s["duration"].as_f64()).sum());
         if r.status == 200
-            && v["segments"].as_array().is_some_and(|s| !s.is_empty() && s.iter().all(|s| s["writing"] == false))
+            && segments.is_some_and(|s| !s.is_empty() && s.iter().all(|s| s["writing"] == false))
+            && total > f64::from(CLIP_SECONDS) - 1.5
         {
             break v;
         }
