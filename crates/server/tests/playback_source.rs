@@ -273,3 +273,115 @@ async fn deleted_while_played_is_gone() {
     std::fs::remove_file(&file).unwrap();
     assert!(matches!(s.next(), Err(SourceError::Gone)));
 }
+
+/// Frames of an MP4 file by decode time across tracks: (kind, dts, pts, keyframe, data, µs).
+fn frames_of(file: &Path) -> (ferrocast_media::Tracks, Vec<(Arc<ferrocast_media::Frame>, i64)>) {
+    let tracks = ferrocast_media::mp4::read_file(&bytes::Bytes::from(std::fs::read(file).unwrap())).unwrap();
+    let mut t = ferrocast_media::Tracks::default();
+    let mut all = Vec::new();
+    for track in tracks {
+        let clock = track.info.clock_rate();
+        for f in &track.frames {
+            all.push((f.clone(), ferrocast_media::rescale(f.dts, clock, 1_000_000)));
+        }
+        match track.info.kind() {
+            TrackKind::Video => t.video = Some(track.info),
+            TrackKind::Audio => t.audio = Some(track.info),
+        }
+    }
+    all.sort_by_key(|f| f.1);
+    (t, all)
+}
+
+/// Drains to End, going on from where the last call stopped; the frames read: (video, audio).
+fn read_to_end(s: &mut Source) -> (usize, usize) {
+    let mut n = (0, 0);
+    while let Next::Batch(b) = s.next().unwrap() {
+        for f in b.frames {
+            if f.frame.kind == TrackKind::Video {
+                n.0 += 1;
+            } else {
+                n.1 += 1;
+            }
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_ended_recording_reads_parts_written_meanwhile() {
+    use ferrocast::paths::PathSettings;
+    let dir = media_dir().join("recordings-live");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (tracks, frames) = frames_of(&clip_file("src_plain.mp4", 10, &[]));
+    let hub = Hub::new(HubConfig { reader_queue_frames: 8192, ..Default::default() });
+    let paths = PathTable::new([("cams/*".to_owned(), PathSettings { record: true, ..Default::default() })]).unwrap();
+    let rec = record::start(
+        hub.clone(),
+        RecordConfig { dir: dir.clone(), segment_duration_ms: 60_000, part_duration_ms: 1000, ..Default::default() },
+        paths,
+    );
+    let playback = Playback::new(rec.clone(), VodConfig { dir: media_dir() });
+    let publisher = hub.publish("cams/live").unwrap();
+    publisher.set_tracks(tracks);
+    // Pushes the clip's next second (the recorder may join a little late: it starts at a
+    // keyframe, so what counts is what the file holds).
+    let mut second = 0i64;
+    let push_second = |second: &mut i64| {
+        for (f, _) in frames.iter().filter(|f| f.1 >= *second * 1_000_000 && f.1 < (*second + 1) * 1_000_000) {
+            publisher.push(f.kind, f.dts, f.pts, f.keyframe, f.data.clone());
+        }
+        *second += 1;
+    };
+    let written = |rec: &record::Recordings| {
+        let seg = rec.index().and_then(|ix| ix.list("cams/live", None, None).ok()).and_then(|s| s.first().cloned())?;
+        let n = rec.parts(&seg)?.len();
+        Some((seg, n))
+    };
+    // Until two parts are written (a second pushed at a time; each ends the part before).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seg = loop {
+        if let Some((seg, n)) = written(&rec)
+            && n >= 2
+        {
+            break seg;
+        }
+        assert!(Instant::now() < deadline, "no parts were written");
+        if second < 4 {
+            push_second(&mut second);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(seg.writing);
+    let target = Target::Recording { path: "cams/live".into(), start_us: seg.start_us, end_us: None };
+    let mut s = Source::open(&playback, &target).unwrap();
+    assert_eq!(s.end_us(), None, "no end asked and the path records");
+    let first = read_to_end(&mut s);
+    assert!(first.0 >= 25, "the written parts: {first:?}");
+    // More parts are written: the same reader goes on through them.
+    let (_, before) = written(&rec).unwrap();
+    for _ in 0..3 {
+        push_second(&mut second);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written(&rec).is_none_or(|(_, n)| n < before + 2) {
+        assert!(Instant::now() < deadline, "more parts were never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let more = read_to_end(&mut s);
+    assert!(more.0 >= 50, "parts written meanwhile: {more:?}");
+    // The publisher leaves: the file is closed with its last part, and the reader ends with it.
+    drop(publisher);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rec.index().and_then(|ix| ix.list("cams/live", None, None).ok()).is_none_or(|s| s.iter().any(|s| s.writing)) {
+        assert!(Instant::now() < deadline, "the file was never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = read_to_end(&mut s);
+    assert!(s.end_us().is_some(), "closed: the recording has an end");
+    assert!(matches!(s.next().unwrap(), Next::End));
+    let total = (first.0 + more.0 + last.0, first.1 + more.1 + last.1);
+    let files = recording_files(&dir, "cams/live");
+    let in_file = (probe(&files[0], "v").len(), probe(&files[0], "a").len());
+    assert_eq!(total, in_file, "every frame of the file, once");
+}

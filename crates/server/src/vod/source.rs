@@ -207,7 +207,8 @@ impl Source {
     /// The next batch from the position. Crosses file boundaries and skips gaps between
     /// recordings; stops at the end. Open-ended recordings: parts written meanwhile are read
     /// (the writing file's part table and the index are read again when the known parts run
-    /// out); End when it reaches the part being written.
+    /// out); End when it reaches the part being written (a later call goes on with the parts
+    /// written since, if any).
     #[allow(clippy::should_implement_trait)] // The API the RTSP driver codes against.
     pub fn next(&mut self) -> Result<Next, SourceError> {
         loop {
@@ -219,7 +220,9 @@ impl Source {
                 Inner::Rec(r) => r.next()?,
             };
             let Some((tracks, mut frames, last)) = got else {
-                self.finished = true;
+                // At the part being written (no end: the path records), a later call reads
+                // what was written meanwhile; otherwise the end is final.
+                self.finished = self.end_us().is_some();
                 return Ok(Next::End);
             };
             if let Some(skip) = self.skip_before {
