@@ -920,3 +920,50 @@ impl RecSource {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn movie() -> Cached {
+        Cached::Movie(Arc::new(Movie { tracks: Tracks::default(), video: None, audio: None, fragmented: false }))
+    }
+
+    fn ptr(c: &Cached) -> *const () {
+        match c {
+            Cached::Movie(m) => Arc::as_ptr(m).cast(),
+            Cached::Recording(r) => Arc::as_ptr(r).cast(),
+        }
+    }
+
+    #[test]
+    fn tables_are_shared_and_the_cache_stays_bounded() {
+        let key = |i: usize| (PathBuf::from(format!("/cache-test/{i}.mp4")), i as u64, None);
+        let mut builds = 0;
+        let a = cached(key(0), || {
+            builds += 1;
+            Ok((movie(), 1000))
+        })
+        .unwrap();
+        let b = cached(key(0), || {
+            builds += 1;
+            Ok((movie(), 1000))
+        })
+        .unwrap();
+        assert_eq!(builds, 1, "built once");
+        assert_eq!(ptr(&a), ptr(&b), "two viewers of one file share its table");
+        // Another length or mtime is another file.
+        let c = cached((key(0).0, 1, None), || Ok((movie(), 1000))).unwrap();
+        assert_ne!(ptr(&a), ptr(&c));
+        // Many large tables: the total stays under the bound, the newest are kept.
+        for i in 1..40 {
+            cached(key(i), || Ok((movie(), CACHE_BYTES / 8))).unwrap();
+            let c = CACHE.lock().unwrap();
+            assert!(c.bytes <= CACHE_BYTES && c.entries.len() <= CACHE_ENTRIES, "{} bytes", c.bytes);
+        }
+        assert!(CACHE.lock().unwrap().entries.iter().any(|e| e.0 == key(39)));
+        // A table over a quarter of the bound is used but not kept.
+        cached(key(100), || Ok((movie(), CACHE_BYTES / 2))).unwrap();
+        assert!(!CACHE.lock().unwrap().entries.iter().any(|e| e.0 == key(100)));
+    }
+}
