@@ -385,3 +385,103 @@ async fn open_ended_recording_reads_parts_written_meanwhile() {
     let in_file = (probe(&files[0], "v").len(), probe(&files[0], "a").len());
     assert_eq!(total, in_file, "every frame of the file, once");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codec_parameters_change_between_files() {
+    use axum::http::{Method, Uri};
+    use ferrocast::paths::PathSettings;
+    let dir = media_dir().join("recordings-change");
+    let _ = std::fs::remove_dir_all(&dir);
+    let small = playback::ffmpeg_make(
+        "src_small.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=sample_rate=48000",
+            "-c:v",
+            "libx264",
+            "-g",
+            "25",
+            "-c:a",
+            "aac",
+            "-t",
+            "4",
+        ],
+    );
+    let hub = Hub::new(HubConfig { reader_queue_frames: 8192, republish_grace_ms: 0, ..Default::default() });
+    let paths = PathTable::new([("cams/*".to_owned(), PathSettings { record: true, ..Default::default() })]).unwrap();
+    let rec = record::start(
+        hub.clone(),
+        RecordConfig { dir: dir.clone(), segment_duration_ms: 60_000, part_duration_ms: 1000, ..Default::default() },
+        paths,
+    );
+    let playback = Playback::new(rec.clone(), VodConfig { dir: media_dir() });
+    let segments = |rec: &record::Recordings| {
+        rec.index().and_then(|ix| ix.list("cams/change", None, None).ok()).unwrap_or_default()
+    };
+    // Two publishes of clips of other sizes: two files, the second with other parameters.
+    for (n, clip) in [clip_file("src_plain.mp4", 10, &[]), small].iter().enumerate() {
+        let (tracks, frames) = frames_of(clip);
+        let publisher = hub.publish("cams/change").unwrap();
+        publisher.set_tracks(tracks);
+        // A second at a time until the recorder has a file (it may join a moment late).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut second = 0;
+        while segments(&rec).len() <= n {
+            assert!(Instant::now() < deadline, "publish {n} was never recorded");
+            for (f, _) in frames.iter().filter(|f| f.1 >= second * 1_000_000 && f.1 < (second + 1) * 1_000_000) {
+                publisher.push(f.kind, f.dts, f.pts, f.keyframe, f.data.clone());
+            }
+            second += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (f, _) in frames.iter().filter(|f| f.1 >= second * 1_000_000 && f.1 < 3_000_000) {
+            publisher.push(f.kind, f.dts, f.pts, f.keyframe, f.data.clone());
+        }
+        drop(publisher);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while segments(&rec).iter().any(|s| s.writing) || hub.has_stream("cams/change") {
+            assert!(Instant::now() < deadline, "publish {n}: the file was never closed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let segs = segments(&rec);
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    // The source says where the parameters change: the first batch of the second file.
+    let target = Target::Recording { path: "cams/change".into(), start_us: segs[0].start_us, end_us: None };
+    let mut s = Source::open(&playback, &target).unwrap();
+    let mut changes = Vec::new();
+    while let Next::Batch(b) = s.next().unwrap() {
+        if let Some(t) = b.tracks {
+            changes.push((b.frames[0].dts_us, t));
+        }
+    }
+    assert_eq!(changes.len(), 2, "stated at the start and where they change");
+    assert_eq!(changes[1].0, segs[1].start_us as i64);
+    assert_ne!(changes[0].1.video, changes[1].1.video);
+    // The HLS playlist: a discontinuity and a new init segment there.
+    let uri: Uri = format!("/cams/change/index.m3u8?start={}", playback::format_us(segs[0].start_us)).parse().unwrap();
+    let r = ferrocast::vod::hls_vod::respond(&playback, &Method::GET, &uri).await.expect("an HLS VOD URL");
+    assert_eq!(r.status(), 200);
+    let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert_eq!(text.matches("#EXT-X-DISCONTINUITY\n").count(), 1, "{text}");
+    let maps: Vec<&str> = text.lines().filter(|l| l.starts_with("#EXT-X-MAP:")).collect();
+    assert_eq!(maps.len(), 2, "{text}");
+    let after = text.split("#EXT-X-DISCONTINUITY\n").nth(1).unwrap();
+    assert!(after.starts_with("#EXT-X-MAP:"), "the new map follows the discontinuity: {text}");
+    let mut inits = Vec::new();
+    for m in maps {
+        let name = m.trim_start_matches("#EXT-X-MAP:URI=\"").trim_end_matches('"');
+        let uri: Uri = format!("/cams/change/{name}").parse().unwrap();
+        let r = ferrocast::vod::hls_vod::respond(&playback, &Method::GET, &uri).await.unwrap();
+        assert_eq!(r.status(), 200);
+        inits.push(axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap());
+    }
+    assert_ne!(inits[0], inits[1], "two init segments, of the two parameter sets");
+}
