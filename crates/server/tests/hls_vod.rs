@@ -360,3 +360,41 @@ async fn hls_js_plays_and_seeks_a_file_in_chromium() {
     clip_file("hls_browser.mp4", 10, &[]);
     plays_and_seeks(format!("http://{}/vod/hls_browser.mp4/index.m3u8", server.http), "file", 10.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_path_being_recorded_lists_what_is_recorded_so_far() {
+    let dir = media_dir().join("recordings-hls-live");
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = Server::with_config(&format!(
+        "[record]\ndir = \"{}\"\npart_duration_ms = 1000\n[paths.\"cams/*\"]\nrecord = true\n",
+        dir.display()
+    ));
+    let _publisher = common::publish(common::test_flv(), &server.rtmp_url("cams/live"));
+    let api = format!("http://{}/api/v1/recordings/cams/live", server.http);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let start = loop {
+        let v: serde_json::Value = serde_json::from_slice(&http_get(&api, "").await.body).unwrap_or_default();
+        if let Some(s) = v["segments"].as_array().and_then(|s| s.first())
+            && s["duration"].as_f64().unwrap_or(0.0) >= 2.0
+        {
+            break s["start"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "nothing recorded: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let url = format!("http://{}/cams/live/index.m3u8?start={start}", server.http);
+    let listed = || async {
+        let r = http_get(&url, "").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("cache-control").as_deref(), Some("no-cache"), "it grows: not cached");
+        check_playlist(&r.text()).iter().sum::<f64>()
+    };
+    let first = listed().await;
+    assert!(first >= 1.0, "what is recorded so far: {first} s");
+    // Later, more.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while listed().await < first + 2.0 {
+        assert!(Instant::now() < deadline, "the playlist never grew past {first} s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -188,7 +188,8 @@ impl Source {
     }
 
     /// Positions at the last video keyframe at or before `at_us` (the first one when before
-    /// all; audio-only: at `at_us`); returns that time, None at or after the end.
+    /// all; audio-only: at `at_us`); returns that time, None at or after the end. A time in a
+    /// gap between recordings positions at the first keyframe after the gap.
     pub fn seek(&mut self, at_us: i64) -> Result<Option<i64>, SourceError> {
         if self.end_us().is_some_and(|e| at_us >= e) {
             return Ok(None);
@@ -277,6 +278,12 @@ impl Source {
         }
     }
 }
+
+// What the RTSP driver needs: a source moves into a blocking task and back.
+const _: fn() = || {
+    fn send<T: Send + 'static>() {}
+    send::<Source>();
+};
 
 /// A UTC time in µs as the signed times of this module.
 fn clamp_us(t: u64) -> i64 {
