@@ -243,7 +243,12 @@ fn cuts(source: &mut Source, spans: &[Span]) -> Result<Vec<Cut>, Failure> {
         } else {
             span.start_us
         };
-        let keys = source.keyframes(start, span.end_us, MAX_KEYFRAMES).map_err(source_failure)?;
+        let keys = if span.tracks.video.is_some() {
+            source.keyframes(start, span.end_us, MAX_KEYFRAMES).map_err(source_failure)?
+        } else {
+            // Audio only: every frame is a keyframe; cut at the target duration.
+            (1..).map(|i| start + i * TARGET_SEGMENT_US).take_while(|t| *t < span.end_us).collect()
+        };
         let (discontinuity, map) = match prev {
             None => (false, Some(start)),
             Some(p) if p.tracks != span.tracks => (true, Some(start)),
