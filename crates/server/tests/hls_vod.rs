@@ -129,9 +129,24 @@ async fn ffprobe_reads_the_whole_recording_and_a_window() {
 async fn ffprobe_reads_a_vod_file() {
     let rec = recorded_whole().await;
     let server = server_for(rec).await;
-    for (name, extra) in [("hls_plain.mp4", &[][..]), ("hls_frag.mp4", &["-movflags", "frag_keyframe+empty_moov"][..])]
-    {
-        let file = clip_file(name, 10, extra);
+    let hevc = playback::ffmpeg_make(
+        "hls_hevc.mp4",
+        &["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-c:v", "libx265", "-tag:v", "hvc1", "-g", "25"]
+            .into_iter()
+            .chain(["-x265-params", "log-level=error", "-t", "10"])
+            .collect::<Vec<_>>(),
+    );
+    let audio = playback::ffmpeg_make(
+        "hls_audio.mp4",
+        &["-f", "lavfi", "-i", "sine=sample_rate=48000", "-c:a", "aac", "-t", "10"],
+    );
+    let files = [
+        ("hls_plain.mp4", clip_file("hls_plain.mp4", 10, &[])),
+        ("hls_frag.mp4", clip_file("hls_frag.mp4", 10, &["-movflags", "frag_keyframe+empty_moov"])),
+        ("hls_hevc.mp4", hevc),
+        ("hls_audio.mp4", audio),
+    ];
+    for (name, file) in files {
         let url = format!("http://{}/vod/{name}/index.m3u8", server.http);
         let r = http_get(&url, "").await;
         assert_eq!(r.status, 200, "{}", r.text());
