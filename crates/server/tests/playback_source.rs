@@ -485,3 +485,38 @@ async fn codec_parameters_change_between_files() {
     }
     assert_ne!(inits[0], inits[1], "two init segments, of the two parameter sets");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn damaged_recordings_are_errors() {
+    let rec = recorded().await;
+    let copy = media_dir().join("recordings-damaged");
+    let _ = std::fs::remove_dir_all(&copy);
+    assert!(Command::new("cp").arg("-r").arg(&rec.dir).arg(&copy).status().unwrap().success());
+    let files = recording_files(&copy, &rec.path);
+    // The second file cut in half (its table still lists every part), the first one's moov
+    // overwritten with garbage.
+    let second = std::fs::read(&files[1]).unwrap();
+    std::fs::write(&files[1], &second[..second.len() / 2]).unwrap();
+    let mut first = std::fs::read(&files[0]).unwrap();
+    for b in &mut first[40..400] {
+        *b = 0xa5;
+    }
+    std::fs::write(&files[0], &first).unwrap();
+    let playback = playback_of(&copy).await;
+    let target = Target::Recording { path: rec.path.clone(), start_us: rec.start_us, end_us: None };
+    assert!(matches!(Source::open(&playback, &target), Err(SourceError::Malformed { .. })), "garbage moov");
+    // From the second file on: its first half plays, then an error (not a panic, not a hang).
+    let from = rec.start_us + 12_000_000;
+    let target = Target::Recording { path: rec.path.clone(), start_us: from, end_us: None };
+    let mut s = Source::open(&playback, &target).unwrap();
+    let mut batches = 0;
+    let err = loop {
+        match s.next() {
+            Ok(Next::Batch(_)) => batches += 1,
+            Ok(Next::End) => panic!("a cut file ended cleanly after {batches} batches"),
+            Err(e) => break e,
+        }
+    };
+    assert!(batches >= 2, "{batches} batches before the cut");
+    assert!(matches!(err, SourceError::Malformed { .. }), "{err}");
+}

@@ -304,10 +304,14 @@ fn malformed(path: &Path, what: impl std::fmt::Display) -> SourceError {
     SourceError::Malformed { path: path.to_owned(), what: what.to_string() }
 }
 
+/// Memory reserved ahead of a read: a length from a damaged table or box costs only the
+/// bytes that are really there.
+const READ_RESERVE: usize = 4 << 20;
+
 /// `len` bytes at `at` (fewer at the end of the file).
 fn read_at(file: &mut File, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
     file.seek(SeekFrom::Start(at))?;
-    let mut buf = Vec::with_capacity(len);
+    let mut buf = Vec::with_capacity(len.min(READ_RESERVE));
     file.take(len as u64).read_to_end(&mut buf)?;
     Ok(buf)
 }
