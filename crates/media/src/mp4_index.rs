@@ -27,6 +27,12 @@ pub const MAX_MOOV_SIZE: u64 = 64 << 20;
 /// table of this many samples takes 96 MiB ([`SAMPLE_BYTES`] each).
 pub const MAX_TRACK_SAMPLES: usize = 1 << 22;
 
+/// Bytes of file each sample needs at least: a table of N samples is only built from a file
+/// of 4N bytes (what a progressive file's `stsz` entries cost; no real media comes close: an
+/// AAC frame is over 100 bytes). Bounds a table's memory to 6 times the file's length, even
+/// for fragments whose samples take their sizes from defaults.
+pub const MIN_FILE_BYTES_PER_SAMPLE: u64 = 4;
+
 /// Most top-level boxes walked before the moov of a progressive file: they have a handful
 /// (ftyp, free, mdat, moov, udta); each costs a read.
 pub const MAX_TOP_LEVEL_BOXES: usize = 1024;
@@ -278,6 +284,9 @@ fn sample_table(
         let max = MAX_TRACK_SAMPLES as u64;
         return Err(ReadError::TooLarge { what: "samples in a track", offset: stsz_at, len: count as u64, max });
     }
+    if count as u64 > file_len / MIN_FILE_BYTES_PER_SAMPLE {
+        return Err(malformed(stsz_at, "more samples than the file has bytes for"));
+    }
     let (stts, stts_at) = need(stbl, origin, b"stts", "stbl without stts")?;
     let (_, stts) = entries(stts, stts_at, 4, 8)?;
     let ctts = match child(stbl, origin, b"ctts")? {
@@ -373,6 +382,9 @@ fn fragmented<E>(
         let moof = read_at(p.offset, p.moof_len as usize).map_err(OpenError::Read)?;
         for s in fmp4_read::part_samples_at(&scan.layout, &moof, p.offset)? {
             let k = usize::from(s.kind == TrackKind::Audio);
+            if (tables[0].len() + tables[1].len()) as u64 >= file_len / MIN_FILE_BYTES_PER_SAMPLE {
+                return Err(malformed(p.offset, "more samples than the file has bytes for").into());
+            }
             if tables[k].len() >= MAX_TRACK_SAMPLES {
                 let max = MAX_TRACK_SAMPLES as u64;
                 return Err(
@@ -456,6 +468,10 @@ mod tests {
         let stsz = bx(b"stsz", &[0, 0, 0, 0, 0, 0, 0, 1, 0x10, 0, 0, 0]);
         let stbl = [bx(b"stsd", &[0; 8]), stsz].concat();
         assert!(sample_table(&stbl, 0, 1000, TrackKind::Video, 100).is_err());
+        // Sizes of one byte: a table of N samples needs 4N bytes of file.
+        let stsz = bx(b"stsz", &[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 100]);
+        let stbl = [bx(b"stsd", &[0; 8]), stsz].concat();
+        assert!(matches!(sample_table(&stbl, 0, 1000, TrackKind::Video, 399), Err(ReadError::Malformed { .. })));
     }
 
     #[test]
