@@ -1,7 +1,8 @@
 //! Reading recordings back: fragmented MP4 files (ISO/IEC 14496-12 8.8) as
 //! [`crate::fmp4::recording_init`] and [`crate::fmp4::recording_part`] write them, and as other
-//! muxers write fragmented files with `default-base-is-moof` (ffmpeg's `frag_keyframe` and
-//! `default_base_moof` flags).
+//! muxers write fragmented files, with `default-base-is-moof` (ffmpeg's `frag_keyframe` and
+//! `default_base_moof` flags) or an explicit `base-data-offset` (ffmpeg's `frag_keyframe`
+//! alone; [`Scanner`] and [`part_samples_at`] know the moof's offset it needs).
 //!
 //! [`Scanner`] lists a file's parts (one `moof` + `mdat` each) from the box headers and the
 //! moofs alone, asking its caller for the bytes it needs and never for media data; [`scan`]
