@@ -21,6 +21,7 @@ use ferrocast_rtsp::rtp;
 use ferrocast_rtsp::server::{PlayRequest, RtpStart};
 
 use super::pace::{self, GAP_US, Pace};
+use super::source::{Next, Source, SourceError, Timed};
 
 /// The media of one viewer, read on the player's behalf. Blocking (files): the driver calls
 /// it off the async workers.
@@ -42,17 +43,6 @@ pub struct MediaInfo {
     pub end_us: Option<i64>,
     /// Positions are UTC (recordings): `clock=` ranges apply.
     pub clock: bool,
-}
-
-/// A frame read from the media with its media times in µs.
-#[derive(Debug, Clone)]
-pub struct TimedFrame {
-    /// Decode time, µs.
-    pub dts_us: i64,
-    /// Presentation time, µs.
-    pub pts_us: i64,
-    /// The frame as read (its own timestamps in its track's clock).
-    pub frame: Arc<Frame>,
 }
 
 /// A read the player needs done.
@@ -81,11 +71,11 @@ pub enum Read {
     /// [`Need::Seek`]: the keyframe's time, None at or after the end.
     Seeked(Option<i64>),
     /// [`Need::Next`]: frames (and new codec parameters), or None at the end.
-    Frames(Option<(Option<Arc<Tracks>>, Vec<TimedFrame>)>),
+    Frames(Option<(Option<Arc<Tracks>>, Vec<Timed>)>),
     /// [`Need::Keyframes`].
     Keyframes(Vec<i64>),
     /// [`Need::Keyframe`].
-    Keyframe(Option<TimedFrame>),
+    Keyframe(Option<Timed>),
     /// The read failed (the file was deleted, is damaged): playback ends with BYE.
     Failed,
 }
@@ -175,7 +165,7 @@ pub struct VodPlayer {
     starting: Option<(PlayRequest, i64, Option<i64>)>,
     /// The end of the current play, in the direction of play.
     end_us: Option<i64>,
-    queue: VecDeque<TimedFrame>,
+    queue: VecDeque<Timed>,
     /// Keyframe times still to read (keyframes-only play), in the order of play.
     keyframe_times: VecDeque<i64>,
     /// Where the next keyframe listing starts.
@@ -529,7 +519,7 @@ impl VodPlayer {
     }
 
     /// The packets of one frame (and the sender report before a track's first).
-    fn send(&mut self, now: Instant, pace: &Pace, f: &TimedFrame) -> Option<Output> {
+    fn send(&mut self, now: Instant, pace: &Pace, f: &Timed) -> Option<Output> {
         let i = track_index(f.frame.kind);
         let stamp = pace.stamp(f.pts_us);
         let dts_stamp = pace.stamp(f.dts_us);
@@ -610,6 +600,36 @@ impl VodPlayer {
     }
 }
 
+impl Media for Source {
+    fn info(&self) -> MediaInfo {
+        MediaInfo {
+            tracks: self.tracks().clone(),
+            start_us: self.start_us(),
+            end_us: self.end_us(),
+            clock: self.is_clock(),
+        }
+    }
+
+    fn read(&mut self, need: Need) -> Read {
+        let failed = |e: SourceError| {
+            tracing::info!("playback read: {e}");
+            Read::Failed
+        };
+        match need {
+            Need::Seek(t) => self.seek(t).map_or_else(failed, Read::Seeked),
+            Need::Next => match self.next() {
+                Ok(Next::Batch(b)) => Read::Frames(Some((b.tracks, b.frames))),
+                Ok(Next::End) => Read::Frames(None),
+                Err(e) => failed(e),
+            },
+            Need::Keyframes { from_us, to_us, max } => {
+                self.keyframes(from_us, to_us, max).map_or_else(failed, Read::Keyframes)
+            }
+            Need::Keyframe(t) => self.keyframe(t).map_or_else(failed, Read::Keyframe),
+        }
+    }
+}
+
 fn track_index(kind: TrackKind) -> usize {
     match kind {
         TrackKind::Video => 0,
@@ -619,7 +639,7 @@ fn track_index(kind: TrackKind) -> usize {
 
 /// The packets of a frame with the ONVIF replay extension carrying the frame's absolute time
 /// (recordings: its UTC time; files: its media time from the Unix epoch).
-fn with_onvif(packets: &Bytes, f: &TimedFrame, discontinuity: bool, cseq: u8) -> Bytes {
+fn with_onvif(packets: &Bytes, f: &Timed, discontinuity: bool, cseq: u8) -> Bytes {
     let ntp = rtcp::ntp_from_unix_micros(f.pts_us.max(0) as u64);
     let mut out = bytes::BytesMut::with_capacity(packets.len() + 64);
     for (n, pkt) in codec::packets(packets).enumerate() {

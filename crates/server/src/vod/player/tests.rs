@@ -11,7 +11,7 @@ use super::*;
 
 /// 30 s of 25 fps video with a keyframe every second and 48 kHz AAC (1024 samples a frame).
 struct Synthetic {
-    frames: Vec<TimedFrame>,
+    frames: Vec<Timed>,
     pos: usize,
     start_us: i64,
     end_us: i64,
@@ -42,7 +42,7 @@ impl Synthetic {
             let t = i * FRAME_US;
             let key = i % 25 == 0;
             let data = Bytes::from(vec![0, 0, 0, 2, if key { 0x65 } else { 0x41 }, i as u8]);
-            frames.push(TimedFrame {
+            frames.push(Timed {
                 dts_us: start_us + t,
                 pts_us: start_us + t,
                 frame: Frame::new(TrackKind::Video, t * 9 / 100, t * 9 / 100, key, data),
@@ -51,7 +51,7 @@ impl Synthetic {
         let mut n = 0i64;
         while n * 1024 * 1_000_000 / 48_000 < SECONDS * 1_000_000 {
             let t = n * 1024 * 1_000_000 / 48_000;
-            frames.push(TimedFrame {
+            frames.push(Timed {
                 dts_us: start_us + t,
                 pts_us: start_us + t,
                 frame: Frame::new(TrackKind::Audio, n * 1024, n * 1024, true, Bytes::from_static(&[1, 2, 3])),
@@ -69,7 +69,7 @@ impl Media for Synthetic {
     }
 
     fn read(&mut self, need: Need) -> Read {
-        let key = |f: &TimedFrame| f.frame.kind == TrackKind::Video && f.frame.keyframe;
+        let key = |f: &Timed| f.frame.kind == TrackKind::Video && f.frame.keyframe;
         match need {
             Need::Seek(t) => {
                 let k = self.frames.iter().rposition(|f| key(f) && f.dts_us <= t).unwrap_or(0);
