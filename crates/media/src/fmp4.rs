@@ -20,7 +20,7 @@ pub const AUDIO_ID: u32 = 2;
 pub const VIDEO_TIMESCALE: u32 = 90_000;
 
 /// Writes a box: size, type, then what `f` appends.
-fn bx(out: &mut BytesMut, kind: &[u8; 4], f: impl FnOnce(&mut BytesMut)) {
+pub(crate) fn bx(out: &mut BytesMut, kind: &[u8; 4], f: impl FnOnce(&mut BytesMut)) {
     let start = out.len();
     out.put_u32(0);
     out.put_slice(kind);
@@ -30,14 +30,14 @@ fn bx(out: &mut BytesMut, kind: &[u8; 4], f: impl FnOnce(&mut BytesMut)) {
 }
 
 /// A full box: box with version and flags.
-fn full(out: &mut BytesMut, kind: &[u8; 4], version: u8, flags: u32, f: impl FnOnce(&mut BytesMut)) {
+pub(crate) fn full(out: &mut BytesMut, kind: &[u8; 4], version: u8, flags: u32, f: impl FnOnce(&mut BytesMut)) {
     bx(out, kind, |o| {
         o.put_u32((u32::from(version) << 24) | (flags & 0xff_ffff));
         f(o);
     })
 }
 
-const MATRIX: [u32; 9] = [0x0001_0000, 0, 0, 0, 0x0001_0000, 0, 0, 0, 0x4000_0000];
+pub(crate) const MATRIX: [u32; 9] = [0x0001_0000, 0, 0, 0, 0x0001_0000, 0, 0, 0, 0x4000_0000];
 
 /// Whether these fMP4 segments carry a track: video, AAC and MP3 (Opus and G.711 are left out).
 pub fn carries(track: &TrackInfo) -> bool {
@@ -142,7 +142,7 @@ fn with_four_byte_lengths(codec: VideoCodec, config: &[u8]) -> BytesMut {
     c
 }
 
-fn sample_entry(out: &mut BytesMut, track: &TrackInfo) -> Result<(), ParamError> {
+pub(crate) fn sample_entry(out: &mut BytesMut, track: &TrackInfo) -> Result<(), ParamError> {
     match track {
         TrackInfo::Video { codec, config, .. } => {
             let (w, h) = dimensions(track).ok_or(ParamError::Missing("SPS"))?;

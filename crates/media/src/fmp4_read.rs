@@ -1,7 +1,8 @@
 //! Reading recordings back: fragmented MP4 files (ISO/IEC 14496-12 8.8) as
 //! [`crate::fmp4::recording_init`] and [`crate::fmp4::recording_part`] write them, and as other
-//! muxers write fragmented files with `default-base-is-moof` (ffmpeg's `frag_keyframe` and
-//! `default_base_moof` flags).
+//! muxers write fragmented files, with `default-base-is-moof` (ffmpeg's `frag_keyframe` and
+//! `default_base_moof` flags) or an explicit `base-data-offset` (ffmpeg's `frag_keyframe`
+//! alone; [`Scanner`] and [`part_samples_at`] know the moof's offset it needs).
 //!
 //! [`Scanner`] lists a file's parts (one `moof` + `mdat` each) from the box headers and the
 //! moofs alone, asking its caller for the bytes it needs and never for media data; [`scan`]
@@ -19,12 +20,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use thiserror::Error;
 
-mod boxes;
-mod init;
+pub(crate) mod boxes;
+pub(crate) mod init;
 mod moof;
 
 use boxes::{be32, be64, box_header};
-pub(crate) use init::decoder_config;
 use init::parse_moov;
 use moof::{Moof, check_data, parse_moof};
 
@@ -82,7 +82,7 @@ pub enum ReadError {
     },
 }
 
-fn malformed(offset: u64, rule: &'static str) -> ReadError {
+pub(crate) fn malformed(offset: u64, rule: &'static str) -> ReadError {
     ReadError::Malformed { offset, rule }
 }
 
@@ -527,6 +527,13 @@ pub struct SampleInfo {
 /// Samples are in file order: each track's in decode order.
 pub fn part_samples(layout: &Layout, moof: &[u8]) -> Result<Vec<SampleInfo>, ReadError> {
     Ok(parse_moof(layout, moof, 0)?.samples)
+}
+
+/// As [`part_samples`], for a moof at file offset `at`: needed for fragments whose `tfhd`
+/// gives an explicit `base-data-offset` (a file offset, as ffmpeg writes without
+/// `default_base_moof`); sample offsets are still from the moof's start.
+pub fn part_samples_at(layout: &Layout, moof: &[u8], at: u64) -> Result<Vec<SampleInfo>, ReadError> {
+    Ok(parse_moof(layout, moof, at)?.samples)
 }
 
 /// The samples of one part (moof + mdat, as [`PartInfo`] locates it) as frames, in the

@@ -14,6 +14,8 @@ mod frame;
 pub mod h264;
 pub mod h265;
 pub mod mp4;
+pub mod mp4_index;
+pub mod mp4_progressive;
 pub mod opus;
 pub mod ts;
 

@@ -81,8 +81,8 @@ async fn ffmpeg_seek_starts_within_one_gop() {
     assert!(out.status.success(), "{}", tail(&log));
     let range = log
         .lines()
-        .filter_map(|l| l.split("line='Range: npt=").nth(1))
-        .last()
+        .rev()
+        .find_map(|l| l.split("line='Range: npt=").nth(1))
         .unwrap_or_else(|| panic!("no Range in the PLAY answer:\n{}", tail(&log)));
     let start: f64 = range.split('-').next().unwrap().parse().unwrap();
     assert!((4.5..=5.5).contains(&start), "PLAY answered from {start} s for -ss 5.5 (GOP 1 s)");

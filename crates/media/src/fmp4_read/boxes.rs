@@ -2,21 +2,21 @@
 
 use super::{ReadError, malformed};
 
-pub(super) fn be16(d: &[u8], i: usize) -> Option<u16> {
+pub(crate) fn be16(d: &[u8], i: usize) -> Option<u16> {
     d.get(i..i + 2).map(|b| u16::from_be_bytes([b[0], b[1]]))
 }
 
-pub(super) fn be32(d: &[u8], i: usize) -> Option<u32> {
+pub(crate) fn be32(d: &[u8], i: usize) -> Option<u32> {
     d.get(i..i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-pub(super) fn be64(d: &[u8], i: usize) -> Option<u64> {
+pub(crate) fn be64(d: &[u8], i: usize) -> Option<u64> {
     d.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
 }
 
 /// A box header at the start of `data` (at file offset `at`): type, header length and box
 /// size; `None` when `data` is too short to hold it.
-pub(super) fn box_header(data: &[u8], at: u64) -> Result<Option<([u8; 4], u64, u64)>, ReadError> {
+pub(crate) fn box_header(data: &[u8], at: u64) -> Result<Option<([u8; 4], u64, u64)>, ReadError> {
     let (Some(size), Some(kind)) = (be32(data, 0), data.get(4..8)) else { return Ok(None) };
     let kind: [u8; 4] = [kind[0], kind[1], kind[2], kind[3]];
     let (header, size) = match size {
@@ -35,7 +35,7 @@ pub(super) fn box_header(data: &[u8], at: u64) -> Result<Option<([u8; 4], u64, u
 }
 
 /// The child boxes of a box body at file offset `origin`: (type, body, body's offset).
-pub(super) fn children(data: &[u8], origin: u64) -> impl Iterator<Item = Result<([u8; 4], &[u8], u64), ReadError>> {
+pub(crate) fn children(data: &[u8], origin: u64) -> impl Iterator<Item = Result<([u8; 4], &[u8], u64), ReadError>> {
     let mut pos = 0usize;
     std::iter::from_fn(move || {
         if pos >= data.len() {
@@ -64,7 +64,7 @@ pub(super) fn children(data: &[u8], origin: u64) -> impl Iterator<Item = Result<
 }
 
 /// The first child box of this type: (body, body's offset).
-pub(super) fn child<'a>(data: &'a [u8], origin: u64, kind: &[u8; 4]) -> Result<Option<(&'a [u8], u64)>, ReadError> {
+pub(crate) fn child<'a>(data: &'a [u8], origin: u64, kind: &[u8; 4]) -> Result<Option<(&'a [u8], u64)>, ReadError> {
     for c in children(data, origin) {
         let (k, body, at) = c?;
         if &k == kind {
@@ -74,7 +74,7 @@ pub(super) fn child<'a>(data: &'a [u8], origin: u64, kind: &[u8; 4]) -> Result<O
     Ok(None)
 }
 
-pub(super) fn need<'a>(
+pub(crate) fn need<'a>(
     data: &'a [u8],
     origin: u64,
     kind: &[u8; 4],

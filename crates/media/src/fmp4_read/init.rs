@@ -51,7 +51,7 @@ pub(super) fn parse_moov(moov: &[u8], origin: u64) -> Result<(Tracks, Layout), R
 
 /// A track's id, timescale and codec parameters (`clock_rate` = timescale); `None` for a
 /// track of a codec ferrocast does not carry.
-pub(super) fn parse_trak(trak: &[u8], origin: u64) -> Result<Option<(u32, u32, TrackInfo)>, ReadError> {
+pub(crate) fn parse_trak(trak: &[u8], origin: u64) -> Result<Option<(u32, u32, TrackInfo)>, ReadError> {
     let (tkhd, tkhd_at) = need(trak, origin, b"tkhd", "trak without tkhd")?;
     let id = match tkhd.first() {
         Some(1) => be32(tkhd, 20),

@@ -49,7 +49,7 @@ pub(super) fn parse_moof(layout: &Layout, moof: &[u8], origin: u64) -> Result<Mo
             b"traf" => {
                 let base = if first_traf { 0 } else { data_end };
                 first_traf = false;
-                data_end = parse_traf(layout, body, at, base, &mut budget, &mut samples)?;
+                data_end = parse_traf(layout, body, at, origin, base, &mut budget, &mut samples)?;
             }
             _ => {}
         }
@@ -64,6 +64,7 @@ pub(super) fn parse_traf(
     layout: &Layout,
     traf: &[u8],
     origin: u64,
+    moof_at: u64,
     implicit_base: u64,
     budget: &mut u64,
     samples: &mut Vec<SampleInfo>,
@@ -75,6 +76,15 @@ pub(super) fn parse_traf(
     let track = layout.by_id(id);
     let mut defaults = track.map(|(_, t)| t.defaults).unwrap_or_default();
     let mut pos = 8;
+    // An explicit base-data-offset is a file offset (8.8.7.1): ffmpeg writes one unless told
+    // `default_base_moof`. Kept relative to the moof, as every other offset here.
+    let explicit_base = if flags & TFHD_BASE_DATA_OFFSET != 0 {
+        let b = be64(tfhd, pos).ok_or(short(tfhd_at))?;
+        pos += 8;
+        Some(b.checked_sub(moof_at).ok_or(malformed(tfhd_at, "base-data-offset before its moof"))?)
+    } else {
+        None
+    };
     let mut field = |present: bool| -> Result<Option<u32>, ReadError> {
         if !present {
             return Ok(None);
@@ -83,9 +93,6 @@ pub(super) fn parse_traf(
         pos += 4;
         Ok(Some(v))
     };
-    if flags & TFHD_BASE_DATA_OFFSET != 0 {
-        return Err(ReadError::Unsupported { offset: tfhd_at, what: "an explicit base-data-offset" });
-    }
     field(flags & TFHD_SAMPLE_DESCRIPTION_INDEX != 0)?;
     if let Some(d) = field(flags & TFHD_DEFAULT_DURATION != 0)? {
         defaults.duration = d;
@@ -96,7 +103,11 @@ pub(super) fn parse_traf(
     if let Some(f) = field(flags & TFHD_DEFAULT_FLAGS != 0)? {
         defaults.flags = f;
     }
-    let base = if flags & TFHD_DEFAULT_BASE_IS_MOOF != 0 { 0 } else { implicit_base };
+    let base = match explicit_base {
+        Some(b) => b,
+        None if flags & TFHD_DEFAULT_BASE_IS_MOOF != 0 => 0,
+        None => implicit_base,
+    };
     let mut dts = match (track, child(traf, origin, b"tfdt")?) {
         (_, Some((tfdt, at))) => {
             let t = match tfdt.first() {

@@ -10,6 +10,11 @@ use super::Playback;
 
 /// The answer to a playback request (GET or HEAD), or None when it is not one.
 pub async fn respond(playback: &Arc<Playback>, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
-    let _ = (playback, method, uri, headers);
+    if let Some(r) = super::hls_vod::respond(playback, method, uri).await {
+        return Some(r);
+    }
+    if let Some(r) = super::mp4_http::respond(playback, method, uri, headers).await {
+        return Some(r);
+    }
     None
 }

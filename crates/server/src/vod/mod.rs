@@ -45,6 +45,12 @@ impl Playback {
     pub fn file(&self, name: &str) -> Option<PathBuf> {
         resolve_file(&self.config.dir, name)
     }
+
+    /// False while the recordings index is still being opened after a start (recordings
+    /// exist on disk, the index is not there yet): playback answers 503, not 404.
+    pub fn index_ready(&self) -> bool {
+        self.recordings.index().is_some() || !self.recordings.config().dir.join(crate::record::INDEX_FILE).exists()
+    }
 }
 
 /// Most bytes of a file name in a URL.
@@ -119,11 +125,19 @@ impl Playback {
 }
 
 /// `target` opened for one RTSP viewer (blocking: the file system). Err: the RTSP status to
-/// refuse with (404 nothing there, 500 unreadable).
+/// refuse with (404 nothing there, 503 the recordings index is still opening, 500 unreadable).
 pub fn open_media(playback: &Playback, target: &Target) -> Result<Box<dyn player::Media>, u16> {
-    // The reader over recordings and files (`source`) lands next; until then nothing opens.
-    let _ = (playback, target);
-    Err(404)
+    match source::Source::open(playback, target) {
+        Ok(s) => Ok(Box::new(s)),
+        Err(source::SourceError::NotFound) if matches!(target, Target::Recording { .. }) && !playback.index_ready() => {
+            Err(503)
+        }
+        Err(source::SourceError::NotFound) => Err(404),
+        Err(e) => {
+            tracing::warn!("playback: {e}");
+            Err(500)
+        }
+    }
 }
 
 #[cfg(test)]

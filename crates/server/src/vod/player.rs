@@ -21,6 +21,7 @@ use ferrocast_rtsp::rtp;
 use ferrocast_rtsp::server::{PlayRequest, RtpStart};
 
 use super::pace::{self, GAP_US, Pace};
+use super::source::{Next, Source, SourceError, Timed};
 
 /// The media of one viewer, read on the player's behalf. Blocking (files): the driver calls
 /// it off the async workers.
@@ -42,17 +43,6 @@ pub struct MediaInfo {
     pub end_us: Option<i64>,
     /// Positions are UTC (recordings): `clock=` ranges apply.
     pub clock: bool,
-}
-
-/// A frame read from the media with its media times in µs.
-#[derive(Debug, Clone)]
-pub struct TimedFrame {
-    /// Decode time, µs.
-    pub dts_us: i64,
-    /// Presentation time, µs.
-    pub pts_us: i64,
-    /// The frame as read (its own timestamps in its track's clock).
-    pub frame: Arc<Frame>,
 }
 
 /// A read the player needs done.
@@ -81,11 +71,11 @@ pub enum Read {
     /// [`Need::Seek`]: the keyframe's time, None at or after the end.
     Seeked(Option<i64>),
     /// [`Need::Next`]: frames (and new codec parameters), or None at the end.
-    Frames(Option<(Option<Arc<Tracks>>, Vec<TimedFrame>)>),
+    Frames(Option<(Option<Arc<Tracks>>, Vec<Timed>)>),
     /// [`Need::Keyframes`].
     Keyframes(Vec<i64>),
     /// [`Need::Keyframe`].
-    Keyframe(Option<TimedFrame>),
+    Keyframe(Option<Timed>),
     /// The read failed (the file was deleted, is damaged): playback ends with BYE.
     Failed,
 }
@@ -135,6 +125,11 @@ const LOW_WATER_FRAMES: usize = 16;
 /// Media time over which keyframe times are listed at once in keyframes-only play.
 const KEYFRAME_WINDOW_US: i64 = 120_000_000;
 
+/// A step in media time bigger than this between two frames sent is a gap between
+/// recordings (or a camera that stopped): playback skips it rather than wait it out. Long
+/// camera GOPs in keyframes-only play stay under it.
+pub const MAX_GAP_US: i64 = 10_000_000;
+
 /// Most keyframe times listed at once.
 const MAX_KEYFRAMES_LISTED: usize = 64;
 
@@ -170,7 +165,7 @@ pub struct VodPlayer {
     starting: Option<(PlayRequest, i64, Option<i64>)>,
     /// The end of the current play, in the direction of play.
     end_us: Option<i64>,
-    queue: VecDeque<TimedFrame>,
+    queue: VecDeque<Timed>,
     /// Keyframe times still to read (keyframes-only play), in the order of play.
     keyframe_times: VecDeque<i64>,
     /// Where the next keyframe listing starts.
@@ -183,6 +178,8 @@ pub struct VodPlayer {
     /// Media time of the next frame to send (where a PAUSE stands).
     position_us: i64,
     last_stamp_us: Option<i64>,
+    /// Media time of the last frame sent since the PLAY.
+    last_sent_us: Option<i64>,
     /// The first frame after a PLAY has not gone yet (ONVIF D flag).
     discontinuity: bool,
     onvif: bool,
@@ -221,6 +218,7 @@ impl VodPlayer {
             exhausted: false,
             outputs: VecDeque::new(),
             last_stamp_us: None,
+            last_sent_us: None,
             discontinuity: true,
             onvif: false,
             cseq: 0,
@@ -313,6 +311,7 @@ impl VodPlayer {
         let pace = Pace { t0_us, stamp0_us: stamp0, wall0: now, scale, speed, realtime: !req.rate_control_off };
         self.pace = Some(pace);
         self.position_us = t0_us;
+        self.last_sent_us = None;
         self.discontinuity = true;
         for t in self.out.iter_mut().flatten() {
             t.reported = false;
@@ -468,7 +467,7 @@ impl VodPlayer {
         if self.state != State::Playing {
             return None;
         }
-        let pace = self.pace?;
+        let mut pace = self.pace?;
         while let Some(f) = self.queue.front() {
             // Frames before the point (the rest of a part read from its keyframe) and past
             // the end are not sent; audio plays at Scale 1 only.
@@ -484,12 +483,32 @@ impl VodPlayer {
                 self.queue.pop_front();
                 continue;
             }
+            if let Some(last) = self.last_sent_us
+                && pace.ahead(f.dts_us, last)
+                && (f.dts_us - last).abs() > MAX_GAP_US
+            {
+                // A gap: the frame after it follows the last one sent by the gap step, on
+                // the client's timeline and in sending.
+                let last_stamp = self.last_stamp_us.unwrap_or(pace.stamp0_us);
+                let last_sent_at = pace.send_at(pace.stamp(last)).unwrap_or(now);
+                pace = Pace {
+                    t0_us: f.dts_us,
+                    stamp0_us: last_stamp + GAP_US,
+                    wall0: last_sent_at + std::time::Duration::from_micros((GAP_US as f64 / pace.speed) as u64),
+                    ..pace
+                };
+                self.pace = Some(pace);
+                // Once: the next frame sent is measured from the new point.
+                self.last_sent_us = None;
+                self.discontinuity = true;
+            }
             let stamp = pace.stamp(f.dts_us);
             if pace.send_at(stamp).is_some_and(|at| at > now) {
                 return None;
             }
             let f = self.queue.pop_front().expect("peeked");
             self.position_us = f.dts_us;
+            self.last_sent_us = Some(f.dts_us);
             return self.send(now, &pace, &f);
         }
         if self.exhausted && !self.in_flight && self.queue.is_empty() && self.keyframe_times.is_empty() {
@@ -500,7 +519,7 @@ impl VodPlayer {
     }
 
     /// The packets of one frame (and the sender report before a track's first).
-    fn send(&mut self, now: Instant, pace: &Pace, f: &TimedFrame) -> Option<Output> {
+    fn send(&mut self, now: Instant, pace: &Pace, f: &Timed) -> Option<Output> {
         let i = track_index(f.frame.kind);
         let stamp = pace.stamp(f.pts_us);
         let dts_stamp = pace.stamp(f.dts_us);
@@ -581,6 +600,36 @@ impl VodPlayer {
     }
 }
 
+impl Media for Source {
+    fn info(&self) -> MediaInfo {
+        MediaInfo {
+            tracks: self.tracks().clone(),
+            start_us: self.start_us(),
+            end_us: self.end_us(),
+            clock: self.is_clock(),
+        }
+    }
+
+    fn read(&mut self, need: Need) -> Read {
+        let failed = |e: SourceError| {
+            tracing::info!("playback read: {e}");
+            Read::Failed
+        };
+        match need {
+            Need::Seek(t) => self.seek(t).map_or_else(failed, Read::Seeked),
+            Need::Next => match self.next() {
+                Ok(Next::Batch(b)) => Read::Frames(Some((b.tracks, b.frames))),
+                Ok(Next::End) => Read::Frames(None),
+                Err(e) => failed(e),
+            },
+            Need::Keyframes { from_us, to_us, max } => {
+                self.keyframes(from_us, to_us, max).map_or_else(failed, Read::Keyframes)
+            }
+            Need::Keyframe(t) => self.keyframe(t).map_or_else(failed, Read::Keyframe),
+        }
+    }
+}
+
 fn track_index(kind: TrackKind) -> usize {
     match kind {
         TrackKind::Video => 0,
@@ -590,7 +639,7 @@ fn track_index(kind: TrackKind) -> usize {
 
 /// The packets of a frame with the ONVIF replay extension carrying the frame's absolute time
 /// (recordings: its UTC time; files: its media time from the Unix epoch).
-fn with_onvif(packets: &Bytes, f: &TimedFrame, discontinuity: bool, cseq: u8) -> Bytes {
+fn with_onvif(packets: &Bytes, f: &Timed, discontinuity: bool, cseq: u8) -> Bytes {
     let ntp = rtcp::ntp_from_unix_micros(f.pts_us.max(0) as u64);
     let mut out = bytes::BytesMut::with_capacity(packets.len() + 64);
     for (n, pkt) in codec::packets(packets).enumerate() {

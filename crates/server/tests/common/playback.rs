@@ -207,3 +207,78 @@ async fn make_recording() -> Recorded {
 pub fn vod_dir_config(dir: &Path) -> String {
     format!("[vod]\ndir = \"{}\"\n", dir.display())
 }
+
+/// Frames the hub queues for each reader in [`recorded_whole`]: the whole clip (30 s of 25 fps
+/// video and 48 kHz AAC are about 2,200 frames).
+pub const WHOLE_CLIP_QUEUE_FRAMES: usize = 8192;
+
+/// How much faster than real time [`recorded_whole`] publishes: 30 s in about 4 s. Sent at
+/// once, the end of the clip is lost now and then even with the larger queue.
+pub const READ_RATE: u32 = 8;
+
+static RECORDED_WHOLE: OnceCell<Recorded> = OnceCell::const_new();
+
+/// As [`recorded`], published into a server whose readers queue the whole clip
+/// ([`WHOLE_CLIP_QUEUE_FRAMES`]) at [`READ_RATE`]: with the default queue (512 frames) the recorder, a hub
+/// reader, falls behind a publisher that sends 30 s at once and skips to keyframes, so
+/// seconds of the clip go missing (3 of 4 runs on a loaded machine); tests that compare the
+/// whole recording with its files need all three.
+pub async fn recorded_whole() -> &'static Recorded {
+    RECORDED_WHOLE.get_or_init(|| make_recording_with("recordings-whole", WHOLE_CLIP_QUEUE_FRAMES)).await
+}
+
+async fn make_recording_with(dir_name: &str, queue_frames: usize) -> Recorded {
+    let flv = clip_file("clip.flv", CLIP_SECONDS, &[]);
+    let dir = media_dir().join(dir_name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = "cams/lobby".to_owned();
+    let server = Server::with_config(&format!(
+        "[hub]\nreader_queue_frames = {queue_frames}\n[record]\ndir = \"{}\"\nsegment_duration_ms = {SEGMENT_MS}\npart_duration_ms = 1000\n[paths.\"cams/*\"]\nrecord = true\n",
+        dir.display()
+    ));
+    let url = server.rtmp_url(&path);
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-nostdin", "-readrate", &READ_RATE.to_string(), "-i"])
+            .arg(&flv)
+            .args(["-c", "copy", "-f", "flv", &url])
+            .status()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(status.success(), "publishing the clip failed");
+    let api = format!("http://{}/api/v1/recordings/{path}", server.http);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listing = loop {
+        let r = http_get(&api, "").await;
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        // Settled: every segment closed and the clip all there (between one file's close and
+        // the next one's open, every listed segment is closed too).
+        let segments = v["segments"].as_array();
+        let total: f64 = segments.map_or(0.0, |s| s.iter().filter_map(|s| s["duration"].as_f64()).sum());
+        if r.status == 200
+            && segments.is_some_and(|s| !s.is_empty() && s.iter().all(|s| s["writing"] == false))
+            && total > f64::from(CLIP_SECONDS) - 1.5
+        {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the recording did not settle: {} {v}", r.status);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    drop(server);
+    let segments: Vec<(String, f64)> = listing["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["start"].as_str().unwrap().to_owned(), s["duration"].as_f64().unwrap()))
+        .collect();
+    assert!(segments.len() >= 3, "{CLIP_SECONDS} s in {SEGMENT_MS} ms files: {listing}");
+    let start = segments[0].0.clone();
+    let start_us = parse_us(&start);
+    let last = segments.last().unwrap();
+    let end_us = parse_us(&last.0) + (last.1 * 1e6) as u64;
+    let total: f64 = segments.iter().map(|s| s.1).sum();
+    assert!((total - f64::from(CLIP_SECONDS)).abs() < 1.5, "recorded {total} s of {CLIP_SECONDS}: {listing}");
+    Recorded { dir, path, start, end: format_us(end_us), start_us, end_us, segments }
+}

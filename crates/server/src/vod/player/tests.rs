@@ -11,9 +11,10 @@ use super::*;
 
 /// 30 s of 25 fps video with a keyframe every second and 48 kHz AAC (1024 samples a frame).
 struct Synthetic {
-    frames: Vec<TimedFrame>,
+    frames: Vec<Timed>,
     pos: usize,
     start_us: i64,
+    end_us: i64,
     clock: bool,
 }
 
@@ -41,7 +42,7 @@ impl Synthetic {
             let t = i * FRAME_US;
             let key = i % 25 == 0;
             let data = Bytes::from(vec![0, 0, 0, 2, if key { 0x65 } else { 0x41 }, i as u8]);
-            frames.push(TimedFrame {
+            frames.push(Timed {
                 dts_us: start_us + t,
                 pts_us: start_us + t,
                 frame: Frame::new(TrackKind::Video, t * 9 / 100, t * 9 / 100, key, data),
@@ -50,7 +51,7 @@ impl Synthetic {
         let mut n = 0i64;
         while n * 1024 * 1_000_000 / 48_000 < SECONDS * 1_000_000 {
             let t = n * 1024 * 1_000_000 / 48_000;
-            frames.push(TimedFrame {
+            frames.push(Timed {
                 dts_us: start_us + t,
                 pts_us: start_us + t,
                 frame: Frame::new(TrackKind::Audio, n * 1024, n * 1024, true, Bytes::from_static(&[1, 2, 3])),
@@ -58,22 +59,17 @@ impl Synthetic {
             n += 1;
         }
         frames.sort_by_key(|f| f.dts_us);
-        Synthetic { frames, pos: 0, start_us, clock }
+        Synthetic { frames, pos: 0, start_us, end_us: start_us + SECONDS * 1_000_000, clock }
     }
 }
 
 impl Media for Synthetic {
     fn info(&self) -> MediaInfo {
-        MediaInfo {
-            tracks: tracks(),
-            start_us: self.start_us,
-            end_us: Some(self.start_us + SECONDS * 1_000_000),
-            clock: self.clock,
-        }
+        MediaInfo { tracks: tracks(), start_us: self.start_us, end_us: Some(self.end_us), clock: self.clock }
     }
 
     fn read(&mut self, need: Need) -> Read {
-        let key = |f: &TimedFrame| f.frame.kind == TrackKind::Video && f.frame.keyframe;
+        let key = |f: &Timed| f.frame.kind == TrackKind::Video && f.frame.keyframe;
         match need {
             Need::Seek(t) => {
                 let k = self.frames.iter().rposition(|f| key(f) && f.dts_us <= t).unwrap_or(0);
@@ -126,7 +122,10 @@ struct Run {
 impl Run {
     fn new(clock: bool) -> Run {
         let start = if clock { 1_795_600_800_000_000 } else { 0 };
-        let media = Synthetic::new(start, clock);
+        Run::with(Synthetic::new(start, clock))
+    }
+
+    fn with(media: Synthetic) -> Run {
         let t0 = Instant::now();
         Run {
             player: VodPlayer::new(media.info(), [true, true], 0x1234_5678_9abc_def0, 1400),
@@ -359,4 +358,216 @@ fn without_rate_control_frames_go_as_fast_as_read() {
     // a discontinuity.
     let first = &r.video()[0].rtp;
     assert_eq!(first.payload.len(), 2, "the payload after the extension");
+}
+
+#[test]
+fn a_gap_between_recordings_is_skipped_not_waited_out() {
+    // The media from 10 s on moved 90 s later: a gap of 90 s between two recordings.
+    let mut media = Synthetic::new(0, false);
+    for f in &mut media.frames {
+        if f.dts_us >= 10_000_000 {
+            f.dts_us += 90_000_000;
+            f.pts_us += 90_000_000;
+        }
+    }
+    media.end_us += 90_000_000;
+    let mut r = Run::with(media);
+    r.play(PlayRequest { range: npt(9.0), ..Default::default() }).unwrap();
+    let base = r.answers[0].starts[0].rtptime;
+    r.run_until(Duration::from_millis(1500));
+    let v = r.video();
+    assert_eq!(v.len(), 25 + 12, "9.00 .. 9.96 s, then 100.00 .. 100.44 s");
+    // The first frame after the gap: the gap step after the last frame sent before it (the
+    // audio of 9.984 s), in stamps and in sending.
+    let (before, after) = (v[24], v[25]);
+    assert_eq!(before.rtp.timestamp, rtp_of(base, 960_000, 90_000));
+    assert_eq!(after.rtp.timestamp, rtp_of(base, 984_000 + GAP_US, 90_000));
+    assert_eq!(after.at, Duration::from_micros(984_000 + GAP_US as u64));
+}
+
+/// The project's RTSP client against the server session and a player, in memory, on a
+/// virtual clock: what a client sends (Range, Scale, PAUSE) and what it gets back.
+mod pair {
+    use ferrocast_rtsp::client::{ClientEvent, ClientMode, ClientSession, ClientTransport};
+    use ferrocast_rtsp::message::Headers;
+    use ferrocast_rtsp::server::{PlayReply, Secrets, ServerConfig, ServerEvent, ServerSession};
+
+    use super::*;
+
+    struct Pair {
+        client: ClientSession,
+        server: ServerSession,
+        run: Run,
+        played: Vec<Headers>,
+        /// Video RTP packets as the client got them: (arrival since the start, packet).
+        video: Vec<(Duration, RtpPacket)>,
+        byes: usize,
+    }
+
+    impl Pair {
+        fn new() -> Pair {
+            let run = Run::new(false);
+            let now = run.now;
+            let client = ClientSession::new("rtsp://h/vod/a.mp4", ClientMode::Play, ClientTransport::Tcp, vec![], now);
+            let secrets = Secrets { session_id: 7, nonce: 8 };
+            let server = ServerSession::new(ServerConfig::default(), secrets, now);
+            let mut p = Pair { client, server, run, played: Vec::new(), video: Vec::new(), byes: 0 };
+            p.pump();
+            p
+        }
+
+        fn interleave(&mut self, channel: u8, packet: &[u8]) {
+            let mut b = vec![b'$', channel];
+            b.extend_from_slice(&(packet.len() as u16).to_be_bytes());
+            b.extend_from_slice(packet);
+            self.client.handle_input(self.run.now, &b).unwrap();
+        }
+
+        fn pump(&mut self) {
+            let now = self.run.now;
+            for _ in 0..10_000 {
+                let mut busy = false;
+                while let Some(b) = self.client.poll_transmit() {
+                    busy = true;
+                    self.server.handle_input(now, &b).unwrap();
+                }
+                while let Some(ev) = self.server.poll_event() {
+                    busy = true;
+                    match ev {
+                        ServerEvent::Describe { .. } => {
+                            let (sdp, _) = ferrocast_rtsp::sdp::describe(&tracks(), "127.0.0.1", "0.0.0.0");
+                            self.server.accept_describe(&sdp).unwrap();
+                        }
+                        ServerEvent::Setup { track, .. } => {
+                            self.server.accept_setup(track.unwrap_or(0), None).unwrap();
+                        }
+                        ServerEvent::Play { request, .. } => {
+                            if let Err(code) = self.run.player.play(now, &request) {
+                                self.server.reject(code).unwrap();
+                            }
+                        }
+                        ServerEvent::Pause => self.run.player.pause(),
+                        _ => {}
+                    }
+                }
+                if let Some(need) = self.run.player.poll_need() {
+                    busy = true;
+                    let r = self.run.media.read(need);
+                    self.run.player.handle_read(now, r);
+                }
+                while let Some(o) = self.run.player.poll_output(now) {
+                    busy = true;
+                    match o {
+                        Output::Answer(a) => {
+                            let reply = PlayReply {
+                                range: &a.range,
+                                starts: &a.starts,
+                                scale: a.scale,
+                                speed: a.speed,
+                                rate_control_off: a.rate_control_off,
+                            };
+                            self.server.accept_play_with(&reply).unwrap();
+                            while let Some(b) = self.server.poll_transmit() {
+                                self.client.handle_input(now, &b).unwrap();
+                            }
+                        }
+                        Output::Rtp { track, packets } => {
+                            for p in codec::packets(&packets) {
+                                self.interleave(2 * track as u8, &p);
+                            }
+                        }
+                        Output::Rtcp { track, packet } => self.interleave(2 * track as u8 + 1, &packet),
+                    }
+                }
+                while let Some(b) = self.server.poll_transmit() {
+                    busy = true;
+                    self.client.handle_input(now, &b).unwrap();
+                }
+                while let Some(ev) = self.client.poll_event() {
+                    busy = true;
+                    match ev {
+                        ClientEvent::Played(h) => self.played.push(h),
+                        ClientEvent::Rtp { track: 0, packet } => {
+                            self.video.push((now - self.run.t0, RtpPacket::parse(packet).unwrap()));
+                        }
+                        ClientEvent::Rtcp { packet, .. } => {
+                            let bye = ferrocast_rtsp::rtcp::parse(&packet)
+                                .unwrap()
+                                .iter()
+                                .any(|x| matches!(x, RtcpPacket::Bye { .. }));
+                            self.byes += usize::from(bye);
+                        }
+                        _ => {}
+                    }
+                }
+                if !busy {
+                    return;
+                }
+            }
+            panic!("no rest");
+        }
+
+        fn run_until(&mut self, until: Duration) {
+            self.pump();
+            while let Some(at) = self.run.player.poll_timeout() {
+                if at - self.run.t0 > until {
+                    break;
+                }
+                self.run.now = self.run.now.max(at);
+                self.pump();
+            }
+            self.run.now = self.run.now.max(self.run.t0 + until);
+            self.pump();
+        }
+
+        fn frames(&self) -> Vec<&(Duration, RtpPacket)> {
+            self.video.iter().filter(|(_, p)| p.marker).collect()
+        }
+    }
+
+    #[test]
+    fn the_client_seeks_scales_pauses_and_resumes() {
+        let mut p = Pair::new();
+        // The client's own PLAY (npt=0.000-) plays at Scale 1.
+        assert_eq!(p.played.len(), 1);
+        assert_eq!(p.played[0].get("Range"), Some("npt=0.000-30.000"));
+        p.run_until(Duration::from_millis(990));
+        assert_eq!(p.frames().len(), 25);
+        // Seek to 10 s at Scale 4: keyframes only, a quarter second apart.
+        let now = p.run.now;
+        p.client.play(now, &[("Range", "npt=10-"), ("Scale", "4")]);
+        p.pump();
+        let h = p.played.last().unwrap().clone();
+        assert_eq!((h.get("Range"), h.get("Scale")), (Some("npt=10.000-30.000"), Some("4")));
+        let rtp_info = h.get("RTP-Info").unwrap().to_owned();
+        let rtptime: u32 =
+            rtp_info.split("rtptime=").nth(1).unwrap().split([',', ';']).next().unwrap().parse().unwrap();
+        p.run_until(Duration::from_millis(1980));
+        let f = p.frames();
+        assert_eq!(f.len(), 25 + 4, "keyframes of 10, 11, 12, 13 s");
+        for (i, (at, pkt)) in f[25..].iter().enumerate() {
+            let stamp = i as i64 * 250_000;
+            assert_eq!(pkt.timestamp, rtp_of(rtptime, stamp, 90_000), "RTP-Info's rtptime is the Range start");
+            assert_eq!(*at, Duration::from_millis(990) + Duration::from_micros(stamp as u64));
+        }
+        // PAUSE, then PLAY without Range: on from where it stood, at Scale 4 still asked.
+        let now = p.run.now;
+        p.client.pause(now);
+        p.pump();
+        p.run_until(Duration::from_secs(5));
+        assert_eq!(p.frames().len(), 29, "nothing while paused");
+        let now = p.run.now;
+        p.client.play(now, &[("Scale", "-2")]);
+        p.pump();
+        let h = p.played.last().unwrap().clone();
+        assert_eq!(h.get("Scale"), Some("-2"));
+        p.run_until(Duration::from_secs(20));
+        let f = p.frames();
+        let back: Vec<u32> = f[29..].iter().map(|(_, pkt)| pkt.timestamp).collect();
+        assert!(
+            back.windows(2).all(|w| w[1].wrapping_sub(w[0]) == 45_000),
+            "reverse at Scale 2: 0.5 s stamp steps: {back:?}"
+        );
+        assert_eq!(p.byes, 2, "BYE at the beginning of the media");
+    }
 }
