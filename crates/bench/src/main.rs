@@ -354,7 +354,7 @@ async fn main() -> anyhow::Result<()> {
     let ttff = Percentiles::of(&ff.iter().map(|f| f.0).collect::<Vec<_>>());
     let vod = vod_url.map(|url| {
         let (first, last) = *vod_started.lock().unwrap();
-        vod_summary(&url, &args, &viewers, sampler.as_ref(), readers_started, first, last)
+        vod_summary(&url, &args, &viewers, sampler.as_ref(), &shared, readers_started, first, last)
     });
     let summary = serde_json::json!({
         "protocol": format!("{:?}", args.protocol).to_lowercase(),
@@ -393,12 +393,15 @@ async fn main() -> anyhow::Result<()> {
 
 /// The VOD viewers' figures, and the server's CPU and RSS in the window before they started
 /// (live readers only, when --vod-at put them later) and after they all had (live and VOD):
-/// RSS per VOD viewer is the peak after less the last before, over the viewers.
+/// RSS per VOD viewer is the peak after less the last before, over the viewers. The live
+/// probes' latency is given for the same two windows.
+#[allow(clippy::too_many_arguments)]
 fn vod_summary(
     url: &str,
     args: &Args,
     viewers: &[Arc<Viewer>],
     sampler: Option<&ServerSampler>,
+    shared: &Shared,
     readers_started: Instant,
     first: Option<Instant>,
     last: Option<Instant>,
@@ -419,6 +422,12 @@ fn vod_summary(
         .filter(|_| !viewers.is_empty())
         .map(|(b, a)| (a.rss_max_kib as f64 - b.rss_last_kib as f64) / viewers.len() as f64)
         .into();
+    let at = |t: Instant| t.saturating_duration_since(shared.start).as_secs_f64();
+    v["live_latency_ms_live_only"] = first
+        .filter(|_| args.vod_at.is_some())
+        .map(|f| window(&shared.timed_latencies, at(readers_started + settle), at(f)))
+        .into();
+    v["live_latency_ms_with_vod"] = last.map(|l| window(&shared.timed_latencies, at(l + settle), at(now))).into();
     v["cpu_added_by_vod_percent"] = before.zip(after).map(|(b, a)| a.cpu_percent_median - b.cpu_percent_median).into();
     v
 }

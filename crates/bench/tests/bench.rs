@@ -272,6 +272,9 @@ fn vod_viewers_play_a_file_beside_live_readers() {
         assert!(vod[window]["rss_last_kib"].as_u64().is_some_and(|k| k > 0), "{window}: {vod}");
     }
     assert!(vod["rss_per_vod_viewer_kib"].is_number(), "{vod}");
+    for window in ["live_latency_ms_live_only", "live_latency_ms_with_vod"] {
+        assert!(vod[window]["samples"].as_u64().is_some_and(|n| n > 0), "the live readers' latency, {window}: {vod}");
+    }
     let _ = std::fs::remove_file(live);
     let _ = std::fs::remove_dir_all(dir);
 }
