@@ -169,9 +169,15 @@ pub fn receiver_report(ssrc: u32, block: &ReportBlock, cname: &str) -> Bytes {
     out.freeze()
 }
 
-/// A BYE for one source.
+/// A BYE for one source, as a compound packet led by an empty receiver report (RFC 3550 6.1:
+/// every compound packet starts with SR or RR). Quirk: ffmpeg (5.1, `rtp_parse_one_packet`)
+/// drops any RTCP packet under 12 bytes, so a lone 8-byte BYE never ended its playback.
 pub fn bye(ssrc: u32) -> Bytes {
-    let mut out = BytesMut::with_capacity(8);
+    let mut out = BytesMut::with_capacity(16);
+    out.put_u8(0x80);
+    out.put_u8(RR);
+    out.put_u16(1);
+    out.put_u32(ssrc);
     out.put_u8(0x81);
     out.put_u8(BYE);
     out.put_u16(1);
@@ -323,7 +329,9 @@ mod tests {
         };
         let rr = receiver_report(1, &block, "x");
         assert_eq!(parse(&rr).unwrap()[0], RtcpPacket::ReceiverReport { ssrc: 1, reports: vec![block] });
-        assert_eq!(parse(&bye(7)).unwrap(), vec![RtcpPacket::Bye { sources: vec![7] }]);
+        let b = bye(7);
+        assert_eq!(b.len(), 16, "ffmpeg reads no RTCP packet under 12 bytes");
+        assert!(parse(&b).unwrap().contains(&RtcpPacket::Bye { sources: vec![7] }), "{:?}", parse(&b));
     }
 
     #[test]

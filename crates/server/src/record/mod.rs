@@ -124,6 +124,15 @@ impl Recordings {
         lock(&self.index).clone()
     }
 
+    /// The index for playback, opened now if recordings exist but the background opener has
+    /// not got to it yet (right after a start). Blocking: may open and recover the index.
+    pub fn index_now(&self) -> Option<Arc<Index>> {
+        if let Some(ix) = self.index() {
+            return Some(ix);
+        }
+        self.config.dir.join(INDEX_FILE).exists().then(|| self.open_index()).flatten()
+    }
+
     /// The settings.
     pub fn config(&self) -> &RecordConfig {
         &self.config

@@ -525,7 +525,7 @@ fn read_fragment(
 /// Builds the layout of `path`'s recordings from `start_us` to `end_us` (UTC µs). Blocking:
 /// the index, and per file its init segment and moofs.
 pub fn build(rec: &Recordings, path: &str, start_us: u64, end_us: u64) -> Result<Layout, BuildError> {
-    let Some(index) = rec.index() else {
+    let Some(index) = rec.index_now() else {
         // Recordings exist but their index opens in the background after a start.
         let opening = rec.config().dir.join(crate::record::INDEX_FILE).exists();
         return Err(if opening { BuildError::NotReady } else { BuildError::NotFound });

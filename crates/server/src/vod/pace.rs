@@ -6,8 +6,9 @@
 //!   direction of play). Stamps are µs on the
 //!   client's presentation timeline; they always increase, forward or backward in media
 //!   (a reverse play reaches earlier media with later stamps). After a seek, a resume or a
-//!   new Scale the timeline continues: the new PLAY point is stamped [`GAP_US`] after the last
-//!   stamp sent.
+//!   new Scale the timeline continues as the client's clock does: the new PLAY point is
+//!   stamped where the old timeline stands at that moment (a pause counts), and at least
+//!   [`GAP_US`] after the last stamp sent.
 //! - **Sending.** A frame is sent `stamp / speed` after the PLAY was answered (by its decode
 //!   time, so B-frames go in decode order); `Speed` changes when packets leave, never their
 //!   stamps. Without rate control (ONVIF `Rate-Control: no`) frames go as fast as the client

@@ -178,6 +178,8 @@ pub struct VodPlayer {
     /// Media time of the next frame to send (where a PAUSE stands).
     position_us: i64,
     last_stamp_us: Option<i64>,
+    /// Where the client's timeline stood when the last PLAY replaced a pace.
+    clock_us: Option<i64>,
     /// Media time of the last frame sent since the PLAY.
     last_sent_us: Option<i64>,
     /// The first frame after a PLAY has not gone yet (ONVIF D flag).
@@ -218,6 +220,7 @@ impl VodPlayer {
             exhausted: false,
             outputs: VecDeque::new(),
             last_stamp_us: None,
+            clock_us: None,
             last_sent_us: None,
             discontinuity: true,
             onvif: false,
@@ -252,7 +255,11 @@ impl VodPlayer {
             && !pace::keyframes_only(scale)
             && !self.pace.is_some_and(|p| pace::keyframes_only(p.scale));
         self.state = State::Starting;
-        self.pace = None;
+        // The client's clock runs on through a pause or seek: the new PLAY point is stamped
+        // no earlier than where the old timeline stands now.
+        if let Some(p) = self.pace.take() {
+            self.clock_us = Some(p.stamp_at(now));
+        }
         self.starting = Some((req.clone(), start, end));
         self.end_us = end;
         if resume {
@@ -307,7 +314,7 @@ impl VodPlayer {
         let Some((req, _, _)) = self.starting.take() else { return };
         let scale = req.scale.map_or(1.0, pace::supported_scale);
         let speed = req.speed.map_or(1.0, pace::supported_speed);
-        let stamp0 = self.last_stamp_us.map_or(0, |s| s + GAP_US);
+        let stamp0 = self.last_stamp_us.map_or(0, |s| s + GAP_US).max(self.clock_us.take().unwrap_or(0));
         let pace = Pace { t0_us, stamp0_us: stamp0, wall0: now, scale, speed, realtime: !req.rate_control_off };
         self.pace = Some(pace);
         self.position_us = t0_us;

@@ -95,9 +95,9 @@ pub struct Recorded {
 
 impl Recorded {
     /// The config of a server that plays this recording back (its `[record] dir`, recording
-    /// nothing itself), with `extra` appended.
+    /// nothing itself, and deleting nothing however full the disk), with `extra` appended.
     pub fn config(&self, extra: &str) -> String {
-        format!("[record]\ndir = \"{}\"\n{extra}\n", self.dir.display())
+        format!("[record]\ndir = \"{}\"\nmin_free_bytes = 0\n{extra}\n", self.dir.display())
     }
 
     /// An RFC 3339 time `offset_s` seconds after the recording's start.
@@ -144,99 +144,82 @@ pub fn parse_us(t: &str) -> u64 {
 
 static RECORDED: OnceCell<Recorded> = OnceCell::const_new();
 
-/// The recording every test of this binary plays: [`CLIP_SECONDS`] of the clip published over
-/// RTMP as fast as ffmpeg sends it (media time runs at its own rate: the files cover 30 s),
-/// in files of [`SEGMENT_MS`] with 1 s parts. Made once; the server that made it is stopped.
+/// The recording every playback test plays: [`CLIP_SECONDS`] of the clip published over RTMP
+/// at [`READ_RATE`] times real time (media time runs at its own rate: the files cover 30 s)
+/// into a server whose readers queue the whole clip, in files of [`SEGMENT_MS`] with 1 s
+/// parts. Made once per build of the server for all test processes (nextest runs each test in
+/// its own; recording it in each, at once, on two cores made recorders fall behind), under a
+/// lock; the server that made it is stopped. Tests that change files work on a copy.
 pub async fn recorded() -> &'static Recorded {
-    RECORDED.get_or_init(make_recording).await
+    RECORDED.get_or_init(shared_recording).await
 }
 
-async fn make_recording() -> Recorded {
-    let flv = clip_file("clip.flv", CLIP_SECONDS, &[]);
-    let dir = media_dir().join("recordings");
-    let _ = std::fs::remove_dir_all(&dir);
-    let path = "cams/lobby".to_owned();
-    let server = Server::with_config(&format!(
-        "[record]\ndir = \"{}\"\nsegment_duration_ms = {SEGMENT_MS}\npart_duration_ms = 1000\n[paths.\"cams/*\"]\nrecord = true\n",
-        dir.display()
-    ));
-    let url = server.rtmp_url(&path);
-    let status = tokio::task::spawn_blocking(move || {
-        Command::new("ffmpeg")
-            .args(["-v", "error", "-nostdin", "-i"])
-            .arg(&flv)
-            .args(["-c", "copy", "-f", "flv", &url])
-            .status()
+/// As [`recorded`] (one fixture; the name some tests use).
+pub async fn recorded_whole() -> &'static Recorded {
+    recorded().await
+}
+
+/// Where the shared recording lives: keyed by the server binary (a rebuilt recorder records
+/// again) and the fixture's version.
+fn shared_dir() -> PathBuf {
+    let exe = std::fs::metadata(env!("CARGO_BIN_EXE_ferrocast")).unwrap();
+    let mtime = exe.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    std::env::temp_dir().join(format!("ferrocast-playback-fixture-v1-{mtime:x}-{:x}", exe.len()))
+}
+
+async fn shared_recording() -> Recorded {
+    let base = shared_dir();
+    std::fs::create_dir_all(&base).unwrap();
+    let lock = std::fs::File::create(base.join("lock")).unwrap();
+    // Blocking: one process records, the others wait for it.
+    let lock = tokio::task::spawn_blocking(move || {
+        lock.lock().unwrap();
+        lock
     })
     .await
-    .unwrap()
     .unwrap();
-    assert!(status.success(), "publishing the clip failed");
-    // Settled: every segment closed.
-    let api = format!("http://{}/api/v1/recordings/{path}", server.http);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let listing = loop {
-        let r = http_get(&api, "").await;
-        let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-        if r.status == 200
-            && v["segments"].as_array().is_some_and(|s| !s.is_empty() && s.iter().all(|s| s["writing"] == false))
-        {
-            break v;
+    let done = base.join("done.json");
+    if let Ok(text) = std::fs::read_to_string(&done) {
+        let v: Value = serde_json::from_str(&text).unwrap();
+        drop(lock);
+        return Recorded::from_listing(base.join("recordings"), &v);
+    }
+    let mut last = String::new();
+    for attempt in 1..=3 {
+        match make_recording(&base.join("recordings")).await {
+            Ok(listing) => {
+                std::fs::write(&done, listing.to_string()).unwrap();
+                drop(lock);
+                return Recorded::from_listing(base.join("recordings"), &listing);
+            }
+            Err(e) => {
+                eprintln!("recording fixture, attempt {attempt}: {e}");
+                last = e;
+            }
         }
-        assert!(Instant::now() < deadline, "the recording did not settle: {} {v}", r.status);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    drop(server);
-    let segments: Vec<(String, f64)> = listing["segments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["start"].as_str().unwrap().to_owned(), s["duration"].as_f64().unwrap()))
-        .collect();
-    assert!(segments.len() >= 3, "{CLIP_SECONDS} s in {SEGMENT_MS} ms files: {listing}");
-    let start = segments[0].0.clone();
-    let start_us = parse_us(&start);
-    let last = segments.last().unwrap();
-    let end_us = parse_us(&last.0) + (last.1 * 1e6) as u64;
-    let total: f64 = segments.iter().map(|s| s.1).sum();
-    assert!((total - f64::from(CLIP_SECONDS)).abs() < 1.0, "recorded {total} s of {CLIP_SECONDS}: {listing}");
-    Recorded { dir, path, start, end: format_us(end_us), start_us, end_us, segments }
+    }
+    panic!("the recording fixture failed three times: {last}");
 }
 
-/// Waits until nothing is left to do for `server` (for symmetry with other helpers).
-pub fn vod_dir_config(dir: &Path) -> String {
-    format!("[vod]\ndir = \"{}\"\n", dir.display())
-}
-
-/// Frames the hub queues for each reader in [`recorded_whole`]: the whole clip (30 s of 25 fps
-/// video and 48 kHz AAC are about 2,200 frames).
+/// Frames the hub queues for each reader of the fixture's server: the whole clip (30 s of
+/// 25 fps video and 48 kHz AAC are about 2,200 frames). With the default (512) the recorder,
+/// a hub reader, falls behind a publisher faster than real time and skips to keyframes.
 pub const WHOLE_CLIP_QUEUE_FRAMES: usize = 8192;
 
-/// How much faster than real time [`recorded_whole`] publishes: 30 s in about 4 s. Sent at
-/// once, the end of the clip is lost now and then even with the larger queue.
+/// How much faster than real time the fixture publishes: 30 s in about 4 s. Sent at once,
+/// the end of the clip is lost now and then even with the larger queue.
 pub const READ_RATE: u32 = 8;
 
-static RECORDED_WHOLE: OnceCell<Recorded> = OnceCell::const_new();
-
-/// As [`recorded`], published into a server whose readers queue the whole clip
-/// ([`WHOLE_CLIP_QUEUE_FRAMES`]) at [`READ_RATE`]: with the default queue (512 frames) the recorder, a hub
-/// reader, falls behind a publisher that sends 30 s at once and skips to keyframes, so
-/// seconds of the clip go missing (3 of 4 runs on a loaded machine); tests that compare the
-/// whole recording with its files need all three.
-pub async fn recorded_whole() -> &'static Recorded {
-    RECORDED_WHOLE.get_or_init(|| make_recording_with("recordings-whole", WHOLE_CLIP_QUEUE_FRAMES)).await
-}
-
-async fn make_recording_with(dir_name: &str, queue_frames: usize) -> Recorded {
+/// Records the clip into `dir`; the settled listing, or why not.
+async fn make_recording(dir: &Path) -> Result<Value, String> {
     let flv = clip_file("clip.flv", CLIP_SECONDS, &[]);
-    let dir = media_dir().join(dir_name);
-    let _ = std::fs::remove_dir_all(&dir);
-    let path = "cams/lobby".to_owned();
+    let _ = std::fs::remove_dir_all(dir);
+    let path = "cams/lobby";
     let server = Server::with_config(&format!(
-        "[hub]\nreader_queue_frames = {queue_frames}\n[record]\ndir = \"{}\"\nsegment_duration_ms = {SEGMENT_MS}\npart_duration_ms = 1000\n[paths.\"cams/*\"]\nrecord = true\n",
+        "[hub]\nreader_queue_frames = {WHOLE_CLIP_QUEUE_FRAMES}\n[record]\ndir = \"{}\"\nsegment_duration_ms = {SEGMENT_MS}\npart_duration_ms = 1000\nmin_free_bytes = 0\n[paths.\"cams/*\"]\nrecord = true\n",
         dir.display()
     ));
-    let url = server.rtmp_url(&path);
+    let url = server.rtmp_url(path);
     let status = tokio::task::spawn_blocking(move || {
         Command::new("ffmpeg")
             .args(["-v", "error", "-nostdin", "-readrate", &READ_RATE.to_string(), "-i"])
@@ -247,38 +230,47 @@ async fn make_recording_with(dir_name: &str, queue_frames: usize) -> Recorded {
     .await
     .unwrap()
     .unwrap();
-    assert!(status.success(), "publishing the clip failed");
+    if !status.success() {
+        return Err("publishing the clip failed".into());
+    }
     let api = format!("http://{}/api/v1/recordings/{path}", server.http);
     let deadline = Instant::now() + Duration::from_secs(60);
-    let listing = loop {
+    loop {
         let r = http_get(&api, "").await;
         let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
         // Settled: every segment closed and the clip all there (between one file's close and
         // the next one's open, every listed segment is closed too).
         let segments = v["segments"].as_array();
         let total: f64 = segments.map_or(0.0, |s| s.iter().filter_map(|s| s["duration"].as_f64()).sum());
-        if r.status == 200
-            && segments.is_some_and(|s| !s.is_empty() && s.iter().all(|s| s["writing"] == false))
-            && total > f64::from(CLIP_SECONDS) - 1.5
-        {
-            break v;
+        let closed = segments.is_some_and(|s| s.len() >= 3 && s.iter().all(|s| s["writing"] == false));
+        if r.status == 200 && closed && (total - f64::from(CLIP_SECONDS)).abs() < 1.0 {
+            return Ok(v);
         }
-        assert!(Instant::now() < deadline, "the recording did not settle: {} {v}", r.status);
+        if Instant::now() > deadline {
+            return Err(format!("the recording did not settle: {} {v}", r.status));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    drop(server);
-    let segments: Vec<(String, f64)> = listing["segments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["start"].as_str().unwrap().to_owned(), s["duration"].as_f64().unwrap()))
-        .collect();
-    assert!(segments.len() >= 3, "{CLIP_SECONDS} s in {SEGMENT_MS} ms files: {listing}");
-    let start = segments[0].0.clone();
-    let start_us = parse_us(&start);
-    let last = segments.last().unwrap();
-    let end_us = parse_us(&last.0) + (last.1 * 1e6) as u64;
-    let total: f64 = segments.iter().map(|s| s.1).sum();
-    assert!((total - f64::from(CLIP_SECONDS)).abs() < 1.5, "recorded {total} s of {CLIP_SECONDS}: {listing}");
-    Recorded { dir, path, start, end: format_us(end_us), start_us, end_us, segments }
+    }
+}
+
+impl Recorded {
+    fn from_listing(dir: PathBuf, listing: &Value) -> Recorded {
+        let segments: Vec<(String, f64)> = listing["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["start"].as_str().unwrap().to_owned(), s["duration"].as_f64().unwrap()))
+            .collect();
+        let start = segments[0].0.clone();
+        let start_us = parse_us(&start);
+        let last = segments.last().unwrap();
+        let end_us = parse_us(&last.0) + (last.1 * 1e6) as u64;
+        let path = listing["path"].as_str().unwrap().to_owned();
+        Recorded { dir, path, start, end: format_us(end_us), start_us, end_us, segments }
+    }
+}
+
+/// The `[vod]` section for files in `dir`.
+pub fn vod_dir_config(dir: &Path) -> String {
+    format!("[vod]\ndir = \"{}\"\n", dir.display())
 }

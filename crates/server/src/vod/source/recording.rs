@@ -88,11 +88,11 @@ pub(super) struct RecSource {
 
 impl RecSource {
     pub(super) fn index(&self) -> Result<Arc<Index>, SourceError> {
-        self.rec.index().ok_or(SourceError::NotFound)
+        self.rec.index_now().ok_or(SourceError::NotFound)
     }
 
     pub(super) fn open(rec: Arc<Recordings>, path: &str, from: i64, to: Option<i64>) -> Result<Source, SourceError> {
-        let index = rec.index().ok_or(SourceError::NotFound)?;
+        let index = rec.index_now().ok_or(SourceError::NotFound)?;
         let list = |from: i64| {
             index
                 .list_at_most(path, Some(from as u64), to.map(|t| t as u64), SEGMENT_PAGE)
