@@ -8,6 +8,7 @@ mod hls_reader;
 mod publisher;
 mod rtsp_reader;
 mod stats;
+mod vod_reader;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::stats::{Percentiles, ServerSampler};
+use crate::vod_reader::Viewer;
 
 /// How readers play.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -111,6 +113,27 @@ struct Args {
     /// burst (--burst 0 gives the figure to compare with).
     #[arg(long)]
     burst_at: Option<u64>,
+    /// VOD viewers: each plays --vod-url over RTSP (TCP interleaved) from its own position
+    /// (drawn from --vod-seed), beside the live readers, started at --ramp per second.
+    #[arg(long, default_value_t = 0)]
+    vod_readers: usize,
+    /// The RTSP playback URL of the VOD viewers: a recording by time
+    /// (`rtsp://HOST:PORT/PATH?start=T`) or a file (`rtsp://HOST:PORT/vod/NAME.mp4`). Each
+    /// viewer's first PLAY asks for `Range: npt=POSITION-`.
+    #[arg(long)]
+    vod_url: Option<String>,
+    /// When the VOD viewers start, in seconds after the last live reader started (default:
+    /// right after them). The server's CPU and RSS are then reported for the window before
+    /// (live readers only) and after (live readers and VOD viewers).
+    #[arg(long)]
+    vod_at: Option<f64>,
+    /// Seed of the VOD viewers' positions (the same seed, the same positions).
+    #[arg(long, default_value_t = 1)]
+    vod_seed: u64,
+    /// Positions are drawn from 0 to this many seconds into the URL's media: leave the run
+    /// room to play before the end.
+    #[arg(long, default_value_t = 30.0)]
+    vod_max_start: f64,
     /// PID of the server, to sample its CPU and RSS.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -125,6 +148,11 @@ struct Args {
 /// A reader is keeping up while its newest frame is at most this far behind the newest frame
 /// sent (a GOP cache start and socket buffers fit well inside).
 const KEEP_UP_LAG_MS: i64 = 3000;
+
+/// Server samples taken within this long after the last reader or viewer of a group started
+/// are left out of the CPU windows around --vod-at: connecting and the first GOP are the cost
+/// of joining, not of playing.
+const SETTLE_S: f64 = 2.0;
 
 /// The windows --burst-at compares, seconds.
 const BURST_WINDOW_S: f64 = 5.0;
@@ -185,6 +213,11 @@ struct Shared {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (app, stream) = split_url(&args.rtmp)?;
+    let vod_url = match (args.vod_readers, &args.vod_url) {
+        (0, _) => None,
+        (_, Some(url)) if url.starts_with("rtsp://") => Some(url.clone()),
+        _ => anyhow::bail!("--vod-readers needs --vod-url rtsp://..."),
+    };
     let shared = Arc::new(Shared {
         sent: Sent::default(),
         by_pts: args.publish_protocol == PublishProtocol::Rtsp,
@@ -235,7 +268,34 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_secs(1) / args.ramp).await;
         }
     }
+    let readers_started = Instant::now();
     let burst_at = args.burst_at.map(|s| shared.start.elapsed().as_secs_f64() + s as f64);
+    // VOD viewers, started by their own task at --vod-at: when the first and the last began.
+    let viewers: Vec<Arc<Viewer>> = vod_reader::positions(args.vod_seed, args.vod_readers, args.vod_max_start)
+        .into_iter()
+        .map(Viewer::new)
+        .collect();
+    let vod_at = readers_started + Duration::from_secs_f64(args.vod_at.unwrap_or(0.0).max(0.0));
+    let vod_started: Arc<Mutex<(Option<Instant>, Option<Instant>)>> = Arc::default();
+    if let Some(url) = vod_url.clone() {
+        let (viewers, started, ramp) = (viewers.clone(), vod_started.clone(), args.ramp);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(vod_at.into()).await;
+            started.lock().unwrap().0 = Some(Instant::now());
+            for (i, v) in viewers.into_iter().enumerate() {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = vod_reader::play(&url, v).await {
+                        eprintln!("vod viewer {i}: {e:#}");
+                    }
+                });
+                if ramp > 0 {
+                    tokio::time::sleep(Duration::from_secs(1) / ramp).await;
+                }
+            }
+            started.lock().unwrap().1 = Some(Instant::now());
+        });
+    }
     let mut sampler = args.server_pid.map(ServerSampler::new);
     let mut throughput = Vec::new();
     let mut last_bytes = 0u64;
@@ -249,7 +309,8 @@ async fn main() -> anyhow::Result<()> {
                 readers.push(spawn_reader(&args, i, &app, &stream, &shared));
             }
         }
-        let bytes: u64 = readers.iter().map(|r| r.bytes.load(Ordering::Relaxed)).sum();
+        let bytes: u64 = readers.iter().map(|r| r.bytes.load(Ordering::Relaxed)).sum::<u64>()
+            + viewers.iter().map(|v| v.bytes()).sum::<u64>();
         let mbps = (bytes - last_bytes) as f64 * 8.0 / 1e6;
         last_bytes = bytes;
         throughput.push(mbps);
@@ -257,8 +318,15 @@ async fn main() -> anyhow::Result<()> {
         let lat = Percentiles::of(&shared.latencies.lock().unwrap());
         let server = sampler.as_mut().and_then(|s| s.sample());
         if !args.quiet {
+            let now = Instant::now();
+            let vod = if viewers.is_empty() {
+                String::new()
+            } else {
+                let r = viewers.iter().filter(|v| v.receiving(now)).count();
+                format!(" vod receiving {r}/{}", viewers.len())
+            };
             eprintln!(
-                "t={:>3}s readers {connected}/{} keeping up {keeping} {mbps:8.1} Mbit/s latency p50 {:.1} ms p99 {:.1} ms{}",
+                "t={:>3}s readers {connected}/{} keeping up {keeping}{vod} {mbps:8.1} Mbit/s latency p50 {:.1} ms p99 {:.1} ms{}",
                 shared.start.elapsed().as_secs(),
                 args.readers,
                 lat.p50,
@@ -284,6 +352,10 @@ async fn main() -> anyhow::Result<()> {
     let lat = Percentiles::of(&shared.latencies.lock().unwrap());
     let ff = shared.first_frames.lock().unwrap().clone();
     let ttff = Percentiles::of(&ff.iter().map(|f| f.0).collect::<Vec<_>>());
+    let vod = vod_url.map(|url| {
+        let (first, last) = *vod_started.lock().unwrap();
+        vod_summary(&url, &args, &viewers, sampler.as_ref(), &shared, readers_started, first, last)
+    });
     let summary = serde_json::json!({
         "protocol": format!("{:?}", args.protocol).to_lowercase(),
         "publishers": if args.no_publish { 0 } else { args.publishers },
@@ -308,6 +380,7 @@ async fn main() -> anyhow::Result<()> {
             "first_write_latency_ms_before": window(&shared.first_write_latencies, at - BURST_WINDOW_S, at),
             "first_write_latency_ms_during": window(&shared.first_write_latencies, at, at + BURST_WINDOW_S),
         })),
+        "vod": vod,
         "server": sampler.map(|s| s.summary()),
     });
     let text = serde_json::to_string_pretty(&summary)?;
@@ -316,6 +389,47 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("{text}");
     Ok(())
+}
+
+/// The VOD viewers' figures, and the server's CPU and RSS in the window before they started
+/// (live readers only, when --vod-at put them later) and after they all had (live and VOD):
+/// RSS per VOD viewer is the peak after less the last before, over the viewers. The live
+/// probes' latency is given for the same two windows.
+#[allow(clippy::too_many_arguments)]
+fn vod_summary(
+    url: &str,
+    args: &Args,
+    viewers: &[Arc<Viewer>],
+    sampler: Option<&ServerSampler>,
+    shared: &Shared,
+    readers_started: Instant,
+    first: Option<Instant>,
+    last: Option<Instant>,
+) -> serde_json::Value {
+    let now = Instant::now();
+    let settle = Duration::from_secs_f64(SETTLE_S);
+    let mut v = vod_reader::summary(viewers, now);
+    v["url"] = url.into();
+    v["seed"] = args.vod_seed.into();
+    v["at_s"] = args.vod_at.into();
+    let before =
+        sampler.zip(first).filter(|_| args.vod_at.is_some()).and_then(|(s, f)| s.window(readers_started + settle, f));
+    let after = sampler.zip(last).and_then(|(s, l)| s.window(l + settle, now));
+    v["server_live_only"] = before.map(|w| w.json()).into();
+    v["server_live_and_vod"] = after.map(|w| w.json()).into();
+    v["rss_per_vod_viewer_kib"] = before
+        .zip(after)
+        .filter(|_| !viewers.is_empty())
+        .map(|(b, a)| (a.rss_max_kib as f64 - b.rss_last_kib as f64) / viewers.len() as f64)
+        .into();
+    let at = |t: Instant| t.saturating_duration_since(shared.start).as_secs_f64();
+    v["live_latency_ms_live_only"] = first
+        .filter(|_| args.vod_at.is_some())
+        .map(|f| window(&shared.timed_latencies, at(readers_started + settle), at(f)))
+        .into();
+    v["live_latency_ms_with_vod"] = last.map(|l| window(&shared.timed_latencies, at(l + settle), at(now))).into();
+    v["cpu_added_by_vod_percent"] = before.zip(after).map(|(b, a)| a.cpu_percent_median - b.cpu_percent_median).into();
+    v
 }
 
 /// Starts reader `i`.

@@ -16,6 +16,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use ferrocast_rtsp::client::{ClientEvent, ClientMode, ClientSession, ClientTransport};
 use ferrocast_rtsp::rtp::RtpPacket;
+use ferrocast_rtsp::sdp::{self, Sdp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -34,9 +35,30 @@ impl Clock {
     }
 }
 
+/// The video track of a described session: its index among the tracks the client sets up
+/// (the interleaved channel pair it arrives on), whether it is H.265, and its clock rate.
+pub(crate) fn video_track(sdp: &Sdp) -> Option<(usize, bool, u32)> {
+    sdp.media
+        .iter()
+        .filter(|m| sdp::track_info(m).is_some())
+        .enumerate()
+        .find(|(_, m)| m.kind == "video")
+        .map(|(i, m)| (i, m.encoding == "H265", m.clock_rate))
+}
+
+/// Connects to the host of an `rtsp://HOST:PORT/...` URL, Nagle off (as players do: each
+/// request leaves at once).
+pub(crate) async fn connect(url: &str) -> anyhow::Result<TcpStream> {
+    let rest = url.strip_prefix("rtsp://").context("RTSP URLs start with rtsp://")?;
+    let host = rest.split(['/', '?']).next().context("no host")?;
+    let socket = TcpStream::connect(host).await.with_context(|| format!("connecting to {host}"))?;
+    let _ = socket.set_nodelay(true);
+    Ok(socket)
+}
+
 /// True if an H.264 (or H.265) RTP payload starts a keyframe: IDR/IRAP, or parameter sets
 /// first.
-fn starts_keyframe(payload: &[u8], h265: bool) -> bool {
+pub(crate) fn starts_keyframe(payload: &[u8], h265: bool) -> bool {
     let Some(&b0) = payload.first() else { return false };
     if h265 {
         // Type in bits 1-6 of the first byte; IRAP 16-21, VPS/SPS/PPS 32-34; AP 48, FU 49.
@@ -100,10 +122,7 @@ pub async fn play(
     limit: Option<u64>,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let rest = url.strip_prefix("rtsp://").context("RTSP URLs start with rtsp://")?;
-    let host = rest.split('/').next().context("no host")?;
-    let mut socket = TcpStream::connect(host).await?;
-    let _ = socket.set_nodelay(true);
+    let mut socket = connect(url).await?;
     let mut sockets = Vec::new();
     let mut ports = Vec::new();
     if udp {
@@ -132,7 +151,7 @@ pub async fn play(
     };
     let mut buf = vec![0u8; 65536];
     let mut total = 0u64;
-    let mut video_track = None;
+    let mut video_index = None;
     // Until PLAY is answered, and for TCP throughout: the RTSP connection.
     loop {
         while let Some(b) = session.poll_transmit() {
@@ -141,13 +160,14 @@ pub async fn play(
         while let Some(ev) = session.poll_event() {
             match ev {
                 ClientEvent::Described(sdp) => {
-                    video_track = sdp.media.iter().position(|m| m.kind == "video");
-                    frames.h265 = sdp.media.iter().any(|m| m.kind == "video" && m.encoding == "H265");
+                    let video = video_track(&sdp);
+                    video_index = video.map(|v| v.0);
+                    frames.h265 = video.is_some_and(|v| v.1);
                 }
-                ClientEvent::Rtp { track, packet } if Some(track) == video_track => frames.packet(packet),
+                ClientEvent::Rtp { track, packet } if Some(track) == video_index => frames.packet(packet),
                 ClientEvent::Failed { method, status } => anyhow::bail!("{method:?} refused: {status}"),
                 ClientEvent::Started if udp => {
-                    let track = video_track.context("no video track")?;
+                    let track = video_index.context("no video track")?;
                     return play_udp(socket, sockets, track, frames, limit).await;
                 }
                 _ => {}

@@ -39,6 +39,32 @@ pub struct ServerSampler {
     last: Option<(Instant, u64)>,
     cpu: Vec<f64>,
     rss_max_kib: u64,
+    /// Every sample after the first: (interval start, end, CPU percent over it, RSS at its end).
+    timed: Vec<(Instant, Instant, f64, u64)>,
+}
+
+/// The server's CPU and RSS over a window of a run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Window {
+    /// Median CPU percent (of one core) of the samples whose interval lies in the window.
+    pub cpu_percent_median: f64,
+    /// RSS at the last of them and the largest, KiB.
+    pub rss_last_kib: u64,
+    pub rss_max_kib: u64,
+    /// How many samples.
+    pub samples: usize,
+}
+
+impl Window {
+    /// As JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cpu_percent_median": self.cpu_percent_median,
+            "rss_last_kib": self.rss_last_kib,
+            "rss_max_kib": self.rss_max_kib,
+            "samples": self.samples,
+        })
+    }
 }
 
 fn clock_ticks() -> f64 {
@@ -48,7 +74,7 @@ fn clock_ticks() -> f64 {
 impl ServerSampler {
     /// Samples `pid`.
     pub fn new(pid: u32) -> ServerSampler {
-        ServerSampler { pid, last: None, cpu: Vec::new(), rss_max_kib: 0 }
+        ServerSampler { pid, last: None, cpu: Vec::new(), rss_max_kib: 0, timed: Vec::new() }
     }
 
     fn ticks(&self) -> Option<u64> {
@@ -73,11 +99,24 @@ impl ServerSampler {
             Some((t, k)) => (ticks - k) as f64 / clock_ticks() / now.duration_since(t).as_secs_f64() * 100.0,
             None => 0.0,
         };
-        if self.last.is_some() {
+        if let Some((t, _)) = self.last {
             self.cpu.push(cpu);
+            self.timed.push((t, now, cpu, rss));
         }
         self.last = Some((now, ticks));
         Some((cpu, rss))
+    }
+
+    /// The samples taken wholly from `from` to `to`; `None` when there is none.
+    pub fn window(&self, from: Instant, to: Instant) -> Option<Window> {
+        let inside: Vec<_> = self.timed.iter().filter(|(a, z, _, _)| *a >= from && *z <= to).collect();
+        let last = inside.last()?;
+        Some(Window {
+            cpu_percent_median: median(&inside.iter().map(|s| s.2).collect::<Vec<_>>()),
+            rss_last_kib: last.3,
+            rss_max_kib: inside.iter().map(|s| s.3).max().unwrap_or(0),
+            samples: inside.len(),
+        })
     }
 
     /// Median CPU and peak RSS as JSON.

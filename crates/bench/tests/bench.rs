@@ -211,3 +211,70 @@ fn publishes_an_mp4_file_over_rtsp() {
     assert!(summary["latency_ms"]["samples"].as_u64().unwrap() > 50, "probes measured latency: {summary}");
     let _ = std::fs::remove_file(file);
 }
+
+/// VOD viewers beside live readers: three viewers play an 8 s MP4 of `[vod] dir` over RTSP
+/// from seeded positions in its first second, 5 s after two live RTSP readers started. Each
+/// starts on a keyframe, is paced in real time, and gets BYE at the end of the file (so none
+/// is receiving when the run ends: the last packet is ~5 s old, over RECEIVING_GAP_MS); the server's CPU and RSS are reported before and after.
+#[test]
+fn vod_viewers_play_a_file_beside_live_readers() {
+    let dir = std::env::temp_dir().join(format!("ferrocast-bench-vod-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let clip = dir.join("clip.mp4");
+    let ok = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi", "-i", "sine"])
+        .args(["-c:v", "libx264", "-g", "30", "-preset", "veryfast", "-c:a", "aac", "-t", "8"])
+        .arg(&clip)
+        .status();
+    assert!(ok.is_ok_and(|s| s.success()), "ffmpeg is required (./scripts/test installs it)");
+    let (server, rtmp, http, rtsp) = start_server_with(&format!("[vod]\ndir = \"{}\"\n", dir.display()));
+    let live = media();
+    let url = format!("rtsp://{rtsp}/vod/clip.mp4");
+    let pid = server.0.id().to_string();
+    let extra = [
+        "--protocol",
+        "rtsp-tcp",
+        "--readers",
+        "2",
+        "--duration",
+        "18",
+        "--server-pid",
+        &pid,
+        "--vod-readers",
+        "3",
+        "--vod-url",
+        &url,
+        "--vod-at",
+        "5",
+        "--vod-seed",
+        "5",
+        "--vod-max-start",
+        "1",
+    ];
+    let summary = run_bench((&rtmp, &http, &rtsp), "live/vod", &live, &extra);
+    let vod = &summary["vod"];
+    assert_eq!(summary["keeping_up"], 2, "the live readers: {summary}");
+    assert_eq!(vod["viewers"], 3, "{vod}");
+    assert_eq!(vod["errors"], serde_json::json!([]), "{vod}");
+    assert_eq!(vod["play_to_first_rtp_ms"]["samples"], 3, "every viewer got media: {vod}");
+    assert_eq!(vod["first_frame_keyframe"], 3, "playback starts on a keyframe: {vod}");
+    assert_eq!(vod["ended_with_bye"], 3, "8 s of media, 13 s to play it: {vod}");
+    assert_eq!((vod["connected"].as_u64(), vod["receiving"].as_u64()), (Some(3), Some(0)), "{vod}");
+    let positions = &vod["positions_s"];
+    assert!(positions["min"].as_f64().unwrap() >= 0.0 && positions["max"].as_f64().unwrap() < 1.0, "{vod}");
+    // 30 fps from a keyframe at or before a position in the first second to the end.
+    let frames = vod["video_frames"].as_u64().unwrap();
+    assert!((3 * 7 * 30..=3 * 8 * 30).contains(&frames), "{frames} video frames: {vod}");
+    let rate = vod["media_seconds_per_second_median"].as_f64().unwrap();
+    assert!((0.5..2.0).contains(&rate), "paced in real time, not sent as fast as possible: {vod}");
+    for window in ["server_live_only", "server_live_and_vod"] {
+        assert!(vod[window]["samples"].as_u64().is_some_and(|n| n >= 1), "{window}: {vod}");
+        assert!(vod[window]["rss_last_kib"].as_u64().is_some_and(|k| k > 0), "{window}: {vod}");
+    }
+    assert!(vod["rss_per_vod_viewer_kib"].is_number(), "{vod}");
+    for window in ["live_latency_ms_live_only", "live_latency_ms_with_vod"] {
+        assert!(vod[window]["samples"].as_u64().is_some_and(|n| n > 0), "the live readers' latency, {window}: {vod}");
+    }
+    let _ = std::fs::remove_file(live);
+    let _ = std::fs::remove_dir_all(dir);
+}
