@@ -393,3 +393,56 @@ async fn a_recording_deleted_while_played_ends_with_bye() {
     // The session stays, and the server answers.
     assert_eq!(c.request("GET_PARAMETER", &url, &[]).await.status, 200);
 }
+
+/// A path still being recorded, played from its start with no end: DESCRIBE says `npt=0-`,
+/// playback goes on through the parts written meanwhile, and ends with BYE when it reaches the
+/// part being written: here once the publisher has gone and the last part is played.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_ended_recording_plays_what_is_written_meanwhile() {
+    let dir = playback::media_dir().join("open-ended");
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = Server::with_config(&format!(
+        "[record]\ndir = \"{}\"\npart_duration_ms = 500\nmin_free_bytes = 0\n[paths.\"live/*\"]\nrecord = true\n",
+        dir.display()
+    ));
+    // 8 s in real time.
+    let clip = clip_file("open-ended.flv", 8, &[]);
+    let mut publisher = publish_args(&clip, &server.rtmp_url("live/open"), &[]);
+    let api = format!("http://{}/api/v1/recordings/live/open", server.http);
+    let start = loop {
+        let r = http_get(&api, "").await;
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        if let Some(s) = v["segments"][0]["start"].as_str() {
+            break s.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Three seconds behind the recording: the viewer never reaches the part being written
+    // while the publisher goes on (at the live edge it would end at once, with BYE).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let url = format!("{}?start={start}", server.rtsp_url("live/open"));
+    let mut c = Raw::connect(&server).await;
+    let sdp = c.setup(&url).await;
+    assert!(sdp.contains("a=range:npt=0.000-\r\n"), "no end while it records: {sdp}");
+    let play = c.request("PLAY", &url, &[]).await;
+    assert_eq!(play.status, 200, "{}", play.head);
+    let (mut frames, mut bye) = (0, false);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !bye {
+        assert!(Instant::now() < deadline, "no BYE; {frames} frames");
+        match c.next().await {
+            Err((0, p)) if p.len() > 12 && p[1] & 0x80 != 0 => frames += 1,
+            Err((1, p)) => {
+                let packets = ferrocast_rtsp::rtcp::parse(&p).unwrap_or_default();
+                bye = packets.iter().any(|x| matches!(x, ferrocast_rtsp::rtcp::RtcpPacket::Bye { .. }));
+            }
+            _ => {}
+        }
+    }
+    assert!(publisher.0.try_wait().unwrap().is_some(), "BYE only after the publisher finished");
+    let expected = 8 * CLIP_FPS as usize;
+    assert!(
+        frames + 2 * CLIP_FPS as usize >= expected,
+        "{frames} of {expected} frames: what was written meanwhile too"
+    );
+}

@@ -127,7 +127,7 @@ impl VodPlaying {
         if self.reading.is_some() {
             return;
         }
-        if let Some(need) = self.player.poll_need() {
+        if let Some(need) = self.player.poll_need(Instant::now()) {
             let media = self.media.clone();
             self.reading = Some(tokio::task::spawn_blocking(move || lock(&media).read(need)));
         }

@@ -130,6 +130,10 @@ const KEYFRAME_WINDOW_US: i64 = 120_000_000;
 /// camera GOPs in keyframes-only play stay under it.
 pub const MAX_GAP_US: i64 = 10_000_000;
 
+/// How soon a recording still being written is read again when the part being written was
+/// reached while frames remain to play (parts complete every `record.part_duration_ms`).
+const OPEN_END_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Most keyframe times listed at once.
 const MAX_KEYFRAMES_LISTED: usize = 64;
 
@@ -174,6 +178,8 @@ pub struct VodPlayer {
     in_flight: bool,
     /// The media has nothing more in the direction of play.
     exhausted: bool,
+    /// A recording being written had nothing more yet: read again then.
+    retry_at: Option<Instant>,
     outputs: VecDeque<Output>,
     /// Media time of the next frame to send (where a PAUSE stands).
     position_us: i64,
@@ -218,6 +224,7 @@ impl VodPlayer {
             needs: VecDeque::new(),
             in_flight: false,
             exhausted: false,
+            retry_at: None,
             outputs: VecDeque::new(),
             last_stamp_us: None,
             clock_us: None,
@@ -270,6 +277,7 @@ impl VodPlayer {
         self.keyframe_times.clear();
         self.needs.clear();
         self.exhausted = false;
+        self.retry_at = None;
         if pace::keyframes_only(scale) {
             // The PLAY point is where it was asked; keyframes are listed from there (backwards:
             // listings end before `list_from`, so the point itself is in the first).
@@ -365,12 +373,15 @@ impl VodPlayer {
         }
     }
 
-    /// The next read to do; one at a time.
-    pub fn poll_need(&mut self) -> Option<Need> {
+    /// The next read to do at `now`; one at a time.
+    pub fn poll_need(&mut self, now: Instant) -> Option<Need> {
         if self.in_flight {
             return None;
         }
-        if self.needs.is_empty() && self.state == State::Playing && !self.exhausted {
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retry_at = None;
+        }
+        if self.needs.is_empty() && self.state == State::Playing && !self.exhausted && self.retry_at.is_none() {
             let trick = self.pace.is_some_and(|p| pace::keyframes_only(p.scale));
             if trick && self.queue.is_empty() {
                 match self.keyframe_times.pop_front() {
@@ -428,6 +439,11 @@ impl VodPlayer {
                     self.tracks = t;
                 }
                 self.queue.extend(frames);
+            }
+            // A recording being written: the part being written is reached; while frames
+            // remain to play, parts written meanwhile may follow. With none left, the end.
+            Read::Frames(None) if self.info.end_us.is_none() && !self.queue.is_empty() => {
+                self.retry_at = Some(now + OPEN_END_RETRY);
             }
             Read::Frames(None) | Read::Failed => self.exhausted = true,
             Read::Keyframes(times) => {
@@ -601,9 +617,9 @@ impl VodPlayer {
             return None;
         }
         let pace = self.pace?;
-        let f = self.queue.front()?;
         // Without rate control a queued frame is due now (the PLAY point is in the past).
-        pace.send_at(pace.stamp(f.dts_us)).or(Some(pace.wall0))
+        let due = self.queue.front().map(|f| pace.send_at(pace.stamp(f.dts_us)).unwrap_or(pace.wall0));
+        [due, self.retry_at].into_iter().flatten().min()
     }
 }
 

@@ -141,7 +141,7 @@ impl Run {
 
     fn pump(&mut self) {
         loop {
-            if let Some(need) = self.player.poll_need() {
+            if let Some(need) = self.player.poll_need(self.now) {
                 let r = self.media.read(need);
                 self.player.handle_read(self.now, r);
                 continue;
@@ -454,7 +454,7 @@ mod pair {
                         _ => {}
                     }
                 }
-                if let Some(need) = self.run.player.poll_need() {
+                if let Some(need) = self.run.player.poll_need(now) {
                     busy = true;
                     let r = self.run.media.read(need);
                     self.run.player.handle_read(now, r);
