@@ -272,7 +272,12 @@ impl Conn {
             ServerEvent::Setup { path, track, transport, record, uri } => {
                 self.setup(&path, track, &transport, record, &uri).await
             }
-            ServerEvent::Play { path, resume, request } => {
+            ServerEvent::Play { path, resume, mut request } => {
+                // Without rate control a UDP viewer would be sent the media as fast as the CPU
+                // goes, with nothing to hold it back: over UDP it is paced.
+                if self.txs.iter().any(|(_, tx)| matches!(tx, Tx::Udp { .. })) {
+                    request.rate_control_off = false;
+                }
                 if let Media::Vod(v) = &mut self.media {
                     return match v.player.play(Instant::now(), &request) {
                         Ok(()) => Ok(()),
@@ -281,6 +286,10 @@ impl Conn {
                 }
                 if self.opened.as_ref().is_some_and(|o| o.key_path() == path) {
                     return self.play_vod(&path, &request);
+                }
+                if request.onvif_replay {
+                    // Replay is of recordings: a live path has nothing to replay.
+                    return self.session.reject(551);
                 }
                 self.play(&path, resume)
             }

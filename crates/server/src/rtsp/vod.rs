@@ -135,7 +135,7 @@ impl VodPlaying {
 
     /// Waits for a read or the next frame's time.
     pub(super) async fn wake(&mut self) -> Wake {
-        let due = self.player.poll_timeout();
+        let due = self.player.poll_timeout(Instant::now());
         tokio::select! {
             r = async { self.reading.as_mut().expect("guarded").await }, if self.reading.is_some() => {
                 self.reading = None;
@@ -147,7 +147,7 @@ impl VodPlaying {
 
     /// Whether there is anything to wait for.
     pub(super) fn waits(&self) -> bool {
-        self.reading.is_some() || self.player.poll_timeout().is_some()
+        self.reading.is_some() || self.player.poll_timeout(Instant::now()).is_some()
     }
 
     /// Handles what woke it.
@@ -170,6 +170,7 @@ impl VodPlaying {
             self.start_read();
             let Some(o) = self.player.poll_output(now) else { break };
             match o {
+                Output::Reject(code) => session.reject(code)?,
                 Output::Answer(a) => {
                     let reply = PlayReply {
                         range: &a.range,

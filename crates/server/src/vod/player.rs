@@ -85,6 +85,9 @@ pub enum Read {
 pub enum Output {
     /// The PLAY answer: Range, RTP-Info, the Scale and Speed used.
     Answer(PlayAnswer),
+    /// The PLAY cannot start: refuse it with this status (457 nothing at or after its point,
+    /// 404 the media is gone or unreadable).
+    Reject(u16),
     /// A frame's RTP packets on a track (`[u16 length][packet]` records, see
     /// [`codec::packets`]).
     Rtp {
@@ -176,6 +179,10 @@ pub struct VodPlayer {
     list_from: i64,
     needs: VecDeque<Need>,
     in_flight: bool,
+    /// The read in flight was asked for before the last PLAY: its result is dropped.
+    stale_read: bool,
+    /// Codec parameters that change at a frame: (its decode time, the parameters), in order.
+    track_changes: VecDeque<(i64, Arc<Tracks>)>,
     /// The media has nothing more in the direction of play.
     exhausted: bool,
     /// A recording being written had nothing more yet: read again then.
@@ -223,6 +230,8 @@ impl VodPlayer {
             keyframe_times: VecDeque::new(),
             needs: VecDeque::new(),
             in_flight: false,
+            stale_read: false,
+            track_changes: VecDeque::new(),
             exhausted: false,
             retry_at: None,
             outputs: VecDeque::new(),
@@ -274,14 +283,24 @@ impl VodPlayer {
             return Ok(());
         }
         self.queue.clear();
+        self.track_changes.clear();
         self.keyframe_times.clear();
         self.needs.clear();
         self.exhausted = false;
         self.retry_at = None;
+        // What a read asked for before this PLAY brings is of the old position.
+        self.stale_read = self.in_flight;
         if pace::keyframes_only(scale) {
             // The PLAY point is where it was asked; keyframes are listed from there (backwards:
-            // listings end before `list_from`, so the point itself is in the first).
-            self.list_from = if scale < 0.0 { start.saturating_add(1) } else { start };
+            // listings end before `list_from`, so the point itself is in the first). Without a
+            // Range it goes on from the frame last sent, which is not sent again.
+            let again = req.range.is_none() && self.last_stamp_us.is_some();
+            self.list_from = match (scale < 0.0, again) {
+                (true, false) => start.saturating_add(1),
+                (true, true) => start,
+                (false, false) => start,
+                (false, true) => start.saturating_add(1),
+            };
             self.begin(now, start);
         } else {
             self.needs.push_back(Need::Seek(start));
@@ -304,14 +323,19 @@ impl VodPlayer {
             }
         };
         if scale < 0.0 {
-            // Backwards: from the start down to the end (or the beginning).
-            if start <= first {
+            // Backwards: from the later time down to the earlier (ONVIF writes a reverse range
+            // later-earlier; one written in forward order means the same stretch).
+            let (start, end) = match end {
+                Some(e) if e > start => (e, Some(start)),
+                _ => (start, end),
+            };
+            if start <= first || end.is_some_and(|e| last.is_some_and(|l| e >= l)) {
                 return Err(457);
             }
             let start = last.map_or(start, |l| start.min(l));
             return Ok((start, Some(end.unwrap_or(first).max(first))));
         }
-        if last.is_some_and(|l| start >= l) {
+        if last.is_some_and(|l| start >= l) || end.is_some_and(|e| e <= first || e <= start) {
             return Err(457);
         }
         Ok((start.max(first), end.or(last)))
@@ -420,23 +444,26 @@ impl VodPlayer {
     /// The result of the read [`VodPlayer::poll_need`] asked for.
     pub fn handle_read(&mut self, now: Instant, read: Read) {
         self.in_flight = false;
+        if std::mem::take(&mut self.stale_read) {
+            return;
+        }
+        let starting = self.state == State::Starting;
         match read {
             Read::Seeked(Some(t)) => {
                 if self.state == State::Starting {
                     self.begin(now, t);
                 }
             }
-            Read::Seeked(None) => {
-                // Nothing at or after the point (a recording cut short since DESCRIBE).
-                if self.state == State::Starting {
-                    let t = self.starting.as_ref().map_or(self.position_us, |s| s.1);
-                    self.begin(now, t);
-                }
-                self.exhausted = true;
-            }
+            // Nothing at or after the point (a recording cut short since DESCRIBE), or the
+            // media gone: the PLAY is refused and the session stays.
+            Read::Seeked(None) if starting => self.refuse(457),
+            Read::Failed if starting => self.refuse(404),
+            Read::Seeked(None) => self.exhausted = true,
             Read::Frames(Some((tracks, frames))) => {
-                if let Some(t) = tracks {
-                    self.tracks = t;
+                // New parameters apply from the batch's first frame, not to the frames queued
+                // before it.
+                if let (Some(t), Some(f)) = (tracks, frames.first()) {
+                    self.track_changes.push_back((f.dts_us, t));
                 }
                 self.queue.extend(frames);
             }
@@ -472,6 +499,13 @@ impl VodPlayer {
             Read::Keyframe(Some(f)) => self.queue.push_back(f),
             Read::Keyframe(None) => {}
         }
+    }
+
+    /// Refuses the PLAY being started.
+    fn refuse(&mut self, status: u16) {
+        self.starting = None;
+        self.state = State::Idle;
+        self.outputs.push_back(Output::Reject(status));
     }
 
     /// Whether media time `t` is at or after the PLAY point in the direction of play (and
@@ -543,6 +577,11 @@ impl VodPlayer {
 
     /// The packets of one frame (and the sender report before a track's first).
     fn send(&mut self, now: Instant, pace: &Pace, f: &Timed) -> Option<Output> {
+        while self.track_changes.front().is_some_and(|(at, _)| *at <= f.dts_us) {
+            if let Some((_, t)) = self.track_changes.pop_front() {
+                self.tracks = t;
+            }
+        }
         let i = track_index(f.frame.kind);
         let stamp = pace.stamp(f.pts_us);
         let dts_stamp = pace.stamp(f.dts_us);
@@ -611,9 +650,13 @@ impl VodPlayer {
             .collect()
     }
 
-    /// When the next frame is due (None: nothing is waiting for a time).
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.state != State::Playing || !self.outputs.is_empty() {
+    /// When the next output is due at `now` (None: nothing is waiting for a time).
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        // Output not yet taken (a turn of the driver ends after so many) is due at once.
+        if !self.outputs.is_empty() {
+            return Some(now);
+        }
+        if self.state != State::Playing {
             return None;
         }
         let pace = self.pace?;

@@ -115,6 +115,7 @@ struct Run {
     now: Instant,
     sent: Vec<Sent>,
     answers: Vec<PlayAnswer>,
+    rejected: Vec<u16>,
     byes: usize,
     reports: usize,
 }
@@ -134,6 +135,7 @@ impl Run {
             now: t0,
             sent: Vec::new(),
             answers: Vec::new(),
+            rejected: Vec::new(),
             byes: 0,
             reports: 0,
         }
@@ -148,6 +150,7 @@ impl Run {
             }
             match self.player.poll_output(self.now) {
                 Some(Output::Answer(a)) => self.answers.push(a),
+                Some(Output::Reject(code)) => self.rejected.push(code),
                 Some(Output::Rtp { track, packets }) => {
                     for p in codec::packets(&packets) {
                         let rtp = RtpPacket::parse(p).unwrap();
@@ -170,7 +173,7 @@ impl Run {
     /// Runs the virtual clock until `until` after the start, stepping to each timeout.
     fn run_until(&mut self, until: Duration) {
         self.pump();
-        while let Some(at) = self.player.poll_timeout() {
+        while let Some(at) = self.player.poll_timeout(self.now) {
             if at - self.t0 > until {
                 break;
             }
@@ -389,6 +392,84 @@ fn a_gap_between_recordings_is_skipped_not_waited_out() {
     assert_eq!(after.at, Duration::from_micros(984_000 + GAP_US as u64));
 }
 
+#[test]
+fn a_read_in_flight_across_a_new_play_is_dropped() {
+    let mut r = Run::new(false);
+    r.play(PlayRequest { range: npt(20.0), ..Default::default() }).unwrap();
+    r.run_until(Duration::from_millis(500));
+    // Let the queue run low so a read is asked for, and hold it.
+    r.now += Duration::from_millis(600);
+    let mut held = None;
+    while held.is_none() {
+        held = r.player.poll_need(r.now);
+        if held.is_none() {
+            assert!(r.player.poll_output(r.now).is_some(), "the queue runs low");
+        }
+    }
+    let stale = r.media.read(held.unwrap());
+    // A seek back while that read is out.
+    let sent = r.video().len();
+    r.player.play(r.now, &PlayRequest { range: npt(2.0), ..Default::default() }).unwrap();
+    r.player.handle_read(r.now, stale);
+    r.pump();
+    let base = r.answers.last().unwrap().starts[0].rtptime;
+    let t = r.now - r.t0;
+    r.run_until(t + Duration::from_millis(500));
+    let after: Vec<&Sent> = r.video()[sent..].to_vec();
+    assert!(!after.is_empty());
+    for s in after {
+        let from_point = s.rtp.timestamp.wrapping_sub(base) as i32;
+        assert!((0..=90_000).contains(&from_point), "a frame of the old position after the seek: {from_point}");
+    }
+}
+
+#[test]
+fn a_play_whose_media_is_gone_is_refused_and_the_session_stays() {
+    let mut r = Run::new(false);
+    r.player.play(r.now, &PlayRequest { range: npt(3.0), ..Default::default() }).unwrap();
+    assert_eq!(r.player.poll_need(r.now), Some(Need::Seek(3_000_000)));
+    r.player.handle_read(r.now, Read::Failed);
+    assert_eq!(r.player.poll_output(r.now), Some(Output::Reject(404)));
+    r.player.play(r.now, &PlayRequest { range: npt(3.0), ..Default::default() }).unwrap();
+    r.player.handle_read(r.now, Read::Seeked(None));
+    assert_eq!(r.player.poll_output(r.now), Some(Output::Reject(457)));
+    // Another PLAY plays.
+    r.play(PlayRequest { range: npt(1.0), ..Default::default() }).unwrap();
+    assert_eq!(r.answers.len(), 1);
+}
+
+#[test]
+fn reverse_ranges_in_either_order_play_the_same_stretch() {
+    for range in [(20.0, 15.0), (15.0, 20.0)] {
+        let mut r = Run::new(false);
+        let req = PlayRequest {
+            range: Some(Range::Npt { start: Some(range.0), end: Some(range.1) }),
+            scale: Some(-1.0),
+            ..Default::default()
+        };
+        r.play(req).unwrap();
+        assert_eq!(r.answers[0].range, "npt=20.000-15.000", "{range:?}");
+        r.run_until(Duration::from_secs(10));
+        assert_eq!(r.video().len(), 6, "keyframes 20 .. 15 s: {range:?}");
+        assert_eq!(r.byes, 2);
+    }
+    // A forward range that ends before it starts, or before the media, is outside it.
+    let mut r = Run::new(false);
+    let req = PlayRequest { range: Some(Range::Npt { start: Some(9.0), end: Some(4.0) }), ..Default::default() };
+    assert_eq!(r.play(req), Err(457));
+}
+
+#[test]
+fn output_not_taken_is_due_at_once() {
+    let mut r = Run::new(false);
+    r.player.play(r.now, &PlayRequest { range: npt(0.0), ..Default::default() }).unwrap();
+    let need = r.player.poll_need(r.now).unwrap();
+    let read = r.media.read(need);
+    r.player.handle_read(r.now, read);
+    // The answer is queued: due now, whatever the frames' times.
+    assert_eq!(r.player.poll_timeout(r.now), Some(r.now));
+}
+
 /// The project's RTSP client against the server session and a player, in memory, on a
 /// virtual clock: what a client sends (Range, Scale, PAUSE) and what it gets back.
 mod pair {
@@ -462,6 +543,7 @@ mod pair {
                 while let Some(o) = self.run.player.poll_output(now) {
                     busy = true;
                     match o {
+                        Output::Reject(code) => self.server.reject(code).unwrap(),
                         Output::Answer(a) => {
                             let reply = PlayReply {
                                 range: &a.range,
@@ -513,7 +595,7 @@ mod pair {
 
         fn run_until(&mut self, until: Duration) {
             self.pump();
-            while let Some(at) = self.run.player.poll_timeout() {
+            while let Some(at) = self.run.player.poll_timeout(self.run.now) {
                 if at - self.run.t0 > until {
                     break;
                 }
