@@ -377,4 +377,60 @@ mod tests {
         cached(key(100), || Ok((movie(), CACHE_BYTES / 2))).unwrap();
         assert!(!CACHE.lock().unwrap().entries.iter().any(|e| e.0 == key(100)));
     }
+
+    /// Viewers starting together on one file: one build, one table (finding: tables were
+    /// built outside the lock, once per viewer).
+    #[test]
+    fn viewers_starting_together_share_one_build() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let key = (PathBuf::from("/cache-test/together.mp4"), 7, None);
+        let builds = AtomicUsize::new(0);
+        let start = std::sync::Barrier::new(8);
+        let got: Vec<usize> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        let c = cached(key.clone(), || {
+                            builds.fetch_add(1, Ordering::SeqCst);
+                            // A build takes a while (reading a moov): the others arrive meanwhile.
+                            std::thread::sleep(std::time::Duration::from_millis(200));
+                            Ok((movie(), 1000))
+                        })
+                        .unwrap();
+                        ptr(&c) as usize
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(builds.load(Ordering::SeqCst), 1, "one build for eight viewers");
+        assert!(got.iter().all(|p| *p == got[0]), "one table");
+        // A failed build is not remembered: the next viewer builds.
+        let key = (PathBuf::from("/cache-test/fails.mp4"), 7, None);
+        assert!(cached(key.clone(), || Err(SourceError::NotFound)).is_err());
+        assert!(cached(key, || Ok((movie(), 10))).is_ok());
+    }
+
+    /// A table too big to keep (a long file) is still one table while anyone holds it.
+    #[test]
+    fn a_table_too_big_to_keep_is_shared_while_held() {
+        let key = (PathBuf::from("/cache-test/long.mp4"), 9, None);
+        let mut builds = 0;
+        let mut open = || {
+            cached(key.clone(), || {
+                builds += 1;
+                Ok((movie(), CACHE_BYTES))
+            })
+            .unwrap()
+        };
+        let a = open();
+        let b = open();
+        assert_eq!(ptr(&a), ptr(&b), "a second viewer shares the first one's table");
+        drop((a, b));
+        let c = open();
+        drop(c);
+        assert_eq!(builds, 2, "built again only once nobody held it");
+        assert!(!CACHE.lock().unwrap().entries.iter().any(|e| e.0 == key), "never kept");
+    }
 }
