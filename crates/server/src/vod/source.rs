@@ -35,6 +35,11 @@ pub const MAX_BATCH_BYTES: u64 = 25 << 20;
 /// and dropped): fewer system calls for interleaved files.
 const READ_GAP: u64 = 64 << 10;
 
+/// Most bytes between samples read (and held until the batch is dropped) in one batch: a
+/// sparse file (other tracks, or damage, between the samples) costs at most this beyond the
+/// samples' own [`MAX_BATCH_BYTES`]; past it, samples are read one by one.
+const MAX_BATCH_GAP_BYTES: u64 = 4 << 20;
+
 /// Largest recorded part read at once: the writer's limits (a part's moof and mdat).
 pub const MAX_PART_BYTES: u64 = MAX_PART_DATA as u64 + MAX_MOOF_SIZE;
 
