@@ -21,14 +21,11 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use bytes::Bytes;
-use ferrocast_media::{Frame, TrackKind, Tracks, fmp4, rescale};
+use ferrocast_media::{Frame, Tracks, fmp4, rescale};
 
-use super::source::{Next, Source, SourceError, Span};
+use super::mp4_http::MAX_SPAN_US;
+use super::source::{Next, Source, SourceError, Span, clock_of};
 use super::{FILE_PREFIX, Playback, Target, TargetError};
-
-/// Longest window of a recording's playlist (`end - start`); without `end`, the window
-/// reaches this far from `start` (or to what is recorded).
-pub const MAX_WINDOW_US: u64 = 24 * 3600 * 1_000_000;
 
 /// Segments are cut at the first keyframe at least this long after the segment's start.
 pub const TARGET_SEGMENT_US: i64 = 4_000_000;
@@ -38,10 +35,17 @@ pub const TARGET_SEGMENT_US: i64 = 4_000_000;
 /// segment request holds in memory.
 pub const MAX_SEGMENT_US: i64 = 30_000_000;
 
+/// Most bytes of media in one segment: a segment request holds its frames in memory. 30 s
+/// at 17 Mbit/s, or a 4 s segment at 130 Mbit/s; a segment over it is refused (500, logged)
+/// rather than held.
+pub const MAX_SEGMENT_BYTES: usize = 64 << 20;
+
 /// Most keyframes read from the index for one playlist: a day of a 1 s GOP is 86,400.
 const MAX_KEYFRAMES: usize = 1 << 18;
 
-/// Most recording files (spans) in one playlist: a day of 1-minute files.
+/// Most recording files (spans) in one playlist: a day of 1-minute files. A window with more
+/// is listed up to the last of them, and the playlist says so (a comment line and the log):
+/// a later `start` lists the rest.
 const MAX_SPANS: usize = 1440;
 
 /// Recordings further apart than this are a gap: a discontinuity in the playlist.
@@ -176,8 +180,8 @@ fn answer(playback: &Playback, prefix: &str, query: Option<&str>, request: Owned
             } else {
                 match playback.target(prefix, query) {
                     Some(Ok(Target::Recording { path, start_us, end_us })) => {
-                        if end_us.is_some_and(|e| e - start_us > MAX_WINDOW_US) {
-                            return Err(bad(format!("end: more than {} h after start", MAX_WINDOW_US / 3_600_000_000)));
+                        if end_us.is_some_and(|e| e - start_us > MAX_SPAN_US) {
+                            return Err(bad(format!("end: more than {} h after start", MAX_SPAN_US / 3_600_000_000)));
                         }
                         Target::Recording { path, start_us, end_us }
                     }
@@ -189,7 +193,7 @@ fn answer(playback: &Playback, prefix: &str, query: Option<&str>, request: Owned
             let open_ended = matches!(target, Target::Recording { end_us: None, .. });
             let target = match target {
                 Target::Recording { path, start_us, end_us: None } => {
-                    Target::Recording { path, start_us, end_us: Some(start_us.saturating_add(MAX_WINDOW_US)) }
+                    Target::Recording { path, start_us, end_us: Some(start_us.saturating_add(MAX_SPAN_US)) }
                 }
                 t => t,
             };
@@ -230,6 +234,8 @@ struct Cut {
     /// change there.
     discontinuity: bool,
     map: Option<i64>,
+    /// It starts with a keyframe (or has no video): decodable alone.
+    keyed: bool,
 }
 
 /// Cuts spans into segments at keyframes.
@@ -254,6 +260,9 @@ fn cuts(source: &mut Source, spans: &[Span]) -> Result<Vec<Cut>, Failure> {
             Some(p) if p.tracks != span.tracks => (true, Some(start)),
             Some(p) => (start - p.end_us > MAX_CONTINUOUS_GAP_US, None),
         };
+        let video = span.tracks.video.is_some();
+        // The span's start is a keyframe when it is the one seeked to, or one of the index's.
+        let start_keyed = !video || i == 0 || keys.first() == Some(&start);
         let mut bounds = vec![start];
         for k in keys {
             let last = *bounds.last().unwrap_or(&start);
@@ -263,8 +272,10 @@ fn cuts(source: &mut Source, spans: &[Span]) -> Result<Vec<Cut>, Failure> {
         }
         bounds.push(span.end_us);
         let mut first = true;
-        for w in bounds.windows(2) {
+        for (j, w) in bounds.windows(2).enumerate() {
             let (mut a, b) = (w[0], w[1]);
+            // Bounds after the first are keyframes; a cut forced inside a long GOP is not.
+            let mut keyed = if j == 0 { start_keyed } else { true };
             while a < b {
                 let e = b.min(a + MAX_SEGMENT_US);
                 out.push(Cut {
@@ -272,8 +283,10 @@ fn cuts(source: &mut Source, spans: &[Span]) -> Result<Vec<Cut>, Failure> {
                     to: e,
                     discontinuity: first && discontinuity,
                     map: if first { map } else { None },
+                    keyed,
                 });
                 first = false;
+                keyed = !video;
                 a = e;
             }
         }
@@ -284,7 +297,15 @@ fn cuts(source: &mut Source, spans: &[Span]) -> Result<Vec<Cut>, Failure> {
 
 /// The media playlist of a source.
 fn playlist(source: &mut Source, clock: bool) -> Result<String, Failure> {
-    let spans = source.spans(MAX_SPANS).map_err(source_failure)?;
+    let mut spans = source.spans(MAX_SPANS + 1).map_err(source_failure)?;
+    let truncated = spans.len() > MAX_SPANS;
+    if truncated {
+        spans.truncate(MAX_SPANS);
+        tracing::warn!(
+            "hls vod: a window of more than {MAX_SPANS} recording files; listed to {}",
+            crate::utc::format(spans.last().map_or(0, |s| s.end_us.max(0) as u64))
+        );
+    }
     let cuts = cuts(source, &spans)?;
     if cuts.is_empty() {
         return Err((StatusCode::NOT_FOUND, "nothing recorded there".into()));
@@ -293,7 +314,15 @@ fn playlist(source: &mut Source, clock: bool) -> Result<String, Failure> {
     let mut s = String::with_capacity(64 * cuts.len() + 256);
     s.push_str("#EXTM3U\n#EXT-X-VERSION:7\n");
     s.push_str(&format!("#EXT-X-TARGETDURATION:{target}\n"));
-    s.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    s.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-MEDIA-SEQUENCE:0\n");
+    // Only when every segment starts with a keyframe (RFC 8216 4.3.5.1): a GOP longer than
+    // MAX_SEGMENT_US is cut inside.
+    if cuts.iter().all(|c| c.keyed) {
+        s.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n");
+    }
+    if truncated {
+        s.push_str(&format!("# ferrocast: more than {MAX_SPANS} recording files in the window; listed to the last of them, a later start lists the rest\n"));
+    }
     for c in &cuts {
         if c.discontinuity {
             s.push_str("#EXT-X-DISCONTINUITY\n");
@@ -316,6 +345,7 @@ fn segment(source: &mut Source, from: i64, to: i64) -> Result<Bytes, Failure> {
     source.seek(from).map_err(source_failure)?;
     let mut tracks: Option<Arc<Tracks>> = None;
     let mut frames: Vec<Arc<Frame>> = Vec::new();
+    let mut bytes = 0usize;
     'read: loop {
         match source.next().map_err(source_failure)? {
             Next::End => break,
@@ -335,11 +365,15 @@ fn segment(source: &mut Source, from: i64, to: i64) -> Result<Bytes, Failure> {
                     if f.dts_us < from {
                         continue;
                     }
-                    let clock = match f.frame.kind {
-                        TrackKind::Video => t.video.as_ref(),
-                        TrackKind::Audio => t.audio.as_ref(),
+                    bytes += f.frame.data.len();
+                    if bytes > MAX_SEGMENT_BYTES {
+                        tracing::warn!("hls vod: a segment of {from}..{to} µs over {MAX_SEGMENT_BYTES} bytes: refused");
+                        return Err((
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("segment over {MAX_SEGMENT_BYTES} bytes"),
+                        ));
                     }
-                    .map_or(1000, |i| i.clock_rate().max(1));
+                    let clock = clock_of(t, f.frame.kind);
                     let dts = rescale(f.dts_us, 1_000_000, clock);
                     let pts = rescale(f.pts_us, 1_000_000, clock);
                     frames.push(Frame::new(f.frame.kind, dts, pts, f.frame.keyframe, f.frame.data.clone()));

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use ferrocast_media::fmp4::MAX_PART_DATA;
 use ferrocast_media::fmp4_read::{self, MAX_MOOF_SIZE};
-use ferrocast_media::{Frame, Tracks};
+use ferrocast_media::{Frame, TrackKind, Tracks};
 
 use super::{Playback, Target};
 
@@ -284,6 +284,16 @@ const _: fn() = || {
     send::<Source>();
 };
 
+/// The clock rate of a track of one kind (its timescale in a recording or file); 1000 for a
+/// kind the tracks do not have (never used: a file's samples are of its tracks).
+pub(crate) fn clock_of(tracks: &Tracks, kind: TrackKind) -> u32 {
+    match kind {
+        TrackKind::Video => tracks.video.as_ref(),
+        TrackKind::Audio => tracks.audio.as_ref(),
+    }
+    .map_or(1000, |t| t.clock_rate().max(1))
+}
+
 /// A UTC time in µs as the signed times of this module.
 fn clamp_us(t: u64) -> i64 {
     t.min(i64::MAX as u64) as i64
@@ -308,7 +318,7 @@ fn malformed(path: &Path, what: impl std::fmt::Display) -> SourceError {
 const READ_RESERVE: usize = 4 << 20;
 
 /// `len` bytes at `at` (fewer at the end of the file).
-fn read_at(file: &mut File, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
+fn read_at(mut file: &File, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
     file.seek(SeekFrom::Start(at))?;
     let mut buf = Vec::with_capacity(len.min(READ_RESERVE));
     file.take(len as u64).read_to_end(&mut buf)?;
@@ -316,7 +326,7 @@ fn read_at(file: &mut File, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
 }
 
 /// Exactly `len` bytes at `at`: a file that is now shorter was cut or deleted.
-fn read_exact_at(file: &mut File, path: &Path, at: u64, len: u64) -> Result<Vec<u8>, SourceError> {
+fn read_exact_at(file: &File, path: &Path, at: u64, len: u64) -> Result<Vec<u8>, SourceError> {
     let buf = read_at(file, at, len as usize).map_err(io(path))?;
     if (buf.len() as u64) < len {
         if !path.exists() {
@@ -333,6 +343,7 @@ mod recording;
 
 use file::FileSource;
 use recording::RecSource;
+pub(crate) use recording::{read_fragment, read_init, start_in};
 
 #[cfg(test)]
 mod tests {

@@ -11,8 +11,8 @@ use ferrocast_media::{Frame, TrackKind, Tracks, rescale};
 
 use super::cache::{Cached, cached, key_of};
 use super::{
-    BATCH_US, Got, Inner, MAX_BATCH_BYTES, MAX_BATCH_GAP_BYTES, MAX_BATCH_SAMPLES, READ_GAP, Source, SourceError, Timed, io, malformed,
-    read_at, read_exact_at,
+    BATCH_US, Got, Inner, MAX_BATCH_BYTES, MAX_BATCH_GAP_BYTES, MAX_BATCH_SAMPLES, READ_GAP, Source, SourceError,
+    Timed, io, malformed, read_at, read_exact_at,
 };
 
 pub(super) struct FileSource {
@@ -116,7 +116,9 @@ impl FileSource {
             let first = *first.get_or_insert(t);
             let size = u64::from(self.table(k).map_or(0, |tb| tb.samples()[i].size()));
             if !picked.is_empty()
-                && (t.saturating_sub(first) >= BATCH_US || picked.len() >= MAX_BATCH_SAMPLES || bytes + size > MAX_BATCH_BYTES)
+                && (t.saturating_sub(first) >= BATCH_US
+                    || picked.len() >= MAX_BATCH_SAMPLES
+                    || bytes + size > MAX_BATCH_BYTES)
             {
                 break;
             }
@@ -216,8 +218,7 @@ mod tests {
     /// 4 MiB of samples): a batch reads its samples and at most MAX_BATCH_GAP_BYTES more.
     #[test]
     fn a_sparse_batch_reads_a_bounded_number_of_bytes() {
-        let sorted: Vec<(u64, u32)> =
-            (0..MAX_BATCH_SAMPLES as u64).map(|i| (i * (READ_GAP + 1024), 1024)).collect();
+        let sorted: Vec<(u64, u32)> = (0..MAX_BATCH_SAMPLES as u64).map(|i| (i * (READ_GAP + 1024), 1024)).collect();
         let reads = plan_reads(&sorted);
         let read: u64 = reads.iter().map(|(a, b, _)| b - a).sum();
         let samples: u64 = sorted.iter().map(|s| u64::from(s.1)).sum();
