@@ -434,3 +434,37 @@ impl RecSource {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(i: i64, key: bool) -> Part {
+        Part {
+            offset: 1000 + i as u64 * 500,
+            len: 500,
+            start_us: i * 1_000_000,
+            end_us: (i + 1) * 1_000_000,
+            keyframe_us: key.then_some(i * 1_000_000 + 20),
+        }
+    }
+
+    /// The one rule RTSP, HLS and the progressive MP4 start by (they differed for a file
+    /// without keyframes: RTSP started at its audio, HTTP skipped it).
+    #[test]
+    fn where_playback_starts_in_a_file() {
+        let parts = [part(0, true), part(1, false), part(2, true), part(3, false)];
+        // Video: the part of the keyframe at or before, from the keyframe.
+        assert_eq!(start_in(&parts, 1_500_000, true), Some((0, 20)));
+        assert_eq!(start_in(&parts, 2_000_020, true), Some((2, 2_000_020)));
+        assert_eq!(start_in(&parts, 3_900_000, true), Some((2, 2_000_020)));
+        assert_eq!(start_in(&parts, -5, true), Some((0, 20)), "before all: the first keyframe");
+        // A file with video and no keyframe has no place to start: playback starts later.
+        let blind = [part(0, false), part(1, false)];
+        assert_eq!(start_in(&blind, 500_000, true), None);
+        // Audio only: the part holding the time, from the time.
+        assert_eq!(start_in(&blind, 1_500_000, false), Some((1, 1_500_000)));
+        assert_eq!(start_in(&blind, -5, false), Some((0, 0)));
+        assert_eq!(start_in(&[], 0, false), None);
+    }
+}
