@@ -36,14 +36,14 @@ pub(super) fn ticks_floor(t_us: i64, timescale: u32) -> i64 {
 
 impl FileSource {
     pub(super) fn open(path: &Path) -> Result<Source, SourceError> {
-        let mut file = File::open(path).map_err(|e| match e.kind() {
+        let file = File::open(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => SourceError::NotFound,
             _ => SourceError::Io { path: path.to_owned(), error: e },
         })?;
         let meta = file.metadata().map_err(io(path))?;
         let len = meta.len();
         let movie = match cached(key_of(path, &meta), || {
-            let movie = Movie::open(len, |at, n| read_at(&mut file, at, n)).map_err(|e| match e {
+            let movie = Movie::open(len, |at, n| read_at(&file, at, n)).map_err(|e| match e {
                 OpenError::Read(e) => io(path)(e),
                 OpenError::Format(e) => malformed(path, e),
             })?;
@@ -137,7 +137,7 @@ impl FileSource {
         let mut data: Vec<Bytes> = vec![Bytes::new(); samples.len()];
         let sorted: Vec<(u64, u32)> = order.iter().map(|&j| (samples[j].1.offset, samples[j].1.size())).collect();
         for (start, end, range) in plan_reads(&sorted) {
-            let buf = Bytes::from(read_exact_at(&mut self.file, &self.path, start, end - start)?);
+            let buf = Bytes::from(read_exact_at(&self.file, &self.path, start, end - start)?);
             for &j in &order[range] {
                 let s = samples[j].1;
                 let at = (s.offset - start) as usize;
@@ -175,7 +175,7 @@ impl FileSource {
         let i = v.first_at_or_after(ticks_floor(at, v.timescale));
         let Some(s) = v.samples().get(i).copied().filter(|s| s.keyframe()) else { return Ok(None) };
         let ts = v.timescale;
-        let data = read_exact_at(&mut self.file, &self.path, s.offset, u64::from(s.size()))?;
+        let data = read_exact_at(&self.file, &self.path, s.offset, u64::from(s.size()))?;
         let frame = Frame::new(TrackKind::Video, s.dts, s.pts(), true, Bytes::from(data));
         Ok(Some(Timed { dts_us: us(s.dts, ts), pts_us: us(s.pts(), ts), frame }))
     }

@@ -185,12 +185,12 @@ impl RecSource {
     /// The segment's table and tracks, shared when the file is closed.
     pub(super) fn rec_file(&self, seg: &Segment) -> Result<(File, PathBuf, Arc<RecFile>), SourceError> {
         let path = self.dir.join(&seg.file);
-        let mut file = match File::open(&path) {
+        let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SourceError::Gone),
             Err(e) => return Err(SourceError::Io { path, error: e }),
         };
-        let build = |file: &mut File| -> Result<(Cached, usize), SourceError> {
+        let build = |file: &File| -> Result<(Cached, usize), SourceError> {
             let (tracks, layout) = read_init(file, &path)?;
             let parts = self.rec.parts(seg).ok_or_else(|| {
                 if path.exists() { malformed(&path, "no parts can be read") } else { SourceError::Gone }
@@ -200,10 +200,10 @@ impl RecSource {
             Ok((Cached::Recording(Arc::new(f)), bytes))
         };
         let value = if seg.writing {
-            build(&mut file)?.0
+            build(&file)?.0
         } else {
             let meta = file.metadata().map_err(io(&path))?;
-            cached(key_of(&path, &meta), || build(&mut file))?
+            cached(key_of(&path, &meta), || build(&file))?
         };
         match value {
             Cached::Recording(r) => Ok((file, path, r)),
