@@ -30,8 +30,10 @@ pub(super) fn us(t: i64, timescale: u32) -> i64 {
 }
 
 /// µs as a track's time, rounded down: the sample "at or before" a time is never after it.
+/// Saturates (a client's seek to a far time never wraps).
 pub(super) fn ticks_floor(t_us: i64, timescale: u32) -> i64 {
-    (i128::from(t_us) * i128::from(timescale)).div_euclid(1_000_000) as i64
+    let t = (i128::from(t_us) * i128::from(timescale)).div_euclid(1_000_000);
+    t.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 impl FileSource {
