@@ -149,7 +149,8 @@ pub enum BuildError {
     /// No recording of the path in the range (404).
     #[error("no recordings in range")]
     NotFound,
-    /// The index is still being opened after a start (503, Retry-After).
+    /// No index: still being opened after a start (503, Retry-After), or no recordings at
+    /// all (404); [`Playback::index_ready`] tells which.
     #[error("the recordings index is opening")]
     NotReady,
     /// More samples than one file takes (400: ask for less).

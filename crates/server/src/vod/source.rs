@@ -6,8 +6,10 @@
 //! files by their sample tables ([`ferrocast_media::mp4_index`]); nothing is read that the
 //! viewer does not play, and media data is read only for the batch being handed out. Tables
 //! of files that no longer change (MP4 files, closed recording files) are shared between
-//! viewers through a small cache keyed by (path, length, mtime) with a bounded total
-//! ([`CACHE_BYTES`]): a thousand viewers of one file cost one table and a batch each.
+//! viewers, keyed by (path, length, mtime): built once however many viewers ask at once,
+//! shared while anyone holds them, and the recently used kept in a cache with a bounded
+//! total ([`CACHE_BYTES`]): a thousand viewers of one file cost one table and a batch each
+//! (a batch: at most [`MAX_BATCH_BYTES`] of samples and [`MAX_BATCH_GAP_BYTES`] between).
 //!
 //! Everything here is blocking file I/O: call it from `spawn_blocking`.
 
@@ -38,7 +40,7 @@ const READ_GAP: u64 = 64 << 10;
 /// Most bytes between samples read (and held until the batch is dropped) in one batch: a
 /// sparse file (other tracks, or damage, between the samples) costs at most this beyond the
 /// samples' own [`MAX_BATCH_BYTES`]; past it, samples are read one by one.
-const MAX_BATCH_GAP_BYTES: u64 = 4 << 20;
+pub const MAX_BATCH_GAP_BYTES: u64 = 4 << 20;
 
 /// Largest recorded part read at once: the writer's limits (a part's moof and mdat).
 pub const MAX_PART_BYTES: u64 = MAX_PART_DATA as u64 + MAX_MOOF_SIZE;
