@@ -36,8 +36,9 @@ pub const TARGET_SEGMENT_US: i64 = 4_000_000;
 pub const MAX_SEGMENT_US: i64 = 30_000_000;
 
 /// Most bytes of media in one segment: a segment request holds its frames in memory. 30 s
-/// at 17 Mbit/s, or a 4 s segment at 130 Mbit/s; a segment over it is refused (500, logged)
-/// rather than held.
+/// at 17 Mbit/s, or a 4 s segment at 130 Mbit/s. The playlist cuts a span of a higher rate
+/// shorter ([`longest_segment_us`]); a segment still over it (a burst far above the span's
+/// average) is refused (500, logged) rather than held.
 pub const MAX_SEGMENT_BYTES: usize = 64 << 20;
 
 /// Most keyframes read from the index for one playlist: a day of a 1 s GOP is 86,400.
@@ -271,13 +272,14 @@ fn cuts(source: &mut Source, spans: &[Span]) -> Result<Vec<Cut>, Failure> {
             }
         }
         bounds.push(span.end_us);
+        let longest = longest_segment_us(span.bytes, span.end_us - span.start_us);
         let mut first = true;
         for (j, w) in bounds.windows(2).enumerate() {
             let (mut a, b) = (w[0], w[1]);
             // Bounds after the first are keyframes; a cut forced inside a long GOP is not.
             let mut keyed = if j == 0 { start_keyed } else { true };
             while a < b {
-                let e = b.min(a + MAX_SEGMENT_US);
+                let e = b.min(a + longest);
                 out.push(Cut {
                     from: a,
                     to: e,
@@ -293,6 +295,20 @@ fn cuts(source: &mut Source, spans: &[Span]) -> Result<Vec<Cut>, Failure> {
         prev = Some(span);
     }
     Ok(out)
+}
+
+/// The longest segment of a span of `bytes` over `duration_us`: [`MAX_SEGMENT_US`], or
+/// shorter where the span's average rate would make a segment of it over half of
+/// [`MAX_SEGMENT_BYTES`] (half: room for a GOP above the average), at least a second. The
+/// playlist cuts by it, so that what it lists is served (a segment over the bytes is
+/// refused).
+fn longest_segment_us(bytes: u64, duration_us: i64) -> i64 {
+    if duration_us <= 0 || bytes == 0 {
+        return MAX_SEGMENT_US;
+    }
+    let budget = (MAX_SEGMENT_BYTES / 2) as u128;
+    let fits = budget * duration_us as u128 / u128::from(bytes);
+    (fits.min(MAX_SEGMENT_US as u128) as i64).max(1_000_000)
 }
 
 /// The media playlist of a source.
@@ -392,6 +408,19 @@ fn segment(source: &mut Source, from: i64, to: i64) -> Result<Bytes, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_are_bounded_by_bytes_too() {
+        // A camera at 4 Mbit/s: 30 s segments (15 MB) fit.
+        assert_eq!(longest_segment_us(500_000 * 3600, 3_600_000_000), MAX_SEGMENT_US);
+        // At 100 Mbit/s (12.5 MB/s) a 30 s segment would be 375 MB: cut at 2.56 s.
+        let l = longest_segment_us(12_500_000 * 60, 60_000_000);
+        assert!(l < MAX_SEGMENT_US && l as u128 * 12_500_000 <= (MAX_SEGMENT_BYTES as u128 / 2) * 1_000_000, "{l}");
+        // Never below a second, nothing to go by: the time bound.
+        assert_eq!(longest_segment_us(u64::MAX, 1_000_000), 1_000_000);
+        assert_eq!(longest_segment_us(0, 1_000_000), MAX_SEGMENT_US);
+        assert_eq!(longest_segment_us(10, 0), MAX_SEGMENT_US);
+    }
 
     #[test]
     fn urls() {

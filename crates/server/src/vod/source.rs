@@ -129,6 +129,9 @@ pub struct Span {
     pub end_us: i64,
     /// Its codec parameters.
     pub tracks: Arc<Tracks>,
+    /// Bytes of media in it, about (recordings: the parts it overlaps; files: the samples):
+    /// what HLS VOD bounds its segments' bytes by.
+    pub bytes: u64,
 }
 
 /// One viewer's reader over recordings or a file, by media time in µs (UTC µs for recordings,
@@ -274,7 +277,9 @@ impl Source {
     /// file. What HLS VOD cuts its playlist by.
     pub fn spans(&mut self, max: usize) -> Result<Vec<Span>, SourceError> {
         match &mut self.inner {
-            Inner::File(f) => Ok(vec![Span { start_us: 0, end_us: f.end_us, tracks: f.tracks.clone() }]),
+            Inner::File(f) => {
+                Ok(vec![Span { start_us: 0, end_us: f.end_us, tracks: f.tracks.clone(), bytes: f.bytes() }])
+            }
             Inner::Rec(r) => r.spans(max),
         }
     }

@@ -77,6 +77,16 @@ impl FileSource {
         Ok(s)
     }
 
+    /// Bytes of all its samples.
+    pub(super) fn bytes(&self) -> u64 {
+        [&self.movie.video, &self.movie.audio]
+            .into_iter()
+            .flatten()
+            .flat_map(|t| t.samples())
+            .map(|s| u64::from(s.size()))
+            .sum()
+    }
+
     pub(super) fn table(&self, k: usize) -> Option<&SampleTable> {
         if k == 0 { self.movie.video.as_ref() } else { self.movie.audio.as_ref() }
     }

@@ -420,7 +420,13 @@ impl RecSource {
                 let start = (base + first.start_us).max(self.from);
                 let end = (base + end).min(self.to.unwrap_or(i64::MAX));
                 if end > start {
-                    out.push(Span { start_us: start, end_us: end, tracks: info.tracks.clone() });
+                    let bytes = info
+                        .parts
+                        .iter()
+                        .filter(|p| base + p.end_us > start && base + p.start_us < end)
+                        .map(|p| p.len)
+                        .sum();
+                    out.push(Span { start_us: start, end_us: end, tracks: info.tracks.clone(), bytes });
                 }
             }
             match last {
