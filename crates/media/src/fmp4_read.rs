@@ -24,7 +24,8 @@ pub(crate) mod boxes;
 pub(crate) mod init;
 mod moof;
 
-use boxes::{be32, be64, box_header};
+pub use boxes::box_header;
+use boxes::{be32, be64};
 use init::parse_moov;
 use moof::{Moof, check_data, parse_moof};
 
@@ -37,6 +38,18 @@ pub const MAX_INIT_SIZE: u64 = 1 << 20;
 
 /// Largest `moof` read: a part of [`MAX_PART_SAMPLES`] samples at 16 bytes each is 2 MiB.
 pub const MAX_MOOF_SIZE: u64 = 4 << 20;
+
+/// Latest sample time a file may state, in µs from its start (about 285 years): every time
+/// read is checked against it (in the track's timescale) so that a hostile `tfdt`, `stts` or
+/// duration cannot make a time that wraps or overflows when it is rescaled to µs and added to
+/// (a recording's UTC start, about 2^51 µs today, or another time of the file).
+pub const MAX_MEDIA_TIME_US: i64 = 1 << 53;
+
+/// [`MAX_MEDIA_TIME_US`] in a timescale's ticks, rounded down (a timescale of 0 counts as 1).
+pub fn max_media_ticks(timescale: u32) -> i64 {
+    let t = i128::from(MAX_MEDIA_TIME_US) * i128::from(timescale.max(1)) / 1_000_000;
+    t.min(i128::from(i64::MAX)) as i64
+}
 
 // What the writer writes, the reader reads: samples at 16 bytes plus the boxes around them.
 const _: () = assert!(MAX_PART_SAMPLES as u64 * 16 + 4096 <= MAX_MOOF_SIZE);

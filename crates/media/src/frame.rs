@@ -66,14 +66,17 @@ pub enum TrackInfo {
     },
 }
 
-/// Converts a timestamp between clocks, rounding to nearest, without overflow.
+/// Converts a timestamp between clocks, rounding to nearest, without overflow: a result
+/// beyond `i64` saturates at `i64::MIN` / `i64::MAX` (never wraps; a time from a file is
+/// bounded before it gets here, see [`crate::fmp4_read::MAX_MEDIA_TIME_US`]).
 pub fn rescale(ts: i64, from: u32, to: u32) -> i64 {
     if from == to || from == 0 {
         return ts;
     }
     let num = i128::from(ts) * i128::from(to);
     let den = i128::from(from);
-    (if num >= 0 { (num + den / 2) / den } else { (num - den / 2) / den }) as i64
+    let r = if num >= 0 { (num + den / 2) / den } else { (num - den / 2) / den };
+    r.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 impl TrackInfo {
@@ -176,7 +179,11 @@ mod tests {
         assert_eq!(rescale(1000, 1000, 90000), 90000);
         assert_eq!(rescale(3003, 90000, 1000), 33);
         assert_eq!(rescale(-3003, 90000, 1000), -33);
-        assert_eq!(rescale(i64::MAX / 2, 1000, 90000), (i128::from(i64::MAX / 2) * 90) as i64);
+        assert_eq!(rescale(i64::MAX / 200, 1000, 90000), i64::MAX / 200 * 90);
+        // Beyond i64: saturates, never wraps (a file's time in seconds as µs, say).
+        assert_eq!(rescale(i64::MAX / 2, 1000, 90000), i64::MAX);
+        assert_eq!(rescale(i64::MIN / 2, 1, 1_000_000), i64::MIN);
+        assert_eq!(rescale(i64::MAX, 1, 1_000_000), i64::MAX);
     }
 
     #[test]

@@ -315,6 +315,7 @@ fn sample_table(
     let mut syncs = stss.map(|s| s.chunks_exact(4).map(|c| be32(c, 0).unwrap_or(0)).peekable());
     let runs: Vec<(u32, u32)> =
         stsc.chunks_exact(12).map(|c| (be32(c, 0).unwrap_or(0), be32(c, 4).unwrap_or(0))).collect();
+    let max_ticks = fmp4_read::max_media_ticks(timescale);
     let mut run = 0usize;
     let mut samples: Vec<Sample> = Vec::new();
     let mut dts = 0i64;
@@ -356,6 +357,11 @@ fn sample_table(
             let delta = deltas.next().map(i64::from);
             last_delta = delta.unwrap_or(last_delta);
             dts = dts.saturating_add(last_delta);
+            // Durations add up to at most 2^54 ticks (2^22 samples of 2^32): in seconds,
+            // past what µs can hold. See MAX_MEDIA_TIME_US.
+            if dts > max_ticks {
+                return Err(malformed(origin, "sample times past the latest time a file may state"));
+            }
             at = end;
         }
     }
@@ -502,5 +508,31 @@ mod tests {
         assert_eq!(t.duration(2), 100);
         // The same file cut before the last sample's data: an error.
         assert!(sample_table(&stbl, 0, 1000, TrackKind::Video, 2010).is_err());
+    }
+
+    #[test]
+    fn times_past_the_latest_a_file_may_state() {
+        // Samples of up to 2^32 - 1 ticks each at a timescale of 1 (seconds): a few million
+        // of them are past what µs hold in an i64; refused as soon as the sum passes
+        // MAX_MEDIA_TIME_US (three samples here).
+        let be = |v: &[u32]| v.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
+        let stbl = |delta: u32| {
+            [
+                bx(b"stsz", &be(&[0, 1, 3])),
+                bx(b"stts", &be(&[0, 1, 3, delta])),
+                bx(b"stsc", &be(&[0, 1, 1, 3, 1])),
+                bx(b"stco", &be(&[0, 1, 0])),
+            ]
+            .concat()
+        };
+        let max = fmp4_read::max_media_ticks(1);
+        assert_eq!(max, fmp4_read::MAX_MEDIA_TIME_US / 1_000_000);
+        let ok = sample_table(&stbl((max / 3) as u32), 0, 1, TrackKind::Audio, 100).unwrap();
+        assert_eq!(ok.end(), max / 3 * 3);
+        assert!(matches!(
+            sample_table(&stbl((max / 3 + 1) as u32), 0, 1, TrackKind::Audio, 100),
+            Err(ReadError::Malformed { .. })
+        ));
+        assert!(sample_table(&stbl(u32::MAX), 0, 1, TrackKind::Audio, 100).is_err());
     }
 }

@@ -461,7 +461,9 @@ fn sample_outside_mdat() {
     assert!(fmp4_read::read_part(&layout, &Bytes::from(part)).is_err());
 }
 
-/// Publisher timestamps anywhere in i64 never panic the writer, and what it writes scans.
+/// Publisher timestamps anywhere in i64 never panic the writer, and what it writes scans:
+/// a part whose times a reader can hold reads back whole, one whose times are past
+/// MAX_MEDIA_TIME_US is refused (Malformed), never read with wrapped times.
 #[test]
 fn extreme_timestamps() {
     let tracks = Tracks { video: Some(h264_track(1000)), audio: Some(aac_track()), metadata: None };
@@ -473,21 +475,34 @@ fn extreme_timestamps() {
             frames.push(Frame::new(kind, *dts, pts, i == 0, Bytes::new()));
         }
     }
-    let mut file = fmp4::recording_init(&tracks).unwrap().to_vec();
+    let init = fmp4::recording_init(&tracks).unwrap().to_vec();
+    let (mut clean, mut refused) = (0, 0);
     for base in [None, Some(i64::MIN), Some(0), Some(i64::MAX)] {
         for next in [None, Some(i64::MIN), Some(i64::MAX)] {
             let t = |v| TrackTimes { video: v, audio: v };
-            file.extend_from_slice(&fmp4::recording_part(1, &tracks, t(base), &frames, t(next)));
+            let part = fmp4::recording_part(1, &tracks, t(base), &frames, t(next));
+            let mut file = init.clone();
+            file.extend_from_slice(&part);
+            let s = fmp4_read::scan(&file).unwrap();
+            match &s.end {
+                End::Clean => {
+                    clean += 1;
+                    assert_eq!(s.parts.len(), 1);
+                    let frames = fmp4_read::read_part(&s.layout, &part).unwrap();
+                    assert_eq!(frames.len(), 25);
+                    let max = fmp4_read::max_media_ticks(1000);
+                    assert!(frames.iter().all(|f| (0..=max).contains(&f.dts)), "base {base:?}");
+                }
+                End::Damaged(ReadError::Malformed { .. }) => {
+                    refused += 1;
+                    assert!(s.parts.is_empty());
+                    assert!(fmp4_read::read_part(&s.layout, &part).is_err());
+                }
+                e => panic!("base {base:?} next {next:?}: {e:?}"),
+            }
         }
     }
-    let s = fmp4_read::scan(&file).unwrap();
-    assert_eq!(s.end, End::Clean);
-    assert_eq!(s.parts.len(), 12);
-    let file = Bytes::from(file);
-    for p in &s.parts {
-        let frames = fmp4_read::read_part(&s.layout, &file.slice(p.offset as usize..(p.offset + p.len) as usize));
-        assert_eq!(frames.unwrap().len(), 25);
-    }
+    assert!(clean >= 3 && refused >= 3, "{clean} read, {refused} refused");
 }
 
 /// A box with a 64-bit size between parts is skipped, its size read in a second step.
@@ -513,5 +528,36 @@ fn large_size_box_between_parts() {
     for cut in part_at - 24..part_at {
         let s = fmp4_read::scan(&file[..cut]).unwrap();
         assert_eq!((s.parts.len(), s.end), (0, if cut == part_at - 24 { End::Clean } else { End::Truncated }));
+    }
+}
+
+/// A tfdt or durations past MAX_MEDIA_TIME_US (in the track's ticks) are refused: a time
+/// that would wrap when rescaled to µs never reaches a reader.
+#[test]
+fn times_past_the_latest_a_file_may_state() {
+    use ferrocast_media::fmp4_read::{MAX_MEDIA_TIME_US, max_media_ticks};
+    let file = init_of_h264();
+    let layout = fmp4_read::scan(&file).unwrap().layout;
+    let max = max_media_ticks(90000);
+    assert_eq!(max, MAX_MEDIA_TIME_US / 1_000_000 * 90000 + (MAX_MEDIA_TIME_US % 1_000_000) * 90000 / 1_000_000);
+    let moof = |tfdt: u64, duration: u32| {
+        // One sample of 1 byte with its duration, flags default (sync).
+        let tfhd = mp4_box(b"tfhd", &[0, 0x02, 0, 0, 0, 0, 0, 1]);
+        let mut t = vec![1, 0, 0, 0];
+        t.extend_from_slice(&tfdt.to_be_bytes());
+        let tfdt = mp4_box(b"tfdt", &t);
+        let mut r = vec![0, 0, 0x03, 0x01, 0, 0, 0, 1];
+        r.extend_from_slice(&0u32.to_be_bytes()); // data offset, patched below
+        r.extend_from_slice(&duration.to_be_bytes());
+        r.extend_from_slice(&1u32.to_be_bytes());
+        let trun = mp4_box(b"trun", &r);
+        let traf = mp4_box(b"traf", &[tfhd, tfdt, trun].concat());
+        mp4_box(b"moof", &[mp4_box(b"mfhd", &[0, 0, 0, 0, 0, 0, 0, 1]), traf].concat())
+    };
+    let ok = fmp4_read::part_samples(&layout, &moof(max as u64 - 10, 10)).unwrap();
+    assert_eq!(ok[0].dts, max - 10);
+    for (tfdt, duration) in [(max as u64 + 1, 0), (max as u64 - 10, 11), (i64::MAX as u64, 1), (u64::MAX, 1)] {
+        let e = fmp4_read::part_samples(&layout, &moof(tfdt, duration));
+        assert!(matches!(e, Err(ReadError::Malformed { .. })), "tfdt {tfdt} + {duration}: {e:?}");
     }
 }

@@ -413,3 +413,33 @@ async fn a_path_being_recorded_lists_what_is_recorded_so_far() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A GOP longer than MAX_SEGMENT_US (30 s) is cut without a keyframe: such a playlist does
+/// not claim EXT-X-INDEPENDENT-SEGMENTS (review finding: it always did), and still plays
+/// every frame; a file of short GOPs does claim it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gop_longer_than_a_segment_is_not_claimed_independent() {
+    let rec = recorded_whole().await;
+    let server = server_for(rec).await;
+    let long_gop = playback::ffmpeg_make(
+        "hls_long_gop.mp4",
+        &["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-c:v", "libx264", "-preset", "ultrafast"]
+            .into_iter()
+            .chain(["-x264-params", "keyint=1000:min-keyint=1000:scenecut=0", "-t", "35"])
+            .collect::<Vec<_>>(),
+    );
+    let short_gop = clip_file("hls_plain.mp4", 10, &[]);
+    for (name, file, independent) in [("hls_long_gop.mp4", long_gop, false), ("hls_plain.mp4", short_gop, true)] {
+        let url = format!("http://{}/vod/{name}/index.m3u8", server.http);
+        let r = http_get(&url, "").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let text = r.text();
+        check_playlist(&text);
+        assert_eq!(text.contains("#EXT-X-INDEPENDENT-SEGMENTS"), independent, "{name}\n{text}");
+        if !independent {
+            assert!(text.matches("#EXTINF").count() >= 2, "cut inside the GOP:\n{text}");
+        }
+        let ((v, _), (fv, _)) = (count_frames(&url), count_frames(file.to_str().unwrap()));
+        assert_eq!(v, fv, "{name}: every frame");
+    }
+}

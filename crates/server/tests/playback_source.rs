@@ -520,3 +520,52 @@ async fn damaged_recordings_are_errors() {
     assert!(batches >= 2, "{batches} batches before the cut");
     assert!(matches!(err, SourceError::Malformed { .. }), "{err}");
 }
+
+/// More recording files in a window than the index lists at once (1024): every one is a span
+/// and the HLS playlist reaches the last (review finding: a playlist stopped at the 1024th
+/// file yet ended with EXT-X-ENDLIST).
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_page_past_the_index_page() {
+    use axum::http::{Method, Uri};
+    const FILES: u64 = 1030;
+    let rec = recorded().await;
+    let dir = media_dir().join("recordings-many");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(Command::new("cp").arg("-r").arg(&rec.dir).arg(&dir).status().unwrap().success());
+    let into = dir.join(&rec.path);
+    // The recording's three files, then its first file and part table linked under more
+    // names 11 s apart (times in a file are from its start: each is a recording of its own),
+    // put in the index as the recorder would (rebuilding an index from so many files takes
+    // long in a debug build).
+    let first = recording_files(&dir, &rec.path)[0].clone();
+    let first_idx = first.with_extension("idx");
+    assert!(first_idx.exists(), "the fixture's part table");
+    let playback = playback_of(&dir).await;
+    let index = playback.recordings.index().unwrap();
+    let listed = index.list(&rec.path, None, None).unwrap();
+    let (seg0, start) = (listed[0].clone(), listed[0].start_us);
+    let mut segments = Vec::new();
+    for i in listed.len() as u64..FILES {
+        let at = start + i * 11_000_000;
+        let name = playback::format_us(at).replace(':', "-");
+        std::fs::hard_link(&first, into.join(format!("{name}.mp4"))).unwrap();
+        std::fs::hard_link(&first_idx, into.join(format!("{name}.idx"))).unwrap();
+        let file = format!("{}/{name}.mp4", rec.path);
+        segments.push(record::index::Segment { start_us: at, file, ..seg0.clone() });
+    }
+    index.put_many(&segments).unwrap();
+    let target = Target::Recording { path: rec.path.clone(), start_us: start, end_us: None };
+    let mut s = Source::open(&playback, &target).unwrap();
+    let spans = s.spans(2000).unwrap();
+    assert_eq!(spans.len(), FILES as usize);
+    assert!(spans.windows(2).all(|w| w[0].end_us <= w[1].start_us), "in order, each once");
+    let last_end = spans.last().unwrap().end_us;
+    let uri: Uri = format!("/{}/index.m3u8?start={}", rec.path, playback::format_us(start)).parse().unwrap();
+    let r = ferrocast::vod::hls_vod::respond(&playback, &Method::GET, &uri).await.expect("an HLS VOD URL");
+    assert_eq!(r.status(), 200);
+    let body = axum::body::to_bytes(r.into_body(), 64 << 20).await.unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let last = text.lines().rfind(|l| l.ends_with(".m4s")).unwrap();
+    assert!(last.ends_with(&format!("_{last_end}.m4s")), "the playlist reaches the last file: {last}");
+    assert!(!text.contains("# ferrocast: more than"), "not truncated");
+}

@@ -14,9 +14,12 @@ pub(crate) fn be64(d: &[u8], i: usize) -> Option<u64> {
     d.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
 }
 
-/// A box header at the start of `data` (at file offset `at`): type, header length and box
-/// size; `None` when `data` is too short to hold it.
-pub(crate) fn box_header(data: &[u8], at: u64) -> Result<Option<([u8; 4], u64, u64)>, ReadError> {
+/// A box header at the start of `data` (at file offset `at`, for errors): type, header
+/// length (8, or 16 with a 64-bit size) and box size; `None` when `data` is too short to
+/// hold it. Size 0 ("to the end of the file") is an error here: a caller that allows it
+/// (a last mdat) checks for it first. The size is not checked against anything but the
+/// header: the caller checks it against the file or the parent box.
+pub fn box_header(data: &[u8], at: u64) -> Result<Option<([u8; 4], u64, u64)>, ReadError> {
     let (Some(size), Some(kind)) = (be32(data, 0), data.get(4..8)) else { return Ok(None) };
     let kind: [u8; 4] = [kind[0], kind[1], kind[2], kind[3]];
     let (header, size) = match size {

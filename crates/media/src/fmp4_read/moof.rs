@@ -1,7 +1,7 @@
 //! Movie fragments: the samples of a moof's track fragments (ISO/IEC 14496-12 8.8.4-8.8.12).
 
 use super::boxes::{be32, be64, box_header, child, children, need};
-use super::{Layout, ReadError, SampleInfo, malformed};
+use super::{Layout, ReadError, SampleInfo, malformed, max_media_ticks};
 use crate::fmp4::MAX_PART_SAMPLES;
 
 /// A parsed moof.
@@ -122,6 +122,11 @@ pub(super) fn parse_traf(
         }
         (None, None) => 0,
     };
+    // Times stay under MAX_MEDIA_TIME_US (in this track's ticks): see its doc.
+    let max_ticks = max_media_ticks(track.map_or(1, |(_, t)| t.timescale));
+    if track.is_some() && dts > max_ticks {
+        return Err(malformed(origin, "tfdt past the latest time a file may state"));
+    }
     let mut cursor = base;
     let mut first_run = true;
     for c in children(traf, origin) {
@@ -176,6 +181,9 @@ pub(super) fn parse_traf(
             // both as signed, and so does this.
             let cts = next(present[3]).map_or(0, |c| i64::from(c as i32));
             if let Some((kind, _)) = track {
+                if dts.saturating_add(i64::from(duration)) > max_ticks {
+                    return Err(malformed(at, "a sample past the latest time a file may state"));
+                }
                 samples.push(SampleInfo {
                     kind,
                     dts,

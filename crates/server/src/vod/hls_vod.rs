@@ -21,14 +21,11 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use bytes::Bytes;
-use ferrocast_media::{Frame, TrackKind, Tracks, fmp4, rescale};
+use ferrocast_media::{Frame, Tracks, fmp4, rescale};
 
-use super::source::{Next, Source, SourceError, Span};
+use super::mp4_http::MAX_SPAN_US;
+use super::source::{Next, Source, SourceError, Span, clock_of};
 use super::{FILE_PREFIX, Playback, Target, TargetError};
-
-/// Longest window of a recording's playlist (`end - start`); without `end`, the window
-/// reaches this far from `start` (or to what is recorded).
-pub const MAX_WINDOW_US: u64 = 24 * 3600 * 1_000_000;
 
 /// Segments are cut at the first keyframe at least this long after the segment's start.
 pub const TARGET_SEGMENT_US: i64 = 4_000_000;
@@ -38,10 +35,18 @@ pub const TARGET_SEGMENT_US: i64 = 4_000_000;
 /// segment request holds in memory.
 pub const MAX_SEGMENT_US: i64 = 30_000_000;
 
+/// Most bytes of media in one segment: a segment request holds its frames in memory. 30 s
+/// at 17 Mbit/s, or a 4 s segment at 130 Mbit/s. The playlist cuts a span of a higher rate
+/// shorter ([`longest_segment_us`]); a segment still over it (a burst far above the span's
+/// average) is refused (500, logged) rather than held.
+pub const MAX_SEGMENT_BYTES: usize = 64 << 20;
+
 /// Most keyframes read from the index for one playlist: a day of a 1 s GOP is 86,400.
 const MAX_KEYFRAMES: usize = 1 << 18;
 
-/// Most recording files (spans) in one playlist: a day of 1-minute files.
+/// Most recording files (spans) in one playlist: a day of 1-minute files. A window with more
+/// is listed up to the last of them, and the playlist says so (a comment line and the log):
+/// a later `start` lists the rest.
 const MAX_SPANS: usize = 1440;
 
 /// Recordings further apart than this are a gap: a discontinuity in the playlist.
@@ -176,8 +181,8 @@ fn answer(playback: &Playback, prefix: &str, query: Option<&str>, request: Owned
             } else {
                 match playback.target(prefix, query) {
                     Some(Ok(Target::Recording { path, start_us, end_us })) => {
-                        if end_us.is_some_and(|e| e - start_us > MAX_WINDOW_US) {
-                            return Err(bad(format!("end: more than {} h after start", MAX_WINDOW_US / 3_600_000_000)));
+                        if end_us.is_some_and(|e| e - start_us > MAX_SPAN_US) {
+                            return Err(bad(format!("end: more than {} h after start", MAX_SPAN_US / 3_600_000_000)));
                         }
                         Target::Recording { path, start_us, end_us }
                     }
@@ -189,7 +194,7 @@ fn answer(playback: &Playback, prefix: &str, query: Option<&str>, request: Owned
             let open_ended = matches!(target, Target::Recording { end_us: None, .. });
             let target = match target {
                 Target::Recording { path, start_us, end_us: None } => {
-                    Target::Recording { path, start_us, end_us: Some(start_us.saturating_add(MAX_WINDOW_US)) }
+                    Target::Recording { path, start_us, end_us: Some(start_us.saturating_add(MAX_SPAN_US)) }
                 }
                 t => t,
             };
@@ -230,6 +235,8 @@ struct Cut {
     /// change there.
     discontinuity: bool,
     map: Option<i64>,
+    /// It starts with a keyframe (or has no video): decodable alone.
+    keyed: bool,
 }
 
 /// Cuts spans into segments at keyframes.
@@ -254,6 +261,9 @@ fn cuts(source: &mut Source, spans: &[Span]) -> Result<Vec<Cut>, Failure> {
             Some(p) if p.tracks != span.tracks => (true, Some(start)),
             Some(p) => (start - p.end_us > MAX_CONTINUOUS_GAP_US, None),
         };
+        let video = span.tracks.video.is_some();
+        // The span's start is a keyframe when it is the one seeked to, or one of the index's.
+        let start_keyed = !video || i == 0 || keys.first() == Some(&start);
         let mut bounds = vec![start];
         for k in keys {
             let last = *bounds.last().unwrap_or(&start);
@@ -262,18 +272,23 @@ fn cuts(source: &mut Source, spans: &[Span]) -> Result<Vec<Cut>, Failure> {
             }
         }
         bounds.push(span.end_us);
+        let longest = longest_segment_us(span.bytes, span.end_us - span.start_us);
         let mut first = true;
-        for w in bounds.windows(2) {
+        for (j, w) in bounds.windows(2).enumerate() {
             let (mut a, b) = (w[0], w[1]);
+            // Bounds after the first are keyframes; a cut forced inside a long GOP is not.
+            let mut keyed = if j == 0 { start_keyed } else { true };
             while a < b {
-                let e = b.min(a + MAX_SEGMENT_US);
+                let e = b.min(a + longest);
                 out.push(Cut {
                     from: a,
                     to: e,
                     discontinuity: first && discontinuity,
                     map: if first { map } else { None },
+                    keyed,
                 });
                 first = false;
+                keyed = !video;
                 a = e;
             }
         }
@@ -282,9 +297,31 @@ fn cuts(source: &mut Source, spans: &[Span]) -> Result<Vec<Cut>, Failure> {
     Ok(out)
 }
 
+/// The longest segment of a span of `bytes` over `duration_us`: [`MAX_SEGMENT_US`], or
+/// shorter where the span's average rate would make a segment of it over half of
+/// [`MAX_SEGMENT_BYTES`] (half: room for a GOP above the average), at least a second. The
+/// playlist cuts by it, so that what it lists is served (a segment over the bytes is
+/// refused).
+fn longest_segment_us(bytes: u64, duration_us: i64) -> i64 {
+    if duration_us <= 0 || bytes == 0 {
+        return MAX_SEGMENT_US;
+    }
+    let budget = (MAX_SEGMENT_BYTES / 2) as u128;
+    let fits = budget * duration_us as u128 / u128::from(bytes);
+    (fits.min(MAX_SEGMENT_US as u128) as i64).max(1_000_000)
+}
+
 /// The media playlist of a source.
 fn playlist(source: &mut Source, clock: bool) -> Result<String, Failure> {
-    let spans = source.spans(MAX_SPANS).map_err(source_failure)?;
+    let mut spans = source.spans(MAX_SPANS + 1).map_err(source_failure)?;
+    let truncated = spans.len() > MAX_SPANS;
+    if truncated {
+        spans.truncate(MAX_SPANS);
+        tracing::warn!(
+            "hls vod: a window of more than {MAX_SPANS} recording files; listed to {}",
+            crate::utc::format(spans.last().map_or(0, |s| s.end_us.max(0) as u64))
+        );
+    }
     let cuts = cuts(source, &spans)?;
     if cuts.is_empty() {
         return Err((StatusCode::NOT_FOUND, "nothing recorded there".into()));
@@ -293,7 +330,15 @@ fn playlist(source: &mut Source, clock: bool) -> Result<String, Failure> {
     let mut s = String::with_capacity(64 * cuts.len() + 256);
     s.push_str("#EXTM3U\n#EXT-X-VERSION:7\n");
     s.push_str(&format!("#EXT-X-TARGETDURATION:{target}\n"));
-    s.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    s.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-MEDIA-SEQUENCE:0\n");
+    // Only when every segment starts with a keyframe (RFC 8216 4.3.5.1): a GOP longer than
+    // MAX_SEGMENT_US is cut inside.
+    if cuts.iter().all(|c| c.keyed) {
+        s.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n");
+    }
+    if truncated {
+        s.push_str(&format!("# ferrocast: more than {MAX_SPANS} recording files in the window; listed to the last of them, a later start lists the rest\n"));
+    }
     for c in &cuts {
         if c.discontinuity {
             s.push_str("#EXT-X-DISCONTINUITY\n");
@@ -316,6 +361,7 @@ fn segment(source: &mut Source, from: i64, to: i64) -> Result<Bytes, Failure> {
     source.seek(from).map_err(source_failure)?;
     let mut tracks: Option<Arc<Tracks>> = None;
     let mut frames: Vec<Arc<Frame>> = Vec::new();
+    let mut bytes = 0usize;
     'read: loop {
         match source.next().map_err(source_failure)? {
             Next::End => break,
@@ -335,11 +381,15 @@ fn segment(source: &mut Source, from: i64, to: i64) -> Result<Bytes, Failure> {
                     if f.dts_us < from {
                         continue;
                     }
-                    let clock = match f.frame.kind {
-                        TrackKind::Video => t.video.as_ref(),
-                        TrackKind::Audio => t.audio.as_ref(),
+                    bytes += f.frame.data.len();
+                    if bytes > MAX_SEGMENT_BYTES {
+                        tracing::warn!("hls vod: a segment of {from}..{to} µs over {MAX_SEGMENT_BYTES} bytes: refused");
+                        return Err((
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("segment over {MAX_SEGMENT_BYTES} bytes"),
+                        ));
                     }
-                    .map_or(1000, |i| i.clock_rate().max(1));
+                    let clock = clock_of(t, f.frame.kind);
                     let dts = rescale(f.dts_us, 1_000_000, clock);
                     let pts = rescale(f.pts_us, 1_000_000, clock);
                     frames.push(Frame::new(f.frame.kind, dts, pts, f.frame.keyframe, f.frame.data.clone()));
@@ -358,6 +408,19 @@ fn segment(source: &mut Source, from: i64, to: i64) -> Result<Bytes, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_are_bounded_by_bytes_too() {
+        // A camera at 4 Mbit/s: 30 s segments (15 MB) fit.
+        assert_eq!(longest_segment_us(500_000 * 3600, 3_600_000_000), MAX_SEGMENT_US);
+        // At 100 Mbit/s (12.5 MB/s) a 30 s segment would be 375 MB: cut at 2.56 s.
+        let l = longest_segment_us(12_500_000 * 60, 60_000_000);
+        assert!(l < MAX_SEGMENT_US && l as u128 * 12_500_000 <= (MAX_SEGMENT_BYTES as u128 / 2) * 1_000_000, "{l}");
+        // Never below a second, nothing to go by: the time bound.
+        assert_eq!(longest_segment_us(u64::MAX, 1_000_000), 1_000_000);
+        assert_eq!(longest_segment_us(0, 1_000_000), MAX_SEGMENT_US);
+        assert_eq!(longest_segment_us(10, 0), MAX_SEGMENT_US);
+    }
 
     #[test]
     fn urls() {

@@ -34,11 +34,12 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use bytes::Bytes;
-use ferrocast_media::fmp4_read::{self, MAX_INIT_SIZE, MAX_MOOF_SIZE};
+use ferrocast_media::fmp4_read;
 use ferrocast_media::mp4_progressive::{Builder, ChunkSample, ProgressiveError};
 use ferrocast_media::{TrackKind, Tracks, rescale};
 use tracing::{debug, warn};
 
+use super::source::{read_fragment, read_init, start_in};
 use super::{FILE_PREFIX, Playback, Target, TargetError};
 use crate::record::Recordings;
 use crate::record::index::Segment;
@@ -50,6 +51,37 @@ pub const RECORDING_FILE: &str = "recording.mp4";
 /// (41 MB at 25 fps with AAC, built in 0.3 s: `mp4_progressive::bench`); longer spans are
 /// several requests.
 pub const MAX_SPAN_US: u64 = 24 * 3600 * 1_000_000;
+
+/// The range of a request with neither `end` nor `duration`: an hour from `start` (a header
+/// of about 1.7 MB at 25 fps with AAC, built in some 15 ms), not the longest allowed: an
+/// open-ended URL is what a player or a crawler asks for most, and each new start is a new
+/// build. Longer ranges, up to [`MAX_SPAN_US`], are asked for with `end` or `duration`.
+pub const DEFAULT_SPAN_US: u64 = 3600 * 1_000_000;
+
+/// Most layouts being built at once (each reads the moofs of its range and holds its header,
+/// up to some 41 MB for a day): past it a request is answered 503 with `Retry-After`, not
+/// queued, so a burst of distinct ranges costs at most this many builds of memory and CPU.
+pub const MAX_BUILDS: usize = 4;
+
+/// One of the [`MAX_BUILDS`] builds under way; released when dropped.
+struct BuildPermit;
+
+static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl BuildPermit {
+    /// A permit, or None when [`MAX_BUILDS`] builds are under way.
+    fn try_acquire() -> Option<BuildPermit> {
+        use std::sync::atomic::Ordering;
+        BUILDS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_BUILDS).then_some(n + 1)).ok()?;
+        Some(BuildPermit)
+    }
+}
+
+impl Drop for BuildPermit {
+    fn drop(&mut self) {
+        BUILDS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 
 /// Bytes read from a file and handed to the connection at a time: what one response holds in
 /// memory besides its layout (a thousand viewers, 64 MB).
@@ -63,9 +95,6 @@ pub const MAX_CACHED: usize = 32;
 /// Most bytes of layouts kept (headers and span lists); a layout larger than this is built
 /// for its request only.
 pub const MAX_CACHE_BYTES: usize = 256 << 20;
-
-/// Most box headers read before a file's first moof (ftyp, moov, free, ...).
-const MAX_INIT_BOXES: usize = 16;
 
 /// A run of mdat bytes taken from one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +149,8 @@ pub enum BuildError {
     /// No recording of the path in the range (404).
     #[error("no recordings in range")]
     NotFound,
-    /// The index is still being opened after a start (503, Retry-After).
+    /// No index: still being opened after a start (503, Retry-After), or no recordings at
+    /// all (404); [`Playback::index_ready`] tells which.
     #[error("the recordings index is opening")]
     NotReady,
     /// More samples than one file takes (400: ask for less).
@@ -201,7 +231,7 @@ fn recording(pb: &Playback, stream: &str, query: Option<&str>) -> Result<Arc<Lay
         (Some(_), Some(_)) => return Err(bad("end and duration: give one".into())),
         (Some(e), None) => e,
         (None, Some(d)) => start_us.saturating_add(d),
-        (None, None) => start_us.saturating_add(MAX_SPAN_US),
+        (None, None) => start_us.saturating_add(DEFAULT_SPAN_US),
     };
     if end_us - start_us > MAX_SPAN_US {
         return Err(bad(format!("at most {} s per request", MAX_SPAN_US / 1_000_000)));
@@ -210,6 +240,10 @@ fn recording(pb: &Playback, stream: &str, query: Option<&str>) -> Result<Arc<Lay
     if let Some(l) = cache_get(&key) {
         return Ok(l);
     }
+    let Some(_permit) = BuildPermit::try_acquire() else {
+        debug!(path = stream, "recording mp4: {MAX_BUILDS} layouts being built; 503");
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "busy: too many recordings being laid out\n".into()));
+    };
     let began = Instant::now();
     let layout = match build(&pb.recordings, stream, start_us, end_us) {
         Ok(l) => {
@@ -225,6 +259,9 @@ fn recording(pb: &Playback, stream: &str, query: Option<&str>) -> Result<Arc<Lay
             Arc::new(l)
         }
         Err(BuildError::NotFound) => return Err((StatusCode::NOT_FOUND, "no recordings in range\n".into())),
+        Err(BuildError::NotReady) if pb.index_ready() => {
+            return Err((StatusCode::NOT_FOUND, "no recordings in range\n".into()));
+        }
         Err(BuildError::NotReady) => {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "the recordings index is opening\n".into()));
         }
@@ -455,81 +492,12 @@ fn cache_put(key: Key, layout: Arc<Layout>) {
 // ---------------------------------------------------------------------------------------
 // Building a recording's layout
 
-/// The init segment of a recording file: its tracks and layout, from the boxes before its
-/// first moof (at most [`MAX_INIT_SIZE`] bytes).
-fn read_init(file: &File, file_len: u64) -> Result<fmp4_read::Scan, String> {
-    let mut pos = 0u64;
-    for _ in 0..MAX_INIT_BOXES {
-        if pos >= file_len {
-            break;
-        }
-        let (kind, size) = box_at(file, pos, file_len)?;
-        if &kind == b"moof" {
-            break;
-        }
-        pos += size;
-        if pos > MAX_INIT_SIZE {
-            return Err(format!("init segment over {MAX_INIT_SIZE} bytes"));
-        }
-    }
-    let mut init = vec![0; pos as usize];
-    file.read_exact_at(&mut init, 0).map_err(|e| e.to_string())?;
-    fmp4_read::scan(&init).map_err(|e| e.to_string())
-}
-
-/// The box at `pos`: its type and size, checked to end inside the file.
-fn box_at(file: &File, pos: u64, file_len: u64) -> Result<([u8; 4], u64), String> {
-    let mut h = [0u8; 16];
-    let avail = (file_len - pos).min(16) as usize;
-    if avail < 8 {
-        return Err(format!("box header cut short at {pos}"));
-    }
-    file.read_exact_at(&mut h[..avail], pos).map_err(|e| e.to_string())?;
-    let kind: [u8; 4] = [h[4], h[5], h[6], h[7]];
-    let size = match u32::from_be_bytes([h[0], h[1], h[2], h[3]]) {
-        0 => file_len - pos,
-        1 if avail == 16 => u64::from_be_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]),
-        s => u64::from(s),
-    };
-    if size < 8 || size > file_len - pos {
-        return Err(format!("box at {pos}: size {size} outside the file"));
-    }
-    Ok((kind, size))
-}
-
-/// One fragment of a part: its moof's samples (offsets from the moof) and where the
-/// fragment's mdat data may lie (offsets from the moof).
-fn read_fragment(
-    file: &File,
-    at: u64,
-    file_len: u64,
-    layout: &fmp4_read::Layout,
-) -> Result<(Vec<fmp4_read::SampleInfo>, u64, u64), String> {
-    let (kind, moof_len) = box_at(file, at, file_len)?;
-    if &kind != b"moof" {
-        return Err(format!("no moof at {at}"));
-    }
-    if moof_len > MAX_MOOF_SIZE {
-        return Err(format!("moof at {at} over {MAX_MOOF_SIZE} bytes"));
-    }
-    let mut moof = vec![0; moof_len as usize];
-    file.read_exact_at(&mut moof, at).map_err(|e| e.to_string())?;
-    let samples = fmp4_read::part_samples(layout, &moof).map_err(|e| format!("moof at {at}: {e}"))?;
-    let (kind, mdat_len) = box_at(file, at + moof_len, file_len)?;
-    if &kind != b"mdat" {
-        return Err(format!("no mdat after the moof at {at}"));
-    }
-    Ok((samples, moof_len + 8, moof_len + mdat_len))
-}
-
 /// Builds the layout of `path`'s recordings from `start_us` to `end_us` (UTC µs). Blocking:
 /// the index, and per file its init segment and moofs.
 pub fn build(rec: &Recordings, path: &str, start_us: u64, end_us: u64) -> Result<Layout, BuildError> {
-    let Some(index) = rec.index_now() else {
-        // Recordings exist but their index opens in the background after a start.
-        let opening = rec.config().dir.join(crate::record::INDEX_FILE).exists();
-        return Err(if opening { BuildError::NotReady } else { BuildError::NotFound });
-    };
+    // No index: it opens in the background after a start (the caller tells that from no
+    // recordings at all with `Playback::index_ready`).
+    let Some(index) = rec.index_now() else { return Err(BuildError::NotReady) };
     let segments = index.list(path, Some(start_us), Some(end_us)).map_err(|e| BuildError::Failed(e.to_string()))?;
     let dir = &rec.config().dir;
     let mut stitch: Option<Stitch> = None;
@@ -551,7 +519,7 @@ pub fn build(rec: &Recordings, path: &str, start_us: u64, end_us: u64) -> Result
                 break;
             }
         };
-        let scan = match read_init(&file, file_len) {
+        let (tracks, layout) = match read_init(&file, &file_path) {
             Ok(s) => s,
             Err(e) => {
                 warn!(file = seg.file, "recording mp4: {e}; the range ends before it");
@@ -561,11 +529,11 @@ pub fn build(rec: &Recordings, path: &str, start_us: u64, end_us: u64) -> Result
         };
         let st = match &mut stitch {
             None => {
-                let Some(s) = Stitch::first(seg, &parts, &scan, start_us) else { continue };
+                let Some(s) = Stitch::first(seg, &parts, &tracks, &layout, start_us) else { continue };
                 stitch.insert(s)
             }
             Some(st) => {
-                if !same_codecs(&st.tracks, &scan.tracks) {
+                if !same_codecs(&st.tracks, &tracks) {
                     debug!(file = seg.file, "recording mp4: codec parameters change; the range ends before it");
                     break;
                 }
@@ -578,10 +546,10 @@ pub fn build(rec: &Recordings, path: &str, start_us: u64, end_us: u64) -> Result
             }
         };
         let file_no = st.files.len() as u32;
-        st.files.push(file_path);
         let end_in_file = end_us as i64 - seg.start_us as i64;
         let base = st.base(seg);
-        let ok = st.add_file(&file, file_len, file_no, &parts, &scan.layout, base, end_in_file);
+        let ok = st.add_file(&file, &file_path, file_len, file_no, &parts, &layout, base, end_in_file);
+        st.files.push(file_path);
         prev = Some((seg.start_us, parts.last().map_or(0, |p| p.end_us.max(0) as u64)));
         match ok {
             Ok(true) => {}
@@ -634,34 +602,27 @@ struct Stitch {
 }
 
 impl Stitch {
-    /// Starts at the first file: the part with the last keyframe at or before `start_us`.
-    /// None when the file has no keyframe to start from. Without video: the part holding
-    /// `start_us`, from `start_us` on.
+    /// Starts at the first file with a place to start from `start_us` (the rule of
+    /// [`start_in`], as RTSP and HLS start): None when the file has none.
     fn first(
         seg: &Segment,
         parts: &[crate::record::parts::Part],
-        scan: &fmp4_read::Scan,
+        tracks: &Tracks,
+        layout: &fmp4_read::Layout,
         start_us: u64,
     ) -> Option<Stitch> {
         let at = start_us as i64 - seg.start_us as i64;
-        let ts = |k| scan.layout.get(k).map(|t| t.timescale.max(1));
+        let ts = |k| layout.get(k).map(|t| t.timescale.max(1));
         let (tv, ta) = (ts(TrackKind::Video), ts(TrackKind::Audio));
-        let (part_offset, key_us) = if tv.is_some() {
-            let p = crate::record::parts::keyframe_at(parts, at)?;
-            (p.offset, p.keyframe_us?)
-        } else {
-            let i = parts.partition_point(|p| p.start_us <= at).saturating_sub(1);
-            let p = parts.get(i)?;
-            (p.offset, at.max(p.start_us))
-        };
+        let (i, key_us) = start_in(parts, at, layout.video.is_some())?;
         Some(Stitch {
-            tracks: scan.tracks.clone(),
-            builder: Builder::new(&scan.tracks, tv, ta),
+            tracks: tracks.clone(),
+            builder: Builder::new(tracks, tv, ta),
             files: Vec::new(),
             spans: Vec::new(),
             t0_us: seg.start_us.saturating_add_signed(key_us),
             removed_us: 0,
-            first: Some((part_offset, key_us)),
+            first: Some((parts[i].offset, key_us)),
             timescales: (tv.unwrap_or(1), ta.unwrap_or(1)),
         })
     }
@@ -678,6 +639,7 @@ impl Stitch {
     fn add_file(
         &mut self,
         file: &File,
+        path: &std::path::Path,
         file_len: u64,
         file_no: u32,
         parts: &[crate::record::parts::Part],
@@ -701,7 +663,8 @@ impl Stitch {
             let mut at = part.offset;
             let part_end = part.offset.saturating_add(part.len).min(file_len);
             while at < part_end {
-                let (samples, data_from, data_to) = read_fragment(file, at, file_len, layout)?;
+                let (samples, data_from, data_to) =
+                    read_fragment(file, path, at, file_len, layout).map_err(|e| e.to_string())?;
                 let mut chunk: Vec<ChunkSample> = Vec::new();
                 let mut chunk_kind = TrackKind::Video;
                 let mut chunk_at = 0u64; // offset of the chunk's data from the moof
@@ -794,6 +757,15 @@ mod tests {
         assert!(query_duration(Some("duration=NaN")).is_err());
         assert!(query_duration(Some("duration=86401")).is_err());
         assert_eq!(query_duration(Some("duration=86400")), Ok(Some(MAX_SPAN_US)));
+    }
+
+    #[test]
+    fn builds_at_once_are_bounded() {
+        let permits: Vec<BuildPermit> = std::iter::from_fn(BuildPermit::try_acquire).take(MAX_BUILDS + 1).collect();
+        assert_eq!(permits.len(), MAX_BUILDS, "no more than MAX_BUILDS at once");
+        assert!(BuildPermit::try_acquire().is_none());
+        drop(permits);
+        assert!(BuildPermit::try_acquire().is_some(), "released when done");
     }
 
     #[test]

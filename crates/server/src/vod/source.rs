@@ -6,8 +6,10 @@
 //! files by their sample tables ([`ferrocast_media::mp4_index`]); nothing is read that the
 //! viewer does not play, and media data is read only for the batch being handed out. Tables
 //! of files that no longer change (MP4 files, closed recording files) are shared between
-//! viewers through a small cache keyed by (path, length, mtime) with a bounded total
-//! ([`CACHE_BYTES`]): a thousand viewers of one file cost one table and a batch each.
+//! viewers, keyed by (path, length, mtime): built once however many viewers ask at once,
+//! shared while anyone holds them, and the recently used kept in a cache with a bounded
+//! total ([`CACHE_BYTES`]): a thousand viewers of one file cost one table and a batch each
+//! (a batch: at most [`MAX_BATCH_BYTES`] of samples and [`MAX_BATCH_GAP_BYTES`] between).
 //!
 //! Everything here is blocking file I/O: call it from `spawn_blocking`.
 
@@ -18,7 +20,7 @@ use std::sync::Arc;
 
 use ferrocast_media::fmp4::MAX_PART_DATA;
 use ferrocast_media::fmp4_read::{self, MAX_MOOF_SIZE};
-use ferrocast_media::{Frame, Tracks};
+use ferrocast_media::{Frame, TrackKind, Tracks};
 
 use super::{Playback, Target};
 
@@ -34,6 +36,11 @@ pub const MAX_BATCH_BYTES: u64 = 25 << 20;
 /// Samples closer than this in a file are read with one read (the bytes between are read
 /// and dropped): fewer system calls for interleaved files.
 const READ_GAP: u64 = 64 << 10;
+
+/// Most bytes between samples read (and held until the batch is dropped) in one batch: a
+/// sparse file (other tracks, or damage, between the samples) costs at most this beyond the
+/// samples' own [`MAX_BATCH_BYTES`]; past it, samples are read one by one.
+pub const MAX_BATCH_GAP_BYTES: u64 = 4 << 20;
 
 /// Largest recorded part read at once: the writer's limits (a part's moof and mdat).
 pub const MAX_PART_BYTES: u64 = MAX_PART_DATA as u64 + MAX_MOOF_SIZE;
@@ -122,6 +129,9 @@ pub struct Span {
     pub end_us: i64,
     /// Its codec parameters.
     pub tracks: Arc<Tracks>,
+    /// Bytes of media in it, about (recordings: the parts it overlaps; files: the samples):
+    /// what HLS VOD bounds its segments' bytes by.
+    pub bytes: u64,
 }
 
 /// One viewer's reader over recordings or a file, by media time in µs (UTC µs for recordings,
@@ -267,7 +277,9 @@ impl Source {
     /// file. What HLS VOD cuts its playlist by.
     pub fn spans(&mut self, max: usize) -> Result<Vec<Span>, SourceError> {
         match &mut self.inner {
-            Inner::File(f) => Ok(vec![Span { start_us: 0, end_us: f.end_us, tracks: f.tracks.clone() }]),
+            Inner::File(f) => {
+                Ok(vec![Span { start_us: 0, end_us: f.end_us, tracks: f.tracks.clone(), bytes: f.bytes() }])
+            }
             Inner::Rec(r) => r.spans(max),
         }
     }
@@ -278,6 +290,16 @@ const _: fn() = || {
     fn send<T: Send + 'static>() {}
     send::<Source>();
 };
+
+/// The clock rate of a track of one kind (its timescale in a recording or file); 1000 for a
+/// kind the tracks do not have (never used: a file's samples are of its tracks).
+pub(crate) fn clock_of(tracks: &Tracks, kind: TrackKind) -> u32 {
+    match kind {
+        TrackKind::Video => tracks.video.as_ref(),
+        TrackKind::Audio => tracks.audio.as_ref(),
+    }
+    .map_or(1000, |t| t.clock_rate().max(1))
+}
 
 /// A UTC time in µs as the signed times of this module.
 fn clamp_us(t: u64) -> i64 {
@@ -303,7 +325,7 @@ fn malformed(path: &Path, what: impl std::fmt::Display) -> SourceError {
 const READ_RESERVE: usize = 4 << 20;
 
 /// `len` bytes at `at` (fewer at the end of the file).
-fn read_at(file: &mut File, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
+fn read_at(mut file: &File, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
     file.seek(SeekFrom::Start(at))?;
     let mut buf = Vec::with_capacity(len.min(READ_RESERVE));
     file.take(len as u64).read_to_end(&mut buf)?;
@@ -311,7 +333,7 @@ fn read_at(file: &mut File, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
 }
 
 /// Exactly `len` bytes at `at`: a file that is now shorter was cut or deleted.
-fn read_exact_at(file: &mut File, path: &Path, at: u64, len: u64) -> Result<Vec<u8>, SourceError> {
+fn read_exact_at(file: &File, path: &Path, at: u64, len: u64) -> Result<Vec<u8>, SourceError> {
     let buf = read_at(file, at, len as usize).map_err(io(path))?;
     if (buf.len() as u64) < len {
         if !path.exists() {
@@ -328,6 +350,7 @@ mod recording;
 
 use file::FileSource;
 use recording::RecSource;
+pub(crate) use recording::{read_fragment, read_init, start_in};
 
 #[cfg(test)]
 mod tests {
@@ -376,5 +399,61 @@ mod tests {
         // A table over a quarter of the bound is used but not kept.
         cached(key(100), || Ok((movie(), CACHE_BYTES / 2))).unwrap();
         assert!(!CACHE.lock().unwrap().entries.iter().any(|e| e.0 == key(100)));
+    }
+
+    /// Viewers starting together on one file: one build, one table (finding: tables were
+    /// built outside the lock, once per viewer).
+    #[test]
+    fn viewers_starting_together_share_one_build() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let key = (PathBuf::from("/cache-test/together.mp4"), 7, None);
+        let builds = AtomicUsize::new(0);
+        let start = std::sync::Barrier::new(8);
+        let got: Vec<usize> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        let c = cached(key.clone(), || {
+                            builds.fetch_add(1, Ordering::SeqCst);
+                            // A build takes a while (reading a moov): the others arrive meanwhile.
+                            std::thread::sleep(std::time::Duration::from_millis(200));
+                            Ok((movie(), 1000))
+                        })
+                        .unwrap();
+                        ptr(&c) as usize
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(builds.load(Ordering::SeqCst), 1, "one build for eight viewers");
+        assert!(got.iter().all(|p| *p == got[0]), "one table");
+        // A failed build is not remembered: the next viewer builds.
+        let key = (PathBuf::from("/cache-test/fails.mp4"), 7, None);
+        assert!(cached(key.clone(), || Err(SourceError::NotFound)).is_err());
+        assert!(cached(key, || Ok((movie(), 10))).is_ok());
+    }
+
+    /// A table too big to keep (a long file) is still one table while anyone holds it.
+    #[test]
+    fn a_table_too_big_to_keep_is_shared_while_held() {
+        let key = (PathBuf::from("/cache-test/long.mp4"), 9, None);
+        let mut builds = 0;
+        let mut open = || {
+            cached(key.clone(), || {
+                builds += 1;
+                Ok((movie(), CACHE_BYTES))
+            })
+            .unwrap()
+        };
+        let a = open();
+        let b = open();
+        assert_eq!(ptr(&a), ptr(&b), "a second viewer shares the first one's table");
+        drop((a, b));
+        let c = open();
+        drop(c);
+        assert_eq!(builds, 2, "built again only once nobody held it");
+        assert!(!CACHE.lock().unwrap().entries.iter().any(|e| e.0 == key), "never kept");
     }
 }

@@ -12,8 +12,8 @@ use ferrocast_media::{Frame, TrackKind, Tracks};
 use super::cache::{Cached, cached, key_of};
 use super::file::us;
 use super::{
-    Got, Inner, MAX_INIT_BYTES, MAX_PART_BYTES, SEGMENT_PAGE, Source, SourceError, Span, Timed, io, malformed, read_at,
-    read_exact_at,
+    Got, Inner, MAX_INIT_BYTES, MAX_PART_BYTES, SEGMENT_PAGE, Source, SourceError, Span, Timed, clock_of, io,
+    malformed, read_at, read_exact_at,
 };
 use crate::record::Recordings;
 use crate::record::index::{Index, Segment};
@@ -33,28 +33,17 @@ impl RecFile {
 }
 
 /// The init segment of a recording: its tracks and layout, read by the scanner from the
-/// boxes up to the end of the moov only.
-pub(super) fn read_init(file: &mut File, path: &Path) -> Result<(Tracks, Layout), SourceError> {
+/// boxes up to the end of the moov only (at most [`MAX_INIT_BYTES`]). What RTSP, HLS and the
+/// progressive MP4 read of a recording file first.
+pub(crate) fn read_init(file: &File, path: &Path) -> Result<(Tracks, Layout), SourceError> {
     let len = file.metadata().map_err(io(path))?.len();
     let mut at = 0u64;
     let mut init_end = None;
-    for _ in 0..16 {
+    for _ in 0..MAX_INIT_BOXES {
         let head = read_at(file, at, 16).map_err(io(path))?;
-        let (Some(size), Some(kind)) =
-            (head.get(..4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])), head.get(4..8))
-        else {
-            break;
-        };
-        let size = if size == 1 {
-            head.get(8..16).map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
-        } else {
-            u64::from(size)
-        };
-        if size < 8 {
-            break;
-        }
+        let Ok(Some((kind, _, size))) = fmp4_read::box_header(&head, at) else { break };
         at = at.saturating_add(size);
-        if kind == b"moov" {
+        if &kind == b"moov" {
             init_end = Some(at);
             break;
         }
@@ -68,6 +57,59 @@ pub(super) fn read_init(file: &mut File, path: &Path) -> Result<(Tracks, Layout)
     }
     let scan = scanner.finish().map_err(|e| malformed(path, e))?;
     Ok((scan.tracks, scan.layout))
+}
+
+/// Most boxes before a recording's moov (ftyp, free, ...): each costs a read.
+const MAX_INIT_BOXES: usize = 16;
+
+/// One fragment of a recording at `at` (a moof and the mdat after it, inside the first
+/// `limit` bytes of the file): the moof's samples (offsets from the moof) and where the
+/// fragment's sample data may lie (offsets from the moof: after the mdat's header, to its
+/// end). Reads the moof only (at most [`MAX_MOOF_SIZE`]) and the mdat's header.
+pub(crate) fn read_fragment(
+    file: &File,
+    path: &Path,
+    at: u64,
+    limit: u64,
+    layout: &Layout,
+) -> Result<(Vec<fmp4_read::SampleInfo>, u64, u64), SourceError> {
+    let box_at = |pos: u64| -> Result<([u8; 4], u64, u64), SourceError> {
+        let head = read_at(file, pos, 16).map_err(io(path))?;
+        let h = fmp4_read::box_header(&head, pos).map_err(|e| malformed(path, e))?;
+        h.filter(|(_, _, size)| pos.checked_add(*size).is_some_and(|e| e <= limit))
+            .ok_or_else(|| malformed(path, format!("a box at {pos} cut short or past its part")))
+    };
+    let (kind, _, moof_len) = box_at(at)?;
+    if &kind != b"moof" {
+        return Err(malformed(path, format!("no moof at {at}")));
+    }
+    if moof_len > MAX_MOOF_SIZE {
+        return Err(malformed(path, format!("moof at {at} over {MAX_MOOF_SIZE} bytes")));
+    }
+    let moof = read_exact_at(file, path, at, moof_len)?;
+    let samples = fmp4_read::part_samples(layout, &moof).map_err(|e| malformed(path, format!("moof at {at}: {e}")))?;
+    let (kind, header, mdat_len) = box_at(at + moof_len)?;
+    if &kind != b"mdat" {
+        return Err(malformed(path, format!("no mdat after the moof at {at}")));
+    }
+    Ok((samples, moof_len + header, moof_len + mdat_len))
+}
+
+/// Where playing from `rel_us` (µs from a recording file's start) starts in the file: the
+/// index of the part and the start (µs from the file's start). One rule for RTSP, HLS and
+/// the progressive MP4: with video, the part whose first keyframe is the last one at or
+/// before the time (the first keyframe when the time is before all), from that keyframe;
+/// None when the file has no keyframe (playback starts in a later file). Audio only: the
+/// part holding the time (the first part when before all), from the time.
+pub(crate) fn start_in(parts: &[Part], rel_us: i64, video: bool) -> Option<(usize, i64)> {
+    if video {
+        let p = parts::keyframe_at(parts, rel_us)?;
+        let i = parts.iter().position(|q| q == p)?;
+        return Some((i, p.keyframe_us?));
+    }
+    let i = parts.partition_point(|p| p.start_us <= rel_us).saturating_sub(1);
+    let p = parts.get(i)?;
+    Some((i, rel_us.max(p.start_us)))
 }
 
 pub(super) struct RecSource {
@@ -143,12 +185,12 @@ impl RecSource {
     /// The segment's table and tracks, shared when the file is closed.
     pub(super) fn rec_file(&self, seg: &Segment) -> Result<(File, PathBuf, Arc<RecFile>), SourceError> {
         let path = self.dir.join(&seg.file);
-        let mut file = match File::open(&path) {
+        let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SourceError::Gone),
             Err(e) => return Err(SourceError::Io { path, error: e }),
         };
-        let build = |file: &mut File| -> Result<(Cached, usize), SourceError> {
+        let build = |file: &File| -> Result<(Cached, usize), SourceError> {
             let (tracks, layout) = read_init(file, &path)?;
             let parts = self.rec.parts(seg).ok_or_else(|| {
                 if path.exists() { malformed(&path, "no parts can be read") } else { SourceError::Gone }
@@ -158,10 +200,10 @@ impl RecSource {
             Ok((Cached::Recording(Arc::new(f)), bytes))
         };
         let value = if seg.writing {
-            build(&mut file)?.0
+            build(&file)?.0
         } else {
             let meta = file.metadata().map_err(io(&path))?;
-            cached(key_of(&path, &meta), || build(&mut file))?
+            cached(key_of(&path, &meta), || build(&file))?
         };
         match value {
             Cached::Recording(r) => Ok((file, path, r)),
@@ -191,22 +233,19 @@ impl RecSource {
             return Ok(None);
         }
         self.segs = segs;
-        self.cur = None;
-        self.pos = (usize::MAX, 0);
-        let info = self.file(0)?;
-        let seg_start = self.segs[0].start_us as i64;
-        let rel = at - seg_start;
-        let (part, time) = match parts::keyframe_at(&info.parts, rel) {
-            Some(p) => (p, seg_start + p.keyframe_us.unwrap_or(p.start_us)),
-            // Audio only: the part holding the time.
-            None => match info.parts.iter().rev().find(|p| p.start_us <= rel).or(info.parts.first()) {
-                Some(p) => (p, at.max(seg_start + p.start_us)),
-                None => return Ok(Some(at)),
-            },
-        };
-        let i = info.parts.iter().position(|p| p == part).unwrap_or(0);
-        self.pos = (0, i);
-        Ok(Some(time))
+        // The first file of the listed ones with a place to start (see `start_in`).
+        for i in 0..self.segs.len() {
+            self.cur = None;
+            self.pos = (usize::MAX, 0);
+            let info = self.file(i)?;
+            let seg_start = self.segs[i].start_us as i64;
+            let Some((part, rel)) = start_in(&info.parts, at - seg_start, info.layout.video.is_some()) else {
+                continue;
+            };
+            self.pos = (i, part);
+            return Ok(Some(seg_start + rel));
+        }
+        Ok(None)
     }
 
     /// Segments after the listed ones, from the index; false when there are none.
@@ -295,17 +334,10 @@ impl RecSource {
         let data = Bytes::from(read_exact_at(file, path, part.offset, part.len)?);
         let frames = fmp4_read::read_part(&info.layout, &data).map_err(|e| malformed(path, e))?;
         let base = seg.start_us as i64;
-        let clock = |k: TrackKind| {
-            match k {
-                TrackKind::Video => info.tracks.video.as_ref(),
-                TrackKind::Audio => info.tracks.audio.as_ref(),
-            }
-            .map_or(1000, |t| t.clock_rate().max(1))
-        };
         Ok(frames
             .into_iter()
             .map(|f| {
-                let c = clock(f.kind);
+                let c = clock_of(&info.tracks, f.kind);
                 Timed { dts_us: base + us(f.dts, c), pts_us: base + us(f.pts, c), frame: f }
             })
             .collect())
@@ -339,23 +371,18 @@ impl RecSource {
         let Some(seg) = index.at(&self.path, at.max(0) as u64).map_err(|e| SourceError::Index(e.to_string()))? else {
             return Ok(None);
         };
-        let (mut file, path, info) = self.rec_file(&seg)?;
+        let (file, path, info) = self.rec_file(&seg)?;
         let rel = at - seg.start_us as i64;
         let Some(part) = info.parts.iter().find(|p| p.keyframe_us == Some(rel)) else { return Ok(None) };
         // The moof alone, then the keyframe's bytes.
-        let head = read_exact_at(&mut file, &path, part.offset, 8)?;
-        let moof_len = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
-        if moof_len > MAX_MOOF_SIZE.min(part.len) || moof_len < 8 {
-            return Err(malformed(&path, "a part whose moof does not fit it"));
-        }
-        let moof = read_exact_at(&mut file, &path, part.offset, moof_len)?;
-        let samples = fmp4_read::part_samples(&info.layout, &moof).map_err(|e| malformed(&path, e))?;
+        let limit = part.offset.saturating_add(part.len);
+        let (samples, data_from, data_to) = read_fragment(&file, &path, part.offset, limit, &info.layout)?;
         let Some(s) = samples.iter().find(|s| s.kind == TrackKind::Video && s.keyframe) else { return Ok(None) };
-        if s.offset.saturating_add(u64::from(s.size)) > part.len {
+        if s.offset < data_from || s.offset.saturating_add(u64::from(s.size)) > data_to {
             return Err(malformed(&path, "a sample outside its part"));
         }
-        let data = read_exact_at(&mut file, &path, part.offset + s.offset, u64::from(s.size))?;
-        let clock = info.tracks.video.as_ref().map_or(90_000, |t| t.clock_rate().max(1));
+        let data = read_exact_at(&file, &path, part.offset + s.offset, u64::from(s.size))?;
+        let clock = clock_of(&info.tracks, TrackKind::Video);
         let base = seg.start_us as i64;
         let frame = Frame::new(TrackKind::Video, s.dts, s.dts + s.cts, true, Bytes::from(data));
         Ok(Some(Timed { dts_us: base + us(s.dts, clock), pts_us: base + us(s.dts + s.cts, clock), frame }))
@@ -363,25 +390,87 @@ impl RecSource {
 
     pub(super) fn spans(&mut self, max: usize) -> Result<Vec<Span>, SourceError> {
         let index = self.index()?;
-        let segs = index
-            .list_at_most(&self.path, Some(self.from as u64), self.to.map(|t| t as u64), max.min(SEGMENT_PAGE))
-            .map_err(|e| SourceError::Index(e.to_string()))?;
         let mut out = Vec::new();
-        for seg in segs {
-            let (_, _, info) = match self.rec_file(&seg) {
-                Ok(f) => f,
-                Err(SourceError::Gone) => continue,
-                Err(e) => return Err(e),
-            };
-            let base = seg.start_us as i64;
-            let Some(first) = info.parts.first() else { continue };
-            let end = info.parts.iter().map(|p| p.end_us).max().unwrap_or(0);
-            let start = (base + first.start_us).max(self.from);
-            let end = (base + end).min(self.to.unwrap_or(i64::MAX));
-            if end > start {
-                out.push(Span { start_us: start, end_us: end, tracks: info.tracks.clone() });
+        let mut from = self.from.max(0) as u64;
+        let mut after: Option<u64> = None;
+        // The index lists SEGMENT_PAGE segments at once: page on until `max` spans.
+        while out.len() < max {
+            let page = index
+                .list_at_most(&self.path, Some(from), self.to.map(|t| t as u64), SEGMENT_PAGE)
+                .map_err(|e| SourceError::Index(e.to_string()))?;
+            // (The index may drop the first row it counted: one that ends before `from`.)
+            let full = page.len() + 1 >= SEGMENT_PAGE;
+            let mut last = None;
+            for seg in page {
+                if after.is_some_and(|a| seg.start_us <= a) {
+                    continue;
+                }
+                last = Some(seg.start_us);
+                if out.len() >= max {
+                    break;
+                }
+                let (_, _, info) = match self.rec_file(&seg) {
+                    Ok(f) => f,
+                    Err(SourceError::Gone) => continue,
+                    Err(e) => return Err(e),
+                };
+                let base = seg.start_us as i64;
+                let Some(first) = info.parts.first() else { continue };
+                let end = info.parts.iter().map(|p| p.end_us).max().unwrap_or(0);
+                let start = (base + first.start_us).max(self.from);
+                let end = (base + end).min(self.to.unwrap_or(i64::MAX));
+                if end > start {
+                    let bytes = info
+                        .parts
+                        .iter()
+                        .filter(|p| base + p.end_us > start && base + p.start_us < end)
+                        .map(|p| p.len)
+                        .sum();
+                    out.push(Span { start_us: start, end_us: end, tracks: info.tracks.clone(), bytes });
+                }
+            }
+            match last {
+                Some(l) if full => {
+                    after = Some(l);
+                    from = l.saturating_add(1);
+                }
+                _ => break,
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(i: i64, key: bool) -> Part {
+        Part {
+            offset: 1000 + i as u64 * 500,
+            len: 500,
+            start_us: i * 1_000_000,
+            end_us: (i + 1) * 1_000_000,
+            keyframe_us: key.then_some(i * 1_000_000 + 20),
+        }
+    }
+
+    /// The one rule RTSP, HLS and the progressive MP4 start by (they differed for a file
+    /// without keyframes: RTSP started at its audio, HTTP skipped it).
+    #[test]
+    fn where_playback_starts_in_a_file() {
+        let parts = [part(0, true), part(1, false), part(2, true), part(3, false)];
+        // Video: the part of the keyframe at or before, from the keyframe.
+        assert_eq!(start_in(&parts, 1_500_000, true), Some((0, 20)));
+        assert_eq!(start_in(&parts, 2_000_020, true), Some((2, 2_000_020)));
+        assert_eq!(start_in(&parts, 3_900_000, true), Some((2, 2_000_020)));
+        assert_eq!(start_in(&parts, -5, true), Some((0, 20)), "before all: the first keyframe");
+        // A file with video and no keyframe has no place to start: playback starts later.
+        let blind = [part(0, false), part(1, false)];
+        assert_eq!(start_in(&blind, 500_000, true), None);
+        // Audio only: the part holding the time, from the time.
+        assert_eq!(start_in(&blind, 1_500_000, false), Some((1, 1_500_000)));
+        assert_eq!(start_in(&blind, -5, false), Some((0, 0)));
+        assert_eq!(start_in(&[], 0, false), None);
     }
 }
