@@ -579,17 +579,6 @@ fn recording_fragments(
     out.freeze()
 }
 
-/// Converts a timestamp between clocks like [`rescale`], saturating at the ends of i64.
-pub(crate) fn rescale_saturating(ts: i64, from: u32, to: u32) -> i64 {
-    if from == to || from == 0 {
-        return ts;
-    }
-    let num = i128::from(ts) * i128::from(to);
-    let den = i128::from(from);
-    let r = if num >= 0 { (num + den / 2) / den } else { (num - den / 2) / den };
-    r.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
-}
-
 /// A recording track's samples: decode times relative to `base` in the track's timescale.
 fn recording_samples<'a>(
     frames: &[&'a Frame],
@@ -600,7 +589,7 @@ fn recording_samples<'a>(
     let ts = timescale(track);
     let clock = track.clock_rate();
     // tfdt is unsigned: a frame before the file's start is written at its start.
-    let rel = |t: i64| rescale_saturating(t.saturating_sub(base.unwrap_or(0)), clock, ts).max(0);
+    let rel = |t: i64| crate::rescale(t.saturating_sub(base.unwrap_or(0)), clock, ts).max(0);
     let dts: Vec<i64> = frames.iter().map(|f| rel(f.dts)).collect();
     let next = next.map(rel);
     let span = |a: i64, b: i64| a.saturating_sub(b).clamp(0, i64::from(u32::MAX)) as u32;
@@ -611,7 +600,7 @@ fn recording_samples<'a>(
                 Some(end) => span(end, dts[i]),
                 None => last_duration(track, f, (i > 0).then(|| span(dts[i], dts[i - 1])), ts),
             };
-            let cts = rescale_saturating(f.pts.saturating_sub(f.dts), clock, ts);
+            let cts = crate::rescale(f.pts.saturating_sub(f.dts), clock, ts);
             Sample {
                 dts: dts[i],
                 duration,

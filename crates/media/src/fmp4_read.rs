@@ -29,7 +29,7 @@ use boxes::{be32, be64};
 use init::parse_moov;
 use moof::{Moof, check_data, parse_moof};
 
-use crate::fmp4::{MAX_PART_DATA, MAX_PART_SAMPLES, TrackTimes, rescale_saturating};
+use crate::fmp4::{MAX_PART_DATA, MAX_PART_SAMPLES, TrackTimes};
 use crate::{Frame, TrackKind, Tracks};
 
 /// Largest `moov` read. Ours is under 200 KiB even with two codec configurations at
@@ -211,7 +211,7 @@ impl Scan {
         for p in &self.parts {
             for k in [TrackKind::Video, TrackKind::Audio] {
                 if let (Some(e), Some(t)) = (p.end.get(k), self.layout.get(k)) {
-                    end = end.max(rescale_saturating(e, t.timescale, 1000).max(0) as u64);
+                    end = end.max(crate::rescale(e, t.timescale, 1000).max(0) as u64);
                 }
             }
         }
@@ -627,7 +627,7 @@ fn part_info(layout: &Layout, moof: &Moof, offset: u64, moof_len: u64, len: u64)
         .into_iter()
         .filter_map(|k| {
             let span = end.get(k)?.saturating_sub(start.get(k)?);
-            Some(rescale_saturating(span, layout.get(k)?.timescale, 1000).max(0) as u64)
+            Some(crate::rescale(span, layout.get(k)?.timescale, 1000).max(0) as u64)
         })
         .max()
         .unwrap_or(0);
