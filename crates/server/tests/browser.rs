@@ -3,36 +3,14 @@
 //! video's currentTime advanced and whether hls.js raised an error.
 
 mod common;
+#[path = "common/page.rs"]
+mod page;
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use page::{chromium, npm_file, run_chromium, serve_page};
 use tokio::net::TcpListener;
-
-/// A player library installed from the npm registry by scripts/test.
-fn npm_file(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/node_modules").join(rel);
-    assert!(p.exists(), "{rel} is missing: run ./scripts/test (it runs npm ci in tests/browser)");
-    p
-}
-
-fn chromium() -> &'static str {
-    for c in ["chromium", "chromium-browser", "google-chrome"] {
-        if Command::new(c)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            return c;
-        }
-    }
-    panic!("Chromium is required for the browser test: run ./scripts/test (it installs Debian's chromium)");
-}
 
 const PAGE: &str = r#"<!doctype html>
 <html><body>
@@ -61,54 +39,6 @@ const tick = setInterval(() => {
 </script>
 </body></html>"#;
 
-/// Serves the page and hls.js, and returns the first POSTed result.
-async fn serve_page(listener: TcpListener, page: String, lib: PathBuf) -> serde_json::Value {
-    let js = std::fs::read(lib).unwrap();
-    loop {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut req = Vec::new();
-        let mut buf = [0u8; 8192];
-        // Read headers, then a body if Content-Length says so.
-        let (head, mut body) = loop {
-            let n = s.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break (String::new(), Vec::new());
-            }
-            req.extend_from_slice(&buf[..n]);
-            if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
-                break (String::from_utf8_lossy(&req[..i]).into_owned(), req[i + 4..].to_vec());
-            }
-        };
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-            .unwrap_or(0);
-        while body.len() < len {
-            let n = s.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&buf[..n]);
-        }
-        let (ctype, content): (&str, Vec<u8>) = if head.starts_with("GET / ") {
-            ("text/html", page.clone().into_bytes())
-        } else if head.starts_with("GET /lib.js") {
-            ("application/javascript", js.clone())
-        } else if head.starts_with("POST /result") {
-            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").await;
-            return serde_json::from_slice(&body).unwrap();
-        } else {
-            ("text/plain", b"not found".to_vec())
-        };
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            content.len()
-        );
-        let _ = s.write_all(resp.as_bytes()).await;
-        let _ = s.write_all(&content).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn hls_js_plays_mpegts_in_chromium() {
     plays_in_chromium("live/browser").await;
@@ -120,7 +50,7 @@ async fn hls_js_plays_fmp4_in_chromium() {
 }
 
 async fn plays_in_chromium(path: &str) {
-    let browser = chromium();
+    chromium();
     let server = Server::with_config("[paths.\"fmp4/*\"]\nhls_variant = \"fmp4\"\n");
     let _publisher = publish(test_flv(), &server.rtmp_url(path));
     wait_published(&server, path).await;
@@ -138,8 +68,8 @@ async fn plays_in_chromium(path: &str) {
     let page_url = format!("http://{}/", listener.local_addr().unwrap());
     let source = format!("http://{}/{path}/index.m3u8", server.http);
     let result =
-        tokio::spawn(serve_page(listener, PAGE.replace("SOURCE", &source), npm_file("hls.js/dist/hls.min.js")));
-    let r = run_chromium(browser, &page_url, path, result).await;
+        tokio::spawn(serve_page(listener, PAGE.replace("SOURCE", &source), Some(npm_file("hls.js/dist/hls.min.js"))));
+    let r = run_chromium(&page_url, path, result, Duration::from_secs(90)).await;
     assert_eq!(r["supported"], true, "{r}");
     let errors = r["errors"].as_array().unwrap();
     assert!(errors.is_empty(), "hls.js errors: {r}");
@@ -147,39 +77,6 @@ async fn plays_in_chromium(path: &str) {
     let now = r["currentTime"].as_f64().unwrap();
     assert!(now - first > 4.0, "currentTime did not advance: {r}");
     assert_eq!(r["width"], 320);
-}
-
-/// Opens the page in headless Chromium and waits for its report.
-async fn run_chromium(
-    browser: &str,
-    page_url: &str,
-    tag: &str,
-    result: tokio::task::JoinHandle<serde_json::Value>,
-) -> serde_json::Value {
-    let profile =
-        std::env::temp_dir().join(format!("ferrocast-chromium-{}-{}", std::process::id(), tag.replace('/', "-")));
-    let chrome = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--autoplay-policy=no-user-gesture-required",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(page_url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromium");
-    let _chrome = Proc(chrome);
-    let r = tokio::time::timeout(Duration::from_secs(90), result).await.expect("the page never reported").unwrap();
-    let _ = std::fs::remove_dir_all(&profile);
-    r
 }
 
 const MPEGTS_PAGE: &str = r#"<!doctype html>
@@ -212,15 +109,15 @@ const tick = setInterval(() => {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mpegts_js_plays_http_flv_in_chromium() {
-    let browser = chromium();
+    chromium();
     let server = Server::start();
     let _publisher = publish(test_flv(), &server.rtmp_url("live/flvjs"));
     wait_published(&server, "live/flvjs").await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let page_url = format!("http://{}/", listener.local_addr().unwrap());
     let page = MPEGTS_PAGE.replace("SOURCE", &server.flv_url("live/flvjs"));
-    let result = tokio::spawn(serve_page(listener, page, npm_file("mpegts.js/dist/mpegts.js")));
-    let r = run_chromium(browser, &page_url, "flvjs", result).await;
+    let result = tokio::spawn(serve_page(listener, page, Some(npm_file("mpegts.js/dist/mpegts.js"))));
+    let r = run_chromium(&page_url, "flvjs", result, Duration::from_secs(90)).await;
     assert_eq!(r["supported"], true, "{r}");
     assert!(r["errors"].as_array().unwrap().is_empty(), "mpegts.js errors: {r}");
     let first = r["first"].as_f64().unwrap_or_else(|| panic!("video never started: {r}"));

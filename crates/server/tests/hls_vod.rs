@@ -4,16 +4,18 @@
 //! its middle; bad inputs get 400/404 with nothing broken.
 
 mod common;
+#[path = "common/page.rs"]
+mod page;
 #[path = "common/playback.rs"]
 mod playback;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Proc, Server, http_get};
+use common::{Server, http_get};
+use page::{npm_file, run_chromium, serve_page};
 use playback::{Recorded, clip_file, format_us, media_dir, recorded_whole, vod_dir_config};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// A server playing the recording back and serving [`media_dir`] as `[vod] dir`, once its
@@ -208,27 +210,6 @@ async fn bad_inputs_are_refused_and_nothing_breaks() {
 
 // ---- hls.js in headless Chromium ----
 
-fn npm_file(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/node_modules").join(rel);
-    assert!(p.exists(), "{rel} is missing: run ./scripts/test (it runs npm ci in tests/browser)");
-    p
-}
-
-fn chromium() -> &'static str {
-    for c in ["chromium", "chromium-browser", "google-chrome"] {
-        if Command::new(c)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            return c;
-        }
-    }
-    panic!("Chromium is required for the browser test: run ./scripts/test (it installs Debian's chromium)");
-}
-
 /// Plays the VOD playlist, seeks to its middle once playing, and reports where it got.
 const PAGE: &str = r#"<!doctype html>
 <html><body>
@@ -263,89 +244,12 @@ const tick = setInterval(() => {
 </script>
 </body></html>"#;
 
-/// Serves the page and hls.js, and returns the first POSTed result.
-async fn serve_page(listener: TcpListener, page: String, lib: PathBuf) -> serde_json::Value {
-    let js = std::fs::read(lib).unwrap();
-    loop {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut req = Vec::new();
-        let mut buf = [0u8; 8192];
-        let (head, mut body) = loop {
-            let n = s.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break (String::new(), Vec::new());
-            }
-            req.extend_from_slice(&buf[..n]);
-            if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
-                break (String::from_utf8_lossy(&req[..i]).into_owned(), req[i + 4..].to_vec());
-            }
-        };
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-            .unwrap_or(0);
-        while body.len() < len {
-            let n = s.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&buf[..n]);
-        }
-        let (ctype, content): (&str, Vec<u8>) = if head.starts_with("GET / ") {
-            ("text/html", page.clone().into_bytes())
-        } else if head.starts_with("GET /lib.js") {
-            ("application/javascript", js.clone())
-        } else if head.starts_with("POST /result") {
-            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").await;
-            return serde_json::from_slice(&body).unwrap();
-        } else {
-            ("text/plain", b"not found".to_vec())
-        };
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            content.len()
-        );
-        let _ = s.write_all(resp.as_bytes()).await;
-        let _ = s.write_all(&content).await;
-    }
-}
-
-async fn run_chromium(
-    page_url: &str,
-    tag: &str,
-    result: tokio::task::JoinHandle<serde_json::Value>,
-) -> serde_json::Value {
-    let profile = std::env::temp_dir().join(format!("ferrocast-chromium-{}-{tag}", std::process::id()));
-    let chrome = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--autoplay-policy=no-user-gesture-required",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(page_url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromium");
-    let _chrome = Proc(chrome);
-    let r = tokio::time::timeout(Duration::from_secs(120), result).await.expect("the page never reported").unwrap();
-    let _ = std::fs::remove_dir_all(&profile);
-    r
-}
-
 async fn plays_and_seeks(source: String, tag: &str, duration: f64) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let page_url = format!("http://{}/", listener.local_addr().unwrap());
     let result =
-        tokio::spawn(serve_page(listener, PAGE.replace("SOURCE", &source), npm_file("hls.js/dist/hls.min.js")));
-    let r = run_chromium(&page_url, tag, result).await;
+        tokio::spawn(serve_page(listener, PAGE.replace("SOURCE", &source), Some(npm_file("hls.js/dist/hls.min.js"))));
+    let r = run_chromium(&page_url, tag, result, Duration::from_secs(120)).await;
     assert_eq!(r["supported"], true, "{r}");
     let fatal: Vec<&serde_json::Value> =
         r["errors"].as_array().unwrap().iter().filter(|e| e.as_str().unwrap_or("").ends_with(":fatal")).collect();

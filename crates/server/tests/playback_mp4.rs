@@ -3,6 +3,8 @@
 //! ranges, checked with ffmpeg/ffprobe and byte for byte.
 
 mod common;
+#[path = "common/page.rs"]
+mod page;
 #[path = "common/playback.rs"]
 mod playback;
 
@@ -11,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use page::{chromium, run_chromium, serve_page};
 use playback::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -393,22 +396,7 @@ async fn vod_files_with_ranges_head_and_no_way_out() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Headless Chromium (as tests/browser.rs drives it)
-
-fn chromium() -> &'static str {
-    for c in ["chromium", "chromium-browser", "google-chrome"] {
-        if Command::new(c)
-            .arg("--version")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            return c;
-        }
-    }
-    panic!("Chromium is required for the browser test: run ./scripts/test (it installs Debian's chromium)");
-}
+// Headless Chromium (common/page.rs)
 
 /// A `<video>` element plays SOURCE, seeks to the middle once it knows the duration, plays on
 /// and reports whether currentTime advanced past the seek point.
@@ -435,50 +423,6 @@ const tick = setInterval(() => {
 }, 250);
 </script>
 </body></html>"#;
-
-/// Serves the page and returns the first POSTed result.
-async fn serve_page(listener: tokio::net::TcpListener, page: String) -> Value {
-    loop {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut req = Vec::new();
-        let mut buf = [0u8; 8192];
-        let (head, mut body) = loop {
-            let n = s.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break (String::new(), Vec::new());
-            }
-            req.extend_from_slice(&buf[..n]);
-            if let Some(i) = req.windows(4).position(|w| w == b"\r\n\r\n") {
-                break (String::from_utf8_lossy(&req[..i]).into_owned(), req[i + 4..].to_vec());
-            }
-        };
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-            .unwrap_or(0);
-        while body.len() < len {
-            let n = s.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&buf[..n]);
-        }
-        if head.starts_with("POST /result") {
-            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").await;
-            return serde_json::from_slice(&body).unwrap();
-        }
-        let (status, ctype, content) = if head.starts_with("GET / ") {
-            ("200 OK", "text/html", page.clone())
-        } else {
-            ("404 Not Found", "text/plain", String::new())
-        };
-        let resp = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{content}",
-            content.len()
-        );
-        let _ = s.write_all(resp.as_bytes()).await;
-    }
-}
 
 /// What passed through [`proxy`]: each request's line and Range header, and the bytes the
 /// server sent back.
@@ -546,7 +490,7 @@ async fn proxy(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chromium_seeks_to_the_middle_of_three_files_and_plays_on_with_ranges() {
-    let browser = chromium();
+    chromium();
     let rec = recording().await;
     let server = playback_server(rec).await;
     let path = format!("/{}/recording.mp4?start={}&end={}", rec.path, rec.start, rec.end);
@@ -558,29 +502,8 @@ async fn chromium_seeks_to_the_middle_of_three_files_and_plays_on_with_ranges() 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let page_url = format!("http://{}/", listener.local_addr().unwrap());
     let result =
-        tokio::spawn(serve_page(listener, VIDEO_PAGE.replace("SOURCE", &format!("http://{proxy_addr}{path}"))));
-    let profile = std::env::temp_dir().join(format!("ferrocast-chromium-{}-mp4", std::process::id()));
-    let chrome = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--autoplay-policy=no-user-gesture-required",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(&page_url)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start chromium");
-    let _chrome = Proc(chrome);
-    let r = tokio::time::timeout(Duration::from_secs(120), result).await.expect("the page never reported").unwrap();
-    let _ = std::fs::remove_dir_all(&profile);
+        tokio::spawn(serve_page(listener, VIDEO_PAGE.replace("SOURCE", &format!("http://{proxy_addr}{path}")), None));
+    let r = run_chromium(&page_url, "mp4", result, Duration::from_secs(120)).await;
     let seen = seen.lock().unwrap();
     let log: Vec<String> =
         seen.requests.iter().map(|(l, r)| format!("{l} [{}]", r.as_deref().unwrap_or("no range"))).collect();
