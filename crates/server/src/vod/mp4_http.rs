@@ -20,6 +20,11 @@
 //! range comes after the other's (audio a few ms after the keyframe) starts that much early,
 //! less than one of its frames; no edit list is written for it either.
 //!
+//! A `/vod` file whose moov comes first is served as it is; one whose moov comes last, or a
+//! fragmented one, is laid out moov first the same way from its sample tables
+//! ([`ferrocast_media::mp4_index`], shared with RTSP playback), its media bytes read from the
+//! file.
+//!
 //! A built layout is kept briefly ([`CACHE_TTL`]; [`MAX_CACHED`] layouts, [`MAX_CACHE_BYTES`]):
 //! a `<video>` element asks for one URL several times, a Range at a time.
 
@@ -176,14 +181,14 @@ pub async fn respond(playback: &Arc<Playback>, method: &Method, uri: &Uri, heade
         }
         let (pb, path) = (playback.clone(), path.to_owned());
         let opened = tokio::task::spawn_blocking(move || match pb.target(&path, None) {
-            Some(Ok(Target::File(f))) => std::fs::metadata(&f).map(|m| Some((f, m))).map_err(|e| e.to_string()),
+            Some(Ok(Target::File(f))) => vod_file(f).map(Some),
             _ => Ok(None),
         })
         .await;
         return Some(match opened {
-            Ok(Ok(Some((file, meta)))) => {
-                debug!(file = %file.display(), range = range.as_deref(), "vod mp4");
-                serve(Arc::new(Layout::whole_file(file, &meta)), head, range.as_deref(), if_range)
+            Ok(Ok(Some(layout))) => {
+                debug!(file = %layout.files[0].display(), len = layout.len, range = range.as_deref(), "vod mp4");
+                serve(layout, head, range.as_deref(), if_range)
             }
             Ok(Ok(None)) => text(StatusCode::NOT_FOUND, "not found\n".into()),
             Ok(Err(e)) => {
@@ -213,6 +218,127 @@ pub async fn respond(playback: &Arc<Playback>, method: &Method, uri: &Uri, heade
         }
         Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n".into()),
     })
+}
+
+/// A `/vod` file as served: the file itself when its moov comes before its media (what a
+/// `<video>` element scrubs at once), else (moov last, or fragmented) the same samples laid
+/// out moov first, from its sample tables, the media bytes read from the file (cached like
+/// recordings' layouts). Blocking.
+fn vod_file(file: PathBuf) -> Result<Arc<Layout>, String> {
+    let meta = std::fs::metadata(&file).map_err(|e| e.to_string())?;
+    if moov_first(&file, meta.len()).map_err(|e| e.to_string())? {
+        return Ok(Arc::new(Layout::whole_file(file, &meta)));
+    }
+    use std::os::unix::fs::MetadataExt;
+    let key = Key {
+        dir: file.clone(),
+        path: String::new(),
+        start_us: meta.mtime_nsec() as u64 ^ meta.ino(),
+        end_us: meta.len(),
+    };
+    if let Some(l) = cache_get(&key) {
+        return Ok(l);
+    }
+    let (_, movie) = super::source::movie(&file).map_err(|e| e.to_string())?;
+    let layout = Arc::new(laid_out(&movie, file, &meta).map_err(|e| e.to_string())?);
+    cache_put(key, layout.clone());
+    Ok(layout)
+}
+
+/// Most top-level boxes looked at before a moov, mdat or moof turns up.
+const MAX_TOP_LEVEL_BOXES: usize = 64;
+
+/// Whether a file's top-level moov comes before its mdat, with no moof (reads box headers
+/// only).
+fn moov_first(file: &std::path::Path, len: u64) -> std::io::Result<bool> {
+    let f = File::open(file)?;
+    let mut at = 0u64;
+    let mut moov = false;
+    let mut head = [0u8; 16];
+    for _ in 0..MAX_TOP_LEVEL_BOXES {
+        let n = (len.saturating_sub(at)).min(16) as usize;
+        if n < 8 {
+            return Ok(false);
+        }
+        f.read_exact_at(&mut head[..n], at)?;
+        let Ok(Some((kind, _, size))) = fmp4_read::box_header(&head[..n], at) else { return Ok(false) };
+        match &kind {
+            // Fragmented (an empty moov first, then moofs): the moofs hold the tables.
+            b"moof" => return Ok(false),
+            b"mdat" => return Ok(moov),
+            b"moov" => moov = true,
+            _ => {}
+        }
+        if size == 0 {
+            return Ok(false);
+        }
+        at = at.saturating_add(size);
+    }
+    Ok(false)
+}
+
+/// Media time a chunk of one track covers in a file laid out moov first: the samples of about
+/// this much time are one run in mdat, then the other track's.
+const VOD_CHUNK_US: i64 = 1_000_000;
+
+/// `movie`'s samples laid out moov first, chunks of the two tracks interleaved by time, each
+/// sample's bytes taken from `file` where the sample tables say.
+fn laid_out(
+    movie: &ferrocast_media::mp4_index::Movie,
+    file: PathBuf,
+    meta: &std::fs::Metadata,
+) -> Result<Layout, String> {
+    let ts = |k| movie.table(k).map(|t| t.timescale.max(1));
+    let mut builder = Builder::new(&movie.tracks, ts(TrackKind::Video), ts(TrackKind::Audio));
+    let mut spans: Vec<Span> = Vec::new();
+    let mut next = [0usize, 0usize];
+    let kinds = [TrackKind::Video, TrackKind::Audio];
+    loop {
+        // The track whose next sample comes first.
+        let pick = (0..2)
+            .filter_map(|i| {
+                let t = movie.table(kinds[i])?;
+                let s = t.samples().get(next[i])?;
+                Some((rescale(s.dts, t.timescale.max(1), 1_000_000), i))
+            })
+            .min();
+        let Some((from_us, i)) = pick else { break };
+        let t = movie.table(kinds[i]).expect("picked");
+        let mut chunk = Vec::new();
+        let mut places = Vec::new();
+        while let Some(s) = t.samples().get(next[i]) {
+            if !chunk.is_empty() && rescale(s.dts, t.timescale.max(1), 1_000_000) >= from_us + VOD_CHUNK_US {
+                break;
+            }
+            let duration = t.duration(next[i]);
+            chunk.push(ChunkSample {
+                dts: s.dts,
+                cts: i64::from(s.cts),
+                duration: u32::try_from(duration.max(0)).unwrap_or(u32::MAX),
+                size: s.size(),
+                keyframe: s.keyframe(),
+            });
+            places.push((s.offset, u64::from(s.size())));
+            next[i] += 1;
+        }
+        let mut out = builder.push(kinds[i], &chunk).map_err(|e| e.to_string())?;
+        for (at, len) in places {
+            match spans.last_mut() {
+                Some(last) if last.at + last.len == at && last.out + last.len == out => last.len += len,
+                _ => spans.push(Span { out, file: 0, at, len }),
+            }
+            out += len;
+        }
+    }
+    if builder.samples() == 0 {
+        return Err("no samples".into());
+    }
+    let progressive = builder.finish().map_err(|e| e.to_string())?;
+    let shift = progressive.header.len() as u64;
+    let spans = spans.into_iter().map(|s| Span { out: s.out + shift, ..s }).collect();
+    use std::os::unix::fs::MetadataExt;
+    let etag = format!("\"p{:x}-{:x}-{:x}.{:x}\"", meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec());
+    Ok(Layout { len: progressive.len(), header: progressive.header, files: vec![file], spans, etag })
 }
 
 /// The layout of `stream`'s recordings the query asks for (cached), or the status and

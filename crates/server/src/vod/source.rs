@@ -349,6 +349,7 @@ mod file;
 mod recording;
 
 use file::FileSource;
+pub(crate) use file::movie;
 use recording::RecSource;
 pub(crate) use recording::{read_fragment, read_init, start_in};
 

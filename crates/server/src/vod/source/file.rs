@@ -36,25 +36,31 @@ pub(super) fn ticks_floor(t_us: i64, timescale: u32) -> i64 {
     t.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
+/// A file opened with its tracks and sample tables (from the shared cache).
+pub(crate) fn movie(path: &Path) -> Result<(File, Arc<Movie>), SourceError> {
+    let file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => SourceError::NotFound,
+        _ => SourceError::Io { path: path.to_owned(), error: e },
+    })?;
+    let meta = file.metadata().map_err(io(path))?;
+    let len = meta.len();
+    let movie = match cached(key_of(path, &meta), || {
+        let movie = Movie::open(len, |at, n| read_at(&file, at, n)).map_err(|e| match e {
+            OpenError::Read(e) => io(path)(e),
+            OpenError::Format(e) => malformed(path, e),
+        })?;
+        let bytes = movie.memory();
+        Ok((Cached::Movie(Arc::new(movie)), bytes))
+    })? {
+        Cached::Movie(m) => m,
+        Cached::Recording(_) => return Err(malformed(path, "not an MP4 file")),
+    };
+    Ok((file, movie))
+}
+
 impl FileSource {
     pub(super) fn open(path: &Path) -> Result<Source, SourceError> {
-        let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => SourceError::NotFound,
-            _ => SourceError::Io { path: path.to_owned(), error: e },
-        })?;
-        let meta = file.metadata().map_err(io(path))?;
-        let len = meta.len();
-        let movie = match cached(key_of(path, &meta), || {
-            let movie = Movie::open(len, |at, n| read_at(&file, at, n)).map_err(|e| match e {
-                OpenError::Read(e) => io(path)(e),
-                OpenError::Format(e) => malformed(path, e),
-            })?;
-            let bytes = movie.memory();
-            Ok((Cached::Movie(Arc::new(movie)), bytes))
-        })? {
-            Cached::Movie(m) => m,
-            Cached::Recording(_) => return Err(malformed(path, "not an MP4 file")),
-        };
+        let (file, movie) = movie(path)?;
         let end_us = [&movie.video, &movie.audio].into_iter().flatten().map(|t| us(t.end(), t.timescale)).max();
         let tracks = Arc::new(movie.tracks.clone());
         let f = FileSource {
