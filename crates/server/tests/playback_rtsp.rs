@@ -114,9 +114,30 @@ fn gst_python() -> &'static str {
 
 fn gst_seek(url: &str, mode: &str, arg: &str) -> Vec<(String, Vec<f64>)> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/gst_seek.py");
-    let out = Command::new(gst_python()).args([script, url, mode, arg]).output().expect("python3");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "gst_seek {mode} {arg}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+    // Output to files and a guard: a client that hangs fails the test, never stalls the run.
+    let out_path = playback::media_dir().join(format!("gst-{mode}-{}.out", std::process::id()));
+    let mut child = Command::new(gst_python())
+        .args([script, url, mode, arg])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let out = (status, text);
+    let (status, text) = out;
+    assert!(status.is_some_and(|s| s.success()), "gst_seek {mode} {arg} ({status:?}): {text}");
     text.lines()
         .map(|l| {
             let mut w = l.split_whitespace();
@@ -137,7 +158,19 @@ async fn gstreamer_seeks_and_plays_faster() {
     // From the keyframe at or before 20 s (GOP 1 s); then it plays on.
     assert!((19.0..=21.0).contains(&after), "position {after} s as the seek to 20 s completed");
     assert!(later > after && later < 24.0, "a second later at {later} s");
-    let rate = tokio::task::spawn_blocking(move || gst_seek(&url, "rate", "4")).await.unwrap();
+    // Once in a loaded full run GStreamer 1.22 blocked in the rate seek itself (python stuck in
+    // `seek`, rtspsrc no longer reading; the server closed the connection at its write
+    // timeout): a second try tells that apart from a server that never plays faster.
+    let rate = match tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || std::panic::catch_unwind(|| gst_seek(&url, "rate", "4"))
+    })
+    .await
+    .unwrap()
+    {
+        Ok(r) => r,
+        Err(_) => tokio::task::spawn_blocking(move || gst_seek(&url, "rate", "4")).await.unwrap(),
+    };
     let adv = rate.iter().find(|(n, _)| n == "advanced").map(|(_, v)| v.clone()).expect("advanced");
     // Loose: a shared machine. Real time would advance about as much as the wall clock.
     assert!(adv[0] > 1.8 * adv[1], "at rate 4 the position advanced {} s in {} s", adv[0], adv[1]);

@@ -47,6 +47,9 @@ def setup_source(_, src):
     # undoes Speed (media sent 4x faster, stamped as at 1x, is rescaled to 1x: ~1.3x seen).
     src.set_property("latency", 200)
     src.set_property("buffer-mode", 0)
+    # Interleaved over the RTSP connection (UDP playback is ffprobe's test): once, under load,
+    # a UDP session's pipeline stopped (no RTCP, no requests) after the rate seek.
+    src.set_property("protocols", "tcp")
 
 
 def main():
