@@ -140,7 +140,7 @@ fn run<T: PartialEq + Copy>(table: &mut Vec<(u32, T)>, v: T) {
 /// # use ferrocast_media::mp4_progressive::{Builder, ChunkSample};
 /// # use ferrocast_media::{TrackInfo, TrackKind, Tracks, AudioCodec};
 /// let audio = TrackInfo::Audio { codec: AudioCodec::Pcma, config: Default::default(), sample_rate: 8000, channels: 1, clock_rate: 8000 };
-/// let mut b = Builder::new(&Tracks { video: None, audio: Some(audio) }, None, Some(8000));
+/// let mut b = Builder::new(&Tracks { video: None, audio: Some(audio), metadata: None }, None, Some(8000));
 /// let s = ChunkSample { dts: 0, cts: 0, duration: 160, size: 160, keyframe: true };
 /// let at = b.push(TrackKind::Audio, &[s]).unwrap(); // the chunk's bytes go at `at` in mdat's data
 /// assert_eq!(at, 0);
