@@ -25,7 +25,10 @@ pub fn without_query(uri: &str) -> &str {
 pub fn split_control(uri: &str) -> (&str, Option<&str>) {
     let p = path(uri);
     match p.rsplit_once('/') {
-        Some((base, last)) if last.contains('=') || last.starts_with("track") || last.starts_with("stream") => {
+        // `trackID=1`, `streamid=0`: a name, `=`, a number (what our SDPs write). A last
+        // segment that merely starts with "track" or "stream" is a path's own (a file
+        // `vod/stream1.mp4`).
+        Some((base, last)) if last.split_once('=').is_some_and(|(_, n)| n.parse::<usize>().is_ok()) => {
             (base, Some(last))
         }
         _ => (p, None),
@@ -66,6 +69,8 @@ mod tests {
         assert_eq!(split_control("rtsp://h/live/cam1/trackID=1"), ("live/cam1", Some("trackID=1")));
         assert_eq!(split_control("rtsp://h/live/cam1/streamid=0"), ("live/cam1", Some("streamid=0")));
         assert_eq!(split_control("rtsp://h/live/cam1"), ("live/cam1", None));
+        assert_eq!(split_control("rtsp://h/vod/stream1.mp4"), ("vod/stream1.mp4", None));
+        assert_eq!(split_control("rtsp://h/vod/track.mp4/trackID=1"), ("vod/track.mp4", Some("trackID=1")));
         assert_eq!(described_track("trackID=1"), Some(1));
         assert_eq!(described_track("trackID=x"), None);
         let abs = "rtsp://h:1/cams/a/trackID=1?start=2026-11-25T10:00:00Z";

@@ -58,9 +58,9 @@ impl Opened {
         if i.clock {
             ranges.push(range::format_clock(i.start_us.max(0) as u64, i.end_us.map(|e| e.max(0) as u64)));
         }
+        // DESCRIBE names the presentation, never a track: its URL is the base as it is (a file
+        // named `stream1.mp4` is no control).
         let base = url::without_query(uri);
-        let base = base.strip_suffix(url::split_control(uri).1.map_or("", |c| c)).unwrap_or(base);
-        let base = base.trim_end_matches('/');
         let p = sdp::Presentation { ranges: &ranges, absolute: Some((base, url::query(uri).unwrap_or(""))) };
         let (text, ids) = sdp::describe_with(&i.tracks, origin, "0.0.0.0", &p);
         (text, ids.len())

@@ -230,10 +230,11 @@ fn vod_file(file: PathBuf) -> Result<Arc<Layout>, String> {
         return Ok(Arc::new(Layout::whole_file(file, &meta)));
     }
     use std::os::unix::fs::MetadataExt;
+    // The file as it is now: a changed or replaced file is another key.
     let key = Key {
         dir: file.clone(),
-        path: String::new(),
-        start_us: meta.mtime_nsec() as u64 ^ meta.ino(),
+        path: format!("{}.{}:{}", meta.mtime(), meta.mtime_nsec(), meta.ino()),
+        start_us: 0,
         end_us: meta.len(),
     };
     if let Some(l) = cache_get(&key) {
