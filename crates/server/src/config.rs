@@ -34,6 +34,10 @@ pub struct Config {
     pub record: RecordConfig,
     /// On-demand playback of MP4 files (`vod/NAME.mp4`).
     pub vod: VodConfig,
+    /// Pulled sources (`source` in `[paths]`) and push relays: timeouts and retry delays.
+    pub source: SourceConfig,
+    /// Edge mode: paths not published here are pulled from an origin.
+    pub edge: EdgeConfig,
     /// `[paths."PATTERN"]`: per-path settings (record, `hls_variant`, ...), in file order.
     pub paths: PathTable,
 }
@@ -96,6 +100,76 @@ impl Default for VodConfig {
     fn default() -> Self {
         VodConfig { dir: PathBuf::from("media") }
     }
+}
+
+/// `[source]`: what pulled sources (`source` in `[paths]`), edge pulls and push relays share;
+/// `source_start_timeout_ms` and `source_close_after_ms` may be set per path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceConfig {
+    /// How long a reader of an on-demand source waits for it to go live, in ms.
+    pub start_timeout_ms: u64,
+    /// How long an on-demand source stays up after its last reader left, in ms.
+    pub close_after_ms: u64,
+    /// Every network step (connect, each request's answer) must complete within this, in ms.
+    pub request_timeout_ms: u64,
+    /// A live source that delivers nothing for this long is dropped and retried, in ms.
+    pub read_timeout_ms: u64,
+    /// `source_transport = "auto"` falls back to TCP when no UDP packet arrived this long after
+    /// PLAY, in ms.
+    pub udp_timeout_ms: u64,
+    /// First delay before a retry, in ms; each failure doubles it (with jitter) up to
+    /// `retry_max_ms`.
+    pub retry_min_ms: u64,
+    /// Longest delay between retries, in ms.
+    pub retry_max_ms: u64,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            start_timeout_ms: 10_000,
+            close_after_ms: 10_000,
+            request_timeout_ms: 10_000,
+            read_timeout_ms: 10_000,
+            udp_timeout_ms: 3_000,
+            retry_min_ms: 500,
+            retry_max_ms: 30_000,
+        }
+    }
+}
+
+/// `[edge]`: with origins listed, a path that is neither published here nor has a `source` is
+/// pulled on demand from the first origin that has it (`ORIGIN/PATH`), once for all local
+/// readers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Origins in order of preference: `rtmp://host[:port]` or `rtsp://host[:port]`.
+    pub origin: Vec<String>,
+    /// A pull that has passed through this many servers already is refused (a loop guard
+    /// beside the check for the server's own id).
+    pub max_hops: u32,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig { origin: Vec::new(), max_hops: 8 }
+    }
+}
+
+/// Checks a relay URL (`source`, `push`, `edge.origin`): `rtsp://` or `rtmp://` with a host.
+pub fn check_relay_url(key: &str, url: &str) -> anyhow::Result<()> {
+    let rest = url
+        .strip_prefix("rtsp://")
+        .or_else(|| url.strip_prefix("rtmp://"))
+        .ok_or_else(|| anyhow::anyhow!("{key}: {:?} must start with rtsp:// or rtmp://", crate::relay::redact(url)))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    anyhow::ensure!(!host.is_empty(), "{key}: {:?} has no host", crate::relay::redact(url));
+    anyhow::ensure!(url.len() <= 2048, "{key}: longer than 2048 bytes");
+    anyhow::ensure!(!url.chars().any(|c| c.is_control() || c == ' '), "{key}: spaces or control characters");
+    Ok(())
 }
 
 /// `[limits]`.
@@ -296,6 +370,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             record: RecordConfig::default(),
             vod: VodConfig::default(),
+            source: SourceConfig::default(),
+            edge: EdgeConfig::default(),
             paths: PathTable::default(),
         }
     }
@@ -430,6 +506,30 @@ impl Config {
                 );
             }
         }
+        for (key, p) in self.paths.entries() {
+            if let Some(url) = &p.source {
+                check_relay_url(&format!("paths.\"{key}\".source"), url)?;
+                anyhow::ensure!(
+                    !key.contains('*'),
+                    "paths.\"{key}\".source: a source needs an exact path, not a pattern"
+                );
+            }
+            for url in &p.push {
+                check_relay_url(&format!("paths.\"{key}\".push"), url)?;
+            }
+            for (name, v) in [
+                ("source_start_timeout_ms", p.source_start_timeout_ms),
+                ("source_close_after_ms", p.source_close_after_ms),
+            ] {
+                anyhow::ensure!(v != Some(0), "paths.\"{key}\".{name} must be above 0");
+            }
+        }
+        for url in &self.edge.origin {
+            check_relay_url("edge.origin", url)?;
+        }
+        anyhow::ensure!(self.edge.max_hops >= 1, "edge.max_hops must be at least 1");
+        let sc = &self.source;
+        anyhow::ensure!(sc.retry_min_ms <= sc.retry_max_ms, "source.retry_min_ms must not exceed source.retry_max_ms");
         self.record.validate()?;
         self.rtsp.multicast_net()?;
         anyhow::ensure!((200..=65_000).contains(&self.rtsp.mtu), "rtsp.mtu must be 200..=65000");
@@ -453,6 +553,12 @@ impl Config {
             ("http.request_timeout_ms", self.http.request_timeout_ms),
             ("rtsp.rtcp_interval_ms", self.rtsp.rtcp_interval_ms),
             ("limits.publisher_idle_timeout_ms", self.limits.publisher_idle_timeout_ms),
+            ("source.start_timeout_ms", sc.start_timeout_ms),
+            ("source.close_after_ms", sc.close_after_ms),
+            ("source.request_timeout_ms", sc.request_timeout_ms),
+            ("source.read_timeout_ms", sc.read_timeout_ms),
+            ("source.udp_timeout_ms", sc.udp_timeout_ms),
+            ("source.retry_min_ms", sc.retry_min_ms),
             ("limits.max_connections", self.limits.max_connections as u64),
             ("limits.max_connections_per_ip", self.limits.max_connections_per_ip as u64),
             ("limits.max_streams", self.limits.max_streams as u64),

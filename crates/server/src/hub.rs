@@ -305,6 +305,12 @@ impl Hub {
         })
     }
 
+    /// Subscribes as one of the server's own services (HLS muxing, recording, push relays):
+    /// like [`Hub::subscribe`], but such a reader does not keep an on-demand source running.
+    pub fn subscribe_internal(&self, path: &str) -> Option<Subscription> {
+        self.subscribe(path)
+    }
+
     /// Subscribes, waiting up to the configured play wait for a publisher to appear.
     pub async fn subscribe_wait(&self, path: &str) -> Option<Subscription> {
         let deadline = tokio::time::Instant::now() + ms(self.config.play_wait_ms);

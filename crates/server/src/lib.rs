@@ -15,6 +15,7 @@ pub mod path;
 pub mod paths;
 pub mod reader;
 pub mod record;
+pub mod relay;
 pub mod rtmp_server;
 pub mod rtsp;
 pub mod sockio;

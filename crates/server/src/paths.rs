@@ -73,6 +73,39 @@ pub struct PathSettings {
     pub hls_variant: Option<HlsVariant>,
     /// HLS target segment duration, in ms; None: `hls.segment_duration_ms`.
     pub hls_segment_duration_ms: Option<u64>,
+    /// Pull this path from a camera or another server (`rtsp://[user:pass@]host[:port]/...` or
+    /// `rtmp://host[:port]/app/stream`) instead of waiting for a publisher. Valid only on an
+    /// exact key (a pattern would make every matching path pull the same URL).
+    pub source: Option<String>,
+    /// Start the source when the first reader arrives and stop it after the last leaves
+    /// (default true); false: always on. A path that records or pushes is always on.
+    pub source_on_demand: Option<bool>,
+    /// How an RTSP source carries RTP; None: `auto` (UDP, falling back to TCP).
+    pub source_transport: Option<SourceTransport>,
+    /// How long a reader of an on-demand source waits for it to go live, in ms; None:
+    /// `source.start_timeout_ms`.
+    pub source_start_timeout_ms: Option<u64>,
+    /// How long an on-demand source stays up after its last reader left, in ms; None:
+    /// `source.close_after_ms`.
+    pub source_close_after_ms: Option<u64>,
+    /// While the path is live, re-publish it to each of these (`rtmp://host/app/key`,
+    /// `rtsp://host:port/path`).
+    pub push: Vec<String>,
+}
+
+/// `source_transport`: how an RTSP source carries RTP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceTransport {
+    /// UDP, falling back to TCP when the camera refuses UDP (461) or no packet arrives in time.
+    #[default]
+    Auto,
+    /// UDP unicast only.
+    Udp,
+    /// Interleaved in the RTSP connection only.
+    Tcp,
+    /// UDP multicast, to the group the camera chooses.
+    Multicast,
 }
 
 /// Why a key of `[paths]` was refused. Each names the key.
