@@ -253,3 +253,19 @@ async fn mp3_audio_passes_through() {
         assert_eq!(p.codec("video").unwrap()["codec_name"], "h264");
     }
 }
+
+/// A query on the stream name or the app (`cam1?token=x`, `live?user=u`: how OBS and ffmpeg
+/// carry keys and credentials) is not part of the path: ffmpeg publishes with one, and readers
+/// play the path without it, or with a query of their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn queries_on_the_stream_name_and_app_are_not_the_path() {
+    let server = Server::start();
+    let _publisher = publish(test_flv(), &format!("rtmp://{}/live/q1?token=secret&user=u", server.rtmp));
+    wait_published(&server, "live/q1").await;
+    let plain = server.rtmp_url("live/q1");
+    let with_query = format!("rtmp://{}/live/q1?token=other", server.rtmp);
+    let a = tokio::task::spawn_blocking(move || probe(&plain, 3));
+    let b = tokio::task::spawn_blocking(move || probe(&with_query, 3));
+    a.await.unwrap().assert_h264_aac(320, 240, 60);
+    b.await.unwrap().assert_h264_aac(320, 240, 60);
+}
