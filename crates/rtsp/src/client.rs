@@ -434,7 +434,7 @@ impl ClientSession {
         }
         let mut h = Headers::default();
         h.add("Transport", t.encode());
-        let url = url::join_control(&self.base, &control);
+        let url = resolve(&self.base, &control);
         self.request(now, Purpose::Normal, Method::Setup, &url, h, Bytes::new());
     }
 
@@ -552,12 +552,12 @@ impl ClientSession {
                 };
                 if p.method == Method::Describe {
                     self.base = match r.headers.get("Content-Base").or_else(|| r.headers.get("Content-Location")) {
-                        Some(b) if !b.trim().is_empty() => url::join_control(&p.uri, b),
+                        Some(b) if !b.trim().is_empty() => resolve(&p.uri, b),
                         _ => p.uri.clone(),
                     };
                 }
                 self.aggregate = match &description.control {
-                    Some(c) => url::join_control(&self.base, c),
+                    Some(c) => resolve(&self.base, c),
                     None => self.base.clone(),
                 };
                 self.controls = description
@@ -787,6 +787,13 @@ impl ClientSession {
     pub fn is_started(&self) -> bool {
         self.started
     }
+}
+
+/// A control or base URL the server sent, resolved against `base` (RFC 2326 C.1.1), without
+/// any userinfo: a camera that echoes `rtsp://user:pass@...` in Content-Base or `a=control`
+/// must not put the password into our request lines or the URLs we report.
+fn resolve(base: &str, control: &str) -> String {
+    url::split_userinfo(&url::join_control(base, control)).0
 }
 
 /// Whether a comma-separated method list (`Public`, `Allow`) holds `method`.

@@ -491,7 +491,8 @@ fn control_bases() {
     let sdp = format!(
         "v=0\r\ns=x\r\nt=0 0\r\na=control:agg\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 {H264_FMTP}\r\na=control:v\r\n"
     );
-    cam.ok(&r, "RTSP/1.0 200 OK\nContent-Location: rtsp://cam/real/", &sdp);
+    // A camera that echoes the credentials in its URLs: they stay off our request lines.
+    cam.ok(&r, "RTSP/1.0 200 OK\nContent-Location: rtsp://u:secret@cam/real/", &sdp);
     let r = cam.req();
     assert_eq!(r.uri, "rtsp://cam/real/v");
     cam.ok(&r, "RTSP/1.0 200 OK\nSession: s", "");
@@ -705,6 +706,16 @@ fn hostile_servers_are_capped() {
     let mut cam = Cam::new("rtsp://cam/live", ClientTransport::Tcp);
     let e = cam.c.handle_input(cam.now, b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nContent-Length: 99999999\r\n\r\n").unwrap_err();
     assert!(matches!(e, ClientError::Message(MessageError::BodyTooLarge(_))));
+
+    // Endless blank lines are skipped as they come; endless bytes without a line end stop at
+    // the line cap.
+    let mut cam = Cam::new("rtsp://cam/live", ClientTransport::Tcp);
+    for _ in 0..1000 {
+        cam.c.handle_input(cam.now, &[b'\r', b'\n'].repeat(512)).unwrap();
+        assert!(cam.c.input.is_empty());
+    }
+    let e = cam.c.handle_input(cam.now, &[b'A'; message::MAX_LINE_LEN + 1]).unwrap_err();
+    assert!(matches!(e, ClientError::Message(MessageError::LineTooLong)), "{e}");
 
     let mut cam = started("rtsp://cam/live", "OPTIONS", "");
     let frame = [b"$\x00\xff\xff".as_slice(), &[0u8; 65535]].concat();
