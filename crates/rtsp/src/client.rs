@@ -348,7 +348,7 @@ impl ClientSession {
     }
 
     /// The last answer that was not 2xx (for messages like "DESCRIBE answered 403
-    /// Forbidden").
+    /// Forbidden"); a refused first OPTIONS, which is tolerated, does not count.
     pub fn last_response(&self) -> Option<&Response> {
         self.last_response.as_ref()
     }
@@ -507,7 +507,10 @@ impl ClientSession {
             return Ok(());
         }
         if !is_success(r.status) {
-            self.last_response = Some(r.clone());
+            // Not the tolerated OPTIONS refusal: an error message naming it would mislead.
+            if p.purpose != Purpose::Start {
+                self.last_response = Some(r.clone());
+            }
         } else if let Some(s) = r.headers.get("Session") {
             self.on_session(s)?;
         }

@@ -445,6 +445,7 @@ fn options_failures_are_tolerated() {
         cam.ok(&r, "RTSP/1.0 200 OK", &plain_sdp());
         assert!(matches!(&cam.events()[..], [ClientEvent::Described(_)]), "{answer:?}");
         assert_eq!(cam.c.public(), None);
+        assert!(cam.c.last_response().is_none(), "a tolerated OPTIONS refusal is no error");
     }
     // No answer: after the response timeout, DESCRIBE; the late answer is ignored.
     let mut cam = Cam::new("rtsp://cam/live", ClientTransport::Tcp);
