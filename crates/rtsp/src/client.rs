@@ -680,17 +680,23 @@ impl ClientSession {
     }
 
     /// Sends an RTP packet of `track` interleaved (TCP record), on the channel the server
-    /// answered for it. A packet over 65535 bytes cannot be framed and is dropped.
+    /// answered for it (else `2 * track`). A packet over 65535 bytes cannot be framed, and a
+    /// track without a channel (over 127) has none: both are dropped.
     pub fn send_rtp(&mut self, track: usize, packet: &[u8]) {
-        let channel = self.channels.get(track).copied().flatten().map_or(2 * track as u8, |(a, _)| a);
-        self.interleave(channel, packet);
+        let asked = u8::try_from(2 * track).ok();
+        if let Some(channel) = self.channels.get(track).copied().flatten().map(|(a, _)| a).or(asked) {
+            self.interleave(channel, packet);
+        }
     }
 
     /// Sends an RTCP packet of `track` interleaved (receiver reports over TCP), on the
-    /// channel the server answered for it. A packet over 65535 bytes is dropped.
+    /// channel the server answered for it (else `2 * track + 1`). A packet over 65535 bytes,
+    /// or of a track without a channel, is dropped.
     pub fn send_rtcp(&mut self, track: usize, packet: &[u8]) {
-        let channel = self.channels.get(track).copied().flatten().map_or(2 * track as u8 + 1, |(_, b)| b);
-        self.interleave(channel, packet);
+        let asked = u8::try_from(2 * track + 1).ok();
+        if let Some(channel) = self.channels.get(track).copied().flatten().map(|(_, b)| b).or(asked) {
+            self.interleave(channel, packet);
+        }
     }
 
     fn interleave(&mut self, channel: u8, packet: &[u8]) {
@@ -736,7 +742,7 @@ impl ClientSession {
             KeepAlive::Options => Method::Options,
         };
         self.request(now, Purpose::KeepAlive, method, &url, Headers::default(), Bytes::new());
-        if self.started {
+        if self.started && !self.closing {
             self.next_keep_alive = Some(now + self.keep_alive_interval());
         }
     }

@@ -573,6 +573,8 @@ fn server_chosen_interleaved_channels() {
     cam.c.send_rtcp(0, b"rr");
     cam.c.send_rtp(1, b"p");
     cam.c.send_rtp(0, &vec![0; 70_000]);
+    cam.c.send_rtp(128, b"no channel");
+    cam.c.send_rtcp(200, b"no channel");
     assert_eq!(&cam.c.poll_transmit().unwrap()[..], b"$\x07\x00\x02rr$\x00\x00\x01p");
 }
 
@@ -651,9 +653,12 @@ fn keep_alive_by_public_and_default_timeout() {
     assert_eq!((r.method.clone(), r.uri.as_str()), (Method::Teardown, "rtsp://cam/live"));
     cam.ok(&r, "RTSP/1.0 200 OK", "");
     assert_eq!(cam.c.poll_timeout(), None);
-    // The public keep_alive still works and uses the chosen method.
+    // The public keep_alive still works and uses the chosen method; none is scheduled.
     cam.c.keep_alive(cam.now);
-    assert_eq!(cam.req().method, Method::Options);
+    let r = cam.req();
+    assert_eq!(r.method, Method::Options);
+    cam.ok(&r, "RTSP/1.0 200 OK", "");
+    assert_eq!(cam.c.poll_timeout(), None);
 }
 
 /// 454 to a keep-alive, or no answer in time, ends the session with an error.
