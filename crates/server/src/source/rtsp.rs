@@ -144,22 +144,37 @@ pub fn io_reason(e: &std::io::Error) -> String {
 }
 
 /// An RTP/RTCP socket pair with an even RTP port (RFC 3550 11).
-async fn bind_pair(ip: IpAddr) -> Result<(UdpSocket, UdpSocket), SourceError> {
+fn bind_pair(ip: IpAddr) -> Result<(UdpSocket, UdpSocket), SourceError> {
     let any: IpAddr =
         if ip.is_ipv6() { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
     for _ in 0..32 {
-        let rtp = UdpSocket::bind(SocketAddr::new(any, 0))
-            .await
+        let rtp = bind_udp(SocketAddr::new(any, 0), UDP_RECV_BUFFER)
             .map_err(|e| SourceError::new("SETUP", format!("binding a UDP port: {e}")))?;
         let port = rtp.local_addr().map_err(|e| SourceError::new("SETUP", format!("UDP port: {e}")))?.port();
         if port % 2 != 0 || port == u16::MAX {
             continue;
         }
-        if let Ok(rtcp) = UdpSocket::bind(SocketAddr::new(any, port + 1)).await {
+        if let Ok(rtcp) = bind_udp(SocketAddr::new(any, port + 1), 64 * 1024) {
             return Ok((rtp, rtcp));
         }
     }
     Err(SourceError::new("SETUP", "no free even/odd UDP port pair"))
+}
+
+/// Receive buffer asked for each RTP socket: a camera (or a server starting us at its GOP)
+/// sends a keyframe as a burst of packets, which the default buffer (about 200 KB on Linux)
+/// may not hold while the driver is busy. The kernel caps it at `net.core.rmem_max`.
+pub const UDP_RECV_BUFFER: usize = 4 << 20;
+
+/// A nonblocking UDP socket bound to `addr` with a receive buffer of (up to) `recv_buffer`.
+fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<UdpSocket> {
+    let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Best effort: a smaller buffer still works.
+    let _ = s.set_recv_buffer_size(recv_buffer);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
 }
 
 /// The session description as text, for the probe (the media lines ferrocast reads).
@@ -243,7 +258,7 @@ async fn session(a: &Attempt<'_>, stop: &mut watch::Receiver<bool>, udp: bool, r
     let mut pairs = Vec::new();
     if udp {
         for _ in 0..UDP_PAIRS {
-            pairs.push(bind_pair(camera).await?);
+            pairs.push(bind_pair(camera)?);
         }
     }
     let ports: Vec<(u16, u16)> =
@@ -570,6 +585,8 @@ impl Session<'_, '_> {
             .publish(self.a.path)
             .map_err(|e| SourceError::new("publish", format!("publishing {}: {e}", self.a.path)))?;
         publisher.count_frames(self.a.report.frames.clone());
+        // A camera's stream (or a UDP one that lost its first packets) may begin mid-GOP.
+        publisher.start_at_keyframe();
         let mut rec = Recording::new(publisher, sdp).map_err(|why| SourceError::new("DESCRIBE", why))?;
         rec.start();
         self.recording = Some(rec);
