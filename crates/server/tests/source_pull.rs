@@ -332,3 +332,69 @@ async fn server_paths(server: &Server) -> Vec<Value> {
     let list: Value = serde_json::from_slice(&list.body).unwrap();
     list["items"].as_array().unwrap().clone()
 }
+
+/// A TCP proxy to `upstream` that points every UDP SETUP's `client_port` at a port nobody
+/// listens on: the camera "sends" RTP over UDP that never arrives, as behind a NAT or a
+/// firewall. Interleaved (TCP) sessions pass untouched.
+async fn udp_blackhole_proxy(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dead = free_port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else { return };
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let mut data = buf[..n].to_vec();
+                    if let Ok(text) = std::str::from_utf8(&data)
+                        && let Some(at) = text.find("client_port=")
+                    {
+                        let end = text[at..].find([';', '\r']).map_or(text.len(), |e| at + e);
+                        let rewritten = format!("{}client_port={dead}-{}{}", &text[..at], dead + 1, &text[end..]);
+                        data = rewritten.into_bytes();
+                    }
+                    if sw.write_all(&data).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `auto` with a camera whose UDP never arrives: after `source.udp_timeout_ms` the source
+/// tears the UDP session down and plays over TCP, says why, and starts its next try with TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_to_tcp_when_no_udp_arrives() {
+    let (up, _ffmpeg) = upstream("live/f").await;
+    let proxy = udp_blackhole_proxy(up.rtsp).await;
+    let puller = Server::with_config(&format!(
+        "[source]\nudp_timeout_ms = 1000\n[paths.\"cams/f\"]\nsource = \"rtsp://{proxy}/live/f\"\nsource_on_demand = false\n"
+    ));
+    let live = until("the source went live over TCP", || async {
+        let s = path_status(&puller, "cams/f").await;
+        (s["source"]["state"] == "live").then_some(s)
+    })
+    .await;
+    assert_eq!(live["source"]["transport"], "tcp", "{live}");
+    blocking_probe(puller.flv_url("cams/f"), 3, &[]).await.unwrap().assert_h264_aac(320, 240, 30);
+    // The probe goes the same way and says why.
+    let (status, p) =
+        post_json(&format!("http://{}/api/v1/probe", puller.http), &format!("{{\"url\": \"rtsp://{proxy}/live/f\"}}"))
+            .await;
+    assert_eq!((status, &p["ok"]), (200, &Value::Bool(true)), "{p}");
+    assert_eq!(p["transport"], "tcp", "{p}");
+    assert!(p["transport_reason"].as_str().unwrap().contains("no RTP over UDP within 1 s after PLAY"), "{p}");
+}
