@@ -411,10 +411,10 @@ async fn a_source_that_stays_down_ends_its_readers_after_the_grace() {
     let mut reader = RtmpClient::connect(puller.rtmp, "cams/d", false).await;
     let mut frames = 0;
     while frames < 30 {
-        if let ClientEvent::Media(m) = reader.next_event(Duration::from_secs(30)).await.expect("frames") {
-            if m.kind != MediaKind::Data {
-                frames += 1;
-            }
+        if let ClientEvent::Media(m) = reader.next_event(Duration::from_secs(30)).await.expect("frames")
+            && m.kind != MediaKind::Data
+        {
+            frames += 1;
         }
     }
     drop(ffmpeg);
