@@ -193,7 +193,11 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     if let Some((stream, file)) = hls::parse_url(&uri_path) {
         // An HLS player holds no connection: each request keeps a pulled path wanted, and the
         // first starts its source and waits for it (up to its start timeout).
-        if path::validate(stream).is_ok() && state.hub.touch(stream) && state.hls.get(stream).is_none() {
+        if path::validate(stream).is_ok()
+            && state.hub.touch(stream)
+            && state.hls.config().enabled
+            && state.hls.get(stream).is_none()
+        {
             let deadline = tokio::time::Instant::now() + state.hub.start_wait(stream);
             while state.hls.get(stream).is_none() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
