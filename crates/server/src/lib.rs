@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod edge;
 pub mod event;
 pub mod fanout;
 pub mod hls;
