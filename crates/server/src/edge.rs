@@ -11,8 +11,6 @@
 //! server that sees itself again, with a clear error, instead of pulls waiting on each other
 //! until their start timeouts.
 
-use std::sync::OnceLock;
-
 /// The query key of the chain of servers a pull passed through.
 pub const VIA_KEY: &str = "ferrocast_via";
 
@@ -20,18 +18,16 @@ pub const VIA_KEY: &str = "ferrocast_via";
 /// work a hostile query can cause).
 pub const MAX_VIA_IDS: usize = 64;
 
-/// This server's id: 16 hex digits, random per process.
-pub fn server_id() -> &'static str {
-    static ID: OnceLock<String> = OnceLock::new();
-    ID.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        // RandomState is seeded from the OS's randomness per process; mix in the time and pid
-        // in case two processes ever share a seed.
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-        h.write_u32(std::process::id());
-        format!("{:016x}", h.finish())
-    })
+/// A new server id: 16 hex digits, random (each server's pulled sources hold theirs, so
+/// servers in one process, as in tests, are told apart too).
+pub fn new_server_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS's randomness (per process, then stepped per instance);
+    // the time and pid are mixed in for good measure.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
 }
 
 /// The chain of servers a reader's request passed through, from its URL query: the ids, in
@@ -119,10 +115,11 @@ mod tests {
     }
 
     #[test]
-    fn the_server_id_is_stable_and_hex() {
-        assert_eq!(server_id(), server_id());
-        assert_eq!(server_id().len(), 16);
-        assert!(server_id().bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(via_from_query(Some(&format!("{VIA_KEY}={}", server_id()))), [server_id()]);
+    fn server_ids_are_hex_and_differ() {
+        let (a, b) = (new_server_id(), new_server_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(via_from_query(Some(&format!("{VIA_KEY}={a}"))), [a]);
     }
 }
