@@ -62,19 +62,10 @@ pub fn validate_publish(path: &str) -> Result<(), PathError> {
     Ok(())
 }
 
-/// A name or URL path and its query: `("cam1", Some("token=x"))` for `cam1?token=x`.
-pub fn split_query(name: &str) -> (&str, Option<&str>) {
-    match name.split_once('?') {
-        Some((name, query)) => (name, Some(query)),
-        None => (name, None),
-    }
-}
-
-/// The path of `rtmp://host/APP/STREAM`: `APP/STREAM`. A query on either (`live?x=1`,
-/// `cam1?token=x`, as OBS and ffmpeg send credentials and tokens) is not part of the path.
+/// The path of `rtmp://host/APP/STREAM`: `APP/STREAM`.
 pub fn stream_path(app: &str, name: &str) -> Result<String, PathError> {
-    let app = split_query(app).0.trim_matches('/');
-    let name = split_query(name).0.trim_matches('/');
+    let app = app.trim_matches('/');
+    let name = name.trim_matches('/');
     if app.is_empty() || name.is_empty() {
         return Err(PathError::Empty);
     }
@@ -95,10 +86,6 @@ mod tests {
         assert!(matches!(stream_path("live", "../etc"), Err(PathError::BadCharacters(_))));
         assert!(matches!(stream_path("live", "a\r\nX-Injected: 1"), Err(PathError::BadCharacters(_))));
         assert_eq!(stream_path("live", &"x".repeat(300)), Err(PathError::TooLong));
-        assert_eq!(stream_path("live", "cam1?token=x&user=u"), Ok("live/cam1".into()));
-        assert_eq!(stream_path("live?vhost=a", "cam1"), Ok("live/cam1".into()));
-        assert_eq!(stream_path("live", "?x"), Err(PathError::Empty));
-        assert_eq!(split_query("a/b?c=d?e"), ("a/b", Some("c=d?e")));
     }
 
     #[test]

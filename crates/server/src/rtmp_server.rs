@@ -289,7 +289,7 @@ impl Connection {
                 ServerEvent::Connect { app, .. } => {
                     let handshake = self.session.handshake_kind();
                     // The app is the first part of every stream path.
-                    if let Err(e) = crate::path::validate(crate::path::split_query(&app).0.trim_matches('/')) {
+                    if let Err(e) = crate::path::validate(app.trim_matches('/')) {
                         warn!(peer = %self.peer, app, "rtmp connect rejected: {e}");
                         self.session.reject_connect(&format!("bad app name: {e}"));
                         continue;

@@ -254,11 +254,13 @@ async fn mp3_audio_passes_through() {
     }
 }
 
-/// A query on the stream name or the app (`cam1?token=x`, `live?user=u`: how OBS and ffmpeg
-/// carry keys and credentials) is not part of the path: ffmpeg publishes with one, and readers
-/// play the path without it, or with a query of their own.
+/// A query on the stream name or the app (`cam1?token=x`, `live?vhost=a`: how OBS, ffmpeg and
+/// relays carry keys and credentials) is not part of the path: ffmpeg publishes with one on the
+/// name; a client whose connect names the app with a query plays the path; readers play with
+/// and without a query.
 #[tokio::test(flavor = "multi_thread")]
 async fn queries_on_the_stream_name_and_app_are_not_the_path() {
+    use ferrocast_rtmp::client::{ClientConfig, ClientMode};
     let server = Server::start();
     let _publisher = publish(test_flv(), &format!("rtmp://{}/live/q1?token=secret&user=u", server.rtmp));
     wait_published(&server, "live/q1").await;
@@ -268,4 +270,13 @@ async fn queries_on_the_stream_name_and_app_are_not_the_path() {
     let b = tokio::task::spawn_blocking(move || probe(&with_query, 3));
     a.await.unwrap().assert_h264_aac(320, 240, 60);
     b.await.unwrap().assert_h264_aac(320, 240, 60);
+    let socket = tokio::net::TcpStream::connect(server.rtmp).await.unwrap();
+    let config = ClientConfig::new(
+        &format!("rtmp://{}/live?vhost=a", server.rtmp),
+        "live?vhost=a",
+        ClientMode::Play("q1?token=x".into()),
+    );
+    let mut c = RtmpClient::with_config(socket, config).await;
+    c.wait_for(|e| matches!(e, ClientEvent::Playing)).await;
+    c.wait_for(|e| matches!(e, ClientEvent::Media(m) if m.kind == MediaKind::Video)).await;
 }
