@@ -84,6 +84,9 @@ pub enum ClientEvent {
     Media(MediaMessage),
 }
 
+/// Longest status description kept (a peer's text, for error messages).
+pub const MAX_DESCRIPTION_CHARS: usize = 200;
+
 /// Transaction id of our `connect` (7.2.1.1: always 1).
 const TID_CONNECT: f64 = 1.0;
 /// Transaction id of our `createStream`.
@@ -110,6 +113,8 @@ pub struct ClientSession {
     step: Step,
     stream_id: u32,
     events: VecDeque<ClientEvent>,
+    /// The `description` of the last `onStatus`/`_error` that had one.
+    last_description: Option<String>,
     deadline: Instant,
 }
 
@@ -127,6 +132,7 @@ impl ClientSession {
             step: Step::Handshake,
             stream_id: 0,
             events: VecDeque::new(),
+            last_description: None,
             deadline,
         }
     }
@@ -258,6 +264,11 @@ impl ClientSession {
             "onStatus" | "_error" => {
                 let code = field("code");
                 let level = field("level");
+                let description = field("description");
+                if !description.is_empty() {
+                    self.last_description =
+                        Some(description.chars().filter(|c| !c.is_control()).take(MAX_DESCRIPTION_CHARS).collect());
+                }
                 if self.step == Step::Starting && (code == "NetStream.Publish.Start" || code == "NetStream.Play.Start")
                 {
                     self.step = Step::Active;
@@ -274,6 +285,12 @@ impl ClientSession {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The `description` of the last status the server sent with one (why a `play` or
+    /// `publish` was refused), at most [`MAX_DESCRIPTION_CHARS`] characters.
+    pub fn last_description(&self) -> Option<&str> {
+        self.last_description.as_deref()
     }
 
     /// Sends one media message (FLV tag body, or AMF0 values for data) on our stream.

@@ -176,6 +176,8 @@ pub fn reason(status: u16) -> &'static str {
         501 => "Not Implemented",
         503 => "Service Unavailable",
         505 => "RTSP Version not supported",
+        // HTTP's (RFC 5842 section 7.2), for a pull between edges that would loop.
+        508 => "Loop Detected",
         551 => "Option not supported",
         _ => "Unknown",
     }

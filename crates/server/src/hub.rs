@@ -148,6 +148,19 @@ pub trait Sources: Send + Sync + std::fmt::Debug {
     fn start_timeout(&self, path: &str) -> Duration;
     /// Why `path`'s source is not live: its last error (credentials hidden).
     fn last_error(&self, path: &str) -> Option<String>;
+    /// The demand of `path` for a reader that wants it now, whose request came through the
+    /// servers `via` (see [`crate::edge`]): as [`Sources::demand`], and on an edge a pull
+    /// from the origins for a path nothing else serves.
+    fn want(&self, path: &str, via: &[String]) -> Option<Arc<Demand>> {
+        let _ = via;
+        self.demand(path)
+    }
+    /// Refuses a reader whose request came through `via` when serving it would close a loop
+    /// of pulls or pass `edge.max_hops` servers.
+    fn check_via(&self, via: &[String]) -> Result<(), crate::edge::Refused> {
+        let _ = via;
+        Ok(())
+    }
 }
 
 /// How often a reader that started a pulled source looks for its tracks.
@@ -276,9 +289,18 @@ impl Hub {
     }
 
     /// An HLS request for `path`: keeps its on-demand source wanted (starting it if it is
-    /// idle). True when a source serves the path.
+    /// idle; on an edge, pulling it from an origin). True when a source serves the path.
     pub fn touch(&self, path: &str) -> bool {
-        self.demand(path).map(|d| d.touch()).is_some()
+        self.sources().and_then(|s| s.want(path, &[])).map(|d| d.touch()).is_some()
+    }
+
+    /// Refuses a reader whose request came through the servers `via` (a pull by another
+    /// edge) when serving it would close a loop or pass `edge.max_hops` servers.
+    pub fn check_via(&self, via: &[String]) -> Result<(), crate::edge::Refused> {
+        match self.sources() {
+            Some(s) if !via.is_empty() => s.check_via(via),
+            _ => Ok(()),
+        }
     }
 
     /// How long a reader of `path` waits for its stream: the source's start timeout when a
@@ -466,7 +488,13 @@ impl Hub {
     /// wait, or for a path a pulled source serves, starting the source and waiting up to its
     /// start timeout (then logging why it is not live).
     pub async fn subscribe_wait(&self, path: &str) -> Option<Subscription> {
-        let demand = self.demand(path);
+        self.subscribe_wait_via(path, &[]).await
+    }
+
+    /// [`Hub::subscribe_wait`] for a reader whose request came through the servers `via` (a
+    /// pull by an edge; see [`crate::edge`]), which an edge pull it starts passes on.
+    pub async fn subscribe_wait_via(&self, path: &str, via: &[String]) -> Option<Subscription> {
+        let demand = self.sources().and_then(|s| s.want(path, via));
         // Held while waiting: the source starts (once, however many readers wait).
         let _hold = demand.as_ref().map(|d| d.hold());
         let wait = self.start_wait(path);

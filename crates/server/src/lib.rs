@@ -4,6 +4,7 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod edge;
 pub mod event;
 pub mod fanout;
 pub mod hls;

@@ -299,7 +299,7 @@ impl Connection {
                     self.session.accept_connect()?;
                 }
                 ServerEvent::Publish { stream_id, name, .. } => self.publish(stream_id, &name)?,
-                ServerEvent::Play { stream_id, name, .. } => self.play(stream_id, &name).await?,
+                ServerEvent::Play { stream_id, name, query } => self.play(stream_id, &name, query.as_deref()).await?,
                 ServerEvent::Unpublish { stream_id } => {
                     if matches!(&self.role, Role::Publishing { stream_id: s, .. } if *s == stream_id) {
                         if let Role::Publishing { ingest, .. } = &self.role {
@@ -378,7 +378,7 @@ impl Connection {
         Ok(())
     }
 
-    async fn play(&mut self, stream_id: u32, name: &str) -> anyhow::Result<()> {
+    async fn play(&mut self, stream_id: u32, name: &str, query: Option<&str>) -> anyhow::Result<()> {
         let path = match self.claimable_path(name) {
             Ok(p) => p,
             Err(why) => {
@@ -392,7 +392,14 @@ impl Connection {
             self.session.reject(stream_id, "NetStream.Play.Failed", "too many readers")?;
             return Ok(());
         }
-        let Some(sub) = self.hub.subscribe_wait(&path).await else {
+        // A pull by another edge names the servers it came through (see `crate::edge`).
+        let via = crate::edge::via_from_query(query);
+        if let Err(e) = self.hub.check_via(&via) {
+            warn!(peer = %self.peer, path, "rtmp play refused: {e}");
+            self.session.reject(stream_id, "NetStream.Play.Failed", &e.to_string())?;
+            return Ok(());
+        }
+        let Some(sub) = self.hub.subscribe_wait_via(&path, &via).await else {
             info!(peer = %self.peer, path, "rtmp play: no such stream");
             let why = format!("no stream {path}");
             self.session.reject(stream_id, "NetStream.Play.StreamNotFound", &why)?;

@@ -11,9 +11,9 @@ use bytes::BytesMut;
 use ferrocast_media::{TrackKind, Tracks};
 use ferrocast_rtsp::auth::Credentials;
 use ferrocast_rtsp::rtcp::{self, RtcpPacket};
-use ferrocast_rtsp::sdp;
 use ferrocast_rtsp::server::{MulticastReply, Secrets, ServerConfig, ServerEvent, ServerSession, SessionError};
 use ferrocast_rtsp::transport::{Lower, Transport};
+use ferrocast_rtsp::{sdp, url};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -358,12 +358,23 @@ impl Conn {
         if self.shared.hub.at_reader_limit(path) {
             return self.session.reject(503);
         }
-        let Some(sub) = self.shared.hub.subscribe_wait(path).await else {
+        // A pull by another edge names the servers it came through (see `crate::edge`).
+        let via = crate::edge::via_from_query(ferrocast_rtsp::url::query(uri));
+        if let Err(e) = self.shared.hub.check_via(&via) {
+            warn!(peer = %self.peer, path, "rtsp describe refused: {e}");
+            return self.session.reject(508);
+        }
+        let Some(sub) = self.shared.hub.subscribe_wait_via(path, &via).await else {
             return self.session.reject(404);
         };
         let tracks = wait_tracks(&sub).await;
         let local = self.socket.local_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "0.0.0.0".into());
-        let (text, ids) = sdp::describe(&tracks, &local, "0.0.0.0");
+        // A URL with a query (a token, an edge's chain of servers) gets absolute track URLs
+        // that keep it, as playback URLs do: clients that append the control to the URL would
+        // put it after the query.
+        let base = url::without_query(uri);
+        let absolute = url::query(uri).map(|q| (base, q));
+        let (text, ids) = sdp::describe_with(&tracks, &local, "0.0.0.0", &sdp::Presentation { ranges: &[], absolute });
         if ids.is_empty() {
             return self.session.reject(404);
         }

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, SourceConfig, ms};
+use crate::config::{Config, EdgeConfig, SourceConfig, ms};
 use crate::hub::{Demand, Hub};
 use crate::paths::SourceTransport;
 use crate::relay::{Backoff, RelayState, RelayStatus, redact};
@@ -296,6 +296,8 @@ pub struct SourceStatus {
     pub frames: u64,
     /// RTP packets lost (RTCP receiver-report counts); 0 for RTMP.
     pub packets_lost: u64,
+    /// An edge pull from `[edge] origin` rather than a configured `source`.
+    pub edge: bool,
 }
 
 /// One path's source.
@@ -307,6 +309,8 @@ pub struct Entry {
     report: Report,
     /// `auto` fell back to TCP once: later tries start there.
     prefer_tcp: AtomicBool,
+    /// An edge pull (from `[edge] origin`), not a configured source.
+    edge: bool,
 }
 
 impl Entry {
@@ -319,6 +323,7 @@ impl Entry {
             demand: Demand::new(),
             report,
             prefer_tcp: AtomicBool::new(false),
+            edge: false,
         })
     }
 
@@ -332,6 +337,7 @@ impl Entry {
             auth: i.auth,
             frames: self.report.frames.load(Ordering::Relaxed),
             packets_lost: self.report.packets_lost.load(Ordering::Relaxed),
+            edge: self.edge,
         }
     }
 
@@ -397,7 +403,15 @@ pub const MAX_SOURCES: usize = 100_000;
 pub struct Sources {
     hub: Arc<Hub>,
     config: SourceConfig,
-    entries: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Configured sources, and the edge's pulls while they run.
+    entries: Arc<Mutex<HashMap<String, Arc<Entry>>>>,
+    /// `[edge]`: origins to pull any other path from.
+    edge: EdgeConfig,
+    /// This server's id in the chains of edge pulls ([`crate::edge`]).
+    id: String,
+    /// Most edge pulls at once (`limits.max_streams`): each request for an unknown path on
+    /// an edge starts one, so they are capped like published streams.
+    max_edge_pulls: usize,
 }
 
 impl Sources {
@@ -410,8 +424,14 @@ impl Sources {
                 entries.insert(key.to_owned(), Entry::new(key, settings));
             }
         }
-        let sources =
-            Arc::new(Sources { hub: hub.clone(), config: config.source.clone(), entries: Mutex::new(entries) });
+        let sources = Arc::new(Sources {
+            hub: hub.clone(),
+            config: config.source.clone(),
+            entries: Arc::new(Mutex::new(entries)),
+            edge: config.edge.clone(),
+            id: crate::edge::new_server_id(),
+            max_edge_pulls: config.limits.max_streams,
+        });
         let weak: Weak<dyn crate::hub::Sources> = Arc::downgrade(&(sources.clone() as Arc<dyn crate::hub::Sources>));
         hub.set_sources(weak);
         for entry in lock(&sources.entries).values() {
@@ -420,27 +440,48 @@ impl Sources {
         sources
     }
 
-    /// The entry of `path`.
-    pub fn entry(&self, path: &str) -> Option<Arc<Entry>> {
-        lock(&self.entries).get(path).cloned()
+    /// This server's id in the chains of edge pulls.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
-    /// Gives `path` a source with these settings, started when wanted like a configured one;
-    /// the existing entry if it has one. The edge's plug: its origins joined with the path are
-    /// the candidates. None when [`MAX_SOURCES`] paths have one already.
-    pub fn add(&self, path: &str, settings: Settings) -> Option<Arc<Entry>> {
-        let mut entries = lock(&self.entries);
-        if let Some(e) = entries.get(path) {
-            return Some(e.clone());
-        }
-        if entries.len() >= MAX_SOURCES {
+    /// Starts an edge pull of `path` from the origins for a reader whose request came
+    /// through `via`: None when the server is no edge, the path is published here, invalid,
+    /// or the edge pulls its maximum of paths already.
+    fn edge_pull(&self, path: &str, via: &[String]) -> Option<Arc<Demand>> {
+        if self.edge.origin.is_empty() || self.hub.is_published(path) || crate::path::validate(path).is_err() {
             return None;
         }
-        let entry = Entry::new(path, settings);
+        let mut entries = lock(&self.entries);
+        if let Some(e) = entries.get(path) {
+            return Some(e.demand.clone());
+        }
+        if entries.values().filter(|e| e.edge).count() >= self.max_edge_pulls {
+            warn!(path, "edge: not pulling: {} paths are pulled already (limits.max_streams)", self.max_edge_pulls);
+            return None;
+        }
+        let settings = Settings {
+            candidates: crate::edge::origin_urls(&self.edge.origin, path, via, &self.id),
+            on_demand: true,
+            // Server to server: TCP, as reliable as the origin's link and no UDP ports.
+            transport: SourceTransport::Tcp,
+            start_timeout: ms(self.config.start_timeout_ms),
+            close_after: ms(self.config.close_after_ms),
+        };
+        let mut entry = Entry::new(path, settings);
+        if let Some(e) = Arc::get_mut(&mut entry) {
+            e.edge = true;
+        }
         entries.insert(path.to_owned(), entry.clone());
         drop(entries);
-        tokio::spawn(run_entry(self.hub.clone(), self.config.clone(), entry.clone()));
-        Some(entry)
+        info!(path, via = via.len(), "edge: pulling from the origins");
+        tokio::spawn(run_edge_entry(self.hub.clone(), self.config.clone(), entry.clone(), self.entries.clone()));
+        Some(entry.demand.clone())
+    }
+
+    /// The entry of `path`: a configured source, or an edge pull while it runs.
+    pub fn entry(&self, path: &str) -> Option<Arc<Entry>> {
+        lock(&self.entries).get(path).cloned()
     }
 
     /// Paths that have a source, sorted.
@@ -472,6 +513,39 @@ impl crate::hub::Sources for Sources {
 
     fn last_error(&self, path: &str) -> Option<String> {
         self.entry(path)?.report.info().last_error.clone()
+    }
+
+    fn want(&self, path: &str, via: &[String]) -> Option<Arc<Demand>> {
+        self.demand(path).or_else(|| self.edge_pull(path, via))
+    }
+
+    fn check_via(&self, via: &[String]) -> Result<(), crate::edge::Refused> {
+        crate::edge::check_via(via, &self.id, self.edge.max_hops)
+    }
+}
+
+/// Runs an edge pull while it is wanted, then forgets it (unless a reader came back in
+/// between), so an edge holds entries only for the paths it serves.
+async fn run_edge_entry(
+    hub: Arc<Hub>,
+    config: SourceConfig,
+    entry: Arc<Entry>,
+    entries: Arc<Mutex<HashMap<String, Arc<Entry>>>>,
+) {
+    let path = entry.path.as_str();
+    loop {
+        entry.until_wanted().await;
+        run_wanted(&hub, &config, &entry).await;
+        entry.report.set_state(RelayState::Idle);
+        let mut all = lock(&entries);
+        if entry.wanted() {
+            continue;
+        }
+        if all.get(path).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+            all.remove(path);
+        }
+        info!(path, "edge: pull stopped (no reader for {:?})", entry.settings.close_after);
+        return;
     }
 }
 
@@ -879,19 +953,36 @@ mod tests {
         assert!(stop.is_err());
     }
 
-    /// The edge's plug: a path given a source at run time is served like a configured one.
+    /// An edge: a reader of a path nothing serves here starts one pull from the origins (with
+    /// the reader's chain and this server's id on its URL), known to the hub; a second reader
+    /// gets the same; a published path, an invalid one or a loop gets none.
     #[tokio::test]
-    async fn a_source_added_at_run_time_is_known_to_the_hub() {
+    async fn an_edge_pulls_unknown_paths_once_and_refuses_loops() {
+        use crate::hub::Sources as _;
         let hub = Hub::new(crate::config::HubConfig::default());
-        let sources = Sources::start(hub.clone(), &Config::default());
-        assert!(hub.demand("edge/x").is_none());
-        let settings = entry(true, 1000).settings.clone();
-        let a = sources.add("edge/x", settings.clone()).unwrap();
-        let b = sources.add("edge/x", settings).unwrap();
-        assert!(Arc::ptr_eq(&a, &b), "one entry per path");
-        assert!(hub.demand("edge/x").is_some());
-        assert_eq!(sources.paths(), ["edge/x"]);
-        assert_eq!(sources.status("edge/x").unwrap().relay.state, RelayState::Idle);
+        let mut config = Config::default();
+        config.edge.origin = vec!["rtmp://o1:1935".into(), "rtsp://o2:8554/".into()];
+        config.source.close_after_ms = 60_000;
+        let sources = Sources::start(hub.clone(), &config);
+        assert!(hub.demand("live/x").is_none());
+        let via = vec!["e0".to_owned()];
+        let a = sources.want("live/x", &via).unwrap();
+        let b = sources.want("live/x", &[]).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "one pull per path");
+        assert!(hub.demand("live/x").is_some());
+        let status = sources.status("live/x").unwrap();
+        assert!(status.edge);
+        let id = sources.id();
+        assert_eq!(status.relay.url, format!("rtmp://o1:1935/live/x?ferrocast_via=e0.{id}"));
+        let _publisher = hub.publish("live/here").unwrap();
+        assert!(sources.want("live/here", &[]).is_none(), "a path published here is not pulled");
+        assert!(sources.want("../x", &[]).is_none());
+        assert!(sources.check_via(&["e0".into(), id.to_owned()]).unwrap_err().to_string().contains("loop"));
+        assert!(sources.check_via(&vec!["e".to_owned(); 8]).is_err(), "edge.max_hops");
+        assert!(sources.check_via(&via).is_ok());
+        // A server that is no edge pulls nothing it was not told to.
+        let plain = Sources::start(Hub::new(crate::config::HubConfig::default()), &Config::default());
+        assert!(plain.want("live/x", &[]).is_none());
     }
 
     #[test]

@@ -116,7 +116,10 @@ pub async fn run(a: &Attempt<'_>, stop: &mut watch::Receiver<bool>) -> Result<()
                     return Err(SourceError {
                         step: step.to_owned(),
                         status: None,
-                        message: format!("{step} answered {code}"),
+                        message: match client.last_description() {
+                            Some(d) => format!("{step} answered {code} ({d})"),
+                            None => format!("{step} answered {code}"),
+                        },
                     });
                 }
                 ClientEvent::Status { code, .. } => debug!(path = a.path, code, "source: rtmp status"),
