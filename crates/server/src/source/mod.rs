@@ -394,10 +394,6 @@ impl Entry {
     }
 }
 
-/// Most paths with a source: each has a task and its status (the configured ones are also
-/// capped by `[paths]`' own limit).
-pub const MAX_SOURCES: usize = 100_000;
-
 /// The server's pulled sources.
 #[derive(Debug)]
 pub struct Sources {
