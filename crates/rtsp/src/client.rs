@@ -262,6 +262,14 @@ impl ClientSession {
         self.out.put_slice(packet);
     }
 
+    /// Sends an RTCP packet of `track` interleaved (TCP record: sender reports).
+    pub fn send_rtcp(&mut self, track: usize, packet: &[u8]) {
+        self.out.put_u8(b'$');
+        self.out.put_u8(2 * track as u8 + 1);
+        self.out.put_u16(packet.len() as u16);
+        self.out.put_slice(packet);
+    }
+
     /// A PLAY of the aggregate URL with these headers (`Range`, `Scale`, `Speed`, ...): a
     /// seek, a resume after [`ClientSession::pause`], or a new rate.
     pub fn play(&mut self, now: Instant, headers: &[(&str, &str)]) {

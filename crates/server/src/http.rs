@@ -23,8 +23,13 @@ use crate::http_flv::Watchdog;
 use crate::hub::{Hub, reader_nodelay, write_timeout};
 use crate::limits::Limiter;
 use crate::path;
+use crate::push::PushRegistry;
 use crate::record::Recordings;
 use crate::vod::Playback;
+
+/// `GET /api/v1/push/PATH`: `{"path": PATH, "push": [relay status...]}` (see
+/// [`PushRegistry::status`]).
+pub const PUSH_API: &str = "/api/v1/push/";
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -33,12 +38,23 @@ pub struct AppState {
     hls: Arc<HlsRegistry>,
     recordings: Arc<Recordings>,
     playback: Arc<Playback>,
+    push: Option<Arc<PushRegistry>>,
 }
 
 /// The router.
 pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>) -> Router {
+    router_with(hub, hls, playback, None)
+}
+
+/// The router, with the push relays' status at `GET /api/v1/push/PATH`.
+pub fn router_with(
+    hub: Arc<Hub>,
+    hls: Arc<HlsRegistry>,
+    playback: Arc<Playback>,
+    push: Option<Arc<PushRegistry>>,
+) -> Router {
     let recordings = playback.recordings.clone();
-    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback })
+    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback, push })
 }
 
 /// Serves HTTP until the task is dropped.
@@ -55,10 +71,11 @@ pub async fn serve(
     hls: Arc<HlsRegistry>,
     playback: Arc<Playback>,
     limiter: Arc<Limiter>,
+    push: Arc<PushRegistry>,
 ) {
     let nodelay = reader_nodelay(&hub);
     let write_timeout = write_timeout(&hub);
-    let app = router(hub.clone(), hls, playback);
+    let app = router_with(hub.clone(), hls, playback, Some(push));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.request_timeout_ms))
@@ -161,13 +178,27 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
+    if let (Some(path), Some(push)) = (uri_path.strip_prefix(PUSH_API), &state.push) {
+        // Credentials never appear: the URLs are redacted.
+        let body = serde_json::json!({ "path": path, "push": push.status(path) });
+        let mut r = (
+            [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
+            body.to_string() + "\n",
+        )
+            .into_response();
+        cors(&mut r);
+        return r;
+    }
     if let Some(r) = crate::vod::http::respond(&state.playback, req.method(), req.uri(), req.headers()).await {
         return r;
     }
     if let Some((stream, file)) = hls::parse_url(&uri_path) {
         let head = req.method() == Method::HEAD;
-        let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        return hls_response(&state.hls, stream, file, head, range).await;
+        let (range, if_none_match) = {
+            let header = |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
+            (header(header::RANGE), header(header::IF_NONE_MATCH))
+        };
+        return hls_response(&state.hls, stream, file, head, range, if_none_match).await;
     }
     let Some(stream) = uri_path.strip_prefix('/').and_then(|p| p.strip_suffix(".flv")) else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
@@ -186,31 +217,35 @@ async fn hls_response(
     file: HlsFile<'_>,
     head: bool,
     range: Option<String>,
+    if_none_match: Option<String>,
 ) -> Response {
     if path::validate(stream).is_err() {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
     let Some(hls) = reg.get(stream) else {
-        return plain(StatusCode::NOT_FOUND, "stream not found\n");
+        return hls_not_found("stream not found\n");
     };
     let (body, content_type, cache) = match file {
         HlsFile::Multivariant | HlsFile::Media => {
             // A stream that just started answers once its first segment exists.
             if !hls.wait_ready(hls::playlist_wait(reg.config())).await {
-                return plain(StatusCode::NOT_FOUND, "no segments yet\n");
+                return hls_not_found("no segments yet\n");
             }
-            let text = hls.with(|s| match file {
-                HlsFile::Multivariant => s.multivariant_playlist("media.m3u8"),
-                _ => s.media_playlist(),
+            let text = hls.with(|s| {
+                let text = match file {
+                    HlsFile::Multivariant => s.multivariant_playlist("media.m3u8"),
+                    _ => s.media_playlist(),
+                };
+                text.map(|t| (t, s.target_duration_secs()))
             });
-            let Some(text) = text else {
-                return plain(StatusCode::NOT_FOUND, "no segments yet\n");
+            let Some((text, target_secs)) = text else {
+                return hls_not_found("no segments yet\n");
             };
-            (Bytes::from(text), "application/vnd.apple.mpegurl", "no-cache")
+            (Bytes::from(text), "application/vnd.apple.mpegurl", playlist_cache_control(target_secs))
         }
         HlsFile::Segment(name) => {
             let Some(data) = hls.with(|s| s.get(name)) else {
-                return plain(StatusCode::NOT_FOUND, "segment not found\n");
+                return hls_not_found("segment not found\n");
             };
             let ct = if name.ends_with(".ts") {
                 "video/mp2t"
@@ -220,9 +255,23 @@ async fn hls_response(
                 "video/mp4"
             };
             // Names are unique per stream instance, so a segment never changes.
-            (data, ct, "public, max-age=86400, immutable")
+            (data, ct, SEGMENT_CACHE_CONTROL)
         }
     };
+    // Caches revalidate with it (nginx's `proxy_cache_revalidate`): an unchanged playlist
+    // costs the origin a 304, no body.
+    let etag = etag(&body);
+    if if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        cors(&mut r);
+        let h = r.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            h.insert(header::ETAG, v);
+        }
+        return r;
+    }
     let mut status = StatusCode::OK;
     let mut body = body;
     let total = body.len();
@@ -252,6 +301,9 @@ async fn hls_response(
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if matches!(file, HlsFile::Segment(_)) {
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -260,6 +312,44 @@ async fn hls_response(
         h.insert(header::CONTENT_RANGE, cr);
     }
     resp
+}
+
+/// Segments and init segments: their names are unique per stream instance (the instance id
+/// and a sequence number), so a cache may keep them as long as it likes.
+const SEGMENT_CACHE_CONTROL: &str = "public, max-age=86400, immutable";
+
+/// Live playlists change with every segment: a cache (a CDN, a caching proxy in front of the
+/// origin) may serve one for about half a target duration, never longer than a segment, so
+/// that players keep up while the origin sees about one request per refresh, not one per
+/// player (RFC 8216 6.2.2 has clients reload every target duration; a copy at most half a
+/// target duration old still lists the newest segment most of the time).
+fn playlist_cache_control(target_duration_secs: u64) -> &'static str {
+    match target_duration_secs / 2 {
+        0 | 1 => "public, max-age=1",
+        2 => "public, max-age=2",
+        3 => "public, max-age=3",
+        4 => "public, max-age=4",
+        _ => "public, max-age=5",
+    }
+}
+
+/// A 404 of the HLS output, cacheable for a second only: a segment or stream that does not
+/// exist yet soon will, and a cache must not hide it; yet a crowd of players asking before a
+/// stream starts costs the origin one request per second.
+fn hls_not_found(text: &'static str) -> Response {
+    let mut r = plain(StatusCode::NOT_FOUND, text);
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1"));
+    r
+}
+
+/// A strong validator of a body (FNV-1a 64 of its bytes and its length).
+fn etag(body: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in body {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("\"{h:016x}-{:x}\"", body.len())
 }
 
 /// One `bytes=` range (RFC 9110 14.1.2) as inclusive offsets, or None if unsatisfiable or
@@ -287,6 +377,18 @@ fn parse_range(value: &str, len: usize) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn playlists_cache_for_half_a_target_duration_segments_for_long() {
+        assert_eq!(playlist_cache_control(1), "public, max-age=1");
+        assert_eq!(playlist_cache_control(2), "public, max-age=1");
+        assert_eq!(playlist_cache_control(4), "public, max-age=2");
+        assert_eq!(playlist_cache_control(6), "public, max-age=3");
+        assert_eq!(playlist_cache_control(30), "public, max-age=5");
+        assert!(SEGMENT_CACHE_CONTROL.contains("immutable"));
+        assert_eq!(etag(b"#EXTM3U\n"), etag(b"#EXTM3U\n"));
+        assert_ne!(etag(b"#EXTM3U\n1"), etag(b"#EXTM3U\n2"));
+    }
 
     #[test]
     fn ranges() {

@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod limits;
 pub mod path;
 pub mod paths;
+pub mod push;
 pub mod reader;
 pub mod record;
 pub mod relay;
@@ -69,9 +70,17 @@ pub async fn run(
     ));
     let hls = hls::start(hub.clone(), config.hls.clone(), config.paths.clone());
     let recordings = record::start(hub.clone(), config.record.clone(), config.paths.clone());
+    let pushes = push::start(hub.clone(), config.source.clone(), config.paths.clone(), config.rtsp.mtu);
     let playback = vod::Playback::new(recordings.clone(), config.vod.clone());
-    let http_task =
-        tokio::spawn(http::serve(http, config.http.clone(), hub.clone(), hls, playback.clone(), limiter.clone()));
+    let http_task = tokio::spawn(http::serve(
+        http,
+        config.http.clone(),
+        hub.clone(),
+        hls,
+        playback.clone(),
+        limiter.clone(),
+        pushes,
+    ));
     let rtsp_config = config.rtsp.clone();
     let rtsp_hub = hub.clone();
     let rtsp_task =
