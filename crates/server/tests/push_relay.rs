@@ -1,0 +1,100 @@
+//! Push relays with real peers on loopback: one ferrocast pushing to another over RTMP and
+//! RTSP, and to nginx-rtmp (Debian's libnginx-mod-rtmp) restarted mid-stream; ffprobe reads
+//! what the targets got.
+
+mod common;
+#[path = "common/push.rs"]
+mod push_support;
+
+use common::{Server, probe, publish, test_flv, wait_published};
+use push_support::{Nginx, free_port, push_status, test_dir, wait_readable, wait_status};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_to_another_ferrocast_over_rtmp_and_rtsp() {
+    let target = Server::start();
+    let source = Server::with_config(&format!(
+        "[paths.\"live/*\"]\npush = [\"rtmp://{}/live/by_rtmp\", \"rtsp://{}/live/by_rtsp\"]\n",
+        target.rtmp, target.rtsp
+    ));
+    let _publisher = publish(test_flv(), &source.rtmp_url("live/src"));
+    wait_published(&target, "live/by_rtmp").await;
+    wait_published(&target, "live/by_rtsp").await;
+    for path in ["live/by_rtmp", "live/by_rtsp"] {
+        let url = target.rtmp_url(path);
+        let p = tokio::task::spawn_blocking(move || probe(&url, 3)).await.unwrap();
+        p.assert_h264_aac(320, 240, 40);
+    }
+    // Read over RTSP too: what was pushed over RTSP is played back over RTSP.
+    let url = target.rtsp_url("live/by_rtsp");
+    let p = tokio::task::spawn_blocking(move || common::probe_with(&url, 3, &["-rtsp_transport", "tcp"])).await.unwrap();
+    p.assert_rtsp("h264", 320, 240, 40);
+    let status = push_status(&source, "live/src").await;
+    assert_eq!(status.len(), 2, "{status:?}");
+    for s in &status {
+        assert_eq!(s["state"], "live", "{status:?}");
+        assert!(s["bytes"].as_u64().unwrap() > 10_000, "{status:?}");
+        assert!(s["live_since"].is_string(), "{status:?}");
+    }
+    // Frames keep flowing: the byte count grows.
+    let before: Vec<u64> = status.iter().map(|s| s["bytes"].as_u64().unwrap()).collect();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let after = push_status(&source, "live/src").await;
+    for (i, s) in after.iter().enumerate() {
+        assert!(s["bytes"].as_u64().unwrap() > before[i], "{after:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_to_nginx_rtmp_survives_its_restart() {
+    let port = free_port();
+    let mut nginx = Nginx::rtmp(&test_dir("nginx-restart"), port);
+    // The stream key's query string is kept (nginx-rtmp takes it as the publish's args).
+    let source = Server::with_config(&format!(
+        "[source]\nretry_min_ms = 200\nretry_max_ms = 1000\nrequest_timeout_ms = 3000\n\
+         [paths.\"live/cam\"]\npush = [\"rtmp://127.0.0.1:{port}/live/key?token=x\"]\n"
+    ));
+    let _publisher = publish(test_flv(), &source.rtmp_url("live/cam"));
+    let read = format!("rtmp://127.0.0.1:{port}/live/key");
+    let url = read.clone();
+    tokio::task::spawn_blocking(move || wait_readable(&url)).await.unwrap();
+    let url = read.clone();
+    let p = tokio::task::spawn_blocking(move || probe(&url, 3)).await.unwrap();
+    p.assert_h264_aac(320, 240, 40);
+    let live = wait_status(&source, "live/cam", 0, "live", |s| s["state"] == "live").await;
+    assert_eq!(live["url"], format!("rtmp://127.0.0.1:{port}/live/key?token=x"));
+
+    nginx.stop();
+    let failed = wait_status(&source, "live/cam", 0, "counted a retry", |s| {
+        s["retries"].as_u64() >= Some(1) && s["state"] != "live"
+    })
+    .await;
+    let error = failed["last_error"].as_str().expect("last_error");
+    assert!(!error.is_empty(), "{failed}");
+
+    nginx.restart();
+    wait_status(&source, "live/cam", 0, "live again", |s| s["state"] == "live").await;
+    let url = read.clone();
+    tokio::task::spawn_blocking(move || wait_readable(&url)).await.unwrap();
+    let p = tokio::task::spawn_blocking(move || probe(&read, 3)).await.unwrap();
+    p.assert_h264_aac(320, 240, 40);
+    let s = push_status(&source, "live/cam").await;
+    assert!(s[0]["last_error"].as_str().is_some_and(|e| !e.is_empty()), "the last error stays for the record: {s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_refused_says_the_step_and_the_answer_without_credentials() {
+    let target = Server::start();
+    // ferrocast refuses a publish under the reserved api/ with NetStream.Publish.BadName.
+    let source = Server::with_config(&format!(
+        "[source]\nretry_min_ms = 200\nretry_max_ms = 500\n\
+         [paths.\"live/a\"]\npush = [\"rtmp://user:secret@{}/api/x\"]\n",
+        target.rtmp
+    ));
+    let _publisher = publish(test_flv(), &source.rtmp_url("live/a"));
+    let s = wait_status(&source, "live/a", 0, "refused", |s| s["last_error"].is_string()).await;
+    let error = s["last_error"].as_str().unwrap();
+    assert!(error.contains("publish answered NetStream.Publish.BadName"), "{s}");
+    let all = serde_json::to_string(&push_status(&source, "live/a").await).unwrap();
+    assert!(!all.contains("secret") && !all.contains("user:"), "{all}");
+    assert!(all.contains("rtmp://***@"), "{all}");
+}
