@@ -26,7 +26,8 @@ async fn push_to_another_ferrocast_over_rtmp_and_rtsp() {
     }
     // Read over RTSP too: what was pushed over RTSP is played back over RTSP.
     let url = target.rtsp_url("live/by_rtsp");
-    let p = tokio::task::spawn_blocking(move || common::probe_with(&url, 3, &["-rtsp_transport", "tcp"])).await.unwrap();
+    let p =
+        tokio::task::spawn_blocking(move || common::probe_with(&url, 3, &["-rtsp_transport", "tcp"])).await.unwrap();
     p.assert_rtsp("h264", 320, 240, 40);
     let status = push_status(&source, "live/src").await;
     assert_eq!(status.len(), 2, "{status:?}");

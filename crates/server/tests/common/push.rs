@@ -115,7 +115,12 @@ pub fn test_dir(name: &str) -> PathBuf {
 
 /// The push status of `path` (`GET /api/v1/push/PATH`): its `push` list.
 pub async fn push_status(server: &Server, path: &str) -> Vec<Value> {
-    let r = http_get(&format!("http://{}/api/v1/push/{path}", server.http), "").await;
+    status_at(server.http, path).await
+}
+
+/// [`push_status`] of the server whose HTTP address is `http`.
+pub async fn status_at(http: std::net::SocketAddr, path: &str) -> Vec<Value> {
+    let r = http_get(&format!("http://{http}/api/v1/push/{path}"), "").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v: Value = serde_json::from_slice(&r.body).unwrap();
     v["push"].as_array().cloned().unwrap_or_default()
