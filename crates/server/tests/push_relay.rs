@@ -99,3 +99,38 @@ async fn push_refused_says_the_step_and_the_answer_without_credentials() {
     assert!(!all.contains("secret") && !all.contains("user:"), "{all}");
     assert!(all.contains("rtmp://***@"), "{all}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_h265_from_an_rtsp_publisher_over_enhanced_rtmp_and_rtsp() {
+    use ferrocast_rtmp::{ClientEvent, MediaKind};
+    let target = Server::start();
+    let source = Server::with_config(&format!(
+        "[paths.\"in/hevc\"]\npush = [\"rtmp://{}/live/hevc_rtmp\", \"rtsp://{}/live/hevc_rtsp\"]\n",
+        target.rtmp, target.rtsp
+    ));
+    // An RTSP publisher sends no onMetaData: the RTMP push makes one from the tracks.
+    let _publisher = common::publish_rtsp(common::hevc_aac_mkv(), &source.rtsp_url("in/hevc"), "tcp");
+    wait_published(&target, "live/hevc_rtmp").await;
+    wait_published(&target, "live/hevc_rtsp").await;
+    // ffmpeg 5.1 cannot read H.265 in FLV: the RTMP-pushed copy is read back over RTSP.
+    for path in ["live/hevc_rtmp", "live/hevc_rtsp"] {
+        let url = target.rtsp_url(path);
+        let p = tokio::task::spawn_blocking(move || common::probe_with(&url, 3, &["-rtsp_transport", "tcp"]))
+            .await
+            .unwrap();
+        p.assert_rtsp("hevc", 320, 240, 40);
+    }
+    let mut player = common::RtmpClient::connect(target.rtmp, "live/hevc_rtmp", false).await;
+    let is_metadata = |e: &ClientEvent| {
+        matches!(e, ClientEvent::Media(m) if m.kind == MediaKind::Data
+            && ferrocast_rtmp::amf0::decode_all(&m.payload).is_ok_and(|v| v.iter().any(|v| v.as_str() == Some("onMetaData"))))
+    };
+    let seen = player.wait_for(is_metadata).await;
+    let Some(ClientEvent::Media(m)) = seen.last() else { unreachable!() };
+    let values = ferrocast_rtmp::amf0::decode_all(&m.payload).unwrap();
+    let meta = values.iter().find(|v| v.get("videocodecid").is_some()).unwrap_or_else(|| panic!("{values:?}"));
+    let num = |k: &str| meta.get(k).and_then(ferrocast_rtmp::amf0::Value::as_f64);
+    assert_eq!(num("videocodecid"), Some(f64::from(u32::from_be_bytes(*b"hvc1"))), "{values:?}");
+    assert_eq!((num("width"), num("height")), (Some(320.0), Some(240.0)), "{values:?}");
+    assert_eq!(num("audiocodecid"), Some(10.0), "{values:?}");
+}

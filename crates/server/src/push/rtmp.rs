@@ -2,9 +2,11 @@
 //! get ([`TagFeed`]: `@setDataFrame onMetaData`, sequence headers first and again after a
 //! track change, H.265 as Enhanced RTMP as the RTMP output sends it).
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use ferrocast_media::{TrackKind, flv};
+use ferrocast_media::{AudioCodec, TrackInfo, TrackKind, Tracks, VideoCodec, flv};
+use ferrocast_rtmp::amf0::{self, Value};
 use ferrocast_rtmp::{ClientConfig, ClientEvent, ClientMode, ClientSession, MediaKind, SessionError};
 use tokio::io::AsyncReadExt;
 use tracing::info;
@@ -120,7 +122,7 @@ pub(super) async fn run(ctx: &Ctx, mut reader: Reader, went_live: &mut bool) -> 
                 let mut n = 0;
                 while let Some(it) = item.take() {
                     match it {
-                        ReaderItem::Tracks(t) => feed.tracks(&t),
+                        ReaderItem::Tracks(t) => feed.tracks(&with_metadata(t)),
                         ReaderItem::Frame(f) => {
                             feed.frame(f, &mut tags);
                             for tag in tags.drain(..) {
@@ -170,6 +172,44 @@ pub(super) async fn run(ctx: &Ctx, mut reader: Reader, went_live: &mut bool) -> 
     }
 }
 
+/// The tracks with an `onMetaData` of their own when the publisher sent none (an RTSP
+/// publisher, a camera): RTMP ingests (nginx-rtmp, streaming platforms) read the codecs and
+/// picture size from it.
+fn with_metadata(tracks: Arc<Tracks>) -> Arc<Tracks> {
+    if tracks.metadata.is_some() || (tracks.video.is_none() && tracks.audio.is_none()) {
+        return tracks;
+    }
+    let mut props: Vec<(&str, Value)> = Vec::new();
+    if let Some(v @ TrackInfo::Video { codec, .. }) = &tracks.video {
+        if let Some((w, h)) = ferrocast_media::fmp4::dimensions(v) {
+            props.push(("width", Value::Number(f64::from(w))));
+            props.push(("height", Value::Number(f64::from(h))));
+        }
+        let id = match codec {
+            VideoCodec::H264 => 7.0,
+            // Enhanced RTMP: the FourCC as a number.
+            VideoCodec::H265 => f64::from(u32::from_be_bytes(*b"hvc1")),
+        };
+        props.push(("videocodecid", Value::Number(id)));
+    }
+    if let Some(TrackInfo::Audio { codec, sample_rate, channels, .. }) = &tracks.audio
+        && flv::carries(tracks.audio.as_ref().expect("matched"))
+    {
+        let id = match codec {
+            AudioCodec::Aac => 10.0,
+            AudioCodec::Mp3 => 2.0,
+            AudioCodec::Pcma => 7.0,
+            AudioCodec::Pcmu => 8.0,
+            AudioCodec::Opus => 13.0,
+        };
+        props.push(("audiocodecid", Value::Number(id)));
+        props.push(("audiosamplerate", Value::Number(f64::from(*sample_rate))));
+        props.push(("stereo", Value::Boolean(*channels > 1)));
+    }
+    let body = amf0::encode_all(&[Value::from("onMetaData"), Value::object(props)]);
+    Arc::new(Tracks { metadata: Some(body.into()), ..(*tracks).clone() })
+}
+
 /// Queues one FLV tag on the session.
 fn send_tag(session: &mut ClientSession, tag: Tag) {
     match tag {
@@ -190,5 +230,31 @@ fn send_tag(session: &mut ClientSession, tag: Tag) {
             // As the RTMP output: the stream's timestamps in ms, wrapping as RTMP's do.
             session.send_media(kind, track.to_ms(frame.dts) as u32, &flv::frame_body(&track, &frame));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_made_only_when_the_publisher_sent_none() {
+        let aac = TrackInfo::Audio {
+            codec: AudioCodec::Aac,
+            config: bytes::Bytes::from_static(&[0x12, 0x10]),
+            sample_rate: 44_100,
+            channels: 2,
+            clock_rate: 44_100,
+        };
+        let t = Arc::new(Tracks { audio: Some(aac.clone()), ..Tracks::default() });
+        let m = with_metadata(t).metadata.clone().expect("made");
+        let values = amf0::decode_all(&m).unwrap();
+        assert_eq!(values[0].as_str(), Some("onMetaData"));
+        assert_eq!(values[1].get("audiocodecid").and_then(Value::as_f64), Some(10.0));
+        assert_eq!(values[1].get("audiosamplerate").and_then(Value::as_f64), Some(44_100.0));
+        let own = bytes::Bytes::from_static(b"theirs");
+        let t = Arc::new(Tracks { audio: Some(aac), metadata: Some(own.clone()), ..Tracks::default() });
+        assert_eq!(with_metadata(t).metadata, Some(own));
+        assert!(with_metadata(Arc::new(Tracks::default())).metadata.is_none());
     }
 }
