@@ -134,3 +134,25 @@ async fn push_h265_from_an_rtsp_publisher_over_enhanced_rtmp_and_rtsp() {
     assert_eq!((num("width"), num("height")), (Some(320.0), Some(240.0)), "{values:?}");
     assert_eq!(num("audiocodecid"), Some(10.0), "{values:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_over_rtsp_with_credentials_from_the_url() {
+    // The target asks RTSP publishers for credentials (Digest); the password has an `@`.
+    let target = Server::with_config("[rtsp]\npublish_credentials = \"pusher:p@ss\"\n");
+    let source = Server::with_config(&format!(
+        "[source]\nretry_min_ms = 200\nretry_max_ms = 500\n\
+         [paths.\"live/a\"]\npush = [\"rtsp://pusher:p%40ss@{0}/live/auth\", \"rtsp://pusher:wrong@{0}/live/denied\"]\n",
+        target.rtsp
+    ));
+    let _publisher = publish(test_flv(), &source.rtmp_url("live/a"));
+    wait_published(&target, "live/auth").await;
+    let url = target.rtmp_url("live/auth");
+    let p = tokio::task::spawn_blocking(move || probe(&url, 3)).await.unwrap();
+    p.assert_h264_aac(320, 240, 40);
+    let s = wait_status(&source, "live/a", 1, "refused", |s| s["last_error"].is_string()).await;
+    assert!(s["last_error"].as_str().unwrap().starts_with("ANNOUNCE answered 401"), "{s}");
+    let all = serde_json::to_string(&push_status(&source, "live/a").await).unwrap();
+    for secret in ["p%40ss", "p@ss", "wrong", "pusher"] {
+        assert!(!all.contains(secret), "{secret} in {all}");
+    }
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrocast_media::{Frame, TrackInfo, TrackKind, Tracks, rescale};
-use ferrocast_rtsp::client::{ClientEvent, ClientMode, ClientSession, ClientTransport};
+use ferrocast_rtsp::client::{ClientError, ClientEvent, ClientMode, ClientSession, ClientTransport};
 use ferrocast_rtsp::codec::{self, Packetizer};
 use ferrocast_rtsp::message::Method;
 use ferrocast_rtsp::{rtcp, sdp};
@@ -30,8 +30,8 @@ const TRACKS_SETTLE: Duration = Duration::from_secs(1);
 const MAX_HELD: usize = 512;
 /// Sender reports, per track (RFC 3550 6.2 suggests 5 s as the minimum interval).
 const REPORT_INTERVAL: Duration = Duration::from_secs(5);
-/// Keep-alives (GET_PARAMETER), well inside the 60 s session timeout servers default to.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// Longest reason phrase quoted from a target's answer.
+const MAX_REASON: usize = 80;
 
 /// The track kinds an SDP describes, in media order (track `i` is channels `2i`, `2i+1`).
 fn kinds(ids: &[(u8, TrackInfo)]) -> Vec<TrackKind> {
@@ -139,6 +139,21 @@ impl RtpOut {
     }
 }
 
+/// A refused step: its method, the status and the target's reason phrase.
+fn refused(client: &ClientSession, method: &Method, status: u16) -> PushError {
+    let reason = client.last_response().filter(|r| r.status == status).map_or("", |r| r.reason.as_str());
+    let reason: String = reason.chars().filter(|c| !c.is_control()).take(MAX_REASON).collect();
+    let answer = if reason.is_empty() { status.to_string() } else { format!("{status} {reason}") };
+    PushError::Refused { step: method.as_str().to_owned(), answer }
+}
+
+fn client_error(e: ClientError, step: &str, timeout: Duration) -> PushError {
+    match e {
+        ClientError::Timeout(method) => PushError::Timeout { step: method, timeout },
+        e => PushError::Protocol { step: step.to_owned(), why: e.to_string() },
+    }
+}
+
 /// One try: announce, record, send until the path ends (Ok) or the target fails.
 pub(super) async fn run(ctx: &Ctx, mut reader: Reader, went_live: &mut bool) -> Result<(), PushError> {
     let target = Target::parse(&ctx.url, "rtsp", 554)?;
@@ -146,19 +161,21 @@ pub(super) async fn run(ctx: &Ctx, mut reader: Reader, went_live: &mut bool) -> 
     let Some(tracks) = settled_tracks(&mut reader, &mut held).await? else {
         return Ok(());
     };
-    // Credentials are never sent in a request line.
-    let url = format!("rtsp://{}{}", target.authority, target.rest);
     let socket = connect(ctx, &target.addr).await?;
     let local = socket.local_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "0.0.0.0".into());
     let peer = socket.peer_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "0.0.0.0".into());
     let (text, ids) = sdp::describe(&tracks, &local, &peer);
     let kinds = kinds(&ids);
     let (mut rd, mut wr) = socket.into_split();
-    let mut client = ClientSession::new(&url, ClientMode::Record(text), ClientTransport::Tcp, vec![], Instant::now());
+    // The client takes the credentials from the URL (Basic or Digest, as the target asks);
+    // no request line carries them.
+    let mut client =
+        ClientSession::new(&ctx.url, ClientMode::Record(text), ClientTransport::Tcp, vec![], Instant::now());
+    let timeout = ctx.request_timeout();
+    client.set_response_timeout(timeout);
     let mut out = Vec::new();
     let mut buf = vec![0u8; READ_BUFFER];
     let (mut described, mut set_up) = (false, 0usize);
-    let timeout = ctx.request_timeout();
     loop {
         let step = if !described {
             "ANNOUNCE"
@@ -177,31 +194,27 @@ pub(super) async fn run(ctx: &Ctx, mut reader: Reader, went_live: &mut bool) -> 
                 ClientEvent::Described(_) => described = true,
                 ClientEvent::SetUp { .. } => set_up += 1,
                 ClientEvent::Started => started = true,
-                ClientEvent::Failed { method, status } => {
-                    let mut answer = status.to_string();
-                    if status == 401 && target.userinfo.is_some() {
-                        answer.push_str(
-                            " (credentials in the URL are not sent yet: the RTSP client has no authentication)",
-                        );
-                    }
-                    return Err(PushError::Refused { step: method.as_str().to_owned(), answer });
-                }
+                ClientEvent::Failed { method, status } => return Err(refused(&client, &method, status)),
                 _ => {}
             }
         }
         if started {
             break;
         }
-        let n = match tokio::time::timeout(timeout, rd.read(&mut buf)).await {
-            Err(_) => return Err(PushError::Timeout { step: step.to_owned(), timeout }),
-            Ok(r) => r.map_err(|source| PushError::Io { step: step.to_owned(), source })?,
-        };
-        if n == 0 {
-            return Err(PushError::Closed { step: step.to_owned() });
+        // Every answer within the request timeout (the client's own timer).
+        let deadline = client.poll_timeout().unwrap_or_else(|| Instant::now() + timeout);
+        tokio::select! {
+            r = rd.read(&mut buf) => {
+                let n = r.map_err(|source| PushError::Io { step: step.to_owned(), source })?;
+                if n == 0 {
+                    return Err(PushError::Closed { step: step.to_owned() });
+                }
+                client.handle_input(Instant::now(), &buf[..n]).map_err(|e| client_error(e, step, timeout))?;
+            }
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
+                client.handle_timeout(Instant::now()).map_err(|e| client_error(e, step, timeout))?;
+            }
         }
-        client
-            .handle_input(Instant::now(), &buf[..n])
-            .map_err(|e| PushError::Protocol { step: step.to_owned(), why: e.to_string() })?;
     }
     info!(path = ctx.path, url = redact(&ctx.url), tracks = kinds.len(), "push: recording over RTSP");
     *went_live = true;
@@ -210,8 +223,7 @@ pub(super) async fn run(ctx: &Ctx, mut reader: Reader, went_live: &mut bool) -> 
     let n = kinds.len();
     let mut rtp =
         RtpOut { kinds, packetizers: (0..n).map(|_| None).collect(), reported: vec![false; n], tracks, mtu: ctx.mtu };
-    let mut next_report = tokio::time::Instant::now() + REPORT_INTERVAL;
-    let mut next_keep_alive = tokio::time::Instant::now() + KEEP_ALIVE_INTERVAL;
+    let mut next_report = Instant::now() + REPORT_INTERVAL;
     const STEP: &str = "recording";
     loop {
         let mut ended = false;
@@ -248,6 +260,8 @@ pub(super) async fn run(ctx: &Ctx, mut reader: Reader, went_live: &mut bool) -> 
             }
         }
         if !ended {
+            // Sender reports, and the client's keep-alives and answer deadlines.
+            let timer = client.poll_timeout().map_or(next_report, |t| t.min(next_report));
             tokio::select! {
                 item = reader.next() => {
                     let mut item = Some(item);
@@ -268,22 +282,19 @@ pub(super) async fn run(ctx: &Ctx, mut reader: Reader, went_live: &mut bool) -> 
                     if n == 0 {
                         return Err(PushError::Closed { step: STEP.into() });
                     }
-                    client
-                        .handle_input(Instant::now(), &buf[..n])
-                        .map_err(|e| PushError::Protocol { step: STEP.into(), why: e.to_string() })?;
+                    client.handle_input(Instant::now(), &buf[..n]).map_err(|e| client_error(e, STEP, timeout))?;
                     while let Some(ev) = client.poll_event() {
                         match ev {
-                            // A keep-alive the target does not know is no failure.
-                            ClientEvent::Failed { method: Method::GetParameter, .. } => {}
-                            ClientEvent::Failed { method, status } => {
-                                return Err(PushError::Refused { step: method.as_str().to_owned(), answer: status.to_string() });
-                            }
+                            // A keep-alive the target does not know is no failure (the client
+                            // falls back to OPTIONS).
+                            ClientEvent::Failed { method: Method::GetParameter | Method::Options, .. } => {}
+                            ClientEvent::Failed { method, status } => return Err(refused(&client, &method, status)),
                             _ => {}
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(next_report.min(next_keep_alive)) => {
-                    let now = tokio::time::Instant::now();
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(timer)) => {
+                    let now = Instant::now();
                     if now >= next_report {
                         next_report = now + REPORT_INTERVAL;
                         for i in 0..rtp.kinds.len() {
@@ -292,13 +303,7 @@ pub(super) async fn run(ctx: &Ctx, mut reader: Reader, went_live: &mut bool) -> 
                             }
                         }
                     }
-                    if now >= next_keep_alive {
-                        next_keep_alive = now + KEEP_ALIVE_INTERVAL;
-                        client
-                            .handle_timeout(Instant::now())
-                            .map_err(|_| PushError::Timeout { step: "keep-alive (GET_PARAMETER)".into(), timeout: KEEP_ALIVE_INTERVAL })?;
-                        client.keep_alive(Instant::now());
-                    }
+                    client.handle_timeout(now).map_err(|e| client_error(e, "keep-alive", timeout))?;
                 }
             }
         }
