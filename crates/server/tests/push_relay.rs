@@ -156,3 +156,28 @@ async fn push_over_rtsp_with_credentials_from_the_url() {
         assert!(!all.contains(secret), "{secret} in {all}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_stops_when_the_path_ends_and_starts_again_with_it() {
+    let target = Server::start();
+    let source = Server::with_config(&format!(
+        "[hub]\nrepublish_grace_ms = 1000\n[paths.\"live/a\"]\npush = [\"rtmp://{}/live/copy\"]\n",
+        target.rtmp
+    ));
+    let publisher = publish(test_flv(), &source.rtmp_url("live/a"));
+    wait_published(&target, "live/copy").await;
+    wait_status(&source, "live/a", 0, "live", |s| s["state"] == "live").await;
+    // The publisher leaves for good: after the grace the push ends and the target's path with it.
+    drop(publisher);
+    wait_status(&source, "live/a", 0, "idle", |s| s["state"] == "idle" && s["bytes"] == 0).await;
+    let flv = target.flv_url("live/copy");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while common::http_status(&flv).await == Some(200) {
+        assert!(std::time::Instant::now() < deadline, "the target's path stayed");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // A new publish of the path pushes again.
+    let _publisher = publish(test_flv(), &source.rtmp_url("live/a"));
+    wait_published(&target, "live/copy").await;
+    wait_status(&source, "live/a", 0, "live again", |s| s["state"] == "live").await;
+}

@@ -21,8 +21,8 @@ const READ_BUFFER: usize = 4096;
 /// `rtmp://host[:port]/app/name[?query]` as (tcUrl, app, stream name): the app is the first
 /// path segment (as ffmpeg and nginx-rtmp take it), the name the rest with its query kept
 /// (`key?token=x`).
-fn split_url(ctx: &Ctx, target: &Target) -> Result<(String, String, String), PushError> {
-    let bad = |why| PushError::Url { url: redact(&ctx.url), why };
+fn split_url(url: &str, target: &Target) -> Result<(String, String, String), PushError> {
+    let bad = |why| PushError::Url { url: redact(url), why };
     let (path, query) = match target.rest.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target.rest.as_str(), None),
@@ -63,7 +63,7 @@ fn session_error(e: SessionError, step: &str) -> PushError {
 /// One try: connect, publish, send until the path ends (Ok) or the target fails.
 pub(super) async fn run(ctx: &Ctx, mut reader: Reader, went_live: &mut bool) -> Result<(), PushError> {
     let target = Target::parse(&ctx.url, "rtmp", 1935)?;
-    let (tc_url, app, name) = split_url(ctx, &target)?;
+    let (tc_url, app, name) = split_url(&ctx.url, &target)?;
     let socket = connect(ctx, &target.addr).await?;
     let (mut rd, mut wr) = socket.into_split();
     let mut config = ClientConfig::new(&tc_url, &app, ClientMode::Publish(name));
@@ -236,6 +236,23 @@ fn send_tag(session: &mut ClientSession, tag: Tag) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn split(url: &str) -> Result<(String, String, String), PushError> {
+        let target = Target::parse(url, "rtmp", 1935)?;
+        split_url(url, &target)
+    }
+
+    #[test]
+    fn urls_split_into_tc_url_app_and_name_with_its_query() {
+        let (tc, app, name) = split("rtmp://u:pw@host:1936/live/key?token=x/y").unwrap();
+        assert_eq!((tc.as_str(), app.as_str(), name.as_str()), ("rtmp://host:1936/live", "live", "key?token=x/y"));
+        let (tc, app, name) = split("rtmp://host/app/a/b").unwrap();
+        assert_eq!((tc.as_str(), app.as_str(), name.as_str()), ("rtmp://host/app", "app", "a/b"));
+        for bad in ["rtmp://host/app", "rtmp://host/app/", "rtmp://host//x", "rtmp://u:pw@host"] {
+            let e = split(bad).unwrap_err().to_string();
+            assert!(e.starts_with("bad URL") && !e.contains("pw"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn metadata_is_made_only_when_the_publisher_sent_none() {
