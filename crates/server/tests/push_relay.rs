@@ -35,6 +35,8 @@ async fn push_to_another_ferrocast_over_rtmp_and_rtsp() {
         assert_eq!(s["state"], "live", "{status:?}");
         assert!(s["bytes"].as_u64().unwrap() > 10_000, "{status:?}");
         assert!(s["live_since"].is_string(), "{status:?}");
+        // Measured over 2 s windows: the test stream is a few hundred kbit/s.
+        assert!(s["bitrate"].as_u64().unwrap() > 50_000, "{status:?}");
     }
     // Frames keep flowing: the byte count grows.
     let before: Vec<u64> = status.iter().map(|s| s["bytes"].as_u64().unwrap()).collect();
