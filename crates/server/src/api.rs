@@ -3,9 +3,11 @@
 //!
 //! - `GET /api/v1/paths`: `{"items": [PATH, ...]}` sorted by path: every live path and every
 //!   path with a configured source.
-//! - `GET /api/v1/paths/PATH`: one PATH, or 404.
+//! - `GET /api/v1/paths/PATH`: one PATH (a path known to the hub, with a source, or with push
+//!   targets), or 404.
 //!   PATH = `{"path": "cams/a", "live": bool, "readers": N, "source": null | SOURCE,
-//!   "push": []}`; SOURCE is [`crate::source::SourceStatus`]. `readers` counts viewers, not
+//!   "push": [RELAY, ...]}`; SOURCE is [`crate::source::SourceStatus`], RELAY a push target's
+//!   [`crate::relay::RelayStatus`]. `readers` counts viewers, not
 //!   the server's own services (HLS muxing, recording, push).
 //! - `POST /api/v1/probe` with `{"url": "rtsp://..." | "rtmp://..."}`: connects once and
 //!   reports what it found ([`crate::source::ProbeResult`]). Loopback clients only (it makes
@@ -23,6 +25,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::SourceConfig;
 use crate::hub::Hub;
+use crate::push::PushRegistry;
 use crate::source::{MAX_PROBES, Sources};
 
 /// `/api/v1/paths`.
@@ -39,14 +42,25 @@ pub const MAX_PROBE_BODY: usize = 8 * 1024;
 pub struct Api {
     hub: Arc<Hub>,
     sources: Option<Arc<Sources>>,
+    push: Option<Arc<PushRegistry>>,
     source_config: SourceConfig,
     probes: Semaphore,
 }
 
 impl Api {
-    /// The API over `hub` and its pulled sources.
-    pub fn new(hub: Arc<Hub>, sources: Option<Arc<Sources>>, source_config: SourceConfig) -> Arc<Api> {
-        Arc::new(Api { hub, sources, source_config, probes: Semaphore::new(MAX_PROBES) })
+    /// The API over `hub`, its pulled sources and its push relays.
+    pub fn new(
+        hub: Arc<Hub>,
+        sources: Option<Arc<Sources>>,
+        push: Option<Arc<PushRegistry>>,
+        source_config: SourceConfig,
+    ) -> Arc<Api> {
+        Arc::new(Api { hub, sources, push, source_config, probes: Semaphore::new(MAX_PROBES) })
+    }
+
+    /// The push relays of `path` (one per `push` URL, idle while the path is not live).
+    fn push_status(&self, path: &str) -> Vec<crate::relay::RelayStatus> {
+        self.push.as_ref().map(|p| p.status(path)).unwrap_or_default()
     }
 }
 
@@ -76,7 +90,7 @@ fn path_json(api: &Api, path: &str) -> Value {
         "live": api.hub.is_published(path),
         "readers": api.hub.readers(path),
         "source": source,
-        "push": [],
+        "push": api.push_status(path),
     })
 }
 
@@ -106,7 +120,9 @@ pub async fn handle(api: &Api, method: &Method, uri_path: &str, body: Body, peer
         let items: Vec<Value> = paths.iter().map(|p| path_json(api, p)).collect();
         return reply(StatusCode::OK, json!({ "items": items }));
     }
-    let known = api.hub.has_stream(path) || api.sources.as_ref().is_some_and(|s| s.entry(path).is_some());
+    let known = api.hub.has_stream(path)
+        || api.sources.as_ref().is_some_and(|s| s.entry(path).is_some())
+        || !api.push_status(path).is_empty();
     if !known {
         return error(StatusCode::NOT_FOUND, format!("no path {path}"));
     }
@@ -148,7 +164,7 @@ mod tests {
     use super::*;
 
     fn api() -> Arc<Api> {
-        Api::new(Hub::new(crate::config::HubConfig::default()), None, SourceConfig::default())
+        Api::new(Hub::new(crate::config::HubConfig::default()), None, None, SourceConfig::default())
     }
 
     async fn body_json(r: Response) -> Value {

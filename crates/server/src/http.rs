@@ -37,9 +37,9 @@ pub struct AppState {
     api: Arc<Api>,
 }
 
-/// The router, without pulled sources in the API.
+/// The router, without pulled sources or push relays in the API.
 pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>) -> Router {
-    let api = Api::new(hub.clone(), None, crate::config::SourceConfig::default());
+    let api = Api::new(hub.clone(), None, None, crate::config::SourceConfig::default());
     router_with(hub, hls, playback, api)
 }
 
@@ -64,11 +64,12 @@ pub async fn serve(
     playback: Arc<Playback>,
     limiter: Arc<Limiter>,
 ) {
-    let api = Api::new(hub.clone(), None, crate::config::SourceConfig::default());
+    let api = Api::new(hub.clone(), None, None, crate::config::SourceConfig::default());
     serve_with(listener, config, hub, hls, playback, limiter, api).await
 }
 
-/// [`serve`], with `api` answering `/api/v1/paths` and `/api/v1/probe`.
+/// [`serve`], with `api` answering `/api/v1/paths` (pulled sources, push relays) and
+/// `/api/v1/probe`.
 pub async fn serve_with(
     listener: TcpListener,
     config: HttpConfig,
@@ -204,8 +205,11 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
             }
         }
         let head = req.method() == Method::HEAD;
-        let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        return hls_response(&state.hls, stream, file, head, range).await;
+        let (range, if_none_match) = {
+            let header = |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
+            (header(header::RANGE), header(header::IF_NONE_MATCH))
+        };
+        return hls_response(&state.hls, stream, file, head, range, if_none_match).await;
     }
     let Some(stream) = uri_path.strip_prefix('/').and_then(|p| p.strip_suffix(".flv")) else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
@@ -224,31 +228,35 @@ async fn hls_response(
     file: HlsFile<'_>,
     head: bool,
     range: Option<String>,
+    if_none_match: Option<String>,
 ) -> Response {
     if path::validate(stream).is_err() {
         return plain(StatusCode::NOT_FOUND, "not found\n");
     }
     let Some(hls) = reg.get(stream) else {
-        return plain(StatusCode::NOT_FOUND, "stream not found\n");
+        return hls_not_found("stream not found\n");
     };
     let (body, content_type, cache) = match file {
         HlsFile::Multivariant | HlsFile::Media => {
             // A stream that just started answers once its first segment exists.
             if !hls.wait_ready(hls::playlist_wait(reg.config())).await {
-                return plain(StatusCode::NOT_FOUND, "no segments yet\n");
+                return hls_not_found("no segments yet\n");
             }
-            let text = hls.with(|s| match file {
-                HlsFile::Multivariant => s.multivariant_playlist("media.m3u8"),
-                _ => s.media_playlist(),
+            let text = hls.with(|s| {
+                let text = match file {
+                    HlsFile::Multivariant => s.multivariant_playlist("media.m3u8"),
+                    _ => s.media_playlist(),
+                };
+                text.map(|t| (t, s.target_duration_secs()))
             });
-            let Some(text) = text else {
-                return plain(StatusCode::NOT_FOUND, "no segments yet\n");
+            let Some((text, target_secs)) = text else {
+                return hls_not_found("no segments yet\n");
             };
-            (Bytes::from(text), "application/vnd.apple.mpegurl", "no-cache")
+            (Bytes::from(text), "application/vnd.apple.mpegurl", playlist_cache_control(target_secs))
         }
         HlsFile::Segment(name) => {
             let Some(data) = hls.with(|s| s.get(name)) else {
-                return plain(StatusCode::NOT_FOUND, "segment not found\n");
+                return hls_not_found("segment not found\n");
             };
             let ct = if name.ends_with(".ts") {
                 "video/mp2t"
@@ -258,9 +266,23 @@ async fn hls_response(
                 "video/mp4"
             };
             // Names are unique per stream instance, so a segment never changes.
-            (data, ct, "public, max-age=86400, immutable")
+            (data, ct, SEGMENT_CACHE_CONTROL)
         }
     };
+    // Caches revalidate with it (nginx's `proxy_cache_revalidate`): an unchanged playlist
+    // costs the origin a 304, no body.
+    let etag = etag(&body);
+    if if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        cors(&mut r);
+        let h = r.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            h.insert(header::ETAG, v);
+        }
+        return r;
+    }
     let mut status = StatusCode::OK;
     let mut body = body;
     let total = body.len();
@@ -290,6 +312,9 @@ async fn hls_response(
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if matches!(file, HlsFile::Segment(_)) {
         h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -298,6 +323,44 @@ async fn hls_response(
         h.insert(header::CONTENT_RANGE, cr);
     }
     resp
+}
+
+/// Segments and init segments: their names are unique per stream instance (the instance id
+/// and a sequence number), so a cache may keep them as long as it likes.
+const SEGMENT_CACHE_CONTROL: &str = "public, max-age=86400, immutable";
+
+/// Live playlists change with every segment: a cache (a CDN, a caching proxy in front of the
+/// origin) may serve one for about half a target duration, never longer than a segment, so
+/// that players keep up while the origin sees about one request per refresh, not one per
+/// player (RFC 8216 6.2.2 has clients reload every target duration; a copy at most half a
+/// target duration old still lists the newest segment most of the time).
+fn playlist_cache_control(target_duration_secs: u64) -> &'static str {
+    match target_duration_secs / 2 {
+        0 | 1 => "public, max-age=1",
+        2 => "public, max-age=2",
+        3 => "public, max-age=3",
+        4 => "public, max-age=4",
+        _ => "public, max-age=5",
+    }
+}
+
+/// A 404 of the HLS output, cacheable for a second only: a segment or stream that does not
+/// exist yet soon will, and a cache must not hide it; yet a crowd of players asking before a
+/// stream starts costs the origin one request per second.
+fn hls_not_found(text: &'static str) -> Response {
+    let mut r = plain(StatusCode::NOT_FOUND, text);
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=1"));
+    r
+}
+
+/// A strong validator of a body (FNV-1a 64 of its bytes and its length).
+fn etag(body: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in body {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("\"{h:016x}-{:x}\"", body.len())
 }
 
 /// One `bytes=` range (RFC 9110 14.1.2) as inclusive offsets, or None if unsatisfiable or
@@ -325,6 +388,18 @@ fn parse_range(value: &str, len: usize) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn playlists_cache_for_half_a_target_duration_segments_for_long() {
+        assert_eq!(playlist_cache_control(1), "public, max-age=1");
+        assert_eq!(playlist_cache_control(2), "public, max-age=1");
+        assert_eq!(playlist_cache_control(4), "public, max-age=2");
+        assert_eq!(playlist_cache_control(6), "public, max-age=3");
+        assert_eq!(playlist_cache_control(30), "public, max-age=5");
+        assert!(SEGMENT_CACHE_CONTROL.contains("immutable"));
+        assert_eq!(etag(b"#EXTM3U\n"), etag(b"#EXTM3U\n"));
+        assert_ne!(etag(b"#EXTM3U\n1"), etag(b"#EXTM3U\n2"));
+    }
 
     #[test]
     fn ranges() {

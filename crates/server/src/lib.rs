@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod limits;
 pub mod path;
 pub mod paths;
+pub mod push;
 pub mod reader;
 pub mod record;
 pub mod relay;
@@ -73,8 +74,9 @@ pub async fn run(
     let hls = hls::start(hub.clone(), config.hls.clone(), config.paths.clone());
     // Pulled sources: always-on ones start now, on-demand ones when readers come.
     let sources = source::Sources::start(hub.clone(), &config);
-    let api = api::Api::new(hub.clone(), Some(sources.clone()), config.source.clone());
     let recordings = record::start(hub.clone(), config.record.clone(), config.paths.clone());
+    let pushes = push::start(hub.clone(), config.source.clone(), config.paths.clone(), config.rtsp.mtu);
+    let api = api::Api::new(hub.clone(), Some(sources.clone()), Some(pushes), config.source.clone());
     let playback = vod::Playback::new(recordings.clone(), config.vod.clone());
     let http_task = tokio::spawn(http::serve_with(
         http,
