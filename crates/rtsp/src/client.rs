@@ -121,9 +121,10 @@ pub enum ClientEvent {
         /// The status.
         status: u16,
     },
-    /// DESCRIBE was redirected (3xx with Location) to another server: this connection cannot
-    /// follow, the application connects to `url` with a new session (credentials are not in
-    /// `url`: pass them again with [`ClientSession::set_credentials`]). Redirects to the same
+    /// DESCRIBE was redirected (3xx with Location) to another server, or the server sent a
+    /// REDIRECT request (RFC 2326 section 10.10): this connection cannot follow, the
+    /// application connects to `url` with a new session (credentials are not in `url`: pass
+    /// them again with [`ClientSession::set_credentials`]). DESCRIBE redirects to the same
     /// server are followed on this connection, at most [`MAX_REDIRECTS`] times.
     Redirect {
         /// The Location, without userinfo.
@@ -484,11 +485,34 @@ impl ClientSession {
             match m {
                 Message::Response(r) => self.on_response(now, r)?,
                 Message::Interleaved { channel, data } => self.on_interleaved(channel, data),
-                // Requests from the server (GET_PARAMETER, ANNOUNCE) are not answered: no
-                // camera we know needs it.
-                Message::Request(_) => {}
+                Message::Request(q) => self.on_server_request(q),
             }
         }
+    }
+
+    /// A request from the server (RFC 2326 section 10 lists OPTIONS, ANNOUNCE,
+    /// GET_PARAMETER, SET_PARAMETER and REDIRECT server to client): OPTIONS and the
+    /// parameter methods, which servers use to check a client is alive, are answered 200;
+    /// REDIRECT is answered 200 and reported as [`ClientEvent::Redirect`] when it has a
+    /// Location; anything else 501 Not Implemented.
+    fn on_server_request(&mut self, q: Request) {
+        let status = match q.method {
+            Method::Options | Method::GetParameter | Method::SetParameter => 200,
+            Method::Redirect => {
+                if let Some(l) = q.headers.get("Location").map(str::trim).filter(|l| !l.is_empty()) {
+                    self.closing = true;
+                    self.next_keep_alive = None;
+                    self.events.push_back(ClientEvent::Redirect { url: resolve(&self.url, l) });
+                }
+                200
+            }
+            _ => 501,
+        };
+        let mut r = Response::new(status, q.cseq());
+        if let Some(s) = &self.session {
+            r = r.with("Session", s.clone());
+        }
+        self.out.put_slice(&r.encode());
     }
 
     fn on_interleaved(&mut self, channel: u8, packet: Bytes) {

@@ -788,3 +788,32 @@ fn the_description_is_kept_as_sent() {
     cam.ok(&r, "RTSP/1.0 200 OK\nContent-Type: application/sdp", &hikvision_sdp());
     assert_eq!(cam.c.description().map(|b| &b[..]), Some(hikvision_sdp().as_bytes()));
 }
+
+/// Requests from the server: OPTIONS and GET_PARAMETER (liveness checks) answered 200 with
+/// the CSeq and Session, REDIRECT reported, anything else 501; the session goes on.
+#[test]
+fn server_requests_are_answered() {
+    let mut cam = started("rtsp://cam/live", "OPTIONS, GET_PARAMETER", "");
+    let answers = |cam: &mut Cam, text: &str| {
+        cam.c.handle_input(cam.now, text.as_bytes()).unwrap();
+        let mut out = BytesMut::new();
+        while let Some(b) = cam.c.poll_transmit() {
+            out.extend_from_slice(&b);
+        }
+        let Some(Message::Response(r)) = message::decode(&mut out).unwrap() else { panic!("{out:?}") };
+        r
+    };
+    let r = answers(&mut cam, "GET_PARAMETER rtsp://cam/live RTSP/1.0\r\nCSeq: 91\r\nSession: s1\r\n\r\n");
+    assert_eq!((r.status, r.headers.get("CSeq"), r.headers.get("Session")), (200, Some("91"), Some("s1")));
+    let r = answers(&mut cam, "OPTIONS * RTSP/1.0\r\nCSeq: 92\r\n\r\n");
+    assert_eq!((r.status, r.headers.get("CSeq")), (200, Some("92")));
+    let r = answers(&mut cam, "ANNOUNCE rtsp://cam/live RTSP/1.0\r\nCSeq: 93\r\n\r\n");
+    assert_eq!(r.status, 501);
+    assert!(cam.events().is_empty());
+    assert!(cam.c.poll_timeout().is_some(), "keep-alives go on");
+    let r =
+        answers(&mut cam, "REDIRECT rtsp://cam/live RTSP/1.0\r\nCSeq: 94\r\nLocation: rtsp://u:p@cam2/live\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(cam.events(), [ClientEvent::Redirect { url: "rtsp://cam2/live".into() }]);
+    assert_eq!(cam.c.poll_timeout(), None);
+}
