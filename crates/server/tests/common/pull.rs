@@ -263,6 +263,13 @@ impl LoggedServer {
         read(&self.log)
     }
 
+    /// The last `n` lines of the log, without RTCP chatter: for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log_text();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.contains("rtcp")).collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     /// `GET /api/v1/paths/{path}`: the status code and the JSON body.
     pub async fn path_status(&self, path: &str) -> (u16, Value) {
         let r = http_get(&format!("http://{}/api/v1/paths/{path}", self.http), "").await;
