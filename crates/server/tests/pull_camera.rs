@@ -32,6 +32,8 @@ async fn assert_no_secret(server: &LoggedServer, path: &str, secret: &str) {
     let (_, status) = server.path_status(path).await;
     let text = status.to_string();
     assert!(!text.contains(secret), "the API shows the password: {text}");
+    let all = http_get(&format!("http://{}/api/v1/paths", server.http), "").await.text();
+    assert!(!all.contains(secret), "the path list shows the password: {all}");
     let log = server.log_text();
     assert!(!log.contains(secret), "the log shows the password:\n{}", lines_with(&log, secret));
 }
@@ -51,7 +53,8 @@ fn blocking_probe(url: String) -> tokio::task::JoinHandle<Probe> {
 #[tokio::test(flavor = "multi_thread")]
 async fn gst_camera_pulled_on_demand_read_over_every_protocol() {
     let camera = Camera::gst(0, &[]);
-    let server = server(&camera.url(None), "", "");
+    // Readers follow one another: the source stays up between them.
+    let server = server(&camera.url(None), "source_close_after_ms = 30000", "");
 
     // On demand: nothing runs until a reader comes.
     let idle = server.wait_state("cams/a", "idle").await;

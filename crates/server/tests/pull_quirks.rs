@@ -79,10 +79,12 @@ fn lower(s: &str) -> String {
 /// `Session: 12345678;timeout=60`; the RTP comes from another port than server_port.
 #[tokio::test(flavor = "multi_thread")]
 async fn hikvision_absolute_controls_play() {
-    let (server, camera) = plays("hikvision", "").await;
+    let (server, mut camera) = plays("hikvision", "").await;
     assert!(camera.count(|l| l.starts_with("request SETUP") && l.contains("/Streaming/Channels/101/trackID=1 ")) >= 1);
     let status = server.wait_state("cams/q", "live").await;
     assert_eq!(status["source"]["transport"], "udp", "{status}");
+    // Receiver reports reach the RTCP port announced in server_port.
+    camera.wait_line(|l| l == "rtcp", "an RTCP receiver report");
 }
 
 /// Dahua style: no sprop-parameter-sets, SPS/PPS in band only; a path with a query string.
@@ -164,9 +166,11 @@ async fn keepalive_with_session_outlives_two_periods() {
 /// UDP SETUP refused with 461: auto plays over TCP interleaved.
 #[tokio::test(flavor = "multi_thread")]
 async fn udp_refused_461_auto_plays_over_tcp() {
-    let (server, _camera) = plays("udp_461", "").await;
+    let (server, mut camera) = plays("udp_461", "").await;
     let status = server.wait_state("cams/q", "live").await;
     assert_eq!(status["source"]["transport"], "tcp", "{status}");
+    // Receiver reports go interleaved on the RTSP connection.
+    camera.wait_line(|l| l == "rtcp", "an RTCP receiver report");
 }
 
 /// UDP SETUP refused with 461 when `udp` is required: a clear error naming SETUP and 461.
