@@ -324,9 +324,23 @@ async fn probe_reports_a_good_camera() {
     assert_eq!(r["auth"], "digest-md5", "{r}");
     assert!(["udp", "tcp"].contains(&r["transport"].as_str().unwrap_or("")), "{r}");
     assert!(r["transport_reason"].is_string(), "{r}");
-    assert!(r["first_keyframe_ms"].as_u64().is_some(), "{r}");
+    assert!(r["first_keyframe_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{r}");
     let text = r.to_string();
     assert!(!text.contains("p@ss") && !text.contains("p%40ss"), "{text}");
+}
+
+/// The probe shows the SDP as the camera sent it (its session name, its vendor attributes),
+/// not a rendering of what was understood: that is what someone adding a camera needs to see.
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_shows_the_cameras_own_sdp() {
+    let camera = Camera::quirk("hikvision", &[]);
+    let server = LoggedServer::start("");
+    let (_, r) = server.probe_api(&camera.url(None)).await;
+    assert_eq!(r["ok"], true, "{r}");
+    let sdp = r["sdp"].as_str().unwrap_or_else(|| panic!("no sdp: {r}"));
+    for line in ["s=Media Presentation", "a=x-dimensions:0,0", "b=AS:5000"] {
+        assert!(sdp.contains(line), "{line:?} missing from the probe's SDP:\n{sdp}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
