@@ -56,6 +56,7 @@ async fn fails(server: &LoggedServer, what: &str, f: impl Fn(&str) -> bool) -> V
         })
         .await;
     assert_ne!(status["source"]["state"], "live", "{status}");
+    eprintln!("last_error: {}", status["source"]["last_error"]);
     status
 }
 
@@ -263,7 +264,11 @@ async fn wrong_password_fails_with_401() {
 async fn junk_answer_fails_clearly() {
     let camera = Camera::quirk("junk", &[]);
     let mut server = server(&camera.url(None), "source_on_demand = false", "");
-    fails(&server, "failing on junk", |e| e.contains("DESCRIBE")).await;
+    // Junk is an answer, and not RTSP: saying "no answer" (a timeout) would send the user
+    // looking at the network instead of the camera.
+    let status = fails(&server, "failing on junk", |e| e.contains("DESCRIBE")).await;
+    let error = status["source"]["last_error"].as_str().unwrap();
+    assert!(!lower(error).contains("no answer"), "junk reported as silence: {error}");
     assert_healthy(&mut server).await;
 }
 
