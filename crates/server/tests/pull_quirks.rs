@@ -60,9 +60,14 @@ async fn fails(server: &LoggedServer, what: &str, f: impl Fn(&str) -> bool) -> V
     status
 }
 
-/// The server is healthy: still running, and a path published by ffmpeg on it plays.
+/// ffmpeg publishing `live/other` on the server while a camera misbehaves on `cams/q`.
+fn publish_other(server: &LoggedServer) -> Proc {
+    publish(test_flv(), &server.rtmp_url("live/other"))
+}
+
+/// The server is healthy: still running, and the path ffmpeg publishes (see
+/// [`publish_other`]) plays.
 async fn assert_healthy(server: &mut LoggedServer) {
-    let _publisher = publish(test_flv(), &server.rtmp_url("live/other"));
     wait_published(server, "live/other").await;
     let url = server.flv_url("live/other");
     let p = tokio::task::spawn_blocking(move || probe(&url, 2)).await.unwrap();
@@ -179,6 +184,7 @@ async fn udp_refused_461_auto_plays_over_tcp() {
 async fn udp_refused_461_forced_udp_fails_clearly() {
     let camera = Camera::quirk("udp_461", &[]);
     let mut server = server(&camera.url(None), "source_on_demand = false\nsource_transport = \"udp\"", "");
+    let _other = publish_other(&server);
     let status = fails(&server, "failing with 461", |e| e.contains("461") && e.contains("SETUP")).await;
     assert_eq!(status["live"], false, "{status}");
     assert_healthy(&mut server).await;
@@ -195,6 +201,7 @@ async fn slow_answers_play() {
 async fn answer_later_than_request_timeout_fails_naming_the_step() {
     let camera = Camera::quirk("stuck_describe", &[]);
     let mut server = server(&camera.url(None), "source_on_demand = false", "request_timeout_ms = 1500");
+    let _other = publish_other(&server);
     fails(&server, "timing out in DESCRIBE", |e| {
         e.contains("DESCRIBE") && (lower(e).contains("time") || lower(e).contains("no answer"))
     })
@@ -251,6 +258,7 @@ async fn digest_stale_nonce_once_plays() {
 async fn wrong_password_fails_with_401() {
     let camera = Camera::quirk("hikvision", &["--auth", "digest-md5", "--user", "admin", "--password", "right"]);
     let mut server = server(&camera.url(Some("admin:n0tit%40all")), "source_on_demand = false", "");
+    let _other = publish_other(&server);
     let status = fails(&server, "failing with 401", |e| e.contains("401")).await;
     assert!(!status.to_string().contains("n0tit"), "{status}");
     assert!(!server.log_text().contains("n0tit"), "the log shows the password");
@@ -264,6 +272,7 @@ async fn wrong_password_fails_with_401() {
 async fn junk_answer_fails_clearly() {
     let camera = Camera::quirk("junk", &[]);
     let mut server = server(&camera.url(None), "source_on_demand = false", "");
+    let _other = publish_other(&server);
     // Junk is an answer, and not RTSP: saying "no answer" (a timeout) would send the user
     // looking at the network instead of the camera.
     let status = fails(&server, "failing on junk", |e| e.contains("DESCRIBE")).await;
@@ -277,6 +286,7 @@ async fn junk_answer_fails_clearly() {
 async fn close_mid_answer_fails_clearly() {
     let camera = Camera::quirk("close_mid", &[]);
     let mut server = server(&camera.url(None), "source_on_demand = false", "");
+    let _other = publish_other(&server);
     fails(&server, "failing on a cut answer", |e| e.contains("DESCRIBE")).await;
     assert_healthy(&mut server).await;
 }
@@ -286,6 +296,7 @@ async fn close_mid_answer_fails_clearly() {
 async fn endless_header_line_fails_clearly() {
     let camera = Camera::quirk("endless_header", &[]);
     let mut server = server(&camera.url(None), "source_on_demand = false", "request_timeout_ms = 5000");
+    let _other = publish_other(&server);
     fails(&server, "failing on an endless header", |e| e.contains("DESCRIBE")).await;
     assert_healthy(&mut server).await;
 }
@@ -296,6 +307,7 @@ async fn rtp_stopping_after_play_times_out_and_retries() {
     let mut camera = Camera::quirk("stall", &[]);
     let mut server =
         server(&camera.url(None), "source_on_demand = false\nsource_transport = \"tcp\"", "read_timeout_ms = 1500");
+    let _other = publish_other(&server);
     camera.wait_line(|l| l == "stalled", "the stall");
     // The retry plays again (for a second) and goes live, so `retries` may be back to 0: the
     // camera's second PLAY is the proof of the retry.

@@ -324,7 +324,11 @@ class Conn:
                             time.sleep(1)
                     if sc == "junk":
                         with self.write_lock:
-                            self.sock.sendall(bytes(random.randrange(256) for _ in range(4096)))
+                            # The same junk every run (not '$', which would start interleaved
+                            # data, nor 'R' of RTSP/1.0): what a camera's crashed firmware or a
+                            # non-RTSP service on port 554 sends.
+                            junk = random.Random(17)
+                            self.sock.sendall(b"\x8f" + bytes(junk.randrange(256) for _ in range(4095)))
                         continue
                     if sc == "endless_header":
                         with self.write_lock:
