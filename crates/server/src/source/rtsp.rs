@@ -389,8 +389,11 @@ impl Session<'_, '_> {
                 }
                 r = recv_any(&self.pairs, &mut dgram) => {
                     if let Ok((pair, is_rtcp, n, from)) = r {
-                        // From the camera's address, whatever the port it sends from.
-                        if from.ip().to_canonical() == self.camera.to_canonical() {
+                        // Unicast: from the camera's address, whatever the port it sends from.
+                        // Multicast: whatever reaches the group's ports (the sender's address
+                        // is the camera's interface, which may not be the RTSP peer's; on a
+                        // namespace's loopback it is 0.0.0.0).
+                        if self.lane == Lane::Multicast || from.ip().to_canonical() == self.camera.to_canonical() {
                             let data = Bytes::copy_from_slice(&dgram[..n]);
                             if is_rtcp {
                                 self.on_rtcp(pair, &data);
