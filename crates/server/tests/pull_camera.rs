@@ -209,3 +209,26 @@ async fn gst_camera_wrong_password_reported_without_it() {
     assert_no_secret(&server, "cams/a", "wr0ng").await;
     drop(camera);
 }
+
+/// An HLS player alone (no RTMP/RTSP/FLV viewer) starts an on-demand source: its playlist
+/// requests count as demand, and the playlist comes once the camera is live.
+#[tokio::test(flavor = "multi_thread")]
+async fn gst_camera_hls_player_alone_starts_the_source() {
+    let camera = Camera::gst(0, &[]);
+    let server = server(&camera.url(None), "source_close_after_ms = 30000", "");
+    server.wait_state("cams/a", "idle").await;
+    let playlist = format!("http://{}/cams/a/index.m3u8", server.http);
+    let deadline = std::time::Instant::now() + WAIT;
+    while http_get(&playlist, "").await.status != 200 {
+        let (_, status) = server.path_status("cams/a").await;
+        assert!(std::time::Instant::now() < deadline, "no HLS playlist from an HLS request alone: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let status = server.wait_state("cams/a", "live").await;
+    assert_eq!(status["source"]["on_demand"], true, "{status}");
+    let p = tokio::task::spawn_blocking(move || probe(&playlist, 4)).await.unwrap();
+    let v = p.codec("video").unwrap_or_else(|| panic!("no video over HLS: {:?}\n{}", p.streams, p.stderr));
+    assert_eq!((v["codec_name"].as_str(), v["width"].as_i64(), v["height"].as_i64()), (Some("h264"), Some(W), Some(H)));
+    assert_eq!(p.codec("audio").map(|a| a["codec_name"].clone()), Some(Value::from("aac")), "{}", p.stderr);
+    assert!(p.packets_of("video").len() >= 30, "{} HLS video packets", p.packets_of("video").len());
+}
