@@ -232,3 +232,14 @@ async fn gst_camera_hls_player_alone_starts_the_source() {
     assert_eq!(p.codec("audio").map(|a| a["codec_name"].clone()), Some(Value::from("aac")), "{}", p.stderr);
     assert!(p.packets_of("video").len() >= 30, "{} HLS video packets", p.packets_of("video").len());
 }
+
+/// The reader that starts an on-demand source is an RTSP client: its DESCRIBE waits for the
+/// camera and answers with both tracks, and it plays.
+#[tokio::test(flavor = "multi_thread")]
+async fn gst_camera_first_reader_over_rtsp() {
+    let camera = Camera::gst(0, &[]);
+    let server = server(&camera.url(None), "", "");
+    server.wait_state("cams/a", "idle").await;
+    let p = rtsp_probe(server.rtsp_url("cams/a")).await.unwrap();
+    p.assert_rtsp("h264", W, H, 30);
+}
