@@ -223,6 +223,8 @@ pub struct ClientSession {
     keep_alive: KeepAlive,
     next_keep_alive: Option<Instant>,
     last_response: Option<Response>,
+    /// The method [`ClientSession::last_response`] answered.
+    last_method: Option<Method>,
     redirects: u8,
 }
 
@@ -298,6 +300,7 @@ impl ClientSession {
             keep_alive: KeepAlive::GetParameter,
             next_keep_alive: None,
             last_response: None,
+            last_method: None,
             redirects: 0,
         };
         match c.mode.clone() {
@@ -351,6 +354,15 @@ impl ClientSession {
     /// Forbidden"); a refused first OPTIONS, which is tolerated, does not count.
     pub fn last_response(&self) -> Option<&Response> {
         self.last_response.as_ref()
+    }
+
+    /// The last refusal in words, for logs and the API: `"DESCRIBE answered 403 Forbidden"`
+    /// (the reason phrase as the server wrote it, at most 64 characters; no URL, so no
+    /// credentials).
+    pub fn failure_text(&self) -> Option<String> {
+        let (r, m) = (self.last_response.as_ref()?, self.last_method.as_ref()?);
+        let reason: String = r.reason.chars().filter(|c| !c.is_control()).take(64).collect();
+        Some(format!("{} answered {} {}", m.as_str(), r.status, reason.trim()).trim_end().to_owned())
     }
 
     /// The session id the server gave, if any.
@@ -510,6 +522,7 @@ impl ClientSession {
             // Not the tolerated OPTIONS refusal: an error message naming it would mislead.
             if p.purpose != Purpose::Start {
                 self.last_response = Some(r.clone());
+                self.last_method = Some(p.method.clone());
             }
         } else if let Some(s) = r.headers.get("Session") {
             self.on_session(s)?;

@@ -170,6 +170,18 @@ mod tests {
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     }
 
+    /// At most MAX_PROBES probes at once: the next is told to come back (503), before any
+    /// connection is made.
+    #[tokio::test]
+    async fn probes_beyond_the_cap_are_503() {
+        let api = api();
+        let _held = api.probes.try_acquire_many(MAX_PROBES as u32).unwrap();
+        let body = Body::from("{\"url\": \"rtsp://127.0.0.1:1/x\"}");
+        let r = handle(&api, &Method::POST, PROBE, body, "127.0.0.1:5000".parse().unwrap()).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body_json(r).await["error"].is_string());
+    }
+
     #[tokio::test]
     async fn paths_list_and_unknown_path() {
         let api = api();

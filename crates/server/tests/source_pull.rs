@@ -398,3 +398,39 @@ async fn auto_falls_back_to_tcp_when_no_udp_arrives() {
     assert_eq!(p["transport"], "tcp", "{p}");
     assert!(p["transport_reason"].as_str().unwrap().contains("no RTP over UDP within 1 s after PLAY"), "{p}");
 }
+
+/// The upstream goes away for good: the pulled path's reader is ended once the republish grace
+/// is over, as a publisher's readers are, while the source keeps retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_stays_down_ends_its_readers_after_the_grace() {
+    let (up, ffmpeg) = upstream("live/d").await;
+    let puller = Server::with_config(&format!(
+        "[hub]\nrepublish_grace_ms = 1500\n[source]\nretry_min_ms = 100\nretry_max_ms = 200\n[paths.\"cams/d\"]\nsource = \"rtmp://{}/live/d\"\n",
+        up.rtmp
+    ));
+    let mut reader = RtmpClient::connect(puller.rtmp, "cams/d", false).await;
+    let mut frames = 0;
+    while frames < 30 {
+        if let ClientEvent::Media(m) = reader.next_event(Duration::from_secs(30)).await.expect("frames")
+            && m.kind != MediaKind::Data
+        {
+            frames += 1;
+        }
+    }
+    drop(ffmpeg);
+    drop(up);
+    // The reader is ended: its connection closes (each read waits longer than the guard, so
+    // only a close ends the loop in time).
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while reader.next_event(Duration::from_secs(60)).await.is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the reader was never ended");
+    let s = until("the source retries", || async {
+        let s = path_status(&puller, "cams/d").await;
+        (s["source"]["retries"].as_u64() >= Some(2)).then_some(s)
+    })
+    .await;
+    assert_eq!(s["live"], false, "{s}");
+    assert!(s["source"]["last_error"].as_str().unwrap().starts_with("connect to 127.0.0.1:"), "{s}");
+}

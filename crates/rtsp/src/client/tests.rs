@@ -201,6 +201,7 @@ fn failure_and_timeout() {
     assert_eq!(cam.c.poll_event(), Some(ClientEvent::Failed { method: Method::Describe, status: 404 }));
     let last = cam.c.last_response().unwrap();
     assert_eq!((last.status, last.reason.as_str()), (404, "Not Found"));
+    assert_eq!(cam.c.failure_text().as_deref(), Some("DESCRIBE answered 404 Not Found"));
     let mut cam = Cam::new("rtsp://h/none", ClientTransport::Udp);
     cam.options_ok();
     cam.req();
@@ -480,6 +481,7 @@ fn udp_refused_with_461() {
     assert_eq!(cam.events(), [ClientEvent::Failed { method: Method::Setup, status: 461 }]);
     let last = cam.c.last_response().unwrap();
     assert_eq!((last.status, last.reason.as_str()), (461, "Unsupported Transport"));
+    assert_eq!(cam.c.failure_text().as_deref(), Some("SETUP answered 461 Unsupported Transport"));
 }
 
 /// Content-Location when there is no Content-Base; the request URL when neither; a session
