@@ -226,6 +226,8 @@ pub struct ClientSession {
     /// The method [`ClientSession::last_response`] answered.
     last_method: Option<Method>,
     redirects: u8,
+    /// The body of the DESCRIBE answer, as the server sent it.
+    description: Option<Bytes>,
 }
 
 impl std::fmt::Debug for ClientSession {
@@ -302,6 +304,7 @@ impl ClientSession {
             last_response: None,
             last_method: None,
             redirects: 0,
+            description: None,
         };
         match c.mode.clone() {
             ClientMode::Play => {
@@ -363,6 +366,12 @@ impl ClientSession {
         let (r, m) = (self.last_response.as_ref()?, self.last_method.as_ref()?);
         let reason: String = r.reason.chars().filter(|c| !c.is_control()).take(64).collect();
         Some(format!("{} answered {} {}", m.as_str(), r.status, reason.trim()).trim_end().to_owned())
+    }
+
+    /// The session description as the server sent it in its DESCRIBE answer (its session
+    /// name, vendor attributes and all), once described; at most the message body cap.
+    pub fn description(&self) -> Option<&Bytes> {
+        self.description.as_ref()
     }
 
     /// The session id the server gave, if any.
@@ -567,6 +576,7 @@ impl ClientSession {
                     ClientMode::Record(text) => sdp::parse(text.as_bytes())?,
                 };
                 if p.method == Method::Describe {
+                    self.description = Some(r.body.clone());
                     self.base = match r.headers.get("Content-Base").or_else(|| r.headers.get("Content-Location")) {
                         Some(b) if !b.trim().is_empty() => resolve(&p.uri, b),
                         _ => p.uri.clone(),

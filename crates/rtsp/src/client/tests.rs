@@ -776,3 +776,15 @@ fn record_with_digest() {
     let r = cam.req();
     assert!(r.headers.get("Transport").unwrap().contains("mode=record"));
 }
+
+/// The DESCRIBE answer's body is kept as the camera sent it (what a probe shows someone
+/// adding a camera: its session name and vendor attributes, not what was understood).
+#[test]
+fn the_description_is_kept_as_sent() {
+    let mut cam = Cam::new("rtsp://10.0.0.5/Streaming/Channels/101", ClientTransport::Tcp);
+    cam.options_ok();
+    assert!(cam.c.description().is_none());
+    let r = cam.req();
+    cam.ok(&r, "RTSP/1.0 200 OK\nContent-Type: application/sdp", &hikvision_sdp());
+    assert_eq!(cam.c.description().map(|b| &b[..]), Some(hikvision_sdp().as_bytes()));
+}

@@ -552,7 +552,12 @@ impl Session<'_, '_> {
                         .into());
                     }
                     self.lost = vec![0; sdp.media.len()];
-                    self.a.report.set_sdp(render_sdp(&sdp));
+                    // As the camera sent it; what was understood if the client kept nothing.
+                    let text = match self.client.description() {
+                        Some(body) => String::from_utf8_lossy(body).into_owned(),
+                        None => render_sdp(&sdp),
+                    };
+                    self.a.report.set_sdp(text);
                     self.sdp = Some(sdp);
                 }
                 ClientEvent::SetUp { track, server_port } => {
