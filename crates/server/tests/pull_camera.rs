@@ -243,3 +243,19 @@ async fn gst_camera_first_reader_over_rtsp() {
     let p = rtsp_probe(server.rtsp_url("cams/a")).await.unwrap();
     p.assert_rtsp("h264", W, H, 30);
 }
+
+/// A TCP-only camera with `source_transport = "udp"`: no fallback, a clear error (its SETUP
+/// answered 461) and retries.
+#[tokio::test(flavor = "multi_thread")]
+async fn gst_camera_tcp_only_forced_udp_fails_clearly() {
+    let camera = Camera::gst(0, &["--tcp-only"]);
+    let server = server(&camera.url(None), "source_on_demand = false\nsource_transport = \"udp\"", "");
+    let status = server
+        .wait_status("cams/a", "failing with 461", |v| {
+            v["source"]["last_error"].as_str().is_some_and(|e| e.contains("SETUP") && e.contains("461"))
+                && v["source"]["retries"].as_u64() >= Some(1)
+        })
+        .await;
+    assert_eq!(status["live"], false, "{status}");
+    assert_ne!(status["source"]["transport"], "tcp", "{status}");
+}
