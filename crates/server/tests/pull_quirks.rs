@@ -234,6 +234,9 @@ async fn auth_plays(mode: &str, want: &str) {
     if mode == "digest-stale" {
         camera.wait_line(|l| l.ends_with(" stale"), "the stale nonce");
     }
+    if mode == "digest-realm-change" {
+        camera.wait_line(|l| l == "realm changed", "the realm change");
+    }
     let text = status.to_string();
     assert!(!text.contains("p@ss") && !text.contains("p%40ss"), "{text}");
     let log = server.log_text();
@@ -263,6 +266,13 @@ async fn digest_sha256_plays() {
 #[tokio::test(flavor = "multi_thread")]
 async fn digest_stale_nonce_once_plays() {
     auth_plays("digest-stale", "digest-md5").await;
+}
+
+/// The realm changes under a right answer (401 with a new realm and nonce): answered again
+/// for the new realm, it plays.
+#[tokio::test(flavor = "multi_thread")]
+async fn digest_realm_change_once_plays() {
+    auth_plays("digest-realm-change", "digest-md5").await;
 }
 
 /// A wrong password: 401 named in last_error, the password nowhere.

@@ -6,7 +6,8 @@ packetized here per RFC 6184 (single NAL unit packets, FU-A above 1400 bytes), 9
 timestamps, sequence numbers and SSRC starting at random values, looped at 30 fps.
 
   quirk_camera.py --scenario NAME --h264 FILE [--port 0] [--wrong-sps FILE]
-                  [--auth basic|digest-md5|digest-sha256|digest-stale --user U --password P]
+                  [--auth basic|digest-md5|digest-sha256|digest-stale|digest-realm-change
+                   --user U --password P]
 
 Prints `ready PORT PATH` once listening (PATH is what the client puts after host:port), then
 one line per thing the tests follow: `request METHOD URL session=yes|no`, `keepalive ok`,
@@ -41,7 +42,9 @@ Scenarios (the camera behaviour each reproduces):
   stall             RTP for one second after PLAY, then nothing (a camera that hangs).
 Authentication (--auth) applies to every request but OPTIONS: Basic only; Digest MD5 with
 qop=auth (RFC 2617); Digest SHA-256 (RFC 7616); digest-stale: MD5, and the first correct
-answer to the first nonce gets 401 with `stale=TRUE` and a new nonce.
+answer to the first nonce gets 401 with `stale=TRUE` and a new nonce; digest-realm-change:
+MD5, and the first correct answer gets 401 under a new realm and nonce (a camera whose realm
+names its boot or serial, seen changing after a reboot), the answer for the new realm passes.
 """
 import argparse
 import base64
@@ -179,6 +182,7 @@ class Conn:
         self.session = None
         self.nonce = os.urandom(8).hex()
         self.stale_sent = False
+        self.realm = "IP Camera(C6179)"
         self.rtcp_socks = []
 
     # --- reading -------------------------------------------------------------------------
@@ -257,7 +261,7 @@ class Conn:
         mode = self.args.auth
         if not mode or method == "OPTIONS":
             return True
-        realm = "IP Camera(C6179)"
+        realm = self.realm
         got = headers.get("authorization", "")
         ok, stale = False, False
         if mode == "basic":
@@ -282,6 +286,12 @@ class Conn:
                     # Right answer to a nonce the camera considers expired: stale=TRUE.
                     self.stale_sent, ok, stale = True, False, True
                     self.nonce = os.urandom(8).hex()
+                if ok and mode == "digest-realm-change" and not self.stale_sent:
+                    # Right answer for a realm the camera no longer uses.
+                    self.stale_sent, ok = True, False
+                    self.realm, realm = "IP Camera(D7280)", "IP Camera(D7280)"
+                    self.nonce = os.urandom(8).hex()
+                    say("realm changed")
             challenge = f'Digest realm="{realm}", qop="auth", nonce="{self.nonce}", ' \
                         f'algorithm={algo}, stale="{"TRUE" if stale else "FALSE"}"'
         if not ok:
@@ -452,7 +462,7 @@ def main():
     ap.add_argument("--h264", required=True)
     ap.add_argument("--wrong-sps")
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--auth", choices=["basic", "digest-md5", "digest-sha256", "digest-stale"])
+    ap.add_argument("--auth", choices=["basic", "digest-md5", "digest-sha256", "digest-stale", "digest-realm-change"])
     ap.add_argument("--user", default="admin")
     ap.add_argument("--password", default="")
     args = ap.parse_args()
