@@ -150,6 +150,9 @@ pub trait Sources: Send + Sync + std::fmt::Debug {
     fn last_error(&self, path: &str) -> Option<String>;
 }
 
+/// How often a reader that started a pulled source looks for its tracks.
+const TRACKS_POLL: Duration = Duration::from_millis(20);
+
 /// New streams announced to followers; one that lags this far re-scans `live_paths`.
 const NEW_STREAM_QUEUE: usize = 256;
 
@@ -471,7 +474,16 @@ impl Hub {
         loop {
             let notified = self.published.notified();
             if let Some(s) = self.subscribe(path) {
-                return Some(s);
+                // A pulled source publishes, then gives its tracks (from its SDP, or in band
+                // with the first keyframe): a reader that started it waits for them, so that
+                // what it announces (an FLV header's tracks) is what the stream has.
+                let known = s.tracks.video.is_some() || s.tracks.audio.is_some();
+                if known || demand.is_none() || Instant::now() >= deadline {
+                    return Some(s);
+                }
+                drop(s);
+                tokio::time::sleep(TRACKS_POLL).await;
+                continue;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 if demand.is_some() {
@@ -1049,6 +1061,61 @@ mod tests {
         let p = pusher.join().unwrap();
         p.push(TrackKind::Video, 200, 200, false, Bytes::from_static(b"f"));
         assert_eq!(*lock(&wire.built), [0, 40, 80, 120, 160, 200], "every frame, in the stream's order");
+    }
+
+    /// One path served by a pulled source, for the hub's side of demand.
+    #[derive(Debug)]
+    struct OneSource(Arc<Demand>);
+
+    impl Sources for OneSource {
+        fn demand(&self, path: &str) -> Option<Arc<Demand>> {
+            (path == "cams/a").then(|| self.0.clone())
+        }
+        fn start_timeout(&self, _: &str) -> Duration {
+            Duration::from_secs(5)
+        }
+        fn last_error(&self, _: &str) -> Option<String> {
+            Some("connect to cam:554: connection refused".into())
+        }
+    }
+
+    /// Readers hold a pulled path's demand while they wait and read; the server's own
+    /// subscribers do not; a waiting reader gets the tracks the source gives after publishing,
+    /// and is not counted among the readers once it left.
+    #[tokio::test(start_paused = true)]
+    async fn readers_hold_demand_and_wait_for_a_sources_tracks() {
+        let hub = Hub::new(HubConfig::default());
+        let sources: Arc<dyn Sources> = Arc::new(OneSource(Demand::new()));
+        hub.set_sources(Arc::downgrade(&sources));
+        let demand = hub.demand("cams/a").unwrap();
+        assert!(hub.demand("live/x").is_none());
+        let waiting = {
+            let hub = hub.clone();
+            tokio::spawn(async move { hub.subscribe_wait("cams/a").await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(demand.get().readers, 1, "the waiting reader starts the source");
+        // The source publishes, and gives its tracks a little later.
+        let p = hub.publish("cams/a").unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "a reader does not take a stream without tracks");
+        p.set_tracks(video_tracks());
+        let sub = waiting.await.unwrap().expect("subscribed");
+        assert!(sub.tracks.video.is_some());
+        assert_eq!((demand.get().readers, hub.readers("cams/a")), (1, 1));
+        let internal = hub.subscribe_internal("cams/a").unwrap();
+        assert_eq!((demand.get().readers, hub.readers("cams/a")), (1, 1), "internal readers do not count");
+        drop(sub);
+        assert_eq!((demand.get().readers, hub.readers("cams/a")), (0, 0));
+        assert!(demand.get().last_wanted.is_some());
+        drop(internal);
+        // A source that never goes live: the reader gives up after the start timeout.
+        drop(p);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let start = Instant::now();
+        assert!(hub.subscribe_wait("cams/a").await.is_none());
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert_eq!(demand.get().readers, 0);
     }
 
     #[tokio::test(start_paused = true)]

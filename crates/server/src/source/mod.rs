@@ -388,6 +388,10 @@ impl Entry {
     }
 }
 
+/// Most paths with a source: each has a task and its status (the configured ones are also
+/// capped by `[paths]`' own limit).
+pub const MAX_SOURCES: usize = 100_000;
+
 /// The server's pulled sources.
 #[derive(Debug)]
 pub struct Sources {
@@ -416,9 +420,27 @@ impl Sources {
         sources
     }
 
-    /// The entry of `path`. (An edge will add entries for paths it pulls from its origins.)
+    /// The entry of `path`.
     pub fn entry(&self, path: &str) -> Option<Arc<Entry>> {
         lock(&self.entries).get(path).cloned()
+    }
+
+    /// Gives `path` a source with these settings, started when wanted like a configured one;
+    /// the existing entry if it has one. The edge's plug: its origins joined with the path are
+    /// the candidates. None when [`MAX_SOURCES`] paths have one already.
+    pub fn add(&self, path: &str, settings: Settings) -> Option<Arc<Entry>> {
+        let mut entries = lock(&self.entries);
+        if let Some(e) = entries.get(path) {
+            return Some(e.clone());
+        }
+        if entries.len() >= MAX_SOURCES {
+            return None;
+        }
+        let entry = Entry::new(path, settings);
+        entries.insert(path.to_owned(), entry.clone());
+        drop(entries);
+        tokio::spawn(run_entry(self.hub.clone(), self.config.clone(), entry.clone()));
+        Some(entry)
     }
 
     /// Paths that have a source, sorted.
@@ -855,6 +877,21 @@ mod tests {
         assert!(e.wanted());
         let stop = tokio::time::timeout(Duration::from_secs(3600), e.until_unwanted()).await;
         assert!(stop.is_err());
+    }
+
+    /// The edge's plug: a path given a source at run time is served like a configured one.
+    #[tokio::test]
+    async fn a_source_added_at_run_time_is_known_to_the_hub() {
+        let hub = Hub::new(crate::config::HubConfig::default());
+        let sources = Sources::start(hub.clone(), &Config::default());
+        assert!(hub.demand("edge/x").is_none());
+        let settings = entry(true, 1000).settings.clone();
+        let a = sources.add("edge/x", settings.clone()).unwrap();
+        let b = sources.add("edge/x", settings).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "one entry per path");
+        assert!(hub.demand("edge/x").is_some());
+        assert_eq!(sources.paths(), ["edge/x"]);
+        assert_eq!(sources.status("edge/x").unwrap().relay.state, RelayState::Idle);
     }
 
     #[test]

@@ -263,6 +263,9 @@ struct Session<'a, 'b> {
     /// Cumulative loss per SDP media index.
     lost: Vec<u64>,
     reason: String,
+    /// Bytes read since the client last reported something or sent a request (so since the
+    /// last answer): junk when the answer never comes.
+    unanswered_bytes: usize,
 }
 
 async fn session(a: &Attempt<'_>, stop: &mut watch::Receiver<bool>, lane: Lane, reason: &str) -> Result<(), Ended> {
@@ -307,6 +310,7 @@ async fn session(a: &Attempt<'_>, stop: &mut watch::Receiver<bool>, lane: Lane, 
         next_rr: now + RR_INTERVAL,
         lost: Vec::new(),
         reason: reason.to_owned(),
+        unanswered_bytes: 0,
     };
     let r = s.drive(stop).await;
     if let Err(Ended::Fallback(_)) = &r {
@@ -323,6 +327,8 @@ impl Session<'_, '_> {
 
     async fn flush(&mut self) -> Result<(), SourceError> {
         while let Some(out) = self.client.poll_transmit() {
+            // A new request: what came before answered the last one.
+            self.unanswered_bytes = 0;
             self.write(&out).await?;
         }
         Ok(())
@@ -334,6 +340,13 @@ impl Session<'_, '_> {
             Ok(Err(e)) => Err(SourceError::new(self.step(), format!("writing to the camera: {}", io_reason(&e)))),
             Err(_) => Err(SourceError::new(self.step(), "writing to the camera: blocked")),
         }
+    }
+
+    /// A failure at the current step, named in the message before playing ("DESCRIBE: the
+    /// camera closed the connection").
+    fn at_step(&self, what: &str) -> SourceError {
+        let step = self.step();
+        if step == "media" { SourceError::new(step, what) } else { SourceError::new(step, format!("{step}: {what}")) }
     }
 
     /// The step the session is at, for errors.
@@ -381,10 +394,11 @@ impl Session<'_, '_> {
             tokio::select! {
                 r = self.socket.read(&mut buf) => {
                     let n = match r {
-                        Ok(0) => return Err(SourceError::new(self.step(), "the camera closed the connection").into()),
+                        Ok(0) => return Err(self.at_step("the camera closed the connection").into()),
                         Ok(n) => n,
-                        Err(e) => return Err(SourceError::new(self.step(), format!("reading from the camera: {}", io_reason(&e))).into()),
+                        Err(e) => return Err(self.at_step(&format!("reading from the camera: {}", io_reason(&e))).into()),
                     };
+                    self.unanswered_bytes += n;
                     self.client.handle_input(Instant::now(), &buf[..n]).map_err(|e| self.client_error(e))?;
                 }
                 r = recv_any(&self.pairs, &mut dgram) => {
@@ -417,6 +431,15 @@ impl Session<'_, '_> {
 
     fn client_error(&self, e: ClientError) -> Ended {
         match e {
+            // Bytes came, none of them an answer: junk, not silence.
+            ClientError::Timeout(m) if self.unanswered_bytes > 0 => Ended::Failed(SourceError::new(
+                &m,
+                format!(
+                    "{m} answered with {} bytes that are not an RTSP answer within {:.1} s",
+                    self.unanswered_bytes,
+                    self.timeout().as_secs_f64()
+                ),
+            )),
             ClientError::Timeout(m) => Ended::Failed(SourceError::new(
                 &m,
                 format!("no answer to {m} within {:.1} s", self.timeout().as_secs_f64()),
@@ -535,6 +558,7 @@ impl Session<'_, '_> {
 
     fn drain_events(&mut self) -> Result<(), Ended> {
         while let Some(ev) = self.client.poll_event() {
+            self.unanswered_bytes = 0;
             match ev {
                 ClientEvent::Described(sdp) => {
                     self.media_of = sdp
