@@ -40,7 +40,7 @@ pub fn tags_from_mp4(data: &Bytes) -> anyhow::Result<Vec<FileTag>> {
 }
 
 /// The tracks the sequence headers of `tags` describe (RTMP clock: ms).
-fn tracks_of(tags: &[FileTag]) -> anyhow::Result<Tracks> {
+pub(crate) fn tracks_of(tags: &[FileTag]) -> anyhow::Result<Tracks> {
     let mut tracks = Tracks::default();
     for t in tags {
         match t.tag_type {
@@ -64,7 +64,7 @@ fn tracks_of(tags: &[FileTag]) -> anyhow::Result<Tracks> {
 }
 
 /// The frame a tag carries, at `ts` ms (sequence headers and other tags: None).
-fn frame_of(t: &FileTag, ts: u32) -> Option<Arc<Frame>> {
+pub(crate) fn frame_of(t: &FileTag, ts: u32) -> Option<Arc<Frame>> {
     let ts = i64::from(ts);
     match t.tag_type {
         flv::TAG_VIDEO => match flv::parse_video(&t.body).ok()? {
