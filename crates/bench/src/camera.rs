@@ -692,3 +692,113 @@ async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) -> anyhow::Re
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrocast_rtsp::rtp::RtpPacket;
+
+    #[test]
+    fn camera_paths() {
+        assert_eq!(camera_of("c0", 200), Some(0));
+        assert_eq!(camera_of("c199", 200), Some(199));
+        assert_eq!(camera_of("/c7/", 200), Some(7));
+        for bad in ["c200", "c", "c01", "cx", "d1", "c-1", "c1/trackID=0", ""] {
+            assert_eq!(camera_of(bad, 200), None, "{bad}");
+        }
+    }
+
+    /// A frame of `n` packets whose payloads are `[track, i]`, stamped with junk headers.
+    fn frame(track: usize, due_ms: u32, pts_ms: i64, keyframe: bool, n: u8) -> PacketizedFrame {
+        let mut b = BytesMut::new();
+        for i in 0..n {
+            b.put_u16(14);
+            RtpPacket::write(&mut b, i + 1 == n, 96, 0xeeee, 0xdddd_dddd, 0xcccc_cccc, &[&[track as u8, i]]);
+        }
+        PacketizedFrame {
+            track,
+            due_ms,
+            pts_ms,
+            video: track == 0,
+            keyframe,
+            packets: b.freeze(),
+            count: n.into(),
+            bytes: 14 * u32::from(n),
+        }
+    }
+
+    fn media() -> CameraMedia {
+        CameraMedia {
+            sdp: String::new(),
+            clock_rates: vec![90_000, 48_000],
+            frames: vec![frame(0, 0, 0, true, 3), frame(1, 10, 10, false, 1), frame(0, 33, 66, false, 2)],
+            span_ms: 1000,
+        }
+    }
+
+    fn out(track: usize, to: Dest) -> TrackOut {
+        TrackOut {
+            track,
+            ssrc: 0x1234_5678 + track as u32,
+            seq: 65534,
+            time_offset: 0xffff_0000,
+            to,
+            rtcp_port: 0,
+            packets: 0,
+            octets: 0,
+        }
+    }
+
+    /// The packets one session gets of a frame in loop `l`, parsed.
+    fn sent(m: &CameraMedia, at: usize, l: u32, o: &mut TrackOut) -> Vec<RtpPacket> {
+        let (mut buf, mut ends) = (BytesMut::new(), Vec::new());
+        build_frame(m, &m.frames[at], l, o, &mut buf, &mut ends);
+        let buf = buf.freeze();
+        let mut from = 0;
+        ends.iter()
+            .map(|&end| {
+                let mut p = buf.slice(from..end);
+                from = end;
+                if let Dest::Tcp(ch) = o.to {
+                    assert_eq!((p[0], p[1], usize::from(u16::from_be_bytes([p[2], p[3]]))), (b'$', ch, p.len() - 4));
+                    p = p.slice(4..);
+                }
+                RtpPacket::parse(p).unwrap()
+            })
+            .collect()
+    }
+
+    /// Each session numbers its own packets (wrapping) and offsets its own timestamps; the
+    /// shared packets keep their payload and marker; timestamps go on across loops.
+    #[test]
+    fn sessions_rewrite_headers_of_shared_packets() {
+        let m = media();
+        let mut a = out(0, Dest::Tcp(0));
+        let mut b = out(0, Dest::Udp("127.0.0.1:5000".parse().unwrap()));
+        b.ssrc = 99;
+        b.seq = 7;
+        let pa = sent(&m, 0, 0, &mut a);
+        let pb = sent(&m, 0, 0, &mut b);
+        assert_eq!(pa.iter().map(|p| p.sequence).collect::<Vec<_>>(), [65534, 65535, 0]);
+        assert_eq!(pb.iter().map(|p| p.sequence).collect::<Vec<_>>(), [7, 8, 9]);
+        assert!(pa.iter().all(|p| p.ssrc == 0x1234_5678 && p.timestamp == 0xffff_0000 && p.payload_type == 96));
+        assert!(pb.iter().all(|p| p.ssrc == 99));
+        assert_eq!(pa.iter().map(|p| p.marker).collect::<Vec<_>>(), [false, false, true]);
+        assert_eq!(
+            pa.iter().map(|p| p.payload.to_vec()).collect::<Vec<_>>(),
+            pb.iter().map(|p| p.payload.to_vec()).collect::<Vec<_>>()
+        );
+        // The next frame goes on from there, at its presentation time (66 ms at 90 kHz).
+        let next = sent(&m, 2, 0, &mut a);
+        assert_eq!(next.iter().map(|p| p.sequence).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(next[0].timestamp, 0xffff_0000u32.wrapping_add(66 * 90));
+        // The second loop is one span (1 s) later, the timestamp wrapping.
+        let again = sent(&m, 0, 1, &mut a);
+        assert_eq!(again[0].sequence, 3);
+        assert_eq!(again[0].timestamp, 0xffff_0000u32.wrapping_add(90_000));
+        assert_eq!((a.packets, a.octets), (8, 16), "for sender reports");
+        // Audio in its own clock.
+        let mut audio = out(1, Dest::Tcp(2));
+        assert_eq!(sent(&m, 1, 2, &mut audio)[0].timestamp, 0xffff_0000u32.wrapping_add(2010 * 48));
+    }
+}
