@@ -74,6 +74,17 @@ const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 /// OPTIONS or RTCP.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A client that takes nothing for this long (its TCP window shut) is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes all of `data` within [`WRITE_TIMEOUT`].
+async fn write(wr: &mut tokio::net::tcp::OwnedWriteHalf, data: &[u8]) -> std::io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(data)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client took nothing for 10 s")),
+    }
+}
+
 /// Largest RTSP read; requests are capped by the session's own message limits.
 const READ_BUF: usize = 16 * 1024;
 
@@ -386,7 +397,7 @@ async fn send_rtcp(
             b.put_u8(ch.wrapping_add(1));
             b.put_u16(packet.len() as u16);
             b.put_slice(packet);
-            wr.write_all(&b).await
+            write(wr, &b).await
         }
         Dest::Udp(to) => {
             let _ = ctx.rtcp.send_to(packet, SocketAddr::new(to.ip(), o.rtcp_port)).await;
@@ -632,7 +643,7 @@ async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) -> anyhow::Re
                 }
             }
             while let Some(b) = session.poll_transmit() {
-                wr.write_all(&b).await?;
+                write(&mut wr, &b).await?;
             }
             if session.is_closing() {
                 return Ok(());
@@ -663,7 +674,7 @@ async fn serve(socket: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>) -> anyhow::Re
                     datagrams.clear();
                     build_frame(&ctx.media, f, l, out, &mut frame_buf, &mut datagrams);
                     match out.to {
-                        Dest::Tcp(_) => wr.write_all(&frame_buf).await?,
+                        Dest::Tcp(_) => write(&mut wr, &frame_buf).await?,
                         Dest::Udp(to) => {
                             let mut from = 0;
                             for &end in &datagrams {
