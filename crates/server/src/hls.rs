@@ -75,7 +75,8 @@ pub fn start(hub: Arc<Hub>, config: HlsConfig, paths: PathTable) -> Arc<HlsRegis
 }
 
 fn spawn_stream(hub: &Arc<Hub>, reg: &Arc<HlsRegistry>, path: String) {
-    let Some(sub) = hub.subscribe(&path) else {
+    // The muxer is the server's own: it keeps no on-demand source running.
+    let Some(sub) = hub.subscribe_internal(&path) else {
         return;
     };
     let stream = Arc::new(HlsStream { segmenter: Mutex::new(None), updated: watch::channel(0).0 });

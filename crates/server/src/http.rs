@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tower_service::Service;
 use tracing::{debug, warn};
 
+use crate::api::Api;
 use crate::config::HttpConfig;
 use crate::hls::{self, HlsFile, HlsRegistry};
 use crate::http_flv::Watchdog;
@@ -33,12 +34,19 @@ pub struct AppState {
     hls: Arc<HlsRegistry>,
     recordings: Arc<Recordings>,
     playback: Arc<Playback>,
+    api: Arc<Api>,
 }
 
-/// The router.
+/// The router, without pulled sources in the API.
 pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>) -> Router {
+    let api = Api::new(hub.clone(), None, crate::config::SourceConfig::default());
+    router_with(hub, hls, playback, api)
+}
+
+/// The router, with `api` answering `/api/v1/paths` and `/api/v1/probe`.
+pub fn router_with(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>, api: Arc<Api>) -> Router {
     let recordings = playback.recordings.clone();
-    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback })
+    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback, api })
 }
 
 /// Serves HTTP until the task is dropped.
@@ -56,9 +64,23 @@ pub async fn serve(
     playback: Arc<Playback>,
     limiter: Arc<Limiter>,
 ) {
+    let api = Api::new(hub.clone(), None, crate::config::SourceConfig::default());
+    serve_with(listener, config, hub, hls, playback, limiter, api).await
+}
+
+/// [`serve`], with `api` answering `/api/v1/paths` and `/api/v1/probe`.
+pub async fn serve_with(
+    listener: TcpListener,
+    config: HttpConfig,
+    hub: Arc<Hub>,
+    hls: Arc<HlsRegistry>,
+    playback: Arc<Playback>,
+    limiter: Arc<Limiter>,
+    api: Arc<Api>,
+) {
     let nodelay = reader_nodelay(&hub);
     let write_timeout = write_timeout(&hub);
-    let app = router(hub.clone(), hls, playback);
+    let app = router_with(hub.clone(), hls, playback, api);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.request_timeout_ms))
@@ -158,6 +180,10 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
             Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
         };
     }
+    if crate::api::answers(&uri_path) {
+        let method = req.method().clone();
+        return crate::api::handle(&state.api, &method, &uri_path, req.into_body(), peer).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
@@ -165,6 +191,14 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
         return r;
     }
     if let Some((stream, file)) = hls::parse_url(&uri_path) {
+        // An HLS player holds no connection: each request keeps a pulled path wanted, and the
+        // first starts its source and waits for it (up to its start timeout).
+        if path::validate(stream).is_ok() && state.hub.touch(stream) && state.hls.get(stream).is_none() {
+            let deadline = tokio::time::Instant::now() + state.hub.start_wait(stream);
+            while state.hls.get(stream).is_none() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         let head = req.method() == Method::HEAD;
         let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         return hls_response(&state.hls, stream, file, head, range).await;

@@ -7,12 +7,13 @@
 //! are atomic and the fan-out's slot lists are replaced, not held (see [`crate::fanout`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use ferrocast_media::{Frame, TrackKind, Tracks, rescale};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
+use tokio::time::Instant;
 use tracing::info;
 
 use crate::clock::{MediaClock, unix_micros};
@@ -64,8 +65,89 @@ pub struct Hub {
     /// Paths of new streams (not republishes within the grace period), for services that
     /// follow every stream from its start (HLS, later recording).
     new_streams: broadcast::Sender<String>,
+    /// The pulled sources (see [`crate::source`]), once the server has them.
+    sources: OnceLock<Weak<dyn Sources>>,
     /// Counters.
     pub stats: HubStats,
+}
+
+/// Readers' demand for a path whose stream a pulled source provides (DESIGN.md, issue 17):
+/// the readers that hold it now, and when it was last wanted. Readers of RTMP, RTSP and
+/// HTTP-FLV hold it while they read ([`DemandGuard`] in their [`Subscription`]); an HLS player
+/// holds no connection, so each of its requests [`Demand::touch`]es it. The server's own
+/// subscribers ([`Hub::subscribe_internal`]: HLS muxing, recording, push) do not count.
+#[derive(Debug)]
+pub struct Demand {
+    state: watch::Sender<DemandState>,
+}
+
+/// What [`Demand`] holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DemandState {
+    /// Readers holding the path now.
+    pub readers: usize,
+    /// When the last reader left, or the last HLS request came; None before either.
+    pub last_wanted: Option<Instant>,
+}
+
+impl DemandState {
+    /// Whether the path is wanted at `now`: a reader holds it, or one left (or an HLS
+    /// request came) less than `linger` ago.
+    pub fn wanted(&self, now: Instant, linger: Duration) -> bool {
+        self.readers > 0 || self.last_wanted.is_some_and(|t| now < t + linger)
+    }
+}
+
+impl Demand {
+    /// No demand yet.
+    pub fn new() -> Arc<Demand> {
+        Arc::new(Demand { state: watch::channel(DemandState::default()).0 })
+    }
+
+    /// A reader holds the path until the guard is dropped.
+    pub fn hold(self: &Arc<Self>) -> DemandGuard {
+        self.state.send_modify(|s| s.readers += 1);
+        DemandGuard(self.clone())
+    }
+
+    /// A reader that holds no connection (an HLS request) wants the path now.
+    pub fn touch(&self) {
+        self.state.send_modify(|s| s.last_wanted = Some(Instant::now()));
+    }
+
+    /// The demand now.
+    pub fn get(&self) -> DemandState {
+        *self.state.borrow()
+    }
+
+    /// Follows the demand: the receiver sees every change.
+    pub fn watch(&self) -> watch::Receiver<DemandState> {
+        self.state.subscribe()
+    }
+}
+
+/// One reader's hold on a [`Demand`]; dropping it lets go.
+#[derive(Debug)]
+pub struct DemandGuard(Arc<Demand>);
+
+impl Drop for DemandGuard {
+    fn drop(&mut self) {
+        self.0.state.send_modify(|s| {
+            s.readers = s.readers.saturating_sub(1);
+            s.last_wanted = Some(Instant::now());
+        });
+    }
+}
+
+/// The pulled sources as the hub sees them: which paths have one, how long their readers
+/// wait for it, and why it is not live. Implemented by [`crate::source::Sources`].
+pub trait Sources: Send + Sync + std::fmt::Debug {
+    /// The demand of `path` when a source serves it (a readers' arrival starts it).
+    fn demand(&self, path: &str) -> Option<Arc<Demand>>;
+    /// How long a reader of `path` waits for its source to go live.
+    fn start_timeout(&self, path: &str) -> Duration;
+    /// Why `path`'s source is not live: its last error (credentials hidden).
+    fn last_error(&self, path: &str) -> Option<String>;
 }
 
 /// New streams announced to followers; one that lags this far re-scans `live_paths`.
@@ -88,6 +170,8 @@ pub struct Stream {
     fanout: Arc<FanOut>,
     /// Media time to wall-clock time, once per publish.
     clock: Arc<MediaClock>,
+    /// Subscriptions of the server's own services ([`Hub::subscribe_internal`]).
+    internal: AtomicUsize,
 }
 
 impl Stream {
@@ -163,6 +247,7 @@ impl Hub {
             streams: Mutex::new(HashMap::new()),
             published: Notify::new(),
             new_streams: broadcast::channel(NEW_STREAM_QUEUE).0,
+            sources: OnceLock::new(),
             stats: HubStats::default(),
         })
     }
@@ -170,6 +255,55 @@ impl Hub {
     /// The settings.
     pub fn config(&self) -> &HubConfig {
         &self.config
+    }
+
+    /// Tells the hub which paths pulled sources serve (once; later calls are ignored). The hub
+    /// holds it weakly: the server keeps it alive.
+    pub fn set_sources(&self, sources: Weak<dyn Sources>) {
+        let _ = self.sources.set(sources);
+    }
+
+    fn sources(&self) -> Option<Arc<dyn Sources>> {
+        self.sources.get()?.upgrade()
+    }
+
+    /// The demand of `path`, when a pulled source serves it.
+    pub fn demand(&self, path: &str) -> Option<Arc<Demand>> {
+        self.sources()?.demand(path)
+    }
+
+    /// An HLS request for `path`: keeps its on-demand source wanted (starting it if it is
+    /// idle). True when a source serves the path.
+    pub fn touch(&self, path: &str) -> bool {
+        self.demand(path).map(|d| d.touch()).is_some()
+    }
+
+    /// How long a reader of `path` waits for its stream: the source's start timeout when a
+    /// source serves it, else `hub.play_wait_ms`.
+    pub fn start_wait(&self, path: &str) -> Duration {
+        match self.sources() {
+            Some(s) if s.demand(path).is_some() => s.start_timeout(path),
+            _ => ms(self.config.play_wait_ms),
+        }
+    }
+
+    /// Waits until `path` has a publisher, up to `timeout`.
+    pub async fn wait_published(&self, path: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.published.notified();
+            if self.is_published(path) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.is_published(path);
+            }
+        }
+    }
+
+    /// The readers of `path` now, the server's own subscribers not counted.
+    pub fn readers(&self, path: &str) -> usize {
+        self.stream(path).map_or(0, |s| s.fanout.readers().saturating_sub(s.internal.load(Ordering::Relaxed)))
     }
 
     /// Paths that have a publisher now.
@@ -216,6 +350,7 @@ impl Hub {
                     state: Mutex::new(StreamState::default()),
                     fanout: Arc::new(fanout),
                     clock: Arc::default(),
+                    internal: AtomicUsize::new(0),
                 })
             })
             .clone();
@@ -246,7 +381,7 @@ impl Hub {
         if !republish {
             let _ = self.new_streams.send(path.to_owned());
         }
-        Ok(Publisher { hub: self.clone(), stream, generation })
+        Ok(Publisher { hub: self.clone(), stream, generation, frames: None })
     }
 
     /// Calls `f` with each newly published path (not republishes), from a task of its own;
@@ -286,14 +421,24 @@ impl Hub {
         self.stream(path).is_some_and(|s| s.fanout.readers() >= self.max_readers_per_stream)
     }
 
-    /// Subscribes to a published path: the current tracks and GOP, then live events. None
-    /// when there is no publisher, or the stream has its maximum of readers.
+    /// Subscribes to a published path as a reader: the current tracks and GOP, then live
+    /// events. None when there is no publisher, or the stream has its maximum of readers. The
+    /// subscription holds the path's source (if it has one) while it lives.
     pub fn subscribe(&self, path: &str) -> Option<Subscription> {
+        let mut sub = self.subscribe_as(path, false)?;
+        sub.demand = self.demand(path).map(|d| d.hold());
+        Some(sub)
+    }
+
+    fn subscribe_as(&self, path: &str, internal: bool) -> Option<Subscription> {
         let stream = self.stream(path)?;
         let st = lock(&stream.state);
         st.publisher?;
         if !stream.fanout.join(self.max_readers_per_stream) {
             return None;
+        }
+        if internal {
+            stream.internal.fetch_add(1, Ordering::Relaxed);
         }
         let rx = stream.tx.subscribe();
         Some(Subscription {
@@ -302,24 +447,41 @@ impl Hub {
             rx: Some(rx),
             start_seq: st.next_seq,
             stream: stream.clone(),
+            internal,
+            demand: None,
         })
     }
 
     /// Subscribes as one of the server's own services (HLS muxing, recording, push relays):
-    /// like [`Hub::subscribe`], but such a reader does not keep an on-demand source running.
+    /// like [`Hub::subscribe`], but such a reader does not keep an on-demand source running
+    /// and is not counted in [`Hub::readers`].
     pub fn subscribe_internal(&self, path: &str) -> Option<Subscription> {
-        self.subscribe(path)
+        self.subscribe_as(path, true)
     }
 
-    /// Subscribes, waiting up to the configured play wait for a publisher to appear.
+    /// Subscribes as a reader, waiting for a publisher to appear: up to the configured play
+    /// wait, or for a path a pulled source serves, starting the source and waiting up to its
+    /// start timeout (then logging why it is not live).
     pub async fn subscribe_wait(&self, path: &str) -> Option<Subscription> {
-        let deadline = tokio::time::Instant::now() + ms(self.config.play_wait_ms);
+        let demand = self.demand(path);
+        // Held while waiting: the source starts (once, however many readers wait).
+        let _hold = demand.as_ref().map(|d| d.hold());
+        let wait = self.start_wait(path);
+        let deadline = Instant::now() + wait;
         loop {
             let notified = self.published.notified();
             if let Some(s) = self.subscribe(path) {
                 return Some(s);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                if demand.is_some() {
+                    let last_error = self.sources().and_then(|s| s.last_error(path));
+                    info!(
+                        path,
+                        last_error = last_error.as_deref().unwrap_or("none yet"),
+                        "reader gave up: the path's source was not live within {wait:?}"
+                    );
+                }
                 return None;
             }
         }
@@ -407,6 +569,10 @@ pub struct Subscription {
     /// Number of the first event after the snapshot.
     start_seq: u64,
     stream: Arc<Stream>,
+    /// One of the server's own services ([`Hub::subscribe_internal`]).
+    internal: bool,
+    /// The reader's hold on the path's pulled source, if it has one.
+    demand: Option<DemandGuard>,
 }
 
 impl Subscription {
@@ -436,6 +602,9 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        if self.internal {
+            self.stream.internal.fetch_sub(1, Ordering::Relaxed);
+        }
         self.stream.fanout.leave();
     }
 }
@@ -446,6 +615,8 @@ pub struct Publisher {
     hub: Arc<Hub>,
     stream: Arc<Stream>,
     generation: u64,
+    /// Counts the frames pushed, for a pulled source's status.
+    frames: Option<Arc<AtomicU64>>,
 }
 
 impl Publisher {
@@ -490,8 +661,16 @@ impl Publisher {
         }
     }
 
+    /// Counts every frame pushed from now on in `frames` (a pulled source's status).
+    pub fn count_frames(&mut self, frames: Arc<AtomicU64>) {
+        self.frames = Some(frames);
+    }
+
     /// Hands a frame to every reader. Never waits.
     pub fn push(&self, kind: TrackKind, dts: i64, pts: i64, keyframe: bool, data: bytes::Bytes) {
+        if let Some(f) = &self.frames {
+            f.fetch_add(1, Ordering::Relaxed);
+        }
         let mut st = lock(&self.stream.state);
         let st = &mut *st;
         let clock = track_clock(&st.tracks, kind);

@@ -1,6 +1,7 @@
 //! The ferrocast server: configuration, the stream hub, and the listeners that compose the
 //! protocol crates into one media server.
 
+pub mod api;
 pub mod clock;
 pub mod config;
 pub mod event;
@@ -19,6 +20,7 @@ pub mod relay;
 pub mod rtmp_server;
 pub mod rtsp;
 pub mod sockio;
+pub mod source;
 pub mod timeline;
 pub mod utc;
 pub mod vod;
@@ -68,10 +70,20 @@ pub async fn run(
         config.limits.clone(),
     ));
     let hls = hls::start(hub.clone(), config.hls.clone(), config.paths.clone());
+    // Pulled sources: always-on ones start now, on-demand ones when readers come.
+    let sources = source::Sources::start(hub.clone(), &config);
+    let api = api::Api::new(hub.clone(), Some(sources.clone()), config.source.clone());
     let recordings = record::start(hub.clone(), config.record.clone(), config.paths.clone());
     let playback = vod::Playback::new(recordings.clone(), config.vod.clone());
-    let http_task =
-        tokio::spawn(http::serve(http, config.http.clone(), hub.clone(), hls, playback.clone(), limiter.clone()));
+    let http_task = tokio::spawn(http::serve_with(
+        http,
+        config.http.clone(),
+        hub.clone(),
+        hls,
+        playback.clone(),
+        limiter.clone(),
+        api,
+    ));
     let rtsp_config = config.rtsp.clone();
     let rtsp_hub = hub.clone();
     let rtsp_task =
@@ -81,6 +93,7 @@ pub async fn run(
     rtmp_task.abort();
     http_task.abort();
     rtsp_task.abort();
+    drop(sources);
     // Recordings end their files at the last frame taken, not at the last part synced.
     recordings.close_all(std::time::Duration::from_secs(5)).await;
     Ok(())

@@ -300,7 +300,8 @@ fn spawn_stream(hub: &Arc<Hub>, rec: &Arc<Recordings>, path: String) {
         info!(path, "recording");
         // A recorder that fell a whole ring behind (a stalled task) starts again at the
         // stream's GOP rather than stop recording.
-        while let Some(sub) = hub.subscribe(&path) {
+        // The recorder is the server's own reader (a recorded path's source is always on).
+        while let Some(sub) = hub.subscribe_internal(&path) {
             let clock = hub.media_clock(&path);
             let reader = Reader::new(hub.clone(), sub);
             if !record_stream(&rec, &path, reader, clock).await {

@@ -1,0 +1,144 @@
+//! `/api/v1/paths` and `/api/v1/probe` (DESIGN.md "API"): JSON in and out, errors as
+//! `{"error": "..."}`. The stream path is the rest of the URL path, unencoded.
+//!
+//! - `GET /api/v1/paths`: `{"items": [PATH, ...]}` sorted by path: every live path and every
+//!   path with a configured source.
+//! - `GET /api/v1/paths/PATH`: one PATH, or 404.
+//!   PATH = `{"path": "cams/a", "live": bool, "readers": N, "source": null | SOURCE,
+//!   "push": []}`; SOURCE is [`crate::source::SourceStatus`]. `readers` counts viewers, not
+//!   the server's own services (HLS muxing, recording, push).
+//! - `POST /api/v1/probe` with `{"url": "rtsp://..." | "rtmp://..."}`: connects once and
+//!   reports what it found ([`crate::source::ProbeResult`]). Loopback clients only (it makes
+//!   the server connect anywhere), at most [`MAX_PROBES`] at once (503 beyond), the body at
+//!   most [`MAX_PROBE_BODY`] bytes. Nothing touches the server's streams.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::config::SourceConfig;
+use crate::hub::Hub;
+use crate::source::{MAX_PROBES, Sources};
+
+/// `/api/v1/paths`.
+pub const PATHS: &str = "/api/v1/paths";
+
+/// `/api/v1/probe`.
+pub const PROBE: &str = "/api/v1/probe";
+
+/// Largest probe request body: a URL is at most 2048 bytes ([`crate::config::check_relay_url`]).
+pub const MAX_PROBE_BODY: usize = 8 * 1024;
+
+/// What the routes need.
+#[derive(Debug)]
+pub struct Api {
+    hub: Arc<Hub>,
+    sources: Option<Arc<Sources>>,
+    source_config: SourceConfig,
+    probes: Semaphore,
+}
+
+impl Api {
+    /// The API over `hub` and its pulled sources.
+    pub fn new(hub: Arc<Hub>, sources: Option<Arc<Sources>>, source_config: SourceConfig) -> Arc<Api> {
+        Arc::new(Api { hub, sources, source_config, probes: Semaphore::new(MAX_PROBES) })
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body.to_string() + "\n")
+        .into_response()
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    reply(status, json!({ "error": message.to_string() }))
+}
+
+fn under(uri_path: &str, prefix: &str) -> bool {
+    uri_path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Whether this module answers `uri_path`.
+pub fn answers(uri_path: &str) -> bool {
+    under(uri_path, PATHS) || under(uri_path, PROBE)
+}
+
+/// One path's JSON.
+fn path_json(api: &Api, path: &str) -> Value {
+    let source = api.sources.as_ref().and_then(|s| s.status(path));
+    json!({
+        "path": path,
+        "live": api.hub.is_published(path),
+        "readers": api.hub.readers(path),
+        "source": source,
+        "push": [],
+    })
+}
+
+/// Answers a request this module [`answers`].
+pub async fn handle(api: &Api, method: &Method, uri_path: &str, body: Body, peer: SocketAddr) -> Response {
+    if under(uri_path, PROBE) {
+        if uri_path != PROBE {
+            return error(StatusCode::NOT_FOUND, "not found");
+        }
+        if method != Method::POST {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "POST a {\"url\": ...}");
+        }
+        return probe(api, body, peer).await;
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    }
+    let rest = uri_path.strip_prefix(PATHS).unwrap_or("");
+    let path = rest.trim_start_matches('/');
+    if path.is_empty() {
+        let mut paths = api.hub.live_paths();
+        if let Some(s) = &api.sources {
+            paths.extend(s.paths());
+        }
+        paths.sort();
+        paths.dedup();
+        let items: Vec<Value> = paths.iter().map(|p| path_json(api, p)).collect();
+        return reply(StatusCode::OK, json!({ "items": items }));
+    }
+    let known = api.hub.has_stream(path) || api.sources.as_ref().is_some_and(|s| s.entry(path).is_some());
+    if !known {
+        return error(StatusCode::NOT_FOUND, format!("no path {path}"));
+    }
+    reply(StatusCode::OK, path_json(api, path))
+}
+
+async fn probe(api: &Api, body: Body, peer: SocketAddr) -> Response {
+    if !peer.ip().to_canonical().is_loopback() {
+        return error(StatusCode::FORBIDDEN, "probing is allowed from loopback only");
+    }
+    let bytes = match axum::body::to_bytes(body, MAX_PROBE_BODY).await {
+        Ok(b) => b,
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {MAX_PROBE_BODY} bytes")),
+    };
+    let url = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(v) => match v.get("url").and_then(Value::as_str) {
+            Some(u) => u.to_owned(),
+            None => {
+                return error(StatusCode::BAD_REQUEST, "the body must be {\"url\": \"rtsp://...\" | \"rtmp://...\"}");
+            }
+        },
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    if let Err(e) = crate::config::check_relay_url("url", &url) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let Ok(_permit) = api.probes.try_acquire() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, format!("{MAX_PROBES} probes are running; try again"));
+    };
+    let result = crate::source::probe(&api.source_config, &url).await;
+    match serde_json::to_value(&result) {
+        Ok(v) => reply(StatusCode::OK, v),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}

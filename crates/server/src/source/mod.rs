@@ -1,0 +1,878 @@
+//! Pulled sources: a path whose stream comes from a camera or another server
+//! (`[paths."PATH"] source = "rtsp://..." | "rtmp://..."`) instead of a publisher.
+//!
+//! The manager ([`Sources`]) keeps one [`Entry`] per such path and one task that runs its
+//! source while it is wanted:
+//! - **On demand** (the default): idle until a reader arrives ([`crate::hub::Demand`]); then
+//!   it connects, and readers wait up to `source_start_timeout_ms` for it. Once the last
+//!   reader has left (or, for HLS, the last request came) `source_close_after_ms` ago, it
+//!   stops (TEARDOWN, then the connection closes). A reader arriving meanwhile cancels that.
+//! - **Always on** (`source_on_demand = false`, or a path that records or pushes): from
+//!   startup.
+//! - A failed try is retried after [`Backoff`] (`source.retry_min_ms`..`retry_max_ms`); the
+//!   hub's republish grace keeps readers through a short drop.
+//!
+//! A path's source is a list of candidate URLs tried in order at each try ([`Settings::
+//! candidates`]): today the path's `source`; an edge adds its origins the same way.
+//!
+//! The drivers ([`rtsp`], [`rtmp`]) are thin tokio loops around the sans-IO clients; they
+//! give the media to the hub exactly as a publisher of the same protocol does. The same
+//! drivers serve [`probe`], against a private hub.
+
+pub mod rtmp;
+pub mod rtsp;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, SourceConfig, ms};
+use crate::hub::{Demand, Hub};
+use crate::paths::SourceTransport;
+use crate::relay::{Backoff, RelayState, RelayStatus, redact};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sleeps until `at`; forever without one.
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Why one try of a source failed: the step (`connect`, `DESCRIBE`, `SETUP`, `PLAY`,
+/// `play`, `media`, ...), the peer's status when it answered one, and a message that says
+/// both (credentials never in it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SourceError {
+    /// The step that failed.
+    pub step: String,
+    /// The peer's status code, when it answered with one.
+    pub status: Option<u16>,
+    /// What failed, e.g. `DESCRIBE answered 404 Not Found`.
+    pub message: String,
+}
+
+impl SourceError {
+    /// A failure of `step` described by `message`.
+    pub fn new(step: &str, message: impl Into<String>) -> SourceError {
+        SourceError { step: step.to_owned(), status: None, message: message.into() }
+    }
+
+    /// The peer answered `step` with `status`; `detail` adds what it said, if anything.
+    pub fn answered(step: &str, status: u16, detail: Option<&str>) -> SourceError {
+        let mut message = format!("{step} answered {status} {}", reason(status));
+        if let Some(d) = detail.filter(|d| !d.is_empty()) {
+            message = format!("{message} ({d})");
+        }
+        SourceError { step: step.to_owned(), status: Some(status), message }
+    }
+}
+
+/// The reason phrase of an RTSP status (RFC 2326 7.1.1), for messages.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        301 => "Moved Permanently",
+        302 => "Moved Temporarily",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        453 => "Not Enough Bandwidth",
+        454 => "Session Not Found",
+        455 => "Method Not Valid in This State",
+        457 => "Invalid Range",
+        459 => "Aggregate Operation Not Allowed",
+        461 => "Unsupported Transport",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// A path's source settings, resolved from `[paths]` over `[source]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// URLs tried in order at each try (with their credentials).
+    pub candidates: Vec<String>,
+    /// Started by readers and stopped after them; false: always on.
+    pub on_demand: bool,
+    /// How an RTSP source carries RTP.
+    pub transport: SourceTransport,
+    /// How long readers wait for the source to go live.
+    pub start_timeout: Duration,
+    /// How long the source stays up after its last reader left.
+    pub close_after: Duration,
+}
+
+impl Settings {
+    /// The settings of `path` when it has a `source`. A path that records or pushes is
+    /// always on.
+    pub fn resolve(config: &Config, path: &str) -> Option<Settings> {
+        let p = config.paths.get(path);
+        let url = p.source.clone()?;
+        Some(Settings {
+            candidates: vec![url],
+            on_demand: p.source_on_demand.unwrap_or(true) && !p.record && p.push.is_empty(),
+            transport: p.source_transport.unwrap_or_default(),
+            start_timeout: ms(p.source_start_timeout_ms.unwrap_or(config.source.start_timeout_ms)),
+            close_after: ms(p.source_close_after_ms.unwrap_or(config.source.close_after_ms)),
+        })
+    }
+}
+
+/// What a try reports as it goes, and what the status shows: shared between a driver and
+/// the manager (or a probe).
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Media bytes received.
+    pub bytes: AtomicU64,
+    /// Frames given to the hub.
+    pub frames: Arc<AtomicU64>,
+    /// RTP packets lost (the receiver reports' cumulative counts, summed over tracks).
+    pub packets_lost: AtomicU64,
+    info: Mutex<Info>,
+}
+
+/// The slowly changing part of a [`Report`].
+#[derive(Debug, Default, Clone)]
+struct Info {
+    state: RelayState,
+    /// The candidate being tried, redacted.
+    url: String,
+    retries: u64,
+    last_error: Option<String>,
+    /// When the source went live: monotonic, and as RFC 3339.
+    live_since: Option<(Instant, String)>,
+    transport: Option<&'static str>,
+    transport_reason: Option<String>,
+    auth: Option<String>,
+    sdp: Option<String>,
+    /// (when, bytes then) for the bitrate, and the last bitrate computed.
+    rate: Option<(Instant, u64)>,
+    bitrate: u64,
+}
+
+impl Report {
+    fn info(&self) -> std::sync::MutexGuard<'_, Info> {
+        lock(&self.info)
+    }
+
+    /// The transport in use (`udp`, `tcp`, `multicast`, `rtmp`) and why it was chosen.
+    pub fn set_transport(&self, transport: &'static str, reason: impl Into<String>) {
+        let mut i = self.info();
+        i.transport = Some(transport);
+        i.transport_reason = Some(reason.into());
+    }
+
+    /// The authentication scheme that worked (`basic`, `digest-md5`, `digest-sha256`).
+    pub fn set_auth(&self, auth: Option<String>) {
+        self.info().auth = auth;
+    }
+
+    /// The session description the source gave.
+    pub fn set_sdp(&self, sdp: String) {
+        self.info().sdp = Some(sdp);
+    }
+
+    /// Media flows: the source is live (once per try).
+    pub fn live(&self) {
+        let mut i = self.info();
+        if i.state != RelayState::Live {
+            i.state = RelayState::Live;
+            i.retries = 0;
+            i.live_since = Some((Instant::now(), crate::utc::format(crate::clock::unix_micros())));
+            i.rate = Some((Instant::now(), self.bytes.load(Ordering::Relaxed)));
+        }
+    }
+
+    /// Whether the try went live.
+    pub fn is_live(&self) -> bool {
+        self.info().state == RelayState::Live
+    }
+
+    /// When the try went live.
+    pub fn live_at(&self) -> Option<Instant> {
+        self.info().live_since.as_ref().map(|l| l.0)
+    }
+
+    fn set_state(&self, state: RelayState) {
+        let mut i = self.info();
+        i.state = state;
+        if state != RelayState::Live {
+            i.live_since = None;
+            i.bitrate = 0;
+            i.rate = None;
+        }
+    }
+
+    /// The status as the API shows it.
+    pub fn relay_status(&self) -> RelayStatus {
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let mut i = self.info();
+        let now = Instant::now();
+        if let Some((at, b)) = i.rate {
+            let span = now.saturating_duration_since(at);
+            if span >= Duration::from_secs(1) {
+                i.bitrate = ((bytes.saturating_sub(b)) as f64 * 8.0 / span.as_secs_f64()) as u64;
+                i.rate = Some((now, bytes));
+            }
+        }
+        RelayStatus {
+            url: i.url.clone(),
+            state: i.state,
+            retries: i.retries,
+            last_error: i.last_error.clone(),
+            live_since: i.live_since.as_ref().map(|l| l.1.clone()),
+            bytes,
+            bitrate: i.bitrate,
+        }
+    }
+}
+
+/// One try of a source: what a driver needs.
+pub struct Attempt<'a> {
+    /// The URL, with its credentials (never logged: use [`Attempt::redacted`]).
+    pub url: &'a str,
+    /// The path the media goes to in `hub`.
+    pub path: &'a str,
+    /// Where the media goes.
+    pub hub: &'a Arc<Hub>,
+    /// Timeouts.
+    pub config: &'a SourceConfig,
+    /// How an RTSP source carries RTP.
+    pub transport: SourceTransport,
+    /// Where the try reports.
+    pub report: &'a Report,
+    /// `auto` fell back to TCP for this source before: start there.
+    pub prefer_tcp: &'a AtomicBool,
+}
+
+impl Attempt<'_> {
+    /// The URL, credentials hidden.
+    pub fn redacted(&self) -> String {
+        redact(self.url)
+    }
+}
+
+/// Runs one try of `url` until it fails or `stop` turns true (then ends it cleanly).
+pub async fn run_attempt(a: &Attempt<'_>, stop: &mut watch::Receiver<bool>) -> Result<(), SourceError> {
+    if a.url.starts_with("rtmp://") {
+        rtmp::run(a, stop).await
+    } else if a.url.starts_with("rtsp://") {
+        rtsp::run(a, stop).await
+    } else {
+        Err(SourceError::new("url", format!("{}: not rtsp:// or rtmp://", a.redacted())))
+    }
+}
+
+/// The status of a path's source, as the API shows it: [`RelayStatus`] and what a pulled
+/// source adds.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    /// URL, state, retries, last error, uptime, bytes, bitrate.
+    #[serde(flatten)]
+    pub relay: RelayStatus,
+    /// Started by readers, stopped after them.
+    pub on_demand: bool,
+    /// `udp`, `tcp`, `multicast` or `rtmp` while connected; None before.
+    pub transport: Option<&'static str>,
+    /// The authentication scheme that worked (`basic`, `digest-md5`, `digest-sha256`).
+    pub auth: Option<String>,
+    /// Frames given to the hub since the server started.
+    pub frames: u64,
+    /// RTP packets lost (RTCP receiver-report counts); 0 for RTMP.
+    pub packets_lost: u64,
+}
+
+/// One path's source.
+#[derive(Debug)]
+pub struct Entry {
+    path: String,
+    settings: Settings,
+    demand: Arc<Demand>,
+    report: Report,
+    /// `auto` fell back to TCP once: later tries start there.
+    prefer_tcp: AtomicBool,
+}
+
+impl Entry {
+    fn new(path: &str, settings: Settings) -> Arc<Entry> {
+        let report = Report::default();
+        report.info().url = settings.candidates.first().map(|u| redact(u)).unwrap_or_default();
+        Arc::new(Entry {
+            path: path.to_owned(),
+            settings,
+            demand: Demand::new(),
+            report,
+            prefer_tcp: AtomicBool::new(false),
+        })
+    }
+
+    /// The status now.
+    pub fn status(&self) -> SourceStatus {
+        let i = self.report.info().clone();
+        SourceStatus {
+            relay: self.report.relay_status(),
+            on_demand: self.settings.on_demand,
+            transport: i.transport.filter(|_| i.state == RelayState::Live || i.state == RelayState::Connecting),
+            auth: i.auth,
+            frames: self.report.frames.load(Ordering::Relaxed),
+            packets_lost: self.report.packets_lost.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the source is wanted now.
+    fn wanted(&self) -> bool {
+        !self.settings.on_demand || self.demand.get().wanted(Instant::now(), self.settings.close_after)
+    }
+
+    /// Waits until the source is wanted.
+    async fn until_wanted(&self) {
+        let mut rx = self.demand.watch();
+        loop {
+            if self.wanted() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Waits until the source is no longer wanted: no reader for `close_after` (never for an
+    /// always-on source).
+    async fn until_unwanted(&self) {
+        if !self.settings.on_demand {
+            return std::future::pending().await;
+        }
+        let mut rx = self.demand.watch();
+        loop {
+            let d = *rx.borrow_and_update();
+            let deadline = match (d.readers, d.last_wanted) {
+                (0, Some(t)) => t + self.settings.close_after,
+                (0, None) => Instant::now(),
+                _ => {
+                    if rx.changed().await.is_err() {
+                        return std::future::pending().await;
+                    }
+                    continue;
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    if !self.wanted() {
+                        return;
+                    }
+                }
+                r = rx.changed() => {
+                    if r.is_err() {
+                        return std::future::pending().await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The server's pulled sources.
+#[derive(Debug)]
+pub struct Sources {
+    hub: Arc<Hub>,
+    config: SourceConfig,
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+impl Sources {
+    /// The sources of every path of `config` that has one, each started when it is wanted
+    /// (always-on ones at once); the hub learns of them.
+    pub fn start(hub: Arc<Hub>, config: &Config) -> Arc<Sources> {
+        let mut entries = HashMap::new();
+        for (key, _) in config.paths.entries() {
+            if let Some(settings) = Settings::resolve(config, key) {
+                entries.insert(key.to_owned(), Entry::new(key, settings));
+            }
+        }
+        let sources =
+            Arc::new(Sources { hub: hub.clone(), config: config.source.clone(), entries: Mutex::new(entries) });
+        let weak: Weak<dyn crate::hub::Sources> = Arc::downgrade(&(sources.clone() as Arc<dyn crate::hub::Sources>));
+        hub.set_sources(weak);
+        for entry in lock(&sources.entries).values() {
+            tokio::spawn(run_entry(hub.clone(), sources.config.clone(), entry.clone()));
+        }
+        sources
+    }
+
+    /// The entry of `path`. (An edge will add entries for paths it pulls from its origins.)
+    pub fn entry(&self, path: &str) -> Option<Arc<Entry>> {
+        lock(&self.entries).get(path).cloned()
+    }
+
+    /// Paths that have a source, sorted.
+    pub fn paths(&self) -> Vec<String> {
+        let mut v: Vec<String> = lock(&self.entries).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// The status of `path`'s source.
+    pub fn status(&self, path: &str) -> Option<SourceStatus> {
+        self.entry(path).map(|e| e.status())
+    }
+
+    /// The hub the sources publish into.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+}
+
+impl crate::hub::Sources for Sources {
+    fn demand(&self, path: &str) -> Option<Arc<Demand>> {
+        self.entry(path).map(|e| e.demand.clone())
+    }
+
+    fn start_timeout(&self, path: &str) -> Duration {
+        self.entry(path).map_or(ms(self.config.start_timeout_ms), |e| e.settings.start_timeout)
+    }
+
+    fn last_error(&self, path: &str) -> Option<String> {
+        self.entry(path)?.report.info().last_error.clone()
+    }
+}
+
+/// Runs `entry`'s source whenever it is wanted, for the server's life.
+async fn run_entry(hub: Arc<Hub>, config: SourceConfig, entry: Arc<Entry>) {
+    let path = entry.path.as_str();
+    loop {
+        entry.until_wanted().await;
+        info!(path, url = entry.report.info().url, on_demand = entry.settings.on_demand, "source: starting");
+        run_wanted(&hub, &config, &entry).await;
+        entry.report.set_state(RelayState::Idle);
+        info!(path, "source: stopped (no reader for {:?})", entry.settings.close_after);
+    }
+}
+
+/// Tries the source until it is no longer wanted.
+async fn run_wanted(hub: &Arc<Hub>, config: &SourceConfig, entry: &Entry) {
+    let path = entry.path.as_str();
+    let mut backoff = Backoff::new(ms(config.retry_min_ms), ms(config.retry_max_ms));
+    let mut attempt_no: u64 = 0;
+    let mut last_logged: Option<String> = None;
+    loop {
+        let mut failure = None;
+        for url in &entry.settings.candidates {
+            {
+                let mut i = entry.report.info();
+                i.url = redact(url);
+                i.transport = None;
+            }
+            entry.report.set_state(RelayState::Connecting);
+            let attempt = Attempt {
+                url,
+                path,
+                hub,
+                config,
+                transport: entry.settings.transport,
+                report: &entry.report,
+                prefer_tcp: &entry.prefer_tcp,
+            };
+            let (stop_tx, mut stop_rx) = watch::channel(false);
+            let run = run_attempt(&attempt, &mut stop_rx);
+            tokio::pin!(run);
+            let result = tokio::select! {
+                r = &mut run => r,
+                () = entry.until_unwanted() => {
+                    let _ = stop_tx.send(true);
+                    // The driver ends its session (TEARDOWN); a peer that does not answer
+                    // does not hold it up for longer than a request.
+                    let _ = tokio::time::timeout(ms(config.request_timeout_ms) + Duration::from_secs(1), &mut run).await;
+                    return;
+                }
+            };
+            let was_live = entry.report.is_live();
+            if was_live {
+                backoff.reset();
+            }
+            let e = match result {
+                Ok(()) => SourceError::new("media", "the source ended the stream"),
+                Err(e) => e,
+            };
+            failure = Some(e);
+            if was_live {
+                // A source that was live is retried at once, from its first candidate.
+                break;
+            }
+        }
+        let Some(e) = failure else { continue };
+        attempt_no += 1;
+        let delay = backoff.next_delay();
+        {
+            let mut i = entry.report.info();
+            i.retries += 1;
+            i.last_error = Some(e.message.clone());
+        }
+        entry.report.set_state(RelayState::WaitingToRetry);
+        let url = entry.report.info().url.clone();
+        if last_logged.as_deref() != Some(e.message.as_str()) {
+            warn!(path, url, "source: {e}; retrying in {:.1} s (attempt {attempt_no})", delay.as_secs_f64());
+            last_logged = Some(e.message.clone());
+        } else {
+            debug!(path, url, "source: {e}; retrying in {:.1} s (attempt {attempt_no})", delay.as_secs_f64());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            () = entry.until_unwanted() => return,
+        }
+    }
+}
+
+/// Most probes at once: each makes the server connect somewhere and holds a connection up
+/// to the start timeout.
+pub const MAX_PROBES: usize = 4;
+
+/// What a probe found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeTrack {
+    /// `video` or `audio`.
+    pub kind: &'static str,
+    /// `H264`, `H265`, `AAC`, `Opus`, `PCMU`, ...
+    pub codec: String,
+    /// Video: picture size, when its parameter sets tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Video: picture size, when its parameter sets tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// Video: the RTP clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_rate: Option<u32>,
+    /// Audio: samples per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
+    /// Audio: channels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u8>,
+}
+
+fn probe_track(t: &ferrocast_media::TrackInfo) -> ProbeTrack {
+    use ferrocast_media::{TrackInfo, VideoCodec};
+    match t {
+        TrackInfo::Video { codec, config, clock_rate } => {
+            let dims = match codec {
+                VideoCodec::H264 => ferrocast_media::h264::AvcConfig::parse(config)
+                    .ok()
+                    .and_then(|c| ferrocast_media::h264::sps_dimensions(c.sps.first()?).ok()),
+                VideoCodec::H265 => ferrocast_media::h265::HevcConfig::parse(config).ok().and_then(|c| {
+                    let s = ferrocast_media::h265::parse_sps(c.sps.first()?).ok()?;
+                    Some((s.width, s.height))
+                }),
+            };
+            ProbeTrack {
+                kind: "video",
+                codec: format!("{codec:?}").to_uppercase(),
+                width: dims.map(|d| d.0),
+                height: dims.map(|d| d.1),
+                clock_rate: Some(*clock_rate),
+                sample_rate: None,
+                channels: None,
+            }
+        }
+        TrackInfo::Audio { codec, sample_rate, channels, .. } => ProbeTrack {
+            kind: "audio",
+            codec: match codec {
+                ferrocast_media::AudioCodec::Aac => "AAC".to_owned(),
+                other => format!("{other:?}").to_uppercase(),
+            },
+            width: None,
+            height: None,
+            clock_rate: None,
+            sample_rate: Some(*sample_rate),
+            channels: Some(*channels),
+        },
+    }
+}
+
+/// The answer of a probe: what [`probe`] found, or where it failed.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum ProbeResult {
+    /// Media came.
+    Ok {
+        /// Always true.
+        ok: bool,
+        /// The URL, credentials hidden.
+        url: String,
+        /// The session description (RTSP), if any.
+        sdp: Option<String>,
+        /// The tracks.
+        tracks: Vec<ProbeTrack>,
+        /// The authentication scheme that worked.
+        auth: Option<String>,
+        /// `udp`, `tcp`, `multicast`, `rtmp`.
+        transport: Option<&'static str>,
+        /// Why that transport.
+        transport_reason: Option<String>,
+        /// From the connect to the first keyframe (the first frame, without video), in ms.
+        first_keyframe_ms: f64,
+    },
+    /// It failed.
+    Failed {
+        /// Always false.
+        ok: bool,
+        /// The URL, credentials hidden.
+        url: String,
+        /// The step that failed.
+        step: String,
+        /// The peer's status, when it answered.
+        status: Option<u16>,
+        /// What failed.
+        error: String,
+    },
+}
+
+/// Connects once to `url` (`auto` transport), waits for the first keyframe (at most the start
+/// timeout), and reports what it found. Uses a private hub: the server's streams are not
+/// touched.
+pub async fn probe(config: &SourceConfig, url: &str) -> ProbeResult {
+    let hub = Hub::new(crate::config::HubConfig { republish_grace_ms: 0, ..Default::default() });
+    let report = Report::default();
+    let prefer_tcp = AtomicBool::new(false);
+    let path = "probe/source";
+    let started = Instant::now();
+    let deadline = started + ms(config.start_timeout_ms);
+    let attempt = Attempt {
+        url,
+        path,
+        hub: &hub,
+        config,
+        transport: SourceTransport::Auto,
+        report: &report,
+        prefer_tcp: &prefer_tcp,
+    };
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let run = run_attempt(&attempt, &mut stop_rx);
+    tokio::pin!(run);
+    let failed = |e: SourceError| ProbeResult::Failed {
+        ok: false,
+        url: redact(url),
+        step: e.step,
+        status: e.status,
+        error: e.message,
+    };
+    let watch_media = async {
+        if !hub.wait_published(path, deadline.saturating_duration_since(Instant::now())).await {
+            return None;
+        }
+        let sub = hub.subscribe_internal(path)?;
+        let mut reader = crate::reader::Reader::new(hub.clone(), sub);
+        loop {
+            let item = tokio::time::timeout_at(deadline, reader.next()).await.ok()?;
+            if let crate::reader::ReaderItem::Frame(f) = item {
+                let tracks = reader.initial_tracks().clone();
+                let current = hub.subscribe_internal(path).map(|s| s.current_tracks()).unwrap_or(tracks);
+                let video = current.video.is_some();
+                if !video || (f.kind == ferrocast_media::TrackKind::Video && f.keyframe) {
+                    return Some((current, started.elapsed()));
+                }
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        r = &mut run => Err(match r {
+            Ok(()) => SourceError::new("media", "the source ended the stream"),
+            Err(e) => e,
+        }),
+        found = watch_media => found.ok_or_else(|| {
+            SourceError::new("media", format!("no keyframe within {:.1} s", ms(config.start_timeout_ms).as_secs_f64()))
+        }),
+    };
+    let (tracks, elapsed) = match outcome {
+        Ok(found) => found,
+        Err(e) => return failed(e),
+    };
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(ms(config.request_timeout_ms), &mut run).await;
+    let i = report.info().clone();
+    let tracks = [tracks.video.as_ref(), tracks.audio.as_ref()].into_iter().flatten().map(probe_track).collect();
+    ProbeResult::Ok {
+        ok: true,
+        url: redact(url),
+        sdp: i.sdp,
+        tracks,
+        auth: i.auth,
+        transport: i.transport,
+        transport_reason: i.transport_reason,
+        first_keyframe_ms: (elapsed.as_secs_f64() * 10_000.0).round() / 10.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::DemandState;
+
+    fn entry(on_demand: bool, close_after_ms: u64) -> Arc<Entry> {
+        Entry::new(
+            "cams/a",
+            Settings {
+                candidates: vec!["rtsp://u:p@cam/x".into()],
+                on_demand,
+                transport: SourceTransport::Auto,
+                start_timeout: Duration::from_secs(5),
+                close_after: ms(close_after_ms),
+            },
+        )
+    }
+
+    #[test]
+    fn settings_resolve_per_path_over_source() {
+        let config: Config = toml::from_str(
+            r#"
+            [source]
+            close_after_ms = 1234
+            [paths."cams/a"]
+            source = "rtsp://cam/a"
+            source_transport = "tcp"
+            source_start_timeout_ms = 77
+            [paths."cams/rec"]
+            source = "rtsp://cam/b"
+            record = true
+            [paths."cams/push"]
+            source = "rtmp://origin/live/c"
+            push = ["rtmp://cdn/live/c"]
+            [paths."cams/off"]
+            source = "rtsp://cam/d"
+            source_on_demand = false
+            "#,
+        )
+        .unwrap();
+        let a = Settings::resolve(&config, "cams/a").unwrap();
+        assert_eq!(a.transport, SourceTransport::Tcp);
+        assert_eq!((a.start_timeout, a.close_after), (ms(77), ms(1234)));
+        assert!(a.on_demand);
+        for always in ["cams/rec", "cams/push", "cams/off"] {
+            assert!(!Settings::resolve(&config, always).unwrap().on_demand, "{always}");
+        }
+        assert!(Settings::resolve(&config, "cams/none").is_none());
+    }
+
+    #[test]
+    fn demand_is_wanted_while_held_and_for_close_after() {
+        let now = Instant::now();
+        let linger = Duration::from_secs(10);
+        assert!(!DemandState::default().wanted(now, linger));
+        assert!(DemandState { readers: 1, last_wanted: None }.wanted(now, linger));
+        let left = DemandState { readers: 0, last_wanted: Some(now) };
+        assert!(left.wanted(now + Duration::from_secs(9), linger));
+        assert!(!left.wanted(now + Duration::from_secs(10), linger));
+    }
+
+    /// The close rule on tokio's paused clock: the source is wanted when a reader comes,
+    /// stays wanted `close_after` after the last leaves, and a reader arriving meanwhile
+    /// cancels the stop.
+    #[tokio::test(start_paused = true)]
+    async fn stops_close_after_the_last_reader_and_a_new_reader_cancels() {
+        let e = entry(true, 1000);
+        assert!(!e.wanted());
+        let woke = {
+            let e = e.clone();
+            tokio::spawn(async move { e.until_wanted().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!woke.is_finished());
+        let a = e.demand.hold();
+        let b = e.demand.hold();
+        woke.await.unwrap();
+        let start = Instant::now();
+        let stopper = {
+            let e = e.clone();
+            tokio::spawn(async move {
+                e.until_unwanted().await;
+                Instant::now()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(a);
+        drop(b);
+        // Half-way through close_after a reader comes and goes: the stop moves.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let c = e.demand.hold();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(c);
+        let stopped = stopper.await.unwrap();
+        assert_eq!(stopped - start, Duration::from_millis(1200 + 1000));
+        assert!(!e.wanted());
+    }
+
+    /// HLS touches keep the source wanted like a reader that comes and goes.
+    #[tokio::test(start_paused = true)]
+    async fn touches_keep_it_wanted() {
+        let e = entry(true, 1000);
+        e.demand.touch();
+        assert!(e.wanted());
+        let start = Instant::now();
+        let stopper = {
+            let e = e.clone();
+            tokio::spawn(async move {
+                e.until_unwanted().await;
+                Instant::now()
+            })
+        };
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            e.demand.touch();
+        }
+        assert_eq!(stopper.await.unwrap() - start, Duration::from_millis(4000 + 1000));
+    }
+
+    /// An always-on source is wanted without readers and never stops.
+    #[tokio::test(start_paused = true)]
+    async fn always_on_never_stops() {
+        let e = entry(false, 10);
+        assert!(e.wanted());
+        let stop = tokio::time::timeout(Duration::from_secs(3600), e.until_unwanted()).await;
+        assert!(stop.is_err());
+    }
+
+    #[test]
+    fn errors_name_the_step_and_the_answer() {
+        let e = SourceError::answered("DESCRIBE", 401, Some("Digest realm \"IP Camera\""));
+        assert_eq!(e.to_string(), "DESCRIBE answered 401 Unauthorized (Digest realm \"IP Camera\")");
+        assert_eq!((e.step.as_str(), e.status), ("DESCRIBE", Some(401)));
+    }
+
+    #[test]
+    fn status_never_shows_credentials() {
+        let e = entry(true, 10);
+        let s = serde_json::to_value(e.status()).unwrap();
+        assert_eq!(s["url"], "rtsp://***@cam/x");
+        assert_eq!(s["state"], "idle");
+        for key in [
+            "retries",
+            "last_error",
+            "live_since",
+            "bytes",
+            "bitrate",
+            "on_demand",
+            "transport",
+            "auth",
+            "frames",
+            "packets_lost",
+        ] {
+            assert!(s.get(key).is_some(), "{key} in {s}");
+        }
+    }
+}
