@@ -1,37 +1,14 @@
 //! `ferrocast-bench camera` read by ffprobe (FFmpeg's RTSP client) directly, over TCP
 //! interleaved and UDP, two sessions on one camera at once: both get the file's tracks, start
-//! on a keyframe, in real time, and the camera's summary counts what it sent.
+//! on a keyframe, in real time, and the camera's summary counts what it sent. And pulled by
+//! ferrocast: the frames the server counts are the frames the cameras sent.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Instant;
+mod support;
 
-struct Kill(std::process::Child);
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
-}
-
-/// A 4 s 320x240 30 fps H.264 clip with AAC (44.1 kHz), a keyframe every second.
-fn media() -> PathBuf {
-    let out = std::env::temp_dir().join(format!("ferrocast-camera-{}-{}.flv", std::process::id(), rand_suffix()));
-    let ok = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi", "-i", "sine"])
-        .args(["-c:v", "libx264", "-g", "30", "-preset", "veryfast", "-b:v", "1M", "-c:a", "aac", "-t", "4"])
-        .arg(&out)
-        .status();
-    assert!(ok.is_ok_and(|s| s.success()), "ffmpeg is required (./scripts/test installs it)");
-    out
-}
+use support::{get_json, media, start_cameras, start_server, stop_cameras};
 
 /// What ffprobe saw of `seconds` of media of `url`: (stream codecs with sizes, per packet
 /// (stream index, keyframe)), and how long it took.
@@ -59,20 +36,7 @@ fn probe(url: &str, transport: &str, seconds: u32) -> (serde_json::Value, Vec<(u
 #[test]
 fn ffprobe_reads_cameras_over_tcp_and_udp() {
     let file = media();
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_ferrocast-bench"));
-    let mut camera = Kill(
-        Command::new(&bench)
-            .args(["camera", "--cameras", "3", "--listen", "127.0.0.1:0", "--file"])
-            .arg(&file)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stdout = BufReader::new(camera.0.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
-    // "listening rtsp://127.0.0.1:PORT/c0 .. c2 (...)"
-    let base = first.split_whitespace().nth(1).and_then(|u| u.strip_suffix("/c0")).expect(&first).to_owned();
+    let (camera, stdout, base) = start_cameras(3, &file);
 
     // Two sessions of camera 1 at once, one per transport.
     let probes: Vec<_> = ["tcp", "udp"]
@@ -108,11 +72,7 @@ fn ffprobe_reads_cameras_over_tcp_and_udp() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"), "{}", String::from_utf8_lossy(&out.stderr));
 
     // SIGTERM ends it with its summary.
-    assert!(Command::new("kill").args(["-TERM", &camera.0.id().to_string()]).status().unwrap().success());
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    assert!(camera.0.wait().unwrap().success());
-    let summary: serde_json::Value = serde_json::from_str(&rest).expect(&rest);
+    let summary = stop_cameras(camera, stdout);
     assert_eq!((summary["mode"].as_str(), summary["cameras"].as_u64()), (Some("camera"), Some(3)), "{summary}");
     assert_eq!(summary["cameras_playing"], 1, "{summary}");
     let c1 = &summary["per_camera"][1];
@@ -124,5 +84,63 @@ fn ffprobe_reads_cameras_over_tcp_and_udp() {
     assert!(c1["packets"].as_u64().unwrap() >= frames && c1["bytes"].as_u64().unwrap() > 300_000, "{c1}");
     assert_eq!(summary["per_camera"][0]["frames"], 0, "{summary}");
     assert_eq!(summary["totals"]["frames"], c1["frames"], "{summary}");
+    let _ = std::fs::remove_file(file);
+}
+
+/// ferrocast pulls four cameras always on, two over TCP and two over UDP: every path goes
+/// live, and once the cameras stop, the frames each path's source gave the hub (the API's
+/// `source.frames`) are exactly the frames its camera sent, no RTP packet lost: the
+/// accounting `scripts/bench pull` reports frames lost with.
+#[test]
+fn ferrocast_pulls_cameras_and_counts_every_frame() {
+    let file = media();
+    let (camera, stdout, base) = start_cameras(4, &file);
+    let mut config = String::new();
+    for (i, transport) in ["tcp", "tcp", "udp", "udp"].iter().enumerate() {
+        config += &format!(
+            "[paths.\"cams/c{i}\"]\nsource = \"{base}/c{i}\"\nsource_on_demand = false\nsource_transport = \"{transport}\"\n"
+        );
+    }
+    let (_server, _, http, _) = start_server(&config);
+    let paths = || get_json(&http, "/api/v1/paths")["items"].as_array().unwrap().clone();
+    // Every path live and past its first frames (or the test's own guard fails it).
+    let guard = Instant::now();
+    let live = loop {
+        let items = paths();
+        let going = items.iter().filter(|p| p["live"] == true && p["source"]["frames"].as_u64() > Some(60)).count();
+        if going == 4 {
+            break items;
+        }
+        assert!(guard.elapsed() < Duration::from_secs(120), "not all pulled paths went live: {items:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for (i, transport) in ["tcp", "tcp", "udp", "udp"].iter().enumerate() {
+        let p = live.iter().find(|p| p["path"] == format!("cams/c{i}")).expect("listed");
+        assert_eq!(p["source"]["retries"], 0, "connected at the first try: {p}");
+        assert_eq!(
+            (p["source"]["state"].as_str(), p["source"]["transport"].as_str()),
+            (Some("live"), Some(*transport)),
+            "{p}"
+        );
+    }
+    let summary = stop_cameras(camera, stdout);
+    // The last frames in flight reach the hub: the counts settle (the sources retry meanwhile).
+    let frames = |items: &[serde_json::Value]| items.iter().map(|p| p["source"]["frames"].clone()).collect::<Vec<_>>();
+    let mut last = paths();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = paths();
+        if frames(&now) == frames(&last) {
+            break;
+        }
+        last = now;
+    }
+    for (i, transport) in ["tcp", "tcp", "udp", "udp"].iter().enumerate() {
+        let p = last.iter().find(|p| p["path"] == format!("cams/c{i}")).expect("listed");
+        let sent = &summary["per_camera"][i];
+        assert_eq!(sent["sessions"], 1, "{transport} c{i}: one session: {sent} {p}");
+        assert_eq!(p["source"]["frames"], sent["frames"], "{transport} c{i}: every frame sent arrived: {sent} {p}");
+        assert_eq!(p["source"]["packets_lost"], 0, "{transport} c{i}: {p}");
+    }
     let _ = std::fs::remove_file(file);
 }
