@@ -185,6 +185,9 @@ pub struct CameraStats {
     pub sessions: AtomicU64,
     /// Frames a session was too far behind to take.
     pub dropped_frames: AtomicU64,
+    /// How late a frame left, at worst, ms: a camera process that cannot keep up (its core
+    /// busy) shows here, not as the server's loss.
+    pub max_late_ms: AtomicU64,
 }
 
 impl CameraStats {
@@ -198,6 +201,7 @@ impl CameraStats {
             "bytes": g(&self.bytes),
             "sessions": g(&self.sessions),
             "dropped_frames": g(&self.dropped_frames),
+            "max_late_ms": g(&self.max_late_ms),
         })
     }
 }
@@ -368,14 +372,18 @@ fn summary(ctx: &Ctx, args: &CameraArgs, elapsed: Duration) -> serde_json::Value
     let per: Vec<serde_json::Value> = ctx.cameras.iter().map(|c| c.stats.json()).collect();
     let total = |k: &str| per.iter().map(|c| c[k].as_u64().unwrap_or(0)).sum::<u64>();
     let keys = ["frames", "video_frames", "audio_frames", "packets", "bytes", "sessions", "dropped_frames"];
-    let totals: serde_json::Map<String, serde_json::Value> =
+    let mut totals: serde_json::Map<String, serde_json::Value> =
         keys.iter().map(|k| ((*k).to_owned(), total(k).into())).collect();
+    let late = per.iter().map(|c| c["max_late_ms"].as_u64().unwrap_or(0)).max().unwrap_or(0);
+    totals.insert("max_late_ms".to_owned(), late.into());
     serde_json::json!({
         "mode": "camera",
         "cameras": args.cameras,
         "listen": ctx.local.to_string(),
         "file": args.file.display().to_string(),
         "seconds": elapsed.as_secs_f64(),
+        // This process's CPU over the run, % of one core (utime + stime).
+        "cpu_percent": own_cpu_ticks().map(|t| t as f64 / 100.0 / elapsed.as_secs_f64() * 100.0),
         "cameras_playing": ctx.cameras.iter().filter(|c| c.stats.sessions.load(Ordering::Relaxed) > 0).count(),
         "totals": totals,
         "per_camera": per,
@@ -406,6 +414,15 @@ async fn send_rtcp(
     }
 }
 
+/// This process's utime + stime in clock ticks (USER_HZ, 100 on Linux).
+fn own_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
 /// Camera `i`: walks the file's schedule from its phase, looping, and hands each frame to the
 /// sessions playing it.
 async fn run_camera(ctx: Arc<Ctx>, i: usize) {
@@ -425,6 +442,8 @@ async fn run_camera(ctx: Arc<Ctx>, i: usize) {
         let f = &media.frames[at];
         let due = cam.epoch + Duration::from_millis(u64::from(l) * span + u64::from(f.due_ms));
         tokio::time::sleep_until(due.into()).await;
+        let late = Instant::now().saturating_duration_since(due).as_millis() as u64;
+        cam.stats.max_late_ms.fetch_max(late, Ordering::Relaxed);
         let sinks = cam.sinks.lock().unwrap();
         for (_, tx) in sinks.iter() {
             if tx.try_send((at as u32, l)).is_err() {

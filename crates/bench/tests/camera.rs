@@ -75,6 +75,8 @@ fn ffprobe_reads_cameras_over_tcp_and_udp() {
     let summary = stop_cameras(camera, stdout);
     assert_eq!((summary["mode"].as_str(), summary["cameras"].as_u64()), (Some("camera"), Some(3)), "{summary}");
     assert_eq!(summary["cameras_playing"], 1, "{summary}");
+    assert!(summary["cpu_percent"].as_f64().is_some_and(|c| c >= 0.0), "its own CPU: {summary}");
+    assert!(summary["totals"]["max_late_ms"].is_u64(), "{summary}");
     let c1 = &summary["per_camera"][1];
     assert_eq!(c1["sessions"], 2, "{summary}");
     assert_eq!(c1["dropped_frames"], 0, "{summary}");
