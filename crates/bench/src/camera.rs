@@ -67,6 +67,12 @@ pub struct CameraArgs {
 /// the newest ones, counted as `dropped_frames`: a camera does not buffer without end either.
 const SESSION_QUEUE_FRAMES: usize = 512;
 
+/// A frame due longer ago than this is skipped, not sent late: a camera whose process was
+/// held up (its core busy) drops what it missed, as a camera does, rather than sending seconds
+/// of media in one burst that no real camera sends (and that a receiver's socket buffer may
+/// not hold). Skipped frames are counted apart and are not in `frames`.
+const MAX_LATE_MS: u64 = 250;
+
 /// Interval of RTCP sender reports (RFC 3550 6.2 suggests 5 s as the minimum).
 const RTCP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -188,6 +194,8 @@ pub struct CameraStats {
     /// How late a frame left, at worst, ms: a camera process that cannot keep up (its core
     /// busy) shows here, not as the server's loss.
     pub max_late_ms: AtomicU64,
+    /// Frames over [`MAX_LATE_MS`] late, skipped (counted once whatever the sessions).
+    pub skipped_frames: AtomicU64,
 }
 
 impl CameraStats {
@@ -202,6 +210,7 @@ impl CameraStats {
             "sessions": g(&self.sessions),
             "dropped_frames": g(&self.dropped_frames),
             "max_late_ms": g(&self.max_late_ms),
+            "skipped_frames": g(&self.skipped_frames),
         })
     }
 }
@@ -371,7 +380,8 @@ async fn wait_for_end(duration: u64) -> anyhow::Result<()> {
 fn summary(ctx: &Ctx, args: &CameraArgs, elapsed: Duration) -> serde_json::Value {
     let per: Vec<serde_json::Value> = ctx.cameras.iter().map(|c| c.stats.json()).collect();
     let total = |k: &str| per.iter().map(|c| c[k].as_u64().unwrap_or(0)).sum::<u64>();
-    let keys = ["frames", "video_frames", "audio_frames", "packets", "bytes", "sessions", "dropped_frames"];
+    let keys =
+        ["frames", "video_frames", "audio_frames", "packets", "bytes", "sessions", "dropped_frames", "skipped_frames"];
     let mut totals: serde_json::Map<String, serde_json::Value> =
         keys.iter().map(|k| ((*k).to_owned(), total(k).into())).collect();
     let late = per.iter().map(|c| c["max_late_ms"].as_u64().unwrap_or(0)).max().unwrap_or(0);
@@ -444,6 +454,11 @@ async fn run_camera(ctx: Arc<Ctx>, i: usize) {
         tokio::time::sleep_until(due.into()).await;
         let late = Instant::now().saturating_duration_since(due).as_millis() as u64;
         cam.stats.max_late_ms.fetch_max(late, Ordering::Relaxed);
+        if late > MAX_LATE_MS {
+            cam.stats.skipped_frames.fetch_add(1, Ordering::Relaxed);
+            at += 1;
+            continue;
+        }
         let sinks = cam.sinks.lock().unwrap();
         for (_, tx) in sinks.iter() {
             if tx.try_send((at as u32, l)).is_err() {
