@@ -1,8 +1,11 @@
 //! RTSP authentication (RFC 2326 section 16 refers to HTTP's): Basic (RFC 7617) and Digest
-//! without qop (RFC 2069 / 2617), which is what cameras, ffmpeg, GStreamer and VLC speak.
-//! Passwords are compared in constant time and never logged.
+//! (RFC 2069 / 2617 / 7616). The server side verifies Basic and Digest without qop, which is
+//! what cameras, ffmpeg, GStreamer and VLC speak; the client side answers whatever a camera
+//! challenges with ([`Authenticator`]): Digest with SHA-256 or MD5, with or without `qop`, or
+//! Basic. Passwords are compared in constant time and never logged.
 
 use md5::{Digest, Md5};
+use sha2::Sha256;
 
 use crate::base64;
 
@@ -32,8 +35,9 @@ impl Credentials {
     }
 }
 
-fn md5_hex(parts: &[&str]) -> String {
-    let mut h = Md5::new();
+/// The lower-case hex hash of `parts` joined with `:` (RFC 7616 section 3.4.1's `H(a:b)`).
+fn hex_hash<D: Digest>(parts: &[&str]) -> String {
+    let mut h = D::new();
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
             h.update(b":");
@@ -41,6 +45,10 @@ fn md5_hex(parts: &[&str]) -> String {
         h.update(p.as_bytes());
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn md5_hex(parts: &[&str]) -> String {
+    hex_hash::<Md5>(parts)
 }
 
 /// Equality that takes the same time whatever the position of the first difference.
@@ -154,6 +162,362 @@ pub fn verify(creds: &Credentials, authorization: Option<&str>, method: &str, re
     constant_time_eq(user.as_bytes(), creds.user.as_bytes()) & constant_time_eq(response.as_bytes(), want.as_bytes())
 }
 
+/// Most `WWW-Authenticate` headers read from one 401; cameras send one to three (Digest
+/// MD5, Digest SHA-256, Basic). Bounds the work a hostile answer can cause.
+pub const MAX_CHALLENGE_HEADERS: usize = 8;
+
+/// Most challenges taken from one `WWW-Authenticate` header (several may share one header,
+/// RFC 7235 section 4.1).
+pub const MAX_CHALLENGES: usize = 8;
+
+/// One challenge of a `WWW-Authenticate` header (RFC 7235 section 2.1): a scheme and its
+/// `name=value` parameters (names lower-cased, quoted values unquoted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// The scheme (`Digest`, `Basic`, ...), as sent.
+    pub scheme: String,
+    /// Its parameters.
+    pub params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    /// The value of parameter `name` (lower case).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Splits `s` at the commas outside quoted strings (RFC 7230 section 3.2.6).
+fn split_list(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut quoted, mut escaped, mut start) = (false, false, 0);
+    for (i, ch) in s.char_indices() {
+        match ch {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// The challenges of one `WWW-Authenticate` header (RFC 7235 section 4.1): one header may hold
+/// several (`Digest realm="a", nonce="n", Basic realm="a"`). A challenge whose parameters do
+/// not parse (a token68 form, say) is kept with the ones that do; at most
+/// [`MAX_CHALLENGES`].
+pub fn parse_challenges(header: &str) -> Vec<Challenge> {
+    let mut out: Vec<Challenge> = Vec::new();
+    for item in split_list(header) {
+        let item = item.trim();
+        if item.is_empty() {
+            continue;
+        }
+        // A new challenge starts with `scheme SP`, unless what follows the space is `=`
+        // (a parameter written `name = value`).
+        let space = item.find(char::is_whitespace);
+        let eq = item.find('=');
+        let starts_challenge = match (space, eq) {
+            (_, None) => true,
+            (Some(sp), Some(eq)) => sp < eq && !item[sp..].trim_start().starts_with('='),
+            (None, Some(_)) => false,
+        };
+        let param_text = if starts_challenge {
+            if out.len() == MAX_CHALLENGES {
+                break;
+            }
+            let (scheme, rest) = item.split_at(space.unwrap_or(item.len()));
+            out.push(Challenge { scheme: scheme.to_owned(), params: Vec::new() });
+            rest.trim()
+        } else {
+            item
+        };
+        if param_text.is_empty() {
+            continue;
+        }
+        if let (Some(c), Some(mut p)) = (out.last_mut(), digest_params(param_text))
+            && c.params.len() < MAX_DIGEST_PARAMS
+        {
+            c.params.append(&mut p);
+        }
+    }
+    out
+}
+
+/// A Digest hash algorithm (RFC 7616 section 3.3); `-sess` variants hash the nonce and
+/// cnonce into HA1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestAlgorithm {
+    /// MD5 (RFC 2617; the default when `algorithm` is absent).
+    Md5,
+    /// MD5-sess.
+    Md5Sess,
+    /// SHA-256 (RFC 7616).
+    Sha256,
+    /// SHA-256-sess.
+    Sha256Sess,
+}
+
+impl DigestAlgorithm {
+    /// Parses an `algorithm=` value; `None` for one we cannot compute (SHA-512-256).
+    pub fn parse(s: &str) -> Option<DigestAlgorithm> {
+        match s.to_ascii_uppercase().as_str() {
+            "MD5" => Some(DigestAlgorithm::Md5),
+            "MD5-SESS" => Some(DigestAlgorithm::Md5Sess),
+            "SHA-256" => Some(DigestAlgorithm::Sha256),
+            "SHA-256-SESS" => Some(DigestAlgorithm::Sha256Sess),
+            _ => None,
+        }
+    }
+
+    /// The token as sent in `algorithm=`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DigestAlgorithm::Md5 => "MD5",
+            DigestAlgorithm::Md5Sess => "MD5-sess",
+            DigestAlgorithm::Sha256 => "SHA-256",
+            DigestAlgorithm::Sha256Sess => "SHA-256-sess",
+        }
+    }
+
+    fn is_sha256(self) -> bool {
+        matches!(self, DigestAlgorithm::Sha256 | DigestAlgorithm::Sha256Sess)
+    }
+
+    fn hash(self, parts: &[&str]) -> String {
+        if self.is_sha256() { hex_hash::<Sha256>(parts) } else { hex_hash::<Md5>(parts) }
+    }
+}
+
+/// The quality of protection a Digest answer uses (RFC 7616 section 3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qop {
+    /// None offered: RFC 2069 style, `response = H(HA1:nonce:HA2)`.
+    None,
+    /// `qop=auth`.
+    Auth,
+    /// `qop=auth-int` (only when `auth` is not offered): HA2 covers the body's hash.
+    AuthInt,
+}
+
+/// A Digest challenge as the client uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestChallenge {
+    /// `realm`.
+    pub realm: String,
+    /// `nonce`.
+    pub nonce: String,
+    /// `opaque`, echoed unchanged.
+    pub opaque: Option<String>,
+    /// `algorithm` (MD5 when absent).
+    pub algorithm: DigestAlgorithm,
+    /// The qop we answer with.
+    pub qop: Qop,
+    /// `stale=true`: the credentials were right, only the nonce expired (RFC 7616 3.3).
+    pub stale: bool,
+}
+
+impl DigestChallenge {
+    /// Reads a Digest challenge; `None` when it lacks a nonce, names an algorithm we cannot
+    /// compute, or offers only qops we do not know.
+    pub fn from_challenge(c: &Challenge) -> Option<DigestChallenge> {
+        if !c.scheme.eq_ignore_ascii_case("digest") {
+            return None;
+        }
+        let algorithm = match c.param("algorithm") {
+            Some(a) => DigestAlgorithm::parse(a)?,
+            None => DigestAlgorithm::Md5,
+        };
+        let qop = match c.param("qop") {
+            None => Qop::None,
+            Some(q) => {
+                let offered: Vec<&str> = q.split(',').map(str::trim).collect();
+                if offered.iter().any(|o| o.eq_ignore_ascii_case("auth")) {
+                    Qop::Auth
+                } else if offered.iter().any(|o| o.eq_ignore_ascii_case("auth-int")) {
+                    Qop::AuthInt
+                } else {
+                    return None;
+                }
+            }
+        };
+        Some(DigestChallenge {
+            realm: c.param("realm").unwrap_or_default().to_owned(),
+            nonce: c.param("nonce")?.to_owned(),
+            opaque: c.param("opaque").map(str::to_owned),
+            algorithm,
+            qop,
+            stale: c.param("stale").is_some_and(|s| s.eq_ignore_ascii_case("true")),
+        })
+    }
+}
+
+/// The inputs of one Digest response (RFC 7616 section 3.4.1).
+#[derive(Debug, Clone, Copy)]
+pub struct DigestInput<'a> {
+    /// The request's method.
+    pub method: &'a str,
+    /// The request URI, exactly as on the request line.
+    pub uri: &'a str,
+    /// The request's body (for `auth-int`).
+    pub body: &'a [u8],
+    /// The nonce count, `1` for the first request with this nonce.
+    pub nc: u32,
+    /// The client nonce (ignored without qop).
+    pub cnonce: &'a str,
+}
+
+/// The `response` value of a Digest answer (RFC 7616 section 3.4.1; RFC 2069 without qop).
+pub fn digest_response(creds: &Credentials, ch: &DigestChallenge, input: &DigestInput<'_>) -> String {
+    let alg = ch.algorithm;
+    let mut ha1 = alg.hash(&[&creds.user, &ch.realm, &creds.password]);
+    if matches!(alg, DigestAlgorithm::Md5Sess | DigestAlgorithm::Sha256Sess) {
+        ha1 = alg.hash(&[&ha1, &ch.nonce, input.cnonce]);
+    }
+    let ha2 = match ch.qop {
+        Qop::AuthInt => {
+            let body = if alg.is_sha256() {
+                Sha256::digest(input.body).iter().map(|b| format!("{b:02x}")).collect::<String>()
+            } else {
+                Md5::digest(input.body).iter().map(|b| format!("{b:02x}")).collect::<String>()
+            };
+            alg.hash(&[input.method, input.uri, &body])
+        }
+        _ => alg.hash(&[input.method, input.uri]),
+    };
+    let nc = format!("{:08x}", input.nc);
+    match ch.qop {
+        Qop::None => alg.hash(&[&ha1, &ch.nonce, &ha2]),
+        Qop::Auth => alg.hash(&[&ha1, &ch.nonce, &nc, input.cnonce, "auth", &ha2]),
+        Qop::AuthInt => alg.hash(&[&ha1, &ch.nonce, &nc, input.cnonce, "auth-int", &ha2]),
+    }
+}
+
+/// A quoted string (RFC 7230 section 3.2.6): `"` and `\` escaped.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for ch in s.chars() {
+        if ch == '"' || ch == '\\' {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out.push('"');
+    out
+}
+
+/// The scheme a client answers challenges with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientScheme {
+    /// Basic (RFC 7617), with the challenge's realm.
+    Basic {
+        /// `realm`.
+        realm: String,
+    },
+    /// Digest (RFC 7616).
+    Digest(DigestChallenge),
+}
+
+/// The client side of RTSP authentication: picks the best challenge of a 401 (Digest with
+/// SHA-256, then Digest with MD5, then Basic) and writes an `Authorization` for every later
+/// request, counting `nc` up per nonce.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    scheme: ClientScheme,
+    nc: u32,
+}
+
+impl Authenticator {
+    /// The best supported challenge among the `WWW-Authenticate` header values (at most
+    /// [`MAX_CHALLENGE_HEADERS`] are read); `None` when none is usable.
+    pub fn choose<'a>(headers: impl IntoIterator<Item = &'a str>) -> Option<Authenticator> {
+        let mut best: Option<(u8, ClientScheme)> = None;
+        for h in headers.into_iter().take(MAX_CHALLENGE_HEADERS) {
+            for c in parse_challenges(h) {
+                let candidate = if c.scheme.eq_ignore_ascii_case("basic") {
+                    (1, ClientScheme::Basic { realm: c.param("realm").unwrap_or_default().to_owned() })
+                } else if let Some(d) = DigestChallenge::from_challenge(&c) {
+                    (if d.algorithm.is_sha256() { 3 } else { 2 }, ClientScheme::Digest(d))
+                } else {
+                    continue;
+                };
+                if best.as_ref().is_none_or(|(rank, _)| candidate.0 > *rank) {
+                    best = Some(candidate);
+                }
+            }
+        }
+        best.map(|(_, scheme)| Authenticator { scheme, nc: 0 })
+    }
+
+    /// The scheme in use.
+    pub fn scheme(&self) -> &ClientScheme {
+        &self.scheme
+    }
+
+    /// `"basic"`, `"digest-md5"` or `"digest-sha256"`.
+    pub fn name(&self) -> &'static str {
+        match &self.scheme {
+            ClientScheme::Basic { .. } => "basic",
+            ClientScheme::Digest(d) if d.algorithm.is_sha256() => "digest-sha256",
+            ClientScheme::Digest(_) => "digest-md5",
+        }
+    }
+
+    /// The realm of the challenge.
+    pub fn realm(&self) -> &str {
+        match &self.scheme {
+            ClientScheme::Basic { realm } => realm,
+            ClientScheme::Digest(d) => &d.realm,
+        }
+    }
+
+    /// The `Authorization` value for a request. `cnonce` is fresh randomness for `qop`
+    /// answers (unused otherwise).
+    pub fn authorization(&mut self, creds: &Credentials, method: &str, uri: &str, body: &[u8], cnonce: &str) -> String {
+        match &self.scheme {
+            ClientScheme::Basic { .. } => {
+                format!("Basic {}", base64::encode(format!("{}:{}", creds.user, creds.password).as_bytes()))
+            }
+            ClientScheme::Digest(d) => {
+                self.nc = self.nc.wrapping_add(1);
+                let input = DigestInput { method, uri, body, nc: self.nc, cnonce };
+                let response = digest_response(creds, d, &input);
+                let mut h = format!(
+                    "Digest username={}, realm={}, nonce={}, uri={}, response=\"{response}\"",
+                    quote(&creds.user),
+                    quote(&d.realm),
+                    quote(&d.nonce),
+                    quote(uri)
+                );
+                // An RFC 2069 answer (MD5 without qop) has no `algorithm`: such servers do
+                // not know the parameter.
+                if d.algorithm != DigestAlgorithm::Md5 || d.qop != Qop::None {
+                    h.push_str(", algorithm=");
+                    h.push_str(d.algorithm.as_str());
+                }
+                match d.qop {
+                    Qop::None => {}
+                    Qop::Auth | Qop::AuthInt => {
+                        let qop = if d.qop == Qop::Auth { "auth" } else { "auth-int" };
+                        h.push_str(&format!(", qop={qop}, nc={:08x}, cnonce={}", self.nc, quote(cnonce)));
+                    }
+                }
+                if let Some(o) = &d.opaque {
+                    h.push_str(", opaque=");
+                    h.push_str(&quote(o));
+                }
+                h
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +584,100 @@ mod tests {
         let many: Vec<String> = (0..=MAX_DIGEST_PARAMS).map(|i| format!("p{i}=1")).collect();
         assert_eq!(digest_params(&many.join(", ")), None);
         assert!(digest_params(&many[..MAX_DIGEST_PARAMS].join(", ")).is_some());
+    }
+
+    /// RFC 7616 section 3.9.1: user "Mufasa", password "Circle of Life", GET of
+    /// /dir/index.html with qop=auth, nc=1 and the RFC's cnonce.
+    #[test]
+    fn rfc7616_example_md5_and_sha256() {
+        let creds = Credentials { user: "Mufasa".into(), password: "Circle of Life".into() };
+        let header = |alg: &str| {
+            format!(
+                "Digest realm=\"http-auth@example.org\", qop=\"auth, auth-int\", algorithm={alg}, \
+                 nonce=\"7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v\", \
+                 opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\""
+            )
+        };
+        let input = DigestInput {
+            method: "GET",
+            uri: "/dir/index.html",
+            body: b"",
+            nc: 1,
+            cnonce: "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+        };
+        let md5 = DigestChallenge::from_challenge(&parse_challenges(&header("MD5"))[0]).unwrap();
+        assert_eq!(md5.qop, Qop::Auth);
+        assert_eq!(digest_response(&creds, &md5, &input), "8ca523f5e9506fed4657c9700eebdbec");
+        let sha = DigestChallenge::from_challenge(&parse_challenges(&header("SHA-256"))[0]).unwrap();
+        assert_eq!(
+            digest_response(&creds, &sha, &input),
+            "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+        );
+        // Offered both (in two headers, SHA-256 second): SHA-256 wins, nc counts from 1.
+        let mut a = Authenticator::choose([header("MD5").as_str(), header("SHA-256").as_str()]).unwrap();
+        assert_eq!(a.name(), "digest-sha256");
+        let h = a.authorization(&creds, "GET", "/dir/index.html", b"", input.cnonce);
+        assert!(h.contains("response=\"753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1\""), "{h}");
+        assert!(h.contains("qop=auth, nc=00000001, cnonce=\"f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ\""), "{h}");
+        assert!(
+            h.contains("opaque=\"FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS\"") && h.contains("algorithm=SHA-256")
+        );
+        assert!(a.authorization(&creds, "GET", "/", b"", "c").contains("nc=00000002"));
+    }
+
+    /// Our own verifier accepts what the client writes for an RFC 2069 challenge (no qop).
+    #[test]
+    fn client_answer_verifies_without_qop() {
+        let creds = Credentials::parse("cam:p@ss\"w").unwrap();
+        let [digest, basic] = challenges("n0nce");
+        let mut a = Authenticator::choose([digest.as_str(), basic.as_str()]).unwrap();
+        assert_eq!(a.name(), "digest-md5");
+        let h = a.authorization(&creds, "DESCRIBE", "rtsp://h/live/a", b"", "unused");
+        assert!(!h.contains("qop") && !h.contains("algorithm"), "{h}");
+        assert!(verify(&creds, Some(&h), "DESCRIBE", "rtsp://h/live/a", "n0nce"), "{h}");
+        let mut b = Authenticator::choose([basic.as_str()]).unwrap();
+        assert_eq!(b.name(), "basic");
+        let h = b.authorization(&creds, "DESCRIBE", "rtsp://h/live/a", b"", "");
+        assert!(verify(&creds, Some(&h), "DESCRIBE", "rtsp://h/live/a", "n0nce"));
+    }
+
+    /// Several challenges in one header, `name = value` spacing, a token68 scheme, and
+    /// things we cannot answer.
+    #[test]
+    fn challenge_lists() {
+        let cs = parse_challenges(
+            "Negotiate abc==, Digest realm=\"IP Camera(23057)\", nonce=\"a,b\", stale = FALSE, Basic realm=\"x\"",
+        );
+        assert_eq!(cs.len(), 3, "{cs:?}");
+        assert_eq!(cs[1].scheme, "Digest");
+        assert_eq!(cs[1].param("nonce"), Some("a,b"));
+        assert_eq!(cs[1].param("stale"), Some("FALSE"));
+        assert_eq!(cs[2].param("realm"), Some("x"));
+        let a = Authenticator::choose(["Negotiate abc==, Digest realm=\"r\", nonce=\"n\", Basic realm=\"r\""]).unwrap();
+        assert_eq!(a.name(), "digest-md5");
+        assert!(Authenticator::choose(["Digest realm=\"r\", nonce=\"n\", algorithm=SHA-512-256"]).is_none());
+        assert!(Authenticator::choose(["Digest realm=\"r\", nonce=\"n\", qop=\"auth-conf\""]).is_none());
+        assert!(Authenticator::choose(["Digest realm=\"r\""]).is_none(), "no nonce");
+        // Only the first MAX_CHALLENGE_HEADERS headers are read.
+        let junk = vec!["Bogus x=1"; MAX_CHALLENGE_HEADERS];
+        assert!(Authenticator::choose(junk.into_iter().chain(["Basic realm=\"r\""])).is_none());
+        assert!(parse_challenges(&"X a=1, ".repeat(100)).len() == MAX_CHALLENGES);
+    }
+
+    /// `auth-int` when it is the only qop offered, `-sess` algorithms: the response changes
+    /// with the body and the cnonce.
+    #[test]
+    fn auth_int_and_sess() {
+        let creds = Credentials { user: "u".into(), password: "p".into() };
+        let c = &parse_challenges("Digest realm=\"r\", nonce=\"n\", qop=\"auth-int\", algorithm=MD5-sess")[0];
+        let d = DigestChallenge::from_challenge(c).unwrap();
+        assert_eq!((d.qop, d.algorithm), (Qop::AuthInt, DigestAlgorithm::Md5Sess));
+        let input = DigestInput { method: "ANNOUNCE", uri: "rtsp://h/a", body: b"v=0", nc: 1, cnonce: "c1" };
+        let r1 = digest_response(&creds, &d, &input);
+        assert_ne!(r1, digest_response(&creds, &d, &DigestInput { body: b"v=1", ..input }));
+        assert_ne!(r1, digest_response(&creds, &d, &DigestInput { cnonce: "c2", ..input }));
+        let ha1 = md5_hex(&[&md5_hex(&["u", "r", "p"]), "n", "c1"]);
+        let ha2 = md5_hex(&["ANNOUNCE", "rtsp://h/a", &md5_hex(&["v=0"])]);
+        assert_eq!(r1, md5_hex(&[&ha1, "n", "00000001", "c1", "auth-int", &ha2]));
     }
 }

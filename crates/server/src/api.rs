@@ -142,3 +142,60 @@ async fn probe(api: &Api, body: Body, peer: SocketAddr) -> Response {
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api() -> Arc<Api> {
+        Api::new(Hub::new(crate::config::HubConfig::default()), None, SourceConfig::default())
+    }
+
+    async fn body_json(r: Response) -> Value {
+        let b = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    /// A probe makes the server connect anywhere: only loopback clients may ask for one.
+    #[tokio::test]
+    async fn probe_is_for_loopback_clients_only() {
+        let api = api();
+        let body = || Body::from("{\"url\": \"rtsp://127.0.0.1:1/x\"}");
+        for peer in ["10.1.2.3:5000", "[2001:db8::1]:5000", "[::ffff:192.0.2.1]:5000"] {
+            let r = handle(&api, &Method::POST, PROBE, body(), peer.parse().unwrap()).await;
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{peer}");
+            assert!(body_json(r).await["error"].as_str().unwrap().contains("loopback"));
+        }
+        let r = handle(&api, &Method::GET, PROBE, Body::empty(), "127.0.0.1:5000".parse().unwrap()).await;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    /// At most MAX_PROBES probes at once: the next is told to come back (503), before any
+    /// connection is made.
+    #[tokio::test]
+    async fn probes_beyond_the_cap_are_503() {
+        let api = api();
+        let _held = api.probes.try_acquire_many(MAX_PROBES as u32).unwrap();
+        let body = Body::from("{\"url\": \"rtsp://127.0.0.1:1/x\"}");
+        let r = handle(&api, &Method::POST, PROBE, body, "127.0.0.1:5000".parse().unwrap()).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body_json(r).await["error"].is_string());
+    }
+
+    #[tokio::test]
+    async fn paths_list_and_unknown_path() {
+        let api = api();
+        let _p = api.hub.publish("live/a").unwrap();
+        let peer = "192.0.2.9:1".parse().unwrap();
+        let r = handle(&api, &Method::GET, PATHS, Body::empty(), peer).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let v = body_json(r).await;
+        assert_eq!(v["items"][0]["path"], "live/a");
+        assert_eq!(v["items"][0]["live"], true);
+        assert_eq!(v["items"][0]["source"], Value::Null);
+        assert_eq!(v["items"][0]["push"], json!([]));
+        let r = handle(&api, &Method::GET, "/api/v1/paths/live/b", Body::empty(), peer).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert!(body_json(r).await["error"].is_string());
+    }
+}

@@ -381,7 +381,7 @@ impl Hub {
         if !republish {
             let _ = self.new_streams.send(path.to_owned());
         }
-        Ok(Publisher { hub: self.clone(), stream, generation, frames: None })
+        Ok(Publisher { hub: self.clone(), stream, generation, frames: None, awaiting_keyframe: Default::default() })
     }
 
     /// Calls `f` with each newly published path (not republishes), from a task of its own;
@@ -617,6 +617,8 @@ pub struct Publisher {
     generation: u64,
     /// Counts the frames pushed, for a pulled source's status.
     frames: Option<Arc<AtomicU64>>,
+    /// Video frames are dropped until the first video keyframe ([`Publisher::start_at_keyframe`]).
+    awaiting_keyframe: std::sync::atomic::AtomicBool,
 }
 
 impl Publisher {
@@ -666,8 +668,21 @@ impl Publisher {
         self.frames = Some(frames);
     }
 
+    /// Drops video frames until the first video keyframe: a pulled camera's stream may begin
+    /// in the middle of a GOP (a UDP source that lost its first packets, a camera that starts
+    /// sending at once), and readers could not decode what comes before the keyframe.
+    pub fn start_at_keyframe(&mut self) {
+        *self.awaiting_keyframe.get_mut() = true;
+    }
+
     /// Hands a frame to every reader. Never waits.
     pub fn push(&self, kind: TrackKind, dts: i64, pts: i64, keyframe: bool, data: bytes::Bytes) {
+        if kind == TrackKind::Video && self.awaiting_keyframe.load(Ordering::Relaxed) {
+            if !keyframe {
+                return;
+            }
+            self.awaiting_keyframe.store(false, Ordering::Relaxed);
+        }
         if let Some(f) = &self.frames {
             f.fetch_add(1, Ordering::Relaxed);
         }

@@ -635,3 +635,27 @@ fn client_plays_over_udp() {
     assert!(evs.contains(&ClientEvent::SetUp { track: 0, server_port: Some((8000, 8001)) }));
     assert_eq!(h.s.setups()[1].transport.client_port, Some((5002, 5003)));
 }
+
+/// Our client with credentials in its URL (a password with `@`, percent-encoded) against our
+/// server requiring them: the 401 is answered with Digest and the session plays; the
+/// keep-alive the client sends itself carries the Session and is accepted.
+#[test]
+fn client_authenticates_with_url_credentials() {
+    let mut cfg = config();
+    cfg.read_credentials = Some(Credentials::parse("cam:p@ss").unwrap());
+    let mut h = Harness::new(cfg);
+    let url = URL.replacen("://", "://cam:p%40ss@", 1);
+    let mut c = ClientSession::new(&url, ClientMode::Play, ClientTransport::Multicast, vec![], h.now);
+    let mut evs = Vec::new();
+    pump(&mut c, &mut h, &mut evs);
+    assert!(c.is_started(), "{evs:?}");
+    assert_eq!(c.auth_scheme(), Some("digest-md5"));
+    assert!(evs.iter().any(|e| matches!(e, ClientEvent::Transport { transport, .. }
+        if transport.destination.as_deref() == Some("239.255.0.1") && transport.port == Some((8002, 8003)))));
+    h.now = c.poll_timeout().unwrap();
+    c.handle_timeout(h.now).unwrap();
+    pump(&mut c, &mut h, &mut evs);
+    assert!(!evs.iter().any(|e| matches!(e, ClientEvent::Failed { .. })), "{evs:?}");
+    // Answered: only the next keep-alive is due (half the server's 60 s), no answer deadline.
+    assert_eq!(c.poll_timeout(), Some(h.now + config().session_timeout / 2), "the keep-alive was answered");
+}

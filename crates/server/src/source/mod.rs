@@ -673,19 +673,29 @@ pub async fn probe(config: &SourceConfig, url: &str) -> ProbeResult {
         error: e.message,
     };
     let watch_media = async {
-        if !hub.wait_published(path, deadline.saturating_duration_since(Instant::now())).await {
-            return None;
-        }
-        let sub = hub.subscribe_internal(path)?;
-        let mut reader = crate::reader::Reader::new(hub.clone(), sub);
+        // Each publish of the try (auto's UDP session, then its TCP one) in turn.
         loop {
-            let item = tokio::time::timeout_at(deadline, reader.next()).await.ok()?;
-            if let crate::reader::ReaderItem::Frame(f) = item {
-                let tracks = reader.initial_tracks().clone();
-                let current = hub.subscribe_internal(path).map(|s| s.current_tracks()).unwrap_or(tracks);
-                let video = current.video.is_some();
-                if !video || (f.kind == ferrocast_media::TrackKind::Video && f.keyframe) {
-                    return Some((current, started.elapsed()));
+            if !hub.wait_published(path, deadline.saturating_duration_since(Instant::now())).await {
+                return None;
+            }
+            let Some(sub) = hub.subscribe_internal(path) else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let mut reader = crate::reader::Reader::new(hub.clone(), sub);
+            loop {
+                match tokio::time::timeout_at(deadline, reader.next()).await.ok()? {
+                    crate::reader::ReaderItem::Frame(f) => {
+                        let current = hub
+                            .subscribe_internal(path)
+                            .map(|s| s.current_tracks())
+                            .unwrap_or_else(|| reader.initial_tracks().clone());
+                        if current.video.is_none() || (f.kind == ferrocast_media::TrackKind::Video && f.keyframe) {
+                            return Some((current, started.elapsed()));
+                        }
+                    }
+                    crate::reader::ReaderItem::Ended | crate::reader::ReaderItem::TooSlow => break,
+                    _ => {}
                 }
             }
         }

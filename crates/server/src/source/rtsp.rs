@@ -12,14 +12,15 @@
 //!
 //! Every step is under `source.request_timeout_ms`; once playing, no media for
 //! `source.read_timeout_ms` ends the try. RTCP receiver reports go to the camera every
-//! [`RR_INTERVAL`]; a keep-alive every [`KEEP_ALIVE_INTERVAL`].
+//! [`RR_INTERVAL`]; the client keeps the session alive itself (GET_PARAMETER or OPTIONS
+//! with the Session, at half the session timeout).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use ferrocast_rtsp::client::{ClientError, ClientEvent, ClientMode, ClientSession, ClientTransport};
 use ferrocast_rtsp::message::Method;
 use ferrocast_rtsp::rtcp::{self, RtcpPacket};
@@ -37,10 +38,6 @@ use crate::rtsp::record::Recording;
 /// RTCP receiver reports to the camera, this often (RFC 3550 6.2 suggests 5 s at least).
 pub const RR_INTERVAL: Duration = Duration::from_secs(5);
 
-/// A keep-alive request this often while playing: under the 60 s session timeout that
-/// RFC 2326 12.37 makes the default, with room for a slow answer.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
-
 /// Largest read from the RTSP connection at once (the client caps each message itself).
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -49,6 +46,24 @@ const MAX_DATAGRAM: usize = 65_536;
 
 /// Port pairs bound for UDP: one per track ferrocast carries (a video and an audio).
 const UDP_PAIRS: usize = 2;
+
+/// How RTP travels in one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Tcp,
+    Udp,
+    Multicast,
+}
+
+impl Lane {
+    fn name(self) -> &'static str {
+        match self {
+            Lane::Tcp => "tcp",
+            Lane::Udp => "udp",
+            Lane::Multicast => "multicast",
+        }
+    }
+}
 
 /// How one session ended other than by a plain failure.
 enum Ended {
@@ -67,20 +82,19 @@ impl From<SourceError> for Ended {
 /// Runs one try of an RTSP source (see the module doc).
 pub async fn run(a: &Attempt<'_>, stop: &mut watch::Receiver<bool>) -> Result<(), SourceError> {
     match a.transport {
-        SourceTransport::Tcp => session(a, stop, false, "source_transport = tcp").await.map_err(failed),
-        SourceTransport::Udp => session(a, stop, true, "source_transport = udp").await.map_err(failed),
-        SourceTransport::Multicast => Err(SourceError::new(
-            "SETUP",
-            "source_transport = multicast: this build's RTSP client cannot request multicast yet",
-        )),
-        SourceTransport::Auto if a.prefer_tcp.load(Ordering::Relaxed) => {
-            session(a, stop, false, "auto: UDP failed before for this source").await.map_err(failed)
+        SourceTransport::Tcp => session(a, stop, Lane::Tcp, "source_transport = tcp").await.map_err(failed),
+        SourceTransport::Udp => session(a, stop, Lane::Udp, "source_transport = udp").await.map_err(failed),
+        SourceTransport::Multicast => {
+            session(a, stop, Lane::Multicast, "source_transport = multicast").await.map_err(failed)
         }
-        SourceTransport::Auto => match session(a, stop, true, "auto: UDP first").await {
+        SourceTransport::Auto if a.prefer_tcp.load(Ordering::Relaxed) => {
+            session(a, stop, Lane::Tcp, "auto: UDP failed before for this source").await.map_err(failed)
+        }
+        SourceTransport::Auto => match session(a, stop, Lane::Udp, "auto: UDP first").await {
             Err(Ended::Fallback(why)) => {
                 info!(path = a.path, url = a.redacted(), "source: {why}; trying TCP");
                 a.prefer_tcp.store(true, Ordering::Relaxed);
-                session(a, stop, false, &format!("auto: {why}")).await.map_err(failed)
+                session(a, stop, Lane::Tcp, &format!("auto: {why}")).await.map_err(failed)
             }
             other => other.map_err(failed),
         },
@@ -144,22 +158,37 @@ pub fn io_reason(e: &std::io::Error) -> String {
 }
 
 /// An RTP/RTCP socket pair with an even RTP port (RFC 3550 11).
-async fn bind_pair(ip: IpAddr) -> Result<(UdpSocket, UdpSocket), SourceError> {
+fn bind_pair(ip: IpAddr) -> Result<(UdpSocket, UdpSocket), SourceError> {
     let any: IpAddr =
         if ip.is_ipv6() { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
     for _ in 0..32 {
-        let rtp = UdpSocket::bind(SocketAddr::new(any, 0))
-            .await
+        let rtp = bind_udp(SocketAddr::new(any, 0), UDP_RECV_BUFFER)
             .map_err(|e| SourceError::new("SETUP", format!("binding a UDP port: {e}")))?;
         let port = rtp.local_addr().map_err(|e| SourceError::new("SETUP", format!("UDP port: {e}")))?.port();
         if port % 2 != 0 || port == u16::MAX {
             continue;
         }
-        if let Ok(rtcp) = UdpSocket::bind(SocketAddr::new(any, port + 1)).await {
+        if let Ok(rtcp) = bind_udp(SocketAddr::new(any, port + 1), 64 * 1024) {
             return Ok((rtp, rtcp));
         }
     }
     Err(SourceError::new("SETUP", "no free even/odd UDP port pair"))
+}
+
+/// Receive buffer asked for each RTP socket: a camera (or a server starting us at its GOP)
+/// sends a keyframe as a burst of packets, which the default buffer (about 200 KB on Linux)
+/// may not hold while the driver is busy. The kernel caps it at `net.core.rmem_max`.
+pub const UDP_RECV_BUFFER: usize = 4 << 20;
+
+/// A nonblocking UDP socket bound to `addr` with a receive buffer of (up to) `recv_buffer`.
+fn bind_udp(addr: SocketAddr, recv_buffer: usize) -> std::io::Result<UdpSocket> {
+    let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Best effort: a smaller buffer still works.
+    let _ = s.set_recv_buffer_size(recv_buffer);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
 }
 
 /// The session description as text, for the probe (the media lines ferrocast reads).
@@ -215,8 +244,13 @@ struct Session<'a, 'b> {
     a: &'b Attempt<'a>,
     client: ClientSession,
     socket: TcpStream,
+    /// RTP over UDP (unicast or multicast), not interleaved.
     udp: bool,
+    lane: Lane,
     pairs: Vec<(UdpSocket, UdpSocket)>,
+    /// Where receiver reports go, per client track (UDP: the camera's RTCP port; multicast:
+    /// the group's).
+    rtcp_to: Vec<Option<SocketAddr>>,
     camera: IpAddr,
     sdp: Option<Sdp>,
     /// Client track index -> SDP media index (the client sets up supported media only).
@@ -226,38 +260,43 @@ struct Session<'a, 'b> {
     played_at: Option<Instant>,
     last_media: Option<Instant>,
     next_rr: Instant,
-    next_keep_alive: Instant,
     /// Cumulative loss per SDP media index.
     lost: Vec<u64>,
     reason: String,
-    /// Interleaved RTCP to write after the client's own output.
-    interleaved: BytesMut,
 }
 
-async fn session(a: &Attempt<'_>, stop: &mut watch::Receiver<bool>, udp: bool, reason: &str) -> Result<(), Ended> {
+async fn session(a: &Attempt<'_>, stop: &mut watch::Receiver<bool>, lane: Lane, reason: &str) -> Result<(), Ended> {
+    let udp = lane != Lane::Tcp;
     let (host, port) =
         host_port(a.url, 554).ok_or_else(|| SourceError::new("url", format!("{}: no host", a.redacted())))?;
     let timeout = ms(a.config.request_timeout_ms);
     let socket = connect(&host, port, timeout).await?;
     let camera = socket.peer_addr().map_err(|e| SourceError::new("connect", format!("{host}:{port}: {e}")))?.ip();
     let mut pairs = Vec::new();
-    if udp {
+    if lane == Lane::Udp {
         for _ in 0..UDP_PAIRS {
-            pairs.push(bind_pair(camera).await?);
+            pairs.push(bind_pair(camera)?);
         }
     }
     let ports: Vec<(u16, u16)> =
         pairs.iter().filter_map(|(r, c)| Some((r.local_addr().ok()?.port(), c.local_addr().ok()?.port()))).collect();
-    let transport = if udp { ClientTransport::Udp } else { ClientTransport::Tcp };
+    let transport = match lane {
+        Lane::Tcp => ClientTransport::Tcp,
+        Lane::Udp => ClientTransport::Udp,
+        Lane::Multicast => ClientTransport::Multicast,
+    };
     let now = Instant::now();
-    let client = ClientSession::new(a.url, ClientMode::Play, transport, ports, now);
-    a.report.set_transport(if udp { "udp" } else { "tcp" }, reason);
+    let mut client = ClientSession::new(a.url, ClientMode::Play, transport, ports, now);
+    client.set_response_timeout(ms(a.config.request_timeout_ms));
+    a.report.set_transport(lane.name(), reason);
     let mut s = Session {
         a,
         client,
         socket,
         udp,
+        lane,
         pairs,
+        rtcp_to: Vec::new(),
         camera,
         sdp: None,
         media_of: Vec::new(),
@@ -266,10 +305,8 @@ async fn session(a: &Attempt<'_>, stop: &mut watch::Receiver<bool>, udp: bool, r
         played_at: None,
         last_media: None,
         next_rr: now + RR_INTERVAL,
-        next_keep_alive: now + KEEP_ALIVE_INTERVAL,
         lost: Vec::new(),
         reason: reason.to_owned(),
-        interleaved: BytesMut::new(),
     };
     let r = s.drive(stop).await;
     if let Err(Ended::Fallback(_)) = &r {
@@ -286,10 +323,6 @@ impl Session<'_, '_> {
 
     async fn flush(&mut self) -> Result<(), SourceError> {
         while let Some(out) = self.client.poll_transmit() {
-            self.write(&out).await?;
-        }
-        if !self.interleaved.is_empty() {
-            let out = self.interleaved.split().freeze();
             self.write(&out).await?;
         }
         Ok(())
@@ -356,8 +389,11 @@ impl Session<'_, '_> {
                 }
                 r = recv_any(&self.pairs, &mut dgram) => {
                     if let Ok((pair, is_rtcp, n, from)) = r {
-                        // From the camera's address, whatever the port it sends from.
-                        if from.ip().to_canonical() == self.camera.to_canonical() {
+                        // Unicast: from the camera's address, whatever the port it sends from.
+                        // Multicast: whatever reaches the group's ports (the sender's address
+                        // is the camera's interface, which may not be the RTSP peer's; on a
+                        // namespace's loopback it is 0.0.0.0).
+                        if self.lane == Lane::Multicast || from.ip().to_canonical() == self.camera.to_canonical() {
                             let data = Bytes::copy_from_slice(&dgram[..n]);
                             if is_rtcp {
                                 self.on_rtcp(pair, &data);
@@ -394,7 +430,6 @@ impl Session<'_, '_> {
         let mut at = |t: Instant| d = Some(d.map_or(t, |x| x.min(t)));
         if let Some(played) = self.played_at {
             at(self.next_rr);
-            at(self.next_keep_alive);
             match self.last_media {
                 Some(last) => at(last + ms(self.a.config.read_timeout_ms)),
                 None => {
@@ -437,12 +472,6 @@ impl Session<'_, '_> {
             self.next_rr = now + RR_INTERVAL;
             self.send_receiver_reports();
         }
-        if now >= self.next_keep_alive {
-            self.next_keep_alive = now + KEEP_ALIVE_INTERVAL;
-            if self.client.poll_timeout().is_none() {
-                self.client.keep_alive(now);
-            }
-        }
         Ok(())
     }
 
@@ -466,12 +495,7 @@ impl Session<'_, '_> {
                 }
             } else {
                 // Interleaved on the track's RTCP channel (RFC 2326 10.12).
-                let mut frame = BytesMut::with_capacity(4 + packet.len());
-                frame.put_u8(b'$');
-                frame.put_u8(2 * track as u8 + 1);
-                frame.put_u16(packet.len() as u16);
-                frame.put_slice(&packet);
-                self.interleaved.put_slice(&frame);
+                self.client.send_rtcp(track, &packet);
             }
         }
         self.a.report.packets_lost.store(self.lost.iter().sum(), Ordering::Relaxed);
@@ -486,7 +510,7 @@ impl Session<'_, '_> {
             info!(
                 path = self.a.path,
                 url = self.a.redacted(),
-                transport = if self.udp { "udp" } else { "tcp" },
+                transport = self.lane.name(),
                 reason = self.reason,
                 "source: live"
             );
@@ -528,16 +552,41 @@ impl Session<'_, '_> {
                         .into());
                     }
                     self.lost = vec![0; sdp.media.len()];
-                    self.a.report.set_sdp(render_sdp(&sdp));
+                    // As the camera sent it; what was understood if the client kept nothing.
+                    let text = match self.client.description() {
+                        Some(body) => String::from_utf8_lossy(body).into_owned(),
+                        None => render_sdp(&sdp),
+                    };
+                    self.a.report.set_sdp(text);
                     self.sdp = Some(sdp);
                 }
                 ClientEvent::SetUp { track, server_port } => {
                     if self.server_ports.len() <= track {
                         self.server_ports.resize(track + 1, None);
                     }
+                    if self.rtcp_to.len() <= track {
+                        self.rtcp_to.resize(track + 1, None);
+                    }
                     self.server_ports[track] = server_port;
+                    if self.lane == Lane::Udp {
+                        self.rtcp_to[track] = server_port.map(|(_, rtcp)| SocketAddr::new(self.camera, rtcp));
+                    }
                 }
-                ClientEvent::Started => self.start()?,
+                ClientEvent::Started => {
+                    self.a.report.set_auth(self.client.auth_scheme().map(str::to_owned));
+                    self.start()?;
+                }
+                ClientEvent::Transport { track, transport } if self.lane == Lane::Multicast => {
+                    self.join_group(track, &transport)?;
+                }
+                ClientEvent::Transport { .. } => {}
+                ClientEvent::Redirect { url } => {
+                    return Err(SourceError::new(
+                        "DESCRIBE",
+                        format!("DESCRIBE redirected to another server: {}", crate::relay::redact(&url)),
+                    )
+                    .into());
+                }
                 ClientEvent::Rtp { track, packet } => self.on_rtp(track, packet),
                 ClientEvent::Rtcp { track, packet } => self.on_rtcp(track, &packet),
                 ClientEvent::Failed { method, status } => {
@@ -550,12 +599,53 @@ impl Session<'_, '_> {
                         Method::Setup if status == 461 && self.udp && self.a.transport == SourceTransport::Auto => {
                             return Err(Ended::Fallback("SETUP answered 461 Unsupported Transport to UDP".into()));
                         }
-                        _ => return Err(SourceError::answered(&step, status, None).into()),
+                        _ => {
+                            let detail = self.client.last_response().and_then(answer_detail);
+                            return Err(SourceError::answered(&step, status, detail.as_deref()).into());
+                        }
                     }
                 }
                 ClientEvent::Played(_) => {}
             }
         }
+        Ok(())
+    }
+
+    /// The SETUP answer of a multicast track: binds its group's ports and joins the group.
+    fn join_group(&mut self, track: usize, t: &ferrocast_rtsp::transport::Transport) -> Result<(), Ended> {
+        let bad = |why: String| Ended::Failed(SourceError::new("SETUP", why));
+        if !t.multicast {
+            return Err(bad("SETUP answered a unicast transport to a multicast request".into()));
+        }
+        let group: std::net::Ipv4Addr = t
+            .destination
+            .as_deref()
+            .and_then(|d| d.parse().ok())
+            .filter(|g: &std::net::Ipv4Addr| g.is_multicast())
+            .ok_or_else(|| bad(format!("SETUP answered no IPv4 multicast destination ({:?})", t.destination)))?;
+        let (rtp_port, rtcp_port) =
+            t.port.or(t.server_port).ok_or_else(|| bad("SETUP answered a multicast transport without port".into()))?;
+        if track != self.pairs.len() {
+            return Err(bad(format!("multicast track {track} set up out of order")));
+        }
+        let join = |port: u16, buffer: usize| -> std::io::Result<UdpSocket> {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+            // Other receivers on this host may listen to the same group.
+            s.set_reuse_address(true)?;
+            let _ = s.set_recv_buffer_size(buffer);
+            s.set_nonblocking(true)?;
+            s.bind(&SocketAddr::new(group.into(), port).into())?;
+            s.join_multicast_v4(&group, &std::net::Ipv4Addr::UNSPECIFIED)?;
+            UdpSocket::from_std(s.into())
+        };
+        let rtp = join(rtp_port, UDP_RECV_BUFFER).map_err(|e| bad(format!("joining {group}:{rtp_port}: {e}")))?;
+        let rtcp = join(rtcp_port, 64 * 1024).map_err(|e| bad(format!("joining {group}:{rtcp_port}: {e}")))?;
+        self.pairs.push((rtp, rtcp));
+        if self.rtcp_to.len() <= track {
+            self.rtcp_to.resize(track + 1, None);
+        }
+        self.rtcp_to[track] = Some(SocketAddr::new(group.into(), rtcp_port));
+        debug!(path = self.a.path, track, %group, rtp_port, "source: joined the multicast group");
         Ok(())
     }
 
@@ -570,16 +660,34 @@ impl Session<'_, '_> {
             .publish(self.a.path)
             .map_err(|e| SourceError::new("publish", format!("publishing {}: {e}", self.a.path)))?;
         publisher.count_frames(self.a.report.frames.clone());
+        // A camera's stream (or a UDP one that lost its first packets) may begin mid-GOP.
+        publisher.start_at_keyframe();
         let mut rec = Recording::new(publisher, sdp).map_err(|why| SourceError::new("DESCRIBE", why))?;
         rec.start();
         self.recording = Some(rec);
         let now = Instant::now();
         self.played_at = Some(now);
         self.next_rr = now + RR_INTERVAL;
-        self.next_keep_alive = now + KEEP_ALIVE_INTERVAL;
         debug!(path = self.a.path, url = self.a.redacted(), udp = self.udp, "source: PLAY answered");
         Ok(())
     }
+}
+
+/// What a refusal said beyond its status: the challenge of a 401 (scheme and realm, never a
+/// nonce), else nothing.
+fn answer_detail(r: &ferrocast_rtsp::message::Response) -> Option<String> {
+    if r.status != 401 {
+        return None;
+    }
+    let challenge = r.headers.get("WWW-Authenticate")?;
+    let scheme = challenge.split_whitespace().next()?;
+    let realm = challenge
+        .split_once("realm=")
+        .map(|(_, v)| v.trim_start_matches('"').split('"').next().unwrap_or("").chars().take(64).collect::<String>());
+    Some(match realm {
+        Some(r) => format!("{scheme} realm \"{r}\""),
+        None => scheme.chars().take(16).collect(),
+    })
 }
 
 fn secs(d: Duration) -> String {
@@ -599,6 +707,21 @@ mod tests {
         assert_eq!(host_port("rtmp://origin", 1935), Some(("origin".into(), 1935)));
         assert_eq!(host_port("rtsp://cam:notaport/x", 554), None);
         assert_eq!(host_port("rtsp:///x", 554), None);
+    }
+
+    #[test]
+    fn a_401_names_the_challenge_never_the_nonce() {
+        let mut headers = ferrocast_rtsp::message::Headers::default();
+        headers.add("WWW-Authenticate", "Digest realm=\"IP Camera\", nonce=\"abc123\", algorithm=MD5");
+        let r = ferrocast_rtsp::message::Response {
+            status: 401,
+            reason: "Unauthorized".into(),
+            headers,
+            body: Bytes::new(),
+        };
+        assert_eq!(answer_detail(&r).as_deref(), Some("Digest realm \"IP Camera\""));
+        let e = SourceError::answered("DESCRIBE", 401, answer_detail(&r).as_deref());
+        assert_eq!(e.message, "DESCRIBE answered 401 Unauthorized (Digest realm \"IP Camera\")");
     }
 
     #[test]
