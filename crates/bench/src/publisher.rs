@@ -108,8 +108,10 @@ pub async fn publish_rtsp(url: &str, tags: &[FileTag], shared: Arc<Shared>, reco
     }
     // One packetizer per announced track, in the SDP's order (the client's track index).
     let mut packetizers = Vec::new();
-    for (i, (pt, track)) in media.iter().enumerate() {
-        let p = Packetizer::new(track, *pt, 0x5eed_0000 + i as u32, 0, 0, 1400).context("no packetizer for a track")?;
+    // `describe` lists (trackID, track); the payload type is the one its SDP announces.
+    for (i, (_, track)) in media.iter().enumerate() {
+        let pt = ferrocast_rtsp::sdp::payload_type(track);
+        let p = Packetizer::new(track, pt, 0x5eed_0000 + i as u32, 0, 0, 1400).context("no packetizer for a track")?;
         packetizers.push((track.kind(), p));
     }
     let (mut wr, span, start) = start_sending(socket, tags);
