@@ -2,7 +2,11 @@
 //! back with many concurrent readers, reporting how many keep up, throughput, added latency
 //! (receive time minus send time of the same frame, one machine clock), time to first frame,
 //! and the server's CPU and memory. Works against any RTMP / HTTP-FLV server.
+//!
+//! `ferrocast-bench camera --cameras N --listen ADDR --file FILE` serves N looping RTSP
+//! cameras instead, for servers that pull (camera.rs).
 
+mod camera;
 mod flv_reader;
 mod hls_reader;
 mod publisher;
@@ -211,6 +215,11 @@ struct Shared {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // `ferrocast-bench camera ...`: serve RTSP cameras instead (see camera.rs).
+    if std::env::args().nth(1).as_deref() == Some("camera") {
+        let args = std::env::args().enumerate().filter(|(i, _)| *i != 1).map(|(_, a)| a);
+        return camera::run(camera::CameraArgs::parse_from(args)).await;
+    }
     let args = Args::parse();
     let (app, stream) = split_url(&args.rtmp)?;
     let vod_url = match (args.vod_readers, &args.vod_url) {

@@ -40,7 +40,7 @@ pub fn tags_from_mp4(data: &Bytes) -> anyhow::Result<Vec<FileTag>> {
 }
 
 /// The tracks the sequence headers of `tags` describe (RTMP clock: ms).
-fn tracks_of(tags: &[FileTag]) -> anyhow::Result<Tracks> {
+pub(crate) fn tracks_of(tags: &[FileTag]) -> anyhow::Result<Tracks> {
     let mut tracks = Tracks::default();
     for t in tags {
         match t.tag_type {
@@ -64,7 +64,7 @@ fn tracks_of(tags: &[FileTag]) -> anyhow::Result<Tracks> {
 }
 
 /// The frame a tag carries, at `ts` ms (sequence headers and other tags: None).
-fn frame_of(t: &FileTag, ts: u32) -> Option<Arc<Frame>> {
+pub(crate) fn frame_of(t: &FileTag, ts: u32) -> Option<Arc<Frame>> {
     let ts = i64::from(ts);
     match t.tag_type {
         flv::TAG_VIDEO => match flv::parse_video(&t.body).ok()? {
@@ -108,8 +108,10 @@ pub async fn publish_rtsp(url: &str, tags: &[FileTag], shared: Arc<Shared>, reco
     }
     // One packetizer per announced track, in the SDP's order (the client's track index).
     let mut packetizers = Vec::new();
-    for (i, (pt, track)) in media.iter().enumerate() {
-        let p = Packetizer::new(track, *pt, 0x5eed_0000 + i as u32, 0, 0, 1400).context("no packetizer for a track")?;
+    // `describe` lists (trackID, track); the payload type is the one its SDP announces.
+    for (i, (_, track)) in media.iter().enumerate() {
+        let pt = ferrocast_rtsp::sdp::payload_type(track);
+        let p = Packetizer::new(track, pt, 0x5eed_0000 + i as u32, 0, 0, 1400).context("no packetizer for a track")?;
         packetizers.push((track.kind(), p));
     }
     let (mut wr, span, start) = start_sending(socket, tags);
