@@ -218,3 +218,32 @@ async fn loops_and_too_long_chains_are_refused_clearly() {
     .await;
     assert!(far.await.unwrap().packets.is_empty(), "a chain over max_hops served media");
 }
+
+/// The only origin dies: the edge's reader waits through the republish grace (the edge keeps
+/// retrying), then is told the stream is gone (`NetStream.Play.UnpublishNotify`), as a
+/// publisher's readers are.
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_only_origin_vanishes_edge_readers_end_after_the_grace() {
+    use ferrocast_rtmp::client::ClientEvent;
+    let mut origin = Server::start();
+    let _publisher = publish(test_flv(), &origin.rtmp_url("live/v"));
+    wait_published(&origin, "live/v").await;
+    let edge = edge(&[format!("rtmp://{}", origin.rtmp)], "[hub]\nrepublish_grace_ms = 2000\n");
+    let mut reader = RtmpClient::connect(edge.rtmp, "live/v", false).await;
+    reader.wait_for(|e| matches!(e, ClientEvent::Media(m) if m.kind == ferrocast_rtmp::MediaKind::Video)).await;
+    origin.proc.0.kill().unwrap();
+    origin.proc.0.wait().unwrap();
+    let mut seen = Vec::new();
+    loop {
+        match reader.next_event(Duration::from_secs(60)).await {
+            Some(ClientEvent::Status { code, .. }) if code == "NetStream.Play.UnpublishNotify" => break,
+            Some(ClientEvent::Status { code, .. }) => seen.push(code),
+            Some(_) => {}
+            None => panic!("no UnpublishNotify; statuses seen: {seen:?}"),
+        }
+    }
+    // The pull may be forgotten already (its reader is gone); while listed, it says why.
+    if let Some(status) = path_status(&edge, "live/v").await {
+        assert!(status["source"]["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{status}");
+    }
+}
