@@ -158,6 +158,7 @@ pub fn reason(status: u16) -> &'static str {
         302 => "Moved Temporarily",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         406 => "Not Acceptable",

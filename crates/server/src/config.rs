@@ -166,6 +166,14 @@ pub fn check_relay_url(key: &str, url: &str) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("{key}: {:?} must start with rtsp:// or rtmp://", crate::relay::redact(url)))?;
     let authority = rest.split('/').next().unwrap_or("");
     let host = authority.rsplit('@').next().unwrap_or("");
+    // A raw `/` in the user name or password would end the authority early (and hide the
+    // credentials from redaction); `?` and `#` would end it for other URL readers.
+    let path_part = rest.split(['?', '#']).next().unwrap_or("");
+    anyhow::ensure!(
+        !path_part[authority.len().min(path_part.len())..].contains('@')
+            && !authority.rsplit_once('@').is_some_and(|(user, _)| user.contains(['?', '#'])),
+        "{key}: percent-encode '/', '?', '#' and '@' in the user name and password (%2F, %3F, %23, %40)"
+    );
     anyhow::ensure!(!host.is_empty(), "{key}: {:?} has no host", crate::relay::redact(url));
     anyhow::ensure!(url.len() <= 2048, "{key}: longer than 2048 bytes");
     anyhow::ensure!(!url.chars().any(|c| c.is_control() || c == ' '), "{key}: spaces or control characters");
@@ -729,6 +737,17 @@ mod tests {
         );
         let err = format!("{:#}", Config::parse("[record]\nmax_age = 5\n").unwrap_err());
         assert!(err.contains("max_age"), "{err}");
+    }
+
+    #[test]
+    fn relay_urls_whose_credentials_would_leak_are_refused() {
+        for bad in ["rtsp://admin:pa/ss@cam/x", "rtsp://admin:pa?ss@cam/x", "rtsp://admin:pa#ss@cam/x"] {
+            let e = check_relay_url("k", bad).unwrap_err().to_string();
+            assert!(e.contains("percent-encode") && !e.contains("pa"), "{bad}: {e}");
+        }
+        for good in ["rtsp://admin:pa%2Fss@cam/x", "rtsp://a:b@c@cam/x?token=a@b", "rtmp://origin:1935/live/a"] {
+            check_relay_url("k", good).unwrap();
+        }
     }
 
     #[test]

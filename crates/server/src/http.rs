@@ -164,6 +164,11 @@ pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response {
 }
 
 async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+    // The API's loopback-only operations (probe, deletions) go by the peer's address; a
+    // request relayed by a proxy on this host (a cache in front of HLS) comes from loopback
+    // for anyone, so one that says it was forwarded is taken as from elsewhere.
+    let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| req.headers().contains_key(*h));
+    let api_peer = if forwarded { SocketAddr::from(([0, 0, 0, 0], 0)) } else { peer };
     let uri_path = req.uri().path().to_owned();
     if req.method() == Method::OPTIONS {
         return plain(StatusCode::NO_CONTENT, "");
@@ -173,7 +178,7 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
         let (rec, method, query) =
             (state.recordings.clone(), req.method().clone(), req.uri().query().map(str::to_owned));
         let r = tokio::task::spawn_blocking(move || {
-            crate::record::api::handle(&rec, &method, &uri_path, query.as_deref(), peer)
+            crate::record::api::handle(&rec, &method, &uri_path, query.as_deref(), api_peer)
         });
         return match r.await {
             Ok(Some(r)) => r,
@@ -183,7 +188,7 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     }
     if crate::api::answers(&uri_path) {
         let method = req.method().clone();
-        return crate::api::handle(&state.api, &method, &uri_path, req.into_body(), peer).await;
+        return crate::api::handle(&state.api, &method, &uri_path, req.into_body(), api_peer).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");

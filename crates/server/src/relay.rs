@@ -5,6 +5,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+/// How long a relay must stay live for its next failure to start the backoff over: one that
+/// goes live and drops at once (a camera that sends a packet and closes, a target that
+/// accepts a publish and then drops it) keeps backing off instead of reconnecting in a loop.
+pub const STABLE_LIVE: Duration = Duration::from_secs(10);
+
 /// Exponential backoff with jitter: each failure doubles the delay from `min` up to `max`;
 /// the delay waited is uniform in [d/2, d] so that relays failing together (an origin
 /// restarting under 200 cameras' edges) do not retry in lockstep. A success resets it.
@@ -42,17 +47,77 @@ impl Backoff {
     }
 }
 
-/// `url` with any `user:password@` replaced by `***@`: for logs, errors and the API, which
-/// never show credentials.
+/// `url` with what may be a secret hidden, for logs, errors and the API: any `user:password@`
+/// becomes `***@` and the value of each query parameter `***` (tokens, camera passwords in
+/// the query). The user part ends at the last `@` before the first `/` after the host: a
+/// password with a raw `?` or `#` is hidden too (one with a raw `/` is refused by
+/// [`crate::config::check_relay_url`]).
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_owned(),
+    let end = rest.find('/').unwrap_or(rest.len());
+    let (authority, tail) = match rest[..end].rfind('@') {
+        Some(at) => (format!("***@{}", &rest[at + 1..end]), &rest[end..]),
+        None => {
+            // No credentials: the authority ends at the first of `/ ? #`.
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            (rest[..end].to_owned(), &rest[end..])
+        }
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = query.split_once('#').map_or((query, None), |(q, f)| (q, Some(f)));
+            let hidden: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) => format!("{k}=***"),
+                    None => kv.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}{}", hidden.join("&"), fragment.map(|f| format!("#{f}")).unwrap_or_default())
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// [`redact`] for a push target, whose last path segment is a stream key (`rtmp://a.rtmp.
+/// youtube.com/live2/KEY`): that is hidden too.
+pub fn redact_key(url: &str) -> String {
+    let r = redact(url);
+    let (base, query) = r.split_once('?').map_or((r.as_str(), None), |(b, q)| (b, Some(q)));
+    let Some((scheme, rest)) = base.split_once("://") else { return r };
+    match rest.find('/').map(|i| (i, rest.rfind('/').unwrap_or(i))) {
+        // At least `/app/key`: the key is the last segment.
+        Some((first, last)) if last > first && last + 1 < rest.len() => {
+            let q = query.map(|q| format!("?{q}")).unwrap_or_default();
+            format!("{scheme}://{}/***{q}", &rest[..last])
+        }
+        _ => r,
     }
+}
+
+/// `text` (a camera's SDP, an answer) with the `user:password@` of every URL in it hidden:
+/// cameras echo their own URL, credentials included, in `a=control` and Content-Base.
+pub fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail.find(|c: char| c == '/' || c.is_whitespace() || c == '"' || c == '>').unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&tail[at..end]);
+            }
+            None => out.push_str(&tail[..end]),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Where a relay (a pulled source, an edge pull, a push) stands.
@@ -106,11 +171,40 @@ mod tests {
     }
 
     #[test]
-    fn redact_hides_credentials_only() {
-        assert_eq!(redact("rtsp://admin:p%40ss@cam:554/h264?x=1"), "rtsp://***@cam:554/h264?x=1");
+    fn redact_hides_credentials_and_query_values() {
+        assert_eq!(redact("rtsp://admin:p%40ss@cam:554/h264?x=1"), "rtsp://***@cam:554/h264?x=***");
         assert_eq!(redact("rtsp://a:b@c@cam/x"), "rtsp://***@cam/x");
         assert_eq!(redact("rtmp://origin/live/a"), "rtmp://origin/live/a");
         assert_eq!(redact("rtmp://origin/live/a@b"), "rtmp://origin/live/a@b");
         assert_eq!(redact("not a url"), "not a url");
+        // A password with a raw ? or # is hidden whole.
+        assert_eq!(redact("rtsp://admin:pa?ss@cam/x"), "rtsp://***@cam/x");
+        assert_eq!(redact("rtsp://admin:pa#ss@cam/x"), "rtsp://***@cam/x");
+        assert_eq!(redact("rtsp://admin:pa?ss@cam"), "rtsp://***@cam");
+        assert_eq!(
+            redact("rtsp://cam/onvif?user=admin&password=secret&x#frag"),
+            "rtsp://cam/onvif?user=***&password=***&x#frag"
+        );
+        assert_eq!(redact("rtmp://o:1935?ferrocast_via=a.b"), "rtmp://o:1935?ferrocast_via=***");
+    }
+
+    #[test]
+    fn urls_in_text_lose_their_credentials() {
+        let sdp = "v=0\r\na=control:rtsp://admin:p@ss@10.0.0.5:554/Streaming/\r\na=x:rtsp://cam/trackID=1\r\n";
+        assert_eq!(
+            redact_urls_in(sdp),
+            "v=0\r\na=control:rtsp://***@10.0.0.5:554/Streaming/\r\na=x:rtsp://cam/trackID=1\r\n"
+        );
+        assert_eq!(redact_urls_in("no urls, a@b"), "no urls, a@b");
+        assert_eq!(redact_urls_in("end rtsp://u:p@h"), "end rtsp://***@h");
+    }
+
+    #[test]
+    fn push_keys_are_hidden() {
+        assert_eq!(redact_key("rtmp://a.rtmp.youtube.com/live2/abcd-efgh"), "rtmp://a.rtmp.youtube.com/live2/***");
+        assert_eq!(redact_key("rtmp://u:p@host/app/key?token=x"), "rtmp://***@host/app/***?token=***");
+        assert_eq!(redact_key("rtsp://other:8554/cams/a"), "rtsp://other:8554/cams/***");
+        assert_eq!(redact_key("rtmp://host/app"), "rtmp://host/app");
+        assert_eq!(redact_key("rtmp://host"), "rtmp://host");
     }
 }

@@ -101,6 +101,16 @@ async fn a_source_pulled_over_multicast_is_read() {
     }
     let p = last.expect("the multicast-pulled path was never readable");
     p.assert_h264_aac(320, 240, 30);
+    // It came over multicast, not a fallback: the puller's API says so.
+    let out = command_in(Some(&ns.0), "/usr/bin/python3")
+        .args([
+            "-c",
+            "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8081/api/v1/paths/cams/mc').read().decode())",
+        ])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the puller's path status");
+    assert_eq!(status["source"]["transport"], "multicast", "{status}");
     drop(puller);
     drop(upstream);
 }

@@ -24,7 +24,7 @@ use crate::config::{SourceConfig, ms};
 use crate::hub::{Hub, Subscription};
 use crate::paths::PathTable;
 use crate::reader::Reader;
-use crate::relay::{Backoff, RelayState, RelayStatus, redact};
+use crate::relay::{Backoff, RelayState, RelayStatus, redact_key};
 
 /// How often a relay waiting for its path's publisher to come back (the republish grace)
 /// looks again.
@@ -138,7 +138,7 @@ struct Progress {
 
 impl Relay {
     fn new(url: &str) -> Relay {
-        let status = RelayStatus { url: redact(url), ..RelayStatus::default() };
+        let status = RelayStatus { url: redact_key(url), ..RelayStatus::default() };
         Relay { inner: Mutex::new(Progress { status, window_start: Instant::now(), window_bytes: 0 }) }
     }
 
@@ -242,7 +242,7 @@ impl PushRegistry {
         urls.iter()
             .map(|url| match relays.get(&(path.to_owned(), url.clone())) {
                 Some(r) => r.status(),
-                None => RelayStatus { url: redact(url), ..RelayStatus::default() },
+                None => RelayStatus { url: redact_key(url), ..RelayStatus::default() },
             })
             .collect()
     }
@@ -289,7 +289,7 @@ impl PushRegistry {
 
     /// A relay's life: a try per publish of the path, retried on failure, until the path ends.
     async fn run(self: Arc<Self>, ctx: Ctx) {
-        let url = redact(&ctx.url);
+        let url = redact_key(&ctx.url);
         let mut backoff = Backoff::new(ms(ctx.source.retry_min_ms), ms(ctx.source.retry_max_ms));
         info!(path = ctx.path, url, "push: relay started");
         loop {
@@ -303,12 +303,13 @@ impl PushRegistry {
             ctx.relay.set_state(RelayState::Connecting);
             let reader = Reader::new(ctx.hub.clone(), sub);
             let mut went_live = false;
+            let started = tokio::time::Instant::now();
             let result = if ctx.url.starts_with("rtmp://") {
                 rtmp::run(&ctx, reader, &mut went_live).await
             } else {
                 rtsp::run(&ctx, reader, &mut went_live).await
             };
-            if went_live {
+            if went_live && started.elapsed() >= crate::relay::STABLE_LIVE {
                 backoff.reset();
             }
             match result {
@@ -356,7 +357,7 @@ struct Target {
 
 impl Target {
     fn parse(url: &str, scheme: &str, default_port: u16) -> Result<Target, PushError> {
-        let bad = |why| PushError::Url { url: redact(url), why };
+        let bad = |why| PushError::Url { url: redact_key(url), why };
         let rest = url.strip_prefix(scheme).and_then(|r| r.strip_prefix("://")).ok_or_else(|| bad("wrong scheme"))?;
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (auth, tail) = rest.split_at(end);

@@ -13,7 +13,7 @@ use tracing::info;
 
 use super::{BATCH, Ctx, PushError, Target, connect, write_all};
 use crate::reader::{Reader, ReaderItem, Tag, TagFeed};
-use crate::relay::redact;
+use crate::relay::redact_key;
 
 /// Bytes read from the target at a time (it sends little: acknowledgements, status).
 const READ_BUFFER: usize = 4096;
@@ -22,7 +22,7 @@ const READ_BUFFER: usize = 4096;
 /// path segment (as ffmpeg and nginx-rtmp take it), the name the rest with its query kept
 /// (`key?token=x`).
 fn split_url(url: &str, target: &Target) -> Result<(String, String, String), PushError> {
-    let bad = |why| PushError::Url { url: redact(url), why };
+    let bad = |why| PushError::Url { url: redact_key(url), why };
     let (path, query) = match target.rest.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (target.rest.as_str(), None),
@@ -108,7 +108,7 @@ pub(super) async fn run(ctx: &Ctx, mut reader: Reader, went_live: &mut bool) -> 
             }
         }
     }
-    info!(path = ctx.path, url = redact(&ctx.url), "push: publishing over RTMP");
+    info!(path = ctx.path, url = redact_key(&ctx.url), "push: publishing over RTMP");
     *went_live = true;
     ctx.relay.live();
     let mut feed = TagFeed::default();

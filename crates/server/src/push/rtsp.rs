@@ -18,7 +18,7 @@ use tracing::info;
 
 use super::{BATCH, Ctx, PushError, Target, connect, write_all};
 use crate::reader::{Reader, ReaderItem};
-use crate::relay::redact;
+use crate::relay::redact_key;
 use crate::rtsp::{random_u64, unix_micros};
 
 /// Bytes read from the target at a time (it sends little: answers, receiver reports).
@@ -216,7 +216,7 @@ pub(super) async fn run(ctx: &Ctx, mut reader: Reader, went_live: &mut bool) -> 
             }
         }
     }
-    info!(path = ctx.path, url = redact(&ctx.url), tracks = kinds.len(), "push: recording over RTSP");
+    info!(path = ctx.path, url = redact_key(&ctx.url), tracks = kinds.len(), "push: recording over RTSP");
     *went_live = true;
     ctx.relay.live();
     let clock = ctx.hub.media_clock(&ctx.path);

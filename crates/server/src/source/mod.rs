@@ -71,35 +71,11 @@ impl SourceError {
 
     /// The peer answered `step` with `status`; `detail` adds what it said, if anything.
     pub fn answered(step: &str, status: u16, detail: Option<&str>) -> SourceError {
-        let mut message = format!("{step} answered {status} {}", reason(status));
+        let mut message = format!("{step} answered {status} {}", ferrocast_rtsp::message::reason(status));
         if let Some(d) = detail.filter(|d| !d.is_empty()) {
             message = format!("{message} ({d})");
         }
         SourceError { step: step.to_owned(), status: Some(status), message }
-    }
-}
-
-/// The reason phrase of an RTSP status (RFC 2326 7.1.1), for messages.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        301 => "Moved Permanently",
-        302 => "Moved Temporarily",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        453 => "Not Enough Bandwidth",
-        454 => "Session Not Found",
-        455 => "Method Not Valid in This State",
-        457 => "Invalid Range",
-        459 => "Aggregate Operation Not Allowed",
-        461 => "Unsupported Transport",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        _ => "",
     }
 }
 
@@ -185,6 +161,8 @@ impl Report {
 
     /// The session description the source gave.
     pub fn set_sdp(&self, sdp: String) {
+        // Cameras echo their URL, credentials included, in the SDP: never shown.
+        let sdp = crate::relay::redact_urls_in(&sdp);
         self.info().sdp = Some(sdp);
     }
 
@@ -534,7 +512,9 @@ async fn run_edge_entry(
         run_wanted(&hub, &config, &entry).await;
         entry.report.set_state(RelayState::Idle);
         let mut all = lock(&entries);
-        if entry.wanted() {
+        // A reader that was given the demand (`want`) but has not held it yet counts: it is
+        // about to (the entry's own reference is the one other than this task's).
+        if entry.wanted() || Arc::strong_count(&entry.demand) > 1 {
             continue;
         }
         if all.get(path).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
@@ -595,7 +575,7 @@ async fn run_wanted(hub: &Arc<Hub>, config: &SourceConfig, entry: &Entry) {
                 }
             };
             let was_live = entry.report.is_live();
-            if was_live {
+            if was_live && entry.report.live_at().is_some_and(|t| t.elapsed() >= crate::relay::STABLE_LIVE) {
                 backoff.reset();
             }
             let e = match result {
