@@ -47,6 +47,13 @@ pub const MAX_AUTH_RESENDS: u8 = 4;
 pub const DEFAULT_SESSION_TIMEOUT_SECS: u64 = 60;
 /// Shortest keep-alive interval, whatever a camera's `timeout=` says.
 pub const MIN_KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// How long the OPTIONS a play session starts with may go unanswered before DESCRIBE goes
+/// out anyway (capped by the response timeout). OPTIONS is optional (RFC 2326 section 10.1)
+/// and some cameras never answer it: waiting the full response timeout (10 s) for it would
+/// spend the whole default source start timeout (also 10 s) before DESCRIBE, so the first
+/// on-demand reader of such a camera would always fail. A camera that answers at all does
+/// so within milliseconds on a LAN; 2 s leaves room for a slow link.
+pub const START_OPTIONS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most requests waiting for an answer; the session's own are at most three at once
 /// (a step, a keep-alive, a TEARDOWN), the rest come from the application.
 pub const MAX_PENDING: usize = 16;
@@ -328,7 +335,8 @@ impl ClientSession {
         self.credentials = Some(credentials);
     }
 
-    /// How long a request may wait for its answer (10 s unless set).
+    /// How long a request may wait for its answer (10 s unless set); the first OPTIONS
+    /// waits at most [`START_OPTIONS_TIMEOUT`].
     pub fn set_response_timeout(&mut self, d: Duration) {
         self.response_timeout = d;
     }
@@ -802,10 +810,21 @@ impl ClientSession {
         self.request(now, Purpose::Normal, Method::Teardown, &url, Headers::default(), Bytes::new());
     }
 
+    /// When the answer to `p` is overdue: the response timeout after it was sent, or
+    /// [`START_OPTIONS_TIMEOUT`] (at most the response timeout) for the first OPTIONS.
+    fn deadline(&self, p: &Pending) -> Instant {
+        let wait = match p.purpose {
+            Purpose::Start => START_OPTIONS_TIMEOUT.min(self.response_timeout),
+            Purpose::KeepAlive | Purpose::Normal => self.response_timeout,
+        };
+        p.sent + wait
+    }
+
     /// Sends the keep-alive when due; fails when the server has not answered a request in
-    /// time (an unanswered first OPTIONS is tolerated: DESCRIBE follows).
+    /// time (an unanswered first OPTIONS is tolerated after [`START_OPTIONS_TIMEOUT`]:
+    /// DESCRIBE follows).
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ClientError> {
-        while let Some(i) = self.pending.iter().position(|p| now >= p.sent + self.response_timeout) {
+        while let Some(i) = self.pending.iter().position(|p| now >= self.deadline(p)) {
             let p = self.pending.remove(i).expect("position is in range");
             if p.purpose == Purpose::Start {
                 self.describe(now);
@@ -822,7 +841,7 @@ impl ClientSession {
     /// When [`ClientSession::handle_timeout`] is due: the earliest of the pending answers'
     /// deadlines and the next keep-alive.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let answers = self.pending.iter().map(|p| p.sent + self.response_timeout).min();
+        let answers = self.pending.iter().map(|p| self.deadline(p)).min();
         match (answers, self.next_keep_alive) {
             (Some(a), Some(k)) => Some(a.min(k)),
             (a, k) => a.or(k),

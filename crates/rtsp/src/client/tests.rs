@@ -448,7 +448,7 @@ fn options_failures_are_tolerated() {
         assert_eq!(cam.c.public(), None);
         assert!(cam.c.last_response().is_none(), "a tolerated OPTIONS refusal is no error");
     }
-    // No answer: after the response timeout, DESCRIBE; the late answer is ignored.
+    // No answer: after START_OPTIONS_TIMEOUT, DESCRIBE; the late answer is ignored.
     let mut cam = Cam::new("rtsp://cam/live", ClientTransport::Tcp);
     let options = cam.req();
     let at = cam.c.poll_timeout().unwrap();
@@ -464,6 +464,34 @@ fn options_failures_are_tolerated() {
     assert!(
         cam.c.handle_input(cam.now, format!("RTSP/1.0 xyz\r\nCSeq: {}\r\n\r\n", r.cseq().unwrap()).as_bytes()).is_err()
     );
+}
+
+/// C1: a camera that never answers the first OPTIONS gets DESCRIBE after
+/// START_OPTIONS_TIMEOUT, not after the whole response timeout, which equals the default
+/// source start timeout (10 s) and so made the first on-demand reader fail every time.
+#[test]
+fn unanswered_first_options_has_a_short_deadline() {
+    assert!(START_OPTIONS_TIMEOUT < Duration::from_secs(10));
+    let mut cam = Cam::new("rtsp://cam/live", ClientTransport::Tcp);
+    let t0 = cam.now;
+    assert_eq!(cam.req().method, Method::Options);
+    assert_eq!(cam.c.poll_timeout(), Some(t0 + START_OPTIONS_TIMEOUT));
+    cam.c.handle_timeout(t0 + START_OPTIONS_TIMEOUT - Duration::from_millis(1)).unwrap();
+    assert!(cam.reqs().is_empty(), "not yet");
+    cam.now = t0 + START_OPTIONS_TIMEOUT;
+    cam.c.handle_timeout(cam.now).unwrap();
+    let r = cam.req();
+    assert_eq!(r.method, Method::Describe);
+    // DESCRIBE itself has the full response timeout.
+    assert_eq!(cam.c.poll_timeout(), Some(cam.now + Duration::from_secs(10)));
+    cam.ok(&r, "RTSP/1.0 200 OK", &plain_sdp());
+    assert!(matches!(&cam.events()[..], [ClientEvent::Described(_)]));
+    // Never longer than the response timeout.
+    let mut cam = Cam::new("rtsp://cam/live", ClientTransport::Tcp);
+    cam.c.set_response_timeout(Duration::from_secs(1));
+    assert_eq!(cam.c.poll_timeout(), Some(cam.now + Duration::from_secs(1)));
+    cam.c.set_response_timeout(Duration::from_secs(30));
+    assert_eq!(cam.c.poll_timeout(), Some(cam.now + START_OPTIONS_TIMEOUT));
 }
 
 /// 461 Unsupported Transport to a UDP SETUP is `Failed { Setup, 461 }` (the driver retries
