@@ -196,6 +196,27 @@ enum KeepAlive {
     Options,
 }
 
+impl KeepAlive {
+    fn method(self) -> Method {
+        match self {
+            KeepAlive::GetParameter => Method::GetParameter,
+            KeepAlive::Options => Method::Options,
+        }
+    }
+
+    /// The keep-alive `method` is (OPTIONS for anything but GET_PARAMETER).
+    fn of(method: &Method) -> KeepAlive {
+        if *method == Method::GetParameter { KeepAlive::GetParameter } else { KeepAlive::Options }
+    }
+
+    fn other(self) -> KeepAlive {
+        match self {
+            KeepAlive::GetParameter => KeepAlive::Options,
+            KeepAlive::Options => KeepAlive::GetParameter,
+        }
+    }
+}
+
 /// The client side of one RTSP session, sans I/O.
 ///
 /// Credentials never appear in its `Debug` output or in the URLs it reports.
@@ -229,6 +250,9 @@ pub struct ClientSession {
     play_range: String,
     public: Option<String>,
     keep_alive: KeepAlive,
+    /// The keep-alive method that last went unanswered within the response timeout, while
+    /// no keep-alive was answered since.
+    silent_keep_alive: Option<KeepAlive>,
     next_keep_alive: Option<Instant>,
     last_response: Option<Response>,
     /// The method [`ClientSession::last_response`] answered.
@@ -308,6 +332,7 @@ impl ClientSession {
             play_range: "npt=0.000-".to_owned(),
             public: None,
             keep_alive: KeepAlive::GetParameter,
+            silent_keep_alive: None,
             next_keep_alive: None,
             last_response: None,
             last_method: None,
@@ -583,12 +608,11 @@ impl ClientSession {
                 if r.status == 454 {
                     return Err(ClientError::SessionNotFound(p.method.as_str().to_owned()));
                 }
+                // Any answer: the server is there.
+                self.silent_keep_alive = None;
                 if !is_success(r.status) {
                     // 405, 501 or anything else: the other method from now on.
-                    self.keep_alive = match self.keep_alive {
-                        KeepAlive::GetParameter => KeepAlive::Options,
-                        KeepAlive::Options => KeepAlive::GetParameter,
-                    };
+                    self.keep_alive = self.keep_alive.other();
                 }
                 return Ok(());
             }
@@ -788,14 +812,11 @@ impl ClientSession {
 
     /// A keep-alive now (RFC 2326 section 12.37): GET_PARAMETER with the Session, or OPTIONS
     /// with it when OPTIONS' `Public` did not list GET_PARAMETER or a GET_PARAMETER was
-    /// refused. Once started the session sends them itself from
+    /// refused or went unanswered. Once started the session sends them itself from
     /// [`ClientSession::handle_timeout`].
     pub fn keep_alive(&mut self, now: Instant) {
         let url = self.aggregate.clone();
-        let method = match self.keep_alive {
-            KeepAlive::GetParameter => Method::GetParameter,
-            KeepAlive::Options => Method::Options,
-        };
+        let method = self.keep_alive.method();
         self.request(now, Purpose::KeepAlive, method, &url, Headers::default(), Bytes::new());
         if self.started && !self.closing {
             self.next_keep_alive = Some(now + self.keep_alive_interval());
@@ -821,14 +842,29 @@ impl ClientSession {
     }
 
     /// Sends the keep-alive when due; fails when the server has not answered a request in
-    /// time (an unanswered first OPTIONS is tolerated after [`START_OPTIONS_TIMEOUT`]:
-    /// DESCRIBE follows).
+    /// time. Tolerated: an unanswered first OPTIONS (after [`START_OPTIONS_TIMEOUT`],
+    /// DESCRIBE follows), and an unanswered keep-alive, after which the other keep-alive
+    /// method is used, as after a refusal; only when that one goes unanswered as well, with
+    /// no keep-alive answered in between, is it a [`ClientError::Timeout`]. (Some cameras
+    /// silently ignore GET_PARAMETER while their media flows; the driver's media read
+    /// timeout watches liveness too.)
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ClientError> {
         while let Some(i) = self.pending.iter().position(|p| now >= self.deadline(p)) {
             let p = self.pending.remove(i).expect("position is in range");
-            if p.purpose == Purpose::Start {
-                self.describe(now);
-                continue;
+            match p.purpose {
+                Purpose::Start => {
+                    self.describe(now);
+                    continue;
+                }
+                Purpose::KeepAlive => {
+                    let silent = KeepAlive::of(&p.method);
+                    if self.silent_keep_alive != Some(silent.other()) {
+                        self.silent_keep_alive = Some(silent);
+                        self.keep_alive = silent.other();
+                        continue;
+                    }
+                }
+                Purpose::Normal => {}
             }
             return Err(ClientError::Timeout(p.method.as_str().to_owned()));
         }

@@ -691,7 +691,8 @@ fn keep_alive_by_public_and_default_timeout() {
     assert_eq!(cam.c.poll_timeout(), None);
 }
 
-/// 454 to a keep-alive, or no answer in time, ends the session with an error.
+/// 454 to a keep-alive ends the session with an error; so does silence to both keep-alive
+/// methods in turn.
 #[test]
 fn keep_alive_454_and_silence() {
     let mut cam = started("rtsp://cam/live", "OPTIONS, GET_PARAMETER", ";timeout=4");
@@ -708,10 +709,58 @@ fn keep_alive_454_and_silence() {
     let mut at = cam.c.poll_timeout().unwrap();
     // The next keep-alive (2 s) comes before the answer's deadline (10 s).
     assert_eq!(at, cam.now + Duration::from_secs(2));
-    while cam.c.handle_timeout(at).is_ok() {
-        at = cam.c.poll_timeout().unwrap();
-    }
-    assert_eq!(at, cam.now + Duration::from_secs(10));
+    let e = loop {
+        match cam.c.handle_timeout(at) {
+            Ok(()) => at = cam.c.poll_timeout().unwrap(),
+            Err(e) => break e,
+        }
+    };
+    // The first GET_PARAMETER goes unanswered at 10 s: OPTIONS from then on, the first sent
+    // then; it goes unanswered 10 s later.
+    assert_eq!(at, cam.now + Duration::from_secs(20));
+    assert!(matches!(e, ClientError::Timeout(ref m) if m == "OPTIONS"), "{e}");
+}
+
+/// C3: a camera that silently ignores GET_PARAMETER (its media still flowing) is not dropped
+/// at the first keep-alive's deadline: OPTIONS takes over, as after a refusal. Only when
+/// both methods went unanswered in turn, with no keep-alive answered in between, does the
+/// session fail.
+#[test]
+fn unanswered_keep_alive_switches_method() {
+    let mut cam = started("rtsp://cam/live", "OPTIONS, GET_PARAMETER", ";timeout=60");
+    let t0 = cam.now;
+    cam.now = t0 + Duration::from_secs(30);
+    cam.c.handle_timeout(cam.now).unwrap();
+    let r = cam.req();
+    assert_eq!(r.method, Method::GetParameter);
+    // No answer within the response timeout (10 s): not an error.
+    cam.now = t0 + Duration::from_secs(40);
+    cam.c.handle_timeout(cam.now).expect("an unanswered GET_PARAMETER is tolerated");
+    assert!(cam.reqs().is_empty() && cam.events().is_empty());
+    // The late answer to it is ignored.
+    cam.ok(&r, "RTSP/1.0 200 OK", "");
+    assert_eq!(cam.c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    cam.now = t0 + Duration::from_secs(60);
+    cam.c.handle_timeout(cam.now).unwrap();
+    let r = cam.req();
+    assert_eq!((r.method.clone(), r.session()), (Method::Options, Some("s1")), "the other method");
+    cam.ok(&r, "RTSP/1.0 200 OK", "");
+    cam.now = t0 + Duration::from_secs(90);
+    cam.c.handle_timeout(cam.now).unwrap();
+    let r = cam.req();
+    assert_eq!(r.method, Method::Options, "OPTIONS stays");
+    // That OPTIONS goes unanswered: an answer came since the GET_PARAMETER's silence, so
+    // this is the first silence again: GET_PARAMETER is tried.
+    cam.now = t0 + Duration::from_secs(100);
+    cam.c.handle_timeout(cam.now).unwrap();
+    cam.now = t0 + Duration::from_secs(120);
+    cam.c.handle_timeout(cam.now).unwrap();
+    let r = cam.req();
+    assert_eq!(r.method, Method::GetParameter);
+    // It goes unanswered too: both methods in turn, the session fails.
+    cam.now = t0 + Duration::from_secs(130);
+    let e = cam.c.handle_timeout(cam.now).unwrap_err();
+    assert!(matches!(e, ClientError::Timeout(ref m) if m == "GET_PARAMETER"), "{e}");
 }
 
 /// Caps: a Session id over MAX_SESSION_ID_LEN; a server sending endless header bytes or a
