@@ -914,10 +914,10 @@ fn lists(list: &str, method: &str) -> bool {
 
 /// Drops the message at the front of `buf` that the decoder refused: its header block and
 /// the body its Content-Length announces (at most [`message::MAX_BODY_LEN`]). False when the
-/// header block is not complete or the body is not all there.
+/// header block is not complete or the body is not all there. The header block ends where
+/// the decoder says it does (a blank line, CRLF or bare LF).
 fn skip_message(buf: &mut BytesMut) -> bool {
-    let limit = buf.len().min(message::MAX_HEADER_LEN + 4);
-    let Some(end) = buf[..limit].windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else {
+    let Some((_, end)) = message::find_head_end(buf) else {
         return false;
     };
     let head = String::from_utf8_lossy(&buf[..end]);

@@ -494,6 +494,35 @@ fn unanswered_first_options_has_a_short_deadline() {
     assert_eq!(cam.c.poll_timeout(), Some(cam.now + START_OPTIONS_TIMEOUT));
 }
 
+/// C8: a refused OPTIONS answer with bare-LF line ends (which the decoder accepts) is
+/// skipped like a CRLF one, and DESCRIBE follows; skipping found the end of the header block
+/// by CRLF CRLF only, so these were an error.
+#[test]
+fn options_refusal_with_bare_lf_is_skipped() {
+    for answer in [
+        "HTTP/1.0 403 Forbidden\n\n",
+        "HTTP/1.0 403 Forbidden\nContent-Length: 2\n\nno",
+        "HTTP/1.0 403 Forbidden\r\nServer: x\n\r\n",
+        "RTSP/1.0 4O3 Forbidden\nCSeq: 1\n\n",
+    ] {
+        let mut cam = Cam::new("rtsp://cam/live", ClientTransport::Tcp);
+        assert_eq!(cam.req().method, Method::Options);
+        cam.c.handle_input(cam.now, answer.as_bytes()).unwrap_or_else(|e| panic!("{answer:?}: {e}"));
+        let r = cam.req();
+        assert_eq!(r.method, Method::Describe, "{answer:?}");
+        cam.ok(&r, "RTSP/1.0 200 OK", &plain_sdp());
+        assert!(matches!(&cam.events()[..], [ClientEvent::Described(_)]), "{answer:?}");
+        assert!(cam.c.last_response().is_none());
+    }
+    // Split across reads: nothing is skipped until the blank line is there.
+    let mut cam = Cam::new("rtsp://cam/live", ClientTransport::Tcp);
+    cam.req();
+    cam.c.handle_input(cam.now, b"HTTP/1.0 403 Forbidden\n").unwrap();
+    assert!(cam.reqs().is_empty());
+    cam.c.handle_input(cam.now, b"\n").unwrap();
+    assert_eq!(cam.req().method, Method::Describe);
+}
+
 /// 461 Unsupported Transport to a UDP SETUP is `Failed { Setup, 461 }` (the driver retries
 /// over TCP) with the answer in `last_response`.
 #[test]
