@@ -523,6 +523,30 @@ fn options_refusal_with_bare_lf_is_skipped() {
     assert_eq!(cam.req().method, Method::Describe);
 }
 
+/// C6: Digest `algorithm=MD5-sess` (or SHA-256-sess) without qop: HA1 hashes the cnonce
+/// in, so the header must carry it (it was computed and never sent, and auth always
+/// failed); still no qop and no nc.
+#[test]
+fn digest_sess_without_qop_sends_cnonce() {
+    for (www, name) in [
+        ("Digest realm=\"cam\", nonce=\"n0\", algorithm=MD5-sess", "digest-md5"),
+        ("Digest realm=\"cam\", nonce=\"n0\", algorithm=SHA-256-sess", "digest-sha256"),
+    ] {
+        let mut cam = Cam::new("rtsp://u:p@cam/live", ClientTransport::Tcp);
+        cam.options_ok();
+        let r = cam.req();
+        cam.ok(&r, &format!("RTSP/1.0 401 Unauthorized\nWWW-Authenticate: {www}"), "");
+        let r = cam.req();
+        assert_eq!(r.method, Method::Describe);
+        assert_eq!(cam.c.auth_scheme(), Some(name));
+        let params = check_digest(&r, www, &creds("u", "p"));
+        let p = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert!(p("cnonce").is_some_and(|c| c.len() == 32), "{params:?}");
+        assert!(p("qop").is_none() && p("nc").is_none(), "{params:?}");
+        assert!(p("algorithm").is_some_and(|a| a.ends_with("-sess")), "{params:?}");
+    }
+}
+
 /// 461 Unsupported Transport to a UDP SETUP is `Failed { Setup, 461 }` (the driver retries
 /// over TCP) with the answer in `last_response`.
 #[test]
