@@ -285,6 +285,10 @@ impl DigestAlgorithm {
         }
     }
 
+    fn is_sess(self) -> bool {
+        matches!(self, DigestAlgorithm::Md5Sess | DigestAlgorithm::Sha256Sess)
+    }
+
     fn is_sha256(self) -> bool {
         matches!(self, DigestAlgorithm::Sha256 | DigestAlgorithm::Sha256Sess)
     }
@@ -368,7 +372,7 @@ pub struct DigestInput<'a> {
     pub body: &'a [u8],
     /// The nonce count, `1` for the first request with this nonce.
     pub nc: u32,
-    /// The client nonce (ignored without qop).
+    /// The client nonce (ignored without qop, unless the algorithm is `-sess`).
     pub cnonce: &'a str,
 }
 
@@ -376,7 +380,7 @@ pub struct DigestInput<'a> {
 pub fn digest_response(creds: &Credentials, ch: &DigestChallenge, input: &DigestInput<'_>) -> String {
     let alg = ch.algorithm;
     let mut ha1 = alg.hash(&[&creds.user, &ch.realm, &creds.password]);
-    if matches!(alg, DigestAlgorithm::Md5Sess | DigestAlgorithm::Sha256Sess) {
+    if alg.is_sess() {
         ha1 = alg.hash(&[&ha1, &ch.nonce, input.cnonce]);
     }
     let ha2 = match ch.qop {
@@ -478,7 +482,7 @@ impl Authenticator {
     }
 
     /// The `Authorization` value for a request. `cnonce` is fresh randomness for `qop`
-    /// answers (unused otherwise).
+    /// and `-sess` answers (unused otherwise).
     pub fn authorization(&mut self, creds: &Credentials, method: &str, uri: &str, body: &[u8], cnonce: &str) -> String {
         match &self.scheme {
             ClientScheme::Basic { .. } => {
@@ -502,6 +506,11 @@ impl Authenticator {
                     h.push_str(d.algorithm.as_str());
                 }
                 match d.qop {
+                    // No qop, so no nc; but a `-sess` HA1 hashes the cnonce in (RFC 2617
+                    // section 3.2.2.2), and the server cannot compute it without ours.
+                    Qop::None if d.algorithm.is_sess() => {
+                        h.push_str(&format!(", cnonce={}", quote(cnonce)));
+                    }
                     Qop::None => {}
                     Qop::Auth | Qop::AuthInt => {
                         let qop = if d.qop == Qop::Auth { "auth" } else { "auth-int" };
@@ -662,6 +671,33 @@ mod tests {
         let junk = vec!["Bogus x=1"; MAX_CHALLENGE_HEADERS];
         assert!(Authenticator::choose(junk.into_iter().chain(["Basic realm=\"r\""])).is_none());
         assert!(parse_challenges(&"X a=1, ".repeat(100)).len() == MAX_CHALLENGES);
+    }
+
+    /// C6: `-sess` without qop: the header carries the cnonce HA1 was computed with (RFC 2617
+    /// section 3.2.2.2), and no qop or nc; plain MD5 without qop still sends no cnonce.
+    #[test]
+    fn sess_without_qop_sends_its_cnonce() {
+        let creds = Credentials { user: "u".into(), password: "p".into() };
+        for alg in ["MD5-sess", "SHA-256-sess"] {
+            let mut a =
+                Authenticator::choose([format!("Digest realm=\"r\", nonce=\"n\", algorithm={alg}").as_str()]).unwrap();
+            let h = a.authorization(&creds, "DESCRIBE", "rtsp://h/a", b"", "c0ffee");
+            let params = digest_params(h.strip_prefix("Digest ").unwrap()).unwrap();
+            let p = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+            assert_eq!(p("cnonce"), Some("c0ffee"), "{h}");
+            assert_eq!(p("algorithm"), Some(alg), "{h}");
+            assert!(p("qop").is_none() && p("nc").is_none(), "{h}");
+            let ClientScheme::Digest(d) = a.scheme() else { panic!() };
+            let input = DigestInput { method: "DESCRIBE", uri: "rtsp://h/a", body: b"", nc: 1, cnonce: "c0ffee" };
+            assert_eq!(p("response"), Some(digest_response(&creds, d, &input).as_str()), "{h}");
+        }
+        let ha1 = md5_hex(&[&md5_hex(&["u", "r", "p"]), "n", "c0ffee"]);
+        let mut a = Authenticator::choose(["Digest realm=\"r\", nonce=\"n\", algorithm=MD5-sess"]).unwrap();
+        let h = a.authorization(&creds, "DESCRIBE", "rtsp://h/a", b"", "c0ffee");
+        let want = md5_hex(&[&ha1, "n", &md5_hex(&["DESCRIBE", "rtsp://h/a"])]);
+        assert!(h.contains(&format!("response=\"{want}\"")), "{h}");
+        let mut a = Authenticator::choose(["Digest realm=\"r\", nonce=\"n\", algorithm=MD5"]).unwrap();
+        assert!(!a.authorization(&creds, "DESCRIBE", "rtsp://h/a", b"", "c0ffee").contains("cnonce"));
     }
 
     /// `auth-int` when it is the only qop offered, `-sess` algorithms: the response changes

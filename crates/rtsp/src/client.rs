@@ -47,6 +47,13 @@ pub const MAX_AUTH_RESENDS: u8 = 4;
 pub const DEFAULT_SESSION_TIMEOUT_SECS: u64 = 60;
 /// Shortest keep-alive interval, whatever a camera's `timeout=` says.
 pub const MIN_KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// How long the OPTIONS a play session starts with may go unanswered before DESCRIBE goes
+/// out anyway (capped by the response timeout). OPTIONS is optional (RFC 2326 section 10.1)
+/// and some cameras never answer it: waiting the full response timeout (10 s) for it would
+/// spend the whole default source start timeout (also 10 s) before DESCRIBE, so the first
+/// on-demand reader of such a camera would always fail. A camera that answers at all does
+/// so within milliseconds on a LAN; 2 s leaves room for a slow link.
+pub const START_OPTIONS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most requests waiting for an answer; the session's own are at most three at once
 /// (a step, a keep-alive, a TEARDOWN), the rest come from the application.
 pub const MAX_PENDING: usize = 16;
@@ -189,6 +196,27 @@ enum KeepAlive {
     Options,
 }
 
+impl KeepAlive {
+    fn method(self) -> Method {
+        match self {
+            KeepAlive::GetParameter => Method::GetParameter,
+            KeepAlive::Options => Method::Options,
+        }
+    }
+
+    /// The keep-alive `method` is (OPTIONS for anything but GET_PARAMETER).
+    fn of(method: &Method) -> KeepAlive {
+        if *method == Method::GetParameter { KeepAlive::GetParameter } else { KeepAlive::Options }
+    }
+
+    fn other(self) -> KeepAlive {
+        match self {
+            KeepAlive::GetParameter => KeepAlive::Options,
+            KeepAlive::Options => KeepAlive::GetParameter,
+        }
+    }
+}
+
 /// The client side of one RTSP session, sans I/O.
 ///
 /// Credentials never appear in its `Debug` output or in the URLs it reports.
@@ -222,6 +250,9 @@ pub struct ClientSession {
     play_range: String,
     public: Option<String>,
     keep_alive: KeepAlive,
+    /// The keep-alive method that last went unanswered within the response timeout, while
+    /// no keep-alive was answered since.
+    silent_keep_alive: Option<KeepAlive>,
     next_keep_alive: Option<Instant>,
     last_response: Option<Response>,
     /// The method [`ClientSession::last_response`] answered.
@@ -301,6 +332,7 @@ impl ClientSession {
             play_range: "npt=0.000-".to_owned(),
             public: None,
             keep_alive: KeepAlive::GetParameter,
+            silent_keep_alive: None,
             next_keep_alive: None,
             last_response: None,
             last_method: None,
@@ -328,7 +360,8 @@ impl ClientSession {
         self.credentials = Some(credentials);
     }
 
-    /// How long a request may wait for its answer (10 s unless set).
+    /// How long a request may wait for its answer (10 s unless set); the first OPTIONS
+    /// waits at most [`START_OPTIONS_TIMEOUT`].
     pub fn set_response_timeout(&mut self, d: Duration) {
         self.response_timeout = d;
     }
@@ -575,12 +608,11 @@ impl ClientSession {
                 if r.status == 454 {
                     return Err(ClientError::SessionNotFound(p.method.as_str().to_owned()));
                 }
+                // Any answer: the server is there.
+                self.silent_keep_alive = None;
                 if !is_success(r.status) {
                     // 405, 501 or anything else: the other method from now on.
-                    self.keep_alive = match self.keep_alive {
-                        KeepAlive::GetParameter => KeepAlive::Options,
-                        KeepAlive::Options => KeepAlive::GetParameter,
-                    };
+                    self.keep_alive = self.keep_alive.other();
                 }
                 return Ok(());
             }
@@ -780,14 +812,11 @@ impl ClientSession {
 
     /// A keep-alive now (RFC 2326 section 12.37): GET_PARAMETER with the Session, or OPTIONS
     /// with it when OPTIONS' `Public` did not list GET_PARAMETER or a GET_PARAMETER was
-    /// refused. Once started the session sends them itself from
+    /// refused or went unanswered. Once started the session sends them itself from
     /// [`ClientSession::handle_timeout`].
     pub fn keep_alive(&mut self, now: Instant) {
         let url = self.aggregate.clone();
-        let method = match self.keep_alive {
-            KeepAlive::GetParameter => Method::GetParameter,
-            KeepAlive::Options => Method::Options,
-        };
+        let method = self.keep_alive.method();
         self.request(now, Purpose::KeepAlive, method, &url, Headers::default(), Bytes::new());
         if self.started && !self.closing {
             self.next_keep_alive = Some(now + self.keep_alive_interval());
@@ -802,14 +831,40 @@ impl ClientSession {
         self.request(now, Purpose::Normal, Method::Teardown, &url, Headers::default(), Bytes::new());
     }
 
+    /// When the answer to `p` is overdue: the response timeout after it was sent, or
+    /// [`START_OPTIONS_TIMEOUT`] (at most the response timeout) for the first OPTIONS.
+    fn deadline(&self, p: &Pending) -> Instant {
+        let wait = match p.purpose {
+            Purpose::Start => START_OPTIONS_TIMEOUT.min(self.response_timeout),
+            Purpose::KeepAlive | Purpose::Normal => self.response_timeout,
+        };
+        p.sent + wait
+    }
+
     /// Sends the keep-alive when due; fails when the server has not answered a request in
-    /// time (an unanswered first OPTIONS is tolerated: DESCRIBE follows).
+    /// time. Tolerated: an unanswered first OPTIONS (after [`START_OPTIONS_TIMEOUT`],
+    /// DESCRIBE follows), and an unanswered keep-alive, after which the other keep-alive
+    /// method is used, as after a refusal; only when that one goes unanswered as well, with
+    /// no keep-alive answered in between, is it a [`ClientError::Timeout`]. (Some cameras
+    /// silently ignore GET_PARAMETER while their media flows; the driver's media read
+    /// timeout watches liveness too.)
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ClientError> {
-        while let Some(i) = self.pending.iter().position(|p| now >= p.sent + self.response_timeout) {
+        while let Some(i) = self.pending.iter().position(|p| now >= self.deadline(p)) {
             let p = self.pending.remove(i).expect("position is in range");
-            if p.purpose == Purpose::Start {
-                self.describe(now);
-                continue;
+            match p.purpose {
+                Purpose::Start => {
+                    self.describe(now);
+                    continue;
+                }
+                Purpose::KeepAlive => {
+                    let silent = KeepAlive::of(&p.method);
+                    if self.silent_keep_alive != Some(silent.other()) {
+                        self.silent_keep_alive = Some(silent);
+                        self.keep_alive = silent.other();
+                        continue;
+                    }
+                }
+                Purpose::Normal => {}
             }
             return Err(ClientError::Timeout(p.method.as_str().to_owned()));
         }
@@ -822,7 +877,7 @@ impl ClientSession {
     /// When [`ClientSession::handle_timeout`] is due: the earliest of the pending answers'
     /// deadlines and the next keep-alive.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let answers = self.pending.iter().map(|p| p.sent + self.response_timeout).min();
+        let answers = self.pending.iter().map(|p| self.deadline(p)).min();
         match (answers, self.next_keep_alive) {
             (Some(a), Some(k)) => Some(a.min(k)),
             (a, k) => a.or(k),
@@ -859,10 +914,10 @@ fn lists(list: &str, method: &str) -> bool {
 
 /// Drops the message at the front of `buf` that the decoder refused: its header block and
 /// the body its Content-Length announces (at most [`message::MAX_BODY_LEN`]). False when the
-/// header block is not complete or the body is not all there.
+/// header block is not complete or the body is not all there. The header block ends where
+/// the decoder says it does (a blank line, CRLF or bare LF).
 fn skip_message(buf: &mut BytesMut) -> bool {
-    let limit = buf.len().min(message::MAX_HEADER_LEN + 4);
-    let Some(end) = buf[..limit].windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else {
+    let Some((_, end)) = message::find_head_end(buf) else {
         return false;
     };
     let head = String::from_utf8_lossy(&buf[..end]);

@@ -391,8 +391,9 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Message>, MessageError> {
     }))
 }
 
-/// End of the header block: (length of the head, offset of the body).
-fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
+/// End of the header block: (length of the head, offset of the body). A blank line ends it,
+/// whether lines end in CRLF or a bare LF. Looks at most [`MAX_HEADER_LEN`] + 4 bytes.
+pub(crate) fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
     let limit = buf.len().min(MAX_HEADER_LEN + 4);
     let b = &buf[..limit];
     for i in 0..b.len() {

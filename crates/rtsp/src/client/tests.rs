@@ -448,7 +448,7 @@ fn options_failures_are_tolerated() {
         assert_eq!(cam.c.public(), None);
         assert!(cam.c.last_response().is_none(), "a tolerated OPTIONS refusal is no error");
     }
-    // No answer: after the response timeout, DESCRIBE; the late answer is ignored.
+    // No answer: after START_OPTIONS_TIMEOUT, DESCRIBE; the late answer is ignored.
     let mut cam = Cam::new("rtsp://cam/live", ClientTransport::Tcp);
     let options = cam.req();
     let at = cam.c.poll_timeout().unwrap();
@@ -464,6 +464,87 @@ fn options_failures_are_tolerated() {
     assert!(
         cam.c.handle_input(cam.now, format!("RTSP/1.0 xyz\r\nCSeq: {}\r\n\r\n", r.cseq().unwrap()).as_bytes()).is_err()
     );
+}
+
+/// C1: a camera that never answers the first OPTIONS gets DESCRIBE after
+/// START_OPTIONS_TIMEOUT, not after the whole response timeout, which equals the default
+/// source start timeout (10 s) and so made the first on-demand reader fail every time.
+#[test]
+fn unanswered_first_options_has_a_short_deadline() {
+    assert!(START_OPTIONS_TIMEOUT < Duration::from_secs(10));
+    let mut cam = Cam::new("rtsp://cam/live", ClientTransport::Tcp);
+    let t0 = cam.now;
+    assert_eq!(cam.req().method, Method::Options);
+    assert_eq!(cam.c.poll_timeout(), Some(t0 + START_OPTIONS_TIMEOUT));
+    cam.c.handle_timeout(t0 + START_OPTIONS_TIMEOUT - Duration::from_millis(1)).unwrap();
+    assert!(cam.reqs().is_empty(), "not yet");
+    cam.now = t0 + START_OPTIONS_TIMEOUT;
+    cam.c.handle_timeout(cam.now).unwrap();
+    let r = cam.req();
+    assert_eq!(r.method, Method::Describe);
+    // DESCRIBE itself has the full response timeout.
+    assert_eq!(cam.c.poll_timeout(), Some(cam.now + Duration::from_secs(10)));
+    cam.ok(&r, "RTSP/1.0 200 OK", &plain_sdp());
+    assert!(matches!(&cam.events()[..], [ClientEvent::Described(_)]));
+    // Never longer than the response timeout.
+    let mut cam = Cam::new("rtsp://cam/live", ClientTransport::Tcp);
+    cam.c.set_response_timeout(Duration::from_secs(1));
+    assert_eq!(cam.c.poll_timeout(), Some(cam.now + Duration::from_secs(1)));
+    cam.c.set_response_timeout(Duration::from_secs(30));
+    assert_eq!(cam.c.poll_timeout(), Some(cam.now + START_OPTIONS_TIMEOUT));
+}
+
+/// C8: a refused OPTIONS answer with bare-LF line ends (which the decoder accepts) is
+/// skipped like a CRLF one, and DESCRIBE follows; skipping found the end of the header block
+/// by CRLF CRLF only, so these were an error.
+#[test]
+fn options_refusal_with_bare_lf_is_skipped() {
+    for answer in [
+        "HTTP/1.0 403 Forbidden\n\n",
+        "HTTP/1.0 403 Forbidden\nContent-Length: 2\n\nno",
+        "HTTP/1.0 403 Forbidden\r\nServer: x\n\r\n",
+        "RTSP/1.0 4O3 Forbidden\nCSeq: 1\n\n",
+    ] {
+        let mut cam = Cam::new("rtsp://cam/live", ClientTransport::Tcp);
+        assert_eq!(cam.req().method, Method::Options);
+        cam.c.handle_input(cam.now, answer.as_bytes()).unwrap_or_else(|e| panic!("{answer:?}: {e}"));
+        let r = cam.req();
+        assert_eq!(r.method, Method::Describe, "{answer:?}");
+        cam.ok(&r, "RTSP/1.0 200 OK", &plain_sdp());
+        assert!(matches!(&cam.events()[..], [ClientEvent::Described(_)]), "{answer:?}");
+        assert!(cam.c.last_response().is_none());
+    }
+    // Split across reads: nothing is skipped until the blank line is there.
+    let mut cam = Cam::new("rtsp://cam/live", ClientTransport::Tcp);
+    cam.req();
+    cam.c.handle_input(cam.now, b"HTTP/1.0 403 Forbidden\n").unwrap();
+    assert!(cam.reqs().is_empty());
+    cam.c.handle_input(cam.now, b"\n").unwrap();
+    assert_eq!(cam.req().method, Method::Describe);
+}
+
+/// C6: Digest `algorithm=MD5-sess` (or SHA-256-sess) without qop: HA1 hashes the cnonce
+/// in, so the header must carry it (it was computed and never sent, and auth always
+/// failed); still no qop and no nc.
+#[test]
+fn digest_sess_without_qop_sends_cnonce() {
+    for (www, name) in [
+        ("Digest realm=\"cam\", nonce=\"n0\", algorithm=MD5-sess", "digest-md5"),
+        ("Digest realm=\"cam\", nonce=\"n0\", algorithm=SHA-256-sess", "digest-sha256"),
+    ] {
+        let mut cam = Cam::new("rtsp://u:p@cam/live", ClientTransport::Tcp);
+        cam.options_ok();
+        let r = cam.req();
+        cam.ok(&r, &format!("RTSP/1.0 401 Unauthorized\nWWW-Authenticate: {www}"), "");
+        let r = cam.req();
+        assert_eq!(r.method, Method::Describe);
+        assert_eq!(cam.c.auth_scheme(), Some(name));
+        let params = check_digest(&r, www, &creds("u", "p"));
+        let p = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert!(p("cnonce").is_some_and(|c| c.len() == 32), "{params:?}");
+        assert!(p("qop").is_none() && p("nc").is_none(), "{params:?}");
+        assert!(p("algorithm").is_some_and(|a| a.ends_with("-sess")), "{params:?}");
+    }
 }
 
 /// 461 Unsupported Transport to a UDP SETUP is `Failed { Setup, 461 }` (the driver retries
@@ -663,7 +744,8 @@ fn keep_alive_by_public_and_default_timeout() {
     assert_eq!(cam.c.poll_timeout(), None);
 }
 
-/// 454 to a keep-alive, or no answer in time, ends the session with an error.
+/// 454 to a keep-alive ends the session with an error; so does silence to both keep-alive
+/// methods in turn.
 #[test]
 fn keep_alive_454_and_silence() {
     let mut cam = started("rtsp://cam/live", "OPTIONS, GET_PARAMETER", ";timeout=4");
@@ -680,10 +762,58 @@ fn keep_alive_454_and_silence() {
     let mut at = cam.c.poll_timeout().unwrap();
     // The next keep-alive (2 s) comes before the answer's deadline (10 s).
     assert_eq!(at, cam.now + Duration::from_secs(2));
-    while cam.c.handle_timeout(at).is_ok() {
-        at = cam.c.poll_timeout().unwrap();
-    }
-    assert_eq!(at, cam.now + Duration::from_secs(10));
+    let e = loop {
+        match cam.c.handle_timeout(at) {
+            Ok(()) => at = cam.c.poll_timeout().unwrap(),
+            Err(e) => break e,
+        }
+    };
+    // The first GET_PARAMETER goes unanswered at 10 s: OPTIONS from then on, the first sent
+    // then; it goes unanswered 10 s later.
+    assert_eq!(at, cam.now + Duration::from_secs(20));
+    assert!(matches!(e, ClientError::Timeout(ref m) if m == "OPTIONS"), "{e}");
+}
+
+/// C3: a camera that silently ignores GET_PARAMETER (its media still flowing) is not dropped
+/// at the first keep-alive's deadline: OPTIONS takes over, as after a refusal. Only when
+/// both methods went unanswered in turn, with no keep-alive answered in between, does the
+/// session fail.
+#[test]
+fn unanswered_keep_alive_switches_method() {
+    let mut cam = started("rtsp://cam/live", "OPTIONS, GET_PARAMETER", ";timeout=60");
+    let t0 = cam.now;
+    cam.now = t0 + Duration::from_secs(30);
+    cam.c.handle_timeout(cam.now).unwrap();
+    let r = cam.req();
+    assert_eq!(r.method, Method::GetParameter);
+    // No answer within the response timeout (10 s): not an error.
+    cam.now = t0 + Duration::from_secs(40);
+    cam.c.handle_timeout(cam.now).expect("an unanswered GET_PARAMETER is tolerated");
+    assert!(cam.reqs().is_empty() && cam.events().is_empty());
+    // The late answer to it is ignored.
+    cam.ok(&r, "RTSP/1.0 200 OK", "");
+    assert_eq!(cam.c.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    cam.now = t0 + Duration::from_secs(60);
+    cam.c.handle_timeout(cam.now).unwrap();
+    let r = cam.req();
+    assert_eq!((r.method.clone(), r.session()), (Method::Options, Some("s1")), "the other method");
+    cam.ok(&r, "RTSP/1.0 200 OK", "");
+    cam.now = t0 + Duration::from_secs(90);
+    cam.c.handle_timeout(cam.now).unwrap();
+    let r = cam.req();
+    assert_eq!(r.method, Method::Options, "OPTIONS stays");
+    // That OPTIONS goes unanswered: an answer came since the GET_PARAMETER's silence, so
+    // this is the first silence again: GET_PARAMETER is tried.
+    cam.now = t0 + Duration::from_secs(100);
+    cam.c.handle_timeout(cam.now).unwrap();
+    cam.now = t0 + Duration::from_secs(120);
+    cam.c.handle_timeout(cam.now).unwrap();
+    let r = cam.req();
+    assert_eq!(r.method, Method::GetParameter);
+    // It goes unanswered too: both methods in turn, the session fails.
+    cam.now = t0 + Duration::from_secs(130);
+    let e = cam.c.handle_timeout(cam.now).unwrap_err();
+    assert!(matches!(e, ClientError::Timeout(ref m) if m == "GET_PARAMETER"), "{e}");
 }
 
 /// Caps: a Session id over MAX_SESSION_ID_LEN; a server sending endless header bytes or a
