@@ -186,7 +186,8 @@ mod tests {
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         // Loopback in every spelling gets past the rule (to the URL check: no connection made).
         for peer in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
-            let r = handle(&api, &Method::POST, PROBE, Body::from("{\"url\": \"ftp://x\"}"), peer.parse().unwrap()).await;
+            let r =
+                handle(&api, &Method::POST, PROBE, Body::from("{\"url\": \"ftp://x\"}"), peer.parse().unwrap()).await;
             assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{peer}");
         }
     }

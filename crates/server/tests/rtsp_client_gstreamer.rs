@@ -1,5 +1,5 @@
 //! Our RTSP client (crates/rtsp) against a third-party camera: GStreamer's RTSP server
-//! (gst-rtsp-server 1.22, `tests/support/gst_auth_camera.py`) behind Digest or Basic
+//! (gst-rtsp-server 1.22, `tests/support/gst_camera.py`) behind Digest or Basic
 //! authentication, with a password holding `@` given percent-encoded in the URL. The client
 //! authenticates, plays over TCP and UDP, keeps the session alive and tears it down; a wrong
 //! password fails with the camera's answer.
@@ -36,9 +36,15 @@ impl Drop for Camera {
 fn camera(user: &str, password: &str, method: &str) -> Camera {
     require_gst("x264enc");
     require_gst("rtph264pay");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/gst_auth_camera.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/gst_camera.py");
+    let mut args = vec!["--port", "0", "--mount", "/cam", "--width", "320", "--height", "240", "--no-audio"];
+    args.extend(["--user", user, "--password", password]);
+    if method == "digest" {
+        args.push("--digest");
+    }
     let mut child = Command::new("/usr/bin/python3")
-        .args([script, user, password, method])
+        .arg(script)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -47,7 +53,7 @@ fn camera(user: &str, password: &str, method: &str) -> Camera {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(p) = line.strip_prefix("PORT ") {
+            if let Some(p) = line.strip_prefix("ready ") {
                 let _ = tx.send(p.trim().parse::<u16>().ok());
                 return;
             }
@@ -125,12 +131,16 @@ impl Driver {
     /// next keep-alive, half of GStreamer's 60 s session timeout away, not the 10 s answer
     /// deadline). A 454 would be an error from handle_input.
     async fn keep_alive_answered(&mut self) {
+        let refusal = |s: &ClientSession| format!("{:?}", s.last_response());
+        let before = refusal(&self.session);
         let now = Instant::now();
         self.session.keep_alive(now);
         while self.session.poll_timeout().is_some_and(|t| t < now + Duration::from_secs(20)) {
             self.read().await;
         }
         assert_eq!(self.session.poll_timeout().map(|t| t >= now + Duration::from_secs(29)), Some(true));
+        // Answered 2xx: a refusal (405, 501) would be the session's last non-2xx answer.
+        assert_eq!(refusal(&self.session), before, "the keep-alive was refused");
     }
 }
 

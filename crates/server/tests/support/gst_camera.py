@@ -4,12 +4,13 @@ not our code) serving live H.264 (x264enc, zerolatency, a keyframe every 30 fram
 (avenc_aac) made from test sources.
 
   gst_camera.py --port P --mount /cam [--width W --height H] [--user U --password P [--digest]]
-                [--tcp-only]
+                [--tcp-only] [--no-audio]
 
 --port 0 lets the kernel pick. Prints `ready PORT` once listening, then one line per client
 event, for the tests to follow: `connected`, `setup`, `play`, `teardown`, `closed`.
 --digest offers Digest (MD5) only; without it, credentials are checked as Basic.
 --tcp-only refuses UDP SETUPs (461), as cameras configured for "TCP only" do.
+--no-audio serves the video track alone.
 Runs until killed.
 """
 import argparse
@@ -37,6 +38,7 @@ def main():
     ap.add_argument("--password")
     ap.add_argument("--digest", action="store_true")
     ap.add_argument("--tcp-only", action="store_true")
+    ap.add_argument("--no-audio", action="store_true")
     args = ap.parse_args()
 
     Gst.init(None)
@@ -45,13 +47,18 @@ def main():
     server.set_service(str(args.port))
 
     factory = GstRtspServer.RTSPMediaFactory()
+    audio = (
+        ""
+        if args.no_audio
+        else "audiotestsrc is-live=true wave=sine ! audioconvert ! audioresample "
+        "! audio/x-raw,rate=44100,channels=2 ! avenc_aac ! rtpmp4gpay name=pay1 pt=97 "
+    )
     factory.set_launch(
         "( videotestsrc is-live=true pattern=ball "
         f"! video/x-raw,width={args.width},height={args.height},framerate=30/1 "
         "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 "
         "! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1 "
-        "audiotestsrc is-live=true wave=sine ! audioconvert ! audioresample "
-        "! audio/x-raw,rate=44100,channels=2 ! avenc_aac ! rtpmp4gpay name=pay1 pt=97 )"
+        f"{audio})"
     )
     # One encoder for all clients, as a camera has.
     factory.set_shared(True)

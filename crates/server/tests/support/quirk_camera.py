@@ -182,6 +182,8 @@ class Conn:
         self.session = None
         self.nonce = os.urandom(8).hex()
         self.stale_sent = False
+        # The last nc a client used with each nonce: it must count up (RFC 7616 3.4).
+        self.last_nc = {}
         self.realm = "IP Camera(C6179)"
         self.rtcp_socks = []
 
@@ -256,7 +258,7 @@ class Conn:
             "a=rtpmap:96 H264/90000", fmtp, "",
         ]).encode()
 
-    def authorized(self, method, headers, cseq):
+    def authorized(self, method, uri, headers, cseq):
         """Checks credentials; answers 401 and returns False when they are missing or wrong."""
         mode = self.args.auth
         if not mode or method == "OPTIONS":
@@ -280,8 +282,18 @@ class Conn:
                 ha1 = h(f"{self.args.user}:{realm}:{self.args.password}")
                 ha2 = h(f"{method}:{p.get('uri', '')}")
                 want = h(f"{ha1}:{p.get('nonce')}:{p.get('nc')}:{p.get('cnonce')}:{p.get('qop')}:{ha2}")
+                nc = p.get("nc", "")
+                fresh_nc = len(nc) == 8 and all(c in "0123456789abcdef" for c in nc) \
+                    and int(nc, 16) > self.last_nc.get(p.get("nonce"), 0)
+                # The response must be for this request (uri as in its request line) and this
+                # realm, with an nc that counts up for the nonce.
                 ok = p.get("username") == self.args.user and p.get("response") == want \
-                    and p.get("nonce") == self.nonce and p.get("qop") == "auth"
+                    and p.get("nonce") == self.nonce and p.get("qop") == "auth" \
+                    and p.get("uri") == uri and p.get("realm") == realm and fresh_nc
+                if ok:
+                    self.last_nc[p.get("nonce")] = int(nc, 16)
+                elif got:
+                    say(f"digest refused: uri={p.get('uri')!r} for {uri!r}, realm={p.get('realm')!r}, nc={nc!r}")
                 if ok and mode == "digest-stale" and not self.stale_sent:
                     # Right answer to a nonce the camera considers expired: stale=TRUE.
                     self.stale_sent, ok, stale = True, False, True
@@ -316,7 +328,7 @@ class Conn:
                 if method == "OPTIONS" and sc == "options_403":
                     self.answer(cseq, "403 Forbidden")
                     continue
-                if not self.authorized(method, headers, cseq):
+                if not self.authorized(method, url, headers, cseq):
                     continue
                 if method in ("OPTIONS", "GET_PARAMETER") and self.session and self.session.playing:
                     if sc == "keepalive_session" and not has_session:
