@@ -49,7 +49,7 @@ impl Backoff {
 
 /// `url` with what may be a secret hidden, for logs, errors and the API: any `user:password@`
 /// becomes `***@` and the value of each query parameter `***` (tokens, camera passwords in
-/// the query). The user part ends at the last `@` before the first `/` after the host: a
+/// the query; an edge's `ferrocast_via` chain stays). The user part ends at the last `@` before the first `/` after the host: a
 /// password with a raw `?` or `#` is hidden too (one with a raw `/` is refused by
 /// [`crate::config::check_relay_url`]).
 pub fn redact(url: &str) -> String {
@@ -71,6 +71,8 @@ pub fn redact(url: &str) -> String {
             let hidden: Vec<String> = query
                 .split('&')
                 .map(|kv| match kv.split_once('=') {
+                    // An edge's chain of server ids is no secret, and it shows how a pull came.
+                    Some((k, _)) if k == crate::edge::VIA_KEY => kv.to_owned(),
                     Some((k, _)) => format!("{k}=***"),
                     None => kv.to_owned(),
                 })
@@ -185,7 +187,7 @@ mod tests {
             redact("rtsp://cam/onvif?user=admin&password=secret&x#frag"),
             "rtsp://cam/onvif?user=***&password=***&x#frag"
         );
-        assert_eq!(redact("rtmp://o:1935?ferrocast_via=a.b"), "rtmp://o:1935?ferrocast_via=***");
+        assert_eq!(redact("rtmp://o:1935?ferrocast_via=a.b&t=x"), "rtmp://o:1935?ferrocast_via=a.b&t=***");
     }
 
     #[test]

@@ -439,7 +439,7 @@ mod tests {
     #[test]
     fn relay_status_counts_retries_until_live() {
         let r = Relay::new("rtmp://user:pw@h/app/k");
-        assert_eq!(r.status().url, "rtmp://***@h/app/k");
+        assert_eq!(r.status().url, "rtmp://***@h/app/***");
         r.failed(&PushError::Refused { step: "publish".into(), answer: "NetStream.Publish.BadName".into() });
         r.failed(&PushError::Closed { step: "connect".into() });
         let s = r.status();
