@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,30 +42,9 @@ fn edge(origins: &[String], extra: &str) -> Server {
     Server::with_config(&format!("[edge]\norigin = [{}]\n{extra}\n[source]\nclose_after_ms = 1000\n", list.join(", ")))
 }
 
-/// A free TCP port on loopback (for servers that must know each other's address first).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// The real binary with its RTMP listener on `rtmp_port` (the others on free ports).
 fn server_on(rtmp_port: u16, toml: &str) -> Server {
-    let cfg = std::env::temp_dir().join(format!("ferrocast-edge-{}-{rtmp_port}.toml", std::process::id()));
-    std::fs::write(&cfg, format!("{toml}\n[rtsp]\nrtp_port = 0\nrtcp_port = 0\n")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocast"))
-        .args(["--rtmp-addr", &format!("127.0.0.1:{rtmp_port}"), "--http-addr", "127.0.0.1:0"])
-        .args(["--rtsp-addr", "127.0.0.1:0", "--log-level", "debug", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start ferrocast");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addr = |what: &str| -> SocketAddr {
-        let line = lines.next().expect("ferrocast exited early").unwrap();
-        line.strip_prefix(&format!("ferrocast: {what} listening on ")).expect(&line).parse().unwrap()
-    };
-    let (rtmp, http, rtsp) = (addr("rtmp"), addr("http"), addr("rtsp"));
-    Server { proc: Proc(child), rtmp, http, rtsp }
+    Server::spawn(toml, [&format!("127.0.0.1:{rtmp_port}"), "127.0.0.1:0", "127.0.0.1:0"], Stdio::inherit())
 }
 
 /// One origin, one edge: nothing is pulled before a reader comes; ffprobe reads the edge over

@@ -10,8 +10,8 @@ mod push_support;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{Server, http_get, publish, test_flv};
-use push_support::{Nginx, free_port, test_dir};
+use common::{Server, free_port, http_get, publish, test_flv};
+use push_support::{Nginx, test_dir};
 
 const PLAYERS: usize = 50;
 /// How long the players play.

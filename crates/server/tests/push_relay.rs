@@ -6,8 +6,8 @@ mod common;
 #[path = "common/push.rs"]
 mod push_support;
 
-use common::{Server, probe, publish, test_flv, wait_published};
-use push_support::{Nginx, free_port, push_status, test_dir, wait_readable, wait_status};
+use common::{Server, free_port, probe, publish, test_flv, wait_published};
+use push_support::{Nginx, push_status, test_dir, wait_readable, wait_status};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn push_to_another_ferrocast_over_rtmp_and_rtsp() {

@@ -9,8 +9,8 @@ mod push_support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Probe, Server, heavy_flv, probe, publish};
-use push_support::{Nginx, free_port, push_status, test_dir, wait_readable, wait_status};
+use common::{Probe, Server, free_port, heavy_flv, probe, publish};
+use push_support::{Nginx, push_status, test_dir, wait_readable, wait_status};
 
 /// Every video frame is there: dts steps of one frame at 30 fps, no jump to a later keyframe.
 fn assert_every_frame(p: &Probe, what: &str, seconds: f64) {

@@ -248,6 +248,13 @@ impl Server {
 
     /// Starts with a TOML config (listen addresses are overridden to port 0).
     pub fn with_config(toml: &str) -> Server {
+        Server::spawn(toml, ["127.0.0.1:0"; 3], Stdio::inherit())
+    }
+
+    /// Starts the binary with `toml` listening on `[rtmp, http, rtsp]` (`HOST:0` for a free
+    /// port; fixed ports let a server be restarted in place or named by another's config
+    /// before it starts), its log (at debug level) to `stderr`.
+    pub fn spawn(toml: &str, listen: [&str; 3], stderr: Stdio) -> Server {
         let cfg = work_dir().join(format!("cfg-{}.toml", rand_suffix()));
         // Tests run in parallel: the RTSP UDP ports must be free ones too.
         let ports = "rtp_port = 0\nrtcp_port = 0\n";
@@ -259,13 +266,14 @@ impl Server {
             format!("{toml}\n[rtsp]\n{ports}")
         };
         std::fs::write(&cfg, toml).unwrap();
+        let [rtmp, http, rtsp] = listen;
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocast"))
-            .args(["--rtmp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--rtsp-addr", "127.0.0.1:0"])
+            .args(["--rtmp-addr", rtmp, "--http-addr", http, "--rtsp-addr", rtsp])
             .arg("--config")
             .arg(&cfg)
             .args(["--log-level", "debug"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start ferrocast");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -277,6 +285,8 @@ impl Server {
         let rtmp = addr("rtmp");
         let http = addr("http");
         let rtsp = addr("rtsp");
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
         Server { proc: Proc(child), rtmp, http, rtsp }
     }
 
@@ -296,6 +306,12 @@ impl Server {
     pub fn alive(&mut self) -> bool {
         self.proc.0.try_wait().unwrap().is_none()
     }
+}
+
+/// A TCP port free now on loopback (bound and let go), for peers that must be started on a
+/// known port: restarted in place, or named in another's config before they start.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn rand_suffix() -> u64 {
@@ -585,6 +601,43 @@ pub async fn http_get(url: &str, extra: &str) -> HttpResponse {
     let headers = String::from_utf8_lossy(&all[..split]).into_owned();
     let status = headers.split(' ').nth(1).unwrap().parse().unwrap();
     HttpResponse { status, headers, body: all[split + 4..].to_vec() }
+}
+
+/// POST with a JSON body, reading to the end: status code and body text.
+pub async fn http_post(url: &str, body: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = TcpStream::connect(host).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    // The server answers under its own timeouts (a probe connects to a camera); this only
+    // keeps a hang from stalling the run.
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut all)).await.expect("answered").unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+    let head = String::from_utf8_lossy(&all[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut body = all[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = unchunk(&body);
+    }
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn unchunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap_or("0").trim(), 16).unwrap_or(0);
+        if size == 0 || data.len() < eol + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[(eol + 4 + size).min(data.len())..];
+    }
+    out
 }
 
 /// Status code of a GET (headers only).

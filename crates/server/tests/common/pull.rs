@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{Proc, Server, http_get, require};
+use crate::common::{Proc, Server, http_get, http_post, require};
 
 /// Overall bound of every wait for a state: generous, it only keeps a broken run from hanging.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -228,34 +228,9 @@ impl LoggedServer {
     /// Starts the binary with `toml` (listen ports chosen by the kernel), as
     /// `Server::with_config` does, with the log at debug level going to a file.
     pub fn start(toml: &str) -> LoggedServer {
-        let n = unique();
-        let cfg = work_dir().join(format!("cfg-{n}.toml"));
-        let log = work_dir().join(format!("server-{n}.log"));
-        let toml = if toml.contains("[rtsp]\n") {
-            toml.replace("[rtsp]\n", "[rtsp]\nrtp_port = 0\nrtcp_port = 0\n")
-        } else {
-            format!("{toml}\n[rtsp]\nrtp_port = 0\nrtcp_port = 0\n")
-        };
-        std::fs::write(&cfg, toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocast"))
-            .args(["--rtmp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--rtsp-addr", "127.0.0.1:0"])
-            .arg("--config")
-            .arg(&cfg)
-            .args(["--log-level", "debug"])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start ferrocast");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut addr = |what: &str| {
-            let line = lines.next().unwrap_or_else(|| panic!("ferrocast exited early: {}", read(&log))).unwrap();
-            let prefix = format!("ferrocast: {what} listening on ");
-            line.strip_prefix(&prefix).unwrap_or_else(|| panic!("unexpected line {line:?}")).parse().unwrap()
-        };
-        let (rtmp, http, rtsp) = (addr("rtmp"), addr("http"), addr("rtsp"));
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        LoggedServer { server: Server { proc: Proc(child), rtmp, http, rtsp }, log }
+        let log = work_dir().join(format!("server-{}.log", unique()));
+        let server = Server::spawn(toml, ["127.0.0.1:0"; 3], Stdio::from(std::fs::File::create(&log).unwrap()));
+        LoggedServer { server, log }
     }
 
     /// The log so far.
@@ -320,52 +295,10 @@ fn read(path: &Path) -> String {
     text
 }
 
-/// POST with a JSON body, reading to the end: status code and body text.
-pub async fn http_post(url: &str, body: &str) -> (u16, String) {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut s = TcpStream::connect(host).await.unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut all = Vec::new();
-    // The probe connects to a camera under its own timeouts; this only keeps a hang from
-    // stalling the run.
-    tokio::time::timeout(WAIT, s.read_to_end(&mut all)).await.expect("probe answered").unwrap();
-    let split = all.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
-    let head = String::from_utf8_lossy(&all[..split]).into_owned();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let mut body = all[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        body = unchunk(&body);
-    }
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-fn unchunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap_or("0").trim(), 16).unwrap_or(0);
-        if size == 0 || data.len() < eol + 2 + size {
-            break;
-        }
-        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
-        data = &data[(eol + 4 + size).min(data.len())..];
-    }
-    out
-}
-
 /// A frame counter of the path's status, whichever the server reports (`source.frames`, else
 /// `source.bytes`).
 pub fn progress(status: &Value) -> u64 {
     status["source"]["frames"].as_u64().or_else(|| status["source"]["bytes"].as_u64()).unwrap_or(0)
-}
-
-/// A free TCP port on loopback (the kernel's pick, released for the camera to bind).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A long-lived HTTP-FLV reader counting the bytes it receives: a viewer that stays on while

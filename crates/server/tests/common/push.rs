@@ -11,11 +11,6 @@ use serde_json::Value;
 
 use crate::common::{Proc, Server, http_get, probe};
 
-/// A port free now (bound and let go: the tests start their peers on it right away).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Fails loudly when nginx (or its RTMP module) is missing: these tests never skip.
 pub fn require_nginx(rtmp: bool) {
     let ok = Command::new("nginx").arg("-v").stderr(Stdio::null()).status().is_ok_and(|s| s.success());

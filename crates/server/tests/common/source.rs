@@ -3,14 +3,10 @@
 //! condition with a generous guard.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::common::{Proc, Server, http_get, publish, test_flv, wait_published};
 
@@ -32,29 +28,10 @@ pub async fn path_status(server: &Server, path: &str) -> Value {
     serde_json::from_slice(&r.body).unwrap()
 }
 
-/// `POST URL` with a JSON body: (status, body as JSON).
+/// `POST URL` with a JSON body: (status, body as JSON; null when it is not JSON).
 pub async fn post_json(url: &str, body: &str) -> (u16, Value) {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut s = TcpStream::connect(host).await.unwrap();
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut all)).await.expect("answer in time").unwrap();
-    let split = all.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
-    let head = String::from_utf8_lossy(&all[..split]).into_owned();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = &all[split + 4..];
-    // Chunked or not, the JSON is one line: take from the first '{' to the last '}'.
-    let text = String::from_utf8_lossy(body);
-    let json = match (text.find('{'), text.rfind('}')) {
-        (Some(a), Some(b)) => serde_json::from_str(&text[a..=b]).unwrap_or(Value::Null),
-        _ => Value::Null,
-    };
-    (status, json)
+    let (status, text) = crate::common::http_post(url, body).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// Waits until `f` gives Some, polling every 100 ms, for at most 60 s (a guard against a
@@ -70,32 +47,8 @@ pub async fn until<T, F: std::future::Future<Output = Option<T>>>(what: &str, mu
     }
 }
 
-/// A free loopback TCP port.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// The binary on the given ports (so that it can be restarted in place).
 pub fn server_on(toml: &str, rtmp: u16, http: u16, rtsp: u16) -> Server {
-    let cfg = std::env::temp_dir().join(format!("ferrocast-source-{}-{rtmp}.toml", std::process::id()));
-    let toml = format!("{toml}\n[rtsp]\nrtp_port = 0\nrtcp_port = 0\n");
-    std::fs::write(&cfg, toml).unwrap();
-    let addr = |p: u16| format!("127.0.0.1:{p}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrocast"))
-        .args(["--rtmp-addr", &addr(rtmp), "--http-addr", &addr(http), "--rtsp-addr", &addr(rtsp)])
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--log-level", "debug"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start ferrocast");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = |what: &str| -> SocketAddr {
-        let line = lines.next().expect("ferrocast exited early").unwrap();
-        let prefix = format!("ferrocast: {what} listening on ");
-        line.strip_prefix(&prefix).unwrap_or_else(|| panic!("unexpected line {line:?}")).parse().unwrap()
-    };
-    let (rtmp, http, rtsp) = (next("rtmp"), next("http"), next("rtsp"));
-    Server { proc: Proc(child), rtmp, http, rtsp }
+    let [rtmp, http, rtsp] = [rtmp, http, rtsp].map(|p| format!("127.0.0.1:{p}"));
+    Server::spawn(toml, [&rtmp, &http, &rtsp], Stdio::inherit())
 }
