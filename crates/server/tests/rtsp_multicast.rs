@@ -7,54 +7,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream, UdpSocket};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A network namespace with only loopback, multicast routed to it; removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("ferrocast-test-{}", std::process::id());
-        let run = |args: &[&str]| {
-            let ok = Command::new("ip").args(args).status().is_ok_and(|s| s.success());
-            assert!(
-                ok,
-                "`ip {}` failed: the multicast test needs root and iproute2 (./scripts/test installs it)",
-                args.join(" ")
-            );
-        };
-        run(&["netns", "add", &name]);
-        let ns = Netns(name);
-        for args in [
-            &["link", "set", "lo", "up"][..],
-            &["link", "set", "lo", "multicast", "on"],
-            &["route", "add", "224.0.0.0/4", "dev", "lo"],
-        ] {
-            let mut full = vec!["netns", "exec", &ns.0, "ip"];
-            full.extend_from_slice(args);
-            run(&full);
-        }
-        ns
-    }
-
-    fn exec(&self, program: &str) -> Command {
-        command_in(Some(&self.0), program)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "pids", &self.0]).output().map(|o| {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        });
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 /// Starts the server and a looping RTMP publisher of `live/mc` in `ns`, and waits until the
 /// stream is readable over RTSP.
@@ -91,7 +47,7 @@ async fn serve_in(ns: &Netns) -> (Proc, Proc) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn multicast_and_unicast_readers_of_one_path() {
-    let ns = Netns::new();
+    let ns = Netns::new("test");
     let (server, _publisher) = serve_in(&ns).await;
     let name = ns.0.clone();
     let mut readers = Vec::new();
@@ -118,7 +74,7 @@ async fn multicast_and_unicast_readers_of_one_path() {
 async fn gstreamer_decodes_both_multicast_tracks() {
     require_gst("rtspsrc");
     require_gst("avdec_h264");
-    let ns = Netns::new();
+    let ns = Netns::new("test");
     let (_server, _publisher) = serve_in(&ns).await;
     let name = ns.0.clone();
     let pipeline = "rtspsrc location=rtsp://127.0.0.1:8554/live/mc protocols=udp-mcast name=s \
@@ -158,7 +114,7 @@ fn param<'a>(transport: &'a str, key: &str) -> &'a str {
 /// there as that track: each track must have a port of its own, carrying only its packets.
 #[tokio::test(flavor = "multi_thread")]
 async fn each_multicast_track_has_its_own_port() {
-    let ns = Netns::new();
+    let ns = Netns::new("test");
     let (_server, _publisher) = serve_in(&ns).await;
     let name = ns.0.clone();
     // A thread of its own enters the namespace (setns applies to the calling thread).

@@ -5,51 +5,15 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 
-/// A network namespace with only loopback, multicast routed to it; removed on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("ferrocast-pull-{}", std::process::id());
-        let run = |args: &[&str]| {
-            let ok = Command::new("ip").args(args).status().is_ok_and(|s| s.success());
-            assert!(ok, "`ip {}` failed: the multicast test needs root and iproute2", args.join(" "));
-        };
-        run(&["netns", "add", &name]);
-        let ns = Netns(name);
-        for args in [
-            &["link", "set", "lo", "up"][..],
-            &["link", "set", "lo", "multicast", "on"],
-            &["route", "add", "224.0.0.0/4", "dev", "lo"],
-        ] {
-            let mut full = vec!["netns", "exec", &ns.0, "ip"];
-            full.extend_from_slice(args);
-            run(&full);
-        }
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "pids", &self.0]).output().map(|o| {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        });
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_pulled_over_multicast_is_read() {
     require("ffmpeg");
-    let ns = Netns::new();
+    let ns = Netns::new("pull");
     // The upstream on the default ports (the namespace is private).
     let upstream = Proc(
         command_in(Some(&ns.0), env!("CARGO_BIN_EXE_ferrocast"))

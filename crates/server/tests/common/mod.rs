@@ -314,6 +314,53 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A network namespace with only loopback, multicast routed to it; its processes are killed
+/// and it is removed on drop. Needs root and iproute2 (./scripts/test installs it).
+pub struct Netns(pub String);
+
+impl Netns {
+    /// `ferrocast-PREFIX-PID`: one per test process (nextest runs each test in its own).
+    pub fn new(prefix: &str) -> Netns {
+        let name = format!("ferrocast-{prefix}-{}", std::process::id());
+        let run = |args: &[&str]| {
+            let ok = Command::new("ip").args(args).status().is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "`ip {}` failed: the multicast test needs root and iproute2 (./scripts/test installs it)",
+                args.join(" ")
+            );
+        };
+        run(&["netns", "add", &name]);
+        let ns = Netns(name);
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["link", "set", "lo", "multicast", "on"],
+            &["route", "add", "224.0.0.0/4", "dev", "lo"],
+        ] {
+            let mut full = vec!["netns", "exec", &ns.0, "ip"];
+            full.extend_from_slice(args);
+            run(&full);
+        }
+        ns
+    }
+
+    /// `program` run inside the namespace.
+    pub fn exec(&self, program: &str) -> Command {
+        command_in(Some(&self.0), program)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "pids", &self.0]).output().map(|o| {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        });
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
