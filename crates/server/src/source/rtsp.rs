@@ -512,9 +512,10 @@ impl Session<'_, '_> {
             }
             let Some(track) = self.media_of.iter().position(|&m| m == media) else { continue };
             if self.udp {
-                if let (Some((_, rtcp)), Some(Some((_, port)))) = (self.pairs.get(track), self.server_ports.get(track))
-                {
-                    let _ = rtcp.try_send_to(&packet, SocketAddr::new(self.camera, *port));
+                // To the camera's RTCP port, or to the group's over multicast (RFC 3550 6.1:
+                // receivers report to the session's RTCP address).
+                if let (Some((_, rtcp)), Some(Some(to))) = (self.pairs.get(track), self.rtcp_to.get(track)) {
+                    let _ = rtcp.try_send_to(&packet, *to);
                 }
             } else {
                 // Interleaved on the track's RTCP channel (RFC 2326 10.12).
