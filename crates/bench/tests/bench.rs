@@ -1,18 +1,12 @@
 //! ferrocast-bench against the real ferrocast binary: its counts and figures must be right,
 //! and a deliberately throttled reader must be reported as not keeping up.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Kill, rand_suffix};
 
 fn media() -> PathBuf {
     media_as("flv")
@@ -58,38 +52,7 @@ fn start_server() -> (Kill, String, String, String) {
 
 /// As [`start_server`], with more configuration.
 fn start_server_with(extra_config: &str) -> (Kill, String, String, String) {
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_ferrocast-bench"));
-    let server_bin = bench.with_file_name("ferrocast");
-    assert!(server_bin.exists(), "build the workspace first (cargo build --workspace): {}", server_bin.display());
-    let config = std::env::temp_dir().join(format!("ferrocast-bench-{}-{}.toml", std::process::id(), rand_suffix()));
-    std::fs::write(&config, format!("[rtsp]\nrtp_port = 0\nrtcp_port = 0\n{extra_config}")).unwrap();
-    let mut server = Kill(
-        Command::new(&server_bin)
-            .args([
-                "--rtmp-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--rtsp-addr",
-                "127.0.0.1:0",
-                "--log-level",
-                "warn",
-            ])
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(server.0.stdout.take().unwrap()).lines();
-    let mut addr = || lines.next().unwrap().unwrap().rsplit(' ').next().unwrap().to_owned();
-    let (rtmp, http, rtsp) = (addr(), addr(), addr());
-    (server, rtmp, http, rtsp)
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
+    support::start_server(extra_config)
 }
 
 /// Runs the bench publishing `file` to `path` on the server at (RTMP, HTTP, RTSP) addresses,

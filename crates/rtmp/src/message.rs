@@ -81,6 +81,16 @@ pub enum MediaKind {
 }
 
 impl MediaKind {
+    /// The kind of an FLV tag (whose tag types are RTMP's message type ids: 8 audio, 9 video,
+    /// 18 script data); any other type is sent as data.
+    pub fn from_tag_type(tag_type: u8) -> MediaKind {
+        match tag_type {
+            type_id::AUDIO => MediaKind::Audio,
+            type_id::VIDEO => MediaKind::Video,
+            _ => MediaKind::Data,
+        }
+    }
+
     /// The message type id.
     pub fn type_id(self) -> u8 {
         match self {

@@ -443,11 +443,7 @@ impl Connection {
                 for tag in tags.drain(..) {
                     match tag {
                         Tag::Own { tag_type, timestamp, body } => {
-                            let kind = match tag_type {
-                                flv::TAG_AUDIO => MediaKind::Audio,
-                                flv::TAG_VIDEO => MediaKind::Video,
-                                _ => MediaKind::Data,
-                            };
+                            let kind = MediaKind::from_tag_type(tag_type);
                             self.session.send_media_message(kind, timestamp as u32, sid, &body);
                         }
                         Tag::Frame { frame, track } => {

@@ -214,13 +214,8 @@ fn with_metadata(tracks: Arc<Tracks>) -> Arc<Tracks> {
 fn send_tag(session: &mut ClientSession, tag: Tag) {
     match tag {
         Tag::Own { tag_type, timestamp, body } => {
-            let kind = match tag_type {
-                flv::TAG_AUDIO => MediaKind::Audio,
-                flv::TAG_VIDEO => MediaKind::Video,
-                // The client sends data as `@setDataFrame` + the body (`onMetaData`, object).
-                _ => MediaKind::Data,
-            };
-            session.send_media(kind, timestamp as u32, &body);
+            // The client sends data as `@setDataFrame` + the body (`onMetaData`, object).
+            session.send_media(MediaKind::from_tag_type(tag_type), timestamp as u32, &body);
         }
         Tag::Frame { frame, track } => {
             let kind = match frame.kind {
