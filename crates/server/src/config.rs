@@ -38,8 +38,37 @@ pub struct Config {
     pub source: SourceConfig,
     /// Edge mode: paths not published here are pulled from an origin.
     pub edge: EdgeConfig,
+    /// Log line format: `"text"` or `"json"`.
+    pub log_format: LogFormat,
+    /// `[auth]`: users and their permissions, the external decision (HTTP, JWT).
+    pub auth: crate::auth::AuthConfig,
+    /// `[api]`: the HTTP API (`/api/v1`).
+    pub api: ApiConfig,
+    /// `[hooks]`: notifications on publish, read and recordings.
+    pub hooks: crate::hooks::HooksConfig,
+    /// `[console]`: the web console at `/`.
+    pub console: crate::console::ConsoleConfig,
     /// `[paths."PATTERN"]`: per-path settings (record, `hls_variant`, ...), in file order.
     pub paths: PathTable,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Serve the API (`/api/v1`) on this address instead of the HTTP listener's.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `record.part_duration_ms`: at least 100 ms (a part per frame or two would be all box
@@ -380,6 +409,11 @@ impl Default for Config {
             vod: VodConfig::default(),
             source: SourceConfig::default(),
             edge: EdgeConfig::default(),
+            log_format: LogFormat::Text,
+            auth: Default::default(),
+            api: ApiConfig::default(),
+            hooks: Default::default(),
+            console: Default::default(),
             paths: PathTable::default(),
         }
     }

@@ -69,6 +69,9 @@ pub struct Hub {
     sources: OnceLock<Weak<dyn Sources>>,
     /// Counters.
     pub stats: HubStats,
+    /// Every open session (connections, publishers, readers, sources, push relays): the
+    /// registry the API, metrics, hooks and logs share. On the hub because every driver has it.
+    pub sessions: Arc<crate::session::Sessions>,
 }
 
 /// Readers' demand for a path whose stream a pulled source provides (DESIGN.md, issue 17):
@@ -265,6 +268,7 @@ impl Hub {
             new_streams: broadcast::channel(NEW_STREAM_QUEUE).0,
             sources: OnceLock::new(),
             stats: HubStats::default(),
+            sessions: crate::session::Sessions::new(),
         })
     }
 

@@ -2,17 +2,21 @@
 //! protocol crates into one media server.
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod edge;
 pub mod event;
 pub mod fanout;
 pub mod hls;
+pub mod hooks;
 pub mod http;
 pub mod http_flv;
 pub mod hub;
 pub mod ingest;
 pub mod limits;
+pub mod metrics;
 pub mod path;
 pub mod paths;
 pub mod push;
@@ -21,6 +25,7 @@ pub mod record;
 pub mod relay;
 pub mod rtmp_server;
 pub mod rtsp;
+pub mod session;
 pub mod sockio;
 pub mod source;
 pub mod timeline;
