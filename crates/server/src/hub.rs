@@ -72,6 +72,8 @@ pub struct Hub {
     /// Every open session (connections, publishers, readers, sources, push relays): the
     /// registry the API, metrics, hooks and logs share. On the hub because every driver has it.
     pub sessions: Arc<crate::session::Sessions>,
+    /// Who may publish, read, play back, use the API and read metrics (reloadable).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// Readers' demand for a path whose stream a pulled source provides (DESIGN.md, issue 17):
@@ -269,6 +271,7 @@ impl Hub {
             sources: OnceLock::new(),
             stats: HubStats::default(),
             sessions: crate::session::Sessions::new(),
+            auth: crate::auth::Auth::new(Default::default()),
         })
     }
 

@@ -12,6 +12,7 @@ pub mod fanout;
 pub mod hls;
 pub mod hooks;
 pub mod http;
+pub mod http_client;
 pub mod http_flv;
 pub mod hub;
 pub mod ingest;
@@ -58,6 +59,7 @@ pub async fn run(
     on_bound: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
     let hub = hub::Hub::with_limits(config.hub.clone(), &config.limits);
+    hub.auth.replace(config.auth.clone())?;
     let limiter = limits::Limiter::new(config.limits.clone());
     let rtmp = TcpListener::bind(config.rtmp.listen)
         .await
