@@ -224,7 +224,7 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     }
     debug!(%peer, path = stream, "http-flv reader on hyper's path");
     let watchdog = req.extensions().get::<Watchdog>().cloned();
-    crate::http_flv::respond(&state.hub, stream, req.method() == Method::HEAD, watchdog).await
+    crate::http_flv::respond_to(&state.hub, stream, req.method() == Method::HEAD, watchdog, peer).await
 }
 
 async fn hls_response(

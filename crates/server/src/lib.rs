@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod path;
 pub mod paths;
 pub mod push;
+pub mod rate;
 pub mod reader;
 pub mod record;
 pub mod relay;
