@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod http;
 pub mod http_client;
 pub mod http_flv;
+pub mod http_sessions;
 pub mod hub;
 pub mod ingest;
 pub mod limits;

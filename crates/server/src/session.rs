@@ -184,6 +184,18 @@ impl SessionInfo {
         self.kicked.load(Ordering::Acquire)
     }
 
+    /// Completes when the session is kicked (at once if it was already); for a task that
+    /// holds the shared record rather than the handle.
+    pub async fn kicked(&self) {
+        loop {
+            let notified = self.kick.notified();
+            if self.was_kicked() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Why it ended (`"kicked"`, `"closed by peer"`, an error), if known.
     pub fn reason(&self) -> Option<String> {
         self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -312,6 +324,7 @@ impl Sessions {
     pub fn kick(&self, id: SessionId) -> bool {
         let Some(info) = self.get(id) else { return false };
         info.kicked.store(true, Ordering::Release);
+        info.kick.notify_waiters();
         info.kick.notify_one();
         self.stats.kicked.fetch_add(1, Ordering::Relaxed);
         true
@@ -403,13 +416,7 @@ impl SessionHandle {
 
     /// Completes when the session is kicked (at once if it was already).
     pub async fn kicked(&self) {
-        loop {
-            let notified = self.info.kick.notified();
-            if self.info.was_kicked() {
-                return;
-            }
-            notified.await;
-        }
+        self.info.kicked().await
     }
 }
 
