@@ -38,6 +38,21 @@ pub struct AppState {
     api: Arc<Api>,
     /// Sessions of HLS players and HTTP playback (no connection held).
     http_sessions: Arc<crate::http_sessions::HttpSessions>,
+    /// What this listener serves.
+    scope: Scope,
+}
+
+/// What a listener serves: with `api.listen` set, the API is served on that address only
+/// (as MediaMTX does), and the HTTP port serves everything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Everything: media, and the API under `/api/v1`.
+    #[default]
+    All,
+    /// Everything but the API (`api.listen` is set).
+    NoApi,
+    /// The API only (the `api.listen` listener).
+    ApiOnly,
 }
 
 /// The router, without pulled sources or push relays in the API.
@@ -48,9 +63,21 @@ pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>) -> 
 
 /// The router, with `api` answering `/api/v1/paths` and `/api/v1/probe`.
 pub fn router_with(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>, api: Arc<Api>) -> Router {
+    router_scoped(hub, hls, playback, api, Scope::All)
+}
+
+/// [`router_with`], serving `scope` only.
+pub fn router_scoped(
+    hub: Arc<Hub>,
+    hls: Arc<HlsRegistry>,
+    playback: Arc<Playback>,
+    api: Arc<Api>,
+    scope: Scope,
+) -> Router {
     let recordings = playback.recordings.clone();
+    api.attach_services(hls.clone(), recordings.clone());
     let http_sessions = crate::http_sessions::HttpSessions::new(hub.sessions.clone());
-    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback, api, http_sessions })
+    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback, api, http_sessions, scope })
 }
 
 /// Serves HTTP until the task is dropped.
@@ -83,9 +110,24 @@ pub async fn serve_with(
     limiter: Arc<Limiter>,
     api: Arc<Api>,
 ) {
+    serve_scoped(listener, config, hub, hls, playback, limiter, api, Scope::All).await
+}
+
+/// [`serve_with`], serving `scope` only (see [`Scope`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_scoped(
+    listener: TcpListener,
+    config: HttpConfig,
+    hub: Arc<Hub>,
+    hls: Arc<HlsRegistry>,
+    playback: Arc<Playback>,
+    limiter: Arc<Limiter>,
+    api: Arc<Api>,
+    scope: Scope,
+) {
     let nodelay = reader_nodelay(&hub);
     let write_timeout = write_timeout(&hub);
-    let app = router_with(hub.clone(), hls, playback, api);
+    let app = router_scoped(hub.clone(), hls, playback, api, scope);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.request_timeout_ms))
@@ -132,7 +174,8 @@ pub async fn serve_with(
                 debug!(%peer, "http: no request head within {request_timeout:?}");
                 return;
             };
-            if let Some(stream) = whole.then(|| crate::http_flv::flv_path(&head)).flatten() {
+            let flv = whole && scope != Scope::ApiOnly;
+            if let Some(stream) = flv.then(|| crate::http_flv::flv_path(&head)).flatten() {
                 if let Err(e) = crate::http_flv::serve(socket, stream, hub).await {
                     debug!(%peer, "http-flv connection: {e:#}");
                 }
@@ -177,6 +220,16 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     if req.method() == Method::OPTIONS {
         return plain(StatusCode::NO_CONTENT, "");
     }
+    let is_api = uri_path == crate::api::PREFIX || uri_path.starts_with("/api/v1/");
+    match state.scope {
+        Scope::ApiOnly if !is_api => {
+            return crate::api::error(StatusCode::NOT_FOUND, "only the API (/api/v1) is served here");
+        }
+        Scope::NoApi if is_api => {
+            return crate::api::error(StatusCode::NOT_FOUND, "the API is served on its own address (api.listen)");
+        }
+        _ => {}
+    }
     if crate::record::api::answers(&uri_path) {
         // SQLite and the file system: off the workers the live readers share.
         let (rec, method, query) =
@@ -193,6 +246,9 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     if crate::api::answers(&uri_path) {
         let method = req.method().clone();
         return crate::api::handle(&state.api, &method, &uri_path, req.into_body(), api_peer).await;
+    }
+    if is_api {
+        return crate::api::error(StatusCode::NOT_FOUND, "no such API route (see /api/v1/openapi.json)");
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");

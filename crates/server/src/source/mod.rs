@@ -696,7 +696,7 @@ pub struct ProbeTrack {
     pub channels: Option<u8>,
 }
 
-fn probe_track(t: &ferrocast_media::TrackInfo) -> ProbeTrack {
+pub(crate) fn probe_track(t: &ferrocast_media::TrackInfo) -> ProbeTrack {
     use ferrocast_media::{TrackInfo, VideoCodec};
     match t {
         TrackInfo::Video { codec, config, clock_rate } => {
