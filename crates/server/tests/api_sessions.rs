@@ -45,7 +45,7 @@ async fn paths_and_sessions_while_read_over_every_protocol_and_kicks() {
     let mut rtsp_udp = read_with_ffmpeg(&server.rtsp_url(path), &["-rtsp_transport", "udp"]);
     let mut flv = read_with_ffmpeg(&server.flv_url(path), &[]);
     let hls_url = format!("http://{}/{path}/index.m3u8", server.http);
-    let mut hls = read_with_ffmpeg(&hls_url, &[]);
+    let hls = read_with_ffmpeg(&hls_url, &[]);
 
     // Readers counted by protocol, HLS players included.
     let url = format!("{api}/paths/{path}");
