@@ -298,3 +298,68 @@ async fn api_listen_moves_the_api_to_its_own_address() {
     // The media is still served on the HTTP port.
     assert_eq!(http_status(&server.flv_url(path)).await, Some(200));
 }
+
+/// A pulled source and a push relay are sessions too: the source's peer is the camera (here
+/// another server), the relay's the target; kicking the source makes it reconnect.
+#[tokio::test(flavor = "multi_thread")]
+async fn pulled_sources_and_push_relays_are_sessions() {
+    let origin = Server::start();
+    let _camera = publish(test_flv(), &origin.rtmp_url("live/cam"));
+    wait_published(&origin, "live/cam").await;
+    let relay = Server::with_config(&format!(
+        "[paths.\"cams/lobby\"]\nsource = \"rtsp://{}/live/cam\"\nsource_on_demand = false\npush = [\"rtmp://{}/live/pushed\"]\n",
+        origin.rtsp, origin.rtmp
+    ));
+    let api = format!("http://{}/api/v1", relay.http);
+    let source_of = |all: &Value| -> Option<(String, String)> {
+        let s = sessions_of(all, "cams/lobby", "rtsp", "source").first().copied()?;
+        Some((s["id"].as_str()?.to_owned(), s["remote_addr"].as_str()?.to_owned()))
+    };
+    let (id, peer) =
+        until("the source's session", async || source_of(&get_json(&format!("{api}/sessions")).await)).await;
+    assert_eq!(peer, origin.rtsp.to_string(), "a source's peer is the camera");
+    let p = until("the path live with its source as publisher", async || {
+        let p = get_json(&format!("{api}/paths/cams/lobby")).await;
+        (p["live"] == true && p["publisher"]["session_id"] == id.as_str()).then_some(p)
+    })
+    .await;
+    assert_eq!(p["publisher"]["protocol"], "rtsp");
+    // Its bytes in grow.
+    let bytes = |all: &Value, id: &str| {
+        all["items"].as_array().unwrap().iter().find(|s| s["id"] == id).map(|s| s["bytes_in"].as_u64().unwrap())
+    };
+    let b1 = until("source bytes", async || bytes(&get_json(&format!("{api}/sessions")).await, &id).filter(|b| *b > 0))
+        .await;
+    let b2 = until("source bytes growing", async || {
+        bytes(&get_json(&format!("{api}/sessions")).await, &id).filter(|b| *b > b1)
+    })
+    .await;
+    assert!(b2 > b1);
+    // The push relay: a session to the target, bytes out growing; the origin sees it as a
+    // publisher.
+    let push = until("the push relay's session", async || {
+        let all = get_json(&format!("{api}/sessions")).await;
+        sessions_of(&all, "cams/lobby", "rtmp", "push")
+            .first()
+            .filter(|s| s["bytes_out"].as_u64().unwrap() > 0)
+            .map(|s| s["remote_addr"].as_str().unwrap().to_owned())
+    })
+    .await;
+    assert_eq!(push, origin.rtmp.to_string());
+    let origin_api = format!("http://{}/api/v1", origin.http);
+    until("the pushed path on the origin", async || {
+        let all = get_json(&format!("{origin_api}/sessions")).await;
+        (!sessions_of(&all, "live/pushed", "rtmp", "publisher").is_empty()).then_some(())
+    })
+    .await;
+    // The origin sees the source as an RTSP reader of live/cam.
+    let all = get_json(&format!("{origin_api}/sessions")).await;
+    assert_eq!(sessions_of(&all, "live/cam", "rtsp", "reader").len(), 1, "{all}");
+    // Kicked, the source connects again: a new session.
+    assert_eq!(request("DELETE", &format!("{api}/sessions/{id}"), None).await.status, 204);
+    let (id2, _) = until("the source's next session", async || {
+        source_of(&get_json(&format!("{api}/sessions")).await).filter(|(i, _)| *i != id)
+    })
+    .await;
+    assert_ne!(id2, id);
+}
