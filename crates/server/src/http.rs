@@ -261,7 +261,8 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     }
     if let Some(r) = crate::vod::http::respond(&state.playback, req.method(), req.uri(), req.headers()).await {
         if let Some(p) = played.filter(|_| r.status().is_success()) {
-            state.http_sessions.served(Protocol::HttpPlayback, Role::Playback, peer, p, content_length(&r));
+            let sent = if req.method() == Method::HEAD { 0 } else { content_length(&r) };
+            state.http_sessions.served(Protocol::HttpPlayback, Role::Playback, peer, p, sent);
         }
         return r;
     }
@@ -288,7 +289,8 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
         };
         let r = hls_response(&state.hls, stream, file, head, range, if_none_match).await;
         if r.status().is_success() {
-            state.http_sessions.served(Protocol::Hls, Role::Reader, peer, stream, content_length(&r));
+            let sent = if head { 0 } else { content_length(&r) };
+            state.http_sessions.served(Protocol::Hls, Role::Reader, peer, stream, sent);
         }
         return r;
     }
