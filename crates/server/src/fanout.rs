@@ -661,6 +661,10 @@ mod tests {
     async fn direct_writes_then_falls_back_with_the_rest_and_queues() {
         let (a, mut b) = pair().await;
         let slot = Slot::new(Some(a), 10, 4);
+        let sessions = crate::session::Sessions::new();
+        let session = sessions.open(crate::session::Protocol::Rtmp, "127.0.0.1:1".parse().unwrap());
+        slot.count_into(session.info().clone());
+        let sent = || session.info().bytes_out.load(Ordering::Relaxed) as usize;
         // Before the reader's snapshot: ignored.
         slot.deliver(&[(9, frame(b"old".to_vec()))]);
         assert!(slot.pop().is_none());
@@ -673,6 +677,7 @@ mod tests {
         let mut buf = [0u8; 6];
         b.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"direct", "the fan-out wrote to the socket itself");
+        assert_eq!(sent(), 6, "direct writes count in the reader's session");
         // A frame the socket cannot take whole: the rest waits for the reader's task.
         let big = vec![7u8; 64 << 20];
         slot.deliver(&[(12, frame(big.clone()))]);
@@ -681,6 +686,7 @@ mod tests {
         slot.take_over(&mut pending).unwrap();
         let rest: usize = pending.iter().map(Bytes::len).sum();
         assert!(rest > 0 && rest < big.len(), "partly written: {rest} left");
+        assert_eq!(sent(), 6 + big.len() - rest, "what the socket took is counted, not the rest");
         // Later events queue, bounded: an overflow is a lag.
         for seq in 13..20 {
             slot.deliver(&[(seq, frame(vec![1]))]);

@@ -207,7 +207,9 @@ impl Conn {
     /// Sends what a playback viewer has due and answers its PLAY.
     fn pump_vod(&mut self) {
         let Media::Vod(v) = &mut self.media else { return };
-        if let Err(e) = v.pump(&self.shared, &mut self.session, &mut self.out, &self.txs) {
+        let r = v.pump(&self.shared, &mut self.session, &mut self.out, &self.txs);
+        self.sess.info().add_out(std::mem::take(&mut v.udp_sent) as usize);
+        if let Err(e) = r {
             self.ended(&e);
         }
     }

@@ -102,6 +102,8 @@ pub(super) struct VodPlaying {
     reading: Option<tokio::task::JoinHandle<Read>>,
     sent: [Sent; 2],
     udp: Vec<Bytes>,
+    /// Bytes sent over UDP since the connection last took the count (its session's bytes out).
+    pub(super) udp_sent: u64,
 }
 
 /// What woke a playing viewer.
@@ -119,6 +121,7 @@ impl VodPlaying {
             reading: None,
             sent: Default::default(),
             udp: Vec::new(),
+            udp_sent: 0,
         }
     }
 
@@ -188,7 +191,9 @@ impl VodPlaying {
                 Output::Rtp { track, packets } => {
                     if let Some((_, tx)) = txs.iter().find(|(i, _)| *i == track) {
                         let sent = &mut self.sent[track.min(1)];
-                        send_frame(shared, &mut out.headers, &mut self.udp, &mut out.bufs, tx, &packets, sent);
+                        self.udp_sent +=
+                            send_frame(shared, &mut out.headers, &mut self.udp, &mut out.bufs, tx, &packets, sent)
+                                as u64;
                     }
                 }
                 Output::Rtcp { track, packet } => {
