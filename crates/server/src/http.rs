@@ -35,6 +35,7 @@ pub struct AppState {
     recordings: Arc<Recordings>,
     playback: Arc<Playback>,
     api: Arc<Api>,
+    console: Arc<crate::console::Console>,
 }
 
 /// The router, without pulled sources or push relays in the API.
@@ -45,8 +46,20 @@ pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>) -> 
 
 /// The router, with `api` answering `/api/v1/paths` and `/api/v1/probe`.
 pub fn router_with(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>, api: Arc<Api>) -> Router {
+    let console = crate::console::Console::new(Default::default());
+    router_console(hub, hls, playback, api, console)
+}
+
+/// [`router_with`], with the web console at `/` served by `console`.
+pub fn router_console(
+    hub: Arc<Hub>,
+    hls: Arc<HlsRegistry>,
+    playback: Arc<Playback>,
+    api: Arc<Api>,
+    console: Arc<crate::console::Console>,
+) -> Router {
     let recordings = playback.recordings.clone();
-    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback, api })
+    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback, api, console })
 }
 
 /// Serves HTTP until the task is dropped.
@@ -79,9 +92,25 @@ pub async fn serve_with(
     limiter: Arc<Limiter>,
     api: Arc<Api>,
 ) {
+    let console = crate::console::Console::new(Default::default());
+    serve_console(listener, config, hub, hls, playback, limiter, api, console).await
+}
+
+/// [`serve_with`], with the web console at `/` served by `console`.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_console(
+    listener: TcpListener,
+    config: HttpConfig,
+    hub: Arc<Hub>,
+    hls: Arc<HlsRegistry>,
+    playback: Arc<Playback>,
+    limiter: Arc<Limiter>,
+    api: Arc<Api>,
+    console: Arc<crate::console::Console>,
+) {
     let nodelay = reader_nodelay(&hub);
     let write_timeout = write_timeout(&hub);
-    let app = router_with(hub.clone(), hls, playback, api);
+    let app = router_console(hub.clone(), hls, playback, api, console);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.request_timeout_ms))
@@ -189,6 +218,11 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     if crate::api::answers(&uri_path) {
         let method = req.method().clone();
         return crate::api::handle(&state.api, &method, &uri_path, req.into_body(), api_peer).await;
+    }
+    if state.console.answers(&uri_path) {
+        if let Some(r) = state.console.respond(req.method(), &uri_path).await {
+            return r;
+        }
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");

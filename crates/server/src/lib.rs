@@ -85,7 +85,9 @@ pub async fn run(
     let pushes = push::start(hub.clone(), config.source.clone(), config.paths.clone(), config.rtsp.mtu);
     let api = api::Api::new(hub.clone(), Some(sources.clone()), Some(pushes), config.source.clone());
     let playback = vod::Playback::new(recordings.clone(), config.vod.clone());
-    let http_task = tokio::spawn(http::serve_with(
+    let console = console::Console::new(config.console.clone());
+    console.warn_if_missing();
+    let http_task = tokio::spawn(http::serve_console(
         http,
         config.http.clone(),
         hub.clone(),
@@ -93,6 +95,7 @@ pub async fn run(
         playback.clone(),
         limiter.clone(),
         api,
+        console,
     ));
     let rtsp_config = config.rtsp.clone();
     let rtsp_hub = hub.clone();
