@@ -136,11 +136,8 @@ impl Console {
     /// The npm packages whose files are missing from `[console] dir` (logged once at start by
     /// [`Console::warn_if_missing`]).
     pub fn missing_packages(&self) -> Vec<&'static str> {
-        let mut out: Vec<&'static str> = LIBRARIES
-            .iter()
-            .filter(|l| !self.config.dir.join(l.file).is_file())
-            .map(|l| l.package)
-            .collect();
+        let mut out: Vec<&'static str> =
+            LIBRARIES.iter().filter(|l| !self.config.dir.join(l.file).is_file()).map(|l| l.package).collect();
         out.dedup();
         out
     }

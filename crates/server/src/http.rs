@@ -219,10 +219,8 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
         let method = req.method().clone();
         return crate::api::handle(&state.api, &method, &uri_path, req.into_body(), api_peer).await;
     }
-    if state.console.answers(&uri_path) {
-        if let Some(r) = state.console.respond(req.method(), &uri_path).await {
-            return r;
-        }
+    if let Some(r) = state.console.respond(req.method(), &uri_path).await {
+        return r;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
