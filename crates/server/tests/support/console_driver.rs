@@ -84,6 +84,7 @@ impl Driver {
     pub fn expect(&mut self, step: &str) -> serde_json::Value {
         let v = tokio::task::block_in_place(|| self.steps.recv_timeout(STEP_GUARD))
             .unwrap_or_else(|e| panic!("console.mjs sent no {step:?} step: {e} (exit: {:?})", self.child.try_wait()));
+        eprintln!("console.mjs: {v}");
         if v["step"] == "error" {
             panic!("console.mjs failed before {step:?}: {}", v["message"].as_str().unwrap_or_default());
         }
@@ -108,7 +109,7 @@ impl Drop for Driver {
     fn drop(&mut self) {
         // The whole group: node and the Chromium it started.
         let pgid = self.child.id();
-        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).status();
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pgid}")]).stderr(Stdio::null()).status();
         let _ = self.child.wait();
     }
 }
