@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use api_common::{exits, get_json, read_with_ffmpeg, request, until};
+use api_common::{exits, free_udp_pair, get_json, read_with_ffmpeg, request, until};
 use common::*;
 use serde_json::Value;
 
@@ -34,7 +34,8 @@ fn has_required(doc: &Value, schema: &str, value: &Value) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn paths_and_sessions_while_read_over_every_protocol_and_kicks() {
-    let server = Server::start();
+    let rtp = free_udp_pair().await;
+    let server = Server::with_config(&format!("[rtsp]\nrtp_port = {rtp}\nrtcp_port = {}\n", rtp + 1));
     let api = format!("http://{}/api/v1", server.http);
     let path = "live/api";
     let mut publisher = publish(test_flv(), &server.rtmp_url(path));
@@ -44,7 +45,7 @@ async fn paths_and_sessions_while_read_over_every_protocol_and_kicks() {
     let mut rtsp_udp = read_with_ffmpeg(&server.rtsp_url(path), &["-rtsp_transport", "udp"]);
     let mut flv = read_with_ffmpeg(&server.flv_url(path), &[]);
     let hls_url = format!("http://{}/{path}/index.m3u8", server.http);
-    let mut hls = read_with_ffmpeg(&hls_url, &[]);
+    let hls = read_with_ffmpeg(&hls_url, &[]);
 
     // Readers counted by protocol, HLS players included.
     let url = format!("{api}/paths/{path}");
@@ -124,11 +125,14 @@ async fn paths_and_sessions_while_read_over_every_protocol_and_kicks() {
         assert_eq!(request("DELETE", &format!("{api}/sessions/{bad}"), None).await.status, 404);
     }
 
-    // RTCP receiver-report figures of the RTSP readers: ffmpeg sends receiver reports over
-    // UDP (the RTCP port beside each track's RTP port).
-    let rtcp = until("RTCP figures of an RTSP reader", async || {
+    // RTCP receiver-report figures of the RTSP reader over UDP: ffmpeg sends its receiver
+    // reports over UDP only (to the server's RTCP port), so that reader is the UDP one.
+    let (udp_id, rtcp) = until("RTCP figures of the RTSP reader over UDP", async || {
         let all = get_json(&format!("{api}/sessions")).await;
-        sessions_of(&all, path, "rtsp", "reader").iter().find(|s| !s["rtcp"].is_null()).map(|s| s["rtcp"].clone())
+        sessions_of(&all, path, "rtsp", "reader")
+            .iter()
+            .find(|s| !s["rtcp"].is_null())
+            .map(|s| (s["id"].as_str().unwrap().to_owned(), s["rtcp"].clone()))
     })
     .await;
     assert!(rtcp["jitter"].as_f64().unwrap() >= 0.0, "{rtcp}");
@@ -141,22 +145,14 @@ async fn paths_and_sessions_while_read_over_every_protocol_and_kicks() {
     assert_eq!(request("DELETE", &format!("{api}/sessions/{flv_id}"), None).await.status, 204);
     assert!(exits(&mut flv).await, "the kicked HTTP-FLV reader's ffmpeg is still running");
     assert_eq!(request("GET", &format!("{api}/sessions/{flv_id}"), None).await.status, 404);
-    // Which RTSP session is the TCP one: the one whose client sends its reports in band has
-    // bytes in; tell them apart by kicking one and seeing which process ends.
-    let rtsp_ids: Vec<String> =
-        sessions_of(&all, path, "rtsp", "reader").iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(request("DELETE", &format!("{api}/sessions/{}", rtsp_ids[0]), None).await.status, 204);
-    let ended = until("a kicked RTSP reader's ffmpeg ends", async || {
-        if rtsp_tcp.0.try_wait().unwrap().is_some() {
-            Some("tcp")
-        } else if rtsp_udp.0.try_wait().unwrap().is_some() {
-            Some("udp")
-        } else {
-            None
-        }
-    })
-    .await;
-    eprintln!("kicked the RTSP reader over {ended}");
+    let tcp_id = sessions_of(&all, path, "rtsp", "reader")
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .find(|id| *id != udp_id)
+        .unwrap();
+    assert_eq!(request("DELETE", &format!("{api}/sessions/{tcp_id}"), None).await.status, 204);
+    assert!(exits(&mut rtsp_tcp).await, "the kicked RTSP reader's ffmpeg is still running");
+    assert!(rtsp_udp.0.try_wait().unwrap().is_none(), "the RTSP reader over UDP ended too");
     until("the kicked readers gone from the path", async || {
         let by = get_json(&url).await["readers_by_protocol"].clone();
         (by["rtsp"] == 1 && by["http_flv"] == 0).then_some(())

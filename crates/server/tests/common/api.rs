@@ -123,3 +123,15 @@ pub async fn exits(proc: &mut Proc) -> bool {
 pub fn arg(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
+
+/// An even UDP port whose next port is free too: the server's RTP and RTCP ports, adjacent as
+/// ffmpeg expects (it sends its receiver reports to the server's RTP port + 1, RFC 3550 11).
+pub async fn free_udp_pair() -> u16 {
+    loop {
+        let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port % 2 == 0 && port < 65534 && tokio::net::UdpSocket::bind(("127.0.0.1", port + 1)).await.is_ok() {
+            return port;
+        }
+    }
+}
