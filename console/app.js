@@ -97,15 +97,15 @@
     const opts = {
       width,
       height: 150,
-      legend: { show: true },
+      legend: { live: false },
       cursor: { show: false },
       scales: { x: { time: true }, b: { range: (u, min, max) => [0, Math.max(max * 1.1, 1000)] },
         n: { range: (u, min, max) => [0, Math.max(max + 1, 2)] } },
       series: [
         {},
-        { label: 'bitrate in', scale: 'b', stroke: '#2b8a3e', width: 2, fill: 'rgba(43,138,62,0.12)',
+        { label: 'bitrate in', scale: 'b', stroke: '#2b8a3e', width: 2, points: { show: false }, fill: 'rgba(43,138,62,0.12)',
           value: (u, v) => fmtBits(v) },
-        { label: 'viewers', scale: 'n', stroke: '#1c7ed6', width: 2, value: (u, v) => (v == null ? '–' : v) },
+        { label: 'viewers', scale: 'n', stroke: '#1c7ed6', width: 2, points: { show: false }, value: (u, v) => (v == null ? '–' : v) },
       ],
       axes: [
         {},
