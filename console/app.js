@@ -8,6 +8,11 @@
   const RECORDINGS_POLL_MS = 5000;
   const HISTORY_S = 300; // the charts show the last five minutes
   const TIMELINE_S = 24 * 3600; // the recordings timeline covers the last day
+  // A busy server lists more than a page can redraw every second: the first ones are shown,
+  // and a line says how many more there are (the API has them all).
+  const MAX_CARDS = 100;
+  const MAX_SESSION_ROWS = 500;
+  const MAX_TIMELINES = 50;
 
   const libs = {
     'hls.js': typeof window.Hls !== 'undefined',
@@ -238,7 +243,15 @@
     if (card.chart) card.chart.setData([card.t, card.b, card.n]);
   }
 
-  function renderPaths(items) {
+  function more(id, shown, total, what) {
+    const e = $(id);
+    e.hidden = total <= shown;
+    e.textContent = total > shown ? (total - shown) + ' more ' + what + ' not shown (see the API)' : '';
+  }
+
+  function renderPaths(all) {
+    const items = all.slice(0, MAX_CARDS);
+    more('more-paths', items.length, all.length, 'paths');
     const now = Date.now() / 1000;
     const seen = new Set();
     const box = $('paths');
@@ -288,7 +301,9 @@
     }
   }
 
-  function renderSessions(items) {
+  function renderSessions(all) {
+    const items = all.slice(0, MAX_SESSION_ROWS);
+    more('more-sessions', items.length, all.length, 'sessions');
     const body = $('sessions').tBodies[0];
     const seen = new Set();
     for (const s of items) {
@@ -396,7 +411,9 @@
   async function pollRecordings() {
     try {
       const list = await getJson('/api/v1/recordings');
-      const paths = (Array.isArray(list.paths) ? list.paths : []).map((p) => p.path).filter((p) => typeof p === 'string');
+      const all = (Array.isArray(list.paths) ? list.paths : []).map((p) => p.path).filter((p) => typeof p === 'string');
+      const paths = all.slice(0, MAX_TIMELINES);
+      more('more-recordings', paths.length, all.length, 'recorded paths');
       const since = new Date(Date.now() - TIMELINE_S * 1000).toISOString();
       for (const path of paths) {
         let tl = timelines.get(path);
