@@ -40,6 +40,8 @@ pub struct AppState {
     http_sessions: Arc<crate::http_sessions::HttpSessions>,
     /// What this listener serves.
     scope: Scope,
+    /// The web console at `/`.
+    console: Arc<crate::console::Console>,
 }
 
 /// What a listener serves: with `api.listen` set, the API is served on that address only
@@ -74,10 +76,32 @@ pub fn router_scoped(
     api: Arc<Api>,
     scope: Scope,
 ) -> Router {
+    let console = crate::console::Console::new(Default::default());
+    router_console(hub, hls, playback, api, scope, console)
+}
+
+/// [`router_scoped`], with the web console at `/` served by `console`.
+pub fn router_console(
+    hub: Arc<Hub>,
+    hls: Arc<HlsRegistry>,
+    playback: Arc<Playback>,
+    api: Arc<Api>,
+    scope: Scope,
+    console: Arc<crate::console::Console>,
+) -> Router {
     let recordings = playback.recordings.clone();
     api.attach_services(hls.clone(), recordings.clone());
     let http_sessions = crate::http_sessions::HttpSessions::new(hub.sessions.clone());
-    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback, api, http_sessions, scope })
+    Router::new().fallback(handle).with_state(AppState {
+        hub,
+        hls,
+        recordings,
+        playback,
+        api,
+        http_sessions,
+        scope,
+        console,
+    })
 }
 
 /// Serves HTTP until the task is dropped.
@@ -125,9 +149,26 @@ pub async fn serve_scoped(
     api: Arc<Api>,
     scope: Scope,
 ) {
+    let console = crate::console::Console::new(Default::default());
+    serve_console(listener, config, hub, hls, playback, limiter, api, scope, console).await
+}
+
+/// [`serve_scoped`], with the web console at `/` served by `console`.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_console(
+    listener: TcpListener,
+    config: HttpConfig,
+    hub: Arc<Hub>,
+    hls: Arc<HlsRegistry>,
+    playback: Arc<Playback>,
+    limiter: Arc<Limiter>,
+    api: Arc<Api>,
+    scope: Scope,
+    console: Arc<crate::console::Console>,
+) {
     let nodelay = reader_nodelay(&hub);
     let write_timeout = write_timeout(&hub);
-    let app = router_scoped(hub.clone(), hls, playback, api, scope);
+    let app = router_console(hub.clone(), hls, playback, api, scope, console);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.request_timeout_ms))
@@ -249,6 +290,9 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     }
     if is_api {
         return crate::api::error(StatusCode::NOT_FOUND, "no such API route (see /api/v1/openapi.json)");
+    }
+    if let Some(r) = state.console.respond(req.method(), &uri_path).await {
+        return r;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");

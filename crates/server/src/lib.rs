@@ -107,7 +107,9 @@ pub async fn run(
         None => None,
     };
     let scope = if api_task.is_some() { http::Scope::NoApi } else { http::Scope::All };
-    let http_task = tokio::spawn(http::serve_scoped(
+    let console = console::Console::new(config.console.clone());
+    console.warn_if_missing();
+    let http_task = tokio::spawn(http::serve_console(
         http,
         config.http.clone(),
         hub.clone(),
@@ -116,6 +118,7 @@ pub async fn run(
         limiter.clone(),
         api,
         scope,
+        console,
     ));
     let rtsp_config = config.rtsp.clone();
     let rtsp_hub = hub.clone();
