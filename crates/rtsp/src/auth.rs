@@ -733,6 +733,54 @@ mod tests {
         assert!(verify(&c, Some(&header), "DESCRIBE", "rtsp://h:8554/open/x/", "n1"));
     }
 
+    /// What a server reads from `Authorization`: Basic, Digest (with and without qop, MD5 and
+    /// SHA-256), and what it refuses to read.
+    #[test]
+    fn offered_credentials_parse_and_verify() {
+        let creds = Credentials::parse("cam:s3cret").unwrap();
+        let basic = format!("Basic {}", base64::encode(b"cam:s3:cret"));
+        assert_eq!(
+            Offered::parse(&basic, "DESCRIBE"),
+            Some(Offered::Basic(Credentials { user: "cam".into(), password: "s3:cret".into() }))
+        );
+        for (alg, qop) in [("MD5", false), ("SHA-256", false), ("MD5", true), ("SHA-256", true)] {
+            let qop = if qop { ", qop=\"auth\"" } else { "" };
+            let mut a =
+                Authenticator::choose([
+                    format!("Digest realm=\"{REALM}\", nonce=\"n1\", algorithm={alg}{qop}").as_str()
+                ])
+                .unwrap();
+            let h = a.authorization(&creds, "DESCRIBE", "rtsp://h/a", b"", "cn");
+            let Some(Offered::Digest(d)) = Offered::parse(&h, "DESCRIBE") else { panic!("{h}") };
+            assert_eq!((d.username.as_str(), d.nonce.as_str()), ("cam", "n1"));
+            assert!(d.verify("s3cret", "rtsp://h/a"), "{h}");
+            assert!(!d.verify("wrong", "rtsp://h/a"), "{h}");
+            assert!(!d.verify("s3cret", "rtsp://h/other"), "{h}");
+            assert!(!format!("{d:?}").contains(&d.response), "the response is not printed");
+            // The method is part of the proof.
+            let Some(Offered::Digest(d)) = Offered::parse(&h, "ANNOUNCE") else { panic!() };
+            assert!(!d.verify("s3cret", "rtsp://h/a"));
+        }
+        for bad in [
+            "Bearer abc",
+            "Basic !!!",
+            "Digest username=\"u\"",
+            "Digest username=\"u\", realm=\"r\", nonce=\"n\", uri=\"/\", response=\"x\", qop=auth-int",
+            "Digest username=\"u\", realm=\"r\", nonce=\"n\", uri=\"/\", response=\"x\", algorithm=SHA-512-256",
+            "",
+        ] {
+            assert_eq!(Offered::parse(bad, "DESCRIBE"), None, "{bad}");
+        }
+        // A server's challenges in order, stale when asked.
+        let c = server_challenges("n", true, Schemes { digest: true, basic: true });
+        assert_eq!(c.len(), 3);
+        assert!(c[0].contains("SHA-256") && c[0].contains("stale=true") && c[2].starts_with("Basic"));
+        assert_eq!(
+            server_challenges("n", false, Schemes { digest: false, basic: true }),
+            ["Basic realm=\"ferrocast\""]
+        );
+    }
+
     #[test]
     fn digest_params_too_many() {
         let many: Vec<String> = (0..=MAX_DIGEST_PARAMS).map(|i| format!("p{i}=1")).collect();

@@ -14,6 +14,7 @@
 
 mod callback;
 pub mod http;
+pub mod jwt;
 pub mod users;
 
 use std::collections::HashMap;
@@ -50,6 +51,11 @@ pub struct AuthConfig {
     pub block_ms: u64,
     /// Offer RTSP Digest (MD5 and SHA-256) beside Basic. Digest needs the plain password.
     pub rtsp_digest: bool,
+    /// JWTs signed by a key of this JWK Set (`http://` URL) carry their permissions in
+    /// `jwt_claim`. "" leaves it off.
+    pub jwt_jwks_url: String,
+    /// The claim holding a token's permissions, shaped as a user's `permissions`.
+    pub jwt_claim: String,
 }
 
 impl Default for AuthConfig {
@@ -63,6 +69,8 @@ impl Default for AuthConfig {
             fail_window_ms: 60_000,
             block_ms: 60_000,
             rtsp_digest: true,
+            jwt_jwks_url: String::new(),
+            jwt_claim: "ferrocast_permissions".into(),
         }
     }
 }
@@ -236,6 +244,11 @@ impl Compiled {
         if !config.http_url.is_empty() {
             crate::http_client::check_url(&config.http_url).map_err(|e| anyhow::anyhow!("auth.http_url: {e}"))?;
         }
+        if !config.jwt_jwks_url.is_empty() {
+            crate::http_client::check_url(&config.jwt_jwks_url)
+                .map_err(|e| anyhow::anyhow!("auth.jwt_jwks_url: {e}"))?;
+            anyhow::ensure!(!config.jwt_claim.is_empty(), "auth.jwt_claim: empty");
+        }
         for (key, v) in [
             ("auth.http_timeout_ms", config.http_timeout_ms),
             ("auth.fail_window_ms", config.fail_window_ms),
@@ -248,7 +261,7 @@ impl Compiled {
     }
 
     fn enabled(&self) -> bool {
-        !self.users.is_empty() || !self.config.http_url.is_empty()
+        !self.users.is_empty() || !self.config.http_url.is_empty() || !self.config.jwt_jwks_url.is_empty()
     }
 }
 
@@ -260,6 +273,7 @@ pub struct Auth {
     /// Password checks that succeeded: SHA-256 of (user, stored form, password).
     verified: Mutex<HashMap<[u8; 32], ()>>,
     callback: callback::Cache,
+    jwks: jwt::Jwks,
     /// Counters.
     pub stats: AuthStats,
 }
@@ -271,6 +285,7 @@ impl Default for Auth {
             failures: Mutex::default(),
             verified: Mutex::default(),
             callback: callback::Cache::default(),
+            jwks: jwt::Jwks::default(),
             stats: AuthStats::default(),
         }
     }
@@ -304,6 +319,7 @@ impl Auth {
         *self.compiled.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(compiled);
         lock(&self.verified).clear();
         self.callback.clear();
+        self.jwks.clear();
         Ok(())
     }
 
@@ -318,6 +334,7 @@ impl Auth {
         c.enabled().then(|| ferrocast_rtsp::auth::Schemes {
             digest: c.config.rtsp_digest
                 && c.config.http_url.is_empty()
+                && c.config.jwt_jwks_url.is_empty()
                 && c.users.iter().any(|u| u.pass.plain().is_some()),
             basic: true,
         })
@@ -338,6 +355,14 @@ impl Auth {
         if let Some(v) = self.check_users(&c, req).await {
             return v;
         }
+        if let Some(token) = self.token(&c, req) {
+            let (url, timeout) = (&c.config.jwt_jwks_url, Duration::from_millis(c.config.http_timeout_ms));
+            match self.jwks.permissions(url, timeout, &c.config.jwt_claim, token).await {
+                Ok(perms) if allowed(&perms, req.action, &req.path) => return Verdict::Allow(None),
+                Ok(_) => tracing::debug!(path = req.path, action = req.action.as_str(), "auth: JWT without permission"),
+                Err(e) => tracing::debug!("auth: JWT refused: {e}"),
+            }
+        }
         if !c.config.http_url.is_empty()
             && !matches!(req.presented, Presented::Digest(..))
             && self.callback.ask(&c.config, req, &self.stats).await
@@ -349,6 +374,19 @@ impl Auth {
             self.failed(&c.config, req.ip, now);
         }
         Verdict::Unauthorized
+    }
+
+    /// A JWT to check, when JWTs are on: a token, or a password that is one (RTSP and RTMP
+    /// clients put it in the password field).
+    fn token<'a>(&self, c: &Compiled, req: &'a AuthRequest) -> Option<&'a str> {
+        if c.config.jwt_jwks_url.is_empty() {
+            return None;
+        }
+        match &req.presented {
+            Presented::Token(t) => Some(t),
+            Presented::Password { pass, .. } if jwt::looks_like_jwt(pass) => Some(pass),
+            _ => None,
+        }
     }
 
     /// The users' decision: Some(Allow) when an entry allows, None otherwise.
