@@ -84,13 +84,15 @@ fn basic(user: &str, pass: &str) -> String {
 }
 
 /// The users of the matrix: a publisher (plain password) on `cams/*`, a viewer (sha256) of
-/// `cams/*`, an operator (argon2) with the API and metrics, and everyone on `open/*`.
+/// `cams/*`, an operator (argon2) with the API and metrics, a user who plays recordings of
+/// `cams/*` and VOD files back, and everyone on `open/*`.
 fn matrix_config() -> String {
     format!(
         "[auth]\nfail_limit = 100000\n\
          [[auth.users]]\nuser = \"cam\"\npass = \"s3cret-pub\"\npermissions = [{{ action = \"publish\", path = \"cams/*\" }}]\n\
          [[auth.users]]\nuser = \"view\"\npass = \"sha256:{}\"\npermissions = [{{ action = \"read\", path = \"cams/*\" }}]\n\
          [[auth.users]]\nuser = \"ops\"\npass = \"{}\"\npermissions = [{{ action = \"api\" }}, {{ action = \"metrics\" }}]\n\
+         [[auth.users]]\nuser = \"rec\"\npass = \"r3c-pw\"\npermissions = [{{ action = \"playback\", path = \"cams/*\" }}, {{ action = \"playback\", path = \"vod/**\" }}]\n\
          [[auth.users]]\nuser = \"any\"\npass = \"\"\npermissions = [{{ action = \"publish\", path = \"open/*\" }}, {{ action = \"read\", path = \"open/*\" }}]\n",
         sha256_hex("v13w-pw"),
         argon2_phc("0ps-pw"),
@@ -137,6 +139,30 @@ async fn rtmp_hls_flv_api_matrix() {
     assert_eq!(http_get(&format!("{hls}?user=view&pass=v13w-pw"), "").await.status, 200);
     assert_eq!(http_get(&format!("http://{}/open/x/index.m3u8", server.http), "").await.status, 200);
 
+    // Playback (recordings by time, VOD files) needs `playback`, not `read`: over HTTP and RTSP.
+    let start = "start=2026-01-01T00:00:00Z";
+    for url in [
+        format!("http://{}/cams/a/index.m3u8?{start}", server.http),
+        format!("http://{}/cams/a/recording.mp4?{start}", server.http),
+        format!("http://{}/vod/clip.mp4", server.http),
+    ] {
+        assert_eq!(http_get(&url, &basic("view", "v13w-pw")).await.status, 401, "{url}");
+        assert_ne!(http_get(&url, &basic("rec", "r3c-pw")).await.status, 401, "{url}");
+    }
+    for (creds, allowed) in [("view:v13w-pw", false), ("rec:r3c-pw", true)] {
+        let auth = ferrocast_rtsp::base64::encode(creds.as_bytes());
+        let mut s = TcpStream::connect(server.rtsp).await.unwrap();
+        let req = format!(
+            "DESCRIBE rtsp://{}/cams/a?{start} RTSP/1.0\r\nCSeq: 1\r\nAuthorization: Basic {auth}\r\n\r\n",
+            server.rtsp
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        let status = String::from_utf8_lossy(&buf[..n]).split(' ').nth(1).unwrap().to_owned();
+        assert_eq!(status != "401", allowed, "{creds}: {status}");
+    }
+
     // API and metrics: the argon2 user only (Basic or Bearer-less query), twice (the second
     // from the verified cache).
     let api = format!("http://{}/api/v1/paths", server.http);
@@ -158,7 +184,7 @@ async fn rtmp_hls_flv_api_matrix() {
         assert!(!all.contains(s), "{s} in {all}");
     }
     drop(server);
-    assert_log_clean(&log, &["s3cret-pub", "v13w-pw", "0ps-pw", "wrong-pw"]);
+    assert_log_clean(&log, &["s3cret-pub", "v13w-pw", "0ps-pw", "wrong-pw", "r3c-pw"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
