@@ -243,7 +243,18 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
             let header = |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
             (header(header::RANGE), header(header::IF_NONE_MATCH))
         };
-        return hls_response(&state.hls, stream, file, head, range, if_none_match).await;
+        let is_playlist = matches!(file, HlsFile::Multivariant | HlsFile::Media);
+        let mut r = hls_response(&state.hls, stream, file, head, range, if_none_match).await;
+        // Credentials in the playlist's query go on to the URLs it lists: a player that was
+        // given `index.m3u8?token=T` fetches the segments with it too.
+        if state.hub.auth.enabled()
+            && is_playlist
+            && !head
+            && let Some(creds) = crate::auth::http::credential_query(req.uri().query())
+        {
+            r = carry_query(r, &creds).await;
+        }
+        return r;
     }
     let Some(stream) = uri_path.strip_prefix('/').and_then(|p| p.strip_suffix(".flv")) else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
@@ -254,6 +265,21 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     debug!(%peer, path = stream, "http-flv reader on hyper's path");
     let watchdog = req.extensions().get::<Watchdog>().cloned();
     crate::http_flv::respond(&state.hub, stream, req.method() == Method::HEAD, watchdog).await
+}
+
+/// A playlist answer with `query` added to every URI it lists.
+async fn carry_query(r: Response, query: &str) -> Response {
+    if r.status() != StatusCode::OK {
+        return r;
+    }
+    let (mut parts, body) = r.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+    };
+    let text = crate::auth::http::playlist_with_query(&String::from_utf8_lossy(&bytes), query);
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+    parts.headers.remove(header::ETAG);
+    Response::from_parts(parts, Body::from(text))
 }
 
 async fn hls_response(

@@ -136,7 +136,19 @@ async fn rtmp_hls_flv_api_matrix() {
     let r = http_get(&hls, &basic("view", "v13w-pw")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().starts_with("#EXTM3U"));
-    assert_eq!(http_get(&format!("{hls}?user=view&pass=v13w-pw"), "").await.status, 200);
+    // With the credentials in the query, the playlists pass them on to what they list, so a
+    // player given only the URL fetches the media playlist and the segments with them.
+    let r = http_get(&format!("{hls}?user=view&pass=v13w-pw"), "").await;
+    assert_eq!(r.status, 200);
+    let media = r.text().lines().find(|l| !l.starts_with('#') && !l.is_empty()).unwrap().to_owned();
+    assert!(media.ends_with("?user=view&pass=v13w-pw"), "{}", r.text());
+    let r = http_get(&format!("http://{}/cams/a/{media}", server.http), "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let segment = r.text().lines().rfind(|l| !l.starts_with('#') && !l.is_empty()).unwrap().to_owned();
+    assert!(segment.ends_with("?user=view&pass=v13w-pw"), "{}", r.text());
+    assert_eq!(http_get(&format!("http://{}/cams/a/{segment}", server.http), "").await.status, 200);
+    let bare = segment.split('?').next().unwrap();
+    assert_eq!(http_get(&format!("http://{}/cams/a/{bare}", server.http), "").await.status, 401);
     assert_eq!(http_get(&format!("http://{}/open/x/index.m3u8", server.http), "").await.status, 200);
 
     // Playback (recordings by time, VOD files) needs `playback`, not `read`: over HTTP and RTSP.

@@ -72,6 +72,49 @@ pub fn rtmp_presented(name_query: Option<&str>, tc_url: Option<&str>) -> Present
     from_query(tc_url.and_then(|u| u.split_once('?')).map(|(_, q)| q))
 }
 
+/// The credential parameters of a query (`user`, `pass`, `token`, `jwt`), as sent; None
+/// when it has none.
+pub fn credential_query(query: Option<&str>) -> Option<String> {
+    let kept: Vec<&str> = query?
+        .split('&')
+        .filter(|p| {
+            let k = p.split_once('=').map_or(*p, |(k, _)| k);
+            matches!(k, "user" | "pass" | "token" | "jwt") && p.len() <= MAX_CREDENTIAL_LEN
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// `text` (an HLS playlist, RFC 8216) with `query` added to each URI line and each `URI="..."`
+/// attribute.
+pub fn playlist_with_query(text: &str, query: &str) -> String {
+    let add = |uri: &str| {
+        let sep = if uri.contains('?') { '&' } else { '?' };
+        format!("{uri}{sep}{query}")
+    };
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.lines() {
+        if !line.is_empty() && !line.starts_with('#') {
+            out.push_str(&add(line));
+        } else {
+            let mut rest = line;
+            while let Some(at) = rest.find("URI=\"") {
+                let (head, tail) = rest.split_at(at + 5);
+                out.push_str(head);
+                let Some(end) = tail.find('"') else {
+                    rest = tail;
+                    break;
+                };
+                out.push_str(&add(&tail[..end]));
+                rest = &tail[end..];
+            }
+            out.push_str(rest);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// What an HTTP request for `uri_path` with `query` needs: the action, the stream path and
 /// the protocol; None for what is open (the console page).
 pub fn classify(uri_path: &str, query: Option<&str>) -> Option<(Action, String, Via)> {
@@ -164,6 +207,20 @@ mod tests {
         let p = rtmp_presented(Some("user=n&pass=q"), Some("rtmp://h/live?user=u&pass=p"));
         assert_eq!(user_pass(&p), Some(("n".into(), "q".into())));
         assert!(query_param(Some(&format!("token={}", "a".repeat(MAX_CREDENTIAL_LEN + 1))), "token").is_none());
+    }
+
+    #[test]
+    fn playlists_carry_the_credentials() {
+        assert_eq!(credential_query(Some("user=a&pass=b%40&_HLS_msn=3")), Some("user=a&pass=b%40".into()));
+        assert_eq!(credential_query(Some("_HLS_msn=3")), None);
+        let text = "#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:2.0,\nseg-1.m4s\n\
+                    #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"p.m4s?x=1\"\nmedia.m3u8\n";
+        let out = playlist_with_query(text, "token=T");
+        assert_eq!(
+            out,
+            "#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4?token=T\"\n#EXTINF:2.0,\nseg-1.m4s?token=T\n\
+             #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"p.m4s?x=1&token=T\"\nmedia.m3u8?token=T\n"
+        );
     }
 
     #[test]
