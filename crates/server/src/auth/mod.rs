@@ -43,7 +43,8 @@ pub struct AuthConfig {
     pub http_timeout_ms: u64,
     /// How long an answer of `http_url` is reused for the same request.
     pub http_cache_ms: u64,
-    /// Wrong credentials from one address this many times within `fail_window_ms` block it.
+    /// Refusals of requests with credentials (wrong, or without the permission) from one
+    /// address this many times within `fail_window_ms` block it.
     pub fail_limit: u32,
     /// The window over which failures are counted.
     pub fail_window_ms: u64,
