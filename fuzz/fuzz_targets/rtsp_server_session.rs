@@ -5,8 +5,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferrocast_rtsp::auth::Credentials;
-use ferrocast_rtsp::server::{MulticastReply, RtpStart, Secrets, ServerConfig, ServerEvent, ServerSession};
+use ferrocast_rtsp::auth::Offered;
+use ferrocast_rtsp::server::{
+    AuthVerdict, MulticastReply, RtpStart, Secrets, ServerAuth, ServerConfig, ServerEvent, ServerSession,
+};
 use libfuzzer_sys::fuzz_target;
 
 const SDP: &str = "v=0\r\ns=x\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:trackID=0\r\n";
@@ -16,8 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
     let mut config = ServerConfig::default();
     if policy & 0x80 != 0 {
-        config.read_credentials = Credentials::parse("u:p");
-        config.publish_credentials = Credentials::parse("u:p");
+        config.auth = Some(ServerAuth::default());
     }
     config.redirects.insert("moved".into(), "rtsp://elsewhere/x".into());
     let mut s = ServerSession::new(config, Secrets { session_id: 1, nonce: 2 }, now);
@@ -39,6 +40,15 @@ fuzz_target!(|data: &[u8]| {
                     if refuse =>
                 {
                     s.reject(404)
+                }
+                // The application's check: user "u" with password "p", Basic or Digest.
+                ServerEvent::Authorize { offered, uri, .. } => {
+                    let ok = match &offered {
+                        Some(Offered::Basic(c)) => c.user == "u" && c.password == "p",
+                        Some(Offered::Digest(d)) => d.username == "u" && d.verify("p", &uri),
+                        None => false,
+                    };
+                    s.authorize(if ok { AuthVerdict::Allow } else { AuthVerdict::Challenge })
                 }
                 ServerEvent::Describe { .. } => s.accept_describe(SDP),
                 ServerEvent::Announce { .. } => s.accept_announce(now),

@@ -217,6 +217,11 @@ pub async fn serve_console(
             };
             let flv = whole && scope != Scope::ApiOnly;
             if let Some(stream) = flv.then(|| crate::http_flv::flv_path(&head)).flatten() {
+                if let Err(verdict) = crate::http_flv::authorize(&hub, &head, &stream, peer).await {
+                    let mut out = vec![Bytes::from_static(crate::auth::http::raw_refusal(&verdict))];
+                    let _ = crate::sockio::write_with_timeout(&socket, &mut out, request_timeout).await;
+                    return;
+                }
                 if let Err(e) = crate::http_flv::serve(socket, stream, hub).await {
                     debug!(%peer, "http-flv connection: {e:#}");
                 }
@@ -256,7 +261,7 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     // request relayed by a proxy on this host (a cache in front of HLS) comes from loopback
     // for anyone, so one that says it was forwarded is taken as from elsewhere.
     let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| req.headers().contains_key(*h));
-    let api_peer = if forwarded { SocketAddr::from(([0, 0, 0, 0], 0)) } else { peer };
+    let mut api_peer = if forwarded { SocketAddr::from(([0, 0, 0, 0], 0)) } else { peer };
     let uri_path = req.uri().path().to_owned();
     if req.method() == Method::OPTIONS {
         return plain(StatusCode::NO_CONTENT, "");
@@ -270,6 +275,30 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
             return crate::api::error(StatusCode::NOT_FOUND, "the API is served on its own address (api.listen)");
         }
         _ => {}
+    }
+    // `[auth]`, once for every route (see `crate::auth::http` for what each URL needs).
+    if state.hub.auth.enabled()
+        && let Some((action, path, via)) = crate::auth::http::classify(&uri_path, req.uri().query())
+    {
+        let query = req.uri().query();
+        let check = crate::auth::AuthRequest {
+            action,
+            path,
+            via,
+            ip: peer.ip(),
+            presented: crate::auth::http::presented(req.headers(), query),
+            query: query.unwrap_or_default().to_owned(),
+            id: None,
+        };
+        let verdict = state.hub.auth.check(&check).await;
+        if !verdict.allowed() {
+            debug!(%peer, path = check.path, action = action.as_str(), "http: not authorized");
+            return crate::auth::http::refusal(&verdict);
+        }
+        if action == crate::auth::Action::Api {
+            // A user with the `api` permission may do what loopback clients may without users.
+            api_peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        }
     }
     if crate::record::api::answers(&uri_path) {
         // SQLite and the file system: off the workers the live readers share.
@@ -331,7 +360,17 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
             let header = |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
             (header(header::RANGE), header(header::IF_NONE_MATCH))
         };
-        let r = hls_response(&state.hls, stream, file, head, range, if_none_match).await;
+        let is_playlist = matches!(file, HlsFile::Multivariant | HlsFile::Media);
+        let mut r = hls_response(&state.hls, stream, file, head, range, if_none_match).await;
+        // Credentials in the playlist's query go on to the URLs it lists: a player that was
+        // given `index.m3u8?token=T` fetches the segments with it too.
+        if state.hub.auth.enabled()
+            && is_playlist
+            && !head
+            && let Some(creds) = crate::auth::http::credential_query(req.uri().query())
+        {
+            r = carry_query(r, &creds).await;
+        }
         if r.status().is_success() {
             let sent = if head { 0 } else { content_length(&r) };
             state.http_sessions.served(Protocol::Hls, Role::Reader, peer, stream, sent);
@@ -352,6 +391,21 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
 /// The Content-Length of a response (0 when it has none).
 fn content_length(r: &Response) -> usize {
     r.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// A playlist answer with `query` added to every URI it lists.
+async fn carry_query(r: Response, query: &str) -> Response {
+    if r.status() != StatusCode::OK {
+        return r;
+    }
+    let (mut parts, body) = r.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+    };
+    let text = crate::auth::http::playlist_with_query(&String::from_utf8_lossy(&bytes), query);
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+    parts.headers.remove(header::ETAG);
+    Response::from_parts(parts, Body::from(text))
 }
 
 async fn hls_response(
