@@ -35,6 +35,7 @@ pub struct AppState {
     recordings: Arc<Recordings>,
     playback: Arc<Playback>,
     api: Arc<Api>,
+    metrics: Arc<crate::metrics::Exporter>,
 }
 
 /// The router, without pulled sources or push relays in the API.
@@ -46,7 +47,13 @@ pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>) -> 
 /// The router, with `api` answering `/api/v1/paths` and `/api/v1/probe`.
 pub fn router_with(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>, api: Arc<Api>) -> Router {
     let recordings = playback.recordings.clone();
-    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback, api })
+    let extras = crate::metrics::Extras {
+        sources: api.sources().cloned(),
+        push: api.push().cloned(),
+        recordings: Some(recordings.clone()),
+    };
+    let metrics = crate::metrics::Exporter::new(hub.clone(), extras);
+    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback, api, metrics })
 }
 
 /// Serves HTTP until the task is dropped.
@@ -192,6 +199,9 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    if uri_path == crate::metrics::PATH {
+        return crate::metrics::respond(&state.metrics);
     }
     if let Some(r) = crate::vod::http::respond(&state.playback, req.method(), req.uri(), req.headers()).await {
         return r;

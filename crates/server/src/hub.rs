@@ -52,6 +52,9 @@ pub struct HubStats {
     /// Streams whose media time was mapped to the publisher's capture time (RTCP sender
     /// reports) instead of arrival.
     pub capture_anchors: AtomicU64,
+    /// From a frame entering the hub ([`Publisher::push`]) to the fan-out's first write of it
+    /// to any reader's socket (see [`crate::fanout`]): once per frame, whatever the readers.
+    pub ingest_to_first_write: Arc<crate::metrics::Histogram>,
 }
 
 /// The shared registry of streams.
@@ -236,6 +239,8 @@ struct StreamState {
 /// A frame as its publisher gave it, before its place on the timeline.
 #[derive(Debug)]
 struct Input {
+    /// When it entered the hub, on the fan-out's clock ([`FanOut::now_us`]).
+    arrival_us: u64,
     kind: TrackKind,
     dts: i64,
     pts: i64,
@@ -375,7 +380,8 @@ impl Hub {
                     merge: ms(self.config.write_merge_ms),
                     load_max: ms(self.config.load_merge_max_ms),
                 };
-                let fanout = FanOut::new(fan_out_shards(), pacing, self.stats.reader_panics.clone());
+                let fanout = FanOut::new(fan_out_shards(), pacing, self.stats.reader_panics.clone())
+                    .with_latency(self.stats.ingest_to_first_write.clone());
                 Arc::new(Stream {
                     path: path.to_owned(),
                     tx: broadcast::channel(self.config.reader_queue_frames.max(1)).0,
@@ -737,7 +743,8 @@ impl Publisher {
         let st = &mut *st;
         let clock = track_clock(&st.tracks, kind);
         let size = data.len();
-        let input = Input { kind, dts, pts, keyframe, data };
+        let arrival_us = self.stream.fanout.now_us();
+        let input = Input { arrival_us, kind, dts, pts, keyframe, data };
         if let Some((mapped, input)) = st.timeline.place(index(kind), dts, clock, size, input) {
             self.place(st, mapped, input);
         }
@@ -757,7 +764,7 @@ impl Publisher {
 
     /// Hands a frame with its place on the timeline to every reader.
     fn place(&self, st: &mut StreamState, mapped: Mapped, input: Input) {
-        let Input { kind, dts, pts, keyframe, data } = input;
+        let Input { arrival_us, kind, dts, pts, keyframe, data } = input;
         let max_gop = self.hub.config.max_gop_cache_bytes;
         let clock = track_clock(&st.tracks, kind);
         let stats = &self.hub.stats;
@@ -817,6 +824,7 @@ impl Publisher {
         if let Some(o) = &st.ordered {
             o.build(&st.tracks, &frame);
         }
+        self.stream.fanout.arrived(st.next_seq, arrival_us);
         self.stream.send(st, HubEvent::Frame(frame));
     }
 }
