@@ -25,6 +25,7 @@ use crate::hub::{Hub, reader_nodelay, write_timeout};
 use crate::limits::Limiter;
 use crate::path;
 use crate::record::Recordings;
+use crate::session::{Protocol, Role};
 use crate::vod::Playback;
 
 /// What the handlers share.
@@ -35,7 +36,25 @@ pub struct AppState {
     recordings: Arc<Recordings>,
     playback: Arc<Playback>,
     api: Arc<Api>,
+    /// `/metrics`.
     metrics: Arc<crate::metrics::Exporter>,
+    /// Sessions of HLS players and HTTP playback (no connection held).
+    http_sessions: Arc<crate::http_sessions::HttpSessions>,
+    /// What this listener serves.
+    scope: Scope,
+}
+
+/// What a listener serves: with `api.listen` set, the API is served on that address only
+/// (as MediaMTX does), and the HTTP port serves everything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Everything: media, and the API under `/api/v1`.
+    #[default]
+    All,
+    /// Everything but the API (`api.listen` is set).
+    NoApi,
+    /// The API only (the `api.listen` listener).
+    ApiOnly,
 }
 
 /// The router, without pulled sources or push relays in the API.
@@ -46,14 +65,36 @@ pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>) -> 
 
 /// The router, with `api` answering `/api/v1/paths` and `/api/v1/probe`.
 pub fn router_with(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>, api: Arc<Api>) -> Router {
+    router_scoped(hub, hls, playback, api, Scope::All)
+}
+
+/// [`router_with`], serving `scope` only.
+pub fn router_scoped(
+    hub: Arc<Hub>,
+    hls: Arc<HlsRegistry>,
+    playback: Arc<Playback>,
+    api: Arc<Api>,
+    scope: Scope,
+) -> Router {
     let recordings = playback.recordings.clone();
+    api.attach_services(hls.clone(), recordings.clone());
+    let http_sessions = crate::http_sessions::HttpSessions::new(hub.sessions.clone());
     let extras = crate::metrics::Extras {
         sources: api.sources().cloned(),
         push: api.push().cloned(),
         recordings: Some(recordings.clone()),
     };
     let metrics = crate::metrics::Exporter::new(hub.clone(), extras);
-    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback, api, metrics })
+    Router::new().fallback(handle).with_state(AppState {
+        hub,
+        hls,
+        recordings,
+        playback,
+        api,
+        metrics,
+        http_sessions,
+        scope,
+    })
 }
 
 /// Serves HTTP until the task is dropped.
@@ -86,9 +127,24 @@ pub async fn serve_with(
     limiter: Arc<Limiter>,
     api: Arc<Api>,
 ) {
+    serve_scoped(listener, config, hub, hls, playback, limiter, api, Scope::All).await
+}
+
+/// [`serve_with`], serving `scope` only (see [`Scope`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_scoped(
+    listener: TcpListener,
+    config: HttpConfig,
+    hub: Arc<Hub>,
+    hls: Arc<HlsRegistry>,
+    playback: Arc<Playback>,
+    limiter: Arc<Limiter>,
+    api: Arc<Api>,
+    scope: Scope,
+) {
     let nodelay = reader_nodelay(&hub);
     let write_timeout = write_timeout(&hub);
-    let app = router_with(hub.clone(), hls, playback, api);
+    let app = router_scoped(hub.clone(), hls, playback, api, scope);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.request_timeout_ms))
@@ -135,7 +191,8 @@ pub async fn serve_with(
                 debug!(%peer, "http: no request head within {request_timeout:?}");
                 return;
             };
-            if let Some(stream) = whole.then(|| crate::http_flv::flv_path(&head)).flatten() {
+            let flv = whole && scope != Scope::ApiOnly;
+            if let Some(stream) = flv.then(|| crate::http_flv::flv_path(&head)).flatten() {
                 if let Err(e) = crate::http_flv::serve(socket, stream, hub).await {
                     debug!(%peer, "http-flv connection: {e:#}");
                 }
@@ -180,6 +237,16 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     if req.method() == Method::OPTIONS {
         return plain(StatusCode::NO_CONTENT, "");
     }
+    let is_api = uri_path == crate::api::PREFIX || uri_path.starts_with("/api/v1/");
+    match state.scope {
+        Scope::ApiOnly if !is_api => {
+            return crate::api::error(StatusCode::NOT_FOUND, "only the API (/api/v1) is served here");
+        }
+        Scope::NoApi if is_api => {
+            return crate::api::error(StatusCode::NOT_FOUND, "the API is served on its own address (api.listen)");
+        }
+        _ => {}
+    }
     if crate::record::api::answers(&uri_path) {
         // SQLite and the file system: off the workers the live readers share.
         let (rec, method, query) =
@@ -197,16 +264,31 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
         let method = req.method().clone();
         return crate::api::handle(&state.api, &method, &uri_path, req.into_body(), api_peer).await;
     }
+    if is_api {
+        return crate::api::error(StatusCode::NOT_FOUND, "no such API route (see /api/v1/openapi.json)");
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
     if uri_path == crate::metrics::PATH {
         return crate::metrics::respond(&state.metrics);
     }
+    let played = crate::http_sessions::playback_path(&uri_path);
+    if let Some(p) = played
+        && state.http_sessions.check(Protocol::HttpPlayback, peer, p).is_err()
+    {
+        return plain(StatusCode::FORBIDDEN, "session kicked\n");
+    }
     if let Some(r) = crate::vod::http::respond(&state.playback, req.method(), req.uri(), req.headers()).await {
+        if let Some(p) = played.filter(|_| r.status().is_success()) {
+            state.http_sessions.served(Protocol::HttpPlayback, Role::Playback, peer, p, content_length(&r));
+        }
         return r;
     }
     if let Some((stream, file)) = hls::parse_url(&uri_path) {
+        if state.http_sessions.check(Protocol::Hls, peer, stream).is_err() {
+            return plain(StatusCode::FORBIDDEN, "session kicked\n");
+        }
         // An HLS player holds no connection: each request keeps a pulled path wanted, and the
         // first starts its source and waits for it (up to its start timeout).
         if path::validate(stream).is_ok()
@@ -224,7 +306,11 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
             let header = |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
             (header(header::RANGE), header(header::IF_NONE_MATCH))
         };
-        return hls_response(&state.hls, stream, file, head, range, if_none_match).await;
+        let r = hls_response(&state.hls, stream, file, head, range, if_none_match).await;
+        if r.status().is_success() {
+            state.http_sessions.served(Protocol::Hls, Role::Reader, peer, stream, content_length(&r));
+        }
+        return r;
     }
     let Some(stream) = uri_path.strip_prefix('/').and_then(|p| p.strip_suffix(".flv")) else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
@@ -234,7 +320,12 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     }
     debug!(%peer, path = stream, "http-flv reader on hyper's path");
     let watchdog = req.extensions().get::<Watchdog>().cloned();
-    crate::http_flv::respond(&state.hub, stream, req.method() == Method::HEAD, watchdog).await
+    crate::http_flv::respond_to(&state.hub, stream, req.method() == Method::HEAD, watchdog, peer).await
+}
+
+/// The Content-Length of a response (0 when it has none).
+fn content_length(r: &Response) -> usize {
+    r.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 async fn hls_response(

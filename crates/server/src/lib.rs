@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod http;
 pub mod http_client;
 pub mod http_flv;
+pub mod http_sessions;
 pub mod hub;
 pub mod ingest;
 pub mod limits;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod path;
 pub mod paths;
 pub mod push;
+pub mod rate;
 pub mod reader;
 pub mod record;
 pub mod relay;
@@ -85,7 +87,27 @@ pub async fn run(
     let pushes = push::start(hub.clone(), config.source.clone(), config.paths.clone(), config.rtsp.mtu);
     let api = api::Api::new(hub.clone(), Some(sources.clone()), Some(pushes), config.source.clone());
     let playback = vod::Playback::new(recordings.clone(), config.vod.clone());
-    let http_task = tokio::spawn(http::serve_with(
+    // With `api.listen`, the API is served there only (as MediaMTX does).
+    let api_task = match config.api.listen {
+        Some(addr) => {
+            let listener =
+                TcpListener::bind(addr).await.with_context(|| format!("binding the API (api.listen) to {addr}"))?;
+            info!(api = %listener.local_addr()?, "API serving on its own address");
+            Some(tokio::spawn(http::serve_scoped(
+                listener,
+                config.http.clone(),
+                hub.clone(),
+                hls.clone(),
+                playback.clone(),
+                limiter.clone(),
+                api.clone(),
+                http::Scope::ApiOnly,
+            )))
+        }
+        None => None,
+    };
+    let scope = if api_task.is_some() { http::Scope::NoApi } else { http::Scope::All };
+    let http_task = tokio::spawn(http::serve_scoped(
         http,
         config.http.clone(),
         hub.clone(),
@@ -93,6 +115,7 @@ pub async fn run(
         playback.clone(),
         limiter.clone(),
         api,
+        scope,
     ));
     let rtsp_config = config.rtsp.clone();
     let rtsp_hub = hub.clone();
@@ -102,6 +125,9 @@ pub async fn run(
     info!("shutting down");
     rtmp_task.abort();
     http_task.abort();
+    if let Some(t) = api_task {
+        t.abort();
+    }
     rtsp_task.abort();
     drop(sources);
     // Recordings end their files at the last frame taken, not at the last part synced.

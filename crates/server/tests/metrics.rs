@@ -1,29 +1,19 @@
-//! `/metrics` while a stream is published (ffmpeg, RTMP) and read over RTMP, RTSP and
-//! HTTP-FLV (ffmpeg), recorded, pushed to a target that refuses, beside a pulled camera that
-//! does not answer: two scrapes a few seconds apart, each parsed by a strict parser of the
-//! text format (tests/support/prometheus.rs); the figures move as they must.
+//! `/metrics` while a stream is published (ffmpeg, RTMP) and read over RTMP, RTSP (TCP and
+//! UDP), HTTP-FLV and HLS (ffmpeg), recorded, pushed to a target that refuses, beside a pulled
+//! camera that does not answer: two scrapes a few seconds apart, each parsed by a strict parser
+//! of the text format (tests/support/prometheus.rs); the figures move as they must.
 
+#[path = "common/api.rs"]
+mod api_common;
 mod common;
 #[path = "support/prometheus.rs"]
 mod prometheus;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Proc, Server, free_port, http_get, publish, require, test_flv, wait_published};
+use api_common::{free_udp_pair, get_json, read_with_ffmpeg, request};
+use common::{Server, free_port, http_get, publish, test_flv, wait_published};
 use prometheus::Exposition;
-
-/// A reader that plays `url` until dropped (ffmpeg, to the null muxer).
-fn read(url: &str) -> Proc {
-    require("ffmpeg");
-    let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-v", "error", "-nostdin"]);
-    if url.starts_with("rtsp") {
-        cmd.args(["-rtsp_transport", "tcp"]);
-    }
-    let child = cmd.args(["-i", url, "-c", "copy", "-f", "null", "-"]).stdout(Stdio::null()).stderr(Stdio::null());
-    Proc(child.spawn().expect("ffmpeg"))
-}
 
 async fn scrape(server: &Server) -> (Exposition, String) {
     let r = http_get(&format!("http://{}/metrics", server.http), "").await;
@@ -64,15 +54,17 @@ const HUB_FIGURES: [&str; 8] = [
 ];
 
 #[tokio::test(flavor = "multi_thread")]
-async fn metrics_move_while_a_stream_is_published_and_read_over_three_protocols() {
+async fn metrics_move_while_a_stream_is_published_and_read_over_every_protocol() {
     let dir = std::env::temp_dir().join(format!("ferrocast-metrics-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let closed = free_port();
+    let rtp = free_udp_pair().await;
     let server = Server::with_config(&format!(
-        "[record]\ndir = \"{}\"\n\
+        "[rtsp]\nrtp_port = {rtp}\nrtcp_port = {}\n[record]\ndir = \"{}\"\n\
          [source]\nretry_min_ms = 100\nretry_max_ms = 200\n\
          [paths.\"live/m\"]\nrecord = true\npush = [\"rtmp://127.0.0.1:{closed}/app/secret-key\"]\n\
          [paths.\"cams/x\"]\nsource = \"rtsp://admin:hunter2@127.0.0.1:{closed}/x\"\nsource_on_demand = false\n",
+        rtp + 1,
         dir.display()
     ));
     // Before anything is published: the families are there, at zero.
@@ -81,12 +73,23 @@ async fn metrics_move_while_a_stream_is_published_and_read_over_three_protocols(
     assert_eq!(idle.value("ferrocast_readers", &[]), 0.0);
     assert_eq!(idle.value("ferrocast_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
 
-    let _publisher = publish(test_flv(), &server.rtmp_url("live/m"));
-    wait_published(&server, "live/m").await;
-    let _readers =
-        [read(&server.rtmp_url("live/m")), read(&server.rtsp_url("live/m")), read(&server.flv_url("live/m"))];
-    let (first, _) = scrape_until(&server, "three readers, frames written to them", |e| {
-        e.value("ferrocast_stream_readers", &[("path", "live/m")]) == 3.0
+    let path = "live/m";
+    let _publisher = publish(test_flv(), &server.rtmp_url(path));
+    wait_published(&server, path).await;
+    let mut readers = vec![
+        read_with_ffmpeg(&server.rtmp_url(path), &[]),
+        read_with_ffmpeg(&server.rtsp_url(path), &["-rtsp_transport", "tcp"]),
+        read_with_ffmpeg(&server.rtsp_url(path), &["-rtsp_transport", "udp"]),
+        read_with_ffmpeg(&server.flv_url(path), &[]),
+        read_with_ffmpeg(&format!("http://{}/{path}/index.m3u8", server.http), &[]),
+    ];
+    let sessions = |e: &Exposition, protocol: &str, role: &str| {
+        e.value("ferrocast_sessions", &[("protocol", protocol), ("role", role)])
+    };
+    let (first, _) = scrape_until(&server, "every reader, frames written, a receiver report", |e| {
+        e.value("ferrocast_stream_readers", &[("path", path)]) == 4.0
+            && sessions(e, "hls", "reader") == 1.0
+            && e.value("ferrocast_rtcp_reports", &[("protocol", "rtsp")]) >= 1.0
             && e.value("ferrocast_ingest_to_first_write_seconds_count", &[]) > 0.0
             && e.value("ferrocast_recording_bytes_written_total", &[]) > 0.0
     })
@@ -96,7 +99,14 @@ async fn metrics_move_while_a_stream_is_published_and_read_over_three_protocols(
 
     for e in [&first, &second] {
         assert_eq!(e.value("ferrocast_streams", &[]), 1.0);
-        assert_eq!(e.value("ferrocast_readers", &[]), 3.0, "viewers only: not the recorder or the push relay");
+        // Viewers of the hub: not the recorder, the HLS muxer or the push relay.
+        assert_eq!(e.value("ferrocast_readers", &[]), 4.0);
+        for (protocol, n) in [("rtmp", 1.0), ("rtsp", 2.0), ("http_flv", 1.0), ("hls", 1.0)] {
+            assert_eq!(sessions(e, protocol, "reader"), n, "{protocol} readers");
+            assert!(e.value("ferrocast_connections", &[("protocol", protocol)]) >= n, "{protocol} connections");
+        }
+        assert_eq!(sessions(e, "rtmp", "publisher"), 1.0);
+        assert!(e.value("ferrocast_sessions_opened_total", &[]) >= 6.0);
         for name in HUB_FIGURES {
             assert!(e.has_family(name), "{name} is not exported");
         }
@@ -105,6 +115,8 @@ async fn metrics_move_while_a_stream_is_published_and_read_over_three_protocols(
         let (a, b) = (first.value(name, &[]), second.value(name, &[]));
         assert!(b > a, "{name} did not grow: {a} then {b}");
     };
+    grew("ferrocast_received_bytes_total");
+    grew("ferrocast_sent_bytes_total");
     grew("ferrocast_ingest_to_first_write_seconds_count");
     grew("ferrocast_ingest_to_first_write_seconds_sum");
     grew("ferrocast_recording_bytes_written_total");
@@ -120,13 +132,35 @@ async fn metrics_move_while_a_stream_is_published_and_read_over_three_protocols(
     // Frames reach the readers within a second on an idle loopback.
     let p50 = second.quantile_since(&first, "ferrocast_ingest_to_first_write_seconds", 0.5).unwrap();
     assert!(p50 < 1.0, "median ingest to first write {p50} s");
+    // The aggregate of the readers' latest reports: a figure, never NaN.
+    let jitter = second.value("ferrocast_rtcp_jitter_seconds_max", &[("protocol", "rtsp")]);
+    assert!(jitter.is_finite() && jitter >= 0.0, "{jitter}");
+    assert!(second.value("ferrocast_rtcp_fraction_lost_max", &[("protocol", "rtsp")]) <= 1.0);
     // Never a credential or a pulled or pushed URL.
     for secret in ["hunter2", "admin", "secret-key", "rtsp://", "rtmp://"] {
         assert!(!text.contains(secret), "{secret} in the metrics:\n{text}");
     }
 
+    // A reader kicked through the API: counted; the RTMP reader's session ends.
+    let api = format!("http://{}/api/v1", server.http);
+    let all = get_json(&format!("{api}/sessions")).await;
+    let rtmp_reader = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["protocol"] == "rtmp" && s["role"] == "reader")
+        .expect("the RTMP reader's session")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(request("DELETE", &format!("{api}/sessions/{rtmp_reader}"), None).await.status, 204);
+    scrape_until(&server, "the kick counted, the reader gone", |e| {
+        e.value("ferrocast_sessions_kicked_total", &[]) == 1.0 && sessions(e, "rtmp", "reader") == 0.0
+    })
+    .await;
+
     // The readers leave: counted at once.
-    drop(_readers);
+    readers.clear();
     scrape_until(&server, "no readers", |e| e.value("ferrocast_readers", &[]) == 0.0).await;
 }
 

@@ -132,6 +132,11 @@ impl Recordings {
         })
     }
 
+    /// Whether `path` is being recorded now (it has a recorder).
+    pub fn is_recording(&self, path: &str) -> bool {
+        lock(&self.active).contains(path)
+    }
+
     /// The index, if recordings exist or are being made.
     pub fn index(&self) -> Option<Arc<Index>> {
         lock(&self.index).clone()

@@ -1,14 +1,24 @@
-//! `/api/v1/paths` and `/api/v1/probe` (DESIGN.md "API"): JSON in and out, errors as
-//! `{"error": "..."}`. The stream path is the rest of the URL path, unencoded.
+//! The HTTP API v1 (DESIGN.md "API"): JSON in and out, errors as `{"error": "..."}` with a
+//! proper status. The stream path is the rest of the URL path, unencoded. Every route is in
+//! the OpenAPI document [`OPENAPI`] (served at `/api/v1/openapi.json`); a test checks that the
+//! routes answered and the document agree.
 //!
 //! - `GET /api/v1/paths`: `{"items": [PATH, ...]}` sorted by path: every live path and every
 //!   path with a configured source.
 //! - `GET /api/v1/paths/PATH`: one PATH (a path known to the hub, with a source, or with push
 //!   targets), or 404.
 //!   PATH = `{"path": "cams/a", "live": bool, "readers": N, "source": null | SOURCE,
-//!   "push": [RELAY, ...]}`; SOURCE is [`crate::source::SourceStatus`], RELAY a push target's
-//!   [`crate::relay::RelayStatus`]. `readers` counts viewers, not
-//!   the server's own services (HLS muxing, recording, push).
+//!   "push": [RELAY, ...], "publisher": null | {"protocol", "remote_addr", "session_id"},
+//!   "tracks": [TRACK, ...], "bitrate_in": bits/s, "readers_by_protocol": {"rtmp": N, ...},
+//!   "bytes_in": N, "bytes_out": N, "uptime": seconds | null, "recording": bool, "hls": bool}`;
+//!   SOURCE is [`crate::source::SourceStatus`], RELAY a push target's
+//!   [`crate::relay::RelayStatus`]. `readers` counts viewers, not the server's own services
+//!   (HLS muxing, recording, push); `readers_by_protocol` counts reader sessions (HLS players
+//!   included, see [`crate::http_sessions`]). `publisher` is the publishing session, or a
+//!   pulled source's session (its peer is the camera). `bitrate_in` is the media payload rate
+//!   over the last few seconds ([`crate::rate`]); `bytes_in`/`bytes_out` are the wire bytes
+//!   of every session of the path since the server started.
+//! - `GET /api/v1/sessions`, `GET|DELETE /api/v1/sessions/ID`: see [`sessions`].
 //! - `POST /api/v1/probe` with `{"url": "rtsp://..." | "rtmp://..."}`: connects once and
 //!   reports what it found ([`crate::source::ProbeResult`]). Loopback clients only (it makes
 //!   the server connect anywhere), at most [`MAX_PROBES`] at once (503 beyond), the body at
@@ -24,12 +34,26 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use crate::config::SourceConfig;
+use crate::hls::HlsRegistry;
 use crate::hub::Hub;
 use crate::push::PushRegistry;
+use crate::record::Recordings;
+use crate::session::{Protocol, Role};
 use crate::source::{MAX_PROBES, Sources};
+
+pub mod sessions;
 
 /// `/api/v1/paths`.
 pub const PATHS: &str = "/api/v1/paths";
+
+/// `/api/v1/openapi.json`.
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
+/// The OpenAPI 3 document of every `/api/v1` route.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Everything under it is the API's.
+pub const PREFIX: &str = "/api/v1";
 
 /// `/api/v1/probe`.
 pub const PROBE: &str = "/api/v1/probe";
@@ -38,13 +62,22 @@ pub const PROBE: &str = "/api/v1/probe";
 pub const MAX_PROBE_BODY: usize = 8 * 1024;
 
 /// What the routes need.
-#[derive(Debug)]
 pub struct Api {
     hub: Arc<Hub>,
     sources: Option<Arc<Sources>>,
     push: Option<Arc<PushRegistry>>,
     source_config: SourceConfig,
     probes: Semaphore,
+    /// Live HLS muxing (the `hls` field of a path), once the router has it.
+    hls: std::sync::OnceLock<Arc<HlsRegistry>>,
+    /// Recordings (the `recording` field of a path), once the router has them.
+    recordings: std::sync::OnceLock<Arc<Recordings>>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("hub", &self.hub).finish_non_exhaustive()
+    }
 }
 
 impl Api {
@@ -55,7 +88,22 @@ impl Api {
         push: Option<Arc<PushRegistry>>,
         source_config: SourceConfig,
     ) -> Arc<Api> {
-        Arc::new(Api { hub, sources, push, source_config, probes: Semaphore::new(MAX_PROBES) })
+        Arc::new(Api {
+            hub,
+            sources,
+            push,
+            source_config,
+            probes: Semaphore::new(MAX_PROBES),
+            hls: Default::default(),
+            recordings: Default::default(),
+        })
+    }
+
+    /// Gives the API the live HLS muxing and the recordings whose state paths show (the first
+    /// call wins).
+    pub fn attach_services(&self, hls: Arc<HlsRegistry>, recordings: Arc<Recordings>) {
+        let _ = self.hls.set(hls);
+        let _ = self.recordings.set(recordings);
     }
 
     /// The pulled sources, if the server has them (metrics).
@@ -74,12 +122,12 @@ impl Api {
     }
 }
 
-fn reply(status: StatusCode, body: Value) -> Response {
+pub(crate) fn reply(status: StatusCode, body: Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body.to_string() + "\n")
         .into_response()
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     reply(status, json!({ "error": message.to_string() }))
 }
 
@@ -89,23 +137,84 @@ fn under(uri_path: &str, prefix: &str) -> bool {
 
 /// Whether this module answers `uri_path`.
 pub fn answers(uri_path: &str) -> bool {
-    under(uri_path, PATHS) || under(uri_path, PROBE)
+    under(uri_path, PATHS) || under(uri_path, PROBE) || under(uri_path, sessions::SESSIONS) || uri_path == OPENAPI_PATH
 }
 
 /// One path's JSON.
 fn path_json(api: &Api, path: &str) -> Value {
     let source = api.sources.as_ref().and_then(|s| s.status(path));
+    let stats = api.hub.path_stats(path);
+    let on_path = api.hub.sessions.on_path(path);
+    let publisher = on_path
+        .iter()
+        .find(|s| matches!(s.role(), Some(Role::Publisher | Role::Source)))
+        .map(|s| json!({ "protocol": s.protocol, "remote_addr": s.peer.to_string(), "session_id": s.id }));
+    let mut by_protocol = serde_json::Map::new();
+    for p in Protocol::ALL {
+        if p != Protocol::HttpPlayback {
+            by_protocol.insert(p.as_str().to_owned(), json!(0));
+        }
+    }
+    for s in on_path.iter().filter(|s| s.role() == Some(Role::Reader)) {
+        let n = by_protocol.entry(s.protocol.as_str()).or_insert(json!(0));
+        *n = json!(n.as_u64().unwrap_or(0) + 1);
+    }
+    let (bytes_in, bytes_out) = api.hub.sessions.path_bytes(path);
+    let live = api.hub.is_published(path);
+    let tracks: Vec<Value> = stats
+        .as_ref()
+        .map(|st| {
+            let t = &st.tracks;
+            [t.video.as_ref(), t.audio.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    let mut v = serde_json::to_value(crate::source::probe_track(t)).unwrap_or(Value::Null);
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("clock_rate");
+                        if o.get("kind").and_then(Value::as_str) == Some("video") && st.fps > 0.0 {
+                            o.insert("fps".into(), json!((st.fps * 100.0).round() / 100.0));
+                        }
+                    }
+                    v
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     json!({
         "path": path,
-        "live": api.hub.is_published(path),
+        "live": live,
         "readers": api.hub.readers(path),
         "source": source,
         "push": api.push_status(path),
+        "publisher": publisher,
+        "tracks": tracks,
+        "bitrate_in": stats.as_ref().filter(|_| live).map_or(0, |s| s.bitrate_in.round() as u64),
+        "readers_by_protocol": by_protocol,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "uptime": stats.as_ref().and_then(|s| s.live_since).map(|(at, _)| at.elapsed().as_secs_f64()),
+        "recording": api.recordings.get().is_some_and(|r| r.is_recording(path)),
+        "hls": api.hls.get().is_some_and(|h| h.get(path).is_some()),
     })
 }
 
 /// Answers a request this module [`answers`].
 pub async fn handle(api: &Api, method: &Method, uri_path: &str, body: Body, peer: SocketAddr) -> Response {
+    if uri_path == OPENAPI_PATH {
+        if method != Method::GET && method != Method::HEAD {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        }
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json"), (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+            OPENAPI,
+        )
+            .into_response();
+    }
+    if under(uri_path, sessions::SESSIONS) {
+        return sessions::handle(&api.hub.sessions, method, uri_path, peer);
+    }
     if under(uri_path, PROBE) {
         if uri_path != PROBE {
             return error(StatusCode::NOT_FOUND, "not found");
