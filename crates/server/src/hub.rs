@@ -52,6 +52,9 @@ pub struct HubStats {
     /// Streams whose media time was mapped to the publisher's capture time (RTCP sender
     /// reports) instead of arrival.
     pub capture_anchors: AtomicU64,
+    /// Frames handed to readers, every stream: what [`HubStats::ingest_to_first_write`]
+    /// measures a share of (frames that only readers' own tasks write are not in it).
+    pub frames_ingested: AtomicU64,
     /// From a frame entering the hub ([`Publisher::push`]) to the fan-out's first write of it
     /// to any reader's socket (see [`crate::fanout`]): once per frame, whatever the readers.
     pub ingest_to_first_write: Arc<crate::metrics::Histogram>,
@@ -856,6 +859,7 @@ impl Publisher {
         if let Some(o) = &st.ordered {
             o.build(&st.tracks, &frame);
         }
+        stats.frames_ingested.fetch_add(1, Ordering::Relaxed);
         self.stream.fanout.arrived(st.next_seq, arrival_us);
         self.stream.send(st, HubEvent::Frame(frame));
     }

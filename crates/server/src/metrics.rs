@@ -112,6 +112,7 @@ pub fn hub_counters(stats: &HubStats) -> Vec<HubFigure> {
         timestamps_held,
         reader_panics,
         capture_anchors,
+        frames_ingested,
         ingest_to_first_write,
     } = stats;
     let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -150,6 +151,11 @@ pub fn hub_counters(stats: &HubStats) -> Vec<HubFigure> {
             "capture_anchors_total",
             "Streams whose media time was mapped to the publisher's capture time (RTCP sender reports).",
             v(capture_anchors),
+        ),
+        HubFigure::Counter(
+            "frames_ingested_total",
+            "Frames handed to readers, every stream (the histogram below measures those the fan-out writes).",
+            v(frames_ingested),
         ),
         HubFigure::Histogram(
             "ingest_to_first_write_seconds",
@@ -592,7 +598,7 @@ mod tests {
         hub.stats.ingest_to_first_write.observe_us(40_000);
         let text = Exporter::new(hub.clone(), Extras::default()).render();
         let figures = hub_counters(&hub.stats);
-        assert_eq!(figures.len(), 8);
+        assert_eq!(figures.len(), 9);
         for f in &figures {
             let name = f.name();
             assert!(text.contains(&format!("# HELP {name} ")), "{name}");

@@ -42,7 +42,7 @@ async fn scrape_until(server: &Server, what: &str, f: impl Fn(&Exposition) -> bo
 
 /// Every figure the hub keeps (HubStats): metrics.rs takes the struct apart without `..`, so a
 /// new field does not compile until it is exported; this list is what a scraper sees.
-const HUB_FIGURES: [&str; 8] = [
+const HUB_FIGURES: [&str; 9] = [
     "ferrocast_frames_skipped_total",
     "ferrocast_readers_cut_off_total",
     "ferrocast_timestamp_rebases_total",
@@ -50,6 +50,7 @@ const HUB_FIGURES: [&str; 8] = [
     "ferrocast_timestamps_held_total",
     "ferrocast_reader_panics_total",
     "ferrocast_capture_anchors_total",
+    "ferrocast_frames_ingested_total",
     "ferrocast_ingest_to_first_write_seconds",
 ];
 
@@ -119,6 +120,10 @@ async fn metrics_move_while_a_stream_is_published_and_read_over_every_protocol()
     grew("ferrocast_sent_bytes_total");
     grew("ferrocast_ingest_to_first_write_seconds_count");
     grew("ferrocast_ingest_to_first_write_seconds_sum");
+    grew("ferrocast_frames_ingested_total");
+    // Each frame is measured once at most.
+    let measured = |e: &Exposition| e.value("ferrocast_ingest_to_first_write_seconds_count", &[]);
+    assert!(measured(&second) <= second.value("ferrocast_frames_ingested_total", &[]));
     grew("ferrocast_recording_bytes_written_total");
     grew("ferrocast_recording_parts_written_total");
     grew("ferrocast_uptime_seconds");
