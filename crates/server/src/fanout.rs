@@ -24,6 +24,14 @@
 //! (`hub.load_merge_max_ms` at most; it learns when each track's frames arrive), so the two
 //! share a write: mostly a video frame and the audio frame next to it. A frame that arrives
 //! during a pass waits about that long for its last reader anyway.
+//!
+//! The fan-out measures the server's share of a reader's latency (issue 14): the publisher
+//! notes when each frame entered the hub ([`FanOut::arrived`], a table of the latest
+//! [`ARRIVALS`] frames by ring number, one relaxed store per frame), and the first pass of
+//! any shard that writes the frame to a reader's socket takes that note and puts the time
+//! since into the hub's `ingest_to_first_write` histogram: one clock reading per pass and a
+//! few relaxed atomics per frame and stream, nothing per reader. Frames only readers' own
+//! tasks write (a reader catching up with its GOP, RTP over UDP) are not measured.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -38,6 +46,7 @@ use tokio::sync::{Notify, broadcast};
 use tracing::error;
 
 use crate::event::{HubEvent, Sequenced};
+use crate::metrics::Histogram;
 
 /// Turns frames into the bytes of one reader's protocol, in the fan-out task.
 pub trait Encoder: Send {
@@ -279,6 +288,67 @@ pub(crate) struct FanOut {
     pacing: Pacing,
     /// Readers ended by a panic in a pass (the hub's counter).
     panics: Arc<AtomicU64>,
+    /// When the latest frames entered the hub, until their first write.
+    arrivals: Arrivals,
+    /// Ingest to first write (the hub's histogram).
+    latency: Option<Arc<Histogram>>,
+}
+
+/// Frames whose arrival the fan-out remembers: the fan-out of a stream taking longer than
+/// this many frames (several seconds at a camera's 25-30 frames and ~50 audio frames a
+/// second) to write one loses its note, and the frame goes unmeasured.
+pub const ARRIVALS: usize = 512;
+
+/// Bits of an arrival note that hold the time (µs on the fan-out's clock, wrapping): 2^40 µs
+/// is 12 days, far beyond any latency measured; the bits above hold the frame's ring number.
+const TIME_BITS: u32 = 40;
+const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+
+/// When each of the latest [`ARRIVALS`] frames entered the hub, by ring number: each note
+/// packs the number's low bits (which frame it is) with the arrival time; a time of 0 marks
+/// a note already taken.
+#[derive(Debug)]
+struct Arrivals {
+    epoch: Instant,
+    notes: Box<[AtomicU64]>,
+}
+
+impl Default for Arrivals {
+    fn default() -> Self {
+        Arrivals { epoch: Instant::now(), notes: (0..ARRIVALS).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+impl Arrivals {
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    fn slot(&self, seq: u64) -> &AtomicU64 {
+        &self.notes[seq as usize % ARRIVALS]
+    }
+
+    fn note(seq: u64, us: u64) -> u64 {
+        (seq << TIME_BITS) | (us & TIME_MASK).max(1)
+    }
+
+    /// Frame `seq` entered the hub at `us`.
+    fn put(&self, seq: u64, us: u64) {
+        self.slot(seq).store(Self::note(seq, us), Ordering::Relaxed);
+    }
+
+    /// Takes the arrival of frame `seq` if it is still noted and no one took it yet: µs from
+    /// it to `now_us`.
+    fn take(&self, seq: u64, now_us: u64) -> Option<u64> {
+        let slot = self.slot(seq);
+        let note = slot.load(Ordering::Relaxed);
+        let tag = |n: u64| n >> TIME_BITS;
+        if tag(note) != tag(Self::note(seq, 0)) || note & TIME_MASK == 0 {
+            return None;
+        }
+        slot.compare_exchange(note, note & !TIME_MASK, Ordering::Relaxed, Ordering::Relaxed).ok()?;
+        Some(now_us.wrapping_sub(note) & TIME_MASK)
+    }
 }
 
 /// Part of a stream's readers, served by one fan-out task.
@@ -307,6 +377,42 @@ impl FanOut {
             readers: AtomicUsize::new(0),
             pacing,
             panics,
+            arrivals: Arrivals::default(),
+            latency: None,
+        }
+    }
+
+    /// Puts the time from each frame's arrival ([`FanOut::arrived`]) to its first write to a
+    /// reader's socket in `histogram`.
+    pub(crate) fn with_latency(mut self, histogram: Arc<Histogram>) -> FanOut {
+        self.latency = Some(histogram);
+        self
+    }
+
+    /// `at` on the clock of [`FanOut::arrived`], µs.
+    pub(crate) fn us_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.arrivals.epoch).as_micros() as u64
+    }
+
+    /// The frame that will be ring event `seq` entered the hub at `arrival_us` (from
+    /// [`FanOut::us_at`]). One relaxed store.
+    pub(crate) fn arrived(&self, seq: u64, arrival_us: u64) {
+        if self.latency.is_some() {
+            self.arrivals.put(seq, arrival_us);
+        }
+    }
+
+    /// A pass wrote `events` to a reader's socket: the frames among them not written before
+    /// by any shard go into the histogram.
+    fn first_written(&self, events: &[Sequenced]) {
+        let Some(h) = &self.latency else { return };
+        let now = self.arrivals.now_us();
+        for (seq, ev) in events {
+            if matches!(ev, HubEvent::Frame(_))
+                && let Some(us) = self.arrivals.take(*seq, now)
+            {
+                h.observe_us(us);
+            }
         }
     }
 
@@ -375,7 +481,12 @@ impl FanOut {
         let mut wrote = false;
         for s in slots {
             match catch_unwind(AssertUnwindSafe(|| s.deliver(events))) {
-                Ok(w) => wrote |= w,
+                Ok(w) => {
+                    if w && !wrote {
+                        self.first_written(events);
+                    }
+                    wrote |= w;
+                }
                 Err(panic) => {
                     let what = panic
                         .downcast_ref::<&str>()
@@ -816,6 +927,52 @@ mod tests {
         let (order, writes) = paced_writes(0, Duration::from_millis(2)).await;
         assert_eq!(order, expected);
         assert_eq!(writes, 80, "load_merge_max_ms = 0 writes every frame as it arrives");
+    }
+
+    /// An arrival is taken once (by the first shard that writes the frame); a note that a
+    /// later frame overwrote gives nothing; times wrap.
+    #[test]
+    fn arrivals_are_taken_once_and_stale_ones_never() {
+        let a = Arrivals::default();
+        a.put(5, 1_000);
+        assert_eq!(a.take(5, 1_250), Some(250));
+        assert_eq!(a.take(5, 1_300), None, "taken already");
+        a.put(6, 2_000);
+        a.put(6 + ARRIVALS as u64, 3_000);
+        assert_eq!(a.take(6, 3_100), None, "overwritten by a frame ARRIVALS later");
+        assert_eq!(a.take(6 + ARRIVALS as u64, 3_100), Some(100));
+        assert_eq!(a.take(7, 3_100), None, "never noted");
+        a.put(8, TIME_MASK - 10);
+        assert_eq!(a.take(8, TIME_MASK + 15), Some(25), "across the wrap of the time bits");
+    }
+
+    /// A frame pushed and written to a direct reader lands in the histogram once, however
+    /// many readers and shards write it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_frame_is_measured_once_at_its_first_write() {
+        let hub = crate::hub::Hub::new(crate::config::HubConfig::default());
+        let publisher = hub.publish("live/lat").unwrap();
+        let mut keep = Vec::new();
+        for _ in 0..3 {
+            let mut sub = hub.subscribe("live/lat").unwrap();
+            let (a, mut b) = pair().await;
+            tokio::spawn(async move { while b.read(&mut [0u8; 4096]).await.is_ok_and(|n| n > 0) {} });
+            let attachment = sub.attach(Some(a), 256);
+            assert!(attachment.slot().go_direct(Box::new(Raw)));
+            keep.push((sub, attachment));
+        }
+        for i in 0..20 {
+            publisher.push(TrackKind::Video, i, i, i == 0, Bytes::from_static(b"v"));
+        }
+        let h = &hub.stats.ingest_to_first_write;
+        for _ in 0..3000 {
+            if h.snapshot().count >= 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(h.snapshot().count, 20, "every frame once, not once per reader or shard");
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct AppState {
     recordings: Arc<Recordings>,
     playback: Arc<Playback>,
     api: Arc<Api>,
+    /// `/metrics`.
+    metrics: Arc<crate::metrics::Exporter>,
     /// Sessions of HLS players and HTTP playback (no connection held).
     http_sessions: Arc<crate::http_sessions::HttpSessions>,
     /// What this listener serves.
@@ -92,12 +94,19 @@ pub fn router_console(
     let recordings = playback.recordings.clone();
     api.attach_services(hls.clone(), recordings.clone());
     let http_sessions = crate::http_sessions::HttpSessions::new(hub.sessions.clone());
+    let extras = crate::metrics::Extras {
+        sources: api.sources().cloned(),
+        push: api.push().cloned(),
+        recordings: Some(recordings.clone()),
+    };
+    let metrics = crate::metrics::Exporter::new(hub.clone(), extras);
     Router::new().fallback(handle).with_state(AppState {
         hub,
         hls,
         recordings,
         playback,
         api,
+        metrics,
         http_sessions,
         scope,
         console,
@@ -325,6 +334,9 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    if uri_path == crate::metrics::PATH {
+        return crate::metrics::respond(&state.metrics);
     }
     let played = crate::http_sessions::playback_path(&uri_path);
     if let Some(p) = played

@@ -52,6 +52,12 @@ pub struct HubStats {
     /// Streams whose media time was mapped to the publisher's capture time (RTCP sender
     /// reports) instead of arrival.
     pub capture_anchors: AtomicU64,
+    /// Frames handed to readers, every stream: what [`HubStats::ingest_to_first_write`]
+    /// measures a share of (frames that only readers' own tasks write are not in it).
+    pub frames_ingested: AtomicU64,
+    /// From a frame entering the hub ([`Publisher::push`]) to the fan-out's first write of it
+    /// to any reader's socket (see [`crate::fanout`]): once per frame, whatever the readers.
+    pub ingest_to_first_write: Arc<crate::metrics::Histogram>,
 }
 
 /// The shared registry of streams.
@@ -253,6 +259,8 @@ pub struct PathStats {
 /// A frame as its publisher gave it, before its place on the timeline.
 #[derive(Debug)]
 struct Input {
+    /// When it entered the hub, on the fan-out's clock ([`FanOut::us_at`]).
+    arrival_us: u64,
     kind: TrackKind,
     dts: i64,
     pts: i64,
@@ -400,7 +408,8 @@ impl Hub {
                     merge: ms(self.config.write_merge_ms),
                     load_max: ms(self.config.load_merge_max_ms),
                 };
-                let fanout = FanOut::new(fan_out_shards(), pacing, self.stats.reader_panics.clone());
+                let fanout = FanOut::new(fan_out_shards(), pacing, self.stats.reader_panics.clone())
+                    .with_latency(self.stats.ingest_to_first_write.clone());
                 Arc::new(Stream {
                     path: path.to_owned(),
                     tx: broadcast::channel(self.config.reader_queue_frames.max(1)).0,
@@ -761,12 +770,16 @@ impl Publisher {
         if let Some(f) = &self.frames {
             f.fetch_add(1, Ordering::Relaxed);
         }
+        let arrived = Instant::now();
         let mut st = lock(&self.stream.state);
         let st = &mut *st;
         let clock = track_clock(&st.tracks, kind);
         let size = data.len();
-        st.meter.add(Instant::now(), size, kind == TrackKind::Video);
-        let input = Input { kind, dts, pts, keyframe, data };
+        // One clock reading per frame, for the input meter and the ingest-to-first-write
+        // histogram.
+        st.meter.add(arrived, size, kind == TrackKind::Video);
+        let arrival_us = self.stream.fanout.us_at(arrived.into_std());
+        let input = Input { arrival_us, kind, dts, pts, keyframe, data };
         if let Some((mapped, input)) = st.timeline.place(index(kind), dts, clock, size, input) {
             self.place(st, mapped, input);
         }
@@ -786,7 +799,7 @@ impl Publisher {
 
     /// Hands a frame with its place on the timeline to every reader.
     fn place(&self, st: &mut StreamState, mapped: Mapped, input: Input) {
-        let Input { kind, dts, pts, keyframe, data } = input;
+        let Input { arrival_us, kind, dts, pts, keyframe, data } = input;
         let max_gop = self.hub.config.max_gop_cache_bytes;
         let clock = track_clock(&st.tracks, kind);
         let stats = &self.hub.stats;
@@ -846,6 +859,8 @@ impl Publisher {
         if let Some(o) = &st.ordered {
             o.build(&st.tracks, &frame);
         }
+        stats.frames_ingested.fetch_add(1, Ordering::Relaxed);
+        self.stream.fanout.arrived(st.next_seq, arrival_us);
         self.stream.send(st, HubEvent::Frame(frame));
     }
 }

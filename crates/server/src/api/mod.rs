@@ -106,6 +106,16 @@ impl Api {
         let _ = self.recordings.set(recordings);
     }
 
+    /// The pulled sources, if the server has them (metrics).
+    pub fn sources(&self) -> Option<&Arc<Sources>> {
+        self.sources.as_ref()
+    }
+
+    /// The push relays, if the server has them (metrics).
+    pub fn push(&self) -> Option<&Arc<PushRegistry>> {
+        self.push.as_ref()
+    }
+
     /// The push relays of `path` (one per `push` URL, idle while the path is not live).
     fn push_status(&self, path: &str) -> Vec<crate::relay::RelayStatus> {
         self.push.as_ref().map(|p| p.status(path)).unwrap_or_default()

@@ -304,6 +304,12 @@ impl PushRegistry {
             .collect()
     }
 
+    /// The state of every relay running now (metrics; idle targets of paths that are not
+    /// live have none).
+    pub fn running(&self) -> Vec<RelayState> {
+        self.lock().values().map(|r| r.lock().status.state).collect()
+    }
+
     /// A new stream: a relay per push URL that has none running (a relay still waiting out
     /// the previous stream of this path carries on with this one).
     fn on_stream(self: &Arc<Self>, path: &str) {

@@ -51,9 +51,14 @@ const RETENTION_EVERY: Duration = Duration::from_secs(5);
 /// no path's directory can take its name (or its `-wal` and `-shm` files' names).
 pub const INDEX_FILE: &str = "index+ferrocast.db";
 
-/// Counters (for logs now, metrics later).
+/// Counters (metrics).
 #[derive(Debug, Default)]
 pub struct RecordStats {
+    /// Bytes written to recording files (init segments and parts).
+    pub bytes_written: AtomicU64,
+    /// Segments deleted by retention, by [`retention::Reason`] (in [`retention::Reason::ALL`]'s
+    /// order), then through the API.
+    pub deleted: [AtomicU64; retention::Reason::ALL.len() + 1],
     /// Parts written.
     pub parts_written: AtomicU64,
     /// Parts lost: to a disk that could not keep up, or while no file could be written.
@@ -64,6 +69,14 @@ pub struct RecordStats {
     pub segments_deleted: AtomicU64,
     /// Bytes deleted by retention.
     pub bytes_deleted: AtomicU64,
+}
+
+impl RecordStats {
+    /// Segments deleted, by reason: each retention rule's name, then `api`.
+    pub fn deleted_by_reason(&self) -> Vec<(&'static str, u64)> {
+        let names = retention::Reason::ALL.iter().map(|r| r.as_str()).chain(["api"]);
+        names.zip(&self.deleted).map(|(n, c)| (n, c.load(Ordering::Relaxed))).collect()
+    }
 }
 
 /// Every recording: the index, the files being written, the settings.
@@ -173,6 +186,7 @@ impl Recordings {
             return Err(DeleteError::Writing);
         }
         self.remove(&index, &seg).map_err(DeleteError::Failed)?;
+        self.stats.deleted[retention::Reason::ALL.len()].fetch_add(1, Ordering::Relaxed);
         Ok(seg)
     }
 
@@ -482,6 +496,7 @@ impl Writer {
                         }
                         f.segment.bytes = f.appender.len();
                         f.segment.duration_us = part.end_us.max(0) as u64;
+                        self.rec.stats.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
                         self.rec.stats.parts_written.fetch_add(1, Ordering::Relaxed);
                         if let Err(e) = index.put(&f.segment) {
                             warn!(path = self.path, "recording: {e}");
@@ -538,6 +553,7 @@ impl Writer {
             return Err(undo(format!("writing {}: {e}", f.segment.file)));
         }
         f.segment.bytes = f.appender.len();
+        self.rec.stats.bytes_written.fetch_add(init.len() as u64, Ordering::Relaxed);
         index.put(&f.segment).map_err(|e| undo(e.to_string()))?;
         lock(&self.rec.writing).insert((self.path.clone(), start));
         debug!(path = self.path, file = f.segment.file, "recording: new file");
@@ -666,6 +682,7 @@ fn apply_retention(rec: &Recordings) {
         match rec.remove(&index, &seg) {
             Ok(()) => {
                 rec.stats.segments_deleted.fetch_add(1, Ordering::Relaxed);
+                rec.stats.deleted[reason as usize].fetch_add(1, Ordering::Relaxed);
                 rec.stats.bytes_deleted.fetch_add(seg.bytes, Ordering::Relaxed);
                 info!(path = seg.path, file = seg.file, bytes = seg.bytes, ?reason, "recording: deleted by retention");
             }

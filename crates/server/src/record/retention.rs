@@ -31,6 +31,21 @@ pub enum Reason {
     FreeSpace,
 }
 
+impl Reason {
+    /// Every reason, in declaration order (`reason as usize` indexes it).
+    pub const ALL: [Reason; 4] = [Reason::Age, Reason::PathBytes, Reason::TotalBytes, Reason::FreeSpace];
+
+    /// The name in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Age => "age",
+            Reason::PathBytes => "path_bytes",
+            Reason::TotalBytes => "total_bytes",
+            Reason::FreeSpace => "free_space",
+        }
+    }
+}
+
 /// The segments to delete now, in order, each with its reason. `limits(path)` gives a path's
 /// limits (its own, else the global ones); `total` the global size limit; `free_bytes` the
 /// disk's free space now and `min_free_bytes` what must stay free.
@@ -116,6 +131,14 @@ mod tests {
     use super::*;
 
     const S: u64 = 1_000_000;
+
+    /// The metrics index their counters by `reason as usize`.
+    #[test]
+    fn all_reasons_in_declaration_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+    }
 
     fn index(segments: &[(&str, u64, u64, bool)]) -> Index {
         let ix = Index::in_memory().unwrap();

@@ -303,10 +303,20 @@ pub struct Entry {
     prefer_tcp: AtomicBool,
     /// An edge pull (from `[edge] origin`), not a configured source.
     edge: bool,
+    /// The counters of all sources.
+    stats: Arc<SourceStats>,
+}
+
+/// Counters of the pulled sources (metrics).
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Tries that failed or ended (a live source that dropped included), each followed by
+    /// another: what the status's `retries` counts, never reset.
+    pub reconnects: AtomicU64,
 }
 
 impl Entry {
-    fn new(path: &str, settings: Settings) -> Arc<Entry> {
+    fn new(path: &str, settings: Settings, stats: Arc<SourceStats>) -> Arc<Entry> {
         let report = Report::default();
         report.info().url = settings.candidates.first().map(|u| redact(u)).unwrap_or_default();
         Arc::new(Entry {
@@ -316,6 +326,7 @@ impl Entry {
             report,
             prefer_tcp: AtomicBool::new(false),
             edge: false,
+            stats,
         })
     }
 
@@ -400,6 +411,8 @@ pub struct Sources {
     /// Most edge pulls at once (`limits.max_streams`): each request for an unknown path on
     /// an edge starts one, so they are capped like published streams.
     max_edge_pulls: usize,
+    /// Counters.
+    pub stats: Arc<SourceStats>,
 }
 
 impl Sources {
@@ -407,9 +420,10 @@ impl Sources {
     /// (always-on ones at once); the hub learns of them.
     pub fn start(hub: Arc<Hub>, config: &Config) -> Arc<Sources> {
         let mut entries = HashMap::new();
+        let stats = Arc::new(SourceStats::default());
         for (key, _) in config.paths.entries() {
             if let Some(settings) = Settings::resolve(config, key) {
-                entries.insert(key.to_owned(), Entry::new(key, settings));
+                entries.insert(key.to_owned(), Entry::new(key, settings, stats.clone()));
             }
         }
         let sources = Arc::new(Sources {
@@ -419,6 +433,7 @@ impl Sources {
             edge: config.edge.clone(),
             id: crate::edge::new_server_id(),
             max_edge_pulls: config.limits.max_streams,
+            stats,
         });
         let weak: Weak<dyn crate::hub::Sources> = Arc::downgrade(&(sources.clone() as Arc<dyn crate::hub::Sources>));
         hub.set_sources(weak);
@@ -456,7 +471,7 @@ impl Sources {
             start_timeout: ms(self.config.start_timeout_ms),
             close_after: ms(self.config.close_after_ms),
         };
-        let mut entry = Entry::new(path, settings);
+        let mut entry = Entry::new(path, settings, self.stats.clone());
         if let Some(e) = Arc::get_mut(&mut entry) {
             e.edge = true;
         }
@@ -653,6 +668,7 @@ async fn run_wanted(hub: &Arc<Hub>, config: &SourceConfig, entry: &Entry) {
             i.retries += 1;
             i.last_error = Some(e.message.clone());
         }
+        entry.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         entry.report.set_state(RelayState::WaitingToRetry);
         let url = entry.report.info().url.clone();
         if last_logged.as_deref() != Some(e.message.as_str()) {
@@ -873,6 +889,7 @@ mod tests {
                 start_timeout: Duration::from_secs(5),
                 close_after: ms(close_after_ms),
             },
+            Arc::default(),
         )
     }
 
