@@ -45,6 +45,8 @@ pub struct Api {
     push: Option<Arc<PushRegistry>>,
     source_config: SourceConfig,
     probes: Semaphore,
+    /// `/api/v1/config` ([`crate::api_config`]), once the server sets it.
+    reloader: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
 }
 
 impl Api {
@@ -55,7 +57,19 @@ impl Api {
         push: Option<Arc<PushRegistry>>,
         source_config: SourceConfig,
     ) -> Arc<Api> {
-        Arc::new(Api { hub, sources, push, source_config, probes: Semaphore::new(MAX_PROBES) })
+        Arc::new(Api {
+            hub,
+            sources,
+            push,
+            source_config,
+            probes: Semaphore::new(MAX_PROBES),
+            reloader: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Serves `/api/v1/config` from `reloader` (once; later calls are ignored).
+    pub fn set_reloader(&self, reloader: Arc<crate::reload::Reloader>) {
+        let _ = self.reloader.set(reloader);
     }
 
     /// The push relays of `path` (one per `push` URL, idle while the path is not live).
@@ -79,7 +93,7 @@ fn under(uri_path: &str, prefix: &str) -> bool {
 
 /// Whether this module answers `uri_path`.
 pub fn answers(uri_path: &str) -> bool {
-    under(uri_path, PATHS) || under(uri_path, PROBE)
+    under(uri_path, PATHS) || under(uri_path, PROBE) || crate::api_config::answers(uri_path)
 }
 
 /// One path's JSON.
@@ -96,6 +110,9 @@ fn path_json(api: &Api, path: &str) -> Value {
 
 /// Answers a request this module [`answers`].
 pub async fn handle(api: &Api, method: &Method, uri_path: &str, body: Body, peer: SocketAddr) -> Response {
+    if crate::api_config::answers(uri_path) {
+        return crate::api_config::handle(api.reloader.get(), method, uri_path, body, peer).await;
+    }
     if under(uri_path, PROBE) {
         if uri_path != PROBE {
             return error(StatusCode::NOT_FOUND, "not found");

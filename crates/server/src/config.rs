@@ -573,6 +573,7 @@ impl Config {
         let sc = &self.source;
         anyhow::ensure!(sc.retry_min_ms <= sc.retry_max_ms, "source.retry_min_ms must not exceed source.retry_max_ms");
         self.record.validate()?;
+        self.hooks.validate()?;
         self.rtsp.multicast_net()?;
         anyhow::ensure!((200..=65_000).contains(&self.rtsp.mtu), "rtsp.mtu must be 200..=65000");
         anyhow::ensure!(

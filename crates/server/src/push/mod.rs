@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::config::{SourceConfig, ms};
 use crate::hub::{Hub, Subscription};
-use crate::paths::PathTable;
+use crate::paths::SharedPaths;
 use crate::reader::Reader;
 use crate::relay::{Backoff, RelayState, RelayStatus, redact_key};
 
@@ -205,7 +205,8 @@ impl Relay {
 pub struct PushRegistry {
     hub: Arc<Hub>,
     source: SourceConfig,
-    paths: PathTable,
+    /// Read when a stream starts: a reload applies to the next publish.
+    paths: SharedPaths,
     mtu: usize,
     /// Running relays by (path, URL as configured).
     relays: Mutex<HashMap<(String, String), Arc<Relay>>>,
@@ -219,13 +220,13 @@ impl std::fmt::Debug for PushRegistry {
 
 /// Starts following the hub: each new stream whose path has a `push` list gets a relay task
 /// per URL. `mtu` is the RTP payload size for RTSP targets (`rtsp.mtu`).
-pub fn start(hub: Arc<Hub>, source: SourceConfig, paths: PathTable, mtu: usize) -> Arc<PushRegistry> {
-    let any = paths.entries().any(|(_, s)| !s.push.is_empty());
+pub fn start(hub: Arc<Hub>, source: SourceConfig, paths: impl Into<SharedPaths>, mtu: usize) -> Arc<PushRegistry> {
+    let paths = paths.into();
     let registry = Arc::new(PushRegistry { hub: hub.clone(), source, paths, mtu, relays: Mutex::new(HashMap::new()) });
-    if any {
-        let reg = registry.clone();
-        hub.on_new_streams(move |_, path| reg.on_stream(&path));
-    }
+    // Followed even with no `push` today: a reload may add one. A stream without costs one
+    // table lookup.
+    let reg = registry.clone();
+    hub.on_new_streams(move |_, path| reg.on_stream(&path));
     registry
 }
 
