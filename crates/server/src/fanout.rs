@@ -53,6 +53,8 @@ pub struct Slot {
     notify: Notify,
     /// Where direct writes go (None: the encoder sends by itself).
     socket: Option<Arc<TcpStream>>,
+    /// The reader's session, whose `bytes_out` direct writes add to (one relaxed add per write).
+    session: std::sync::OnceLock<Arc<crate::session::SessionInfo>>,
 }
 
 struct SlotState {
@@ -102,7 +104,13 @@ impl Slot {
             }),
             notify: Notify::new(),
             socket,
+            session: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts the bytes direct writes send in `session`'s `bytes_out` (set once).
+    pub fn count_into(&self, session: Arc<crate::session::SessionInfo>) {
+        let _ = self.session.set(session);
     }
 
     fn lock(&self) -> MutexGuard<'_, SlotState> {
@@ -211,9 +219,20 @@ impl Slot {
             return false;
         }
         let Some(socket) = &self.socket else { return false };
+        let total: usize = st.scratch.iter().map(Bytes::len).sum();
         match crate::sockio::write_now(socket, &mut st.scratch) {
-            Ok(true) => return true,
-            Ok(false) => st.pending = std::mem::take(&mut st.scratch),
+            Ok(true) => {
+                if let Some(s) = self.session.get() {
+                    s.add_out(total);
+                }
+                return true;
+            }
+            Ok(false) => {
+                if let Some(s) = self.session.get() {
+                    s.add_out(total - st.scratch.iter().map(Bytes::len).sum::<usize>());
+                }
+                st.pending = std::mem::take(&mut st.scratch)
+            }
             Err(e) => st.error = Some(e),
         }
         st.scratch.clear();

@@ -25,6 +25,7 @@ use crate::hub::{Hub, reader_nodelay, write_timeout};
 use crate::limits::Limiter;
 use crate::path;
 use crate::record::Recordings;
+use crate::session::{Protocol, Role};
 use crate::vod::Playback;
 
 /// What the handlers share.
@@ -35,6 +36,8 @@ pub struct AppState {
     recordings: Arc<Recordings>,
     playback: Arc<Playback>,
     api: Arc<Api>,
+    /// Sessions of HLS players and HTTP playback (no connection held).
+    http_sessions: Arc<crate::http_sessions::HttpSessions>,
 }
 
 /// The router, without pulled sources or push relays in the API.
@@ -46,7 +49,8 @@ pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>) -> 
 /// The router, with `api` answering `/api/v1/paths` and `/api/v1/probe`.
 pub fn router_with(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>, api: Arc<Api>) -> Router {
     let recordings = playback.recordings.clone();
-    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback, api })
+    let http_sessions = crate::http_sessions::HttpSessions::new(hub.sessions.clone());
+    Router::new().fallback(handle).with_state(AppState { hub, hls, recordings, playback, api, http_sessions })
 }
 
 /// Serves HTTP until the task is dropped.
@@ -193,10 +197,22 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
+    let played = crate::http_sessions::playback_path(&uri_path);
+    if let Some(p) = played
+        && state.http_sessions.check(Protocol::HttpPlayback, peer, p).is_err()
+    {
+        return plain(StatusCode::FORBIDDEN, "session kicked\n");
+    }
     if let Some(r) = crate::vod::http::respond(&state.playback, req.method(), req.uri(), req.headers()).await {
+        if let Some(p) = played.filter(|_| r.status().is_success()) {
+            state.http_sessions.served(Protocol::HttpPlayback, Role::Playback, peer, p, content_length(&r));
+        }
         return r;
     }
     if let Some((stream, file)) = hls::parse_url(&uri_path) {
+        if state.http_sessions.check(Protocol::Hls, peer, stream).is_err() {
+            return plain(StatusCode::FORBIDDEN, "session kicked\n");
+        }
         // An HLS player holds no connection: each request keeps a pulled path wanted, and the
         // first starts its source and waits for it (up to its start timeout).
         if path::validate(stream).is_ok()
@@ -214,7 +230,11 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
             let header = |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok()).map(str::to_owned);
             (header(header::RANGE), header(header::IF_NONE_MATCH))
         };
-        return hls_response(&state.hls, stream, file, head, range, if_none_match).await;
+        let r = hls_response(&state.hls, stream, file, head, range, if_none_match).await;
+        if r.status().is_success() {
+            state.http_sessions.served(Protocol::Hls, Role::Reader, peer, stream, content_length(&r));
+        }
+        return r;
     }
     let Some(stream) = uri_path.strip_prefix('/').and_then(|p| p.strip_suffix(".flv")) else {
         return plain(StatusCode::NOT_FOUND, "not found\n");
@@ -224,7 +244,12 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     }
     debug!(%peer, path = stream, "http-flv reader on hyper's path");
     let watchdog = req.extensions().get::<Watchdog>().cloned();
-    crate::http_flv::respond(&state.hub, stream, req.method() == Method::HEAD, watchdog).await
+    crate::http_flv::respond_to(&state.hub, stream, req.method() == Method::HEAD, watchdog, peer).await
+}
+
+/// The Content-Length of a response (0 when it has none).
+fn content_length(r: &Response) -> usize {
+    r.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 async fn hls_response(

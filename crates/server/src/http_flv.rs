@@ -32,6 +32,7 @@ use crate::fanout::Encoder;
 use crate::hub::{Hub, write_merge, write_timeout};
 use crate::path;
 use crate::reader::{Reader, ReaderItem, Tag, TagFeed, flv_track};
+use crate::session::{Protocol, Role as SessionRole, SessionHandle};
 use crate::sockio::{read_some, write_with_timeout};
 
 /// Why a player is not served: the status and text of the answer.
@@ -80,30 +81,40 @@ struct FlvPlayer {
     /// Per-reader tags (FLV header, sequence headers, metadata) gathered for one write.
     own: BytesMut,
     path: String,
+    /// The player's entry in the session registry.
+    sess: SessionHandle,
 }
 
 impl FlvPlayer {
     /// Subscribes to `stream` (waiting for a publisher up to `hub.play_wait_ms`), attached
     /// to the fan-out with its socket when there is one. The player starts with the FLV file
     /// header gathered.
-    async fn open(hub: &Arc<Hub>, stream: &str, socket: Option<Arc<TcpStream>>) -> Result<FlvPlayer, Refusal> {
+    async fn open(
+        hub: &Arc<Hub>,
+        stream: &str,
+        socket: Option<Arc<TcpStream>>,
+        peer: std::net::SocketAddr,
+    ) -> Result<FlvPlayer, Refusal> {
         if hub.at_reader_limit(stream) {
             return Err(Refusal::ReaderLimit);
         }
+        let sess = hub.sessions.open(Protocol::HttpFlv, peer);
         let Some(sub) = hub.subscribe_wait(stream).await else {
-            debug!(path = stream, "http-flv: no such stream");
+            debug!(%peer, path = stream, "http-flv: no such stream");
             return Err(Refusal::NotFound);
         };
-        info!(path = stream, "http-flv play");
-        let reader = match socket {
+        info!(%peer, session = %sess.id(), path = stream, "http-flv play");
+        sess.begin(SessionRole::Reader, stream);
+        let mut reader = match socket {
             Some(socket) => Reader::attached(hub.clone(), sub, Some(socket)),
             None => Reader::new(hub.clone(), sub),
         };
+        reader.set_session(sess.info().clone());
         let t = reader.initial_tracks();
         // Until the publisher has sent its sequence headers, announce both tracks.
         let known = t.video.is_some() || t.audio.is_some();
         let own = BytesMut::from(&flv::file_header(!known || t.audio.is_some(), !known || t.video.is_some())[..]);
-        Ok(FlvPlayer { reader, feed: TagFeed::default(), tags: Vec::new(), own, path: stream.to_owned() })
+        Ok(FlvPlayer { reader, feed: TagFeed::default(), tags: Vec::new(), own, path: stream.to_owned(), sess })
     }
 
     /// Handles one reader item.
@@ -114,11 +125,12 @@ impl FlvPlayer {
             ReaderItem::Republished => self.feed.reset(),
             ReaderItem::Unpublished => {}
             ReaderItem::Ended => {
-                info!(path = self.path, "http-flv: stream ended");
+                info!(session = %self.sess.id(), path = self.path, "http-flv: stream ended");
                 return Flow::End;
             }
             ReaderItem::TooSlow => {
-                warn!(path = self.path, dropped = self.reader.dropped, "http-flv reader too slow: disconnected");
+                warn!(session = %self.sess.id(), path = self.path, dropped = self.reader.dropped, "http-flv reader too slow: disconnected");
+                self.sess.set_reason("too slow");
                 return Flow::Abort;
             }
         }
@@ -189,7 +201,8 @@ fn plain_response(status: StatusCode, text: &str) -> Bytes {
 pub async fn serve(socket: TcpStream, stream: String, hub: Arc<Hub>) -> anyhow::Result<()> {
     let socket = Arc::new(socket);
     let timeout = write_timeout(&hub);
-    let mut player = match FlvPlayer::open(&hub, &stream, Some(socket.clone())).await {
+    let peer = socket.peer_addr().unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut player = match FlvPlayer::open(&hub, &stream, Some(socket.clone()), peer).await {
         Ok(p) => p,
         Err(refusal) => {
             let mut out = vec![plain_response(refusal.status(), refusal.text())];
@@ -211,7 +224,9 @@ pub async fn serve(socket: TcpStream, stream: String, hub: Arc<Hub>) -> anyhow::
             slot.take_over(&mut pending)?;
         }
         if !pending.is_empty() {
+            let total: usize = pending.iter().map(Bytes::len).sum();
             write_with_timeout(&socket, &mut pending, timeout).await?;
+            player.sess.info().add_out(total);
             if pending.capacity() > 64 {
                 pending = Vec::new(); // after the GOP burst
             }
@@ -228,8 +243,14 @@ pub async fn serve(socket: TcpStream, stream: String, hub: Arc<Hub>) -> anyhow::
             r = read_some(&socket, &mut buf) => {
                 // A player sends nothing after its request; what it sends is dropped.
                 if r? == 0 {
+                    player.sess.set_reason("closed by peer");
                     return Ok(());
                 }
+            }
+            _ = player.sess.kicked() => {
+                info!(%peer, session = %player.sess.id(), "http-flv session kicked: closing");
+                let _ = socket2::SockRef::from(&*socket).shutdown(std::net::Shutdown::Both);
+                return Ok(());
             }
             _ = slot.changed(), if direct => {}
             item = player.reader.next(), if !direct => {
@@ -255,7 +276,18 @@ pub async fn serve(socket: TcpStream, stream: String, hub: Arc<Hub>) -> anyhow::
 /// connection): the same player as [`serve`]'s, as a body hyper chunks. `watchdog` ends the
 /// connection when the player's socket takes nothing for the write timeout.
 pub async fn respond(hub: &Arc<Hub>, stream: &str, head_only: bool, watchdog: Option<Watchdog>) -> Response {
-    let player = match FlvPlayer::open(hub, stream, None).await {
+    respond_to(hub, stream, head_only, watchdog, std::net::SocketAddr::from(([0, 0, 0, 0], 0))).await
+}
+
+/// [`respond`] for a player at `peer` (the session's remote address).
+pub async fn respond_to(
+    hub: &Arc<Hub>,
+    stream: &str,
+    head_only: bool,
+    watchdog: Option<Watchdog>,
+    peer: std::net::SocketAddr,
+) -> Response {
+    let player = match FlvPlayer::open(hub, stream, None, peer).await {
         Ok(p) => p,
         Err(refusal) => return crate::http::plain(refusal.status(), refusal.text()),
     };
@@ -299,6 +331,7 @@ impl FlvBody {
         loop {
             if let Some(b) = self.out.pop_front() {
                 self.watch.yielded();
+                self.player.sess.info().add_out(b.len());
                 return Some(b);
             }
             if self.done {
@@ -306,7 +339,14 @@ impl FlvBody {
             }
             // Items are handled as they come (no per-frame buffer of them): the first one
             // waited for, then what is ready, or what arrives within the merge window.
-            let first = self.player.reader.next().await;
+            let first = tokio::select! {
+                item = self.player.reader.next() => item,
+                _ = self.player.sess.kicked() => {
+                    info!(session = %self.player.sess.id(), "http-flv session kicked: closing");
+                    self.done = true;
+                    return None;
+                }
+            };
             let mut flow = self.player.take(first);
             if self.merge.is_zero() {
                 for _ in 1..64 {

@@ -231,6 +231,23 @@ struct StreamState {
     ordered: Option<Arc<dyn OrderedWire>>,
     /// Number of the next event in the ring, across publishers.
     next_seq: u64,
+    /// When the current publisher started (`uptime` in the API); None in the grace period.
+    live_since: Option<(Instant, std::time::SystemTime)>,
+    /// The input rate over the last seconds.
+    meter: crate::rate::RateMeter,
+}
+
+/// What the API shows of a stream ([`Hub::path_stats`]).
+#[derive(Debug, Clone)]
+pub struct PathStats {
+    /// The tracks now.
+    pub tracks: Arc<Tracks>,
+    /// When the current publisher started, if there is one.
+    pub live_since: Option<(Instant, std::time::SystemTime)>,
+    /// Media payload bits per second over the last seconds.
+    pub bitrate_in: f64,
+    /// Video frames per second over the last seconds.
+    pub fps: f64,
 }
 
 /// A frame as its publisher gave it, before its place on the timeline.
@@ -347,6 +364,14 @@ impl Hub {
         v
     }
 
+    /// The tracks, uptime and input rate of `path`'s stream, if the hub has one.
+    pub fn path_stats(&self, path: &str) -> Option<PathStats> {
+        let stream = self.stream(path)?;
+        let st = lock(&stream.state);
+        let (bitrate_in, fps) = st.meter.rates(Instant::now());
+        Some(PathStats { tracks: st.tracks.clone(), live_since: st.live_since, bitrate_in, fps })
+    }
+
     /// Whether the hub has a stream at `path`: published, or waiting for a republish.
     pub fn has_stream(&self, path: &str) -> bool {
         lock(&self.streams).contains_key(path)
@@ -403,6 +428,8 @@ impl Hub {
         st.timeline.republish();
         st.clocked = false;
         st.capture = None;
+        st.live_since = Some((Instant::now(), std::time::SystemTime::now()));
+        st.meter.reset();
         stream.clock.reset();
         if republish {
             stream.send(&mut st, HubEvent::Republished);
@@ -573,6 +600,7 @@ impl Hub {
                 return;
             }
             st.publisher = None;
+            st.live_since = None;
             stream.send(&mut st, HubEvent::Unpublished);
         }
         let grace = ms(self.config.republish_grace_ms);
@@ -737,6 +765,7 @@ impl Publisher {
         let st = &mut *st;
         let clock = track_clock(&st.tracks, kind);
         let size = data.len();
+        st.meter.add(Instant::now(), size, kind == TrackKind::Video);
         let input = Input { kind, dts, pts, keyframe, data };
         if let Some((mapped, input)) = st.timeline.place(index(kind), dts, clock, size, input) {
             self.place(st, mapped, input);

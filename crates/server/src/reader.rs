@@ -46,6 +46,8 @@ pub struct Reader {
     /// Set when events come from the stream's fan-out task (see [`crate::fanout`]) rather
     /// than the ring.
     attachment: Option<Attachment>,
+    /// The reader's session: skipped frames are counted there too.
+    session: Option<Arc<crate::session::SessionInfo>>,
 }
 
 const SKIP_WINDOW: Duration = Duration::from_secs(60);
@@ -70,6 +72,7 @@ impl Reader {
             skips: VecDeque::new(),
             dropped: 0,
             attachment: None,
+            session: None,
         }
     }
 
@@ -81,6 +84,24 @@ impl Reader {
         let mut r = Reader::new(hub, sub);
         r.attachment = Some(attachment);
         r
+    }
+
+    /// Counts this reader's skipped frames, and the bytes the fan-out writes for it, in its
+    /// session.
+    pub fn set_session(&mut self, session: Arc<crate::session::SessionInfo>) {
+        if let Some(slot) = self.slot() {
+            slot.count_into(session.clone());
+        }
+        self.session = Some(session);
+    }
+
+    /// Counts `n` skipped frames.
+    fn skipped(&mut self, n: u64) {
+        self.dropped += n;
+        self.hub.stats.frames_dropped.fetch_add(n, Ordering::Relaxed);
+        if let Some(s) = &self.session {
+            s.frames_skipped.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// The fan-out slot of an attached reader.
@@ -198,8 +219,7 @@ impl Reader {
                 if self.waiting_for_keyframe {
                     let starts = f.kind == TrackKind::Video && f.keyframe;
                     if !starts {
-                        self.dropped += 1;
-                        self.hub.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                        self.skipped(1);
                         return None;
                     }
                     self.waiting_for_keyframe = false;
@@ -217,8 +237,7 @@ impl Reader {
             }
             Ok(HubEvent::Ended) | Err(RecvError::Closed) => Some(ReaderItem::Ended),
             Err(RecvError::Lagged(n)) => {
-                self.dropped += n;
-                self.hub.stats.frames_dropped.fetch_add(n, Ordering::Relaxed);
+                self.skipped(n);
                 let now = Instant::now();
                 self.skips.push_back(now);
                 while self.skips.front().is_some_and(|t| now.duration_since(*t) > SKIP_WINDOW) {

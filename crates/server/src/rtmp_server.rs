@@ -21,6 +21,7 @@ use crate::ingest::RtmpIngest;
 use crate::limits::Limiter;
 use crate::path::stream_path;
 use crate::reader::{Reader, ReaderItem, Tag, TagFeed, flv_track};
+use crate::session::{Protocol, Role as SessionRole, SessionHandle};
 use crate::sockio::{read_some, write_with_timeout};
 
 /// Message stream id `createStream` gives first; shared media chunks are encoded for it.
@@ -72,7 +73,9 @@ pub async fn serve(
         let publisher_idle = ms(limits.publisher_idle_timeout_ms);
         tokio::spawn(async move {
             let _admission = admission;
+            let sess = hub.sessions.open(Protocol::Rtmp, peer);
             let mut conn = Connection {
+                sess,
                 peer,
                 socket: Arc::new(socket),
                 session: ServerSession::new(cfg, Instant::now()),
@@ -83,9 +86,13 @@ pub async fn serve(
                 last_media: Instant::now(),
                 pending: Vec::new(),
             };
+            let id = conn.sess.id();
             match conn.run().await {
-                Ok(()) => debug!(%peer, "rtmp connection closed"),
-                Err(e) => info!(%peer, "rtmp connection ended: {e:#}"),
+                Ok(()) => debug!(%peer, session = %id, "rtmp connection closed"),
+                Err(e) => {
+                    conn.sess.set_reason(format!("{e:#}"));
+                    info!(%peer, session = %id, "rtmp connection ended: {e:#}")
+                }
             }
         });
     }
@@ -119,6 +126,8 @@ impl Playing {
 }
 
 struct Connection {
+    /// The connection's entry in the session registry (ends with the connection).
+    sess: SessionHandle,
     peer: SocketAddr,
     socket: Arc<TcpStream>,
     session: ServerSession,
@@ -189,10 +198,18 @@ impl Connection {
                 r = read_some(&self.socket, &mut buf) => {
                     let n = r.context("read")?;
                     if n == 0 {
+                        self.sess.set_reason("closed by peer");
                         return Ok(());
                     }
+                    self.sess.info().add_in(n);
                     self.session.handle_input(Instant::now(), &buf[..n])?;
                     self.handle_events().await?;
+                }
+                // DELETE /api/v1/sessions/ID: a publisher's path goes into its republish grace.
+                _ = self.sess.kicked() => {
+                    info!(peer = %self.peer, session = %self.sess.id(), "rtmp session kicked: closing");
+                    let _ = socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Both);
+                    return Ok(());
                 }
                 _ = timer.as_mut() => {
                     self.session.handle_timeout(Instant::now())?;
@@ -274,7 +291,9 @@ impl Connection {
         if self.pending.is_empty() {
             return Ok(());
         }
+        let total: usize = self.pending.iter().map(Bytes::len).sum();
         write_with_timeout(&self.socket, &mut self.pending, write_timeout(&self.hub)).await?;
+        self.sess.info().add_out(total);
         if self.pending.capacity() > 64 {
             self.pending = Vec::new(); // after the GOP-cache burst
         }
@@ -303,7 +322,7 @@ impl Connection {
                 ServerEvent::Unpublish { stream_id } => {
                     if matches!(&self.role, Role::Publishing { stream_id: s, .. } if *s == stream_id) {
                         if let Role::Publishing { ingest, .. } = &self.role {
-                            info!(peer = %self.peer, path = ingest.path(), "rtmp unpublish");
+                            info!(peer = %self.peer, session = %self.sess.id(), path = ingest.path(), "rtmp unpublish");
                         }
                         self.role = Role::None;
                     }
@@ -337,7 +356,7 @@ impl Connection {
                     {
                         if e.ends_publish() {
                             // The publisher is told; readers keep the last good configuration.
-                            warn!(peer = %self.peer, path = ingest.path(), "rtmp publish ended: {e}");
+                            warn!(peer = %self.peer, session = %self.sess.id(), path = ingest.path(), "rtmp publish ended: {e}");
                             self.session.send_status(*stream_id, "error", "NetStream.Publish.Failed", &e.to_string());
                             self.role = Role::None;
                         } else {
@@ -365,13 +384,14 @@ impl Connection {
         });
         match claimed {
             Ok(publisher) => {
-                info!(peer = %self.peer, path = publisher.path(), "rtmp publish");
+                info!(peer = %self.peer, session = %self.sess.id(), path = publisher.path(), "rtmp publish");
+                self.sess.begin(SessionRole::Publisher, publisher.path());
                 self.last_media = Instant::now();
                 self.role = Role::Publishing { stream_id, ingest: RtmpIngest::new(publisher) };
                 self.session.accept_publish(stream_id)?;
             }
             Err(why) => {
-                warn!(peer = %self.peer, name, "rtmp publish refused: {why}");
+                warn!(peer = %self.peer, session = %self.sess.id(), name, "rtmp publish refused: {why}");
                 self.session.reject(stream_id, "NetStream.Publish.BadName", &why)?;
             }
         }
@@ -405,8 +425,10 @@ impl Connection {
             self.session.reject(stream_id, "NetStream.Play.StreamNotFound", &why)?;
             return Ok(());
         };
-        info!(peer = %self.peer, path, "rtmp play");
-        let reader = Reader::attached(self.hub.clone(), sub, Some(self.socket.clone()));
+        info!(peer = %self.peer, session = %self.sess.id(), path, "rtmp play");
+        self.sess.begin(SessionRole::Reader, &path);
+        let mut reader = Reader::attached(self.hub.clone(), sub, Some(self.socket.clone()));
+        reader.set_session(self.sess.info().clone());
         self.role = Role::Playing(Box::new(Playing {
             stream_id,
             path,
@@ -471,12 +493,13 @@ impl Connection {
                 self.session.send_status(sid, "status", "NetStream.Play.PublishNotify", "republished");
             }
             ReaderItem::Ended => {
-                info!(peer = %self.peer, path = p.path, "rtmp play: stream ended");
+                info!(peer = %self.peer, session = %self.sess.id(), path = p.path, "rtmp play: stream ended");
                 self.session.end_play(sid, "NetStream.Play.UnpublishNotify", "stream ended");
                 p.finished = true;
             }
             ReaderItem::TooSlow => {
-                warn!(peer = %self.peer, path = p.path, dropped = p.reader.dropped, "rtmp reader too slow: disconnected");
+                warn!(peer = %self.peer, session = %self.sess.id(), path = p.path, dropped = p.reader.dropped, "rtmp reader too slow: disconnected");
+                self.sess.set_reason("too slow");
                 p.finished = true;
             }
         }

@@ -184,6 +184,18 @@ impl SessionInfo {
         self.kicked.load(Ordering::Acquire)
     }
 
+    /// Completes when the session is kicked (at once if it was already); for a task that
+    /// holds the shared record rather than the handle.
+    pub async fn kicked(&self) {
+        loop {
+            let notified = self.kick.notified();
+            if self.was_kicked() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Why it ended (`"kicked"`, `"closed by peer"`, an error), if known.
     pub fn reason(&self) -> Option<String> {
         self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -235,10 +247,16 @@ pub struct SessionStats {
     pub ended_bytes_out: AtomicU64,
 }
 
+/// Most paths whose ended sessions' bytes are kept ([`Sessions::path_bytes`]); beyond it the
+/// totals of paths without an open session are forgotten.
+pub const MAX_PATH_TOTALS: usize = 4096;
+
 /// The registry of open sessions.
 #[derive(Debug)]
 pub struct Sessions {
     map: Mutex<HashMap<SessionId, Arc<SessionInfo>>>,
+    /// Bytes (in, out) of the ended sessions of each path.
+    ended_by_path: Mutex<HashMap<String, (u64, u64)>>,
     events: broadcast::Sender<SessionEvent>,
     /// Counters.
     pub stats: SessionStats,
@@ -248,6 +266,7 @@ impl Default for Sessions {
     fn default() -> Self {
         Sessions {
             map: Mutex::new(HashMap::new()),
+            ended_by_path: Mutex::new(HashMap::new()),
             events: broadcast::channel(EVENT_QUEUE).0,
             stats: SessionStats::default(),
         }
@@ -305,9 +324,51 @@ impl Sessions {
     pub fn kick(&self, id: SessionId) -> bool {
         let Some(info) = self.get(id) else { return false };
         info.kicked.store(true, Ordering::Release);
+        info.kick.notify_waiters();
         info.kick.notify_one();
         self.stats.kicked.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// The open sessions that began on `path`, oldest first.
+    pub fn on_path(&self, path: &str) -> Vec<Arc<SessionInfo>> {
+        let mut v: Vec<_> = self.map().values().filter(|s| s.path() == Some(path)).cloned().collect();
+        v.sort_by_key(|s| (s.created_at, s.id));
+        v
+    }
+
+    /// Bytes (in, out) of every session of `path` since the server started: the open ones
+    /// and those that ended (playback sessions of recordings not counted).
+    pub fn path_bytes(&self, path: &str) -> (u64, u64) {
+        let (mut i, mut o) =
+            self.ended_by_path.lock().unwrap_or_else(|e| e.into_inner()).get(path).copied().unwrap_or_default();
+        for s in self.on_path(path) {
+            if s.role() != Some(Role::Playback) {
+                i += s.bytes_in.load(Ordering::Relaxed);
+                o += s.bytes_out.load(Ordering::Relaxed);
+            }
+        }
+        (i, o)
+    }
+
+    /// Adds an ended session's bytes to its path's totals.
+    fn ended(&self, info: &SessionInfo) {
+        let Some((role, path)) = info.begun.get() else { return };
+        if *role == Role::Playback {
+            return;
+        }
+        let mut totals = self.ended_by_path.lock().unwrap_or_else(|e| e.into_inner());
+        if totals.len() >= MAX_PATH_TOTALS && !totals.contains_key(path) {
+            let live: std::collections::HashSet<String> =
+                self.map().values().filter_map(|s| s.path().map(str::to_owned)).collect();
+            totals.retain(|p, _| live.contains(p));
+            if totals.len() >= MAX_PATH_TOTALS {
+                return;
+            }
+        }
+        let t = totals.entry(path.clone()).or_default();
+        t.0 += info.bytes_in.load(Ordering::Relaxed);
+        t.1 += info.bytes_out.load(Ordering::Relaxed);
     }
 
     /// Starts and ends from now on.
@@ -355,13 +416,7 @@ impl SessionHandle {
 
     /// Completes when the session is kicked (at once if it was already).
     pub async fn kicked(&self) {
-        loop {
-            let notified = self.info.kick.notified();
-            if self.info.was_kicked() {
-                return;
-            }
-            notified.await;
-        }
+        self.info.kicked().await
     }
 }
 
@@ -371,6 +426,7 @@ impl Drop for SessionHandle {
         let stats = &self.sessions.stats;
         stats.ended_bytes_in.fetch_add(self.info.bytes_in.load(Ordering::Relaxed), Ordering::Relaxed);
         stats.ended_bytes_out.fetch_add(self.info.bytes_out.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.sessions.ended(&self.info);
         if self.info.was_kicked() {
             self.set_reason("kicked");
         }

@@ -24,6 +24,7 @@ use crate::config::{SourceConfig, ms};
 use crate::hub::{Hub, Subscription};
 use crate::paths::SharedPaths;
 use crate::reader::Reader;
+use crate::session::{Protocol, Role as SessionRole, SessionHandle, SessionInfo};
 use crate::relay::{Backoff, RelayState, RelayStatus, redact_key};
 
 /// How often a relay waiting for its path's publisher to come back (the republish grace)
@@ -95,6 +96,9 @@ pub enum PushError {
     /// The target took media slower than it came, skipping too often.
     #[error("target too slow: it skipped to the next keyframe too often")]
     TooSlow,
+    /// The try's session was kicked through the API.
+    #[error("the session was kicked through the API")]
+    Kicked,
     /// The stream's tracks changed in a way the target's session cannot follow.
     #[error("tracks changed ({0}): reconnecting")]
     TracksChanged(&'static str),
@@ -109,9 +113,62 @@ struct Ctx {
     /// RTP payload size for RTSP targets (`rtsp.mtu`).
     mtu: usize,
     relay: Arc<Relay>,
+    /// The current try's session, once connected (ended when the try ends).
+    session: Mutex<Option<SessionHandle>>,
+    /// The same session's record, for waiting on a kick.
+    connected: tokio::sync::watch::Sender<Option<Arc<SessionInfo>>>,
 }
 
 impl Ctx {
+    /// Opens the try's session, connected to `peer`.
+    fn connected(&self, peer: std::net::SocketAddr) {
+        let protocol = if self.url.starts_with("rtmp://") { Protocol::Rtmp } else { Protocol::Rtsp };
+        let h = self.hub.sessions.open(protocol, peer);
+        info!(path = self.path, session = %h.id(), %peer, "push: connected");
+        h.begin(SessionRole::Push, &self.path);
+        self.connected.send_replace(Some(h.info().clone()));
+        *self.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
+    }
+
+    /// Ends the try's session, saying why.
+    fn disconnected(&self, why: Option<&PushError>) {
+        self.connected.send_replace(None);
+        if let Some(h) = self.session.lock().unwrap_or_else(|e| e.into_inner()).take()
+            && let Some(e) = why
+        {
+            h.set_reason(e.to_string());
+        }
+    }
+
+    /// Completes when the try's session is kicked.
+    async fn kicked(&self) {
+        let mut rx = self.connected.subscribe();
+        loop {
+            let info = rx.borrow_and_update().clone();
+            match info {
+                Some(info) => {
+                    tokio::select! {
+                        _ = info.kicked() => return,
+                        r = rx.changed() => if r.is_err() { return std::future::pending().await },
+                    }
+                }
+                None => {
+                    if rx.changed().await.is_err() {
+                        return std::future::pending().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts media bytes written to the target.
+    fn sent(&self, bytes: u64) {
+        self.relay.sent(bytes);
+        if let Some(info) = self.connected.borrow().as_ref() {
+            info.bytes_out.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The answer timeout of every step (`source.request_timeout_ms`).
     fn request_timeout(&self) -> Duration {
         ms(self.source.request_timeout_ms)
@@ -270,6 +327,8 @@ impl PushRegistry {
                 source: self.source.clone(),
                 mtu: self.mtu,
                 relay,
+                session: Mutex::new(None),
+                connected: tokio::sync::watch::channel(None).0,
             };
             let reg = self.clone();
             tokio::spawn(async move { reg.run(ctx).await });
@@ -305,11 +364,19 @@ impl PushRegistry {
             let reader = Reader::new(ctx.hub.clone(), sub);
             let mut went_live = false;
             let started = tokio::time::Instant::now();
-            let result = if ctx.url.starts_with("rtmp://") {
-                rtmp::run(&ctx, reader, &mut went_live).await
-            } else {
-                rtsp::run(&ctx, reader, &mut went_live).await
+            let attempt = async {
+                if ctx.url.starts_with("rtmp://") {
+                    rtmp::run(&ctx, reader, &mut went_live).await
+                } else {
+                    rtsp::run(&ctx, reader, &mut went_live).await
+                }
             };
+            // DELETE /api/v1/sessions/ID ends this try; the relay tries again.
+            let result = tokio::select! {
+                r = attempt => r,
+                () = ctx.kicked() => Err(PushError::Kicked),
+            };
+            ctx.disconnected(result.as_ref().err());
             if went_live && started.elapsed() >= crate::relay::STABLE_LIVE {
                 backoff.reset();
             }
@@ -387,6 +454,9 @@ async fn connect(ctx: &Ctx, addr: &str) -> Result<TcpStream, PushError> {
         Ok(Err(source)) => Err(PushError::Connect { addr: addr.to_owned(), source }),
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
+            if let Ok(peer) = s.peer_addr() {
+                ctx.connected(peer);
+            }
             Ok(s)
         }
     }

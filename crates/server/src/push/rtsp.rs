@@ -318,6 +318,6 @@ pub(super) async fn run(ctx: &Ctx, mut reader: Reader, went_live: &mut bool) -> 
             return Ok(());
         }
         written?;
-        ctx.relay.sent(bytes);
+        ctx.sent(bytes);
     }
 }

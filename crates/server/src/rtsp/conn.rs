@@ -26,6 +26,7 @@ use crate::config::ms;
 use crate::hub::write_timeout;
 use crate::path;
 use crate::reader::{Reader, ReaderItem};
+use crate::session::{Protocol, Role as SessionRole, RtcpFigures, SessionHandle};
 use crate::sockio::{read_some, write_with_timeout};
 
 /// Bytes read from a socket at a time by a connection that records: publishers of a few
@@ -60,6 +61,8 @@ enum Media {
 }
 
 struct Conn {
+    /// The connection's entry in the session registry (ends with the connection).
+    sess: SessionHandle,
     shared: Arc<Shared>,
     peer: SocketAddr,
     socket: Arc<TcpStream>,
@@ -95,6 +98,7 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) -> an
     };
     let secrets = Secrets { session_id: super::random_u64(), nonce: super::random_u64() };
     let mut c = Conn {
+        sess: shared.hub.sessions.open(Protocol::Rtsp, peer),
         session: ServerSession::new(config, secrets, Instant::now()),
         shared,
         peer,
@@ -109,6 +113,9 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) -> an
         opened: None,
     };
     let r = c.run().await;
+    if let Err(e) = &r {
+        c.sess.set_reason(format!("{e:#}"));
+    }
     c.teardown();
     r
 }
@@ -144,14 +151,25 @@ impl Conn {
                 r = read_some(&self.socket, &mut buf), if reading => {
                     let n = r.context("read")?;
                     if n == 0 {
-                        debug!(peer = %self.peer, "rtsp: the peer closed the connection");
+                        debug!(peer = %self.peer, session = %self.sess.id(), "rtsp: the peer closed the connection");
+                        self.sess.set_reason("closed by peer");
                         return Ok(());
                     }
+                    self.sess.info().add_in(n);
                     if let Err(e) = self.session.handle_input(Instant::now(), &buf[..n]) {
                         self.ended(&e);
                     }
                 }
-                Some(u) = self.udp_rx.recv() => self.session.handle_udp(Instant::now(), u.index, u.rtcp, u.data),
+                Some(u) = self.udp_rx.recv() => {
+                    self.sess.info().add_in(u.data.len());
+                    self.session.handle_udp(Instant::now(), u.index, u.rtcp, u.data)
+                }
+                // DELETE /api/v1/sessions/ID: nothing more is sent; a recording unpublishes.
+                _ = self.sess.kicked() => {
+                    info!(peer = %self.peer, session = %self.sess.id(), "rtsp session kicked: closing");
+                    self.kill();
+                    return Ok(());
+                }
                 // Direct mode ended: the loop's top takes over.
                 _ = async { direct.expect("guarded").changed().await }, if direct.is_some() => {}
                 item = async { reader.expect("guarded").next().await }, if reader.is_some() => {
@@ -180,7 +198,8 @@ impl Conn {
 
     /// The session ended itself (bad input, a timeout): what it queued goes out, then close.
     fn ended(&mut self, e: &SessionError) {
-        info!(peer = %self.peer, session = self.session.session_id().unwrap_or("-"), "rtsp: {e}; closing");
+        info!(peer = %self.peer, session = %self.sess.id(), "rtsp: {e}; closing");
+        self.sess.set_reason(e.to_string());
         self.teardown();
         self.closing = true;
     }
@@ -239,7 +258,22 @@ impl Conn {
         // Responses and reports go out in order with the media.
         self.take_over()?;
         let timeout = write_timeout(&self.shared.hub);
-        write_with_timeout(&self.socket, &mut self.out.bufs, timeout).await
+        let total: usize = self.out.bufs.iter().map(bytes::Bytes::len).sum();
+        write_with_timeout(&self.socket, &mut self.out.bufs, timeout).await?;
+        self.sess.info().add_out(total);
+        Ok(())
+    }
+
+    /// Ends the connection at once (a kick): the fan-out stops writing for it, nothing queued
+    /// goes out, the media (a recording's publish, a player's subscription) and UDP routes go.
+    fn kill(&mut self) {
+        let _ = self.take_over();
+        self.out.bufs.clear();
+        self.media = Media::None;
+        self.txs.clear();
+        self.shared.unroute(&self.routes);
+        self.routes.clear();
+        let _ = socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Both);
     }
 
     /// The fan-out slot of the playing session.
@@ -297,7 +331,7 @@ impl Conn {
                 if let Media::Record(rec) = &mut self.media {
                     rec.start();
                 }
-                info!(peer = %self.peer, path, "rtsp record");
+                info!(peer = %self.peer, session = %self.sess.id(), path, "rtsp record");
                 Ok(())
             }
             ServerEvent::Pause => {
@@ -322,6 +356,7 @@ impl Conn {
             }
             ServerEvent::Rtcp { track, data } => {
                 on_rtcp(self.peer, &mut self.media, track, &data);
+                self.rtcp_figures();
                 Ok(())
             }
             ServerEvent::RtcpReport => {
@@ -332,7 +367,7 @@ impl Conn {
                 if bad_credentials {
                     warn!(peer = %self.peer, method = method.as_str(), "rtsp: wrong credentials");
                 }
-                info!(peer = %self.peer, method = method.as_str(), uri, status, "rtsp request refused");
+                info!(peer = %self.peer, session = %self.sess.id(), method = method.as_str(), uri, status, "rtsp request refused");
                 Ok(())
             }
         }
@@ -400,7 +435,8 @@ impl Conn {
                 return self.session.reject(400);
             }
         };
-        info!(peer = %self.peer, path, tracks = recording.track_count(), "rtsp announce");
+        info!(peer = %self.peer, session = %self.sess.id(), path, tracks = recording.track_count(), "rtsp announce");
+        self.sess.begin(SessionRole::Publisher, path);
         self.media = Media::Record(recording);
         self.session.accept_announce(Instant::now())
     }
@@ -522,7 +558,10 @@ impl Conn {
         };
         let unicast = self.txs.iter().any(|(_, tx)| !matches!(tx, Tx::Multicast(_)));
         let tracks = (*sub.tracks).clone();
-        let reader = unicast.then(|| Reader::attached(shared.hub.clone(), sub, Some(self.socket.clone())));
+        let mut reader = unicast.then(|| Reader::attached(shared.hub.clone(), sub, Some(self.socket.clone())));
+        if let Some(r) = &mut reader {
+            r.set_session(self.sess.info().clone());
+        }
         let mut txs = [None, None];
         for (index, tx) in self.txs.iter().filter(|(_, tx)| !matches!(tx, Tx::Multicast(_))) {
             if let Some(t) = txs.get_mut(*index) {
@@ -537,13 +576,15 @@ impl Conn {
             sent: Default::default(),
             headers: BytesMut::new(),
             udp: Vec::new(),
+            session: Some(self.sess.info().clone()),
         };
         for (_, tx) in &self.txs {
             if let Tx::Multicast(g) = tx {
                 g.start(&shared);
             }
         }
-        info!(peer = %self.peer, path, session = self.session.session_id().unwrap_or("-"), tracks = self.txs.len(), "rtsp play");
+        info!(peer = %self.peer, path, session = %self.sess.id(), tracks = self.txs.len(), "rtsp play");
+        self.sess.begin(SessionRole::Reader, path);
         let starting = reader.is_some().then(|| Starting::new(&self.txs));
         let multicast_only = starting.is_none();
         self.media = Media::Play(Playing {
@@ -574,7 +615,8 @@ impl Conn {
         if let Err(code) = v.player.play(Instant::now(), request) {
             return self.session.reject(code);
         }
-        info!(peer = %self.peer, path, session = self.session.session_id().unwrap_or("-"), scale = request.scale, speed = request.speed, "rtsp playback");
+        info!(peer = %self.peer, path, session = %self.sess.id(), scale = request.scale, speed = request.speed, "rtsp playback");
+        self.sess.begin(SessionRole::Playback, path);
         self.media = Media::Vod(Box::new(v));
         Ok(())
     }
@@ -613,7 +655,7 @@ impl Conn {
                     send_rtcp(&self.shared, &mut self.out.headers, &mut self.out.bufs, tx, rtcp::bye(ssrc));
                 }
                 if let Some(rr) = &p.last_rr[(*index).min(1)] {
-                    info!(peer = %self.peer, track = index, fraction_lost = rr.fraction_lost, cumulative_lost = rr.cumulative_lost, jitter = rr.jitter, "rtsp reader statistics");
+                    info!(peer = %self.peer, session = %self.sess.id(), track = index, fraction_lost = rr.fraction_lost, cumulative_lost = rr.cumulative_lost, jitter = rr.jitter, "rtsp reader statistics");
                 }
             }
         }
@@ -672,10 +714,33 @@ impl Conn {
             ReaderItem::Frame(f) => lock(&p.rtp).frame(&f, &mut self.out.bufs),
             ReaderItem::Unpublished | ReaderItem::Republished => {}
             ReaderItem::Ended | ReaderItem::TooSlow => {
-                info!(peer = %self.peer, session = self.session.session_id().unwrap_or("-"), "rtsp play: stream ended; closing");
+                info!(peer = %self.peer, session = %self.sess.id(), "rtsp play: stream ended; closing");
                 self.teardown();
                 self.closing = true;
             }
+        }
+    }
+}
+
+impl Conn {
+    /// The session's RTCP figures from the player's latest receiver reports (RFC 3550 6.4.1):
+    /// losses summed over its tracks, the larger fraction lost and jitter (in seconds, by each
+    /// track's clock).
+    fn rtcp_figures(&self) {
+        let Some(p) = self.playing() else { return };
+        let tracks = lock(&p.rtp).tracks.clone();
+        let mut fig: Option<RtcpFigures> = None;
+        for (i, rr) in p.last_rr.iter().enumerate() {
+            let Some(rr) = rr else { continue };
+            let track = if i == 0 { tracks.video.as_ref() } else { tracks.audio.as_ref() };
+            let clock = track.map_or(90_000, |t| t.clock_rate()).max(1);
+            let f = fig.get_or_insert_with(RtcpFigures::default);
+            f.packets_lost += i64::from(rr.cumulative_lost);
+            f.fraction_lost = f.fraction_lost.max(f64::from(rr.fraction_lost) / 256.0);
+            f.jitter = f.jitter.max(f64::from(rr.jitter) / f64::from(clock));
+        }
+        if fig.is_some() {
+            *self.sess.info().rtcp.lock().unwrap_or_else(|e| e.into_inner()) = fig;
         }
     }
 }

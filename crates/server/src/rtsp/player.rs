@@ -63,6 +63,9 @@ pub(super) struct RtpOut {
     pub(super) headers: BytesMut,
     /// The packets of the frame being sent over UDP (reused).
     pub(super) udp: Vec<Bytes>,
+    /// The player's session: the bytes sent over UDP are counted there (TCP bytes are
+    /// counted where they are written).
+    pub(super) session: Option<Arc<crate::session::SessionInfo>>,
 }
 
 pub(super) fn lock(m: &Mutex<RtpOut>) -> MutexGuard<'_, RtpOut> {
@@ -88,13 +91,16 @@ impl RtpOut {
                 send_rtcp(&self.shared, &mut self.headers, out, tx, sr);
             }
         }
-        send_frame(&self.shared, &mut self.headers, &mut self.udp, out, tx, &packets, t);
+        let udp = send_frame(&self.shared, &mut self.headers, &mut self.udp, out, tx, &packets, t);
+        if let (Some(s), true) = (&self.session, udp > 0) {
+            s.add_out(udp);
+        }
     }
 }
 
 /// A frame's packets (`[u16 length][packet]` records) on one transport: over UDP at once,
 /// all together (see udp_out); over TCP as interleaved buffers appended to `out`. Counted in
-/// `sent`; `udp` is scratch.
+/// `sent`; `udp` is scratch. Returns the bytes sent over UDP.
 pub(super) fn send_frame(
     shared: &Shared,
     headers: &mut BytesMut,
@@ -103,12 +109,16 @@ pub(super) fn send_frame(
     tx: &Tx,
     packets: &Bytes,
     sent: &mut Sent,
-) {
+) -> usize {
+    let mut udp_bytes = 0;
     for pkt in codec::packets(packets) {
         sent.packets = sent.packets.wrapping_add(1);
         sent.octets = sent.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
         match tx {
-            Tx::Udp { .. } => udp.push(pkt),
+            Tx::Udp { .. } => {
+                udp_bytes += pkt.len();
+                udp.push(pkt)
+            }
             _ => send_rtp(headers, out, tx, pkt),
         }
     }
@@ -116,6 +126,7 @@ pub(super) fn send_frame(
         super::udp_out::send_packets(&shared.rtp, *rtp, udp);
         udp.clear();
     }
+    udp_bytes
 }
 
 /// A player's [`RtpOut`] as the fan-out task uses it.

@@ -36,6 +36,7 @@ use crate::config::{Config, EdgeConfig, SourceConfig, ms};
 use crate::hub::{Demand, Hub};
 use crate::paths::SourceTransport;
 use crate::relay::{Backoff, RelayState, RelayStatus, redact};
+use crate::session::{Protocol, Role as SessionRole, SessionHandle};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -121,6 +122,9 @@ pub struct Report {
     /// RTP packets lost (the receiver reports' cumulative counts, summed over tracks).
     pub packets_lost: AtomicU64,
     info: Mutex<Info>,
+    /// The address of the camera or server of the current try, once connected (the peer of
+    /// the source's session).
+    peer: Mutex<Option<std::net::SocketAddr>>,
 }
 
 /// The slowly changing part of a [`Report`].
@@ -145,6 +149,16 @@ struct Info {
 impl Report {
     fn info(&self) -> std::sync::MutexGuard<'_, Info> {
         lock(&self.info)
+    }
+
+    /// The try is connected to `peer`.
+    pub fn set_peer(&self, peer: std::net::SocketAddr) {
+        *lock(&self.peer) = Some(peer);
+    }
+
+    /// The address the current try is connected to.
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        *lock(&self.peer)
     }
 
     /// The transport in use (`udp`, `tcp`, `multicast`, `rtmp`) and why it was chosen.
@@ -537,6 +551,17 @@ async fn run_entry(hub: Arc<Hub>, config: SourceConfig, entry: Arc<Entry>) {
     }
 }
 
+/// How often a source's session takes the bytes its try received.
+const SESSION_SYNC: Duration = Duration::from_millis(500);
+
+/// Brings a source session's `bytes_in` up to the try's media bytes.
+fn sync_session(sess: &Option<SessionHandle>, report: &Report, base: u64) {
+    if let Some(h) = sess {
+        let bytes = report.bytes.load(Ordering::Relaxed).saturating_sub(base);
+        h.info().bytes_in.store(bytes, Ordering::Relaxed);
+    }
+}
+
 /// Tries the source until it is no longer wanted.
 async fn run_wanted(hub: &Arc<Hub>, config: &SourceConfig, entry: &Entry) {
     let path = entry.path.as_str();
@@ -561,19 +586,51 @@ async fn run_wanted(hub: &Arc<Hub>, config: &SourceConfig, entry: &Entry) {
                 report: &entry.report,
                 prefer_tcp: &entry.prefer_tcp,
             };
+            *lock(&entry.report.peer) = None;
             let (stop_tx, mut stop_rx) = watch::channel(false);
             let run = run_attempt(&attempt, &mut stop_rx);
             tokio::pin!(run);
-            let result = tokio::select! {
-                r = &mut run => r,
-                () = entry.until_unwanted() => {
-                    let _ = stop_tx.send(true);
-                    // The driver ends its session (TEARDOWN); a peer that does not answer
-                    // does not hold it up for longer than a request.
-                    let _ = tokio::time::timeout(ms(config.request_timeout_ms) + Duration::from_secs(1), &mut run).await;
-                    return;
+            // The try's session: opened once it is connected (its peer is the camera's or
+            // server's address), its bytes the media bytes received, brought up to date
+            // every SESSION_SYNC.
+            let mut sess: Option<SessionHandle> = None;
+            let base = entry.report.bytes.load(Ordering::Relaxed);
+            let mut sync = tokio::time::interval(SESSION_SYNC);
+            let stop_within = ms(config.request_timeout_ms) + Duration::from_secs(1);
+            let result = loop {
+                tokio::select! {
+                    r = &mut run => break r,
+                    () = entry.until_unwanted() => {
+                        let _ = stop_tx.send(true);
+                        // The driver ends its session (TEARDOWN); a peer that does not answer
+                        // does not hold it up for longer than a request.
+                        let _ = tokio::time::timeout(stop_within, &mut run).await;
+                        sync_session(&sess, &entry.report, base);
+                        return;
+                    }
+                    _ = sync.tick() => {
+                        if sess.is_none() && let Some(peer) = entry.report.peer() {
+                            let protocol = if url.starts_with("rtmp://") { Protocol::Rtmp } else { Protocol::Rtsp };
+                            let h = hub.sessions.open(protocol, peer);
+                            info!(path, session = %h.id(), peer = %peer, "source: connected");
+                            h.begin(SessionRole::Source, path);
+                            sess = Some(h);
+                        }
+                        sync_session(&sess, &entry.report, base);
+                    }
+                    // DELETE /api/v1/sessions/ID: this try ends; the source tries again.
+                    _ = async { sess.as_ref().expect("guarded").kicked().await }, if sess.is_some() => {
+                        let _ = stop_tx.send(true);
+                        let _ = tokio::time::timeout(stop_within, &mut run).await;
+                        break Err(SourceError::new("media", "the session was kicked through the API"));
+                    }
                 }
             };
+            sync_session(&sess, &entry.report, base);
+            if let (Some(h), Err(e)) = (&sess, &result) {
+                h.set_reason(e.message.clone());
+            }
+            drop(sess);
             let was_live = entry.report.is_live();
             if was_live && entry.report.live_at().is_some_and(|t| t.elapsed() >= crate::relay::STABLE_LIVE) {
                 backoff.reset();

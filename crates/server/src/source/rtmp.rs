@@ -46,6 +46,9 @@ pub async fn run(a: &Attempt<'_>, stop: &mut watch::Receiver<bool>) -> Result<()
     let timeout = ms(a.config.request_timeout_ms);
     let read_timeout = ms(a.config.read_timeout_ms);
     let mut socket = connect(&host, port, timeout).await?;
+    if let Ok(peer) = socket.peer_addr() {
+        a.report.set_peer(peer);
+    }
     let mut config = ClientConfig::new(&tc_url, &app, ClientMode::Play(name));
     config.response_timeout = timeout;
     let mut client = ClientSession::new(config, Instant::now());

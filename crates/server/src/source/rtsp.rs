@@ -274,7 +274,9 @@ async fn session(a: &Attempt<'_>, stop: &mut watch::Receiver<bool>, lane: Lane, 
         host_port(a.url, 554).ok_or_else(|| SourceError::new("url", format!("{}: no host", a.redacted())))?;
     let timeout = ms(a.config.request_timeout_ms);
     let socket = connect(&host, port, timeout).await?;
-    let camera = socket.peer_addr().map_err(|e| SourceError::new("connect", format!("{host}:{port}: {e}")))?.ip();
+    let camera_addr = socket.peer_addr().map_err(|e| SourceError::new("connect", format!("{host}:{port}: {e}")))?;
+    a.report.set_peer(camera_addr);
+    let camera = camera_addr.ip();
     let mut pairs = Vec::new();
     if lane == Lane::Udp {
         for _ in 0..UDP_PAIRS {
