@@ -24,8 +24,8 @@ use crate::config::{SourceConfig, ms};
 use crate::hub::{Hub, Subscription};
 use crate::paths::SharedPaths;
 use crate::reader::Reader;
-use crate::session::{Protocol, Role as SessionRole, SessionHandle, SessionInfo};
 use crate::relay::{Backoff, RelayState, RelayStatus, redact_key};
+use crate::session::{Protocol, Role as SessionRole, SessionHandle, SessionInfo};
 
 /// How often a relay waiting for its path's publisher to come back (the republish grace)
 /// looks again.
