@@ -64,6 +64,151 @@ pub fn challenges(nonce: &str) -> [String; 2] {
     [format!("Digest realm=\"{REALM}\", nonce=\"{nonce}\""), format!("Basic realm=\"{REALM}\"")]
 }
 
+/// The schemes a server offers in a 401 (RFC 7235 section 4.1), in order of preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schemes {
+    /// Digest with SHA-256 and with MD5 (RFC 7616). Needs the plain password on the server.
+    pub digest: bool,
+    /// Basic (RFC 7617).
+    pub basic: bool,
+}
+
+/// The `WWW-Authenticate` values of a 401 offering `schemes`: Digest SHA-256, then Digest MD5
+/// (without an `algorithm`, as RFC 2069 servers write it), then Basic. RFC 7616 section 3.7
+/// has the most preferred first; clients that know only MD5 (ffmpeg 5, GStreamer 1.22) take
+/// the last Digest challenge they can read, so MD5 comes after SHA-256. `stale` says the
+/// credentials may have been right and only the nonce expired (RFC 7616 section 3.3).
+pub fn server_challenges(nonce: &str, stale: bool, schemes: Schemes) -> Vec<String> {
+    let stale = if stale { ", stale=true" } else { "" };
+    let mut out = Vec::with_capacity(3);
+    if schemes.digest {
+        out.push(format!("Digest realm=\"{REALM}\", nonce=\"{nonce}\", algorithm=SHA-256{stale}"));
+        out.push(format!("Digest realm=\"{REALM}\", nonce=\"{nonce}\"{stale}"));
+    }
+    if schemes.basic {
+        out.push(format!("Basic realm=\"{REALM}\""));
+    }
+    out
+}
+
+/// A Digest answer (`Authorization: Digest ...`, RFC 7616 section 3.4) as a client sent it,
+/// for the application to check against the password it keeps ([`DigestAnswer::verify`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DigestAnswer {
+    /// `username`.
+    pub username: String,
+    /// `realm`.
+    pub realm: String,
+    /// `nonce`.
+    pub nonce: String,
+    /// `uri`.
+    pub uri: String,
+    /// `response`.
+    pub response: String,
+    /// `algorithm` (MD5 when absent).
+    pub algorithm: DigestAlgorithm,
+    /// `qop` (only `auth` is verified; we never offer `auth-int`).
+    pub qop: Qop,
+    /// `nc`, as sent (8 hex digits).
+    pub nc: String,
+    /// `cnonce`.
+    pub cnonce: String,
+    /// The request's method.
+    pub method: String,
+}
+
+impl std::fmt::Debug for DigestAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DigestAnswer {{ username: {:?}, algorithm: {:?}, .. }}", self.username, self.algorithm)
+    }
+}
+
+impl DigestAnswer {
+    /// Reads the parameters after `Digest `; None when a required one is missing or the
+    /// algorithm or qop is one we do not compute.
+    pub fn parse(params: &str, method: &str) -> Option<DigestAnswer> {
+        let params = digest_params(params)?;
+        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let algorithm = match param("algorithm") {
+            Some(a) => DigestAlgorithm::parse(&a)?,
+            None => DigestAlgorithm::Md5,
+        };
+        let qop = match param("qop").as_deref() {
+            None => Qop::None,
+            Some(q) if q.eq_ignore_ascii_case("auth") => Qop::Auth,
+            Some(_) => return None,
+        };
+        Some(DigestAnswer {
+            username: param("username")?,
+            realm: param("realm")?,
+            nonce: param("nonce")?,
+            uri: param("uri")?,
+            response: param("response")?,
+            algorithm,
+            qop,
+            nc: param("nc").unwrap_or_default(),
+            cnonce: param("cnonce").unwrap_or_default(),
+            method: method.to_owned(),
+        })
+    }
+
+    /// Whether the answer proves `password` for its user, our realm and `request_uri`
+    /// (the nonce is the session's to check). Constant time in the comparison.
+    pub fn verify(&self, password: &str, request_uri: &str) -> bool {
+        if self.realm != REALM || !same_uri(&self.uri, request_uri) {
+            return false;
+        }
+        if self.qop == Qop::Auth && (self.nc.len() != 8 || u32::from_str_radix(&self.nc, 16).is_err()) {
+            return false;
+        }
+        let alg = self.algorithm;
+        let mut ha1 = alg.hash(&[&self.username, REALM, password]);
+        if alg.is_sess() {
+            ha1 = alg.hash(&[&ha1, &self.nonce, &self.cnonce]);
+        }
+        let ha2 = alg.hash(&[&self.method, &self.uri]);
+        let want = match self.qop {
+            Qop::Auth => alg.hash(&[&ha1, &self.nonce, &self.nc, &self.cnonce, "auth", &ha2]),
+            _ => alg.hash(&[&ha1, &self.nonce, &ha2]),
+        };
+        constant_time_eq(self.response.to_ascii_lowercase().as_bytes(), want.as_bytes())
+    }
+}
+
+/// Credentials offered in an `Authorization` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Offered {
+    /// Basic: the user and password themselves.
+    Basic(Credentials),
+    /// Digest: a proof of the password.
+    Digest(DigestAnswer),
+}
+
+impl Offered {
+    /// Reads an `Authorization` header of a request with `method`; None for a scheme we do
+    /// not know or a header that does not parse.
+    pub fn parse(header: &str, method: &str) -> Option<Offered> {
+        let (scheme, rest) = header.trim().split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("basic") {
+            let raw = base64::decode(rest.trim())?;
+            let text = String::from_utf8(raw).ok()?;
+            return Credentials::parse(&text).map(Offered::Basic);
+        }
+        if scheme.eq_ignore_ascii_case("digest") {
+            return DigestAnswer::parse(rest, method).map(Offered::Digest);
+        }
+        None
+    }
+
+    /// The user name offered.
+    pub fn user(&self) -> &str {
+        match self {
+            Offered::Basic(c) => &c.user,
+            Offered::Digest(d) => &d.username,
+        }
+    }
+}
+
 /// Most parameters read from one `Authorization: Digest` header; real clients send six to
 /// nine. Bounds the work a hostile header (already capped by the message size) can cause.
 pub const MAX_DIGEST_PARAMS: usize = 32;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
-use crate::auth::{self, Credentials};
+use crate::auth::{self, Offered, Schemes};
 use crate::message::{self, Message, MessageError, Method, Request, Response};
 use crate::range::{self, Range};
 use crate::sdp::{self, Sdp};
@@ -53,10 +53,9 @@ pub struct ServerConfig {
     pub rtcp_interval: Duration,
     /// Our unicast RTP and RTCP ports, for `server_port` in SETUP answers.
     pub server_ports: (u16, u16),
-    /// Credentials required to play (DESCRIBE, SETUP, PLAY); None: open.
-    pub read_credentials: Option<Credentials>,
-    /// Credentials required to publish (ANNOUNCE, SETUP, RECORD); None: open.
-    pub publish_credentials: Option<Credentials>,
+    /// Whether the application checks who may read and publish: then DESCRIBE, ANNOUNCE,
+    /// SETUP, PLAY and RECORD first raise [`ServerEvent::Authorize`]. None: open.
+    pub auth: Option<ServerAuth>,
     /// Paths that moved: DESCRIBE, ANNOUNCE and SETUP answer 301 with this location.
     pub redirects: BTreeMap<String, String>,
 }
@@ -69,11 +68,58 @@ impl Default for ServerConfig {
             media_timeout: Duration::from_secs(20),
             rtcp_interval: Duration::from_secs(5),
             server_ports: (8000, 8001),
-            read_credentials: None,
-            publish_credentials: None,
+            auth: None,
             redirects: BTreeMap::new(),
         }
     }
+}
+
+/// How a session that checks credentials asks for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerAuth {
+    /// The schemes offered in a 401. Digest needs the plain password on the server side: an
+    /// application whose users have hashed passwords, or that asks a third party, offers
+    /// Basic only.
+    pub schemes: Schemes,
+    /// A Digest nonce is good for this long from when it was issued; an answer with an older
+    /// one gets a 401 with `stale=true` and a new nonce (RFC 7616 section 3.3), which clients
+    /// answer again without asking their user.
+    pub nonce_lifetime: Duration,
+}
+
+impl Default for ServerAuth {
+    fn default() -> Self {
+        ServerAuth { schemes: Schemes { digest: true, basic: true }, nonce_lifetime: DEFAULT_NONCE_LIFETIME }
+    }
+}
+
+/// How long a Digest nonce is good for by default: long enough for a client's whole setup,
+/// short enough that a captured answer is soon worthless.
+pub const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Most (action, path) pairs remembered as authorized on one connection (one session serves
+/// one stream; a client may read, then publish).
+const MAX_AUTHORIZED: usize = 8;
+
+/// What a request that needs authorization would do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthAction {
+    /// DESCRIBE, a player's SETUP, PLAY.
+    Read,
+    /// ANNOUNCE, a recording's SETUP, RECORD.
+    Publish,
+}
+
+/// The application's answer to [`ServerEvent::Authorize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthVerdict {
+    /// Go on with the request; this action on this path needs no check again on this
+    /// connection.
+    Allow,
+    /// 401 with the challenges: no credentials, or wrong ones.
+    Challenge,
+    /// 403: refused whatever the credentials (an address that failed too often).
+    Forbidden,
 }
 
 /// Unpredictable values a session needs; the application draws them from a CSPRNG.
@@ -201,6 +247,22 @@ pub enum ServerEvent {
     /// The RTCP report timer fired: send sender reports (playing) or receiver reports
     /// (recording) on every set-up track.
     RtcpReport,
+    /// A request that needs authorization (the session has [`ServerConfig::auth`]): answer
+    /// with [`ServerSession::authorize`]. A Digest answer's nonce was checked already (ours
+    /// and fresh); its `response` is the application's to verify with
+    /// [`auth::DigestAnswer::verify`].
+    Authorize {
+        /// What the request would do.
+        action: AuthAction,
+        /// The method.
+        method: Method,
+        /// The stream path.
+        path: String,
+        /// The request URI (its query may carry a token, or say it is a playback).
+        uri: String,
+        /// The credentials of its `Authorization` header, if any.
+        offered: Option<Offered>,
+    },
     /// A request was refused; for the application's log.
     Refused {
         /// The method.
@@ -299,6 +361,7 @@ struct Session {
 
 #[derive(Debug)]
 enum Pending {
+    Authorize { next: State, action: AuthAction, path: String, offered: bool },
     Describe,
     Announce { path: String, sdp: Sdp },
     Setup { path: String, transport: Transport, record: bool },
@@ -343,8 +406,13 @@ pub struct ServerSession {
     input: BytesMut,
     out: BytesMut,
     events: VecDeque<ServerEvent>,
-    /// Roles proven: [read, publish].
-    authorized: [bool; 2],
+    /// When the Digest nonce was issued, and how many were before it.
+    nonce_issued: Instant,
+    nonce_count: u64,
+    /// The nonce before the current one: an answer with it is stale, not wrong.
+    old_nonce: Option<String>,
+    /// Actions the application allowed on this connection.
+    authorized: Vec<(AuthAction, String)>,
     last_activity: Instant,
     last_media: Instant,
     /// When the first byte of the message now partly in `input` arrived.
@@ -353,6 +421,16 @@ pub struct ServerSession {
     closing: bool,
     /// Sessions made on this connection so far: each gets a different id.
     generation: u64,
+}
+
+/// The `n`th Digest nonce of a connection whose secret is `secret`: unpredictable without the
+/// secret (SHA-256 of both), different each time.
+fn nonce(secret: u64, n: u64) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(secret.to_be_bytes());
+    h.update(n.to_be_bytes());
+    h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn status(code: u16, req: &Request) -> Response {
@@ -393,7 +471,10 @@ impl ServerSession {
     pub fn new(config: ServerConfig, secrets: Secrets, now: Instant) -> ServerSession {
         ServerSession {
             config,
-            nonce: format!("{:016x}", secrets.nonce),
+            nonce: nonce(secrets.nonce, 0),
+            nonce_issued: now,
+            nonce_count: 0,
+            old_nonce: None,
             secrets,
             state: State::Init,
             session: None,
@@ -401,7 +482,7 @@ impl ServerSession {
             input: BytesMut::new(),
             out: BytesMut::new(),
             events: VecDeque::new(),
-            authorized: [false; 2],
+            authorized: Vec::new(),
             last_activity: now,
             last_media: now,
             partial_since: None,
@@ -564,11 +645,14 @@ impl ServerSession {
             Ok(n) => n,
             Err(code) => return self.refuse(&req, code),
         };
-        if let Some(bad_credentials) = self.authenticate(&req) {
-            let [digest, basic] = auth::challenges(&self.nonce);
-            let r = status(401, &req).with("WWW-Authenticate", digest).with("WWW-Authenticate", basic);
-            return self.respond(&req, r, bad_credentials);
+        if let Some((action, path)) = self.needs_auth(&req) {
+            return self.ask_authorization(now, req, next, action, path);
         }
+        self.proceed(now, req, next);
+    }
+
+    /// The request once authorized.
+    fn proceed(&mut self, now: Instant, req: Request, next: State) {
         if let Some(unsupported) = unsupported_options(&req) {
             let r = status(551, &req).with("Unsupported", unsupported);
             return self.respond(&req, r, false);
@@ -610,26 +694,86 @@ impl ServerSession {
         }
     }
 
-    /// Some(bad_credentials) when the request's role (read or publish) needs credentials
-    /// this connection has not proven yet.
-    fn authenticate(&mut self, req: &Request) -> Option<bool> {
-        let role = match req.method {
-            Method::Describe | Method::Play => 0,
-            Method::Announce | Method::Record => 1,
-            Method::Setup => usize::from(self.is_recording()),
+    /// The action and path of a request the application must authorize first; None when
+    /// auth is off, the request needs none, or it was allowed before on this connection.
+    fn needs_auth(&self, req: &Request) -> Option<(AuthAction, String)> {
+        self.config.auth?;
+        let session_path = self.session.as_ref().map(|s| s.path.clone());
+        let (action, path) = match req.method {
+            Method::Describe => (AuthAction::Read, url::path(&req.uri).to_owned()),
+            Method::Announce => (AuthAction::Publish, url::path(&req.uri).to_owned()),
+            Method::Setup if self.is_recording() => (AuthAction::Publish, session_path?),
+            Method::Setup => {
+                (AuthAction::Read, session_path.unwrap_or_else(|| url::split_control(&req.uri).0.to_owned()))
+            }
+            Method::Play => (AuthAction::Read, session_path?),
+            Method::Record => (AuthAction::Publish, session_path?),
             _ => return None,
         };
-        let creds = if role == 0 { &self.config.read_credentials } else { &self.config.publish_credentials };
-        let creds = creds.as_ref()?;
-        if self.authorized[role] {
-            return None;
+        (!self.authorized.iter().any(|(a, p)| *a == action && *p == path)).then_some((action, path))
+    }
+
+    /// Raises [`ServerEvent::Authorize`], or answers a Digest answer with a stale nonce.
+    fn ask_authorization(&mut self, now: Instant, req: Request, next: State, action: AuthAction, path: String) {
+        let Some(auth) = self.config.auth else { return self.proceed(now, req, next) };
+        let mut offered = req.headers.get("Authorization").and_then(|h| Offered::parse(h, req.method.as_str()));
+        if let Some(Offered::Digest(d)) = &offered {
+            let current = auth::constant_time_eq(d.nonce.as_bytes(), self.nonce.as_bytes());
+            let expired = now.saturating_duration_since(self.nonce_issued) >= auth.nonce_lifetime;
+            if current && expired {
+                self.nonce_count += 1;
+                self.old_nonce = Some(std::mem::replace(&mut self.nonce, nonce(self.secrets.nonce, self.nonce_count)));
+                self.nonce_issued = now;
+                return self.challenge(&req, true, false);
+            }
+            if !current {
+                if self.old_nonce.as_deref().is_some_and(|o| auth::constant_time_eq(o.as_bytes(), d.nonce.as_bytes())) {
+                    return self.challenge(&req, true, false);
+                }
+                // A nonce we never issued proves nothing: as if none was sent.
+                offered = None;
+            }
         }
-        let authorization = req.headers.get("Authorization");
-        if auth::verify(creds, authorization, req.method.as_str(), &req.uri, &self.nonce) {
-            self.authorized[role] = true;
-            return None;
+        self.events.push_back(ServerEvent::Authorize {
+            action,
+            method: req.method.clone(),
+            path: path.clone(),
+            uri: req.uri.clone(),
+            offered: offered.clone(),
+        });
+        self.pending = Some((req, Pending::Authorize { next, action, path, offered: offered.is_some() }));
+    }
+
+    /// A 401 with our challenges.
+    fn challenge(&mut self, req: &Request, stale: bool, bad_credentials: bool) {
+        let schemes = self.config.auth.map_or(Schemes { digest: true, basic: true }, |a| a.schemes);
+        let mut r = status(401, req);
+        for c in auth::server_challenges(&self.nonce, stale, schemes) {
+            r = r.with("WWW-Authenticate", c);
         }
-        Some(authorization.is_some())
+        self.respond(req, r, bad_credentials);
+    }
+
+    /// Answers the pending [`ServerEvent::Authorize`].
+    pub fn authorize(&mut self, verdict: AuthVerdict) -> Result<(), SessionError> {
+        let Some((req, Pending::Authorize { next, action, path, offered })) =
+            self.take_pending(|p| matches!(p, Pending::Authorize { .. }))
+        else {
+            return self.resume();
+        };
+        match verdict {
+            AuthVerdict::Allow => {
+                if self.authorized.len() == MAX_AUTHORIZED {
+                    self.authorized.remove(0);
+                }
+                self.authorized.push((action, path));
+                let now = self.last_activity;
+                self.proceed(now, req, next);
+            }
+            AuthVerdict::Challenge => self.challenge(&req, false, offered),
+            AuthVerdict::Forbidden => self.refuse(&req, 403),
+        }
+        self.resume()
     }
 
     fn redirect(&mut self, path: &str, req: &Request) -> bool {

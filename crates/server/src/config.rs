@@ -337,10 +337,6 @@ pub struct RtspConfig {
     pub multicast_interface: std::net::Ipv4Addr,
     /// Paths that moved: DESCRIBE, ANNOUNCE and SETUP answer 301 with this location.
     pub redirects: BTreeMap<String, String>,
-    /// `user:password` required to play over RTSP (Digest or Basic); empty: open.
-    pub read_credentials: String,
-    /// `user:password` required to publish over RTSP; empty: open.
-    pub publish_credentials: String,
 }
 
 /// `[http]`.
@@ -447,8 +443,6 @@ impl Default for RtspConfig {
             multicast_ttl: 1,
             multicast_interface: std::net::Ipv4Addr::UNSPECIFIED,
             redirects: BTreeMap::new(),
-            read_credentials: String::new(),
-            publish_credentials: String::new(),
         }
     }
 }
@@ -580,12 +574,7 @@ impl Config {
             (1..=65_532).contains(&self.rtsp.multicast_port),
             "rtsp.multicast_port must be 1..=65532 (video and audio take four ports from it)"
         );
-        for (key, v) in [
-            ("rtsp.read_credentials", &self.rtsp.read_credentials),
-            ("rtsp.publish_credentials", &self.rtsp.publish_credentials),
-        ] {
-            anyhow::ensure!(v.is_empty() || v.contains(':'), "{key} must be \"user:password\" or empty");
-        }
+        self.auth.validate()?;
         for (key, v) in [
             ("rtmp.handshake_timeout_ms", r.handshake_timeout_ms),
             ("rtmp.idle_timeout_ms", r.idle_timeout_ms),
@@ -637,13 +626,31 @@ fn reject_moved_tables(text: &str) -> anyhow::Result<()> {
     #[derive(Deserialize)]
     struct Top {
         hls: Option<Hls>,
+        rtsp: Option<Rtsp>,
     }
     #[derive(Deserialize)]
     struct Hls {
         paths: Option<serde::de::IgnoredAny>,
     }
+    #[derive(Deserialize)]
+    struct Rtsp {
+        read_credentials: Option<serde::de::IgnoredAny>,
+        publish_credentials: Option<serde::de::IgnoredAny>,
+    }
+    if let Ok(Top { rtsp: Some(r), .. }) = toml::from_str::<Top>(text) {
+        for (key, action, set) in [
+            ("read_credentials", "read", r.read_credentials.is_some()),
+            ("publish_credentials", "publish", r.publish_credentials.is_some()),
+        ] {
+            anyhow::ensure!(
+                !set,
+                "rtsp.{key} moved: use [[auth.users]] with user, pass and \
+                 permissions = [{{ action = \"{action}\" }}] (it covers every protocol)"
+            );
+        }
+    }
     // Text that does not parse is left to the real parse to report.
-    if let Ok(Top { hls: Some(Hls { paths: Some(_) }) }) = toml::from_str::<Top>(text) {
+    if let Ok(Top { hls: Some(Hls { paths: Some(_) }), .. }) = toml::from_str::<Top>(text) {
         anyhow::bail!(
             "[hls.paths] moved: use [paths.\"PATTERN\"] with hls_variant (was variant) and \
              hls_segment_duration_ms (was segment_duration_ms)"
@@ -728,6 +735,25 @@ mod tests {
         assert!(err.contains("paths.\"x/*\".hls_segment_duration_ms"), "{err}");
         let err = format!("{:#}", Config::parse("[paths.\"x/*\"]\nhls_variant = \"webm\"\n").unwrap_err());
         assert!(err.contains("webm"), "{err}");
+    }
+
+    #[test]
+    fn old_rtsp_credentials_name_auth_users() {
+        for key in ["read_credentials", "publish_credentials"] {
+            let err = Config::parse(&format!("[rtsp]\n{key} = \"u:p\"\n")).unwrap_err().to_string();
+            assert!(err.contains(&format!("rtsp.{key} moved")) && err.contains("[[auth.users]]"), "{err}");
+            assert!(!err.contains("u:p"), "{err}");
+        }
+        let c = Config::parse(
+            "[[auth.users]]\nuser = \"cam\"\npass = \"x\"\nips = [\"10.0.0.0/8\"]\n\
+             permissions = [{ action = \"publish\", path = \"cams/*\" }, { action = \"read\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.auth.users[0].permissions.len(), 2);
+        let err = Config::parse("[[auth.users]]\nuser = \"cam\"\npass = \"x\"\nips = [\"10.0.0.1/8\"]\n").unwrap_err();
+        assert!(format!("{err:#}").contains("auth.users[0].ips[0]"), "{err:#}");
+        let err = Config::parse("[[auth.users]]\nuser = \"cam\"\npermissions = [{ action = \"fly\" }]\n").unwrap_err();
+        assert!(format!("{err:#}").contains("fly"), "{err:#}");
     }
 
     #[test]

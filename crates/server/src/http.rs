@@ -133,6 +133,11 @@ pub async fn serve_with(
                 return;
             };
             if let Some(stream) = whole.then(|| crate::http_flv::flv_path(&head)).flatten() {
+                if let Err(verdict) = crate::http_flv::authorize(&hub, &head, &stream, peer).await {
+                    let mut out = vec![Bytes::from_static(crate::auth::http::raw_refusal(&verdict))];
+                    let _ = crate::sockio::write_with_timeout(&socket, &mut out, request_timeout).await;
+                    return;
+                }
                 if let Err(e) = crate::http_flv::serve(socket, stream, hub).await {
                     debug!(%peer, "http-flv connection: {e:#}");
                 }
@@ -172,10 +177,34 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
     // request relayed by a proxy on this host (a cache in front of HLS) comes from loopback
     // for anyone, so one that says it was forwarded is taken as from elsewhere.
     let forwarded = ["forwarded", "x-forwarded-for", "x-real-ip"].iter().any(|h| req.headers().contains_key(*h));
-    let api_peer = if forwarded { SocketAddr::from(([0, 0, 0, 0], 0)) } else { peer };
+    let mut api_peer = if forwarded { SocketAddr::from(([0, 0, 0, 0], 0)) } else { peer };
     let uri_path = req.uri().path().to_owned();
     if req.method() == Method::OPTIONS {
         return plain(StatusCode::NO_CONTENT, "");
+    }
+    // `[auth]`, once for every route (see `crate::auth::http` for what each URL needs).
+    if state.hub.auth.enabled()
+        && let Some((action, path, via)) = crate::auth::http::classify(&uri_path, req.uri().query())
+    {
+        let query = req.uri().query();
+        let check = crate::auth::AuthRequest {
+            action,
+            path,
+            via,
+            ip: peer.ip(),
+            presented: crate::auth::http::presented(req.headers(), query),
+            query: query.unwrap_or_default().to_owned(),
+            id: None,
+        };
+        let verdict = state.hub.auth.check(&check).await;
+        if !verdict.allowed() {
+            debug!(%peer, path = check.path, action = action.as_str(), "http: not authorized");
+            return crate::auth::http::refusal(&verdict);
+        }
+        if action == crate::auth::Action::Api {
+            // A user with the `api` permission may do what loopback clients may without users.
+            api_peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        }
     }
     if crate::record::api::answers(&uri_path) {
         // SQLite and the file system: off the workers the live readers share.

@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::auth::{Action, AuthRequest, Verdict, Via};
 use crate::fanout::Encoder;
 use crate::hub::{Hub, write_merge, write_timeout};
 use crate::path;
@@ -194,6 +195,39 @@ fn plain_response(status: StatusCode, text: &str) -> Bytes {
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{CORS}Connection: close\r\n\r\n{text}",
         text.len()
     ))
+}
+
+/// `[auth]` for an HTTP-FLV player served on the raw socket (the router's check does not see
+/// it): credentials from the request head's `Authorization` or query. Err: the refusal.
+pub async fn authorize(hub: &Hub, head: &[u8], stream: &str, peer: std::net::SocketAddr) -> Result<(), Verdict> {
+    if !hub.auth.enabled() {
+        return Ok(());
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    let _ = req.parse(head);
+    let query = req.path.and_then(|p| p.split('#').next()).and_then(|p| p.split_once('?')).map(|(_, q)| q);
+    let mut map = axum::http::HeaderMap::new();
+    if let Some(h) = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("authorization"))
+        && let Ok(v) = axum::http::HeaderValue::from_bytes(h.value)
+    {
+        map.insert(axum::http::header::AUTHORIZATION, v);
+    }
+    let check = AuthRequest {
+        action: Action::Read,
+        path: stream.to_owned(),
+        via: Via::HttpFlv,
+        ip: peer.ip(),
+        presented: crate::auth::http::presented(&map, query),
+        query: query.unwrap_or_default().to_owned(),
+        id: None,
+    };
+    let verdict = hub.auth.check(&check).await;
+    if verdict.allowed() {
+        return Ok(());
+    }
+    tracing::debug!(%peer, path = stream, "http-flv: not authorized");
+    Err(verdict)
 }
 
 /// Serves one HTTP-FLV player of `stream` on its raw socket, until the stream ends, the

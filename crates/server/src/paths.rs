@@ -246,6 +246,24 @@ impl Pattern {
     }
 }
 
+/// A pattern of the `[paths]` kind on its own, for other settings that name paths (the `path`
+/// of an `[[auth.users]]` permission): the same rules and the same matcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern(Pattern);
+
+impl PathPattern {
+    /// Parses an exact path or a glob.
+    pub fn parse(key: &str) -> Result<PathPattern, PatternError> {
+        Pattern::parse(key).map(PathPattern)
+    }
+
+    /// Whether `path` matches.
+    pub fn matches(&self, path: &str) -> bool {
+        let segments: Vec<&str> = path.split('/').collect();
+        self.0.matches(&segments)
+    }
+}
+
 /// One key of `[paths]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {

@@ -14,6 +14,7 @@ use ferrocast_rtmp::{MediaKind, ServerConfig, ServerEvent, ServerSession};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::auth::{Action, AuthRequest, Verdict, Via};
 use crate::config::{LimitsConfig, RtmpConfig, ms};
 use crate::fanout::Encoder;
 use crate::hub::{Hub, reader_nodelay, write_merge, write_timeout};
@@ -81,6 +82,7 @@ pub async fn serve(
                 session: ServerSession::new(cfg, Instant::now()),
                 hub,
                 app: String::new(),
+                tc_url: None,
                 role: Role::None,
                 publisher_idle,
                 last_media: Instant::now(),
@@ -133,6 +135,8 @@ struct Connection {
     session: ServerSession,
     hub: Arc<Hub>,
     app: String,
+    /// The connect's tcUrl (it may carry `?user=&pass=`; never logged).
+    tc_url: Option<String>,
     role: Role,
     /// A publisher silent this long is dropped.
     publisher_idle: std::time::Duration,
@@ -305,7 +309,8 @@ impl Connection {
             // Every event of a player (pause, stop, receive flags) is handled by its own task.
             self.reclaim()?;
             match ev {
-                ServerEvent::Connect { app, .. } => {
+                ServerEvent::Connect { app, tc_url, .. } => {
+                    self.tc_url = tc_url;
                     let handshake = self.session.handshake_kind();
                     // The app is the first part of every stream path.
                     if let Err(e) = crate::path::validate(app.trim_matches('/')) {
@@ -317,8 +322,16 @@ impl Connection {
                     self.app = app;
                     self.session.accept_connect()?;
                 }
-                ServerEvent::Publish { stream_id, name, .. } => self.publish(stream_id, &name)?,
-                ServerEvent::Play { stream_id, name, query } => self.play(stream_id, &name, query.as_deref()).await?,
+                ServerEvent::Publish { stream_id, name, query, .. } => {
+                    if self.authorized(Action::Publish, stream_id, &name, query.as_deref()).await? {
+                        self.publish(stream_id, &name)?;
+                    }
+                }
+                ServerEvent::Play { stream_id, name, query } => {
+                    if self.authorized(Action::Read, stream_id, &name, query.as_deref()).await? {
+                        self.play(stream_id, &name, query.as_deref()).await?;
+                    }
+                }
                 ServerEvent::Unpublish { stream_id } => {
                     if matches!(&self.role, Role::Publishing { stream_id: s, .. } if *s == stream_id) {
                         if let Role::Publishing { ingest, .. } = &self.role {
@@ -367,6 +380,45 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// Whether `[auth]` allows `action` on the stream `name` (credentials in its query or in
+    /// tcUrl's); a refusal is answered here (`NetStream.Publish.Unauthorized` /
+    /// `NetStream.Play.Unauthorized`, as other servers send) and logged without the query.
+    async fn authorized(
+        &mut self,
+        action: Action,
+        stream_id: u32,
+        name: &str,
+        query: Option<&str>,
+    ) -> anyhow::Result<bool> {
+        if !self.hub.auth.enabled() {
+            return Ok(true);
+        }
+        let Ok(path) = stream_path(&self.app, name) else {
+            // The publish or play refuses a bad name itself.
+            return Ok(true);
+        };
+        let app_query = self.tc_url.as_deref();
+        let req = AuthRequest {
+            action,
+            path: path.clone(),
+            via: Via::Rtmp,
+            ip: self.peer.ip(),
+            presented: crate::auth::http::rtmp_presented(query, app_query),
+            query: query.unwrap_or_default().to_owned(),
+            id: None,
+        };
+        let verdict = self.hub.auth.check(&req).await;
+        if verdict.allowed() {
+            return Ok(true);
+        }
+        let why = if verdict == Verdict::Blocked { "too many failed attempts" } else { "not authorized" };
+        warn!(peer = %self.peer, path, action = action.as_str(), "rtmp {}: {why}", action.as_str());
+        let code =
+            if action == Action::Publish { "NetStream.Publish.Unauthorized" } else { "NetStream.Play.Unauthorized" };
+        self.session.reject(stream_id, code, why)?;
+        Ok(false)
     }
 
     /// The path for a publish or play, or why there is none.

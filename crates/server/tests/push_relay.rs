@@ -140,7 +140,11 @@ async fn push_h265_from_an_rtsp_publisher_over_enhanced_rtmp_and_rtsp() {
 #[tokio::test(flavor = "multi_thread")]
 async fn push_over_rtsp_with_credentials_from_the_url() {
     // The target asks RTSP publishers for credentials (Digest); the password has an `@`.
-    let target = Server::with_config("[rtsp]\npublish_credentials = \"pusher:p@ss\"\n");
+    // The wrong push retries without end: the address's failures are not to block it here.
+    let target = Server::with_config(
+        "[auth]\nfail_limit = 100000\n[[auth.users]]\nuser = \"pusher\"\npass = \"p@ss\"\npermissions = [{ action = \"publish\" }]\n\
+         [[auth.users]]\nuser = \"any\"\npermissions = [{ action = \"read\" }, { action = \"api\" }]\n",
+    );
     let source = Server::with_config(&format!(
         "[source]\nretry_min_ms = 200\nretry_max_ms = 500\n\
          [paths.\"live/a\"]\npush = [\"rtsp://pusher:p%40ss@{0}/live/auth\", \"rtsp://pusher:wrong@{0}/live/denied\"]\n",

@@ -144,7 +144,10 @@ async fn g711_and_opus_over_rtsp() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_give_401_until_proven() {
-    let server = Server::with_config("[rtsp]\nread_credentials = \"view:pw\"\npublish_credentials = \"cam:s3cret\"\n");
+    let server = Server::with_config(
+        "[[auth.users]]\nuser = \"view\"\npass = \"pw\"\npermissions = [{ action = \"read\" }]\n\
+         [[auth.users]]\nuser = \"cam\"\npass = \"s3cret\"\npermissions = [{ action = \"publish\" }]\n",
+    );
     // Publishing without credentials fails; with them (ffmpeg answers the Digest challenge) it works.
     let out = std::process::Command::new("ffmpeg")
         .args(["-v", "error", "-nostdin", "-re", "-t", "1", "-i"])
@@ -155,7 +158,14 @@ async fn credentials_give_401_until_proven() {
     assert!(!out.status.success(), "publish without credentials was accepted");
     let with = format!("rtsp://cam:s3cret@{}/auth/cam", server.rtsp);
     let _publisher = publish_rtsp(test_flv(), &with, "tcp");
-    wait_published(&server, "auth/cam").await;
+    // Reading needs credentials on every protocol: HTTP-FLV with them in the query.
+    let flv = format!("http://{}/auth/cam.flv?user=view&pass=pw", server.http);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while http_status(&flv).await != Some(200) {
+        assert!(std::time::Instant::now() < deadline, "auth/cam was never published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(http_status(&server.flv_url("auth/cam")).await, Some(401));
     // Reading: 401 with both challenges, then ffprobe with credentials plays.
     let mut s = tokio::net::TcpStream::connect(server.rtsp).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

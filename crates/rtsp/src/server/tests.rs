@@ -2,6 +2,7 @@
 //! virtual clock.
 
 use super::*;
+use crate::auth::Credentials;
 use crate::client::{ClientEvent, ClientMode, ClientSession, ClientTransport};
 
 const URL: &str = "rtsp://h/live/a";
@@ -18,18 +19,52 @@ struct Harness {
     now: Instant,
     events: Vec<ServerEvent>,
     cseq: u32,
+    /// Who may do what, for [`ServerEvent::Authorize`] (the application's user table).
+    users: Vec<(AuthAction, Credentials)>,
+    /// Answer every authorization with 403 (an address that failed too often).
+    blocked: bool,
+}
+
+/// The verdict of an application with `users` for `offered`.
+fn verdict(
+    users: &[(AuthAction, Credentials)],
+    action: AuthAction,
+    uri: &str,
+    offered: &Option<Offered>,
+) -> AuthVerdict {
+    let ok = users.iter().any(|(a, c)| {
+        *a == action
+            && match offered {
+                Some(Offered::Basic(b)) => b == c,
+                Some(Offered::Digest(d)) => d.username == c.user && d.verify(&c.password, uri),
+                None => false,
+            }
+    });
+    if ok { AuthVerdict::Allow } else { AuthVerdict::Challenge }
 }
 
 impl Harness {
     fn new(config: ServerConfig) -> Harness {
         let now = Instant::now();
-        Harness { s: ServerSession::new(config, SECRETS, now), now, events: Vec::new(), cseq: 0 }
+        Harness {
+            s: ServerSession::new(config, SECRETS, now),
+            now,
+            events: Vec::new(),
+            cseq: 0,
+            users: Vec::new(),
+            blocked: false,
+        }
     }
 
     /// Answers what the session asks, as a permissive application would.
     fn app(&mut self) {
         while let Some(ev) = self.s.poll_event() {
             match &ev {
+                ServerEvent::Authorize { action, uri, offered, .. } => {
+                    let v =
+                        if self.blocked { AuthVerdict::Forbidden } else { verdict(&self.users, *action, uri, offered) };
+                    self.s.authorize(v).unwrap();
+                }
                 ServerEvent::Describe { .. } => self.s.accept_describe(SDP).unwrap(),
                 ServerEvent::Announce { .. } => self.s.accept_announce(self.now).unwrap(),
                 ServerEvent::Setup { track, transport, .. } => {
@@ -365,25 +400,108 @@ fn a_playback_url_keeps_its_query_out_of_the_content_base() {
     );
 }
 
+fn auth_config() -> ServerConfig {
+    ServerConfig { auth: Some(ServerAuth::default()), ..config() }
+}
+
+fn challenges(r: &Response) -> Vec<String> {
+    r.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("WWW-Authenticate")).map(|(_, v)| v.to_owned()).collect()
+}
+
 #[test]
 fn credentials_are_asked_for_by_role() {
-    let creds = Credentials::parse("u:p").unwrap();
-    let mut h = Harness::new(ServerConfig { publish_credentials: Some(creds), ..config() });
-    // Reading is open; publishing is not.
-    assert_eq!(h.status("DESCRIBE", URL, &[], ""), 200);
+    let mut h = Harness::new(auth_config());
+    h.users = vec![
+        (AuthAction::Publish, Credentials::parse("u:p").unwrap()),
+        (AuthAction::Read, Credentials::parse("v:r").unwrap()),
+    ];
+    // Publishing asks; the 401 offers Digest SHA-256, Digest MD5 (last: clients that know only
+    // MD5 take the last one), then Basic.
     let r = h.request("ANNOUNCE", URL, &[SDP_TYPE], SDP);
     assert_eq!(r.status, 401);
-    let challenges: Vec<&str> =
-        r.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("WWW-Authenticate")).map(|(_, v)| v).collect();
-    assert_eq!(challenges.len(), 2);
-    assert!(challenges[0].starts_with("Digest realm=\"ferrocast\", nonce=\"0000000000005678\""));
-    let basic = format!("Basic {}", crate::base64::encode(b"u:wrong"));
-    assert_eq!(h.status("ANNOUNCE", URL, &[SDP_TYPE, ("Authorization", &basic)], SDP), 401);
+    let ch = challenges(&r);
+    assert_eq!(ch.len(), 3, "{ch:?}");
+    assert!(ch[0].starts_with("Digest realm=\"ferrocast\", nonce=\"") && ch[0].contains("algorithm=SHA-256"));
+    assert!(ch[1].starts_with("Digest realm=\"ferrocast\"") && !ch[1].contains("algorithm"));
+    assert!(ch[2].starts_with("Basic realm="));
+    assert!(h.events.iter().any(|e| matches!(e, ServerEvent::Refused { status: 401, bad_credentials: false, .. })));
+    // Wrong password, and a reader's credentials: 401, counted as bad credentials.
+    for creds in [&b"u:wrong"[..], b"v:r"] {
+        let basic = format!("Basic {}", crate::base64::encode(creds));
+        assert_eq!(h.status("ANNOUNCE", URL, &[SDP_TYPE, ("Authorization", &basic)], SDP), 401);
+    }
     assert!(h.events.iter().any(|e| matches!(e, ServerEvent::Refused { status: 401, bad_credentials: true, .. })));
     let basic = format!("Basic {}", crate::base64::encode(b"u:p"));
     assert_eq!(h.status("ANNOUNCE", URL, &[SDP_TYPE, ("Authorization", &basic)], SDP), 200);
-    // Proven once per connection: SETUP of the recording needs nothing more.
+    // Allowed once per connection and path: SETUP and RECORD of the recording ask nothing more.
+    let asked = h.events.iter().filter(|e| matches!(e, ServerEvent::Authorize { .. })).count();
     assert_eq!(h.status("SETUP", &format!("{URL}/trackID=0"), &[REC0], ""), 200);
+    assert_eq!(h.status("RECORD", URL, &[], ""), 200);
+    assert_eq!(h.events.iter().filter(|e| matches!(e, ServerEvent::Authorize { .. })).count(), asked);
+    assert!(
+        h.events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Authorize { action: AuthAction::Publish, path, .. } if path == "live/a"))
+    );
+}
+
+/// Digest with MD5 and SHA-256 as our client computes it, a nonce that expires (401
+/// `stale=true` with a new nonce, then accepted), and a nonce we never issued.
+#[test]
+fn digest_md5_and_sha256_and_nonce_expiry() {
+    for sha in [false, true] {
+        let mut h = Harness::new(auth_config());
+        let creds = Credentials::parse("v:r").unwrap();
+        h.users = vec![(AuthAction::Read, creds.clone())];
+        let r = h.request("DESCRIBE", URL, &[], "");
+        let ch = challenges(&r);
+        let pick: Vec<&str> = if sha { vec![ch[0].as_str()] } else { vec![ch[1].as_str()] };
+        let mut a = crate::auth::Authenticator::choose(pick).unwrap();
+        assert_eq!(a.name(), if sha { "digest-sha256" } else { "digest-md5" });
+        let authz = a.authorization(&creds, "DESCRIBE", URL, b"", "c0ffee");
+        assert_eq!(h.status("DESCRIBE", URL, &[("Authorization", &authz)], ""), 200, "sha256: {sha}");
+        // The same answer later than the nonce's lifetime, for a new path: stale.
+        h.now += DEFAULT_NONCE_LIFETIME + Duration::from_secs(1);
+        let other = "rtsp://h/live/b";
+        let authz = a.authorization(&creds, "DESCRIBE", other, b"", "c0ffee");
+        let r = h.request("DESCRIBE", other, &[("Authorization", &authz)], "");
+        assert_eq!(r.status, 401);
+        let ch = challenges(&r);
+        assert!(ch[0].contains("stale=true"), "{ch:?}");
+        assert!(h.events.iter().any(|e| matches!(e, ServerEvent::Refused { status: 401, bad_credentials: false, .. })));
+        let mut a = crate::auth::Authenticator::choose([ch[1].as_str()]).unwrap();
+        let authz = a.authorization(&creds, "DESCRIBE", other, b"", "c0ffee");
+        assert_eq!(h.status("DESCRIBE", other, &[("Authorization", &authz)], ""), 200);
+    }
+    // A Digest answer with a nonce this connection never gave proves nothing.
+    let mut h = Harness::new(auth_config());
+    let creds = Credentials::parse("v:r").unwrap();
+    h.users = vec![(AuthAction::Read, creds.clone())];
+    let mut a = crate::auth::Authenticator::choose(["Digest realm=\"ferrocast\", nonce=\"forged\""]).unwrap();
+    let authz = a.authorization(&creds, "DESCRIBE", URL, b"", "");
+    let r = h.request("DESCRIBE", URL, &[("Authorization", &authz)], "");
+    assert_eq!(r.status, 401);
+    assert!(h.events.iter().any(|e| matches!(e, ServerEvent::Authorize { offered: None, .. })));
+}
+
+/// The application may refuse outright (403), and may offer Basic only (hashed passwords).
+#[test]
+fn forbidden_and_basic_only() {
+    let mut h = Harness::new(auth_config());
+    h.blocked = true;
+    let basic = format!("Basic {}", crate::base64::encode(b"v:r"));
+    assert_eq!(h.status("DESCRIBE", URL, &[("Authorization", &basic)], ""), 403);
+    let cfg = ServerConfig {
+        auth: Some(ServerAuth { schemes: Schemes { digest: false, basic: true }, ..ServerAuth::default() }),
+        ..config()
+    };
+    let mut h = Harness::new(cfg);
+    let r = h.request("DESCRIBE", URL, &[], "");
+    assert_eq!(challenges(&r), ["Basic realm=\"ferrocast\""]);
+    // Without auth nothing is asked.
+    let mut h = Harness::new(config());
+    assert_eq!(h.status("DESCRIBE", URL, &[], ""), 200);
+    assert!(!h.events.iter().any(|e| matches!(e, ServerEvent::Authorize { .. })));
 }
 
 #[test]
@@ -641,15 +759,14 @@ fn client_plays_over_udp() {
 /// keep-alive the client sends itself carries the Session and is accepted.
 #[test]
 fn client_authenticates_with_url_credentials() {
-    let mut cfg = config();
-    cfg.read_credentials = Some(Credentials::parse("cam:p@ss").unwrap());
-    let mut h = Harness::new(cfg);
+    let mut h = Harness::new(auth_config());
+    h.users = vec![(AuthAction::Read, Credentials::parse("cam:p@ss").unwrap())];
     let url = URL.replacen("://", "://cam:p%40ss@", 1);
     let mut c = ClientSession::new(&url, ClientMode::Play, ClientTransport::Multicast, vec![], h.now);
     let mut evs = Vec::new();
     pump(&mut c, &mut h, &mut evs);
     assert!(c.is_started(), "{evs:?}");
-    assert_eq!(c.auth_scheme(), Some("digest-md5"));
+    assert_eq!(c.auth_scheme(), Some("digest-sha256"));
     assert!(evs.iter().any(|e| matches!(e, ClientEvent::Transport { transport, .. }
         if transport.destination.as_deref() == Some("239.255.0.1") && transport.port == Some((8002, 8003)))));
     h.now = c.poll_timeout().unwrap();

@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::BytesMut;
 use ferrocast_media::{TrackKind, Tracks};
-use ferrocast_rtsp::auth::Credentials;
+use ferrocast_rtsp::auth::Offered;
 use ferrocast_rtsp::rtcp::{self, RtcpPacket};
-use ferrocast_rtsp::server::{MulticastReply, Secrets, ServerConfig, ServerEvent, ServerSession, SessionError};
+use ferrocast_rtsp::server::{
+    AuthAction, AuthVerdict, MulticastReply, Secrets, ServerAuth, ServerConfig, ServerEvent, ServerSession,
+    SessionError,
+};
 use ferrocast_rtsp::transport::{Lower, Transport};
 use ferrocast_rtsp::{sdp, url};
 use tokio::net::TcpStream;
@@ -79,10 +82,6 @@ struct Conn {
     opened: Option<Opened>,
 }
 
-fn credentials(s: &str) -> Option<Credentials> {
-    Credentials::parse(s)
-}
-
 pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
     let _ = socket.set_nodelay(true);
     let (udp_tx, udp_rx) = mpsc::channel(UDP_QUEUE);
@@ -92,8 +91,7 @@ pub async fn run(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) -> an
         media_timeout: ms(shared.limits.publisher_idle_timeout_ms),
         rtcp_interval: ms(shared.config.rtcp_interval_ms),
         server_ports: shared.server_ports,
-        read_credentials: credentials(&shared.config.read_credentials),
-        publish_credentials: credentials(&shared.config.publish_credentials),
+        auth: shared.hub.auth.rtsp_schemes().map(|schemes| ServerAuth { schemes, ..ServerAuth::default() }),
         redirects: shared.config.redirects.clone(),
     };
     let secrets = Secrets { session_id: super::random_u64(), nonce: super::random_u64() };
@@ -363,12 +361,62 @@ impl Conn {
                 self.reports();
                 Ok(())
             }
+            ServerEvent::Authorize { action, path, uri, offered, .. } => {
+                self.authorize(action, path, &uri, offered).await
+            }
             ServerEvent::Refused { method, uri, status, bad_credentials } => {
+                // The query may carry a token or a password: never logged.
+                let uri = crate::relay::redact(&uri);
                 if bad_credentials {
-                    warn!(peer = %self.peer, method = method.as_str(), "rtsp: wrong credentials");
+                    warn!(peer = %self.peer, method = method.as_str(), uri, "rtsp: wrong credentials");
                 }
                 info!(peer = %self.peer, session = %self.sess.id(), method = method.as_str(), uri, status, "rtsp request refused");
                 Ok(())
+            }
+        }
+    }
+
+    /// Answers the session's [`ServerEvent::Authorize`] with `[auth]`'s decision. A playback
+    /// URL (a recording's `start=`, a `vod/` file) needs `playback`, not `read`.
+    async fn authorize(
+        &mut self,
+        action: AuthAction,
+        path: String,
+        uri: &str,
+        offered: Option<Offered>,
+    ) -> Result<(), SessionError> {
+        use crate::auth::{Action, AuthRequest, Presented, Verdict, Via};
+        let query = uri.split_once('?').map(|(_, q)| q);
+        let playback = path.starts_with("vod/") || crate::auth::http::query_param(query, "start").is_some();
+        let action = match action {
+            AuthAction::Publish => Action::Publish,
+            AuthAction::Read if playback => Action::Playback,
+            AuthAction::Read => Action::Read,
+        };
+        let presented = match offered {
+            Some(Offered::Basic(c)) => Presented::Password { user: c.user, pass: c.password },
+            Some(Offered::Digest(d)) => Presented::Digest(Box::new(d), uri.to_owned()),
+            None => crate::auth::http::from_query(query),
+        };
+        let req = AuthRequest {
+            action,
+            path: path.clone(),
+            via: Via::Rtsp,
+            ip: self.peer.ip(),
+            presented,
+            query: query.unwrap_or_default().to_owned(),
+            id: self.session.session_id().map(str::to_owned),
+        };
+        let verdict = self.shared.hub.auth.check(&req).await;
+        match &verdict {
+            Verdict::Allow(_) => self.session.authorize(AuthVerdict::Allow),
+            Verdict::Unauthorized => {
+                debug!(peer = %self.peer, path, action = action.as_str(), "rtsp: not authorized");
+                self.session.authorize(AuthVerdict::Challenge)
+            }
+            Verdict::Blocked => {
+                warn!(peer = %self.peer, path, "rtsp: refused, the address failed too often");
+                self.session.authorize(AuthVerdict::Forbidden)
             }
         }
     }
