@@ -104,7 +104,7 @@ mod tests {
     }
 
     fn no_file() -> Arc<Reloader> {
-        let config = Config::parse("[rtsp]\nread_credentials = \"u:hunter2\"\n").unwrap();
+        let config = Config::parse("[[hooks.targets]]\nurl = \"http://u:hunter2@127.0.0.1:9/\"\n").unwrap();
         let paths = SharedPaths::new(config.paths.clone());
         let hub = Hub::new(config.hub.clone());
         Reloader::new(config, None, paths, hub, Hooks::new(Default::default()).unwrap())
@@ -116,7 +116,8 @@ mod tests {
         let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let (s, v) = body_json(handle(Some(&r), &Method::GET, CONFIG, Body::empty(), local).await).await;
         assert_eq!(s, StatusCode::OK);
-        assert_eq!(v["rtsp"]["read_credentials"], "***");
+        assert_eq!(v["hooks"]["targets"][0]["url"], "http://***@127.0.0.1:9/");
+        assert!(!v.to_string().contains("hunter2"), "{v}");
         let patch = || Body::from("{\"record\": true}");
         let (s, v) = body_json(handle(Some(&r), &Method::PATCH, "/api/v1/config/paths/a", patch(), local).await).await;
         assert_eq!(s, StatusCode::CONFLICT, "{v}");

@@ -88,7 +88,9 @@ async fn sighup_applies_new_paths_keeps_streams_and_refuses_a_broken_file() {
 #[tokio::test]
 async fn patch_writes_back_keeping_comments_and_get_redacts() {
     let server = Server::with_config(
-        "# top comment: kept\n[rtsp]\n# who may read\nread_credentials = \"viewer:hunter2\"\n\n\
+        "# top comment: kept\n[hooks]\n# who hears of it\n[[hooks.targets]]\nurl = \"http://u:hunter2@127.0.0.1:9/x\"\n\n\
+         [[auth.users]]\nuser = \"any\"\npass = \"\"\npermissions = [{ action = \"api\" }]\n\
+         [[auth.users]]\nuser = \"ops\"\npass = \"hunter2\"\npermissions = [{ action = \"api\" }]\n\n\
          [paths.\"cams/*\"]\n# an entry comment: kept\nrecord = false # inline: kept\n",
     );
     let file = config_path(&server);
@@ -101,11 +103,13 @@ async fn patch_writes_back_keeping_comments_and_get_redacts() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["pattern"], "live/new");
     let text = std::fs::read_to_string(&file).unwrap();
-    for kept in ["# top comment: kept", "# who may read", "# an entry comment: kept", "record = false # inline: kept"] {
+    for kept in
+        ["# top comment: kept", "# who hears of it", "# an entry comment: kept", "record = false # inline: kept"]
+    {
         assert!(text.contains(kept), "{kept:?} lost:\n{text}");
     }
     assert!(text.contains("record_max_age_ms = 60000") && text.contains("[paths.\"live/new\"]"), "{text}");
-    assert!(text.find("[rtsp]").unwrap() < text.find("cams/*").unwrap(), "order kept:\n{text}");
+    assert!(text.find("[hooks]").unwrap() < text.find("cams/*").unwrap(), "order kept:\n{text}");
 
     // Invalid: 400 naming the key; the file is untouched.
     let (status, v) = http_json("PATCH", &api("/paths/cams/*"), "{\"recrod\": true}").await;
@@ -121,7 +125,8 @@ async fn patch_writes_back_keeping_comments_and_get_redacts() {
     assert_eq!(status, 200);
     assert_eq!(config["paths"]["cams/*"]["record_max_age_ms"], 60000, "{config}");
     assert_eq!(config["paths"]["live/new"]["hls_variant"], "fmp4", "{config}");
-    assert_eq!(config["rtsp"]["read_credentials"], "***", "{config}");
+    assert_eq!(config["hooks"]["targets"][0]["url"], "http://***@127.0.0.1:9/x", "{config}");
+    assert_eq!(config["auth"]["users"][1]["user"], "ops", "{config}");
     assert!(!config.to_string().contains("hunter2"));
 }
 
@@ -148,4 +153,46 @@ async fn json_logs_are_one_object_per_line_with_session_fields() {
     assert_eq!(started["session"], ended["session"]);
     assert!(ended["bytes_in"].as_u64().unwrap() > 0, "{ended}");
     assert!(ended["duration_s"].as_f64().is_some() && ended["reason"].is_string(), "{ended}");
+}
+
+/// SIGHUP with a changed user list: the new password is in force for the next request, the
+/// old one refused, and a reader that came in before the reload keeps reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_changes_the_user_list_and_keeps_connected_readers() {
+    require("ffmpeg");
+    let users = |pass: &str| {
+        format!(
+            "[[auth.users]]\nuser = \"any\"\npass = \"\"\npermissions = [{{ action = \"publish\" }}]\n\
+             [[auth.users]]\nuser = \"view\"\npass = \"{pass}\"\npermissions = [{{ action = \"read\" }}]\n"
+        )
+    };
+    let mut server = Server::spawn(&users("one"), ["127.0.0.1:0"; 3], Stdio::piped());
+    let logs = log_lines(&mut server);
+    let file = config_path(&server);
+    let _publisher = publish(test_flv(), &server.rtmp_url("live/a"));
+    let flv = |pass: &str| format!("http://{}/live/a.flv?user=view&pass={pass}", server.http);
+    for _ in 0..600 {
+        if http_status(&flv("one")).await == Some(200) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(http_status(&flv("one")).await, Some(200));
+    assert_eq!(http_status(&flv("two")).await, Some(401));
+    let reader = FlvReader::start(&flv("one")).await;
+    reader.wait_past(50_000).await;
+
+    let text = std::fs::read_to_string(&file).unwrap().replace("pass = \"one\"", "pass = \"two\"");
+    std::fs::write(&file, text).unwrap();
+    sighup(&server);
+    let seen = wait_log(&logs, "config reloaded");
+    assert!(seen.last().unwrap().contains("auth"), "{seen:#?}");
+    assert_eq!(http_status(&flv("one")).await, Some(401));
+    assert_eq!(http_status(&flv("two")).await, Some(200));
+    let before = reader.bytes();
+    reader.wait_past(before + 50_000).await;
+    // Nothing of the passwords in the logs or the API.
+    let (_, config) = http_json("GET", &format!("http://{}/api/v1/config", server.http), "").await;
+    assert!(!config.to_string().contains("\"two\""), "{config}");
+    assert!(!seen.iter().any(|l| l.contains("pass=two") || l.contains("\"two\"")), "{seen:#?}");
 }
