@@ -110,6 +110,7 @@ pub async fn run_with_file(
     #[cfg(unix)]
     let sighup = reloader.reload_on(hup);
     let api = api::Api::new(hub.clone(), Some(sources.clone()), Some(pushes), config.source.clone());
+    reloader.set_sources(sources.clone());
     api.set_reloader(reloader);
     let playback = vod::Playback::new(recordings.clone(), config.vod.clone());
     let http_task = tokio::spawn(http::serve_with(

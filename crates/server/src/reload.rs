@@ -7,8 +7,9 @@
 //! - `[paths]`: swapped at once ([`SharedPaths`]). Services read a path's settings when its
 //!   stream starts (recording, HLS segmenting, push relays), so a new or changed entry applies
 //!   to the next publish of the paths it matches, and a stream whose settings did not change
-//!   is untouched: its publisher and readers stay connected. The per-path `source*` keys are
-//!   read once at start: a change to them is logged as needing a restart.
+//!   is untouched: its publisher and readers stay connected. A path given a `source` starts
+//!   pulling, a removed source stops, a changed one starts again
+//!   ([`crate::source::Sources::apply`]).
 //! - `[auth]`: users and permissions ([`crate::auth::Auth::replace`]), for the next request.
 //! - `[hooks]`: targets and their settings ([`crate::hooks::Hooks::replace`]), from the next
 //!   event.
@@ -32,10 +33,6 @@ use crate::paths::SharedPaths;
 
 /// Top-level sections a reload applies; every other key needs a restart.
 pub const RELOADABLE: [&str; 3] = ["paths", "auth", "hooks"];
-
-/// Per-path keys read once at start (the pulled sources): a reload does not apply them.
-pub const RESTART_PATH_KEYS: [&str; 5] =
-    ["source", "source_on_demand", "source_transport", "source_start_timeout_ms", "source_close_after_ms"];
 
 /// What a reload did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,6 +74,7 @@ pub struct Reloader {
     paths: SharedPaths,
     hub: Arc<Hub>,
     hooks: Arc<Hooks>,
+    sources: std::sync::OnceLock<Arc<crate::source::Sources>>,
     /// One reload or patch at a time (a patch reads, edits and writes the file).
     busy: tokio::sync::Mutex<()>,
 }
@@ -109,8 +107,14 @@ impl Reloader {
             paths,
             hub,
             hooks,
+            sources: std::sync::OnceLock::new(),
             busy: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The pulled sources a reload of `[paths]` starts and stops (once).
+    pub fn set_sources(&self, sources: Arc<crate::source::Sources>) {
+        let _ = self.sources.set(sources);
     }
 
     /// The config file, if the server has one.
@@ -170,20 +174,6 @@ impl Reloader {
         let mut restart = Vec::new();
         diff_keys(&to_json(&loaded), &to_json(&new), "", &mut restart);
         restart.retain(|k| !RELOADABLE.iter().any(|r| k == r || k.starts_with(&format!("{r}."))));
-        for (key, s) in new.paths.entries() {
-            let old = loaded.paths.entries().find(|(k, _)| *k == key).map(|(_, s)| s.clone()).unwrap_or_default();
-            let (a, b) = (to_json(&old), to_json(s));
-            for k in RESTART_PATH_KEYS {
-                if a.get(k) != b.get(k) {
-                    restart.push(format!("paths.{key:?}.{k}"));
-                }
-            }
-        }
-        for (key, s) in loaded.paths.entries() {
-            if s.source.is_some() && !new.paths.entries().any(|(k, _)| k == key) {
-                restart.push(format!("paths.{key:?}.source"));
-            }
-        }
         if new.auth != loaded.auth {
             self.hub.auth.replace(new.auth.clone()).map_err(|e| ReloadError::Apply(format!("auth: {e:#}")))?;
             applied.changed.push("auth".into());
@@ -195,6 +185,9 @@ impl Reloader {
         if new.paths != loaded.paths {
             self.paths.replace(new.paths.clone());
             applied.changed.push("paths".into());
+            if let Some(sources) = self.sources.get() {
+                sources.apply(&new);
+            }
         }
         for k in &restart {
             warn!(key = k, "config: changed, but needs a restart: not applied");

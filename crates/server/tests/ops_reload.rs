@@ -196,3 +196,41 @@ async fn sighup_changes_the_user_list_and_keeps_connected_readers() {
     assert!(!config.to_string().contains("\"two\""), "{config}");
     assert!(!seen.iter().any(|l| l.contains("pass=two") || l.contains("\"two\"")), "{seen:#?}");
 }
+
+/// SIGHUP with a new path that pulls a source: it starts pulling (here from the server's own
+/// RTMP port); a reload that removes it stops the pull and the path goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_starts_and_stops_a_pulled_source() {
+    require("ffmpeg");
+    let mut server = Server::spawn("[hub]\nrepublish_grace_ms = 100\n", ["127.0.0.1:0"; 3], Stdio::piped());
+    let logs = log_lines(&mut server);
+    let file = config_path(&server);
+    let _publisher = publish(test_flv(), &server.rtmp_url("live/src"));
+    wait_published(&server, "live/src").await;
+    assert_eq!(http_status(&server.flv_url("cams/pulled")).await, Some(404));
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    let with_source = format!(
+        "{text}\n[paths.\"cams/pulled\"]\nsource = \"rtmp://{}/live/src\"\nsource_on_demand = false\n",
+        server.rtmp
+    );
+    std::fs::write(&file, &with_source).unwrap();
+    sighup(&server);
+    wait_log(&logs, "config reloaded");
+    wait_published(&server, "cams/pulled").await;
+    let pulled = FlvReader::start(&server.flv_url("cams/pulled")).await;
+    pulled.wait_past(50_000).await;
+
+    std::fs::write(&file, &text).unwrap();
+    sighup(&server);
+    wait_log(&logs, "source: stopped (config reloaded)");
+    for _ in 0..600 {
+        if http_status(&server.flv_url("cams/pulled")).await == Some(404) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(http_status(&server.flv_url("cams/pulled")).await, Some(404));
+    // The published path was not touched.
+    assert_eq!(http_status(&server.flv_url("live/src")).await, Some(200));
+}
