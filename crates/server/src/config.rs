@@ -686,6 +686,22 @@ mod tests {
         assert_eq!(lobby, PathSettings { hls_segment_duration_ms: Some(6000), ..Default::default() });
     }
 
+    /// The commented `[[hooks.targets]]` examples of the example file, uncommented, parse and
+    /// check.
+    #[test]
+    fn example_file_hooks_example_parses() {
+        let text = include_str!("../../../ferrocast.example.toml");
+        let at = text.find("# [[hooks.targets]]").expect("the example's hooks targets");
+        let block: String = text[at..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches('#').trim_start()))
+            .collect();
+        let c = Config::parse(&block).unwrap();
+        assert_eq!(c.hooks.targets.len(), 2, "{block}");
+        assert_eq!(c.hooks.targets[1].command[0], "/usr/local/bin/on-segment");
+    }
+
     #[test]
     fn printed_defaults_parse_back() {
         let text = toml::to_string_pretty(&Config::default()).unwrap();

@@ -663,4 +663,59 @@ mod tests {
         assert!(hooks.replace(bad).is_err());
         assert_eq!(hooks.config().targets.len(), 1);
     }
+
+    /// Waits (a guard against a hang, not a timing check) until `f` holds.
+    async fn until(f: impl Fn() -> bool) {
+        for _ in 0..2000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never happened");
+    }
+
+    /// A 500 is retried; the 200 after it delivers the event once.
+    #[tokio::test]
+    async fn failed_tries_are_retried() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/h", listener.local_addr().unwrap());
+        let tries = Arc::new(AtomicU64::new(0));
+        let t = tries.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let n = t.fetch_add(1, Ordering::Relaxed);
+                let status = if n == 0 { "500 Internal Server Error" } else { "200 OK" };
+                let _ = s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+            }
+        });
+        let hooks = Hooks::new(HooksConfig {
+            retry_delay_ms: 1,
+            targets: vec![HookTarget { url: Some(url), ..Default::default() }],
+            ..Default::default()
+        })
+        .unwrap();
+        hooks.send(event());
+        until(|| hooks.stats.sent.load(Ordering::Relaxed) == 1).await;
+        assert_eq!(tries.load(Ordering::Relaxed), 2);
+        assert_eq!(hooks.stats.failed.load(Ordering::Relaxed), 0);
+    }
+
+    /// A command that outlives the timeout is killed and counted as failed.
+    #[tokio::test]
+    async fn a_command_past_its_timeout_is_killed() {
+        let hooks = Hooks::new(HooksConfig {
+            timeout_ms: 50,
+            retries: 0,
+            targets: vec![HookTarget { command: vec!["sleep".into(), "600".into()], ..Default::default() }],
+            ..Default::default()
+        })
+        .unwrap();
+        hooks.send(event());
+        until(|| hooks.stats.failed.load(Ordering::Relaxed) == 1).await;
+        assert_eq!(hooks.stats.sent.load(Ordering::Relaxed), 0);
+    }
 }
