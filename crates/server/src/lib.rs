@@ -109,8 +109,15 @@ pub async fn run_with_file(
     let reloader = reload::Reloader::new(config.clone(), file, paths, hub.clone(), hooks);
     #[cfg(unix)]
     let sighup = reloader.reload_on(hup);
-    let api = api::Api::new(hub.clone(), Some(sources.clone()), Some(pushes), config.source.clone());
+    let api = api::Api::new(hub.clone(), Some(sources.clone()), Some(pushes.clone()), config.source.clone());
     reloader.set_sources(sources.clone());
+    {
+        let (rec, push, hub) = (recordings.clone(), pushes.clone(), hub.clone());
+        reloader.on_paths_changed(move || {
+            rec.follow_live(&hub);
+            push.follow_live();
+        });
+    }
     api.set_reloader(reloader);
     let playback = vod::Playback::new(recordings.clone(), config.vod.clone());
     let http_task = tokio::spawn(http::serve_with(

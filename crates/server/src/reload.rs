@@ -9,7 +9,9 @@
 //!   to the next publish of the paths it matches, and a stream whose settings did not change
 //!   is untouched: its publisher and readers stay connected. A path given a `source` starts
 //!   pulling, a removed source stops, a changed one starts again
-//!   ([`crate::source::Sources::apply`]).
+//!   ([`crate::source::Sources::apply`]). A live path that now records, or lists a new push
+//!   URL, starts its recorder or relay at once; a recorder or relay that a reload no longer
+//!   asks for ends with its stream.
 //! - `[auth]`: users and permissions ([`crate::auth::Auth::replace`]), for the next request.
 //! - `[hooks]`: targets and their settings ([`crate::hooks::Hooks::replace`]), from the next
 //!   event.
@@ -75,6 +77,8 @@ pub struct Reloader {
     hub: Arc<Hub>,
     hooks: Arc<Hooks>,
     sources: std::sync::OnceLock<Arc<crate::source::Sources>>,
+    /// Called after `[paths]` changed (recordings and push relays of live paths).
+    on_paths: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
     /// One reload or patch at a time (a patch reads, edits and writes the file).
     busy: tokio::sync::Mutex<()>,
 }
@@ -108,8 +112,14 @@ impl Reloader {
             hub,
             hooks,
             sources: std::sync::OnceLock::new(),
+            on_paths: Mutex::new(Vec::new()),
             busy: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Calls `f` after each reload that changed `[paths]`, once the new table is in force.
+    pub fn on_paths_changed(&self, f: impl Fn() + Send + Sync + 'static) {
+        lock(&self.on_paths).push(Box::new(f));
     }
 
     /// The pulled sources a reload of `[paths]` starts and stops (once).
@@ -187,6 +197,9 @@ impl Reloader {
             applied.changed.push("paths".into());
             if let Some(sources) = self.sources.get() {
                 sources.apply(&new);
+            }
+            for f in lock(&self.on_paths).iter() {
+                f();
             }
         }
         for k in &restart {

@@ -43,15 +43,21 @@ async fn sighup_applies_new_paths_keeps_streams_and_refuses_a_broken_file() {
     let reader = FlvReader::start(&server.flv_url("live/x")).await;
     reader.wait_past(50_000).await;
 
-    // cams/x is not recorded yet: publish, see no recording, stop.
+    // cams/early is live before the reload and not recorded.
+    let _early = publish(test_flv(), &server.rtmp_url("cams/early"));
+    wait_published(&server, "cams/early").await;
+    assert!(!rec_dir.join("cams/early").exists());
+
+    // The reload: cams/* records, the live cams/early at once, cams/x at its publish.
     let text = std::fs::read_to_string(&file).unwrap();
-    let new_text = format!("{text}\n[paths.\"cams/x\"]\nrecord = true\n");
+    let new_text = format!("{text}\n[paths.\"cams/*\"]\nrecord = true\n");
     std::fs::write(&file, &new_text).unwrap();
     sighup(&server);
     let seen = wait_log(&logs, "config reloaded");
     assert!(seen.last().unwrap().contains("paths"), "{seen:#?}");
     let (_, config) = http_json("GET", &format!("http://{}/api/v1/config", server.http), "").await;
-    assert_eq!(config["paths"]["cams/x"]["record"], true, "{config}");
+    assert_eq!(config["paths"]["cams/*"]["record"], true, "{config}");
+    wait_recording(&rec_dir, "cams/early").await;
     {
         let _cam = publish(test_flv(), &server.rtmp_url("cams/x"));
         wait_recording(&rec_dir, "cams/x").await;
@@ -77,7 +83,7 @@ async fn sighup_applies_new_paths_keeps_streams_and_refuses_a_broken_file() {
     assert!(msg.contains(&format!("{}:{line}:", file.display())), "{msg}");
     assert!(msg.contains("paths.\"cams/y\".recrod"), "{msg}");
     let (_, config) = http_json("GET", &format!("http://{}/api/v1/config", server.http), "").await;
-    assert_eq!(config["paths"]["cams/x"]["record"], true, "{config}");
+    assert_eq!(config["paths"]["cams/*"]["record"], true, "{config}");
     assert!(config["paths"].get("cams/y").is_none(), "{config}");
     let before = reader.bytes();
     reader.wait_past(before + 50_000).await;

@@ -305,6 +305,15 @@ impl PushRegistry {
             .collect()
     }
 
+    /// After a config reload: every live path gets a relay for each push URL it now lists and
+    /// has none running (relays of URLs still listed carry on untouched; one whose URL was
+    /// removed ends with its stream).
+    pub fn follow_live(self: &Arc<Self>) {
+        for path in self.hub.live_paths() {
+            self.on_stream(&path);
+        }
+    }
+
     /// A new stream: a relay per push URL that has none running (a relay still waiting out
     /// the previous stream of this path carries on with this one).
     fn on_stream(self: &Arc<Self>, path: &str) {

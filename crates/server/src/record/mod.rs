@@ -296,6 +296,17 @@ pub struct SegmentComplete {
     pub file: PathBuf,
 }
 
+impl Recordings {
+    /// After a config reload: every live path that now records and has no recorder gets one
+    /// (a recorder running carries on until its stream ends, even if the path no longer
+    /// records).
+    pub fn follow_live(self: &Arc<Self>, hub: &Arc<Hub>) {
+        for path in hub.live_paths() {
+            spawn_stream(hub, self, path);
+        }
+    }
+}
+
 /// Removes a path from the streams being recorded when its recorder ends, however it ends.
 struct Active {
     rec: Arc<Recordings>,
