@@ -365,6 +365,17 @@ mod tests {
         assert!(c.paths.get("a").record && out.starts_with("[rtmp]"), "{out}");
     }
 
+    /// `[paths]` written as inline tables is edited in place, without a panic.
+    #[test]
+    fn patch_into_inline_tables() {
+        let text = "paths = { \"a\" = { record = false } } # inline\n";
+        let (out, c) = patch_path(text, "a", &serde_json::json!({"record": true})).unwrap();
+        assert!(c.paths.get("a").record && out.contains("# inline"), "{out}");
+        let (_, c) = patch_path(&out, "b/*", &serde_json::json!({"record": true})).unwrap();
+        assert!(c.paths.get("b/x").record);
+        assert!(matches!(patch_path("paths = 5\n", "a", &serde_json::json!({})), Err(PatchError::File(_))));
+    }
+
     #[test]
     fn patch_errors_name_the_key() {
         let PatchError::Invalid(e) = patch_path("", "a", &serde_json::json!({"recrod": true})).unwrap_err() else {
