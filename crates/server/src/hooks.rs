@@ -398,7 +398,8 @@ impl Hooks {
         }
     }
 
-    /// Follows session starts and ends and completed recordings until the server stops.
+    /// Follows session starts and ends (and completed recordings, when given) until the
+    /// server stops.
     pub fn follow(
         self: &Arc<Self>,
         sessions: &Sessions,
@@ -422,20 +423,26 @@ impl Hooks {
                 }
             }
         });
-        if let Some(mut segments) = segments {
-            let hooks = self.clone();
-            tokio::spawn(async move {
-                loop {
-                    match segments.recv().await {
-                        Ok(done) => hooks.send(HookEvent::from_segment(&done)),
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            hooks.stats.dropped.fetch_add(n, Ordering::Relaxed);
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    }
-                }
-            });
+        if let Some(segments) = segments {
+            self.follow_segments(segments);
         }
+    }
+
+    /// Follows completed recordings until the server stops.
+    pub fn follow_segments(self: &Arc<Self>, mut segments: broadcast::Receiver<crate::record::SegmentComplete>) {
+        let hooks = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match segments.recv().await {
+                    Ok(done) => hooks.send(HookEvent::from_segment(&done)),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        hooks.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                        warn!("hooks: {n} recording events lost (the event queue overflowed)");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
     }
 }
 

@@ -79,6 +79,9 @@ pub async fn run_with_file(
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP handler")?;
     let hub = hub::Hub::with_limits(config.hub.clone(), &config.limits);
     hub.auth.replace(config.auth.clone())?;
+    // Hooks follow sessions from before the first connection is accepted.
+    let hooks = hooks::Hooks::new(config.hooks.clone())?;
+    hooks.follow(&hub.sessions, None);
     let limiter = limits::Limiter::new(config.limits.clone());
     let rtmp = TcpListener::bind(config.rtmp.listen)
         .await
@@ -104,8 +107,7 @@ pub async fn run_with_file(
     let sources = source::Sources::start(hub.clone(), &config);
     let recordings = record::start(hub.clone(), config.record.clone(), paths.clone());
     let pushes = push::start(hub.clone(), config.source.clone(), paths.clone(), config.rtsp.mtu);
-    let hooks = hooks::Hooks::new(config.hooks.clone())?;
-    hooks.follow(&hub.sessions, Some(recordings.completed()));
+    hooks.follow_segments(recordings.completed());
     let reloader = reload::Reloader::new(config.clone(), file, paths, hub.clone(), hooks);
     #[cfg(unix)]
     let sighup = reloader.reload_on(hup);
