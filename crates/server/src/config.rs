@@ -567,6 +567,7 @@ impl Config {
         let sc = &self.source;
         anyhow::ensure!(sc.retry_min_ms <= sc.retry_max_ms, "source.retry_min_ms must not exceed source.retry_max_ms");
         self.record.validate()?;
+        self.hooks.validate()?;
         self.rtsp.multicast_net()?;
         anyhow::ensure!((200..=65_000).contains(&self.rtsp.mtu), "rtsp.mtu must be 200..=65000");
         anyhow::ensure!(
@@ -683,6 +684,22 @@ mod tests {
         assert_eq!(door.hls_variant, Some(HlsVariant::Fmp4));
         let lobby = c.paths.get("cams/lobby");
         assert_eq!(lobby, PathSettings { hls_segment_duration_ms: Some(6000), ..Default::default() });
+    }
+
+    /// The commented `[[hooks.targets]]` examples of the example file, uncommented, parse and
+    /// check.
+    #[test]
+    fn example_file_hooks_example_parses() {
+        let text = include_str!("../../../ferrocast.example.toml");
+        let at = text.find("# [[hooks.targets]]").expect("the example's hooks targets");
+        let block: String = text[at..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| format!("{}\n", l.trim_start_matches('#').trim_start()))
+            .collect();
+        let c = Config::parse(&block).unwrap();
+        assert_eq!(c.hooks.targets.len(), 2, "{block}");
+        assert_eq!(c.hooks.targets[1].command[0], "/usr/local/bin/on-segment");
     }
 
     #[test]

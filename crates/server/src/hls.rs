@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{HlsConfig, HlsVariant, ms};
 use crate::hub::Hub;
-use crate::paths::{PathSettings, PathTable};
+use crate::paths::{PathSettings, SharedPaths};
 use crate::reader::{Reader, ReaderItem};
 
 /// The live HLS state of one stream.
@@ -43,8 +43,9 @@ impl HlsStream {
 pub struct HlsRegistry {
     streams: Mutex<HashMap<String, Arc<HlsStream>>>,
     config: HlsConfig,
-    /// Per-path `hls_variant` and `hls_segment_duration_ms`.
-    paths: PathTable,
+    /// Per-path `hls_variant` and `hls_segment_duration_ms` (read when a stream starts, so a
+    /// reload applies to the next publish).
+    paths: SharedPaths,
 }
 
 impl HlsRegistry {
@@ -65,8 +66,8 @@ fn wall_ms() -> i64 {
 
 /// Starts following the hub; returns the registry HTTP serves from. `paths` gives each
 /// stream's `hls_variant` and `hls_segment_duration_ms` over `config`'s.
-pub fn start(hub: Arc<Hub>, config: HlsConfig, paths: PathTable) -> Arc<HlsRegistry> {
-    let registry = Arc::new(HlsRegistry { streams: Mutex::new(HashMap::new()), config, paths });
+pub fn start(hub: Arc<Hub>, config: HlsConfig, paths: impl Into<SharedPaths>) -> Arc<HlsRegistry> {
+    let registry = Arc::new(HlsRegistry { streams: Mutex::new(HashMap::new()), config, paths: paths.into() });
     if registry.config.enabled {
         let reg = registry.clone();
         hub.on_new_streams(move |hub, path| spawn_stream(hub, &reg, path));

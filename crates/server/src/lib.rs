@@ -2,9 +2,11 @@
 //! protocol crates into one media server.
 
 pub mod api;
+pub mod api_config;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod config_file;
 pub mod console;
 pub mod edge;
 pub mod event;
@@ -26,6 +28,7 @@ pub mod rate;
 pub mod reader;
 pub mod record;
 pub mod relay;
+pub mod reload;
 pub mod rtmp_server;
 pub mod rtsp;
 pub mod session;
@@ -60,8 +63,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_bound: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
+    run_with_file(config, None, shutdown, on_bound).await
+}
+
+/// [`run`] for a configuration read from `file`: SIGHUP re-reads it and `PATCH
+/// /api/v1/config/paths/...` writes to it ([`reload`]).
+pub async fn run_with_file(
+    config: Config,
+    file: Option<std::path::PathBuf>,
+    shutdown: impl Future<Output = ()>,
+    on_bound: impl FnOnce(Bound),
+) -> anyhow::Result<()> {
+    // Before anything is announced: SIGHUP's default action ends the process.
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("SIGHUP handler")?;
     let hub = hub::Hub::with_limits(config.hub.clone(), &config.limits);
     hub.auth.replace(config.auth.clone())?;
+    // Hooks follow sessions from before the first connection is accepted.
+    let hooks = hooks::Hooks::new(config.hooks.clone())?;
+    hooks.follow(&hub.sessions, None);
     let limiter = limits::Limiter::new(config.limits.clone());
     let rtmp = TcpListener::bind(config.rtmp.listen)
         .await
@@ -80,12 +100,27 @@ pub async fn run(
         limiter.clone(),
         config.limits.clone(),
     ));
-    let hls = hls::start(hub.clone(), config.hls.clone(), config.paths.clone());
+    // One per-path table for every service, swapped whole by a reload.
+    let paths = paths::SharedPaths::new(config.paths.clone());
+    let hls = hls::start(hub.clone(), config.hls.clone(), paths.clone());
     // Pulled sources: always-on ones start now, on-demand ones when readers come.
     let sources = source::Sources::start(hub.clone(), &config);
-    let recordings = record::start(hub.clone(), config.record.clone(), config.paths.clone());
-    let pushes = push::start(hub.clone(), config.source.clone(), config.paths.clone(), config.rtsp.mtu);
-    let api = api::Api::new(hub.clone(), Some(sources.clone()), Some(pushes), config.source.clone());
+    let recordings = record::start(hub.clone(), config.record.clone(), paths.clone());
+    let pushes = push::start(hub.clone(), config.source.clone(), paths.clone(), config.rtsp.mtu);
+    hooks.follow_segments(recordings.completed());
+    let reloader = reload::Reloader::new(config.clone(), file, paths, hub.clone(), hooks);
+    #[cfg(unix)]
+    let sighup = reloader.reload_on(hup);
+    let api = api::Api::new(hub.clone(), Some(sources.clone()), Some(pushes.clone()), config.source.clone());
+    reloader.set_sources(sources.clone());
+    {
+        let (rec, push, hub) = (recordings.clone(), pushes.clone(), hub.clone());
+        reloader.on_paths_changed(move || {
+            rec.follow_live(&hub);
+            push.follow_live();
+        });
+    }
+    api.set_reloader(reloader);
     let playback = vod::Playback::new(recordings.clone(), config.vod.clone());
     // With `api.listen`, the API is served there only (as MediaMTX does).
     let api_task = match config.api.listen {
@@ -132,6 +167,8 @@ pub async fn run(
         t.abort();
     }
     rtsp_task.abort();
+    #[cfg(unix)]
+    sighup.abort();
     drop(sources);
     // Recordings end their files at the last frame taken, not at the last part synced.
     recordings.close_all(std::time::Duration::from_secs(5)).await;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use ferrocast::config::Config;
+use ferrocast::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// One binary that takes live streams in and serves them out in every common protocol.
@@ -39,7 +39,8 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let mut config = match &args.config {
-        Some(path) => Config::load(path)?,
+        // The error names the file, line and key.
+        Some(path) => ferrocast::config_file::load(path)?.0,
         None => Config::default(),
     };
     if let Some(a) = args.rtmp_addr {
@@ -55,8 +56,20 @@ fn main() -> anyhow::Result<()> {
         config.log_level = l;
     }
     let filter = EnvFilter::try_new(&config.log_level).with_context(|| format!("log level {:?}", config.log_level))?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    match config.log_format {
+        // One JSON object per line, the event's fields (session, path, peer, bytes...) as keys.
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+        LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+        }
+    }
     // Every viewer is a socket: the usual soft limit of 1024 open files would cap a server at
     // about a thousand viewers. Raise it to the hard limit, as nginx's worker_rlimit_nofile does.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -69,7 +82,7 @@ fn main() -> anyhow::Result<()> {
         // Handlers are installed before the listeners are announced: a SIGTERM right after
         // the "listening" lines must shut down, not kill.
         let shutdown = shutdown_signal()?;
-        ferrocast::run(config, shutdown, |bound| {
+        ferrocast::run_with_file(config, args.config.clone(), shutdown, |bound| {
             // One machine-readable line per listener on stdout, for scripts and tests.
             println!("ferrocast: rtmp listening on {}", bound.rtmp);
             println!("ferrocast: http listening on {}", bound.http);

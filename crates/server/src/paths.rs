@@ -36,6 +36,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, RwLock};
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
@@ -354,6 +355,46 @@ impl PathTable {
     }
 }
 
+/// The per-path table as services read it: one snapshot at a time, swapped whole on a config
+/// reload (SIGHUP, `PATCH /api/v1/config/paths/...`). Clones share the table; a reader holds a
+/// snapshot for as long as it needs one consistent answer, and a stream's settings are read
+/// when it starts, so a reload changes what new streams do and leaves running ones alone.
+#[derive(Debug, Clone, Default)]
+pub struct SharedPaths(Arc<RwLock<Arc<PathTable>>>);
+
+impl SharedPaths {
+    /// A shared handle on `table`.
+    pub fn new(table: PathTable) -> SharedPaths {
+        SharedPaths(Arc::new(RwLock::new(Arc::new(table))))
+    }
+
+    /// The table now.
+    pub fn load(&self) -> Arc<PathTable> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The settings of `path` in the table now ([`PathTable::get`]).
+    pub fn get(&self, path: &str) -> PathSettings {
+        self.load().get(path)
+    }
+
+    /// Whether any entry of the table now satisfies `f`.
+    pub fn any(&self, f: impl Fn(&PathSettings) -> bool) -> bool {
+        self.load().entries().any(|(_, s)| f(s))
+    }
+
+    /// Puts `table` in force for every holder of this handle.
+    pub fn replace(&self, table: PathTable) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+}
+
+impl From<PathTable> for SharedPaths {
+    fn from(table: PathTable) -> SharedPaths {
+        SharedPaths::new(table)
+    }
+}
+
 impl Serialize for PathTable {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.entries.len()))?;
@@ -576,5 +617,19 @@ mod tests {
         // And back: serialised in file order.
         let text = toml::to_string(&doc.paths).unwrap();
         assert!(text.find("z*").unwrap() < text.find("a*").unwrap(), "{text}");
+    }
+
+    #[test]
+    fn shared_paths_swap_for_every_clone() {
+        let shared = SharedPaths::new(table(&["cams/*"]));
+        let other = shared.clone();
+        let before = shared.load();
+        assert!(!shared.any(|s| s.record));
+        other.replace(
+            PathTable::new([("cams/*".to_owned(), PathSettings { record: true, ..Default::default() })]).unwrap(),
+        );
+        assert!(shared.get("cams/a").record && shared.any(|s| s.record));
+        // A snapshot taken before stays as it was.
+        assert!(!before.get("cams/a").record);
     }
 }

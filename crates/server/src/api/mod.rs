@@ -68,6 +68,8 @@ pub struct Api {
     push: Option<Arc<PushRegistry>>,
     source_config: SourceConfig,
     probes: Semaphore,
+    /// `/api/v1/config` ([`crate::api_config`]), once the server sets it.
+    reloader: std::sync::OnceLock<Arc<crate::reload::Reloader>>,
     /// Live HLS muxing (the `hls` field of a path), once the router has it.
     hls: std::sync::OnceLock<Arc<HlsRegistry>>,
     /// Recordings (the `recording` field of a path), once the router has them.
@@ -94,6 +96,7 @@ impl Api {
             push,
             source_config,
             probes: Semaphore::new(MAX_PROBES),
+            reloader: std::sync::OnceLock::new(),
             hls: Default::default(),
             recordings: Default::default(),
         })
@@ -114,6 +117,11 @@ impl Api {
     /// The push relays, if the server has them (metrics).
     pub fn push(&self) -> Option<&Arc<PushRegistry>> {
         self.push.as_ref()
+    }
+
+    /// Serves `/api/v1/config` from `reloader` (once; later calls are ignored).
+    pub fn set_reloader(&self, reloader: Arc<crate::reload::Reloader>) {
+        let _ = self.reloader.set(reloader);
     }
 
     /// The push relays of `path` (one per `push` URL, idle while the path is not live).
@@ -137,7 +145,11 @@ fn under(uri_path: &str, prefix: &str) -> bool {
 
 /// Whether this module answers `uri_path`.
 pub fn answers(uri_path: &str) -> bool {
-    under(uri_path, PATHS) || under(uri_path, PROBE) || under(uri_path, sessions::SESSIONS) || uri_path == OPENAPI_PATH
+    under(uri_path, PATHS)
+        || under(uri_path, PROBE)
+        || under(uri_path, sessions::SESSIONS)
+        || uri_path == OPENAPI_PATH
+        || crate::api_config::answers(uri_path)
 }
 
 /// One path's JSON.
@@ -201,6 +213,9 @@ fn path_json(api: &Api, path: &str) -> Value {
 
 /// Answers a request this module [`answers`].
 pub async fn handle(api: &Api, method: &Method, uri_path: &str, body: Body, peer: SocketAddr) -> Response {
+    if crate::api_config::answers(uri_path) {
+        return crate::api_config::handle(api.reloader.get(), method, uri_path, body, peer).await;
+    }
     if uri_path == OPENAPI_PATH {
         if method != Method::GET && method != Method::HEAD {
             return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");

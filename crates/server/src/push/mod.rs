@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::config::{SourceConfig, ms};
 use crate::hub::{Hub, Subscription};
-use crate::paths::PathTable;
+use crate::paths::SharedPaths;
 use crate::reader::Reader;
 use crate::relay::{Backoff, RelayState, RelayStatus, redact_key};
 use crate::session::{Protocol, Role as SessionRole, SessionHandle, SessionInfo};
@@ -262,7 +262,8 @@ impl Relay {
 pub struct PushRegistry {
     hub: Arc<Hub>,
     source: SourceConfig,
-    paths: PathTable,
+    /// Read when a stream starts: a reload applies to the next publish.
+    paths: SharedPaths,
     mtu: usize,
     /// Running relays by (path, URL as configured).
     relays: Mutex<HashMap<(String, String), Arc<Relay>>>,
@@ -276,13 +277,13 @@ impl std::fmt::Debug for PushRegistry {
 
 /// Starts following the hub: each new stream whose path has a `push` list gets a relay task
 /// per URL. `mtu` is the RTP payload size for RTSP targets (`rtsp.mtu`).
-pub fn start(hub: Arc<Hub>, source: SourceConfig, paths: PathTable, mtu: usize) -> Arc<PushRegistry> {
-    let any = paths.entries().any(|(_, s)| !s.push.is_empty());
+pub fn start(hub: Arc<Hub>, source: SourceConfig, paths: impl Into<SharedPaths>, mtu: usize) -> Arc<PushRegistry> {
+    let paths = paths.into();
     let registry = Arc::new(PushRegistry { hub: hub.clone(), source, paths, mtu, relays: Mutex::new(HashMap::new()) });
-    if any {
-        let reg = registry.clone();
-        hub.on_new_streams(move |_, path| reg.on_stream(&path));
-    }
+    // Followed even with no `push` today: a reload may add one. A stream without costs one
+    // table lookup.
+    let reg = registry.clone();
+    hub.on_new_streams(move |_, path| reg.on_stream(&path));
     registry
 }
 
@@ -308,6 +309,15 @@ impl PushRegistry {
     /// live have none).
     pub fn running(&self) -> Vec<RelayState> {
         self.lock().values().map(|r| r.lock().status.state).collect()
+    }
+
+    /// After a config reload: every live path gets a relay for each push URL it now lists and
+    /// has none running (relays of URLs still listed carry on untouched; one whose URL was
+    /// removed ends with its stream).
+    pub fn follow_live(self: &Arc<Self>) {
+        for path in self.hub.live_paths() {
+            self.on_stream(&path);
+        }
     }
 
     /// A new stream: a relay per push URL that has none running (a relay still waiting out

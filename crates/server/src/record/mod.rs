@@ -31,7 +31,7 @@ use tracing::{debug, error, info, warn};
 use crate::clock::unix_micros;
 use crate::config::RecordConfig;
 use crate::hub::Hub;
-use crate::paths::PathTable;
+use crate::paths::SharedPaths;
 use crate::reader::{Reader, ReaderItem};
 use disk::{Appender, Disk};
 use index::{Index, Segment};
@@ -82,7 +82,9 @@ impl RecordStats {
 /// Every recording: the index, the files being written, the settings.
 pub struct Recordings {
     config: RecordConfig,
-    paths: PathTable,
+    /// Read when a stream starts and at each retention run: a reload applies to the next
+    /// publish.
+    paths: SharedPaths,
     disk: Disk,
     index: Mutex<Option<Arc<Index>>>,
     /// When opening the index last failed.
@@ -94,6 +96,8 @@ pub struct Recordings {
     active: Mutex<HashSet<String>>,
     /// Set when the server shuts down: recorders close their files.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Files completed, for the hooks ([`Recordings::completed`]).
+    completed: tokio::sync::broadcast::Sender<SegmentComplete>,
     /// Counters.
     pub stats: RecordStats,
 }
@@ -118,16 +122,17 @@ pub enum DeleteError {
 
 impl Recordings {
     /// Recordings with nothing open yet.
-    fn new(config: RecordConfig, paths: PathTable, disk: Disk) -> Arc<Recordings> {
+    fn new(config: RecordConfig, paths: impl Into<SharedPaths>, disk: Disk) -> Arc<Recordings> {
         Arc::new(Recordings {
             config,
-            paths,
+            paths: paths.into(),
             disk,
             index: Mutex::new(None),
             open_failed: Mutex::new(None),
             writing: Mutex::new(HashSet::new()),
             active: Mutex::new(HashSet::new()),
             closing: tokio::sync::watch::channel(false).0,
+            completed: tokio::sync::broadcast::channel(COMPLETED_QUEUE).0,
             stats: RecordStats::default(),
         })
     }
@@ -135,6 +140,12 @@ impl Recordings {
     /// Whether `path` is being recorded now (it has a recorder).
     pub fn is_recording(&self, path: &str) -> bool {
         lock(&self.active).contains(path)
+    }
+
+    /// Recording files completed from now on (the "segment complete" hook). Sending never
+    /// waits: a listener [`COMPLETED_QUEUE`] events behind loses the oldest.
+    pub fn completed(&self) -> tokio::sync::broadcast::Receiver<SegmentComplete> {
+        self.completed.subscribe()
     }
 
     /// The index, if recordings exist or are being made.
@@ -260,21 +271,20 @@ impl Recordings {
 }
 
 /// Starts recording what the per-path table says; gives what the API serves from.
-pub fn start(hub: Arc<Hub>, config: RecordConfig, paths: PathTable) -> Arc<Recordings> {
+pub fn start(hub: Arc<Hub>, config: RecordConfig, paths: impl Into<SharedPaths>) -> Arc<Recordings> {
     let rec = Recordings::new(config, paths, Disk::from_env());
-    let any = rec.paths.entries().any(|(_, s)| s.record);
-    let has_files = rec.config.dir.join(INDEX_FILE).exists();
-    if !any && !has_files {
-        return rec;
-    }
     {
         let rec = rec.clone();
         tokio::spawn(async move {
             // The index opens (and recovers what a crash left) at once, then retention runs;
-            // a directory that cannot be used is tried again each time.
+            // a directory that cannot be used is tried again each time. Nothing is created
+            // while no path records and no recordings exist (a reload may add one).
             let mut tick = tokio::time::interval(RETENTION_EVERY);
             loop {
                 tick.tick().await;
+                if rec.index().is_none() && !rec.paths.any(|s| s.record) && !rec.config.dir.join(INDEX_FILE).exists() {
+                    continue;
+                }
                 let r = rec.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     if r.open_index().is_some() {
@@ -285,11 +295,35 @@ pub fn start(hub: Arc<Hub>, config: RecordConfig, paths: PathTable) -> Arc<Recor
             }
         });
     }
-    if any {
-        let rec = rec.clone();
-        hub.on_new_streams(move |hub, path| spawn_stream(hub, &rec, path));
-    }
+    // Followed even when no path records today: a reload may add one.
+    let r = rec.clone();
+    hub.on_new_streams(move |hub, path| spawn_stream(hub, &r, path));
     rec
+}
+
+/// Completed files queued for a slow listener of [`Recordings::completed`] (the hooks, which
+/// take them at once); beyond this the oldest are lost.
+pub const COMPLETED_QUEUE: usize = 256;
+
+/// A recording file completed: closed at a segment's end, a republish or the stream's end.
+#[derive(Debug, Clone)]
+pub struct SegmentComplete {
+    /// Its entry in the index (path, start, duration, bytes, file name relative to the
+    /// recordings directory).
+    pub segment: Segment,
+    /// The file as the server opens it (`record.dir` joined).
+    pub file: PathBuf,
+}
+
+impl Recordings {
+    /// After a config reload: every live path that now records and has no recorder gets one
+    /// (a recorder running carries on until its stream ends, even if the path no longer
+    /// records).
+    pub fn follow_live(self: &Arc<Self>, hub: &Arc<Hub>) {
+        for path in hub.live_paths() {
+            spawn_stream(hub, self, path);
+        }
+    }
 }
 
 /// Removes a path from the streams being recorded when its recorder ends, however it ends.
@@ -588,6 +622,9 @@ impl Writer {
             if let Some(index) = self.rec.index() {
                 let _ = self.rec.remove(&index, &f.segment);
             }
+        } else {
+            let file = self.rec.file(&f.segment.file);
+            let _ = self.rec.completed.send(SegmentComplete { segment: f.segment, file });
         }
     }
 }
@@ -854,7 +891,7 @@ mod tests {
     pub(crate) fn recordings(dir: &Path) -> Arc<Recordings> {
         Recordings::new(
             RecordConfig { dir: dir.to_owned(), ..RecordConfig::default() },
-            PathTable::default(),
+            crate::paths::PathTable::default(),
             Disk::default(),
         )
     }

@@ -413,6 +413,8 @@ pub struct Sources {
     max_edge_pulls: usize,
     /// Counters.
     pub stats: Arc<SourceStats>,
+    /// The tasks of configured sources, to stop one that a config reload removes or changes.
+    tasks: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
 impl Sources {
@@ -434,13 +436,82 @@ impl Sources {
             id: crate::edge::new_server_id(),
             max_edge_pulls: config.limits.max_streams,
             stats,
+            tasks: Mutex::new(HashMap::new()),
         });
         let weak: Weak<dyn crate::hub::Sources> = Arc::downgrade(&(sources.clone() as Arc<dyn crate::hub::Sources>));
         hub.set_sources(weak);
-        for entry in lock(&sources.entries).values() {
-            tokio::spawn(run_entry(hub.clone(), sources.config.clone(), entry.clone()));
+        let entries: Vec<Arc<Entry>> = lock(&sources.entries).values().cloned().collect();
+        for entry in entries {
+            sources.spawn_entry(entry);
         }
         sources
+    }
+
+    fn spawn_entry(&self, entry: Arc<Entry>) {
+        let path = entry.path.clone();
+        let task = tokio::spawn(run_entry(self.hub.clone(), self.config.clone(), entry));
+        if let Some(old) = lock(&self.tasks).insert(path, task.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    /// Applies the `[paths]` of a reloaded configuration: a path given a source starts
+    /// pulling (always-on ones at once), a source removed stops (its path unpublished), a
+    /// source whose settings changed starts again with them; unchanged ones are untouched.
+    /// `[source]` itself (timeouts, retry delays) is read at start only. Gives the paths
+    /// started and stopped.
+    pub fn apply(&self, config: &Config) -> (Vec<String>, Vec<String>) {
+        let mut wanted = HashMap::new();
+        for (key, _) in config.paths.entries() {
+            if let Some(mut settings) = Settings::resolve(config, key) {
+                // Timeouts from `[source]` stay as started (a restart applies them).
+                if config.paths.get(key).source_start_timeout_ms.is_none() {
+                    settings.start_timeout = ms(self.config.start_timeout_ms);
+                }
+                if config.paths.get(key).source_close_after_ms.is_none() {
+                    settings.close_after = ms(self.config.close_after_ms);
+                }
+                wanted.insert(key.to_owned(), settings);
+            }
+        }
+        let (mut started, mut stopped) = (Vec::new(), Vec::new());
+        let mut entries = lock(&self.entries);
+        let gone: Vec<String> = entries
+            .iter()
+            .filter(|(p, e)| !e.edge && wanted.get(*p).is_none_or(|s| *s != e.settings))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in gone {
+            entries.remove(&path);
+            if let Some(task) = lock(&self.tasks).remove(&path) {
+                task.abort();
+            }
+            info!(path, "source: stopped (config reloaded)");
+            stopped.push(path);
+        }
+        let mut new = Vec::new();
+        for (path, settings) in wanted {
+            match entries.get(&path) {
+                Some(e) if e.edge => {
+                    warn!(path, "source: an edge pull of this path runs; the configured source waits for a restart")
+                }
+                Some(_) => {}
+                None => {
+                    let entry = Entry::new(&path, settings, self.stats.clone());
+                    entries.insert(path.clone(), entry.clone());
+                    new.push(entry);
+                    started.push(path);
+                }
+            }
+        }
+        drop(entries);
+        for entry in new {
+            info!(path = entry.path, "source: added (config reloaded)");
+            self.spawn_entry(entry);
+        }
+        started.sort();
+        stopped.sort();
+        (started, stopped)
     }
 
     /// This server's id in the chains of edge pulls.
