@@ -98,6 +98,7 @@ pub fn router_console(
         sources: api.sources().cloned(),
         push: api.push().cloned(),
         recordings: Some(recordings.clone()),
+        reloader: api.reloader().cloned(),
     };
     let metrics = crate::metrics::Exporter::new(hub.clone(), extras);
     Router::new().fallback(handle).with_state(AppState {

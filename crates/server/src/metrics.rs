@@ -174,6 +174,8 @@ pub struct Extras {
     pub push: Option<Arc<PushRegistry>>,
     /// Recordings.
     pub recordings: Option<Arc<Recordings>>,
+    /// Config reloads and, through them, the hooks.
+    pub reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 impl std::fmt::Debug for Extras {
@@ -182,6 +184,7 @@ impl std::fmt::Debug for Extras {
             .field("sources", &self.sources.is_some())
             .field("push", &self.push.is_some())
             .field("recordings", &self.recordings.is_some())
+            .field("reloader", &self.reloader.is_some())
             .finish()
     }
 }
@@ -239,6 +242,7 @@ impl Exporter {
         );
         self.render_recordings(&mut w);
         self.render_relays(&mut w);
+        self.render_ops(&mut w);
         w.out
     }
 
@@ -384,6 +388,25 @@ impl Exporter {
             "Bytes of recording files deleted by retention.",
             v(&s.bytes_deleted),
         );
+    }
+
+    fn render_ops(&self, w: &mut Writer) {
+        let Some(reloader) = &self.more.reloader else { return };
+        let hooks = &reloader.hooks().stats;
+        let figures = [
+            ("hooks_sent_total", "Hook events delivered (a 2xx answer, a command's zero exit).", &hooks.sent),
+            ("hooks_failed_total", "Hook events given up after every try.", &hooks.failed),
+            ("hooks_dropped_total", "Hook events dropped: a target's queue was full.", &hooks.dropped),
+            ("config_reloads_total", "Config reloads (SIGHUP) and API patches applied.", &reloader.stats.applied),
+            (
+                "config_reloads_refused_total",
+                "Config reloads and API patches refused; the old settings stayed.",
+                &reloader.stats.refused,
+            ),
+        ];
+        for (name, help, value) in figures {
+            w.single(name, "counter", help, value.load(Ordering::Relaxed));
+        }
     }
 
     fn render_relays(&self, w: &mut Writer) {

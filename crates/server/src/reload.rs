@@ -81,6 +81,17 @@ pub struct Reloader {
     on_paths: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
     /// One reload or patch at a time (a patch reads, edits and writes the file).
     busy: tokio::sync::Mutex<()>,
+    /// Counters (metrics).
+    pub stats: ReloadStats,
+}
+
+/// Counters of reloads (SIGHUP) and API patches.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// Reloads and patches applied.
+    pub applied: std::sync::atomic::AtomicU64,
+    /// Reloads and patches refused (a bad file or body); the old settings stayed.
+    pub refused: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -114,7 +125,18 @@ impl Reloader {
             sources: std::sync::OnceLock::new(),
             on_paths: Mutex::new(Vec::new()),
             busy: tokio::sync::Mutex::new(()),
+            stats: ReloadStats::default(),
         })
+    }
+
+    /// The hooks a reload replaces (their counters are metrics).
+    pub fn hooks(&self) -> &Arc<Hooks> {
+        &self.hooks
+    }
+
+    fn count<T, E>(&self, r: &Result<T, E>) {
+        let c = if r.is_ok() { &self.stats.applied } else { &self.stats.refused };
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Calls `f` after each reload that changed `[paths]`, once the new table is in force.
@@ -145,6 +167,7 @@ impl Reloader {
             Ok((new, _)) => self.apply(new),
             Err(e) => Err(ReloadError::Invalid(e)),
         };
+        self.count(&r);
         match &r {
             Ok(a) => info!(changed = ?a.changed, "config reloaded from {}", file.display()),
             Err(e) => error!("config reload refused, the old settings stay: {e}"),
@@ -157,6 +180,12 @@ impl Reloader {
     /// entry's settings as they now are.
     pub async fn patch_path(&self, pattern: &str, patch: &Value) -> Result<Value, ReloadError> {
         let _busy = self.busy.lock().await;
+        let r = self.patch_locked(pattern, patch);
+        self.count(&r);
+        r
+    }
+
+    fn patch_locked(&self, pattern: &str, patch: &Value) -> Result<Value, ReloadError> {
         let file = self.file.as_deref().ok_or(ReloadError::NoFile)?;
         let text = std::fs::read_to_string(file).map_err(|e| ReloadError::Write(file.to_owned(), e.to_string()))?;
         let (out, new) = config_file::patch_path(&text, pattern, patch).map_err(|e| match e {

@@ -407,10 +407,13 @@ impl Connection {
             ip: self.peer.ip(),
             presented: crate::auth::http::rtmp_presented(query, app_query),
             query: query.unwrap_or_default().to_owned(),
-            id: None,
+            id: Some(self.sess.id().to_string()),
         };
         let verdict = self.hub.auth.check(&req).await;
-        if verdict.allowed() {
+        if let Verdict::Allow(user) = verdict {
+            if let Some(user) = user {
+                let _ = self.sess.info().user.set(user);
+            }
             return Ok(true);
         }
         let why = if verdict == Verdict::Blocked { "too many failed attempts" } else { "not authorized" };

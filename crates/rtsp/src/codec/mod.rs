@@ -59,6 +59,19 @@ pub enum DepacketizeError {
     TooLarge,
 }
 
+/// The RTP clock rate of a track as we send it (RFC 6184 8.2.1 and RFC 7798 7.1: 90 kHz video;
+/// RFC 3640 and RFC 3551 4.5.14: the sample rate for AAC and G.711; RFC 7587 4.1: 48 kHz
+/// Opus), or None for a codec we do not send over RTP.
+pub fn rtp_clock_rate(track: &TrackInfo) -> Option<u32> {
+    Some(match track {
+        TrackInfo::Video { .. } => 90_000,
+        TrackInfo::Audio { codec: AudioCodec::Aac, sample_rate, .. } => *sample_rate,
+        TrackInfo::Audio { codec: AudioCodec::Opus, .. } => 48_000,
+        TrackInfo::Audio { codec: AudioCodec::Pcma | AudioCodec::Pcmu, sample_rate, .. } => *sample_rate,
+        TrackInfo::Audio { codec: AudioCodec::Mp3, .. } => return None,
+    })
+}
+
 /// Packetizer state of one outgoing track.
 #[derive(Debug)]
 pub struct Packetizer {
@@ -87,13 +100,7 @@ impl Packetizer {
         time_offset: u32,
         mtu: usize,
     ) -> Option<Packetizer> {
-        let clock_rate = match track {
-            TrackInfo::Video { .. } => 90_000,
-            TrackInfo::Audio { codec: AudioCodec::Aac, sample_rate, .. } => *sample_rate,
-            TrackInfo::Audio { codec: AudioCodec::Opus, .. } => 48_000,
-            TrackInfo::Audio { codec: AudioCodec::Pcma | AudioCodec::Pcmu, sample_rate, .. } => *sample_rate,
-            TrackInfo::Audio { codec: AudioCodec::Mp3, .. } => return None,
-        };
+        let clock_rate = rtp_clock_rate(track)?;
         Some(Packetizer {
             track: track.clone(),
             payload_type,

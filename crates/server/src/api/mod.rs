@@ -119,6 +119,11 @@ impl Api {
         self.push.as_ref()
     }
 
+    /// The config reloader, once set (metrics).
+    pub fn reloader(&self) -> Option<&Arc<crate::reload::Reloader>> {
+        self.reloader.get()
+    }
+
     /// Serves `/api/v1/config` from `reloader` (once; later calls are ignored).
     pub fn set_reloader(&self, reloader: Arc<crate::reload::Reloader>) {
         let _ = self.reloader.set(reloader);

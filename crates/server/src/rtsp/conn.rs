@@ -407,12 +407,16 @@ impl Conn {
             ip: self.peer.ip(),
             presented,
             query: query.unwrap_or_default().to_owned(),
-            // The hub session id goes here once the sessions are wired to the drivers.
-            id: None,
+            id: Some(self.sess.id().to_string()),
         };
         let verdict = self.shared.hub.auth.check(&req).await;
         match &verdict {
-            Verdict::Allow(_) => self.session.authorize(AuthVerdict::Allow),
+            Verdict::Allow(user) => {
+                if let Some(user) = user {
+                    let _ = self.sess.info().user.set(user.clone());
+                }
+                self.session.authorize(AuthVerdict::Allow)
+            }
             Verdict::Unauthorized => {
                 debug!(peer = %self.peer, path, action = action.as_str(), "rtsp: not authorized");
                 self.session.authorize(AuthVerdict::Challenge)
@@ -784,7 +788,8 @@ impl Conn {
         for (i, rr) in p.last_rr.iter().enumerate() {
             let Some(rr) = rr else { continue };
             let track = if i == 0 { tracks.video.as_ref() } else { tracks.audio.as_ref() };
-            let clock = track.map_or(90_000, |t| t.clock_rate()).max(1);
+            // Jitter is in RTP timestamp units (RFC 3550 6.4.1): the RTP clock, not the hub's.
+            let clock = track.and_then(ferrocast_rtsp::codec::rtp_clock_rate).unwrap_or(90_000).max(1);
             let f = fig.get_or_insert_with(RtcpFigures::default);
             f.packets_lost += i64::from(rr.cumulative_lost);
             f.fraction_lost = f.fraction_lost.max(f64::from(rr.fraction_lost) / 256.0);
