@@ -72,6 +72,10 @@ impl HttpSessions {
     pub fn check(&self, protocol: Protocol, peer: SocketAddr, path: &str) -> Result<(), Kicked> {
         let key = (protocol, peer.ip(), path.to_owned());
         let st = self.lock();
+        // Kicked but not yet swept (the sweep runs every second): refused already.
+        if st.open.get(&key).is_some_and(|e| e.handle.info().was_kicked()) {
+            return Err(Kicked);
+        }
         match st.kicked.get(&key) {
             Some(until) if Instant::now() < *until => Err(Kicked),
             _ => Ok(()),
@@ -189,6 +193,7 @@ mod tests {
         // Kicked: gone at the next sweep, and refused for a while.
         assert!(sessions.kick(s1.id));
         assert!(http.served(Protocol::Hls, Role::Reader, a, "live/x", 1).is_none());
+        assert_eq!(http.check(Protocol::Hls, a, "live/x"), Err(Kicked), "refused before the sweep too");
         tokio::time::sleep(SWEEP + Duration::from_millis(10)).await;
         assert!(sessions.get(s1.id).is_none());
         assert_eq!(http.check(Protocol::Hls, a, "live/x"), Err(Kicked));

@@ -316,6 +316,16 @@ pub fn redacted(v: &Value) -> Value {
                         Value::String(s) if secret_key(k) && !s.is_empty() => Value::String("***".into()),
                         Value::Null | Value::Bool(_) | Value::Number(_) => x.clone(),
                         _ if secret_key(k) && !x.is_string() => Value::String("***".into()),
+                        // A push target's last path segment is its stream key (YouTube,
+                        // Twitch): hidden as everywhere else push URLs are shown.
+                        Value::Array(a) if k == "push" => Value::Array(
+                            a.iter()
+                                .map(|u| match u {
+                                    Value::String(u) => Value::String(crate::relay::redact_key(u)),
+                                    other => redacted(other),
+                                })
+                                .collect(),
+                        ),
                         _ => redacted(x),
                     };
                     (k.clone(), hidden)
@@ -337,12 +347,13 @@ mod tests {
         let v = serde_json::json!({
             "rtsp": {"read_credentials": "u:hunter2", "publish_credentials": ""},
             "users": [{"user": "a", "pass": "hunter2"}],
-            "paths": {"cams/a": {"source": "rtsp://admin:hunter2@cam/x", "push": ["rtmp://h/app/k?key=hunter2"]}},
+            "paths": {"cams/a": {"source": "rtsp://admin:hunter2@cam/x", "push": ["rtmp://h/app/k?key=hunter2", "rtmp://a.rtmp.youtube.com/live2/hunter2"]}},
             "hooks": {"targets": [{"url": "http://u:hunter2@h/x"}]},
         });
         let r = redacted(&v).to_string();
         assert!(!r.contains("hunter2"), "{r}");
         assert!(r.contains("\"publish_credentials\":\"\"") && r.contains("cam/x"), "{r}");
+        assert!(r.contains("rtmp://a.rtmp.youtube.com/live2/***"), "{r}");
     }
 
     #[test]
