@@ -455,3 +455,41 @@ async fn repeated_failures_then_403() {
     assert_eq!(http_get(&api, &basic("u", "right-pw")).await.status, 403);
     assert_eq!(http_status(&format!("{}?user=u&pass=right-pw", server.flv_url("live/a"))).await, Some(403));
 }
+
+/// One HTTP request with `method` and extra headers; its status.
+async fn http_method(method: &str, url: &str, extra: &str) -> u16 {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = TcpStream::connect(host).await.unwrap();
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut all)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&all).split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// `api` given to the `any` user does not make anonymous clients count as loopback for what
+/// changes anything: they keep their address (a forwarded request is from elsewhere); a
+/// named user with `api` may. (An unknown session: 404 once past the loopback rule, 403 before
+/// it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn api_for_any_keeps_the_real_address() {
+    let kick = |server: &Server| format!("http://{}/api/v1/sessions/0000000000000001", server.http);
+    let fwd = "X-Forwarded-For: 203.0.113.9\r\n";
+    let ops = "[[auth.users]]\nuser = \"ops\"\npass = \"0ps-pw\"\npermissions = [{ action = \"api\" }]\n";
+    let server = Server::with_config(ops);
+    assert_eq!(http_method("DELETE", &kick(&server), "").await, 401, "anonymous");
+    assert_eq!(http_method("DELETE", &kick(&server), fwd).await, 401, "anonymous, forwarded");
+    let named = format!("{fwd}{}", basic("ops", "0ps-pw"));
+    assert_eq!(http_method("DELETE", &kick(&server), &named).await, 404, "a named user with api");
+    drop(server);
+    // `any` listed first: the named user still proves who it is.
+    let server = Server::with_config(&format!(
+        "[[auth.users]]\nuser = \"any\"\npass = \"\"\npermissions = [{{ action = \"api\" }}]\n{ops}"
+    ));
+    assert_eq!(http_get(&format!("http://{}/api/v1/paths", server.http), fwd).await.status, 200, "reads stay open");
+    assert_eq!(http_method("DELETE", &kick(&server), fwd).await, 403, "anonymous from elsewhere");
+    assert_eq!(http_method("DELETE", &kick(&server), "").await, 404, "anonymous from loopback");
+    assert_eq!(http_method("DELETE", &kick(&server), &named).await, 404, "a named user with api");
+}

@@ -100,14 +100,15 @@ impl Jwks {
         Ok(set)
     }
 
-    /// Verifies `token` and returns the permissions of its claim `claim`.
+    /// Verifies `token` and returns the permissions of its claim `claim`, and its subject
+    /// (`sub`), if it has one.
     pub async fn permissions(
         &self,
         url: &str,
         timeout: Duration,
         claim: &str,
         token: &str,
-    ) -> Result<Vec<Permission>, JwtError> {
+    ) -> Result<(Vec<Permission>, Option<String>), JwtError> {
         if token.len() > MAX_TOKEN_LEN || token.split('.').count() != 3 {
             return Err(JwtError::Malformed("three dot-separated parts expected".into()));
         }
@@ -149,11 +150,13 @@ impl Jwks {
         if perms.len() > MAX_PER_USER {
             return Err(JwtError::Claim(claim.to_owned(), format!("more than {MAX_PER_USER} permissions")));
         }
-        perms
+        let perms = perms
             .iter()
             .map(Permission::compile)
             .collect::<Result<_, _>>()
-            .map_err(|e| JwtError::Claim(claim.to_owned(), e))
+            .map_err(|e| JwtError::Claim(claim.to_owned(), e))?;
+        let sub = data.claims.get("sub").and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_owned);
+        Ok((perms, sub))
     }
 }
 

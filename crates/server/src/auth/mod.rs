@@ -359,7 +359,7 @@ impl Auth {
         if let Some(token) = self.token(&c, req) {
             let (url, timeout) = (&c.config.jwt_jwks_url, Duration::from_millis(c.config.http_timeout_ms));
             match self.jwks.permissions(url, timeout, &c.config.jwt_claim, token).await {
-                Ok(perms) if allowed(&perms, req.action, &req.path) => return Verdict::Allow(None),
+                Ok((perms, sub)) if allowed(&perms, req.action, &req.path) => return Verdict::Allow(sub),
                 Ok(_) => tracing::debug!(path = req.path, action = req.action.as_str(), "auth: JWT without permission"),
                 Err(e) => tracing::debug!("auth: JWT refused: {e}"),
             }
@@ -391,13 +391,20 @@ impl Auth {
     }
 
     /// The users' decision: Some(Allow) when an entry allows, None otherwise.
+    /// A named user that proves who it is comes before the `any` user, whatever their order
+    /// (a proven user may do more: the API's loopback-only operations).
     async fn check_users(&self, c: &Compiled, req: &AuthRequest) -> Option<Verdict> {
+        let mut anyone = false;
         for u in &c.users {
             if !u.ip_allowed(req.ip) || !allowed(&u.permissions, req.action, &req.path) {
                 continue;
             }
             if u.is_anyone() {
-                return Some(Verdict::Allow(None));
+                if !req.presented.is_some() {
+                    return Some(Verdict::Allow(None));
+                }
+                anyone = true;
+                continue;
             }
             let proven = match &req.presented {
                 Presented::Password { user, pass } => {
@@ -413,7 +420,7 @@ impl Auth {
                 return Some(Verdict::Allow(Some(u.name.clone())));
             }
         }
-        None
+        anyone.then_some(Verdict::Allow(None))
     }
 
     /// Checks a password, remembering successes (argon2 runs off the async workers).
