@@ -217,6 +217,14 @@ pub const MAX_TRACKED_ADDRESSES: usize = 65_536;
 /// Most password checks remembered as good (argon2 is slow by design: an HLS player sends
 /// its credentials with every request).
 const MAX_VERIFIED: usize = 4096;
+/// How long a password check waits for one of the argon2 slots before it is refused.
+const ARGON2_WAIT: Duration = Duration::from_secs(2);
+
+/// Most argon2 verifications at once (each takes about 19 MiB and a core for a while): twice
+/// the cores, at least 2.
+fn argon2_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2).max(2)
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Failures {
@@ -275,6 +283,12 @@ pub struct Auth {
     verified: Mutex<HashMap<[u8; 32], ()>>,
     callback: callback::Cache,
     jwks: jwt::Jwks,
+    /// Slots for argon2 verifications (see [`argon2_slots`]).
+    argon2: tokio::sync::Semaphore,
+    /// How long a check waits for an argon2 slot.
+    argon2_wait: Duration,
+    /// argon2 verifications run (tests).
+    argon2_runs: AtomicU64,
     /// Counters.
     pub stats: AuthStats,
 }
@@ -287,6 +301,9 @@ impl Default for Auth {
             verified: Mutex::default(),
             callback: callback::Cache::default(),
             jwks: jwt::Jwks::default(),
+            argon2: tokio::sync::Semaphore::new(argon2_slots()),
+            argon2_wait: ARGON2_WAIT,
+            argon2_runs: AtomicU64::new(0),
             stats: AuthStats::default(),
         }
     }
@@ -353,13 +370,26 @@ impl Auth {
             self.count_denied(req.via);
             return Verdict::Blocked;
         }
-        if let Some(v) = self.check_users(&c, req).await {
+        // A password check that needed argon2 counted a failure before it ran (so concurrent
+        // ones from one address meet the block); a later allow takes it back.
+        let mut counted = false;
+        let verdict = self.check_users(&c, req, &mut counted).await;
+        if let Some(v) = verdict {
+            if counted {
+                self.unfail(&c.config, req.ip);
+            }
             return v;
         }
+        let allow = |v: Verdict| {
+            if counted {
+                self.unfail(&c.config, req.ip);
+            }
+            v
+        };
         if let Some(token) = self.token(&c, req) {
             let (url, timeout) = (&c.config.jwt_jwks_url, Duration::from_millis(c.config.http_timeout_ms));
             match self.jwks.permissions(url, timeout, &c.config.jwt_claim, token).await {
-                Ok((perms, sub)) if allowed(&perms, req.action, &req.path) => return Verdict::Allow(sub),
+                Ok((perms, sub)) if allowed(&perms, req.action, &req.path) => return allow(Verdict::Allow(sub)),
                 Ok(_) => tracing::debug!(path = req.path, action = req.action.as_str(), "auth: JWT without permission"),
                 Err(e) => tracing::debug!("auth: JWT refused: {e}"),
             }
@@ -368,10 +398,10 @@ impl Auth {
             && !matches!(req.presented, Presented::Digest(..))
             && self.callback.ask(&c.config, req, &self.stats).await
         {
-            return Verdict::Allow(req.presented.user().map(str::to_owned));
+            return allow(Verdict::Allow(req.presented.user().map(str::to_owned)));
         }
         self.count_denied(req.via);
-        if req.presented.is_some() {
+        if req.presented.is_some() && !counted {
             self.failed(&c.config, req.ip, now);
         }
         Verdict::Unauthorized
@@ -393,7 +423,7 @@ impl Auth {
     /// The users' decision: Some(Allow) when an entry allows, None otherwise.
     /// A named user that proves who it is comes before the `any` user, whatever their order
     /// (a proven user may do more: the API's loopback-only operations).
-    async fn check_users(&self, c: &Compiled, req: &AuthRequest) -> Option<Verdict> {
+    async fn check_users(&self, c: &Compiled, req: &AuthRequest, counted: &mut bool) -> Option<Verdict> {
         let mut anyone = false;
         for u in &c.users {
             if !u.ip_allowed(req.ip) || !allowed(&u.permissions, req.action, &req.path) {
@@ -408,7 +438,8 @@ impl Auth {
             }
             let proven = match &req.presented {
                 Presented::Password { user, pass } => {
-                    users::constant_time_eq(user.as_bytes(), u.name.as_bytes()) && self.verify(u, pass).await
+                    users::constant_time_eq(user.as_bytes(), u.name.as_bytes())
+                        && self.verify(c, u, pass, req.ip, counted).await
                 }
                 Presented::Digest(d, uri) => {
                     users::constant_time_eq(d.username.as_bytes(), u.name.as_bytes())
@@ -423,8 +454,11 @@ impl Auth {
         anyone.then_some(Verdict::Allow(None))
     }
 
-    /// Checks a password, remembering successes (argon2 runs off the async workers).
-    async fn verify(&self, u: &User, pass: &str) -> bool {
+    /// Checks a password, remembering successes. argon2 runs off the async workers, in one of
+    /// a few slots (waiting at most `argon2_wait`, else refused), and only after a failure was
+    /// counted against `ip` (once per request: `counted`), so an address that is blocked, or
+    /// becomes blocked by its concurrent attempts, runs no more of them.
+    async fn verify(&self, c: &Compiled, u: &User, pass: &str, ip: IpAddr, counted: &mut bool) -> bool {
         let Password::Argon2(phc) = &u.pass else { return u.pass.verify(pass) };
         let key: [u8; 32] = {
             let mut h = Sha256::new();
@@ -437,6 +471,19 @@ impl Auth {
         if lock(&self.verified).contains_key(&key) {
             return true;
         }
+        let now = Instant::now();
+        if self.is_blocked(ip, now) {
+            return false;
+        }
+        if !*counted {
+            self.failed(&c.config, ip, now);
+            *counted = true;
+        }
+        let Ok(Ok(_slot)) = tokio::time::timeout(self.argon2_wait, self.argon2.acquire()).await else {
+            tracing::warn!(%ip, "auth: too many password checks at once; refused");
+            return false;
+        };
+        self.argon2_runs.fetch_add(1, Ordering::Relaxed);
         let (stored, given) = (u.pass.clone(), pass.to_owned());
         let ok = tokio::task::spawn_blocking(move || stored.verify(&given)).await.unwrap_or(false);
         if ok {
@@ -457,6 +504,16 @@ impl Auth {
             _ => &self.stats.denied_http,
         };
         per.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes back a failure counted before a check that then allowed (and the block it set).
+    fn unfail(&self, config: &AuthConfig, ip: IpAddr) {
+        if let Some(f) = lock(&self.failures).get_mut(&ip.to_canonical()) {
+            f.count = f.count.saturating_sub(1);
+            if f.count < config.fail_limit {
+                f.blocked_until = None;
+            }
+        }
     }
 
     fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
@@ -566,6 +623,56 @@ mod tests {
             auth.check(&req(Action::Read, "a", "10.0.0.3", Presented::None)).await;
         }
         assert!(auth.check(&req(Action::Read, "a", "10.0.0.3", pw("u", "p"))).await.allowed());
+    }
+
+    fn argon2_phc(pass: &str) -> String {
+        use argon2::password_hash::PasswordHasher;
+        let h: argon2::password_hash::phc::PasswordHash =
+            argon2::Argon2::default().hash_password_with_salt(pass.as_bytes(), b"0123456789abcdef").unwrap();
+        h.to_string()
+    }
+
+    /// argon2 runs in a few slots: with none free a check waits a bounded time, then is
+    /// refused; an address's concurrent wrong attempts run no more verifications than its
+    /// `fail_limit` (each is counted before it runs), and a right password is not counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn argon2_is_capped_and_counted_first() {
+        assert!(argon2_slots() >= 2);
+        let config = AuthConfig {
+            users: vec![user("u", &argon2_phc("pw"), &[(Action::Read, None)], &[])],
+            fail_limit: 3,
+            ..AuthConfig::default()
+        };
+        let mut auth = Auth::default();
+        auth.replace(config).unwrap();
+        auth.argon2_wait = Duration::from_millis(50);
+        let auth = Arc::new(auth);
+        // Every slot taken: refused after the wait, without running argon2.
+        let all = auth.argon2.acquire_many(argon2_slots() as u32).await.unwrap();
+        let t = Instant::now();
+        assert_eq!(auth.check(&req(Action::Read, "a", "10.0.0.9", pw("u", "pw"))).await, Verdict::Unauthorized);
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        assert_eq!(auth.argon2_runs.load(Ordering::Relaxed), 0);
+        drop(all);
+        // A right password: allowed, and its counted attempt taken back.
+        for _ in 0..4 {
+            lock(&auth.verified).clear();
+            assert!(auth.check(&req(Action::Read, "a", "10.0.0.8", pw("u", "pw"))).await.allowed());
+        }
+        assert_eq!(lock(&auth.failures)[&"10.0.0.8".parse::<IpAddr>().unwrap()].count, 0);
+        let runs = auth.argon2_runs.load(Ordering::Relaxed);
+        // 20 wrong ones at once from one address: at most fail_limit verifications.
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.check(&req(Action::Read, "a", "10.0.0.1", pw("u", "bad"))).await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(!t.await.unwrap().allowed());
+        }
+        assert!(auth.argon2_runs.load(Ordering::Relaxed) - runs <= 3);
+        assert!(auth.is_blocked("10.0.0.1".parse().unwrap(), Instant::now()));
     }
 
     #[test]
