@@ -211,8 +211,10 @@ impl Verdict {
     }
 }
 
-/// Most addresses whose failures are tracked; past it the oldest windows are forgotten
-/// first. Bounds the memory a scan from many addresses can take.
+/// Most addresses whose failures are tracked; past it expired entries are forgotten, then the
+/// oldest windows of addresses not blocked; an address blocked now is never forgotten (when
+/// every entry is one, new addresses are not tracked). Bounds the memory a scan from many
+/// addresses can take.
 pub const MAX_TRACKED_ADDRESSES: usize = 65_536;
 /// Most password checks remembered as good (argon2 is slow by design: an HLS player sends
 /// its credentials with every request).
@@ -224,6 +226,15 @@ const ARGON2_WAIT: Duration = Duration::from_secs(2);
 /// the cores, at least 2.
 fn argon2_slots() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get() * 2).max(2)
+}
+
+/// The key an address's failures are counted under: IPv4 addresses (and IPv4-mapped IPv6
+/// ones) alone, IPv6 addresses by their /64 (one host usually holds a whole /64).
+fn failure_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -508,7 +519,7 @@ impl Auth {
 
     /// Takes back a failure counted before a check that then allowed (and the block it set).
     fn unfail(&self, config: &AuthConfig, ip: IpAddr) {
-        if let Some(f) = lock(&self.failures).get_mut(&ip.to_canonical()) {
+        if let Some(f) = lock(&self.failures).get_mut(&failure_key(ip)) {
             f.count = f.count.saturating_sub(1);
             if f.count < config.fail_limit {
                 f.blocked_until = None;
@@ -517,24 +528,31 @@ impl Auth {
     }
 
     fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
-        lock(&self.failures).get(&ip.to_canonical()).and_then(|f| f.blocked_until).is_some_and(|until| now < until)
+        lock(&self.failures).get(&failure_key(ip)).and_then(|f| f.blocked_until).is_some_and(|until| now < until)
     }
 
     /// Counts wrong credentials from `ip`; the `fail_limit`th within the window blocks it.
     fn failed(&self, config: &AuthConfig, ip: IpAddr, now: Instant) {
         let window = Duration::from_millis(config.fail_window_ms);
+        let key = failure_key(ip);
         let mut map = lock(&self.failures);
-        if map.len() >= MAX_TRACKED_ADDRESSES && !map.contains_key(&ip.to_canonical()) {
-            map.retain(|_, f| f.blocked_until.is_some_and(|u| now < u) || now.duration_since(f.first) < window);
+        if map.len() >= MAX_TRACKED_ADDRESSES && !map.contains_key(&key) {
+            let blocked = |f: &Failures| f.blocked_until.is_some_and(|u| now < u);
+            map.retain(|_, f| blocked(f) || now.duration_since(f.first) < window);
             if map.len() >= MAX_TRACKED_ADDRESSES {
-                // Still full of fresh entries: forget the oldest windows.
-                let mut firsts: Vec<Instant> = map.values().map(|f| f.first).collect();
+                // Still full of fresh entries: forget the older half of the windows of
+                // addresses not blocked; a block is never lifted to make room.
+                let mut firsts: Vec<Instant> = map.values().filter(|f| !blocked(f)).map(|f| f.first).collect();
+                if firsts.is_empty() {
+                    tracing::warn!(%ip, "auth: failure table full of blocked addresses; not tracked");
+                    return;
+                }
                 firsts.sort_unstable();
                 let cut = firsts[firsts.len() / 2];
-                map.retain(|_, f| f.first > cut);
+                map.retain(|_, f| blocked(f) || f.first > cut);
             }
         }
-        let f = map.entry(ip.to_canonical()).or_insert(Failures { first: now, count: 0, blocked_until: None });
+        let f = map.entry(key).or_insert(Failures { first: now, count: 0, blocked_until: None });
         if f.blocked_until.is_some_and(|u| now >= u) || now.duration_since(f.first) >= window {
             *f = Failures { first: now, count: 0, blocked_until: None };
         }
@@ -673,6 +691,54 @@ mod tests {
         }
         assert!(auth.argon2_runs.load(Ordering::Relaxed) - runs <= 3);
         assert!(auth.is_blocked("10.0.0.1".parse().unwrap(), Instant::now()));
+    }
+
+    #[test]
+    fn auth_failure_keys_group_ipv6_by_64() {
+        let k = |s: &str| failure_key(s.parse().unwrap());
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:ffff:1:2:3"));
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("::ffff:10.0.0.1"), k("10.0.0.1"));
+        assert_ne!(k("10.0.0.1"), k("10.0.0.2"));
+    }
+
+    /// A full failure table forgets expired and unblocked entries, never a blocked one; full
+    /// of blocked ones, it tracks no new address rather than lift a block. An IPv6 /64 is
+    /// blocked as one.
+    #[test]
+    fn auth_full_failure_table_keeps_blocks() {
+        let config = AuthConfig { fail_limit: 2, ..AuthConfig::default() };
+        let auth = Auth::default();
+        let now = Instant::now();
+        let until = Some(now + Duration::from_secs(600));
+        let ip = |i: u32| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        {
+            let mut map = lock(&auth.failures);
+            for i in 0..MAX_TRACKED_ADDRESSES as u32 {
+                map.insert(ip(i), Failures { first: now, count: 2, blocked_until: until });
+            }
+        }
+        auth.failed(&config, ip(1 << 20), now);
+        assert_eq!(lock(&auth.failures).len(), MAX_TRACKED_ADDRESSES);
+        assert!(!lock(&auth.failures).contains_key(&ip(1 << 20)));
+        assert!((0..MAX_TRACKED_ADDRESSES as u32).all(|i| auth.is_blocked(ip(i), now)));
+        // Half blocked, half counting (fresh): the counting ones make room.
+        {
+            let mut map = lock(&auth.failures);
+            for i in 0..MAX_TRACKED_ADDRESSES as u32 / 2 {
+                map.insert(ip(i), Failures { first: now, count: 1, blocked_until: None });
+            }
+        }
+        auth.failed(&config, ip(1 << 20), now);
+        assert!(lock(&auth.failures).contains_key(&ip(1 << 20)));
+        assert!((MAX_TRACKED_ADDRESSES as u32 / 2..MAX_TRACKED_ADDRESSES as u32).all(|i| auth.is_blocked(ip(i), now)));
+        // IPv6: failures from one /64 add up.
+        let auth = Auth::default();
+        auth.failed(&config, "2001:db8::1".parse().unwrap(), now);
+        auth.failed(&config, "2001:db8::2".parse().unwrap(), now);
+        assert!(auth.is_blocked("2001:db8::ffff".parse().unwrap(), now));
+        assert!(!auth.is_blocked("2001:db8:0:1::1".parse().unwrap(), now));
     }
 
     #[test]
