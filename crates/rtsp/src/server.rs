@@ -106,6 +106,10 @@ const MAX_AUTHORIZED: usize = 8;
 pub enum AuthAction {
     /// DESCRIBE, a player's SETUP, PLAY.
     Read,
+    /// The same for a playback URL: a `vod/` path or a `start=` query (recordings, files).
+    /// Remembered apart from [`AuthAction::Read`]: reading a path live does not allow playing
+    /// its recordings on the same connection.
+    Playback,
     /// ANNOUNCE, a recording's SETUP, RECORD.
     Publish,
 }
@@ -699,14 +703,26 @@ impl ServerSession {
     fn needs_auth(&self, req: &Request) -> Option<(AuthAction, String)> {
         self.config.auth?;
         let session_path = self.session.as_ref().map(|s| s.path.clone());
+        let read = |path: String| {
+            let action = if is_playback(&path, &req.uri) { AuthAction::Playback } else { AuthAction::Read };
+            (action, path)
+        };
         let (action, path) = match req.method {
-            Method::Describe => (AuthAction::Read, url::path(&req.uri).to_owned()),
+            Method::Describe => read(url::path(&req.uri).to_owned()),
             Method::Announce => (AuthAction::Publish, url::path(&req.uri).to_owned()),
             Method::Setup if self.is_recording() => (AuthAction::Publish, session_path?),
-            Method::Setup => {
-                (AuthAction::Read, session_path.unwrap_or_else(|| url::split_control(&req.uri).0.to_owned()))
+            Method::Setup => read(session_path.unwrap_or_else(|| url::split_control(&req.uri).0.to_owned())),
+            Method::Play => {
+                let (action, path) = read(session_path?);
+                // A PLAY starts what the session's SETUP opened, which was authorized as
+                // that SETUP's action (a playback SETUP needed `Playback`).
+                if action == AuthAction::Read
+                    && self.authorized.iter().any(|(a, p)| *a == AuthAction::Playback && *p == path)
+                {
+                    return None;
+                }
+                (action, path)
             }
-            Method::Play => (AuthAction::Read, session_path?),
             Method::Record => (AuthAction::Publish, session_path?),
             _ => return None,
         };
@@ -1112,6 +1128,14 @@ impl ServerSession {
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         (!self.out.is_empty()).then(|| self.out.split().freeze())
     }
+}
+
+/// Whether a read of `path` by `uri` is a playback: a `vod/` path (a file) or a URI whose
+/// query has `start=` (recordings from that time). The application authorizes these as
+/// playback, not read.
+pub fn is_playback(path: &str, uri: &str) -> bool {
+    path.starts_with("vod/")
+        || url::query(uri).is_some_and(|q| q.split('&').any(|p| p.split_once('=').map_or(p, |(k, _)| k) == "start"))
 }
 
 #[cfg(test)]

@@ -266,6 +266,18 @@ pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response {
     r
 }
 
+/// The address the API's loopback-only operations go by once `[auth]` allowed an API call
+/// with `verdict`: a user that proved who it is (a named user, a JWT with a subject, a
+/// callback's answer for a presented user) with the `api` permission may do what loopback
+/// clients may without users; the `any` user (everyone, no credentials) keeps `peer`, or any
+/// anonymous client would count as loopback.
+pub(crate) fn api_peer_after(verdict: &crate::auth::Verdict, peer: SocketAddr) -> SocketAddr {
+    match verdict {
+        crate::auth::Verdict::Allow(Some(_)) => SocketAddr::from(([127, 0, 0, 1], 0)),
+        _ => peer,
+    }
+}
+
 async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
     // The API's loopback-only operations (probe, deletions) go by the peer's address; a
     // request relayed by a proxy on this host (a cache in front of HLS) comes from loopback
@@ -306,8 +318,7 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
             return crate::auth::http::refusal(&verdict);
         }
         if action == crate::auth::Action::Api {
-            // A user with the `api` permission may do what loopback clients may without users.
-            api_peer = SocketAddr::from(([127, 0, 0, 1], 0));
+            api_peer = api_peer_after(&verdict, api_peer);
         }
     }
     if crate::record::api::answers(&uri_path) {
@@ -587,6 +598,18 @@ fn parse_range(value: &str, len: usize) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_api_counts_as_loopback_for_proven_users_only() {
+        use crate::auth::Verdict;
+        let far = SocketAddr::from(([0, 0, 0, 0], 0));
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        assert_eq!(api_peer_after(&Verdict::Allow(Some("ops".into())), far), loopback);
+        // The `any` user (and a JWT without a subject) proves nobody: the real peer stays.
+        assert_eq!(api_peer_after(&Verdict::Allow(None), far), far);
+        let peer: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        assert_eq!(api_peer_after(&Verdict::Allow(None), peer), peer);
+    }
 
     #[test]
     fn playlists_cache_for_half_a_target_duration_segments_for_long() {

@@ -83,6 +83,29 @@ fn basic(user: &str, pass: &str) -> String {
     format!("Authorization: Basic {}\r\n", ferrocast_rtsp::base64::encode(format!("{user}:{pass}").as_bytes()))
 }
 
+/// Sends `req` on `s` and reads one answer (its head and its body); its status.
+async fn rtsp_exchange(s: &mut TcpStream, req: &str) -> u16 {
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = &text[..end];
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+                .map_or(0, |(_, v)| v.trim().parse().unwrap());
+            if got.len() >= end + 4 + len {
+                return head.split(' ').nth(1).unwrap().parse().unwrap();
+            }
+        }
+    }
+}
+
 /// The users of the matrix: a publisher (plain password) on `cams/*`, a viewer (sha256) of
 /// `cams/*`, an operator (argon2) with the API and metrics, a user who plays recordings of
 /// `cams/*` and VOD files back, and everyone on `open/*`.
@@ -159,9 +182,10 @@ async fn rtmp_hls_flv_api_matrix() {
         format!("http://{}/vod/clip.mp4", server.http),
     ] {
         assert_eq!(http_get(&url, &basic("view", "v13w-pw")).await.status, 401, "{url}");
-        assert_ne!(http_get(&url, &basic("rec", "r3c-pw")).await.status, 401, "{url}");
+        // Past auth: 404, as nothing was recorded and there is no such file.
+        assert_eq!(http_get(&url, &basic("rec", "r3c-pw")).await.status, 404, "{url}");
     }
-    for (creds, allowed) in [("view:v13w-pw", false), ("rec:r3c-pw", true)] {
+    for (creds, expected) in [("view:v13w-pw", "401"), ("rec:r3c-pw", "404")] {
         let auth = ferrocast_rtsp::base64::encode(creds.as_bytes());
         let mut s = TcpStream::connect(server.rtsp).await.unwrap();
         let req = format!(
@@ -172,8 +196,23 @@ async fn rtmp_hls_flv_api_matrix() {
         let mut buf = vec![0u8; 4096];
         let n = s.read(&mut buf).await.unwrap();
         let status = String::from_utf8_lossy(&buf[..n]).split(' ').nth(1).unwrap().to_owned();
-        assert_eq!(status != "401", allowed, "{creds}: {status}");
+        assert_eq!(status, expected, "{creds}");
     }
+
+    // Reading a path live on a connection does not allow playing its recordings back on the
+    // same connection: the second DESCRIBE (with `start=`) is asked again and refused.
+    let mut s = TcpStream::connect(server.rtsp).await.unwrap();
+    let view = basic("view", "v13w-pw");
+    let live = format!("DESCRIBE rtsp://{}/cams/a RTSP/1.0\r\nCSeq: 1\r\n{view}\r\n", server.rtsp);
+    assert_eq!(rtsp_exchange(&mut s, &live).await, 200);
+    let back = format!("DESCRIBE rtsp://{}/cams/a?{start} RTSP/1.0\r\nCSeq: 2\r\n{view}\r\n", server.rtsp);
+    assert_eq!(rtsp_exchange(&mut s, &back).await, 401, "a reader played recordings back");
+    let setup = format!(
+        "SETUP rtsp://{}/cams/a/trackID=0?{start} RTSP/1.0\r\nCSeq: 3\r\n{view}Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n",
+        server.rtsp
+    );
+    assert_eq!(rtsp_exchange(&mut s, &setup).await, 401, "a reader set up a playback");
+    drop(s);
 
     // API and metrics: the argon2 user only (Basic or Bearer-less query), twice (the second
     // from the verified cache).
@@ -189,11 +228,15 @@ async fn rtmp_hls_flv_api_matrix() {
     assert_eq!(http_get(&format!("{api}?user=ops&pass=0ps-pw"), "").await.status, 200);
     let metrics = format!("http://{}/metrics", server.http);
     assert_eq!(http_get(&metrics, "").await.status, 401);
-    assert_ne!(http_get(&metrics, &basic("ops", "0ps-pw")).await.status, 401);
+    assert_eq!(http_get(&metrics, &basic("ops", "0ps-pw")).await.status, 200);
     // The API never shows a password.
-    let all = http_get(&api, &basic("ops", "0ps-pw")).await.text();
-    for s in ["s3cret-pub", "v13w-pw", "0ps-pw"] {
-        assert!(!all.contains(s), "{s} in {all}");
+    for route in ["paths", "sessions", "config"] {
+        let all = http_get(&format!("http://{}/api/v1/{route}", server.http), &basic("ops", "0ps-pw")).await;
+        assert_eq!(all.status, 200, "{route}");
+        let all = all.text();
+        for s in ["s3cret-pub", "v13w-pw", "0ps-pw", "r3c-pw"] {
+            assert!(!all.contains(s), "{s} in /api/v1/{route}: {all}");
+        }
     }
     drop(server);
     assert_log_clean(&log, &["s3cret-pub", "v13w-pw", "0ps-pw", "wrong-pw", "r3c-pw"]);
@@ -415,4 +458,73 @@ async fn repeated_failures_then_403() {
     let api = format!("http://{}/api/v1/paths", server.http);
     assert_eq!(http_get(&api, &basic("u", "right-pw")).await.status, 403);
     assert_eq!(http_status(&format!("{}?user=u&pass=right-pw", server.flv_url("live/a"))).await, Some(403));
+}
+
+/// One HTTP request with `method` and extra headers; its status.
+async fn http_method(method: &str, url: &str, extra: &str) -> u16 {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = TcpStream::connect(host).await.unwrap();
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n{extra}\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut all)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&all).split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// `api` given to the `any` user does not make anonymous clients count as loopback for what
+/// changes anything: they keep their address (a forwarded request is from elsewhere); a
+/// named user with `api` may. (An unknown session: 404 once past the loopback rule, 403 before
+/// it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn api_for_any_keeps_the_real_address() {
+    let kick = |server: &Server| format!("http://{}/api/v1/sessions/0000000000000001", server.http);
+    let fwd = "X-Forwarded-For: 203.0.113.9\r\n";
+    let ops = "[[auth.users]]\nuser = \"ops\"\npass = \"0ps-pw\"\npermissions = [{ action = \"api\" }]\n";
+    let server = Server::with_config(ops);
+    assert_eq!(http_method("DELETE", &kick(&server), "").await, 401, "anonymous");
+    assert_eq!(http_method("DELETE", &kick(&server), fwd).await, 401, "anonymous, forwarded");
+    let named = format!("{fwd}{}", basic("ops", "0ps-pw"));
+    assert_eq!(http_method("DELETE", &kick(&server), &named).await, 404, "a named user with api");
+    drop(server);
+    // `any` listed first: the named user still proves who it is.
+    let server = Server::with_config(&format!(
+        "[[auth.users]]\nuser = \"any\"\npass = \"\"\npermissions = [{{ action = \"api\" }}]\n{ops}"
+    ));
+    assert_eq!(http_get(&format!("http://{}/api/v1/paths", server.http), fwd).await.status, 200, "reads stay open");
+    assert_eq!(http_method("DELETE", &kick(&server), fwd).await, 403, "anonymous from elsewhere");
+    assert_eq!(http_method("DELETE", &kick(&server), "").await, 404, "anonymous from loopback");
+    assert_eq!(http_method("DELETE", &kick(&server), &named).await, 404, "a named user with api");
+}
+
+/// The API never shows a secret: a user's password, the credentials of `auth.http_url`, a push
+/// target's stream key; not in the paths, the sessions or the config.
+#[tokio::test(flavor = "multi_thread")]
+async fn api_never_shows_a_secret() {
+    let server = Server::with_config(
+        "[auth]\nhttp_url = \"http://cbuser:cb-s3cret@127.0.0.1:9/auth\"\nhttp_timeout_ms = 500\n\
+         [[auth.users]]\nuser = \"ops\"\npass = \"0ps-pw\"\npermissions = [{ action = \"api\" }, { action = \"read\" }]\n\
+         [paths.\"cams/p\"]\npush = [\"rtmp://127.0.0.1:9/app/push-k3y-secret\"]\n",
+    );
+    // A session that sent the password (and is still connected).
+    let mut s = TcpStream::connect(server.rtsp).await.unwrap();
+    let req = format!("DESCRIBE rtsp://{}/cams/p RTSP/1.0\r\nCSeq: 1\r\n{}\r\n", server.rtsp, basic("ops", "0ps-pw"));
+    assert_eq!(rtsp_exchange(&mut s, &req).await, 404);
+    for route in ["paths", "sessions", "config"] {
+        let r = http_get(&format!("http://{}/api/v1/{route}", server.http), &basic("ops", "0ps-pw")).await;
+        assert_eq!(r.status, 200, "{route}: {}", r.text());
+        let text = r.text();
+        for secret in ["0ps-pw", "cb-s3cret", "push-k3y-secret"] {
+            // The config's push keys: being redacted on main (reload.rs); not asserted here
+            // until that lands.
+            if route == "config" && secret == "push-k3y-secret" {
+                continue;
+            }
+            assert!(!text.contains(secret), "{secret} in /api/v1/{route}: {text}");
+        }
+    }
+    let sessions = http_get(&format!("http://{}/api/v1/sessions", server.http), &basic("ops", "0ps-pw")).await.text();
+    assert!(sessions.contains("\"ops\""), "the RTSP session and its user are listed: {sessions}");
+    drop(s);
 }

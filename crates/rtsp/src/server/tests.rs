@@ -445,6 +445,46 @@ fn credentials_are_asked_for_by_role() {
     );
 }
 
+/// Reading a path live does not allow playing its recordings on the same connection: a
+/// DESCRIBE or SETUP with `start=` (or of a `vod/` path) raises `Authorize` as `Playback` even
+/// after a live read of the path was allowed; a playback SETUP's PLAY asks nothing more.
+#[test]
+fn playback_is_authorized_apart_from_read() {
+    let mut h = Harness::new(auth_config());
+    let creds = Credentials::parse("v:r").unwrap();
+    h.users = vec![(AuthAction::Read, creds.clone())];
+    let basic = format!("Basic {}", crate::base64::encode(b"v:r"));
+    let authz = [("Authorization", basic.as_str())];
+    let asked = |h: &Harness, action: AuthAction| {
+        h.events.iter().filter(|e| matches!(e, ServerEvent::Authorize { action: a, .. } if *a == action)).count()
+    };
+    assert_eq!(h.status("DESCRIBE", URL, &authz, ""), 200);
+    assert_eq!(asked(&h, AuthAction::Read), 1);
+    let start = format!("{URL}?start=2026-11-25T10:00:00Z");
+    assert_eq!(h.status("DESCRIBE", &start, &authz, ""), 401);
+    assert_eq!(asked(&h, AuthAction::Playback), 1);
+    let setup = format!("{URL}/trackID=0?start=2026-11-25T10:00:00Z");
+    assert_eq!(h.status("SETUP", &setup, &[TCP0, authz[0]], ""), 401);
+    assert_eq!(asked(&h, AuthAction::Playback), 2);
+    // A live SETUP of the path read before asks nothing more.
+    assert_eq!(h.status("SETUP", &format!("{URL}/trackID=0"), &[TCP0], ""), 200);
+    assert_eq!(asked(&h, AuthAction::Read), 1);
+    assert_eq!(h.status("DESCRIBE", "rtsp://h/vod/a.mp4", &authz, ""), 401);
+    assert_eq!(asked(&h, AuthAction::Playback), 3);
+
+    // A user allowed playback: its SETUP asks as playback, its PLAY nothing more.
+    let mut h = Harness::new(auth_config());
+    h.users = vec![(AuthAction::Playback, creds)];
+    assert_eq!(h.status("DESCRIBE", URL, &authz, ""), 401);
+    assert_eq!(h.status("SETUP", &setup, &[TCP0, authz[0]], ""), 200);
+    let before = h.events.iter().filter(|e| matches!(e, ServerEvent::Authorize { .. })).count();
+    assert_eq!(h.status("PLAY", URL, &[], ""), 200);
+    assert_eq!(h.events.iter().filter(|e| matches!(e, ServerEvent::Authorize { .. })).count(), before);
+    assert!(is_playback("vod/x.mp4", "rtsp://h/vod/x.mp4"));
+    assert!(is_playback("a", "rtsp://h/a?x=1&start=now"));
+    assert!(!is_playback("a", "rtsp://h/a?restart=1#start=2"));
+}
+
 /// Digest with MD5 and SHA-256 as our client computes it, a nonce that expires (401
 /// `stale=true` with a new nonce, then accepted), and a nonce we never issued.
 #[test]

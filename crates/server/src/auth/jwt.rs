@@ -55,6 +55,9 @@ pub enum JwtError {
 pub struct Jwks {
     keys: Mutex<Option<(Instant, std::sync::Arc<JwkSet>)>>,
     fetch: tokio::sync::Mutex<()>,
+    /// The last fetch that failed, and why: not tried again for [`JWKS_MIN_REFETCH`] (N
+    /// requests waiting for an unreachable key set cost one timeout, not N).
+    failed: Mutex<Option<(Instant, String)>>,
 }
 
 const ACCEPTED: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
@@ -63,6 +66,14 @@ impl Jwks {
     /// Forgets the keys (the settings changed).
     pub fn clear(&self) {
         *self.keys.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The error of a fetch that failed less than [`JWKS_MIN_REFETCH`] ago.
+    fn recent_failure(&self) -> Option<JwtError> {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, why) = failed.as_ref()?;
+        (at.elapsed() < JWKS_MIN_REFETCH).then(|| JwtError::Jwks(format!("{why} (fetch failed recently)")))
     }
 
     fn cached(&self) -> Option<(Instant, std::sync::Arc<JwkSet>)> {
@@ -81,33 +92,52 @@ impl Jwks {
         {
             return Ok(set);
         }
-        // One fetch at a time; those who waited take its result.
+        if let Some(e) = self.recent_failure() {
+            return Err(e);
+        }
+        // One fetch at a time; those who waited take its result (a failure too).
         let _one = self.fetch.lock().await;
         if let Some((at, set)) = self.cached()
             && (fresh(at) || at.elapsed() < JWKS_MIN_REFETCH)
         {
             return Ok(set);
         }
-        let (status, body) = crate::http_client::request(Method::GET, url, "", Bytes::new(), timeout, MAX_JWKS_BYTES)
-            .await
-            .map_err(|e| JwtError::Jwks(e.to_string()))?;
-        if !status.is_success() {
-            return Err(JwtError::Jwks(format!("answered {status}")));
+        if let Some(e) = self.recent_failure() {
+            return Err(e);
         }
-        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| JwtError::Jwks(e.to_string()))?;
+        let fetched = async {
+            let (status, body) =
+                crate::http_client::request(Method::GET, url, "", Bytes::new(), timeout, MAX_JWKS_BYTES)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("answered {status}"));
+            }
+            serde_json::from_slice::<JwkSet>(&body).map_err(|e| e.to_string())
+        }
+        .await;
+        let set = match fetched {
+            Ok(set) => set,
+            Err(why) => {
+                *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), why.clone()));
+                return Err(JwtError::Jwks(why));
+            }
+        };
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let set = std::sync::Arc::new(set);
         *self.keys.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), set.clone()));
         Ok(set)
     }
 
-    /// Verifies `token` and returns the permissions of its claim `claim`.
+    /// Verifies `token` and returns the permissions of its claim `claim`, and its subject
+    /// (`sub`), if it has one.
     pub async fn permissions(
         &self,
         url: &str,
         timeout: Duration,
         claim: &str,
         token: &str,
-    ) -> Result<Vec<Permission>, JwtError> {
+    ) -> Result<(Vec<Permission>, Option<String>), JwtError> {
         if token.len() > MAX_TOKEN_LEN || token.split('.').count() != 3 {
             return Err(JwtError::Malformed("three dot-separated parts expected".into()));
         }
@@ -149,11 +179,13 @@ impl Jwks {
         if perms.len() > MAX_PER_USER {
             return Err(JwtError::Claim(claim.to_owned(), format!("more than {MAX_PER_USER} permissions")));
         }
-        perms
+        let perms = perms
             .iter()
             .map(Permission::compile)
             .collect::<Result<_, _>>()
-            .map_err(|e| JwtError::Claim(claim.to_owned(), e))
+            .map_err(|e| JwtError::Claim(claim.to_owned(), e))?;
+        let sub = data.claims.get("sub").and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(str::to_owned);
+        Ok((perms, sub))
     }
 }
 
@@ -185,5 +217,38 @@ mod tests {
         let ed = "eyJhbGciOiJFZERTQSJ9.e30.c2ln";
         assert!(matches!(jwks.permissions(url, t, "c", ed).await, Err(JwtError::Jwks(_))));
         assert!(looks_like_jwt(hs) && !looks_like_jwt("pass.word") && !looks_like_jwt("a.b.c d"));
+    }
+
+    /// A key set that cannot be fetched (a service that never answers): N requests at once
+    /// cost one timeout and one connection, and the failure is remembered for a while.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn auth_jwks_failure_is_remembered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+        let jwks = std::sync::Arc::new(Jwks::default());
+        let ed = "eyJhbGciOiJFZERTQSJ9.e30.c2ln";
+        let t = Duration::from_millis(300);
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (jwks, url) = (jwks.clone(), url.clone());
+                tokio::spawn(async move { jwks.permissions(&url, t, "c", ed).await })
+            })
+            .collect();
+        for task in tasks {
+            assert!(matches!(task.await.unwrap(), Err(JwtError::Jwks(_))));
+        }
+        assert!(start.elapsed() < t * 3, "{:?}", start.elapsed());
+        assert!(matches!(jwks.permissions(&url, t, "c", ed).await, Err(JwtError::Jwks(_))));
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -211,12 +211,31 @@ impl Verdict {
     }
 }
 
-/// Most addresses whose failures are tracked; past it the oldest windows are forgotten
-/// first. Bounds the memory a scan from many addresses can take.
+/// Most addresses whose failures are tracked; past it expired entries are forgotten, then the
+/// oldest windows of addresses not blocked; an address blocked now is never forgotten (when
+/// every entry is one, new addresses are not tracked). Bounds the memory a scan from many
+/// addresses can take.
 pub const MAX_TRACKED_ADDRESSES: usize = 65_536;
 /// Most password checks remembered as good (argon2 is slow by design: an HLS player sends
 /// its credentials with every request).
 const MAX_VERIFIED: usize = 4096;
+/// How long a password check waits for one of the argon2 slots before it is refused.
+const ARGON2_WAIT: Duration = Duration::from_secs(2);
+
+/// Most argon2 verifications at once (each takes about 19 MiB and a core for a while): twice
+/// the cores, at least 2.
+fn argon2_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get() * 2).max(2)
+}
+
+/// The key an address's failures are counted under: IPv4 addresses (and IPv4-mapped IPv6
+/// ones) alone, IPv6 addresses by their /64 (one host usually holds a whole /64).
+fn failure_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Failures {
@@ -275,6 +294,12 @@ pub struct Auth {
     verified: Mutex<HashMap<[u8; 32], ()>>,
     callback: callback::Cache,
     jwks: jwt::Jwks,
+    /// Slots for argon2 verifications (see [`argon2_slots`]).
+    argon2: tokio::sync::Semaphore,
+    /// How long a check waits for an argon2 slot.
+    argon2_wait: Duration,
+    /// argon2 verifications run (tests).
+    argon2_runs: AtomicU64,
     /// Counters.
     pub stats: AuthStats,
 }
@@ -287,6 +312,9 @@ impl Default for Auth {
             verified: Mutex::default(),
             callback: callback::Cache::default(),
             jwks: jwt::Jwks::default(),
+            argon2: tokio::sync::Semaphore::new(argon2_slots()),
+            argon2_wait: ARGON2_WAIT,
+            argon2_runs: AtomicU64::new(0),
             stats: AuthStats::default(),
         }
     }
@@ -353,13 +381,26 @@ impl Auth {
             self.count_denied(req.via);
             return Verdict::Blocked;
         }
-        if let Some(v) = self.check_users(&c, req).await {
+        // A password check that needed argon2 counted a failure before it ran (so concurrent
+        // ones from one address meet the block); a later allow takes it back.
+        let mut counted = false;
+        let verdict = self.check_users(&c, req, &mut counted).await;
+        if let Some(v) = verdict {
+            if counted {
+                self.unfail(&c.config, req.ip);
+            }
             return v;
         }
+        let allow = |v: Verdict| {
+            if counted {
+                self.unfail(&c.config, req.ip);
+            }
+            v
+        };
         if let Some(token) = self.token(&c, req) {
             let (url, timeout) = (&c.config.jwt_jwks_url, Duration::from_millis(c.config.http_timeout_ms));
             match self.jwks.permissions(url, timeout, &c.config.jwt_claim, token).await {
-                Ok(perms) if allowed(&perms, req.action, &req.path) => return Verdict::Allow(None),
+                Ok((perms, sub)) if allowed(&perms, req.action, &req.path) => return allow(Verdict::Allow(sub)),
                 Ok(_) => tracing::debug!(path = req.path, action = req.action.as_str(), "auth: JWT without permission"),
                 Err(e) => tracing::debug!("auth: JWT refused: {e}"),
             }
@@ -368,10 +409,10 @@ impl Auth {
             && !matches!(req.presented, Presented::Digest(..))
             && self.callback.ask(&c.config, req, &self.stats).await
         {
-            return Verdict::Allow(req.presented.user().map(str::to_owned));
+            return allow(Verdict::Allow(req.presented.user().map(str::to_owned)));
         }
         self.count_denied(req.via);
-        if req.presented.is_some() {
+        if req.presented.is_some() && !counted {
             self.failed(&c.config, req.ip, now);
         }
         Verdict::Unauthorized
@@ -391,17 +432,25 @@ impl Auth {
     }
 
     /// The users' decision: Some(Allow) when an entry allows, None otherwise.
-    async fn check_users(&self, c: &Compiled, req: &AuthRequest) -> Option<Verdict> {
+    /// A named user that proves who it is comes before the `any` user, whatever their order
+    /// (a proven user may do more: the API's loopback-only operations).
+    async fn check_users(&self, c: &Compiled, req: &AuthRequest, counted: &mut bool) -> Option<Verdict> {
+        let mut anyone = false;
         for u in &c.users {
             if !u.ip_allowed(req.ip) || !allowed(&u.permissions, req.action, &req.path) {
                 continue;
             }
             if u.is_anyone() {
-                return Some(Verdict::Allow(None));
+                if !req.presented.is_some() {
+                    return Some(Verdict::Allow(None));
+                }
+                anyone = true;
+                continue;
             }
             let proven = match &req.presented {
                 Presented::Password { user, pass } => {
-                    users::constant_time_eq(user.as_bytes(), u.name.as_bytes()) && self.verify(u, pass).await
+                    users::constant_time_eq(user.as_bytes(), u.name.as_bytes())
+                        && self.verify(c, u, pass, req.ip, counted).await
                 }
                 Presented::Digest(d, uri) => {
                     users::constant_time_eq(d.username.as_bytes(), u.name.as_bytes())
@@ -413,11 +462,14 @@ impl Auth {
                 return Some(Verdict::Allow(Some(u.name.clone())));
             }
         }
-        None
+        anyone.then_some(Verdict::Allow(None))
     }
 
-    /// Checks a password, remembering successes (argon2 runs off the async workers).
-    async fn verify(&self, u: &User, pass: &str) -> bool {
+    /// Checks a password, remembering successes. argon2 runs off the async workers, in one of
+    /// a few slots (waiting at most `argon2_wait`, else refused), and only after a failure was
+    /// counted against `ip` (once per request: `counted`), so an address that is blocked, or
+    /// becomes blocked by its concurrent attempts, runs no more of them.
+    async fn verify(&self, c: &Compiled, u: &User, pass: &str, ip: IpAddr, counted: &mut bool) -> bool {
         let Password::Argon2(phc) = &u.pass else { return u.pass.verify(pass) };
         let key: [u8; 32] = {
             let mut h = Sha256::new();
@@ -430,6 +482,19 @@ impl Auth {
         if lock(&self.verified).contains_key(&key) {
             return true;
         }
+        let now = Instant::now();
+        if self.is_blocked(ip, now) {
+            return false;
+        }
+        if !*counted {
+            self.failed(&c.config, ip, now);
+            *counted = true;
+        }
+        let Ok(Ok(_slot)) = tokio::time::timeout(self.argon2_wait, self.argon2.acquire()).await else {
+            tracing::warn!(%ip, "auth: too many password checks at once; refused");
+            return false;
+        };
+        self.argon2_runs.fetch_add(1, Ordering::Relaxed);
         let (stored, given) = (u.pass.clone(), pass.to_owned());
         let ok = tokio::task::spawn_blocking(move || stored.verify(&given)).await.unwrap_or(false);
         if ok {
@@ -452,25 +517,42 @@ impl Auth {
         per.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Takes back a failure counted before a check that then allowed (and the block it set).
+    fn unfail(&self, config: &AuthConfig, ip: IpAddr) {
+        if let Some(f) = lock(&self.failures).get_mut(&failure_key(ip)) {
+            f.count = f.count.saturating_sub(1);
+            if f.count < config.fail_limit {
+                f.blocked_until = None;
+            }
+        }
+    }
+
     fn is_blocked(&self, ip: IpAddr, now: Instant) -> bool {
-        lock(&self.failures).get(&ip.to_canonical()).and_then(|f| f.blocked_until).is_some_and(|until| now < until)
+        lock(&self.failures).get(&failure_key(ip)).and_then(|f| f.blocked_until).is_some_and(|until| now < until)
     }
 
     /// Counts wrong credentials from `ip`; the `fail_limit`th within the window blocks it.
     fn failed(&self, config: &AuthConfig, ip: IpAddr, now: Instant) {
         let window = Duration::from_millis(config.fail_window_ms);
+        let key = failure_key(ip);
         let mut map = lock(&self.failures);
-        if map.len() >= MAX_TRACKED_ADDRESSES && !map.contains_key(&ip.to_canonical()) {
-            map.retain(|_, f| f.blocked_until.is_some_and(|u| now < u) || now.duration_since(f.first) < window);
+        if map.len() >= MAX_TRACKED_ADDRESSES && !map.contains_key(&key) {
+            let blocked = |f: &Failures| f.blocked_until.is_some_and(|u| now < u);
+            map.retain(|_, f| blocked(f) || now.duration_since(f.first) < window);
             if map.len() >= MAX_TRACKED_ADDRESSES {
-                // Still full of fresh entries: forget the oldest windows.
-                let mut firsts: Vec<Instant> = map.values().map(|f| f.first).collect();
+                // Still full of fresh entries: forget the older half of the windows of
+                // addresses not blocked; a block is never lifted to make room.
+                let mut firsts: Vec<Instant> = map.values().filter(|f| !blocked(f)).map(|f| f.first).collect();
+                if firsts.is_empty() {
+                    tracing::warn!(%ip, "auth: failure table full of blocked addresses; not tracked");
+                    return;
+                }
                 firsts.sort_unstable();
                 let cut = firsts[firsts.len() / 2];
-                map.retain(|_, f| f.first > cut);
+                map.retain(|_, f| blocked(f) || f.first > cut);
             }
         }
-        let f = map.entry(ip.to_canonical()).or_insert(Failures { first: now, count: 0, blocked_until: None });
+        let f = map.entry(key).or_insert(Failures { first: now, count: 0, blocked_until: None });
         if f.blocked_until.is_some_and(|u| now >= u) || now.duration_since(f.first) >= window {
             *f = Failures { first: now, count: 0, blocked_until: None };
         }
@@ -559,6 +641,104 @@ mod tests {
             auth.check(&req(Action::Read, "a", "10.0.0.3", Presented::None)).await;
         }
         assert!(auth.check(&req(Action::Read, "a", "10.0.0.3", pw("u", "p"))).await.allowed());
+    }
+
+    fn argon2_phc(pass: &str) -> String {
+        use argon2::password_hash::PasswordHasher;
+        let h: argon2::password_hash::phc::PasswordHash =
+            argon2::Argon2::default().hash_password_with_salt(pass.as_bytes(), b"0123456789abcdef").unwrap();
+        h.to_string()
+    }
+
+    /// argon2 runs in a few slots: with none free a check waits a bounded time, then is
+    /// refused; an address's concurrent wrong attempts run no more verifications than its
+    /// `fail_limit` (each is counted before it runs), and a right password is not counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn argon2_is_capped_and_counted_first() {
+        assert!(argon2_slots() >= 2);
+        let config = AuthConfig {
+            users: vec![user("u", &argon2_phc("pw"), &[(Action::Read, None)], &[])],
+            fail_limit: 3,
+            ..AuthConfig::default()
+        };
+        let mut auth = Auth::default();
+        auth.replace(config).unwrap();
+        auth.argon2_wait = Duration::from_millis(50);
+        let auth = Arc::new(auth);
+        // Every slot taken: refused after the wait, without running argon2.
+        let all = auth.argon2.acquire_many(argon2_slots() as u32).await.unwrap();
+        let t = Instant::now();
+        assert_eq!(auth.check(&req(Action::Read, "a", "10.0.0.9", pw("u", "pw"))).await, Verdict::Unauthorized);
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        assert_eq!(auth.argon2_runs.load(Ordering::Relaxed), 0);
+        drop(all);
+        // A right password: allowed, and its counted attempt taken back.
+        for _ in 0..4 {
+            lock(&auth.verified).clear();
+            assert!(auth.check(&req(Action::Read, "a", "10.0.0.8", pw("u", "pw"))).await.allowed());
+        }
+        assert_eq!(lock(&auth.failures)[&"10.0.0.8".parse::<IpAddr>().unwrap()].count, 0);
+        let runs = auth.argon2_runs.load(Ordering::Relaxed);
+        // 20 wrong ones at once from one address: at most fail_limit verifications.
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.check(&req(Action::Read, "a", "10.0.0.1", pw("u", "bad"))).await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(!t.await.unwrap().allowed());
+        }
+        assert!(auth.argon2_runs.load(Ordering::Relaxed) - runs <= 3);
+        assert!(auth.is_blocked("10.0.0.1".parse().unwrap(), Instant::now()));
+    }
+
+    #[test]
+    fn auth_failure_keys_group_ipv6_by_64() {
+        let k = |s: &str| failure_key(s.parse().unwrap());
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:ffff:1:2:3"));
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("::ffff:10.0.0.1"), k("10.0.0.1"));
+        assert_ne!(k("10.0.0.1"), k("10.0.0.2"));
+    }
+
+    /// A full failure table forgets expired and unblocked entries, never a blocked one; full
+    /// of blocked ones, it tracks no new address rather than lift a block. An IPv6 /64 is
+    /// blocked as one.
+    #[test]
+    fn auth_full_failure_table_keeps_blocks() {
+        let config = AuthConfig { fail_limit: 2, ..AuthConfig::default() };
+        let auth = Auth::default();
+        let now = Instant::now();
+        let until = Some(now + Duration::from_secs(600));
+        let ip = |i: u32| IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+        {
+            let mut map = lock(&auth.failures);
+            for i in 0..MAX_TRACKED_ADDRESSES as u32 {
+                map.insert(ip(i), Failures { first: now, count: 2, blocked_until: until });
+            }
+        }
+        auth.failed(&config, ip(1 << 20), now);
+        assert_eq!(lock(&auth.failures).len(), MAX_TRACKED_ADDRESSES);
+        assert!(!lock(&auth.failures).contains_key(&ip(1 << 20)));
+        assert!((0..MAX_TRACKED_ADDRESSES as u32).all(|i| auth.is_blocked(ip(i), now)));
+        // Half blocked, half counting (fresh): the counting ones make room.
+        {
+            let mut map = lock(&auth.failures);
+            for i in 0..MAX_TRACKED_ADDRESSES as u32 / 2 {
+                map.insert(ip(i), Failures { first: now, count: 1, blocked_until: None });
+            }
+        }
+        auth.failed(&config, ip(1 << 20), now);
+        assert!(lock(&auth.failures).contains_key(&ip(1 << 20)));
+        assert!((MAX_TRACKED_ADDRESSES as u32 / 2..MAX_TRACKED_ADDRESSES as u32).all(|i| auth.is_blocked(ip(i), now)));
+        // IPv6: failures from one /64 add up.
+        let auth = Auth::default();
+        auth.failed(&config, "2001:db8::1".parse().unwrap(), now);
+        auth.failed(&config, "2001:db8::2".parse().unwrap(), now);
+        assert!(auth.is_blocked("2001:db8::ffff".parse().unwrap(), now));
+        assert!(!auth.is_blocked("2001:db8:0:1::1".parse().unwrap(), now));
     }
 
     #[test]

@@ -389,10 +389,10 @@ impl Conn {
     ) -> Result<(), SessionError> {
         use crate::auth::{Action, AuthRequest, Presented, Verdict, Via};
         let query = uri.split_once('?').map(|(_, q)| q);
-        let playback = path.starts_with("vod/") || crate::auth::http::query_param(query, "start").is_some();
+        // The session tells a playback URL apart (and remembers it apart from a live read).
         let action = match action {
             AuthAction::Publish => Action::Publish,
-            AuthAction::Read if playback => Action::Playback,
+            AuthAction::Playback => Action::Playback,
             AuthAction::Read => Action::Read,
         };
         let presented = match offered {
