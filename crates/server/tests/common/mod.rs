@@ -650,13 +650,14 @@ pub async fn http_get(url: &str, extra: &str) -> HttpResponse {
     HttpResponse { status, headers, body: all[split + 4..].to_vec() }
 }
 
-/// POST with a JSON body, reading to the end: status code and body text.
-pub async fn http_post(url: &str, body: &str) -> (u16, String) {
+/// `METHOD url` with a JSON body (may be empty), reading to the end (Connection: close):
+/// status code, response head, and body (de-chunked).
+pub async fn http_request(method: &str, url: &str, body: &str) -> (u16, String, Vec<u8>) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
     let mut s = TcpStream::connect(host).await.unwrap();
     let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -671,6 +672,12 @@ pub async fn http_post(url: &str, body: &str) -> (u16, String) {
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         body = unchunk(&body);
     }
+    (status, head, body)
+}
+
+/// POST with a JSON body, reading to the end: status code and body text.
+pub async fn http_post(url: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = http_request("POST", url, body).await;
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 

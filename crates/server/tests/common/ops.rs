@@ -151,21 +151,8 @@ pub fn wait_log(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<
 
 /// One HTTP request with a JSON body (`PATCH`, `GET`...): status and body.
 pub async fn http_json(method: &str, url: &str, body: &str) -> (u16, Value) {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut s = TcpStream::connect(host).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut all)).await.expect("answered").unwrap();
-    let split = all.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
-    let head = String::from_utf8_lossy(&all[..split]).into_owned();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = &all[split + 4..];
-    (status, serde_json::from_slice(body).unwrap_or(Value::Null))
+    let (status, _, body) = crate::common::http_request(method, url, body).await;
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
 /// Reads an HTTP-FLV stream in the background, counting its bytes; the count stops growing
