@@ -59,31 +59,9 @@ pub enum Scope {
     ApiOnly,
 }
 
-/// The router, without pulled sources or push relays in the API.
-pub fn router(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>) -> Router {
-    let api = Api::new(hub.clone(), None, None, crate::config::SourceConfig::default());
-    router_with(hub, hls, playback, api)
-}
-
-/// The router, with `api` answering `/api/v1/paths` and `/api/v1/probe`.
-pub fn router_with(hub: Arc<Hub>, hls: Arc<HlsRegistry>, playback: Arc<Playback>, api: Arc<Api>) -> Router {
-    router_scoped(hub, hls, playback, api, Scope::All)
-}
-
-/// [`router_with`], serving `scope` only.
-pub fn router_scoped(
-    hub: Arc<Hub>,
-    hls: Arc<HlsRegistry>,
-    playback: Arc<Playback>,
-    api: Arc<Api>,
-    scope: Scope,
-) -> Router {
-    let console = crate::console::Console::new(Default::default());
-    router_console(hub, hls, playback, api, scope, console)
-}
-
-/// [`router_scoped`], with the web console at `/` served by `console`.
-pub fn router_console(
+/// The router: HLS, HTTP-FLV (on hyper's path), playback, `/metrics`, the API and the web
+/// console at `/`, serving `scope` only.
+pub fn router(
     hub: Arc<Hub>,
     hls: Arc<HlsRegistry>,
     playback: Arc<Playback>,
@@ -121,51 +99,10 @@ pub fn router_console(
 /// is closed), a request head must arrive within `http.request_timeout_ms` (slowloris clients
 /// and idle keep-alive connections are cut off; hyper restarts that timer for each request)
 /// and may not exceed `http.max_header_bytes` (431).
+///
+/// Serves `scope` only (see [`Scope`]), with the web console at `/` served by `console`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
-    listener: TcpListener,
-    config: HttpConfig,
-    hub: Arc<Hub>,
-    hls: Arc<HlsRegistry>,
-    playback: Arc<Playback>,
-    limiter: Arc<Limiter>,
-) {
-    let api = Api::new(hub.clone(), None, None, crate::config::SourceConfig::default());
-    serve_with(listener, config, hub, hls, playback, limiter, api).await
-}
-
-/// [`serve`], with `api` answering `/api/v1/paths` (pulled sources, push relays) and
-/// `/api/v1/probe`.
-pub async fn serve_with(
-    listener: TcpListener,
-    config: HttpConfig,
-    hub: Arc<Hub>,
-    hls: Arc<HlsRegistry>,
-    playback: Arc<Playback>,
-    limiter: Arc<Limiter>,
-    api: Arc<Api>,
-) {
-    serve_scoped(listener, config, hub, hls, playback, limiter, api, Scope::All).await
-}
-
-/// [`serve_with`], serving `scope` only (see [`Scope`]).
-#[allow(clippy::too_many_arguments)]
-pub async fn serve_scoped(
-    listener: TcpListener,
-    config: HttpConfig,
-    hub: Arc<Hub>,
-    hls: Arc<HlsRegistry>,
-    playback: Arc<Playback>,
-    limiter: Arc<Limiter>,
-    api: Arc<Api>,
-    scope: Scope,
-) {
-    let console = crate::console::Console::new(Default::default());
-    serve_console(listener, config, hub, hls, playback, limiter, api, scope, console).await
-}
-
-/// [`serve_scoped`], with the web console at `/` served by `console`.
-#[allow(clippy::too_many_arguments)]
-pub async fn serve_console(
     listener: TcpListener,
     config: HttpConfig,
     hub: Arc<Hub>,
@@ -178,7 +115,7 @@ pub async fn serve_console(
 ) {
     let nodelay = reader_nodelay(&hub);
     let write_timeout = write_timeout(&hub);
-    let app = router_console(hub.clone(), hls, playback, api, scope, console);
+    let app = router(hub.clone(), hls, playback, api, scope, console);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.request_timeout_ms))

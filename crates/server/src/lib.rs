@@ -122,13 +122,15 @@ pub async fn run_with_file(
     }
     api.set_reloader(reloader);
     let playback = vod::Playback::new(recordings.clone(), config.vod.clone());
+    let console = console::Console::new(config.console.clone());
+    console.warn_if_missing();
     // With `api.listen`, the API is served there only (as MediaMTX does).
     let api_task = match config.api.listen {
         Some(addr) => {
             let listener =
                 TcpListener::bind(addr).await.with_context(|| format!("binding the API (api.listen) to {addr}"))?;
             info!(api = %listener.local_addr()?, "API serving on its own address");
-            Some(tokio::spawn(http::serve_scoped(
+            Some(tokio::spawn(http::serve(
                 listener,
                 config.http.clone(),
                 hub.clone(),
@@ -137,14 +139,13 @@ pub async fn run_with_file(
                 limiter.clone(),
                 api.clone(),
                 http::Scope::ApiOnly,
+                console.clone(),
             )))
         }
         None => None,
     };
     let scope = if api_task.is_some() { http::Scope::NoApi } else { http::Scope::All };
-    let console = console::Console::new(config.console.clone());
-    console.warn_if_missing();
-    let http_task = tokio::spawn(http::serve_console(
+    let http_task = tokio::spawn(http::serve(
         http,
         config.http.clone(),
         hub.clone(),
