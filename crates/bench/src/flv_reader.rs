@@ -8,7 +8,7 @@ use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::{Clock, ReaderState, Shared, flv_clock, on_video, throttle};
+use crate::{Clock, ReaderState, Shared, flv_clock, on_video, read_buffer, throttle};
 
 /// Plays `url` until the connection ends.
 pub async fn play(
@@ -25,7 +25,7 @@ pub async fn play(
     let _ = s.set_nodelay(true);
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
     state.connected.store(true, Ordering::Relaxed);
-    let mut buf = vec![0u8; 65536];
+    let mut buf = vec![0u8; read_buffer(state, limit)];
     let mut pending: Vec<u8> = Vec::new();
     let mut in_body = false;
     let mut chunked = false;
@@ -35,7 +35,7 @@ pub async fn play(
     let mut base = None;
     let mut total = 0u64;
     loop {
-        throttle(limit, total, started).await;
+        throttle(state, limit, total, started).await;
         let n = s.read(&mut buf).await?;
         anyhow::ensure!(n > 0, "server closed the connection");
         total += n as u64;

@@ -100,6 +100,13 @@ struct Args {
     /// Read rate of throttled readers, kbit/s.
     #[arg(long, default_value_t = 100)]
     throttle_kbps: u64,
+    /// Batched readers: every reader but the probes and the first sleeps this long before each
+    /// read and then takes up to 256 KiB at once, as a player on a real network with a buffer
+    /// does, instead of reading each write the moment it lands (the eager shape, 0). Latency is
+    /// measured on the eager probes, so it is the server's and not the sleep's. RTMP, HTTP-FLV
+    /// and RTSP interleaved readers.
+    #[arg(long, default_value_t = 0)]
+    read_every_ms: u64,
     /// RTSP/UDP readers take each segmented send of the server whole (`UDP_GRO`, Linux 5.0+)
     /// and split it themselves. On loopback the receive path of every datagram runs on the
     /// sending core and is counted as the server's CPU; on a network it is the player's. With
@@ -177,7 +184,16 @@ struct ReaderState {
     /// Video frames missing between received ones (timestamp gaps).
     lost: AtomicU64,
     connected: std::sync::atomic::AtomicBool,
+    /// A batched reader's sleep before each read (`Args::read_every_ms`); None reads eagerly.
+    read_every: Option<Duration>,
+    /// Reads from the socket, and when the reader started (ms after `Shared::start`): how
+    /// often each shape of reader reads.
+    reads: AtomicU64,
+    spawned_ms: AtomicU64,
 }
+
+/// A batched reader's read buffer: it takes what its sleep let pile up in one read.
+const BATCH_READ_BYTES: usize = 256 * 1024;
 
 /// What the publisher sent: video timestamp -> send instant (a bounded window), by decode
 /// time (RTMP, FLV) and by presentation time (RTP carries that).
@@ -378,6 +394,11 @@ async fn main() -> anyhow::Result<()> {
         "throughput_mbps_median": stats::median(&throughput),
         "latency_ms": { "p50": lat.p50, "p99": lat.p99, "max": lat.max, "samples": lat.n },
         "time_to_first_frame_ms": { "p50": ttff.p50, "p99": ttff.p99, "max": ttff.max },
+        "read_every_ms": args.read_every_ms,
+        "reads_per_s": {
+            "eager": reads_per_s(&readers, &shared, false),
+            "batched": reads_per_s(&readers, &shared, true),
+        },
         "first_frame_keyframe": ff.iter().filter(|f| f.1).count(),
         "first_write_latency_ms": window(&shared.first_write_latencies, 0.0, f64::MAX),
         "burst": burst_at.map(|at| serde_json::json!({
@@ -443,11 +464,14 @@ fn vod_summary(
 
 /// Starts reader `i`.
 fn spawn_reader(args: &Args, i: usize, app: &str, stream: &str, shared: &Arc<Shared>) -> Arc<ReaderState> {
-    let state = Arc::new(ReaderState { first_written: i == 0, ..ReaderState::default() });
+    let probe = is_probe(i, args.throttle_readers, args.readers);
+    let read_every = (args.read_every_ms > 0 && !probe && i != 0).then(|| Duration::from_millis(args.read_every_ms));
+    let state = Arc::new(ReaderState { first_written: i == 0, read_every, ..ReaderState::default() });
     state.newest_ms.store(-1, Ordering::Relaxed);
     state.last_ms.store(-1, Ordering::Relaxed);
+    state.spawned_ms.store(shared.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     state.joined_at_ms.store(shared.sent.newest_ms.load(Ordering::Relaxed), Ordering::Relaxed);
-    let (shared, probe) = (shared.clone(), is_probe(i, args.throttle_readers, args.readers));
+    let shared = shared.clone();
     let limit = (i < args.throttle_readers).then_some(args.throttle_kbps * 1000 / 8);
     let (protocol, rtmp, http, rtsp, app) =
         (args.protocol, args.rtmp.clone(), args.http.clone(), args.rtsp.clone(), app.to_owned());
@@ -482,6 +506,22 @@ fn window(samples: &Mutex<Vec<(f64, f64)>>, from: f64, to: f64) -> serde_json::V
     let v: Vec<f64> = samples.lock().unwrap().iter().filter(|(t, _)| (from..to).contains(t)).map(|s| s.1).collect();
     let p = Percentiles::of(&v);
     serde_json::json!({ "p50": p.p50, "p99": p.p99, "max": p.max, "samples": p.n })
+}
+
+/// The mean number of socket reads a second of the eager or the batched readers, each over
+/// the time since it started (None without such readers, or for RTSP over UDP and HLS, which
+/// do not count reads).
+fn reads_per_s(readers: &[Arc<ReaderState>], shared: &Shared, batched: bool) -> Option<f64> {
+    let now_ms = shared.start.elapsed().as_millis() as f64;
+    let rates: Vec<f64> = readers
+        .iter()
+        .filter(|r| r.read_every.is_some() == batched && r.reads.load(Ordering::Relaxed) > 0)
+        .map(|r| {
+            r.reads.load(Ordering::Relaxed) as f64 * 1000.0
+                / (now_ms - r.spawned_ms.load(Ordering::Relaxed) as f64).max(1.0)
+        })
+        .collect();
+    (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
 }
 
 fn keeping_up(readers: &[Arc<ReaderState>], shared: &Shared) -> (usize, usize) {
@@ -711,14 +751,33 @@ fn on_video(
     }
 }
 
+/// Before each read: a batched reader sleeps (see `Args::read_every_ms`), and one with a
+/// `limit` reads at most that many bytes per second.
+async fn throttle(state: &ReaderState, limit: Option<u64>, total: u64, started: Instant) {
+    state.reads.fetch_add(1, Ordering::Relaxed);
+    if let Some(every) = state.read_every {
+        tokio::time::sleep(every).await;
+    }
+    rate_limit(limit, total, started).await;
+}
+
 /// Reads at most `limit` bytes per second when given.
-async fn throttle(limit: Option<u64>, total: u64, started: Instant) {
+async fn rate_limit(limit: Option<u64>, total: u64, started: Instant) {
     if let Some(rate) = limit {
         let due = Duration::from_secs_f64(total as f64 / rate.max(1) as f64);
         let elapsed = started.elapsed();
         if due > elapsed {
             tokio::time::sleep(due - elapsed).await;
         }
+    }
+}
+
+/// A reader's read buffer: small for a throttled one, large for a batched one.
+fn read_buffer(state: &ReaderState, limit: Option<u64>) -> usize {
+    match (limit, state.read_every) {
+        (Some(_), _) => 4096,
+        (None, Some(_)) => BATCH_READ_BYTES,
+        (None, None) => 65536,
     }
 }
 
@@ -742,7 +801,7 @@ async fn play_rtmp(
     let mut session =
         ClientSession::new(ClientConfig::new(&tc_url, app, ClientMode::Play(stream.to_owned())), Instant::now());
     state.connected.store(true, Ordering::Relaxed);
-    let mut buf = vec![0u8; if limit.is_some() { 4096 } else { 65536 }];
+    let mut buf = vec![0u8; read_buffer(state, limit)];
     let mut total = 0u64;
     let mut first = true;
     let mut base = None;
@@ -764,7 +823,7 @@ async fn play_rtmp(
                 _ => {}
             }
         }
-        throttle(limit, total, started).await;
+        throttle(state, limit, total, started).await;
         let n = socket.read(&mut buf).await?;
         if n == 0 {
             anyhow::bail!("server closed the connection");

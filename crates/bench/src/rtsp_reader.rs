@@ -20,7 +20,7 @@ use ferrocast_rtsp::sdp::{self, Sdp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::{Clock as TimeKind, ReaderState, Shared, on_video, throttle};
+use crate::{Clock as TimeKind, ReaderState, Shared, on_video, rate_limit, read_buffer, throttle};
 
 /// Maps video RTP timestamps (90 kHz, wrapping) to publisher milliseconds.
 struct Clock {
@@ -149,7 +149,7 @@ pub async fn play(
         frame_key: None,
         h265: false,
     };
-    let mut buf = vec![0u8; 65536];
+    let mut buf = vec![0u8; read_buffer(state, limit)];
     let mut total = 0u64;
     let mut video_index = None;
     // Until PLAY is answered, and for TCP throughout: the RTSP connection.
@@ -173,7 +173,7 @@ pub async fn play(
                 _ => {}
             }
         }
-        throttle(limit, total, started).await;
+        throttle(state, limit, total, started).await;
         let n = socket.read(&mut buf).await?;
         anyhow::ensure!(n > 0, "server closed the connection");
         total += n as u64;
@@ -213,7 +213,8 @@ async fn play_udp(
     let mut total = 0u64;
     let started = frames.started;
     loop {
-        throttle(limit, total, started).await;
+        // Datagrams are read as they come: a reader that slept would lose them.
+        rate_limit(limit, total, started).await;
         tokio::select! {
             r = recv_segments(video_rtp, &mut buf) => {
                 let (n, segment) = r?;

@@ -241,3 +241,30 @@ fn vod_viewers_play_a_file_beside_live_readers() {
     let _ = std::fs::remove_file(live);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Batched readers (`--read-every-ms`): all but the probes and the first reader sleep before
+/// each read and take what piled up, for RTMP, HTTP-FLV and RTSP interleaved. They read far
+/// less often than the eager probes, yet keep up and lose nothing, and the probes still
+/// measure latency.
+#[test]
+fn batched_readers_read_in_batches_and_keep_up() {
+    let (_server, rtmp, http, rtsp) = start_server();
+    let file = media();
+    for protocol in ["rtmp", "flv", "rtsp-tcp"] {
+        let extra = ["--protocol", protocol, "--readers", "8", "--duration", "5", "--read-every-ms", "50"];
+        let summary = run_bench((&rtmp, &http, &rtsp), &format!("live/batch-{protocol}"), &file, &extra);
+        assert_eq!(summary["keeping_up"], 8, "{protocol}: {summary}");
+        assert_eq!(summary["frames_lost"], 0, "{protocol}: {summary}");
+        assert!(summary["latency_ms"]["samples"].as_u64().unwrap() > 50, "{protocol}: {summary}");
+        let rate = |shape: &str| {
+            summary["reads_per_s"][shape].as_f64().unwrap_or_else(|| panic!("{protocol} {shape}: {summary}"))
+        };
+        // A 50 ms sleep before each read: at most 20 reads a second (with the first
+        // reads of the set-up, a little more over the short run).
+        assert!(rate("batched") <= 22.0, "{protocol}: batched readers read after each sleep only: {summary}");
+        // The stream has ~30 video and ~43 audio frames a second, and eager readers take
+        // writes as they land.
+        assert!(rate("eager") > 1.5 * rate("batched"), "{protocol}: eager readers read as writes land: {summary}");
+    }
+    let _ = std::fs::remove_file(file);
+}
