@@ -229,7 +229,7 @@ impl Slot {
         }
         let Some(socket) = &self.socket else { return false };
         let total: usize = st.scratch.iter().map(Bytes::len).sum();
-        match crate::sockio::write_now(socket, &mut st.scratch) {
+        match crate::sockio::write_now_direct(socket, &mut st.scratch) {
             Ok(true) => {
                 if let Some(s) = self.session.get() {
                     s.add_out(total);
