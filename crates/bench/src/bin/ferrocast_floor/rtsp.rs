@@ -7,7 +7,8 @@
 //! ferrocast would give the file's tracks ([`sdp::describe`]). A PLAY hands the connection to
 //! the writer thread ([`Msg::Join`]); from then on the writer writes everything that goes on
 //! that connection (answers to later requests come as [`Msg::Reply`]), so nothing is
-//! interleaved inside a frame. The session's timers are not driven after PLAY: a reader that
+//! interleaved inside a frame; a PAUSE or TEARDOWN takes the connection back once the writer
+//! has let go of it ([`Msg::Leave`]). The session's timers are not driven after PLAY: a reader that
 //! only reads (as ferrocast-bench's does) is never timed out.
 //!
 //! Media: the writer thread packetizes each frame once with ferrocast's own packetizers
@@ -54,8 +55,10 @@ pub enum Msg {
     Join(Box<Reader>),
     /// Bytes to write on a joined reader's connection, between frames.
     Reply(u64, Bytes),
-    /// PAUSE, TEARDOWN or the connection's end: no more media.
-    Leave(u64),
+    /// PAUSE, TEARDOWN or the connection's end: no more media. The writer answers on the
+    /// channel once it has let go of the connection: the control task writes on it again
+    /// only then.
+    Leave(u64, Option<tokio::sync::oneshot::Sender<()>>),
 }
 
 /// Where one track of a reader goes.
@@ -302,7 +305,9 @@ async fn control(socket: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Ctx>)
             }
             // The answer to the PAUSE or TEARDOWN went (through the writer) first.
             if leave {
-                let _ = ctx.tx.send(Msg::Leave(id));
+                let (done, left) = tokio::sync::oneshot::channel();
+                let _ = ctx.tx.send(Msg::Leave(id, Some(done)));
+                let _ = left.await;
                 joined = false;
             }
             if session.is_closing() {
@@ -325,7 +330,7 @@ async fn control(socket: tokio::net::TcpStream, peer: SocketAddr, ctx: Arc<Ctx>)
     }
     .await;
     if joined {
-        let _ = ctx.tx.send(Msg::Leave(id));
+        let _ = ctx.tx.send(Msg::Leave(id, None));
     }
     result
 }
@@ -341,9 +346,12 @@ impl Rtsp {
                         list.retain_mut(|r| r.id != id || r.socket.write_all(&b).is_ok());
                     }
                 }
-                Msg::Leave(id) => {
+                Msg::Leave(id, done) => {
                     self.readers.retain(|r| r.id != id);
                     self.waiting.retain(|r| r.id != id);
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
                 }
             }
         }
