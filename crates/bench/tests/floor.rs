@@ -4,10 +4,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, Command, Stdio};
 
+use bytes::{Bytes, BytesMut};
+use ferrocast_rtsp::message::{self, Message, Response};
 use support::Kill;
 
 /// A running floor: the process, its RTMP and RTSP addresses, its stderr.
@@ -101,6 +104,148 @@ fn floor_plays_rtsp_udp_with_gso() {
     assert_plays("gso, udp-gro readers", &run_bench(&floor, &["--protocol", "rtsp-udp", "--udp-gro"]));
     let stderr = floor.stop();
     assert!(!stderr.contains("segmentation offload refused"), "GSO taken (Linux 4.18+ on loopback): {stderr}");
+    assert!(!stderr.contains("ferrocast-floor:"), "no connection failed: {stderr}");
+    let _ = std::fs::remove_file(file);
+}
+
+/// An RTSP connection with requests written by hand and what comes back decoded.
+struct Raw {
+    socket: TcpStream,
+    input: BytesMut,
+    cseq: u32,
+    session: Option<String>,
+}
+
+impl Raw {
+    fn connect(addr: &str) -> Raw {
+        let socket = TcpStream::connect(addr).unwrap();
+        // Only so that a floor that never answers fails the test instead of hanging it.
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        Raw { socket, input: BytesMut::new(), cseq: 0, session: None }
+    }
+
+    /// Sends a request (with CSeq and the Session once known); its CSeq.
+    fn send(&mut self, method: &str, url: &str, headers: &[(&str, &str)]) -> u32 {
+        self.cseq += 1;
+        let mut text = format!("{method} {url} RTSP/1.0\r\nCSeq: {}\r\n", self.cseq);
+        if let Some(s) = &self.session {
+            text.push_str(&format!("Session: {s}\r\n"));
+        }
+        for (k, v) in headers {
+            text.push_str(&format!("{k}: {v}\r\n"));
+        }
+        text.push_str("\r\n");
+        self.socket.write_all(text.as_bytes()).unwrap();
+        self.cseq
+    }
+
+    fn next(&mut self) -> Message {
+        loop {
+            if let Some(m) = message::decode(&mut self.input).unwrap() {
+                return m;
+            }
+            let mut buf = [0u8; 65536];
+            let n = self.socket.read(&mut buf).unwrap();
+            assert!(n > 0, "the floor closed the connection");
+            self.input.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Reads to the answer to `cseq`: it, and the interleaved packets before it.
+    fn answer(&mut self, cseq: u32) -> (Response, Vec<(u8, Bytes)>) {
+        let mut packets = Vec::new();
+        loop {
+            match self.next() {
+                Message::Interleaved { channel, data } => packets.push((channel, data)),
+                Message::Response(r) if r.headers.get("CSeq") == Some(&cseq.to_string()) => return (r, packets),
+                m => panic!("unexpected {m:?}"),
+            }
+        }
+    }
+
+    /// Sends a request and expects 200.
+    fn ok(&mut self, method: &str, url: &str, headers: &[(&str, &str)]) -> (Response, Vec<(u8, Bytes)>) {
+        let cseq = self.send(method, url, headers);
+        let (r, packets) = self.answer(cseq);
+        assert_eq!(r.status, 200, "{method}: {r:?}");
+        if let Some(s) = r.headers.get("Session") {
+            self.session = Some(s.split(';').next().unwrap().to_owned());
+        }
+        (r, packets)
+    }
+}
+
+/// True if an H.264 RTP packet starts a keyframe: an SPS, PPS or IDR slice, alone, first in a
+/// STAP-A or starting an FU-A.
+fn starts_keyframe(packet: &[u8]) -> bool {
+    let payload = &packet[12..];
+    let key = |t: u8| matches!(t & 0x1f, 5 | 7 | 8);
+    match payload[0] & 0x1f {
+        24 => key(payload[3]),
+        28 => payload[1] & 0x80 != 0 && key(payload[1]),
+        t => key(t),
+    }
+}
+
+/// The whole exchange by hand over TCP, on any path: OPTIONS, DESCRIBE (ferrocast's SDP of
+/// the file's H.264 and AAC), SETUP of both tracks interleaved, PLAY (media from a keyframe on
+/// the channels answered), GET_PARAMETER answered between frames, TEARDOWN, after which no
+/// media follows.
+#[test]
+fn floor_answers_an_rtsp_session_by_hand() {
+    let file = support::media();
+    let floor = start_floor(&file, &[]);
+    let url = format!("rtsp://{}/any/path", floor.rtsp);
+    let mut c = Raw::connect(&floor.rtsp);
+    let (r, _) = c.ok("OPTIONS", &url, &[]);
+    let public = r.headers.get("Public").unwrap();
+    assert!(["DESCRIBE", "SETUP", "PLAY", "GET_PARAMETER", "TEARDOWN"].iter().all(|m| public.contains(m)), "{public}");
+    let (r, _) = c.ok("DESCRIBE", &url, &[("Accept", "application/sdp")]);
+    let sdp = ferrocast_rtsp::sdp::parse(&r.body).unwrap();
+    let media: Vec<(&str, &str, Option<&str>)> =
+        sdp.media.iter().map(|m| (m.kind.as_str(), m.encoding.as_str(), m.control.as_deref())).collect();
+    assert_eq!(
+        media,
+        [("video", "H264", Some("trackID=0")), ("audio", "MPEG4-GENERIC", Some("trackID=1"))],
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    for (track, channels) in [(0, "0-1"), (1, "2-3")] {
+        let transport = format!("RTP/AVP/TCP;unicast;interleaved={channels}");
+        let (r, _) = c.ok("SETUP", &format!("{url}/trackID={track}"), &[("Transport", &transport)]);
+        assert!(r.headers.get("Transport").unwrap().contains(&format!("interleaved={channels}")), "{r:?}");
+    }
+    let (r, packets) = c.ok("PLAY", &url, &[("Range", "npt=0.000-")]);
+    assert_eq!(r.headers.get("Range"), Some("npt=now-"));
+    assert!(packets.is_empty(), "no media before the PLAY answer");
+    // Media: from a keyframe, video on 0 and audio on 2, with frames' ends marked.
+    let (mut video, mut audio, mut marked) = (Vec::new(), 0, 0);
+    while video.len() < 100 || audio == 0 {
+        match c.next() {
+            Message::Interleaved { channel: 0, data } => {
+                marked += usize::from(data[1] & 0x80 != 0);
+                video.push(data);
+            }
+            Message::Interleaved { channel: 2, .. } => audio += 1,
+            Message::Interleaved { channel: 1 | 3, .. } => {} // sender reports
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+    assert!(starts_keyframe(&video[0]), "the first video packet starts a keyframe: {:02x?}", &video[0][..16]);
+    assert!(marked > 0, "frames end with the marker bit");
+    assert!(video.iter().all(|p| p.len() <= 12 + ferrocast_rtsp::codec::DEFAULT_MTU), "payloads within the MTU");
+    let seqs: Vec<u16> = video.iter().map(|p| u16::from_be_bytes([p[2], p[3]])).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)), "video in sequence: {seqs:?}");
+    // Keep-alive while media flows: answered whole, between frames.
+    c.ok("GET_PARAMETER", &url, &[]);
+    c.ok("TEARDOWN", &url, &[]);
+    // The connection is the control task's again: nothing follows but answers.
+    c.session = None;
+    c.ok("OPTIONS", &url, &[]);
+    let (_, after) = c.ok("OPTIONS", &url, &[]);
+    assert!(after.is_empty(), "{} packets after TEARDOWN", after.len());
+    drop(c);
+    let stderr = floor.stop();
     assert!(!stderr.contains("ferrocast-floor:"), "no connection failed: {stderr}");
     let _ = std::fs::remove_file(file);
 }
