@@ -189,7 +189,7 @@ fn starts_keyframe(packet: &[u8]) -> bool {
 
 /// The whole exchange by hand over TCP, on any path: OPTIONS, DESCRIBE (ferrocast's SDP of
 /// the file's H.264 and AAC), SETUP of both tracks interleaved, PLAY (media from a keyframe on
-/// the channels answered), GET_PARAMETER answered between frames, TEARDOWN, after which no
+/// the channels answered, sender reports), GET_PARAMETER answered between frames, TEARDOWN, after which no
 /// media follows.
 #[test]
 fn floor_answers_an_rtsp_session_by_hand() {
@@ -218,19 +218,27 @@ fn floor_answers_an_rtsp_session_by_hand() {
     let (r, packets) = c.ok("PLAY", &url, &[("Range", "npt=0.000-")]);
     assert_eq!(r.headers.get("Range"), Some("npt=now-"));
     assert!(packets.is_empty(), "no media before the PLAY answer");
-    // Media: from a keyframe, video on 0 and audio on 2, with frames' ends marked.
-    let (mut video, mut audio, mut marked) = (Vec::new(), 0, 0);
-    while video.len() < 100 || audio == 0 {
+    // Media: from a keyframe, video on 0 and audio on 2, with frames' ends marked; a sender
+    // report for video on 1 (every 5 s).
+    let (mut video, mut audio, mut marked, mut report) = (Vec::new(), 0, 0, None);
+    while video.len() < 100 || audio == 0 || report.is_none() {
         match c.next() {
             Message::Interleaved { channel: 0, data } => {
                 marked += usize::from(data[1] & 0x80 != 0);
                 video.push(data);
             }
             Message::Interleaved { channel: 2, .. } => audio += 1,
-            Message::Interleaved { channel: 1 | 3, .. } => {} // sender reports
+            Message::Interleaved { channel: 1, data } => report = Some(data),
+            Message::Interleaved { channel: 3, .. } => {}
             m => panic!("unexpected {m:?}"),
         }
     }
+    let ssrc = u32::from_be_bytes([video[0][8], video[0][9], video[0][10], video[0][11]]);
+    let report = ferrocast_rtsp::rtcp::parse(&report.unwrap()).unwrap();
+    assert!(
+        matches!(report[0], ferrocast_rtsp::rtcp::RtcpPacket::SenderReport { ssrc: s, .. } if s == ssrc),
+        "a sender report of the video SSRC: {report:?}"
+    );
     assert!(starts_keyframe(&video[0]), "the first video packet starts a keyframe: {:02x?}", &video[0][..16]);
     assert!(marked > 0, "frames end with the marker bit");
     assert!(video.iter().all(|p| p.len() <= 12 + ferrocast_rtsp::codec::DEFAULT_MTU), "payloads within the MTU");

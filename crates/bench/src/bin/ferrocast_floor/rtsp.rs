@@ -406,19 +406,16 @@ impl Rtsp {
         for (i, p) in self.packetizers.iter().enumerate() {
             let Some(p) = p else { continue };
             let sr = rtcp::sender_report(p.ssrc(), ntp, p.rtp_time(pts), p.packets, p.octets, "ferrocast-floor");
-            let rtcp_socket = &self.rtcp;
+            let (rtcp_socket, interleaved, sr) = (&self.rtcp, &mut self.interleaved, [sr]);
+            interleaved.clear();
             self.readers.retain_mut(|r| match &r.tracks[i] {
                 None => true,
                 Some(Dest::Tcp { rtcp, .. }) => {
-                    let mut b = BytesMut::with_capacity(4 + sr.len());
-                    b.put_u8(b'$');
-                    b.put_u8(*rtcp);
-                    b.put_u16(sr.len() as u16);
-                    b.put_slice(&sr);
+                    let b = interleaved_for(interleaved, &sr, *rtcp);
                     r.socket.write_all(&b).is_ok()
                 }
                 Some(Dest::Udp { rtcp, .. }) => {
-                    let _ = rtcp_socket.send_to(&sr, rtcp);
+                    let _ = rtcp_socket.send_to(&sr[0], rtcp);
                     true
                 }
             });
