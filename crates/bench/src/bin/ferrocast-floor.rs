@@ -1,14 +1,40 @@
-//! `ferrocast-floor`: what RTMP fan-out costs the kernel alone. A minimal RTMP server that
-//! plays one FLV file, looped in real time, to every reader: the chunks of each frame are built
-//! once and written to every socket with one `write` per frame (or per merge window), from one
-//! thread, with nothing else to do. Point `ferrocast-bench --no-publish` at it and sample its
-//! CPU: a real server cannot do the same writes for less, so this is the floor to compare
-//! ferrocast (and nginx-rtmp) with, mode by mode.
+//! `ferrocast-floor`: what fan-out costs the kernel alone. A minimal RTMP server (and, with
+//! `--rtsp-listen`, a minimal RTSP server) that plays one FLV file, looped in real time, to
+//! every reader from one thread with nothing else to do: each frame is encoded once (RTMP
+//! chunks; RTP packets by ferrocast's own packetizers) and the same bytes go to every reader.
+//! Point `ferrocast-bench --no-publish` at it and sample its CPU: a real server cannot do the
+//! same sends for less, so this is the floor to compare ferrocast (and nginx-rtmp) with, mode
+//! by mode.
+//!
+//! - RTMP (`--listen`): one `write` per frame (or per `--merge-ms` window) per reader.
+//! - RTSP over TCP (`--rtsp-listen`, a reader asking for interleaved): one `write` per frame per
+//!   reader, the frame's RTP packets with their `$` headers in one buffer.
+//! - RTSP over UDP (a reader asking for `client_port`): from one server RTP socket for every
+//!   reader and track (as ferrocast's shared `server_port`), `--udp-send per-packet` (one
+//!   `sendto` per RTP packet per reader) or `--udp-send gso` (one `sendmsg` with
+//!   `UDP_SEGMENT` per run of equal-sized packets per reader, as ferrocast's udp_out; per
+//!   packet if the kernel refuses).
+//!
+//! RTSP details: DESCRIBE gives the SDP ferrocast gives these tracks (any path); RTP payloads
+//! are at most `--mtu` bytes (ferrocast's `rtsp.mtu` default), one AAC frame per packet;
+//! readers start at the next video keyframe (no GOP cache: the floor's cost is the steady
+//! state); PLAY answers `Range: npt=now-` and RTP-Info without seq/rtptime; a sender report
+//! per track goes to every reader every 5 s; sequence numbers and SSRCs are the stream's.
+//! `--merge-ms` applies to RTMP only.
 //!
 //! ```text
-//! ferrocast-floor --file 720p.flv --listen 127.0.0.1:19937 [--nodelay] [--merge-ms 50]
+//! ferrocast-floor --file 720p.flv --listen 127.0.0.1:19937 [--nodelay] [--merge-ms 50] \
+//!     [--rtsp-listen 127.0.0.1:19554 [--udp-send per-packet|gso] [--mtu 1400]]
 //! ferrocast-bench --rtmp rtmp://127.0.0.1:19937/live/floor --no-publish --readers 1000 --server-pid PID
+//! ferrocast-bench --rtmp rtmp://127.0.0.1:19937/live/floor --rtsp rtsp://127.0.0.1:19554 \
+//!     --no-publish --protocol rtsp-udp --readers 1000 --server-pid PID
 //! ```
+//!
+//! Port 0 binds any free port; stdout says which (`ferrocast-floor: rtmp listening on ADDR`,
+//! `ferrocast-floor: rtsp listening on ADDR (RTP/RTCP ports A-B)`).
+
+#[path = "ferrocast_floor/rtsp.rs"]
+mod rtsp;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -18,14 +44,32 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
-use clap::Parser;
-use ferrocast_media::flv;
+use clap::{Parser, ValueEnum};
+use ferrocast_media::flv::{self, AudioTag, VideoTag};
+use ferrocast_media::{TrackInfo, TrackKind, Tracks};
 use ferrocast_rtmp::message::encode_media;
 use ferrocast_rtmp::{MediaKind, ServerConfig, ServerEvent, ServerSession};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Usage shown after `--help`.
+const EXAMPLES: &str = "\
+Examples:
+  ferrocast-floor --file 720p.flv --listen 127.0.0.1:19937 --rtsp-listen 127.0.0.1:19554 --udp-send gso
+  ferrocast-bench --rtmp rtmp://127.0.0.1:19937/live/floor --rtsp rtsp://127.0.0.1:19554 \\
+      --no-publish --protocol rtsp-udp --readers 1000 --server-pid PID
+
+RTMP: one write per frame (or --merge-ms window) per reader. RTSP over TCP: one write per frame per
+reader (its RTP packets with their $ headers). RTSP over UDP: from one server RTP socket, one sendto
+per packet (--udp-send per-packet) or one sendmsg with UDP_SEGMENT per run of equal-sized packets
+(--udp-send gso). Readers start at the next keyframe; RTCP sender reports every 5 s.";
+
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "What fan-out costs the kernel alone: one FLV file, looped in real time, encoded once and sent \
+             to every RTMP (and, with --rtsp-listen, RTSP TCP/UDP) reader from one thread",
+    after_help = EXAMPLES
+)]
 struct Args {
     /// FLV file to play, looped with increasing timestamps.
     #[arg(long)]
@@ -42,14 +86,71 @@ struct Args {
     /// RTMP chunk size.
     #[arg(long, default_value_t = 4096)]
     chunk_size: u32,
+    /// Also serve RTSP on this address (any path plays the file; TCP interleaved or UDP
+    /// unicast, as each reader's SETUP asks). Off by default.
+    #[arg(long)]
+    rtsp_listen: Option<SocketAddr>,
+    /// How RTP goes to UDP readers.
+    #[arg(long, value_enum, default_value = "per-packet")]
+    udp_send: UdpSend,
+    /// Largest RTP payload (ferrocast's `rtsp.mtu` default).
+    #[arg(long, default_value_t = ferrocast_rtsp::codec::DEFAULT_MTU)]
+    mtu: usize,
 }
 
-/// A frame of the file: its timestamp, whether it is a video keyframe, its tag.
+/// How RTP goes to UDP readers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum UdpSend {
+    /// One `sendto` per RTP packet per reader.
+    PerPacket,
+    /// One `sendmsg` with `UDP_SEGMENT` per run of equal-sized packets per reader (Linux
+    /// 4.18+; per packet if the kernel refuses).
+    Gso,
+}
+
+/// A frame of the file: its timestamp, whether it is a video keyframe, its tag, and its
+/// media data and composition offset (ms) for RTP (None for what RTSP does not carry).
 struct Tag {
     ts: u32,
     keyframe: bool,
     kind: MediaKind,
     body: Bytes,
+    media: Option<(Bytes, i32)>,
+}
+
+/// The media of an FLV tag for RTP: its data and composition offset, ms.
+fn media_of(kind: MediaKind, body: &Bytes) -> Option<(Bytes, i32)> {
+    match kind {
+        MediaKind::Video => match flv::parse_video(body).ok()? {
+            VideoTag::Frame { cts, data, .. } => Some((data, cts)),
+            _ => None,
+        },
+        MediaKind::Audio => match flv::parse_audio(body).ok()? {
+            AudioTag::AacFrame(data) => Some((data, 0)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Notes the track a sequence header declares (H.264/H.265 and AAC), in ms as RTMP ingest
+/// does. A header RTSP cannot describe is left out (RTMP plays it all the same).
+fn note_track(tracks: &mut Tracks, kind: MediaKind, body: &Bytes) {
+    match kind {
+        MediaKind::Video => {
+            if let Ok(VideoTag::Config { codec, config }) = flv::parse_video(body) {
+                tracks.video.get_or_insert(TrackInfo::Video { codec, config, clock_rate: 1000 });
+            }
+        }
+        MediaKind::Audio => {
+            if let Ok(AudioTag::AacConfig(config)) = flv::parse_audio(body)
+                && tracks.audio.is_none()
+            {
+                tracks.audio = ferrocast_media::aac::track(config, 1000).ok();
+            }
+        }
+        _ => {}
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +158,7 @@ fn main() -> anyhow::Result<()> {
     let data = Bytes::from(std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?);
     let mut headers = BytesMut::new();
     let mut tags = Vec::new();
+    let mut tracks = Tracks::default();
     for t in flv::read_file(&data)? {
         let kind = match t.tag_type {
             flv::TAG_AUDIO => MediaKind::Audio,
@@ -67,10 +169,12 @@ fn main() -> anyhow::Result<()> {
         let is_header = kind == MediaKind::Data || t.body.get(1) == Some(&0);
         if is_header {
             headers.extend_from_slice(&encode_media(kind, 0, 1, &t.body, args.chunk_size));
+            note_track(&mut tracks, kind, &t.body);
             continue;
         }
         let keyframe = kind == MediaKind::Video && t.body.first().is_some_and(|b| b >> 4 == 1);
-        tags.push(Tag { ts: t.timestamp, keyframe, kind, body: t.body });
+        let media = media_of(kind, &t.body);
+        tags.push(Tag { ts: t.timestamp, keyframe, kind, body: t.body, media });
     }
     anyhow::ensure!(!tags.is_empty(), "no media in {}", args.file.display());
     let span = tags.iter().map(|t| t.ts).max().unwrap_or(0) + 33;
@@ -84,6 +188,11 @@ fn main() -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(accept(listener, j, headers, nodelay));
     });
+
+    let mut rtsp = match args.rtsp_listen {
+        Some(addr) => Some(rtsp::start(addr, &tracks, args.mtu, args.nodelay, args.udp_send == UdpSend::Gso)?),
+        None => None,
+    };
 
     // The writer: one thread, one write per frame (or merge window) per socket.
     let mut readers: Vec<std::net::TcpStream> = Vec::new();
@@ -111,6 +220,12 @@ fn main() -> anyhow::Result<()> {
             if since.elapsed() >= merge {
                 write_all(&mut readers, &pending.split());
                 pending_since = None;
+            }
+            if let (Some(r), Some((data, cts))) = (rtsp.as_mut(), &t.media) {
+                let kind = if t.kind == MediaKind::Video { TrackKind::Video } else { TrackKind::Audio };
+                let dts = i64::from(ts);
+                r.poll_control();
+                r.frame(kind, dts, dts + i64::from(*cts), t.keyframe, data);
             }
         }
     }
