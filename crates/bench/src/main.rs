@@ -100,8 +100,8 @@ struct Args {
     /// Read rate of throttled readers, kbit/s.
     #[arg(long, default_value_t = 100)]
     throttle_kbps: u64,
-    /// Batched readers: every reader but the probes and the first sleeps this long before each
-    /// read and then takes up to 256 KiB at once, as a player on a real network with a buffer
+    /// Batched readers: once it has its first video frame, every reader but the probes and the
+    /// first sleeps this long before each read and then takes up to 256 KiB at once, as a player on a real network with a buffer
     /// does, instead of reading each write the moment it lands (the eager shape, 0). Latency is
     /// measured on the eager probes, so it is the server's and not the sleep's. RTMP, HTTP-FLV
     /// and RTSP interleaved readers.
@@ -755,7 +755,8 @@ fn on_video(
 /// `limit` reads at most that many bytes per second.
 async fn throttle(state: &ReaderState, limit: Option<u64>, total: u64, started: Instant) {
     state.reads.fetch_add(1, Ordering::Relaxed);
-    if let Some(every) = state.read_every {
+    // A player sets up and takes its first frame as fast as it can; it buffers after that.
+    if let Some(every) = state.read_every.filter(|_| state.newest_ms.load(Ordering::Relaxed) >= 0) {
         tokio::time::sleep(every).await;
     }
     rate_limit(limit, total, started).await;

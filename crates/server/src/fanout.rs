@@ -592,6 +592,91 @@ impl Load {
     }
 }
 
+/// How long a loaded fan-out keeps the way of writing it chose (holding or not) before it
+/// tries the other again; the last [`MEASURE`] of it is measured.
+const SETTLED: Duration = Duration::from_secs(5);
+
+/// How long each way of writing is measured for: the end of a settled spell, and a trial of
+/// the other way.
+const MEASURE: Duration = Duration::from_millis(500);
+
+/// Holding is kept only when it takes at least this share less of the fan-out's time than
+/// writing each frame as it arrives: otherwise the lower latency wins.
+const MIN_SAVING: f64 = 0.1;
+
+/// Whether a loaded fan-out holds frames for the next one, chosen by what it costs the
+/// server: the share of the time its passes over the readers take, measured in turn with and
+/// without holding (the last [`MEASURE`] of each [`SETTLED`] spell, then a trial of the other
+/// way for [`MEASURE`]).
+///
+/// What a write costs depends on the readers. A reader that takes each write as it lands
+/// acknowledges it at once, so the next write leaves at once too: a segment sent and, on
+/// loopback, received on this core. Holding a frame for the next one halves those. A reader
+/// that reads in batches (a player with a buffer, on a real network) leaves data
+/// unacknowledged between its reads, and with Nagle on a write made meanwhile is only queued
+/// by the kernel and leaves with the next acknowledgement: frames are coalesced for free, and
+/// holding them only adds latency (and, spacing writes past the reader's acknowledgements,
+/// makes each of them leave on its own). Which kind of readers a stream has is not known, so
+/// the fan-out measures.
+#[derive(Debug)]
+struct Choice {
+    /// The way in force.
+    holding: bool,
+    /// The current spell is a trial of the way not chosen.
+    trial: bool,
+    /// When the current spell ends, and from when it is measured.
+    until: Instant,
+    measure_from: Instant,
+    /// The time passes took within the measured part.
+    busy: Duration,
+    /// The chosen way's share of busy time at the end of the last settled spell.
+    settled_cost: f64,
+}
+
+impl Choice {
+    /// Holding first (a fan-out that is not loaded holds nothing anyway); the first spell
+    /// lasts two [`MEASURE`]s, so the first choice comes soon after the readers arrive.
+    fn new(now: Instant) -> Choice {
+        Choice {
+            holding: true,
+            trial: false,
+            until: now + MEASURE * 2,
+            measure_from: now + MEASURE,
+            busy: Duration::ZERO,
+            settled_cost: 0.0,
+        }
+    }
+
+    /// A pass that took `pass` ended at `now`.
+    fn passed(&mut self, now: Instant, pass: Duration) {
+        if now >= self.measure_from {
+            self.busy += pass;
+        }
+        if now < self.until {
+            return;
+        }
+        let cost = self.busy.as_secs_f64() / MEASURE.as_secs_f64();
+        if self.trial {
+            let (hold, each) = if self.holding { (self.settled_cost, cost) } else { (cost, self.settled_cost) };
+            self.holding = hold <= each * (1.0 - MIN_SAVING);
+            self.trial = false;
+            self.until = now + SETTLED;
+            self.measure_from = self.until - MEASURE;
+        } else {
+            self.settled_cost = cost;
+            self.trial = true;
+            self.until = now + MEASURE;
+            self.measure_from = now;
+        }
+        self.busy = Duration::ZERO;
+    }
+
+    /// Whether frames may be held now: the chosen way, or during a trial the other one.
+    fn holds(&self) -> bool {
+        self.holding != self.trial
+    }
+}
+
 /// When each track's frames arrive, to tell when the stream's next frame is due.
 #[derive(Debug, Default)]
 struct Cadence {
@@ -638,6 +723,7 @@ pub(crate) async fn run(fanout: Weak<FanOut>, shard: usize, mut rx: broadcast::R
     use broadcast::error::{RecvError, TryRecvError};
     let mut batch: Vec<Sequenced> = Vec::with_capacity(MAX_BATCH);
     let mut load = Load::default();
+    let mut choice = Choice::new(Instant::now());
     let mut cadence = Cadence::default();
     loop {
         // The next event; one that is already there arrived while the task was busy.
@@ -661,7 +747,7 @@ pub(crate) async fn run(fanout: Weak<FanOut>, shard: usize, mut rx: broadcast::R
             // the hold waits for it (or for the hold to pass) and shares its write.
             let now = Instant::now();
             cadence.took(first, now, waited);
-            let hold = pacing.hold(&load);
+            let hold = if choice.holds() { pacing.hold(&load) } else { Duration::ZERO };
             if let Some(due) = cadence.next_due(now).filter(|due| *due < hold) {
                 let until = now + (due + DUE_SLACK).min(hold);
                 tokio::select! {
@@ -696,7 +782,14 @@ pub(crate) async fn run(fanout: Weak<FanOut>, shard: usize, mut rx: broadcast::R
             if !batch.is_empty() {
                 let started = Instant::now();
                 let wrote = fanout.pass(&slots, &batch);
-                load.passed(started.elapsed(), wrote);
+                let pass = started.elapsed();
+                load.passed(pass, wrote);
+                if pacing.hold(&load).is_zero() {
+                    // Not loaded: nothing to choose; the choice starts over when load comes.
+                    choice = Choice::new(started + pass);
+                } else {
+                    choice.passed(started + pass, pass);
+                }
                 batch.clear();
             }
             match end.take() {
@@ -973,6 +1066,54 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(h.snapshot().count, 20, "every frame once, not once per reader or shard");
+    }
+
+    /// A loaded fan-out keeps holding while that takes it 10% less time than writing each
+    /// frame, and otherwise writes each frame as it arrives; it tries the other way for a
+    /// MEASURE after each SETTLED spell, so it follows the readers when they change.
+    #[test]
+    fn a_fan_out_holds_only_while_holding_costs_less() {
+        let t0 = Instant::now();
+        let step = Duration::from_millis(10);
+        // Samples of `holds`, two per MEASURE (in the middle of each half); spells in samples.
+        let every = MEASURE / 2;
+        let (trial, settled) = (2, (SETTLED.as_millis() / every.as_millis()) as usize);
+        // Passes every 10 ms, each taking the share of it that the way in force costs, for
+        // `n` samples from sample `from` on.
+        let run = |c: &mut Choice, n: u32, hold_busy: f64, each_busy: f64, from: u32| -> Vec<bool> {
+            let steps = (every.as_millis() / step.as_millis()) as u32;
+            let mut seen = Vec::new();
+            for i in 1..=n * steps {
+                let now = t0 + step * (from * steps + i);
+                let busy = if c.holds() { hold_busy } else { each_busy };
+                c.passed(now, step.mul_f64(busy));
+                if i % steps == steps / 2 {
+                    seen.push(c.holds());
+                }
+            }
+            seen
+        };
+        let spells = |spells: &[(bool, usize)]| -> Vec<bool> {
+            spells.iter().flat_map(|&(h, n)| std::iter::repeat_n(h, n)).collect()
+        };
+        // Readers that acknowledge each write: holding costs 30% of the time, each frame 45%.
+        let mut c = Choice::new(t0);
+        assert!(c.holds(), "a new fan-out holds under load, as before");
+        let n = 4 + trial + settled + trial;
+        let seen = run(&mut c, n as u32, 0.30, 0.45, 0);
+        let want = spells(&[(true, 4), (false, trial), (true, settled), (false, trial)]);
+        assert_eq!(seen, want, "a first spell of two MEASUREs holding, a trial of each frame, holding again");
+        assert!(c.holding);
+        // The readers change (batched reads: each frame costs less than holding): from the
+        // next trial on, each frame as it arrives, with a trial of holding after each spell.
+        let seen = run(&mut c, (settled * 2 + trial * 2) as u32, 0.50, 0.45, n as u32);
+        let want = spells(&[(true, settled), (false, trial), (false, settled), (true, trial)]);
+        assert_eq!(seen, want, "a spell holding (measured at its end), the trial, then each frame, a trial of holding");
+        assert!(!c.holding);
+        // Holding that saves less than 10% is not worth its latency.
+        let mut c = Choice::new(t0);
+        run(&mut c, (4 + trial) as u32, 0.42, 0.45, 0);
+        assert!(!c.holding, "a saving under MIN_SAVING keeps each frame as it arrives");
     }
 
     #[test]
