@@ -23,7 +23,10 @@
 //! or more) holds a frame for the stream's next frame if that is due within two passes
 //! (`hub.load_merge_max_ms` at most; it learns when each track's frames arrive), so the two
 //! share a write: mostly a video frame and the audio frame next to it. A frame that arrives
-//! during a pass waits about that long for its last reader anyway.
+//! during a pass waits about that long for its last reader anyway. It holds only while that
+//! measurably costs it less ([`Choice`]): readers that read in batches leave writes
+//! unacknowledged, Nagle's algorithm queues the next ones in the kernel, and holding would
+//! add latency for little.
 //!
 //! The fan-out measures the server's share of a reader's latency (issue 14): the publisher
 //! notes when each frame entered the hub ([`FanOut::arrived`], a table of the latest
@@ -604,20 +607,28 @@ const MEASURE: Duration = Duration::from_millis(500);
 /// writing each frame as it arrives: otherwise the lower latency wins.
 const MIN_SAVING: f64 = 0.1;
 
+/// The weight of the newest trial in the smoothed ratio of the two ways' costs: one window in
+/// four of a 2 s GOP has a keyframe, whose pass is several times a frame's, and readers come
+/// and go; single trials are noisy, a few together are not.
+const RATIO_WEIGHT: f64 = 0.25;
+
 /// Whether a loaded fan-out holds frames for the next one, chosen by what it costs the
 /// server: the share of the time its passes over the readers take, measured in turn with and
 /// without holding (the last [`MEASURE`] of each [`SETTLED`] spell, then a trial of the other
-/// way for [`MEASURE`]).
+/// way for [`MEASURE`]), and the ratio of the two smoothed over the trials.
 ///
 /// What a write costs depends on the readers. A reader that takes each write as it lands
 /// acknowledges it at once, so the next write leaves at once too: a segment sent and, on
 /// loopback, received on this core. Holding a frame for the next one halves those. A reader
-/// that reads in batches (a player with a buffer, on a real network) leaves data
-/// unacknowledged between its reads, and with Nagle on a write made meanwhile is only queued
-/// by the kernel and leaves with the next acknowledgement: frames are coalesced for free, and
-/// holding them only adds latency (and, spacing writes past the reader's acknowledgements,
-/// makes each of them leave on its own). Which kind of readers a stream has is not known, so
-/// the fan-out measures.
+/// that reads in batches (a player with a buffer) leaves data unacknowledged between its
+/// reads, and with Nagle on (the default) a write made meanwhile is only queued by the kernel
+/// and leaves with the next acknowledgement: frames are coalesced anyway, and holding them
+/// mostly adds latency (spacing writes past the reader's acknowledgements, it even makes each
+/// of them leave on its own). Which kind of readers a stream has is not known, so the fan-out
+/// measures. What it measures is the time of its passes: on loopback the kernel sends the
+/// queued data when the reader's acknowledgement arrives, on the reader's core; on a network
+/// that is softirq work on this machine, outside the passes, so there the choice leans
+/// towards not holding by what those sends cost (it saves system calls only).
 #[derive(Debug)]
 struct Choice {
     /// The way in force.
@@ -631,11 +642,14 @@ struct Choice {
     busy: Duration,
     /// The chosen way's share of busy time at the end of the last settled spell.
     settled_cost: f64,
+    /// Holding's cost over writing each frame's, smoothed over the trials (None before the
+    /// first).
+    ratio: Option<f64>,
 }
 
 impl Choice {
     /// Holding first (a fan-out that is not loaded holds nothing anyway); the first spell
-    /// lasts two [`MEASURE`]s, so the first choice comes soon after the readers arrive.
+    /// lasts two [`MEASURE`]s, so the first choice comes soon after the stream starts.
     fn new(now: Instant) -> Choice {
         Choice {
             holding: true,
@@ -644,6 +658,7 @@ impl Choice {
             measure_from: now + MEASURE,
             busy: Duration::ZERO,
             settled_cost: 0.0,
+            ratio: None,
         }
     }
 
@@ -655,10 +670,17 @@ impl Choice {
         if now < self.until {
             return;
         }
-        let cost = self.busy.as_secs_f64() / MEASURE.as_secs_f64();
+        // The share of the time measured (a stalled stream's window ends late).
+        let measured = now.saturating_duration_since(self.measure_from).max(MEASURE / 2);
+        let cost = self.busy.as_secs_f64() / measured.as_secs_f64();
         if self.trial {
             let (hold, each) = if self.holding { (self.settled_cost, cost) } else { (cost, self.settled_cost) };
-            self.holding = hold <= each * (1.0 - MIN_SAVING);
+            // Both ways idle (no pass measured): nothing learnt.
+            if each > 0.0 {
+                let r = hold / each;
+                self.ratio = Some(self.ratio.map_or(r, |old| old + (r - old) * RATIO_WEIGHT));
+            }
+            self.holding = self.ratio.is_none_or(|r| r <= 1.0 - MIN_SAVING);
             self.trial = false;
             self.until = now + SETTLED;
             self.measure_from = self.until - MEASURE;
@@ -784,12 +806,7 @@ pub(crate) async fn run(fanout: Weak<FanOut>, shard: usize, mut rx: broadcast::R
                 let wrote = fanout.pass(&slots, &batch);
                 let pass = started.elapsed();
                 load.passed(pass, wrote);
-                if pacing.hold(&load).is_zero() {
-                    // Not loaded: nothing to choose; the choice starts over when load comes.
-                    choice = Choice::new(started + pass);
-                } else {
-                    choice.passed(started + pass, pass);
-                }
+                choice.passed(started + pass, pass);
                 batch.clear();
             }
             match end.take() {
@@ -949,18 +966,22 @@ mod tests {
         assert!(pending.is_empty() && !slot.fell_back() && !slot.is_direct(), "taken over, nothing left");
     }
 
-    /// Records the order of frames and counts writes (a frame that starts a write finds the
-    /// buffer list empty); each write takes `pause`, as a pass over many readers would.
+    /// Records the order of frames and the writes (a frame that starts a write finds the
+    /// buffer list empty: its dts is noted); each write takes `pause`, as a pass over many
+    /// readers would, or with `per_frame` each frame does (holding then saves nothing).
     struct Counting {
         dts: Arc<Mutex<Vec<i64>>>,
-        writes: Arc<Mutex<usize>>,
+        writes: Arc<Mutex<Vec<i64>>>,
         pause: Duration,
+        per_frame: bool,
     }
 
     impl Encoder for Counting {
         fn frame(&mut self, frame: &Arc<Frame>, out: &mut Vec<Bytes>) {
             if out.is_empty() {
-                *self.writes.lock().unwrap() += 1;
+                self.writes.lock().unwrap().push(frame.dts);
+            }
+            if out.is_empty() || self.per_frame {
                 std::thread::sleep(self.pause);
             }
             self.dts.lock().unwrap().push(frame.dts);
@@ -968,9 +989,15 @@ mod tests {
         }
     }
 
-    /// Publishes 40 video frames 30 ms apart, each followed 1 ms later by an audio frame, to
-    /// one direct reader whose writes take `pause`; returns the frames' order and the writes.
-    async fn paced_writes(load_merge_max_ms: u64, pause: Duration) -> (Vec<i64>, usize) {
+    /// Publishes `pairs` video frames 30 ms apart, each followed 1 ms later by an audio frame,
+    /// to one direct reader whose writes (or frames, `per_frame`) take `pause`; returns the
+    /// frames' order and the dts of the first frame of each write.
+    async fn paced_writes(
+        load_merge_max_ms: u64,
+        pause: Duration,
+        per_frame: bool,
+        pairs: i64,
+    ) -> (Vec<i64>, Vec<i64>) {
         let config = crate::config::HubConfig { load_merge_max_ms, ..Default::default() };
         let hub = crate::hub::Hub::new(config);
         let publisher = hub.publish("live/paced").unwrap();
@@ -979,10 +1006,10 @@ mod tests {
         tokio::spawn(async move { while b.read(&mut [0u8; 4096]).await.is_ok_and(|n| n > 0) {} });
         let attachment = sub.attach(Some(a), 256);
         let (dts, writes) = (Arc::default(), Arc::default());
-        let encoder = Counting { dts: Arc::clone(&dts), writes: Arc::clone(&writes), pause };
+        let encoder = Counting { dts: Arc::clone(&dts), writes: Arc::clone(&writes), pause, per_frame };
         assert!(attachment.slot().go_direct(Box::new(encoder)));
         let start = tokio::time::Instant::now();
-        for i in 0..40 {
+        for i in 0..pairs {
             let t = i * 30;
             tokio::time::sleep_until(start + Duration::from_millis(t as u64)).await;
             publisher.push(TrackKind::Video, t, t, i == 0, Bytes::from_static(b"v"));
@@ -992,15 +1019,15 @@ mod tests {
             publisher.push(TrackKind::Audio, t + 1, t + 1, true, Bytes::from_static(b"a"));
             tokio::task::yield_now().await;
         }
-        // Until the fan-out has written all 80 (a guard against a hang, not a time limit).
+        // Until the fan-out has written them all (a guard against a hang, not a time limit).
         for _ in 0..1000 {
-            if dts.lock().unwrap().len() == 80 {
+            if dts.lock().unwrap().len() == pairs as usize * 2 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let order = dts.lock().unwrap().clone();
-        let writes = *writes.lock().unwrap();
+        let writes = writes.lock().unwrap().clone();
         (order, writes)
     }
 
@@ -1008,18 +1035,35 @@ mod tests {
     async fn a_loaded_fan_out_holds_a_frame_for_the_next_one_due() {
         let expected: Vec<i64> = (0..40).flat_map(|i| [i * 30, i * 30 + 1]).collect();
         // Idle (writes take no time): every frame is written as it arrives.
-        let (order, writes) = paced_writes(20, Duration::ZERO).await;
+        let (order, writes) = paced_writes(20, Duration::ZERO, false, 40).await;
         assert_eq!(order, expected);
-        assert_eq!(writes, 80, "an idle fan-out holds nothing");
+        assert_eq!(writes.len(), 80, "an idle fan-out holds nothing");
         // Loaded (each write takes 2 ms): once the fan-out has learnt the cadence, the video
         // frame waits for the audio frame due 1 ms later and they share a write.
-        let (order, writes) = paced_writes(20, Duration::from_millis(2)).await;
+        let (order, writes) = paced_writes(20, Duration::from_millis(2), false, 40).await;
         assert_eq!(order, expected, "every frame, in order");
-        assert!(writes <= 56, "{writes} writes for 80 frames: pairs were not merged");
+        assert!(writes.len() <= 56, "{} writes for 80 frames: pairs were not merged", writes.len());
         // The same load with load_merge_max_ms = 0: no holding.
-        let (order, writes) = paced_writes(0, Duration::from_millis(2)).await;
+        let (order, writes) = paced_writes(0, Duration::from_millis(2), false, 40).await;
         assert_eq!(order, expected);
-        assert_eq!(writes, 80, "load_merge_max_ms = 0 writes every frame as it arrives");
+        assert_eq!(writes.len(), 80, "load_merge_max_ms = 0 writes every frame as it arrives");
+    }
+
+    /// After its first trial (1.5 s in), a loaded fan-out keeps holding when a write is what
+    /// costs (holding halves its passes' time), and stops when each frame costs the same
+    /// whether written alone or with the next (holding saves nothing and only adds latency).
+    #[tokio::test]
+    async fn a_loaded_fan_out_stops_holding_when_it_saves_nothing() {
+        // Writes of the 60 pairs (120 frames) from 2.1 s to 3.9 s in (the next trial comes at
+        // 6.5 s).
+        let late = |writes: &[i64]| writes.iter().filter(|d| (2100..3900).contains(*d)).count();
+        let pairs = 130;
+        let (order, writes) = paced_writes(20, Duration::from_millis(2), false, pairs).await;
+        assert_eq!(order.len(), 260);
+        assert!(late(&writes) <= 66, "holding kept: {} writes for the 120 late frames: {writes:?}", late(&writes));
+        let (order, writes) = paced_writes(20, Duration::from_millis(2), true, pairs).await;
+        assert_eq!(order, (0..pairs).flat_map(|i| [i * 30, i * 30 + 1]).collect::<Vec<_>>(), "every frame, in order");
+        assert_eq!(late(&writes), 120, "each of the 120 late frames written alone: holding was dropped");
     }
 
     /// An arrival is taken once (by the first shard that writes the frame); a note that a
@@ -1104,11 +1148,28 @@ mod tests {
         let want = spells(&[(true, 4), (false, trial), (true, settled), (false, trial)]);
         assert_eq!(seen, want, "a first spell of two MEASUREs holding, a trial of each frame, holding again");
         assert!(c.holding);
-        // The readers change (batched reads: each frame costs less than holding): from the
-        // next trial on, each frame as it arrives, with a trial of holding after each spell.
-        let seen = run(&mut c, (settled * 2 + trial * 2) as u32, 0.50, 0.45, n as u32);
-        let want = spells(&[(true, settled), (false, trial), (false, settled), (true, trial)]);
-        assert_eq!(seen, want, "a spell holding (measured at its end), the trial, then each frame, a trial of holding");
+        // One noisy trial (a keyframe in the holding window) does not undo the choice.
+        let cycle = (settled + trial) as u32;
+        let mut at = n as u32;
+        run(&mut c, cycle, 0.60, 0.45, at);
+        at += cycle;
+        assert!(c.holding, "one trial against holding is smoothed away: {:?}", c.ratio);
+        // The readers change for good (batched reads: each frame costs less than holding):
+        // within a few trials the fan-out writes each frame as it arrives, with a trial of
+        // holding after each spell.
+        let mut flipped = None;
+        for k in 0..6 {
+            run(&mut c, cycle, 0.50, 0.45, at);
+            at += cycle;
+            if !c.holding {
+                flipped = Some(k);
+                break;
+            }
+        }
+        assert!(flipped.is_some_and(|k| k <= 4), "{flipped:?} {:?}", c.ratio);
+        let seen = run(&mut c, cycle, 0.50, 0.45, at);
+        let want = spells(&[(false, settled), (true, trial)]);
+        assert_eq!(seen, want, "each frame as it arrives, then a trial of holding");
         assert!(!c.holding);
         // Holding that saves less than 10% is not worth its latency.
         let mut c = Choice::new(t0);

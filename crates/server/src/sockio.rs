@@ -3,6 +3,7 @@
 //! socket accepts at once (no timer: the common case) and only then wait, with a timeout.
 
 use std::io::IoSlice;
+use std::os::fd::AsRawFd;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -37,11 +38,15 @@ pub fn write_now(socket: &TcpStream, bufs: &mut Vec<Bytes>) -> std::io::Result<b
 /// own task takes over, finds tokio's readiness stale, gets `WouldBlock` once itself and
 /// then waits for the socket as usual.
 pub fn write_now_direct(socket: &TcpStream, bufs: &mut Vec<Bytes>) -> std::io::Result<bool> {
-    let retry = |r: nix::Result<usize>| r.map_err(std::io::Error::from);
+    use nix::sys::socket::{MsgFlags, send, sendmsg};
+    let fd = socket.as_raw_fd();
+    // MSG_NOSIGNAL: a reader that is gone gives EPIPE, never SIGPIPE.
+    let flags = MsgFlags::MSG_NOSIGNAL;
+    let io = |r: nix::Result<usize>| r.map_err(std::io::Error::from);
     write_each(
         bufs,
-        |one| retry_eintr(|| retry(nix::unistd::write(socket, one))),
-        |many| retry_eintr(|| retry(nix::sys::uio::writev(socket, many))),
+        |one| retry_eintr(|| io(send(fd, one, flags))),
+        |many| retry_eintr(|| io(sendmsg::<()>(fd, many, &[], flags, None))),
     )
 }
 
