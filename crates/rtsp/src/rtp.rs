@@ -128,6 +128,35 @@ pub fn with_header_extension(packet: &[u8], profile: u16, body: &[u8]) -> Option
     Some(out.freeze())
 }
 
+/// Most packets in one segmented UDP send (`UDP_SEGMENT`; the kernel's `UDP_MAX_SEGMENTS` is
+/// 64 on older kernels).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Most bytes in one segmented UDP send: the payload of one IP datagram.
+pub const GSO_MAX_BYTES: usize = 65_000;
+
+/// How many packets, from the first, one segmented send (GSO) can carry: all of the first's
+/// size, the last of them possibly shorter, at most [`GSO_MAX_SEGMENTS`] packets and
+/// [`GSO_MAX_BYTES`] bytes. The server's sends and ferrocast-floor's share it.
+pub fn gso_run_len(packets: &[Bytes]) -> usize {
+    let Some(first) = packets.first() else { return 0 };
+    let size = first.len();
+    let mut n = 1;
+    let mut total = size;
+    while n < packets.len().min(GSO_MAX_SEGMENTS) {
+        let len = packets[n].len();
+        if len > size || len == 0 || total + len > GSO_MAX_BYTES {
+            break;
+        }
+        n += 1;
+        total += len;
+        if len < size {
+            break;
+        }
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,16 +11,12 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
+use ferrocast_rtsp::rtp::{GSO_MAX_SEGMENTS as MAX_SEGMENTS, gso_run_len as run_len};
 use nix::errno::Errno;
 use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tracing::warn;
-
-/// Segments in one GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64 on older kernels).
-const MAX_SEGMENTS: usize = 64;
-/// Bytes in one GSO send: the payload of one IP datagram.
-const MAX_GSO_BYTES: usize = 65_000;
 
 /// Set when the kernel refused a segmented send: every send is per packet from then on.
 static GSO_OFF: AtomicBool = AtomicBool::new(false);
@@ -49,26 +45,6 @@ pub fn send_packets(socket: &UdpSocket, dest: SocketAddr, packets: &[Bytes]) {
             }
         }
     }
-}
-
-/// How many packets, from the first, one segmented send can carry: the size of the first,
-/// the last of them possibly shorter.
-fn run_len(packets: &[Bytes]) -> usize {
-    let size = packets[0].len();
-    let mut n = 1;
-    let mut total = size;
-    while n < packets.len().min(MAX_SEGMENTS) {
-        let len = packets[n].len();
-        if len > size || len == 0 || total + len > MAX_GSO_BYTES {
-            break;
-        }
-        n += 1;
-        total += len;
-        if len < size {
-            break;
-        }
-    }
-    n
 }
 
 fn send_segmented(socket: &UdpSocket, dest: SocketAddr, run: &[Bytes]) -> Result<(), Errno> {

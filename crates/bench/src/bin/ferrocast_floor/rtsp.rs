@@ -32,6 +32,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use ferrocast_media::{Frame, TrackKind, Tracks};
 use ferrocast_rtsp::codec::{self, Packetizer};
 use ferrocast_rtsp::rtcp;
+use ferrocast_rtsp::rtp::gso_run_len;
 use ferrocast_rtsp::sdp;
 use ferrocast_rtsp::server::{Secrets, ServerConfig, ServerEvent, ServerSession};
 use ferrocast_rtsp::transport::Lower;
@@ -41,11 +42,6 @@ use tokio::io::unix::AsyncFd;
 
 /// Interval of the sender reports (ferrocast's `ServerConfig::rtcp_interval`).
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(5);
-/// Most packets in one segmented send (the kernel's `UDP_MAX_SEGMENTS` is 64 on older
-/// kernels), as ferrocast's udp_out.
-const MAX_SEGMENTS: usize = 64;
-/// Most bytes in one segmented send: the payload of one IP datagram, as ferrocast's udp_out.
-const MAX_GSO_BYTES: usize = 65_000;
 /// Largest read of RTSP requests; the session caps message sizes itself.
 const READ_BUF: usize = 16 * 1024;
 
@@ -442,25 +438,13 @@ fn interleaved_for(cache: &mut Vec<(u8, Bytes)>, packets: &[Bytes], channel: u8)
 }
 
 /// The runs one segmented send each can carry, as (first packet, count): packets of the
-/// first one's size, the last of a run possibly shorter, at most [`MAX_SEGMENTS`] packets
-/// and [`MAX_GSO_BYTES`] bytes.
+/// first one's size, the last of a run possibly shorter (ferrocast's own rule,
+/// [`gso_run_len`]).
 fn runs(packets: &[Bytes]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut first = 0;
     while first < packets.len() {
-        let size = packets[first].len();
-        let (mut n, mut total) = (1, size);
-        while first + n < packets.len() && n < MAX_SEGMENTS {
-            let len = packets[first + n].len();
-            if len > size || len == 0 || total + len > MAX_GSO_BYTES {
-                break;
-            }
-            n += 1;
-            total += len;
-            if len < size {
-                break;
-            }
-        }
+        let n = gso_run_len(&packets[first..]);
         out.push((first, n));
         first += n;
     }
@@ -506,6 +490,7 @@ fn send_runs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrocast_rtsp::rtp::GSO_MAX_SEGMENTS as MAX_SEGMENTS;
 
     fn sizes(s: &[usize]) -> Vec<Bytes> {
         s.iter().map(|&n| Bytes::from(vec![0u8; n])).collect()
