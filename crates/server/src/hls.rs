@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::config::{HlsConfig, HlsVariant, ms};
+use crate::hls_http::SegmentFile;
 use crate::hub::Hub;
 use crate::paths::{PathSettings, SharedPaths};
 use crate::reader::{Reader, ReaderItem};
@@ -22,6 +23,9 @@ pub struct HlsStream {
     segmenter: Mutex<Option<Segmenter>>,
     /// Bumped on every new segment; playlist requests wait on it.
     updated: watch::Sender<u64>,
+    /// Memory files of the segments players were sent with `sendfile` (see `hls_http`), by
+    /// name; those that left the live window are dropped with each new segment.
+    files: Mutex<Vec<(String, Arc<SegmentFile>)>>,
 }
 
 impl HlsStream {
@@ -31,6 +35,50 @@ impl HlsStream {
         g.as_ref().and_then(f)
     }
 
+    /// The memory file of segment `name`, whose bytes are `data`: made on the first request
+    /// for it. None if the file cannot be made (the caller then sends `data`).
+    pub fn file(&self, name: &str, data: &[u8]) -> Option<Arc<SegmentFile>> {
+        let found =
+            |files: &Vec<(String, Arc<SegmentFile>)>| files.iter().find(|(n, _)| n == name).map(|(_, f)| f.clone());
+        if let Some(f) = found(&self.files.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Some(f);
+        }
+        // Written outside the lock: other players' requests go on meanwhile. Two first
+        // requests at once may both write one; the first in the list wins.
+        let made = match SegmentFile::new(data) {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                warn!("hls: memory file for {name}: {e}");
+                return None;
+            }
+        };
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = found(&files) {
+            return Some(f);
+        }
+        // A segment is only asked for while it is in the window, and the window is pruned
+        // with every new segment; the cap is a second bound on what a burst of requests for
+        // names just leaving it can keep.
+        if files.len() >= MAX_SEGMENT_FILES {
+            files.remove(0);
+        }
+        files.push((name.to_owned(), made.clone()));
+        Some(made)
+    }
+
+    /// Drops the memory files of segments no longer in the window.
+    fn prune_files(&self) {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if files.is_empty() {
+            return;
+        }
+        let g = self.segmenter.lock().unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            Some(s) => files.retain(|(name, _)| s.get(name).is_some()),
+            None => files.clear(),
+        }
+    }
+
     /// Waits until the stream has a segment, up to `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let mut rx = self.updated.subscribe();
@@ -38,6 +86,11 @@ impl HlsStream {
         matches!(ready, Ok(Ok(_)))
     }
 }
+
+/// The most memory files one stream keeps: the default window (6 segments) and its init
+/// segments many times over. With a longer window, the oldest file goes and is made again if
+/// asked for: files are a cache of the segments' bytes, never the only copy.
+const MAX_SEGMENT_FILES: usize = 64;
 
 /// Every stream's HLS state.
 pub struct HlsRegistry {
@@ -80,7 +133,11 @@ fn spawn_stream(hub: &Arc<Hub>, reg: &Arc<HlsRegistry>, path: String) {
     let Some(sub) = hub.subscribe_internal(&path) else {
         return;
     };
-    let stream = Arc::new(HlsStream { segmenter: Mutex::new(None), updated: watch::channel(0).0 });
+    let stream = Arc::new(HlsStream {
+        segmenter: Mutex::new(None),
+        updated: watch::channel(0).0,
+        files: Mutex::new(Vec::new()),
+    });
     {
         let mut streams = reg.streams.lock().unwrap_or_else(|e| e.into_inner());
         if streams.contains_key(&path) {
@@ -161,6 +218,7 @@ async fn run_stream(reg: &HlsRegistry, path: &str, stream: &HlsStream, mut reade
             }
         };
         if new_segment {
+            stream.prune_files();
             stream.updated.send_modify(|n| *n += 1);
             if let Some(dir) = &dir {
                 write_dir(stream, dir, &mut written).await;

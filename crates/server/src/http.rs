@@ -142,6 +142,7 @@ pub async fn serve(
         };
         let _ = socket.set_nodelay(nodelay);
         let app = app.clone();
+        let raw_app = app.clone();
         let abort = Arc::new(std::sync::OnceLock::new());
         let watchdog = Watchdog { abort: abort.clone(), timeout: write_timeout };
         let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
@@ -174,6 +175,17 @@ pub async fn serve(
                 }
                 return;
             }
+            // An HLS player: its requests are served on the raw socket while they are HLS
+            // GETs (see hls_http); anything else goes on with hyper from where it stopped.
+            let head = if whole && scope != Scope::ApiOnly && crate::hls_http::wants(&head) {
+                let limits = crate::hls_http::Limits { request_timeout, max_head, write_timeout };
+                match crate::hls_http::serve(&socket, head, raw_app, peer, &limits).await {
+                    crate::hls_http::End::Closed => return,
+                    crate::hls_http::End::Handoff(rest) => rest,
+                }
+            } else {
+                head
+            };
             let io = crate::http_flv::Prefixed::new(head.freeze(), socket);
             if let Err(e) = http.serve_connection(TokioIo::new(io), service).await {
                 debug!(%peer, "http connection: {e}");
@@ -322,7 +334,8 @@ async fn handle(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<So
             (header(header::RANGE), header(header::IF_NONE_MATCH))
         };
         let is_playlist = matches!(file, HlsFile::Multivariant | HlsFile::Media);
-        let mut r = hls_response(&state.hls, stream, file, head, range, if_none_match).await;
+        let raw = req.extensions().get::<crate::hls_http::RawPath>().is_some();
+        let mut r = hls_response(&state.hls, stream, file, head, range, if_none_match, raw).await;
         // Credentials in the playlist's query go on to the URLs it lists: a player that was
         // given `index.m3u8?token=T` fetches the segments with it too.
         if state.hub.auth.enabled()
@@ -376,6 +389,7 @@ async fn hls_response(
     head: bool,
     range: Option<String>,
     if_none_match: Option<String>,
+    raw: bool,
 ) -> Response {
     if path::validate(stream).is_err() {
         return plain(StatusCode::NOT_FOUND, "not found\n");
@@ -436,8 +450,10 @@ async fn hls_response(
         return r;
     }
     let mut status = StatusCode::OK;
+    let whole = body.clone();
     let mut body = body;
     let total = body.len();
+    let mut offset = 0;
     let mut content_range = None;
     if matches!(file, HlsFile::Segment(_))
         && let Some(range) = range
@@ -445,6 +461,7 @@ async fn hls_response(
         match parse_range(&range, total) {
             Some((start, end)) => {
                 body = body.slice(start..=end);
+                offset = start;
                 status = StatusCode::PARTIAL_CONTENT;
                 content_range = Some(format!("bytes {start}-{end}/{total}"));
             }
@@ -473,6 +490,15 @@ async fn hls_response(
     }
     if let Some(cr) = content_range.and_then(|c| HeaderValue::from_str(&c).ok()) {
         h.insert(header::CONTENT_RANGE, cr);
+    }
+    // On the raw socket a segment goes from its memory file (see hls_http).
+    if let HlsFile::Segment(name) = file
+        && raw
+        && !head
+        && len >= crate::hls_http::SENDFILE_MIN_BYTES
+        && let Some(f) = hls.file(name, &whole)
+    {
+        resp.extensions_mut().insert(crate::hls_http::SendFile { file: f, offset: offset as u64, len });
     }
     resp
 }

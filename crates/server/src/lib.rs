@@ -12,6 +12,7 @@ pub mod edge;
 pub mod event;
 pub mod fanout;
 pub mod hls;
+pub mod hls_http;
 pub mod hooks;
 pub mod http;
 pub mod http_client;
