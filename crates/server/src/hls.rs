@@ -57,10 +57,10 @@ impl HlsStream {
             return Some(f);
         }
         // A segment is only asked for while it is in the window, and the window is pruned
-        // with every new segment; the cap is a second bound on what a burst of requests for
-        // names just leaving it can keep.
+        // with every new segment. Over the cap (a window longer than it) the segment is sent
+        // from memory as before, rather than files being made and dropped in turn.
         if files.len() >= MAX_SEGMENT_FILES {
-            files.remove(0);
+            return None;
         }
         files.push((name.to_owned(), made.clone()));
         Some(made)
@@ -68,15 +68,16 @@ impl HlsStream {
 
     /// Drops the memory files of segments no longer in the window.
     fn prune_files(&self) {
-        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        if files.is_empty() {
+        let names: Vec<String> = {
+            let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            files.iter().map(|(n, _)| n.clone()).collect()
+        };
+        if names.is_empty() {
             return;
         }
-        let g = self.segmenter.lock().unwrap_or_else(|e| e.into_inner());
-        match g.as_ref() {
-            Some(s) => files.retain(|(name, _)| s.get(name).is_some()),
-            None => files.clear(),
-        }
+        // One lock at a time: the names still in the window, then the files.
+        let gone: Vec<String> = names.into_iter().filter(|n| self.with(|s| s.get(n)).is_none()).collect();
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).retain(|(n, _)| !gone.contains(n));
     }
 
     /// Waits until the stream has a segment, up to `timeout`.
@@ -88,8 +89,8 @@ impl HlsStream {
 }
 
 /// The most memory files one stream keeps: the default window (6 segments) and its init
-/// segments many times over. With a longer window, the oldest file goes and is made again if
-/// asked for: files are a cache of the segments' bytes, never the only copy.
+/// segments many times over. Past it segments are sent from memory: files are a cache of the
+/// segments' bytes, never the only copy.
 const MAX_SEGMENT_FILES: usize = 64;
 
 /// Every stream's HLS state.

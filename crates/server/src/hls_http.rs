@@ -26,7 +26,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tower_service::Service;
+use tracing::debug;
 
 use crate::hls;
 
@@ -85,12 +87,16 @@ pub const SENDFILE_MIN_BYTES: usize = 32 * 1024;
 /// with chunked transfer coding as it comes.
 const MAX_COLLECTED_BYTES: usize = 256 * 1024;
 
-/// Request headers this path reads at most; a head with more goes to hyper (which answers 431).
+/// Request headers this path reads at most; a head with more goes to hyper (which takes up
+/// to 100).
 const MAX_HEADERS: usize = 64;
+
+/// Bytes read from the socket at a time while a head is incomplete.
+const READ_CHUNK_BYTES: usize = 2048;
 
 /// Whether a connection's first request `head` (whole) is one this path takes.
 pub fn wants(head: &[u8]) -> bool {
-    matches!(parse(head), Ok(Some(_)))
+    matches!(parse(head), Head::Whole { req: Some(_), .. })
 }
 
 /// How a connection served here ended.
@@ -114,20 +120,22 @@ pub struct Limits {
 /// Serves `socket`'s requests from `buf` (which holds the first head, whole) on, through
 /// `app`, until the connection ends or a request is one to hand to hyper.
 pub async fn serve(socket: &TcpStream, mut buf: BytesMut, mut app: Router, peer: SocketAddr, limits: &Limits) -> End {
+    // The head being waited for must be whole by then (hyper's header_read_timeout): an idle
+    // keep-alive connection and a client sending a head byte by byte are both cut off.
+    let mut deadline = Instant::now() + limits.request_timeout;
     loop {
-        let head_len = match head_end(&buf) {
-            Some(n) => n,
-            None if buf.len() >= limits.max_head => return End::Handoff(buf),
-            None => match read_head(socket, &mut buf, limits).await {
-                Ok(true) => continue,
-                Ok(false) => return End::Handoff(buf),
-                Err(()) => return End::Closed,
-            },
+        let (len, mut req) = match parse(&buf) {
+            Head::Whole { len, req: Some(req) } if len <= limits.max_head => (len, req),
+            Head::Whole { .. } | Head::Invalid => return End::Handoff(buf),
+            Head::Partial if buf.len() >= limits.max_head => return End::Handoff(buf),
+            Head::Partial => {
+                if read_more(socket, &mut buf, deadline).await.is_err() {
+                    return End::Closed;
+                }
+                continue;
+            }
         };
-        let Ok(Some(mut req)) = parse(&buf[..head_len]) else {
-            return End::Handoff(buf);
-        };
-        buf.advance(head_len);
+        buf.advance(len);
         let keep_alive = keep_alive(&req);
         let head_only = req.method() == Method::HEAD;
         let version = req.version();
@@ -137,81 +145,102 @@ pub async fn serve(socket: &TcpStream, mut buf: BytesMut, mut app: Router, peer:
             Ok(r) => r,
             Err(e) => match e {},
         };
-        if write_response(socket, resp, head_only, version, keep_alive, limits.write_timeout).await.is_err()
-            || !keep_alive
-        {
-            return End::Closed;
+        match write_response(socket, resp, head_only, version, keep_alive, limits.write_timeout).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // As hyper does: the write side is closed first, so the answer is not lost
+                // to a reset for bytes the client sent after it.
+                let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+                return End::Closed;
+            }
+            Err(e) => {
+                debug!(%peer, "hls connection: {e:#}");
+                return End::Closed;
+            }
         }
+        deadline = Instant::now() + limits.request_timeout;
     }
 }
 
-/// Reads more of a request head into `buf`: Ok(true) when it holds one whole, Ok(false) when
-/// it reached the size cap first, Err when the peer closed or took too long.
-async fn read_head(socket: &TcpStream, buf: &mut BytesMut, limits: &Limits) -> Result<bool, ()> {
+/// Reads more of a request head into `buf` (at least one line end, or up to the size cap,
+/// before the head parses again); Err when the peer closed or `deadline` passed.
+async fn read_more(socket: &TcpStream, buf: &mut BytesMut, deadline: Instant) -> Result<(), ()> {
     let read = async {
-        let mut chunk = [0u8; 2048];
+        let mut chunk = [0u8; READ_CHUNK_BYTES];
         loop {
             let n = crate::sockio::read_some(socket, &mut chunk).await.map_err(|_| ())?;
             if n == 0 {
                 return Err(());
             }
             buf.extend_from_slice(&chunk[..n]);
-            if head_end(buf).is_some() {
-                return Ok(true);
-            }
-            if buf.len() >= limits.max_head {
-                return Ok(false);
+            // A head only becomes whole with a line end: a head sent byte by byte is parsed
+            // once per line, not once per byte.
+            if chunk[..n].contains(&b'\n') {
+                return Ok(());
             }
         }
     };
-    tokio::time::timeout(limits.request_timeout, read).await.map_err(|_| ())?
+    tokio::time::timeout_at(deadline, read).await.map_err(|_| ())?
 }
 
-/// The length of the first request head in `buf` (through its blank line), if it holds one.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+/// A request head at the start of a buffer (built once per request and matched at once: its
+/// size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    /// Not whole yet.
+    Partial,
+    /// Whole and `len` bytes long (as httparse reads it: lines may end in LF alone); the
+    /// request when this path takes it (None: hyper's).
+    Whole { len: usize, req: Option<Request> },
+    /// Not a request head httparse reads: hyper's (it answers 400 or 431).
+    Invalid,
 }
 
-/// The request of a whole head, if this path takes it (Ok(None): hyper's).
-fn parse(head: &[u8]) -> Result<Option<Request>, ()> {
+/// The request head at the start of `buf`.
+fn parse(buf: &[u8]) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    if !matches!(parsed.parse(head), Ok(httparse::Status::Complete(_))) {
-        return Err(());
-    }
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Invalid,
+    };
+    Head::Whole { len, req: request(&parsed) }
+}
+
+/// The request of a parsed head, if this path takes it.
+fn request(parsed: &httparse::Request<'_, '_>) -> Option<Request> {
     let method = match parsed.method {
         Some("GET") => Method::GET,
         Some("HEAD") => Method::HEAD,
-        _ => return Ok(None),
+        _ => return None,
     };
     let version = match parsed.version {
         Some(1) => Version::HTTP_11,
         Some(0) => Version::HTTP_10,
-        _ => return Ok(None),
+        _ => return None,
     };
-    let Some(target) = parsed.path else { return Ok(None) };
+    let target = parsed.path?;
     let path = target.split(['?', '#']).next().unwrap_or_default();
-    if hls::parse_url(path).is_none() {
-        return Ok(None);
-    }
+    hls::parse_url(path)?;
     let mut req = Request::new(Body::empty());
     *req.method_mut() = method;
     *req.version_mut() = version;
-    *req.uri_mut() = target.parse().map_err(|_| ())?;
+    *req.uri_mut() = target.parse().ok()?;
     let map = req.headers_mut();
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ())?;
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         // A body, or a switch of protocol, is hyper's to handle.
         let body = (name == header::CONTENT_LENGTH && h.value != b"0")
             || name == header::TRANSFER_ENCODING
             || name == header::EXPECT
             || name == header::UPGRADE;
         if body {
-            return Ok(None);
+            return None;
         }
-        map.append(name, HeaderValue::from_bytes(h.value).map_err(|_| ())?);
+        map.append(name, HeaderValue::from_bytes(h.value).ok()?);
     }
-    Ok(Some(req))
+    Some(req)
 }
 
 /// Whether the connection stays open after answering `req` (RFC 9112 9.3).
@@ -229,7 +258,18 @@ fn keep_alive(req: &Request) -> bool {
     }
 }
 
-/// Writes `resp`: its head, then its body from its file, collected, or as it comes.
+/// How a body that did not fit the collection cap is delimited (RFC 9112 6.3).
+enum Framing {
+    /// By its Content-Length.
+    Length,
+    /// Chunked transfer coding (HTTP/1.1 clients).
+    Chunked,
+    /// By closing the connection (HTTP/1.0 clients, which know no chunks).
+    Close,
+}
+
+/// Writes `resp`: its head, then its body from its file, collected, or as it comes. Ok(true)
+/// when the connection may stay open.
 async fn write_response(
     socket: &TcpStream,
     resp: Response,
@@ -237,7 +277,7 @@ async fn write_response(
     version: Version,
     keep_alive: bool,
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     let no_body = head_only
@@ -246,7 +286,9 @@ async fn write_response(
         || status == StatusCode::NOT_MODIFIED;
     let mut head = BytesMut::with_capacity(512);
     let reason = status.canonical_reason().unwrap_or("");
-    head.extend_from_slice(format!("HTTP/1.1 {} {reason}\r\n", status.as_u16()).as_bytes());
+    // The version of the request's major version and our minor (RFC 9110 6.2), as hyper.
+    let v = if version == Version::HTTP_10 { "1.0" } else { "1.1" };
+    head.extend_from_slice(format!("HTTP/{v} {} {reason}\r\n", status.as_u16()).as_bytes());
     for (name, value) in &parts.headers {
         if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
             continue;
@@ -254,17 +296,22 @@ async fn write_response(
         push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
     }
     push_header(&mut head, b"date", date().as_bytes());
-    if !keep_alive {
-        push_header(&mut head, b"connection", b"close");
-    } else if version == Version::HTTP_10 {
-        push_header(&mut head, b"connection", b"keep-alive");
-    }
+    let declared: Option<usize> = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
-
-    if let Some(sf) = parts.extensions.get::<SendFile>().filter(|_| !no_body && has_length) {
+    let end_head = |head: &mut BytesMut, keep_alive: bool| {
+        if !keep_alive {
+            push_header(head, b"connection", b"close");
+        } else if version == Version::HTTP_10 {
+            push_header(head, b"connection", b"keep-alive");
+        }
         head.extend_from_slice(b"\r\n");
+    };
+
+    if let Some(sf) = parts.extensions.get::<SendFile>().filter(|sf| !no_body && declared == Some(sf.len)) {
+        end_head(&mut head, keep_alive);
         send_head_more(socket, head.freeze(), timeout).await?;
-        return send_file(socket, sf, timeout).await;
+        send_file(socket, sf, timeout).await?;
+        return Ok(keep_alive);
     }
     if no_body {
         // HEAD keeps the length the body would have (RFC 9110 9.3.2), as hyper does.
@@ -275,53 +322,82 @@ async fn write_response(
         {
             push_header(&mut head, b"content-length", n.to_string().as_bytes());
         }
-        head.extend_from_slice(b"\r\n");
-        return crate::sockio::write_with_timeout(socket, &mut vec![head.freeze()], timeout).await;
+        end_head(&mut head, keep_alive);
+        crate::sockio::write_with_timeout(socket, &mut vec![head.freeze()], timeout).await?;
+        return Ok(keep_alive);
     }
-    // The handler's answers are in memory and say their length; collect up to a cap, then
-    // stream what is left with chunked coding if the length is still unknown.
-    let known = has_length || body.size_hint().exact().is_some();
+    // The handler's answers are in memory and say their length: collected and written at
+    // once. A longer body (a recording's MP4) goes out as it comes, never whole in memory.
     let mut collected: Vec<Bytes> = Vec::new();
     let mut size = 0usize;
-    let mut ended = true;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame.map(|f| f.into_data()) else {
-            anyhow::bail!("response body failed");
-        };
-        let Ok(data) = data else { continue };
-        size += data.len();
-        collected.push(data);
-        if size > MAX_COLLECTED_BYTES && !known {
-            ended = false;
+    let mut ended = false;
+    while size <= MAX_COLLECTED_BYTES {
+        let Some(frame) = body.frame().await else {
+            ended = true;
             break;
+        };
+        let frame = frame.map_err(|e| anyhow::anyhow!("response body: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            size += data.len();
+            collected.push(data);
         }
     }
     if ended {
+        anyhow::ensure!(declared.is_none_or(|n| n == size), "response body of {size} bytes, {declared:?} declared");
         if !has_length {
             push_header(&mut head, b"content-length", size.to_string().as_bytes());
         }
-        head.extend_from_slice(b"\r\n");
+        end_head(&mut head, keep_alive);
         let mut out = Vec::with_capacity(collected.len() + 1);
         out.push(head.freeze());
         out.extend(collected);
-        return crate::sockio::write_with_timeout(socket, &mut out, timeout).await;
+        crate::sockio::write_with_timeout(socket, &mut out, timeout).await?;
+        return Ok(keep_alive);
     }
-    push_header(&mut head, b"transfer-encoding", b"chunked");
-    head.extend_from_slice(b"\r\n");
+    let declared = declared.or(body.size_hint().exact().and_then(|n| usize::try_from(n).ok()).map(|n| n + size));
+    let (framing, keep_alive) = match declared {
+        Some(n) => {
+            if !has_length {
+                push_header(&mut head, b"content-length", n.to_string().as_bytes());
+            }
+            (Framing::Length, keep_alive)
+        }
+        None if version == Version::HTTP_11 => {
+            push_header(&mut head, b"transfer-encoding", b"chunked");
+            (Framing::Chunked, keep_alive)
+        }
+        None => (Framing::Close, false),
+    };
+    end_head(&mut head, keep_alive);
+    let frame_out = |data: Bytes| match framing {
+        Framing::Chunked => chunk(data),
+        Framing::Length | Framing::Close => vec![data],
+    };
     let mut out = vec![head.freeze()];
-    for data in collected {
-        out.extend(chunk(data));
+    for data in collected.into_iter().filter(|d| !d.is_empty()) {
+        out.extend(frame_out(data));
     }
     crate::sockio::write_with_timeout(socket, &mut out, timeout).await?;
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { anyhow::bail!("response body failed") };
+        let frame = frame.map_err(|e| anyhow::anyhow!("response body: {e}"))?;
         if let Ok(data) = frame.into_data()
             && !data.is_empty()
         {
-            crate::sockio::write_with_timeout(socket, &mut chunk(data), timeout).await?;
+            size += data.len();
+            anyhow::ensure!(declared.is_none_or(|n| size <= n), "response body over its {declared:?} bytes");
+            crate::sockio::write_with_timeout(socket, &mut frame_out(data), timeout).await?;
         }
     }
-    crate::sockio::write_with_timeout(socket, &mut vec![Bytes::from_static(b"0\r\n\r\n")], timeout).await
+    match framing {
+        Framing::Length => {
+            anyhow::ensure!(declared == Some(size), "response body of {size} bytes, {declared:?} declared")
+        }
+        Framing::Chunked => {
+            crate::sockio::write_with_timeout(socket, &mut vec![Bytes::from_static(b"0\r\n\r\n")], timeout).await?
+        }
+        Framing::Close => {}
+    }
+    Ok(keep_alive)
 }
 
 fn push_header(head: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -376,7 +452,9 @@ async fn send_head_more(socket: &TcpStream, mut head: Bytes, timeout: Duration) 
 
 /// Sends `sf`'s bytes with `sendfile`, waiting for the socket as needed.
 async fn send_file(socket: &TcpStream, sf: &SendFile, timeout: Duration) -> anyhow::Result<()> {
-    let end = sf.offset.saturating_add(sf.len as u64).min(sf.file.len as u64);
+    let end = sf.offset.saturating_add(sf.len as u64);
+    // hls_response only names ranges of the file; a head has gone out with this length.
+    anyhow::ensure!(end <= sf.file.len as u64, "sendfile past the end of a segment file");
     let mut offset = i64::try_from(sf.offset)?;
     let end = i64::try_from(end)?;
     while offset < end {
@@ -430,11 +508,31 @@ mod tests {
 
     #[test]
     fn keep_alive_by_version_and_connection() {
-        let req = |h: &[u8]| parse(h).unwrap().unwrap();
+        let req = |h: &[u8]| match parse(h) {
+            Head::Whole { req: Some(r), .. } => r,
+            _ => panic!("not taken: {}", String::from_utf8_lossy(h)),
+        };
         assert!(keep_alive(&req(b"GET /a/b/index.m3u8 HTTP/1.1\r\n\r\n")));
         assert!(!keep_alive(&req(b"GET /a/b/index.m3u8 HTTP/1.1\r\nConnection: Close\r\n\r\n")));
         assert!(!keep_alive(&req(b"GET /a/b/index.m3u8 HTTP/1.0\r\n\r\n")));
         assert!(keep_alive(&req(b"GET /a/b/index.m3u8 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")));
+    }
+
+    #[test]
+    fn heads_end_where_httparse_says_lf_alone_too() {
+        // Lines ending in LF alone (RFC 9112 2.2 lets a server take them, as hyper does): the
+        // next pipelined request starts right after the first head, not at some later CRLFCRLF.
+        let two = b"GET /l/a/index.m3u8 HTTP/1.1\nHost: x\n\nGET /metrics HTTP/1.1\r\n\r\n";
+        match parse(two) {
+            Head::Whole { len, req: Some(_) } => assert_eq!(&two[len..], b"GET /metrics HTTP/1.1\r\n\r\n"),
+            _ => panic!("the first head was not taken"),
+        }
+        assert!(matches!(parse(b"GET /l/a/index.m3u8 HTTP/1.1\r\nHost: x\r\n"), Head::Partial));
+        assert!(matches!(parse(b"GET /metrics HTTP/1.1\r\n\r\n"), Head::Whole { req: None, .. }));
+        assert!(matches!(parse(b"\x16\x03\x01 junk\r\n\r\n"), Head::Invalid));
+        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: y\r\n")).collect();
+        let head = format!("GET /l/a/index.m3u8 HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(parse(head.as_bytes()), Head::Invalid), "over {MAX_HEADERS} headers is hyper's");
     }
 
     #[test]

@@ -497,6 +497,7 @@ async fn hls_response(
         && !head
         && len >= crate::hls_http::SENDFILE_MIN_BYTES
         && let Some(f) = hls.file(name, &whole)
+        && offset + len <= f.len()
     {
         resp.extensions_mut().insert(crate::hls_http::SendFile { file: f, offset: offset as u64, len });
     }

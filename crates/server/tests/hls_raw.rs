@@ -89,6 +89,13 @@ fn memory_files(server: &Server) -> usize {
         .count()
 }
 
+/// Bytes the server read from files (`rchar` of `/proc/PID/io`): `sendfile` counts what it
+/// sends there, socket reads (`recv`) do not.
+fn file_bytes_read(server: &Server) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{}/io", server.proc.0.id())).unwrap();
+    io.lines().find_map(|l| l.strip_prefix("rchar: ")).unwrap().trim().parse().unwrap()
+}
+
 /// A segment's bytes as hyper serves them: a connection whose first request is not HLS.
 async fn via_hyper(server: &Server, path: &str) -> HttpResponse {
     let mut c = Conn::open(server).await;
@@ -116,13 +123,20 @@ async fn a_player_connection_gets_playlists_and_segments_from_memory_files() {
     let path = format!("/live/raw/{name}");
 
     // The whole segment, on the same connection: from a memory file, the bytes hyper sends.
+    let read_before = file_bytes_read(&server);
     c.send(&c.request("GET", &path, "")).await;
     let seg = c.response(false).await;
+    let sent_from_files = file_bytes_read(&server) - read_before;
     assert_eq!(seg.status, 200);
     assert_eq!(seg.header("content-type").as_deref(), Some("video/mp2t"));
-    assert!(seg.body.len() > 100_000, "an 8 Mbit/s segment: {} bytes", seg.body.len());
+    assert!(seg.body.len() > 100_188, "an 8 Mbit/s segment: {} bytes", seg.body.len());
     assert_eq!(seg.body.len() % 188, 0);
-    assert!(memory_files(&server) >= 1, "the segment was not sent from a memory file");
+    assert!(memory_files(&server) >= 1, "no memory file for the segment");
+    assert!(
+        sent_from_files >= seg.body.len() as u64,
+        "the segment's {} bytes were not sent with sendfile ({sent_from_files} bytes read from files)",
+        seg.body.len()
+    );
     let hyper = via_hyper(&server, &path).await;
     assert_eq!(hyper.status, 200);
     assert!(hyper.body == seg.body, "the raw path and hyper's differ for {name}");
@@ -157,6 +171,11 @@ async fn a_player_connection_gets_playlists_and_segments_from_memory_files() {
     assert_eq!(unsatisfiable.status, 416);
     assert_eq!(unsatisfiable.header("content-range"), Some(format!("bytes */{total}")));
 
+    // Heads with lines ending in LF alone, pipelined: each answered once, in order.
+    c.send("GET /live/raw/media.m3u8 HTTP/1.1\nHost: x\n\nHEAD /live/raw/index.m3u8 HTTP/1.1\nHost: x\n\n").await;
+    assert_eq!(c.response(false).await.status, 200);
+    assert_eq!(c.response(true).await.status, 200);
+
     // A request that is not HLS goes to hyper mid-connection; HLS requests after it still work.
     c.send(&(c.request("GET", "/metrics", "") + &c.request("GET", &path, "Connection: close\r\n"))).await;
     let metrics = c.response(false).await;
@@ -165,12 +184,25 @@ async fn a_player_connection_gets_playlists_and_segments_from_memory_files() {
     let again = c.response(false).await;
     assert_eq!(again.status, 200);
     assert!(again.body == seg.body);
-    assert!(c.closed().await, "Connection: close was not honoured");
+    assert!(c.closed().await, "Connection: close was not honoured by hyper");
+
+    // Connection: close on the raw path itself, and HTTP/1.0 keep-alive.
+    let mut c = Conn::open(&server).await;
+    c.send("GET /live/raw/media.m3u8 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await;
+    let r = c.response(false).await;
+    assert!(r.headers.starts_with("HTTP/1.0 200"), "{}", r.headers);
+    assert_eq!(r.header("connection").as_deref(), Some("keep-alive"));
+    c.send(&c.request("GET", &path, "Connection: close\r\n")).await;
+    let last = c.response(false).await;
+    assert_eq!(last.status, 200);
+    assert!(last.body == seg.body);
+    assert_eq!(last.header("connection").as_deref(), Some("close"));
+    assert!(c.closed().await, "Connection: close was not honoured on the raw path");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_readers_close_and_bad_heads_on_the_raw_path() {
-    let server = Server::with_config("[http]\nrequest_timeout_ms = 1500\n");
+    let server = Server::with_config("[http]\nrequest_timeout_ms = 3000\n");
     let _publisher = publish(heavy_flv(), &server.rtmp_url("live/slow"));
     wait_published(&server, "live/slow").await;
     let list = http_get(&format!("http://{}/live/slow/media.m3u8", server.http), "").await;
@@ -178,9 +210,11 @@ async fn slow_readers_close_and_bad_heads_on_the_raw_path() {
     let path = format!("/live/slow/{}", uris(&list.text()).last().unwrap());
     let whole = via_hyper(&server, &path).await;
 
-    // A reader that takes the segment a little at a time gets all of it (sendfile resumes
-    // where the socket's buffer filled).
-    let mut c = Conn::open(&server).await;
+    // A reader that takes the segment a little at a time, with a small receive buffer, gets
+    // all of it (sendfile waits and resumes where the socket's buffer filled).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8 * 1024).unwrap();
+    let mut c = Conn { s: socket.connect(server.http).await.unwrap(), buf: Vec::new(), host: server.http.to_string() };
     c.send(&c.request("GET", &path, "")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut got = Vec::new();
@@ -217,9 +251,16 @@ async fn slow_readers_close_and_bad_heads_on_the_raw_path() {
     assert_eq!(c.response(false).await.status, 431);
     assert!(c.closed().await);
 
-    // A second head that never ends: closed after the request timeout, the server unharmed.
+    // A second head sent in pieces is waited for; one that never ends is closed after the
+    // request timeout, the server unharmed.
     let mut c = Conn::open(&server).await;
     c.send(&c.request("GET", "/live/slow/media.m3u8", "")).await;
+    assert_eq!(c.response(false).await.status, 200);
+    c.send("GET /live/slow/media.m3u8 HTTP/1.1\r\nHo").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send("st: x\r\n").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send("\r\n").await;
     assert_eq!(c.response(false).await.status, 200);
     c.send("GET /live/slow/media.m3u8 HTTP/1.1\r\nHost: x\r\n").await;
     assert!(c.closed().await, "a half head kept the connection open");
