@@ -83,6 +83,8 @@ pub struct Segmenter {
     next_is_discontinuity: bool,
     target_secs: u64,
     finished: bool,
+    /// Bumped whenever what the playlists say may change (see [`Segmenter::generation`]).
+    generation: u64,
     /// Frames dropped while waiting for a keyframe or because a segment outgrew its cap.
     pub dropped_frames: u64,
 }
@@ -110,8 +112,15 @@ impl Segmenter {
             next_is_discontinuity: false,
             target_secs,
             finished: false,
+            generation: 0,
             dropped_frames: 0,
         }
+    }
+
+    /// A number that changes whenever the playlists may: a new segment, new tracks, the end.
+    /// Equal generations give equal playlists, so a server may keep them until it changes.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The container.
@@ -171,6 +180,7 @@ impl Segmenter {
             self.tracks.metadata = tracks.metadata.clone();
             return;
         }
+        self.generation += 1;
         let had_tracks = self.tracks.video.is_some() || self.tracks.audio.is_some();
         self.cut(None, wall_ms);
         self.pending.clear();
@@ -195,6 +205,7 @@ impl Segmenter {
     pub fn finish(&mut self, wall_ms: i64) {
         self.cut(None, wall_ms);
         self.finished = true;
+        self.generation += 1;
     }
 
     fn frame_ms(&self, f: &Frame) -> Option<i64> {
@@ -304,6 +315,7 @@ impl Segmenter {
         };
         let rounded = (duration_ms + 500) / 1000;
         self.target_secs = self.target_secs.max(rounded);
+        self.generation += 1;
         self.segments.push_back(Segment {
             sequence,
             name: format!("{}-{sequence}.{ext}", self.instance),
@@ -395,6 +407,31 @@ mod tests {
                 a += 1;
             }
         }
+    }
+
+    #[test]
+    fn the_generation_changes_with_what_the_playlists_say() {
+        let mut s = Segmenter::new(SegmenterConfig::default(), "x");
+        let mut last = s.generation();
+        let mut changed = |s: &Segmenter, why: &str, expected: bool| {
+            assert_eq!(s.generation() != last, expected, "{why}");
+            last = s.generation();
+        };
+        s.set_tracks(&tracks(), 0);
+        changed(&s, "new tracks", true);
+        s.set_tracks(&tracks(), 0);
+        changed(&s, "the same tracks", false);
+        // Frames of a segment in progress change nothing listed.
+        feed(&mut s, 0, 1);
+        changed(&s, "frames before the first cut", false);
+        let before = s.media_playlist();
+        feed(&mut s, 1000, 3);
+        changed(&s, "new segments", true);
+        assert_ne!(s.media_playlist(), before);
+        let listed = (s.media_playlist(), s.multivariant_playlist("m.m3u8"));
+        s.finish(4000);
+        changed(&s, "the end", true);
+        assert_ne!((s.media_playlist(), s.multivariant_playlist("m.m3u8")), listed);
     }
 
     #[test]

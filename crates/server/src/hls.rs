@@ -26,6 +26,32 @@ pub struct HlsStream {
     /// Memory files of the segments players were sent with `sendfile` (see `hls_http`), by
     /// name; those that left the live window are dropped with each new segment.
     files: Mutex<Vec<(String, Arc<SegmentFile>)>>,
+    /// The playlists as served, made once per segmenter generation rather than per request
+    /// (every player asks for the media playlist about once a second).
+    playlists: Mutex<PlaylistCache>,
+}
+
+/// A playlist as served: its text, its validator and the target duration it was made with.
+pub struct ServedPlaylist {
+    /// The playlist.
+    pub body: Bytes,
+    /// Its ETag.
+    pub etag: String,
+    /// The stream's target duration when it was made.
+    pub target_secs: u64,
+}
+
+/// The playlists of one segmenter generation.
+struct PlaylistCache {
+    generation: u64,
+    media: Option<Arc<ServedPlaylist>>,
+    multivariant: Option<Arc<ServedPlaylist>>,
+}
+
+impl PlaylistCache {
+    fn empty() -> PlaylistCache {
+        PlaylistCache { generation: u64::MAX, media: None, multivariant: None }
+    }
 }
 
 impl HlsStream {
@@ -33,6 +59,27 @@ impl HlsStream {
     pub fn with<T>(&self, f: impl FnOnce(&Segmenter) -> Option<T>) -> Option<T> {
         let g = self.segmenter.lock().unwrap_or_else(|e| e.into_inner());
         g.as_ref().and_then(f)
+    }
+
+    /// The media playlist (or the multivariant one), with `etag` of its text: made once per
+    /// segmenter generation. None before the first segment.
+    pub fn playlist(&self, multivariant: bool, etag: impl FnOnce(&[u8]) -> String) -> Option<Arc<ServedPlaylist>> {
+        // Lock order: the segmenter, then the cache (nothing takes them the other way).
+        let g = self.segmenter.lock().unwrap_or_else(|e| e.into_inner());
+        let s = g.as_ref()?;
+        let mut cache = self.playlists.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.generation != s.generation() {
+            *cache = PlaylistCache { generation: s.generation(), ..PlaylistCache::empty() };
+        }
+        let slot = if multivariant { &mut cache.multivariant } else { &mut cache.media };
+        if let Some(p) = slot {
+            return Some(p.clone());
+        }
+        let text = if multivariant { s.multivariant_playlist("media.m3u8") } else { s.media_playlist() }?;
+        let body = Bytes::from(text);
+        let made = Arc::new(ServedPlaylist { etag: etag(&body), body, target_secs: s.target_duration_secs() });
+        *slot = Some(made.clone());
+        Some(made)
     }
 
     /// The memory file of segment `name`, whose bytes are `data`: made on the first request
@@ -138,6 +185,7 @@ fn spawn_stream(hub: &Arc<Hub>, reg: &Arc<HlsRegistry>, path: String) {
         segmenter: Mutex::new(None),
         updated: watch::channel(0).0,
         files: Mutex::new(Vec::new()),
+        playlists: Mutex::new(PlaylistCache::empty()),
     });
     {
         let mut streams = reg.streams.lock().unwrap_or_else(|e| e.into_inner());
