@@ -1,5 +1,7 @@
 //! HLS as an ordinary hub reader: every new stream gets a segmenter task from its first
-//! frame, so the first viewer finds segments ready. HTTP handlers only copy bytes out.
+//! frame, so the first viewer finds segments ready. HTTP handlers only read what it made:
+//! segments (or their memory files, for `sendfile` on the raw path, see `hls_http`) and
+//! playlists made once per change.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -87,8 +89,16 @@ impl HlsStream {
     pub fn file(&self, name: &str, data: &[u8]) -> Option<Arc<SegmentFile>> {
         let found =
             |files: &Vec<(String, Arc<SegmentFile>)>| files.iter().find(|(n, _)| n == name).map(|(_, f)| f.clone());
-        if let Some(f) = found(&self.files.lock().unwrap_or_else(|e| e.into_inner())) {
-            return Some(f);
+        {
+            let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(f) = found(&files) {
+                return Some(f);
+            }
+            // Over the cap (a window longer than it) the segment is sent from memory as
+            // before, rather than files being made and dropped in turn.
+            if files.len() >= MAX_SEGMENT_FILES {
+                return None;
+            }
         }
         // Written outside the lock: other players' requests go on meanwhile. Two first
         // requests at once may both write one; the first in the list wins.
@@ -104,8 +114,7 @@ impl HlsStream {
             return Some(f);
         }
         // A segment is only asked for while it is in the window, and the window is pruned
-        // with every new segment. Over the cap (a window longer than it) the segment is sent
-        // from memory as before, rather than files being made and dropped in turn.
+        // with every new segment; two first requests at once may both have got here.
         if files.len() >= MAX_SEGMENT_FILES {
             return None;
         }
@@ -244,10 +253,12 @@ async fn run_stream(reg: &HlsRegistry, path: &str, stream: &HlsStream, mut reade
                         *g = Some(segmenter_for(&reg.config, &reg.paths.get(path), codec, &instance));
                         info!(path, variant = ?g.as_ref().map(|s| s.variant()), "hls: segmenting");
                     }
-                    if let Some(s) = g.as_mut() {
+                    // New codec parameters end the segment in progress: a new segment too.
+                    g.as_mut().is_some_and(|s| {
+                        let before = s.last_sequence();
                         s.set_tracks(&t, now);
-                    }
-                    false
+                        s.last_sequence() != before
+                    })
                 }
                 ReaderItem::Frame(f) => g.as_mut().is_some_and(|s| s.push(f, now)),
                 ReaderItem::Republished => {

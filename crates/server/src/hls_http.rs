@@ -17,6 +17,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::Router;
 use axum::body::{Body, HttpBody};
 use axum::extract::{ConnectInfo, Request};
@@ -129,7 +130,7 @@ pub async fn serve(socket: &TcpStream, mut buf: BytesMut, mut app: Router, peer:
             Head::Whole { .. } | Head::Invalid => return End::Handoff(buf),
             Head::Partial if buf.len() >= limits.max_head => return End::Handoff(buf),
             Head::Partial => {
-                if read_more(socket, &mut buf, deadline).await.is_err() {
+                if read_more(socket, &mut buf, deadline, limits.max_head).await.is_err() {
                     return End::Closed;
                 }
                 continue;
@@ -148,9 +149,7 @@ pub async fn serve(socket: &TcpStream, mut buf: BytesMut, mut app: Router, peer:
         match write_response(socket, resp, head_only, version, keep_alive, limits.write_timeout).await {
             Ok(true) => {}
             Ok(false) => {
-                // As hyper does: the write side is closed first, so the answer is not lost
-                // to a reset for bytes the client sent after it.
-                let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+                close_gracefully(socket).await;
                 return End::Closed;
             }
             Err(e) => {
@@ -162,25 +161,51 @@ pub async fn serve(socket: &TcpStream, mut buf: BytesMut, mut app: Router, peer:
     }
 }
 
-/// Reads more of a request head into `buf` (at least one line end, or up to the size cap,
-/// before the head parses again); Err when the peer closed or `deadline` passed.
-async fn read_more(socket: &TcpStream, buf: &mut BytesMut, deadline: Instant) -> Result<(), ()> {
+/// Reads more of a request head into `buf`, until it has a new line end (a head only becomes
+/// whole with one: a head sent byte by byte is parsed once per line, not once per byte) or
+/// holds `max_head` bytes; Err when the peer closed or `deadline` passed.
+async fn read_more(socket: &TcpStream, buf: &mut BytesMut, deadline: Instant, max_head: usize) -> Result<(), ()> {
     let read = async {
         let mut chunk = [0u8; READ_CHUNK_BYTES];
         loop {
-            let n = crate::sockio::read_some(socket, &mut chunk).await.map_err(|_| ())?;
+            let room = max_head.saturating_sub(buf.len()).clamp(1, READ_CHUNK_BYTES);
+            let n = crate::sockio::read_some(socket, &mut chunk[..room]).await.map_err(|_| ())?;
             if n == 0 {
                 return Err(());
             }
             buf.extend_from_slice(&chunk[..n]);
-            // A head only becomes whole with a line end: a head sent byte by byte is parsed
-            // once per line, not once per byte.
-            if chunk[..n].contains(&b'\n') {
+            if chunk[..n].contains(&b'\n') || buf.len() >= max_head {
                 return Ok(());
             }
         }
     };
     tokio::time::timeout_at(deadline, read).await.map_err(|_| ())?
+}
+
+/// How long a closing connection reads what the client still sends (see [`close_gracefully`]).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The most bytes a closing connection reads and drops.
+const LINGER_MAX_BYTES: usize = 64 * 1024;
+
+/// Closes after a last answer without losing it: the write side first (the client sees the
+/// end), then what the client still sends is read and dropped until it closes too, for at
+/// most [`LINGER`] and [`LINGER_MAX_BYTES`]. Closing a socket with unread bytes makes the
+/// kernel reset the connection and drop what it has not yet sent (RFC 9112 9.6): a segment's
+/// last megabytes after pipelined requests that followed `Connection: close`.
+async fn close_gracefully(socket: &TcpStream) {
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+    let drain = async {
+        let mut chunk = [0u8; READ_CHUNK_BYTES];
+        let mut dropped = 0;
+        while dropped < LINGER_MAX_BYTES {
+            match crate::sockio::read_some(socket, &mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => dropped += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// A request head at the start of a buffer (built once per request and matched at once: its
@@ -323,7 +348,7 @@ async fn write_response(
             push_header(&mut head, b"content-length", n.to_string().as_bytes());
         }
         end_head(&mut head, keep_alive);
-        crate::sockio::write_with_timeout(socket, &mut vec![head.freeze()], timeout).await?;
+        write_all(socket, &mut vec![head.freeze()], timeout).await?;
         return Ok(keep_alive);
     }
     // The handler's answers are in memory and say their length: collected and written at
@@ -351,7 +376,7 @@ async fn write_response(
         let mut out = Vec::with_capacity(collected.len() + 1);
         out.push(head.freeze());
         out.extend(collected);
-        crate::sockio::write_with_timeout(socket, &mut out, timeout).await?;
+        write_all(socket, &mut out, timeout).await?;
         return Ok(keep_alive);
     }
     let declared = declared.or(body.size_hint().exact().and_then(|n| usize::try_from(n).ok()).map(|n| n + size));
@@ -368,6 +393,7 @@ async fn write_response(
         }
         None => (Framing::Close, false),
     };
+    anyhow::ensure!(declared.is_none_or(|n| size <= n), "response body over its {declared:?} bytes");
     end_head(&mut head, keep_alive);
     let frame_out = |data: Bytes| match framing {
         Framing::Chunked => chunk(data),
@@ -377,7 +403,7 @@ async fn write_response(
     for data in collected.into_iter().filter(|d| !d.is_empty()) {
         out.extend(frame_out(data));
     }
-    crate::sockio::write_with_timeout(socket, &mut out, timeout).await?;
+    write_all(socket, &mut out, timeout).await?;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| anyhow::anyhow!("response body: {e}"))?;
         if let Ok(data) = frame.into_data()
@@ -385,16 +411,14 @@ async fn write_response(
         {
             size += data.len();
             anyhow::ensure!(declared.is_none_or(|n| size <= n), "response body over its {declared:?} bytes");
-            crate::sockio::write_with_timeout(socket, &mut frame_out(data), timeout).await?;
+            write_all(socket, &mut frame_out(data), timeout).await?;
         }
     }
     match framing {
         Framing::Length => {
             anyhow::ensure!(declared == Some(size), "response body of {size} bytes, {declared:?} declared")
         }
-        Framing::Chunked => {
-            crate::sockio::write_with_timeout(socket, &mut vec![Bytes::from_static(b"0\r\n\r\n")], timeout).await?
-        }
+        Framing::Chunked => write_all(socket, &mut vec![Bytes::from_static(b"0\r\n\r\n")], timeout).await?,
         Framing::Close => {}
     }
     Ok(keep_alive)
@@ -428,6 +452,15 @@ fn date() -> Arc<str> {
         }
         c.1.clone()
     })
+}
+
+/// Writes all of `bufs`, giving up when the client takes nothing for `timeout` (a slow
+/// client that keeps taking bytes is served for as long as it takes).
+async fn write_all(socket: &TcpStream, bufs: &mut Vec<Bytes>, timeout: Duration) -> anyhow::Result<()> {
+    while !crate::sockio::write_now(socket, bufs).context("write")? {
+        writable(socket, timeout).await?;
+    }
+    Ok(())
 }
 
 /// Sends a response head that a body follows at once: `MSG_MORE` keeps it in the socket

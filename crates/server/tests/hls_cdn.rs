@@ -48,6 +48,10 @@ http {{
             proxy_cache_lock_timeout 10s;
             # Expired playlists are revalidated (If-None-Match: a 304 when unchanged).
             proxy_cache_revalidate on;
+            # proxy_cache_lock holds back only requests for a URI not yet cached: those for
+            # an expired playlist that arrive while one is refreshing it would all go to the
+            # origin too. With this they get the copy just expired (at most a second old).
+            proxy_cache_use_stale updating;
             # Only when the origin says nothing: its Cache-Control comes first.
             proxy_cache_valid 200 1s;
             proxy_cache_valid 404 1s;

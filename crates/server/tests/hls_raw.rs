@@ -215,6 +215,7 @@ async fn slow_readers_close_and_bad_heads_on_the_raw_path() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(8 * 1024).unwrap();
     let mut c = Conn { s: socket.connect(server.http).await.unwrap(), buf: Vec::new(), host: server.http.to_string() };
+    let read_before = file_bytes_read(&server);
     c.send(&c.request("GET", &path, "")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut got = Vec::new();
@@ -235,6 +236,21 @@ async fn slow_readers_close_and_bad_heads_on_the_raw_path() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert!(got[head_len..] == whole.body[..], "a slow reader got other bytes");
+    assert!(file_bytes_read(&server) - read_before >= want as u64, "the slow reader was not sent the file");
+
+    // Connection: close with more requests pipelined after it, read slowly: the whole
+    // segment arrives before the close (the unread requests must not reset the connection
+    // while the segment's end is still queued).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8 * 1024).unwrap();
+    let mut c = Conn { s: socket.connect(server.http).await.unwrap(), buf: Vec::new(), host: server.http.to_string() };
+    let req = c.request("GET", &path, "Connection: close\r\n") + &c.request("GET", &path, "").repeat(20);
+    c.send(&req).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let last = c.response(false).await;
+    assert_eq!(last.status, 200);
+    assert!(last.body == whole.body, "the segment before a close was cut short");
+    assert!(c.closed().await);
 
     // HTTP/1.0 without keep-alive: one answer, then the server closes.
     let mut c = Conn::open(&server).await;
@@ -262,8 +278,18 @@ async fn slow_readers_close_and_bad_heads_on_the_raw_path() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     c.send("\r\n").await;
     assert_eq!(c.response(false).await.status, 200);
+    let sent = std::time::Instant::now();
     c.send("GET /live/slow/media.m3u8 HTTP/1.1\r\nHost: x\r\n").await;
     assert!(c.closed().await, "a half head kept the connection open");
+    // Waited for, not dropped at once (request_timeout_ms = 3000).
+    assert!(sent.elapsed() >= Duration::from_secs(2), "a half head was closed after {:?}", sent.elapsed());
+
+    // A head with no line end at all is read up to the cap, not on and on: hyper's 431.
+    let mut c = Conn::open(&server).await;
+    c.send(&c.request("GET", "/live/slow/media.m3u8", "")).await;
+    assert_eq!(c.response(false).await.status, 200);
+    c.send(&format!("GET /live/slow/media.m3u8?{}", "a".repeat(20_000))).await;
+    assert_eq!(c.response(false).await.status, 431);
     // Garbage as a second request: hyper's 400.
     let mut c = Conn::open(&server).await;
     c.send(&(c.request("GET", "/live/slow/media.m3u8", "") + "\x16\x03\x01 junk\r\n\r\n")).await;
