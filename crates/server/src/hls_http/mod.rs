@@ -9,6 +9,9 @@
 //! answers. A request it does not take (another method, a body, an upgrade, a path that is
 //! not HLS, a head it cannot parse or over the size cap) hands the connection, with every byte
 //! read so far, to hyper, which answers it and the rest as on any other connection.
+//!
+//! This file is the driver (read, call the router, write); which heads it takes, where they
+//! end and the bytes of an answer's head are `wire`'s, without sockets.
 
 use std::fs::File;
 use std::io::Write;
@@ -19,9 +22,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::body::{Body, HttpBody};
-use axum::extract::{ConnectInfo, Request};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Version, header};
+use axum::body::HttpBody;
+use axum::extract::ConnectInfo;
+use axum::http::{Method, StatusCode, Version, header};
 use axum::response::Response;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -31,7 +34,10 @@ use tokio::time::Instant;
 use tower_service::Service;
 use tracing::debug;
 
-use crate::hls;
+mod wire;
+
+pub use wire::wants;
+use wire::{Framing, Head, chunk, end_head, keep_alive, parse, push_header, response_head};
 
 /// Request extension: the request came over this module's path, so a segment may be answered
 /// with a [`SendFile`] instead of its bytes.
@@ -88,17 +94,8 @@ pub const SENDFILE_MIN_BYTES: usize = 32 * 1024;
 /// with chunked transfer coding as it comes.
 const MAX_COLLECTED_BYTES: usize = 256 * 1024;
 
-/// Request headers this path reads at most; a head with more goes to hyper (which takes up
-/// to 100).
-const MAX_HEADERS: usize = 64;
-
 /// Bytes read from the socket at a time while a head is incomplete.
 const READ_CHUNK_BYTES: usize = 2048;
-
-/// Whether a connection's first request `head` (whole) is one this path takes.
-pub fn wants(head: &[u8]) -> bool {
-    matches!(parse(head), Head::Whole { req: Some(_), .. })
-}
 
 /// How a connection served here ended.
 pub enum End {
@@ -208,91 +205,6 @@ async fn close_gracefully(socket: &TcpStream) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
-/// A request head at the start of a buffer (built once per request and matched at once: its
-/// size does not matter).
-#[allow(clippy::large_enum_variant)]
-enum Head {
-    /// Not whole yet.
-    Partial,
-    /// Whole and `len` bytes long (as httparse reads it: lines may end in LF alone); the
-    /// request when this path takes it (None: hyper's).
-    Whole { len: usize, req: Option<Request> },
-    /// Not a request head httparse reads: hyper's (it answers 400 or 431).
-    Invalid,
-}
-
-/// The request head at the start of `buf`.
-fn parse(buf: &[u8]) -> Head {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Head::Partial,
-        Err(_) => return Head::Invalid,
-    };
-    Head::Whole { len, req: request(&parsed) }
-}
-
-/// The request of a parsed head, if this path takes it.
-fn request(parsed: &httparse::Request<'_, '_>) -> Option<Request> {
-    let method = match parsed.method {
-        Some("GET") => Method::GET,
-        Some("HEAD") => Method::HEAD,
-        _ => return None,
-    };
-    let version = match parsed.version {
-        Some(1) => Version::HTTP_11,
-        Some(0) => Version::HTTP_10,
-        _ => return None,
-    };
-    let target = parsed.path?;
-    let path = target.split(['?', '#']).next().unwrap_or_default();
-    hls::parse_url(path)?;
-    let mut req = Request::new(Body::empty());
-    *req.method_mut() = method;
-    *req.version_mut() = version;
-    *req.uri_mut() = target.parse().ok()?;
-    let map = req.headers_mut();
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        // A body, or a switch of protocol, is hyper's to handle.
-        let body = (name == header::CONTENT_LENGTH && h.value != b"0")
-            || name == header::TRANSFER_ENCODING
-            || name == header::EXPECT
-            || name == header::UPGRADE;
-        if body {
-            return None;
-        }
-        map.append(name, HeaderValue::from_bytes(h.value).ok()?);
-    }
-    Some(req)
-}
-
-/// Whether the connection stays open after answering `req` (RFC 9112 9.3).
-fn keep_alive(req: &Request) -> bool {
-    let has = |token: &str| {
-        req.headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
-    match req.version() {
-        Version::HTTP_10 => has("keep-alive"),
-        _ => !has("close"),
-    }
-}
-
-/// How a body that did not fit the collection cap is delimited (RFC 9112 6.3).
-enum Framing {
-    /// By its Content-Length.
-    Length,
-    /// Chunked transfer coding (HTTP/1.1 clients).
-    Chunked,
-    /// By closing the connection (HTTP/1.0 clients, which know no chunks).
-    Close,
-}
-
 /// Writes `resp`: its head, then its body from its file, collected, or as it comes. Ok(true)
 /// when the connection may stay open.
 async fn write_response(
@@ -309,28 +221,10 @@ async fn write_response(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let mut head = BytesMut::with_capacity(512);
-    let reason = status.canonical_reason().unwrap_or("");
-    // The version of the request's major version and our minor (RFC 9110 6.2), as hyper.
-    let v = if version == Version::HTTP_10 { "1.0" } else { "1.1" };
-    head.extend_from_slice(format!("HTTP/{v} {} {reason}\r\n", status.as_u16()).as_bytes());
-    for (name, value) in &parts.headers {
-        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        push_header(&mut head, name.as_str().as_bytes(), value.as_bytes());
-    }
-    push_header(&mut head, b"date", date().as_bytes());
+    let mut head = response_head(status, &parts.headers, version);
     let declared: Option<usize> = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
-    let end_head = |head: &mut BytesMut, keep_alive: bool| {
-        if !keep_alive {
-            push_header(head, b"connection", b"close");
-        } else if version == Version::HTTP_10 {
-            push_header(head, b"connection", b"keep-alive");
-        }
-        head.extend_from_slice(b"\r\n");
-    };
+    let end_head = |head: &mut BytesMut, keep_alive: bool| end_head(head, version, keep_alive);
 
     if let Some(sf) = parts.extensions.get::<SendFile>().filter(|sf| !no_body && declared == Some(sf.len)) {
         end_head(&mut head, keep_alive);
@@ -424,36 +318,6 @@ async fn write_response(
     Ok(keep_alive)
 }
 
-fn push_header(head: &mut BytesMut, name: &[u8], value: &[u8]) {
-    head.extend_from_slice(name);
-    head.extend_from_slice(b": ");
-    head.extend_from_slice(value);
-    head.extend_from_slice(b"\r\n");
-}
-
-/// One chunk of chunked transfer coding (RFC 9112 7.1).
-fn chunk(data: Bytes) -> Vec<Bytes> {
-    vec![Bytes::from(format!("{:x}\r\n", data.len())), data, Bytes::from_static(b"\r\n")]
-}
-
-/// The `Date` header's value (RFC 9110 6.6.1), formatted once a second per thread.
-fn date() -> Arc<str> {
-    use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
-    thread_local! {
-        static CACHED: RefCell<(u64, Arc<str>)> = RefCell::new((u64::MAX, Arc::from("")));
-    }
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    CACHED.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != secs {
-            *c = (secs, Arc::from(httpdate::fmt_http_date(now)));
-        }
-        c.1.clone()
-    })
-}
-
 /// Writes all of `bufs`, giving up when the client takes nothing for `timeout` (a slow
 /// client that keeps taking bytes is served for as long as it takes).
 async fn write_all(socket: &TcpStream, bufs: &mut Vec<Bytes>, timeout: Duration) -> anyhow::Result<()> {
@@ -517,56 +381,6 @@ async fn writable(socket: &TcpStream, timeout: Duration) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn takes_hls_gets_and_heads_only() {
-        assert!(wants(b"GET /live/a/index.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n"));
-        assert!(wants(b"HEAD /live/a/abc-1.ts?token=t HTTP/1.1\r\n\r\n"));
-        assert!(wants(b"GET /live/a/media.m3u8 HTTP/1.0\r\n\r\n"));
-        for hyper_s in [
-            &b"POST /live/a/index.m3u8 HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"[..],
-            b"GET /live/a.flv HTTP/1.1\r\n\r\n",
-            b"GET /api/v1/paths HTTP/1.1\r\n\r\n",
-            b"GET /live/a/index.m3u8 HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
-            b"GET /live/a/index.m3u8 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET /live/a/index.m3u8 HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
-            b"GET /live/a/index.m3u8 HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
-            b"GET /live/a/index.m3u8 HTTP/2.0\r\n\r\n",
-            b"GET /live/a/index.m3u8 HTTP/1.1\r\nBad Header: x\r\n\r\n",
-            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
-        ] {
-            assert!(!wants(hyper_s), "{}", String::from_utf8_lossy(hyper_s));
-        }
-    }
-
-    #[test]
-    fn keep_alive_by_version_and_connection() {
-        let req = |h: &[u8]| match parse(h) {
-            Head::Whole { req: Some(r), .. } => r,
-            _ => panic!("not taken: {}", String::from_utf8_lossy(h)),
-        };
-        assert!(keep_alive(&req(b"GET /a/b/index.m3u8 HTTP/1.1\r\n\r\n")));
-        assert!(!keep_alive(&req(b"GET /a/b/index.m3u8 HTTP/1.1\r\nConnection: Close\r\n\r\n")));
-        assert!(!keep_alive(&req(b"GET /a/b/index.m3u8 HTTP/1.0\r\n\r\n")));
-        assert!(keep_alive(&req(b"GET /a/b/index.m3u8 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")));
-    }
-
-    #[test]
-    fn heads_end_where_httparse_says_lf_alone_too() {
-        // Lines ending in LF alone (RFC 9112 2.2 lets a server take them, as hyper does): the
-        // next pipelined request starts right after the first head, not at some later CRLFCRLF.
-        let two = b"GET /l/a/index.m3u8 HTTP/1.1\nHost: x\n\nGET /metrics HTTP/1.1\r\n\r\n";
-        match parse(two) {
-            Head::Whole { len, req: Some(_) } => assert_eq!(&two[len..], b"GET /metrics HTTP/1.1\r\n\r\n"),
-            _ => panic!("the first head was not taken"),
-        }
-        assert!(matches!(parse(b"GET /l/a/index.m3u8 HTTP/1.1\r\nHost: x\r\n"), Head::Partial));
-        assert!(matches!(parse(b"GET /metrics HTTP/1.1\r\n\r\n"), Head::Whole { req: None, .. }));
-        assert!(matches!(parse(b"\x16\x03\x01 junk\r\n\r\n"), Head::Invalid));
-        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: y\r\n")).collect();
-        let head = format!("GET /l/a/index.m3u8 HTTP/1.1\r\n{many}\r\n");
-        assert!(matches!(parse(head.as_bytes()), Head::Invalid), "over {MAX_HEADERS} headers is hyper's");
-    }
 
     #[test]
     fn a_segment_file_holds_its_bytes() {
