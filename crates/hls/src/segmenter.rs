@@ -173,16 +173,17 @@ impl Segmenter {
     }
 
     /// New codec parameters. A change of video or audio parameters ends the segment in
-    /// progress and starts a discontinuity (with a new init segment for fMP4).
-    pub fn set_tracks(&mut self, tracks: &Tracks, wall_ms: i64) {
+    /// progress and starts a discontinuity (with a new init segment for fMP4). Returns true
+    /// when that completed a segment, as [`Segmenter::push`] does.
+    pub fn set_tracks(&mut self, tracks: &Tracks, wall_ms: i64) -> bool {
         let changed = tracks.video != self.tracks.video || tracks.audio != self.tracks.audio;
         if !changed {
             self.tracks.metadata = tracks.metadata.clone();
-            return;
+            return false;
         }
         self.generation += 1;
         let had_tracks = self.tracks.video.is_some() || self.tracks.audio.is_some();
-        self.cut(None, wall_ms);
+        let cut = self.cut(None, wall_ms);
         self.pending.clear();
         self.pending_bytes = 0;
         self.tracks = tracks.clone();
@@ -190,6 +191,7 @@ impl Segmenter {
         if had_tracks && self.next_sequence > 0 {
             self.next_is_discontinuity = true;
         }
+        cut
     }
 
     /// The publisher changed (restart within the grace period): the next segment starts a

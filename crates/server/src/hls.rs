@@ -254,11 +254,7 @@ async fn run_stream(reg: &HlsRegistry, path: &str, stream: &HlsStream, mut reade
                         info!(path, variant = ?g.as_ref().map(|s| s.variant()), "hls: segmenting");
                     }
                     // New codec parameters end the segment in progress: a new segment too.
-                    g.as_mut().is_some_and(|s| {
-                        let before = s.last_sequence();
-                        s.set_tracks(&t, now);
-                        s.last_sequence() != before
-                    })
+                    g.as_mut().is_some_and(|s| s.set_tracks(&t, now))
                 }
                 ReaderItem::Frame(f) => g.as_mut().is_some_and(|s| s.push(f, now)),
                 ReaderItem::Republished => {
