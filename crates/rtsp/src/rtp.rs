@@ -138,13 +138,13 @@ pub const GSO_MAX_BYTES: usize = 65_000;
 /// How many packets, from the first, one segmented send (GSO) can carry: all of the first's
 /// size, the last of them possibly shorter, at most [`GSO_MAX_SEGMENTS`] packets and
 /// [`GSO_MAX_BYTES`] bytes. The server's sends and ferrocast-floor's share it.
-pub fn gso_run_len(packets: &[Bytes]) -> usize {
+pub fn gso_run_len<P: AsRef<[u8]>>(packets: &[P]) -> usize {
     let Some(first) = packets.first() else { return 0 };
-    let size = first.len();
+    let size = first.as_ref().len();
     let mut n = 1;
     let mut total = size;
     while n < packets.len().min(GSO_MAX_SEGMENTS) {
-        let len = packets[n].len();
+        let len = packets[n].as_ref().len();
         if len > size || len == 0 || total + len > GSO_MAX_BYTES {
             break;
         }

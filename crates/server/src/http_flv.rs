@@ -270,7 +270,7 @@ pub async fn serve(socket: TcpStream, stream: String, hub: Arc<Hub>) -> anyhow::
             return Ok(());
         }
         if player.feed.settled() && player.reader.is_live() && !slot.is_direct() {
-            slot.go_direct(Box::new(FlvEncoder { tracks: player.feed.current().clone() }));
+            let _ = slot.go_direct(Box::new(FlvEncoder { tracks: player.feed.current().clone() }));
         }
         let direct = slot.is_direct();
         tokio::select! {

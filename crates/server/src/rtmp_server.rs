@@ -271,7 +271,7 @@ impl Connection {
             video: p.video,
             chunk_size: self.session.chunk_size(),
         };
-        p.slot().go_direct(Box::new(encoder));
+        let _ = p.slot().go_direct(Box::new(encoder));
     }
 
     /// Takes the writing back from the fan-out task: what it left unwritten goes first.

@@ -178,7 +178,6 @@ impl SessionInfo {
     pub fn add_out(&self, n: usize) {
         self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
     }
-
     /// Whether the session was kicked.
     pub fn was_kicked(&self) -> bool {
         self.kicked.load(Ordering::Acquire)
@@ -218,6 +217,42 @@ impl SessionInfo {
             "frames_skipped": self.frames_skipped.load(Ordering::Relaxed),
             "rtcp": rtcp,
         })
+    }
+}
+
+/// Sent bytes counted where they are sent and added to a session's `bytes_out` every
+/// [`OutCount::EVERY`] sends: the fan-out sends a frame to each of its readers in turn, and
+/// an add to each reader's session is a cache miss per reader and frame (a tenth of the
+/// fan-out's own time at 500 RTP/UDP readers). What the session shows lags by at most that
+/// many sends; the owner calls [`OutCount::flush`] when it stops sending.
+#[derive(Debug, Default)]
+pub struct OutCount {
+    bytes: u64,
+    sends: u32,
+}
+
+impl OutCount {
+    /// Sends counted before the session is told.
+    pub const EVERY: u32 = 16;
+
+    /// Counts `n` bytes sent, telling `session` every [`OutCount::EVERY`] sends.
+    pub fn add(&mut self, n: usize, session: Option<&SessionInfo>) {
+        self.bytes += n as u64;
+        self.sends += 1;
+        if self.sends >= Self::EVERY {
+            self.flush(session);
+        }
+    }
+
+    /// Tells `session` what was counted since it was last told.
+    pub fn flush(&mut self, session: Option<&SessionInfo>) {
+        if let Some(s) = session
+            && self.bytes > 0
+        {
+            s.bytes_out.fetch_add(self.bytes, Ordering::Relaxed);
+        }
+        self.bytes = 0;
+        self.sends = 0;
     }
 }
 

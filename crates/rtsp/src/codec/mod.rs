@@ -172,12 +172,23 @@ impl Packetizer {
 
 /// Splits a packetized frame into its RTP packets (slices of the shared buffer).
 pub fn packets(buf: &Bytes) -> impl Iterator<Item = Bytes> + '_ {
+    records(buf).map(|r| buf.slice(r))
+}
+
+/// The RTP packets of a packetized frame, borrowed: no reference count taken per packet.
+pub fn packet_slices(buf: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    records(buf).map(|r| &buf[r])
+}
+
+/// Where each `[u16 length][packet]` record's packet is (a short last one is cut to what
+/// is there).
+fn records(buf: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
     let mut pos = 0;
     std::iter::from_fn(move || {
         let len = usize::from(u16::from_be_bytes([*buf.get(pos)?, *buf.get(pos + 1)?]));
-        let p = buf.slice(pos + 2..(pos + 2 + len).min(buf.len()));
+        let r = pos + 2..(pos + 2 + len).min(buf.len());
         pos += 2 + len;
-        Some(p)
+        Some(r)
     })
 }
 

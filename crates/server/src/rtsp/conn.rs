@@ -3,7 +3,7 @@
 //! RTP packets and the UDP routes, and answers the session's decisions.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::player::{MAX_FIRST_FRAMES, Out, RtpOut, SharedRtpOut, Starting, Tx, lock, send_rtcp};
+use super::player::{MAX_FIRST_FRAMES, Out, RtpOut, Starting, Tx, send_rtcp};
 use super::record::Recording;
 use super::vod::{Opened, VodPlaying};
 use super::{Shared, StreamRtp, UdpIn, unix_micros};
@@ -46,8 +46,9 @@ const TRACKS_WAIT: Duration = Duration::from_secs(3);
 struct Playing {
     reader: Option<Reader>,
     stream: Arc<StreamRtp>,
-    /// Shared with the stream's fan-out task, which sends for this player while it keeps up.
-    rtp: Arc<Mutex<RtpOut>>,
+    /// The player's RTP side; None while the stream's fan-out task has it and sends for this
+    /// player (direct mode: it keeps up). [`Conn::take_over`] brings it back.
+    rtp: Option<Box<RtpOut>>,
     paused: bool,
     last_rr: [Option<rtcp::ReportBlock>; 2],
     /// A PLAY waiting for the first packet of every track (see [`super::player::FIRST_PACKETS_WAIT`]).
@@ -284,19 +285,37 @@ impl Conn {
     /// Hands the sending of frames to the stream's fan-out task when the player is in step
     /// and nothing waits to be written.
     fn try_go_direct(&mut self) {
-        let Media::Play(p) = &self.media else { return };
+        let Media::Play(p) = &mut self.media else { return };
         let Some(reader) = p.reader.as_ref() else { return };
         let Some(slot) = reader.slot() else { return };
         if p.paused || p.starting.is_some() || !reader.is_live() || !self.out.bufs.is_empty() || slot.is_direct() {
             return;
         }
-        slot.go_direct(Box::new(SharedRtpOut(p.rtp.clone())));
+        let Some(rtp) = p.rtp.take() else { return };
+        if let Err(back) = slot.go_direct(rtp) {
+            p.rtp = RtpOut::back(back);
+        }
     }
 
-    /// Takes the sending back from the fan-out task; what it left unwritten goes first.
+    /// [`Conn::take_over`] where no error can be returned: a write error the fan-out met
+    /// closes the connection. False then.
+    fn take_over_or_close(&mut self) -> bool {
+        let Err(e) = self.take_over() else { return true };
+        info!(peer = %self.peer, session = %self.sess.id(), "rtsp: {e:#}; closing");
+        self.sess.set_reason(format!("{e:#}"));
+        self.closing = true;
+        false
+    }
+
+    /// Takes the sending back from the fan-out task, with the player's RTP side; what it left
+    /// unwritten goes first.
     fn take_over(&mut self) -> anyhow::Result<()> {
         let Some(slot) = self.slot().cloned() else { return Ok(()) };
-        slot.take_over(&mut self.out.bufs).context("write")
+        let back = slot.take_back(&mut self.out.bufs).context("write")?;
+        if let (Media::Play(p), Some(back)) = (&mut self.media, back) {
+            p.rtp = RtpOut::back(back);
+        }
+        Ok(())
     }
 
     async fn on_event(&mut self, ev: ServerEvent) -> Result<(), SessionError> {
@@ -630,8 +649,8 @@ impl Conn {
             txs,
             sent: Default::default(),
             headers: BytesMut::new(),
-            udp: Vec::new(),
             session: Some(self.sess.info().clone()),
+            udp_sent: Default::default(),
         };
         for (_, tx) in &self.txs {
             if let Tx::Multicast(g) = tx {
@@ -645,7 +664,7 @@ impl Conn {
         self.media = Media::Play(Playing {
             reader,
             stream,
-            rtp: Arc::new(Mutex::new(rtp)),
+            rtp: Some(Box::new(rtp)),
             paused: false,
             last_rr: [None, None],
             starting,
@@ -703,7 +722,10 @@ impl Conn {
         if let Media::Vod(v) = &self.media {
             v.bye(&self.shared, &mut self.out.headers, &mut self.out.bufs, &self.txs);
         }
-        if let Media::Play(p) = &self.media {
+        if let Media::Play(p) = &mut self.media {
+            if let Some(rtp) = &mut p.rtp {
+                rtp.count_sent();
+            }
             for (index, tx) in &self.txs {
                 let kind = if *index == 0 { TrackKind::Video } else { TrackKind::Audio };
                 if let (Some(ssrc), Tx::Tcp { .. } | Tx::Udp { .. }) = (p.stream.ssrc(kind), tx) {
@@ -722,6 +744,10 @@ impl Conn {
 
     /// The RTCP report timer: sender reports to a player, receiver reports to a publisher.
     fn reports(&mut self) {
+        // A player's reports count what it was sent: its RTP side, back from the fan-out.
+        if !self.take_over_or_close() {
+            return;
+        }
         let micros = unix_micros();
         match &mut self.media {
             Media::Play(p) => {
@@ -730,7 +756,7 @@ impl Conn {
                         continue;
                     }
                     let kind = if *index == 0 { TrackKind::Video } else { TrackKind::Audio };
-                    let t = lock(&p.rtp).sent[(*index).min(1)];
+                    let t = p.rtp.as_ref().map(|r| r.sent[(*index).min(1)]).unwrap_or_default();
                     if let Some((_, sr)) = p.stream.sender_report(kind, micros, t.packets, t.octets) {
                         send_rtcp(&self.shared, &mut self.out.headers, &mut self.out.bufs, tx, sr);
                     }
@@ -751,11 +777,11 @@ impl Conn {
     fn play_item(&mut self, item: ReaderItem) {
         let Media::Play(p) = &mut self.media else { return };
         if let Some(st) = &mut p.starting {
-            if let ReaderItem::Tracks(t) = &item {
-                lock(&p.rtp).tracks = (**t).clone();
+            if let (ReaderItem::Tracks(t), Some(rtp)) = (&item, &mut p.rtp) {
+                rtp.tracks = (**t).clone();
             }
-            if let ReaderItem::Frame(f) = &item {
-                st.first_packet(&p.rtp, &p.stream, f);
+            if let (ReaderItem::Frame(f), Some(rtp)) = (&item, &p.rtp) {
+                st.first_packet(rtp, &p.stream, f);
             }
             let ended = matches!(item, ReaderItem::Ended | ReaderItem::TooSlow);
             st.items.push(item);
@@ -764,11 +790,13 @@ impl Conn {
             }
             return;
         }
-        match item {
-            ReaderItem::Tracks(t) => lock(&p.rtp).tracks = (*t).clone(),
-            ReaderItem::Frame(f) => lock(&p.rtp).frame(&f, &mut self.out.bufs),
-            ReaderItem::Unpublished | ReaderItem::Republished => {}
-            ReaderItem::Ended | ReaderItem::TooSlow => {
+        // The player's task handles items only while it has the RTP side (not in direct mode).
+        match (item, &mut p.rtp) {
+            (ReaderItem::Tracks(t), Some(rtp)) => rtp.tracks = (*t).clone(),
+            (ReaderItem::Frame(f), Some(rtp)) => rtp.frame(&f, &mut self.out.bufs),
+            (ReaderItem::Tracks(_) | ReaderItem::Frame(_), None) => {}
+            (ReaderItem::Unpublished | ReaderItem::Republished, _) => {}
+            (ReaderItem::Ended | ReaderItem::TooSlow, _) => {
                 info!(peer = %self.peer, session = %self.sess.id(), "rtsp play: stream ended; closing");
                 self.teardown();
                 self.closing = true;
@@ -781,9 +809,13 @@ impl Conn {
     /// The session's RTCP figures from the player's latest receiver reports (RFC 3550 6.4.1):
     /// losses summed over its tracks, the larger fraction lost and jitter (in seconds, by each
     /// track's clock).
-    fn rtcp_figures(&self) {
+    fn rtcp_figures(&mut self) {
+        // The tracks' clocks are the RTP side's, back from the fan-out.
+        if !self.take_over_or_close() {
+            return;
+        }
         let Some(p) = self.playing() else { return };
-        let tracks = lock(&p.rtp).tracks.clone();
+        let Some(tracks) = p.rtp.as_ref().map(|r| r.tracks.clone()) else { return };
         let mut fig: Option<RtcpFigures> = None;
         for (i, rr) in p.last_rr.iter().enumerate() {
             let Some(rr) = rr else { continue };

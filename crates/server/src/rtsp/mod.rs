@@ -133,7 +133,7 @@ impl StreamRtp {
     /// The packets of a frame, as the stream built them. A frame pushed before the stream had
     /// RTSP readers and not in the GOP then has none (it would take sequence numbers out of
     /// order): the reader skips it.
-    pub fn packets(&self, _track: &TrackInfo, frame: &Frame) -> Bytes {
+    pub fn packets(&self, frame: &Frame) -> Bytes {
         frame.built(Wire::Rtp).unwrap_or_default()
     }
 
@@ -406,9 +406,8 @@ mod tests {
                 frames.push(f);
             }
         }
-        let tracks = tracks();
-        let v = s.packets(tracks.video.as_ref().unwrap(), &frames[0]);
-        let a = s.packets(tracks.audio.as_ref().unwrap(), &frames[1]);
+        let v = s.packets(&frames[0]);
+        let a = s.packets(&frames[1]);
         let now = unix_micros() + 1_000_000;
         // Seconds of media from the frames to `now`, by each track's report.
         let since = |kind, frame_ts: u32, clock: f64| f64::from(report(&s, kind, now).1.wrapping_sub(frame_ts)) / clock;
@@ -441,7 +440,7 @@ mod tests {
         let f0 = {
             let f = Frame::new(TrackKind::Video, 10_000, 10_000, true, Bytes::from_static(IDR));
             s.build(&tracks(), &f);
-            first_packet(&s.packets(tracks().video.as_ref().unwrap(), &f)).0
+            first_packet(&s.packets(&f)).0
         };
         // 2 s after capture of media 10 s: media 12 s, 180,000 ticks after the frame.
         assert_eq!(rtp.wrapping_sub(f0), 180_000, "the report follows the publisher's capture time");
@@ -458,7 +457,6 @@ mod tests {
     async fn sequence_numbers_follow_the_stream_for_slow_and_fast_readers() {
         let hub = Hub::new(HubConfig::default());
         let p = publish(&hub, "live/seq");
-        let tracks = tracks();
         let s = Arc::new(StreamRtp::new(1400));
         // A GOP is pushed before any RTSP reader.
         p.push(TrackKind::Video, 0, 0, true, Bytes::from_static(IDR));
@@ -474,14 +472,13 @@ mod tests {
         }
         let mut fast_seqs = Vec::new();
         while let Ok((_, crate::event::HubEvent::Frame(f))) = fast.rx.as_mut().unwrap().try_recv() {
-            fast_seqs.push(first_packet(&s.packets(tracks.video.as_ref().unwrap(), &f)).1);
+            fast_seqs.push(first_packet(&s.packets(&f)).1);
         }
         // The slow reader now works through its GOP, then the live frames.
-        let mut slow_seqs: Vec<u16> =
-            slow.gop.iter().map(|f| first_packet(&s.packets(tracks.video.as_ref().unwrap(), f)).1).collect();
+        let mut slow_seqs: Vec<u16> = slow.gop.iter().map(|f| first_packet(&s.packets(f)).1).collect();
         let mut slow = slow;
         while let Ok((_, crate::event::HubEvent::Frame(f))) = slow.rx.as_mut().unwrap().try_recv() {
-            slow_seqs.push(first_packet(&s.packets(tracks.video.as_ref().unwrap(), &f)).1);
+            slow_seqs.push(first_packet(&s.packets(&f)).1);
         }
         assert_eq!(slow_seqs.len(), 10);
         assert_eq!(fast_seqs.len(), 5);

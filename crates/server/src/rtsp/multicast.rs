@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex, Weak};
 
 use anyhow::Context;
-use ferrocast_media::{TrackInfo, TrackKind, Tracks};
+use ferrocast_media::{TrackKind, Tracks};
 use ferrocast_rtsp::codec;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
@@ -81,14 +81,16 @@ async fn send_loop(group: Weak<MulticastGroup>, shared: Arc<Shared>, stream: Arc
             item = reader.next() => match item {
                 ReaderItem::Tracks(t) => tracks = (*t).clone(),
                 ReaderItem::Frame(f) => {
-                    let track: Option<&TrackInfo> = match f.kind {
-                        TrackKind::Video => tracks.video.as_ref(),
-                        TrackKind::Audio => tracks.audio.as_ref(),
+                    let known = match f.kind {
+                        TrackKind::Video => tracks.video.is_some(),
+                        TrackKind::Audio => tracks.audio.is_some(),
                     };
-                    let Some(track) = track else { continue };
+                    if !known {
+                        continue;
+                    }
                     let i = slot(f.kind);
                     let first = counts[i].0 == 0;
-                    let packets = stream.packets(track, &f);
+                    let packets = stream.packets(&f);
                     if first && let Some((_, sr)) = stream.sender_report(f.kind, unix_micros(), 0, 0) {
                         let _ = socket.send_to(&sr, rtcp[i]).await;
                     }

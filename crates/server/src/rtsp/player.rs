@@ -3,17 +3,18 @@
 //! PLAY (whose headers make the answer's RTP-Info).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ferrocast_media::{Frame, TrackInfo, TrackKind, Tracks};
+use ferrocast_media::{Frame, TrackKind, Tracks};
 use ferrocast_rtsp::codec;
 use ferrocast_rtsp::server::RtpStart;
 
 use super::{MulticastGroup, Shared, StreamRtp, slot, unix_micros};
 use crate::fanout::Encoder;
 use crate::reader::ReaderItem;
+use crate::session::OutCount;
 
 /// How long a PLAY answer waits for the first frame of every set-up track: its RTP-Info
 /// carries the header of the first packet of each (a stream whose audio stays silent
@@ -39,6 +40,14 @@ pub(super) struct Sent {
     pub(super) octets: u32,
 }
 
+impl Sent {
+    /// Counts an RTP packet: its payload octets, as sender reports give them (RFC 3550 6.4.1).
+    fn count(&mut self, pkt: &[u8]) {
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
+    }
+}
+
 /// Frames held until a PLAY is answered, and the first packet header of each track.
 pub(super) struct Starting {
     pub(super) deadline: Instant,
@@ -51,37 +60,51 @@ pub(super) struct Starting {
 }
 
 /// The RTP side of a player: its frames as packets on its transports. Used by the player's
-/// own task and, in direct mode, by the stream's fan-out task (see [`crate::fanout`]).
+/// own task and, in direct mode, by the stream's fan-out task (see [`crate::fanout`]), which
+/// sends a frame to each of hundreds of players in turn: what each frame uses (what was sent,
+/// the socket) is the first cache line, and where a track goes the next.
+#[repr(C, align(64))]
 pub(super) struct RtpOut {
+    pub(super) sent: [Sent; 2],
+    /// Bytes sent over UDP, not yet added to the session.
+    pub(super) udp_sent: OutCount,
     pub(super) shared: Arc<Shared>,
     pub(super) stream: Arc<StreamRtp>,
-    pub(super) tracks: Tracks,
     /// Where each track's packets go (video, audio): None when not set up or multicast.
     pub(super) txs: [Option<Tx>; 2],
-    pub(super) sent: [Sent; 2],
+    pub(super) tracks: Tracks,
     /// Scratch for interleaved headers.
     pub(super) headers: BytesMut,
-    /// The packets of the frame being sent over UDP (reused).
-    pub(super) udp: Vec<Bytes>,
     /// The player's session: the bytes sent over UDP are counted there (TCP bytes are
     /// counted where they are written).
     pub(super) session: Option<Arc<crate::session::SessionInfo>>,
 }
 
-pub(super) fn lock(m: &Mutex<RtpOut>) -> MutexGuard<'_, RtpOut> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+impl Drop for RtpOut {
+    fn drop(&mut self) {
+        self.count_sent();
+    }
 }
 
 impl RtpOut {
+    /// The player's RTP side, as the fan-out hands it back ([`crate::fanout::Slot::take_back`]).
+    pub(super) fn back(encoder: Box<dyn Encoder>) -> Option<Box<RtpOut>> {
+        let any: Box<dyn std::any::Any> = encoder;
+        any.downcast().ok()
+    }
+
+    /// Adds the bytes sent over UDP to the session.
+    pub(super) fn count_sent(&mut self) {
+        self.udp_sent.flush(self.session.as_deref());
+    }
+
     /// Sends a frame: over UDP at once, over TCP as buffers appended to `out`.
     pub(super) fn frame(&mut self, f: &Frame, out: &mut Vec<Bytes>) {
-        let track: Option<&TrackInfo> = match f.kind {
-            TrackKind::Video => self.tracks.video.as_ref(),
-            TrackKind::Audio => self.tracks.audio.as_ref(),
-        };
+        // Only set-up tracks have a transport (a change of tracks goes through the player's
+        // own task).
         let idx = slot(f.kind);
-        let (Some(track), Some(tx)) = (track, &self.txs[idx]) else { return };
-        let packets = self.stream.packets(track, f);
+        let Some(tx) = &self.txs[idx] else { return };
+        let packets = self.stream.packets(f);
         let t = &mut self.sent[idx];
         if !t.report {
             // A sender report before the first packet gives players the NTP/RTP mapping
@@ -91,50 +114,46 @@ impl RtpOut {
                 send_rtcp(&self.shared, &mut self.headers, out, tx, sr);
             }
         }
-        let udp = send_frame(&self.shared, &mut self.headers, &mut self.udp, out, tx, &packets, t);
-        if let (Some(s), true) = (&self.session, udp > 0) {
-            s.add_out(udp);
+        let udp = send_frame(&self.shared, &mut self.headers, out, tx, &packets, t);
+        if udp > 0 {
+            self.udp_sent.add(udp, self.session.as_deref());
         }
     }
 }
 
 /// A frame's packets (`[u16 length][packet]` records) on one transport: over UDP at once,
 /// all together (see udp_out); over TCP as interleaved buffers appended to `out`. Counted in
-/// `sent`; `udp` is scratch. Returns the bytes sent over UDP.
+/// `sent`. Returns the bytes sent over UDP.
 pub(super) fn send_frame(
     shared: &Shared,
     headers: &mut BytesMut,
-    udp: &mut Vec<Bytes>,
     out: &mut Vec<Bytes>,
     tx: &Tx,
     packets: &Bytes,
     sent: &mut Sent,
 ) -> usize {
-    let mut udp_bytes = 0;
-    for pkt in codec::packets(packets) {
-        sent.packets = sent.packets.wrapping_add(1);
-        sent.octets = sent.octets.wrapping_add(pkt.len().saturating_sub(12) as u32);
-        match tx {
-            Tx::Udp { .. } => {
-                udp_bytes += pkt.len();
-                udp.push(pkt)
-            }
-            _ => send_rtp(headers, out, tx, pkt),
-        }
-    }
     if let Tx::Udp { rtp, .. } = tx {
-        super::udp_out::send_packets(&shared.rtp, *rtp, udp);
-        udp.clear();
+        let mut udp_bytes = 0;
+        for pkt in codec::packet_slices(packets) {
+            sent.count(pkt);
+            udp_bytes += pkt.len();
+        }
+        super::udp_out::send_records(&shared.rtp, *rtp, packets);
+        return udp_bytes;
     }
-    udp_bytes
+    for pkt in codec::packets(packets) {
+        sent.count(&pkt);
+        send_rtp(headers, out, tx, pkt);
+    }
+    0
 }
 
-/// A player's [`RtpOut`] as the fan-out task uses it.
-pub(super) struct SharedRtpOut(pub(super) Arc<Mutex<RtpOut>>);
-
-impl Encoder for SharedRtpOut {
+/// The fan-out task sends for a player in step with its own [`RtpOut`], handed over whole
+/// (see [`RtpOut::back`]): the pass over the readers reaches each one's packet state with no
+/// lock or pointer of its own.
+impl Encoder for RtpOut {
     fn frame(&mut self, frame: &Arc<Frame>, out: &mut Vec<Bytes>) {
-        lock(&self.0).frame(frame, out);
+        RtpOut::frame(self, frame, out);
     }
 }
 
@@ -159,18 +178,17 @@ impl Starting {
 
     /// Notes the header of a frame's first packet when it is the first of its track. The
     /// packets are the stream's shared ones: the player will be sent exactly these.
-    pub(super) fn first_packet(&mut self, rtp: &Mutex<RtpOut>, stream: &StreamRtp, f: &Frame) {
+    pub(super) fn first_packet(&mut self, out: &RtpOut, stream: &StreamRtp, f: &Frame) {
         let idx = slot(f.kind);
         if !self.wanted[idx] {
             return;
         }
-        let out = lock(rtp);
         let track = match f.kind {
             TrackKind::Video => out.tracks.video.as_ref(),
             TrackKind::Audio => out.tracks.audio.as_ref(),
         };
         let Some(track) = track else { return };
-        let packets = stream.packets(track, f);
+        let packets = stream.packets(f);
         let Some(first) = codec::packets(&packets).next() else { return };
         if first.len() < 12 {
             return;

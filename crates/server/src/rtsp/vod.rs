@@ -101,7 +101,6 @@ pub(super) struct VodPlaying {
     media: Arc<Mutex<Box<dyn Media>>>,
     reading: Option<tokio::task::JoinHandle<Read>>,
     sent: [Sent; 2],
-    udp: Vec<Bytes>,
     /// Bytes sent over UDP since the connection last took the count (its session's bytes out).
     pub(super) udp_sent: u64,
 }
@@ -120,7 +119,6 @@ impl VodPlaying {
             media: opened.media.clone(),
             reading: None,
             sent: Default::default(),
-            udp: Vec::new(),
             udp_sent: 0,
         }
     }
@@ -191,9 +189,7 @@ impl VodPlaying {
                 Output::Rtp { track, packets } => {
                     if let Some((_, tx)) = txs.iter().find(|(i, _)| *i == track) {
                         let sent = &mut self.sent[track.min(1)];
-                        self.udp_sent +=
-                            send_frame(shared, &mut out.headers, &mut self.udp, &mut out.bufs, tx, &packets, sent)
-                                as u64;
+                        self.udp_sent += send_frame(shared, &mut out.headers, &mut out.bufs, tx, &packets, sent) as u64;
                     }
                 }
                 Output::Rtcp { track, packet } => {
