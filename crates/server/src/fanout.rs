@@ -37,6 +37,7 @@
 //! tasks write (a reader catching up with its GOP, RTP over UDP) are not measured.
 
 use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -73,23 +74,25 @@ pub struct Slot {
     session: std::sync::OnceLock<Arc<crate::session::SessionInfo>>,
 }
 
-/// The fields each pass uses first (see [`Slot`]).
+/// The fields each pass uses first (see [`Slot`]), then the others.
 #[repr(C)]
 struct SlotState {
     /// A pass panicked on this slot: it takes no more events.
     failed: bool,
     /// Set when direct mode ended; cleared when the reader's task takes over.
     fell_back: bool,
+    /// The descriptor of `socket`, where direct writes go (None: the encoder sends by
+    /// itself). Kept here, beside the lock: reaching it through the socket was a cache miss
+    /// per reader and write.
+    fd: Option<RawFd>,
     /// Events before this one were in the reader's start-up snapshot.
     start_seq: u64,
     /// Set in direct mode.
     direct: Option<Box<dyn Encoder>>,
-    /// Buffers of the frame being written (reused).
-    scratch: Vec<Bytes>,
-    /// Where direct writes go (None: the encoder sends by itself).
-    socket: Option<Arc<TcpStream>>,
     /// Bytes direct writes sent, not yet added to the session.
     sent: OutCount,
+    /// The socket `fd` is of: the slot keeps it open.
+    socket: Option<Arc<TcpStream>>,
     /// Events for the reader's task, in order.
     queue: VecDeque<HubEvent>,
     /// Most queued events; past it the queue is dropped and counted as a lag.
@@ -127,11 +130,11 @@ impl Slot {
             state: Mutex::new(SlotState {
                 failed: false,
                 fell_back: false,
+                fd: socket.as_ref().map(|s| s.as_raw_fd()),
                 start_seq,
                 direct: None,
-                scratch: Vec::new(),
-                socket,
                 sent: OutCount::default(),
+                socket,
                 queue: VecDeque::new(),
                 cap,
                 lagged: 0,
@@ -222,17 +225,24 @@ impl Slot {
         Ok(encoder)
     }
 
-    /// Events from the ring, in order (fan-out task only). In direct mode the frames' wire
-    /// forms are gathered and written with one write: frames that arrived while the fan-out
-    /// task was busy go out together, with no wait added. True when something was written to
-    /// the socket (an encoder that sends by itself, RTP over UDP, writes nothing here).
+    /// [`Slot::deliver_with`] with a scratch list of its own.
+    #[cfg(test)]
     fn deliver(&self, events: &[Sequenced]) -> bool {
+        self.deliver_with(events, &mut Vec::new())
+    }
+
+    /// Events from the ring, in order (fan-out task only). In direct mode the frames' wire
+    /// forms are gathered (in `scratch`, the pass's, reused from reader to reader) and written
+    /// with one write: frames that arrived while the fan-out task was busy go out together,
+    /// with no wait added. True when something was written to the socket (an encoder that
+    /// sends by itself, RTP over UDP, writes nothing here).
+    fn deliver_with(&self, events: &[Sequenced], scratch: &mut Vec<Bytes>) -> bool {
         let mut st = self.lock();
         let st = &mut *st;
         if st.failed {
             return false;
         }
-        st.scratch.clear();
+        scratch.clear();
         let mut wrote = false;
         for (seq, ev) in events {
             if *seq < st.start_seq {
@@ -242,10 +252,10 @@ impl Slot {
                 if let HubEvent::Frame(f) = ev {
                     #[cfg(debug_assertions)]
                     test_hook::before_encode(f);
-                    encoder.frame(f, &mut st.scratch);
+                    encoder.frame(f, scratch);
                     continue;
                 }
-                wrote |= self.flush(st);
+                wrote |= self.flush(st, scratch);
                 st.end_direct();
             }
             if st.queue.len() >= st.cap {
@@ -255,34 +265,34 @@ impl Slot {
             st.queue.push_back(ev.clone());
             self.notify.notify_one();
         }
-        wrote | self.flush(st)
+        wrote | self.flush(st, scratch)
     }
 
     /// Writes the gathered wire forms; a write not taken whole (or failed) ends direct mode.
     /// True when there was something to write.
-    fn flush(&self, st: &mut SlotState) -> bool {
-        if st.scratch.is_empty() || st.direct.is_none() {
+    fn flush(&self, st: &mut SlotState, scratch: &mut Vec<Bytes>) -> bool {
+        if scratch.is_empty() || st.direct.is_none() {
             return false;
         }
-        let Some(socket) = &st.socket else { return false };
-        let total: usize = st.scratch.iter().map(Bytes::len).sum();
+        let Some(fd) = st.fd else { return false };
+        let total: usize = scratch.iter().map(Bytes::len).sum();
         let session = self.session.get().map(|s| &**s);
-        match crate::sockio::write_now_direct(socket, &mut st.scratch) {
+        match crate::sockio::write_now_direct(fd, scratch) {
             Ok(true) => {
                 st.sent.add(total, session);
                 return true;
             }
             Ok(false) => {
-                st.sent.add(total - st.scratch.iter().map(Bytes::len).sum::<usize>(), session);
+                st.sent.add(total - scratch.iter().map(Bytes::len).sum::<usize>(), session);
                 st.sent.flush(session);
-                st.pending = std::mem::take(&mut st.scratch)
+                st.pending = std::mem::take(scratch)
             }
             Err(e) => {
                 st.sent.flush(session);
                 st.error = Some(e)
             }
         }
-        st.scratch.clear();
+        scratch.clear();
         st.end_direct();
         self.notify.notify_one();
         true
@@ -297,7 +307,6 @@ impl Slot {
         st.returned = None;
         st.fell_back = true;
         st.pending.clear();
-        st.scratch.clear();
         st.queue.clear();
         st.error = Some(std::io::Error::other("the fan-out panicked while encoding for this reader"));
         self.notify.notify_one();
@@ -515,13 +524,13 @@ impl FanOut {
 
     /// Hands `events` to each slot; a panic on one slot ends that reader only. True when
     /// something was written to a socket.
-    fn pass(&self, slots: &[Arc<Slot>], events: &[Sequenced]) -> bool {
+    fn pass(&self, slots: &[Arc<Slot>], events: &[Sequenced], scratch: &mut Vec<Bytes>) -> bool {
         let mut wrote = false;
         for (i, s) in slots.iter().enumerate() {
             if i % TOUCH_AHEAD == 0 {
                 touch(&slots[i + 1..(i + 1 + TOUCH_AHEAD).min(slots.len())]);
             }
-            match catch_unwind(AssertUnwindSafe(|| s.deliver(events))) {
+            match catch_unwind(AssertUnwindSafe(|| s.deliver_with(events, scratch))) {
                 Ok(w) => {
                     if w && !wrote {
                         self.first_written(events);
@@ -799,6 +808,8 @@ impl Cadence {
 pub(crate) async fn run(fanout: Weak<FanOut>, shard: usize, mut rx: broadcast::Receiver<Sequenced>, pacing: Pacing) {
     use broadcast::error::{RecvError, TryRecvError};
     let mut batch: Vec<Sequenced> = Vec::with_capacity(MAX_BATCH);
+    // The buffers of the frames being written to one reader, reused from reader to reader.
+    let mut scratch: Vec<Bytes> = Vec::new();
     let mut load = Load::default();
     let mut choice = Choice::new(Instant::now());
     let mut cadence = Cadence::default();
@@ -858,7 +869,7 @@ pub(crate) async fn run(fanout: Weak<FanOut>, shard: usize, mut rx: broadcast::R
             let full = batch.len() == MAX_BATCH;
             if !batch.is_empty() {
                 let started = Instant::now();
-                let wrote = fanout.pass(&slots, &batch);
+                let wrote = fanout.pass(&slots, &batch, &mut scratch);
                 let pass = started.elapsed();
                 load.passed(pass, wrote);
                 choice.passed(started + pass, pass);
@@ -872,7 +883,7 @@ pub(crate) async fn run(fanout: Weak<FanOut>, shard: usize, mut rx: broadcast::R
                     break;
                 }
                 Some(RecvError::Closed) => {
-                    fanout.pass(&slots, &[(u64::MAX, HubEvent::Ended)]);
+                    fanout.pass(&slots, &[(u64::MAX, HubEvent::Ended)], &mut scratch);
                     return;
                 }
             }
@@ -931,6 +942,17 @@ mod tests {
         let (b, _) = l.accept().await.unwrap();
         a.writable().await.unwrap();
         (Arc::new(a), b)
+    }
+
+    #[test]
+    fn what_a_pass_uses_of_a_slot_is_its_first_cache_line() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(std::mem::align_of::<Slot>(), 64);
+        assert_eq!(offset_of!(Slot, state), 0, "the lock first");
+        // The state's fields follow the lock's word and poison flag.
+        let state = size_of::<Mutex<SlotState>>() - size_of::<SlotState>();
+        let end = state + offset_of!(SlotState, sent) + size_of::<OutCount>();
+        assert!(end <= 64, "the lock, failed, fd, start_seq, direct and sent end at {end}");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! socket accepts at once (no timer: the common case) and only then wait, with a timeout.
 
 use std::io::IoSlice;
-use std::os::fd::AsRawFd;
+use std::os::fd::RawFd;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -32,14 +32,14 @@ pub fn write_now(socket: &TcpStream, bufs: &mut Vec<Bytes>) -> std::io::Result<b
 }
 
 /// As [`write_now`], for the fan-out's writes to readers that keep up: straight to the
-/// socket's descriptor, without tokio's readiness check (`try_io`, 4% of the server's core at
-/// 1,000 readers in `perf`; most of it was a cache miss on the socket's tokio state, which
-/// reading the descriptor still takes, so the saving is small). The fan-out never waits on the socket: on `WouldBlock` the reader's
-/// own task takes over, finds tokio's readiness stale, gets `WouldBlock` once itself and
-/// then waits for the socket as usual.
-pub fn write_now_direct(socket: &TcpStream, bufs: &mut Vec<Bytes>) -> std::io::Result<bool> {
+/// socket's descriptor `fd`, without tokio's readiness check (`try_io`, 4% of the server's
+/// core at 1,000 readers in `perf`, most of it a cache miss on the socket's tokio state; the
+/// caller keeps the descriptor where it already is, see `fanout::SlotState`, and keeps the
+/// socket open). The fan-out never waits on the socket: on `WouldBlock` the reader's own task
+/// takes over, finds tokio's readiness stale, gets `WouldBlock` once itself and then waits
+/// for the socket as usual.
+pub fn write_now_direct(fd: RawFd, bufs: &mut Vec<Bytes>) -> std::io::Result<bool> {
     use nix::sys::socket::{MsgFlags, send, sendmsg};
-    let fd = socket.as_raw_fd();
     // MSG_NOSIGNAL: a reader that is gone gives EPIPE, never SIGPIPE.
     let flags = MsgFlags::MSG_NOSIGNAL;
     let io = |r: nix::Result<usize>| r.map_err(std::io::Error::from);
