@@ -209,7 +209,8 @@ impl Slot {
     }
 
     /// [`Slot::take_over`], handing back the encoder direct mode had (None when the task had
-    /// the writing already, or a pass panicked in the encoder).
+    /// the writing already). On an error (a write that failed, a pass that panicked in the
+    /// encoder) the encoder is dropped with the slot's hold on the reader.
     pub fn take_back(&self, out: &mut Vec<Bytes>) -> std::io::Result<Option<Box<dyn Encoder>>> {
         let mut st = self.lock();
         if st.direct.is_none() && !st.fell_back {
@@ -599,6 +600,9 @@ impl Drop for Attachment {
         self.fanout.detach(self.shard, &self.slot);
         let mut st = self.slot.lock();
         self.slot.count_sent(&mut st);
+        // A pass under way may still hold the slot: it skips it from now on, so nothing is
+        // sent, or counted, after the count above.
+        st.failed = true;
     }
 }
 
@@ -999,6 +1003,48 @@ mod tests {
         }
         assert!(matches!(slot.pop(), Some(Err(4))), "the 4 queued before the overflow were dropped");
         assert!(matches!(slot.pop(), Some(Ok(_))));
+    }
+
+    /// An encoder with state of its own, which the reader's task must get back.
+    struct Stateful(u32);
+
+    impl Encoder for Stateful {
+        fn frame(&mut self, frame: &Arc<Frame>, out: &mut Vec<Bytes>) {
+            self.0 += 1;
+            out.push(frame.data.clone());
+        }
+    }
+
+    fn counted(encoder: Option<Box<dyn Encoder>>) -> Option<u32> {
+        let any: Box<dyn std::any::Any> = encoder?;
+        any.downcast::<Stateful>().ok().map(|c| c.0)
+    }
+
+    #[tokio::test]
+    async fn the_reader_s_task_gets_its_encoder_back_with_what_it_counted() {
+        let (a, mut b) = pair().await;
+        let slot = Slot::new(Some(a), 0, 16);
+        let mut out = Vec::new();
+        assert_eq!(counted(slot.take_back(&mut out).unwrap()), None, "the task had the writing");
+        // Taken back while direct.
+        assert!(slot.go_direct(Box::new(Stateful(0))).is_ok());
+        slot.deliver(&[(0, frame(b"a".to_vec())), (1, frame(b"b".to_vec()))]);
+        assert_eq!(counted(slot.take_back(&mut out).unwrap()), Some(2));
+        assert!(!slot.is_direct());
+        // Refused: handed back at once.
+        slot.deliver(&[(2, HubEvent::Unpublished)]);
+        let refused = slot.go_direct(Box::new(Stateful(7))).err();
+        assert_eq!(counted(refused), Some(7), "an event is queued");
+        assert!(matches!(slot.pop(), Some(Ok(HubEvent::Unpublished))));
+        // Direct mode ended by the fan-out (another event): kept for the task.
+        assert!(slot.go_direct(Box::new(Stateful(0))).is_ok());
+        slot.deliver(&[(3, frame(b"c".to_vec())), (4, HubEvent::Unpublished)]);
+        assert!(slot.fell_back());
+        assert_eq!(counted(slot.take_back(&mut out).unwrap()), Some(1));
+        assert_eq!(counted(slot.take_back(&mut out).unwrap()), None, "handed back once");
+        let mut buf = [0u8; 3];
+        b.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"abc");
     }
 
     #[tokio::test]

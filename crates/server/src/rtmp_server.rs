@@ -128,8 +128,6 @@ impl Playing {
 }
 
 struct Connection {
-    /// The connection's entry in the session registry (ends with the connection).
-    sess: SessionHandle,
     peer: SocketAddr,
     socket: Arc<TcpStream>,
     session: ServerSession,
@@ -143,6 +141,10 @@ struct Connection {
     last_media: Instant,
     /// Buffers on their way to the socket (reused).
     pending: Vec<Bytes>,
+    /// The connection's entry in the session registry (ends with the connection). Last, so
+    /// dropped last: what a player's fan-out slot counted is added when its reader (in `role`)
+    /// goes, before the session's end reads its totals.
+    sess: SessionHandle,
 }
 
 impl Connection {

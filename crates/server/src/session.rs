@@ -178,6 +178,7 @@ impl SessionInfo {
     pub fn add_out(&self, n: usize) {
         self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
     }
+
     /// Whether the session was kicked.
     pub fn was_kicked(&self) -> bool {
         self.kicked.load(Ordering::Acquire)

@@ -172,6 +172,10 @@ impl Conn {
                 // Direct mode ended: the loop's top takes over.
                 _ = async { direct.expect("guarded").changed().await }, if direct.is_some() => {}
                 item = async { reader.expect("guarded").next().await }, if reader.is_some() => {
+                    // Direct mode may have ended since the loop's top looked: the items are
+                    // then the fan-out's, and the RTP side (and any unwritten rest) comes
+                    // back first.
+                    self.take_over()?;
                     self.play_item(item);
                     for _ in 1..64 {
                         let Media::Play(p) = &mut self.media else { break };
@@ -756,7 +760,7 @@ impl Conn {
                         continue;
                     }
                     let kind = if *index == 0 { TrackKind::Video } else { TrackKind::Audio };
-                    let t = p.rtp.as_ref().map(|r| r.sent[(*index).min(1)]).unwrap_or_default();
+                    let Some(t) = p.rtp.as_ref().map(|r| r.sent[(*index).min(1)]) else { continue };
                     if let Some((_, sr)) = p.stream.sender_report(kind, micros, t.packets, t.octets) {
                         send_rtcp(&self.shared, &mut self.out.headers, &mut self.out.bufs, tx, sr);
                     }
@@ -794,7 +798,10 @@ impl Conn {
         match (item, &mut p.rtp) {
             (ReaderItem::Tracks(t), Some(rtp)) => rtp.tracks = (*t).clone(),
             (ReaderItem::Frame(f), Some(rtp)) => rtp.frame(&f, &mut self.out.bufs),
-            (ReaderItem::Tracks(_) | ReaderItem::Frame(_), None) => {}
+            (ReaderItem::Tracks(_) | ReaderItem::Frame(_), None) => {
+                // Not reached: items come after a take-over, which brings the RTP side back.
+                warn!(peer = %self.peer, session = %self.sess.id(), "rtsp play: an item without the RTP side; skipped");
+            }
             (ReaderItem::Unpublished | ReaderItem::Republished, _) => {}
             (ReaderItem::Ended | ReaderItem::TooSlow, _) => {
                 info!(peer = %self.peer, session = %self.sess.id(), "rtsp play: stream ended; closing");

@@ -75,8 +75,8 @@ pub(super) struct RtpOut {
     pub(super) tracks: Tracks,
     /// Scratch for interleaved headers.
     pub(super) headers: BytesMut,
-    /// The player's session: the bytes sent over UDP are counted there (TCP bytes are
-    /// counted where they are written).
+    /// The player's session: the bytes sent over UDP are added there, every
+    /// [`OutCount::EVERY`] frames (`udp_sent`; TCP bytes are counted where they are written).
     pub(super) session: Option<Arc<crate::session::SessionInfo>>,
 }
 

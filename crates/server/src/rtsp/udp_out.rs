@@ -134,9 +134,15 @@ mod tests {
         // seen ready).
         tx.writable().await.unwrap();
         // Frames whose runs are cut by size, by the segment cap (100 small packets: past a
-        // batch of 64) and by the datagram's size (50 at the MTU), with a packet alone at the
-        // end. One frame at a time: the receive buffer holds one.
-        let frames = [vec![1400, 1400, 1400, 500, 30], vec![200; 100], [vec![1400; 50], vec![700, 30]].concat()];
+        // batch of 64), by the datagram's size (50 at the MTU), with a packet alone at the
+        // end, and one whose run goes on past the batch's end (10 + 54 in the first batch:
+        // the 54 are kept for the next). One frame at a time: the receive buffer holds one.
+        let frames = [
+            vec![1400, 1400, 1400, 500, 30],
+            vec![200; 100],
+            [vec![1400; 50], vec![700, 30]].concat(),
+            [vec![1000; 10], vec![300; 90]].concat(),
+        ];
         for (f, sizes) in frames.iter().enumerate() {
             let packets: Vec<Bytes> =
                 sizes.iter().enumerate().map(|(i, &n)| Bytes::from(vec![(f * 100 + i) as u8; n])).collect();
