@@ -379,9 +379,10 @@ pub struct HubConfig {
     /// `load_merge_max_ms`).
     pub write_merge_ms: u64,
     /// Without a write-merge window, a loaded fan-out (one whose pass over its readers takes
-    /// 1 ms or more) holds a frame for the stream's next frame when that is due within two
-    /// passes (at most this many ms), so the two share a write; a frame that arrives during a
-    /// pass waits about that long for its last reader anyway. An idle fan-out writes each
+    /// 1 ms or more) opens a window of its own when the stream's next frame is due within
+    /// three passes (at most this many ms), and the frames that arrive in it share a write; a
+    /// frame that arrives during a pass waits about that long for its last reader anyway. An
+    /// idle fan-out writes each
     /// frame as it arrives, and a loaded one holds only while that measurably costs it less
     /// (its passes' share of time with and without holding, measured in turn; fanout.rs
     /// `Choice`). 0 writes each frame as it arrives under any load.
@@ -483,7 +484,7 @@ impl Default for HubConfig {
             reader_write_timeout_ms: 10_000,
             max_reader_skips_per_minute: 4,
             write_merge_ms: 0,
-            load_merge_max_ms: 20,
+            load_merge_max_ms: 40,
             tcp_nodelay: false,
         }
     }

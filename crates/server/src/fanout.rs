@@ -20,13 +20,12 @@
 //! write-merge window (`hub.write_merge_ms`) the fan-out task waits out the window the first
 //! frame opened and writes all of its frames at once: the window costs one timer per stream,
 //! not one per reader. Without a window, a loaded fan-out (a pass over its readers takes 1 ms
-//! or more) holds a frame for the stream's next frame if that is due within two passes
-//! (`hub.load_merge_max_ms` at most; it learns when each track's frames arrive), so the two
-//! share a write: mostly a video frame and the audio frame next to it. A frame that arrives
-//! during a pass waits about that long for its last reader anyway. It holds only while that
-//! measurably costs it less ([`Choice`]): readers that read in batches leave writes
-//! unacknowledged, Nagle's algorithm queues the next ones in the kernel, and holding would
-//! add latency for little.
+//! or more) opens a window of its own when the stream's next frame is due within three passes
+//! (`hub.load_merge_max_ms` at most; it learns when each track's frames arrive): the frames
+//! that arrive in it share a write, a video frame and the audio frames around it, at 1,000
+//! readers one write per reader for two or three frames. A frame that arrives during a pass
+//! waits about that long for its last reader anyway. It holds only while that measurably
+//! costs it less ([`Choice`]), and an idle fan-out never holds.
 //!
 //! The fan-out measures the server's share of a reader's latency (issue 14): the publisher
 //! notes when each frame entered the hub ([`FanOut::arrived`], a table of the latest
@@ -613,13 +612,11 @@ const MAX_BATCH: usize = 64;
 /// frame as it arrives.
 const LOADED_PASS: Duration = Duration::from_millis(1);
 
-/// A loaded fan-out holds a frame for the next one for at most this many passes over its
-/// readers. One pass saved 12% of the CPU at 1,000 readers, two 27% for 3 ms more p99 latency
-/// (still 5 ms under nginx-rtmp's; BENCHMARKS.md).
-const HOLD_PASSES: u32 = 2;
-
-/// How much later than due a held-for frame may arrive.
-const DUE_SLACK: Duration = Duration::from_millis(2);
+/// A loaded fan-out's window lasts at most this many passes over its readers. At 1,000
+/// readers: two passes (a window of ~20 ms) took 0.58x nginx-rtmp's CPU for eager readers
+/// but 0.77x for batched ones; three (~40 ms) 0.43x and 0.58x, with p99 latency ~85 ms
+/// against nginx-rtmp's 117-138 (BENCHMARKS.md, thirteenth round).
+const HOLD_PASSES: u32 = 3;
 
 /// When the fan-out task writes what it has been handed.
 #[derive(Debug, Clone, Copy)]
@@ -627,13 +624,13 @@ pub(crate) struct Pacing {
     /// The write-merge window (`hub.write_merge_ms`): every event waits until the window it
     /// opened ends.
     pub merge: Duration,
-    /// Without a window: the longest a loaded fan-out holds frames for the stream's next one
-    /// (`hub.load_merge_max_ms`; zero: never).
+    /// Without a window: the longest window a loaded fan-out opens (`hub.load_merge_max_ms`;
+    /// zero: never).
     pub load_max: Duration,
 }
 
 impl Pacing {
-    /// How long a loaded fan-out may hold what it has for the stream's next frame:
+    /// How long a window a loaded fan-out may open for the frames that follow the first:
     /// [`HOLD_PASSES`] passes over its readers (up to `load_max`). A frame that arrives
     /// during a pass already waits up to two passes for its last reader (the pass under way,
     /// then its own), so the hold is of the size of the delays that load causes anyway. An
@@ -836,21 +833,24 @@ pub(crate) async fn run(fanout: Weak<FanOut>, shard: usize, mut rx: broadcast::R
             tokio::time::sleep(pacing.merge).await;
         } else if let Some((_, first)) = batch.last() {
             // Without a window: under load, a frame whose stream's next frame is due within
-            // the hold waits for it (or for the hold to pass) and shares its write.
+            // the hold opens a window of the hold's length, and the frames that arrive in it
+            // share its write.
             let now = Instant::now();
             cadence.took(first, now, waited);
             let hold = if choice.holds() { pacing.hold(&load) } else { Duration::ZERO };
-            if let Some(due) = cadence.next_due(now).filter(|due| *due < hold) {
-                let until = now + (due + DUE_SLACK).min(hold);
-                tokio::select! {
-                    r = rx.recv() => match r {
-                        Ok(item) => {
-                            cadence.took(&item.1, Instant::now(), true);
-                            batch.push(item);
-                        }
-                        Err(e) => end = Some(e),
-                    },
-                    () = tokio::time::sleep_until(until.into()) => {}
+            if cadence.next_due(now).is_some_and(|due| due < hold) {
+                let until = now + hold;
+                while end.is_none() && batch.len() < MAX_BATCH {
+                    tokio::select! {
+                        r = rx.recv() => match r {
+                            Ok(item) => {
+                                cadence.took(&item.1, Instant::now(), true);
+                                batch.push(item);
+                            }
+                            Err(e) => end = Some(e),
+                        },
+                        () = tokio::time::sleep_until(until.into()) => break,
+                    }
                 }
             }
         }
@@ -1129,6 +1129,17 @@ mod tests {
         per_frame: bool,
         pairs: i64,
     ) -> (Vec<i64>, Vec<i64>) {
+        paced_groups(load_merge_max_ms, pause, per_frame, pairs, 1).await
+    }
+
+    /// As [`paced_writes`], with `audio` audio frames 1 ms apart after each video frame.
+    async fn paced_groups(
+        load_merge_max_ms: u64,
+        pause: Duration,
+        per_frame: bool,
+        pairs: i64,
+        audio: i64,
+    ) -> (Vec<i64>, Vec<i64>) {
         let config = crate::config::HubConfig { load_merge_max_ms, ..Default::default() };
         let hub = crate::hub::Hub::new(config);
         let publisher = hub.publish("live/paced").unwrap();
@@ -1146,13 +1157,15 @@ mod tests {
             publisher.push(TrackKind::Video, t, t, i == 0, Bytes::from_static(b"v"));
             // The fan-out takes the frame now, even if the timer below is already due.
             tokio::task::yield_now().await;
-            tokio::time::sleep_until(start + Duration::from_millis(t as u64 + 1)).await;
-            publisher.push(TrackKind::Audio, t + 1, t + 1, true, Bytes::from_static(b"a"));
-            tokio::task::yield_now().await;
+            for k in 1..=audio {
+                tokio::time::sleep_until(start + Duration::from_millis((t + k) as u64)).await;
+                publisher.push(TrackKind::Audio, t + k, t + k, true, Bytes::from_static(b"a"));
+                tokio::task::yield_now().await;
+            }
         }
         // Until the fan-out has written them all (a guard against a hang, not a time limit).
         for _ in 0..1000 {
-            if dts.lock().unwrap().len() == pairs as usize * 2 {
+            if dts.lock().unwrap().len() == (pairs * (1 + audio)) as usize {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1178,6 +1191,18 @@ mod tests {
         let (order, writes) = paced_writes(0, Duration::from_millis(2), false, 40).await;
         assert_eq!(order, expected);
         assert_eq!(writes.len(), 80, "load_merge_max_ms = 0 writes every frame as it arrives");
+    }
+
+    /// A loaded fan-out's hold is a window: every frame that arrives in it shares the write,
+    /// not only the next one.
+    #[tokio::test]
+    async fn a_loaded_fan_out_s_window_takes_every_frame_that_arrives_in_it() {
+        let expected: Vec<i64> = (0..40).flat_map(|i| [i * 30, i * 30 + 1, i * 30 + 2]).collect();
+        // Each write takes 2 ms: a window of three passes (6 ms) holds a video frame and the
+        // two audio frames 1 and 2 ms after it.
+        let (order, writes) = paced_groups(20, Duration::from_millis(2), false, 40, 2).await;
+        assert_eq!(order, expected, "every frame, in order");
+        assert!(writes.len() <= 56, "{} writes for 40 groups of three frames: {writes:?}", writes.len());
     }
 
     /// After its first trial (1.5 s in), a loaded fan-out keeps holding when a write is what
@@ -1326,11 +1351,11 @@ mod tests {
         c.took(&video, t0 + ms(75), false);
         assert_eq!(c.next_due(t0 + ms(75)), Some(ms(5)), "audio due at 80 ms");
         assert_eq!(c.tracks[0], (Some(t0 + ms(60)), Some(ms(30))), "the gap is not relearnt from a late frame");
-        // An idle fan-out never holds; a loaded one holds for as long as a pass takes.
+        // An idle fan-out never holds; a loaded one holds for three passes, up to its most.
         let pacing = Pacing { merge: Duration::ZERO, load_max: ms(20) };
         let load = |pass, writes| Load { pass, writes };
         assert_eq!(pacing.hold(&load(Duration::from_micros(500), true)), Duration::ZERO);
-        assert_eq!(pacing.hold(&load(ms(4), true)), ms(8));
+        assert_eq!(pacing.hold(&load(ms(4), true)), ms(12));
         assert_eq!(pacing.hold(&load(ms(50), true)), ms(20));
         assert_eq!(pacing.hold(&load(ms(4), false)), Duration::ZERO, "only RTP over UDP: no write to save");
     }
