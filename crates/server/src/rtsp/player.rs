@@ -133,12 +133,13 @@ pub(super) fn send_frame(
     sent: &mut Sent,
 ) -> usize {
     if let Tx::Udp { rtp, .. } = tx {
+        // Counted as they are gathered: one walk over the frame's records per reader.
         let mut udp_bytes = 0;
-        for pkt in codec::packet_slices(packets) {
+        let counted = codec::packet_slices(packets).inspect(|pkt| {
             sent.count(pkt);
             udp_bytes += pkt.len();
-        }
-        super::udp_out::send_records(&shared.rtp, *rtp, packets);
+        });
+        super::udp_out::send_packets(&shared.rtp, *rtp, counted);
         return udp_bytes;
     }
     for pkt in codec::packets(packets) {

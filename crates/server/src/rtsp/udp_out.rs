@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+#[cfg(doc)]
 use ferrocast_rtsp::codec;
 use ferrocast_rtsp::rtp::{GSO_MAX_SEGMENTS as MAX_SEGMENTS, gso_run_len as run_len};
 use nix::errno::Errno;
@@ -21,14 +22,14 @@ use tracing::warn;
 /// Set when the kernel refused a segmented send: every send is per packet from then on.
 static GSO_OFF: AtomicBool = AtomicBool::new(false);
 
-/// Sends the packets of a packetized frame (`[u16 length][packet]` records, as the stream
-/// built them), in order, to `dest`. A full socket buffer drops what does not fit, as the
-/// network would. The packets are gathered from the shared buffer where they are: nothing
-/// is copied or counted per packet before the kernel's copy.
-pub fn send_records(socket: &UdpSocket, dest: SocketAddr, records: &[u8]) {
+/// Sends the packets of a packetized frame (slices of the `[u16 length][packet]` records the
+/// stream built, [`codec::packet_slices`]), in order, to `dest`. A full socket buffer drops
+/// what does not fit, as the network would. The packets are gathered from the shared buffer
+/// where they are: nothing is copied or reference-counted per packet before the kernel's copy.
+pub fn send_packets<'a>(socket: &UdpSocket, dest: SocketAddr, packets: impl IntoIterator<Item = &'a [u8]>) {
     let mut batch: [&[u8]; MAX_SEGMENTS] = [&[]; MAX_SEGMENTS];
     let mut n = 0;
-    for p in codec::packet_slices(records) {
+    for p in packets {
         batch[n] = p;
         n += 1;
         if n == MAX_SEGMENTS {
@@ -146,7 +147,8 @@ mod tests {
         for (f, sizes) in frames.iter().enumerate() {
             let packets: Vec<Bytes> =
                 sizes.iter().enumerate().map(|(i, &n)| Bytes::from(vec![(f * 100 + i) as u8; n])).collect();
-            send_records(&tx, rx.local_addr().unwrap(), &records(&packets));
+            let records = records(&packets);
+            send_packets(&tx, rx.local_addr().unwrap(), ferrocast_rtsp::codec::packet_slices(&records));
             let mut buf = [0u8; 2000];
             for p in &packets {
                 let n =
